@@ -1,0 +1,108 @@
+//! Fused loss kernels over contiguous slices.
+//!
+//! Every kernel here works on a row-major matrix of `rows × cols` values, where a *row* is one
+//! per-sample slice along the reduced axis (Keras' last axis). For each row it computes the
+//! per-sample loss value and, when asked, the gradient of that value with respect to `y_pred`,
+//! both in **one pass** over the row. Rows are processed in parallel with rayon once the input is
+//! large enough to pay for it.
+//!
+//! The crate knows nothing about tensors, autodiff or Keras reductions: it is a set of plain
+//! functions on `&[f32]`/`&[f64]`, reusable by any framework. `losskit-tensor` wraps them into
+//! single tape nodes.
+//!
+//! # Conventions
+//! * `eps` is Keras' backend epsilon `1e-7` (as `T`), see [`Float::EPSILON_KERAS`].
+//! * Gradients at kinks follow TensorFlow: `d|x|/dx = sign(x)` with `sign(0) = 0`;
+//!   `maximum(x, c)` passes the gradient to `x` when `x >= c`; `clip(x, lo, hi)` passes it only
+//!   strictly inside `(lo, hi)`.
+
+mod driver;
+mod regression;
+
+pub use driver::{run_rows, RowKernel};
+pub use regression::{
+    CosineSimilarity, Huber, KLDivergence, LogCosh, MeanAbsoluteError,
+    MeanAbsolutePercentageError, MeanSquaredError, MeanSquaredLogarithmicError, Poisson,
+};
+
+use std::fmt::Debug;
+
+/// The floating-point types the kernels run on: `f32` and `f64`.
+pub trait Float:
+    num_traits::Float + num_traits::FromPrimitive + Send + Sync + Debug + Default + 'static
+{
+    /// Keras' backend epsilon, `1e-7`, rounded to this type.
+    const EPSILON_KERAS: Self;
+    /// `ln 2` in this type.
+    const LN_2: Self;
+    /// Converts an `f64` constant (rounding to nearest).
+    fn c(v: f64) -> Self {
+        Self::from_f64(v).unwrap_or_else(Self::nan)
+    }
+}
+
+impl Float for f32 {
+    const EPSILON_KERAS: f32 = 1e-7;
+    const LN_2: f32 = std::f32::consts::LN_2;
+}
+
+impl Float for f64 {
+    const EPSILON_KERAS: f64 = 1e-7;
+    const LN_2: f64 = std::f64::consts::LN_2;
+}
+
+/// A slice length that does not fit the `rows × cols` layout a kernel was given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KernelError {
+    /// Two buffers that must have the same length do not.
+    #[error("kernel {kernel}: {what} has length {got}, expected {expected}")]
+    Length {
+        /// The kernel's name.
+        kernel: &'static str,
+        /// Which buffer is wrong.
+        what: &'static str,
+        /// Its length.
+        got: usize,
+        /// The length the layout requires.
+        expected: usize,
+    },
+    /// `cols` is zero while data is present, or the data is not a whole number of rows.
+    #[error("kernel {kernel}: {len} values do not split into rows of {cols}")]
+    Layout {
+        /// The kernel's name.
+        kernel: &'static str,
+        /// Total number of values.
+        len: usize,
+        /// Row length.
+        cols: usize,
+    },
+}
+
+/// `softplus(x) = ln(1 + e^x)`, computed as `max(x, 0) + ln(1 + e^{-|x|})` so it never overflows.
+#[inline]
+pub fn softplus<T: Float>(x: T) -> T {
+    x.max(T::zero()) + (-x.abs()).exp().ln_1p()
+}
+
+/// The logistic sigmoid `1 / (1 + e^{-x})`, evaluated without overflow for either sign of `x`.
+#[inline]
+pub fn sigmoid<T: Float>(x: T) -> T {
+    if x >= T::zero() {
+        T::one() / (T::one() + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (T::one() + e)
+    }
+}
+
+/// TensorFlow's sign: `-1`, `0` or `1` (`0` at `0`), the derivative of `|x|`.
+#[inline]
+pub fn sign<T: Float>(x: T) -> T {
+    if x > T::zero() {
+        T::one()
+    } else if x < T::zero() {
+        -T::one()
+    } else {
+        T::zero()
+    }
+}

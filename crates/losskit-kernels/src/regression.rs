@@ -1,0 +1,307 @@
+//! Regression kernels: the per-sample value is a mean (or, for KLD and cosine, a sum) over a row.
+
+use crate::{sign, softplus, sigmoid, Float, RowKernel};
+
+/// Mean over a row of an element term `f(t, p) -> (value, ∂value/∂p)`, value and gradient in one
+/// pass. Without `grad` the derivative half of `f` is dead code and compiles away.
+#[inline(always)]
+fn mean_row<T: Float>(
+    y_true: &[T],
+    y_pred: &[T],
+    scale: T,
+    grad: Option<&mut [T]>,
+    f: impl Fn(T, T) -> (T, T),
+) -> T {
+    let n = T::c(y_pred.len() as f64);
+    let mut sum = T::zero();
+    match grad {
+        Some(g) => {
+            let k = scale / n;
+            for ((gj, &t), &p) in g.iter_mut().zip(y_true).zip(y_pred) {
+                let (v, d) = f(t, p);
+                sum = sum + v;
+                *gj = d * k;
+            }
+        }
+        None => {
+            for (&t, &p) in y_true.iter().zip(y_pred) {
+                sum = sum + f(t, p).0;
+            }
+        }
+    }
+    // A mean over an empty row is NaN, as in NumPy and Keras.
+    sum / n
+}
+
+/// `(y - p)²`, averaged over the row. Gradient `2(p - y)/n`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MeanSquaredError;
+
+impl<T: Float> RowKernel<T> for MeanSquaredError {
+    const NAME: &'static str = "mean_squared_error";
+    fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
+        mean_row(y_true, y_pred, scale, grad, |t, p| {
+            let e = p - t;
+            (e * e, e + e)
+        })
+    }
+}
+
+/// `|y - p|`, averaged over the row. Gradient `sign(p - y)/n` with `sign(0) = 0`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MeanAbsoluteError;
+
+impl<T: Float> RowKernel<T> for MeanAbsoluteError {
+    const NAME: &'static str = "mean_absolute_error";
+    fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
+        mean_row(y_true, y_pred, scale, grad, |t, p| {
+            let e = p - t;
+            (e.abs(), sign(e))
+        })
+    }
+}
+
+/// `100 · |y - p| / max(|y|, eps)`, averaged over the row.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MeanAbsolutePercentageError;
+
+impl<T: Float> RowKernel<T> for MeanAbsolutePercentageError {
+    const NAME: &'static str = "mean_absolute_percentage_error";
+    fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
+        let hundred = T::c(100.0);
+        mean_row(y_true, y_pred, scale, grad, |t, p| {
+            let e = t - p;
+            let denom = t.abs().max(T::EPSILON_KERAS);
+            (hundred * (e.abs() / denom), -hundred * sign(e) / denom)
+        })
+    }
+}
+
+/// `(ln(max(p, eps) + 1) - ln(max(y, eps) + 1))²`, averaged over the row.
+///
+/// `ln(x + 1)` is evaluated as Keras does (the sum rounded, then `ln`), not as `ln_1p`, so the
+/// f32 values agree bit for bit in the common case.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MeanSquaredLogarithmicError;
+
+impl<T: Float> RowKernel<T> for MeanSquaredLogarithmicError {
+    const NAME: &'static str = "mean_squared_logarithmic_error";
+    fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
+        let eps = T::EPSILON_KERAS;
+        mean_row(y_true, y_pred, scale, grad, |t, p| {
+            let pc = p.max(eps) + T::one();
+            let d = pc.ln() - (t.max(eps) + T::one()).ln();
+            // maximum(p, eps) passes the gradient to p when p >= eps (TensorFlow's tie rule).
+            let dp = if p >= eps { (d + d) / pc } else { T::zero() };
+            (d * d, dp)
+        })
+    }
+}
+
+/// Huber loss with threshold `delta`: `½e²` if `|e| ≤ δ`, else `δ|e| - ½δ²` (`e = p - y`),
+/// averaged over the row. The boundary belongs to the quadratic branch.
+#[derive(Debug, Clone, Copy)]
+pub struct Huber<T> {
+    /// The threshold `δ ≥ 0` between the quadratic and the linear branch.
+    pub delta: T,
+}
+
+impl<T: Float> RowKernel<T> for Huber<T> {
+    const NAME: &'static str = "huber_loss";
+    fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
+        let delta = self.delta;
+        let half = T::c(0.5);
+        let linear_offset = half * delta * delta;
+        mean_row(y_true, y_pred, scale, grad, |t, p| {
+            let e = p - t;
+            let a = e.abs();
+            if a <= delta {
+                (half * (e * e), e)
+            } else {
+                (delta * a - linear_offset, delta * sign(e))
+            }
+        })
+    }
+}
+
+/// `ln cosh(p - y)`, written `x + softplus(-2x) - ln 2` so it stays finite for large `|x|`,
+/// averaged over the row. Gradient `tanh(x)/n`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogCosh;
+
+impl<T: Float> RowKernel<T> for LogCosh {
+    const NAME: &'static str = "log_cosh";
+    fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
+        let two = T::c(2.0);
+        mean_row(y_true, y_pred, scale, grad, |t, p| {
+            let x = p - t;
+            let v = x + softplus(-two * x) - T::LN_2;
+            // d/dx = 1 - 2·sigmoid(-2x) = tanh(x), evaluated through the stable sigmoid.
+            (v, T::one() - two * sigmoid(-two * x))
+        })
+    }
+}
+
+/// `p - y·ln(p + eps)`, averaged over the row. Gradient `(1 - y/(p + eps))/n`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Poisson;
+
+impl<T: Float> RowKernel<T> for Poisson {
+    const NAME: &'static str = "poisson";
+    fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
+        let eps = T::EPSILON_KERAS;
+        mean_row(y_true, y_pred, scale, grad, |t, p| {
+            let q = p + eps;
+            (p - t * q.ln(), T::one() - t / q)
+        })
+    }
+}
+
+/// Kullback–Leibler divergence `Σ t·ln(t/q)` over the row, with `t = clip(y, eps, 1)` and
+/// `q = clip(p, eps, 1)`. Gradient `-t/q` strictly inside the clip range, 0 outside.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KLDivergence;
+
+impl<T: Float> RowKernel<T> for KLDivergence {
+    const NAME: &'static str = "kl_divergence";
+    fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
+        let eps = T::EPSILON_KERAS;
+        let one = T::one();
+        let clip = |x: T| x.max(eps).min(one);
+        let mut sum = T::zero();
+        match grad {
+            Some(g) => {
+                for ((gj, &y), &p) in g.iter_mut().zip(y_true).zip(y_pred) {
+                    let (t, q) = (clip(y), clip(p));
+                    sum = sum + t * (t / q).ln();
+                    *gj = if p > eps && p < one { -scale * t / q } else { T::zero() };
+                }
+            }
+            None => {
+                for (&y, &p) in y_true.iter().zip(y_pred) {
+                    let (t, q) = (clip(y), clip(p));
+                    sum = sum + t * (t / q).ln();
+                }
+            }
+        }
+        sum
+    }
+}
+
+/// Negative cosine similarity over the row: `-Σ n(y)·n(p)` with
+/// `n(x) = x · min(1/‖x‖₂, 1/eps)` (a zero vector stays zero).
+///
+/// With `iy`, `ip` the two capped inverse norms and `s = y·p`, the gradient is
+/// `-iy·(ip·y - s·ip³·p)` while the cap is not active, and `-iy·ip·y` when it is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CosineSimilarity;
+
+impl<T: Float> RowKernel<T> for CosineSimilarity {
+    const NAME: &'static str = "cosine_similarity";
+    fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
+        let cap = T::one() / T::EPSILON_KERAS;
+        let (mut yy, mut pp, mut yp) = (T::zero(), T::zero(), T::zero());
+        for (&y, &p) in y_true.iter().zip(y_pred) {
+            yy = yy + y * y;
+            pp = pp + p * p;
+            yp = yp + y * p;
+        }
+        let inv_norm = |s: T| (T::one() / s.sqrt()).min(cap);
+        let (iy, ip) = (inv_norm(yy), inv_norm(pp));
+        if let Some(g) = grad {
+            let capped = ip >= cap;
+            let a = -scale * iy * ip;
+            let b = if capped { T::zero() } else { scale * iy * yp * ip * ip * ip };
+            for ((gj, &y), &p) in g.iter_mut().zip(y_true).zip(y_pred) {
+                *gj = a * y + b * p;
+            }
+        }
+        // Keras normalises each side first, then sums the products.
+        let mut sum = T::zero();
+        for (&y, &p) in y_true.iter().zip(y_pred) {
+            sum = sum + (y * iy) * (p * ip);
+        }
+        -sum
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run_rows;
+
+    fn value_and_grad<K: RowKernel<f64>>(k: &K, t: &[f64], p: &[f64], cols: usize) -> (Vec<f64>, Vec<f64>) {
+        let rows = p.len() / cols;
+        let mut v = vec![0.0; rows];
+        let mut g = vec![0.0; p.len()];
+        run_rows(k, t, p, cols, None, &mut v, Some(&mut g)).unwrap();
+        (v, g)
+    }
+
+    fn check_fd<K: RowKernel<f64>>(k: &K, t: &[f64], p: &[f64], cols: usize) {
+        let (_, g) = value_and_grad(k, t, p, cols);
+        let h = 1e-6;
+        for j in 0..p.len() {
+            let mut pp = p.to_vec();
+            pp[j] += h;
+            let (vp, _) = value_and_grad(k, t, &pp, cols);
+            pp[j] -= 2.0 * h;
+            let (vm, _) = value_and_grad(k, t, &pp, cols);
+            let fd: f64 = vp.iter().zip(&vm).map(|(a, b)| (a - b) / (2.0 * h)).sum();
+            assert!((fd - g[j]).abs() <= 1e-5 * (1.0 + fd.abs()), "{} j={j}: fd {fd} vs {}", K::NAME, g[j]);
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let t = [0.2, 0.9, 0.4, 0.7, 0.1, 0.5];
+        let p = [0.3, 0.6, 0.45, 0.2, 0.35, 0.8];
+        check_fd(&MeanSquaredError, &t, &p, 3);
+        check_fd(&MeanAbsoluteError, &t, &p, 3);
+        check_fd(&MeanAbsolutePercentageError, &t, &p, 3);
+        check_fd(&MeanSquaredLogarithmicError, &t, &p, 3);
+        check_fd(&Huber { delta: 0.2 }, &t, &p, 3);
+        check_fd(&LogCosh, &t, &p, 3);
+        check_fd(&Poisson, &t, &p, 3);
+        check_fd(&KLDivergence, &t, &p, 3);
+        check_fd(&CosineSimilarity, &t, &p, 3);
+    }
+
+    #[test]
+    fn upstream_scales_each_row() {
+        let t = [0.0, 1.0, 1.0, 0.0];
+        let p = [0.5, 0.5, 0.25, 0.75];
+        let mut v = [0.0; 2];
+        let mut g = [0.0; 4];
+        run_rows(&MeanSquaredError, &t, &p, 2, Some(&[2.0, -1.0]), &mut v, Some(&mut g)).unwrap();
+        assert_eq!(v, [0.25, 0.5625]);
+        assert_eq!(g, [1.0, -1.0, 0.75, -0.75]);
+    }
+
+    #[test]
+    fn bad_lengths_are_errors() {
+        let mut v = [0.0f32; 2];
+        let err = run_rows(&MeanSquaredError, &[0.0; 3], &[0.0; 4], 2, None, &mut v, None).unwrap_err();
+        assert!(err.to_string().contains("y_true has length 3, expected 4"), "{err}");
+        let err = run_rows(&MeanSquaredError, &[0.0; 3], &[0.0; 3], 2, None, &mut v, None).unwrap_err();
+        assert!(matches!(err, crate::KernelError::Layout { .. }));
+    }
+
+    #[test]
+    fn parallel_path_equals_serial_path() {
+        let cols = 64;
+        let rows = 1024; // 65536 values: above the parallel threshold
+        let t: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 101) as f32 / 101.0).collect();
+        let p: Vec<f32> = (0..rows * cols).map(|i| ((i * 104729) % 97) as f32 / 97.0).collect();
+        let mut v = vec![0.0; rows];
+        let mut g = vec![0.0; rows * cols];
+        run_rows(&LogCosh, &t, &p, cols, None, &mut v, Some(&mut g)).unwrap();
+        for r in [0, 511, 1023] {
+            let span = r * cols..(r + 1) * cols;
+            let mut gr = vec![0.0; cols];
+            let vr = LogCosh.row(&t[span.clone()], &p[span.clone()], 1.0, Some(&mut gr));
+            assert_eq!(vr, v[r]);
+            assert_eq!(gr, g[span]);
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The one error type of losskit, shared by every crate above the kernels.
+
+use losskit_kernels::KernelError;
+
+/// A `Result` with losskit's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in losskit. Each message names the operation or loss at fault,
+/// the shapes or values involved and what was expected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// Two shapes that must broadcast together do not.
+    #[error("{op}: shapes {lhs:?} and {rhs:?} do not broadcast (NumPy rules: trailing dimensions must be equal or 1)")]
+    Broadcast {
+        /// The operation or loss.
+        op: String,
+        /// Left shape.
+        lhs: Vec<usize>,
+        /// Right shape.
+        rhs: Vec<usize>,
+    },
+    /// A shape is wrong for an operation.
+    #[error("{op}: {msg}")]
+    Shape {
+        /// The operation or loss.
+        op: String,
+        /// What is wrong and what was expected.
+        msg: String,
+    },
+    /// Two tensors of different dtypes met in one operation.
+    #[error("{op}: dtype mismatch, {lhs:?} and {rhs:?} (cast one with `to_dtype`)")]
+    DType {
+        /// The operation or loss.
+        op: String,
+        /// Left dtype.
+        lhs: crate::DType,
+        /// Right dtype.
+        rhs: crate::DType,
+    },
+    /// An input value is outside what the operation accepts (a label out of range, a NaN...).
+    #[error("{op}: {msg}")]
+    Value {
+        /// The operation or loss.
+        op: String,
+        /// What is wrong and what was expected.
+        msg: String,
+    },
+    /// A constructor parameter is invalid.
+    #[error("{loss}: invalid parameter `{param}` = {value}: expected {expected}")]
+    InvalidParameter {
+        /// The loss (or object) being built.
+        loss: String,
+        /// The parameter name.
+        param: String,
+        /// The value given.
+        value: String,
+        /// What is accepted.
+        expected: String,
+    },
+    /// A name that resolves to nothing.
+    #[error("unknown {kind} {name:?}; closest known names: {suggestions}")]
+    UnknownName {
+        /// What kind of thing was looked up ("loss", "reduction", ...).
+        kind: String,
+        /// The name given.
+        name: String,
+        /// The closest known names, comma-separated.
+        suggestions: String,
+    },
+    /// A configuration (JSON) that cannot be understood.
+    #[error("config: {0}")]
+    Config(String),
+    /// A file that cannot be read or written, or whose contents are malformed.
+    #[error("{path}: {msg}")]
+    File {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        msg: String,
+    },
+    /// A kernel rejected its buffers (an internal layout error).
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+}
+
+impl Error {
+    pub(crate) fn shape(op: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Shape { op: op.into(), msg: msg.into() }
+    }
+    pub(crate) fn value(op: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Value { op: op.into(), msg: msg.into() }
+    }
+}

@@ -1,0 +1,478 @@
+//! Element-wise operations with NumPy broadcasting.
+
+use super::{op, with_pair};
+use crate::storage::{with_storage, Element};
+use crate::{DType, Error, Result, Storage, Tensor};
+use losskit_kernels::{sigmoid, sign, softplus, Float};
+use num_traits::Zero;
+use ndarray::{ArrayD, Axis, IxDyn, Zip};
+
+/// The NumPy broadcast of two shapes, or `None` when they do not broadcast.
+pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let n = a.len().max(b.len());
+    let mut out = vec![0; n];
+    for i in 0..n {
+        let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
+        let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
+        out[i] = match (da, db) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => return None,
+        };
+    }
+    Some(out)
+}
+
+fn sum_to<T: Element>(g: &ArrayD<T>, shape: &[usize]) -> ArrayD<T> {
+    if g.shape() == shape {
+        return g.clone();
+    }
+    let mut a = g.clone();
+    while a.ndim() > shape.len() {
+        a = a.sum_axis(Axis(0));
+    }
+    for (i, &d) in shape.iter().enumerate() {
+        if d == 1 && a.shape()[i] != 1 {
+            a = a.sum_axis(Axis(i)).insert_axis(Axis(i));
+        }
+    }
+    a
+}
+
+/// Sums a broadcast gradient back to `shape` (the adjoint of broadcasting). Not recorded.
+pub(crate) fn sum_to_shape(g: &Tensor, shape: &[usize]) -> Tensor {
+    if g.shape() == shape {
+        return g.clone();
+    }
+    with_storage!(g.storage(), a => Tensor::from_array(sum_to::<T>(&a.to_owned(), shape)))
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Unary {
+    Neg,
+    Exp,
+    Log,
+    Log1p,
+    Expm1,
+    Sqrt,
+    Abs,
+    Square,
+    Tanh,
+    Sigmoid,
+    Softplus,
+    Relu,
+}
+
+impl Unary {
+    #[inline(always)]
+    fn apply<T: Float>(self, x: T) -> T {
+        match self {
+            Unary::Neg => -x,
+            Unary::Exp => x.exp(),
+            Unary::Log => x.ln(),
+            Unary::Log1p => x.ln_1p(),
+            Unary::Expm1 => x.exp_m1(),
+            Unary::Sqrt => x.sqrt(),
+            Unary::Abs => x.abs(),
+            Unary::Square => x * x,
+            Unary::Tanh => x.tanh(),
+            Unary::Sigmoid => sigmoid(x),
+            Unary::Softplus => softplus(x),
+            Unary::Relu => {
+                if x > T::zero() {
+                    x
+                } else {
+                    T::zero()
+                }
+            }
+        }
+    }
+
+    /// `dy/dx` from the input `x` and the output `y`.
+    #[inline(always)]
+    fn deriv<T: Float>(self, x: T, y: T) -> T {
+        let one = T::one();
+        match self {
+            Unary::Neg => -one,
+            Unary::Exp => y,
+            Unary::Log => one / x,
+            Unary::Log1p => one / (one + x),
+            Unary::Expm1 => y + one,
+            Unary::Sqrt => T::c(0.5) / y,
+            Unary::Abs => sign(x),
+            Unary::Square => x + x,
+            Unary::Tanh => one - y * y,
+            Unary::Sigmoid => y * (one - y),
+            Unary::Softplus => sigmoid(x),
+            Unary::Relu => {
+                if x > T::zero() {
+                    one
+                } else {
+                    T::zero()
+                }
+            }
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Unary::Neg => "neg",
+            Unary::Exp => "exp",
+            Unary::Log => "log",
+            Unary::Log1p => "log1p",
+            Unary::Expm1 => "expm1",
+            Unary::Sqrt => "sqrt",
+            Unary::Abs => "abs",
+            Unary::Square => "square",
+            Unary::Tanh => "tanh",
+            Unary::Sigmoid => "sigmoid",
+            Unary::Softplus => "softplus",
+            Unary::Relu => "relu",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Binary {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Pow,
+    Maximum,
+    Minimum,
+}
+
+impl Binary {
+    #[inline(always)]
+    fn apply<T: Float>(self, a: T, b: T) -> T {
+        match self {
+            Binary::Add => a + b,
+            Binary::Sub => a - b,
+            Binary::Mul => a * b,
+            Binary::Div => a / b,
+            Binary::Pow => a.powf(b),
+            Binary::Maximum => {
+                if a >= b {
+                    a
+                } else {
+                    b
+                }
+            }
+            Binary::Minimum => {
+                if a <= b {
+                    a
+                } else {
+                    b
+                }
+            }
+        }
+    }
+
+    /// `(∂y/∂a, ∂y/∂b)`.
+    #[inline(always)]
+    fn deriv<T: Float>(self, a: T, b: T, y: T) -> (T, T) {
+        let (one, zero) = (T::one(), T::zero());
+        match self {
+            Binary::Add => (one, one),
+            Binary::Sub => (one, -one),
+            Binary::Mul => (b, a),
+            Binary::Div => (one / b, -a / (b * b)),
+            Binary::Pow => {
+                let da = if b == zero { zero } else { b * a.powf(b - one) };
+                let db = if a > zero { y * a.ln() } else { zero };
+                (da, db)
+            }
+            Binary::Maximum => {
+                if a >= b {
+                    (one, zero)
+                } else {
+                    (zero, one)
+                }
+            }
+            Binary::Minimum => {
+                if a <= b {
+                    (one, zero)
+                } else {
+                    (zero, one)
+                }
+            }
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Binary::Add => "add",
+            Binary::Sub => "sub",
+            Binary::Mul => "mul",
+            Binary::Div => "div",
+            Binary::Pow => "pow",
+            Binary::Maximum => "maximum",
+            Binary::Minimum => "minimum",
+        }
+    }
+}
+
+fn broadcast_or_err(op: &str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
+    broadcast_shapes(a, b).ok_or_else(|| Error::Broadcast { op: op.to_string(), lhs: a.to_vec(), rhs: b.to_vec() })
+}
+
+impl Tensor {
+    fn unary(&self, u: Unary) -> Tensor {
+        let storage = with_storage!(self.storage(), a => T::wrap(a.mapv(|x| u.apply(x))));
+        Tensor::from_op(
+            storage,
+            vec![self.clone()],
+            op(u.name(), move |inputs, out, g| {
+                let x = &inputs[0];
+                let s = match (x.storage(), out.storage(), g.storage()) {
+                    (Storage::F32(x), Storage::F32(y), Storage::F32(g)) => {
+                        f32::wrap(Zip::from(x).and(y).and(g).map_collect(|&x, &y, &g| g * u.deriv(x, y)))
+                    }
+                    (Storage::F64(x), Storage::F64(y), Storage::F64(g)) => {
+                        f64::wrap(Zip::from(x).and(y).and(g).map_collect(|&x, &y, &g| g * u.deriv(x, y)))
+                    }
+                    _ => return Err(Error::value(u.name(), "mixed dtypes in backward")),
+                };
+                Ok(vec![Some(Tensor::from_storage(s))])
+            }),
+        )
+    }
+
+    fn binary(&self, other: &Tensor, b: Binary) -> Result<Tensor> {
+        let name = b.name();
+        let shape = broadcast_or_err(name, self.shape(), other.shape())?;
+        let storage = with_pair!(name, self, other, (x, y) => {
+            let out: ArrayD<T> = if x.shape() == y.shape() {
+                Zip::from(x).and(y).map_collect(|&p, &q| b.apply(p, q))
+            } else {
+                let xv = x.broadcast(IxDyn(&shape)).expect("checked broadcast");
+                let yv = y.broadcast(IxDyn(&shape)).expect("checked broadcast");
+                Zip::from(&xv).and(&yv).map_collect(|&p, &q| b.apply(p, q))
+            };
+            T::wrap(out)
+        });
+        Ok(Tensor::from_op(
+            storage,
+            vec![self.clone(), other.clone()],
+            op(name, move |inputs, out, g| {
+                let (x, y) = (&inputs[0], &inputs[1]);
+                let shape = out.shape().to_vec();
+                let grads = with_pair!(name, x, y, (xa, ya) => {
+                    let ys = T::view(out.storage()).expect("dtype");
+                    let gs = T::view(g.storage()).expect("dtype");
+                    let xv = xa.broadcast(IxDyn(&shape)).expect("checked broadcast");
+                    let yv = ya.broadcast(IxDyn(&shape)).expect("checked broadcast");
+                    let mut ga = ArrayD::<T>::zeros(IxDyn(&shape));
+                    let mut gb = ArrayD::<T>::zeros(IxDyn(&shape));
+                    Zip::from(&mut ga).and(&mut gb).and(&xv).and(&yv).and(ys).and(gs).for_each(
+                        |ga, gb, &p, &q, &r, &g| {
+                            let (da, db) = b.deriv(p, q, r);
+                            *ga = g * da;
+                            *gb = g * db;
+                        },
+                    );
+                    let ga = x.is_tracked().then(|| Tensor::from_array(sum_to(&ga, xa.shape())));
+                    let gb = y.is_tracked().then(|| Tensor::from_array(sum_to(&gb, ya.shape())));
+                    vec![ga, gb]
+                });
+                Ok(grads)
+            }),
+        ))
+    }
+
+    /// `self + other`, broadcasting.
+    pub fn add(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(other, Binary::Add)
+    }
+    /// `self - other`, broadcasting.
+    pub fn sub(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(other, Binary::Sub)
+    }
+    /// `self · other` element-wise, broadcasting.
+    pub fn mul(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(other, Binary::Mul)
+    }
+    /// `self / other` element-wise, broadcasting.
+    pub fn div(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(other, Binary::Div)
+    }
+    /// `self ^ other` element-wise, broadcasting. `∂/∂other` is `y·ln(self)` where `self > 0`
+    /// and 0 elsewhere (TensorFlow's rule).
+    pub fn pow(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(other, Binary::Pow)
+    }
+    /// Element-wise maximum; on ties the gradient goes to `self`.
+    pub fn maximum(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(other, Binary::Maximum)
+    }
+    /// Element-wise minimum; on ties the gradient goes to `self`.
+    pub fn minimum(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(other, Binary::Minimum)
+    }
+
+    /// `self + c`.
+    pub fn add_scalar(&self, c: f64) -> Result<Tensor> {
+        self.add(&self.scalar_like(c))
+    }
+    /// `self · c`.
+    pub fn mul_scalar(&self, c: f64) -> Result<Tensor> {
+        self.mul(&self.scalar_like(c))
+    }
+    /// `self ^ c`.
+    pub fn powf(&self, c: f64) -> Result<Tensor> {
+        self.pow(&self.scalar_like(c))
+    }
+    /// `max(self, c)`; the gradient passes where `self >= c`.
+    pub fn maximum_scalar(&self, c: f64) -> Result<Tensor> {
+        self.maximum(&self.scalar_like(c))
+    }
+    /// `min(self, c)`; the gradient passes where `self <= c`.
+    pub fn minimum_scalar(&self, c: f64) -> Result<Tensor> {
+        self.minimum(&self.scalar_like(c))
+    }
+
+    /// `-x`.
+    pub fn neg(&self) -> Tensor {
+        self.unary(Unary::Neg)
+    }
+    /// `eˣ`.
+    pub fn exp(&self) -> Tensor {
+        self.unary(Unary::Exp)
+    }
+    /// `ln x`.
+    pub fn log(&self) -> Tensor {
+        self.unary(Unary::Log)
+    }
+    /// `ln(1 + x)`, accurate for small `x`.
+    pub fn log1p(&self) -> Tensor {
+        self.unary(Unary::Log1p)
+    }
+    /// `eˣ - 1`, accurate for small `x`.
+    pub fn expm1(&self) -> Tensor {
+        self.unary(Unary::Expm1)
+    }
+    /// `√x`; its derivative at 0 is `inf` (TensorFlow's).
+    pub fn sqrt(&self) -> Tensor {
+        self.unary(Unary::Sqrt)
+    }
+    /// `|x|`; derivative `sign(x)`, 0 at 0.
+    pub fn abs(&self) -> Tensor {
+        self.unary(Unary::Abs)
+    }
+    /// `x²`.
+    pub fn square(&self) -> Tensor {
+        self.unary(Unary::Square)
+    }
+    /// `tanh x`.
+    pub fn tanh(&self) -> Tensor {
+        self.unary(Unary::Tanh)
+    }
+    /// `1 / (1 + e⁻ˣ)`, without overflow.
+    pub fn sigmoid(&self) -> Tensor {
+        self.unary(Unary::Sigmoid)
+    }
+    /// `ln(1 + eˣ)` as `max(x, 0) + log1p(e^{-|x|})`; derivative `sigmoid(x)`.
+    pub fn softplus(&self) -> Tensor {
+        self.unary(Unary::Softplus)
+    }
+    /// `max(x, 0)`; derivative 0 at 0.
+    pub fn relu(&self) -> Tensor {
+        self.unary(Unary::Relu)
+    }
+
+    /// `min(max(x, lo), hi)`. The gradient passes only strictly inside `(lo, hi)`.
+    pub fn clip(&self, lo: f64, hi: f64) -> Result<Tensor> {
+        if lo > hi || lo.is_nan() || hi.is_nan() {
+            return Err(Error::value("clip", format!("needs lo <= hi, got lo = {lo}, hi = {hi}")));
+        }
+        let storage = with_storage!(self.storage(), a => {
+            let (l, h) = (T::c(lo), T::c(hi));
+            T::wrap(a.mapv(|x| x.max(l).min(h)))
+        });
+        Ok(Tensor::from_op(
+            storage,
+            vec![self.clone()],
+            op("clip", move |inputs, _out, g| {
+                let s = with_pair!("clip", inputs[0], g, (x, g) => {
+                    let (l, h) = (T::c(lo), T::c(hi));
+                    T::wrap(Zip::from(x).and(g).map_collect(|&x, &g| if x > l && x < h { g } else { T::zero() }))
+                });
+                Ok(vec![Some(Tensor::from_storage(s))])
+            }),
+        ))
+    }
+
+    /// `cond ? self : other` element-wise, where `cond` is non-zero; all three broadcast.
+    /// The gradient goes to the selected branch; `cond` gets none.
+    pub fn where_cond(cond: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let shape = broadcast_or_err("where", a.shape(), b.shape())?;
+        let shape = broadcast_or_err("where", cond.shape(), &shape)?;
+        let c = cond.to_dtype_const(a.dtype());
+        let select = move |c: &Tensor, a: &Tensor, b: &Tensor| -> Result<Storage> {
+            Ok(with_pair!("where", a, b, (x, y) => {
+                let cv = T::view(c.storage()).expect("cast above");
+                let cb = cv.broadcast(IxDyn(&shape)).expect("checked");
+                let xb = x.broadcast(IxDyn(&shape)).expect("checked");
+                let yb = y.broadcast(IxDyn(&shape)).expect("checked");
+                T::wrap(Zip::from(&cb).and(&xb).and(&yb).map_collect(|&c, &x, &y| if c != T::zero() { x } else { y }))
+            }))
+        };
+        let storage = select(&c, a, b)?;
+        Ok(Tensor::from_op(
+            storage,
+            vec![a.clone(), b.clone(), c],
+            op("where", move |inputs, _out, g| {
+                let (a, b, c) = (&inputs[0], &inputs[1], &inputs[2]);
+                let zero = g.zeros_like();
+                let ga = Tensor::from_storage(select(c, g, &zero)?);
+                let gb = Tensor::from_storage(select(c, &zero, g)?);
+                Ok(vec![
+                    a.is_tracked().then(|| sum_to_shape(&ga, a.shape())),
+                    b.is_tracked().then(|| sum_to_shape(&gb, b.shape())),
+                    None,
+                ])
+            }),
+        ))
+    }
+
+    /// The values converted to `dtype`, as a constant.
+    fn to_dtype_const(&self, dtype: DType) -> Tensor {
+        if self.dtype() == dtype {
+            self.detach()
+        } else {
+            Tensor::from_storage(self.storage().to_dtype(dtype))
+        }
+    }
+
+    /// The values converted to `dtype`; the gradient is converted back.
+    pub fn to_dtype(&self, dtype: DType) -> Tensor {
+        if self.dtype() == dtype {
+            return self.clone();
+        }
+        let from = self.dtype();
+        Tensor::from_op(
+            self.storage().to_dtype(dtype),
+            vec![self.clone()],
+            op("to_dtype", move |_inputs, _out, g| Ok(vec![Some(g.to_dtype_const(from))])),
+        )
+    }
+
+    /// The values broadcast to `shape` (NumPy rules); the gradient is summed back.
+    pub fn broadcast_to(&self, shape: &[usize]) -> Result<Tensor> {
+        if self.shape() == shape {
+            return Ok(self.clone());
+        }
+        let ok = broadcast_shapes(self.shape(), shape).is_some_and(|s| s == shape);
+        if !ok {
+            return Err(Error::Broadcast { op: "broadcast_to".into(), lhs: self.shape().to_vec(), rhs: shape.to_vec() });
+        }
+        let storage = with_storage!(self.storage(), a => T::wrap(a.broadcast(IxDyn(shape)).expect("checked").to_owned()));
+        Ok(Tensor::from_op(
+            storage,
+            vec![self.clone()],
+            op("broadcast_to", |inputs, _out, g| Ok(vec![Some(sum_to_shape(g, inputs[0].shape()))])),
+        ))
+    }
+}

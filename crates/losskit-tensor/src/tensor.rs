@@ -1,0 +1,198 @@
+//! The `Tensor` type: storage, identity, graph node, constructors and conversions.
+
+use crate::autodiff::{self, CustomOp, Gradients};
+use crate::storage::{with_storage, DType, Element, Storage};
+use crate::{Error, Result};
+use ndarray::{ArrayD, IxDyn};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) struct Node {
+    pub inputs: Vec<Tensor>,
+    pub op: Box<dyn CustomOp>,
+}
+
+struct Inner {
+    id: u64,
+    storage: Storage,
+    requires_grad: bool,
+    node: Option<Node>,
+}
+
+/// A dynamic-rank array of `f32` or `f64` that records the operations applied to it.
+///
+/// Cloning a `Tensor` is cheap (a reference count); the values are immutable. A tensor
+/// *requires gradients* when it was marked with [`Tensor::requires_grad`] or computed from one
+/// while recording was on; [`Tensor::backward`] then differentiates through it.
+#[derive(Clone)]
+pub struct Tensor(Arc<Inner>);
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tensor[{:?}, {}", self.shape(), self.dtype())?;
+        if self.0.requires_grad {
+            write!(f, ", grad")?;
+        }
+        with_storage!(&self.0.storage, a => write!(f, "] {a}"))
+    }
+}
+
+impl Tensor {
+    fn make(storage: Storage, requires_grad: bool, node: Option<Node>) -> Tensor {
+        Tensor(Arc::new(Inner { id: NEXT_ID.fetch_add(1, Ordering::Relaxed), storage, requires_grad, node }))
+    }
+
+    /// A constant tensor (no gradient) over `storage`.
+    pub fn from_storage(storage: Storage) -> Tensor {
+        Tensor::make(storage, false, None)
+    }
+
+    /// A constant tensor from an `ndarray` array.
+    pub fn from_array<T: Element>(a: ArrayD<T>) -> Tensor {
+        Tensor::from_storage(T::wrap(a))
+    }
+
+    /// A constant tensor from a flat vector in row-major order and a shape.
+    ///
+    /// Errors when `data.len()` is not the product of `shape`.
+    pub fn from_vec<T: Element>(data: Vec<T>, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        if n != data.len() {
+            return Err(Error::shape("Tensor::from_vec", format!("{} values do not fill shape {:?} ({} values)", data.len(), shape, n)));
+        }
+        let a = ArrayD::from_shape_vec(IxDyn(shape), data).map_err(|e| Error::shape("Tensor::from_vec", e.to_string()))?;
+        Ok(Tensor::from_array(a))
+    }
+
+    /// A rank-0 tensor holding `v`.
+    pub fn scalar<T: Element>(v: T) -> Tensor {
+        Tensor::from_array(ArrayD::from_elem(IxDyn(&[]), v))
+    }
+
+    /// A tensor of `shape` filled with `v` (rounded to `dtype`).
+    pub fn full(shape: &[usize], v: f64, dtype: DType) -> Tensor {
+        match dtype {
+            DType::F32 => Tensor::from_array(ArrayD::from_elem(IxDyn(shape), v as f32)),
+            DType::F64 => Tensor::from_array(ArrayD::from_elem(IxDyn(shape), v)),
+        }
+    }
+
+    /// A tensor of zeros.
+    pub fn zeros(shape: &[usize], dtype: DType) -> Tensor {
+        Tensor::full(shape, 0.0, dtype)
+    }
+
+    /// A tensor of ones.
+    pub fn ones(shape: &[usize], dtype: DType) -> Tensor {
+        Tensor::full(shape, 1.0, dtype)
+    }
+
+    /// A rank-0 tensor holding `v` in this tensor's dtype.
+    pub fn scalar_like(&self, v: f64) -> Tensor {
+        Tensor::full(&[], v, self.dtype())
+    }
+
+    /// Zeros of this tensor's shape and dtype.
+    pub fn zeros_like(&self) -> Tensor {
+        Tensor::zeros(self.shape(), self.dtype())
+    }
+
+    /// Ones of this tensor's shape and dtype.
+    pub fn ones_like(&self) -> Tensor {
+        Tensor::ones(self.shape(), self.dtype())
+    }
+
+    /// The same values as a leaf that requires gradients (a new tensor for autodiff).
+    pub fn requires_grad(self) -> Tensor {
+        Tensor::make(self.0.storage.clone(), true, None)
+    }
+
+    /// The same values, cut from the graph: a constant.
+    pub fn detach(&self) -> Tensor {
+        Tensor::from_storage(self.0.storage.clone())
+    }
+
+    /// Records the result of a differentiable operation: `storage` computed from `inputs`,
+    /// differentiated by `op`. If recording is off or no input requires gradients, the result is
+    /// a constant.
+    pub fn from_op(storage: Storage, inputs: Vec<Tensor>, op: impl CustomOp + 'static) -> Tensor {
+        let track = autodiff::is_grad_enabled() && inputs.iter().any(|t| t.0.requires_grad);
+        if track {
+            Tensor::make(storage, true, Some(Node { inputs, op: Box::new(op) }))
+        } else {
+            Tensor::from_storage(storage)
+        }
+    }
+
+    /// Differentiates this scalar with respect to every leaf that requires gradients.
+    ///
+    /// Errors if the tensor has more than one element.
+    pub fn backward(&self) -> Result<Gradients> {
+        autodiff::backward(self)
+    }
+
+    /// A process-unique identity (gradients are keyed by it).
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    pub(crate) fn requires_grad_flag(&self) -> bool {
+        self.0.requires_grad
+    }
+
+    /// Whether gradients flow into this tensor.
+    pub fn is_tracked(&self) -> bool {
+        self.0.requires_grad
+    }
+
+    pub(crate) fn node(&self) -> Option<&Node> {
+        self.0.node.as_ref()
+    }
+
+    /// The values.
+    pub fn storage(&self) -> &Storage {
+        &self.0.storage
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.0.storage.dtype()
+    }
+
+    /// The shape (empty for a scalar).
+    pub fn shape(&self) -> &[usize] {
+        self.0.storage.shape()
+    }
+
+    /// The number of axes.
+    pub fn rank(&self) -> usize {
+        self.shape().len()
+    }
+
+    /// The number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape().iter().product()
+    }
+
+    /// The values as an `ndarray` array of `T` (converted if the dtype differs).
+    pub fn to_array<T: Element>(&self) -> ArrayD<T> {
+        let s = self.0.storage.to_dtype(T::DTYPE);
+        T::view(&s).map(|a| a.to_owned()).unwrap_or_else(|| ArrayD::zeros(IxDyn(&[])))
+    }
+
+    /// The values in row-major order as `T` (converted if the dtype differs).
+    pub fn to_vec<T: Element>(&self) -> Vec<T> {
+        self.to_array::<T>().iter().copied().collect()
+    }
+
+    /// The value of a one-element tensor as `f64`.
+    pub fn to_scalar(&self) -> Result<f64> {
+        if self.numel() != 1 {
+            return Err(Error::shape("Tensor::to_scalar", format!("needs one element, got shape {:?}", self.shape())));
+        }
+        Ok(self.to_vec::<f64>()[0])
+    }
+}
