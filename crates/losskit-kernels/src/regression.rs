@@ -101,17 +101,17 @@ impl<T: Float> RowKernel<T> for MeanSquaredLogarithmicError {
 /// Huber loss with threshold `delta`: `½e²` if `|e| ≤ δ`, else `δ|e| - ½δ²` (`e = p - y`),
 /// averaged over the row. The boundary belongs to the quadratic branch.
 #[derive(Debug, Clone, Copy)]
-pub struct Huber<T> {
+pub struct Huber {
     /// The threshold `δ ≥ 0` between the quadratic and the linear branch.
-    pub delta: T,
+    pub delta: f64,
 }
 
-impl<T: Float> RowKernel<T> for Huber<T> {
+impl<T: Float> RowKernel<T> for Huber {
     const NAME: &'static str = "huber_loss";
     fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
-        let delta = self.delta;
+        let delta = T::c(self.delta);
         let half = T::c(0.5);
-        let linear_offset = half * delta * delta;
+        let linear_offset = half * (delta * delta);
         mean_row(y_true, y_pred, scale, grad, |t, p| {
             let e = p - t;
             let a = e.abs();

@@ -1,1 +1,46 @@
+//! # losskit: Keras 3 losses in Rust
+//!
+//! Every loss follows Keras 3.15's semantics exactly (values to `rtol = atol = 1e-5` in f32) and
+//! differentiates through losskit's tape. The call path is the same for every loss, built-in or
+//! custom:
+//!
+//! ```text
+//! align ranks (align.rs) → per-sample values (one file per family) → mask
+//!   → sample_weight → reduction (reduction.rs)
+//! ```
+//!
+//! ```
+//! use losskit::{Loss, MeanSquaredError, Tensor};
+//! let y_true = Tensor::from_vec(vec![0.0f32, 1.0, 1.0, 0.0], &[2, 2])?;
+//! let y_pred = Tensor::from_vec(vec![0.5f32, 0.5, 1.0, 0.0], &[2, 2])?.requires_grad();
+//! let loss = MeanSquaredError::new().call(&y_true, &y_pred, None)?;
+//! assert!((loss.to_scalar()? - 0.125).abs() < 1e-7);
+//! let grads = loss.backward()?;
+//! assert_eq!(grads.get(&y_pred).unwrap().to_vec::<f32>(), vec![0.25, -0.25, 0.0, 0.0]);
+//! # Ok::<(), losskit::Error>(())
+//! ```
+//!
+//! Losses can also be built by name ([`get`]) or from a Keras config ([`from_config`]).
 
+mod align;
+mod config;
+mod custom;
+mod kernel_node;
+mod loss;
+mod reduction;
+mod registry;
+pub mod regression;
+
+pub use align::squeeze_or_expand_to_same_rank;
+pub use custom::CustomLoss;
+pub use loss::{compute, Loss, PerSample};
+pub use losskit_tensor::{no_grad, DType, Error, Gradients, Result, Tensor};
+pub use reduction::{reduce_weighted_values, Reduction};
+pub use registry::{build, from_config, get, list, register, serialize, Family, LossInfo};
+pub use regression::{
+    CosineSimilarity, Huber, KLDivergence, LogCosh, MeanAbsoluteError, MeanAbsolutePercentageError,
+    MeanSquaredError, MeanSquaredLogarithmicError, Poisson,
+};
+
+/// Keras' backend epsilon, `1e-7`, used by the clipped losses.
+pub const EPSILON: f64 = 1e-7;

@@ -1,0 +1,86 @@
+//! Reading Keras constructor configs (`get_config()` dicts) with typed, checked access.
+
+use crate::{Error, Reduction, Result};
+use serde_json::{Map, Value};
+
+/// A loss' constructor keywords, consumed key by key; leftovers are an error (as Python's
+/// `cls(**config)` rejects unexpected keywords).
+pub(crate) struct Params {
+    class: &'static str,
+    map: Map<String, Value>,
+}
+
+impl Params {
+    pub fn new(class: &'static str, config: &Value) -> Result<Params> {
+        match config {
+            Value::Null => Ok(Params { class, map: Map::new() }),
+            Value::Object(m) => Ok(Params { class, map: m.clone() }),
+            other => Err(Error::Config(format!("{class}: config must be a JSON object, got {other}"))),
+        }
+    }
+
+    fn invalid(&self, param: &str, value: &Value, expected: &str) -> Error {
+        Error::InvalidParameter { loss: self.class.into(), param: param.into(), value: value.to_string(), expected: expected.into() }
+    }
+
+    /// `name`: a string (absent or null → `default`).
+    pub fn name(&mut self, default: &str) -> Result<String> {
+        match self.map.remove("name") {
+            None | Some(Value::Null) => Ok(default.to_string()),
+            Some(Value::String(s)) => Ok(s),
+            Some(v) => Err(self.invalid("name", &v, "a string")),
+        }
+    }
+
+    /// `reduction`: a Keras reduction name, or null for none (absent → `sum_over_batch_size`).
+    pub fn reduction(&mut self) -> Result<Reduction> {
+        self.reduction_or(Reduction::SumOverBatchSize)
+    }
+
+    /// `reduction` with another default.
+    pub fn reduction_or(&mut self, default: Reduction) -> Result<Reduction> {
+        match self.map.remove("reduction") {
+            None => Ok(default),
+            Some(Value::Null) => Ok(Reduction::None),
+            Some(Value::String(s)) => Reduction::parse(&s).map_err(|_| {
+                self.invalid("reduction", &Value::String(s.clone()), "one of \"sum_over_batch_size\", \"sum\", \"mean\", \"mean_with_sample_weight\", \"none\" or null")
+            }),
+            Some(v) => Err(self.invalid("reduction", &v, "a string or null")),
+        }
+    }
+
+    /// A number (absent → `default`).
+    pub fn f64(&mut self, key: &str, default: f64) -> Result<f64> {
+        match self.map.remove(key) {
+            None => Ok(default),
+            Some(v) => v.as_f64().ok_or_else(|| self.invalid(key, &v, "a number")),
+        }
+    }
+
+    /// An integer (absent → `default`).
+    pub fn int(&mut self, key: &str, default: i64) -> Result<i64> {
+        match self.map.remove(key) {
+            None => Ok(default),
+            Some(v) => v.as_i64().ok_or_else(|| self.invalid(key, &v, "an integer")),
+        }
+    }
+
+    /// A boolean (absent → `default`).
+    #[allow(dead_code)]
+    pub fn bool(&mut self, key: &str, default: bool) -> Result<bool> {
+        match self.map.remove(key) {
+            None => Ok(default),
+            Some(v) => v.as_bool().ok_or_else(|| self.invalid(key, &v, "true or false")),
+        }
+    }
+
+    /// Checks nothing unknown is left. `dtype` is accepted and ignored: losskit computes in
+    /// `y_pred`'s dtype.
+    pub fn finish(mut self) -> Result<()> {
+        self.map.remove("dtype");
+        match self.map.keys().next() {
+            None => Ok(()),
+            Some(k) => Err(Error::Config(format!("{}: unexpected config key {k:?}", self.class))),
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! A built-in loss as one tape node: forward values and the local gradient come from one
+//! `losskit-kernels` pass; backward only scales each row's gradient by its upstream value.
+
+use crate::{Error, Result, Tensor};
+use losskit_kernels::{run_rows, RowKernel};
+use losskit_tensor::{broadcast_shapes, is_grad_enabled, CustomOp, Storage};
+use ndarray::{ArrayD, IxDyn};
+
+/// The per-row gradient `∂value[r]/∂y_pred[r, :]` stored by the forward pass.
+struct RowLossOp {
+    name: &'static str,
+    local_grad: Storage,
+    cols: usize,
+}
+
+impl CustomOp for RowLossOp {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn backward(&self, inputs: &[Tensor], _output: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let upstream = grad.to_dtype(self.local_grad.dtype());
+        let cols = self.cols.max(1);
+        let scaled = match (&self.local_grad, upstream.storage()) {
+            (Storage::F32(g), Storage::F32(u)) => scale_rows(g, u, cols, inputs[0].shape()).map(Tensor::from_array),
+            (Storage::F64(g), Storage::F64(u)) => scale_rows(g, u, cols, inputs[0].shape()).map(Tensor::from_array),
+            _ => None,
+        };
+        let scaled = scaled.ok_or_else(|| Error::Value { op: self.name.into(), msg: "inconsistent gradient buffers".into() })?;
+        Ok(vec![Some(scaled)])
+    }
+}
+
+fn scale_rows<T: losskit_tensor::Element>(
+    local: &ndarray::ArcArray<T, IxDyn>,
+    upstream: &ndarray::ArcArray<T, IxDyn>,
+    cols: usize,
+    shape: &[usize],
+) -> Option<ArrayD<T>> {
+    let u = upstream.as_standard_layout();
+    let u = u.as_slice()?;
+    let mut g = local.as_standard_layout().into_owned();
+    for (row, &s) in g.as_slice_mut()?.chunks_mut(cols).zip(u) {
+        for v in row {
+            *v = *v * s;
+        }
+    }
+    g.into_shape_with_order(IxDyn(shape)).ok()
+}
+
+fn run_typed<T, K>(kernel: &K, y_true: &Tensor, y_pred: &Tensor, cols: usize, with_grad: bool) -> Result<(ArrayD<T>, Option<ArrayD<T>>)>
+where
+    T: losskit_tensor::Element,
+    K: RowKernel<T>,
+{
+    let t = y_true.to_array::<T>();
+    let p = y_pred.to_array::<T>();
+    let (t, p) = (t.as_standard_layout(), p.as_standard_layout());
+    let (t, p) = (t.as_slice().expect("standard layout"), p.as_slice().expect("standard layout"));
+    let shape = y_pred.shape();
+    let out_shape = &shape[..shape.len() - 1];
+    let mut values = ArrayD::<T>::zeros(IxDyn(out_shape));
+    let mut grad = with_grad.then(|| ArrayD::<T>::zeros(IxDyn(shape)));
+    run_rows(
+        kernel,
+        t,
+        p,
+        cols,
+        None,
+        values.as_slice_mut().expect("fresh array"),
+        grad.as_mut().map(|g| g.as_slice_mut().expect("fresh array")),
+    )?;
+    Ok((values, grad))
+}
+
+/// Runs a row kernel over the last axis of `y_true`/`y_pred` (broadcast to a common shape) and
+/// records the result as one differentiable node with respect to `y_pred`. `y_true` is
+/// treated as a constant. The output has the common shape without its last axis.
+pub(crate) fn row_loss<K>(name: &'static str, kernel: K, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor>
+where
+    K: RowKernel<f32> + RowKernel<f64>,
+{
+    let shape = broadcast_shapes(y_true.shape(), y_pred.shape()).ok_or_else(|| Error::Broadcast {
+        op: format!("{name} (y_true vs y_pred)"),
+        lhs: y_true.shape().to_vec(),
+        rhs: y_pred.shape().to_vec(),
+    })?;
+    if shape.is_empty() {
+        return Err(Error::Shape {
+            op: name.into(),
+            msg: "scalar inputs have no axis to reduce; expected y_pred of rank >= 1 (e.g. (batch, features))".into(),
+        });
+    }
+    let y_pred = y_pred.broadcast_to(&shape)?;
+    let y_true = y_true.detach().broadcast_to(&shape)?;
+    let cols = shape[shape.len() - 1];
+    let with_grad = is_grad_enabled() && y_pred.is_tracked();
+    let (values, grad) = match y_pred.dtype() {
+        losskit_tensor::DType::F32 => {
+            let (v, g) = run_typed::<f32, K>(&kernel, &y_true, &y_pred, cols, with_grad)?;
+            (Storage::F32(v.into_shared()), g.map(|g| Storage::F32(g.into_shared())))
+        }
+        losskit_tensor::DType::F64 => {
+            let (v, g) = run_typed::<f64, K>(&kernel, &y_true, &y_pred, cols, with_grad)?;
+            (Storage::F64(v.into_shared()), g.map(|g| Storage::F64(g.into_shared())))
+        }
+    };
+    Ok(match grad {
+        Some(local_grad) => Tensor::from_op(values, vec![y_pred], RowLossOp { name, local_grad, cols }),
+        None => Tensor::from_storage(values),
+    })
+}

@@ -1,0 +1,98 @@
+//! The `Loss` trait and the one call path every loss goes through.
+
+use crate::align::squeeze_or_expand_to_same_rank;
+use crate::reduction::{reduce_weighted_values, Reduction};
+use crate::{Error, Result, Tensor};
+use serde_json::{json, Value};
+
+/// What a loss computes before weighting and reduction.
+#[derive(Debug, Clone)]
+pub struct PerSample {
+    /// Per-sample loss values (e.g. `(B,)` for `(B, C)` inputs reduced over the last axis).
+    pub values: Tensor,
+    /// An optional mask the loss attaches to its values (1 = keep, 0 = drop), in their shape.
+    pub mask: Option<Tensor>,
+}
+
+impl From<Tensor> for PerSample {
+    fn from(values: Tensor) -> Self {
+        PerSample { values, mask: None }
+    }
+}
+
+/// A loss function with Keras semantics.
+///
+/// Implementors say only how to compute per-sample values ([`Loss::per_sample`]); calling the
+/// loss ([`Loss::call`]) runs the shared path: rank alignment → per-sample values → mask →
+/// `sample_weight` → [`Reduction`]. A custom loss is a type implementing `name` and
+/// `per_sample` (or a closure wrapped in [`CustomLoss`](crate::CustomLoss)).
+pub trait Loss: Send + Sync {
+    /// The instance name (Keras `name`, e.g. `"mean_squared_error"`).
+    fn name(&self) -> &str;
+
+    /// The per-sample loss of aligned inputs: `y_true` has `y_pred`'s dtype and rank-aligned
+    /// shape. Must be built from differentiable tensor operations (or a fused op).
+    fn per_sample(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<PerSample>;
+
+    /// The Keras class name (`"MeanSquaredError"`); defaults to the instance name.
+    fn class_name(&self) -> &str {
+        self.name()
+    }
+
+    /// The reduction applied by [`Loss::call`]; Keras' default is `sum_over_batch_size`.
+    fn reduction(&self) -> Reduction {
+        Reduction::SumOverBatchSize
+    }
+
+    /// Keras' `get_config()`: `name`, `reduction` and the constructor parameters.
+    fn config(&self) -> Value {
+        json!({ "name": self.name(), "reduction": self.reduction().keras_name() })
+    }
+
+    /// Computes the reduced loss: `y_true` is cast to `y_pred`'s dtype, both are rank-aligned,
+    /// then per-sample values are weighted by `sample_weight` and reduced.
+    fn call(&self, y_true: &Tensor, y_pred: &Tensor, sample_weight: Option<&Tensor>) -> Result<Tensor> {
+        compute(self, y_true, y_pred, sample_weight, None)
+    }
+
+    /// As [`Loss::call`], with a Keras mask on `y_pred` (1 = keep) in the per-sample shape.
+    fn call_masked(&self, y_true: &Tensor, y_pred: &Tensor, sample_weight: Option<&Tensor>, mask: Option<&Tensor>) -> Result<Tensor> {
+        compute(self, y_true, y_pred, sample_weight, mask)
+    }
+}
+
+impl std::fmt::Debug for dyn Loss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}({})", self.class_name(), self.config())
+    }
+}
+
+/// The one call path (Keras `Loss.__call__`, spec §1.2): validate and align → per-sample →
+/// mask (the input mask AND the loss' own) → `sample_weight` → reduction.
+///
+/// Errors on empty inputs and on non-float `sample_weight`/mask shapes that do not broadcast.
+pub fn compute<L: Loss + ?Sized>(
+    loss: &L,
+    y_true: &Tensor,
+    y_pred: &Tensor,
+    sample_weight: Option<&Tensor>,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let name = loss.name();
+    if y_pred.numel() == 0 || y_true.numel() == 0 {
+        return Err(Error::Shape {
+            op: name.to_string(),
+            msg: format!("empty input: y_true {:?}, y_pred {:?}; expected at least one value", y_true.shape(), y_pred.shape()),
+        });
+    }
+    let y_true = y_true.to_dtype(y_pred.dtype());
+    let (y_true, y_pred) = squeeze_or_expand_to_same_rank(&y_true, y_pred)?;
+    let PerSample { values, mask: own_mask } = loss.per_sample(&y_true, &y_pred)?;
+    let mask = match (mask, own_mask) {
+        (None, None) => None,
+        (Some(m), None) => Some(m.clone()),
+        (None, Some(m)) => Some(m),
+        (Some(a), Some(b)) => Some(a.detach().to_dtype(b.dtype()).mul(&b)?),
+    };
+    reduce_weighted_values(name, &values, sample_weight, mask.as_ref(), loss.reduction())
+}

@@ -1,0 +1,246 @@
+//! Names, aliases and configs: `get("mse")`, `from_config(json)`, `register(...)`, `list()`.
+
+use crate::regression::*;
+use crate::{Error, Loss, Result};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+/// The group a loss belongs to (used by `losskit list`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Family {
+    /// Regression losses (MSE, MAE, Huber, ...), including KL divergence and cosine similarity.
+    Regression,
+    /// Losses registered at run time with [`register`].
+    Custom,
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::Regression => "regression",
+            Family::Custom => "custom",
+        })
+    }
+}
+
+/// A description of one loss, as `losskit list` prints it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LossInfo {
+    /// The class name (`"MeanSquaredError"`), itself accepted by [`get`].
+    pub class_name: String,
+    /// Other accepted names (Keras function names, short aliases, Keras 2 names).
+    pub aliases: Vec<String>,
+    /// The family.
+    pub family: Family,
+    /// One line on what it computes.
+    pub description: String,
+}
+
+type Builder = fn(&Value) -> Result<Box<dyn Loss>>;
+
+/// A factory for a registered custom loss: builds it from a config (`Value::Null` for defaults).
+pub type Factory = dyn Fn(&Value) -> Result<Box<dyn Loss>> + Send + Sync;
+
+struct Entry {
+    class_name: &'static str,
+    aliases: &'static [&'static str],
+    family: Family,
+    description: &'static str,
+    build: Builder,
+}
+
+fn boxed<L: Loss + 'static>(r: Result<L>) -> Result<Box<dyn Loss>> {
+    r.map(|l| Box::new(l) as Box<dyn Loss>)
+}
+
+const BUILTINS: &[Entry] = &[
+    Entry {
+        class_name: "MeanSquaredError",
+        aliases: &["mean_squared_error", "mse", "MSE"],
+        family: Family::Regression,
+        description: "mean over the last axis of (y_true - y_pred)^2",
+        build: |c| boxed(MeanSquaredError::from_config(c)),
+    },
+    Entry {
+        class_name: "MeanAbsoluteError",
+        aliases: &["mean_absolute_error", "mae", "MAE"],
+        family: Family::Regression,
+        description: "mean over the last axis of |y_true - y_pred|",
+        build: |c| boxed(MeanAbsoluteError::from_config(c)),
+    },
+    Entry {
+        class_name: "MeanAbsolutePercentageError",
+        aliases: &["mean_absolute_percentage_error", "mape", "MAPE"],
+        family: Family::Regression,
+        description: "100 * mean of |y_true - y_pred| / max(|y_true|, 1e-7)",
+        build: |c| boxed(MeanAbsolutePercentageError::from_config(c)),
+    },
+    Entry {
+        class_name: "MeanSquaredLogarithmicError",
+        aliases: &["mean_squared_logarithmic_error", "msle", "MSLE"],
+        family: Family::Regression,
+        description: "mean of (ln(max(p,1e-7)+1) - ln(max(y,1e-7)+1))^2",
+        build: |c| boxed(MeanSquaredLogarithmicError::from_config(c)),
+    },
+    Entry {
+        class_name: "Huber",
+        aliases: &["huber", "huber_loss"],
+        family: Family::Regression,
+        description: "quadratic for |error| <= delta, linear beyond (delta = 1)",
+        build: |c| boxed(Huber::from_config(c)),
+    },
+    Entry {
+        class_name: "LogCosh",
+        aliases: &["log_cosh", "logcosh"],
+        family: Family::Regression,
+        description: "mean of ln cosh(y_pred - y_true), stable for large errors",
+        build: |c| boxed(LogCosh::from_config(c)),
+    },
+    Entry {
+        class_name: "Poisson",
+        aliases: &["poisson"],
+        family: Family::Regression,
+        description: "mean of y_pred - y_true * ln(y_pred + 1e-7)",
+        build: |c| boxed(Poisson::from_config(c)),
+    },
+    Entry {
+        class_name: "KLDivergence",
+        aliases: &["kl_divergence", "kld", "KLD", "kullback_leibler_divergence"],
+        family: Family::Regression,
+        description: "sum of t * ln(t / q) over the last axis, both clipped to [1e-7, 1]",
+        build: |c| boxed(KLDivergence::from_config(c)),
+    },
+    Entry {
+        class_name: "CosineSimilarity",
+        aliases: &["cosine_similarity"],
+        family: Family::Regression,
+        description: "negative cosine of the angle between y_true and y_pred along an axis",
+        build: |c| boxed(CosineSimilarity::from_config(c)),
+    },
+];
+
+struct Registered {
+    factory: Arc<Factory>,
+    description: String,
+}
+
+static CUSTOM: RwLock<BTreeMap<String, Registered>> = RwLock::new(BTreeMap::new());
+
+fn builtin(name: &str) -> Option<&'static Entry> {
+    BUILTINS.iter().find(|e| e.class_name == name || e.aliases.contains(&name))
+}
+
+fn all_names() -> Vec<String> {
+    let mut names: Vec<String> = BUILTINS
+        .iter()
+        .flat_map(|e| std::iter::once(e.class_name).chain(e.aliases.iter().copied()))
+        .map(String::from)
+        .collect();
+    if let Ok(custom) = CUSTOM.read() {
+        names.extend(custom.keys().cloned());
+    }
+    names
+}
+
+fn unknown(name: &str) -> Error {
+    let mut scored: Vec<(f64, String)> =
+        all_names().into_iter().map(|n| (strsim::normalized_levenshtein(&name.to_lowercase(), &n.to_lowercase()), n)).collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let suggestions: Vec<String> = scored.into_iter().take(3).map(|(_, n)| n).collect();
+    Error::UnknownName { kind: "loss".into(), name: name.into(), suggestions: suggestions.join(", ") }
+}
+
+/// Builds the loss called `name` (a Keras class name, function name or alias, exact and
+/// case-sensitive as in Keras, or a name given to [`register`]) with its defaults.
+///
+/// Besides Keras 3's names, the Keras 2 names `logcosh`, `huber_loss` and
+/// `kullback_leibler_divergence` are accepted. An unknown name is an error listing the three
+/// closest known names.
+pub fn get(name: &str) -> Result<Box<dyn Loss>> {
+    build(name, &Value::Null)
+}
+
+/// Builds the loss called `name` from a config object of Keras constructor keys
+/// (`{"delta": 0.5, "reduction": "sum"}`); `Value::Null` means all defaults.
+pub fn build(name: &str, config: &Value) -> Result<Box<dyn Loss>> {
+    if let Some(entry) = builtin(name) {
+        return (entry.build)(config);
+    }
+    let factory = CUSTOM.read().ok().and_then(|m| m.get(name).map(|r| r.factory.clone()));
+    match factory {
+        Some(f) => f(config),
+        None => Err(unknown(name)),
+    }
+}
+
+/// Builds a loss from a serialized form: `{"class_name": "Huber", "config": {...}}` (what
+/// [`serialize`] and Keras' `keras.losses.serialize` write), or a bare name string.
+pub fn from_config(json: &Value) -> Result<Box<dyn Loss>> {
+    match json {
+        Value::String(name) => get(name),
+        Value::Object(m) => {
+            let class = m
+                .get("class_name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| Error::Config(format!("expected {{\"class_name\": ..., \"config\": {{...}}}}, got {json}")))?;
+            build(class, m.get("config").unwrap_or(&Value::Null))
+        }
+        other => Err(Error::Config(format!("expected a loss name or {{\"class_name\", \"config\"}}, got {other}"))),
+    }
+}
+
+/// Keras' `keras.losses.serialize`: `{"module", "class_name", "config", "registered_name"}`.
+/// `from_config(&serialize(loss))` rebuilds an equal loss.
+pub fn serialize(loss: &dyn Loss) -> Value {
+    json!({
+        "module": "keras.losses",
+        "class_name": loss.class_name(),
+        "config": loss.config(),
+        "registered_name": Value::Null,
+    })
+}
+
+/// Registers a custom loss under `name`, so [`get`], [`build`] and [`from_config`] find it.
+/// Errors if `name` is already a built-in name.
+pub fn register(
+    name: &str,
+    description: &str,
+    factory: impl Fn(&Value) -> Result<Box<dyn Loss>> + Send + Sync + 'static,
+) -> Result<()> {
+    if builtin(name).is_some() {
+        return Err(Error::InvalidParameter {
+            loss: "register".into(),
+            param: "name".into(),
+            value: format!("{name:?}"),
+            expected: "a name that is not a built-in loss".into(),
+        });
+    }
+    let mut map = CUSTOM.write().map_err(|_| Error::Config("loss registry lock poisoned".into()))?;
+    map.insert(name.to_string(), Registered { factory: Arc::new(factory), description: description.into() });
+    Ok(())
+}
+
+/// Every known loss: the built-ins in family order, then registered custom losses.
+pub fn list() -> Vec<LossInfo> {
+    let mut out: Vec<LossInfo> = BUILTINS
+        .iter()
+        .map(|e| LossInfo {
+            class_name: e.class_name.into(),
+            aliases: e.aliases.iter().map(|s| s.to_string()).collect(),
+            family: e.family,
+            description: e.description.into(),
+        })
+        .collect();
+    if let Ok(custom) = CUSTOM.read() {
+        out.extend(custom.iter().map(|(name, r)| LossInfo {
+            class_name: name.clone(),
+            aliases: vec![],
+            family: Family::Custom,
+            description: r.description.clone(),
+        }));
+    }
+    out.sort_by_key(|i| i.family);
+    out
+}

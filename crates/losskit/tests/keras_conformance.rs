@@ -1,0 +1,59 @@
+//! Every Keras 3.15.1 vector of the implemented losses, in f32 and f64, at the house tolerance.
+
+mod common;
+
+use common::{close, keras_vectors, nested, tensor};
+use losskit::{DType, Loss};
+use serde_json::Value;
+
+const IMPLEMENTED: &[(&str, usize)] = &[
+    ("MeanSquaredError", 15),
+    ("MeanAbsoluteError", 3),
+    ("MeanAbsolutePercentageError", 3),
+    ("MeanSquaredLogarithmicError", 2),
+    ("CosineSimilarity", 4),
+    ("Huber", 3),
+    ("LogCosh", 3),
+    ("KLDivergence", 3),
+    ("Poisson", 2),
+];
+
+fn run_vector(v: &Value, dtype: DType) -> Result<(), String> {
+    let class = v["loss"].as_str().unwrap();
+    let loss: Box<dyn Loss> = losskit::build(class, &v["config"]).map_err(|e| e.to_string())?;
+    let y_true = tensor(&v["y_true"], dtype);
+    let y_pred = tensor(&v["y_pred"], dtype);
+    let weight = v.get("sample_weight").map(|w| tensor(w, dtype));
+    let mask = v.get("mask").map(|m| tensor(m, dtype));
+    let out = loss.call_masked(&y_true, &y_pred, weight.as_ref(), mask.as_ref()).map_err(|e| e.to_string())?;
+    let expected_shape: Vec<usize> = v["expected_shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+    if out.shape() != expected_shape.as_slice() {
+        return Err(format!("shape {:?}, expected {:?}", out.shape(), expected_shape));
+    }
+    let (_, expected) = nested(&v["expected"]);
+    let got = out.to_vec::<f64>();
+    for (i, (&g, &e)) in got.iter().zip(&expected).enumerate() {
+        if !close(g, e) {
+            return Err(format!("element {i}: got {g}, expected {e} (all: {got:?} vs {expected:?})"));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn keras_vectors_of_implemented_losses_pass_in_f32_and_f64() {
+    let vectors = keras_vectors();
+    let mut failures = Vec::new();
+    for &(class, count) in IMPLEMENTED {
+        let mine: Vec<&Value> = vectors.iter().filter(|v| v["loss"] == class).collect();
+        assert_eq!(mine.len(), count, "{class}: vector count changed");
+        for (i, v) in mine.iter().enumerate() {
+            for dtype in [DType::F32, DType::F64] {
+                if let Err(e) = run_vector(v, dtype) {
+                    failures.push(format!("{class} #{i} {dtype} (config {}): {e}", v["config"]));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
