@@ -52,7 +52,7 @@ pub fn run_rows<T: Float, K: RowKernel<T>>(
         }
         return Ok(());
     }
-    if len % cols != 0 {
+    if !len.is_multiple_of(cols) {
         return Err(KernelError::Layout { kernel: K::NAME, len, cols });
     }
     let rows = len / cols;
@@ -67,14 +67,10 @@ pub fn run_rows<T: Float, K: RowKernel<T>>(
         Some(grad) => {
             check(K::NAME, "grad", grad.len(), len)?;
             if parallel {
-                values
-                    .par_iter_mut()
-                    .zip(grad.par_chunks_mut(cols))
-                    .enumerate()
-                    .for_each(|(r, (v, g))| {
-                        let span = r * cols..(r + 1) * cols;
-                        *v = kernel.row(&y_true[span.clone()], &y_pred[span], scale(r), Some(g));
-                    });
+                values.par_iter_mut().zip(grad.par_chunks_mut(cols)).enumerate().for_each(|(r, (v, g))| {
+                    let span = r * cols..(r + 1) * cols;
+                    *v = kernel.row(&y_true[span.clone()], &y_pred[span], scale(r), Some(g));
+                });
             } else {
                 for (r, (v, g)) in values.iter_mut().zip(grad.chunks_mut(cols)).enumerate() {
                     let span = r * cols..(r + 1) * cols;

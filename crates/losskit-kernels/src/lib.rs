@@ -16,21 +16,21 @@
 //!   `maximum(x, c)` passes the gradient to `x` when `x >= c`; `clip(x, lo, hi)` passes it only
 //!   strictly inside `(lo, hi)`.
 
+#![warn(missing_docs)]
+
 mod driver;
 mod regression;
 
 pub use driver::{run_rows, RowKernel};
 pub use regression::{
-    CosineSimilarity, Huber, KLDivergence, LogCosh, MeanAbsoluteError,
-    MeanAbsolutePercentageError, MeanSquaredError, MeanSquaredLogarithmicError, Poisson,
+    CosineSimilarity, Huber, KLDivergence, LogCosh, MeanAbsoluteError, MeanAbsolutePercentageError, MeanSquaredError,
+    MeanSquaredLogarithmicError, Poisson,
 };
 
 use std::fmt::Debug;
 
 /// The floating-point types the kernels run on: `f32` and `f64`.
-pub trait Float:
-    num_traits::Float + num_traits::FromPrimitive + Send + Sync + Debug + Default + 'static
-{
+pub trait Float: num_traits::Float + num_traits::FromPrimitive + Send + Sync + Debug + Default + 'static {
     /// Keras' backend epsilon, `1e-7`, rounded to this type.
     const EPSILON_KERAS: Self;
     /// `ln 2` in this type.

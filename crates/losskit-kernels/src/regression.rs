@@ -1,17 +1,11 @@
 //! Regression kernels: the per-sample value is a mean (or, for KLD and cosine, a sum) over a row.
 
-use crate::{sign, softplus, sigmoid, Float, RowKernel};
+use crate::{sigmoid, sign, softplus, Float, RowKernel};
 
 /// Mean over a row of an element term `f(t, p) -> (value, ∂value/∂p)`, value and gradient in one
 /// pass. Without `grad` the derivative half of `f` is dead code and compiles away.
 #[inline(always)]
-fn mean_row<T: Float>(
-    y_true: &[T],
-    y_pred: &[T],
-    scale: T,
-    grad: Option<&mut [T]>,
-    f: impl Fn(T, T) -> (T, T),
-) -> T {
+fn mean_row<T: Float>(y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>, f: impl Fn(T, T) -> (T, T)) -> T {
     let n = T::c(y_pred.len() as f64);
     let mut sum = T::zero();
     match grad {

@@ -15,8 +15,11 @@
 //!
 //! Broadcasting follows NumPy; the gradient of a broadcast input is summed back to its shape.
 
+#![warn(missing_docs)]
+
 mod autodiff;
 mod error;
+pub mod npy;
 mod ops;
 mod storage;
 mod tensor;

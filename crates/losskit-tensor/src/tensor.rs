@@ -61,9 +61,13 @@ impl Tensor {
     pub fn from_vec<T: Element>(data: Vec<T>, shape: &[usize]) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         if n != data.len() {
-            return Err(Error::shape("Tensor::from_vec", format!("{} values do not fill shape {:?} ({} values)", data.len(), shape, n)));
+            return Err(Error::shape(
+                "Tensor::from_vec",
+                format!("{} values do not fill shape {:?} ({} values)", data.len(), shape, n),
+            ));
         }
-        let a = ArrayD::from_shape_vec(IxDyn(shape), data).map_err(|e| Error::shape("Tensor::from_vec", e.to_string()))?;
+        let a =
+            ArrayD::from_shape_vec(IxDyn(shape), data).map_err(|e| Error::shape("Tensor::from_vec", e.to_string()))?;
         Ok(Tensor::from_array(a))
     }
 

@@ -43,14 +43,15 @@ fn shape() -> impl Strategy<Value = Vec<usize>> {
 
 /// A shape and one that broadcasts against it (some axes set to 1, some leading axes dropped).
 fn broadcast_pair() -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
-    shape().prop_flat_map(|s| {
-        let n = s.len();
-        (Just(s), prop::collection::vec(any::<bool>(), n), 0..=n)
-    })
-    .prop_map(|(s, ones, drop)| {
-        let b: Vec<usize> = s.iter().zip(&ones).map(|(&d, &one)| if one { 1 } else { d }).collect();
-        (s, b[drop..].to_vec())
-    })
+    shape()
+        .prop_flat_map(|s| {
+            let n = s.len();
+            (Just(s), prop::collection::vec(any::<bool>(), n), 0..=n)
+        })
+        .prop_map(|(s, ones, drop)| {
+            let b: Vec<usize> = s.iter().zip(&ones).map(|(&d, &one)| if one { 1 } else { d }).collect();
+            (s, b[drop..].to_vec())
+        })
 }
 
 fn values(shape: &[usize], lo: f64, hi: f64) -> impl Strategy<Value = Vec<f64>> {
@@ -59,7 +60,10 @@ fn values(shape: &[usize], lo: f64, hi: f64) -> impl Strategy<Value = Vec<f64>> 
 
 /// Values away from zero (for kinks at 0), of either sign.
 fn signed_away_from_zero(shape: &[usize]) -> impl Strategy<Value = Vec<f64>> {
-    prop::collection::vec((0.1f64..2.0, any::<bool>()).prop_map(|(v, neg)| if neg { -v } else { v }), shape.iter().product::<usize>())
+    prop::collection::vec(
+        (0.1f64..2.0, any::<bool>()).prop_map(|(v, neg)| if neg { -v } else { v }),
+        shape.iter().product::<usize>(),
+    )
 }
 
 fn cfg() -> Config {

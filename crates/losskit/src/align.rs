@@ -36,7 +36,8 @@ mod tests {
     use crate::DType;
 
     fn shapes(a: &[usize], b: &[usize]) -> (Vec<usize>, Vec<usize>) {
-        let (x, y) = squeeze_or_expand_to_same_rank(&Tensor::zeros(a, DType::F32), &Tensor::zeros(b, DType::F32)).unwrap();
+        let (x, y) =
+            squeeze_or_expand_to_same_rank(&Tensor::zeros(a, DType::F32), &Tensor::zeros(b, DType::F32)).unwrap();
         (x.shape().to_vec(), y.shape().to_vec())
     }
 

@@ -20,7 +20,12 @@ impl Params {
     }
 
     fn invalid(&self, param: &str, value: &Value, expected: &str) -> Error {
-        Error::InvalidParameter { loss: self.class.into(), param: param.into(), value: value.to_string(), expected: expected.into() }
+        Error::InvalidParameter {
+            loss: self.class.into(),
+            param: param.into(),
+            value: value.to_string(),
+            expected: expected.into(),
+        }
     }
 
     /// `name`: a string (absent or null → `default`).
@@ -43,7 +48,11 @@ impl Params {
             None => Ok(default),
             Some(Value::Null) => Ok(Reduction::None),
             Some(Value::String(s)) => Reduction::parse(&s).map_err(|_| {
-                self.invalid("reduction", &Value::String(s.clone()), "one of \"sum_over_batch_size\", \"sum\", \"mean\", \"mean_with_sample_weight\", \"none\" or null")
+                self.invalid(
+                    "reduction",
+                    &Value::String(s.clone()),
+                    "one of \"sum_over_batch_size\", \"sum\", \"mean\", \"mean_with_sample_weight\", \"none\" or null",
+                )
             }),
             Some(v) => Err(self.invalid("reduction", &v, "a string or null")),
         }

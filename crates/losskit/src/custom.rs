@@ -29,7 +29,10 @@ pub struct CustomLoss {
 
 impl CustomLoss {
     /// A custom loss named `name` computing per-sample values with `f`.
-    pub fn new(name: impl Into<String>, f: impl Fn(&Tensor, &Tensor) -> Result<Tensor> + Send + Sync + 'static) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        f: impl Fn(&Tensor, &Tensor) -> Result<Tensor> + Send + Sync + 'static,
+    ) -> Self {
         CustomLoss { name: name.into(), reduction: Reduction::SumOverBatchSize, f: Arc::new(f) }
     }
 

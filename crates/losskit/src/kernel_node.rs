@@ -26,7 +26,8 @@ impl CustomOp for RowLossOp {
             (Storage::F64(g), Storage::F64(u)) => scale_rows(g, u, cols, inputs[0].shape()).map(Tensor::from_array),
             _ => None,
         };
-        let scaled = scaled.ok_or_else(|| Error::Value { op: self.name.into(), msg: "inconsistent gradient buffers".into() })?;
+        let scaled =
+            scaled.ok_or_else(|| Error::Value { op: self.name.into(), msg: "inconsistent gradient buffers".into() })?;
         Ok(vec![Some(scaled)])
     }
 }
@@ -48,7 +49,13 @@ fn scale_rows<T: losskit_tensor::Element>(
     g.into_shape_with_order(IxDyn(shape)).ok()
 }
 
-fn run_typed<T, K>(kernel: &K, y_true: &Tensor, y_pred: &Tensor, cols: usize, with_grad: bool) -> Result<(ArrayD<T>, Option<ArrayD<T>>)>
+fn run_typed<T, K>(
+    kernel: &K,
+    y_true: &Tensor,
+    y_pred: &Tensor,
+    cols: usize,
+    with_grad: bool,
+) -> Result<(ArrayD<T>, Option<ArrayD<T>>)>
 where
     T: losskit_tensor::Element,
     K: RowKernel<T>,

@@ -22,6 +22,8 @@
 //!
 //! Losses can also be built by name ([`get`]) or from a Keras config ([`from_config`]).
 
+#![warn(missing_docs)]
+
 mod align;
 mod config;
 mod custom;
@@ -38,9 +40,13 @@ pub use losskit_tensor::{no_grad, DType, Error, Gradients, Result, Tensor};
 pub use reduction::{reduce_weighted_values, Reduction};
 pub use registry::{build, from_config, get, list, register, serialize, Family, LossInfo};
 pub use regression::{
-    CosineSimilarity, Huber, KLDivergence, LogCosh, MeanAbsoluteError, MeanAbsolutePercentageError,
-    MeanSquaredError, MeanSquaredLogarithmicError, Poisson,
+    CosineSimilarity, Huber, KLDivergence, LogCosh, MeanAbsoluteError, MeanAbsolutePercentageError, MeanSquaredError,
+    MeanSquaredLogarithmicError, Poisson,
 };
 
 /// Keras' backend epsilon, `1e-7`, used by the clipped losses.
 pub const EPSILON: f64 = 1e-7;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

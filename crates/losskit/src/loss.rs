@@ -56,7 +56,13 @@ pub trait Loss: Send + Sync {
     }
 
     /// As [`Loss::call`], with a Keras mask on `y_pred` (1 = keep) in the per-sample shape.
-    fn call_masked(&self, y_true: &Tensor, y_pred: &Tensor, sample_weight: Option<&Tensor>, mask: Option<&Tensor>) -> Result<Tensor> {
+    fn call_masked(
+        &self,
+        y_true: &Tensor,
+        y_pred: &Tensor,
+        sample_weight: Option<&Tensor>,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         compute(self, y_true, y_pred, sample_weight, mask)
     }
 }
@@ -82,7 +88,11 @@ pub fn compute<L: Loss + ?Sized>(
     if y_pred.numel() == 0 || y_true.numel() == 0 {
         return Err(Error::Shape {
             op: name.to_string(),
-            msg: format!("empty input: y_true {:?}, y_pred {:?}; expected at least one value", y_true.shape(), y_pred.shape()),
+            msg: format!(
+                "empty input: y_true {:?}, y_pred {:?}; expected at least one value",
+                y_true.shape(),
+                y_pred.shape()
+            ),
         });
     }
     let y_true = y_true.to_dtype(y_pred.dtype());

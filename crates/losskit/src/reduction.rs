@@ -35,8 +35,13 @@ pub enum Reduction {
 
 impl Reduction {
     /// All reductions, in Keras' order of names.
-    pub const ALL: [Reduction; 5] =
-        [Reduction::SumOverBatchSize, Reduction::Sum, Reduction::Mean, Reduction::MeanWithSampleWeight, Reduction::None];
+    pub const ALL: [Reduction; 5] = [
+        Reduction::SumOverBatchSize,
+        Reduction::Sum,
+        Reduction::Mean,
+        Reduction::MeanWithSampleWeight,
+        Reduction::None,
+    ];
 
     /// Keras' name: `"none"`, `"sum"`, `"sum_over_batch_size"`, `"mean"`, `"mean_with_sample_weight"`.
     pub fn keras_name(self) -> &'static str {
@@ -55,7 +60,9 @@ impl Reduction {
             loss: "Loss".into(),
             param: "reduction".into(),
             value: format!("{s:?}"),
-            expected: "one of \"sum_over_batch_size\", \"sum\", \"mean\", \"mean_with_sample_weight\", \"none\" or null".into(),
+            expected:
+                "one of \"sum_over_batch_size\", \"sum\", \"mean\", \"mean_with_sample_weight\", \"none\" or null"
+                    .into(),
         })
     }
 

@@ -145,8 +145,10 @@ fn all_names() -> Vec<String> {
 }
 
 fn unknown(name: &str) -> Error {
-    let mut scored: Vec<(f64, String)> =
-        all_names().into_iter().map(|n| (strsim::normalized_levenshtein(&name.to_lowercase(), &n.to_lowercase()), n)).collect();
+    let mut scored: Vec<(f64, String)> = all_names()
+        .into_iter()
+        .map(|n| (strsim::normalized_levenshtein(&name.to_lowercase(), &n.to_lowercase()), n))
+        .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0));
     let suggestions: Vec<String> = scored.into_iter().take(3).map(|(_, n)| n).collect();
     Error::UnknownName { kind: "loss".into(), name: name.into(), suggestions: suggestions.join(", ") }
@@ -181,10 +183,9 @@ pub fn from_config(json: &Value) -> Result<Box<dyn Loss>> {
     match json {
         Value::String(name) => get(name),
         Value::Object(m) => {
-            let class = m
-                .get("class_name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| Error::Config(format!("expected {{\"class_name\": ..., \"config\": {{...}}}}, got {json}")))?;
+            let class = m.get("class_name").and_then(Value::as_str).ok_or_else(|| {
+                Error::Config(format!("expected {{\"class_name\": ..., \"config\": {{...}}}}, got {json}"))
+            })?;
             build(class, m.get("config").unwrap_or(&Value::Null))
         }
         other => Err(Error::Config(format!("expected a loss name or {{\"class_name\", \"config\"}}, got {other}"))),

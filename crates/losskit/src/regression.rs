@@ -254,7 +254,11 @@ impl CosineSimilarity {
     /// Builds from a Keras config (`name`, `reduction`, `axis`).
     pub fn from_config(config: &Value) -> Result<Self> {
         let mut p = Params::new("CosineSimilarity", config)?;
-        let loss = CosineSimilarity { name: p.name(Self::DEFAULT_NAME)?, reduction: p.reduction()?, axis: p.int("axis", -1)? as isize };
+        let loss = CosineSimilarity {
+            name: p.name(Self::DEFAULT_NAME)?,
+            reduction: p.reduction()?,
+            axis: p.int("axis", -1)? as isize,
+        };
         p.finish()?;
         Ok(loss)
     }
@@ -289,11 +293,12 @@ impl Loss for CosineSimilarity {
             return Ok(row_loss("cosine_similarity", kernels::CosineSimilarity, y_true, y_pred)?.into());
         }
         // Move `axis` last (a copy) so the row kernel sees contiguous vectors.
-        let shape = losskit_tensor::broadcast_shapes(y_true.shape(), y_pred.shape()).ok_or_else(|| Error::Broadcast {
-            op: format!("{} (y_true vs y_pred)", self.name),
-            lhs: y_true.shape().to_vec(),
-            rhs: y_pred.shape().to_vec(),
-        })?;
+        let shape =
+            losskit_tensor::broadcast_shapes(y_true.shape(), y_pred.shape()).ok_or_else(|| Error::Broadcast {
+                op: format!("{} (y_true vs y_pred)", self.name),
+                lhs: y_true.shape().to_vec(),
+                rhs: y_pred.shape().to_vec(),
+            })?;
         let mut perm: Vec<usize> = (0..rank).filter(|&a| a != axis).collect();
         perm.push(axis);
         let t = y_true.broadcast_to(&shape)?.transpose(Some(&perm))?;

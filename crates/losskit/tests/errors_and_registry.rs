@@ -98,7 +98,10 @@ fn configs_have_keras_keys_and_round_trip_losslessly() {
     assert_eq!(huber.config(), json!({"name": "h", "reduction": "sum", "delta": 0.25}));
     let cos = losskit::CosineSimilarity::new().with_axis(0).with_reduction(Reduction::None);
     assert_eq!(cos.config(), json!({"name": "cosine_similarity", "reduction": "none", "axis": 0}));
-    assert_eq!(losskit::get("mse").unwrap().config(), json!({"name": "mean_squared_error", "reduction": "sum_over_batch_size"}));
+    assert_eq!(
+        losskit::get("mse").unwrap().config(),
+        json!({"name": "mean_squared_error", "reduction": "sum_over_batch_size"})
+    );
     for info in losskit::list() {
         let loss = losskit::get(&info.class_name).unwrap();
         let s = losskit::serialize(loss.as_ref());
@@ -120,7 +123,9 @@ fn configs_have_keras_keys_and_round_trip_losslessly() {
 #[test]
 fn custom_losses_can_be_registered_and_found() {
     losskit::register("cubed_error", "mean |e|^3", |config| {
-        let loss = losskit::CustomLoss::new("cubed_error", |t: &Tensor, p: &Tensor| p.sub(t)?.abs().powf(3.0)?.mean(&[-1], false));
+        let loss = losskit::CustomLoss::new("cubed_error", |t: &Tensor, p: &Tensor| {
+            p.sub(t)?.abs().powf(3.0)?.mean(&[-1], false)
+        });
         let reduction = match config.get("reduction").and_then(|r| r.as_str()) {
             Some(r) => Reduction::parse(r)?,
             None => Reduction::SumOverBatchSize,

@@ -26,7 +26,8 @@ fn run_vector(v: &Value, dtype: DType) -> Result<(), String> {
     let weight = v.get("sample_weight").map(|w| tensor(w, dtype));
     let mask = v.get("mask").map(|m| tensor(m, dtype));
     let out = loss.call_masked(&y_true, &y_pred, weight.as_ref(), mask.as_ref()).map_err(|e| e.to_string())?;
-    let expected_shape: Vec<usize> = v["expected_shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+    let expected_shape: Vec<usize> =
+        v["expected_shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
     if out.shape() != expected_shape.as_slice() {
         return Err(format!("shape {:?}, expected {:?}", out.shape(), expected_shape));
     }

@@ -11,7 +11,9 @@ fn composed(class: &str, t: &Tensor, p: &Tensor) -> Result<Tensor> {
     match class {
         "MeanSquaredError" => p.sub(t)?.square().mean(&[-1], false),
         "MeanAbsoluteError" => p.sub(t)?.abs().mean(&[-1], false),
-        "MeanAbsolutePercentageError" => t.sub(p)?.div(&t.abs().maximum_scalar(EPS)?)?.abs().mean(&[-1], false)?.mul_scalar(100.0),
+        "MeanAbsolutePercentageError" => {
+            t.sub(p)?.div(&t.abs().maximum_scalar(EPS)?)?.abs().mean(&[-1], false)?.mul_scalar(100.0)
+        }
         "MeanSquaredLogarithmicError" => {
             let a = p.maximum_scalar(EPS)?.add_scalar(1.0)?.log();
             let b = t.maximum_scalar(EPS)?.add_scalar(1.0)?.log();
@@ -23,7 +25,10 @@ fn composed(class: &str, t: &Tensor, p: &Tensor) -> Result<Tensor> {
             let a = e.abs();
             let quad = e.square().mul_scalar(0.5)?;
             let lin = a.mul_scalar(delta)?.add_scalar(-0.5 * delta * delta)?;
-            let cond = Tensor::from_vec(a.to_vec::<f64>().iter().map(|&v| f64::from(u8::from(v <= delta))).collect(), a.shape())?;
+            let cond = Tensor::from_vec(
+                a.to_vec::<f64>().iter().map(|&v| f64::from(u8::from(v <= delta))).collect(),
+                a.shape(),
+            )?;
             Tensor::where_cond(&cond, &quad, &lin)?.mean(&[-1], false)
         }
         "LogCosh" => {
@@ -37,7 +42,9 @@ fn composed(class: &str, t: &Tensor, p: &Tensor) -> Result<Tensor> {
             tc.mul(&tc.div(&qc)?.log())?.sum(&[-1], false)
         }
         "CosineSimilarity" => {
-            let norm = |x: &Tensor| -> Result<Tensor> { x.mul(&x.square().sum(&[-1], true)?.powf(-0.5)?.minimum_scalar(1.0 / EPS)?) };
+            let norm = |x: &Tensor| -> Result<Tensor> {
+                x.mul(&x.square().sum(&[-1], true)?.powf(-0.5)?.minimum_scalar(1.0 / EPS)?)
+            };
             norm(t)?.mul(&norm(p)?)?.sum(&[-1], false)?.neg().mul_scalar(1.0)
         }
         other => panic!("no reference for {other}"),
@@ -73,7 +80,17 @@ fn inputs(shape: &[usize], seed: u64) -> (Vec<f64>, Vec<f64>) {
         0.05 + 0.9 * ((s >> 11) as f64 / (1u64 << 53) as f64)
     };
     let t: Vec<f64> = (0..n).map(|_| next()).collect();
-    let p: Vec<f64> = t.iter().map(|&y| { let d = next() - 0.5; if d.abs() < 0.05 { (y + 0.3).min(0.95) } else { (y + d).clamp(0.02, 0.98) } }).collect();
+    let p: Vec<f64> = t
+        .iter()
+        .map(|&y| {
+            let d = next() - 0.5;
+            if d.abs() < 0.05 {
+                (y + 0.3).min(0.95)
+            } else {
+                (y + d).clamp(0.02, 0.98)
+            }
+        })
+        .collect();
     (t, p)
 }
 
@@ -83,13 +100,24 @@ fn with_reduction(class: &str, r: Reduction) -> Box<dyn Loss> {
     losskit::build(class, &cfg).unwrap()
 }
 
-fn value_and_grad(loss: &dyn Loss, t: &Tensor, p_vals: &[f64], shape: &[usize], w: Option<&Tensor>, fused: bool, class: &str) -> (Vec<f64>, Vec<f64>) {
+fn value_and_grad(
+    loss: &dyn Loss,
+    t: &Tensor,
+    p_vals: &[f64],
+    shape: &[usize],
+    w: Option<&Tensor>,
+    fused: bool,
+    class: &str,
+) -> (Vec<f64>, Vec<f64>) {
     let p = Tensor::from_vec(p_vals.to_vec(), shape).unwrap().requires_grad();
     let out = if fused {
         loss.call(t, &p, w).unwrap()
     } else {
-        let reference = losskit::CustomLoss::new("reference", { let c = class.to_string(); move |t: &Tensor, p: &Tensor| composed(&c, t, p) })
-            .with_reduction(loss.reduction());
+        let reference = losskit::CustomLoss::new("reference", {
+            let c = class.to_string();
+            move |t: &Tensor, p: &Tensor| composed(&c, t, p)
+        })
+        .with_reduction(loss.reduction());
         reference.call(t, &p, w).unwrap()
     };
     let values = out.to_vec::<f64>();
@@ -131,7 +159,11 @@ fn fused_kernels_match_composed_ops_and_finite_differences() {
                         loss.call(&t, &p, w.as_ref()).unwrap().sum_all().to_scalar().unwrap()
                     };
                     let fd = (f(h) - f(-h)) / (2.0 * h);
-                    assert!((fd - g1[j]).abs() <= 1e-5 * (1.0 + fd.abs()), "{ctx} element {j}: fd {fd} vs kernel {}", g1[j]);
+                    assert!(
+                        (fd - g1[j]).abs() <= 1e-5 * (1.0 + fd.abs()),
+                        "{ctx} element {j}: fd {fd} vs kernel {}",
+                        g1[j]
+                    );
                 }
             }
         }

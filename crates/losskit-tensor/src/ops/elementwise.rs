@@ -4,8 +4,8 @@ use super::{op, with_pair};
 use crate::storage::{with_storage, Element};
 use crate::{DType, Error, Result, Storage, Tensor};
 use losskit_kernels::{sigmoid, sign, softplus, Float};
-use num_traits::Zero;
 use ndarray::{ArrayD, Axis, IxDyn, Zip};
+use num_traits::Zero;
 
 /// The NumPy broadcast of two shapes, or `None` when they do not broadcast.
 pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
@@ -466,9 +466,14 @@ impl Tensor {
         }
         let ok = broadcast_shapes(self.shape(), shape).is_some_and(|s| s == shape);
         if !ok {
-            return Err(Error::Broadcast { op: "broadcast_to".into(), lhs: self.shape().to_vec(), rhs: shape.to_vec() });
+            return Err(Error::Broadcast {
+                op: "broadcast_to".into(),
+                lhs: self.shape().to_vec(),
+                rhs: shape.to_vec(),
+            });
         }
-        let storage = with_storage!(self.storage(), a => T::wrap(a.broadcast(IxDyn(shape)).expect("checked").to_owned()));
+        let storage =
+            with_storage!(self.storage(), a => T::wrap(a.broadcast(IxDyn(shape)).expect("checked").to_owned()));
         Ok(Tensor::from_op(
             storage,
             vec![self.clone()],

@@ -29,7 +29,10 @@ impl Tensor {
         let ax = norm_axis("gather", axis, self.rank())?;
         let dim = self.shape()[ax];
         if let Some((pos, &bad)) = indices.iter().enumerate().find(|(_, &i)| i >= dim) {
-            return Err(Error::value("gather", format!("index {bad} at position {pos} is out of range for axis {axis} of size {dim}")));
+            return Err(Error::value(
+                "gather",
+                format!("index {bad} at position {pos} is out of range for axis {axis} of size {dim}"),
+            ));
         }
         let storage = with_storage!(self.storage(), a => T::wrap(a.select(Axis(ax), indices)));
         let idx = indices.to_vec();
@@ -56,7 +59,10 @@ impl Tensor {
     pub fn take_along_last(&self, labels: &Tensor) -> Result<Tensor> {
         let shape = self.shape();
         if shape.is_empty() || labels.shape() != &shape[..shape.len() - 1] {
-            return Err(Error::shape("take_along_last", format!("labels of shape {:?} do not index rows of {:?}", labels.shape(), shape)));
+            return Err(Error::shape(
+                "take_along_last",
+                format!("labels of shape {:?} do not index rows of {:?}", labels.shape(), shape),
+            ));
         }
         let c = shape[shape.len() - 1];
         let idx = class_indices("take_along_last", labels, c)?;

@@ -22,13 +22,30 @@ macro_rules! impl_gemm {
                     return c;
                 }
                 // Negative strides cannot be passed to matrixmultiply: copy those operands.
-                let a = if a.strides().iter().any(|&s| s < 0) { a.as_standard_layout().into_owned() } else { a.to_owned() };
-                let b = if b.strides().iter().any(|&s| s < 0) { b.as_standard_layout().into_owned() } else { b.to_owned() };
+                let a =
+                    if a.strides().iter().any(|&s| s < 0) { a.as_standard_layout().into_owned() } else { a.to_owned() };
+                let b =
+                    if b.strides().iter().any(|&s| s < 0) { b.as_standard_layout().into_owned() } else { b.to_owned() };
                 let (sa, sb) = (a.strides(), b.strides());
                 // SAFETY: `a` is m×k, `b` is k×n, `c` is a fresh m×n standard-layout array; the
                 // pointers and strides come from those arrays, so every index is in bounds.
                 unsafe {
-                    $f(m, k, n, 1.0, a.as_ptr(), sa[0], sa[1], b.as_ptr(), sb[0], sb[1], 0.0, c.as_mut_ptr(), n as isize, 1);
+                    $f(
+                        m,
+                        k,
+                        n,
+                        1.0,
+                        a.as_ptr(),
+                        sa[0],
+                        sa[1],
+                        b.as_ptr(),
+                        sb[0],
+                        sb[1],
+                        0.0,
+                        c.as_mut_ptr(),
+                        n as isize,
+                        1,
+                    );
                 }
                 c
             }

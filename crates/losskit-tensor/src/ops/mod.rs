@@ -35,9 +35,7 @@ macro_rules! with_pair {
                 type T = f64;
                 $body
             }
-            _ => {
-                return Err($crate::Error::DType { op: $op.to_string(), lhs: $x.dtype(), rhs: $y.dtype() })
-            }
+            _ => return Err($crate::Error::DType { op: $op.to_string(), lhs: $x.dtype(), rhs: $y.dtype() }),
         }
     };
 }

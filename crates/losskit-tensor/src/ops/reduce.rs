@@ -4,8 +4,8 @@ use super::{norm_axis, op, with_pair};
 use crate::storage::{with_storage, Element};
 use crate::{Result, Tensor};
 use losskit_kernels::Float;
-use num_traits::{One, Zero};
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn, Zip};
+use num_traits::{One, Zero};
 
 /// Normalised, sorted, de-duplicated axes.
 fn axes_of(op: &str, axes: &[isize], rank: usize) -> Result<Vec<usize>> {
@@ -20,7 +20,11 @@ fn kept_shape(shape: &[usize], axes: &[usize]) -> Vec<usize> {
     shape.iter().enumerate().map(|(i, &d)| if axes.contains(&i) { 1 } else { d }).collect()
 }
 
-fn reduce_view<T: Element>(a: ArrayViewD<'_, T>, axes: &[usize], f: impl Fn(ArrayViewD<'_, T>, Axis) -> ArrayD<T>) -> ArrayD<T> {
+fn reduce_view<T: Element>(
+    a: ArrayViewD<'_, T>,
+    axes: &[usize],
+    f: impl Fn(ArrayViewD<'_, T>, Axis) -> ArrayD<T>,
+) -> ArrayD<T> {
     let mut out = a.to_owned();
     for &ax in axes.iter().rev() {
         out = f(out.view(), Axis(ax));
@@ -73,8 +77,11 @@ impl Tensor {
         let name = r.name();
         let axes = axes_of(name, axes, self.rank())?;
         let kept = kept_shape(self.shape(), &axes);
-        let out_shape: Vec<usize> =
-            if keepdims { kept.clone() } else { self.shape().iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect() };
+        let out_shape: Vec<usize> = if keepdims {
+            kept.clone()
+        } else {
+            self.shape().iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect()
+        };
         let count: usize = axes.iter().map(|&a| self.shape()[a]).product();
         let storage = with_storage!(self.storage(), a => {
             let v = a.view();

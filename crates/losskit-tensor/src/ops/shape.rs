@@ -16,7 +16,7 @@ impl Tensor {
             return Err(bad());
         }
         let dims: Vec<usize> = if unknown == 1 {
-            if known == 0 || n % known != 0 {
+            if known == 0 || !n.is_multiple_of(known) {
                 return Err(bad());
             }
             shape.iter().map(|&d| if d < 0 { n / known } else { d as usize }).collect()
@@ -55,7 +55,10 @@ impl Tensor {
         let mut seen = vec![false; rank];
         let valid = perm.len() == rank && perm.iter().all(|&p| p < rank && !std::mem::replace(&mut seen[p], true));
         if !valid {
-            return Err(Error::shape("transpose", format!("{perm:?} is not a permutation of the {rank} axes of {:?}", self.shape())));
+            return Err(Error::shape(
+                "transpose",
+                format!("{perm:?} is not a permutation of the {rank} axes of {:?}", self.shape()),
+            ));
         }
         let storage = with_storage!(self.storage(), a => {
             T::wrap(a.view().permuted_axes(IxDyn(&perm)).as_standard_layout().into_owned())
@@ -75,7 +78,10 @@ impl Tensor {
     pub fn squeeze(&self, axis: isize) -> Result<Tensor> {
         let ax = norm_axis("squeeze", axis, self.rank())?;
         if self.shape()[ax] != 1 {
-            return Err(Error::shape("squeeze", format!("axis {axis} of {:?} has size {}, not 1", self.shape(), self.shape()[ax])));
+            return Err(Error::shape(
+                "squeeze",
+                format!("axis {axis} of {:?} has size {}, not 1", self.shape(), self.shape()[ax]),
+            ));
         }
         let mut dims = self.shape().to_vec();
         dims.remove(ax);

@@ -1,0 +1,133 @@
+//! Reading and writing tensors as NumPy `.npy` files (via `ndarray-npy`), and atomic file writes.
+
+use crate::{Error, Result, Storage, Tensor};
+use ndarray::ArrayD;
+use ndarray_npy::{ReadNpyError, ReadNpyExt, WriteNpyExt};
+use std::io::Write;
+use std::path::Path;
+
+/// The element type an `.npy` file stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NpyDType {
+    /// `<f4`
+    F32,
+    /// `<f8`
+    F64,
+    /// `<i4`
+    I32,
+    /// `<i8`
+    I64,
+}
+
+fn file_err(path: &Path, msg: impl Into<String>) -> Error {
+    Error::File { path: path.display().to_string(), msg: msg.into() }
+}
+
+/// Reads an `.npy` file of `f32`, `f64`, `i32` or `i64` values (any rank, C or Fortran order).
+///
+/// Floats keep their dtype; integers become `f64` tensors (exact for every `i32`, and for
+/// `i64` up to 2⁵³), with the stored type returned beside. Any other dtype, a malformed
+/// header or truncated data is an error naming the file.
+pub fn read_npy(path: impl AsRef<Path>) -> Result<(Tensor, NpyDType)> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
+    let bad = |e: ReadNpyError| file_err(path, format!("not a valid .npy file: {e}"));
+    if let Some(a) = try_read::<f32>(&bytes).map_err(bad)? {
+        return Ok((Tensor::from_array(a), NpyDType::F32));
+    }
+    if let Some(a) = try_read::<f64>(&bytes).map_err(bad)? {
+        return Ok((Tensor::from_array(a), NpyDType::F64));
+    }
+    if let Some(a) = try_read::<i32>(&bytes).map_err(bad)? {
+        return Ok((Tensor::from_array(a.mapv(f64::from)), NpyDType::I32));
+    }
+    match ArrayD::<i64>::read_npy(&bytes[..]) {
+        Ok(a) => Ok((Tensor::from_array(a.mapv(|v| v as f64)), NpyDType::I64)),
+        Err(ReadNpyError::WrongDescriptor(d)) => {
+            Err(file_err(path, format!("unsupported dtype {d}; expected float32, float64, int32 or int64")))
+        }
+        Err(e) => Err(bad(e)),
+    }
+}
+
+/// Reads the array if the file holds `T`; `Ok(None)` when it holds another element type.
+fn try_read<T: ndarray_npy::ReadableElement>(bytes: &[u8]) -> std::result::Result<Option<ArrayD<T>>, ReadNpyError> {
+    match ArrayD::<T>::read_npy(bytes) {
+        Ok(a) => Ok(Some(a)),
+        Err(ReadNpyError::WrongDescriptor(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `path` all at once: the bytes go to a temporary file in the same folder, which is
+/// then renamed over `path`, so a reader (or a crash) never sees a half-written file.
+pub fn write_atomic(path: impl AsRef<Path>, write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
+    let path = path.as_ref();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = path.file_name().ok_or_else(|| file_err(path, "not a file path"))?.to_string_lossy().to_string();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        write(&mut file)?;
+        file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        file_err(path, format!("cannot write: {e}"))
+    })
+}
+
+/// Writes a tensor as an `.npy` file of its dtype, atomically (see [`write_atomic`]).
+pub fn write_npy(path: impl AsRef<Path>, t: &Tensor) -> Result<()> {
+    write_atomic(path, |w| {
+        let r = match t.storage() {
+            Storage::F32(a) => a.write_npy(w),
+            Storage::F64(a) => a.write_npy(w),
+        };
+        r.map_err(std::io::Error::other)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_errors() {
+        let dir = std::env::temp_dir().join(format!("losskit-npy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("a.npy");
+        let t = Tensor::from_vec(vec![1.5f32, -2.0, 3.25], &[3, 1]).unwrap();
+        write_npy(&p, &t).unwrap();
+        let (back, dtype) = read_npy(&p).unwrap();
+        assert_eq!(dtype, NpyDType::F32);
+        assert_eq!(back.shape(), &[3, 1]);
+        assert_eq!(back.to_vec::<f32>(), vec![1.5, -2.0, 3.25]);
+
+        let ints = dir.join("i.npy");
+        ndarray::arr1(&[3i64, 0, 7]).into_dyn().write_npy(std::fs::File::create(&ints).unwrap()).unwrap();
+        let (back, dtype) = read_npy(&ints).unwrap();
+        assert_eq!((dtype, back.to_vec::<f64>()), (NpyDType::I64, vec![3.0, 0.0, 7.0]));
+
+        let bytes = dir.join("u8.npy");
+        ndarray::arr1(&[1u8, 2]).into_dyn().write_npy(std::fs::File::create(&bytes).unwrap()).unwrap();
+        let err = read_npy(&bytes).unwrap_err().to_string();
+        assert!(err.contains("unsupported dtype") && err.contains("u8.npy"), "{err}");
+
+        let junk = dir.join("junk.npy");
+        std::fs::write(&junk, b"not numpy at all").unwrap();
+        assert!(read_npy(&junk).unwrap_err().to_string().contains("not a valid .npy file"));
+        let truncated = dir.join("trunc.npy");
+        let full = std::fs::read(&p).unwrap();
+        std::fs::write(&truncated, &full[..full.len() - 2]).unwrap();
+        assert!(read_npy(&truncated).is_err());
+        assert!(read_npy(dir.join("missing.npy")).unwrap_err().to_string().contains("cannot read"));
+        // A write into a missing folder fails and leaves nothing behind.
+        assert!(write_npy(dir.join("no/such/dir/x.npy"), &t).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
