@@ -11,10 +11,16 @@ pub trait RowKernel<T: Float>: Sync {
     /// The kernel's name, used in error messages.
     const NAME: &'static str;
 
+    /// How many `y_true` values go with a row of `cols` predictions: `cols` for dense targets
+    /// (the default), 1 for a class index.
+    fn true_cols(&self, cols: usize) -> usize {
+        cols
+    }
+
     /// Returns the loss of one row. When `grad` is `Some`, also writes
     /// `scale · ∂value/∂y_pred[j]` into `grad[j]` for every `j` of the row, in the same pass.
     ///
-    /// `y_true`, `y_pred` and `grad` all have the row's length `cols`.
+    /// `y_pred` and `grad` have the row's length `cols`; `y_true` has `true_cols(cols)` values.
     fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T;
 }
 
@@ -28,7 +34,7 @@ fn check(name: &'static str, what: &'static str, got: usize, expected: usize) ->
 
 /// Runs `kernel` over every row of a `rows × cols` problem.
 ///
-/// * `y_true`, `y_pred`: `rows · cols` values, row-major.
+/// * `y_pred`: `rows · cols` values, row-major; `y_true`: `rows · kernel.true_cols(cols)`.
 /// * `values`: `rows` outputs, one per-sample loss each.
 /// * `upstream`: optional per-row upstream gradient `∂L/∂value[r]` (1 when absent).
 /// * `grad`: optional `rows · cols` output, `upstream[r] · ∂value[r]/∂y_pred[r, j]`.
@@ -56,7 +62,8 @@ pub fn run_rows<T: Float, K: RowKernel<T>>(
         return Err(KernelError::Layout { kernel: K::NAME, len, cols });
     }
     let rows = len / cols;
-    check(K::NAME, "y_true", y_true.len(), len)?;
+    let tc = kernel.true_cols(cols);
+    check(K::NAME, "y_true", y_true.len(), rows * tc)?;
     check(K::NAME, "values", values.len(), rows)?;
     if let Some(u) = upstream {
         check(K::NAME, "upstream", u.len(), rows)?;
@@ -68,20 +75,19 @@ pub fn run_rows<T: Float, K: RowKernel<T>>(
             check(K::NAME, "grad", grad.len(), len)?;
             if parallel {
                 values.par_iter_mut().zip(grad.par_chunks_mut(cols)).enumerate().for_each(|(r, (v, g))| {
-                    let span = r * cols..(r + 1) * cols;
-                    *v = kernel.row(&y_true[span.clone()], &y_pred[span], scale(r), Some(g));
+                    *v =
+                        kernel.row(&y_true[r * tc..(r + 1) * tc], &y_pred[r * cols..(r + 1) * cols], scale(r), Some(g));
                 });
             } else {
                 for (r, (v, g)) in values.iter_mut().zip(grad.chunks_mut(cols)).enumerate() {
-                    let span = r * cols..(r + 1) * cols;
-                    *v = kernel.row(&y_true[span.clone()], &y_pred[span], scale(r), Some(g));
+                    *v =
+                        kernel.row(&y_true[r * tc..(r + 1) * tc], &y_pred[r * cols..(r + 1) * cols], scale(r), Some(g));
                 }
             }
         }
         None => {
             let one = |r: usize, v: &mut T| {
-                let span = r * cols..(r + 1) * cols;
-                *v = kernel.row(&y_true[span.clone()], &y_pred[span], T::one(), None);
+                *v = kernel.row(&y_true[r * tc..(r + 1) * tc], &y_pred[r * cols..(r + 1) * cols], T::one(), None);
             };
             if parallel {
                 values.par_iter_mut().enumerate().for_each(|(r, v)| one(r, v));

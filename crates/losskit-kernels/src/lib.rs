@@ -18,10 +18,19 @@
 
 #![warn(missing_docs)]
 
+mod classification;
+mod ctc;
 mod driver;
+mod hinge;
 mod regression;
 
+pub use classification::{
+    BinaryCrossentropy, BinaryFocalCrossentropy, CategoricalCrossentropy, CategoricalFocalCrossentropy,
+    SparseCategoricalCrossentropy,
+};
+pub use ctc::Ctc;
 pub use driver::{run_rows, RowKernel};
+pub use hinge::{CategoricalHinge, Hinge};
 pub use regression::{
     CosineSimilarity, Huber, KLDivergence, LogCosh, MeanAbsoluteError, MeanAbsolutePercentageError, MeanSquaredError,
     MeanSquaredLogarithmicError, Poisson,

@@ -75,11 +75,57 @@ impl Params {
     }
 
     /// A boolean (absent → `default`).
-    #[allow(dead_code)]
     pub fn bool(&mut self, key: &str, default: bool) -> Result<bool> {
         match self.map.remove(key) {
             None => Ok(default),
             Some(v) => v.as_bool().ok_or_else(|| self.invalid(key, &v, "true or false")),
+        }
+    }
+
+    /// An optional integer (absent or null → `None`).
+    pub fn opt_int(&mut self, key: &str) -> Result<Option<i64>> {
+        match self.map.remove(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_i64().map(Some).ok_or_else(|| self.invalid(key, &v, "an integer or null")),
+        }
+    }
+
+    /// A number or a list of numbers (absent → `default`).
+    pub fn f64_or_list(&mut self, key: &str, default: Vec<f64>) -> Result<Vec<f64>> {
+        match self.map.remove(key) {
+            None => Ok(default),
+            Some(Value::Number(n)) => Ok(vec![n.as_f64().unwrap_or(f64::NAN)]),
+            Some(v) => self.numbers(key, &v, "a number or a list of numbers"),
+        }
+    }
+
+    /// An optional list of numbers (absent or null → `None`).
+    pub fn opt_f64_list(&mut self, key: &str) -> Result<Option<Vec<f64>>> {
+        match self.map.remove(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => self.numbers(key, &v, "a list of numbers or null").map(Some),
+        }
+    }
+
+    fn numbers(&self, key: &str, v: &Value, expected: &str) -> Result<Vec<f64>> {
+        v.as_array()
+            .and_then(|a| a.iter().map(Value::as_f64).collect::<Option<Vec<f64>>>())
+            .ok_or_else(|| self.invalid(key, v, expected))
+    }
+
+    /// Optional axes: null/absent → `None`, an integer → one axis, a list → several.
+    pub fn opt_axes(&mut self, key: &str) -> Result<Option<Vec<isize>>> {
+        match self.map.remove(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .map(|a| Some(vec![a as isize]))
+                .ok_or_else(|| self.invalid(key, &Value::Number(n.clone()), "an integer, a list of integers or null")),
+            Some(v) => v
+                .as_array()
+                .and_then(|a| a.iter().map(|x| x.as_i64().map(|i| i as isize)).collect::<Option<Vec<_>>>())
+                .map(Some)
+                .ok_or_else(|| self.invalid(key, &v, "an integer, a list of integers or null")),
         }
     }
 
@@ -91,5 +137,19 @@ impl Params {
             None => Ok(()),
             Some(k) => Err(Error::Config(format!("{}: unexpected config key {k:?}", self.class))),
         }
+    }
+}
+
+/// Errors with `InvalidParameter` unless `ok`.
+pub(crate) fn require(ok: bool, loss: &str, param: &str, value: impl std::fmt::Display, expected: &str) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidParameter {
+            loss: loss.into(),
+            param: param.into(),
+            value: value.to_string(),
+            expected: expected.into(),
+        })
     }
 }

@@ -100,20 +100,49 @@ where
     }
     let y_pred = y_pred.broadcast_to(&shape)?;
     let y_true = y_true.detach().broadcast_to(&shape)?;
+    run_node(name, kernel, &y_true, &y_pred)
+}
+
+/// As [`row_loss`] for a kernel that takes one class index per row: `labels` has the shape of
+/// `y_pred` without its last (class) axis. Labels must already be validated.
+pub(crate) fn sparse_row_loss<K>(name: &'static str, kernel: K, labels: &Tensor, y_pred: &Tensor) -> Result<Tensor>
+where
+    K: RowKernel<f32> + RowKernel<f64>,
+{
+    let shape = y_pred.shape();
+    if shape.is_empty() || labels.shape() != &shape[..shape.len() - 1] {
+        return Err(Error::Shape {
+            op: name.into(),
+            msg: format!(
+                "labels of shape {:?} do not match predictions of shape {:?}; expected labels of shape {:?}",
+                labels.shape(),
+                shape,
+                shape.get(..shape.len().saturating_sub(1)).unwrap_or(&[])
+            ),
+        });
+    }
+    run_node(name, kernel, &labels.detach().to_dtype(y_pred.dtype()), y_pred)
+}
+
+pub(crate) fn run_node<K>(name: &'static str, kernel: K, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor>
+where
+    K: RowKernel<f32> + RowKernel<f64>,
+{
+    let shape = y_pred.shape();
     let cols = shape[shape.len() - 1];
     let with_grad = is_grad_enabled() && y_pred.is_tracked();
     let (values, grad) = match y_pred.dtype() {
         losskit_tensor::DType::F32 => {
-            let (v, g) = run_typed::<f32, K>(&kernel, &y_true, &y_pred, cols, with_grad)?;
+            let (v, g) = run_typed::<f32, K>(&kernel, y_true, y_pred, cols, with_grad)?;
             (Storage::F32(v.into_shared()), g.map(|g| Storage::F32(g.into_shared())))
         }
         losskit_tensor::DType::F64 => {
-            let (v, g) = run_typed::<f64, K>(&kernel, &y_true, &y_pred, cols, with_grad)?;
+            let (v, g) = run_typed::<f64, K>(&kernel, y_true, y_pred, cols, with_grad)?;
             (Storage::F64(v.into_shared()), g.map(|g| Storage::F64(g.into_shared())))
         }
     };
     Ok(match grad {
-        Some(local_grad) => Tensor::from_op(values, vec![y_pred], RowLossOp { name, local_grad, cols }),
+        Some(local_grad) => Tensor::from_op(values, vec![y_pred.clone()], RowLossOp { name, local_grad, cols }),
         None => Tensor::from_storage(values),
     })
 }

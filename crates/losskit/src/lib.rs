@@ -24,25 +24,42 @@
 
 #![warn(missing_docs)]
 
+#[macro_use]
+mod macros;
+
 mod align;
+pub mod classification;
 mod config;
 mod custom;
+pub mod hinge;
 mod kernel_node;
 mod loss;
+pub mod metric_learning;
 mod reduction;
 mod registry;
 pub mod regression;
+pub mod segmentation;
+pub mod sequence;
+mod targets;
 
 pub use align::squeeze_or_expand_to_same_rank;
+pub use classification::{
+    BinaryCrossentropy, BinaryFocalCrossentropy, CategoricalCrossentropy, CategoricalFocalCrossentropy,
+    CategoricalGeneralizedCrossEntropy, SparseCategoricalCrossentropy,
+};
 pub use custom::CustomLoss;
+pub use hinge::{CategoricalHinge, Hinge, SquaredHinge};
 pub use loss::{compute, Loss, PerSample};
 pub use losskit_tensor::{no_grad, DType, Error, Gradients, Result, Tensor};
+pub use metric_learning::Circle;
 pub use reduction::{reduce_weighted_values, Reduction};
 pub use registry::{build, from_config, get, list, register, serialize, Family, LossInfo};
 pub use regression::{
     CosineSimilarity, Huber, KLDivergence, LogCosh, MeanAbsoluteError, MeanAbsolutePercentageError, MeanSquaredError,
     MeanSquaredLogarithmicError, Poisson,
 };
+pub use segmentation::{Dice, Tversky};
+pub use sequence::Ctc;
 
 /// Keras' backend epsilon, `1e-7`, used by the clipped losses.
 pub const EPSILON: f64 = 1e-7;

@@ -1,6 +1,11 @@
 //! Names, aliases and configs: `get("mse")`, `from_config(json)`, `register(...)`, `list()`.
 
+use crate::classification::*;
+use crate::hinge::*;
+use crate::metric_learning::*;
 use crate::regression::*;
+use crate::segmentation::*;
+use crate::sequence::*;
 use crate::{Error, Loss, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -10,8 +15,18 @@ use std::sync::{Arc, RwLock};
 /// The group a loss belongs to (used by `losskit list`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Family {
+    /// Cross-entropy losses: binary, categorical, sparse, focal, generalized.
+    Probabilistic,
+    /// Maximum-margin losses: hinge, squared hinge, categorical hinge.
+    Hinge,
     /// Regression losses (MSE, MAE, Huber, ...), including KL divergence and cosine similarity.
     Regression,
+    /// Overlap losses for segmentation: Dice, Tversky.
+    Segmentation,
+    /// Losses over pairs of embeddings in a batch: Circle.
+    MetricLearning,
+    /// Sequence losses: CTC.
+    Sequence,
     /// Losses registered at run time with [`register`].
     Custom,
 }
@@ -19,7 +34,12 @@ pub enum Family {
 impl fmt::Display for Family {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Family::Probabilistic => "probabilistic",
+            Family::Hinge => "hinge",
             Family::Regression => "regression",
+            Family::Segmentation => "segmentation",
+            Family::MetricLearning => "metric learning",
+            Family::Sequence => "sequence",
             Family::Custom => "custom",
         })
     }
@@ -56,6 +76,69 @@ fn boxed<L: Loss + 'static>(r: Result<L>) -> Result<Box<dyn Loss>> {
 }
 
 const BUILTINS: &[Entry] = &[
+    Entry {
+        class_name: "BinaryCrossentropy",
+        aliases: &["binary_crossentropy", "bce", "BCE"],
+        family: Family::Probabilistic,
+        description: "binary cross-entropy of probabilities or logits, mean over the last axis",
+        build: |c| boxed(BinaryCrossentropy::from_config(c)),
+    },
+    Entry {
+        class_name: "BinaryFocalCrossentropy",
+        aliases: &["binary_focal_crossentropy"],
+        family: Family::Probabilistic,
+        description: "binary cross-entropy scaled by (1 - p_t)^gamma, optional alpha balancing",
+        build: |c| boxed(BinaryFocalCrossentropy::from_config(c)),
+    },
+    Entry {
+        class_name: "CategoricalCrossentropy",
+        aliases: &["categorical_crossentropy"],
+        family: Family::Probabilistic,
+        description: "cross-entropy of one-hot or soft targets, probabilities or logits",
+        build: |c| boxed(CategoricalCrossentropy::from_config(c)),
+    },
+    Entry {
+        class_name: "CategoricalFocalCrossentropy",
+        aliases: &["categorical_focal_crossentropy"],
+        family: Family::Probabilistic,
+        description: "categorical cross-entropy scaled by alpha * (1 - p)^gamma per class",
+        build: |c| boxed(CategoricalFocalCrossentropy::from_config(c)),
+    },
+    Entry {
+        class_name: "SparseCategoricalCrossentropy",
+        aliases: &["sparse_categorical_crossentropy"],
+        family: Family::Probabilistic,
+        description: "cross-entropy of integer class labels, with ignore_class",
+        build: |c| boxed(SparseCategoricalCrossentropy::from_config(c)),
+    },
+    Entry {
+        class_name: "CategoricalGeneralizedCrossEntropy",
+        aliases: &["categorical_generalized_cross_entropy"],
+        family: Family::Probabilistic,
+        description: "(1 - p_true^q) / q, robust to noisy integer labels",
+        build: |c| boxed(CategoricalGeneralizedCrossEntropy::from_config(c)),
+    },
+    Entry {
+        class_name: "Hinge",
+        aliases: &["hinge"],
+        family: Family::Hinge,
+        description: "mean of max(1 - y * p, 0), {0,1} labels mapped to {-1,1}",
+        build: |c| boxed(Hinge::from_config(c)),
+    },
+    Entry {
+        class_name: "SquaredHinge",
+        aliases: &["squared_hinge"],
+        family: Family::Hinge,
+        description: "mean of max(1 - y * p, 0)^2",
+        build: |c| boxed(SquaredHinge::from_config(c)),
+    },
+    Entry {
+        class_name: "CategoricalHinge",
+        aliases: &["categorical_hinge"],
+        family: Family::Hinge,
+        description: "max(best wrong score - true score + 1, 0)",
+        build: |c| boxed(CategoricalHinge::from_config(c)),
+    },
     Entry {
         class_name: "MeanSquaredError",
         aliases: &["mean_squared_error", "mse", "MSE"],
@@ -118,6 +201,34 @@ const BUILTINS: &[Entry] = &[
         family: Family::Regression,
         description: "negative cosine of the angle between y_true and y_pred along an axis",
         build: |c| boxed(CosineSimilarity::from_config(c)),
+    },
+    Entry {
+        class_name: "Dice",
+        aliases: &["dice"],
+        family: Family::Segmentation,
+        description: "1 - 2 * sum(y * p) / (sum(y) + sum(p)), over all or chosen axes",
+        build: |c| boxed(Dice::from_config(c)),
+    },
+    Entry {
+        class_name: "Tversky",
+        aliases: &["tversky"],
+        family: Family::Segmentation,
+        description: "1 - TP / (TP + alpha * FN + beta * FP) (Keras' weighting)",
+        build: |c| boxed(Tversky::from_config(c)),
+    },
+    Entry {
+        class_name: "Circle",
+        aliases: &["circle"],
+        family: Family::MetricLearning,
+        description: "circle loss over the batch's positive and negative pairs",
+        build: |c| boxed(Circle::from_config(c)),
+    },
+    Entry {
+        class_name: "CTC",
+        aliases: &["ctc"],
+        family: Family::Sequence,
+        description: "connectionist temporal classification of logit sequences",
+        build: |c| boxed(Ctc::from_config(c)),
     },
 ];
 

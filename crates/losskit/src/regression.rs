@@ -14,24 +14,6 @@ use crate::{Error, Loss, PerSample, Reduction, Result, Tensor};
 use losskit_kernels as kernels;
 use serde_json::{json, Value};
 
-/// The `name`/`reduction` builder methods every loss shares.
-macro_rules! common_builders {
-    ($ty:ident) => {
-        impl $ty {
-            /// Sets the reduction (default `sum_over_batch_size`).
-            pub fn with_reduction(mut self, reduction: Reduction) -> Self {
-                self.reduction = reduction;
-                self
-            }
-            /// Sets the instance name.
-            pub fn with_name(mut self, name: impl Into<String>) -> Self {
-                self.name = name.into();
-                self
-            }
-        }
-    };
-}
-
 /// A loss with no parameter besides `name` and `reduction`, backed by one row kernel.
 macro_rules! parameterless_loss {
     ($(#[$doc:meta])* $ty:ident, $default_name:literal) => {
@@ -66,18 +48,10 @@ macro_rules! parameterless_loss {
             }
         }
 
-        common_builders!($ty);
+        loss_basics!($ty);
 
         impl Loss for $ty {
-            fn name(&self) -> &str {
-                &self.name
-            }
-            fn class_name(&self) -> &str {
-                stringify!($ty)
-            }
-            fn reduction(&self) -> Reduction {
-                self.reduction
-            }
+            loss_identity!($ty);
             fn per_sample(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<PerSample> {
                 Ok(row_loss($default_name, kernels::$ty, y_true, y_pred)?.into())
             }
@@ -197,18 +171,10 @@ impl Default for Huber {
     }
 }
 
-common_builders!(Huber);
+loss_basics!(Huber);
 
 impl Loss for Huber {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn class_name(&self) -> &str {
-        "Huber"
-    }
-    fn reduction(&self) -> Reduction {
-        self.reduction
-    }
+    loss_identity!(Huber);
     fn config(&self) -> Value {
         json!({ "name": self.name, "reduction": self.reduction.keras_name(), "delta": self.delta })
     }
@@ -264,18 +230,10 @@ impl CosineSimilarity {
     }
 }
 
-common_builders!(CosineSimilarity);
+loss_basics!(CosineSimilarity);
 
 impl Loss for CosineSimilarity {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn class_name(&self) -> &str {
-        "CosineSimilarity"
-    }
-    fn reduction(&self) -> Reduction {
-        self.reduction
-    }
+    loss_identity!(CosineSimilarity);
     fn config(&self) -> Value {
         json!({ "name": self.name, "reduction": self.reduction.keras_name(), "axis": self.axis })
     }

@@ -16,7 +16,27 @@ const IMPLEMENTED: &[(&str, usize)] = &[
     ("LogCosh", 3),
     ("KLDivergence", 3),
     ("Poisson", 2),
+    ("BinaryCrossentropy", 12),
+    ("BinaryFocalCrossentropy", 5),
+    ("CategoricalCrossentropy", 6),
+    ("CategoricalFocalCrossentropy", 4),
+    ("SparseCategoricalCrossentropy", 8),
+    ("CategoricalGeneralizedCrossEntropy", 3),
+    ("Hinge", 3),
+    ("SquaredHinge", 2),
+    ("CategoricalHinge", 2),
+    ("Dice", 4),
+    ("Tversky", 4),
+    ("Circle", 5),
+    ("CTC", 3),
 ];
+
+/// Where losskit deliberately differs from Keras: out-of-range sparse labels are an error
+/// (Keras on JAX returns 0).
+fn expected_error(v: &Value) -> Option<&'static str> {
+    let out_of_range = v["loss"] == "SparseCategoricalCrossentropy" && v["quirk"] == true;
+    out_of_range.then_some("is not a class index")
+}
 
 fn run_vector(v: &Value, dtype: DType) -> Result<(), String> {
     let class = v["loss"].as_str().unwrap();
@@ -41,6 +61,12 @@ fn run_vector(v: &Value, dtype: DType) -> Result<(), String> {
     Ok(())
 }
 
+/// Vectors whose expected value comes from f32 rounding: with `p = 1`, the clip bound
+/// `1 - 1e-7` is 0.99999988 in f32, so `-ln(1 - q) = 15.942385`; in f64 it is 16.118095.
+fn depends_on_f32_rounding(v: &Value) -> bool {
+    v["note"].as_str().is_some_and(|n| n.contains("exactly 0/1"))
+}
+
 #[test]
 fn keras_vectors_of_implemented_losses_pass_in_f32_and_f64() {
     let vectors = keras_vectors();
@@ -50,6 +76,17 @@ fn keras_vectors_of_implemented_losses_pass_in_f32_and_f64() {
         assert_eq!(mine.len(), count, "{class}: vector count changed");
         for (i, v) in mine.iter().enumerate() {
             for dtype in [DType::F32, DType::F64] {
+                if let Some(needle) = expected_error(v) {
+                    match run_vector(v, dtype) {
+                        Err(e) if e.contains(needle) => continue,
+                        other => failures
+                            .push(format!("{class} #{i}: expected an error containing {needle:?}, got {other:?}")),
+                    }
+                    continue;
+                }
+                if dtype == DType::F64 && depends_on_f32_rounding(v) {
+                    continue;
+                }
                 if let Err(e) = run_vector(v, dtype) {
                     failures.push(format!("{class} #{i} {dtype} (config {}): {e}", v["config"]));
                 }
@@ -57,4 +94,6 @@ fn keras_vectors_of_implemented_losses_pass_in_f32_and_f64() {
         }
     }
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    let total: usize = IMPLEMENTED.iter().map(|(_, n)| n).sum();
+    assert_eq!(total, vectors.len(), "every Keras vector is covered");
 }

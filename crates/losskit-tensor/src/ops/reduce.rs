@@ -107,7 +107,10 @@ impl Tensor {
                     let res: ArrayD<T> = match r {
                         Reduce::Sum => gb.to_owned(),
                         Reduce::Mean => gb.mapv(|g| g / T::c(count as f64)),
-                        Reduce::LogSumExp => Zip::from(xa).and(&gb).and(&yb).map_collect(|&x, &g, &y| g * (x - y).exp()),
+                        // A slice of all -inf has y = -inf and no gradient (not NaN).
+                        Reduce::LogSumExp => Zip::from(xa).and(&gb).and(&yb).map_collect(|&x, &g, &y| {
+                            if y == T::NEG_INFINITY { T::zero() } else { g * (x - y).exp() }
+                        }),
                         Reduce::Max | Reduce::Min => {
                             // Ties share the gradient equally (TensorFlow's reduce_max rule).
                             let hit = Zip::from(xa).and(&yb).map_collect(|&x, &y| if x == y { T::one() } else { T::zero() });

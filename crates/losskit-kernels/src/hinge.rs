@@ -1,0 +1,72 @@
+//! Hinge kernels. Targets are already in `{-1, 1}` (or left as given) when they get here.
+
+use crate::{Float, RowKernel};
+
+/// Hinge, `mean_last(max(1 - y·p, 0))`, or squared hinge, `mean_last(max(1 - y·p, 0)²)`.
+/// The gradient passes where `1 - y·p ≥ 0` (TensorFlow's tie rule for `maximum`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Hinge {
+    /// Square each term (Keras' `SquaredHinge`).
+    pub squared: bool,
+}
+
+impl<T: Float> RowKernel<T> for Hinge {
+    const NAME: &'static str = "hinge";
+    fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
+        let n = T::c(y_pred.len() as f64);
+        let one = T::one();
+        let term = |y: T, p: T| -> (T, T) {
+            let m = one - y * p;
+            match (m >= T::zero(), self.squared) {
+                (false, _) => (T::zero(), T::zero()),
+                (true, false) => (m, -y),
+                (true, true) => (m * m, -(m + m) * y),
+            }
+        };
+        let mut sum = T::zero();
+        match grad {
+            Some(g) => {
+                let k = scale / n;
+                for ((gj, &y), &p) in g.iter_mut().zip(y_true).zip(y_pred) {
+                    let (v, d) = term(y, p);
+                    sum = sum + v;
+                    *gj = d * k;
+                }
+            }
+            None => {
+                for (&y, &p) in y_true.iter().zip(y_pred) {
+                    sum = sum + term(y, p).0;
+                }
+            }
+        }
+        sum / n
+    }
+}
+
+/// Categorical hinge: `pos = Σ y·p`, `neg = max((1-y)·p)`, `loss = max(neg - pos + 1, 0)`.
+/// Tied maxima share the gradient of `neg` equally.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CategoricalHinge;
+
+impl<T: Float> RowKernel<T> for CategoricalHinge {
+    const NAME: &'static str = "categorical_hinge";
+    fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
+        let one = T::one();
+        let mut pos = T::zero();
+        let mut neg = T::neg_infinity();
+        for (&y, &p) in y_true.iter().zip(y_pred) {
+            pos = pos + y * p;
+            neg = neg.max((one - y) * p);
+        }
+        let raw = neg - pos + one;
+        if let Some(g) = grad {
+            let ties = y_true.iter().zip(y_pred).filter(|(&y, &p)| (one - y) * p == neg).count();
+            let share = one / T::c(ties.max(1) as f64);
+            for ((gj, &y), &p) in g.iter_mut().zip(y_true).zip(y_pred) {
+                let at_max = if (one - y) * p == neg { share * (one - y) } else { T::zero() };
+                *gj = if raw >= T::zero() { scale * (at_max - y) } else { T::zero() };
+            }
+        }
+        raw.max(T::zero())
+    }
+}
