@@ -71,7 +71,7 @@ fn list() {
             println!("{}{}:", if family.is_some() { "\n" } else { "" }, info.family);
             family = Some(info.family);
         }
-        println!("  {:<30} {:<54} {}", info.class_name, info.aliases.join(", "), info.description);
+        println!("  {:<36} {:<54} {}", info.class_name, info.aliases.join(", "), info.description);
     }
 }
 

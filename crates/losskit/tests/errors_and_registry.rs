@@ -83,6 +83,21 @@ fn every_keras_alias_and_keras2_name_resolves() {
         ("kullback_leibler_divergence", "KLDivergence"),
         ("cosine_similarity", "CosineSimilarity"),
         ("CosineSimilarity", "CosineSimilarity"),
+        ("bce", "BinaryCrossentropy"),
+        ("BCE", "BinaryCrossentropy"),
+        ("binary_crossentropy", "BinaryCrossentropy"),
+        ("binary_focal_crossentropy", "BinaryFocalCrossentropy"),
+        ("categorical_crossentropy", "CategoricalCrossentropy"),
+        ("categorical_focal_crossentropy", "CategoricalFocalCrossentropy"),
+        ("sparse_categorical_crossentropy", "SparseCategoricalCrossentropy"),
+        ("CategoricalGeneralizedCrossEntropy", "CategoricalGeneralizedCrossEntropy"),
+        ("hinge", "Hinge"),
+        ("squared_hinge", "SquaredHinge"),
+        ("categorical_hinge", "CategoricalHinge"),
+        ("dice", "Dice"),
+        ("tversky", "Tversky"),
+        ("circle", "Circle"),
+        ("ctc", "CTC"),
     ];
     for (name, class) in expect {
         let loss = losskit::get(name).unwrap();
