@@ -151,7 +151,9 @@ fn data(c: &Case, seed: u64) -> (Vec<f64>, Vec<usize>, Vec<f64>) {
     let rows = n / last;
     let (t, ts) = match c.targets {
         "probs" => ((0..n).map(|_| r()).collect(), c.shape.clone()),
-        "binary" => ((0..n).map(|i| f64::from(u8::from((i * 7 + seed as usize) % 3 == 0))).collect(), c.shape.clone()),
+        "binary" => {
+            ((0..n).map(|i| f64::from(u8::from((i * 7 + seed as usize).is_multiple_of(3)))).collect(), c.shape.clone())
+        }
         "onehot" => ((0..n).map(|i| f64::from(u8::from(i % last == (i / last + 1) % last))).collect(), c.shape.clone()),
         "sparse" => {
             ((0..rows).map(|i| ((i + seed as usize) % last) as f64).collect(), c.shape[..c.shape.len() - 1].to_vec())
