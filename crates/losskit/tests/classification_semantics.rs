@@ -202,3 +202,31 @@ fn invalid_parameters_of_classification_losses() {
         .call(&t(vec![1.0, 0.0, 0.0], &[1, 3], DType::F32), &t(vec![0.3; 3], &[1, 3], DType::F32), None)
         .is_err());
 }
+
+#[test]
+fn remaining_losses_at_extremes() {
+    for dtype in [DType::F32, DType::F64] {
+        // CTC with logits of ±1e4 (feasible and infeasible labels).
+        let mut logits = vec![0.0; 2 * 4 * 3];
+        for (i, v) in logits.iter_mut().enumerate() {
+            *v = if i % 2 == 0 { 1e4 } else { -1e4 };
+        }
+        let logits = t(logits, &[2, 4, 3], dtype);
+        let labels = t(vec![1.0, 2.0, 1.0, 1.0, 1.0, 1.0], &[2, 3], dtype);
+        assert_finite(&losskit::Ctc::new(), &labels, &logits, &format!("CTC {dtype}"));
+        // Circle with identical and opposite unit embeddings, and the default gamma of 80.
+        let emb = t(vec![1.0, 0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 1.0], &[4, 2], dtype);
+        let lab = t(vec![0.0, 0.0, 1.0, 1.0], &[4], dtype);
+        assert_finite(&losskit::Circle::default(), &lab, &emb, &format!("Circle {dtype}"));
+        // Generalized CE at p_true = 1 (the gradient at p_true = 0 is infinite in the maths too).
+        let gce = losskit::CategoricalGeneralizedCrossEntropy::default();
+        let p = t(vec![1.0, 0.0, 0.0, 1.0], &[2, 2], dtype);
+        assert_finite(&gce, &t(vec![0.0, 1.0], &[2], dtype), &p, &format!("GCE {dtype}"));
+        let v = gce.call(&t(vec![1.0, 0.0], &[2], dtype), &p, None).unwrap().to_scalar().unwrap();
+        assert_eq!(v, 2.0, "p_true = 0 gives 1/q");
+        // Dice and Tversky with all-zero inputs: 1 - 0/eps = 1, finite.
+        let z = Tensor::zeros(&[2, 3], dtype);
+        assert_finite(&losskit::Dice::new(), &z, &z, "Dice zeros");
+        assert_finite(&losskit::Tversky::default(), &z, &z, "Tversky zeros");
+    }
+}
