@@ -21,6 +21,7 @@ mod autodiff;
 mod error;
 pub mod npy;
 mod ops;
+pub mod random;
 mod storage;
 mod tensor;
 

@@ -105,6 +105,7 @@ proptest! {
         check(&inputs, |t| Ok(t[0].tanh()));
         check(&inputs, |t| Ok(t[0].sigmoid()));
         check(&inputs, |t| Ok(t[0].softplus()));
+        check(&inputs, |t| Ok(t[0].erf()));
         check(&inputs, |t| t[0].powf(3.0));
     }
 

@@ -1,7 +1,39 @@
-//! Keras-style training for losskit: models, optimizers, `fit`, callbacks and datasets.
+//! Keras-style training for losskit: `Sequential` models, `compile`/`fit`/`evaluate`/`predict`,
+//! optimizers, callbacks, sample and class weights, datasets.
 //!
-//! Not built yet: this crate is a placeholder in the workspace so the layering
-//! (kernels → tensor → losskit → train → cli) is in place. Its public items come with the
-//! training issue.
+//! ```no_run
+//! use losskit_train::{datasets, Compile, Dense, Dropout, Fit, Flatten, Sequential};
+//! let data = datasets::digits()?;
+//! let x = data.x.mul_scalar(1.0 / 16.0)?;
+//! let mut model = Sequential::new()
+//!     .add(Flatten::new())
+//!     .add(Dense::new(512).activation("relu")?)
+//!     .add(Dropout::new(0.2)?)
+//!     .add(Dense::new(10).activation("softmax")?);
+//! model.compile(Compile::new().optimizer("sgd").loss("sparse_categorical_crossentropy").metrics(&["accuracy"]))?;
+//! let history = model.fit(&x, &data.y, Fit::new().epochs(50).validation_split(0.2))?;
+//! println!("val_accuracy: {:?}", history.last("val_accuracy"));
+//! # Ok::<(), losskit::Error>(())
+//! ```
 
 #![warn(missing_docs)]
+
+pub mod activations;
+mod callbacks;
+mod compile;
+pub mod datasets;
+mod fit;
+pub mod initializers;
+mod layers;
+pub mod metrics;
+mod model;
+mod optimizers;
+
+pub use activations::Activation;
+pub use callbacks::{Callback, History, Logs};
+pub use compile::{Compile, LossArg, OptimizerArg};
+pub use fit::{Fit, Targets};
+pub use initializers::Initializer;
+pub use layers::{ActivationLayer, Dense, Dropout, Flatten, Layer, Param};
+pub use model::{Model, Sequential, Stack};
+pub use optimizers::{Clip, Optimizer, Rule};

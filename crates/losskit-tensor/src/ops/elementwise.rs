@@ -62,6 +62,7 @@ enum Unary {
     Sigmoid,
     Softplus,
     Relu,
+    Erf,
 }
 
 impl Unary {
@@ -86,6 +87,7 @@ impl Unary {
                     T::zero()
                 }
             }
+            Unary::Erf => T::c(libm::erf(x.to_f64().unwrap_or(f64::NAN))),
         }
     }
 
@@ -112,6 +114,7 @@ impl Unary {
                     T::zero()
                 }
             }
+            Unary::Erf => T::c(std::f64::consts::FRAC_2_SQRT_PI) * (-(x * x)).exp(),
         }
     }
 
@@ -129,6 +132,7 @@ impl Unary {
             Unary::Sigmoid => "sigmoid",
             Unary::Softplus => "softplus",
             Unary::Relu => "relu",
+            Unary::Erf => "erf",
         }
     }
 }
@@ -380,6 +384,10 @@ impl Tensor {
     /// `max(x, 0)`; derivative 0 at 0.
     pub fn relu(&self) -> Tensor {
         self.unary(Unary::Relu)
+    }
+    /// The error function `erf(x) = 2/√π ∫₀ˣ e^{-t²} dt` (evaluated in f64).
+    pub fn erf(&self) -> Tensor {
+        self.unary(Unary::Erf)
     }
 
     /// `min(max(x, lo), hi)`. The gradient passes only strictly inside `(lo, hi)`.

@@ -1,0 +1,119 @@
+#!/usr/bin/env python
+"""Generate Keras-exact training fixtures for losskit-train.
+
+Run with:  KERAS_BACKEND=jax python gen_training_vectors.py
+(Keras 3.15.1, JAX backend, float32.)
+
+A small MLP (Flatten, Dense 16 relu, Dense 10 softmax) starts from fixed, deterministic
+weights and trains for two epochs on the first 90 digits (pixels / 16), shuffle=False,
+batch 16 (the last batch is partial), with sparse categorical cross-entropy and accuracy.
+Each run records the weights after training and the History. Writes training_vectors.json:
+  {"x": [...], "x_shape": [...], "y": [...], "initial_weights": [{"name", "shape", "values"}],
+   "runs": [{"name", "optimizer", "fit", "history", "final_weights"}]}
+"""
+import gzip
+import json
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import numpy as np  # noqa: E402
+import keras  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DIGITS = os.path.join(HERE, "..", "crates", "losskit-train", "data", "digits.csv.gz")
+
+rows = np.loadtxt(gzip.open(DIGITS, "rt"), delimiter=",", dtype=np.float32)
+N = 90
+x = (rows[:N, :64] / 16.0).astype("float32").reshape(N, 8, 8)
+y = rows[:N, 64].astype("int32")
+
+
+def build():
+    model = keras.Sequential([
+        keras.Input((8, 8)),
+        keras.layers.Flatten(),
+        keras.layers.Dense(16, activation="relu"),
+        keras.layers.Dense(10, activation="softmax"),
+    ])
+    return model
+
+
+def initial_weights(model):
+    out = []
+    for k, w in enumerate(model.get_weights()):
+        n = w.size
+        i = np.arange(n, dtype=np.float64)
+        vals = 0.2 * np.sin(0.37 * i + 1.3 * k) * np.cos(0.11 * i)
+        out.append(vals.astype("float32").reshape(w.shape))
+    return out
+
+
+NAMES = ["dense/kernel", "dense/bias", "dense_1/kernel", "dense_1/bias"]
+CLASS_WEIGHT = {0: 2.0, 1: 0.5, 3: 1.5, 7: 3.0}
+SAMPLE_WEIGHT = (0.5 + (np.arange(N) % 4) * 0.25).astype("float32")
+
+RUNS = [
+    ("sgd", {"class_name": "SGD", "learning_rate": 0.1}, {}),
+    ("sgd_momentum_class_weight", {"class_name": "SGD", "learning_rate": 0.05, "momentum": 0.9},
+     {"class_weight": CLASS_WEIGHT}),
+    ("sgd_nesterov_sample_weight", {"class_name": "SGD", "learning_rate": 0.05, "momentum": 0.8, "nesterov": True},
+     {"sample_weight": SAMPLE_WEIGHT}),
+    ("adam", {"class_name": "Adam", "learning_rate": 0.01}, {}),
+    ("adam_class_weight", {"class_name": "Adam", "learning_rate": 0.01}, {"class_weight": CLASS_WEIGHT}),
+    ("adam_sample_weight_clipnorm", {"class_name": "Adam", "learning_rate": 0.01, "clipnorm": 0.5},
+     {"sample_weight": SAMPLE_WEIGHT}),
+    ("sgd_validation_split", {"class_name": "SGD", "learning_rate": 0.1}, {"validation_split": 0.2}),
+]
+
+
+def make_optimizer(spec):
+    spec = dict(spec)
+    cls = getattr(keras.optimizers, spec.pop("class_name"))
+    return cls(**spec)
+
+
+def jsonable(v):
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v
+
+
+def main():
+    model = build()
+    init = initial_weights(model)
+    runs = []
+    for name, opt, fit_kwargs in RUNS:
+        model = build()
+        model.set_weights(init)
+        model.compile(optimizer=make_optimizer(opt), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        hist = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0, **fit_kwargs)
+        runs.append({
+            "name": name,
+            "optimizer": opt,
+            "fit": jsonable(fit_kwargs),
+            "history": {k: [float(v) for v in vs] for k, vs in hist.history.items()},
+            "final_weights": [{"name": n, "shape": list(w.shape), "values": w.reshape(-1).tolist()}
+                              for n, w in zip(NAMES, model.get_weights())],
+        })
+        print(name, {k: [round(v, 6) for v in vs] for k, vs in hist.history.items()})
+    out = {
+        "keras_version": keras.__version__,
+        "backend": keras.backend.backend(),
+        "x_shape": list(x.shape),
+        "x": x.reshape(-1).tolist(),
+        "y": y.tolist(),
+        "batch_size": 16,
+        "epochs": 2,
+        "initial_weights": [{"name": n, "shape": list(w.shape), "values": w.reshape(-1).tolist()}
+                            for n, w in zip(NAMES, init)],
+        "runs": runs,
+    }
+    with open(os.path.join(HERE, "training_vectors.json"), "w") as f:
+        json.dump(out, f)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+//! Seeded random tensors (ChaCha8: the same seed gives the same numbers on every machine).
+
+use crate::{DType, Error, Result, Tensor};
+use rand::{Rng as _, SeedableRng};
+use rand_distr::{Distribution, Normal, Uniform};
+
+/// The random generator used across losskit: ChaCha8, seeded explicitly.
+pub type Rng = rand_chacha::ChaCha8Rng;
+
+/// A generator from a seed.
+pub fn rng(seed: u64) -> Rng {
+    Rng::seed_from_u64(seed)
+}
+
+fn collect(shape: &[usize], dtype: DType, mut f: impl FnMut() -> f64) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    Ok(Tensor::from_vec((0..n).map(|_| f()).collect::<Vec<f64>>(), shape)?.to_dtype(dtype))
+}
+
+/// Values drawn uniformly from `[lo, hi)`.
+pub fn uniform(shape: &[usize], lo: f64, hi: f64, dtype: DType, rng: &mut Rng) -> Result<Tensor> {
+    let dist =
+        Uniform::new(lo, hi).map_err(|e| Error::Value { op: "uniform".into(), msg: format!("[{lo}, {hi}): {e}") })?;
+    collect(shape, dtype, || dist.sample(rng))
+}
+
+/// Values from a normal distribution `N(mean, stddev²)`.
+pub fn normal(shape: &[usize], mean: f64, stddev: f64, dtype: DType, rng: &mut Rng) -> Result<Tensor> {
+    let dist = Normal::new(mean, stddev)
+        .map_err(|e| Error::Value { op: "normal".into(), msg: format!("stddev {stddev}: {e}") })?;
+    collect(shape, dtype, || dist.sample(rng))
+}
+
+/// A normal distribution truncated to `mean ± 2·stddev` (resampled outside), as Keras'
+/// `TruncatedNormal`.
+pub fn truncated_normal(shape: &[usize], mean: f64, stddev: f64, dtype: DType, rng: &mut Rng) -> Result<Tensor> {
+    let dist = Normal::new(0.0, 1.0).expect("unit normal");
+    if !(stddev.is_finite() && stddev >= 0.0) {
+        return Err(Error::Value {
+            op: "truncated_normal".into(),
+            msg: format!("stddev {stddev} must be finite and >= 0"),
+        });
+    }
+    collect(shape, dtype, || loop {
+        let z: f64 = dist.sample(rng);
+        if z.abs() <= 2.0 {
+            break mean + stddev * z;
+        }
+    })
+}
+
+/// A 0/1 mask where each entry is 1 with probability `keep`.
+pub fn bernoulli(shape: &[usize], keep: f64, dtype: DType, rng: &mut Rng) -> Result<Tensor> {
+    collect(shape, dtype, || f64::from(u8::from(rng.random::<f64>() < keep)))
+}
+
+/// A random permutation of `0..n` (Fisher–Yates).
+pub fn permutation(n: usize, rng: &mut Rng) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = rng.random_range(0..=i);
+        v.swap(i, j);
+    }
+    v
+}

@@ -1,0 +1,226 @@
+//! `compile`: the loss (one for all outputs, or one per output), loss weights, the optimizer
+//! and the metrics.
+
+use crate::metrics;
+use crate::model::Model;
+use crate::optimizers::Optimizer;
+use losskit::{CustomLoss, Error, Loss, Result, Tensor};
+use std::sync::Arc;
+
+/// A loss for `compile`: a Keras name or alias, or a loss object.
+#[derive(Clone)]
+pub enum LossArg {
+    /// `"sparse_categorical_crossentropy"`, `"mse"`, ...
+    Name(String),
+    /// A built-in loss struct, a [`CustomLoss`], or any type implementing [`Loss`].
+    Object(Arc<dyn Loss>),
+}
+
+impl From<&str> for LossArg {
+    fn from(s: &str) -> Self {
+        LossArg::Name(s.to_string())
+    }
+}
+impl From<String> for LossArg {
+    fn from(s: String) -> Self {
+        LossArg::Name(s)
+    }
+}
+impl From<Box<dyn Loss>> for LossArg {
+    fn from(l: Box<dyn Loss>) -> Self {
+        LossArg::Object(Arc::from(l))
+    }
+}
+impl From<Arc<dyn Loss>> for LossArg {
+    fn from(l: Arc<dyn Loss>) -> Self {
+        LossArg::Object(l)
+    }
+}
+impl From<CustomLoss> for LossArg {
+    fn from(l: CustomLoss) -> Self {
+        LossArg::Object(Arc::new(l))
+    }
+}
+
+impl LossArg {
+    fn resolve(&self) -> Result<Arc<dyn Loss>> {
+        match self {
+            LossArg::Name(n) => Ok(Arc::from(losskit::get(n)?)),
+            LossArg::Object(l) => Ok(l.clone()),
+        }
+    }
+}
+
+/// The optimizer for `compile`: a name (`"sgd"`, `"adam"`, ...) or a configured [`Optimizer`].
+#[derive(Debug, Clone)]
+pub enum OptimizerArg {
+    /// A Keras name, with Keras' defaults.
+    Name(String),
+    /// A configured optimizer.
+    Optimizer(Optimizer),
+}
+
+impl From<&str> for OptimizerArg {
+    fn from(s: &str) -> Self {
+        OptimizerArg::Name(s.to_string())
+    }
+}
+impl From<Optimizer> for OptimizerArg {
+    fn from(o: Optimizer) -> Self {
+        OptimizerArg::Optimizer(o)
+    }
+}
+
+/// Keras' `compile(...)` arguments, as a builder:
+///
+/// ```
+/// use losskit_train::Compile;
+/// let c = Compile::new().optimizer("sgd").loss("sparse_categorical_crossentropy").metrics(&["accuracy"]);
+/// ```
+#[derive(Clone)]
+pub struct Compile {
+    optimizer: OptimizerArg,
+    loss: Option<LossArg>,
+    per_output: Vec<(String, LossArg)>,
+    loss_weights: Vec<(Option<String>, f64)>,
+    metrics: Vec<String>,
+}
+
+impl Default for Compile {
+    fn default() -> Self {
+        Compile {
+            optimizer: OptimizerArg::Name("rmsprop".into()),
+            loss: None,
+            per_output: vec![],
+            loss_weights: vec![],
+            metrics: vec![],
+        }
+    }
+}
+
+impl Compile {
+    /// Keras' defaults: `rmsprop`, no loss yet, no metrics.
+    pub fn new() -> Compile {
+        Compile::default()
+    }
+    /// The optimizer (a name or an [`Optimizer`]).
+    pub fn optimizer(mut self, o: impl Into<OptimizerArg>) -> Compile {
+        self.optimizer = o.into();
+        self
+    }
+    /// One loss for every output (a name, a boxed loss, a [`CustomLoss`]...).
+    pub fn loss(mut self, l: impl Into<LossArg>) -> Compile {
+        self.loss = Some(l.into());
+        self
+    }
+    /// One loss for every output, from any loss struct.
+    pub fn loss_obj(mut self, l: impl Loss + 'static) -> Compile {
+        self.loss = Some(LossArg::Object(Arc::new(l)));
+        self
+    }
+    /// A custom loss from a closure returning per-sample values.
+    pub fn loss_fn(
+        mut self,
+        name: &str,
+        f: impl Fn(&Tensor, &Tensor) -> Result<Tensor> + Send + Sync + 'static,
+    ) -> Compile {
+        self.loss = Some(LossArg::Object(Arc::new(CustomLoss::new(name, f))));
+        self
+    }
+    /// The loss of the output named `output` (multi-output models).
+    pub fn loss_for(mut self, output: &str, l: impl Into<LossArg>) -> Compile {
+        self.per_output.push((output.to_string(), l.into()));
+        self
+    }
+    /// Loss weights by output order: total loss `Σ wᵢ·Lᵢ`.
+    pub fn loss_weights(mut self, w: &[f64]) -> Compile {
+        self.loss_weights = w.iter().map(|&v| (None, v)).collect();
+        self
+    }
+    /// The loss weight of the output named `output`.
+    pub fn loss_weight(mut self, output: &str, w: f64) -> Compile {
+        self.loss_weights.push((Some(output.to_string()), w));
+        self
+    }
+    /// Metrics by name (`"accuracy"`, `"mae"`, ...), for every output.
+    pub fn metrics(mut self, names: &[&str]) -> Compile {
+        self.metrics = names.iter().map(|s| s.to_string()).collect();
+        self
+    }
+}
+
+/// What `compile` stored in the model.
+pub(crate) struct Compiled {
+    pub optimizer: Optimizer,
+    pub losses: Vec<Arc<dyn Loss>>,
+    pub loss_weights: Vec<Option<f64>>,
+    pub metric_names: Vec<String>,
+}
+
+impl Model {
+    /// Keras' `compile`: checks and stores the optimizer, the loss(es), loss weights and metrics.
+    /// Unknown names, a loss missing for an output, or loss weights that do not match the
+    /// outputs are errors.
+    pub fn compile(&mut self, c: Compile) -> Result<()> {
+        let optimizer = match c.optimizer {
+            OptimizerArg::Name(n) => Optimizer::parse(&n)?,
+            OptimizerArg::Optimizer(o) => o,
+        };
+        let names = self.output_names();
+        let losses: Vec<Arc<dyn Loss>> = if c.per_output.is_empty() {
+            let l = c.loss.ok_or_else(|| Error::Config("compile: no loss given".into()))?;
+            let l = l.resolve()?;
+            names.iter().map(|_| l.clone()).collect()
+        } else {
+            for (n, _) in &c.per_output {
+                if !names.contains(n) {
+                    return Err(Error::Config(format!(
+                        "compile: loss for unknown output {n:?}; outputs are {names:?}"
+                    )));
+                }
+            }
+            names
+                .iter()
+                .map(|n| match c.per_output.iter().find(|(o, _)| o == n) {
+                    Some((_, l)) => l.resolve(),
+                    None => match &c.loss {
+                        Some(l) => l.resolve(),
+                        None => Err(Error::Config(format!("compile: no loss for output {n:?}"))),
+                    },
+                })
+                .collect::<Result<_>>()?
+        };
+        let mut loss_weights = vec![None; names.len()];
+        let by_position = c.loss_weights.iter().all(|(n, _)| n.is_none());
+        if by_position && !c.loss_weights.is_empty() {
+            if c.loss_weights.len() != names.len() {
+                return Err(Error::Config(format!(
+                    "compile: {} loss weights for {} outputs {names:?}",
+                    c.loss_weights.len(),
+                    names.len()
+                )));
+            }
+            loss_weights = c.loss_weights.iter().map(|(_, w)| Some(*w)).collect();
+        } else {
+            for (n, w) in &c.loss_weights {
+                let Some(n) = n else {
+                    return Err(Error::Config("compile: mix of positional and named loss weights".into()));
+                };
+                let i = names.iter().position(|x| x == n).ok_or_else(|| {
+                    Error::Config(format!("compile: loss weight for unknown output {n:?}; outputs are {names:?}"))
+                })?;
+                loss_weights[i] = Some(*w);
+            }
+        }
+        for m in &c.metrics {
+            metrics::check_name(m)?;
+        }
+        self.compiled = Some(Compiled { optimizer, losses, loss_weights, metric_names: c.metrics });
+        Ok(())
+    }
+
+    /// The compiled optimizer (e.g. to read or change its learning rate).
+    pub fn optimizer_mut(&mut self) -> Option<&mut Optimizer> {
+        self.compiled.as_mut().map(|c| &mut c.optimizer)
+    }
+}

@@ -1,0 +1,65 @@
+//! Datasets: the embedded digits set and a deterministic train/test split.
+
+use losskit::{Error, Result, Tensor};
+use losskit_tensor::random;
+use std::io::Read;
+
+/// The UCI optical digits (1,797 images of 8×8 pixels, values 0..16, labels 0..9; Alpaydin &
+/// Kaynak 1998, CC BY 4.0), compiled into the binary.
+const DIGITS_CSV_GZ: &[u8] = include_bytes!("../data/digits.csv.gz");
+
+/// Inputs and labels.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    /// Inputs, `(N, ...)`.
+    pub x: Tensor,
+    /// Labels, `(N,)`.
+    pub y: Tensor,
+}
+
+/// The embedded digits set: `x` `(1797, 8, 8)` f32 with raw pixel values 0..16 (divide by 16
+/// to scale to [0, 1]) and `y` `(1797,)` labels 0..9 (as f32).
+pub fn digits() -> Result<Dataset> {
+    let ferr = |msg: String| Error::File { path: "digits.csv.gz (embedded)".into(), msg };
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(DIGITS_CSV_GZ).read_to_string(&mut text).map_err(|e| ferr(e.to_string()))?;
+    let mut reader = csv::ReaderBuilder::new().has_headers(false).from_reader(text.as_bytes());
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for (line, record) in reader.records().enumerate() {
+        let record = record.map_err(|e| ferr(format!("line {}: {e}", line + 1)))?;
+        if record.len() != 65 {
+            return Err(ferr(format!("line {}: {} fields, expected 65", line + 1, record.len())));
+        }
+        for (i, field) in record.iter().enumerate() {
+            let v: f32 =
+                field.trim().parse().map_err(|_| ferr(format!("line {}: {field:?} is not a number", line + 1)))?;
+            if i < 64 {
+                x.push(v);
+            } else {
+                y.push(v);
+            }
+        }
+    }
+    let n = y.len();
+    Ok(Dataset { x: Tensor::from_vec(x, &[n, 8, 8])?, y: Tensor::from_vec(y, &[n])? })
+}
+
+/// A deterministic shuffle-and-split: `test_fraction` of the samples (rounded down) go to the
+/// test set. The same seed gives the same split everywhere.
+pub fn train_test_split(data: &Dataset, test_fraction: f64, seed: u64) -> Result<(Dataset, Dataset)> {
+    if !(0.0..1.0).contains(&test_fraction) {
+        return Err(Error::InvalidParameter {
+            loss: "train_test_split".into(),
+            param: "test_fraction".into(),
+            value: test_fraction.to_string(),
+            expected: "a number in [0, 1)".into(),
+        });
+    }
+    let n = data.y.shape().first().copied().unwrap_or(0);
+    let order = random::permutation(n, &mut random::rng(seed));
+    let n_test = (n as f64 * test_fraction).floor() as usize;
+    let (test, train) = order.split_at(n_test);
+    let take =
+        |idx: &[usize]| -> Result<Dataset> { Ok(Dataset { x: data.x.gather(0, idx)?, y: data.y.gather(0, idx)? }) };
+    Ok((take(train)?, take(test)?))
+}

@@ -1,0 +1,599 @@
+//! `fit`, `evaluate`: the training loop with Keras' semantics (running-mean logs, validation
+//! split before shuffling, `class_weight` → per-sample weights, callbacks).
+
+use crate::callbacks::{Callback, History, Logs};
+use crate::metrics::{self, Metric};
+use crate::model::Model;
+use losskit::{no_grad, Error, Result, Tensor};
+use losskit_tensor::random;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// Targets for `fit`/`evaluate`: one tensor, or one per named output.
+#[derive(Debug, Clone)]
+pub enum Targets {
+    /// The target of a single-output model.
+    Single(Tensor),
+    /// Targets by output name.
+    Named(Vec<(String, Tensor)>),
+}
+
+impl From<Tensor> for Targets {
+    fn from(t: Tensor) -> Self {
+        Targets::Single(t)
+    }
+}
+impl From<&Tensor> for Targets {
+    fn from(t: &Tensor) -> Self {
+        Targets::Single(t.clone())
+    }
+}
+impl From<Vec<(&str, Tensor)>> for Targets {
+    fn from(v: Vec<(&str, Tensor)>) -> Self {
+        Targets::Named(v.into_iter().map(|(n, t)| (n.to_string(), t)).collect())
+    }
+}
+
+impl Targets {
+    /// One target per output, in output order.
+    fn ordered(&self, names: &[String]) -> Result<Vec<Tensor>> {
+        match self {
+            Targets::Single(t) if names.len() == 1 => Ok(vec![t.clone()]),
+            Targets::Single(_) => {
+                Err(Error::Config(format!("the model has {} outputs {names:?}: give targets by name", names.len())))
+            }
+            Targets::Named(v) => names
+                .iter()
+                .map(|n| {
+                    v.iter()
+                        .find(|(k, _)| k == n)
+                        .map(|(_, t)| t.clone())
+                        .ok_or_else(|| Error::Config(format!("no targets for output {n:?}")))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Keras' `fit(...)` arguments, as a builder. Defaults as Keras: batch 32, 1 epoch, verbose 1,
+/// shuffle, no validation.
+pub struct Fit<'a> {
+    batch_size: usize,
+    epochs: usize,
+    verbose: u8,
+    validation_split: f64,
+    validation_data: Option<(Tensor, Targets)>,
+    shuffle: bool,
+    class_weight: Option<BTreeMap<i64, f64>>,
+    sample_weight: Option<Tensor>,
+    initial_epoch: usize,
+    seed: u64,
+    callbacks: Vec<&'a mut dyn Callback>,
+}
+
+impl Default for Fit<'_> {
+    fn default() -> Self {
+        Fit {
+            batch_size: 32,
+            epochs: 1,
+            verbose: 1,
+            validation_split: 0.0,
+            validation_data: None,
+            shuffle: true,
+            class_weight: None,
+            sample_weight: None,
+            initial_epoch: 0,
+            seed: 0,
+            callbacks: Vec::new(),
+        }
+    }
+}
+
+impl<'a> Fit<'a> {
+    /// Keras' defaults.
+    pub fn new() -> Fit<'a> {
+        Fit::default()
+    }
+    /// Samples per gradient step (default 32).
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n;
+        self
+    }
+    /// The epoch to stop before (default 1).
+    pub fn epochs(mut self, n: usize) -> Self {
+        self.epochs = n;
+        self
+    }
+    /// 0 silent, 1 or 2 one line per epoch.
+    pub fn verbose(mut self, v: u8) -> Self {
+        self.verbose = v;
+        self
+    }
+    /// The last fraction of the samples (taken before shuffling) is held out for validation.
+    pub fn validation_split(mut self, f: f64) -> Self {
+        self.validation_split = f;
+        self
+    }
+    /// Explicit validation inputs and targets.
+    pub fn validation_data(mut self, x: Tensor, y: impl Into<Targets>) -> Self {
+        self.validation_data = Some((x, y.into()));
+        self
+    }
+    /// Whether to shuffle the training samples each epoch (default true).
+    pub fn shuffle(mut self, on: bool) -> Self {
+        self.shuffle = on;
+        self
+    }
+    /// Weights per class (Keras' `class_weight`): each sample is weighted by its class' weight
+    /// (missing classes weigh 1). Single-output models only; not with `sample_weight`.
+    pub fn class_weight(mut self, w: BTreeMap<i64, f64>) -> Self {
+        self.class_weight = Some(w);
+        self
+    }
+    /// Per-sample weights, shape `(N,)` (or anything the loss broadcasts).
+    pub fn sample_weight(mut self, w: Tensor) -> Self {
+        self.sample_weight = Some(w);
+        self
+    }
+    /// The epoch to start from (for resuming).
+    pub fn initial_epoch(mut self, e: usize) -> Self {
+        self.initial_epoch = e;
+        self
+    }
+    /// Seed of the shuffling order.
+    pub fn seed(mut self, s: u64) -> Self {
+        self.seed = s;
+        self
+    }
+    /// Adds a callback.
+    pub fn callback(mut self, cb: &'a mut dyn Callback) -> Self {
+        self.callbacks.push(cb);
+        self
+    }
+}
+
+/// Rows `idx` of a tensor.
+fn rows(t: &Tensor, idx: &[usize]) -> Result<Tensor> {
+    t.gather(0, idx)
+}
+
+fn count_rows(what: &str, t: &Tensor) -> Result<usize> {
+    t.shape()
+        .first()
+        .copied()
+        .ok_or_else(|| Error::Shape { op: "fit".into(), msg: format!("{what} needs a batch axis, got a scalar") })
+}
+
+/// Keras' `class_weight` → per-sample weights: argmax of one-hot rows, squeeze of `(N, 1)`,
+/// then round to the nearest class; missing classes weigh 1.
+fn class_weights_to_samples(y: &Tensor, cw: &BTreeMap<i64, f64>) -> Result<Tensor> {
+    let n = count_rows("y", y)?;
+    let per_row = y.numel().checked_div(n).unwrap_or(0);
+    let v = y.to_vec::<f64>();
+    let classes: Vec<f64> = if y.rank() > 1 && per_row > 1 {
+        v.chunks(per_row)
+            .map(|r| {
+                r.iter()
+                    .enumerate()
+                    .fold((0usize, f64::NEG_INFINITY), |(bi, bv), (i, &x)| if x > bv { (i, x) } else { (bi, bv) })
+                    .0 as f64
+            })
+            .collect()
+    } else {
+        v
+    };
+    let w: Vec<f64> = classes.iter().map(|c| *cw.get(&(c.round() as i64)).unwrap_or(&1.0)).collect();
+    Ok(Tensor::from_vec(w, &[n])?.to_dtype(y.dtype()))
+}
+
+struct Accumulators {
+    loss: (f64, f64),
+    output_losses: Vec<(f64, f64)>,
+    metrics: Vec<Vec<(f64, f64)>>,
+}
+
+impl Accumulators {
+    fn new(outputs: usize, metrics: usize) -> Self {
+        Accumulators {
+            loss: (0.0, 0.0),
+            output_losses: vec![(0.0, 0.0); outputs],
+            metrics: vec![vec![(0.0, 0.0); metrics]; outputs],
+        }
+    }
+}
+
+fn mean((s, c): (f64, f64)) -> f64 {
+    if c == 0.0 {
+        0.0
+    } else {
+        s / c
+    }
+}
+
+impl Model {
+    fn compiled_or_err(&self) -> Result<()> {
+        if self.compiled.is_none() {
+            return Err(Error::Config("the model must be compiled before fit/evaluate".into()));
+        }
+        Ok(())
+    }
+
+    /// Log names of the metrics: `accuracy`, or `<output>_accuracy` with several outputs.
+    fn metric_log_names(&self) -> Vec<Vec<String>> {
+        let names = self.output_names();
+        let metric_names = self.compiled.as_ref().map(|c| c.metric_names.clone()).unwrap_or_default();
+        names
+            .iter()
+            .map(|o| {
+                metric_names.iter().map(|m| if names.len() == 1 { m.clone() } else { format!("{o}_{m}") }).collect()
+            })
+            .collect()
+    }
+
+    fn resolve_metrics(&self, ys: &[Tensor], n: usize) -> Result<Vec<Vec<Metric>>> {
+        let c = self.compiled.as_ref().expect("checked");
+        let shapes = self.output_shapes();
+        ys.iter()
+            .zip(shapes)
+            .map(|(y, s)| {
+                let pred: Vec<usize> = std::iter::once(n).chain(s).collect();
+                c.metric_names.iter().map(|m| metrics::resolve(m, y.shape(), &pred)).collect()
+            })
+            .collect()
+    }
+
+    /// Checks the data before any step: row counts, sparse labels against the model's classes,
+    /// and one forward pass + loss on the first rows (a loss whose shape does not fit the
+    /// model's output fails here).
+    fn check_data(&mut self, x: &Tensor, ys: &[Tensor], w: Option<&Tensor>) -> Result<usize> {
+        let n = count_rows("x", x)?;
+        for (name, y) in self.output_names().iter().zip(ys) {
+            let m = count_rows("y", y)?;
+            if m != n {
+                return Err(Error::Shape {
+                    op: "fit".into(),
+                    msg: format!("x has {n} samples but y ({name}) has {m}"),
+                });
+            }
+        }
+        if let Some(w) = w {
+            let m = count_rows("sample_weight", w)?;
+            if m != n {
+                return Err(Error::Shape {
+                    op: "fit".into(),
+                    msg: format!("x has {n} samples but sample_weight has {m}"),
+                });
+            }
+        }
+        if n == 0 {
+            return Err(Error::Shape { op: "fit".into(), msg: "no samples".into() });
+        }
+        self.ensure_built(x)?;
+        let shapes = self.output_shapes();
+        let compiled = self.compiled.as_ref().expect("checked");
+        for ((loss, y), shape) in compiled.losses.iter().zip(ys).zip(&shapes) {
+            if loss.class_name() == "SparseCategoricalCrossentropy" {
+                let classes = shape.last().copied().unwrap_or(0);
+                let ignore = loss.config()["ignore_class"].as_i64();
+                for (i, v) in y.to_vec::<f64>().iter().enumerate() {
+                    let k = v.trunc();
+                    if ignore.is_some_and(|c| k as i64 == c) {
+                        continue;
+                    }
+                    if !(v.is_finite() && k >= 0.0 && (k as usize) < classes) {
+                        return Err(Error::Value {
+                            op: "fit".into(),
+                            msg: format!(
+                                "label {v} at position {i} of y is outside the model's {classes} classes (0..{classes}) for loss {}",
+                                loss.name()
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        let head: Vec<usize> = (0..n.min(2)).collect();
+        let xb = rows(x, &head)?;
+        let outs = no_grad(|| self.forward(&xb, false))?;
+        let compiled = self.compiled.as_ref().expect("checked");
+        for ((loss, y), out) in compiled.losses.iter().zip(ys).zip(&outs) {
+            let v = no_grad(|| loss.call(&rows(y, &head)?, out, None))?;
+            if v.numel() != 1 {
+                return Err(Error::Shape {
+                    op: "fit".into(),
+                    msg: format!(
+                        "loss {} returned shape {:?}; training needs a reduction to a scalar",
+                        loss.name(),
+                        v.shape()
+                    ),
+                });
+            }
+        }
+        Ok(n)
+    }
+
+    /// One forward pass with the losses: `(total, per-output losses)`.
+    fn losses_on(
+        &mut self,
+        xb: &Tensor,
+        yb: &[Tensor],
+        wb: Option<&Tensor>,
+        training: bool,
+    ) -> Result<(Tensor, Vec<f64>, Vec<Tensor>)> {
+        let outs = self.forward(xb, training)?;
+        let compiled = self.compiled.as_ref().expect("checked");
+        let mut total: Option<Tensor> = None;
+        let mut each = Vec::with_capacity(outs.len());
+        for (i, (out, y)) in outs.iter().zip(yb).enumerate() {
+            let l = compiled.losses[i].call(y, out, wb)?;
+            each.push(l.to_scalar()?);
+            let term = match compiled.loss_weights[i] {
+                Some(w) => l.mul_scalar(w)?,
+                None => l,
+            };
+            total = Some(match total {
+                None => term,
+                Some(t) => t.add(&term)?,
+            });
+        }
+        let total = total.ok_or_else(|| Error::Config("the model has no outputs".into()))?;
+        Ok((total, each, outs))
+    }
+
+    fn logs_of(&self, acc: &Accumulators, prefix: &str) -> Logs {
+        let mut logs = Logs::new();
+        logs.insert(format!("{prefix}loss"), mean(acc.loss));
+        let names = self.output_names();
+        if names.len() > 1 {
+            for (n, l) in names.iter().zip(&acc.output_losses) {
+                logs.insert(format!("{prefix}{n}_loss"), mean(*l));
+            }
+        }
+        for (out_names, vals) in self.metric_log_names().iter().zip(&acc.metrics) {
+            for (n, v) in out_names.iter().zip(vals) {
+                logs.insert(format!("{prefix}{n}"), mean(*v));
+            }
+        }
+        logs
+    }
+
+    fn accumulate(
+        acc: &mut Accumulators,
+        metrics: &[Vec<Metric>],
+        yb: &[Tensor],
+        outs: &[Tensor],
+        total: f64,
+        each: &[f64],
+        nb: f64,
+    ) -> Result<()> {
+        acc.loss.0 += total * nb;
+        acc.loss.1 += nb;
+        for (o, l) in acc.output_losses.iter_mut().zip(each) {
+            o.0 += l * nb;
+            o.1 += nb;
+        }
+        for ((ms, accs), (y, out)) in metrics.iter().zip(acc.metrics.iter_mut()).zip(yb.iter().zip(outs)) {
+            for (m, a) in ms.iter().zip(accs.iter_mut()) {
+                let (s, c) = m.batch(y, out)?;
+                a.0 += s;
+                a.1 += c;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keras' `fit`: trains for `epochs - initial_epoch` epochs and returns the [`History`].
+    ///
+    /// The logged `loss` is the running mean over the epoch's samples (batch losses weighted by
+    /// batch size), reset each epoch; with several outputs each output's loss is logged as
+    /// `<name>_loss` (with sample weights, without loss weights). `val_*` entries come from
+    /// `validation_split` (the last fraction, taken before shuffling) or `validation_data`.
+    /// Data errors (row counts, labels outside the model's classes, a loss that does not fit
+    /// the output) are reported before the first step.
+    pub fn fit(&mut self, x: &Tensor, y: impl Into<Targets>, mut opts: Fit<'_>) -> Result<History> {
+        self.compiled_or_err()?;
+        let y = y.into();
+        self.ensure_built(x)?;
+        let ys = y.ordered(&self.output_names())?;
+        if opts.class_weight.is_some() && opts.sample_weight.is_some() {
+            return Err(Error::Config("fit: class_weight and sample_weight cannot be combined".into()));
+        }
+        let weights = match &opts.class_weight {
+            Some(cw) => {
+                if ys.len() != 1 {
+                    return Err(Error::Config("fit: class_weight needs a single-output model".into()));
+                }
+                Some(class_weights_to_samples(&ys[0], cw)?)
+            }
+            None => opts.sample_weight.clone(),
+        };
+        let n_all = self.check_data(x, &ys, weights.as_ref())?;
+        if opts.batch_size == 0 {
+            return Err(Error::InvalidParameter {
+                loss: "fit".into(),
+                param: "batch_size".into(),
+                value: "0".into(),
+                expected: ">= 1".into(),
+            });
+        }
+        // Validation split: the last fraction, before any shuffling (sample weights split too).
+        let f = opts.validation_split;
+        if !(0.0..1.0).contains(&f) {
+            return Err(Error::InvalidParameter {
+                loss: "fit".into(),
+                param: "validation_split".into(),
+                value: f.to_string(),
+                expected: "a number in [0, 1)".into(),
+            });
+        }
+        let (train_idx, val_idx): (Vec<usize>, Vec<usize>) = if f > 0.0 {
+            let split = (n_all as f64 * (1.0 - f)).floor() as usize;
+            if split == 0 || split == n_all {
+                return Err(Error::Config(format!(
+                    "fit: validation_split {f} leaves no training or no validation samples out of {n_all}"
+                )));
+            }
+            ((0..split).collect(), (split..n_all).collect())
+        } else {
+            ((0..n_all).collect(), Vec::new())
+        };
+        let validation: Option<(Tensor, Vec<Tensor>, Option<Tensor>)> =
+            if let Some((vx, vy)) = opts.validation_data.take() {
+                let vys = vy.ordered(&self.output_names())?;
+                Some((vx, vys, None))
+            } else if !val_idx.is_empty() {
+                let vw = match &weights {
+                    Some(w) if opts.class_weight.is_none() => Some(rows(w, &val_idx)?),
+                    _ => None,
+                };
+                Some((rows(x, &val_idx)?, ys.iter().map(|t| rows(t, &val_idx)).collect::<Result<_>>()?, vw))
+            } else {
+                None
+            };
+        let (x_train, ys_train, w_train) = if val_idx.is_empty() {
+            (x.clone(), ys.clone(), weights.clone())
+        } else {
+            (
+                rows(x, &train_idx)?,
+                ys.iter().map(|t| rows(t, &train_idx)).collect::<Result<Vec<_>>>()?,
+                weights.as_ref().map(|w| rows(w, &train_idx)).transpose()?,
+            )
+        };
+        let n = train_idx.len();
+        let metrics = self.resolve_metrics(&ys_train, n)?;
+        let mut shuffle_rng = random::rng(opts.seed);
+        let mut history = History::default();
+        let mut callbacks = std::mem::take(&mut opts.callbacks);
+        self.stop_training = false;
+        let empty = Logs::new();
+        for cb in callbacks.iter_mut() {
+            cb.on_train_begin(&empty, self)?;
+        }
+        let steps = n.div_ceil(opts.batch_size);
+        let mut last_logs = Logs::new();
+        for epoch in opts.initial_epoch..opts.epochs {
+            let started = Instant::now();
+            for cb in callbacks.iter_mut() {
+                cb.on_epoch_begin(epoch, &empty, self)?;
+            }
+            let order: Vec<usize> =
+                if opts.shuffle { random::permutation(n, &mut shuffle_rng) } else { (0..n).collect() };
+            let mut acc = Accumulators::new(ys_train.len(), metrics.first().map_or(0, Vec::len));
+            for step in 0..steps {
+                let idx = &order[step * opts.batch_size..((step + 1) * opts.batch_size).min(n)];
+                for cb in callbacks.iter_mut() {
+                    cb.on_train_batch_begin(step, &empty, self)?;
+                }
+                let xb = rows(&x_train, idx)?;
+                let yb: Vec<Tensor> = ys_train.iter().map(|t| rows(t, idx)).collect::<Result<_>>()?;
+                let wb = w_train.as_ref().map(|w| rows(w, idx)).transpose()?;
+                let (total, each, outs) = self.losses_on(&xb, &yb, wb.as_ref(), true)?;
+                let total_value = total.to_scalar()?;
+                let grads = total.backward()?;
+                drop(total);
+                let compiled = self.compiled.as_mut().expect("checked");
+                let mut optimizer = std::mem::replace(&mut compiled.optimizer, crate::Optimizer::sgd(0.0)?);
+                let mut params = self.params_mut();
+                let g: Vec<Tensor> = params
+                    .iter()
+                    .map(|p| grads.get(&p.value).cloned().unwrap_or_else(|| p.value.zeros_like()))
+                    .collect();
+                let applied = optimizer.apply(&mut params, &g);
+                self.compiled.as_mut().expect("checked").optimizer = optimizer;
+                applied?;
+                let outs: Vec<Tensor> = outs.iter().map(Tensor::detach).collect();
+                Self::accumulate(&mut acc, &metrics, &yb, &outs, total_value, &each, idx.len() as f64)?;
+                let logs = self.logs_of(&acc, "");
+                for cb in callbacks.iter_mut() {
+                    cb.on_train_batch_end(step, &logs, self)?;
+                }
+                if self.stop_training {
+                    break;
+                }
+            }
+            let mut logs = self.logs_of(&acc, "");
+            if let Some((vx, vys, vw)) = &validation {
+                let val = self.evaluate_inner(vx, vys, vw.as_ref(), opts.batch_size, &mut callbacks)?;
+                for (k, v) in val {
+                    logs.insert(format!("val_{k}"), v);
+                }
+            }
+            history.push(epoch, &logs);
+            if opts.verbose > 0 {
+                let parts: Vec<String> = logs.iter().map(|(k, v)| format!("{k}: {v:.4}")).collect();
+                println!(
+                    "Epoch {}/{} - {:.1}s - {}",
+                    epoch + 1,
+                    opts.epochs,
+                    started.elapsed().as_secs_f64(),
+                    parts.join(" - ")
+                );
+            }
+            for cb in callbacks.iter_mut() {
+                cb.on_epoch_end(epoch, &logs, self)?;
+            }
+            last_logs = logs;
+            if self.stop_training {
+                break;
+            }
+        }
+        for cb in callbacks.iter_mut() {
+            cb.on_train_end(&last_logs, self)?;
+        }
+        Ok(history)
+    }
+
+    fn evaluate_inner(
+        &mut self,
+        x: &Tensor,
+        ys: &[Tensor],
+        w: Option<&Tensor>,
+        batch_size: usize,
+        callbacks: &mut [&mut dyn Callback],
+    ) -> Result<Logs> {
+        let n = count_rows("x", x)?;
+        let metrics = self.resolve_metrics(ys, n)?;
+        let mut acc = Accumulators::new(ys.len(), metrics.first().map_or(0, Vec::len));
+        let empty = Logs::new();
+        for cb in callbacks.iter_mut() {
+            cb.on_test_begin(&empty, self)?;
+        }
+        let batch_size = batch_size.max(1);
+        for (step, start) in (0..n).step_by(batch_size).enumerate() {
+            let idx: Vec<usize> = (start..(start + batch_size).min(n)).collect();
+            for cb in callbacks.iter_mut() {
+                cb.on_test_batch_begin(step, &empty, self)?;
+            }
+            let xb = rows(x, &idx)?;
+            let yb: Vec<Tensor> = ys.iter().map(|t| rows(t, &idx)).collect::<Result<_>>()?;
+            let wb = w.map(|w| rows(w, &idx)).transpose()?;
+            let (total, each, outs) = no_grad(|| self.losses_on(&xb, &yb, wb.as_ref(), false))?;
+            Self::accumulate(&mut acc, &metrics, &yb, &outs, total.to_scalar()?, &each, idx.len() as f64)?;
+            let logs = self.logs_of(&acc, "");
+            for cb in callbacks.iter_mut() {
+                cb.on_test_batch_end(step, &logs, self)?;
+            }
+        }
+        let logs = self.logs_of(&acc, "");
+        for cb in callbacks.iter_mut() {
+            cb.on_test_end(&logs, self)?;
+        }
+        Ok(logs)
+    }
+
+    /// Keras' `evaluate`: the loss and metrics over `x`, `y` in batches (no dropout), as
+    /// running means over all samples. `sample_weight` weights the loss.
+    pub fn evaluate(
+        &mut self,
+        x: &Tensor,
+        y: impl Into<Targets>,
+        batch_size: usize,
+        sample_weight: Option<&Tensor>,
+    ) -> Result<Logs> {
+        self.compiled_or_err()?;
+        self.ensure_built(x)?;
+        let ys = y.into().ordered(&self.output_names())?;
+        self.check_data(x, &ys, sample_weight)?;
+        self.evaluate_inner(x, &ys, sample_weight, batch_size, &mut [])
+    }
+}

@@ -1,0 +1,308 @@
+//! Layers: Dense, Activation, Flatten, Dropout.
+
+use crate::activations::Activation;
+use crate::initializers::Initializer;
+use losskit::{DType, Error, Result, Tensor};
+use losskit_tensor::random::{self, Rng};
+
+/// A trainable weight: its name inside the model (`"dense/kernel"`) and its current value (a
+/// leaf tensor that requires gradients).
+#[derive(Debug, Clone)]
+pub struct Param {
+    /// `"<layer>/<weight>"`, e.g. `"dense_1/bias"`.
+    pub name: String,
+    /// The current value.
+    pub value: Tensor,
+}
+
+/// One layer of a model. Shapes are per sample (without the batch axis).
+pub trait Layer: Send {
+    /// The Keras class name (`"Dense"`).
+    fn kind(&self) -> &'static str;
+    /// The instance name (`"dense_1"`), set when the model is built.
+    fn name(&self) -> &str;
+    /// Sets the instance name (and renames the weights).
+    fn set_name(&mut self, name: String);
+    /// Creates the weights for inputs of per-sample shape `input`; returns the output shape.
+    fn build(&mut self, input: &[usize], dtype: DType, rng: &mut Rng) -> Result<Vec<usize>>;
+    /// Applies the layer to a batch. `training` switches dropout on.
+    fn forward(&self, x: &Tensor, training: bool, rng: &mut Rng) -> Result<Tensor>;
+    /// The per-sample output shape, once built.
+    fn output_shape(&self) -> Option<&[usize]>;
+    /// The trainable weights.
+    fn params(&self) -> Vec<&Param> {
+        Vec::new()
+    }
+    /// The trainable weights, mutably (the optimizer replaces their values).
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        Vec::new()
+    }
+}
+
+/// Fully connected layer: `y = activation(x·W + b)`, `W: (in, units)`, `b: (units,)`.
+///
+/// Shapes: `(B, ..., in)` → `(B, ..., units)`. Defaults as Keras: no activation, a bias,
+/// `glorot_uniform` kernel, zero bias.
+#[derive(Debug, Clone)]
+pub struct Dense {
+    name: String,
+    units: usize,
+    activation: Activation,
+    use_bias: bool,
+    kernel_initializer: Initializer,
+    bias_initializer: Initializer,
+    kernel: Option<Param>,
+    bias: Option<Param>,
+    output: Option<Vec<usize>>,
+}
+
+impl Dense {
+    /// A Dense layer with `units` outputs.
+    pub fn new(units: usize) -> Dense {
+        Dense {
+            name: "dense".into(),
+            units,
+            activation: Activation::Linear,
+            use_bias: true,
+            kernel_initializer: Initializer::GlorotUniform,
+            bias_initializer: Initializer::Zeros,
+            kernel: None,
+            bias: None,
+            output: None,
+        }
+    }
+    /// Sets the activation by Keras name (`"relu"`, `"softmax"`, ...).
+    pub fn activation(mut self, name: &str) -> Result<Dense> {
+        self.activation = Activation::parse(name)?;
+        Ok(self)
+    }
+    /// Whether to add a bias (default true).
+    pub fn use_bias(mut self, on: bool) -> Dense {
+        self.use_bias = on;
+        self
+    }
+    /// Sets the kernel initializer by Keras name (`"glorot_uniform"`, `"he_normal"`, ...).
+    pub fn kernel_initializer(mut self, name: &str) -> Result<Dense> {
+        self.kernel_initializer = Initializer::parse(name)?;
+        Ok(self)
+    }
+    /// Sets the kernel initializer.
+    pub fn with_kernel_initializer(mut self, init: Initializer) -> Dense {
+        self.kernel_initializer = init;
+        self
+    }
+    /// The number of outputs.
+    pub fn units(&self) -> usize {
+        self.units
+    }
+    /// The activation.
+    pub fn activation_fn(&self) -> Activation {
+        self.activation
+    }
+}
+
+impl Layer for Dense {
+    fn kind(&self) -> &'static str {
+        "Dense"
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn set_name(&mut self, name: String) {
+        if let Some(k) = &mut self.kernel {
+            k.name = format!("{name}/kernel");
+        }
+        if let Some(b) = &mut self.bias {
+            b.name = format!("{name}/bias");
+        }
+        self.name = name;
+    }
+    fn build(&mut self, input: &[usize], dtype: DType, rng: &mut Rng) -> Result<Vec<usize>> {
+        let Some(&fan_in) = input.last() else {
+            return Err(Error::Shape {
+                op: self.name.clone(),
+                msg: "Dense needs inputs with at least one feature axis, got scalars per sample".into(),
+            });
+        };
+        if self.units == 0 {
+            return Err(Error::InvalidParameter {
+                loss: "Dense".into(),
+                param: "units".into(),
+                value: "0".into(),
+                expected: "units >= 1".into(),
+            });
+        }
+        let kernel = self.kernel_initializer.init(&[fan_in, self.units], dtype, rng)?.requires_grad();
+        self.kernel = Some(Param { name: format!("{}/kernel", self.name), value: kernel });
+        if self.use_bias {
+            let bias = self.bias_initializer.init(&[self.units], dtype, rng)?.requires_grad();
+            self.bias = Some(Param { name: format!("{}/bias", self.name), value: bias });
+        }
+        let mut out = input.to_vec();
+        *out.last_mut().expect("non-empty") = self.units;
+        self.output = Some(out.clone());
+        Ok(out)
+    }
+    fn forward(&self, x: &Tensor, _training: bool, _rng: &mut Rng) -> Result<Tensor> {
+        let kernel = self
+            .kernel
+            .as_ref()
+            .ok_or_else(|| Error::Shape { op: self.name.clone(), msg: "layer is not built".into() })?;
+        let fan_in = kernel.value.shape()[0];
+        if x.shape().last() != Some(&fan_in) {
+            return Err(Error::Shape {
+                op: self.name.clone(),
+                msg: format!("expected inputs with {fan_in} features on the last axis, got shape {:?}", x.shape()),
+            });
+        }
+        let flat = x.rank() != 2;
+        let x2 = if flat { x.reshape(&[-1, fan_in as isize])? } else { x.clone() };
+        let mut y = x2.matmul(&kernel.value)?;
+        if let Some(b) = &self.bias {
+            y = y.add(&b.value)?;
+        }
+        if flat {
+            let mut shape: Vec<isize> = x.shape().iter().map(|&d| d as isize).collect();
+            *shape.last_mut().expect("rank >= 1") = self.units as isize;
+            y = y.reshape(&shape)?;
+        }
+        self.activation.apply(&y)
+    }
+    fn output_shape(&self) -> Option<&[usize]> {
+        self.output.as_deref()
+    }
+    fn params(&self) -> Vec<&Param> {
+        self.kernel.iter().chain(self.bias.iter()).collect()
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        self.kernel.iter_mut().chain(self.bias.iter_mut()).collect()
+    }
+}
+
+/// Applies an activation function: `(B, ...)` → `(B, ...)`.
+#[derive(Debug, Clone)]
+pub struct ActivationLayer {
+    name: String,
+    activation: Activation,
+    output: Option<Vec<usize>>,
+}
+
+impl ActivationLayer {
+    /// An activation layer by Keras name.
+    pub fn new(name: &str) -> Result<ActivationLayer> {
+        Ok(ActivationLayer { name: "activation".into(), activation: Activation::parse(name)?, output: None })
+    }
+}
+
+impl Layer for ActivationLayer {
+    fn kind(&self) -> &'static str {
+        "Activation"
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn set_name(&mut self, name: String) {
+        self.name = name;
+    }
+    fn build(&mut self, input: &[usize], _dtype: DType, _rng: &mut Rng) -> Result<Vec<usize>> {
+        self.output = Some(input.to_vec());
+        Ok(input.to_vec())
+    }
+    fn forward(&self, x: &Tensor, _training: bool, _rng: &mut Rng) -> Result<Tensor> {
+        self.activation.apply(x)
+    }
+    fn output_shape(&self) -> Option<&[usize]> {
+        self.output.as_deref()
+    }
+}
+
+/// Flattens each sample: `(B, d1, d2, ...)` → `(B, d1·d2·...)`.
+#[derive(Debug, Clone, Default)]
+pub struct Flatten {
+    name: String,
+    output: Option<Vec<usize>>,
+}
+
+impl Flatten {
+    /// A Flatten layer.
+    pub fn new() -> Flatten {
+        Flatten { name: "flatten".into(), output: None }
+    }
+}
+
+impl Layer for Flatten {
+    fn kind(&self) -> &'static str {
+        "Flatten"
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn set_name(&mut self, name: String) {
+        self.name = name;
+    }
+    fn build(&mut self, input: &[usize], _dtype: DType, _rng: &mut Rng) -> Result<Vec<usize>> {
+        let out = vec![input.iter().product()];
+        self.output = Some(out.clone());
+        Ok(out)
+    }
+    fn forward(&self, x: &Tensor, _training: bool, _rng: &mut Rng) -> Result<Tensor> {
+        if x.rank() == 0 {
+            return Err(Error::Shape { op: self.name.clone(), msg: "cannot flatten a scalar".into() });
+        }
+        x.reshape(&[x.shape()[0] as isize, -1])
+    }
+    fn output_shape(&self) -> Option<&[usize]> {
+        self.output.as_deref()
+    }
+}
+
+/// Dropout: in training, zeroes each input with probability `rate` and scales the rest by
+/// `1/(1 - rate)`; at inference it is the identity. Shapes unchanged.
+#[derive(Debug, Clone)]
+pub struct Dropout {
+    name: String,
+    rate: f64,
+    output: Option<Vec<usize>>,
+}
+
+impl Dropout {
+    /// A Dropout layer; `rate` must be in `[0, 1)`.
+    pub fn new(rate: f64) -> Result<Dropout> {
+        if !(0.0..1.0).contains(&rate) {
+            return Err(Error::InvalidParameter {
+                loss: "Dropout".into(),
+                param: "rate".into(),
+                value: rate.to_string(),
+                expected: "a number in [0, 1)".into(),
+            });
+        }
+        Ok(Dropout { name: "dropout".into(), rate, output: None })
+    }
+}
+
+impl Layer for Dropout {
+    fn kind(&self) -> &'static str {
+        "Dropout"
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn set_name(&mut self, name: String) {
+        self.name = name;
+    }
+    fn build(&mut self, input: &[usize], _dtype: DType, _rng: &mut Rng) -> Result<Vec<usize>> {
+        self.output = Some(input.to_vec());
+        Ok(input.to_vec())
+    }
+    fn forward(&self, x: &Tensor, training: bool, rng: &mut Rng) -> Result<Tensor> {
+        if !training || self.rate == 0.0 {
+            return Ok(x.clone());
+        }
+        let keep = 1.0 - self.rate;
+        let mask = random::bernoulli(x.shape(), keep, x.dtype(), rng)?.mul_scalar(1.0 / keep)?;
+        x.mul(&mask)
+    }
+    fn output_shape(&self) -> Option<&[usize]> {
+        self.output.as_deref()
+    }
+}

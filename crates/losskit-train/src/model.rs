@@ -1,0 +1,450 @@
+//! Models: a sequential trunk with optional named heads (one output each).
+
+use crate::compile::Compiled;
+use crate::layers::{Layer, Param};
+use losskit::{no_grad, DType, Error, Result, Tensor};
+use losskit_tensor::random::{self, Rng};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// An ordered list of layers (a model's trunk, or one head).
+#[derive(Default)]
+pub struct Stack {
+    layers: Vec<Box<dyn Layer>>,
+}
+
+impl Stack {
+    /// An empty stack.
+    pub fn new() -> Stack {
+        Stack::default()
+    }
+    /// Appends a layer.
+    #[allow(clippy::should_implement_trait)]
+    pub fn add(mut self, layer: impl Layer + 'static) -> Stack {
+        self.layers.push(Box::new(layer));
+        self
+    }
+}
+
+/// Keras' `Sequential`: `Sequential::new().add(Flatten::new()).add(Dense::new(10))`.
+pub struct Sequential;
+
+impl Sequential {
+    /// An empty sequential model (its layers come with [`Model::add`]).
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new() -> Model {
+        Model::new()
+    }
+}
+
+/// A model: a trunk of layers, then either nothing (one output) or named heads (one output
+/// each, all fed by the trunk). Built on first use from the input's per-sample shape.
+pub struct Model {
+    pub(crate) trunk: Vec<Box<dyn Layer>>,
+    pub(crate) heads: Vec<(String, Vec<Box<dyn Layer>>)>,
+    pub(crate) input_shape: Option<Vec<usize>>,
+    pub(crate) dtype: DType,
+    pub(crate) rng: Rng,
+    pub(crate) compiled: Option<Compiled>,
+    /// Set (e.g. by a callback) to stop `fit` after the current batch.
+    pub stop_training: bool,
+}
+
+impl Default for Model {
+    fn default() -> Self {
+        Model::new()
+    }
+}
+
+fn snake_case(kind: &str) -> String {
+    let mut s = String::new();
+    for (i, c) in kind.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            s.push('_');
+        }
+        s.extend(c.to_lowercase());
+    }
+    s
+}
+
+impl Model {
+    /// An empty model (f32, seed 0).
+    pub fn new() -> Model {
+        Model {
+            trunk: Vec::new(),
+            heads: Vec::new(),
+            input_shape: None,
+            dtype: DType::F32,
+            rng: random::rng(0),
+            compiled: None,
+            stop_training: false,
+        }
+    }
+
+    /// Appends a layer to the trunk (Keras' `model.add`).
+    #[allow(clippy::should_implement_trait)]
+    pub fn add(mut self, layer: impl Layer + 'static) -> Model {
+        self.trunk.push(Box::new(layer));
+        self.input_shape = None;
+        self
+    }
+
+    /// Adds a named head (an output) fed by the trunk.
+    pub fn head(mut self, name: &str, head: Stack) -> Model {
+        self.heads.push((name.to_string(), head.layers));
+        self.input_shape = None;
+        self
+    }
+
+    /// Seeds the generator used for weight initialisation and dropout.
+    pub fn seed(mut self, seed: u64) -> Model {
+        self.rng = random::rng(seed);
+        self
+    }
+
+    /// The dtype of weights and computation (default f32).
+    pub fn with_dtype(mut self, dtype: DType) -> Model {
+        self.dtype = dtype;
+        self
+    }
+
+    /// The dtype of weights and computation.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn layers(&self) -> impl Iterator<Item = &Box<dyn Layer>> {
+        self.trunk.iter().chain(self.heads.iter().flat_map(|(_, h)| h.iter()))
+    }
+
+    fn layers_mut(&mut self) -> impl Iterator<Item = &mut Box<dyn Layer>> {
+        self.trunk.iter_mut().chain(self.heads.iter_mut().flat_map(|(_, h)| h.iter_mut()))
+    }
+
+    /// Whether the model has been built.
+    pub fn is_built(&self) -> bool {
+        self.input_shape.is_some()
+    }
+
+    /// Builds every layer for inputs of per-sample shape `input` (e.g. `[8, 8]`), naming them
+    /// as Keras does (`dense`, `dense_1`, ...). Rebuilding re-initialises the weights.
+    pub fn build(&mut self, input: &[usize]) -> Result<()> {
+        if self.trunk.is_empty() && self.heads.is_empty() {
+            return Err(Error::Shape { op: "Model::build".into(), msg: "the model has no layers".into() });
+        }
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for layer in self.layers_mut() {
+            let base = snake_case(layer.kind());
+            let n = counts.entry(base.clone()).or_insert(0);
+            let name = if *n == 0 { base.clone() } else { format!("{base}_{n}") };
+            *n += 1;
+            layer.set_name(name);
+        }
+        let dtype = self.dtype;
+        let mut shape = input.to_vec();
+        for layer in self.trunk.iter_mut() {
+            shape = layer.build(&shape, dtype, &mut self.rng)?;
+        }
+        for (_, head) in self.heads.iter_mut() {
+            let mut s = shape.clone();
+            for layer in head.iter_mut() {
+                s = layer.build(&s, dtype, &mut self.rng)?;
+            }
+        }
+        self.input_shape = Some(input.to_vec());
+        Ok(())
+    }
+
+    /// Builds the model for `x` (shape `(N, ...)`) if it is not built yet, and checks the shape.
+    pub(crate) fn ensure_built(&mut self, x: &Tensor) -> Result<()> {
+        if x.rank() == 0 {
+            return Err(Error::Shape { op: "Model".into(), msg: "inputs need a batch axis, got a scalar".into() });
+        }
+        let per_sample = &x.shape()[1..];
+        match &self.input_shape {
+            None => self.build(per_sample),
+            Some(s) if s.as_slice() == per_sample => Ok(()),
+            Some(s) => Err(Error::Shape {
+                op: "Model".into(),
+                msg: format!("the model was built for inputs of shape (N, {s:?}), got {:?}", x.shape()),
+            }),
+        }
+    }
+
+    /// The output names: the head names, or the last layer's name for a single output.
+    pub fn output_names(&self) -> Vec<String> {
+        if self.heads.is_empty() {
+            vec![self.trunk.last().map(|l| l.name().to_string()).unwrap_or_else(|| "output".into())]
+        } else {
+            self.heads.iter().map(|(n, _)| n.clone()).collect()
+        }
+    }
+
+    /// The per-sample shape of each output, once built.
+    pub fn output_shapes(&self) -> Vec<Vec<usize>> {
+        let trunk_out = self
+            .trunk
+            .last()
+            .and_then(|l| l.output_shape())
+            .map(<[usize]>::to_vec)
+            .or_else(|| self.input_shape.clone());
+        if self.heads.is_empty() {
+            vec![trunk_out.unwrap_or_default()]
+        } else {
+            self.heads
+                .iter()
+                .map(|(_, h)| {
+                    h.last()
+                        .and_then(|l| l.output_shape())
+                        .map(<[usize]>::to_vec)
+                        .or_else(|| trunk_out.clone())
+                        .unwrap_or_default()
+                })
+                .collect()
+        }
+    }
+
+    /// Runs the model on a batch; one tensor per output.
+    pub fn forward(&mut self, x: &Tensor, training: bool) -> Result<Vec<Tensor>> {
+        self.ensure_built(x)?;
+        let x = x.to_dtype(self.dtype);
+        let mut h = x;
+        for layer in &self.trunk {
+            h = layer.forward(&h, training, &mut self.rng)?;
+        }
+        if self.heads.is_empty() {
+            return Ok(vec![h]);
+        }
+        let mut outs = Vec::with_capacity(self.heads.len());
+        for (_, head) in &self.heads {
+            let mut o = h.clone();
+            for layer in head {
+                o = layer.forward(&o, training, &mut self.rng)?;
+            }
+            outs.push(o);
+        }
+        Ok(outs)
+    }
+
+    /// Predictions for `x` in batches of `batch_size` (no dropout, no gradients).
+    pub fn predict(&mut self, x: &Tensor, batch_size: usize) -> Result<Vec<Tensor>> {
+        let batch_size = batch_size.max(1);
+        self.ensure_built(x)?;
+        let n = x.shape()[0];
+        let mut parts: Vec<Vec<Tensor>> = Vec::new();
+        let mut start = 0;
+        while start < n {
+            let idx: Vec<usize> = (start..(start + batch_size).min(n)).collect();
+            let xb = x.gather(0, &idx)?;
+            parts.push(no_grad(|| self.forward(&xb, false))?);
+            start += batch_size;
+        }
+        let outputs = self.output_names().len();
+        (0..outputs).map(|o| concat_rows(&parts.iter().map(|p| p[o].clone()).collect::<Vec<_>>())).collect()
+    }
+
+    /// The trainable weights, in layer order (kernel before bias, as Keras' `get_weights`).
+    pub fn params(&self) -> Vec<&Param> {
+        self.layers().flat_map(|l| l.params()).collect()
+    }
+
+    pub(crate) fn params_mut(&mut self) -> Vec<&mut Param> {
+        self.layers_mut().flat_map(|l| l.params_mut()).collect()
+    }
+
+    /// The weights as `(name, value)` pairs (constants), in Keras' order.
+    pub fn get_weights(&self) -> Vec<(String, Tensor)> {
+        self.params().into_iter().map(|p| (p.name.clone(), p.value.detach())).collect()
+    }
+
+    /// Replaces the weights, in Keras' order; each must have the current shape.
+    pub fn set_weights(&mut self, weights: &[Tensor]) -> Result<()> {
+        let dtype = self.dtype;
+        let mut params = self.params_mut();
+        if params.len() != weights.len() {
+            return Err(Error::Shape {
+                op: "set_weights".into(),
+                msg: format!("the model has {} weights, got {}", params.len(), weights.len()),
+            });
+        }
+        for (p, w) in params.iter_mut().zip(weights) {
+            if p.value.shape() != w.shape() {
+                return Err(Error::Shape {
+                    op: "set_weights".into(),
+                    msg: format!("{} has shape {:?}, got {:?}", p.name, p.value.shape(), w.shape()),
+                });
+            }
+            p.value = w.detach().to_dtype(dtype).requires_grad();
+        }
+        Ok(())
+    }
+
+    /// The number of trainable scalars.
+    pub fn count_params(&self) -> usize {
+        self.params().iter().map(|p| p.value.numel()).sum()
+    }
+
+    /// Keras' `model.summary()`: layers, output shapes and parameter counts.
+    pub fn summary(&self) -> String {
+        let rows: Vec<(String, String, usize)> = self
+            .layers()
+            .map(|l| {
+                let shape = l.output_shape().map(|s| {
+                    let dims: Vec<String> =
+                        std::iter::once("None".to_string()).chain(s.iter().map(|d| d.to_string())).collect();
+                    format!("({})", dims.join(", "))
+                });
+                let params: usize = l.params().iter().map(|p| p.value.numel()).sum();
+                (format!("{} ({})", l.name(), l.kind()), shape.unwrap_or_else(|| "?".into()), params)
+            })
+            .collect();
+        let (w1, w2, w3) = (33usize, 24usize, 15usize);
+        let line = |l: &str, m: &str, r: &str, f: &str| {
+            format!("{l}{}{m}{}{m}{}{r}\n", f.repeat(w1), f.repeat(w2), f.repeat(w3))
+        };
+        let mut s = format!("Model: \"{}\"\n", if self.heads.is_empty() { "sequential" } else { "functional" });
+        s += &line("┏", "┳", "┓", "━");
+        s += &format!(
+            "┃ {:<w$}┃ {:<v$}┃ {:>u$} ┃\n",
+            "Layer (type)",
+            "Output Shape",
+            "Param #",
+            w = w1 - 1,
+            v = w2 - 1,
+            u = w3 - 2
+        );
+        s += &line("┡", "╇", "┩", "━");
+        for (i, (name, shape, params)) in rows.iter().enumerate() {
+            s += &format!(
+                "│ {:<w$}│ {:<v$}│ {:>u$} │\n",
+                name,
+                shape,
+                group(*params),
+                w = w1 - 1,
+                v = w2 - 1,
+                u = w3 - 2
+            );
+            if i + 1 < rows.len() {
+                s += &line("├", "┼", "┤", "─");
+            }
+        }
+        s += &line("└", "┴", "┘", "─");
+        let total = self.count_params();
+        let bytes = total * if self.dtype == DType::F32 { 4 } else { 8 };
+        s += &format!(" Total params: {} ({})\n", group(total), human_bytes(bytes));
+        s += &format!(" Trainable params: {} ({})\n", group(total), human_bytes(bytes));
+        s += " Non-trainable params: 0 (0.00 B)\n";
+        s
+    }
+
+    /// Saves the weights as a safetensors file (written to a temporary file, then renamed).
+    pub fn save_weights(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let weights = self.get_weights();
+        let buffers: Vec<(String, Vec<usize>, safetensors::Dtype, Vec<u8>)> = weights
+            .iter()
+            .map(|(name, t)| match t.dtype() {
+                DType::F32 => (
+                    name.clone(),
+                    t.shape().to_vec(),
+                    safetensors::Dtype::F32,
+                    t.to_vec::<f32>().iter().flat_map(|v| v.to_le_bytes()).collect(),
+                ),
+                DType::F64 => (
+                    name.clone(),
+                    t.shape().to_vec(),
+                    safetensors::Dtype::F64,
+                    t.to_vec::<f64>().iter().flat_map(|v| v.to_le_bytes()).collect(),
+                ),
+            })
+            .collect();
+        let views = buffers
+            .iter()
+            .map(|(name, shape, dtype, data)| {
+                safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).map(|v| (name.clone(), v))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::File { path: path.display().to_string(), msg: e.to_string() })?;
+        let bytes = safetensors::serialize(views, None)
+            .map_err(|e| Error::File { path: path.display().to_string(), msg: e.to_string() })?;
+        losskit_tensor::npy::write_atomic(path, |w| w.write_all(&bytes))
+    }
+
+    /// Loads weights saved by [`Model::save_weights`]: every weight of this (built) model must be
+    /// in the file with the same shape.
+    pub fn load_weights(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let ferr = |msg: String| Error::File { path: path.display().to_string(), msg };
+        let bytes = std::fs::read(path).map_err(|e| ferr(format!("cannot read: {e}")))?;
+        let st =
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| ferr(format!("not a safetensors file: {e}")))?;
+        if !self.is_built() {
+            return Err(ferr("build the model (or fit/predict once) before loading weights".into()));
+        }
+        let mut values = Vec::new();
+        for p in self.params() {
+            let view = st.tensor(&p.name).map_err(|_| ferr(format!("has no weight named {:?}", p.name)))?;
+            if view.shape() != p.value.shape() {
+                return Err(ferr(format!(
+                    "{} has shape {:?}, the model expects {:?}",
+                    p.name,
+                    view.shape(),
+                    p.value.shape()
+                )));
+            }
+            let data = view.data();
+            let t = match view.dtype() {
+                safetensors::Dtype::F32 => Tensor::from_vec(
+                    data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<f32>>(),
+                    view.shape(),
+                )?,
+                safetensors::Dtype::F64 => Tensor::from_vec(
+                    data.chunks_exact(8)
+                        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+                        .collect::<Vec<f64>>(),
+                    view.shape(),
+                )?,
+                other => return Err(ferr(format!("{} has unsupported dtype {other:?}", p.name))),
+            };
+            values.push(t);
+        }
+        self.set_weights(&values)
+    }
+}
+
+/// Concatenates tensors along the first axis (no gradient).
+pub(crate) fn concat_rows(parts: &[Tensor]) -> Result<Tensor> {
+    let Some(first) = parts.first() else {
+        return Err(Error::Shape { op: "concat".into(), msg: "nothing to concatenate".into() });
+    };
+    let mut shape = first.shape().to_vec();
+    shape[0] = parts.iter().map(|p| p.shape()[0]).sum();
+    let dtype = first.dtype();
+    match dtype {
+        DType::F32 => Tensor::from_vec(parts.iter().flat_map(|p| p.to_vec::<f32>()).collect(), &shape),
+        DType::F64 => Tensor::from_vec(parts.iter().flat_map(|p| p.to_vec::<f64>()).collect(), &shape),
+    }
+}
+
+fn group(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn human_bytes(b: usize) -> String {
+    let b = b as f64;
+    if b >= 1024.0 * 1024.0 {
+        format!("{:.2} MB", b / (1024.0 * 1024.0))
+    } else if b >= 1024.0 {
+        format!("{:.2} KB", b / 1024.0)
+    } else {
+        format!("{b:.2} B")
+    }
+}

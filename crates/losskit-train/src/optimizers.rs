@@ -1,0 +1,361 @@
+//! Optimizers with Keras 3's update rules and defaults: SGD (momentum, Nesterov), Adam,
+//! AdamW, RMSprop; each with `clipnorm`, `clipvalue` or `global_clipnorm`.
+
+use crate::layers::Param;
+use losskit::{Error, Result, Tensor};
+use losskit_tensor::Element;
+use ndarray::{ArrayD, Zip};
+
+/// Which update rule, with its hyper-parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rule {
+    /// `m ← μ·m - lr·g; w ← w + m` (Nesterov: `w ← w + μ·m - lr·g`); plain `w ← w - lr·g` when `μ = 0`.
+    Sgd {
+        /// `μ` (Keras default 0).
+        momentum: f64,
+        /// Nesterov momentum (default false).
+        nesterov: bool,
+    },
+    /// Adam: `m ← m + (g - m)(1-β₁)`, `v ← v + (g² - v)(1-β₂)`,
+    /// `w ← w - lr·√(1-β₂ᵗ)/(1-β₁ᵗ) · m/(√v + ε)`.
+    Adam {
+        /// `β₁` (0.9).
+        beta_1: f64,
+        /// `β₂` (0.999).
+        beta_2: f64,
+        /// `ε` (1e-7).
+        epsilon: f64,
+    },
+    /// AdamW: `w ← w - w·wd·lr` (decoupled weight decay), then Adam.
+    AdamW {
+        /// Weight decay (0.004).
+        weight_decay: f64,
+        /// `β₁` (0.9).
+        beta_1: f64,
+        /// `β₂` (0.999).
+        beta_2: f64,
+        /// `ε` (1e-7).
+        epsilon: f64,
+    },
+    /// RMSprop: `v ← ρv + (1-ρ)g²`, `w ← w - lr·g/√(v + ε)` (centered: `v - ḡ² + ε`), optional momentum.
+    RmsProp {
+        /// `ρ` (0.9).
+        rho: f64,
+        /// Momentum (0).
+        momentum: f64,
+        /// `ε` (1e-7).
+        epsilon: f64,
+        /// Centered variant (false).
+        centered: bool,
+    },
+}
+
+/// How gradients are clipped before the update (at most one, as Keras enforces).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Clip {
+    /// No clipping.
+    None,
+    /// Each gradient tensor rescaled to L2 norm `≤ c`.
+    Norm(f64),
+    /// All gradients rescaled together so their global L2 norm is `≤ c`.
+    GlobalNorm(f64),
+    /// Each element clipped to `[-c, c]`.
+    Value(f64),
+}
+
+#[derive(Debug, Clone, Default)]
+enum Slots {
+    #[default]
+    Empty,
+    F32(Vec<Vec<ArrayD<f32>>>),
+    F64(Vec<Vec<ArrayD<f64>>>),
+}
+
+/// An optimizer: an update rule, a learning rate, clipping, and its per-weight state.
+#[derive(Debug, Clone)]
+pub struct Optimizer {
+    rule: Rule,
+    learning_rate: f64,
+    clip: Clip,
+    iterations: u64,
+    slots: Slots,
+}
+
+fn invalid(param: &str, value: f64, expected: &str) -> Error {
+    Error::InvalidParameter {
+        loss: "Optimizer".into(),
+        param: param.into(),
+        value: value.to_string(),
+        expected: expected.into(),
+    }
+}
+
+impl Optimizer {
+    fn with_rule(rule: Rule, learning_rate: f64) -> Result<Optimizer> {
+        if !(learning_rate.is_finite() && learning_rate >= 0.0) {
+            return Err(invalid("learning_rate", learning_rate, "a finite number >= 0"));
+        }
+        Ok(Optimizer { rule, learning_rate, clip: Clip::None, iterations: 0, slots: Slots::Empty })
+    }
+
+    /// SGD with Keras' defaults (momentum 0).
+    pub fn sgd(learning_rate: f64) -> Result<Optimizer> {
+        Self::with_rule(Rule::Sgd { momentum: 0.0, nesterov: false }, learning_rate)
+    }
+    /// SGD with momentum `μ ∈ [0, 1]` and optionally Nesterov.
+    pub fn sgd_momentum(learning_rate: f64, momentum: f64, nesterov: bool) -> Result<Optimizer> {
+        if !(0.0..=1.0).contains(&momentum) {
+            return Err(invalid("momentum", momentum, "a number in [0, 1]"));
+        }
+        Self::with_rule(Rule::Sgd { momentum, nesterov }, learning_rate)
+    }
+    /// Adam with Keras' defaults (β₁ 0.9, β₂ 0.999, ε 1e-7).
+    pub fn adam(learning_rate: f64) -> Result<Optimizer> {
+        Self::with_rule(Rule::Adam { beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7 }, learning_rate)
+    }
+    /// AdamW with Keras' defaults (weight decay 0.004).
+    pub fn adamw(learning_rate: f64, weight_decay: f64) -> Result<Optimizer> {
+        Self::with_rule(Rule::AdamW { weight_decay, beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7 }, learning_rate)
+    }
+    /// RMSprop with Keras' defaults (ρ 0.9, no momentum, ε 1e-7, not centered).
+    pub fn rmsprop(learning_rate: f64) -> Result<Optimizer> {
+        Self::with_rule(Rule::RmsProp { rho: 0.9, momentum: 0.0, epsilon: 1e-7, centered: false }, learning_rate)
+    }
+    /// Any rule.
+    pub fn new(rule: Rule, learning_rate: f64) -> Result<Optimizer> {
+        Self::with_rule(rule, learning_rate)
+    }
+
+    /// An optimizer by Keras name with Keras' defaults: `"sgd"` (lr 0.01), `"adam"` (0.001),
+    /// `"adamw"` (0.001), `"rmsprop"` (0.001). Case-insensitive.
+    pub fn parse(name: &str) -> Result<Optimizer> {
+        match name.to_lowercase().as_str() {
+            "sgd" => Self::sgd(0.01),
+            "adam" => Self::adam(0.001),
+            "adamw" => Self::adamw(0.001, 0.004),
+            "rmsprop" => Self::rmsprop(0.001),
+            _ => Err(Error::UnknownName {
+                kind: "optimizer".into(),
+                name: name.into(),
+                suggestions: "sgd, adam, adamw, rmsprop".into(),
+            }),
+        }
+    }
+
+    /// Sets the gradient clipping.
+    pub fn with_clip(mut self, clip: Clip) -> Result<Optimizer> {
+        match clip {
+            Clip::Norm(c) | Clip::GlobalNorm(c) | Clip::Value(c) if !(c.is_finite() && c > 0.0) => {
+                return Err(invalid("clip", c, "a finite number > 0"))
+            }
+            _ => {}
+        }
+        self.clip = clip;
+        Ok(self)
+    }
+    /// `clipnorm`: each gradient rescaled to norm `≤ c`.
+    pub fn clipnorm(self, c: f64) -> Result<Optimizer> {
+        self.with_clip(Clip::Norm(c))
+    }
+    /// `clipvalue`: each element clipped to `[-c, c]`.
+    pub fn clipvalue(self, c: f64) -> Result<Optimizer> {
+        self.with_clip(Clip::Value(c))
+    }
+    /// `global_clipnorm`: all gradients rescaled so their global norm is `≤ c`.
+    pub fn global_clipnorm(self, c: f64) -> Result<Optimizer> {
+        self.with_clip(Clip::GlobalNorm(c))
+    }
+
+    /// The current learning rate.
+    pub fn learning_rate(&self) -> f64 {
+        self.learning_rate
+    }
+    /// Changes the learning rate (schedulers use this).
+    pub fn set_learning_rate(&mut self, lr: f64) -> Result<()> {
+        if !(lr.is_finite() && lr >= 0.0) {
+            return Err(invalid("learning_rate", lr, "a finite number >= 0"));
+        }
+        self.learning_rate = lr;
+        Ok(())
+    }
+    /// The update rule.
+    pub fn rule(&self) -> Rule {
+        self.rule
+    }
+    /// The clipping.
+    pub fn clip(&self) -> Clip {
+        self.clip
+    }
+    /// Updates applied so far.
+    pub fn iterations(&self) -> u64 {
+        self.iterations
+    }
+
+    /// Applies one update: `grads[i]` is the gradient of `params[i]` (same shape and dtype).
+    pub fn apply(&mut self, params: &mut [&mut Param], grads: &[Tensor]) -> Result<()> {
+        if params.len() != grads.len() {
+            return Err(Error::Shape {
+                op: "Optimizer::apply".into(),
+                msg: format!("{} weights but {} gradients", params.len(), grads.len()),
+            });
+        }
+        let Some(first) = params.first() else { return Ok(()) };
+        match first.value.dtype() {
+            losskit::DType::F32 => self.apply_typed::<f32>(params, grads),
+            losskit::DType::F64 => self.apply_typed::<f64>(params, grads),
+        }
+    }
+
+    fn apply_typed<T: Element + SlotType>(&mut self, params: &mut [&mut Param], grads: &[Tensor]) -> Result<()> {
+        let mut g: Vec<ArrayD<T>> = Vec::with_capacity(grads.len());
+        for (p, gr) in params.iter().zip(grads) {
+            if gr.shape() != p.value.shape() {
+                return Err(Error::Shape {
+                    op: "Optimizer::apply".into(),
+                    msg: format!("gradient of shape {:?} for {} of shape {:?}", gr.shape(), p.name, p.value.shape()),
+                });
+            }
+            g.push(gr.to_array::<T>());
+        }
+        clip_gradients(&mut g, self.clip);
+        let slots_needed = match self.rule {
+            Rule::Sgd { momentum, .. } => usize::from(momentum != 0.0),
+            Rule::Adam { .. } | Rule::AdamW { .. } => 2,
+            Rule::RmsProp { momentum, centered, .. } => 1 + usize::from(momentum > 0.0) + usize::from(centered),
+        };
+        let slots = T::slots(&mut self.slots);
+        if slots.len() != params.len() {
+            *slots =
+                params.iter().map(|p| (0..slots_needed).map(|_| ArrayD::zeros(p.value.shape())).collect()).collect();
+        }
+        let lr = T::c(self.learning_rate);
+        let step = self.iterations + 1;
+        for ((p, g), s) in params.iter_mut().zip(&g).zip(slots.iter_mut()) {
+            let mut w = p.value.to_array::<T>();
+            update(self.rule, lr, step, &mut w, g, s);
+            p.value = Tensor::from_array(w).requires_grad();
+        }
+        self.iterations = step;
+        Ok(())
+    }
+}
+
+/// Access to the typed optimizer state.
+trait SlotType: Sized {
+    fn slots(s: &mut Slots) -> &mut Vec<Vec<ArrayD<Self>>>;
+}
+
+impl SlotType for f32 {
+    fn slots(s: &mut Slots) -> &mut Vec<Vec<ArrayD<f32>>> {
+        if !matches!(s, Slots::F32(_)) {
+            *s = Slots::F32(Vec::new());
+        }
+        match s {
+            Slots::F32(v) => v,
+            _ => unreachable!("set just above"),
+        }
+    }
+}
+
+impl SlotType for f64 {
+    fn slots(s: &mut Slots) -> &mut Vec<Vec<ArrayD<f64>>> {
+        if !matches!(s, Slots::F64(_)) {
+            *s = Slots::F64(Vec::new());
+        }
+        match s {
+            Slots::F64(v) => v,
+            _ => unreachable!("set just above"),
+        }
+    }
+}
+
+fn sum_squares<T: Element>(a: &ArrayD<T>) -> T {
+    a.iter().fold(T::zero(), |s, &v| s + v * v)
+}
+
+/// Keras 3's `_clip_gradients`.
+fn clip_gradients<T: Element>(grads: &mut [ArrayD<T>], clip: Clip) {
+    match clip {
+        Clip::None => {}
+        Clip::Norm(c) => {
+            let c = T::c(c);
+            for g in grads.iter_mut() {
+                let l2sum = sum_squares(g);
+                let norm = if l2sum > T::zero() { l2sum.sqrt() } else { l2sum };
+                let denom = norm.max(c);
+                g.mapv_inplace(|v| v * c / denom);
+            }
+        }
+        Clip::GlobalNorm(c) => {
+            let c = T::c(c);
+            let norm = grads.iter().fold(T::zero(), |s, g| s + sum_squares(g)).sqrt();
+            let scale = c * (T::one() / norm).min(T::one() / c);
+            for g in grads.iter_mut() {
+                g.mapv_inplace(|v| v * scale);
+            }
+        }
+        Clip::Value(c) => {
+            let c = T::c(c);
+            for g in grads.iter_mut() {
+                g.mapv_inplace(|v| v.max(-c).min(c));
+            }
+        }
+    }
+}
+
+fn update<T: Element>(rule: Rule, lr: T, step: u64, w: &mut ArrayD<T>, g: &ArrayD<T>, s: &mut [ArrayD<T>]) {
+    let one = T::one();
+    match rule {
+        Rule::Sgd { momentum, nesterov } => {
+            if s.is_empty() {
+                Zip::from(w).and(g).for_each(|w, &g| *w = *w - g * lr);
+            } else {
+                let mu = T::c(momentum);
+                Zip::from(w).and(g).and(&mut s[0]).for_each(|w, &g, m| {
+                    *m = -g * lr + *m * mu;
+                    *w = if nesterov { *w + (-g * lr + *m * mu) } else { *w + *m };
+                });
+            }
+        }
+        Rule::Adam { beta_1, beta_2, epsilon } | Rule::AdamW { beta_1, beta_2, epsilon, .. } => {
+            if let Rule::AdamW { weight_decay, .. } = rule {
+                let wd = T::c(weight_decay);
+                w.mapv_inplace(|v| v - v * wd * lr);
+            }
+            let (b1, b2, eps) = (T::c(beta_1), T::c(beta_2), T::c(epsilon));
+            let t = T::c(step as f64);
+            let alpha = lr * (one - b2.powf(t)).sqrt() / (one - b1.powf(t));
+            let (m, v) = s.split_at_mut(1);
+            Zip::from(w).and(g).and(&mut m[0]).and(&mut v[0]).for_each(|w, &g, m, v| {
+                *m = *m + (g - *m) * (one - b1);
+                *v = *v + (g * g - *v) * (one - b2);
+                *w = *w - (*m * alpha) / (v.sqrt() + eps);
+            });
+        }
+        Rule::RmsProp { rho, momentum, epsilon, centered } => {
+            let (rho, eps, mu) = (T::c(rho), T::c(epsilon), T::c(momentum));
+            let (vel, rest) = s.split_at_mut(1);
+            let (mom, avg) = if momentum > 0.0 { rest.split_at_mut(1) } else { rest.split_at_mut(0) };
+            let vel = &mut vel[0];
+            Zip::from(&mut *vel).and(g).for_each(|v, &g| *v = rho * *v + (one - rho) * g * g);
+            let mut increment = ArrayD::<T>::zeros(g.raw_dim());
+            if centered {
+                let a = &mut avg[0];
+                Zip::from(&mut increment).and(g).and(&*vel).and(a).for_each(|inc, &g, &v, a| {
+                    *a = rho * *a + (one - rho) * g;
+                    *inc = lr * g / (v - *a * *a + eps).sqrt();
+                });
+            } else {
+                Zip::from(&mut increment).and(g).and(&*vel).for_each(|inc, &g, &v| *inc = lr * g / (v + eps).sqrt());
+            }
+            if let Some(m) = mom.first_mut() {
+                Zip::from(w).and(m).and(&increment).for_each(|w, m, &inc| {
+                    *m = mu * *m + inc;
+                    *w = *w - *m;
+                });
+            } else {
+                Zip::from(w).and(&increment).for_each(|w, &inc| *w = *w - inc);
+            }
+        }
+    }
+}
