@@ -17,6 +17,29 @@ pub struct Dataset {
     pub y: Tensor,
 }
 
+impl Dataset {
+    /// The same samples in a deterministic random order (ChaCha8 seeded with `seed`).
+    ///
+    /// Keras' `validation_split` holds out the *last* rows; the digits file ends with a harder
+    /// group of writers (Keras itself reaches only ~87.5% validation accuracy on the file order
+    /// with the seed's model), so shuffle once before splitting.
+    pub fn shuffled(&self, seed: u64) -> Result<Dataset> {
+        let n = self.y.shape().first().copied().unwrap_or(0);
+        let order = random::permutation(n, &mut random::rng(seed));
+        Ok(Dataset { x: self.x.gather(0, &order)?, y: self.y.gather(0, &order)? })
+    }
+
+    /// The number of samples.
+    pub fn len(&self) -> usize {
+        self.y.shape().first().copied().unwrap_or(0)
+    }
+
+    /// Whether there are no samples.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The embedded digits set: `x` `(1797, 8, 8)` f32 with raw pixel values 0..16 (divide by 16
 /// to scale to [0, 1]) and `y` `(1797,)` labels 0..9 (as f32).
 pub fn digits() -> Result<Dataset> {

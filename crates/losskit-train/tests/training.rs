@@ -1,0 +1,338 @@
+//! Training end to end: the seed's model on the embedded digits, multi-output loss weights,
+//! class weights, custom losses, optimizers, weights files, summary, and bad input.
+
+use losskit::{Loss, Reduction, Tensor};
+use losskit_train::{datasets, Compile, Dense, Dropout, Fit, Flatten, Optimizer, Param, Sequential, Stack};
+use std::collections::BTreeMap;
+
+fn t(v: Vec<f32>, shape: &[usize]) -> Tensor {
+    Tensor::from_vec(v, shape).unwrap()
+}
+
+fn seed_model() -> losskit_train::Model {
+    Sequential::new()
+        .add(Flatten::new())
+        .add(Dense::new(512).activation("relu").unwrap())
+        .add(Dropout::new(0.2).unwrap())
+        .add(Dense::new(10).activation("softmax").unwrap())
+}
+
+#[test]
+fn the_seed_model_learns_the_digits() {
+    // The file's last 20% is a harder group of writers (Keras itself reaches ~87.5% there),
+    // so the set is shuffled once before `validation_split` takes the last 20%.
+    let data = datasets::digits().unwrap().shuffled(0).unwrap();
+    let x = data.x.mul_scalar(1.0 / 16.0).unwrap();
+    let mut model = seed_model();
+    model
+        .compile(Compile::new().optimizer("sgd").loss("sparse_categorical_crossentropy").metrics(&["accuracy"]))
+        .unwrap();
+    let history = model.fit(&x, &data.y, Fit::new().epochs(100).validation_split(0.2).verbose(0)).unwrap();
+    let val = history.last("val_accuracy").unwrap();
+    assert!(val >= 0.95, "val_accuracy {val}");
+    let losses = history.get("loss").unwrap();
+    assert!(losses[99] < losses[0] / 5.0, "{losses:?}");
+    assert_eq!(history.epochs.len(), 100);
+    assert_eq!(history.history.keys().collect::<Vec<_>>(), ["accuracy", "loss", "val_accuracy", "val_loss"]);
+}
+
+fn set(model: &mut losskit_train::Model, weights: Vec<Tensor>) {
+    model.set_weights(&weights).unwrap();
+}
+
+/// Two heads on the raw inputs: a = x·[1, 1], b = x·[1, -1] + 0.5.
+fn two_heads() -> losskit_train::Model {
+    let mut m = Sequential::new().head("a", Stack::new().add(Dense::new(1))).head("b", Stack::new().add(Dense::new(1)));
+    m.build(&[2]).unwrap();
+    set(&mut m, vec![t(vec![1.0, 1.0], &[2, 1]), t(vec![0.0], &[1]), t(vec![1.0, -1.0], &[2, 1]), t(vec![0.5], &[1])]);
+    m
+}
+
+#[test]
+fn multi_output_loss_weights_by_hand() {
+    let x = t(vec![1.0, 2.0, 3.0, 4.0], &[2, 2]);
+    let ya = t(vec![2.0, 9.0], &[2, 1]);
+    let yb = t(vec![0.0, 1.0], &[2, 1]);
+    let mut m = two_heads();
+    // a_pred = [3, 7]: MSE = ((3-2)² + (7-9)²)/2 = 2.5;  b_pred = [-0.5, -0.5]: MAE = (0.5 + 1.5)/2 = 1.
+    let compile = Compile::new().optimizer(Optimizer::sgd(0.1).unwrap()).loss_for("a", "mse").loss_for("b", "mae");
+    m.compile(compile.clone().loss_weight("a", 2.0).loss_weight("b", 0.5)).unwrap();
+    let logs = m.evaluate(&x, vec![("a", ya.clone()), ("b", yb.clone())], 32, None).unwrap();
+    assert!((logs["a_loss"] - 2.5).abs() < 1e-6 && (logs["b_loss"] - 1.0).abs() < 1e-6, "{logs:?}");
+    assert!((logs["loss"] - 5.5).abs() < 1e-6, "{logs:?}");
+    // Positional weights give the same total.
+    let mut m2 = two_heads();
+    m2.compile(compile.loss_weights(&[2.0, 0.5])).unwrap();
+    assert!(
+        (m2.evaluate(&x, vec![("a", ya.clone()), ("b", yb.clone())], 32, None).unwrap()["loss"] - 5.5).abs() < 1e-6
+    );
+    // One SGD step: ∂La/∂Wa = Σ xᵢ(aᵢ - yᵢ) = [1·1 + 3·(-2), 2·1 + 4·(-2)] = [-5, -6], ×2 (loss weight), ×0.1 (lr).
+    let h = m.fit(&x, vec![("a", ya), ("b", yb)], Fit::new().batch_size(2).shuffle(false).verbose(0)).unwrap();
+    assert!((h.last("loss").unwrap() - 5.5).abs() < 1e-6);
+    let w = m.get_weights();
+    assert_eq!(w[0].0, "dense/kernel");
+    let wa = w[0].1.to_vec::<f32>();
+    assert!((wa[0] - 2.0).abs() < 1e-6 && (wa[1] - 2.2).abs() < 1e-6, "{wa:?}");
+    assert!((w[1].1.to_vec::<f32>()[0] - 0.2).abs() < 1e-6);
+}
+
+#[test]
+fn class_weight_weights_samples_and_divides_by_n() {
+    // pred = [1, 2, 3] against y = [1, 0, 1]: squared errors [0, 4, 4].
+    let x = t(vec![1.0, 2.0, 3.0], &[3, 1]);
+    let y = t(vec![1.0, 0.0, 1.0], &[3, 1]);
+    let mut m = Sequential::new().add(Dense::new(1));
+    m.build(&[1]).unwrap();
+    set(&mut m, vec![t(vec![1.0], &[1, 1]), t(vec![0.0], &[1])]);
+    m.compile(Compile::new().optimizer(Optimizer::sgd(0.0).unwrap()).loss("mse")).unwrap();
+    let cw: BTreeMap<i64, f64> = [(0, 3.0), (1, 0.5)].into();
+    let h = m.fit(&x, &y, Fit::new().batch_size(3).verbose(0).class_weight(cw.clone())).unwrap();
+    // Keras: Σ w·l / N = (0.5·0 + 3·4 + 0.5·4) / 3, not / Σw.
+    assert!((h.last("loss").unwrap() - 14.0 / 3.0).abs() < 1e-5, "{h:?}");
+    // The same through explicit sample weights.
+    let h2 = m.fit(&x, &y, Fit::new().batch_size(3).verbose(0).sample_weight(t(vec![0.5, 3.0, 0.5], &[3]))).unwrap();
+    assert!((h2.last("loss").unwrap() - 14.0 / 3.0).abs() < 1e-5);
+    // Both at once is an error.
+    let err = m.fit(&x, &y, Fit::new().verbose(0).class_weight(cw).sample_weight(t(vec![1.0; 3], &[3]))).unwrap_err();
+    assert!(err.to_string().contains("cannot be combined"), "{err}");
+}
+
+#[test]
+fn class_weight_on_one_hot_targets_uses_the_argmax() {
+    let x = t(vec![0.0, 0.0], &[2, 1]);
+    let y = t(vec![0.0, 1.0, 1.0, 0.0], &[2, 2]);
+    let mut m = Sequential::new().add(Dense::new(2).activation("softmax").unwrap());
+    m.build(&[1]).unwrap();
+    set(&mut m, vec![t(vec![0.0, 0.0], &[1, 2]), t(vec![0.0, 0.0], &[2])]);
+    m.compile(Compile::new().optimizer(Optimizer::sgd(0.0).unwrap()).loss("categorical_crossentropy")).unwrap();
+    // Uniform predictions: each sample costs ln 2; classes are [1, 0] → weights [4, 1].
+    let h = m.fit(&x, &y, Fit::new().verbose(0).class_weight([(1, 4.0)].into())).unwrap();
+    assert!((h.last("loss").unwrap() - 5.0 * std::f64::consts::LN_2 / 2.0).abs() < 1e-5);
+}
+
+#[test]
+fn a_custom_closure_loss_trains_a_model() {
+    // y = 2x + 1
+    let xs: Vec<f32> = (0..32).map(|i| i as f32 / 16.0 - 1.0).collect();
+    let ys: Vec<f32> = xs.iter().map(|x| 2.0 * x + 1.0).collect();
+    let (x, y) = (t(xs, &[32, 1]), t(ys, &[32, 1]));
+    let mut m = Sequential::new().seed(3).add(Dense::new(1));
+    m.compile(
+        Compile::new()
+            .optimizer(Optimizer::sgd(0.1).unwrap())
+            .loss_fn("my_mse", |t: &Tensor, p: &Tensor| p.sub(t)?.square().mean(&[-1], false))
+            .metrics(&["mae"]),
+    )
+    .unwrap();
+    let h = m.fit(&x, &y, Fit::new().epochs(200).batch_size(8).verbose(0)).unwrap();
+    assert!(h.last("loss").unwrap() < 1e-4, "{:?}", h.last("loss"));
+    assert!(h.last("mae").unwrap() < 1e-2);
+    let w = m.get_weights();
+    assert!((w[0].1.to_vec::<f32>()[0] - 2.0).abs() < 1e-2 && (w[1].1.to_vec::<f32>()[0] - 1.0).abs() < 1e-2);
+}
+
+fn one_step(opt: Optimizer, w: Vec<f64>, g: Vec<f64>) -> Vec<f64> {
+    let mut opt = opt;
+    let n = w.len();
+    let mut p = Param { name: "w".into(), value: Tensor::from_vec(w, &[n]).unwrap().requires_grad() };
+    opt.apply(&mut [&mut p], &[Tensor::from_vec(g, &[n]).unwrap()]).unwrap();
+    p.value.to_vec::<f64>()
+}
+
+#[test]
+fn optimizer_steps_by_hand() {
+    let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6);
+    // RMSprop: v = 0.1·g², step = lr·g/√(v + ε) ≈ lr·√10·sign(g).
+    let r = one_step(Optimizer::rmsprop(0.1).unwrap(), vec![1.0, -2.0], vec![0.5, -1.0]);
+    assert!(close(&r, &[1.0 - 0.1 * 10f64.sqrt(), -2.0 + 0.1 * 10f64.sqrt()]), "{r:?}");
+    // AdamW: decay w·wd·lr first, then the first Adam step ≈ lr·sign(g).
+    let a = one_step(Optimizer::adamw(0.1, 0.004).unwrap(), vec![1.0], vec![2.0]);
+    assert!(close(&a, &[1.0 - 0.0004 - 0.1]), "{a:?}");
+    // Adam's first step is lr·sign(g) whatever |g|.
+    assert!(close(&one_step(Optimizer::adam(0.01).unwrap(), vec![0.0], vec![-7.0]), &[0.01]));
+    // Clipping: by value, by norm (per tensor), by global norm.
+    let s = one_step(Optimizer::sgd(1.0).unwrap().clipvalue(0.3).unwrap(), vec![1.0, -2.0], vec![0.5, -1.0]);
+    assert!(close(&s, &[0.7, -1.7]), "{s:?}");
+    let s = one_step(Optimizer::sgd(1.0).unwrap().clipnorm(1.0).unwrap(), vec![0.0, 0.0], vec![3.0, 4.0]);
+    assert!(close(&s, &[-0.6, -0.8]), "{s:?}");
+    let s = one_step(Optimizer::sgd(1.0).unwrap().global_clipnorm(10.0).unwrap(), vec![0.0, 0.0], vec![3.0, 4.0]);
+    assert!(close(&s, &[-3.0, -4.0]), "{s:?}");
+    // Momentum: two steps with the same gradient: m = -0.1, then m = -0.1·0.9 - 0.1 = -0.19.
+    let mut opt = Optimizer::sgd_momentum(0.1, 0.9, false).unwrap();
+    let mut p = Param { name: "w".into(), value: Tensor::from_vec(vec![0.0f64], &[1]).unwrap().requires_grad() };
+    for _ in 0..2 {
+        opt.apply(&mut [&mut p], &[Tensor::from_vec(vec![1.0f64], &[1]).unwrap()]).unwrap();
+    }
+    assert!((p.value.to_vec::<f64>()[0] + 0.29).abs() < 1e-12);
+    assert_eq!(opt.iterations(), 2);
+    // Names resolve with Keras' defaults; bad values are errors.
+    assert_eq!(Optimizer::parse("sgd").unwrap().learning_rate(), 0.01);
+    assert_eq!(Optimizer::parse("Adam").unwrap().learning_rate(), 0.001);
+    assert!(Optimizer::parse("adagrad").unwrap_err().to_string().contains("unknown optimizer"));
+    assert!(Optimizer::sgd(-1.0).is_err());
+    assert!(Optimizer::sgd(0.1).unwrap().clipnorm(0.0).is_err());
+}
+
+#[test]
+fn weights_round_trip_through_safetensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    let mut a = seed_model().seed(1);
+    a.build(&[8, 8]).unwrap();
+    a.save_weights(&path).unwrap();
+    let mut b = seed_model().seed(2);
+    b.build(&[8, 8]).unwrap();
+    assert_ne!(a.get_weights()[0].1.to_vec::<f32>(), b.get_weights()[0].1.to_vec::<f32>());
+    b.load_weights(&path).unwrap();
+    for (wa, wb) in a.get_weights().iter().zip(b.get_weights()) {
+        assert_eq!(wa.0, wb.0);
+        assert_eq!(wa.1.to_vec::<f32>(), wb.1.to_vec::<f32>());
+    }
+    let x = datasets::digits().unwrap().x.gather(0, &[0, 1, 2]).unwrap();
+    assert_eq!(a.predict(&x, 2).unwrap()[0].to_vec::<f32>(), b.predict(&x, 2).unwrap()[0].to_vec::<f32>());
+    // A model of another shape refuses the file; a broken file is an error, not a panic.
+    let mut c = Sequential::new().add(Flatten::new()).add(Dense::new(3));
+    c.build(&[8, 8]).unwrap();
+    assert!(c.load_weights(&path).unwrap_err().to_string().contains("dense/kernel"));
+    std::fs::write(dir.path().join("bad.safetensors"), b"junk").unwrap();
+    assert!(b.load_weights(dir.path().join("bad.safetensors")).is_err());
+    let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(leftovers, 2, "no temporary files left behind");
+}
+
+#[test]
+fn summary_lists_layers_shapes_and_params() {
+    let mut m = seed_model();
+    m.build(&[8, 8]).unwrap();
+    let s = m.summary();
+    for needle in [
+        "flatten (Flatten)",
+        "(None, 64)",
+        "dense (Dense)",
+        "(None, 512)",
+        "33,280",
+        "dropout (Dropout)",
+        "dense_1 (Dense)",
+        "5,130",
+        "Total params: 38,410",
+    ] {
+        assert!(s.contains(needle), "{needle} missing:\n{s}");
+    }
+    assert_eq!(m.count_params(), 38_410);
+}
+
+#[test]
+fn dropout_only_in_training() {
+    let mut m = Sequential::new().add(Dropout::new(0.5).unwrap());
+    let x = Tensor::ones(&[4, 8], losskit::DType::F32);
+    assert_eq!(m.predict(&x, 4).unwrap()[0].to_vec::<f32>(), vec![1.0; 32]);
+    let y = m.forward(&x, true).unwrap()[0].to_vec::<f32>();
+    assert!(y.iter().all(|&v| v == 0.0 || v == 2.0) && y.contains(&0.0) && y.contains(&2.0), "{y:?}");
+}
+
+#[test]
+fn activations_match_keras_values() {
+    let x = t(vec![-1.0, 0.0, 1.0], &[1, 3]);
+    let check = |name: &str, expected: [f32; 3]| {
+        let v = losskit_train::Activation::parse(name).unwrap().apply(&x).unwrap().to_vec::<f32>();
+        for (a, b) in v.iter().zip(expected) {
+            assert!((a - b).abs() < 1e-6, "{name}: {v:?} vs {expected:?}");
+        }
+    };
+    check("relu", [0.0, 0.0, 1.0]);
+    check("gelu", [-0.158_655_25, 0.0, 0.841_344_7]);
+    check("elu", [-0.632_120_56, 0.0, 1.0]);
+    check("selu", [-1.111_330_7, 0.0, 1.050_701]);
+    check("softplus", [0.313_261_7, 0.693_147_2, 1.313_261_7]);
+    check("tanh", [-0.761_594_2, 0.0, 0.761_594_2]);
+    check("sigmoid", [0.268_941_4, 0.5, 0.731_058_6]);
+    check("softmax", [0.090_030_57, 0.244_728_48, 0.665_240_9]);
+    check("log_softmax", [-2.407_606, -1.407_606, -0.407_606]);
+    check("linear", [-1.0, 0.0, 1.0]);
+    assert!(losskit_train::Activation::parse("swishy").is_err());
+}
+
+#[test]
+fn bad_input_is_reported_before_training() {
+    let data = datasets::digits().unwrap();
+    let x = data.x.gather(0, &(0..20).collect::<Vec<_>>()).unwrap();
+    let y = data.y.gather(0, &(0..20).collect::<Vec<_>>()).unwrap();
+    let compiled = || {
+        let mut m = seed_model();
+        m.compile(Compile::new().optimizer("sgd").loss("sparse_categorical_crossentropy").metrics(&["accuracy"]))
+            .unwrap();
+        m
+    };
+    // x / y length mismatch.
+    let err = compiled().fit(&x, &y.gather(0, &[0, 1, 2]).unwrap(), Fit::new().verbose(0)).unwrap_err();
+    assert!(err.to_string().contains("x has 20 samples but y"), "{err}");
+    // A label outside the model's classes; the weights stay untouched.
+    let mut bad = y.to_vec::<f32>();
+    bad[7] = 10.0;
+    let mut m = compiled();
+    m.build(&[8, 8]).unwrap();
+    let before = m.get_weights()[0].1.to_vec::<f32>();
+    let err = m.fit(&x, &t(bad, &[20]), Fit::new().verbose(0)).unwrap_err();
+    assert!(err.to_string().contains("label 10 at position 7") && err.to_string().contains("10 classes"), "{err}");
+    assert_eq!(m.get_weights()[0].1.to_vec::<f32>(), before);
+    // Unknown names.
+    let mut m = seed_model();
+    assert!(m
+        .compile(Compile::new().optimizer("sgdd").loss("mse"))
+        .unwrap_err()
+        .to_string()
+        .contains("unknown optimizer"));
+    assert!(m.compile(Compile::new().loss("msee")).unwrap_err().to_string().contains("unknown loss"));
+    assert!(m
+        .compile(Compile::new().loss("mse").metrics(&["acuracy"]))
+        .unwrap_err()
+        .to_string()
+        .contains("unknown metric"));
+    // A loss that does not fit the output: one-hot CE on sparse labels.
+    let mut m = seed_model();
+    m.compile(Compile::new().loss("categorical_crossentropy")).unwrap();
+    let err = m.fit(&x, &y, Fit::new().verbose(0)).unwrap_err();
+    assert!(err.to_string().contains("same shape"), "{err}");
+    // Fit before compile.
+    assert!(seed_model().fit(&x, &y, Fit::new()).unwrap_err().to_string().contains("compiled"));
+    // A loss with reduction none cannot train.
+    let mut m = seed_model();
+    m.compile(Compile::new().loss_obj(losskit::SparseCategoricalCrossentropy::new().with_reduction(Reduction::None)))
+        .unwrap();
+    assert!(m.fit(&x, &y, Fit::new().verbose(0)).unwrap_err().to_string().contains("reduction"));
+}
+
+#[test]
+fn evaluate_and_predict_in_batches() {
+    let data = datasets::digits().unwrap();
+    let idx: Vec<usize> = (0..50).collect();
+    let (x, y) = (data.x.gather(0, &idx).unwrap().mul_scalar(1.0 / 16.0).unwrap(), data.y.gather(0, &idx).unwrap());
+    let mut m = seed_model();
+    m.compile(
+        Compile::new().loss("sparse_categorical_crossentropy").metrics(&["accuracy", "sparse_categorical_accuracy"]),
+    )
+    .unwrap();
+    let a = m.evaluate(&x, &y, 7, None).unwrap();
+    let b = m.evaluate(&x, &y, 50, None).unwrap();
+    assert!((a["loss"] - b["loss"]).abs() < 1e-5 && a["accuracy"] == b["accuracy"]);
+    assert_eq!(a["accuracy"], a["sparse_categorical_accuracy"]);
+    let p = m.predict(&x, 7).unwrap();
+    assert_eq!(p[0].shape(), &[50, 10]);
+    // The loss from the predictions agrees with evaluate.
+    let direct = losskit::SparseCategoricalCrossentropy::new().call(&y, &p[0], None).unwrap().to_scalar().unwrap();
+    assert!((direct - b["loss"]).abs() < 1e-5);
+}
+
+#[test]
+fn digits_and_split() {
+    let d = datasets::digits().unwrap();
+    assert_eq!(d.x.shape(), &[1797, 8, 8]);
+    assert_eq!(d.y.shape(), &[1797]);
+    let y = d.y.to_vec::<f32>();
+    assert!(y.iter().all(|&v| (0.0..=9.0).contains(&v) && v.fract() == 0.0));
+    assert!(d.x.to_vec::<f32>().iter().all(|&v| (0.0..=16.0).contains(&v)));
+    let (tr, te) = datasets::train_test_split(&d, 0.25, 7).unwrap();
+    assert_eq!((tr.len(), te.len()), (1348, 449));
+    let (tr2, _) = datasets::train_test_split(&d, 0.25, 7).unwrap();
+    assert_eq!(tr.y.to_vec::<f32>(), tr2.y.to_vec::<f32>());
+}
