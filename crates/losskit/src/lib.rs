@@ -63,7 +63,3 @@ pub use sequence::Ctc;
 
 /// Keras' backend epsilon, `1e-7`, used by the clipped losses.
 pub const EPSILON: f64 = 1e-7;
-
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-struct ReadmeDoctests;
