@@ -1,13 +1,12 @@
 //! `fit`, `evaluate`: the training loop with Keras' semantics (running-mean logs, validation
 //! split before shuffling, `class_weight` → per-sample weights, callbacks).
 
-use crate::callbacks::{Callback, History, Logs};
+use crate::callbacks::{Callback, FitParams, History, Logs, ProgbarLogger};
 use crate::metrics::{self, Metric};
 use crate::model::Model;
 use losskit::{no_grad, Error, Result, Tensor};
 use losskit_tensor::random;
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 /// Targets for `fit`/`evaluate`: one tensor, or one per named output.
 #[derive(Debug, Clone)]
@@ -104,7 +103,7 @@ impl<'a> Fit<'a> {
         self.epochs = n;
         self
     }
-    /// 0 silent, 1 or 2 one line per epoch.
+    /// 0 silent, 1 a progress bar, 2 one line per epoch (see [`ProgbarLogger`]).
     pub fn verbose(mut self, v: u8) -> Self {
         self.verbose = v;
         self
@@ -463,16 +462,26 @@ impl Model {
         let metrics = self.resolve_metrics(&ys_train, n)?;
         let mut shuffle_rng = random::rng(opts.seed);
         let mut history = History::default();
-        let mut callbacks = std::mem::take(&mut opts.callbacks);
+        let steps = n.div_ceil(opts.batch_size);
+        let mut progbar = ProgbarLogger::new(opts.verbose);
+        let mut callbacks: Vec<&mut dyn Callback> = Vec::new();
+        if opts.verbose > 0 {
+            callbacks.push(&mut progbar);
+        }
+        for cb in opts.callbacks.iter_mut() {
+            callbacks.push(&mut **cb);
+        }
+        let params = FitParams { epochs: opts.epochs, initial_epoch: opts.initial_epoch, steps, verbose: opts.verbose };
+        for cb in callbacks.iter_mut() {
+            cb.set_params(&params);
+        }
         self.stop_training = false;
         let empty = Logs::new();
         for cb in callbacks.iter_mut() {
             cb.on_train_begin(&empty, self)?;
         }
-        let steps = n.div_ceil(opts.batch_size);
         let mut last_logs = Logs::new();
         for epoch in opts.initial_epoch..opts.epochs {
-            let started = Instant::now();
             for cb in callbacks.iter_mut() {
                 cb.on_epoch_begin(epoch, &empty, self)?;
             }
@@ -519,16 +528,6 @@ impl Model {
                 }
             }
             history.push(epoch, &logs);
-            if opts.verbose > 0 {
-                let parts: Vec<String> = logs.iter().map(|(k, v)| format!("{k}: {v:.4}")).collect();
-                println!(
-                    "Epoch {}/{} - {:.1}s - {}",
-                    epoch + 1,
-                    opts.epochs,
-                    started.elapsed().as_secs_f64(),
-                    parts.join(" - ")
-                );
-            }
             for cb in callbacks.iter_mut() {
                 cb.on_epoch_end(epoch, &logs, self)?;
             }

@@ -19,7 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod activations;
-mod callbacks;
+pub mod callbacks;
 mod compile;
 pub mod datasets;
 mod fit;
@@ -30,7 +30,11 @@ mod model;
 mod optimizers;
 
 pub use activations::Activation;
-pub use callbacks::{Callback, History, Logs};
+pub use callbacks::{
+    plot_history, Callback, CsvLogger, EarlyStopping, FitParams, History, LambdaCallback, LearningRateScheduler, Logs,
+    Mode, ModelCheckpoint, PlotLearningCurves, ProgbarLogger, ReduceLROnPlateau, TensorBoard, TerminateOnNaN,
+    UpdateFreq,
+};
 pub use compile::{Compile, LossArg, OptimizerArg};
 pub use fit::{Fit, Targets};
 pub use initializers::Initializer;

@@ -1,4 +1,20 @@
-//! The callback interface (Keras' hooks) and the History that `fit` returns.
+//! Callbacks: the interface (Keras' hooks), the History that `fit` returns, and the built-ins
+//! (progress bar, CSV, TensorBoard, learning-curve plots, early stopping, checkpoints,
+//! learning-rate control, NaN termination).
+
+mod control;
+mod csv_logger;
+mod lambda;
+pub mod plot;
+mod progbar;
+mod tensorboard;
+
+pub use control::{EarlyStopping, LearningRateScheduler, Mode, ModelCheckpoint, ReduceLROnPlateau, TerminateOnNaN};
+pub use csv_logger::CsvLogger;
+pub use lambda::LambdaCallback;
+pub use plot::{plot_history, PlotLearningCurves};
+pub use progbar::ProgbarLogger;
+pub use tensorboard::{TensorBoard, UpdateFreq};
 
 use crate::model::Model;
 use losskit::Result;
@@ -8,11 +24,26 @@ use std::collections::BTreeMap;
 /// Keras' CSV and History list them.
 pub type Logs = BTreeMap<String, f64>;
 
+/// What `fit` tells callbacks before training (Keras' `callback.params`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FitParams {
+    /// The epoch `fit` stops before.
+    pub epochs: usize,
+    /// The first epoch.
+    pub initial_epoch: usize,
+    /// Training batches per epoch.
+    pub steps: usize,
+    /// `fit`'s verbosity.
+    pub verbose: u8,
+}
+
 /// Hooks called by `fit`, `evaluate` and `predict`. Every hook has a no-op default; a callback
 /// stops training by setting `model.stop_training = true`. Batch logs carry running means
 /// over the epoch so far (as Keras reports them); epoch logs add the `val_*` entries.
 #[allow(unused_variables)]
 pub trait Callback {
+    /// Receives the run's parameters before `on_train_begin`.
+    fn set_params(&mut self, params: &FitParams) {}
     /// Before the first epoch.
     fn on_train_begin(&mut self, logs: &Logs, model: &mut Model) -> Result<()> {
         Ok(())
@@ -89,7 +120,52 @@ impl History {
     pub fn last(&self, name: &str) -> Option<f64> {
         self.get(name).and_then(|v| v.last().copied())
     }
-    pub(crate) fn push(&mut self, epoch: usize, logs: &Logs) {
+    /// Reads a history written by [`CsvLogger`] (or Keras' `CSVLogger`): an `epoch` column and
+    /// one column per metric. Errors name the file and the line.
+    pub fn from_csv(path: impl AsRef<std::path::Path>) -> Result<History> {
+        let path = path.as_ref();
+        let ferr = |msg: String| losskit::Error::File { path: path.display().to_string(), msg };
+        let mut reader = csv::ReaderBuilder::new().from_path(path).map_err(|e| ferr(format!("cannot read: {e}")))?;
+        let headers: Vec<String> =
+            reader.headers().map_err(|e| ferr(format!("bad header: {e}")))?.iter().map(String::from).collect();
+        let epoch_col =
+            headers.iter().position(|h| h == "epoch").ok_or_else(|| ferr("no `epoch` column in the header".into()))?;
+        let mut history = History::default();
+        for (i, record) in reader.records().enumerate() {
+            let line = i + 2;
+            let record = record.map_err(|e| ferr(format!("line {line}: {e}")))?;
+            let parse = |s: &str| -> Option<f64> {
+                match s.trim() {
+                    "nan" | "NaN" => Some(f64::NAN),
+                    "inf" => Some(f64::INFINITY),
+                    "-inf" => Some(f64::NEG_INFINITY),
+                    t => t.parse().ok(),
+                }
+            };
+            let epoch = record
+                .get(epoch_col)
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .ok_or_else(|| ferr(format!("line {line}: bad epoch")))?;
+            let mut logs = Logs::new();
+            for (j, h) in headers.iter().enumerate() {
+                if j == epoch_col {
+                    continue;
+                }
+                let field = record.get(j).ok_or_else(|| ferr(format!("line {line}: missing column {h}")))?;
+                let v = parse(field)
+                    .ok_or_else(|| ferr(format!("line {line}: {field:?} in column {h} is not a number")))?;
+                logs.insert(h.clone(), v);
+            }
+            history.push(epoch, &logs);
+        }
+        if history.epochs.is_empty() {
+            return Err(ferr("no rows".into()));
+        }
+        Ok(history)
+    }
+
+    /// Appends one epoch's logs.
+    pub fn push(&mut self, epoch: usize, logs: &Logs) {
         self.epochs.push(epoch);
         for (k, v) in logs {
             self.history.entry(k.clone()).or_default().push(*v);

@@ -1,0 +1,163 @@
+//! Learning-curve plots (PNG and SVG): one panel per metric, training vs validation.
+
+use super::{Callback, History, Logs};
+use crate::model::Model;
+use losskit::{Error, Result};
+use losskit_tensor::npy::write_atomic;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+/// Width of one panel in pixels; a plot with `n` metrics is `n · PANEL_WIDTH` wide.
+pub const PANEL_WIDTH: u32 = 480;
+/// Height of the plot in pixels.
+pub const PANEL_HEIGHT: u32 = 360;
+
+static FONT: Once = Once::new();
+
+/// Registers the bundled DejaVu Sans (so plots need no system fonts).
+fn register_font() {
+    FONT.call_once(|| {
+        let bytes: &'static [u8] = include_bytes!("../../assets/DejaVuSans.ttf");
+        // A font that fails to load only loses the text, never the plot.
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, bytes);
+    });
+}
+
+/// The metrics to draw: every log name without its `val_` prefix, `loss` first.
+fn panels(history: &History) -> Vec<String> {
+    let mut names: Vec<String> =
+        history.history.keys().map(|k| k.strip_prefix("val_").unwrap_or(k).to_string()).collect();
+    names.sort_by_key(|n| (n != "loss", n.clone()));
+    names.dedup();
+    names
+}
+
+fn err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::File { path: path.display().to_string(), msg: format!("cannot draw the plot: {e}") }
+}
+
+fn draw<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    history: &History,
+    names: &[String],
+) -> std::result::Result<(), String> {
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let areas = root.split_evenly((1, names.len().max(1)));
+    let epochs: Vec<f64> = history.epochs.iter().map(|&e| e as f64 + 1.0).collect();
+    let x_max = epochs.last().copied().unwrap_or(1.0).max(2.0);
+    let x_min = epochs.first().copied().unwrap_or(1.0).min(x_max - 1.0);
+    for (area, name) in areas.iter().zip(names) {
+        let series: Vec<(&str, RGBColor, Vec<(f64, f64)>)> = [
+            ("training", name.clone(), RGBColor(31, 119, 180)),
+            ("validation", format!("val_{name}"), RGBColor(255, 127, 14)),
+        ]
+        .into_iter()
+        .filter_map(|(label, key, color)| {
+            history.get(&key).map(|v| {
+                (label, color, epochs.iter().copied().zip(v.iter().copied()).filter(|(_, y)| y.is_finite()).collect())
+            })
+        })
+        .collect();
+        let ys = series.iter().flat_map(|s| s.2.iter().map(|p| p.1));
+        let (lo, hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| (a.min(y), b.max(y)));
+        let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+        let pad = if hi > lo { 0.05 * (hi - lo) } else { 0.5 };
+        let mut chart = ChartBuilder::on(area)
+            .caption(name, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(56)
+            .build_cartesian_2d(x_min..x_max, (lo - pad)..(hi + pad))
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .y_desc(name.as_str())
+            .label_style(("sans-serif", 13))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for (label, color, points) in series {
+            chart
+                .draw_series(LineSeries::new(points, color.stroke_width(2)))
+                .map_err(|e| e.to_string())?
+                .label(label)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .draw()
+            .map_err(|e| e.to_string())?;
+    }
+    root.present().map_err(|e| e.to_string())
+}
+
+/// Draws `history` (one panel per metric, training and validation curves, epochs on x) to a
+/// PNG and/or an SVG file, each written through a temporary file and a rename. Returns the
+/// number of panels; the PNG is `panels · PANEL_WIDTH × PANEL_HEIGHT` pixels.
+pub fn plot_history(history: &History, png: Option<&Path>, svg: Option<&Path>) -> Result<usize> {
+    register_font();
+    let names = panels(history);
+    let (w, h) = (PANEL_WIDTH * names.len().max(1) as u32, PANEL_HEIGHT);
+    if let Some(path) = png {
+        let mut buf = vec![0u8; (w * h * 3) as usize];
+        {
+            let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+            draw(&root, history, &names).map_err(|e| err(path, e))?;
+        }
+        write_atomic(path, |out| {
+            let mut enc = png::Encoder::new(out, w, h);
+            enc.set_color(png::ColorType::Rgb);
+            enc.set_depth(png::BitDepth::Eight);
+            let mut writer = enc.write_header().map_err(std::io::Error::other)?;
+            writer.write_image_data(&buf).map_err(std::io::Error::other)?;
+            writer.finish().map_err(std::io::Error::other)
+        })?;
+    }
+    if let Some(path) = svg {
+        let mut text = String::new();
+        {
+            let root = SVGBackend::with_string(&mut text, (w, h)).into_drawing_area();
+            draw(&root, history, &names).map_err(|e| err(path, e))?;
+        }
+        write_atomic(path, |out| out.write_all(text.as_bytes()))?;
+    }
+    Ok(names.len())
+}
+
+/// After each epoch, redraws `<dir>/curves.png` and `<dir>/curves.svg` from the logs so far.
+pub struct PlotLearningCurves {
+    dir: PathBuf,
+    history: History,
+}
+
+impl PlotLearningCurves {
+    /// Plots written into `dir` (created if needed).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        PlotLearningCurves { dir: dir.into(), history: History::default() }
+    }
+    /// The PNG's path.
+    pub fn png_path(&self) -> PathBuf {
+        self.dir.join("curves.png")
+    }
+    /// The SVG's path.
+    pub fn svg_path(&self) -> PathBuf {
+        self.dir.join("curves.svg")
+    }
+}
+
+impl Callback for PlotLearningCurves {
+    fn on_train_begin(&mut self, _logs: &Logs, _model: &mut Model) -> Result<()> {
+        self.history = History::default();
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| Error::File { path: self.dir.display().to_string(), msg: format!("cannot create: {e}") })
+    }
+    fn on_epoch_end(&mut self, epoch: usize, logs: &Logs, _model: &mut Model) -> Result<()> {
+        self.history.push(epoch, logs);
+        plot_history(&self.history, Some(&self.png_path()), Some(&self.svg_path())).map(|_| ())
+    }
+}

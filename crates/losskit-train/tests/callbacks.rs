@@ -1,0 +1,419 @@
+//! Callbacks: hook order, EarlyStopping, CSV vs History, TensorBoard files read back by an
+//! independent reader, learning-curve PNG/SVG, NaN termination, learning-rate control,
+//! checkpoints.
+
+use losskit::{Result, Tensor};
+use losskit_train::*;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+fn data(n: usize) -> (Tensor, Tensor) {
+    let xs: Vec<f32> = (0..n * 2).map(|i| ((i * 37) % 11) as f32 / 11.0 - 0.5).collect();
+    let ys: Vec<f32> = (0..n).map(|i| f32::from(u8::from(xs[2 * i] + xs[2 * i + 1] > 0.0))).collect();
+    (Tensor::from_vec(xs, &[n, 2]).unwrap(), Tensor::from_vec(ys, &[n, 1]).unwrap())
+}
+
+fn model(lr: f64) -> Model {
+    let mut m = Sequential::new()
+        .seed(1)
+        .add(Dense::new(4).activation("tanh").unwrap())
+        .add(Dense::new(1).activation("sigmoid").unwrap());
+    m.compile(Compile::new().optimizer(Optimizer::sgd(lr).unwrap()).loss("binary_crossentropy").metrics(&["accuracy"]))
+        .unwrap();
+    m
+}
+
+#[derive(Default)]
+struct Recorder {
+    events: Vec<String>,
+    params: Option<FitParams>,
+}
+
+impl Callback for Recorder {
+    fn set_params(&mut self, p: &FitParams) {
+        self.params = Some(*p);
+    }
+    fn on_train_begin(&mut self, _: &Logs, _: &mut Model) -> Result<()> {
+        self.events.push("train_begin".into());
+        Ok(())
+    }
+    fn on_train_end(&mut self, _: &Logs, _: &mut Model) -> Result<()> {
+        self.events.push("train_end".into());
+        Ok(())
+    }
+    fn on_epoch_begin(&mut self, e: usize, _: &Logs, _: &mut Model) -> Result<()> {
+        self.events.push(format!("epoch_begin {e}"));
+        Ok(())
+    }
+    fn on_epoch_end(&mut self, e: usize, logs: &Logs, _: &mut Model) -> Result<()> {
+        self.events.push(format!("epoch_end {e} {}", logs.keys().cloned().collect::<Vec<_>>().join(",")));
+        Ok(())
+    }
+    fn on_train_batch_begin(&mut self, b: usize, _: &Logs, _: &mut Model) -> Result<()> {
+        self.events.push(format!("batch_begin {b}"));
+        Ok(())
+    }
+    fn on_train_batch_end(&mut self, b: usize, _: &Logs, _: &mut Model) -> Result<()> {
+        self.events.push(format!("batch_end {b}"));
+        Ok(())
+    }
+    fn on_test_begin(&mut self, _: &Logs, _: &mut Model) -> Result<()> {
+        self.events.push("test_begin".into());
+        Ok(())
+    }
+    fn on_test_batch_end(&mut self, b: usize, _: &Logs, _: &mut Model) -> Result<()> {
+        self.events.push(format!("test_batch_end {b}"));
+        Ok(())
+    }
+    fn on_test_end(&mut self, _: &Logs, _: &mut Model) -> Result<()> {
+        self.events.push("test_end".into());
+        Ok(())
+    }
+}
+
+#[test]
+fn hooks_run_in_keras_order() {
+    let (x, y) = data(10);
+    let mut rec = Recorder::default();
+    let mut m = model(0.1);
+    // 10 samples, 20% validation → 8 training (2 batches of 4), 2 validation (1 batch).
+    m.fit(&x, &y, Fit::new().epochs(2).batch_size(4).validation_split(0.2).verbose(0).callback(&mut rec)).unwrap();
+    let keys = "accuracy,loss,val_accuracy,val_loss";
+    let mut expected = vec!["train_begin".to_string()];
+    for e in 0..2 {
+        expected.push(format!("epoch_begin {e}"));
+        for b in 0..2 {
+            expected.push(format!("batch_begin {b}"));
+            expected.push(format!("batch_end {b}"));
+        }
+        expected.extend([
+            "test_begin".into(),
+            "test_batch_end 0".into(),
+            "test_end".into(),
+            format!("epoch_end {e} {keys}"),
+        ]);
+    }
+    expected.push("train_end".into());
+    assert_eq!(rec.events, expected);
+    assert_eq!(rec.params, Some(FitParams { epochs: 2, initial_epoch: 0, steps: 2, verbose: 0 }));
+    // initial_epoch resumes: only epoch 1 runs.
+    let mut rec = Recorder::default();
+    let h = m.fit(&x, &y, Fit::new().epochs(2).initial_epoch(1).batch_size(8).verbose(0).callback(&mut rec)).unwrap();
+    assert_eq!(h.epochs, vec![1]);
+    assert!(rec.events.contains(&"epoch_begin 1".to_string()) && !rec.events.contains(&"epoch_begin 0".to_string()));
+}
+
+/// Records the weights after every epoch.
+#[derive(Default)]
+struct Snapshots(Vec<Vec<Vec<f32>>>);
+
+impl Callback for Snapshots {
+    fn on_epoch_end(&mut self, _: usize, _: &Logs, m: &mut Model) -> Result<()> {
+        self.0.push(m.get_weights().iter().map(|(_, t)| t.to_vec::<f32>()).collect());
+        Ok(())
+    }
+}
+
+#[test]
+fn early_stopping_restores_the_best_weights() {
+    let (x, y) = data(40);
+    let mut m = model(0.5);
+    // Sensible steps for 3 epochs, then a learning rate that wrecks the model.
+    let mut schedule = LearningRateScheduler::new(|epoch, _lr| if epoch < 3 { 0.5 } else { 50.0 });
+    let mut stop = EarlyStopping::new("val_loss").patience(2).restore_best_weights(true);
+    let mut snaps = Snapshots::default();
+    let h = m
+        .fit(
+            &x,
+            &y,
+            Fit::new()
+                .epochs(20)
+                .batch_size(8)
+                .validation_split(0.25)
+                .verbose(0)
+                .callback(&mut schedule)
+                .callback(&mut snaps)
+                .callback(&mut stop),
+        )
+        .unwrap();
+    let val = h.get("val_loss").unwrap();
+    let best = stop.best_epoch.unwrap();
+    let stopped = stop.stopped_epoch.expect("stopped early");
+    assert!(h.epochs.len() < 20 && stopped == best + 2, "best {best}, stopped {stopped}, {val:?}");
+    assert!(val.iter().all(|&v| v >= val[best]));
+    let now: Vec<Vec<f32>> = m.get_weights().iter().map(|(_, t)| t.to_vec::<f32>()).collect();
+    assert_eq!(now, snaps.0[best], "weights are those of the best epoch");
+    assert_ne!(now, *snaps.0.last().unwrap());
+}
+
+#[test]
+fn csv_and_history_agree_and_append_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("history.csv");
+    let (x, y) = data(20);
+    let mut m = model(0.1);
+    let mut csv = CsvLogger::new(&path);
+    let h =
+        m.fit(&x, &y, Fit::new().epochs(3).batch_size(5).validation_split(0.2).verbose(0).callback(&mut csv)).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "epoch,accuracy,loss,val_accuracy,val_loss");
+    assert_eq!(lines.len(), 4);
+    let back = History::from_csv(&path).unwrap();
+    assert_eq!(back, h, "CSV round trip equals the History");
+    let mut csv = CsvLogger::new(&path).append(true);
+    m.fit(&x, &y, Fit::new().epochs(2).batch_size(5).validation_split(0.2).verbose(0).callback(&mut csv)).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text.lines().count(), 6);
+    assert_eq!(text.lines().filter(|l| l.starts_with("epoch")).count(), 1);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary files left");
+}
+
+/// An independent TFRecord/protobuf reader for the test: its own CRC-32C and varint decoding.
+mod reader {
+    fn crc32c(data: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+    fn masked(data: &[u8]) -> u32 {
+        let c = crc32c(data);
+        ((c >> 15) | (c << 17)).wrapping_add(0xA282_EAD8)
+    }
+    /// Records of a file, checking both CRCs of each.
+    pub fn records(bytes: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            let len_bytes = &bytes[i..i + 8];
+            let len = u64::from_le_bytes(len_bytes.try_into().unwrap()) as usize;
+            assert_eq!(u32::from_le_bytes(bytes[i + 8..i + 12].try_into().unwrap()), masked(len_bytes), "length CRC");
+            let data = &bytes[i + 12..i + 12 + len];
+            assert_eq!(
+                u32::from_le_bytes(bytes[i + 12 + len..i + 16 + len].try_into().unwrap()),
+                masked(data),
+                "data CRC"
+            );
+            out.push(data.to_vec());
+            i += 16 + len;
+        }
+        out
+    }
+    fn varint(b: &[u8], i: &mut usize) -> u64 {
+        let mut v = 0u64;
+        let mut shift = 0;
+        loop {
+            let byte = b[*i];
+            *i += 1;
+            v |= u64::from(byte & 0x7F) << shift;
+            if byte & 0x80 == 0 {
+                return v;
+            }
+            shift += 7;
+        }
+    }
+    /// (field number, wire type, payload) of each field of a message.
+    fn fields(b: &[u8]) -> Vec<(u64, u64, Vec<u8>)> {
+        let mut i = 0;
+        let mut out = Vec::new();
+        while i < b.len() {
+            let key = varint(b, &mut i);
+            let (field, wire) = (key >> 3, key & 7);
+            let payload = match wire {
+                0 => varint(b, &mut i).to_le_bytes().to_vec(),
+                1 => {
+                    i += 8;
+                    b[i - 8..i].to_vec()
+                }
+                2 => {
+                    let n = varint(b, &mut i) as usize;
+                    i += n;
+                    b[i - n..i].to_vec()
+                }
+                5 => {
+                    i += 4;
+                    b[i - 4..i].to_vec()
+                }
+                w => panic!("wire type {w}"),
+            };
+            out.push((field, wire, payload));
+        }
+        out
+    }
+    /// An Event: (step, file_version, [(tag, value)]).
+    pub fn event(data: &[u8]) -> (i64, Option<String>, Vec<(String, f32)>) {
+        let (mut step, mut version, mut values) = (0i64, None, Vec::new());
+        for (f, _, p) in fields(data) {
+            match f {
+                2 => step = i64::from_le_bytes(p[..8].try_into().unwrap()),
+                3 => version = Some(String::from_utf8(p).unwrap()),
+                5 => {
+                    for (vf, _, vp) in fields(&p) {
+                        assert_eq!(vf, 1);
+                        let (mut tag, mut value) = (String::new(), f32::NAN);
+                        for (ff, _, fp) in fields(&vp) {
+                            match ff {
+                                1 => tag = String::from_utf8(fp).unwrap(),
+                                2 => value = f32::from_le_bytes(fp[..4].try_into().unwrap()),
+                                _ => {}
+                            }
+                        }
+                        values.push((tag, value));
+                    }
+                }
+                _ => {}
+            }
+        }
+        (step, version, values)
+    }
+}
+
+fn event_file(dir: &std::path::Path) -> Vec<u8> {
+    let entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(entries[0].file_name().unwrap().to_str().unwrap().starts_with("events.out.tfevents."));
+    std::fs::read(&entries[0]).unwrap()
+}
+
+#[test]
+fn tensorboard_files_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (x, y) = data(20);
+    let mut m = model(0.1);
+    let mut tb = TensorBoard::new(dir.path()).update_freq(UpdateFreq::Batch(2));
+    let h =
+        m.fit(&x, &y, Fit::new().epochs(3).batch_size(4).validation_split(0.2).verbose(0).callback(&mut tb)).unwrap();
+    let train = reader::records(&event_file(&dir.path().join("train")));
+    let (_, version, _) = reader::event(&train[0]);
+    assert_eq!(version.as_deref(), Some("brain.Event:2"));
+    let events: Vec<_> = train[1..].iter().map(|r| reader::event(r)).collect();
+    let epoch_events: Vec<_> = events.iter().filter(|e| e.2.iter().any(|(t, _)| t == "epoch_loss")).collect();
+    assert_eq!(epoch_events.len(), 3);
+    for (i, (step, _, values)) in epoch_events.iter().enumerate() {
+        assert_eq!(*step, i as i64);
+        let get = |tag: &str| values.iter().find(|(t, _)| t == tag).map(|v| v.1).unwrap();
+        assert_eq!(get("epoch_loss"), h.get("loss").unwrap()[i] as f32);
+        assert_eq!(get("epoch_accuracy"), h.get("accuracy").unwrap()[i] as f32);
+        assert_eq!(get("epoch_learning_rate"), 0.1f32);
+    }
+    // 16 training samples / batch 4 = 4 batches per epoch, every 2nd logged: 6 batch events.
+    let batch_steps: Vec<i64> =
+        events.iter().filter(|e| e.2.iter().any(|(t, _)| t == "batch_loss")).map(|e| e.0).collect();
+    assert_eq!(batch_steps, vec![2, 4, 6, 8, 10, 12]);
+    let val = reader::records(&event_file(&dir.path().join("validation")));
+    let vals: Vec<_> = val[1..].iter().map(|r| reader::event(r)).collect();
+    assert_eq!(vals.len(), 3);
+    for (i, (step, _, values)) in vals.iter().enumerate() {
+        assert_eq!(*step, i as i64);
+        assert!(
+            values.iter().any(|(t, v)| t == "epoch_loss" && *v == h.get("val_loss").unwrap()[i] as f32),
+            "{values:?}"
+        );
+        assert!(values.iter().all(|(t, _)| !t.contains("val_")));
+    }
+}
+
+#[test]
+fn learning_curves_png_has_one_panel_per_metric() {
+    let dir = tempfile::tempdir().unwrap();
+    let (x, y) = data(20);
+    let mut m = model(0.1);
+    let mut plot = PlotLearningCurves::new(dir.path().join("plots"));
+    m.fit(&x, &y, Fit::new().epochs(3).batch_size(5).validation_split(0.2).verbose(0).callback(&mut plot)).unwrap();
+    let decoder = png::Decoder::new(std::fs::File::open(plot.png_path()).unwrap());
+    let reader = decoder.read_info().unwrap();
+    let info = reader.info();
+    // Two metrics (loss, accuracy) → two panels side by side.
+    assert_eq!((info.width, info.height), (2 * callbacks::plot::PANEL_WIDTH, callbacks::plot::PANEL_HEIGHT));
+    let svg = std::fs::read_to_string(plot.svg_path()).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("loss") && svg.contains("accuracy") && svg.contains("validation"));
+    // Three metrics → three panels.
+    let mut h = History::default();
+    for e in 0..4 {
+        h.push(
+            e,
+            &[("loss".to_string(), 1.0 / (e + 1) as f64), ("mae".into(), 0.5), ("accuracy".into(), 0.1 * e as f64)]
+                .into(),
+        );
+    }
+    let png_path = dir.path().join("three.png");
+    assert_eq!(plot_history(&h, Some(&png_path), None).unwrap(), 3);
+    let info = png::Decoder::new(std::fs::File::open(&png_path).unwrap()).read_info().unwrap().info().clone();
+    assert_eq!(info.width, 3 * callbacks::plot::PANEL_WIDTH);
+}
+
+#[test]
+fn terminate_on_nan_stops_after_the_batch() {
+    let (x, y) = data(16);
+    let mut m = Sequential::new().add(Dense::new(1));
+    m.compile(
+        Compile::new()
+            .optimizer("sgd")
+            .loss_fn("nan_loss", |t: &Tensor, p: &Tensor| p.sub(t)?.mean(&[-1], false)?.mul_scalar(f64::NAN)),
+    )
+    .unwrap();
+    let mut stop = TerminateOnNaN::new();
+    let h = m.fit(&x, &y, Fit::new().epochs(5).batch_size(4).verbose(0).callback(&mut stop)).unwrap();
+    assert_eq!(stop.stopped_at, Some(0));
+    assert_eq!(h.epochs, vec![0], "the epoch ends, no further epochs");
+    assert!(h.get("loss").unwrap()[0].is_nan());
+    let mut raise = TerminateOnNaN::new().raise_error(true);
+    let err = m.fit(&x, &y, Fit::new().epochs(5).batch_size(4).verbose(0).callback(&mut raise)).unwrap_err();
+    assert!(err.to_string().contains("invalid loss"), "{err}");
+}
+
+#[test]
+fn learning_rate_control() {
+    let (x, y) = data(16);
+    let mut m = model(0.1);
+    let mut halve = LearningRateScheduler::new(|epoch, lr| if epoch == 0 { lr } else { lr / 2.0 });
+    m.fit(&x, &y, Fit::new().epochs(4).verbose(0).callback(&mut halve)).unwrap();
+    assert!((m.optimizer_mut().unwrap().learning_rate() - 0.0125).abs() < 1e-12);
+    // A learning rate too small to move the loss: a plateau, reduced after each patient epoch.
+    let mut m = model(1e-12);
+    let mut plateau = ReduceLROnPlateau::new("loss").unwrap().factor(0.5).unwrap().patience(1);
+    m.fit(&x, &y, Fit::new().epochs(3).verbose(0).callback(&mut plateau)).unwrap();
+    assert!((m.optimizer_mut().unwrap().learning_rate() - 0.25e-12).abs() < 1e-24);
+    assert!(ReduceLROnPlateau::new("loss").unwrap().factor(1.5).is_err());
+}
+
+#[test]
+fn checkpoints_and_lambda_callbacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (x, y) = data(20);
+    let mut m = model(0.5);
+    let pattern = dir.path().join("weights.{epoch:02d}.safetensors");
+    let mut ckpt = ModelCheckpoint::new(pattern.to_str().unwrap()).monitor("loss").save_best_only(true);
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let seen2 = seen.clone();
+    let mut lambda = LambdaCallback::new().on_epoch_end(move |e, logs| {
+        seen2.borrow_mut().push((e, logs["loss"]));
+        Ok(())
+    });
+    m.fit(&x, &y, Fit::new().epochs(4).batch_size(5).verbose(0).callback(&mut ckpt).callback(&mut lambda)).unwrap();
+    let seen = seen.borrow();
+    assert_eq!(seen.len(), 4);
+    assert!(!ckpt.saved.is_empty());
+    assert!(ckpt.saved[0].ends_with("weights.01.safetensors"));
+    let mut expected_saves = 0;
+    let mut best = f64::INFINITY;
+    for (_, l) in seen.iter() {
+        if *l < best {
+            best = *l;
+            expected_saves += 1;
+        }
+    }
+    assert_eq!(ckpt.saved.len(), expected_saves);
+    let mut other = model(0.1);
+    other.build(&[2]).unwrap();
+    other.load_weights(ckpt.saved.last().unwrap()).unwrap();
+    // Monitoring a metric that is not logged is an error naming what is.
+    let mut bad = EarlyStopping::new("val_loss");
+    let err = m.fit(&x, &y, Fit::new().verbose(0).callback(&mut bad)).unwrap_err();
+    assert!(err.to_string().contains("\"val_loss\" is not in the logs"), "{err}");
+}
