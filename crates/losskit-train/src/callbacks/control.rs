@@ -243,7 +243,7 @@ impl ReduceLROnPlateau {
     }
     /// The factor (`< 1`, as Keras requires).
     pub fn factor(mut self, f: f64) -> Result<Self> {
-        if !(f < 1.0 && f >= 0.0) {
+        if !(0.0..1.0).contains(&f) {
             return Err(Error::InvalidParameter {
                 loss: "ReduceLROnPlateau".into(),
                 param: "factor".into(),

@@ -34,6 +34,9 @@ fn panels(history: &History) -> Vec<String> {
     names
 }
 
+/// One curve: its legend label, colour and points.
+type Curve<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
+
 fn err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::File { path: path.display().to_string(), msg: format!("cannot draw the plot: {e}") }
 }
@@ -49,7 +52,7 @@ fn draw<DB: DrawingBackend>(
     let x_max = epochs.last().copied().unwrap_or(1.0).max(2.0);
     let x_min = epochs.first().copied().unwrap_or(1.0).min(x_max - 1.0);
     for (area, name) in areas.iter().zip(names) {
-        let series: Vec<(&str, RGBColor, Vec<(f64, f64)>)> = [
+        let series: Vec<Curve> = [
             ("training", name.clone(), RGBColor(31, 119, 180)),
             ("validation", format!("val_{name}"), RGBColor(255, 127, 14)),
         ]

@@ -47,7 +47,7 @@ struct SummaryValue {
 /// TFRecord's masked CRC-32C.
 fn masked_crc(bytes: &[u8]) -> u32 {
     let c = crc32c::crc32c(bytes);
-    ((c >> 15) | (c << 17)).wrapping_add(0xA282_EAD8)
+    c.rotate_right(15).wrapping_add(0xA282_EAD8)
 }
 
 /// One TFRecord: length, its CRC, the data, its CRC.
