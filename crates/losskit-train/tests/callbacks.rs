@@ -183,7 +183,7 @@ mod reader {
     }
     fn masked(data: &[u8]) -> u32 {
         let c = crc32c(data);
-        ((c >> 15) | (c << 17)).wrapping_add(0xA282_EAD8)
+        c.rotate_right(15).wrapping_add(0xA282_EAD8)
     }
     /// Records of a file, checking both CRCs of each.
     pub fn records(bytes: &[u8]) -> Vec<Vec<u8>> {
