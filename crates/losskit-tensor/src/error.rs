@@ -78,6 +78,15 @@ pub enum Error {
         /// What went wrong.
         msg: String,
     },
+    /// Training produced a NaN or an infinity; the message is a diagnosis (where it started,
+    /// the likely cause and what to do).
+    #[error("{op}: {diagnosis}")]
+    NonFinite {
+        /// Where (e.g. `"fit"`).
+        op: String,
+        /// The diagnosis.
+        diagnosis: String,
+    },
     /// A kernel rejected its buffers (an internal layout error).
     #[error(transparent)]
     Kernel(#[from] KernelError),

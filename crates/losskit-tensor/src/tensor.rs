@@ -192,6 +192,27 @@ impl Tensor {
         self.to_array::<T>().iter().copied().collect()
     }
 
+    /// `Σ x²` over every element, accumulated in f64 (a reading, not recorded).
+    pub fn sum_of_squares(&self) -> f64 {
+        with_storage!(&self.0.storage, a => a.iter().fold(0.0f64, |s, &v| {
+            let v = v as f64;
+            s + v * v
+        }))
+    }
+
+    /// Whether every element is finite (no NaN, no ±Inf).
+    pub fn all_finite(&self) -> bool {
+        with_storage!(&self.0.storage, a => a.iter().all(|v| v.is_finite()))
+    }
+
+    /// The largest `|x|` (0 for an empty tensor; NaN if any element is NaN).
+    pub fn max_abs(&self) -> f64 {
+        with_storage!(&self.0.storage, a => a.iter().fold(0.0f64, |m, &v| {
+            let v = (v as f64).abs();
+            if v.is_nan() || m.is_nan() { f64::NAN } else { m.max(v) }
+        }))
+    }
+
     /// The value of a one-element tensor as `f64`.
     pub fn to_scalar(&self) -> Result<f64> {
         if self.numel() != 1 {

@@ -4,6 +4,7 @@
 use crate::callbacks::{Callback, FitParams, History, Logs, ProgbarLogger};
 use crate::metrics::{self, Metric};
 use crate::model::Model;
+use crate::nan::{self, GradNormHistory};
 use losskit::{no_grad, Error, Result, Tensor};
 use losskit_tensor::random;
 use std::collections::BTreeMap;
@@ -67,6 +68,8 @@ pub struct Fit<'a> {
     sample_weight: Option<Tensor>,
     initial_epoch: usize,
     seed: u64,
+    check_data: bool,
+    nan_guard: bool,
     callbacks: Vec<&'a mut dyn Callback>,
 }
 
@@ -83,6 +86,8 @@ impl Default for Fit<'_> {
             sample_weight: None,
             initial_epoch: 0,
             seed: 0,
+            check_data: true,
+            nan_guard: true,
             callbacks: Vec::new(),
         }
     }
@@ -142,6 +147,17 @@ impl<'a> Fit<'a> {
     /// Seed of the shuffling order.
     pub fn seed(mut self, s: u64) -> Self {
         self.seed = s;
+        self
+    }
+    /// Whether to check the data for NaN/Inf, bad targets and scale before training (default on).
+    pub fn check_data(mut self, on: bool) -> Self {
+        self.check_data = on;
+        self
+    }
+    /// Whether to stop with a diagnosis when a loss or gradient goes non-finite, before the
+    /// optimizer applies it (default on). Off, NaNs flow on as in Keras.
+    pub fn nan_guard(mut self, on: bool) -> Self {
+        self.nan_guard = on;
         self
     }
     /// Adds a callback.
@@ -335,7 +351,10 @@ impl Model {
                 Some(t) => t.add(&term)?,
             });
         }
-        let total = total.ok_or_else(|| Error::Config("the model has no outputs".into()))?;
+        let mut total = total.ok_or_else(|| Error::Config("the model has no outputs".into()))?;
+        if let Some(reg) = self.regularization_loss()? {
+            total = total.add(&reg)?;
+        }
         Ok((total, each, outs))
     }
 
@@ -407,6 +426,23 @@ impl Model {
             None => opts.sample_weight.clone(),
         };
         let n_all = self.check_data(x, &ys, weights.as_ref())?;
+        self.warnings.clear();
+        self.last_diagnosis = None;
+        if opts.check_data {
+            let losses = self.compiled.as_ref().expect("checked").losses.clone();
+            let named: Vec<(String, Tensor, &dyn losskit::Loss)> = self
+                .output_names()
+                .into_iter()
+                .zip(&ys)
+                .zip(&losses)
+                .map(|((n, y), l)| (n, y.clone(), l.as_ref()))
+                .collect();
+            let sw = if opts.class_weight.is_some() { None } else { weights.as_ref() };
+            self.warnings = nan::check_data(x, &named, sw, opts.class_weight.as_ref())?;
+            for w in &self.warnings {
+                eprintln!("warning: {w}");
+            }
+        }
         if opts.batch_size == 0 {
             return Err(Error::InvalidParameter {
                 loss: "fit".into(),
@@ -481,6 +517,7 @@ impl Model {
             cb.on_train_begin(&empty, self)?;
         }
         let mut last_logs = Logs::new();
+        let mut norms = GradNormHistory::default();
         for epoch in opts.initial_epoch..opts.epochs {
             for cb in callbacks.iter_mut() {
                 cb.on_epoch_begin(epoch, &empty, self)?;
@@ -507,6 +544,19 @@ impl Model {
                     .iter()
                     .map(|p| grads.get(&p.value).cloned().unwrap_or_else(|| p.value.zeros_like()))
                     .collect();
+                if opts.nan_guard {
+                    let names: Vec<String> = params.iter().map(|p| p.name.clone()).collect();
+                    drop(params);
+                    norms.push(nan::layer_norms(&names, &g));
+                    if !total_value.is_finite() || !g.iter().all(Tensor::all_finite) {
+                        self.compiled.as_mut().expect("checked").optimizer = optimizer;
+                        let d = self.diagnose(epoch, step, total_value, &xb, &yb, wb.as_ref(), names, &g, &norms)?;
+                        let text = d.to_string();
+                        self.last_diagnosis = Some(d);
+                        return Err(Error::NonFinite { op: "fit".into(), diagnosis: text });
+                    }
+                    params = self.params_mut();
+                }
                 let applied = optimizer.apply(&mut params, &g);
                 self.compiled.as_mut().expect("checked").optimizer = optimizer;
                 applied?;
@@ -540,6 +590,48 @@ impl Model {
             cb.on_train_end(&last_logs, self)?;
         }
         Ok(history)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn diagnose(
+        &mut self,
+        epoch: usize,
+        batch: usize,
+        loss: f64,
+        xb: &Tensor,
+        yb: &[Tensor],
+        wb: Option<&Tensor>,
+        grad_names: Vec<String>,
+        grads: &[Tensor],
+        history: &GradNormHistory,
+    ) -> Result<nan::Diagnosis> {
+        let trace = self.trace(xb)?;
+        let outs = no_grad(|| self.forward(xb, false))?;
+        let compiled = self.compiled.as_ref().expect("checked");
+        let mut data_loss = 0.0;
+        let mut output_loss_finite = true;
+        for ((loss, y), out) in compiled.losses.iter().zip(yb).zip(&outs) {
+            let v = no_grad(|| loss.call(y, out, wb))?.to_scalar()?;
+            output_loss_finite &= v.is_finite();
+            data_loss += v;
+        }
+        let regularization = no_grad(|| self.regularization_loss())?.map(|r| r.to_scalar()).transpose()?;
+        let learning_rate = self.compiled.as_ref().expect("checked").optimizer.learning_rate();
+        Ok(nan::diagnose(nan::Failure {
+            epoch,
+            batch,
+            loss,
+            x: xb,
+            trace,
+            output_loss_finite,
+            regularization,
+            data_loss,
+            regularizers: self.regularizers(),
+            grad_names,
+            grads,
+            history,
+            learning_rate,
+        }))
     }
 
     fn evaluate_inner(
@@ -593,6 +685,15 @@ impl Model {
         self.ensure_built(x)?;
         let ys = y.into().ordered(&self.output_names())?;
         self.check_data(x, &ys, sample_weight)?;
+        let losses = self.compiled.as_ref().expect("checked").losses.clone();
+        let named: Vec<(String, Tensor, &dyn losskit::Loss)> = self
+            .output_names()
+            .into_iter()
+            .zip(&ys)
+            .zip(&losses)
+            .map(|((n, y), l)| (n, y.clone(), l.as_ref()))
+            .collect();
+        self.warnings = nan::check_data(x, &named, sample_weight, None)?;
         self.evaluate_inner(x, &ys, sample_weight, batch_size, &mut [])
     }
 }

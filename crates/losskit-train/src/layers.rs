@@ -2,6 +2,7 @@
 
 use crate::activations::Activation;
 use crate::initializers::Initializer;
+use crate::regularizers::Regularizer;
 use losskit::{DType, Error, Result, Tensor};
 use losskit_tensor::random::{self, Rng};
 
@@ -37,6 +38,14 @@ pub trait Layer: Send {
     fn params_mut(&mut self) -> Vec<&mut Param> {
         Vec::new()
     }
+    /// The layer's weight penalty for the loss (e.g. L2 on a Dense kernel), if any.
+    fn regularization(&self) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+    /// The regularizer, for diagnostics.
+    fn regularizer(&self) -> Option<Regularizer> {
+        None
+    }
 }
 
 /// Fully connected layer: `y = activation(x·W + b)`, `W: (in, units)`, `b: (units,)`.
@@ -51,6 +60,7 @@ pub struct Dense {
     use_bias: bool,
     kernel_initializer: Initializer,
     bias_initializer: Initializer,
+    kernel_regularizer: Option<Regularizer>,
     kernel: Option<Param>,
     bias: Option<Param>,
     output: Option<Vec<usize>>,
@@ -66,6 +76,7 @@ impl Dense {
             use_bias: true,
             kernel_initializer: Initializer::GlorotUniform,
             bias_initializer: Initializer::Zeros,
+            kernel_regularizer: None,
             kernel: None,
             bias: None,
             output: None,
@@ -89,6 +100,11 @@ impl Dense {
     /// Sets the kernel initializer.
     pub fn with_kernel_initializer(mut self, init: Initializer) -> Dense {
         self.kernel_initializer = init;
+        self
+    }
+    /// Adds a penalty on the kernel to the loss (Keras' `kernel_regularizer`).
+    pub fn kernel_regularizer(mut self, r: Regularizer) -> Dense {
+        self.kernel_regularizer = Some(r);
         self
     }
     /// The number of outputs.
@@ -176,6 +192,15 @@ impl Layer for Dense {
     }
     fn params_mut(&mut self) -> Vec<&mut Param> {
         self.kernel.iter_mut().chain(self.bias.iter_mut()).collect()
+    }
+    fn regularization(&self) -> Result<Option<Tensor>> {
+        match (&self.kernel_regularizer, &self.kernel) {
+            (Some(r), Some(k)) => r.penalty(&k.value).map(Some),
+            _ => Ok(None),
+        }
+    }
+    fn regularizer(&self) -> Option<Regularizer> {
+        self.kernel_regularizer
     }
 }
 

@@ -27,7 +27,9 @@ pub mod initializers;
 mod layers;
 pub mod metrics;
 mod model;
+pub mod nan;
 mod optimizers;
+pub mod regularizers;
 
 pub use activations::Activation;
 pub use callbacks::{
@@ -40,7 +42,9 @@ pub use fit::{Fit, Targets};
 pub use initializers::Initializer;
 pub use layers::{ActivationLayer, Dense, Dropout, Flatten, Layer, Param};
 pub use model::{Model, Sequential, Stack};
+pub use nan::{Cause, Diagnosis, Stage};
 pub use optimizers::{Clip, Optimizer, Rule};
+pub use regularizers::Regularizer;
 
 /// The README's Rust examples, compiled and run as doc tests.
 #[cfg(doctest)]

@@ -48,6 +48,8 @@ pub struct Model {
     pub(crate) compiled: Option<Compiled>,
     /// Set (e.g. by a callback) to stop `fit` after the current batch.
     pub stop_training: bool,
+    pub(crate) warnings: Vec<String>,
+    pub(crate) last_diagnosis: Option<crate::nan::Diagnosis>,
 }
 
 impl Default for Model {
@@ -78,7 +80,19 @@ impl Model {
             rng: random::rng(0),
             compiled: None,
             stop_training: false,
+            warnings: Vec::new(),
+            last_diagnosis: None,
         }
+    }
+
+    /// Warnings from the last data check (e.g. unscaled features).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The diagnosis of the last NaN the guard caught in `fit`, if any.
+    pub fn last_diagnosis(&self) -> Option<&crate::nan::Diagnosis> {
+        self.last_diagnosis.as_ref()
     }
 
     /// Appends a layer to the trunk (Keras' `model.add`).
@@ -241,6 +255,48 @@ impl Model {
         }
         let outputs = self.output_names().len();
         (0..outputs).map(|o| concat_rows(&parts.iter().map(|p| p[o].clone()).collect::<Vec<_>>())).collect()
+    }
+
+    /// The sum of every layer's weight penalty (Keras adds it to the loss), if any layer has one.
+    pub fn regularization_loss(&self) -> Result<Option<Tensor>> {
+        let mut total: Option<Tensor> = None;
+        for layer in self.layers() {
+            if let Some(p) = layer.regularization()? {
+                total = Some(match total {
+                    None => p,
+                    Some(t) => t.add(&p)?,
+                });
+            }
+        }
+        Ok(total)
+    }
+
+    /// Each layer's name and its output on `x` (trunk, then heads), without gradients; for
+    /// diagnostics.
+    pub fn trace(&mut self, x: &Tensor) -> Result<Vec<(String, Tensor)>> {
+        self.ensure_built(x)?;
+        let mut out = Vec::new();
+        let mut h = x.to_dtype(self.dtype).detach();
+        no_grad(|| -> Result<()> {
+            for layer in &self.trunk {
+                h = layer.forward(&h, false, &mut self.rng)?;
+                out.push((layer.name().to_string(), h.clone()));
+            }
+            for (_, head) in &self.heads {
+                let mut o = h.clone();
+                for layer in head {
+                    o = layer.forward(&o, false, &mut self.rng)?;
+                    out.push((layer.name().to_string(), o.clone()));
+                }
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// `(layer name, regularizer)` of every regularized layer.
+    pub fn regularizers(&self) -> Vec<(String, crate::regularizers::Regularizer)> {
+        self.layers().filter_map(|l| l.regularizer().map(|r| (l.name().to_string(), r))).collect()
     }
 
     /// The trainable weights, in layer order (kernel before bias, as Keras' `get_weights`).

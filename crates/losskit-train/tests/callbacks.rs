@@ -358,12 +358,13 @@ fn terminate_on_nan_stops_after_the_batch() {
     )
     .unwrap();
     let mut stop = TerminateOnNaN::new();
-    let h = m.fit(&x, &y, Fit::new().epochs(5).batch_size(4).verbose(0).callback(&mut stop)).unwrap();
+    let h = m.fit(&x, &y, Fit::new().epochs(5).batch_size(4).verbose(0).nan_guard(false).callback(&mut stop)).unwrap();
     assert_eq!(stop.stopped_at, Some(0));
     assert_eq!(h.epochs, vec![0], "the epoch ends, no further epochs");
     assert!(h.get("loss").unwrap()[0].is_nan());
     let mut raise = TerminateOnNaN::new().raise_error(true);
-    let err = m.fit(&x, &y, Fit::new().epochs(5).batch_size(4).verbose(0).callback(&mut raise)).unwrap_err();
+    let err =
+        m.fit(&x, &y, Fit::new().epochs(5).batch_size(4).verbose(0).nan_guard(false).callback(&mut raise)).unwrap_err();
     assert!(err.to_string().contains("invalid loss"), "{err}");
 }
 

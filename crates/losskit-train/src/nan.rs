@@ -1,0 +1,355 @@
+//! NaN protection: data checks before training, and a diagnosis when a loss or a gradient goes
+//! non-finite (where it started, the likely cause, what to do).
+
+use losskit::{Error, Loss, Result, Tensor};
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+
+/// Features larger than this in absolute value get a scale warning.
+pub const LARGE_FEATURE: f64 = 1e3;
+
+/// `row, column` of flat index `i` in a tensor whose first axis is the batch.
+fn row_col(t: &Tensor, i: usize) -> (usize, usize) {
+    let n = t.shape().first().copied().unwrap_or(1).max(1);
+    let per_row = (t.numel() / n).max(1);
+    (i / per_row, i % per_row)
+}
+
+/// Errors if `t` holds NaN or ±Inf: names the array, the first bad value's row and column,
+/// and how many there are.
+pub fn check_finite(name: &str, t: &Tensor) -> Result<()> {
+    let v = t.to_vec::<f64>();
+    let bad: Vec<usize> = v.iter().enumerate().filter(|(_, x)| !x.is_finite()).map(|(i, _)| i).collect();
+    if let Some(&first) = bad.first() {
+        let (r, c) = row_col(t, first);
+        return Err(Error::Value {
+            op: "data check".into(),
+            msg: format!(
+                "{name} contains {} non-finite value{} (first: {} at row {r}, column {c}); clean or impute them before training (or pass check_data(false))",
+                bad.len(),
+                if bad.len() == 1 { "" } else { "s" },
+                v[first]
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Losses whose targets must be probabilities in `[0, 1]`.
+fn needs_probability_targets(loss: &dyn Loss) -> bool {
+    matches!(
+        loss.class_name(),
+        "BinaryCrossentropy"
+            | "BinaryFocalCrossentropy"
+            | "CategoricalCrossentropy"
+            | "CategoricalFocalCrossentropy"
+            | "KLDivergence"
+    )
+}
+
+/// The data checks `fit` and `evaluate` run before the first step (unless `check_data(false)`):
+/// non-finite values in `x`, the targets, `sample_weight` or `class_weight`; targets outside
+/// `[0, 1]` for losses that need probabilities. Returns warnings (features with
+/// `|x| > 1e3`, which often make training diverge).
+pub fn check_data(
+    x: &Tensor,
+    ys: &[(String, Tensor, &dyn Loss)],
+    sample_weight: Option<&Tensor>,
+    class_weight: Option<&BTreeMap<i64, f64>>,
+) -> Result<Vec<String>> {
+    check_finite("x", x)?;
+    for (name, y, loss) in ys {
+        let label = if ys.len() == 1 { "y".to_string() } else { format!("y[{name}]") };
+        check_finite(&label, y)?;
+        if needs_probability_targets(*loss) {
+            let v = y.to_vec::<f64>();
+            let bad: Vec<usize> =
+                v.iter().enumerate().filter(|(_, x)| !(0.0..=1.0).contains(*x)).map(|(i, _)| i).collect();
+            if let Some(&first) = bad.first() {
+                let (r, c) = row_col(y, first);
+                return Err(Error::Value {
+                    op: "data check".into(),
+                    msg: format!(
+                        "{label} has {} value{} outside [0, 1] (first: {} at row {r}, column {c}), but {} needs probability targets",
+                        bad.len(),
+                        if bad.len() == 1 { "" } else { "s" },
+                        v[first],
+                        loss.name()
+                    ),
+                });
+            }
+        }
+    }
+    if let Some(w) = sample_weight {
+        check_finite("sample_weight", w)?;
+    }
+    if let Some(cw) = class_weight {
+        if let Some((k, v)) = cw.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::Value {
+                op: "data check".into(),
+                msg: format!("class_weight of class {k} is {v}; weights must be finite"),
+            });
+        }
+    }
+    let mut warnings = Vec::new();
+    let v = x.to_vec::<f64>();
+    if let Some((i, m)) =
+        v.iter().enumerate().map(|(i, x)| (i, x.abs())).fold(None, |best: Option<(usize, f64)>, (i, a)| match best {
+            Some((_, b)) if b >= a => best,
+            _ => Some((i, a)),
+        })
+    {
+        if m > LARGE_FEATURE {
+            let (r, c) = row_col(x, i);
+            warnings.push(format!(
+                "x: the largest |value| is {m:e} (row {r}, column {c}); features this large often make the loss diverge: scale them (e.g. divide by their maximum or standardise them)"
+            ));
+        }
+    }
+    Ok(warnings)
+}
+
+/// Where the first non-finite value appeared.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stage {
+    /// In the input batch itself.
+    Input,
+    /// In the output of a layer.
+    Activation(String),
+    /// In the loss, from finite predictions.
+    Loss,
+    /// In the regularization penalty.
+    Regularization,
+    /// In the gradient of a layer's weights (the loss was finite).
+    Gradient(String),
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stage::Input => write!(f, "the input batch"),
+            Stage::Activation(l) => write!(f, "the activations of layer {l}"),
+            Stage::Loss => write!(f, "the loss (the predictions were finite)"),
+            Stage::Regularization => write!(f, "the regularization penalty"),
+            Stage::Gradient(l) => write!(f, "the gradient of layer {l}"),
+        }
+    }
+}
+
+/// The likely cause of a NaN, from the seed's list.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cause {
+    /// NaN or Inf in the data.
+    NonFiniteData,
+    /// Inputs far from unit scale.
+    UnscaledInputs {
+        /// The largest |x| in the batch.
+        max_abs: f64,
+    },
+    /// A regularization penalty that dominates or overflows (large L2 factor, lr > 1).
+    LargeRegularization {
+        /// The regularizers, described.
+        regularizers: String,
+    },
+    /// Gradients growing batch after batch (too large a learning rate, no clipping).
+    ExplodingGradients,
+    /// The loss itself is undefined for the predictions (log of 0, division by 0).
+    LossFunction,
+}
+
+/// A report on a training step that produced a NaN or an infinity.
+#[derive(Debug, Clone)]
+pub struct Diagnosis {
+    /// Epoch (0-based).
+    pub epoch: usize,
+    /// Batch within the epoch (0-based).
+    pub batch: usize,
+    /// Where the first non-finite value appeared.
+    pub first: Stage,
+    /// The loss of the batch.
+    pub loss: f64,
+    /// Per-layer gradient L2 norms over the last batches (oldest first), the failing batch last.
+    pub grad_norms: Vec<Vec<(String, f64)>>,
+    /// The learning rate.
+    pub learning_rate: f64,
+    /// The likely cause.
+    pub cause: Cause,
+    /// What to do.
+    pub advice: String,
+}
+
+impl fmt::Display for Diagnosis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "the loss became non-finite at epoch {}, batch {} (loss = {})", self.epoch, self.batch, self.loss)?;
+        writeln!(f, "  first non-finite value: {}", self.first)?;
+        writeln!(f, "  likely cause: {}", self.cause_text())?;
+        writeln!(f, "  what to do: {}", self.advice)?;
+        if !self.grad_norms.is_empty() {
+            writeln!(f, "  gradient norms per layer over the last {} batches (oldest first):", self.grad_norms.len())?;
+            let layers: Vec<&String> = self.grad_norms[0].iter().map(|(l, _)| l).collect();
+            for layer in layers {
+                let norms: Vec<String> = self
+                    .grad_norms
+                    .iter()
+                    .map(|b| b.iter().find(|(l, _)| l == layer).map_or("-".into(), |(_, n)| format!("{n:.3e}")))
+                    .collect();
+                writeln!(f, "    {layer:<12} {}", norms.join("  "))?;
+            }
+        }
+        write!(f, "  (the weights are those after the last good step)")
+    }
+}
+
+impl Diagnosis {
+    /// One line naming the cause.
+    pub fn cause_text(&self) -> String {
+        match &self.cause {
+            Cause::NonFiniteData => "NaN or Inf in the input data".into(),
+            Cause::UnscaledInputs { max_abs } => format!("unscaled input features (|x| up to {max_abs:e})"),
+            Cause::LargeRegularization { regularizers } => {
+                format!(
+                    "a very large regularization penalty ({regularizers}) with learning rate {}",
+                    self.learning_rate
+                )
+            }
+            Cause::ExplodingGradients => "exploding gradients".into(),
+            Cause::LossFunction => "the loss is undefined for these predictions (a log of 0 or a division by 0)".into(),
+        }
+    }
+}
+
+/// A ring buffer of per-layer gradient norms over the last batches.
+#[derive(Debug, Default)]
+pub(crate) struct GradNormHistory {
+    batches: VecDeque<Vec<(String, f64)>>,
+}
+
+impl GradNormHistory {
+    const KEEP: usize = 5;
+
+    pub fn push(&mut self, norms: Vec<(String, f64)>) {
+        if self.batches.len() == Self::KEEP {
+            self.batches.pop_front();
+        }
+        self.batches.push_back(norms);
+    }
+
+    pub fn all(&self) -> Vec<Vec<(String, f64)>> {
+        self.batches.iter().cloned().collect()
+    }
+
+    /// Total norms (over layers) per batch.
+    fn totals(&self) -> Vec<f64> {
+        self.batches.iter().map(|b| b.iter().map(|(_, n)| n * n).sum::<f64>().sqrt()).collect()
+    }
+
+    /// Whether the norms before the failing batch grew tenfold or got huge (the failing
+    /// batch itself, often infinite, does not count).
+    pub fn exploding(&self) -> bool {
+        let t = self.totals();
+        let before = &t[..t.len().saturating_sub(1)];
+        let finite: Vec<f64> = before.iter().copied().filter(|v| v.is_finite()).collect();
+        let grew = match (finite.first(), finite.last()) {
+            (Some(a), Some(b)) if finite.len() >= 2 => *b > 10.0 * a.max(1e-12),
+            _ => false,
+        };
+        grew || finite.iter().any(|v| *v > 1e4)
+    }
+}
+
+/// Per-layer L2 norms of the gradients (`param name` = `layer/weight`).
+pub(crate) fn layer_norms(names: &[String], grads: &[Tensor]) -> Vec<(String, f64)> {
+    let mut per_layer: Vec<(String, f64)> = Vec::new();
+    for (name, g) in names.iter().zip(grads) {
+        let layer = name.split('/').next().unwrap_or(name).to_string();
+        let sq = g.sum_of_squares();
+        match per_layer.iter_mut().find(|(l, _)| *l == layer) {
+            Some(e) => e.1 += sq,
+            None => per_layer.push((layer, sq)),
+        }
+    }
+    per_layer.into_iter().map(|(l, s)| (l, s.sqrt())).collect()
+}
+
+fn finite(t: &Tensor) -> bool {
+    t.all_finite()
+}
+
+/// Everything the diagnosis needs about the failing step.
+pub(crate) struct Failure<'a> {
+    pub epoch: usize,
+    pub batch: usize,
+    pub loss: f64,
+    pub x: &'a Tensor,
+    pub trace: Vec<(String, Tensor)>,
+    pub output_loss_finite: bool,
+    pub regularization: Option<f64>,
+    pub data_loss: f64,
+    pub regularizers: Vec<(String, crate::regularizers::Regularizer)>,
+    pub grad_names: Vec<String>,
+    pub grads: &'a [Tensor],
+    pub history: &'a GradNormHistory,
+    pub learning_rate: f64,
+}
+
+/// Works out where the non-finite value started and why.
+pub(crate) fn diagnose(f: Failure<'_>) -> Diagnosis {
+    let x = f.x.to_vec::<f64>();
+    let max_abs = x.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let first = if !x.iter().all(|v| v.is_finite()) {
+        Stage::Input
+    } else if let Some((l, _)) = f.trace.iter().find(|(_, t)| !finite(t)) {
+        Stage::Activation(l.clone())
+    } else if !f.output_loss_finite {
+        Stage::Loss
+    } else if f.regularization.is_some_and(|r| !r.is_finite()) {
+        Stage::Regularization
+    } else {
+        let bad = f
+            .grad_names
+            .iter()
+            .zip(f.grads)
+            .find(|(_, g)| !finite(g))
+            .map(|(n, _)| n.split('/').next().unwrap_or(n).to_string());
+        Stage::Gradient(bad.unwrap_or_else(|| "?".into()))
+    };
+    let reg_dominates = f.regularization.is_some_and(|r| !r.is_finite() || r > 1e3 * f.data_loss.abs().max(1.0));
+    let cause = if first == Stage::Input {
+        Cause::NonFiniteData
+    } else if !f.regularizers.is_empty() && reg_dominates {
+        let regularizers =
+            f.regularizers.iter().map(|(l, r)| format!("{} on {l}", r.describe())).collect::<Vec<_>>().join(", ");
+        Cause::LargeRegularization { regularizers }
+    } else if max_abs > LARGE_FEATURE {
+        Cause::UnscaledInputs { max_abs }
+    } else if first == Stage::Loss && !f.history.exploding() {
+        Cause::LossFunction
+    } else {
+        Cause::ExplodingGradients
+    };
+    let lr = f.learning_rate;
+    let advice = match &cause {
+        Cause::NonFiniteData => "clean the data: fit checks it before training unless check_data(false) is set".into(),
+        Cause::UnscaledInputs { .. } => {
+            "scale the inputs (divide by their maximum or standardise them), and/or lower the learning rate".into()
+        }
+        Cause::LargeRegularization { .. } => {
+            format!(
+                "lower the L2/L1 factor{}",
+                if lr > 1.0 { format!(" and the learning rate ({lr} > 1)") } else { String::new() }
+            )
+        }
+        Cause::ExplodingGradients => format!(
+            "lower the learning rate (now {lr}) or clip the gradients, e.g. Optimizer::sgd({lr})?.clipnorm(1.0)"
+        ),
+        Cause::LossFunction => {
+            "use from_logits=True with a linear last layer (stable log-softmax), or clip the predictions before the log"
+                .into()
+        }
+    };
+    let mut grad_norms = f.history.all();
+    if grad_norms.is_empty() {
+        grad_norms.push(layer_norms(&f.grad_names, f.grads));
+    }
+    Diagnosis { epoch: f.epoch, batch: f.batch, first, loss: f.loss, grad_norms, learning_rate: lr, cause, advice }
+}

@@ -1,0 +1,56 @@
+//! Weight regularizers (Keras' `kernel_regularizer`): penalties added to the loss.
+
+use losskit::{Error, Result, Tensor};
+
+/// A penalty on a weight tensor `w`, added to the training loss each batch as Keras adds it
+/// (and included in the logged `loss` and `val_loss`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Regularizer {
+    /// `l1 · Σ|w|`.
+    L1(f64),
+    /// `l2 · Σw²` (no ½, as Keras).
+    L2(f64),
+    /// `l1 · Σ|w| + l2 · Σw²`.
+    L1L2 {
+        /// The L1 factor.
+        l1: f64,
+        /// The L2 factor.
+        l2: f64,
+    },
+}
+
+impl Regularizer {
+    /// `"l1"`, `"l2"` (Keras' default factor 0.01) or `"l1_l2"` (both 0.01).
+    pub fn parse(name: &str) -> Result<Regularizer> {
+        match name {
+            "l1" => Ok(Regularizer::L1(0.01)),
+            "l2" => Ok(Regularizer::L2(0.01)),
+            "l1_l2" => Ok(Regularizer::L1L2 { l1: 0.01, l2: 0.01 }),
+            other => Err(Error::UnknownName {
+                kind: "regularizer".into(),
+                name: other.into(),
+                suggestions: "l1, l2, l1_l2".into(),
+            }),
+        }
+    }
+
+    /// The penalty of `w`, a scalar on the tape.
+    pub fn penalty(&self, w: &Tensor) -> Result<Tensor> {
+        match *self {
+            Regularizer::L1(l1) => w.abs().sum_all().mul_scalar(l1),
+            Regularizer::L2(l2) => w.square().sum_all().mul_scalar(l2),
+            Regularizer::L1L2 { l1, l2 } => {
+                w.abs().sum_all().mul_scalar(l1)?.add(&w.square().sum_all().mul_scalar(l2)?)
+            }
+        }
+    }
+
+    /// A short description (`"L2(0.01)"`).
+    pub fn describe(&self) -> String {
+        match self {
+            Regularizer::L1(a) => format!("L1({a})"),
+            Regularizer::L2(a) => format!("L2({a})"),
+            Regularizer::L1L2 { l1, l2 } => format!("L1L2(l1={l1}, l2={l2})"),
+        }
+    }
+}
