@@ -195,7 +195,7 @@ impl Tensor {
     /// `Σ x²` over every element, accumulated in f64 (a reading, not recorded).
     pub fn sum_of_squares(&self) -> f64 {
         with_storage!(&self.0.storage, a => a.iter().fold(0.0f64, |s, &v| {
-            let v = f64::from(v);
+            let v = wide(v);
             s + v * v
         }))
     }
@@ -208,7 +208,7 @@ impl Tensor {
     /// The largest `|x|` (0 for an empty tensor; NaN if any element is NaN).
     pub fn max_abs(&self) -> f64 {
         with_storage!(&self.0.storage, a => a.iter().fold(0.0f64, |m, &v| {
-            let v = f64::from(v).abs();
+            let v = wide(v).abs();
             if v.is_nan() || m.is_nan() { f64::NAN } else { m.max(v) }
         }))
     }
@@ -220,4 +220,9 @@ impl Tensor {
         }
         Ok(self.to_vec::<f64>()[0])
     }
+}
+
+/// An element as `f64` (exact for f32 and f64).
+fn wide<T: Element>(v: T) -> f64 {
+    v.to_f64().unwrap_or(f64::NAN)
 }
