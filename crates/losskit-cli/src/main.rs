@@ -26,10 +26,10 @@ enum Command {
 struct ComputeArgs {
     /// A Keras class name or alias: MeanSquaredError, mse, huber, ...
     loss: String,
-    /// Targets (.npy of float32, float64, int32 or int64).
+    /// Targets (.npy of float32, float64, int32, int64 or uint8).
     #[arg(long)]
     y_true: PathBuf,
-    /// Predictions (.npy of float32, float64, int32 or int64; integers are read as float32).
+    /// Predictions (.npy of float32, float64, int32, int64 or uint8; integers are read as float32).
     #[arg(long)]
     y_pred: PathBuf,
     /// Per-sample weights (.npy), broadcast as Keras does.
@@ -120,7 +120,7 @@ fn compute(args: &ComputeArgs) -> losskit::Result<()> {
     let loss: Box<dyn Loss> = losskit::build(&args.loss, &config)?;
     let (y_pred, pred_dtype) = read_npy(&args.y_pred)?;
     let y_pred = match pred_dtype {
-        NpyDType::I32 | NpyDType::I64 => y_pred.to_dtype(DType::F32),
+        NpyDType::I32 | NpyDType::I64 | NpyDType::U8 => y_pred.to_dtype(DType::F32),
         NpyDType::F32 | NpyDType::F64 => y_pred,
     };
     let dtype = y_pred.dtype();

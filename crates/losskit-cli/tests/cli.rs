@@ -163,10 +163,10 @@ fn every_reduction_and_the_gradient_file() {
 fn bad_input_exits_2_with_a_message_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (yt, yp, g, bad) =
-        (p(dir.path(), "t.npy"), p(dir.path(), "p.npy"), p(dir.path(), "g.npy"), p(dir.path(), "u8.npy"));
+        (p(dir.path(), "t.npy"), p(dir.path(), "p.npy"), p(dir.path(), "g.npy"), p(dir.path(), "u16.npy"));
     write_f32(&yt, &serde_json::json!([[0.0, 1.0]]));
     write_f32(&yp, &serde_json::json!([[0.5, 0.5, 0.5]]));
-    ndarray::arr1(&[1u8, 2]).into_dyn().write_npy(std::fs::File::create(&bad).unwrap()).unwrap();
+    ndarray::arr1(&[1u16, 2]).into_dyn().write_npy(std::fs::File::create(&bad).unwrap()).unwrap();
     let (t, pr, gr, b) = (yt.to_str().unwrap(), yp.to_str().unwrap(), g.to_str().unwrap(), bad.to_str().unwrap());
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["compute", "mse", "--y-true", t, "--y-pred", pr, "--grad-out", gr], "do not broadcast"),

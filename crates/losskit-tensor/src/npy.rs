@@ -17,13 +17,16 @@ pub enum NpyDType {
     I32,
     /// `<i8`
     I64,
+    /// `|u1`
+    U8,
 }
 
 fn file_err(path: &Path, msg: impl Into<String>) -> Error {
     Error::File { path: path.display().to_string(), msg: msg.into() }
 }
 
-/// Reads an `.npy` file of `f32`, `f64`, `i32` or `i64` values (any rank, C or Fortran order).
+/// Reads an `.npy` file of `f32`, `f64`, `i32`, `i64` or `u8` values (any rank, C or Fortran
+/// order).
 ///
 /// Floats keep their dtype; integers become `f64` tensors (exact for every `i32`, and for
 /// `i64` up to 2⁵³), with the stored type returned beside. Any other dtype, a malformed
@@ -31,20 +34,29 @@ fn file_err(path: &Path, msg: impl Into<String>) -> Error {
 pub fn read_npy(path: impl AsRef<Path>) -> Result<(Tensor, NpyDType)> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
+    read_npy_bytes(&bytes, &path.display().to_string())
+}
+
+/// As [`read_npy`], from the bytes of a file (`name` is used in errors).
+pub fn read_npy_bytes(bytes: &[u8], name: &str) -> Result<(Tensor, NpyDType)> {
+    let path = Path::new(name);
     let bad = |e: ReadNpyError| file_err(path, format!("not a valid .npy file: {e}"));
-    if let Some(a) = try_read::<f32>(&bytes).map_err(bad)? {
+    if let Some(a) = try_read::<f32>(bytes).map_err(bad)? {
         return Ok((Tensor::from_array(a), NpyDType::F32));
     }
-    if let Some(a) = try_read::<f64>(&bytes).map_err(bad)? {
+    if let Some(a) = try_read::<f64>(bytes).map_err(bad)? {
         return Ok((Tensor::from_array(a), NpyDType::F64));
     }
-    if let Some(a) = try_read::<i32>(&bytes).map_err(bad)? {
+    if let Some(a) = try_read::<i32>(bytes).map_err(bad)? {
         return Ok((Tensor::from_array(a.mapv(f64::from)), NpyDType::I32));
     }
-    match ArrayD::<i64>::read_npy(&bytes[..]) {
+    if let Some(a) = try_read::<u8>(bytes).map_err(bad)? {
+        return Ok((Tensor::from_array(a.mapv(f64::from)), NpyDType::U8));
+    }
+    match ArrayD::<i64>::read_npy(bytes) {
         Ok(a) => Ok((Tensor::from_array(a.mapv(|v| v as f64)), NpyDType::I64)),
         Err(ReadNpyError::WrongDescriptor(d)) => {
-            Err(file_err(path, format!("unsupported dtype {d}; expected float32, float64, int32 or int64")))
+            Err(file_err(path, format!("unsupported dtype {d}; expected float32, float64, int32, int64 or uint8")))
         }
         Err(e) => Err(bad(e)),
     }
@@ -113,10 +125,10 @@ mod tests {
         let (back, dtype) = read_npy(&ints).unwrap();
         assert_eq!((dtype, back.to_vec::<f64>()), (NpyDType::I64, vec![3.0, 0.0, 7.0]));
 
-        let bytes = dir.join("u8.npy");
-        ndarray::arr1(&[1u8, 2]).into_dyn().write_npy(std::fs::File::create(&bytes).unwrap()).unwrap();
+        let bytes = dir.join("u16.npy");
+        ndarray::arr1(&[1u16, 2]).into_dyn().write_npy(std::fs::File::create(&bytes).unwrap()).unwrap();
         let err = read_npy(&bytes).unwrap_err().to_string();
-        assert!(err.contains("unsupported dtype") && err.contains("u8.npy"), "{err}");
+        assert!(err.contains("unsupported dtype") && err.contains("u16.npy"), "{err}");
 
         let junk = dir.join("junk.npy");
         std::fs::write(&junk, b"not numpy at all").unwrap();

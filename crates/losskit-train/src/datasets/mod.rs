@@ -1,4 +1,15 @@
-//! Datasets: the embedded digits set and a deterministic train/test split.
+//! Datasets: the embedded digits set, readers for IDX (MNIST, Fashion-MNIST), `.npy`/`.npz`
+//! and CSV files, and a deterministic train/test split. Readers return errors naming the file
+//! and the offset or line; they never panic (fuzzed in `tests/readers.rs`).
+
+mod files;
+mod idx;
+
+pub use files::{
+    fashion_mnist, load_path, mnist, parse_csv, read_csv, read_idx_dir, read_npy_pair, read_npz, LabelColumn, Split,
+    FASHION_MNIST_DIR, MNIST_DIR,
+};
+pub use idx::{parse_idx, read_idx};
 
 use losskit::{Error, Result, Tensor};
 use losskit_tensor::random;
@@ -6,7 +17,7 @@ use std::io::Read;
 
 /// The UCI optical digits (1,797 images of 8×8 pixels, values 0..16, labels 0..9; Alpaydin &
 /// Kaynak 1998, CC BY 4.0), compiled into the binary.
-const DIGITS_CSV_GZ: &[u8] = include_bytes!("../data/digits.csv.gz");
+const DIGITS_CSV_GZ: &[u8] = include_bytes!("../../data/digits.csv.gz");
 
 /// Inputs and labels.
 #[derive(Debug, Clone)]
