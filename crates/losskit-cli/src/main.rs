@@ -1,14 +1,19 @@
-//! `losskit`: list the losses, and compute a loss and its gradient from `.npy` files.
+//! `losskit`: train the seed's model (`fit`), evaluate and predict with a saved run, plot a
+//! history, list the losses, and compute a loss and its gradient from `.npy` files.
+
+mod compute;
+mod run;
 
 use clap::{Parser, Subcommand};
-use losskit::{DType, Loss, Tensor};
-use losskit_tensor::npy::{read_npy, write_npy, NpyDType};
-use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "losskit", version, about = "Keras 3 losses in Rust: list them, compute them and their gradients")]
+#[command(
+    name = "losskit",
+    version,
+    about = "Keras 3 losses in Rust: train with them, list them, compute them and their gradients"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -16,14 +21,115 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Trains the seed's model (Flatten, Dense relu, Dropout, Dense softmax) and writes a run folder.
+    Fit(FitArgs),
+    /// Evaluates a saved run on its dataset's test set (or held-out validation samples).
+    Evaluate(EvaluateArgs),
+    /// Predicts class probabilities for inputs in an .npy file with a saved run.
+    Predict(PredictArgs),
+    /// Draws learning curves from a history.csv (PNG or SVG by the output's extension).
+    Plot(PlotArgs),
     /// Lists every loss with its class name, aliases and a one-line description.
     List,
     /// Computes a loss (and optionally its gradient) from .npy files; prints {"loss": V}.
     Compute(ComputeArgs),
 }
 
+/// `losskit fit` arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct FitArgs {
+    /// digits (embedded), fashion-mnist, mnist, or a PATH: a folder of IDX files, an .npz, a .csv.
+    #[arg(long, default_value = "digits")]
+    pub data: String,
+    /// The label column of a CSV: an index or a header name (default: the last column).
+    #[arg(long)]
+    pub label_column: Option<String>,
+    /// The loss: a Keras name or alias.
+    #[arg(long, default_value = "sparse_categorical_crossentropy")]
+    pub loss: String,
+    /// Keras constructor keys of the loss, as JSON: '{"label_smoothing": 0.1}'.
+    #[arg(long)]
+    pub loss_config: Option<String>,
+    /// sgd, adam, adamw or rmsprop.
+    #[arg(long, default_value = "sgd")]
+    pub optimizer: String,
+    /// Learning rate (default: the optimizer's Keras default, 0.01 for SGD, 0.001 for Adam).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Epochs.
+    #[arg(long, default_value_t = 50)]
+    pub epochs: usize,
+    /// Samples per step.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// The fraction of the (shuffled) training samples held out for validation.
+    #[arg(long, default_value_t = 0.2)]
+    pub validation_split: f64,
+    /// "balanced" (n / (classes · count)) or a JSON map {"class": weight}.
+    #[arg(long)]
+    pub class_weight: Option<String>,
+    /// Clip each gradient to this L2 norm.
+    #[arg(long)]
+    pub clipnorm: Option<f64>,
+    /// Units of the hidden Dense layer.
+    #[arg(long, default_value_t = 512)]
+    pub hidden: usize,
+    /// Dropout rate after the hidden layer.
+    #[arg(long, default_value_t = 0.2)]
+    pub dropout: f64,
+    /// Seed of the weights, the dropout, the data shuffle and the batch order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// The run folder (default runs/<timestamp>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Do not draw curves.png / curves.svg.
+    #[arg(long)]
+    pub no_plots: bool,
+    /// 0 silent, 1 progress bar, 2 one line per epoch.
+    #[arg(long, default_value_t = 1)]
+    pub verbose: u8,
+}
+
+/// `losskit evaluate` arguments.
+#[derive(clap::Args, Debug)]
+pub struct EvaluateArgs {
+    /// The run folder written by `losskit fit`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Another dataset than the run's (same forms as `fit --data`).
+    #[arg(long)]
+    pub data: Option<String>,
+}
+
+/// `losskit predict` arguments.
+#[derive(clap::Args, Debug)]
+pub struct PredictArgs {
+    /// The run folder written by `losskit fit`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Inputs (.npy), shaped like the training inputs (N, ...), raw (unscaled) values.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Writes the class probabilities (N, classes) here as .npy; without it the predicted
+    /// classes are printed as JSON.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+}
+
+/// `losskit plot` arguments.
+#[derive(clap::Args, Debug)]
+pub struct PlotArgs {
+    /// A history.csv (an `epoch` column, one column per metric).
+    pub history: PathBuf,
+    /// The image to write: .png or .svg.
+    #[arg(short, long, default_value = "curves.png")]
+    pub output: PathBuf,
+}
+
+/// `losskit compute` arguments.
 #[derive(clap::Args)]
-struct ComputeArgs {
+pub struct ComputeArgs {
     /// A Keras class name or alias: MeanSquaredError, mse, huber, ...
     loss: String,
     /// Targets (.npy of float32, float64, int32, int64 or uint8).
@@ -49,11 +155,15 @@ struct ComputeArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Fit(args) => run::fit(&args),
+        Command::Evaluate(args) => run::evaluate(&args),
+        Command::Predict(args) => run::predict(&args),
+        Command::Plot(args) => run::plot(&args),
         Command::List => {
             list();
             Ok(())
         }
-        Command::Compute(args) => compute(&args),
+        Command::Compute(args) => compute::compute(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -73,69 +183,4 @@ fn list() {
         }
         println!("  {:<36} {:<54} {}", info.class_name, info.aliases.join(", "), info.description);
     }
-}
-
-/// A JSON number for one value: f32 values print as their shortest f32 decimal
-/// (`0.058333334`, not `0.05833333358168602`); non-finite values as `"NaN"`/`"Infinity"`.
-fn json_number(v: f64, dtype: DType) -> Value {
-    if v.is_nan() {
-        return json!("NaN");
-    }
-    if v.is_infinite() {
-        return json!(if v > 0.0 { "Infinity" } else { "-Infinity" });
-    }
-    let v = match dtype {
-        DType::F32 => (v as f32).to_string().parse::<f64>().unwrap_or(v),
-        DType::F64 => v,
-    };
-    serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)
-}
-
-fn tensor_json(t: &Tensor) -> Value {
-    fn nest(values: &[f64], shape: &[usize], dtype: DType) -> Value {
-        match shape.split_first() {
-            None => json_number(values[0], dtype),
-            Some((&n, rest)) => {
-                let step: usize = rest.iter().product();
-                Value::Array((0..n).map(|i| nest(&values[i * step..(i + 1) * step], rest, dtype)).collect())
-            }
-        }
-    }
-    nest(&t.to_vec::<f64>(), t.shape(), t.dtype())
-}
-
-fn compute(args: &ComputeArgs) -> losskit::Result<()> {
-    let mut config = match &args.config {
-        None => json!({}),
-        Some(text) => serde_json::from_str::<Value>(text)
-            .map_err(|e| losskit::Error::Config(format!("--config is not valid JSON: {e}")))?,
-    };
-    if !config.is_object() {
-        return Err(losskit::Error::Config(format!("--config must be a JSON object, got {config}")));
-    }
-    if let Some(r) = &args.reduction {
-        losskit::Reduction::parse(r)?;
-        config["reduction"] = json!(r);
-    }
-    let loss: Box<dyn Loss> = losskit::build(&args.loss, &config)?;
-    let (y_pred, pred_dtype) = read_npy(&args.y_pred)?;
-    let y_pred = match pred_dtype {
-        NpyDType::I32 | NpyDType::I64 | NpyDType::U8 => y_pred.to_dtype(DType::F32),
-        NpyDType::F32 | NpyDType::F64 => y_pred,
-    };
-    let dtype = y_pred.dtype();
-    let (y_true, _) = read_npy(&args.y_true)?;
-    let weight = match &args.sample_weight {
-        Some(p) => Some(read_npy(p)?.0.to_dtype(dtype)),
-        None => None,
-    };
-    let y_pred = if args.grad_out.is_some() { y_pred.requires_grad() } else { y_pred };
-    let out = loss.call(&y_true.to_dtype(dtype), &y_pred, weight.as_ref())?;
-    if let Some(path) = &args.grad_out {
-        let grads = out.sum_all().backward()?;
-        let g = grads.get(&y_pred).cloned().unwrap_or_else(|| y_pred.zeros_like());
-        write_npy(path, &g)?;
-    }
-    println!("{}", json!({ "loss": tensor_json(&out) }));
-    Ok(())
 }

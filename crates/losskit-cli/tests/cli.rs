@@ -189,3 +189,136 @@ fn bad_input_exits_2_with_a_message_and_writes_nothing() {
     let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(leftovers.len(), 3, "{leftovers:?}");
 }
+
+#[test]
+fn fit_writes_a_run_folder_then_evaluate_predict_and_plot_use_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = losskit(&["fit", "--epochs", "3", "--hidden", "32", "--verbose", "0", "--out", run.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("Finished 3 epochs") && text.contains("best val_accuracy") && text.contains("model.safetensors"),
+        "{text}"
+    );
+    for f in ["history.csv", "curves.png", "curves.svg", "model.safetensors", "model.json"] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    let csv = std::fs::read_to_string(run.join("history.csv")).unwrap();
+    assert_eq!(csv.lines().next().unwrap(), "epoch,accuracy,loss,val_accuracy,val_loss");
+    assert_eq!(csv.lines().count(), 4);
+    for sub in ["train", "validation"] {
+        let entries: Vec<_> = std::fs::read_dir(run.join("logs").join(sub)).unwrap().collect();
+        assert_eq!(entries.len(), 1);
+    }
+    // evaluate: the held-out validation samples of the same run.
+    let ev = run_ok(&["evaluate", "--model", run.to_str().unwrap()]);
+    assert_eq!(ev["on"], "validation");
+    assert_eq!(ev["samples"], 360);
+    let last_val: f64 = csv.lines().last().unwrap().split(',').nth(3).unwrap().parse().unwrap();
+    assert!((ev["accuracy"].as_f64().unwrap() - last_val).abs() < 1e-6, "{ev} vs {last_val}");
+    // predict: raw digits in, classes out.
+    let x = dir.path().join("x.npy");
+    let digits = losskit_train::datasets::digits().unwrap();
+    losskit_tensor::npy::write_npy(&x, &digits.x.gather(0, &[0, 1, 2, 3]).unwrap()).unwrap();
+    let pr = run_ok(&["predict", "--model", run.to_str().unwrap(), "--input", x.to_str().unwrap()]);
+    assert_eq!(pr["classes"].as_array().unwrap().len(), 4);
+    let probs = dir.path().join("p.npy");
+    run_ok(&[
+        "predict",
+        "--model",
+        run.to_str().unwrap(),
+        "--input",
+        x.to_str().unwrap(),
+        "-o",
+        probs.to_str().unwrap(),
+    ]);
+    let (p, _) = losskit_tensor::npy::read_npy(&probs).unwrap();
+    assert_eq!(p.shape(), &[4, 10]);
+    // plot: a history.csv to a PNG with one panel per metric.
+    let png_path = dir.path().join("c.png");
+    let pl = run_ok(&["plot", run.join("history.csv").to_str().unwrap(), "-o", png_path.to_str().unwrap()]);
+    assert_eq!(pl["panels"], 2);
+    let info = png::Decoder::new(std::fs::File::open(&png_path).unwrap()).read_info().unwrap().info().clone();
+    assert_eq!((info.width, info.height), (960, 360));
+}
+
+#[test]
+fn fit_reads_csv_and_npz_data_and_reports_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("data.csv");
+    let mut text = String::from("a,b,label\n");
+    for i in 0..60 {
+        let (a, b) = ((i % 7) as f32, (i % 5) as f32);
+        text += &format!("{a},{b},{}\n", u8::from(a > b));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let run = dir.path().join("r1");
+    let out = losskit(&[
+        "fit",
+        "--data",
+        csv.to_str().unwrap(),
+        "--label-column",
+        "label",
+        "--epochs",
+        "2",
+        "--hidden",
+        "8",
+        "--verbose",
+        "0",
+        "--no-plots",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!run.join("curves.png").exists());
+    let spec: Value = serde_json::from_str(&std::fs::read_to_string(run.join("model.json")).unwrap()).unwrap();
+    assert_eq!(spec["classes"], 2);
+    assert_eq!(spec["input_shape"], serde_json::json!([2]));
+    // A dense loss gets one-hot targets; Adam with a learning rate and clipnorm.
+    let run2 = dir.path().join("r2");
+    let out = losskit(&[
+        "fit",
+        "--data",
+        csv.to_str().unwrap(),
+        "--loss",
+        "categorical_crossentropy",
+        "--loss-config",
+        r#"{"label_smoothing": 0.1}"#,
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.01",
+        "--clipnorm",
+        "1.0",
+        "--class-weight",
+        "balanced",
+        "--epochs",
+        "2",
+        "--hidden",
+        "8",
+        "--verbose",
+        "0",
+        "--no-plots",
+        "--out",
+        run2.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["fit", "--data", "/no/such/file.csv", "--verbose", "0"], "/no/such/file.csv: cannot read"),
+        (vec!["fit", "--data", "/no/such/data.bin", "--verbose", "0"], "does not exist"),
+        (vec!["fit", "--data", dir.path().to_str().unwrap(), "--verbose", "0"], "MNIST layout"),
+        (vec!["fit", "--loss", "nope", "--verbose", "0"], "unknown loss"),
+        (vec!["fit", "--optimizer", "adagrad", "--verbose", "0"], "unknown optimizer"),
+        (vec!["fit", "--loss-config", "{", "--verbose", "0"], "not valid JSON"),
+        (vec!["fit", "--class-weight", "heavy", "--verbose", "0"], "balanced"),
+        (vec!["evaluate", "--model", dir.path().to_str().unwrap()], "model.json"),
+        (vec!["plot", "/no/history.csv"], "cannot read"),
+    ];
+    for (args, needle) in cases {
+        let out = losskit(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}

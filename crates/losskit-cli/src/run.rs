@@ -1,0 +1,348 @@
+//! `losskit fit`, `evaluate`, `predict`, `plot`: the seed's model on a dataset, and the run
+//! folder it leaves (history.csv, curves.png/svg, TensorBoard logs, model.safetensors, model.json).
+
+use crate::{EvaluateArgs, FitArgs, PlotArgs, PredictArgs};
+use losskit::{Error, Loss, Result, Tensor};
+use losskit_train::datasets::{self, Dataset, LabelColumn, Split};
+use losskit_train::{
+    plot_history, Compile, CsvLogger, Dense, Dropout, Fit, Flatten, History, Model, Optimizer, PlotLearningCurves,
+    Sequential, TensorBoard,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What `model.json` records: enough to rebuild the model and prepare inputs as in training.
+#[derive(Debug, Serialize, Deserialize)]
+struct RunSpec {
+    data: String,
+    label_column: Option<String>,
+    input_shape: Vec<usize>,
+    classes: usize,
+    hidden: usize,
+    dropout: f64,
+    /// Inputs are multiplied by this before the model (1/16 for digits, 1/255 for images).
+    scale: f64,
+    /// Targets are one-hot encoded (dense losses) rather than class indices.
+    one_hot: bool,
+    output_activation: String,
+    loss: Value,
+    seed: u64,
+    validation_split: f64,
+}
+
+fn label_column(s: &Option<String>) -> LabelColumn {
+    match s {
+        None => LabelColumn::Last,
+        Some(c) => c.parse::<usize>().map(LabelColumn::Index).unwrap_or_else(|_| LabelColumn::Name(c.clone())),
+    }
+}
+
+/// The dataset and the factor that brings its inputs to [0, 1].
+fn load_data(data: &str, label: &Option<String>) -> Result<(Split, f64)> {
+    match data {
+        "digits" => Ok((Split { train: datasets::digits()?, test: None }, 1.0 / 16.0)),
+        "fashion-mnist" | "fashion_mnist" => Ok((datasets::fashion_mnist(None)?, 1.0 / 255.0)),
+        "mnist" => Ok((datasets::mnist(None)?, 1.0 / 255.0)),
+        path => {
+            let split = datasets::load_path(Path::new(path), &label_column(label))?;
+            let max = split.train.x.max_abs();
+            Ok((split, if max > 1.0 { 1.0 / max } else { 1.0 }))
+        }
+    }
+}
+
+fn is_sparse(loss: &dyn Loss) -> bool {
+    matches!(loss.class_name(), "SparseCategoricalCrossentropy" | "CategoricalGeneralizedCrossEntropy")
+}
+
+fn targets(y: &Tensor, classes: usize, one_hot: bool) -> Result<Tensor> {
+    if one_hot {
+        Tensor::one_hot(&y.to_dtype(losskit::DType::F64), classes, losskit::DType::F32)
+    } else {
+        Ok(y.clone())
+    }
+}
+
+fn classes_of(y: &Tensor) -> Result<usize> {
+    let v = y.to_vec::<f64>();
+    if let Some((i, bad)) = v.iter().enumerate().find(|(_, l)| !(l.is_finite() && **l >= 0.0 && l.fract() == 0.0)) {
+        return Err(Error::Value {
+            op: "fit".into(),
+            msg: format!("label {bad} at row {i} is not a class index (a whole number >= 0)"),
+        });
+    }
+    Ok(v.iter().fold(0.0f64, |m, &l| m.max(l)) as usize + 1)
+}
+
+fn build_model(spec: &RunSpec) -> Result<Model> {
+    Ok(Sequential::new()
+        .seed(spec.seed)
+        .add(Flatten::new())
+        .add(Dense::new(spec.hidden).activation("relu")?)
+        .add(Dropout::new(spec.dropout)?)
+        .add(Dense::new(spec.classes).activation(&spec.output_activation)?))
+}
+
+fn class_weights(arg: &str, y: &Tensor, classes: usize) -> Result<BTreeMap<i64, f64>> {
+    if arg == "balanced" {
+        let v = y.to_vec::<f64>();
+        let mut counts = vec![0usize; classes];
+        for l in &v {
+            counts[*l as usize] += 1;
+        }
+        return Ok(counts
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| c > 0)
+            .map(|(k, &c)| (k as i64, v.len() as f64 / (classes as f64 * c as f64)))
+            .collect());
+    }
+    let map: BTreeMap<String, f64> = serde_json::from_str(arg).map_err(|e| {
+        Error::Config(format!("--class-weight must be \"balanced\" or a JSON map {{\"class\": weight}}: {e}"))
+    })?;
+    map.into_iter()
+        .map(|(k, v)| {
+            k.parse::<i64>()
+                .map(|k| (k, v))
+                .map_err(|_| Error::Config(format!("--class-weight: class {k:?} is not an integer")))
+        })
+        .collect()
+}
+
+fn run_dir(out: &Option<PathBuf>) -> Result<PathBuf> {
+    let dir = match out {
+        Some(d) => d.clone(),
+        None => {
+            let base = PathBuf::from("runs").join(chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string());
+            let mut dir = base.clone();
+            let mut n = 1;
+            while dir.exists() {
+                dir = PathBuf::from(format!("{}-{n}", base.display()));
+                n += 1;
+            }
+            dir
+        }
+    };
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::File { path: dir.display().to_string(), msg: format!("cannot create: {e}") })?;
+    Ok(dir)
+}
+
+fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| Error::Config(e.to_string()))?;
+    losskit_tensor::npy::write_atomic(path, |w| w.write_all(text.as_bytes()))
+}
+
+fn fmt_logs(logs: &BTreeMap<String, f64>) -> String {
+    logs.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(" - ")
+}
+
+/// `losskit fit`.
+pub fn fit(args: &FitArgs) -> Result<()> {
+    let started = Instant::now();
+    let (split, scale) = load_data(&args.data, &args.label_column)?;
+    let config: Value = match &args.loss_config {
+        Some(t) => {
+            serde_json::from_str(t).map_err(|e| Error::Config(format!("--loss-config is not valid JSON: {e}")))?
+        }
+        None => json!({}),
+    };
+    let loss = losskit::build(&args.loss, &config)?;
+    let train = split.train.shuffled(args.seed)?;
+    let classes = classes_of(&train.y)?.max(split.test.as_ref().map(|t| classes_of(&t.y)).transpose()?.unwrap_or(0));
+    let one_hot = !is_sparse(loss.as_ref());
+    let from_logits = loss.config()["from_logits"] == true;
+    let spec = RunSpec {
+        data: args.data.clone(),
+        label_column: args.label_column.clone(),
+        input_shape: train.x.shape()[1..].to_vec(),
+        classes,
+        hidden: args.hidden,
+        dropout: args.dropout,
+        scale,
+        one_hot,
+        output_activation: if from_logits { "linear".into() } else { "softmax".into() },
+        loss: losskit::serialize(loss.as_ref()),
+        seed: args.seed,
+        validation_split: args.validation_split,
+    };
+    let mut optimizer = Optimizer::parse(&args.optimizer)?;
+    if let Some(lr) = args.lr {
+        optimizer.set_learning_rate(lr)?;
+    }
+    if let Some(c) = args.clipnorm {
+        optimizer = optimizer.clipnorm(c)?;
+    }
+    let mut model = build_model(&spec)?;
+    model.build(&spec.input_shape)?;
+    model.compile(Compile::new().optimizer(optimizer).loss(loss).metrics(&["accuracy"]))?;
+    let x = train.x.mul_scalar(scale)?;
+    let y = targets(&train.y, classes, one_hot)?;
+    let class_weight = args.class_weight.as_deref().map(|cw| class_weights(cw, &train.y, classes)).transpose()?;
+    let dir = run_dir(&args.out)?;
+    if args.verbose > 0 {
+        print!("{}", model.summary());
+        let n_val = (train.len() as f64 * args.validation_split).ceil() as usize;
+        println!(
+            "Training on {} samples of {}, validating on {} (seed {})",
+            train.len() - n_val,
+            args.data,
+            n_val,
+            args.seed
+        );
+    }
+    let mut csv = CsvLogger::new(dir.join("history.csv"));
+    let mut tb = TensorBoard::new(dir.join("logs"));
+    let mut plots = PlotLearningCurves::new(&dir);
+    let mut fit = Fit::new()
+        .epochs(args.epochs)
+        .batch_size(args.batch_size)
+        .validation_split(args.validation_split)
+        .seed(args.seed)
+        .verbose(args.verbose);
+    if let Some(cw) = class_weight {
+        fit = fit.class_weight(cw);
+    }
+    fit = fit.callback(&mut csv).callback(&mut tb);
+    if !args.no_plots {
+        fit = fit.callback(&mut plots);
+    }
+    let history = model.fit(&x, &y, fit)?;
+    model.save_weights(dir.join("model.safetensors"))?;
+    write_json(&dir.join("model.json"), &spec)?;
+    let test = match &split.test {
+        Some(t) => {
+            let tx = t.x.mul_scalar(scale)?;
+            let ty = targets(&t.y, classes, one_hot)?;
+            Some((model.evaluate(&tx, &ty, 256, None)?, t.len()))
+        }
+        None => None,
+    };
+    summary(&history, test.as_ref(), &dir, args, started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn summary(history: &History, test: Option<&(BTreeMap<String, f64>, usize)>, dir: &Path, args: &FitArgs, secs: f64) {
+    let last: BTreeMap<String, f64> =
+        history.history.iter().filter_map(|(k, v)| v.last().map(|x| (k.clone(), *x))).collect();
+    println!("\nFinished {} epochs in {secs:.1}s", history.epochs.len());
+    println!("  final: {}", fmt_logs(&last));
+    let (key, better): (&str, fn(f64, f64) -> bool) =
+        if history.get("val_accuracy").is_some() { ("val_accuracy", |a, b| a > b) } else { ("val_loss", |a, b| a < b) };
+    if let Some(vals) = history.get(key) {
+        if let Some((i, v)) = vals.iter().enumerate().fold(None, |best: Option<(usize, f64)>, (i, &v)| match best {
+            Some((_, b)) if !better(v, b) => best,
+            _ => Some((i, v)),
+        }) {
+            println!("  best {key}: {v:.4} at epoch {}", history.epochs[i] + 1);
+        }
+    }
+    if let Some((logs, n)) = test {
+        println!("  test ({n} samples): {}", fmt_logs(logs));
+    }
+    println!("Files in {}/:", dir.display());
+    let mut files = vec!["history.csv", "logs/ (TensorBoard: train/, validation/)", "model.safetensors", "model.json"];
+    if !args.no_plots {
+        files.insert(1, "curves.png, curves.svg");
+    }
+    for f in files {
+        println!("  {f}");
+    }
+}
+
+fn load_run(dir: &Path) -> Result<(RunSpec, Model)> {
+    let path = dir.join("model.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::File {
+        path: path.display().to_string(),
+        msg: format!("cannot read (is this a run folder of `losskit fit`?): {e}"),
+    })?;
+    let spec: RunSpec = serde_json::from_str(&text)
+        .map_err(|e| Error::File { path: path.display().to_string(), msg: format!("not a run spec: {e}") })?;
+    let mut model = build_model(&spec)?;
+    model.build(&spec.input_shape)?;
+    model.load_weights(dir.join("model.safetensors"))?;
+    Ok((spec, model))
+}
+
+/// `losskit evaluate`.
+pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
+    let (spec, mut model) = load_run(&args.model)?;
+    let data = args.data.clone().unwrap_or_else(|| spec.data.clone());
+    let (split, _) = load_data(&data, &spec.label_column)?;
+    let (set, on): (Dataset, &str) = match split.test {
+        Some(t) => (t, "test"),
+        None => {
+            // The samples `fit` held out: the same seeded shuffle, the last fraction.
+            let all = split.train.shuffled(spec.seed)?;
+            let n = all.len();
+            let start = (n as f64 * (1.0 - spec.validation_split)).floor() as usize;
+            let idx: Vec<usize> = (start..n).collect();
+            (Dataset { x: all.x.gather(0, &idx)?, y: all.y.gather(0, &idx)? }, "validation")
+        }
+    };
+    let loss = losskit::from_config(&spec.loss)?;
+    model.compile(Compile::new().optimizer("sgd").loss(loss).metrics(&["accuracy"]))?;
+    let x = set.x.mul_scalar(spec.scale)?;
+    let y = targets(&set.y, spec.classes, spec.one_hot)?;
+    let mut logs: BTreeMap<String, Value> =
+        model.evaluate(&x, &y, 256, None)?.into_iter().map(|(k, v)| (k, json!(v))).collect();
+    logs.insert("samples".into(), json!(set.len()));
+    logs.insert("on".into(), json!(on));
+    println!("{}", serde_json::to_string(&logs).map_err(|e| Error::Config(e.to_string()))?);
+    Ok(())
+}
+
+/// `losskit predict`.
+pub fn predict(args: &PredictArgs) -> Result<()> {
+    let (spec, mut model) = load_run(&args.model)?;
+    let (x, _) = losskit_tensor::npy::read_npy(&args.input)?;
+    if x.rank() == 0 || x.shape()[1..] != spec.input_shape[..] {
+        return Err(Error::Shape {
+            op: "predict".into(),
+            msg: format!("inputs of shape {:?} do not fit the model's (N, {:?})", x.shape(), spec.input_shape),
+        });
+    }
+    let x = x.to_dtype(losskit::DType::F32).mul_scalar(spec.scale)?;
+    let probs = model.predict(&x, 256)?.remove(0);
+    match &args.output {
+        Some(path) => {
+            losskit_tensor::npy::write_npy(path, &probs)?;
+            println!("{}", json!({"written": path.display().to_string(), "shape": probs.shape()}));
+        }
+        None => {
+            let v = probs.to_vec::<f32>();
+            let classes: Vec<usize> = v
+                .chunks(spec.classes.max(1))
+                .map(|r| {
+                    r.iter()
+                        .enumerate()
+                        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| if x > bv { (i, x) } else { (bi, bv) })
+                        .0
+                })
+                .collect();
+            println!("{}", json!({ "classes": classes }));
+        }
+    }
+    Ok(())
+}
+
+/// `losskit plot`.
+pub fn plot(args: &PlotArgs) -> Result<()> {
+    let history = History::from_csv(&args.history)?;
+    let ext = args.output.extension().and_then(|e| e.to_str()).map(str::to_lowercase);
+    let panels = match ext.as_deref() {
+        Some("png") => plot_history(&history, Some(&args.output), None)?,
+        Some("svg") => plot_history(&history, None, Some(&args.output))?,
+        _ => {
+            return Err(Error::File {
+                path: args.output.display().to_string(),
+                msg: "the output must end in .png or .svg".into(),
+            })
+        }
+    };
+    println!("{}", json!({"written": args.output.display().to_string(), "panels": panels}));
+    Ok(())
+}
