@@ -38,6 +38,10 @@ pub trait Element: losskit_kernels::Float + ndarray::LinalgScalar + ndarray::Sca
     fn wrap(a: ArrayD<Self>) -> Storage;
     /// Borrows the array if `s` holds this type.
     fn view(s: &Storage) -> Option<&ArcArray<Self, IxDyn>>;
+    /// Wraps a shared array into a [`Storage`] (no copy).
+    fn wrap_shared(a: ArcArray<Self, IxDyn>) -> Storage;
+    /// Takes the array out of `s` if it holds this type (no copy).
+    fn take(s: Storage) -> Option<ArcArray<Self, IxDyn>>;
 }
 
 impl Element for f32 {
@@ -51,6 +55,15 @@ impl Element for f32 {
             Storage::F64(_) => None,
         }
     }
+    fn wrap_shared(a: ArcArray<f32, IxDyn>) -> Storage {
+        Storage::F32(a)
+    }
+    fn take(s: Storage) -> Option<ArcArray<f32, IxDyn>> {
+        match s {
+            Storage::F32(a) => Some(a),
+            Storage::F64(_) => None,
+        }
+    }
 }
 
 impl Element for f64 {
@@ -59,6 +72,15 @@ impl Element for f64 {
         Storage::F64(a.into_shared())
     }
     fn view(s: &Storage) -> Option<&ArcArray<f64, IxDyn>> {
+        match s {
+            Storage::F64(a) => Some(a),
+            Storage::F32(_) => None,
+        }
+    }
+    fn wrap_shared(a: ArcArray<f64, IxDyn>) -> Storage {
+        Storage::F64(a)
+    }
+    fn take(s: Storage) -> Option<ArcArray<f64, IxDyn>> {
         match s {
             Storage::F64(a) => Some(a),
             Storage::F32(_) => None,

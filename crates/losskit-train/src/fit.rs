@@ -536,7 +536,9 @@ impl Model {
                 let (total, each, outs) = self.losses_on(&xb, &yb, wb.as_ref(), true)?;
                 let total_value = total.to_scalar()?;
                 let grads = total.backward()?;
+                // Drop the graph (it holds the weights) so the optimizer updates them in place.
                 drop(total);
+                let outs: Vec<Tensor> = outs.iter().map(Tensor::detach).collect();
                 let compiled = self.compiled.as_mut().expect("checked");
                 let mut optimizer = std::mem::replace(&mut compiled.optimizer, crate::Optimizer::sgd(0.0)?);
                 let mut params = self.params_mut();
@@ -547,8 +549,12 @@ impl Model {
                 if opts.nan_guard {
                     let names: Vec<String> = params.iter().map(|p| p.name.clone()).collect();
                     drop(params);
-                    norms.push(nan::layer_norms(&names, &g));
-                    if !total_value.is_finite() || !g.iter().all(Tensor::all_finite) {
+                    let layer_norms = nan::layer_norms(&names, &g);
+                    // A finite sum of squares means every gradient value is finite: one pass.
+                    let grads_finite =
+                        layer_norms.iter().all(|(_, n)| n.is_finite()) || g.iter().all(Tensor::all_finite);
+                    norms.push(layer_norms);
+                    if !total_value.is_finite() || !grads_finite {
                         self.compiled.as_mut().expect("checked").optimizer = optimizer;
                         let d = self.diagnose(epoch, step, total_value, &xb, &yb, wb.as_ref(), names, &g, &norms)?;
                         let text = d.to_string();
@@ -560,7 +566,6 @@ impl Model {
                 let applied = optimizer.apply(&mut params, &g);
                 self.compiled.as_mut().expect("checked").optimizer = optimizer;
                 applied?;
-                let outs: Vec<Tensor> = outs.iter().map(Tensor::detach).collect();
                 Self::accumulate(&mut acc, &metrics, &yb, &outs, total_value, &each, idx.len() as f64)?;
                 let logs = self.logs_of(&acc, "");
                 for cb in callbacks.iter_mut() {

@@ -4,7 +4,7 @@
 use crate::layers::Param;
 use losskit::{Error, Result, Tensor};
 use losskit_tensor::Element;
-use ndarray::{ArrayD, Zip};
+use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, Zip};
 
 /// Which update rule, with its hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -207,17 +207,40 @@ impl Optimizer {
     }
 
     fn apply_typed<T: Element + SlotType>(&mut self, params: &mut [&mut Param], grads: &[Tensor]) -> Result<()> {
-        let mut g: Vec<ArrayD<T>> = Vec::with_capacity(grads.len());
+        let mut views = Vec::with_capacity(grads.len());
         for (p, gr) in params.iter().zip(grads) {
-            if gr.shape() != p.value.shape() {
-                return Err(Error::Shape {
-                    op: "Optimizer::apply".into(),
-                    msg: format!("gradient of shape {:?} for {} of shape {:?}", gr.shape(), p.name, p.value.shape()),
-                });
-            }
-            g.push(gr.to_array::<T>());
+            let view = T::view(gr.storage()).filter(|g| g.shape() == p.value.shape()).ok_or_else(|| Error::Shape {
+                op: "Optimizer::apply".into(),
+                msg: format!(
+                    "gradient of shape {:?} ({}) for {} of shape {:?} ({})",
+                    gr.shape(),
+                    gr.dtype(),
+                    p.name,
+                    p.value.shape(),
+                    p.value.dtype()
+                ),
+            })?;
+            views.push(view);
         }
-        clip_gradients(&mut g, self.clip);
+        // Keras 3's `_clip_gradients`, folded into the update as a per-gradient factor and an
+        // element-wise bound (no copies of the gradients).
+        let norm = |g: &ndarray::ArcArray<T, ndarray::IxDyn>| g.iter().fold(T::zero(), |s, &v| s + v * v).sqrt();
+        let factors: Vec<T> = match self.clip {
+            Clip::Norm(c) => {
+                let c = T::c(c);
+                views.iter().map(|g| c / norm(g).max(c)).collect()
+            }
+            Clip::GlobalNorm(c) => {
+                let c = T::c(c);
+                let total = views.iter().fold(T::zero(), |s, g| s + g.iter().fold(T::zero(), |a, &v| a + v * v)).sqrt();
+                vec![c * (T::one() / total).min(T::one() / c); views.len()]
+            }
+            _ => vec![T::one(); views.len()],
+        };
+        let bound = match self.clip {
+            Clip::Value(c) => Some(T::c(c)),
+            _ => None,
+        };
         let slots_needed = match self.rule {
             Rule::Sgd { momentum, .. } => usize::from(momentum != 0.0),
             Rule::Adam { .. } | Rule::AdamW { .. } => 2,
@@ -230,13 +253,35 @@ impl Optimizer {
         }
         let lr = T::c(self.learning_rate);
         let step = self.iterations + 1;
-        for ((p, g), s) in params.iter_mut().zip(&g).zip(slots.iter_mut()) {
-            let mut w = p.value.to_array::<T>();
-            update(self.rule, lr, step, &mut w, g, s);
-            p.value = Tensor::from_array(w).requires_grad();
+        let grad = Grad { factor: T::one(), bound };
+        for (((p, g), s), factor) in params.iter_mut().zip(&views).zip(slots.iter_mut()).zip(factors) {
+            // Update in place: the graph is gone, so the weights' buffer is usually unshared.
+            let value = std::mem::replace(&mut p.value, Tensor::scalar(T::zero()));
+            let mut w = T::take(value.into_storage()).expect("dtype checked above");
+            update(self.rule, lr, step, w.view_mut(), g.view(), Grad { factor, ..grad }, s);
+            p.value = Tensor::from_storage(T::wrap_shared(w)).requires_grad();
         }
         self.iterations = step;
         Ok(())
+    }
+}
+
+/// How a raw gradient element becomes the one applied: scaled (norm clipping), then bounded
+/// (value clipping).
+#[derive(Clone, Copy)]
+struct Grad<T> {
+    factor: T,
+    bound: Option<T>,
+}
+
+impl<T: Element> Grad<T> {
+    #[inline(always)]
+    fn get(self, g: T) -> T {
+        let g = g * self.factor;
+        match self.bound {
+            Some(c) => g.max(-c).min(c),
+            None => g,
+        }
     }
 }
 
@@ -269,49 +314,24 @@ impl SlotType for f64 {
     }
 }
 
-fn sum_squares<T: Element>(a: &ArrayD<T>) -> T {
-    a.iter().fold(T::zero(), |s, &v| s + v * v)
-}
-
-/// Keras 3's `_clip_gradients`.
-fn clip_gradients<T: Element>(grads: &mut [ArrayD<T>], clip: Clip) {
-    match clip {
-        Clip::None => {}
-        Clip::Norm(c) => {
-            let c = T::c(c);
-            for g in grads.iter_mut() {
-                let l2sum = sum_squares(g);
-                let norm = if l2sum > T::zero() { l2sum.sqrt() } else { l2sum };
-                let denom = norm.max(c);
-                g.mapv_inplace(|v| v * c / denom);
-            }
-        }
-        Clip::GlobalNorm(c) => {
-            let c = T::c(c);
-            let norm = grads.iter().fold(T::zero(), |s, g| s + sum_squares(g)).sqrt();
-            let scale = c * (T::one() / norm).min(T::one() / c);
-            for g in grads.iter_mut() {
-                g.mapv_inplace(|v| v * scale);
-            }
-        }
-        Clip::Value(c) => {
-            let c = T::c(c);
-            for g in grads.iter_mut() {
-                g.mapv_inplace(|v| v.max(-c).min(c));
-            }
-        }
-    }
-}
-
-fn update<T: Element>(rule: Rule, lr: T, step: u64, w: &mut ArrayD<T>, g: &ArrayD<T>, s: &mut [ArrayD<T>]) {
+fn update<T: Element>(
+    rule: Rule,
+    lr: T,
+    step: u64,
+    mut w: ArrayViewMutD<'_, T>,
+    g: ArrayViewD<'_, T>,
+    gr: Grad<T>,
+    s: &mut [ArrayD<T>],
+) {
     let one = T::one();
     match rule {
         Rule::Sgd { momentum, nesterov } => {
             if s.is_empty() {
-                Zip::from(w).and(g).for_each(|w, &g| *w = *w - g * lr);
+                Zip::from(&mut w).and(&g).for_each(|w, &g| *w = *w - gr.get(g) * lr);
             } else {
                 let mu = T::c(momentum);
-                Zip::from(w).and(g).and(&mut s[0]).for_each(|w, &g, m| {
+                Zip::from(&mut w).and(&g).and(&mut s[0]).for_each(|w, &g, m| {
+                    let g = gr.get(g);
                     *m = -g * lr + *m * mu;
                     *w = if nesterov { *w + (-g * lr + *m * mu) } else { *w + *m };
                 });
@@ -326,7 +346,8 @@ fn update<T: Element>(rule: Rule, lr: T, step: u64, w: &mut ArrayD<T>, g: &Array
             let t = T::c(step as f64);
             let alpha = lr * (one - b2.powf(t)).sqrt() / (one - b1.powf(t));
             let (m, v) = s.split_at_mut(1);
-            Zip::from(w).and(g).and(&mut m[0]).and(&mut v[0]).for_each(|w, &g, m, v| {
+            Zip::from(&mut w).and(&g).and(&mut m[0]).and(&mut v[0]).for_each(|w, &g, m, v| {
+                let g = gr.get(g);
                 *m = *m + (g - *m) * (one - b1);
                 *v = *v + (g * g - *v) * (one - b2);
                 *w = *w - (*m * alpha) / (v.sqrt() + eps);
@@ -337,24 +358,31 @@ fn update<T: Element>(rule: Rule, lr: T, step: u64, w: &mut ArrayD<T>, g: &Array
             let (vel, rest) = s.split_at_mut(1);
             let (mom, avg) = if momentum > 0.0 { rest.split_at_mut(1) } else { rest.split_at_mut(0) };
             let vel = &mut vel[0];
-            Zip::from(&mut *vel).and(g).for_each(|v, &g| *v = rho * *v + (one - rho) * g * g);
+            Zip::from(&mut *vel).and(&g).for_each(|v, &g| {
+                let g = gr.get(g);
+                *v = rho * *v + (one - rho) * g * g
+            });
             let mut increment = ArrayD::<T>::zeros(g.raw_dim());
             if centered {
                 let a = &mut avg[0];
-                Zip::from(&mut increment).and(g).and(&*vel).and(a).for_each(|inc, &g, &v, a| {
+                Zip::from(&mut increment).and(&g).and(&*vel).and(a).for_each(|inc, &g, &v, a| {
+                    let g = gr.get(g);
                     *a = rho * *a + (one - rho) * g;
                     *inc = lr * g / (v - *a * *a + eps).sqrt();
                 });
             } else {
-                Zip::from(&mut increment).and(g).and(&*vel).for_each(|inc, &g, &v| *inc = lr * g / (v + eps).sqrt());
+                Zip::from(&mut increment)
+                    .and(&g)
+                    .and(&*vel)
+                    .for_each(|inc, &g, &v| *inc = lr * gr.get(g) / (v + eps).sqrt());
             }
             if let Some(m) = mom.first_mut() {
-                Zip::from(w).and(m).and(&increment).for_each(|w, m, &inc| {
+                Zip::from(&mut w).and(m).and(&increment).for_each(|w, m, &inc| {
                     *m = mu * *m + inc;
                     *w = *w - *m;
                 });
             } else {
-                Zip::from(w).and(&increment).for_each(|w, &inc| *w = *w - inc);
+                Zip::from(&mut w).and(&increment).for_each(|w, &inc| *w = *w - inc);
             }
         }
     }

@@ -262,23 +262,33 @@ impl Tensor {
             vec![self.clone(), other.clone()],
             op(name, move |inputs, out, g| {
                 let (x, y) = (&inputs[0], &inputs[1]);
+                // Add/Sub: the gradient is g itself (summed back over broadcast axes).
+                if matches!(b, Binary::Add | Binary::Sub) {
+                    let ga = x.is_tracked().then(|| sum_to_shape(g, x.shape()));
+                    let gb = y.is_tracked().then(|| {
+                        let s = sum_to_shape(g, y.shape());
+                        if matches!(b, Binary::Sub) {
+                            s.neg()
+                        } else {
+                            s
+                        }
+                    });
+                    return Ok(vec![ga, gb]);
+                }
                 let shape = out.shape().to_vec();
                 let grads = with_pair!(name, x, y, (xa, ya) => {
                     let ys = T::view(out.storage()).expect("dtype");
                     let gs = T::view(g.storage()).expect("dtype");
                     let xv = xa.broadcast(IxDyn(&shape)).expect("checked broadcast");
                     let yv = ya.broadcast(IxDyn(&shape)).expect("checked broadcast");
-                    let mut ga = ArrayD::<T>::zeros(IxDyn(&shape));
-                    let mut gb = ArrayD::<T>::zeros(IxDyn(&shape));
-                    Zip::from(&mut ga).and(&mut gb).and(&xv).and(&yv).and(ys).and(gs).for_each(
-                        |ga, gb, &p, &q, &r, &g| {
-                            let (da, db) = b.deriv(p, q, r);
-                            *ga = g * da;
-                            *gb = g * db;
-                        },
-                    );
-                    let ga = x.is_tracked().then(|| Tensor::from_array(sum_to(&ga, xa.shape())));
-                    let gb = y.is_tracked().then(|| Tensor::from_array(sum_to(&gb, ya.shape())));
+                    let ga = x.is_tracked().then(|| {
+                        let full = Zip::from(&xv).and(&yv).and(ys).and(gs).map_collect(|&p, &q, &r, &g| g * b.deriv(p, q, r).0);
+                        Tensor::from_array(sum_to(&full, xa.shape()))
+                    });
+                    let gb = y.is_tracked().then(|| {
+                        let full = Zip::from(&xv).and(&yv).and(ys).and(gs).map_collect(|&p, &q, &r, &g| g * b.deriv(p, q, r).1);
+                        Tensor::from_array(sum_to(&full, ya.shape()))
+                    });
                     vec![ga, gb]
                 });
                 Ok(grads)

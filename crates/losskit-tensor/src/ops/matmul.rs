@@ -3,7 +3,7 @@
 use super::{op, with_pair};
 use crate::storage::Element;
 use crate::{Error, Result, Tensor};
-use ndarray::{Array2, ArrayView2, Ix2};
+use ndarray::{Array2, ArrayView2, CowArray, Ix2};
 
 /// General matrix multiply for one element type: `C ← α·A·B + β·C` on strided buffers.
 pub trait Gemm: Sized {
@@ -17,18 +17,26 @@ macro_rules! impl_gemm {
             fn gemm(a: ArrayView2<'_, $t>, b: ArrayView2<'_, $t>) -> Array2<$t> {
                 let (m, k) = a.dim();
                 let n = b.dim().1;
-                let mut c = Array2::<$t>::zeros((m, n));
                 if m == 0 || n == 0 || k == 0 {
-                    return c;
+                    return Array2::<$t>::zeros((m, n));
                 }
                 // Negative strides cannot be passed to matrixmultiply: copy those operands.
-                let a =
-                    if a.strides().iter().any(|&s| s < 0) { a.as_standard_layout().into_owned() } else { a.to_owned() };
-                let b =
-                    if b.strides().iter().any(|&s| s < 0) { b.as_standard_layout().into_owned() } else { b.to_owned() };
+                let a = if a.strides().iter().any(|&s| s < 0) {
+                    CowArray::from(a.as_standard_layout().into_owned())
+                } else {
+                    CowArray::from(a)
+                };
+                let b = if b.strides().iter().any(|&s| s < 0) {
+                    CowArray::from(b.as_standard_layout().into_owned())
+                } else {
+                    CowArray::from(b)
+                };
                 let (sa, sb) = (a.strides(), b.strides());
+                let mut c = Array2::<$t>::uninit((m, n));
                 // SAFETY: `a` is m×k, `b` is k×n, `c` is a fresh m×n standard-layout array; the
-                // pointers and strides come from those arrays, so every index is in bounds.
+                // pointers and strides come from those arrays, so every index is in bounds. With
+                // beta = 0, matrixmultiply writes every element of C without reading it, so C is
+                // fully initialised afterwards.
                 unsafe {
                     $f(
                         m,
@@ -42,12 +50,12 @@ macro_rules! impl_gemm {
                         sb[0],
                         sb[1],
                         0.0,
-                        c.as_mut_ptr(),
+                        c.as_mut_ptr() as *mut $t,
                         n as isize,
                         1,
                     );
+                    c.assume_init()
                 }
-                c
             }
         }
     };

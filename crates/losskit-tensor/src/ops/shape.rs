@@ -35,8 +35,13 @@ impl Tensor {
             return self.clone();
         }
         let storage = with_storage!(self.storage(), a => {
-            let std = a.as_standard_layout().into_owned();
-            T::wrap(std.into_shape_with_order(IxDyn(dims)).expect("element count checked"))
+            if a.is_standard_layout() {
+                // Shares the buffer: no copy.
+                T::wrap_shared(a.clone().into_shape_with_order(IxDyn(dims)).expect("element count checked"))
+            } else {
+                let std = a.as_standard_layout().into_owned();
+                T::wrap(std.into_shape_with_order(IxDyn(dims)).expect("element count checked"))
+            }
         });
         Tensor::from_op(
             storage,
