@@ -1,0 +1,42 @@
+"""The seed's model on Fashion-MNIST in Keras 3 (JAX): epoch times and test accuracy as JSON.
+
+python train_epoch_keras.py sgd 32 3
+"""
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+import keras  # noqa: E402
+
+from fashion_data import load  # noqa: E402
+
+opt, batch, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+x, y, tx, ty = load()
+model = keras.Sequential([
+    keras.Input((28, 28)),
+    keras.layers.Flatten(),
+    keras.layers.Dense(512, activation="relu"),
+    keras.layers.Dropout(0.2),
+    keras.layers.Dense(10, activation="softmax"),
+])
+model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+
+class Timer(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.times = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.t = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times.append(time.perf_counter() - self.t)
+
+
+timer = Timer()
+model.fit(x, y, batch_size=batch, epochs=epochs, verbose=0, callbacks=[timer])
+acc = model.evaluate(tx, ty, batch_size=1024, verbose=0)[1]
+print(json.dumps({"framework": "keras-jax", "epoch_seconds": timer.times, "test_accuracy": float(acc)}))
