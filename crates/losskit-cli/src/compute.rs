@@ -44,7 +44,7 @@ pub(crate) fn compute(args: &ComputeArgs) -> losskit::Result<()> {
         return Err(losskit::Error::Config(format!("--config must be a JSON object, got {config}")));
     }
     if let Some(r) = &args.reduction {
-        losskit::Reduction::parse(r)?;
+        // Checked by the loss itself (Keras names, or PyTorch's for the PyTorch losses).
         config["reduction"] = json!(r);
     }
     let loss: Box<dyn Loss> = losskit::build(&args.loss, &config)?;

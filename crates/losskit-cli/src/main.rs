@@ -144,7 +144,8 @@ pub struct ComputeArgs {
     /// A JSON object of Keras constructor keys, e.g. '{"delta": 0.5}'.
     #[arg(long)]
     config: Option<String>,
-    /// none, sum, sum_over_batch_size, mean or mean_with_sample_weight (overrides the config's).
+    /// The reduction, overriding the config's: Keras names (none, sum, sum_over_batch_size, mean,
+    /// mean_with_sample_weight) or, for the PyTorch losses, PyTorch's (none, mean, sum).
     #[arg(long)]
     reduction: Option<String>,
     /// Writes d(sum of the output)/d(y_pred) here as .npy, in y_pred's dtype.

@@ -322,3 +322,47 @@ fn fit_reads_csv_and_npz_data_and_reports_bad_input() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn compute_reaches_tfa_and_pytorch_losses_by_either_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (yt, yp) = (p(dir.path(), "t.npy"), p(dir.path(), "p.npy"));
+    write_i32(&yt, &serde_json::json!([0, 2]));
+    write_f32(&yp, &serde_json::json!([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]]));
+    let a = run_ok(&[
+        "compute",
+        "CrossEntropyLoss",
+        "--y-true",
+        yt.to_str().unwrap(),
+        "--y-pred",
+        yp.to_str().unwrap(),
+        "--reduction",
+        "none",
+    ]);
+    let b = run_ok(&[
+        "compute",
+        "cross_entropy",
+        "--y-true",
+        yt.to_str().unwrap(),
+        "--y-pred",
+        yp.to_str().unwrap(),
+        "--config",
+        r#"{"reduction": "none"}"#,
+    ]);
+    assert_eq!(a, b);
+    let (_, v) = nested(&a["loss"]);
+    // Row 1: logsumexp(2, 0.5, -1) - 2.
+    let expected = (2f64.exp() + 0.5f64.exp() + (-1f64).exp()).ln() - 2.0;
+    assert!((v[0] - expected).abs() < 1e-5, "{v:?}");
+    write_f32(&yt, &serde_json::json!([0.0, 0.0, 1.0]));
+    write_f32(&yp, &serde_json::json!([[0.0, 0.1], [0.2, 0.0], [0.9, 0.9]]));
+    let t = run_ok(&[
+        "compute",
+        "triplet_semihard_loss",
+        "--y-true",
+        yt.to_str().unwrap(),
+        "--y-pred",
+        yp.to_str().unwrap(),
+    ]);
+    assert!(t["loss"].as_f64().unwrap().is_finite());
+}

@@ -23,6 +23,7 @@ mod ctc;
 mod driver;
 mod hinge;
 mod regression;
+mod sparsemax;
 
 pub use classification::{
     BinaryCrossentropy, BinaryFocalCrossentropy, CategoricalCrossentropy, CategoricalFocalCrossentropy,
@@ -35,6 +36,7 @@ pub use regression::{
     CosineSimilarity, Huber, KLDivergence, LogCosh, MeanAbsoluteError, MeanAbsolutePercentageError, MeanSquaredError,
     MeanSquaredLogarithmicError, Poisson,
 };
+pub use sparsemax::{sparsemax, SparsemaxLoss};
 
 use std::fmt::Debug;
 

@@ -106,6 +106,7 @@ proptest! {
         check(&inputs, |t| Ok(t[0].sigmoid()));
         check(&inputs, |t| Ok(t[0].softplus()));
         check(&inputs, |t| Ok(t[0].erf()));
+        check(&inputs, |t| Ok(t[0].atan()));
         check(&inputs, |t| t[0].powf(3.0));
     }
 

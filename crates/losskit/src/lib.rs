@@ -34,6 +34,8 @@ mod custom;
 pub mod hinge;
 mod kernel_node;
 mod loss;
+#[macro_use]
+mod param_loss;
 pub mod metric_learning;
 mod reduction;
 mod registry;
@@ -41,6 +43,8 @@ pub mod regression;
 pub mod segmentation;
 pub mod sequence;
 mod targets;
+pub mod tfa;
+pub mod torch;
 
 pub use align::squeeze_or_expand_to_same_rank;
 pub use classification::{
@@ -60,6 +64,15 @@ pub use regression::{
 };
 pub use segmentation::{Dice, Tversky};
 pub use sequence::Ctc;
+pub use tfa::{
+    ContrastiveLoss, GIoULoss, LiftedStructLoss, NpairsLoss, NpairsMultilabelLoss, PinballLoss,
+    SigmoidFocalCrossEntropy, SparsemaxLoss, TripletHardLoss, TripletSemiHardLoss, WeightedKappaLoss,
+};
+pub use torch::{
+    CosineEmbeddingLoss, CrossEntropyLoss, GaussianNLLLoss, HingeEmbeddingLoss, KLDivLoss, MarginRankingLoss,
+    MultiLabelMarginLoss, MultiLabelSoftMarginLoss, MultiMarginLoss, NLLLoss, PoissonNLLLoss, SmoothL1Loss,
+    SoftMarginLoss, TripletMarginLoss,
+};
 
 /// Keras' backend epsilon, `1e-7`, used by the clipped losses.
 pub const EPSILON: f64 = 1e-7;

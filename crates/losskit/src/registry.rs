@@ -6,6 +6,8 @@ use crate::metric_learning::*;
 use crate::regression::*;
 use crate::segmentation::*;
 use crate::sequence::*;
+use crate::tfa::*;
+use crate::torch::*;
 use crate::{Error, Loss, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -27,6 +29,10 @@ pub enum Family {
     MetricLearning,
     /// Sequence losses: CTC.
     Sequence,
+    /// Object detection: box IoU losses.
+    Detection,
+    /// PyTorch's losses (PyTorch names and reductions).
+    PyTorch,
     /// Losses registered at run time with [`register`].
     Custom,
 }
@@ -40,6 +46,8 @@ impl fmt::Display for Family {
             Family::Segmentation => "segmentation",
             Family::MetricLearning => "metric learning",
             Family::Sequence => "sequence",
+            Family::Detection => "detection",
+            Family::PyTorch => "pytorch",
             Family::Custom => "custom",
         })
     }
@@ -229,6 +237,181 @@ const BUILTINS: &[Entry] = &[
         family: Family::Sequence,
         description: "connectionist temporal classification of logit sequences",
         build: |c| boxed(Ctc::from_config(c)),
+    },
+    Entry {
+        class_name: "SigmoidFocalCrossEntropy",
+        aliases: &["sigmoid_focal_crossentropy"],
+        family: Family::Probabilistic,
+        description: "TFA focal loss: sum over the last axis of alpha * (1 - p_t)^gamma * BCE",
+        build: |c| boxed(SigmoidFocalCrossEntropy::from_config(c)),
+    },
+    Entry {
+        class_name: "SparsemaxLoss",
+        aliases: &["sparsemax_loss"],
+        family: Family::Probabilistic,
+        description: "TFA sparsemax loss of logits against a target distribution",
+        build: |c| boxed(SparsemaxLoss::from_config(c)),
+    },
+    Entry {
+        class_name: "WeightedKappaLoss",
+        aliases: &["weighted_kappa_loss", "cohen_kappa_loss"],
+        family: Family::Probabilistic,
+        description: "TFA ordinal loss: ln of the weighted-kappa disagreement ratio",
+        build: |c| boxed(WeightedKappaLoss::from_config(c)),
+    },
+    Entry {
+        class_name: "PinballLoss",
+        aliases: &["pinball_loss"],
+        family: Family::Regression,
+        description: "TFA quantile loss: mean of max(tau * d, (tau - 1) * d), d = y - p",
+        build: |c| boxed(PinballLoss::from_config(c)),
+    },
+    Entry {
+        class_name: "GIoULoss",
+        aliases: &["giou_loss"],
+        family: Family::Detection,
+        description: "TFA box loss 1 - GIoU (modes giou, iou, diou, ciou), boxes [ymin, xmin, ymax, xmax]",
+        build: |c| boxed(GIoULoss::from_config(c)),
+    },
+    Entry {
+        class_name: "TripletSemiHardLoss",
+        aliases: &["triplet_semihard_loss"],
+        family: Family::MetricLearning,
+        description: "TFA triplet loss with semi-hard negative mining over the batch",
+        build: |c| boxed(TripletSemiHardLoss::from_config(c)),
+    },
+    Entry {
+        class_name: "TripletHardLoss",
+        aliases: &["triplet_hard_loss"],
+        family: Family::MetricLearning,
+        description: "TFA triplet loss with batch-hard mining (hinge or soft)",
+        build: |c| boxed(TripletHardLoss::from_config(c)),
+    },
+    Entry {
+        class_name: "ContrastiveLoss",
+        aliases: &["contrastive_loss"],
+        family: Family::MetricLearning,
+        description: "TFA contrastive loss on pair distances: y d^2 + (1 - y) max(margin - d, 0)^2",
+        build: |c| boxed(ContrastiveLoss::from_config(c)),
+    },
+    Entry {
+        class_name: "NpairsLoss",
+        aliases: &["npairs_loss"],
+        family: Family::MetricLearning,
+        description: "TFA N-pairs loss: softmax cross-entropy over similarity logits",
+        build: |c| boxed(NpairsLoss::from_config(c)),
+    },
+    Entry {
+        class_name: "NpairsMultilabelLoss",
+        aliases: &["npairs_multilabel_loss"],
+        family: Family::MetricLearning,
+        description: "TFA N-pairs loss with multilabel targets",
+        build: |c| boxed(NpairsMultilabelLoss::from_config(c)),
+    },
+    Entry {
+        class_name: "LiftedStructLoss",
+        aliases: &["lifted_struct_loss"],
+        family: Family::MetricLearning,
+        description: "TFA lifted structured loss over the batch's positive pairs",
+        build: |c| boxed(LiftedStructLoss::from_config(c)),
+    },
+    Entry {
+        class_name: "NLLLoss",
+        aliases: &["nll_loss"],
+        family: Family::PyTorch,
+        description: "negative log-likelihood of log-probabilities, weight and ignore_index",
+        build: |c| boxed(NLLLoss::from_config(c)),
+    },
+    Entry {
+        class_name: "CrossEntropyLoss",
+        aliases: &["cross_entropy"],
+        family: Family::PyTorch,
+        description: "softmax cross-entropy of logits, index or probability targets, label smoothing",
+        build: |c| boxed(CrossEntropyLoss::from_config(c)),
+    },
+    Entry {
+        class_name: "SmoothL1Loss",
+        aliases: &["smooth_l1_loss"],
+        family: Family::PyTorch,
+        description: "element-wise 0.5 d^2 / beta below beta, |d| - beta / 2 above",
+        build: |c| boxed(SmoothL1Loss::from_config(c)),
+    },
+    Entry {
+        class_name: "MarginRankingLoss",
+        aliases: &["margin_ranking_loss"],
+        family: Family::PyTorch,
+        description: "max(0, -y (x1 - x2) + margin), y_pred = [x1, x2]",
+        build: |c| boxed(MarginRankingLoss::from_config(c)),
+    },
+    Entry {
+        class_name: "HingeEmbeddingLoss",
+        aliases: &["hinge_embedding_loss"],
+        family: Family::PyTorch,
+        description: "x for y = 1, max(0, margin - x) for y = -1",
+        build: |c| boxed(HingeEmbeddingLoss::from_config(c)),
+    },
+    Entry {
+        class_name: "SoftMarginLoss",
+        aliases: &["soft_margin_loss"],
+        family: Family::PyTorch,
+        description: "element-wise ln(1 + exp(-y x))",
+        build: |c| boxed(SoftMarginLoss::from_config(c)),
+    },
+    Entry {
+        class_name: "MultiLabelSoftMarginLoss",
+        aliases: &["multilabel_soft_margin_loss"],
+        family: Family::PyTorch,
+        description: "per-sample mean of binary cross-entropy with logits",
+        build: |c| boxed(MultiLabelSoftMarginLoss::from_config(c)),
+    },
+    Entry {
+        class_name: "MultiLabelMarginLoss",
+        aliases: &["multilabel_margin_loss"],
+        family: Family::PyTorch,
+        description: "hinge between each target class and each non-target class",
+        build: |c| boxed(MultiLabelMarginLoss::from_config(c)),
+    },
+    Entry {
+        class_name: "CosineEmbeddingLoss",
+        aliases: &["cosine_embedding_loss"],
+        family: Family::PyTorch,
+        description: "1 - cos(x1, x2) for y = 1, max(0, cos - margin) for y = -1",
+        build: |c| boxed(CosineEmbeddingLoss::from_config(c)),
+    },
+    Entry {
+        class_name: "MultiMarginLoss",
+        aliases: &["multi_margin_loss"],
+        family: Family::PyTorch,
+        description: "multi-class hinge over all wrong classes",
+        build: |c| boxed(MultiMarginLoss::from_config(c)),
+    },
+    Entry {
+        class_name: "TripletMarginLoss",
+        aliases: &["triplet_margin_loss"],
+        family: Family::PyTorch,
+        description: "max(d(a, p) - d(a, n) + margin, 0) on given triplets",
+        build: |c| boxed(TripletMarginLoss::from_config(c)),
+    },
+    Entry {
+        class_name: "GaussianNLLLoss",
+        aliases: &["gaussian_nll_loss"],
+        family: Family::PyTorch,
+        description: "Gaussian negative log-likelihood with predicted variance",
+        build: |c| boxed(GaussianNLLLoss::from_config(c)),
+    },
+    Entry {
+        class_name: "PoissonNLLLoss",
+        aliases: &["poisson_nll_loss"],
+        family: Family::PyTorch,
+        description: "Poisson negative log-likelihood, log input or rate",
+        build: |c| boxed(PoissonNLLLoss::from_config(c)),
+    },
+    Entry {
+        class_name: "KLDivLoss",
+        aliases: &["kl_div"],
+        family: Family::PyTorch,
+        description: "KL divergence of log-probabilities (batchmean for the true KL)",
+        build: |c| boxed(KLDivLoss::from_config(c)),
     },
 ];
 

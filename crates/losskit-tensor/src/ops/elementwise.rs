@@ -63,6 +63,7 @@ enum Unary {
     Softplus,
     Relu,
     Erf,
+    Atan,
 }
 
 impl Unary {
@@ -88,6 +89,7 @@ impl Unary {
                 }
             }
             Unary::Erf => T::c(libm::erf(x.to_f64().unwrap_or(f64::NAN))),
+            Unary::Atan => x.atan(),
         }
     }
 
@@ -115,6 +117,7 @@ impl Unary {
                 }
             }
             Unary::Erf => T::c(std::f64::consts::FRAC_2_SQRT_PI) * (-(x * x)).exp(),
+            Unary::Atan => one / (one + x * x),
         }
     }
 
@@ -133,6 +136,7 @@ impl Unary {
             Unary::Softplus => "softplus",
             Unary::Relu => "relu",
             Unary::Erf => "erf",
+            Unary::Atan => "atan",
         }
     }
 }
@@ -394,6 +398,10 @@ impl Tensor {
     /// `max(x, 0)`; derivative 0 at 0.
     pub fn relu(&self) -> Tensor {
         self.unary(Unary::Relu)
+    }
+    /// `arctan x`; derivative `1/(1 + x²)`.
+    pub fn atan(&self) -> Tensor {
+        self.unary(Unary::Atan)
     }
     /// The error function `erf(x) = 2/√π ∫₀ˣ e^{-t²} dt` (evaluated in f64).
     pub fn erf(&self) -> Tensor {
