@@ -42,7 +42,7 @@ impl<T: Float> RowKernel<T> for BinaryCrossentropy<'_> {
                 (y * softplus(-p) + (one - y) * softplus(p), sigmoid(p) - y)
             } else {
                 let q = p.max(eps).min(hi);
-                let v = -(y * q.ln() + (one - y) * (one - q).ln());
+                let v = -(y * q.ln_fast() + (one - y) * (one - q).ln_fast());
                 let d = if p > eps && p < hi { (one - y) / (one - q) - y / q } else { T::zero() };
                 (v, d)
             }
@@ -94,7 +94,7 @@ impl<T: Float> RowKernel<T> for BinaryFocalCrossentropy {
         let term = |y: T, x: T| -> (T, T) {
             let s = if self.from_logits { sigmoid(x) } else { x };
             let q = s.max(eps).min(hi);
-            let bce = -(y * q.ln() + (one - y) * (one - q).ln());
+            let bce = -(y * q.ln_fast() + (one - y) * (one - q).ln_fast());
             let pt = y * s + (one - y) * (one - s);
             let base = one - pt;
             let focal = base.powf(gamma);
@@ -132,8 +132,8 @@ impl<T: Float> RowKernel<T> for BinaryFocalCrossentropy {
 fn log_sum_exp_parts<T: Float>(x: &[T]) -> (T, T) {
     let m = x.iter().copied().fold(T::neg_infinity(), T::max);
     let m = if m.is_finite() { m } else { T::zero() };
-    let s = x.iter().fold(T::zero(), |acc, &v| acc + (v - m).exp());
-    (m, s.ln())
+    let s = x.iter().fold(T::zero(), |acc, &v| acc + (v - m).exp_fast());
+    (m, s.ln_fast())
 }
 
 /// Categorical cross-entropy over the row: `-Σ y·log_softmax(x)` from logits (gradient
@@ -159,7 +159,7 @@ impl<T: Float> RowKernel<T> for CategoricalCrossentropy {
             }
             if let Some(g) = grad {
                 for ((gj, &y), &x) in g.iter_mut().zip(y_true).zip(y_pred) {
-                    *gj = scale * (((x - m) - ln_s).exp() * y_sum - y);
+                    *gj = scale * (((x - m) - ln_s).exp_fast() * y_sum - y);
                 }
             }
             value
@@ -169,7 +169,7 @@ impl<T: Float> RowKernel<T> for CategoricalCrossentropy {
             let mut inside_mass = T::zero();
             for (&y, &p) in y_true.iter().zip(y_pred) {
                 let o = p / total;
-                value = value - y * o.max(eps).min(hi).ln();
+                value = value - y * o.max(eps).min(hi).ln_fast();
                 if o > eps && o < hi {
                     inside_mass = inside_mass + y;
                 }
@@ -224,7 +224,7 @@ impl<T: Float> RowKernel<T> for SparseCategoricalCrossentropy<'_> {
             if let Some(g) = grad {
                 let ws = w * scale;
                 for (j, (gj, &x)) in g.iter_mut().zip(y_pred).enumerate() {
-                    let sm = ((x - m) - ln_s).exp();
+                    let sm = ((x - m) - ln_s).exp_fast();
                     *gj = ws * if j == k { sm - T::one() } else { sm };
                 }
             }
@@ -245,7 +245,7 @@ impl<T: Float> RowKernel<T> for SparseCategoricalCrossentropy<'_> {
                     };
                 }
             }
-            -w * o.max(eps).min(hi).ln()
+            -w * o.max(eps).min(hi).ln_fast()
         }
     }
 }
@@ -270,7 +270,7 @@ impl<T: Float> RowKernel<T> for CategoricalFocalCrossentropy<'_> {
         let gamma = T::c(self.gamma);
         let alpha = |c: usize| T::c(if self.alpha.len() == 1 { self.alpha[0] } else { self.alpha[c] });
         let (m, ln_s) = if self.from_logits { log_sum_exp_parts(y_pred) } else { (T::zero(), T::zero()) };
-        let prob = |x: T| if self.from_logits { ((x - m) - ln_s).exp() } else { x };
+        let prob = |x: T| if self.from_logits { ((x - m) - ln_s).exp_fast() } else { x };
         let total = y_pred.iter().fold(T::zero(), |a, &x| a + prob(x));
         let mut value = T::zero();
         let mut a_dot_s = T::zero();
@@ -279,13 +279,13 @@ impl<T: Float> RowKernel<T> for CategoricalFocalCrossentropy<'_> {
             let s = prob(x);
             let o = (s / total).max(eps).min(hi);
             let modulating = (one - o).powf(gamma);
-            let cce = -y * o.ln();
+            let cce = -y * o.ln_fast();
             value = value + modulating * alpha(c) * cce;
             if let Some(g) = g.as_deref_mut() {
                 // ∂term/∂o, zero where o was clipped.
                 let inside = s / total > eps && s / total < hi;
                 let dmod =
-                    if gamma == T::zero() { T::zero() } else { gamma * (one - o).powf(gamma - one) * y * o.ln() };
+                    if gamma == T::zero() { T::zero() } else { gamma * (one - o).powf(gamma - one) * y * o.ln_fast() };
                 let a = if inside { alpha(c) * (dmod - modulating * y / o) } else { T::zero() };
                 g[c] = a;
                 a_dot_s = a_dot_s + a * s;

@@ -21,6 +21,7 @@
 mod classification;
 mod ctc;
 mod driver;
+pub mod fastmath;
 mod hinge;
 mod regression;
 mod sparsemax;
@@ -50,16 +51,48 @@ pub trait Float: num_traits::Float + num_traits::FromPrimitive + Send + Sync + D
     fn c(v: f64) -> Self {
         Self::from_f64(v).unwrap_or_else(Self::nan)
     }
+    /// `eˣ`, vectorisable (f32: [`fastmath::exp_f32`], ≤ 2 ulp; f64: the standard library).
+    fn exp_fast(self) -> Self;
+    /// `ln x`, vectorisable (f32: [`fastmath::ln_f32`], ≤ 2 ulp; f64: the standard library).
+    fn ln_fast(self) -> Self;
+    /// `ln(1 + x)`, accurate for small `x`: `ln(u)·x/(u - 1)` with `u = 1 + x` (exact `x` when
+    /// `u` rounds to 1), built on [`Float::ln_fast`].
+    #[inline(always)]
+    fn ln_1p_fast(self) -> Self {
+        let u = Self::one() + self;
+        let d = u - Self::one();
+        if d == Self::zero() {
+            self
+        } else {
+            u.ln_fast() * (self / d)
+        }
+    }
 }
 
 impl Float for f32 {
     const EPSILON_KERAS: f32 = 1e-7;
     const LN_2: f32 = std::f32::consts::LN_2;
+    #[inline(always)]
+    fn exp_fast(self) -> f32 {
+        fastmath::exp_f32(self)
+    }
+    #[inline(always)]
+    fn ln_fast(self) -> f32 {
+        fastmath::ln_f32(self)
+    }
 }
 
 impl Float for f64 {
     const EPSILON_KERAS: f64 = 1e-7;
     const LN_2: f64 = std::f64::consts::LN_2;
+    #[inline(always)]
+    fn exp_fast(self) -> f64 {
+        self.exp()
+    }
+    #[inline(always)]
+    fn ln_fast(self) -> f64 {
+        self.ln()
+    }
 }
 
 /// A slice length that does not fit the `rows × cols` layout a kernel was given.
@@ -92,16 +125,16 @@ pub enum KernelError {
 /// `softplus(x) = ln(1 + e^x)`, computed as `max(x, 0) + ln(1 + e^{-|x|})` so it never overflows.
 #[inline]
 pub fn softplus<T: Float>(x: T) -> T {
-    x.max(T::zero()) + (-x.abs()).exp().ln_1p()
+    x.max(T::zero()) + (-x.abs()).exp_fast().ln_1p_fast()
 }
 
 /// The logistic sigmoid `1 / (1 + e^{-x})`, evaluated without overflow for either sign of `x`.
 #[inline]
 pub fn sigmoid<T: Float>(x: T) -> T {
+    let e = (-x.abs()).exp_fast();
     if x >= T::zero() {
-        T::one() / (T::one() + (-x).exp())
+        T::one() / (T::one() + e)
     } else {
-        let e = x.exp();
         e / (T::one() + e)
     }
 }

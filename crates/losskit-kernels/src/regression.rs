@@ -84,7 +84,7 @@ impl<T: Float> RowKernel<T> for MeanSquaredLogarithmicError {
         let eps = T::EPSILON_KERAS;
         mean_row(y_true, y_pred, scale, grad, |t, p| {
             let pc = p.max(eps) + T::one();
-            let d = pc.ln() - (t.max(eps) + T::one()).ln();
+            let d = pc.ln_fast() - (t.max(eps) + T::one()).ln_fast();
             // maximum(p, eps) passes the gradient to p when p >= eps (TensorFlow's tie rule).
             let dp = if p >= eps { (d + d) / pc } else { T::zero() };
             (d * d, dp)
@@ -146,7 +146,7 @@ impl<T: Float> RowKernel<T> for Poisson {
         let eps = T::EPSILON_KERAS;
         mean_row(y_true, y_pred, scale, grad, |t, p| {
             let q = p + eps;
-            (p - t * q.ln(), T::one() - t / q)
+            (p - t * q.ln_fast(), T::one() - t / q)
         })
     }
 }
@@ -167,14 +167,14 @@ impl<T: Float> RowKernel<T> for KLDivergence {
             Some(g) => {
                 for ((gj, &y), &p) in g.iter_mut().zip(y_true).zip(y_pred) {
                     let (t, q) = (clip(y), clip(p));
-                    sum = sum + t * (t / q).ln();
+                    sum = sum + t * (t / q).ln_fast();
                     *gj = if p > eps && p < one { -scale * t / q } else { T::zero() };
                 }
             }
             None => {
                 for (&y, &p) in y_true.iter().zip(y_pred) {
                     let (t, q) = (clip(y), clip(p));
-                    sum = sum + t * (t / q).ln();
+                    sum = sum + t * (t / q).ln_fast();
                 }
             }
         }
