@@ -1,6 +1,7 @@
 //! `losskit`: train the seed's model (`fit`), evaluate and predict with a saved run, plot a
 //! history, list the losses, and compute a loss and its gradient from `.npy` files.
 
+mod bench;
 mod compute;
 mod run;
 
@@ -31,6 +32,9 @@ enum Command {
     Plot(PlotArgs),
     /// Lists every loss with its class name, aliases and a one-line description.
     List,
+    /// Times each fused loss kernel (value + gradient) against the composed tensor-op path and a
+    /// STREAM triad, in the same run.
+    Bench(BenchArgs),
     /// Computes a loss (and optionally its gradient) from .npy files; prints {"loss": V}.
     Compute(ComputeArgs),
 }
@@ -127,6 +131,23 @@ pub struct PlotArgs {
     pub output: PathBuf,
 }
 
+/// `losskit bench` arguments.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// One JSON object per workload instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Timed runs per workload (after one warm-up); the median is reported.
+    #[arg(long, default_value_t = 10)]
+    pub repeats: usize,
+    /// Only the workloads whose name contains this.
+    #[arg(long)]
+    pub only: Option<String>,
+    /// Skip the composed tensor-op path (slow on the big shapes).
+    #[arg(long)]
+    pub no_composed: bool,
+}
+
 /// `losskit compute` arguments.
 #[derive(clap::Args)]
 pub struct ComputeArgs {
@@ -160,6 +181,7 @@ fn main() -> ExitCode {
         Command::Evaluate(args) => run::evaluate(&args),
         Command::Predict(args) => run::predict(&args),
         Command::Plot(args) => run::plot(&args),
+        Command::Bench(args) => bench::bench(&args),
         Command::List => {
             list();
             Ok(())

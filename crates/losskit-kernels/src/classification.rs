@@ -3,6 +3,7 @@
 //! Label smoothing and hinge-style label conversion are applied to `y_true` by the caller
 //! (it is a constant); the kernels see final targets.
 
+use crate::regression::{lane_sum, lane_sum2, mean_row, Term};
 use crate::{sigmoid, softplus, Float, RowKernel};
 
 /// `1 - eps` computed in f64 and rounded once, as Keras' Python float `1.0 - epsilon()` is.
@@ -34,38 +35,60 @@ pub struct BinaryCrossentropy<'a> {
 
 impl<T: Float> RowKernel<T> for BinaryCrossentropy<'_> {
     const NAME: &'static str = "binary_crossentropy";
+    #[inline(always)]
     fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
-        let n = T::c(y_pred.len() as f64);
-        let (eps, hi, one) = (T::EPSILON_KERAS, one_minus_eps::<T>(), T::one());
-        let term = |y: T, p: T| -> (T, T) {
-            if self.from_logits {
-                (y * softplus(-p) + (one - y) * softplus(p), sigmoid(p) - y)
-            } else {
-                let q = p.max(eps).min(hi);
-                let v = -(y * q.ln_fast() + (one - y) * (one - q).ln_fast());
-                let d = if p > eps && p < hi { (one - y) / (one - q) - y / q } else { T::zero() };
-                (v, d)
-            }
-        };
-        let mut sum = T::zero();
-        match grad {
-            Some(g) => {
+        match (self.class_weights, self.from_logits) {
+            (None, true) => mean_row(y_true, y_pred, scale, grad, &BceLogits),
+            (None, false) => mean_row(y_true, y_pred, scale, grad, &BceProbs),
+            (Some(w), from_logits) => {
+                // Weighted: the weights ride along as a third input, element by element.
+                let n = T::c(y_pred.len() as f64);
+                let term = |y: T, p: T| if from_logits { BceLogits.term(y, p) } else { BceProbs.term(y, p) };
+                let mut sum = T::zero();
                 let k = scale / n;
-                for (j, ((gj, &y), &p)) in g.iter_mut().zip(y_true).zip(y_pred).enumerate() {
-                    let w: T = class_weight(self.class_weights, j);
-                    let (v, d) = term(y, p);
-                    sum = sum + w * v;
-                    *gj = w * d * k;
+                match grad {
+                    Some(g) => {
+                        for (((gj, &y), &p), &wj) in g.iter_mut().zip(y_true).zip(y_pred).zip(w) {
+                            let (v, d) = term(y, p);
+                            sum = sum + T::c(wj) * v;
+                            *gj = T::c(wj) * d * k;
+                        }
+                    }
+                    None => {
+                        for ((&y, &p), &wj) in y_true.iter().zip(y_pred).zip(w) {
+                            sum = sum + T::c(wj) * term(y, p).0;
+                        }
+                    }
                 }
-            }
-            None => {
-                for (j, (&y, &p)) in y_true.iter().zip(y_pred).enumerate() {
-                    let w: T = class_weight(self.class_weights, j);
-                    sum = sum + w * term(y, p).0;
-                }
+                sum / n
             }
         }
-        sum / n
+    }
+}
+
+/// The binary cross-entropy term of a logit: `(y·softplus(-x) + (1-y)·softplus(x), σ(x) - y)`.
+struct BceLogits;
+
+impl<T: Float> Term<T> for BceLogits {
+    #[inline(always)]
+    fn term(&self, y: T, p: T) -> (T, T) {
+        let one = T::one();
+        (y * softplus(-p) + (one - y) * softplus(p), sigmoid(p) - y)
+    }
+}
+
+/// The binary cross-entropy term of a probability, clipped to `[eps, 1 - eps]`.
+struct BceProbs;
+
+impl<T: Float> Term<T> for BceProbs {
+    #[inline(always)]
+    fn term(&self, y: T, p: T) -> (T, T) {
+        let (eps, hi, one) = (T::EPSILON_KERAS, one_minus_eps::<T>(), T::one());
+        let q = p.max(eps).min(hi);
+        let v = -(y * q.ln_fast() + (one - y) * (one - q).ln_fast());
+        let inside = (p > eps) & (p < hi);
+        let d = (one - y) / (one - q) - y / q;
+        (v, if inside { d } else { T::zero() })
     }
 }
 
@@ -87,6 +110,7 @@ pub struct BinaryFocalCrossentropy {
 
 impl<T: Float> RowKernel<T> for BinaryFocalCrossentropy {
     const NAME: &'static str = "binary_focal_crossentropy";
+    #[inline(always)]
     fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
         let n = T::c(y_pred.len() as f64);
         let (eps, hi, one) = (T::EPSILON_KERAS, one_minus_eps::<T>(), T::one());
@@ -130,9 +154,16 @@ impl<T: Float> RowKernel<T> for BinaryFocalCrossentropy {
 /// `(max, ln Σ exp(x - max))` of a row: the pieces of a stable log-softmax.
 #[inline]
 fn log_sum_exp_parts<T: Float>(x: &[T]) -> (T, T) {
-    let m = x.iter().copied().fold(T::neg_infinity(), T::max);
+    let mut lanes = [T::neg_infinity(); 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for l in 0..8 {
+            lanes[l] = if c[l] > lanes[l] { c[l] } else { lanes[l] };
+        }
+    }
+    let m = chunks.remainder().iter().chain(lanes.iter()).copied().fold(T::neg_infinity(), T::max);
     let m = if m.is_finite() { m } else { T::zero() };
-    let s = x.iter().fold(T::zero(), |acc, &v| acc + (v - m).exp_fast());
+    let s = lane_sum(x, |v| (v - m).exp_fast());
     (m, s.ln_fast())
 }
 
@@ -147,17 +178,15 @@ pub struct CategoricalCrossentropy {
 
 impl<T: Float> RowKernel<T> for CategoricalCrossentropy {
     const NAME: &'static str = "categorical_crossentropy";
+    #[inline(always)]
     fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
         let (eps, hi) = (T::EPSILON_KERAS, one_minus_eps::<T>());
         if self.from_logits {
             let (m, ln_s) = log_sum_exp_parts(y_pred);
-            let mut value = T::zero();
-            let mut y_sum = T::zero();
-            for (&y, &x) in y_true.iter().zip(y_pred) {
-                value = value - y * ((x - m) - ln_s);
-                y_sum = y_sum + y;
-            }
+            let n = y_pred.len().min(y_true.len());
+            let value = -lane_sum2(&y_true[..n], &y_pred[..n], |y, x| y * ((x - m) - ln_s));
             if let Some(g) = grad {
+                let y_sum = lane_sum(&y_true[..n], |y| y);
                 for ((gj, &y), &x) in g.iter_mut().zip(y_true).zip(y_pred) {
                     *gj = scale * (((x - m) - ln_s).exp_fast() * y_sum - y);
                 }
@@ -205,6 +234,7 @@ impl<T: Float> RowKernel<T> for SparseCategoricalCrossentropy<'_> {
     fn true_cols(&self, _cols: usize) -> usize {
         1
     }
+    #[inline(always)]
     fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
         let label = y_true[0];
         let ignored = label < T::zero();
@@ -223,10 +253,10 @@ impl<T: Float> RowKernel<T> for SparseCategoricalCrossentropy<'_> {
             let (m, ln_s) = log_sum_exp_parts(y_pred);
             if let Some(g) = grad {
                 let ws = w * scale;
-                for (j, (gj, &x)) in g.iter_mut().zip(y_pred).enumerate() {
-                    let sm = ((x - m) - ln_s).exp_fast();
-                    *gj = ws * if j == k { sm - T::one() } else { sm };
+                for (gj, &x) in g.iter_mut().zip(y_pred) {
+                    *gj = ws * ((x - m) - ln_s).exp_fast();
                 }
+                g[k] = g[k] - ws;
             }
             -w * ((y_pred[k] - m) - ln_s)
         } else {
@@ -265,6 +295,7 @@ pub struct CategoricalFocalCrossentropy<'a> {
 
 impl<T: Float> RowKernel<T> for CategoricalFocalCrossentropy<'_> {
     const NAME: &'static str = "categorical_focal_crossentropy";
+    #[inline(always)]
     fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
         let (eps, hi, one) = (T::EPSILON_KERAS, one_minus_eps::<T>(), T::one());
         let gamma = T::c(self.gamma);

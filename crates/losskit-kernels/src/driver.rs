@@ -68,33 +68,87 @@ pub fn run_rows<T: Float, K: RowKernel<T>>(
     if let Some(u) = upstream {
         check(K::NAME, "upstream", u.len(), rows)?;
     }
-    let scale = |r: usize| upstream.map_or(T::one(), |u| u[r]);
+    if let Some(g) = grad.as_deref() {
+        check(K::NAME, "grad", g.len(), len)?;
+    }
+    // Rows in chunks: one task each when parallel, one chunk when small.
     let parallel = len >= PARALLEL_MIN_VALUES && rows > 1;
+    let chunk_rows = if parallel { rows.div_ceil(rayon::current_num_threads() * 4).max(1) } else { rows };
+    let job = |c: usize, values: &mut [T], grad: Option<&mut [T]>| {
+        let r0 = c * chunk_rows;
+        let r1 = r0 + values.len();
+        let chunk = Chunk {
+            y_true: &y_true[r0 * tc..r1 * tc],
+            y_pred: &y_pred[r0 * cols..r1 * cols],
+            upstream: upstream.map(|u| &u[r0..r1]),
+            cols,
+            tc,
+        };
+        process_dispatch(kernel, &chunk, values, grad);
+    };
     match grad {
-        Some(grad) => {
-            check(K::NAME, "grad", grad.len(), len)?;
-            if parallel {
-                values.par_iter_mut().zip(grad.par_chunks_mut(cols)).enumerate().for_each(|(r, (v, g))| {
-                    *v =
-                        kernel.row(&y_true[r * tc..(r + 1) * tc], &y_pred[r * cols..(r + 1) * cols], scale(r), Some(g));
-                });
-            } else {
-                for (r, (v, g)) in values.iter_mut().zip(grad.chunks_mut(cols)).enumerate() {
-                    *v =
-                        kernel.row(&y_true[r * tc..(r + 1) * tc], &y_pred[r * cols..(r + 1) * cols], scale(r), Some(g));
-                }
+        Some(grad) if parallel => values
+            .par_chunks_mut(chunk_rows)
+            .zip(grad.par_chunks_mut(chunk_rows * cols))
+            .enumerate()
+            .for_each(|(c, (v, g))| job(c, v, Some(g))),
+        None if parallel => values.par_chunks_mut(chunk_rows).enumerate().for_each(|(c, v)| job(c, v, None)),
+        grad => job(0, values, grad),
+    }
+    Ok(())
+}
+
+/// A block of consecutive rows.
+struct Chunk<'a, T> {
+    y_true: &'a [T],
+    y_pred: &'a [T],
+    upstream: Option<&'a [T]>,
+    cols: usize,
+    tc: usize,
+}
+
+#[inline(always)]
+fn process<T: Float, K: RowKernel<T>>(kernel: &K, c: &Chunk<'_, T>, values: &mut [T], grad: Option<&mut [T]>) {
+    let (cols, tc) = (c.cols, c.tc);
+    match grad {
+        Some(g) => {
+            for (r, (v, gr)) in values.iter_mut().zip(g.chunks_mut(cols)).enumerate() {
+                let scale = c.upstream.map_or(T::one(), |u| u[r]);
+                *v = kernel.row(&c.y_true[r * tc..(r + 1) * tc], &c.y_pred[r * cols..(r + 1) * cols], scale, Some(gr));
             }
         }
         None => {
-            let one = |r: usize, v: &mut T| {
-                *v = kernel.row(&y_true[r * tc..(r + 1) * tc], &y_pred[r * cols..(r + 1) * cols], T::one(), None);
-            };
-            if parallel {
-                values.par_iter_mut().enumerate().for_each(|(r, v)| one(r, v));
-            } else {
-                values.iter_mut().enumerate().for_each(|(r, v)| one(r, v));
+            for (r, v) in values.iter_mut().enumerate() {
+                *v = kernel.row(&c.y_true[r * tc..(r + 1) * tc], &c.y_pred[r * cols..(r + 1) * cols], T::one(), None);
             }
         }
     }
-    Ok(())
+}
+
+/// The same loop compiled for AVX2 + FMA, so the element loops (and the polynomial `exp`/`ln`)
+/// vectorise 8 lanes wide.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn process_avx2<T: Float, K: RowKernel<T>>(
+    kernel: &K,
+    c: &Chunk<'_, T>,
+    values: &mut [T],
+    grad: Option<&mut [T]>,
+) {
+    process(kernel, c, values, grad)
+}
+
+/// Runs the AVX2 build of the row loop when the CPU has it (checked once by std), else the
+/// baseline one.
+#[inline]
+fn process_dispatch<T: Float, K: RowKernel<T>>(kernel: &K, c: &Chunk<'_, T>, values: &mut [T], grad: Option<&mut [T]>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            unsafe { process_avx2(kernel, c, values, grad) };
+            return;
+        }
+    }
+    process(kernel, c, values, grad)
 }

@@ -12,6 +12,7 @@ pub struct Hinge {
 
 impl<T: Float> RowKernel<T> for Hinge {
     const NAME: &'static str = "hinge";
+    #[inline(always)]
     fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
         let n = T::c(y_pred.len() as f64);
         let one = T::one();
@@ -50,6 +51,7 @@ pub struct CategoricalHinge;
 
 impl<T: Float> RowKernel<T> for CategoricalHinge {
     const NAME: &'static str = "categorical_hinge";
+    #[inline(always)]
     fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
         let one = T::one();
         let mut pos = T::zero();

@@ -61,10 +61,14 @@ pub trait Float: num_traits::Float + num_traits::FromPrimitive + Send + Sync + D
     fn ln_1p_fast(self) -> Self {
         let u = Self::one() + self;
         let d = u - Self::one();
-        if d == Self::zero() {
+        let exact = d == Self::zero();
+        // Both arms computed, then a cheap select: the loops stay branch-free.
+        let safe = if exact { Self::one() } else { d };
+        let r = u.ln_fast() * (self / safe);
+        if exact {
             self
         } else {
-            u.ln_fast() * (self / d)
+            r
         }
     }
 }
@@ -123,30 +127,23 @@ pub enum KernelError {
 }
 
 /// `softplus(x) = ln(1 + e^x)`, computed as `max(x, 0) + ln(1 + e^{-|x|})` so it never overflows.
-#[inline]
+#[inline(always)]
 pub fn softplus<T: Float>(x: T) -> T {
     x.max(T::zero()) + (-x.abs()).exp_fast().ln_1p_fast()
 }
 
 /// The logistic sigmoid `1 / (1 + e^{-x})`, evaluated without overflow for either sign of `x`.
-#[inline]
+#[inline(always)]
 pub fn sigmoid<T: Float>(x: T) -> T {
     let e = (-x.abs()).exp_fast();
-    if x >= T::zero() {
-        T::one() / (T::one() + e)
-    } else {
-        e / (T::one() + e)
-    }
+    let numerator = if x >= T::zero() { T::one() } else { e };
+    numerator / (T::one() + e)
 }
 
 /// TensorFlow's sign: `-1`, `0` or `1` (`0` at `0`), the derivative of `|x|`.
-#[inline]
+#[inline(always)]
 pub fn sign<T: Float>(x: T) -> T {
-    if x > T::zero() {
-        T::one()
-    } else if x < T::zero() {
-        -T::one()
-    } else {
-        T::zero()
-    }
+    let pos = if x > T::zero() { T::one() } else { T::zero() };
+    let neg = if x < T::zero() { T::one() } else { T::zero() };
+    pos - neg
 }

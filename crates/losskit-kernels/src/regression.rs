@@ -2,42 +2,110 @@
 
 use crate::{sigmoid, sign, softplus, Float, RowKernel};
 
+/// An element-wise loss term: `(value, ∂value/∂p)` of one `(y_true, y_pred)` pair. A named
+/// `#[inline(always)]` method (closures may stay out of line, which stops vectorisation).
+pub(crate) trait Term<T> {
+    /// The value and the derivative w.r.t. the prediction.
+    fn term(&self, t: T, p: T) -> (T, T);
+}
+
 /// Mean over a row of an element term `f(t, p) -> (value, ∂value/∂p)`, value and gradient in one
-/// pass. Without `grad` the derivative half of `f` is dead code and compiles away.
+/// pass. Values are summed in 8 independent lanes so the loop vectorises; without `grad` the
+/// derivative half of `f` is dead code and compiles away.
 #[inline(always)]
-fn mean_row<T: Float>(y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>, f: impl Fn(T, T) -> (T, T)) -> T {
+pub(crate) fn mean_row<T: Float>(
+    y_true: &[T],
+    y_pred: &[T],
+    scale: T,
+    grad: Option<&mut [T]>,
+    term: &impl Term<T>,
+) -> T {
+    let f = |t: T, p: T| term.term(t, p);
     let n = T::c(y_pred.len() as f64);
-    let mut sum = T::zero();
+    let mut lanes = [T::zero(); 8];
+    let mut tail = T::zero();
     match grad {
         Some(g) => {
             let k = scale / n;
-            for ((gj, &t), &p) in g.iter_mut().zip(y_true).zip(y_pred) {
+            let mut gc = g.chunks_exact_mut(8);
+            let mut tc = y_true.chunks_exact(8);
+            let mut pc = y_pred.chunks_exact(8);
+            for ((gs, ts), ps) in (&mut gc).zip(&mut tc).zip(&mut pc) {
+                for l in 0..8 {
+                    let (v, d) = f(ts[l], ps[l]);
+                    lanes[l] = lanes[l] + v;
+                    gs[l] = d * k;
+                }
+            }
+            for ((gj, &t), &p) in gc.into_remainder().iter_mut().zip(tc.remainder()).zip(pc.remainder()) {
                 let (v, d) = f(t, p);
-                sum = sum + v;
+                tail = tail + v;
                 *gj = d * k;
             }
         }
         None => {
-            for (&t, &p) in y_true.iter().zip(y_pred) {
-                sum = sum + f(t, p).0;
+            let mut tc = y_true.chunks_exact(8);
+            let mut pc = y_pred.chunks_exact(8);
+            for (ts, ps) in (&mut tc).zip(&mut pc) {
+                for l in 0..8 {
+                    lanes[l] = lanes[l] + f(ts[l], ps[l]).0;
+                }
+            }
+            for (&t, &p) in tc.remainder().iter().zip(pc.remainder()) {
+                tail = tail + f(t, p).0;
             }
         }
     }
     // A mean over an empty row is NaN, as in NumPy and Keras.
-    sum / n
+    (lanes.iter().fold(T::zero(), |a, &b| a + b) + tail) / n
+}
+
+/// `Σ f(a_i)` in 8 independent lanes (vectorises).
+#[inline(always)]
+pub(crate) fn lane_sum<T: Float>(a: &[T], f: impl Fn(T) -> T) -> T {
+    let mut lanes = [T::zero(); 8];
+    let mut chunks = a.chunks_exact(8);
+    for c in &mut chunks {
+        for l in 0..8 {
+            lanes[l] = lanes[l] + f(c[l]);
+        }
+    }
+    let tail = chunks.remainder().iter().fold(T::zero(), |s, &v| s + f(v));
+    lanes.iter().fold(T::zero(), |x, &y| x + y) + tail
+}
+
+/// `Σ f(a_i, b_i)` in 8 independent lanes (vectorises).
+#[inline(always)]
+pub(crate) fn lane_sum2<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> T {
+    let mut lanes = [T::zero(); 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..8 {
+            lanes[l] = lanes[l] + f(x[l], y[l]);
+        }
+    }
+    let tail = ca.remainder().iter().zip(cb.remainder()).fold(T::zero(), |s, (&x, &y)| s + f(x, y));
+    lanes.iter().fold(T::zero(), |x, &y| x + y) + tail
 }
 
 /// `(y - p)²`, averaged over the row. Gradient `2(p - y)/n`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MeanSquaredError;
 
+impl<T: Float> Term<T> for MeanSquaredError {
+    #[inline(always)]
+    fn term(&self, t: T, p: T) -> (T, T) {
+        let e = p - t;
+        (e * e, e + e)
+    }
+}
+
 impl<T: Float> RowKernel<T> for MeanSquaredError {
     const NAME: &'static str = "mean_squared_error";
+    #[inline(always)]
     fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
-        mean_row(y_true, y_pred, scale, grad, |t, p| {
-            let e = p - t;
-            (e * e, e + e)
-        })
+        mean_row(y_true, y_pred, scale, grad, self)
     }
 }
 
@@ -45,13 +113,19 @@ impl<T: Float> RowKernel<T> for MeanSquaredError {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MeanAbsoluteError;
 
+impl<T: Float> Term<T> for MeanAbsoluteError {
+    #[inline(always)]
+    fn term(&self, t: T, p: T) -> (T, T) {
+        let e = p - t;
+        (e.abs(), sign(e))
+    }
+}
+
 impl<T: Float> RowKernel<T> for MeanAbsoluteError {
     const NAME: &'static str = "mean_absolute_error";
+    #[inline(always)]
     fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
-        mean_row(y_true, y_pred, scale, grad, |t, p| {
-            let e = p - t;
-            (e.abs(), sign(e))
-        })
+        mean_row(y_true, y_pred, scale, grad, self)
     }
 }
 
@@ -59,15 +133,21 @@ impl<T: Float> RowKernel<T> for MeanAbsoluteError {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MeanAbsolutePercentageError;
 
+impl<T: Float> Term<T> for MeanAbsolutePercentageError {
+    #[inline(always)]
+    fn term(&self, t: T, p: T) -> (T, T) {
+        let hundred = T::c(100.0);
+        let e = t - p;
+        let denom = t.abs().max(T::EPSILON_KERAS);
+        (hundred * (e.abs() / denom), -hundred * sign(e) / denom)
+    }
+}
+
 impl<T: Float> RowKernel<T> for MeanAbsolutePercentageError {
     const NAME: &'static str = "mean_absolute_percentage_error";
+    #[inline(always)]
     fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
-        let hundred = T::c(100.0);
-        mean_row(y_true, y_pred, scale, grad, |t, p| {
-            let e = t - p;
-            let denom = t.abs().max(T::EPSILON_KERAS);
-            (hundred * (e.abs() / denom), -hundred * sign(e) / denom)
-        })
+        mean_row(y_true, y_pred, scale, grad, self)
     }
 }
 
@@ -78,17 +158,23 @@ impl<T: Float> RowKernel<T> for MeanAbsolutePercentageError {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MeanSquaredLogarithmicError;
 
+impl<T: Float> Term<T> for MeanSquaredLogarithmicError {
+    #[inline(always)]
+    fn term(&self, t: T, p: T) -> (T, T) {
+        let eps = T::EPSILON_KERAS;
+        let pc = p.max(eps) + T::one();
+        let d = pc.ln_fast() - (t.max(eps) + T::one()).ln_fast();
+        // maximum(p, eps) passes the gradient to p when p >= eps (TensorFlow's tie rule).
+        let dp = if p >= eps { (d + d) / pc } else { T::zero() };
+        (d * d, dp)
+    }
+}
+
 impl<T: Float> RowKernel<T> for MeanSquaredLogarithmicError {
     const NAME: &'static str = "mean_squared_logarithmic_error";
+    #[inline(always)]
     fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
-        let eps = T::EPSILON_KERAS;
-        mean_row(y_true, y_pred, scale, grad, |t, p| {
-            let pc = p.max(eps) + T::one();
-            let d = pc.ln_fast() - (t.max(eps) + T::one()).ln_fast();
-            // maximum(p, eps) passes the gradient to p when p >= eps (TensorFlow's tie rule).
-            let dp = if p >= eps { (d + d) / pc } else { T::zero() };
-            (d * d, dp)
-        })
+        mean_row(y_true, y_pred, scale, grad, self)
     }
 }
 
@@ -100,21 +186,33 @@ pub struct Huber {
     pub delta: f64,
 }
 
+/// Huber's constants, converted to `T` once per row.
+struct HuberTerm<T> {
+    delta: T,
+    half: T,
+    linear_offset: T,
+}
+
+impl<T: Float> Term<T> for HuberTerm<T> {
+    #[inline(always)]
+    fn term(&self, t: T, p: T) -> (T, T) {
+        let e = p - t;
+        let a = e.abs();
+        let small = a <= self.delta;
+        // Both branches, then a blend: the loop vectorises.
+        let quadratic = self.half * (e * e);
+        let linear = self.delta * a - self.linear_offset;
+        (if small { quadratic } else { linear }, if small { e } else { self.delta * sign(e) })
+    }
+}
+
 impl<T: Float> RowKernel<T> for Huber {
     const NAME: &'static str = "huber_loss";
+    #[inline(always)]
     fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
         let delta = T::c(self.delta);
         let half = T::c(0.5);
-        let linear_offset = half * (delta * delta);
-        mean_row(y_true, y_pred, scale, grad, |t, p| {
-            let e = p - t;
-            let a = e.abs();
-            if a <= delta {
-                (half * (e * e), e)
-            } else {
-                (delta * a - linear_offset, delta * sign(e))
-            }
-        })
+        mean_row(y_true, y_pred, scale, grad, &HuberTerm { delta, half, linear_offset: half * (delta * delta) })
     }
 }
 
@@ -123,16 +221,22 @@ impl<T: Float> RowKernel<T> for Huber {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LogCosh;
 
+impl<T: Float> Term<T> for LogCosh {
+    #[inline(always)]
+    fn term(&self, t: T, p: T) -> (T, T) {
+        let two = T::c(2.0);
+        let x = p - t;
+        let v = x + softplus(-two * x) - T::LN_2;
+        // d/dx = 1 - 2·sigmoid(-2x) = tanh(x), evaluated through the stable sigmoid.
+        (v, T::one() - two * sigmoid(-two * x))
+    }
+}
+
 impl<T: Float> RowKernel<T> for LogCosh {
     const NAME: &'static str = "log_cosh";
+    #[inline(always)]
     fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
-        let two = T::c(2.0);
-        mean_row(y_true, y_pred, scale, grad, |t, p| {
-            let x = p - t;
-            let v = x + softplus(-two * x) - T::LN_2;
-            // d/dx = 1 - 2·sigmoid(-2x) = tanh(x), evaluated through the stable sigmoid.
-            (v, T::one() - two * sigmoid(-two * x))
-        })
+        mean_row(y_true, y_pred, scale, grad, self)
     }
 }
 
@@ -140,14 +244,20 @@ impl<T: Float> RowKernel<T> for LogCosh {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Poisson;
 
+impl<T: Float> Term<T> for Poisson {
+    #[inline(always)]
+    fn term(&self, t: T, p: T) -> (T, T) {
+        let eps = T::EPSILON_KERAS;
+        let q = p + eps;
+        (p - t * q.ln_fast(), T::one() - t / q)
+    }
+}
+
 impl<T: Float> RowKernel<T> for Poisson {
     const NAME: &'static str = "poisson";
+    #[inline(always)]
     fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
-        let eps = T::EPSILON_KERAS;
-        mean_row(y_true, y_pred, scale, grad, |t, p| {
-            let q = p + eps;
-            (p - t * q.ln_fast(), T::one() - t / q)
-        })
+        mean_row(y_true, y_pred, scale, grad, self)
     }
 }
 
@@ -158,6 +268,7 @@ pub struct KLDivergence;
 
 impl<T: Float> RowKernel<T> for KLDivergence {
     const NAME: &'static str = "kl_divergence";
+    #[inline(always)]
     fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
         let eps = T::EPSILON_KERAS;
         let one = T::one();
@@ -192,14 +303,14 @@ pub struct CosineSimilarity;
 
 impl<T: Float> RowKernel<T> for CosineSimilarity {
     const NAME: &'static str = "cosine_similarity";
+    #[inline(always)]
     fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
         let cap = T::one() / T::EPSILON_KERAS;
-        let (mut yy, mut pp, mut yp) = (T::zero(), T::zero(), T::zero());
-        for (&y, &p) in y_true.iter().zip(y_pred) {
-            yy = yy + y * y;
-            pp = pp + p * p;
-            yp = yp + y * p;
-        }
+        let n = y_pred.len().min(y_true.len());
+        let (y_true, y_pred) = (&y_true[..n], &y_pred[..n]);
+        let yy = lane_sum(y_true, |v| v * v);
+        let pp = lane_sum(y_pred, |v| v * v);
+        let yp = lane_sum2(y_true, y_pred, |a, b| a * b);
         let inv_norm = |s: T| (T::one() / s.sqrt()).min(cap);
         let (iy, ip) = (inv_norm(yy), inv_norm(pp));
         if let Some(g) = grad {
@@ -211,11 +322,7 @@ impl<T: Float> RowKernel<T> for CosineSimilarity {
             }
         }
         // Keras normalises each side first, then sums the products.
-        let mut sum = T::zero();
-        for (&y, &p) in y_true.iter().zip(y_pred) {
-            sum = sum + (y * iy) * (p * ip);
-        }
-        -sum
+        -lane_sum2(y_true, y_pred, |a, b| (a * iy) * (b * ip))
     }
 }
 

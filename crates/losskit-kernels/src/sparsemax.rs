@@ -32,6 +32,7 @@ pub struct SparsemaxLoss;
 
 impl<T: Float> RowKernel<T> for SparsemaxLoss {
     const NAME: &'static str = "sparsemax_loss";
+    #[inline(always)]
     fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
         let mut p = vec![T::zero(); y_pred.len()];
         sparsemax(y_pred, &mut p);
