@@ -4,7 +4,7 @@
 //! (it is a constant); the kernels see final targets.
 
 use crate::regression::{lane_sum, lane_sum2, mean_row, Term};
-use crate::{sigmoid, softplus, Float, RowKernel};
+use crate::{sigmoid, Float, RowKernel};
 
 /// `1 - eps` computed in f64 and rounded once, as Keras' Python float `1.0 - epsilon()` is.
 #[inline]
@@ -73,7 +73,11 @@ impl<T: Float> Term<T> for BceLogits {
     #[inline(always)]
     fn term(&self, y: T, p: T) -> (T, T) {
         let one = T::one();
-        (y * softplus(-p) + (one - y) * softplus(p), sigmoid(p) - y)
+        // One exponential: e = e^{-|p|} gives softplus(-p), softplus(p) = softplus(-p) + p and σ(p).
+        let e = (-p.abs()).exp_fast();
+        let sp_neg = (-p).max(T::zero()) + e.ln_1p_fast();
+        let sig = (if p >= T::zero() { one } else { e }) / (one + e);
+        (y * sp_neg + (one - y) * (sp_neg + p), sig - y)
     }
 }
 
@@ -151,9 +155,9 @@ impl<T: Float> RowKernel<T> for BinaryFocalCrossentropy {
     }
 }
 
-/// `(max, ln Σ exp(x - max))` of a row: the pieces of a stable log-softmax.
-#[inline]
-fn log_sum_exp_parts<T: Float>(x: &[T]) -> (T, T) {
+/// The largest element of a row (0 when it is not finite, so `x - m` stays finite), in lanes.
+#[inline(always)]
+fn row_max<T: Float>(x: &[T]) -> T {
     let mut lanes = [T::neg_infinity(); 8];
     let mut chunks = x.chunks_exact(8);
     for c in &mut chunks {
@@ -162,7 +166,38 @@ fn log_sum_exp_parts<T: Float>(x: &[T]) -> (T, T) {
         }
     }
     let m = chunks.remainder().iter().chain(lanes.iter()).copied().fold(T::neg_infinity(), T::max);
-    let m = if m.is_finite() { m } else { T::zero() };
+    if m.is_finite() {
+        m
+    } else {
+        T::zero()
+    }
+}
+
+/// Writes `e^{x_j - m}` into `out` and returns their sum (lanes).
+#[inline(always)]
+fn exp_into<T: Float>(x: &[T], m: T, out: &mut [T]) -> T {
+    let mut lanes = [T::zero(); 8];
+    let mut xc = x.chunks_exact(8);
+    let mut oc = out.chunks_exact_mut(8);
+    for (xs, os) in (&mut xc).zip(&mut oc) {
+        for l in 0..8 {
+            let e = (xs[l] - m).exp_fast();
+            os[l] = e;
+            lanes[l] = lanes[l] + e;
+        }
+    }
+    let mut tail = T::zero();
+    for (o, &v) in oc.into_remainder().iter_mut().zip(xc.remainder()) {
+        *o = (v - m).exp_fast();
+        tail = tail + *o;
+    }
+    lanes.iter().fold(T::zero(), |a, &b| a + b) + tail
+}
+
+/// `(max, ln Σ exp(x - max))` of a row: the pieces of a stable log-softmax.
+#[inline]
+fn log_sum_exp_parts<T: Float>(x: &[T]) -> (T, T) {
+    let m = row_max(x);
     let s = lane_sum(x, |v| (v - m).exp_fast());
     (m, s.ln_fast())
 }
@@ -182,14 +217,20 @@ impl<T: Float> RowKernel<T> for CategoricalCrossentropy {
     fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
         let (eps, hi) = (T::EPSILON_KERAS, one_minus_eps::<T>());
         if self.from_logits {
-            let (m, ln_s) = log_sum_exp_parts(y_pred);
             let n = y_pred.len().min(y_true.len());
+            let Some(g) = grad else {
+                let (m, ln_s) = log_sum_exp_parts(y_pred);
+                return -lane_sum2(&y_true[..n], &y_pred[..n], |y, x| y * ((x - m) - ln_s));
+            };
+            // One exponential per element: e^{x - m} is kept in the gradient buffer, then scaled.
+            let m = row_max(y_pred);
+            let s = exp_into(y_pred, m, g);
+            let ln_s = s.ln_fast();
             let value = -lane_sum2(&y_true[..n], &y_pred[..n], |y, x| y * ((x - m) - ln_s));
-            if let Some(g) = grad {
-                let y_sum = lane_sum(&y_true[..n], |y| y);
-                for ((gj, &y), &x) in g.iter_mut().zip(y_true).zip(y_pred) {
-                    *gj = scale * (((x - m) - ln_s).exp_fast() * y_sum - y);
-                }
+            let y_sum = lane_sum(&y_true[..n], |y| y);
+            let k = scale * y_sum / s;
+            for (gj, &y) in g.iter_mut().zip(y_true) {
+                *gj = *gj * k - scale * y;
             }
             value
         } else {
@@ -250,15 +291,20 @@ impl<T: Float> RowKernel<T> for SparseCategoricalCrossentropy<'_> {
         };
         let (eps, hi) = (T::EPSILON_KERAS, one_minus_eps::<T>());
         if self.from_logits {
-            let (m, ln_s) = log_sum_exp_parts(y_pred);
-            if let Some(g) = grad {
-                let ws = w * scale;
-                for (gj, &x) in g.iter_mut().zip(y_pred) {
-                    *gj = ws * ((x - m) - ln_s).exp_fast();
-                }
-                g[k] = g[k] - ws;
+            let Some(g) = grad else {
+                let (m, ln_s) = log_sum_exp_parts(y_pred);
+                return -w * ((y_pred[k] - m) - ln_s);
+            };
+            // One exponential per element, kept in the gradient buffer, then scaled.
+            let m = row_max(y_pred);
+            let s = exp_into(y_pred, m, g);
+            let ws = w * scale;
+            let factor = ws / s;
+            for gj in g.iter_mut() {
+                *gj = *gj * factor;
             }
-            -w * ((y_pred[k] - m) - ln_s)
+            g[k] = g[k] - ws;
+            -w * ((y_pred[k] - m) - s.ln_fast())
         } else {
             let total = y_pred.iter().fold(T::zero(), |a, &p| a + p);
             let o = y_pred[k] / total;

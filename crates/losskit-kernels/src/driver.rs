@@ -138,12 +138,33 @@ unsafe fn process_avx2<T: Float, K: RowKernel<T>>(
     process(kernel, c, values, grad)
 }
 
-/// Runs the AVX2 build of the row loop when the CPU has it (checked once by std), else the
+/// The same loop compiled for AVX-512 (16 lanes).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+unsafe fn process_avx512<T: Float, K: RowKernel<T>>(
+    kernel: &K,
+    c: &Chunk<'_, T>,
+    values: &mut [T],
+    grad: Option<&mut [T]>,
+) {
+    process(kernel, c, values, grad)
+}
+
+/// Runs the AVX-512 or AVX2 build of the row loop when the CPU has it (checked once by std), else the
 /// baseline one.
 #[inline]
 fn process_dispatch<T: Float, K: RowKernel<T>>(kernel: &K, c: &Chunk<'_, T>, values: &mut [T], grad: Option<&mut [T]>) {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+        {
+            // SAFETY: the CPU supports these AVX-512 subsets (checked just above).
+            unsafe { process_avx512(kernel, c, values, grad) };
+            return;
+        }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU supports AVX2 and FMA (checked just above).
             unsafe { process_avx2(kernel, c, values, grad) };

@@ -143,7 +143,7 @@ pub fn sigmoid<T: Float>(x: T) -> T {
 /// TensorFlow's sign: `-1`, `0` or `1` (`0` at `0`), the derivative of `|x|`.
 #[inline(always)]
 pub fn sign<T: Float>(x: T) -> T {
-    let pos = if x > T::zero() { T::one() } else { T::zero() };
-    let neg = if x < T::zero() { T::one() } else { T::zero() };
-    pos - neg
+    // signum is ±1 (also for ±0); zero it at 0 with a blend, not a branch.
+    let nonzero = if x != T::zero() { T::one() } else { T::zero() };
+    x.signum() * nonzero
 }

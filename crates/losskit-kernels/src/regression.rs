@@ -1,6 +1,6 @@
 //! Regression kernels: the per-sample value is a mean (or, for KLD and cosine, a sum) over a row.
 
-use crate::{sigmoid, sign, softplus, Float, RowKernel};
+use crate::{sign, Float, RowKernel};
 
 /// An element-wise loss term: `(value, ∂value/∂p)` of one `(y_true, y_pred)` pair. A named
 /// `#[inline(always)]` method (closures may stay out of line, which stops vectorisation).
@@ -202,7 +202,9 @@ impl<T: Float> Term<T> for HuberTerm<T> {
         // Both branches, then a blend: the loop vectorises.
         let quadratic = self.half * (e * e);
         let linear = self.delta * a - self.linear_offset;
-        (if small { quadratic } else { linear }, if small { e } else { self.delta * sign(e) })
+        // Clamping e to [-δ, δ] is the derivative of both branches (δ·sign(e) outside).
+        let clamped = e.max(-self.delta).min(self.delta);
+        (if small { quadratic } else { linear }, clamped)
     }
 }
 
@@ -226,9 +228,13 @@ impl<T: Float> Term<T> for LogCosh {
     fn term(&self, t: T, p: T) -> (T, T) {
         let two = T::c(2.0);
         let x = p - t;
-        let v = x + softplus(-two * x) - T::LN_2;
-        // d/dx = 1 - 2·sigmoid(-2x) = tanh(x), evaluated through the stable sigmoid.
-        (v, T::one() - two * sigmoid(-two * x))
+        let z = -two * x;
+        // One exponential for both softplus(z) and sigmoid(z): e = e^{-|z|}.
+        let e = (-z.abs()).exp_fast();
+        let softplus_z = z.max(T::zero()) + e.ln_1p_fast();
+        let sigmoid_z = (if z >= T::zero() { T::one() } else { e }) / (T::one() + e);
+        // d/dx = 1 - 2·sigmoid(-2x) = tanh(x).
+        (x + softplus_z - T::LN_2, T::one() - two * sigmoid_z)
     }
 }
 
