@@ -336,3 +336,22 @@ fn digits_and_split() {
     let (tr2, _) = datasets::train_test_split(&d, 0.25, 7).unwrap();
     assert_eq!(tr.y.to_vec::<f32>(), tr2.y.to_vec::<f32>());
 }
+
+#[test]
+fn validation_data_is_evaluated_each_epoch() {
+    let data = datasets::digits().unwrap().shuffled(1).unwrap();
+    let idx: Vec<usize> = (0..200).collect();
+    let vidx: Vec<usize> = (200..300).collect();
+    let x = data.x.gather(0, &idx).unwrap().mul_scalar(1.0 / 16.0).unwrap();
+    let y = data.y.gather(0, &idx).unwrap();
+    let vx = data.x.gather(0, &vidx).unwrap().mul_scalar(1.0 / 16.0).unwrap();
+    let vy = data.y.gather(0, &vidx).unwrap();
+    let mut m = seed_model();
+    m.compile(Compile::new().optimizer("adam").loss("sparse_categorical_crossentropy").metrics(&["accuracy"])).unwrap();
+    let h = m.fit(&x, &y, Fit::new().epochs(3).verbose(0).validation_data(vx.clone(), vy.clone())).unwrap();
+    assert_eq!(h.get("val_loss").unwrap().len(), 3);
+    // The last val_loss is evaluate() on the same data with the final weights.
+    let logs = m.evaluate(&vx, &vy, 32, None).unwrap();
+    assert!((logs["loss"] - h.last("val_loss").unwrap()).abs() < 1e-6);
+    assert!((logs["accuracy"] - h.last("val_accuracy").unwrap()).abs() < 1e-9);
+}

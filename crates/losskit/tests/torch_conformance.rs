@@ -4,7 +4,7 @@
 mod common;
 
 use common::nested;
-use losskit::{DType, Tensor};
+use losskit::{DType, Loss, Tensor};
 use serde_json::Value;
 
 #[test]
@@ -88,5 +88,24 @@ fn pytorch_losses_match_finite_differences() {
                 g[j]
             );
         }
+    }
+}
+
+#[test]
+fn gaussian_nll_matches_finite_differences_away_from_the_clamp() {
+    let loss = losskit::GaussianNLLLoss::new().with("full", true).unwrap();
+    let y = Tensor::from_vec(vec![0.3, -0.2, 1.1, 0.4], &[2, 2]).unwrap();
+    let pv = vec![0.1, 0.5, -0.4, 0.2, 0.9, 0.3, 0.2, 1.4];
+    let x = Tensor::from_vec(pv.clone(), &[2, 2, 2]).unwrap().requires_grad();
+    let g = loss.call(&y, &x, None).unwrap().backward().unwrap().get(&x).unwrap().to_vec::<f64>();
+    let h = 1e-6;
+    for j in 0..pv.len() {
+        let f = |d: f64| {
+            let mut q = pv.clone();
+            q[j] += d;
+            loss.call(&y, &Tensor::from_vec(q, &[2, 2, 2]).unwrap(), None).unwrap().to_scalar().unwrap()
+        };
+        let fd = (f(h) - f(-h)) / (2.0 * h);
+        assert!((fd - g[j]).abs() <= 1e-6 * (1.0 + fd.abs()), "element {j}: fd {fd} vs {}", g[j]);
     }
 }
