@@ -162,11 +162,16 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
                 &mut values,
                 &mut grad,
             ),
-            "cce" => {
-                run_kernel(&k::CategoricalCrossentropy { from_logits: true }, &t, &p, w.cols, &mut values, &mut grad)
-            }
+            "cce" => run_kernel(
+                &k::CategoricalCrossentropy { from_logits: true, label_smoothing: 0.0, smoothing_share: 0.0 },
+                &t,
+                &p,
+                w.cols,
+                &mut values,
+                &mut grad,
+            ),
             "bce" => run_kernel(
-                &k::BinaryCrossentropy { from_logits: w.logits, class_weights: None },
+                &k::BinaryCrossentropy { from_logits: w.logits, label_smoothing: 0.0, class_weights: None },
                 &t,
                 &p,
                 w.cols,

@@ -29,6 +29,8 @@ fn class_weight<T: Float>(weights: Option<&[f64]>, c: usize) -> T {
 pub struct BinaryCrossentropy<'a> {
     /// Whether `y_pred` holds logits.
     pub from_logits: bool,
+    /// Label smoothing `ls`, fused: targets become `y·(1 - ls) + ls/2`.
+    pub label_smoothing: f64,
     /// Optional weight per position of the row (PyTorch's `weight=`).
     pub class_weights: Option<&'a [f64]>,
 }
@@ -37,13 +39,16 @@ impl<T: Float> RowKernel<T> for BinaryCrossentropy<'_> {
     const NAME: &'static str = "binary_crossentropy";
     #[inline(always)]
     fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
+        let ls = T::c(self.label_smoothing);
+        let smooth = Smooth { keep: T::one() - ls, add: ls * T::c(0.5) };
         match (self.class_weights, self.from_logits) {
-            (None, true) => mean_row(y_true, y_pred, scale, grad, &BceLogits),
-            (None, false) => mean_row(y_true, y_pred, scale, grad, &BceProbs),
+            (None, true) => mean_row(y_true, y_pred, scale, grad, &BceLogits(smooth)),
+            (None, false) => mean_row(y_true, y_pred, scale, grad, &BceProbs(smooth)),
             (Some(w), from_logits) => {
                 // Weighted: the weights ride along as a third input, element by element.
                 let n = T::c(y_pred.len() as f64);
-                let term = |y: T, p: T| if from_logits { BceLogits.term(y, p) } else { BceProbs.term(y, p) };
+                let term =
+                    |y: T, p: T| if from_logits { BceLogits(smooth).term(y, p) } else { BceProbs(smooth).term(y, p) };
                 let mut sum = T::zero();
                 let k = scale / n;
                 match grad {
@@ -66,12 +71,27 @@ impl<T: Float> RowKernel<T> for BinaryCrossentropy<'_> {
     }
 }
 
-/// The binary cross-entropy term of a logit: `(y·softplus(-x) + (1-y)·softplus(x), σ(x) - y)`.
-struct BceLogits;
+/// Label smoothing fused into a kernel: `y ← y·keep + add` (identity for `keep = 1, add = 0`).
+#[derive(Clone, Copy)]
+struct Smooth<T> {
+    keep: T,
+    add: T,
+}
 
-impl<T: Float> Term<T> for BceLogits {
+impl<T: Float> Smooth<T> {
+    #[inline(always)]
+    fn apply(self, y: T) -> T {
+        y * self.keep + self.add
+    }
+}
+
+/// The binary cross-entropy term of a logit: `(y·softplus(-x) + (1-y)·softplus(x), σ(x) - y)`.
+struct BceLogits<T>(Smooth<T>);
+
+impl<T: Float> Term<T> for BceLogits<T> {
     #[inline(always)]
     fn term(&self, y: T, p: T) -> (T, T) {
+        let y = self.0.apply(y);
         let one = T::one();
         // One exponential: e = e^{-|p|} gives softplus(-p), softplus(p) = softplus(-p) + p and σ(p).
         let e = (-p.abs()).exp_fast();
@@ -82,11 +102,12 @@ impl<T: Float> Term<T> for BceLogits {
 }
 
 /// The binary cross-entropy term of a probability, clipped to `[eps, 1 - eps]`.
-struct BceProbs;
+struct BceProbs<T>(Smooth<T>);
 
-impl<T: Float> Term<T> for BceProbs {
+impl<T: Float> Term<T> for BceProbs<T> {
     #[inline(always)]
     fn term(&self, y: T, p: T) -> (T, T) {
+        let y = self.0.apply(y);
         let (eps, hi, one) = (T::EPSILON_KERAS, one_minus_eps::<T>(), T::one());
         let q = p.max(eps).min(hi);
         let v = -(y * q.ln_fast() + (one - y) * (one - q).ln_fast());
@@ -209,6 +230,10 @@ fn log_sum_exp_parts<T: Float>(x: &[T]) -> (T, T) {
 pub struct CategoricalCrossentropy {
     /// Whether `y_pred` holds logits.
     pub from_logits: bool,
+    /// Label smoothing, fused: targets become `y·(1 - ls) + ls·share` (Keras: `share = 1/K`).
+    pub label_smoothing: f64,
+    /// The smoothing share of each class (`1/K`).
+    pub smoothing_share: f64,
 }
 
 impl<T: Float> RowKernel<T> for CategoricalCrossentropy {
@@ -216,21 +241,23 @@ impl<T: Float> RowKernel<T> for CategoricalCrossentropy {
     #[inline(always)]
     fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
         let (eps, hi) = (T::EPSILON_KERAS, one_minus_eps::<T>());
+        let ls = T::c(self.label_smoothing);
+        let smooth = Smooth { keep: T::one() - ls, add: ls * T::c(self.smoothing_share) };
         if self.from_logits {
             let n = y_pred.len().min(y_true.len());
             let Some(g) = grad else {
                 let (m, ln_s) = log_sum_exp_parts(y_pred);
-                return -lane_sum2(&y_true[..n], &y_pred[..n], |y, x| y * ((x - m) - ln_s));
+                return -lane_sum2(&y_true[..n], &y_pred[..n], |y, x| smooth.apply(y) * ((x - m) - ln_s));
             };
             // One exponential per element: e^{x - m} is kept in the gradient buffer, then scaled.
             let m = row_max(y_pred);
             let s = exp_into(y_pred, m, g);
             let ln_s = s.ln_fast();
-            let value = -lane_sum2(&y_true[..n], &y_pred[..n], |y, x| y * ((x - m) - ln_s));
-            let y_sum = lane_sum(&y_true[..n], |y| y);
+            let value = -lane_sum2(&y_true[..n], &y_pred[..n], |y, x| smooth.apply(y) * ((x - m) - ln_s));
+            let y_sum = lane_sum(&y_true[..n], |y| smooth.apply(y));
             let k = scale * y_sum / s;
             for (gj, &y) in g.iter_mut().zip(y_true) {
-                *gj = *gj * k - scale * y;
+                *gj = *gj * k - scale * smooth.apply(y);
             }
             value
         } else {
@@ -238,6 +265,7 @@ impl<T: Float> RowKernel<T> for CategoricalCrossentropy {
             let mut value = T::zero();
             let mut inside_mass = T::zero();
             for (&y, &p) in y_true.iter().zip(y_pred) {
+                let y = smooth.apply(y);
                 let o = p / total;
                 value = value - y * o.max(eps).min(hi).ln_fast();
                 if o > eps && o < hi {
@@ -247,6 +275,7 @@ impl<T: Float> RowKernel<T> for CategoricalCrossentropy {
             if let Some(g) = grad {
                 let shared = inside_mass / total;
                 for ((gj, &y), &p) in g.iter_mut().zip(y_true).zip(y_pred) {
+                    let y = smooth.apply(y);
                     let o = p / total;
                     let own = if o > eps && o < hi { y / (o * total) } else { T::zero() };
                     *gj = scale * (shared - own);

@@ -133,11 +133,14 @@ impl Loss for BinaryCrossentropy {
     }
     fn per_sample(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<PerSample> {
         same_shape(&self.name, y_true, y_pred, "")?;
-        let y = smooth(y_true, self.label_smoothing, 0.5)?;
-        let (y, p) = (move_axis_last(&self.name, &y, self.axis)?, move_axis_last(&self.name, y_pred, self.axis)?);
+        let (y, p) = (move_axis_last(&self.name, y_true, self.axis)?, move_axis_last(&self.name, y_pred, self.axis)?);
         check_class_weights(&self.name, self.class_weights.as_deref(), p.shape()[p.rank() - 1])?;
-        let kernel =
-            kernels::BinaryCrossentropy { from_logits: self.from_logits, class_weights: self.class_weights.as_deref() };
+        // Label smoothing is fused into the kernel (no pass over y_true).
+        let kernel = kernels::BinaryCrossentropy {
+            from_logits: self.from_logits,
+            label_smoothing: self.label_smoothing,
+            class_weights: self.class_weights.as_deref(),
+        };
         Ok(row_loss("binary_crossentropy", kernel, &y, &p)?.into())
     }
 }
@@ -349,14 +352,24 @@ impl Loss for CategoricalCrossentropy {
         };
         same_shape(&self.name, y_true, y_pred, hint)?;
         let k = y_true.shape().last().copied().unwrap_or(1).max(1);
-        let y = smooth(y_true, self.label_smoothing, 1.0 / k as f64)?;
-        let (mut y, p) = (move_axis_last(&self.name, &y, self.axis)?, move_axis_last(&self.name, y_pred, self.axis)?);
+        let share = 1.0 / k as f64;
+        let (mut y, p) =
+            (move_axis_last(&self.name, y_true, self.axis)?, move_axis_last(&self.name, y_pred, self.axis)?);
         let classes = p.shape()[p.rank() - 1];
         check_class_weights(&self.name, self.class_weights.as_deref(), classes)?;
+        // Label smoothing is fused into the kernel, unless class weights must scale the
+        // smoothed targets first.
+        let mut fused_smoothing = self.label_smoothing;
         if let Some(w) = &self.class_weights {
-            y = y.mul(&Tensor::from_vec(w.clone(), &[classes])?.to_dtype(y.dtype()))?;
+            y = smooth(&y, self.label_smoothing, share)?
+                .mul(&Tensor::from_vec(w.clone(), &[classes])?.to_dtype(y.dtype()))?;
+            fused_smoothing = 0.0;
         }
-        let kernel = kernels::CategoricalCrossentropy { from_logits: self.from_logits };
+        let kernel = kernels::CategoricalCrossentropy {
+            from_logits: self.from_logits,
+            label_smoothing: fused_smoothing,
+            smoothing_share: share,
+        };
         Ok(row_loss("categorical_crossentropy", kernel, &y, &p)?.into())
     }
 }
