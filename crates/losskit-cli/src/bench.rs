@@ -63,7 +63,7 @@ struct Workload {
     name: &'static str,
     rows: usize,
     cols: usize,
-    /// "sparse" (class index per row), "onehot", "binary", "probs" (values in [0,1]), "real".
+    /// "sparse" (class index per row), "onehot", "binary" (0 or 1), or "real" values.
     targets: &'static str,
     /// Predictions are logits (wide range) rather than probabilities.
     logits: bool,

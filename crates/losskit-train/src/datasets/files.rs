@@ -107,7 +107,8 @@ fn npz_array(npz: &mut ndarray_npy::NpzReader<std::fs::File>, name: &str, path: 
     ))
 }
 
-/// Reads an `.npz` archive holding `x`/`y`, or Keras' `x_train`/`y_train`[/`x_test`/`y_test`].
+/// Reads an `.npz` archive holding `x`/`y`, or Keras' `x_train`/`y_train` (and optionally
+/// `x_test`/`y_test`).
 pub fn read_npz(path: impl AsRef<Path>) -> Result<Split> {
     let path = path.as_ref();
     let file = std::fs::File::open(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
