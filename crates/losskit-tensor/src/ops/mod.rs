@@ -1,4 +1,4 @@
-//! The differentiable operations on [`Tensor`](crate::Tensor), grouped by kind.
+//! The differentiable operations on [`Tensor`], grouped by kind.
 
 mod elementwise;
 mod index;
