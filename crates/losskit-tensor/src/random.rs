@@ -51,7 +51,23 @@ pub fn truncated_normal(shape: &[usize], mean: f64, stddev: f64, dtype: DType, r
 
 /// A 0/1 mask where each entry is 1 with probability `keep`.
 pub fn bernoulli(shape: &[usize], keep: f64, dtype: DType, rng: &mut Rng) -> Result<Tensor> {
-    collect(shape, dtype, || f64::from(u8::from(rng.random::<f64>() < keep)))
+    mask(shape, keep, 1.0, dtype, rng)
+}
+
+/// A mask whose entries are `value` with probability `keep`, else 0, built directly in `dtype`
+/// (dropout's scaled mask in one pass).
+pub fn mask(shape: &[usize], keep: f64, value: f64, dtype: DType, rng: &mut Rng) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    match dtype {
+        DType::F32 => {
+            let (k, v) = (keep as f32, value as f32);
+            Tensor::from_vec((0..n).map(|_| if rng.random::<f32>() < k { v } else { 0.0 }).collect::<Vec<f32>>(), shape)
+        }
+        DType::F64 => Tensor::from_vec(
+            (0..n).map(|_| if rng.random::<f64>() < keep { value } else { 0.0 }).collect::<Vec<f64>>(),
+            shape,
+        ),
+    }
 }
 
 /// A random permutation of `0..n` (Fisher–Yates).

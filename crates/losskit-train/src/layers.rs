@@ -48,6 +48,25 @@ pub trait Layer: Send {
     }
 }
 
+/// `kind`, `name`, `set_name` and `output_shape` of a layer with `name: String` and
+/// `output: Option<Vec<usize>>` fields and no weights.
+macro_rules! layer_identity {
+    ($kind:literal) => {
+        fn kind(&self) -> &'static str {
+            $kind
+        }
+        fn name(&self) -> &str {
+            &self.name
+        }
+        fn set_name(&mut self, name: String) {
+            self.name = name;
+        }
+        fn output_shape(&self) -> Option<&[usize]> {
+            self.output.as_deref()
+        }
+    };
+}
+
 /// Fully connected layer: `y = activation(x·W + b)`, `W: (in, units)`, `b: (units,)`.
 ///
 /// Shapes: `(B, ..., in)` → `(B, ..., units)`. Defaults as Keras: no activation, a bias,
@@ -220,24 +239,13 @@ impl ActivationLayer {
 }
 
 impl Layer for ActivationLayer {
-    fn kind(&self) -> &'static str {
-        "Activation"
-    }
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn set_name(&mut self, name: String) {
-        self.name = name;
-    }
+    layer_identity!("Activation");
     fn build(&mut self, input: &[usize], _dtype: DType, _rng: &mut Rng) -> Result<Vec<usize>> {
         self.output = Some(input.to_vec());
         Ok(input.to_vec())
     }
     fn forward(&self, x: &Tensor, _training: bool, _rng: &mut Rng) -> Result<Tensor> {
         self.activation.apply(x)
-    }
-    fn output_shape(&self) -> Option<&[usize]> {
-        self.output.as_deref()
     }
 }
 
@@ -256,15 +264,7 @@ impl Flatten {
 }
 
 impl Layer for Flatten {
-    fn kind(&self) -> &'static str {
-        "Flatten"
-    }
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn set_name(&mut self, name: String) {
-        self.name = name;
-    }
+    layer_identity!("Flatten");
     fn build(&mut self, input: &[usize], _dtype: DType, _rng: &mut Rng) -> Result<Vec<usize>> {
         let out = vec![input.iter().product()];
         self.output = Some(out.clone());
@@ -275,9 +275,6 @@ impl Layer for Flatten {
             return Err(Error::Shape { op: self.name.clone(), msg: "cannot flatten a scalar".into() });
         }
         x.reshape(&[x.shape()[0] as isize, -1])
-    }
-    fn output_shape(&self) -> Option<&[usize]> {
-        self.output.as_deref()
     }
 }
 
@@ -306,15 +303,7 @@ impl Dropout {
 }
 
 impl Layer for Dropout {
-    fn kind(&self) -> &'static str {
-        "Dropout"
-    }
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn set_name(&mut self, name: String) {
-        self.name = name;
-    }
+    layer_identity!("Dropout");
     fn build(&mut self, input: &[usize], _dtype: DType, _rng: &mut Rng) -> Result<Vec<usize>> {
         self.output = Some(input.to_vec());
         Ok(input.to_vec())
@@ -324,10 +313,7 @@ impl Layer for Dropout {
             return Ok(x.clone());
         }
         let keep = 1.0 - self.rate;
-        let mask = random::bernoulli(x.shape(), keep, x.dtype(), rng)?.mul_scalar(1.0 / keep)?;
+        let mask = random::mask(x.shape(), keep, 1.0 / keep, x.dtype(), rng)?;
         x.mul(&mask)
-    }
-    fn output_shape(&self) -> Option<&[usize]> {
-        self.output.as_deref()
     }
 }
