@@ -133,46 +133,33 @@ pub struct BinaryFocalCrossentropy {
     pub apply_class_balancing: bool,
 }
 
+impl<T: Float> Term<T> for BinaryFocalCrossentropy {
+    #[inline(always)]
+    fn term(&self, y: T, x: T) -> (T, T) {
+        let (eps, hi, one) = (T::EPSILON_KERAS, one_minus_eps::<T>(), T::one());
+        let (gamma, alpha) = (T::c(self.gamma), T::c(self.alpha));
+        let s = if self.from_logits { sigmoid(x) } else { x };
+        let q = s.max(eps).min(hi);
+        let bce = -(y * q.ln_fast() + (one - y) * (one - q).ln_fast());
+        let pt = y * s + (one - y) * (one - s);
+        let base = one - pt;
+        let focal = base.powf(gamma);
+        let w = if self.apply_class_balancing { y * alpha + (one - y) * (one - alpha) } else { one };
+        let dbce = if (s > eps) & (s < hi) { (one - y) / (one - q) - y / q } else { T::zero() };
+        let dfocal = if gamma == T::zero() { T::zero() } else { gamma * base.powf(gamma - one) * (one - y - y) };
+        let mut d = w * (dfocal * bce + focal * dbce);
+        if self.from_logits {
+            d = d * s * (one - s);
+        }
+        (w * (focal * bce), d)
+    }
+}
+
 impl<T: Float> RowKernel<T> for BinaryFocalCrossentropy {
     const NAME: &'static str = "binary_focal_crossentropy";
     #[inline(always)]
     fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
-        let n = T::c(y_pred.len() as f64);
-        let (eps, hi, one) = (T::EPSILON_KERAS, one_minus_eps::<T>(), T::one());
-        let (gamma, alpha) = (T::c(self.gamma), T::c(self.alpha));
-        let term = |y: T, x: T| -> (T, T) {
-            let s = if self.from_logits { sigmoid(x) } else { x };
-            let q = s.max(eps).min(hi);
-            let bce = -(y * q.ln_fast() + (one - y) * (one - q).ln_fast());
-            let pt = y * s + (one - y) * (one - s);
-            let base = one - pt;
-            let focal = base.powf(gamma);
-            let w = if self.apply_class_balancing { y * alpha + (one - y) * (one - alpha) } else { one };
-            let dbce = if s > eps && s < hi { (one - y) / (one - q) - y / q } else { T::zero() };
-            let dfocal = if gamma == T::zero() { T::zero() } else { gamma * base.powf(gamma - one) * (one - y - y) };
-            let mut d = w * (dfocal * bce + focal * dbce);
-            if self.from_logits {
-                d = d * s * (one - s);
-            }
-            (w * (focal * bce), d)
-        };
-        let mut sum = T::zero();
-        match grad {
-            Some(g) => {
-                let k = scale / n;
-                for ((gj, &y), &p) in g.iter_mut().zip(y_true).zip(y_pred) {
-                    let (v, d) = term(y, p);
-                    sum = sum + v;
-                    *gj = d * k;
-                }
-            }
-            None => {
-                for (&y, &p) in y_true.iter().zip(y_pred) {
-                    sum = sum + term(y, p).0;
-                }
-            }
-        }
-        sum / n
+        mean_row(y_true, y_pred, scale, grad, self)
     }
 }
 

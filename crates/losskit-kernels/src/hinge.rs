@@ -1,5 +1,6 @@
 //! Hinge kernels. Targets are already in `{-1, 1}` (or left as given) when they get here.
 
+use crate::regression::{mean_row, Term};
 use crate::{Float, RowKernel};
 
 /// Hinge, `mean_last(max(1 - y·p, 0))`, or squared hinge, `mean_last(max(1 - y·p, 0)²)`.
@@ -10,37 +11,21 @@ pub struct Hinge {
     pub squared: bool,
 }
 
+impl<T: Float> Term<T> for Hinge {
+    #[inline(always)]
+    fn term(&self, y: T, p: T) -> (T, T) {
+        let m = T::one() - y * p;
+        let active = m >= T::zero();
+        let (v, d) = if self.squared { (m * m, -(m + m) * y) } else { (m, -y) };
+        (if active { v } else { T::zero() }, if active { d } else { T::zero() })
+    }
+}
+
 impl<T: Float> RowKernel<T> for Hinge {
     const NAME: &'static str = "hinge";
     #[inline(always)]
     fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
-        let n = T::c(y_pred.len() as f64);
-        let one = T::one();
-        let term = |y: T, p: T| -> (T, T) {
-            let m = one - y * p;
-            match (m >= T::zero(), self.squared) {
-                (false, _) => (T::zero(), T::zero()),
-                (true, false) => (m, -y),
-                (true, true) => (m * m, -(m + m) * y),
-            }
-        };
-        let mut sum = T::zero();
-        match grad {
-            Some(g) => {
-                let k = scale / n;
-                for ((gj, &y), &p) in g.iter_mut().zip(y_true).zip(y_pred) {
-                    let (v, d) = term(y, p);
-                    sum = sum + v;
-                    *gj = d * k;
-                }
-            }
-            None => {
-                for (&y, &p) in y_true.iter().zip(y_pred) {
-                    sum = sum + term(y, p).0;
-                }
-            }
-        }
-        sum / n
+        mean_row(y_true, y_pred, scale, grad, self)
     }
 }
 

@@ -30,6 +30,59 @@ fn check_class_weight_values(loss: &str, w: &Option<Vec<f64>>) -> Result<()> {
     Ok(())
 }
 
+/// The builders and `from_config` shared by [`BinaryCrossentropy`] and
+/// [`CategoricalCrossentropy`] (same fields: `from_logits`, `label_smoothing`, `axis`,
+/// `class_weights`).
+macro_rules! crossentropy_builders {
+    ($class:literal) => {
+        /// Whether `y_pred` holds logits.
+        pub fn with_from_logits(mut self, from_logits: bool) -> Self {
+            self.from_logits = from_logits;
+            self
+        }
+        /// Label smoothing in `[0, 1]`.
+        pub fn with_label_smoothing(mut self, ls: f64) -> Result<Self> {
+            check_smoothing($class, ls)?;
+            self.label_smoothing = ls;
+            Ok(self)
+        }
+        /// The class axis (the axis averaged or summed over).
+        pub fn with_axis(mut self, axis: isize) -> Self {
+            self.axis = axis;
+            self
+        }
+        /// Per-class weights (PyTorch's `weight=`), one per entry of `axis`.
+        pub fn with_class_weights(mut self, weights: Vec<f64>) -> Result<Self> {
+            let w = Some(weights);
+            check_class_weight_values($class, &w)?;
+            self.class_weights = w;
+            Ok(self)
+        }
+        /// Builds from a Keras config (`name`, `reduction`, `from_logits`, `label_smoothing`,
+        /// `axis`, and losskit's `class_weights`).
+        pub fn from_config(config: &Value) -> Result<Self> {
+            let mut p = Params::new($class, config)?;
+            let mut loss = Self::new().with_name(p.name(Self::DEFAULT_NAME)?).with_reduction(p.reduction()?);
+            loss.from_logits = p.bool("from_logits", false)?;
+            loss = loss.with_label_smoothing(p.f64("label_smoothing", 0.0)?)?;
+            loss.axis = p.int("axis", -1)? as isize;
+            if let Some(w) = p.opt_f64_list("class_weights")? {
+                loss = loss.with_class_weights(w)?;
+            }
+            p.finish()?;
+            Ok(loss)
+        }
+        /// Keras' config keys, plus `class_weights` when set.
+        fn crossentropy_config(&self) -> Value {
+            with_class_weights_config(
+                json!({"name": self.name, "reduction": self.reduction.keras_name(), "from_logits": self.from_logits,
+                       "label_smoothing": self.label_smoothing, "axis": self.axis}),
+                &self.class_weights,
+            )
+        }
+    };
+}
+
 fn with_class_weights_config(mut config: Value, w: &Option<Vec<f64>>) -> Value {
     if let Some(w) = w {
         config["class_weights"] = json!(w);
@@ -83,53 +136,13 @@ impl BinaryCrossentropy {
     pub fn new() -> Self {
         Self::default()
     }
-    /// Whether `y_pred` holds logits.
-    pub fn with_from_logits(mut self, from_logits: bool) -> Self {
-        self.from_logits = from_logits;
-        self
-    }
-    /// Label smoothing in `[0, 1]`.
-    pub fn with_label_smoothing(mut self, ls: f64) -> Result<Self> {
-        check_smoothing("BinaryCrossentropy", ls)?;
-        self.label_smoothing = ls;
-        Ok(self)
-    }
-    /// The axis averaged over.
-    pub fn with_axis(mut self, axis: isize) -> Self {
-        self.axis = axis;
-        self
-    }
-    /// Per-position weights along `axis` (PyTorch's `weight=`), one per output.
-    pub fn with_class_weights(mut self, weights: Vec<f64>) -> Result<Self> {
-        let w = Some(weights);
-        check_class_weight_values("BinaryCrossentropy", &w)?;
-        self.class_weights = w;
-        Ok(self)
-    }
-    /// Builds from a Keras config (`name`, `reduction`, `from_logits`, `label_smoothing`,
-    /// `axis`, and losskit's `class_weights`).
-    pub fn from_config(config: &Value) -> Result<Self> {
-        let mut p = Params::new("BinaryCrossentropy", config)?;
-        let mut loss = Self::new().with_name(p.name(Self::DEFAULT_NAME)?).with_reduction(p.reduction()?);
-        loss.from_logits = p.bool("from_logits", false)?;
-        loss = loss.with_label_smoothing(p.f64("label_smoothing", 0.0)?)?;
-        loss.axis = p.int("axis", -1)? as isize;
-        if let Some(w) = p.opt_f64_list("class_weights")? {
-            loss = loss.with_class_weights(w)?;
-        }
-        p.finish()?;
-        Ok(loss)
-    }
+    crossentropy_builders!("BinaryCrossentropy");
 }
 
 impl Loss for BinaryCrossentropy {
     loss_identity!(BinaryCrossentropy);
     fn config(&self) -> Value {
-        with_class_weights_config(
-            json!({"name": self.name, "reduction": self.reduction.keras_name(), "from_logits": self.from_logits,
-                   "label_smoothing": self.label_smoothing, "axis": self.axis}),
-            &self.class_weights,
-        )
+        self.crossentropy_config()
     }
     fn per_sample(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<PerSample> {
         same_shape(&self.name, y_true, y_pred, "")?;
@@ -297,52 +310,13 @@ impl CategoricalCrossentropy {
     pub fn new() -> Self {
         Self::default()
     }
-    /// Whether `y_pred` holds logits.
-    pub fn with_from_logits(mut self, from_logits: bool) -> Self {
-        self.from_logits = from_logits;
-        self
-    }
-    /// Label smoothing in `[0, 1]`.
-    pub fn with_label_smoothing(mut self, ls: f64) -> Result<Self> {
-        check_smoothing("CategoricalCrossentropy", ls)?;
-        self.label_smoothing = ls;
-        Ok(self)
-    }
-    /// The class axis.
-    pub fn with_axis(mut self, axis: isize) -> Self {
-        self.axis = axis;
-        self
-    }
-    /// Per-class weights (PyTorch's `weight=` with probability targets: `l = -Σ w_c·y_c·ln p_c`).
-    pub fn with_class_weights(mut self, weights: Vec<f64>) -> Result<Self> {
-        let w = Some(weights);
-        check_class_weight_values("CategoricalCrossentropy", &w)?;
-        self.class_weights = w;
-        Ok(self)
-    }
-    /// Builds from a Keras config.
-    pub fn from_config(config: &Value) -> Result<Self> {
-        let mut p = Params::new("CategoricalCrossentropy", config)?;
-        let mut loss = Self::new().with_name(p.name(Self::DEFAULT_NAME)?).with_reduction(p.reduction()?);
-        loss.from_logits = p.bool("from_logits", false)?;
-        loss = loss.with_label_smoothing(p.f64("label_smoothing", 0.0)?)?;
-        loss.axis = p.int("axis", -1)? as isize;
-        if let Some(w) = p.opt_f64_list("class_weights")? {
-            loss = loss.with_class_weights(w)?;
-        }
-        p.finish()?;
-        Ok(loss)
-    }
+    crossentropy_builders!("CategoricalCrossentropy");
 }
 
 impl Loss for CategoricalCrossentropy {
     loss_identity!(CategoricalCrossentropy);
     fn config(&self) -> Value {
-        with_class_weights_config(
-            json!({"name": self.name, "reduction": self.reduction.keras_name(), "from_logits": self.from_logits,
-                   "label_smoothing": self.label_smoothing, "axis": self.axis}),
-            &self.class_weights,
-        )
+        self.crossentropy_config()
     }
     fn per_sample(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<PerSample> {
         let hint = if y_true.rank() + 1 == y_pred.rank() {
