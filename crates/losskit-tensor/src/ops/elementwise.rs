@@ -222,25 +222,99 @@ impl Binary {
     }
 }
 
+/// Expands `$body` once per `Unary` variant with `$u` bound to that constant, so each loop is
+/// compiled for one operation (the per-element `match` folds away and the loop vectorises).
+macro_rules! per_unary {
+    ($op:expr, $u:ident => $body:expr) => {
+        match $op {
+            Unary::Neg => {
+                let $u = Unary::Neg;
+                $body
+            }
+            Unary::Exp => {
+                let $u = Unary::Exp;
+                $body
+            }
+            Unary::Log => {
+                let $u = Unary::Log;
+                $body
+            }
+            Unary::Log1p => {
+                let $u = Unary::Log1p;
+                $body
+            }
+            Unary::Expm1 => {
+                let $u = Unary::Expm1;
+                $body
+            }
+            Unary::Sqrt => {
+                let $u = Unary::Sqrt;
+                $body
+            }
+            Unary::Abs => {
+                let $u = Unary::Abs;
+                $body
+            }
+            Unary::Square => {
+                let $u = Unary::Square;
+                $body
+            }
+            Unary::Tanh => {
+                let $u = Unary::Tanh;
+                $body
+            }
+            Unary::Sigmoid => {
+                let $u = Unary::Sigmoid;
+                $body
+            }
+            Unary::Softplus => {
+                let $u = Unary::Softplus;
+                $body
+            }
+            Unary::Relu => {
+                let $u = Unary::Relu;
+                $body
+            }
+            Unary::Erf => {
+                let $u = Unary::Erf;
+                $body
+            }
+            Unary::Atan => {
+                let $u = Unary::Atan;
+                $body
+            }
+        }
+    };
+}
+
+fn unary_forward<T: Element>(a: &ndarray::ArcArray<T, IxDyn>, op: Unary) -> ArrayD<T> {
+    per_unary!(op, u => a.mapv(|x| u.apply(x)))
+}
+
+fn unary_backward<T: Element>(
+    x: &ndarray::ArcArray<T, IxDyn>,
+    y: &ndarray::ArcArray<T, IxDyn>,
+    g: &ndarray::ArcArray<T, IxDyn>,
+    op: Unary,
+) -> ArrayD<T> {
+    per_unary!(op, u => Zip::from(x).and(y).and(g).map_collect(|&x, &y, &g| g * u.deriv(x, y)))
+}
+
 fn broadcast_or_err(op: &str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
     broadcast_shapes(a, b).ok_or_else(|| Error::Broadcast { op: op.to_string(), lhs: a.to_vec(), rhs: b.to_vec() })
 }
 
 impl Tensor {
     fn unary(&self, u: Unary) -> Tensor {
-        let storage = with_storage!(self.storage(), a => T::wrap(a.mapv(|x| u.apply(x))));
+        let storage = with_storage!(self.storage(), a => T::wrap(unary_forward(a, u)));
         Tensor::from_op(
             storage,
             vec![self.clone()],
             op(u.name(), move |inputs, out, g| {
                 let x = &inputs[0];
                 let s = match (x.storage(), out.storage(), g.storage()) {
-                    (Storage::F32(x), Storage::F32(y), Storage::F32(g)) => {
-                        f32::wrap(Zip::from(x).and(y).and(g).map_collect(|&x, &y, &g| g * u.deriv(x, y)))
-                    }
-                    (Storage::F64(x), Storage::F64(y), Storage::F64(g)) => {
-                        f64::wrap(Zip::from(x).and(y).and(g).map_collect(|&x, &y, &g| g * u.deriv(x, y)))
-                    }
+                    (Storage::F32(x), Storage::F32(y), Storage::F32(g)) => f32::wrap(unary_backward(x, y, g, u)),
+                    (Storage::F64(x), Storage::F64(y), Storage::F64(g)) => f64::wrap(unary_backward(x, y, g, u)),
                     _ => return Err(Error::value(u.name(), "mixed dtypes in backward")),
                 };
                 Ok(vec![Some(Tensor::from_storage(s))])
