@@ -287,6 +287,42 @@ macro_rules! per_unary {
     };
 }
 
+/// As `per_unary!`, for `Binary`.
+macro_rules! per_binary {
+    ($op:expr, $b:ident => $body:expr) => {
+        match $op {
+            Binary::Add => {
+                let $b = Binary::Add;
+                $body
+            }
+            Binary::Sub => {
+                let $b = Binary::Sub;
+                $body
+            }
+            Binary::Mul => {
+                let $b = Binary::Mul;
+                $body
+            }
+            Binary::Div => {
+                let $b = Binary::Div;
+                $body
+            }
+            Binary::Pow => {
+                let $b = Binary::Pow;
+                $body
+            }
+            Binary::Maximum => {
+                let $b = Binary::Maximum;
+                $body
+            }
+            Binary::Minimum => {
+                let $b = Binary::Minimum;
+                $body
+            }
+        }
+    };
+}
+
 fn unary_forward<T: Element>(a: &ndarray::ArcArray<T, IxDyn>, op: Unary) -> ArrayD<T> {
     per_unary!(op, u => a.mapv(|x| u.apply(x)))
 }
@@ -326,13 +362,13 @@ impl Tensor {
         let name = b.name();
         let shape = broadcast_or_err(name, self.shape(), other.shape())?;
         let storage = with_pair!(name, self, other, (x, y) => {
-            let out: ArrayD<T> = if x.shape() == y.shape() {
-                Zip::from(x).and(y).map_collect(|&p, &q| b.apply(p, q))
+            let out: ArrayD<T> = per_binary!(b, op => if x.shape() == y.shape() {
+                Zip::from(x).and(y).map_collect(|&p, &q| op.apply(p, q))
             } else {
                 let xv = x.broadcast(IxDyn(&shape)).expect("checked broadcast");
                 let yv = y.broadcast(IxDyn(&shape)).expect("checked broadcast");
-                Zip::from(&xv).and(&yv).map_collect(|&p, &q| b.apply(p, q))
-            };
+                Zip::from(&xv).and(&yv).map_collect(|&p, &q| op.apply(p, q))
+            });
             T::wrap(out)
         });
         Ok(Tensor::from_op(
@@ -360,11 +396,11 @@ impl Tensor {
                     let xv = xa.broadcast(IxDyn(&shape)).expect("checked broadcast");
                     let yv = ya.broadcast(IxDyn(&shape)).expect("checked broadcast");
                     let ga = x.is_tracked().then(|| {
-                        let full = Zip::from(&xv).and(&yv).and(ys).and(gs).map_collect(|&p, &q, &r, &g| g * b.deriv(p, q, r).0);
+                        let full: ArrayD<T> = per_binary!(b, op => Zip::from(&xv).and(&yv).and(ys).and(gs).map_collect(|&p, &q, &r, &g| g * op.deriv(p, q, r).0));
                         Tensor::from_array(sum_to(&full, xa.shape()))
                     });
                     let gb = y.is_tracked().then(|| {
-                        let full = Zip::from(&xv).and(&yv).and(ys).and(gs).map_collect(|&p, &q, &r, &g| g * b.deriv(p, q, r).1);
+                        let full: ArrayD<T> = per_binary!(b, op => Zip::from(&xv).and(&yv).and(ys).and(gs).map_collect(|&p, &q, &r, &g| g * op.deriv(p, q, r).1));
                         Tensor::from_array(sum_to(&full, ya.shape()))
                     });
                     vec![ga, gb]
