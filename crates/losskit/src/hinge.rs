@@ -1,10 +1,8 @@
 //! The hinge (maximum-margin) losses: Hinge, SquaredHinge, CategoricalHinge.
 
-use crate::config::Params;
 use crate::kernel_node::row_loss;
-use crate::{Loss, PerSample, Reduction, Result, Tensor};
+use crate::{Result, Tensor};
 use losskit_kernels as kernels;
-use serde_json::Value;
 
 /// Keras' label conversion for Hinge/SquaredHinge, decided over the **whole** `y_true` tensor:
 /// if every value is exactly 0 or 1, use `2y - 1`; otherwise use `y` as given.
@@ -17,50 +15,7 @@ fn to_signed_labels(y_true: &Tensor) -> Result<Tensor> {
     }
 }
 
-macro_rules! hinge_loss {
-    ($(#[$doc:meta])* $ty:ident, $default_name:literal, $per_sample:expr) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone)]
-        pub struct $ty {
-            name: String,
-            reduction: Reduction,
-        }
-
-        impl Default for $ty {
-            fn default() -> Self {
-                $ty { name: $default_name.into(), reduction: Reduction::SumOverBatchSize }
-            }
-        }
-
-        loss_basics!($ty);
-
-        impl $ty {
-            /// Keras' default instance name.
-            pub const DEFAULT_NAME: &'static str = $default_name;
-            /// The loss with Keras' defaults.
-            pub fn new() -> Self {
-                Self::default()
-            }
-            /// Builds from a Keras config (`name`, `reduction`).
-            pub fn from_config(config: &Value) -> Result<Self> {
-                let mut p = Params::new(stringify!($ty), config)?;
-                let loss = Self::new().with_name(p.name($default_name)?).with_reduction(p.reduction()?);
-                p.finish()?;
-                Ok(loss)
-            }
-        }
-
-        impl Loss for $ty {
-            loss_identity!($ty);
-            fn per_sample(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<PerSample> {
-                let f: fn(&Tensor, &Tensor) -> Result<Tensor> = $per_sample;
-                Ok(f(y_true, y_pred)?.into())
-            }
-        }
-    };
-}
-
-hinge_loss! {
+simple_loss! {
     /// Hinge loss: `l = mean_last(max(1 - y'·p, 0))`.
     ///
     /// `y'` is `2y - 1` when every target in the batch tensor is 0 or 1, else `y` as given.
@@ -71,14 +26,14 @@ hinge_loss! {
     |t, p| row_loss("hinge", kernels::Hinge { squared: false }, &to_signed_labels(t)?, p)
 }
 
-hinge_loss! {
+simple_loss! {
     /// Squared hinge loss: `l = mean_last(max(1 - y'·p, 0)²)`, with [`Hinge`]'s label
     /// conversion. Shapes `(B, ..., D)` → `(B, ...)`. Alias `squared_hinge`.
     SquaredHinge, "squared_hinge",
     |t, p| row_loss("squared_hinge", kernels::Hinge { squared: true }, &to_signed_labels(t)?, p)
 }
 
-hinge_loss! {
+simple_loss! {
     /// Categorical hinge loss: `pos = Σ y·p`, `neg = max((1 - y)·p)`,
     /// `l = max(neg - pos + 1, 0)`. Targets one-hot, no label conversion.
     /// Shapes `(B, ..., K)` → `(B, ...)`. Alias `categorical_hinge`.

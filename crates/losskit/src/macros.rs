@@ -33,3 +33,49 @@ macro_rules! loss_identity {
         }
     };
 }
+
+/// A loss with no parameter besides `name` and `reduction`: the struct, `Default`, `new`,
+/// `from_config` and `Loss`, with `$per_sample` (a `fn(&Tensor, &Tensor) -> Result<Tensor>`)
+/// computing the per-sample values.
+macro_rules! simple_loss {
+    ($(#[$doc:meta])* $ty:ident, $default_name:literal, $per_sample:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $ty {
+            name: String,
+            reduction: $crate::Reduction,
+        }
+
+        impl Default for $ty {
+            fn default() -> Self {
+                $ty { name: $default_name.into(), reduction: $crate::Reduction::SumOverBatchSize }
+            }
+        }
+
+        loss_basics!($ty);
+
+        impl $ty {
+            /// Keras' default instance name.
+            pub const DEFAULT_NAME: &'static str = $default_name;
+            /// The loss with Keras' defaults.
+            pub fn new() -> Self {
+                Self::default()
+            }
+            /// Builds from a Keras config (`name`, `reduction`).
+            pub fn from_config(config: &serde_json::Value) -> $crate::Result<Self> {
+                let mut p = $crate::config::Params::new(stringify!($ty), config)?;
+                let loss = Self::new().with_name(p.name($default_name)?).with_reduction(p.reduction()?);
+                p.finish()?;
+                Ok(loss)
+            }
+        }
+
+        impl $crate::Loss for $ty {
+            loss_identity!($ty);
+            fn per_sample(&self, y_true: &$crate::Tensor, y_pred: &$crate::Tensor) -> $crate::Result<$crate::PerSample> {
+                let f: fn(&$crate::Tensor, &$crate::Tensor) -> $crate::Result<$crate::Tensor> = $per_sample;
+                Ok(f(y_true, y_pred)?.into())
+            }
+        }
+    };
+}

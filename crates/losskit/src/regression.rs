@@ -14,47 +14,13 @@ use crate::{Error, Loss, PerSample, Reduction, Result, Tensor};
 use losskit_kernels as kernels;
 use serde_json::{json, Value};
 
-/// A loss with no parameter besides `name` and `reduction`, backed by one row kernel.
+/// A regression loss with no parameter besides `name` and `reduction`, backed by its kernel.
 macro_rules! parameterless_loss {
     ($(#[$doc:meta])* $ty:ident, $default_name:literal) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone)]
-        pub struct $ty {
-            name: String,
-            reduction: Reduction,
-        }
-
-        impl Default for $ty {
-            fn default() -> Self {
-                Self::new()
-            }
-        }
-
-        impl $ty {
-            /// Keras' default instance name.
-            pub const DEFAULT_NAME: &'static str = $default_name;
-
-            /// The loss with Keras' defaults.
-            pub fn new() -> Self {
-                $ty { name: $default_name.to_string(), reduction: Reduction::SumOverBatchSize }
-            }
-
-            /// Builds from a Keras config (`name`, `reduction`).
-            pub fn from_config(config: &Value) -> Result<Self> {
-                let mut p = Params::new(stringify!($ty), config)?;
-                let loss = $ty { name: p.name($default_name)?, reduction: p.reduction()? };
-                p.finish()?;
-                Ok(loss)
-            }
-        }
-
-        loss_basics!($ty);
-
-        impl Loss for $ty {
-            loss_identity!($ty);
-            fn per_sample(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<PerSample> {
-                Ok(row_loss($default_name, kernels::$ty, y_true, y_pred)?.into())
-            }
+        simple_loss! {
+            $(#[$doc])*
+            $ty, $default_name,
+            |t, p| row_loss($default_name, kernels::$ty, t, p)
         }
     };
 }
