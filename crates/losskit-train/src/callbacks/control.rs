@@ -18,6 +18,19 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// Whether `current` beats `reference` by more than `min_delta` in this mode's direction
+    /// (any value beats a NaN reference, i.e. the first one).
+    fn improved(self, monitor: &str, current: f64, reference: f64, min_delta: f64) -> bool {
+        if reference.is_nan() {
+            return true;
+        }
+        if self.maximize(monitor) {
+            current - min_delta > reference
+        } else {
+            current + min_delta < reference
+        }
+    }
+
     fn maximize(self, monitor: &str) -> bool {
         match self {
             Mode::Max => true,
@@ -149,14 +162,7 @@ impl EarlyStopping {
     }
 
     fn improves(&self, current: f64, reference: f64) -> bool {
-        if reference.is_nan() {
-            return true;
-        }
-        if self.mode.maximize(&self.monitor) {
-            current - self.min_delta > reference
-        } else {
-            current + self.min_delta < reference
-        }
+        self.mode.improved(&self.monitor, current, reference, self.min_delta)
     }
 }
 
@@ -290,6 +296,7 @@ impl Callback for ReduceLROnPlateau {
     }
     fn on_epoch_end(&mut self, _epoch: usize, logs: &Logs, model: &mut Model) -> Result<()> {
         let current = *logs.get(&self.monitor).ok_or_else(|| missing("ReduceLROnPlateau", &self.monitor, logs))?;
+        // Keras' own form for this callback (`a > b + min_delta`), kept for parity.
         let max = self.mode.maximize(&self.monitor);
         let better = self.best.is_nan()
             || if max { current > self.best + self.min_delta } else { current < self.best - self.min_delta };
@@ -395,9 +402,7 @@ impl Callback for ModelCheckpoint {
     fn on_epoch_end(&mut self, epoch: usize, logs: &Logs, model: &mut Model) -> Result<()> {
         if self.save_best_only {
             let current = *logs.get(&self.monitor).ok_or_else(|| missing("ModelCheckpoint", &self.monitor, logs))?;
-            let max = self.mode.maximize(&self.monitor);
-            let better = self.best.is_nan() || if max { current > self.best } else { current < self.best };
-            if !better {
+            if !self.mode.improved(&self.monitor, current, self.best, 0.0) {
                 return Ok(());
             }
             self.best = current;
