@@ -12,6 +12,16 @@ fn log_add_exp<T: Float>(a: T, b: T) -> T {
     m + (-(a - b).abs()).exp().ln_1p()
 }
 
+/// `a = [phi₀, lae(phi_{i+1}, emit_i + le·repeat_i)]`: the blank states after the emit-to-blank
+/// transition of one step (recomputed by the backward pass rather than stored).
+#[inline]
+fn enter_states<T: Float>(phi: &[T], emit: &[T], repeat: &[T], le: T, a: &mut [T]) {
+    a[0] = phi[0];
+    for i in 0..emit.len() {
+        a[i + 1] = log_add_exp(phi[i + 1], emit[i] + le * repeat[i]);
+    }
+}
+
 /// CTC loss of one sequence: `-ln p(label | x)` with `x` of shape `(T, K)` (logits; a
 /// log-softmax is applied inside) and the label padded with blanks to `max_label_len`.
 ///
@@ -67,10 +77,7 @@ impl<T: Float> RowKernel<T> for Ctc {
             let (p0, e0) = (t * (n + 1), t * n);
             let (p1, e1) = ((t + 1) * (n + 1), (t + 1) * n);
             let blank = lp[t * k];
-            a[0] = phi[p0];
-            for i in 0..n {
-                a[i + 1] = log_add_exp(phi[p0 + i + 1], emit[e0 + i] + le * repeat[i]);
-            }
+            enter_states(&phi[p0..p0 + n + 1], &emit[e0..e0 + n], &repeat, le, &mut a);
             for i in 0..n {
                 let e = lp[t * k + target[i]];
                 emit[e1 + i] = log_add_exp(a[i] + e, emit[e0 + i] + e);
@@ -102,10 +109,7 @@ impl<T: Float> RowKernel<T> for Ctc {
                 let (p0, e0) = (t * (n + 1), t * n);
                 let (p1, e1) = ((t + 1) * (n + 1), (t + 1) * n);
                 let blank = lp[t * k];
-                a[0] = phi[p0];
-                for i in 0..n {
-                    a[i + 1] = log_add_exp(phi[p0 + i + 1], emit[e0 + i] + le * repeat[i]);
-                }
+                enter_states(&phi[p0..p0 + n + 1], &emit[e0..e0 + n], &repeat, le, &mut a);
                 let mut prev_phi = vec![T::zero(); n + 1];
                 let mut prev_emit = vec![T::zero(); n];
                 let mut g_blank = T::zero();
