@@ -3,8 +3,9 @@
 //! Label smoothing and hinge-style label conversion are applied to `y_true` by the caller
 //! (it is a constant); the kernels see final targets.
 
-use crate::regression::{lane_sum, lane_sum2, mean_row, Term};
-use crate::{sigmoid, Float, RowKernel};
+use crate::regression::{mean_row, Term};
+use crate::sum::{fold_lanes, lane_sum2_wide, lane_sum_wide, WideSum, BLOCK};
+use crate::{clip, clip_passes, sigmoid, Float, RowKernel};
 
 /// `1 - eps` computed in f64 and rounded once, as Keras' Python float `1.0 - epsilon()` is.
 #[inline]
@@ -22,7 +23,7 @@ fn class_weight<T: Float>(weights: Option<&[f64]>, c: usize) -> T {
 ///
 /// * logits: `y·softplus(-x) + (1-y)·softplus(x)`, gradient `σ(x) - y`;
 /// * probabilities: `q = clip(p, eps, 1-eps)`, `-(y ln q + (1-y) ln(1-q))`, gradient
-///   `(1-y)/(1-q) - y/q` strictly inside the clip range, 0 outside.
+///   `(1-y)/(1-q) - y/q` on the closed clip range (and at NaN), 0 outside.
 ///
 /// With `class_weights` (length `cols`), element `j` is multiplied by `w[j]`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -49,23 +50,23 @@ impl<T: Float> RowKernel<T> for BinaryCrossentropy<'_> {
                 let n = T::c(y_pred.len() as f64);
                 let term =
                     |y: T, p: T| if from_logits { BceLogits(smooth).term(y, p) } else { BceProbs(smooth).term(y, p) };
-                let mut sum = T::zero();
+                let mut sum = WideSum::default();
                 let k = scale / n;
                 match grad {
                     Some(g) => {
                         for (((gj, &y), &p), &wj) in g.iter_mut().zip(y_true).zip(y_pred).zip(w) {
                             let (v, d) = term(y, p);
-                            sum = sum + T::c(wj) * v;
+                            sum.add(T::c(wj) * v);
                             *gj = T::c(wj) * d * k;
                         }
                     }
                     None => {
                         for ((&y, &p), &wj) in y_true.iter().zip(y_pred).zip(w) {
-                            sum = sum + T::c(wj) * term(y, p).0;
+                            sum.add(T::c(wj) * term(y, p).0);
                         }
                     }
                 }
-                sum / n
+                T::narrow(sum.total() / n.widen())
             }
         }
     }
@@ -93,11 +94,14 @@ impl<T: Float> Term<T> for BceLogits<T> {
     fn term(&self, y: T, p: T) -> (T, T) {
         let y = self.0.apply(y);
         let one = T::one();
-        // One exponential: e = e^{-|p|} gives softplus(-p), softplus(p) = softplus(-p) + p and σ(p).
+        // One exponential: e = e^{-|p|} gives softplus(-p), softplus(p) and σ(p). softplus(p) is
+        // not softplus(-p) + p, which is inf - inf = NaN at p = -inf (the value there is +inf).
         let e = (-p.abs()).exp_fast();
-        let sp_neg = (-p).max(T::zero()) + e.ln_1p_fast();
+        let l1p = e.ln_1p_fast();
+        let sp_neg = (-p).max(T::zero()) + l1p;
+        let sp_pos = p.max(T::zero()) + l1p;
         let sig = (if p >= T::zero() { one } else { e }) / (one + e);
-        (y * sp_neg + (one - y) * (sp_neg + p), sig - y)
+        (y * sp_neg + (one - y) * sp_pos, sig - y)
     }
 }
 
@@ -109,9 +113,9 @@ impl<T: Float> Term<T> for BceProbs<T> {
     fn term(&self, y: T, p: T) -> (T, T) {
         let y = self.0.apply(y);
         let (eps, hi, one) = (T::EPSILON_KERAS, one_minus_eps::<T>(), T::one());
-        let q = p.max(eps).min(hi);
+        let q = clip(p, eps, hi);
         let v = -(y * q.ln_fast() + (one - y) * (one - q).ln_fast());
-        let inside = (p > eps) & (p < hi);
+        let inside = clip_passes(p, eps, hi);
         let d = (one - y) / (one - q) - y / q;
         (v, if inside { d } else { T::zero() })
     }
@@ -139,13 +143,13 @@ impl<T: Float> Term<T> for BinaryFocalCrossentropy {
         let (eps, hi, one) = (T::EPSILON_KERAS, one_minus_eps::<T>(), T::one());
         let (gamma, alpha) = (T::c(self.gamma), T::c(self.alpha));
         let s = if self.from_logits { sigmoid(x) } else { x };
-        let q = s.max(eps).min(hi);
+        let q = clip(s, eps, hi);
         let bce = -(y * q.ln_fast() + (one - y) * (one - q).ln_fast());
         let pt = y * s + (one - y) * (one - s);
         let base = one - pt;
         let focal = base.powf(gamma);
         let w = if self.apply_class_balancing { y * alpha + (one - y) * (one - alpha) } else { one };
-        let dbce = if (s > eps) & (s < hi) { (one - y) / (one - q) - y / q } else { T::zero() };
+        let dbce = if clip_passes(s, eps, hi) { (one - y) / (one - q) - y / q } else { T::zero() };
         let dfocal = if gamma == T::zero() { T::zero() } else { gamma * base.powf(gamma - one) * (one - y - y) };
         let mut d = w * (dfocal * bce + focal * dbce);
         if self.from_logits {
@@ -163,7 +167,9 @@ impl<T: Float> RowKernel<T> for BinaryFocalCrossentropy {
     }
 }
 
-/// The largest element of a row (0 when it is not finite, so `x - m` stays finite), in lanes.
+/// The largest element of a row, in lanes. A NaN is skipped here, but it still reaches the
+/// loss through `e^{x - max}`; an infinite maximum is kept, so `x - max` is NaN or `-inf`
+/// exactly where Keras' `log_softmax` has them.
 #[inline(always)]
 fn row_max<T: Float>(x: &[T]) -> T {
     let mut lanes = [T::neg_infinity(); 8];
@@ -173,17 +179,23 @@ fn row_max<T: Float>(x: &[T]) -> T {
             lanes[l] = if c[l] > lanes[l] { c[l] } else { lanes[l] };
         }
     }
-    let m = chunks.remainder().iter().chain(lanes.iter()).copied().fold(T::neg_infinity(), T::max);
-    if m.is_finite() {
-        m
-    } else {
-        T::zero()
-    }
+    chunks.remainder().iter().chain(lanes.iter()).copied().fold(T::neg_infinity(), T::max)
 }
 
-/// Writes `e^{x_j - m}` into `out` and returns their sum (lanes).
+/// Writes `e^{x_j - m}` into `out` and returns their sum: blocks in 8 lanes of `T`, block sums
+/// in `f64` ([`crate::sum`]), rounded once.
 #[inline(always)]
 fn exp_into<T: Float>(x: &[T], m: T, out: &mut [T]) -> T {
+    let mut total = 0.0;
+    for (x, o) in x.chunks(BLOCK).zip(out.chunks_mut(BLOCK)) {
+        total += exp_block(x, m, o).widen();
+    }
+    T::narrow(total)
+}
+
+/// One block of [`exp_into`], in 8 lanes of `T`.
+#[inline(always)]
+fn exp_block<T: Float>(x: &[T], m: T, out: &mut [T]) -> T {
     let mut lanes = [T::zero(); 8];
     let mut xc = x.chunks_exact(8);
     let mut oc = out.chunks_exact_mut(8);
@@ -199,20 +211,100 @@ fn exp_into<T: Float>(x: &[T], m: T, out: &mut [T]) -> T {
         *o = (v - m).exp_fast();
         tail = tail + *o;
     }
-    lanes.iter().fold(T::zero(), |a, &b| a + b) + tail
+    fold_lanes(lanes) + tail
 }
 
-/// `(max, ln Σ exp(x - max))` of a row: the pieces of a stable log-softmax.
+/// What one pass over a row of logits and its targets yields for the categorical
+/// cross-entropy: `Σ e^{x - m}` (the exponentials are written out), `Σ y` and `Σ y·(x - m)`.
+struct ExpTargetSums<T> {
+    exp_sum: T,
+    y_sum: f64,
+    y_dot_shifted: f64,
+}
+
+/// Writes `e^{x_j - m}` into `out` and sums it, the smoothed targets and their products with
+/// `x - m`, all in one pass: blocks in 8 lanes of `T`, block sums in `f64`.
+#[inline(always)]
+fn exp_with_targets<T: Float>(x: &[T], y: &[T], m: T, smooth: Smooth<T>, out: &mut [T]) -> ExpTargetSums<T> {
+    let (mut e_total, mut y_total, mut xy_total) = (0.0, 0.0, 0.0);
+    for ((x, y), o) in x.chunks(BLOCK).zip(y.chunks(BLOCK)).zip(out.chunks_mut(BLOCK)) {
+        let (e, ys, xy) = exp_targets_block(x, y, m, smooth, o);
+        e_total += e.widen();
+        y_total += ys.widen();
+        xy_total += xy.widen();
+    }
+    ExpTargetSums { exp_sum: T::narrow(e_total), y_sum: y_total, y_dot_shifted: xy_total }
+}
+
+/// One block of [`exp_with_targets`], in 8 lanes of `T` per sum.
+#[inline(always)]
+fn exp_targets_block<T: Float>(x: &[T], y: &[T], m: T, smooth: Smooth<T>, out: &mut [T]) -> (T, T, T) {
+    let (mut le, mut ly, mut lxy) = ([T::zero(); 8], [T::zero(); 8], [T::zero(); 8]);
+    let mut xc = x.chunks_exact(8);
+    let mut yc = y.chunks_exact(8);
+    let mut oc = out.chunks_exact_mut(8);
+    for ((xs, ys), os) in (&mut xc).zip(&mut yc).zip(&mut oc) {
+        for l in 0..8 {
+            let shifted = xs[l] - m;
+            let e = shifted.exp_fast();
+            let t = smooth.apply(ys[l]);
+            os[l] = e;
+            le[l] = le[l] + e;
+            ly[l] = ly[l] + t;
+            lxy[l] = lxy[l] + t * shifted;
+        }
+    }
+    let (mut te, mut ty, mut txy) = (T::zero(), T::zero(), T::zero());
+    for ((o, &v), &yv) in oc.into_remainder().iter_mut().zip(xc.remainder()).zip(yc.remainder()) {
+        let shifted = v - m;
+        let t = smooth.apply(yv);
+        *o = shifted.exp_fast();
+        te = te + *o;
+        ty = ty + t;
+        txy = txy + t * shifted;
+    }
+    (fold_lanes(le) + te, fold_lanes(ly) + ty, fold_lanes(lxy) + txy)
+}
+
+/// `(max, ln Σ exp(x - max))` of a row: the pieces of a stable log-softmax. The sum is taken in
+/// `f64` and its logarithm in `f64` too, so `ln Σ` is exact to the last bit of `T`.
 #[inline]
 fn log_sum_exp_parts<T: Float>(x: &[T]) -> (T, T) {
     let m = row_max(x);
-    let s = lane_sum(x, |v| (v - m).exp_fast());
-    (m, s.ln_fast())
+    let s = lane_sum_wide(x, |v| (v - m).exp_fast());
+    (m, T::narrow(s.ln()))
+}
+
+/// The sum of a row of probabilities, accumulated in `f64`, rounded once.
+#[inline(always)]
+fn row_total<T: Float>(p: &[T]) -> T {
+    T::narrow(lane_sum_wide(p, |v| v))
+}
+
+/// Keras divides probabilities by their row sum: a sum that is not finite (a NaN or an infinite
+/// probability) or zero makes some `p_j / Σp` NaN, and with it the whole row (`0·NaN` in
+/// Keras' `-Σ y·ln o`): value and gradient are NaN.
+#[inline(always)]
+fn renormalisation_fails<T: Float>(total: T) -> bool {
+    !total.is_finite() || total == T::zero()
+}
+
+/// Fills a row's gradient (if any) with NaN and returns NaN: the row has no defined loss.
+#[inline]
+fn nan_row<T: Float>(grad: Option<&mut [T]>) -> T {
+    if let Some(g) = grad {
+        g.iter_mut().for_each(|v| *v = T::nan());
+    }
+    T::nan()
 }
 
 /// Categorical cross-entropy over the row: `-Σ y·log_softmax(x)` from logits (gradient
 /// `softmax(x)·Σy - y`), or `-Σ y·ln(clip(p/Σp, eps, 1-eps))` from probabilities (gradient
-/// `-y_j/p_j·[inside_j] + Σ_c y_c [inside_c] / Σp`).
+/// `-y_j/p_j·[inside_j] + Σ_c y_c [inside_c] / Σp`, the clip's range closed).
+///
+/// Non-finite inputs follow Keras' formula: a NaN or `+inf` logit makes the row NaN; a `-inf`
+/// logit has probability 0, and where its target is 0 the value is `0·(-inf)` = NaN as in Keras
+/// (the gradient stays finite). From probabilities, see the renormalisation rule above.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CategoricalCrossentropy {
     /// Whether `y_pred` holds logits.
@@ -227,50 +319,65 @@ impl<T: Float> RowKernel<T> for CategoricalCrossentropy {
     const NAME: &'static str = "categorical_crossentropy";
     #[inline(always)]
     fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
-        let (eps, hi) = (T::EPSILON_KERAS, one_minus_eps::<T>());
         let ls = T::c(self.label_smoothing);
         let smooth = Smooth { keep: T::one() - ls, add: ls * T::c(self.smoothing_share) };
         if self.from_logits {
-            let n = y_pred.len().min(y_true.len());
-            let Some(g) = grad else {
-                let (m, ln_s) = log_sum_exp_parts(y_pred);
-                return -lane_sum2(&y_true[..n], &y_pred[..n], |y, x| smooth.apply(y) * ((x - m) - ln_s));
-            };
-            // One exponential per element: e^{x - m} is kept in the gradient buffer, then scaled.
-            let m = row_max(y_pred);
-            let s = exp_into(y_pred, m, g);
-            let ln_s = s.ln_fast();
-            let value = -lane_sum2(&y_true[..n], &y_pred[..n], |y, x| smooth.apply(y) * ((x - m) - ln_s));
-            let y_sum = lane_sum(&y_true[..n], |y| smooth.apply(y));
-            let k = scale * y_sum / s;
-            for (gj, &y) in g.iter_mut().zip(y_true) {
-                *gj = *gj * k - scale * smooth.apply(y);
-            }
-            value
+            cce_logits(y_true, y_pred, smooth, scale, grad)
         } else {
-            let total = y_pred.iter().fold(T::zero(), |a, &p| a + p);
-            let mut value = T::zero();
-            let mut inside_mass = T::zero();
-            for (&y, &p) in y_true.iter().zip(y_pred) {
-                let y = smooth.apply(y);
-                let o = p / total;
-                value = value - y * o.max(eps).min(hi).ln_fast();
-                if o > eps && o < hi {
-                    inside_mass = inside_mass + y;
-                }
-            }
-            if let Some(g) = grad {
-                let shared = inside_mass / total;
-                for ((gj, &y), &p) in g.iter_mut().zip(y_true).zip(y_pred) {
-                    let y = smooth.apply(y);
-                    let o = p / total;
-                    let own = if o > eps && o < hi { y / (o * total) } else { T::zero() };
-                    *gj = scale * (shared - own);
-                }
-            }
-            value
+            cce_probs(y_true, y_pred, smooth, scale, grad)
         }
     }
+}
+
+/// [`CategoricalCrossentropy`] from logits: one exponential per element, kept in the gradient
+/// buffer and then scaled.
+#[inline(always)]
+fn cce_logits<T: Float>(y_true: &[T], y_pred: &[T], smooth: Smooth<T>, scale: T, grad: Option<&mut [T]>) -> T {
+    let n = y_pred.len().min(y_true.len());
+    let Some(g) = grad else {
+        let (m, ln_s) = log_sum_exp_parts(y_pred);
+        return -T::narrow(lane_sum2_wide(&y_true[..n], &y_pred[..n], |y, x| smooth.apply(y) * ((x - m) - ln_s)));
+    };
+    let m = row_max(y_pred);
+    let sums = exp_with_targets(&y_pred[..n], &y_true[..n], m, smooth, &mut g[..n]);
+    let ln_s = sums.exp_sum.widen().ln();
+    // -Σ y·((x - m) - ln s) = ln s·Σy - Σ y·(x - m): both terms ≥ 0, no cancellation.
+    let value = T::narrow(ln_s * sums.y_sum - sums.y_dot_shifted);
+    let k = scale * T::narrow(sums.y_sum) / sums.exp_sum;
+    for (gj, &y) in g.iter_mut().zip(y_true) {
+        *gj = *gj * k - scale * smooth.apply(y);
+    }
+    value
+}
+
+/// [`CategoricalCrossentropy`] from probabilities: renormalise, clip, `-Σ y ln o`.
+#[inline(always)]
+fn cce_probs<T: Float>(y_true: &[T], y_pred: &[T], smooth: Smooth<T>, scale: T, grad: Option<&mut [T]>) -> T {
+    let (eps, hi) = (T::EPSILON_KERAS, one_minus_eps::<T>());
+    let total = row_total(y_pred);
+    if renormalisation_fails(total) {
+        return nan_row(grad);
+    }
+    let mut value = WideSum::default();
+    let mut inside_mass = WideSum::default();
+    for (&y, &p) in y_true.iter().zip(y_pred) {
+        let y = smooth.apply(y);
+        let o = p / total;
+        value.add(y * clip(o, eps, hi).ln_fast());
+        if clip_passes(o, eps, hi) {
+            inside_mass.add(y);
+        }
+    }
+    if let Some(g) = grad {
+        let shared = T::narrow(inside_mass.total()) / total;
+        for ((gj, &y), &p) in g.iter_mut().zip(y_true).zip(y_pred) {
+            let y = smooth.apply(y);
+            let o = p / total;
+            let own = if clip_passes(o, eps, hi) { y / (o * total) } else { T::zero() };
+            *gj = scale * (shared - own);
+        }
+    }
+    T::narrow(-value.total())
 }
 
 /// Sparse categorical cross-entropy: `y_true` holds one class index per row (as a float).
@@ -278,6 +385,10 @@ impl<T: Float> RowKernel<T> for CategoricalCrossentropy {
 /// `-ln(clip(p[k]/Σp, eps, 1-eps))`. A negative label marks an ignored row (value 0,
 /// gradient 0); an index `≥ cols` gives NaN (callers validate labels first).
 /// With `class_weights`, the row is multiplied by `w[k]`.
+///
+/// A row with non-finite predictions gets the value Keras' one-hot formula gives it, the same
+/// as [`CategoricalCrossentropy`] with a one-hot target: NaN for a NaN or `+inf` logit and for a
+/// `-inf` logit outside the label (`0·(-inf)`); from probabilities, the renormalisation rule.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SparseCategoricalCrossentropy<'a> {
     /// Whether `y_pred` holds logits.
@@ -305,14 +416,22 @@ impl<T: Float> RowKernel<T> for SparseCategoricalCrossentropy<'_> {
                 return if ignored { T::zero() } else { T::nan() };
             }
         };
-        let (eps, hi) = (T::EPSILON_KERAS, one_minus_eps::<T>());
         if self.from_logits {
-            let Some(g) = grad else {
-                let (m, ln_s) = log_sum_exp_parts(y_pred);
-                return -w * ((y_pred[k] - m) - ln_s);
-            };
+            sparse_logits(y_pred, k, w, scale, grad)
+        } else {
+            sparse_probs(y_pred, k, w, scale, grad)
+        }
+    }
+}
+
+/// [`SparseCategoricalCrossentropy`] from logits, for label `k` with class weight `w`.
+#[inline(always)]
+fn sparse_logits<T: Float>(y_pred: &[T], k: usize, w: T, scale: T, grad: Option<&mut [T]>) -> T {
+    let m = row_max(y_pred);
+    let ln_s = match grad {
+        None => T::narrow(lane_sum_wide(y_pred, |v| (v - m).exp_fast()).ln()),
+        Some(g) => {
             // One exponential per element, kept in the gradient buffer, then scaled.
-            let m = row_max(y_pred);
             let s = exp_into(y_pred, m, g);
             let ws = w * scale;
             let factor = ws / s;
@@ -320,31 +439,55 @@ impl<T: Float> RowKernel<T> for SparseCategoricalCrossentropy<'_> {
                 *gj = *gj * factor;
             }
             g[k] = g[k] - ws;
-            -w * ((y_pred[k] - m) - s.ln_fast())
-        } else {
-            let total = y_pred.iter().fold(T::zero(), |a, &p| a + p);
-            let o = y_pred[k] / total;
-            if let Some(g) = grad {
-                let inside = o > eps && o < hi;
-                let ws = w * scale;
-                for (j, gj) in g.iter_mut().enumerate() {
-                    *gj = if !inside {
-                        T::zero()
-                    } else if j == k {
-                        ws * (T::one() / total - T::one() / y_pred[k])
-                    } else {
-                        ws / total
-                    };
-                }
-            }
-            -w * o.max(eps).min(hi).ln_fast()
+            T::narrow(s.widen().ln())
+        }
+    };
+    let value = -w * ((y_pred[k] - m) - ln_s);
+    // Keras multiplies every log-probability by its one-hot target: 0·(-inf) is NaN.
+    if value.is_finite() && has_neg_inf_besides(y_pred, k) {
+        T::nan()
+    } else {
+        value
+    }
+}
+
+/// Whether some `x[j]`, `j ≠ k`, is `-inf`: a counting pass without early exit (it vectorises;
+/// cheap beside the row's exponentials), then a look at `k`.
+#[inline(always)]
+fn has_neg_inf_besides<T: Float>(x: &[T], k: usize) -> bool {
+    let count = x.iter().fold(0u32, |n, &v| n + u32::from(v == T::neg_infinity()));
+    count > u32::from(x[k] == T::neg_infinity())
+}
+
+/// [`SparseCategoricalCrossentropy`] from probabilities, for label `k` with class weight `w`.
+#[inline(always)]
+fn sparse_probs<T: Float>(y_pred: &[T], k: usize, w: T, scale: T, grad: Option<&mut [T]>) -> T {
+    let (eps, hi) = (T::EPSILON_KERAS, one_minus_eps::<T>());
+    let total = row_total(y_pred);
+    if renormalisation_fails(total) {
+        return nan_row(grad);
+    }
+    let o = y_pred[k] / total;
+    if let Some(g) = grad {
+        let inside = clip_passes(o, eps, hi);
+        let ws = w * scale;
+        for (j, gj) in g.iter_mut().enumerate() {
+            *gj = if !inside {
+                T::zero()
+            } else if j == k {
+                ws * (T::one() / total - T::one() / y_pred[k])
+            } else {
+                ws / total
+            };
         }
     }
+    -w * clip(o, eps, hi).ln_fast()
 }
 
 /// Categorical focal cross-entropy (Keras 3) over the row: `s = softmax(x)` from logits, else
 /// `p`; `o = clip(s/Σs, eps, 1-eps)`; `loss = Σ_c α_c (1 - o_c)^γ · (-y_c ln o_c)`.
-/// `alpha` has one entry (shared) or one per class.
+/// `alpha` has one entry (shared) or one per class. Sums are taken in `f64`; the
+/// renormalisation rule of [`CategoricalCrossentropy`] applies to `Σs`.
 #[derive(Debug, Clone, Copy)]
 pub struct CategoricalFocalCrossentropy<'a> {
     /// Whether `y_pred` holds logits.
@@ -364,37 +507,42 @@ impl<T: Float> RowKernel<T> for CategoricalFocalCrossentropy<'_> {
         let alpha = |c: usize| T::c(if self.alpha.len() == 1 { self.alpha[0] } else { self.alpha[c] });
         let (m, ln_s) = if self.from_logits { log_sum_exp_parts(y_pred) } else { (T::zero(), T::zero()) };
         let prob = |x: T| if self.from_logits { ((x - m) - ln_s).exp_fast() } else { x };
-        let total = y_pred.iter().fold(T::zero(), |a, &x| a + prob(x));
-        let mut value = T::zero();
-        let mut a_dot_s = T::zero();
+        let total = T::narrow(lane_sum_wide(y_pred, prob));
+        if renormalisation_fails(total) {
+            return nan_row(grad);
+        }
+        let mut value = WideSum::default();
+        let mut a_dot_s = WideSum::default();
         let mut g = grad;
         for (c, (&y, &x)) in y_true.iter().zip(y_pred).enumerate() {
             let s = prob(x);
-            let o = (s / total).max(eps).min(hi);
+            let o = clip(s / total, eps, hi);
             let modulating = (one - o).powf(gamma);
             let cce = -y * o.ln_fast();
-            value = value + modulating * alpha(c) * cce;
+            value.add(modulating * alpha(c) * cce);
             if let Some(g) = g.as_deref_mut() {
                 // ∂term/∂o, zero where o was clipped.
-                let inside = s / total > eps && s / total < hi;
+                let inside = clip_passes(s / total, eps, hi);
                 let dmod =
                     if gamma == T::zero() { T::zero() } else { gamma * (one - o).powf(gamma - one) * y * o.ln_fast() };
                 let a = if inside { alpha(c) * (dmod - modulating * y / o) } else { T::zero() };
                 g[c] = a;
-                a_dot_s = a_dot_s + a * s;
+                a_dot_s.add(a * s);
             }
         }
         if let Some(g) = g {
             // Through the renormalisation o = s/Σs, then (from logits) through the softmax.
-            let mut gp_dot_s = T::zero();
+            let a_dot_s = T::narrow(a_dot_s.total());
+            let mut gp_dot_s = WideSum::default();
             for (gc, &x) in g.iter_mut().zip(y_pred) {
                 *gc = *gc / total - a_dot_s / (total * total);
-                gp_dot_s = gp_dot_s + *gc * prob(x);
+                gp_dot_s.add(*gc * prob(x));
             }
+            let gp_dot_s = T::narrow(gp_dot_s.total());
             for (gc, &x) in g.iter_mut().zip(y_pred) {
                 *gc = scale * if self.from_logits { prob(x) * (*gc - gp_dot_s) } else { *gc };
             }
         }
-        value
+        T::narrow(value.total())
     }
 }

@@ -1,10 +1,11 @@
 //! Hinge kernels. Targets are already in `{-1, 1}` (or left as given) when they get here.
 
 use crate::regression::{mean_row, Term};
-use crate::{Float, RowKernel};
+use crate::{maximum, Float, RowKernel};
 
 /// Hinge, `mean_last(max(1 - y·p, 0))`, or squared hinge, `mean_last(max(1 - y·p, 0)²)`.
-/// The gradient passes where `1 - y·p ≥ 0` (TensorFlow's tie rule for `maximum`).
+/// The gradient passes where `1 - y·p ≥ 0` (TensorFlow's tie rule for `maximum`); a NaN
+/// prediction gives a NaN value (as `jnp.maximum` does).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Hinge {
     /// Square each term (Keras' `SquaredHinge`).
@@ -15,8 +16,11 @@ impl<T: Float> Term<T> for Hinge {
     #[inline(always)]
     fn term(&self, y: T, p: T) -> (T, T) {
         let m = T::one() - y * p;
-        let active = m >= T::zero();
+        // A NaN margin is active, so the NaN reaches the value.
+        let active = (m >= T::zero()) | m.is_nan();
         let (v, d) = if self.squared { (m * m, -(m + m) * y) } else { (m, -y) };
+        // A NaN prediction gets a NaN gradient (JAX's maximum would give 0 there).
+        let d = if p.is_nan() { p } else { d };
         (if active { v } else { T::zero() }, if active { d } else { T::zero() })
     }
 }
@@ -30,7 +34,8 @@ impl<T: Float> RowKernel<T> for Hinge {
 }
 
 /// Categorical hinge: `pos = Σ y·p`, `neg = max((1-y)·p)`, `loss = max(neg - pos + 1, 0)`.
-/// Tied maxima share the gradient of `neg` equally.
+/// Tied maxima share the gradient of `neg` equally. A NaN in the row makes `neg`, the value and
+/// the whole row's gradient NaN (as JAX's `max` reduction and its gradient do).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CategoricalHinge;
 
@@ -43,17 +48,18 @@ impl<T: Float> RowKernel<T> for CategoricalHinge {
         let mut neg = T::neg_infinity();
         for (&y, &p) in y_true.iter().zip(y_pred) {
             pos = pos + y * p;
-            neg = neg.max((one - y) * p);
+            neg = maximum(neg, (one - y) * p);
         }
         let raw = neg - pos + one;
         if let Some(g) = grad {
             let ties = y_true.iter().zip(y_pred).filter(|(&y, &p)| (one - y) * p == neg).count();
-            let share = one / T::c(ties.max(1) as f64);
+            // No element equals a NaN maximum: 0 ties give a NaN share, as JAX's 0/0.
+            let share = if neg.is_nan() { T::nan() } else { one / T::c(ties.max(1) as f64) };
             for ((gj, &y), &p) in g.iter_mut().zip(y_true).zip(y_pred) {
-                let at_max = if (one - y) * p == neg { share * (one - y) } else { T::zero() };
-                *gj = if raw >= T::zero() { scale * (at_max - y) } else { T::zero() };
+                let at_max = if (one - y) * p == neg || neg.is_nan() { share * (one - y) } else { T::zero() };
+                *gj = if raw < T::zero() { T::zero() } else { scale * (at_max - y) };
             }
         }
-        raw.max(T::zero())
+        maximum(raw, T::zero())
     }
 }

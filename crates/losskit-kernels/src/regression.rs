@@ -1,6 +1,7 @@
 //! Regression kernels: the per-sample value is a mean (or, for KLD and cosine, a sum) over a row.
 
-use crate::{sign, Float, RowKernel};
+use crate::sum::{fold_lanes, lane_sum2_wide, lane_sum2_widened, lane_sum_wide, lane_sum_widened, BLOCK};
+use crate::{clip, clip_passes, maximum, sign, Float, RowKernel};
 
 /// An element-wise loss term: `(value, ∂value/∂p)` of one `(y_true, y_pred)` pair. A named
 /// `#[inline(always)]` method (closures may stay out of line, which stops vectorisation).
@@ -10,8 +11,7 @@ pub(crate) trait Term<T> {
 }
 
 /// Mean over a row of an element term `f(t, p) -> (value, ∂value/∂p)`, value and gradient in one
-/// pass. Values are summed in 8 independent lanes so the loop vectorises; without `grad` the
-/// derivative half of `f` is dead code and compiles away.
+/// pass (see [`sum_row`]). A mean over an empty row is NaN, as in NumPy and Keras.
 #[inline(always)]
 pub(crate) fn mean_row<T: Float>(
     y_true: &[T],
@@ -20,73 +20,53 @@ pub(crate) fn mean_row<T: Float>(
     grad: Option<&mut [T]>,
     term: &impl Term<T>,
 ) -> T {
-    let f = |t: T, p: T| term.term(t, p);
     let n = T::c(y_pred.len() as f64);
+    T::narrow(sum_row(y_true, y_pred, scale / n, grad, term) / n.widen())
+}
+
+/// `Σ f(t, p).value` over a row, in `f64`, writing `k · f(t, p).derivative` into `grad`.
+/// Blocks of 128 values are summed in 8 lanes of `T` (the loop vectorises), the block sums in
+/// `f64` ([`crate::sum`]); without `grad` the derivative half of `f` is dead code and compiles
+/// away.
+#[inline(always)]
+pub(crate) fn sum_row<T: Float>(y_true: &[T], y_pred: &[T], k: T, grad: Option<&mut [T]>, term: &impl Term<T>) -> f64 {
+    let Some(g) = grad else {
+        return lane_sum2_wide(y_true, y_pred, |t, p| term.term(t, p).0);
+    };
+    let mut total = 0.0;
+    // Whole blocks as fixed-size arrays (a known trip count keeps the inner loop vectorised),
+    // then the rest. Plain loops: iterator closures may stay out of line and lose the caller's
+    // AVX features.
+    let (gb, gr) = g.as_chunks_mut::<BLOCK>();
+    let (tb, tr) = y_true.as_chunks::<BLOCK>();
+    let (pb, pr) = y_pred.as_chunks::<BLOCK>();
+    for ((g, t), p) in gb.iter_mut().zip(tb).zip(pb) {
+        total += block_with_grad(t, p, k, g, term).widen();
+    }
+    total + block_with_grad(tr, pr, k, gr, term).widen()
+}
+
+/// One block of [`sum_row`] with a gradient: the value sum in 8 lanes of `T`.
+#[inline(always)]
+fn block_with_grad<T: Float>(y_true: &[T], y_pred: &[T], k: T, g: &mut [T], term: &impl Term<T>) -> T {
     let mut lanes = [T::zero(); 8];
     let mut tail = T::zero();
-    match grad {
-        Some(g) => {
-            let k = scale / n;
-            let mut gc = g.chunks_exact_mut(8);
-            let mut tc = y_true.chunks_exact(8);
-            let mut pc = y_pred.chunks_exact(8);
-            for ((gs, ts), ps) in (&mut gc).zip(&mut tc).zip(&mut pc) {
-                for l in 0..8 {
-                    let (v, d) = f(ts[l], ps[l]);
-                    lanes[l] = lanes[l] + v;
-                    gs[l] = d * k;
-                }
-            }
-            for ((gj, &t), &p) in gc.into_remainder().iter_mut().zip(tc.remainder()).zip(pc.remainder()) {
-                let (v, d) = f(t, p);
-                tail = tail + v;
-                *gj = d * k;
-            }
-        }
-        None => {
-            let mut tc = y_true.chunks_exact(8);
-            let mut pc = y_pred.chunks_exact(8);
-            for (ts, ps) in (&mut tc).zip(&mut pc) {
-                for l in 0..8 {
-                    lanes[l] = lanes[l] + f(ts[l], ps[l]).0;
-                }
-            }
-            for (&t, &p) in tc.remainder().iter().zip(pc.remainder()) {
-                tail = tail + f(t, p).0;
-            }
-        }
-    }
-    // A mean over an empty row is NaN, as in NumPy and Keras.
-    (lanes.iter().fold(T::zero(), |a, &b| a + b) + tail) / n
-}
-
-/// `Σ f(a_i)` in 8 independent lanes (vectorises).
-#[inline(always)]
-pub(crate) fn lane_sum<T: Float>(a: &[T], f: impl Fn(T) -> T) -> T {
-    let mut lanes = [T::zero(); 8];
-    let mut chunks = a.chunks_exact(8);
-    for c in &mut chunks {
+    let mut gc = g.chunks_exact_mut(8);
+    let mut tc = y_true.chunks_exact(8);
+    let mut pc = y_pred.chunks_exact(8);
+    for ((gs, ts), ps) in (&mut gc).zip(&mut tc).zip(&mut pc) {
         for l in 0..8 {
-            lanes[l] = lanes[l] + f(c[l]);
+            let (v, d) = term.term(ts[l], ps[l]);
+            lanes[l] = lanes[l] + v;
+            gs[l] = d * k;
         }
     }
-    let tail = chunks.remainder().iter().fold(T::zero(), |s, &v| s + f(v));
-    lanes.iter().fold(T::zero(), |x, &y| x + y) + tail
-}
-
-/// `Σ f(a_i, b_i)` in 8 independent lanes (vectorises).
-#[inline(always)]
-pub(crate) fn lane_sum2<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> T {
-    let mut lanes = [T::zero(); 8];
-    let mut ca = a.chunks_exact(8);
-    let mut cb = b.chunks_exact(8);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for l in 0..8 {
-            lanes[l] = lanes[l] + f(x[l], y[l]);
-        }
+    for ((gj, &t), &p) in gc.into_remainder().iter_mut().zip(tc.remainder()).zip(pc.remainder()) {
+        let (v, d) = term.term(t, p);
+        tail = tail + v;
+        *gj = d * k;
     }
-    let tail = ca.remainder().iter().zip(cb.remainder()).fold(T::zero(), |s, (&x, &y)| s + f(x, y));
-    lanes.iter().fold(T::zero(), |x, &y| x + y) + tail
+    fold_lanes(lanes) + tail
 }
 
 /// `(y - p)²`, averaged over the row. Gradient `2(p - y)/n`.
@@ -162,10 +142,11 @@ impl<T: Float> Term<T> for MeanSquaredLogarithmicError {
     #[inline(always)]
     fn term(&self, t: T, p: T) -> (T, T) {
         let eps = T::EPSILON_KERAS;
-        let pc = p.max(eps) + T::one();
-        let d = pc.ln_fast() - (t.max(eps) + T::one()).ln_fast();
-        // maximum(p, eps) passes the gradient to p when p >= eps (TensorFlow's tie rule).
-        let dp = if p >= eps { (d + d) / pc } else { T::zero() };
+        let pc = maximum(p, eps) + T::one();
+        let d = pc.ln_fast() - (maximum(t, eps) + T::one()).ln_fast();
+        // maximum(p, eps) passes the gradient to p unless p < eps (TensorFlow's tie rule; a NaN
+        // passes, so its gradient is NaN).
+        let dp = if p < eps { T::zero() } else { (d + d) / pc };
         (d * d, dp)
     }
 }
@@ -203,7 +184,7 @@ impl<T: Float> Term<T> for HuberTerm<T> {
         let quadratic = self.half * (e * e);
         let linear = self.delta * a - self.linear_offset;
         // Clamping e to [-δ, δ] is the derivative of both branches (δ·sign(e) outside).
-        let clamped = e.max(-self.delta).min(self.delta);
+        let clamped = clip(e, -self.delta, self.delta);
         (if small { quadratic } else { linear }, clamped)
     }
 }
@@ -268,68 +249,115 @@ impl<T: Float> RowKernel<T> for Poisson {
 }
 
 /// Kullback–Leibler divergence `Σ t·ln(t/q)` over the row, with `t = clip(y, eps, 1)` and
-/// `q = clip(p, eps, 1)`. Gradient `-t/q` strictly inside the clip range, 0 outside.
+/// `q = clip(p, eps, 1)`. Gradient `-t/q` on the closed clip range `[eps, 1]` (and at NaN),
+/// 0 outside.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct KLDivergence;
+
+impl<T: Float> Term<T> for KLDivergence {
+    #[inline(always)]
+    fn term(&self, y: T, p: T) -> (T, T) {
+        let (eps, one) = (T::EPSILON_KERAS, T::one());
+        let (t, q) = (clip(y, eps, one), clip(p, eps, one));
+        (t * (t / q).ln_fast(), if clip_passes(p, eps, one) { -t / q } else { T::zero() })
+    }
+}
 
 impl<T: Float> RowKernel<T> for KLDivergence {
     const NAME: &'static str = "kl_divergence";
     #[inline(always)]
     fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
-        let eps = T::EPSILON_KERAS;
-        let one = T::one();
-        let clip = |x: T| x.max(eps).min(one);
-        let mut sum = T::zero();
-        match grad {
-            Some(g) => {
-                for ((gj, &y), &p) in g.iter_mut().zip(y_true).zip(y_pred) {
-                    let (t, q) = (clip(y), clip(p));
-                    sum = sum + t * (t / q).ln_fast();
-                    *gj = if p > eps && p < one { -scale * t / q } else { T::zero() };
-                }
-            }
-            None => {
-                for (&y, &p) in y_true.iter().zip(y_pred) {
-                    let (t, q) = (clip(y), clip(p));
-                    sum = sum + t * (t / q).ln_fast();
-                }
-            }
-        }
-        sum
+        T::narrow(sum_row(y_true, y_pred, scale, grad, self))
     }
 }
 
 /// Negative cosine similarity over the row: `-Σ n(y)·n(p)` with
 /// `n(x) = x · min(1/‖x‖₂, 1/eps)` (a zero vector stays zero).
 ///
-/// With `iy`, `ip` the two capped inverse norms and `s = y·p`, the gradient is
-/// `-iy·(ip·y - s·ip³·p)` while the cap is not active, and `-iy·ip·y` when it is.
+/// With `ip` the capped inverse norm of `p`, `ŷ = n(y)`, `p̂ = n(p)` and `c = Σ ŷ·p̂`, the
+/// gradient is `-ip·(ŷ - c·p̂)` while the cap is not active, and `-ip·ŷ` when it is.
+/// Norms, products and sums are taken in `f64` (an f32 vector whose squares overflow f32 still
+/// normalises; an f64 one is rescaled by a power of two first), so the value stays in `[-1, 1]`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CosineSimilarity;
+
+/// `Σx²` of a row when it fits in `T` (no square overflows), in `T`.
+#[inline(always)]
+fn square_sum<T: Float>(x: &[T]) -> Option<T> {
+    let ss = T::narrow(lane_sum_wide(x, |v| v * v));
+    (ss != T::infinity()).then_some(ss)
+}
+
+/// `min(1/√ss, cap)`, keeping a NaN (`min` would turn it into the cap).
+#[inline(always)]
+fn capped_inverse<F: num_traits::Float>(ss: F, cap: F) -> F {
+    let inv = F::one() / ss.sqrt();
+    if inv > cap {
+        cap
+    } else {
+        inv
+    }
+}
+
+/// `min(1/‖x‖₂, 1/eps)` in `f64` for a row whose squares overflow `T`: the squares are taken in
+/// `f64`, after scaling `x` by a power of two (exact) if even those overflow.
+#[inline(never)]
+fn capped_inverse_norm_wide<T: Float>(x: &[T]) -> f64 {
+    let cap = 1.0 / T::EPSILON_KERAS.widen();
+    let ss = lane_sum_widened(x, |v| v * v);
+    if ss != f64::INFINITY {
+        return capped_inverse(ss, cap);
+    }
+    let amax = x.iter().fold(0.0f64, |m, &v| m.max(v.widen().abs()));
+    if !amax.is_finite() {
+        return capped_inverse(ss, cap);
+    }
+    // 2^-e with 2^e ≥ amax: the scaled values are at most 1 in magnitude.
+    let s = (-amax.log2().ceil()).exp2();
+    let scaled = lane_sum_widened(x, |v| (v * s) * (v * s));
+    // min(s/√scaled, cap) = s·min(1/√scaled, cap/s).
+    s * capped_inverse(scaled, cap / s)
+}
 
 impl<T: Float> RowKernel<T> for CosineSimilarity {
     const NAME: &'static str = "cosine_similarity";
     #[inline(always)]
     fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
-        let cap = T::one() / T::EPSILON_KERAS;
         let n = y_pred.len().min(y_true.len());
         let (y_true, y_pred) = (&y_true[..n], &y_pred[..n]);
-        let yy = lane_sum(y_true, |v| v * v);
-        let pp = lane_sum(y_pred, |v| v * v);
-        let yp = lane_sum2(y_true, y_pred, |a, b| a * b);
-        let inv_norm = |s: T| (T::one() / s.sqrt()).min(cap);
-        let (iy, ip) = (inv_norm(yy), inv_norm(pp));
-        if let Some(g) = grad {
-            let capped = ip >= cap;
-            let a = -scale * iy * ip;
-            let b = if capped { T::zero() } else { scale * iy * yp * ip * ip * ip };
-            for ((gj, &y), &p) in g.iter_mut().zip(y_true).zip(y_pred) {
-                *gj = a * y + b * p;
+        if let (Some(yy), Some(pp)) = (square_sum(y_true), square_sum(y_pred)) {
+            // The common case, in T: 1/‖x‖ is a normal number of T here.
+            let cap = T::one() / T::EPSILON_KERAS;
+            let (iy, ip) = (capped_inverse(yy, cap), capped_inverse(pp, cap));
+            // Keras normalises each side first, then sums the products.
+            let c = T::narrow(lane_sum2_wide(y_true, y_pred, |a, b| (a * iy) * (b * ip)));
+            if let Some(g) = grad {
+                let k = -scale * ip;
+                let c_active = if ip >= cap { T::zero() } else { c };
+                for ((gj, &y), &p) in g.iter_mut().zip(y_true).zip(y_pred) {
+                    *gj = k * (y * iy - c_active * (p * ip));
+                }
             }
+            return -c;
         }
-        // Keras normalises each side first, then sums the products.
-        -lane_sum2(y_true, y_pred, |a, b| (a * iy) * (b * ip))
+        cosine_wide(y_true, y_pred, scale, grad)
     }
+}
+
+/// [`CosineSimilarity`] of a row whose squares overflow `T`, in `f64`.
+#[inline(never)]
+fn cosine_wide<T: Float>(y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
+    let cap = 1.0 / T::EPSILON_KERAS.widen();
+    let (iy, ip) = (capped_inverse_norm_wide(y_true), capped_inverse_norm_wide(y_pred));
+    let c = lane_sum2_widened(y_true, y_pred, |a, b| (a * iy) * (b * ip));
+    if let Some(g) = grad {
+        let k = -scale.widen() * ip;
+        let c_active = if ip >= cap { 0.0 } else { c };
+        for ((gj, &y), &p) in g.iter_mut().zip(y_true).zip(y_pred) {
+            *gj = T::narrow(k * (y.widen() * iy - c_active * (p.widen() * ip)));
+        }
+    }
+    T::narrow(-c)
 }
 
 #[cfg(test)]

@@ -183,8 +183,10 @@ fn conventions_at_kinks_follow_tensorflow() {
     assert_eq!(g.get(&x).unwrap().to_vec::<f64>(), vec![0.0, 0.0, 1.0]);
     let g = x.abs().sum_all().backward().unwrap();
     assert_eq!(g.get(&x).unwrap().to_vec::<f64>(), vec![0.0, -1.0, 1.0]);
-    // clip passes the gradient only strictly inside.
+    // clip passes the gradient on the closed interval: the bounds are inside (TF's clip_by_value).
     let g = x.clip(0.0, 2.0).unwrap().sum_all().backward().unwrap();
+    assert_eq!(g.get(&x).unwrap().to_vec::<f64>(), vec![1.0, 0.0, 1.0]);
+    let g = x.clip(0.5, 1.5).unwrap().sum_all().backward().unwrap();
     assert_eq!(g.get(&x).unwrap().to_vec::<f64>(), vec![0.0, 0.0, 0.0]);
     let g = x.clip(-1.5, 2.5).unwrap().sum_all().backward().unwrap();
     assert_eq!(g.get(&x).unwrap().to_vec::<f64>(), vec![1.0, 1.0, 1.0]);

@@ -3,7 +3,7 @@
 use super::{op, with_pair};
 use crate::storage::{with_storage, Element};
 use crate::{DType, Error, Result, Storage, Tensor};
-use losskit_kernels::{sigmoid, sign, softplus, Float};
+use losskit_kernels::{clip_passes, maximum, sigmoid, sign, softplus, Float};
 use ndarray::{ArrayD, Axis, IxDyn, Zip};
 use num_traits::Zero;
 
@@ -81,13 +81,8 @@ impl Unary {
             Unary::Tanh => x.tanh(),
             Unary::Sigmoid => sigmoid(x),
             Unary::Softplus => softplus(x),
-            Unary::Relu => {
-                if x > T::zero() {
-                    x
-                } else {
-                    T::zero()
-                }
-            }
+            // max(x, 0) as jnp.maximum and tf.nn.relu compute it: a NaN stays NaN.
+            Unary::Relu => maximum(x, T::zero()),
             Unary::Erf => T::c(libm::erf(x.to_f64().unwrap_or(f64::NAN))),
             Unary::Atan => x.atan(),
         }
@@ -161,15 +156,12 @@ impl Binary {
             Binary::Mul => a * b,
             Binary::Div => a / b,
             Binary::Pow => a.powf(b),
-            Binary::Maximum => {
-                if a >= b {
-                    a
-                } else {
-                    b
-                }
-            }
+            // NaN on either side gives NaN (jnp.maximum, tf.maximum), not the other operand.
+            Binary::Maximum => maximum(a, b),
             Binary::Minimum => {
-                if a <= b {
+                if a.is_nan() || b.is_nan() {
+                    a + b
+                } else if a <= b {
                     a
                 } else {
                     b
@@ -518,14 +510,15 @@ impl Tensor {
         self.unary(Unary::Erf)
     }
 
-    /// `min(max(x, lo), hi)`. The gradient passes only strictly inside `(lo, hi)`.
+    /// `min(max(x, lo), hi)`; a NaN stays NaN. The gradient passes on the closed interval
+    /// `[lo, hi]` (TensorFlow's `clip_by_value`: the bounds are inside) and at NaN.
     pub fn clip(&self, lo: f64, hi: f64) -> Result<Tensor> {
         if lo > hi || lo.is_nan() || hi.is_nan() {
             return Err(Error::value("clip", format!("needs lo <= hi, got lo = {lo}, hi = {hi}")));
         }
         let storage = with_storage!(self.storage(), a => {
             let (l, h) = (T::c(lo), T::c(hi));
-            T::wrap(a.mapv(|x| x.max(l).min(h)))
+            T::wrap(a.mapv(|x| losskit_kernels::clip(x, l, h)))
         });
         Ok(Tensor::from_op(
             storage,
@@ -533,7 +526,7 @@ impl Tensor {
             op("clip", move |inputs, _out, g| {
                 let s = with_pair!("clip", inputs[0], g, (x, g) => {
                     let (l, h) = (T::c(lo), T::c(hi));
-                    T::wrap(Zip::from(x).and(g).map_collect(|&x, &g| if x > l && x < h { g } else { T::zero() }))
+                    T::wrap(Zip::from(x).and(g).map_collect(|&x, &g| if clip_passes(x, l, h) { g } else { T::zero() }))
                 });
                 Ok(vec![Some(Tensor::from_storage(s))])
             }),
