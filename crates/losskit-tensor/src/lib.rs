@@ -4,14 +4,27 @@
 //! that require gradients record themselves in a graph (the tape); [`Tensor::backward`] on a
 //! scalar walks it in reverse and returns the [`Gradients`] of every tensor that took part.
 //!
-//! # Gradient conventions (TensorFlow's)
-//! * `relu'(0) = 0`, `|x|'(0) = 0` (`sign(0) = 0`), `sqrt'(0) = inf`.
-//! * `clip(x, lo, hi)` passes the gradient only strictly inside `(lo, hi)`.
+//! # Gradient and NaN conventions (TensorFlow's), all in one place
+//! These hold for the tensor ops here and for the fused kernels of `losskit-kernels`.
+//! * `relu'(0) = 0`; `relu(NaN) = NaN` with derivative 0 there (TensorFlow's `ReluGrad`).
+//! * `|x|'(0) = 0` (`sign(0) = 0`); `|x|'(NaN) = NaN`. (JAX's rule gives `+1` at 0 and `-1` at
+//!   NaN, so Keras-on-JAX reports a finite MAPE gradient at a NaN prediction; losskit's is NaN.)
+//! * `sqrt'(0) = inf`.
+//! * `clip(x, lo, hi)` passes the gradient on the **closed** interval `[lo, hi]` (TensorFlow's
+//!   `clip_by_value`: the bounds are inside) and at NaN; it is 0 only where `x < lo` or `x > hi`.
+//!   JAX passes half the gradient at a bound (it splits ties), so Keras-on-JAX gives half of
+//!   losskit's gradient for a prediction exactly at `1e-7` or `1 - 1e-7`.
 //! * `maximum(a, b)` sends the gradient to `a` where `a >= b`, to `b` elsewhere; `minimum(a, b)`
-//!   to `a` where `a <= b`.
-//! * `max`/`min` reductions split the gradient equally between tied extrema.
+//!   to `a` where `a <= b`. Their values keep a NaN from either side (as `jnp.maximum`), never
+//!   the other operand as `f32::max` would.
+//! * `max`/`min` reductions split the gradient equally between tied extrema; a NaN in the
+//!   reduced values makes the result NaN.
 //! * `pow(a, b)`: `∂/∂b = y·ln a` where `a > 0`, 0 elsewhere.
 //! * `where_cond(c, a, b)`: the gradient goes to the branch that was selected; `c` gets none.
+//! * NaN and ±inf in a prediction propagate to a loss' value wherever Keras' formula
+//!   propagates them, and a NaN prediction gets a NaN gradient. The kernels' rules for rows
+//!   (renormalised probabilities, log-softmax, `0·(-inf)` in Keras' cross-entropies) are listed
+//!   in `losskit-kernels`' crate docs.
 //!
 //! Broadcasting follows NumPy; the gradient of a broadcast input is summed back to its shape.
 

@@ -1,5 +1,13 @@
 //! Every TFA vector (conformance/tfa_vectors.json), the blog's focal example, triplet mining
-//! (the semi-hard negative and the fallback), and gradients against finite differences.
+//! (the semi-hard negative and the fallback), torchvision's DIoU/CIoU, and gradients against
+//! finite differences.
+//!
+//! Where the TFA vectors come from: TensorFlow-Addons cannot run here (no TensorFlow), so
+//! `conformance/gen_tfa_vectors.py` is a float32 NumPy port of TFA 0.23's loss code. The port is
+//! checked against every number TFA itself publishes (docstrings and unit tests); 8 of the 24
+//! vectors are those published cases (noted "TFA docstring" / "TFA unit test" / "blog"), the
+//! other 16 are the port's own numbers. The DIoU/CIoU/GIoU vectors (`box_vectors.json`) come
+//! from running torchvision (`conformance/gen_box_vectors.py`).
 
 mod common;
 
@@ -38,7 +46,18 @@ fn every_tfa_vector_passes() {
                 (Ok(per), Ok(out)) => {
                     let (_, ep) = nested(&v["per_sample"]);
                     let (_, ee) = nested(&v["expected"]);
-                    for (g, e) in per.to_vec::<f64>().iter().zip(&ep).chain(out.to_vec::<f64>().iter().zip(&ee)) {
+                    let (per, out) = (per.to_vec::<f64>(), out.to_vec::<f64>());
+                    if per.len() != ep.len() || out.len() != ee.len() {
+                        failures.push(format!(
+                            "#{i} {class} {dtype}: {} per-sample and {} reduced values, expected {} and {}",
+                            per.len(),
+                            out.len(),
+                            ep.len(),
+                            ee.len()
+                        ));
+                        continue;
+                    }
+                    for (g, e) in per.iter().zip(&ep).chain(out.iter().zip(&ee)) {
                         if !close(*g, *e) {
                             failures.push(format!("#{i} {class} {} {dtype}: got {g}, expected {e}", v["config"]));
                         }
@@ -138,6 +157,54 @@ fn tfa_losses_match_finite_differences() {
             vec![5, 2],
         ),
         (
+            "GIoULoss",
+            json!({"mode": "iou"}),
+            vec![4.0, 3.0, 7.0, 5.0, 5.0, 6.0, 10.0, 7.0],
+            vec![2, 4],
+            vec![3.0, 4.0, 6.0, 8.0, 4.5, 5.5, 9.0, 8.0],
+            vec![2, 4],
+        ),
+        (
+            "GIoULoss",
+            json!({"mode": "diou"}),
+            vec![4.0, 3.0, 7.0, 5.0, 5.0, 6.0, 10.0, 7.0],
+            vec![2, 4],
+            vec![3.0, 4.0, 6.0, 8.0, 4.5, 5.5, 9.0, 8.0],
+            vec![2, 4],
+        ),
+        (
+            "TripletSemiHardLoss",
+            json!({"distance_metric": "angular"}),
+            vec![0.0, 0.0, 1.0, 1.0, 2.0],
+            vec![5],
+            vec![0.266, 0.796, 0.818, -0.59, -0.477, -0.01, -0.695, 0.603, 0.656, -0.794],
+            vec![5, 2],
+        ),
+        (
+            "TripletSemiHardLoss",
+            json!({"distance_metric": "squared-L2"}),
+            vec![0.0, 0.0, 1.0, 1.0, 2.0],
+            vec![5],
+            vec![0.266, 0.796, 0.818, -0.59, -0.477, -0.01, -0.695, 0.603, 0.656, -0.794],
+            vec![5, 2],
+        ),
+        (
+            "TripletHardLoss",
+            json!({}),
+            vec![0.0, 0.0, 1.0, 1.0, 2.0],
+            vec![5],
+            vec![0.266, 0.796, 0.818, -0.59, -0.477, -0.01, -0.695, 0.603, 0.656, -0.794],
+            vec![5, 2],
+        ),
+        (
+            "NpairsMultilabelLoss",
+            json!({}),
+            vec![1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0],
+            vec![3, 3],
+            vec![0.5, 0.1, 0.2, -0.3, 0.8, 0.4, 0.2, 0.6, -0.1],
+            vec![3, 3],
+        ),
+        (
             "TripletHardLoss",
             json!({"soft": true}),
             vec![0.0, 0.0, 1.0, 1.0, 2.0],
@@ -202,6 +269,41 @@ fn tfa_losses_match_finite_differences() {
             };
             let fd = (f(h) - f(-h)) / (2.0 * h);
             assert!((fd - g[j]).abs() <= 1e-5 * (1.0 + fd.abs()), "{class} {cfg} element {j}: fd {fd} vs {}", g[j]);
+        }
+    }
+}
+
+/// torchvision's `generalized_box_iou_loss`, `distance_box_iou_loss` and `complete_box_iou_loss`
+/// (`conformance/box_vectors.json`): per-box values, and gradients for GIoU and DIoU. CIoU's
+/// gradient differs on purpose: torchvision treats `α = v/(1 - IoU + v)` as a constant, losskit
+/// differentiates through it (its CIoU gradient is checked against finite differences above).
+#[test]
+fn giou_diou_ciou_match_torchvision() {
+    let all: Vec<Value> = serde_json::from_str(include_str!("../../../conformance/box_vectors.json")).unwrap();
+    assert_eq!(all.len(), 3);
+    for v in &all {
+        let mode = v["mode"].as_str().unwrap();
+        let loss = losskit::build("GIoULoss", &json!({"mode": mode, "reduction": "none"})).unwrap();
+        let (shape, t) = nested(&v["y_true"]);
+        let (_, p) = nested(&v["y_pred"]);
+        let x = Tensor::from_vec(p, &shape).unwrap().requires_grad();
+        let out = loss.call(&Tensor::from_vec(t, &shape).unwrap(), &x, None).unwrap();
+        let (_, expected) = nested(&v["expected"]);
+        let got = out.to_vec::<f64>();
+        assert_eq!(got.len(), expected.len(), "{mode}");
+        // torchvision's CIoU calls its DIoU part with its default eps = 1e-7 whatever eps it is
+        // given (1e-7 added to the union and the enclosing diagonal): ~1e-8 apart from exact.
+        let rtol = if mode == "ciou" { 1e-6 } else { 1e-10 };
+        for (g, e) in got.iter().zip(&expected) {
+            assert!((g - e).abs() <= rtol * (1.0 + e.abs()), "{mode}: {got:?} vs {expected:?}");
+        }
+        if let Some(grad) = v.get("grad") {
+            let (_, eg) = nested(grad);
+            let g = out.sum_all().backward().unwrap().get(&x).unwrap().to_vec::<f64>();
+            assert_eq!(g.len(), eg.len(), "{mode}");
+            for (a, b) in g.iter().zip(&eg) {
+                assert!((a - b).abs() <= 1e-10 * (1.0 + b.abs()), "{mode} gradient: {g:?} vs {eg:?}");
+            }
         }
     }
 }
