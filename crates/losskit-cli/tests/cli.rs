@@ -235,6 +235,14 @@ fn fit_writes_a_run_folder_then_evaluate_predict_and_plot_use_it() {
     ]);
     let (p, _) = losskit_tensor::npy::read_npy(&probs).unwrap();
     assert_eq!(p.shape(), &[4, 10]);
+    // Softmax rows whose largest entry is the class `predict` printed.
+    let classes: Vec<u64> = pr["classes"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).collect();
+    for (r, row) in p.to_vec::<f64>().chunks(10).enumerate() {
+        assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-5, "row {r}: {row:?}");
+        assert!(row.iter().all(|&q| (0.0..=1.0).contains(&q)), "row {r}: {row:?}");
+        let argmax = row.iter().enumerate().fold(0, |b, (j, &q)| if q > row[b] { j } else { b });
+        assert_eq!(argmax as u64, classes[r], "row {r}: {row:?}");
+    }
     // plot: a history.csv to a PNG with one panel per metric.
     let png_path = dir.path().join("c.png");
     let pl = run_ok(&["plot", run.join("history.csv").to_str().unwrap(), "-o", png_path.to_str().unwrap()]);
@@ -364,5 +372,11 @@ fn compute_reaches_tfa_and_pytorch_losses_by_either_name() {
         "--y-pred",
         yp.to_str().unwrap(),
     ]);
-    assert!(t["loss"].as_f64().unwrap().is_finite());
+    // Labels [0, 0, 1]: the positive pairs (0, 1) and (1, 0) at distance √0.05; the only negative
+    // (2) is farther than the positive from both anchors, so it is the semi-hard one:
+    // mean(max(1 + d_ap - d_an, 0)) with d_an = √1.45 (anchor 0) and √1.30 (anchor 1).
+    let d_ap = 0.05f64.sqrt();
+    let expected = ((1.0 + d_ap - 1.45f64.sqrt()) + (1.0 + d_ap - 1.30f64.sqrt())) / 2.0;
+    let got = t["loss"].as_f64().unwrap();
+    assert!((got - expected).abs() < 1e-5, "{got} vs {expected}");
 }

@@ -390,13 +390,20 @@ fn checkpoints_and_lambda_callbacks() {
     let mut m = model(0.5);
     let pattern = dir.path().join("weights.{epoch:02d}.safetensors");
     let mut ckpt = ModelCheckpoint::new(pattern.to_str().unwrap()).monitor("loss").save_best_only(true);
+    let every = dir.path().join("every.{epoch:02d}.safetensors");
+    let mut ckpt_every = ModelCheckpoint::new(every.to_str().unwrap());
     let seen = Rc::new(RefCell::new(Vec::new()));
     let seen2 = seen.clone();
     let mut lambda = LambdaCallback::new().on_epoch_end(move |e, logs| {
         seen2.borrow_mut().push((e, logs["loss"]));
         Ok(())
     });
-    m.fit(&x, &y, Fit::new().epochs(4).batch_size(5).verbose(0).callback(&mut ckpt).callback(&mut lambda)).unwrap();
+    m.fit(
+        &x,
+        &y,
+        Fit::new().epochs(4).batch_size(5).verbose(0).callback(&mut ckpt).callback(&mut ckpt_every).callback(&mut lambda),
+    )
+    .unwrap();
     let seen = seen.borrow();
     assert_eq!(seen.len(), 4);
     assert!(!ckpt.saved.is_empty());
@@ -410,9 +417,23 @@ fn checkpoints_and_lambda_callbacks() {
         }
     }
     assert_eq!(ckpt.saved.len(), expected_saves);
+    // The last checkpoint of every epoch holds the final weights, bit for bit.
+    assert_eq!(ckpt_every.saved.len(), 4);
     let mut other = model(0.1);
     other.build(&[2]).unwrap();
-    other.load_weights(ckpt.saved.last().unwrap()).unwrap();
+    other.load_weights(ckpt_every.saved.last().unwrap()).unwrap();
+    let same = |a: &[(String, losskit::Tensor)], b: &[(String, losskit::Tensor)]| {
+        a.len() == b.len() && a.iter().zip(b).all(|(p, q)| p.0 == q.0 && p.1.to_vec::<f32>() == q.1.to_vec::<f32>())
+    };
+    assert!(same(&other.get_weights(), &m.get_weights()), "reloaded weights differ from the model's");
+    // The best-only checkpoint of epoch e holds what the every-epoch checkpoint of e holds.
+    let best = ckpt.saved.last().unwrap();
+    let epoch = best.file_name().unwrap().to_str().unwrap().trim_start_matches("weights.").to_string();
+    other.load_weights(best).unwrap();
+    let mut twin = model(0.1);
+    twin.build(&[2]).unwrap();
+    twin.load_weights(&dir.path().join(format!("every.{epoch}"))).unwrap();
+    assert!(same(&other.get_weights(), &twin.get_weights()), "best checkpoint {best:?}");
     // Monitoring a metric that is not logged is an error naming what is.
     let mut bad = EarlyStopping::new("val_loss");
     let err = m.fit(&x, &y, Fit::new().verbose(0).callback(&mut bad)).unwrap_err();

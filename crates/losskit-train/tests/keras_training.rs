@@ -81,14 +81,18 @@ fn two_epochs_match_keras() {
         assert_eq!(history.history.len(), expected.len(), "{name}: logged keys {:?}", history.history.keys());
         for (k, vals) in expected {
             let got = history.get(k).unwrap_or_else(|| panic!("{name}: no {k} in history"));
+            assert_eq!(got.len(), floats(vals).len(), "{name} {k}: epochs logged");
             for (g, e) in got.iter().zip(floats(vals)) {
                 assert!((g - e as f64).abs() <= 1e-4, "{name} {k}: {got:?} vs {vals}");
             }
         }
-        for (w, e) in model.get_weights().iter().zip(run["final_weights"].as_array().unwrap()) {
+        let weights = model.get_weights();
+        assert_eq!(weights.len(), run["final_weights"].as_array().unwrap().len(), "{name}: weight count");
+        for (w, e) in weights.iter().zip(run["final_weights"].as_array().unwrap()) {
             assert_eq!(w.0, e["name"].as_str().unwrap());
             let got = w.1.to_vec::<f32>();
             let exp = floats(&e["values"]);
+            assert_eq!(got.len(), exp.len(), "{name} {}: element count", w.0);
             let worst = got.iter().zip(&exp).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
             assert!(worst <= 1e-4, "{name} {}: max |diff| {worst}", w.0);
         }

@@ -168,6 +168,14 @@ fn y_true_is_cast_to_y_pred_dtype_and_f64_works() {
     assert_eq!(out.to_scalar().unwrap(), 0.25);
     let out = losskit::MeanSquaredError::new().call(&p, &y.to_dtype(DType::F64), None).unwrap();
     assert_eq!(out.dtype(), DType::F64);
+    assert_eq!(out.to_scalar().unwrap(), 0.25);
+    // A value that f32 cannot hold exactly: the f64 path keeps it, the f32 one rounds it.
+    let y = Tensor::from_vec(vec![0.1f64], &[1, 1]).unwrap();
+    let p64 = Tensor::from_vec(vec![0.0f64], &[1, 1]).unwrap();
+    let v64 = losskit::MeanSquaredError::new().call(&y, &p64, None).unwrap().to_scalar().unwrap();
+    assert_eq!(v64, 0.1f64 * 0.1);
+    let v32 = losskit::MeanSquaredError::new().call(&y, &p64.to_dtype(DType::F32), None).unwrap().to_scalar().unwrap();
+    assert_eq!(v32, f64::from(0.1f32 * 0.1f32));
 }
 
 #[test]

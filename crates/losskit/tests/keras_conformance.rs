@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{close, keras_vectors, nested, tensor};
+use common::{close, keras_vectors, nested, tensor, y_true_tensor};
 use losskit::{DType, Loss};
 use serde_json::Value;
 
@@ -41,7 +41,8 @@ fn expected_error(v: &Value) -> Option<&'static str> {
 fn run_vector(v: &Value, dtype: DType) -> Result<(), String> {
     let class = v["loss"].as_str().unwrap();
     let loss: Box<dyn Loss> = losskit::build(class, &v["config"]).map_err(|e| e.to_string())?;
-    let y_true = tensor(&v["y_true"], dtype);
+    // Integer labels (y_true_dtype int32) are taken exactly, float targets as f32 parsed them.
+    let y_true = y_true_tensor(&v["y_true"], v["y_true_dtype"].as_str().unwrap(), dtype);
     let y_pred = tensor(&v["y_pred"], dtype);
     let weight = v.get("sample_weight").map(|w| tensor(w, dtype));
     let mask = v.get("mask").map(|m| tensor(m, dtype));
@@ -53,6 +54,9 @@ fn run_vector(v: &Value, dtype: DType) -> Result<(), String> {
     }
     let (_, expected) = nested(&v["expected"]);
     let got = out.to_vec::<f64>();
+    if got.len() != expected.len() {
+        return Err(format!("{} values, expected {}", got.len(), expected.len()));
+    }
     for (i, (&g, &e)) in got.iter().zip(&expected).enumerate() {
         if !close(g, e) {
             return Err(format!("element {i}: got {g}, expected {e} (all: {got:?} vs {expected:?})"));
