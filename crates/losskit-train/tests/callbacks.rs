@@ -401,7 +401,13 @@ fn checkpoints_and_lambda_callbacks() {
     m.fit(
         &x,
         &y,
-        Fit::new().epochs(4).batch_size(5).verbose(0).callback(&mut ckpt).callback(&mut ckpt_every).callback(&mut lambda),
+        Fit::new()
+            .epochs(4)
+            .batch_size(5)
+            .verbose(0)
+            .callback(&mut ckpt)
+            .callback(&mut ckpt_every)
+            .callback(&mut lambda),
     )
     .unwrap();
     let seen = seen.borrow();

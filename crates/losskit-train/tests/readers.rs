@@ -130,14 +130,25 @@ fn csv_with_and_without_header() {
     assert!(err("a,b\n", &LabelColumn::Last).contains("no data rows"));
 }
 
+/// A reader's result on bad bytes: a value, or an `Error::File` whose message starts with the
+/// file's name (so the user knows which file is at fault). Never a panic, never another kind.
+fn value_or_file_error<T>(r: losskit::Result<T>, name: &str) -> Result<(), TestCaseError> {
+    if let Err(e) = r {
+        prop_assert!(matches!(&e, losskit::Error::File { path, .. } if path == name), "not a file error: {e:?}");
+        prop_assert!(e.to_string().starts_with(&format!("{name}: ")), "{e}");
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
 
     #[test]
     fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
-        let _ = datasets::parse_idx(&bytes, "fuzz");
-        let _ = losskit_tensor::npy::read_npy_bytes(&bytes, "fuzz");
-        let _ = datasets::parse_csv(&String::from_utf8_lossy(&bytes), &LabelColumn::Last, "fuzz");
+        value_or_file_error(datasets::parse_idx(&bytes, "fuzz.idx"), "fuzz.idx")?;
+        value_or_file_error(losskit_tensor::npy::read_npy_bytes(&bytes, "fuzz.npy"), "fuzz.npy")?;
+        let text = String::from_utf8_lossy(&bytes);
+        value_or_file_error(datasets::parse_csv(&text, &LabelColumn::Last, "fuzz.csv"), "fuzz.csv")?;
     }
 
     #[test]
@@ -151,9 +162,9 @@ proptest! {
             if let Some(b) = npy.get_mut(*pos % l) { *b = *v; }
         }
         idx.truncate(cut.min(idx.len()));
-        let _ = datasets::parse_idx(&idx, "fuzz");
-        let _ = datasets::parse_idx(&gzip(&idx), "fuzz");
+        value_or_file_error(datasets::parse_idx(&idx, "m.idx"), "m.idx")?;
+        value_or_file_error(datasets::parse_idx(&gzip(&idx), "m.idx.gz"), "m.idx.gz")?;
         npy.truncate(cut.max(1).min(npy.len()));
-        let _ = losskit_tensor::npy::read_npy_bytes(&npy, "fuzz");
+        value_or_file_error(losskit_tensor::npy::read_npy_bytes(&npy, "m.npy"), "m.npy")?;
     }
 }
