@@ -438,7 +438,7 @@ fn checkpoints_and_lambda_callbacks() {
     other.load_weights(best).unwrap();
     let mut twin = model(0.1);
     twin.build(&[2]).unwrap();
-    twin.load_weights(&dir.path().join(format!("every.{epoch}"))).unwrap();
+    twin.load_weights(dir.path().join(format!("every.{epoch}"))).unwrap();
     assert!(same(&other.get_weights(), &twin.get_weights()), "best checkpoint {best:?}");
     // Monitoring a metric that is not logged is an error naming what is.
     let mut bad = EarlyStopping::new("val_loss");
