@@ -65,8 +65,10 @@ fn config_for(class: &str) -> impl Strategy<Value = Value> {
         .prop_map(|kv| Value::Object(kv.into_iter().collect()))
 }
 
-fn case() -> impl Strategy<Value = (String, Value, Vec<usize>, Vec<usize>, Vec<f64>, Vec<f64>, Option<Vec<f64>>, bool)>
-{
+/// (class, config, y_true shape, y_pred shape, y_true values, y_pred values, weights, f64?)
+type Case = (String, Value, Vec<usize>, Vec<usize>, Vec<f64>, Vec<f64>, Option<Vec<f64>>, bool);
+
+fn case() -> impl Strategy<Value = Case> {
     prop::sample::select(classes()).prop_flat_map(|class| {
         (
             Just(class.clone()),
