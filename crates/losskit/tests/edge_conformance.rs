@@ -149,3 +149,64 @@ fn sparse_and_categorical_treat_the_same_row_the_same_way() {
         }
     }
 }
+
+/// Candidate inputs `(y_true, y_pred)`: a loss takes the first one it accepts with a finite value.
+fn candidates() -> Vec<(Tensor, Tensor)> {
+    let t = |v: Vec<f64>, s: &[usize]| Tensor::from_vec(v, s).unwrap();
+    let probs = vec![0.2, 0.5, 0.3, 0.6, 0.1, 0.3, 0.25, 0.25, 0.5, 0.1, 0.7, 0.2];
+    vec![
+        // one-hot targets and probabilities (4, 3)
+        (t(vec![0., 1., 0., 1., 0., 0., 0., 0., 1., 0., 1., 0.], &[4, 3]), t(probs.clone(), &[4, 3])),
+        // class indices (4,) and probabilities (4, 3)
+        (t(vec![1., 0., 2., 1.], &[4]), t(probs.clone(), &[4, 3])),
+        // labels (4,) and embeddings (4, 3)
+        (t(vec![0., 0., 1., 1.], &[4]), t(vec![0.1, 0.9, 0.3, 0.7, 0.8, 0.2, 0.6, 0.5, -0.3, 0.4, 0.2, 0.9], &[4, 3])),
+        // boxes (2, 4)
+        (t(vec![4., 3., 7., 5., 5., 6., 10., 7.], &[2, 4]), t(vec![3., 4., 6., 8., 4.5, 5.5, 9., 8.], &[2, 4])),
+        // pairs stacked on axis 1 (4, 2) with ±1 targets
+        (t(vec![1., -1., 1., -1.], &[4]), t(vec![0.3, 0.1, 0.2, 0.6, 0.9, 0.4, 0.5, 0.7], &[4, 2])),
+        // CosineEmbedding (2, 2, 3), TripletMargin (2, 3, 3)
+        (t(vec![1., -1.], &[2]), t(vec![0.1, 0.9, 0.3, 0.7, 0.8, 0.2, 0.6, 0.5, -0.3, 0.4, 0.2, 0.9], &[2, 2, 3])),
+        (t(vec![0., 0.], &[2]), t((0..18).map(|i| ((i * 7) % 11) as f64 / 10.0).collect(), &[2, 3, 3])),
+        // multi-label targets as class indices padded with -1 (MultiLabelMargin)
+        (t(vec![0., 2., -1., 1., -1., -1., 2., 0., -1., 1., 2., -1.], &[4, 3]), t(probs.clone(), &[4, 3])),
+        // CTC: labels (2, 2), logits (2, 4, 3)
+        (t(vec![1., 2., 2., 1.], &[2, 2]), t((0..24).map(|i| ((i * 5) % 7) as f64 / 7.0).collect(), &[2, 4, 3])),
+        // labels (4, 1) with (4, 3)
+        (t(vec![1., 0., 2., 1.], &[4, 1]), t(probs, &[4, 3])),
+        // labels (3,) with a (3, 3) similarity matrix (N-pairs)
+        (t(vec![0., 1., 2.], &[3]), t(vec![0.9, 0.1, 0.2, 0.3, 0.8, 0.4, 0.2, 0.6, 0.7], &[3, 3])),
+        // multi-hot labels (3, 2) with a (3, 3) similarity matrix (N-pairs multi-label)
+        (t(vec![1., 0., 0., 1., 1., 1.], &[3, 2]), t(vec![0.9, 0.1, 0.2, 0.3, 0.8, 0.4, 0.2, 0.6, 0.7], &[3, 3])),
+        // two classes, one-hot (3, 2) (WeightedKappa's default num_classes = 2)
+        (t(vec![1., 0., 0., 1., 1., 0.], &[3, 2]), t(vec![0.7, 0.3, 0.4, 0.6, 0.2, 0.8], &[3, 2])),
+    ]
+}
+
+/// Every loss in the registry, kernel or composed: a NaN in `y_pred` makes the loss NaN. The NaN
+/// goes to position 1, which every candidate's loss reads (for class-index losses it is row 0's
+/// target class: a NaN in a class the loss does not select, as in PyTorch's `NLLLoss`, is
+/// rightly ignored).
+#[test]
+fn a_nan_prediction_reaches_every_loss() {
+    let mut failures = Vec::new();
+    for info in losskit::list() {
+        let loss = losskit::get(&info.class_name).unwrap();
+        let accepted = candidates()
+            .into_iter()
+            .find(|(t, p)| loss.call(t, p, None).is_ok_and(|v| v.to_vec::<f64>().iter().all(|x| x.is_finite())));
+        let Some((y_true, y_pred)) = accepted else {
+            failures.push(format!("{}: no candidate input accepted", info.class_name));
+            continue;
+        };
+        let mut values = y_pred.to_vec::<f64>();
+        values[1] = f64::NAN;
+        let poisoned = Tensor::from_vec(values, y_pred.shape()).unwrap();
+        match loss.call(&y_true, &poisoned, None) {
+            Ok(v) if v.to_vec::<f64>().iter().any(|x| x.is_nan()) => {}
+            Ok(v) => failures.push(format!("{}: NaN hidden, value {:?}", info.class_name, v.to_vec::<f64>())),
+            Err(e) => failures.push(format!("{}: {e}", info.class_name)),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
