@@ -155,7 +155,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         let mut grad = vec![0.0f32; n];
         let secs = time(args.repeats, || match w.name.split('_').next().unwrap_or("") {
             "cce" if w.targets == "sparse" => run_kernel(
-                &k::SparseCategoricalCrossentropy { from_logits: true, class_weights: None },
+                &k::SparseCategoricalCrossentropy { from_logits: true, class_weights: None, label_smoothing: 0.0 },
                 &t,
                 &p,
                 w.cols,

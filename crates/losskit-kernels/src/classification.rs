@@ -386,6 +386,10 @@ fn cce_probs<T: Float>(y_true: &[T], y_pred: &[T], smooth: Smooth<T>, scale: T, 
 /// gradient 0); an index `≥ cols` gives NaN (callers validate labels first).
 /// With `class_weights`, the row is multiplied by `w[k]`.
 ///
+/// `label_smoothing` `ε` (from logits only, PyTorch's `CrossEntropyLoss` semantics; Keras' sparse
+/// loss has none): `(1 - ε)·w[k]·(-log_softmax(x)[k]) + ε/C·Σ_c w[c]·(-log_softmax(x)[c])`,
+/// gradient `(1 - ε)·w[k]·(softmax - onehot(k)) + ε/C·(W·softmax - w)` with `W = Σw`.
+///
 /// A row with non-finite predictions gets the value Keras' one-hot formula gives it, the same
 /// as [`CategoricalCrossentropy`] with a one-hot target: NaN for a NaN or `+inf` logit and for a
 /// `-inf` logit outside the label (`0·(-inf)`); from probabilities, the renormalisation rule.
@@ -395,6 +399,8 @@ pub struct SparseCategoricalCrossentropy<'a> {
     pub from_logits: bool,
     /// Optional weight per class (PyTorch's `weight=`), length `cols`.
     pub class_weights: Option<&'a [f64]>,
+    /// PyTorch's label smoothing `ε` (from logits only; 0 for Keras).
+    pub label_smoothing: f64,
 }
 
 impl<T: Float> RowKernel<T> for SparseCategoricalCrossentropy<'_> {
@@ -416,7 +422,9 @@ impl<T: Float> RowKernel<T> for SparseCategoricalCrossentropy<'_> {
                 return if ignored { T::zero() } else { T::nan() };
             }
         };
-        if self.from_logits {
+        if self.from_logits && self.label_smoothing != 0.0 {
+            sparse_logits_smoothed(y_pred, k, self.class_weights, T::c(self.label_smoothing), scale, grad)
+        } else if self.from_logits {
             sparse_logits(y_pred, k, w, scale, grad)
         } else {
             sparse_probs(y_pred, k, w, scale, grad)
@@ -449,6 +457,43 @@ fn sparse_logits<T: Float>(y_pred: &[T], k: usize, w: T, scale: T, grad: Option<
     } else {
         value
     }
+}
+
+/// [`SparseCategoricalCrossentropy`] from logits with PyTorch's label smoothing `eps`: the exact
+/// loss is `(1-ε)·w_k·(lse - x_k) + ε/C·Σ_c w_c·(lse - x_c)` (with `lse` the log-sum-exp).
+#[inline(always)]
+fn sparse_logits_smoothed<T: Float>(
+    y_pred: &[T],
+    k: usize,
+    weights: Option<&[f64]>,
+    eps: T,
+    scale: T,
+    grad: Option<&mut [T]>,
+) -> T {
+    let one = T::one();
+    let c = T::c(y_pred.len() as f64);
+    let w = |j: usize| class_weight::<T>(weights, j);
+    let m = row_max(y_pred);
+    let (mut s, mut w_total, mut w_dot_shifted) = (WideSum::default(), WideSum::default(), WideSum::default());
+    for (j, &x) in y_pred.iter().enumerate() {
+        s.add((x - m).exp_fast());
+        w_total.add(w(j));
+        w_dot_shifted.add(w(j) * (x - m));
+    }
+    let (s, w_total) = (T::narrow(s.total()), T::narrow(w_total.total()));
+    let ln_s = T::narrow(s.widen().ln());
+    // Σ_c w_c·(lse - x_c) = W·ln s - Σ_c w_c·(x_c - m), both in f64.
+    let smooth = T::narrow(w_total.widen() * ln_s.widen() - w_dot_shifted.total());
+    let picked = w(k) * (ln_s - (y_pred[k] - m));
+    if let Some(g) = grad {
+        let (a, b) = ((one - eps) * w(k), eps / c);
+        let soft = (a + b * w_total) * scale / s;
+        for (j, (gj, &x)) in g.iter_mut().zip(y_pred).enumerate() {
+            *gj = soft * (x - m).exp_fast() - scale * b * w(j);
+        }
+        g[k] = g[k] - scale * a;
+    }
+    (one - eps) * picked + eps / c * smooth
 }
 
 /// Whether some `x[j]`, `j ≠ k`, is `-inf`: a counting pass without early exit (it vectorises;

@@ -125,51 +125,101 @@ fn process<T: Float, K: RowKernel<T>>(kernel: &K, c: &Chunk<'_, T>, values: &mut
     }
 }
 
-/// The same loop compiled for AVX2 + FMA, so the element loops (and the polynomial `exp`/`ln`)
-/// vectorise 8 lanes wide.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn process_avx2<T: Float, K: RowKernel<T>>(
-    kernel: &K,
-    c: &Chunk<'_, T>,
-    values: &mut [T],
-    grad: Option<&mut [T]>,
-) {
-    process(kernel, c, values, grad)
-}
-
-/// The same loop compiled for AVX-512 (16 lanes).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-unsafe fn process_avx512<T: Float, K: RowKernel<T>>(
-    kernel: &K,
-    c: &Chunk<'_, T>,
-    values: &mut [T],
-    grad: Option<&mut [T]>,
-) {
-    process(kernel, c, values, grad)
-}
-
-/// Runs the AVX-512 or AVX2 build of the row loop when the CPU has it (checked once by std), else the
-/// baseline one.
-#[inline]
-fn process_dispatch<T: Float, K: RowKernel<T>>(kernel: &K, c: &Chunk<'_, T>, values: &mut [T], grad: Option<&mut [T]>) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-            && std::arch::is_x86_feature_detected!("avx512dq")
-        {
-            // SAFETY: the CPU supports these AVX-512 subsets (checked just above).
-            unsafe { process_avx512(kernel, c, values, grad) };
-            return;
+/// Defines `$dispatch`, which runs `$body` (a generic function) compiled for AVX-512 or AVX2 +
+/// FMA when the CPU has them (checked once by std), else the baseline build. The element
+/// loops and the polynomial `exp`/`ln` vectorise 16 or 8 lanes wide in those builds.
+macro_rules! isa_dispatch {
+    ($dispatch:ident, $body:ident, <$($g:ident: $b:path),*>, ($($arg:ident: $ty:ty),*)) => {
+        #[inline]
+        fn $dispatch<$($g: $b),*>($($arg: $ty),*) {
+            /// The body compiled for AVX2 + FMA (8 lanes).
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2<$($g: $b),*>($($arg: $ty),*) {
+                $body($($arg),*)
+            }
+            /// The body compiled for AVX-512 (16 lanes).
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+            unsafe fn avx512<$($g: $b),*>($($arg: $ty),*) {
+                $body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512dq")
+                {
+                    // SAFETY: the CPU supports these AVX-512 subsets (checked just above).
+                    unsafe { avx512($($arg),*) };
+                    return;
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                    unsafe { avx2($($arg),*) };
+                    return;
+                }
+            }
+            $body($($arg),*)
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            unsafe { process_avx2(kernel, c, values, grad) };
-            return;
+    };
+}
+
+isa_dispatch!(process_dispatch, process, <T: Float, K: RowKernel<T>>, (kernel: &K, c: &Chunk<'_, T>, values: &mut [T], grad: Option<&mut [T]>));
+
+/// An element-wise loss: the value and `∂value/∂y_pred` of one `(y_true, y_pred)` pair (the
+/// loss is not reduced over an axis, as PyTorch's element-wise losses with `reduction="none"`).
+pub trait ElementKernel<T: Float>: Sync {
+    /// The kernel's name, used in error messages.
+    const NAME: &'static str;
+    /// `(value, ∂value/∂p)` at `(t, p)`.
+    fn element(&self, t: T, p: T) -> (T, T);
+}
+
+/// Runs an element-wise `kernel` over `y_true`/`y_pred` (same length): `values[i]` and, when
+/// asked, `grad[i] = ∂values[i]/∂y_pred[i]`, in one pass, in parallel over chunks.
+pub fn run_elements<T: Float, K: ElementKernel<T>>(
+    kernel: &K,
+    y_true: &[T],
+    y_pred: &[T],
+    values: &mut [T],
+    grad: Option<&mut [T]>,
+) -> Result<(), KernelError> {
+    let n = y_pred.len();
+    check(K::NAME, "y_true", y_true.len(), n)?;
+    check(K::NAME, "values", values.len(), n)?;
+    if let Some(g) = grad.as_deref() {
+        check(K::NAME, "grad", g.len(), n)?;
+    }
+    let chunk = if n >= PARALLEL_MIN_VALUES { n.div_ceil(rayon::current_num_threads() * 4).max(1) } else { n.max(1) };
+    match grad {
+        Some(g) => values.par_chunks_mut(chunk).zip(g.par_chunks_mut(chunk)).enumerate().for_each(|(c, (v, g))| {
+            let r = c * chunk..c * chunk + v.len();
+            elements_dispatch(kernel, &y_true[r.clone()], &y_pred[r], v, Some(g));
+        }),
+        None => values.par_chunks_mut(chunk).enumerate().for_each(|(c, v)| {
+            let r = c * chunk..c * chunk + v.len();
+            elements_dispatch(kernel, &y_true[r.clone()], &y_pred[r], v, None);
+        }),
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn elements<T: Float, K: ElementKernel<T>>(kernel: &K, t: &[T], p: &[T], values: &mut [T], grad: Option<&mut [T]>) {
+    match grad {
+        Some(g) => {
+            for (((v, g), &t), &p) in values.iter_mut().zip(g.iter_mut()).zip(t).zip(p) {
+                (*v, *g) = kernel.element(t, p);
+            }
+        }
+        None => {
+            for ((v, &t), &p) in values.iter_mut().zip(t).zip(p) {
+                *v = kernel.element(t, p).0;
+            }
         }
     }
-    process(kernel, c, values, grad)
 }
+
+isa_dispatch!(elements_dispatch, elements, <T: Float, K: ElementKernel<T>>, (kernel: &K, t: &[T], p: &[T], values: &mut [T], grad: Option<&mut [T]>));

@@ -44,11 +44,11 @@ pub use classification::{
     SparseCategoricalCrossentropy,
 };
 pub use ctc::Ctc;
-pub use driver::{run_rows, RowKernel};
+pub use driver::{run_elements, run_rows, ElementKernel, RowKernel};
 pub use hinge::{CategoricalHinge, Hinge};
 pub use regression::{
     CosineSimilarity, Huber, KLDivergence, LogCosh, MeanAbsoluteError, MeanAbsolutePercentageError, MeanSquaredError,
-    MeanSquaredLogarithmicError, Poisson,
+    MeanSquaredLogarithmicError, Poisson, SmoothL1,
 };
 pub use sparsemax::{sparsemax, SparsemaxLoss};
 

@@ -1,7 +1,7 @@
 //! Regression kernels: the per-sample value is a mean (or, for KLD and cosine, a sum) over a row.
 
 use crate::sum::{fold_lanes, lane_sum2_wide, lane_sum2_widened, lane_sum_wide, lane_sum_widened, BLOCK};
-use crate::{clip, clip_passes, maximum, sign, Float, RowKernel};
+use crate::{clip, clip_passes, maximum, sign, ElementKernel, Float, RowKernel};
 
 /// An element-wise loss term: `(value, ∂value/∂p)` of one `(y_true, y_pred)` pair. A named
 /// `#[inline(always)]` method (closures may stay out of line, which stops vectorisation).
@@ -196,6 +196,47 @@ impl<T: Float> RowKernel<T> for Huber {
         let delta = T::c(self.delta);
         let half = T::c(0.5);
         mean_row(y_true, y_pred, scale, grad, &HuberTerm { delta, half, linear_offset: half * (delta * delta) })
+    }
+}
+
+/// PyTorch's `SmoothL1Loss` element: `½d²/β` if `|d| < β`, else `|d| - ½β` (`d = p - y`); with
+/// `β = 0` it is `|d|`. Gradient `clip(d/β, -1, 1)` (`sign(d)` for `β = 0`). As a row kernel,
+/// the mean over the row.
+#[derive(Debug, Clone, Copy)]
+pub struct SmoothL1 {
+    /// The threshold `β ≥ 0`.
+    pub beta: f64,
+}
+
+impl<T: Float> Term<T> for SmoothL1 {
+    #[inline(always)]
+    fn term(&self, t: T, p: T) -> (T, T) {
+        let (beta, half, one) = (T::c(self.beta), T::c(0.5), T::one());
+        let d = p - t;
+        let a = d.abs();
+        if self.beta == 0.0 {
+            return (a, sign(d));
+        }
+        let quadratic = half * (d * d) / beta;
+        let linear = a - half * beta;
+        // Both branches, then a blend; the clip keeps a NaN.
+        (if a < beta { quadratic } else { linear }, clip(d / beta, -one, one))
+    }
+}
+
+impl<T: Float> ElementKernel<T> for SmoothL1 {
+    const NAME: &'static str = "smooth_l1_loss";
+    #[inline(always)]
+    fn element(&self, t: T, p: T) -> (T, T) {
+        self.term(t, p)
+    }
+}
+
+impl<T: Float> RowKernel<T> for SmoothL1 {
+    const NAME: &'static str = "smooth_l1_loss";
+    #[inline(always)]
+    fn row(&self, y_true: &[T], y_pred: &[T], scale: T, grad: Option<&mut [T]>) -> T {
+        mean_row(y_true, y_pred, scale, grad, self)
     }
 }
 

@@ -562,6 +562,7 @@ impl Loss for SparseCategoricalCrossentropy {
         let kernel = kernels::SparseCategoricalCrossentropy {
             from_logits: self.from_logits,
             class_weights: self.class_weights.as_deref(),
+            label_smoothing: 0.0,
         };
         let values = sparse_row_loss("sparse_categorical_crossentropy", kernel, &indices, y_pred)?;
         Ok(PerSample { values, mask })

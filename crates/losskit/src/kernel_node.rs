@@ -2,7 +2,7 @@
 //! `losskit-kernels` pass; backward only scales each row's gradient by its upstream value.
 
 use crate::{Error, Result, Tensor};
-use losskit_kernels::{run_rows, RowKernel};
+use losskit_kernels::{run_elements, run_rows, ElementKernel, RowKernel};
 use losskit_tensor::{broadcast_shapes, is_grad_enabled, CustomOp, Storage};
 use ndarray::{ArrayD, IxDyn};
 
@@ -143,6 +143,81 @@ where
     };
     Ok(match grad {
         Some(local_grad) => Tensor::from_op(values, vec![y_pred.clone()], RowLossOp { name, local_grad, cols }),
+        None => Tensor::from_storage(values),
+    })
+}
+
+/// The element-wise gradient `∂value[i]/∂y_pred[i]` stored by the forward pass.
+struct ElementLossOp {
+    name: &'static str,
+    local_grad: Storage,
+}
+
+impl CustomOp for ElementLossOp {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn backward(&self, _inputs: &[Tensor], _output: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let local = Tensor::from_storage(self.local_grad.clone());
+        Ok(vec![Some(local.mul(&grad.to_dtype(local.dtype()))?)])
+    }
+}
+
+fn run_elements_typed<T, K>(
+    kernel: &K,
+    y_true: &Tensor,
+    y_pred: &Tensor,
+    with_grad: bool,
+) -> Result<(ArrayD<T>, Option<ArrayD<T>>)>
+where
+    T: losskit_tensor::Element,
+    K: ElementKernel<T>,
+{
+    let t = y_true.to_array::<T>();
+    let p = y_pred.to_array::<T>();
+    let (t, p) = (t.as_standard_layout(), p.as_standard_layout());
+    let (t, p) = (t.as_slice().expect("standard layout"), p.as_slice().expect("standard layout"));
+    let shape = IxDyn(y_pred.shape());
+    let mut values = ArrayD::<T>::zeros(shape.clone());
+    let mut grad = with_grad.then(|| ArrayD::<T>::zeros(shape));
+    run_elements(
+        kernel,
+        t,
+        p,
+        values.as_slice_mut().expect("fresh array"),
+        grad.as_mut().map(|g| g.as_slice_mut().expect("fresh array")),
+    )?;
+    Ok((values, grad))
+}
+
+/// Runs an element-wise kernel over `y_true`/`y_pred` (broadcast to a common shape) as one
+/// differentiable node with respect to `y_pred`; the output has the common shape. `y_true` is a
+/// constant.
+pub(crate) fn element_loss<K>(name: &'static str, kernel: K, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor>
+where
+    K: ElementKernel<f32> + ElementKernel<f64>,
+{
+    let shape = broadcast_shapes(y_true.shape(), y_pred.shape()).ok_or_else(|| Error::Broadcast {
+        op: format!("{name} (y_true vs y_pred)"),
+        lhs: y_true.shape().to_vec(),
+        rhs: y_pred.shape().to_vec(),
+    })?;
+    let y_pred = y_pred.broadcast_to(&shape)?;
+    let y_true = y_true.detach().broadcast_to(&shape)?;
+    let with_grad = is_grad_enabled() && y_pred.is_tracked();
+    let (values, grad) = match y_pred.dtype() {
+        losskit_tensor::DType::F32 => {
+            let (v, g) = run_elements_typed::<f32, K>(&kernel, &y_true, &y_pred, with_grad)?;
+            (Storage::F32(v.into_shared()), g.map(|g| Storage::F32(g.into_shared())))
+        }
+        losskit_tensor::DType::F64 => {
+            let (v, g) = run_elements_typed::<f64, K>(&kernel, &y_true, &y_pred, with_grad)?;
+            (Storage::F64(v.into_shared()), g.map(|g| Storage::F64(g.into_shared())))
+        }
+    };
+    Ok(match grad {
+        Some(local_grad) => Tensor::from_op(values, vec![y_pred.clone()], ElementLossOp { name, local_grad }),
         None => Tensor::from_storage(values),
     })
 }

@@ -10,9 +10,11 @@
 //! `[anchor, positive, negative]` (its `y_true` is ignored); `GaussianNLLLoss` `(..., 2)` =
 //! `[mean, var]`. The class axis of `NLLLoss`/`CrossEntropyLoss` inputs is axis 1, as in PyTorch.
 
+use crate::kernel_node::{element_loss, row_loss, sparse_row_loss};
 use crate::param_loss::{ParamLoss, Spec, Style};
 use crate::targets::class_indices;
 use crate::{Error, PerSample, Reduction, Result, Tensor};
+use losskit_kernels as kernels;
 
 fn constant(v: Vec<f64>, shape: &[usize], like: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, shape)?.to_dtype(like.dtype()))
@@ -74,35 +76,56 @@ fn cross_entropy(p: &ParamLoss, target: &Tensor, input: &Tensor) -> Result<PerSa
     let x = class_last(input)?;
     let classes = *x.shape().last().ok_or_else(|| shape_err("cross_entropy", "scalar input".into()))?;
     let eps = p.f64("label_smoothing")?;
-    let logp = x.log_softmax(-1)?;
     let w = weights(p, classes, "cross_entropy")?;
-    let w_row = constant(w.clone().unwrap_or_else(|| vec![1.0; classes]), &[classes], input)?;
     if target.shape() == input.shape() {
-        // Probability targets: -Σ_c w_c·y'_c·log p_c, y' = y(1-ε) + ε/C; mean over N.
-        let y = class_last(&target.detach())?.mul_scalar(1.0 - eps)?.add_scalar(eps / classes as f64)?;
-        return Ok(y.mul(&w_row)?.mul(&logp)?.sum(&[-1], false)?.neg().into());
+        return cross_entropy_probabilities(target, &x, input, eps, w);
     }
-    let (idx, wy) = index_targets(p, "cross_entropy", target, classes)?;
-    let picked = logp.take_along_last(&idx)?.neg();
-    let smooth = logp.mul(&w_row)?.sum(&[-1], false)?.neg().mul_scalar(eps / classes as f64)?;
-    let wyt = constant(wy.clone(), idx.shape(), input)?;
-    let l = picked.mul(&wyt)?.mul_scalar(1.0 - eps)?.add(&smooth)?;
+    // Class indices: the sparse cross-entropy kernel, with PyTorch's weights and smoothing:
+    // l = (1-ε)·w[y]·(-log p_y) + ε/C·Σ_c w_c·(-log p_c), one tape node.
+    let ignore = p.int("ignore_index")?;
+    let (idx, _) = class_indices("cross_entropy", target, classes, Some(ignore))?;
+    let wy: Vec<f64> = idx
+        .to_vec::<f64>()
+        .iter()
+        .map(|&l| if l < 0.0 { 0.0 } else { w.as_ref().map_or(1.0, |w| w[l as usize]) })
+        .collect();
+    let kernel =
+        kernels::SparseCategoricalCrossentropy { from_logits: true, class_weights: w.as_deref(), label_smoothing: eps };
+    let l = sparse_row_loss("cross_entropy", kernel, &idx, &x)?;
     // Values are l / w[y] with the mask w[y]: none → l, sum → Σl, mean → Σl / Σw[y] (PyTorch).
     let inv: Vec<f64> = wy.iter().map(|&w| if w == 0.0 { 0.0 } else { 1.0 / w }).collect();
     let values = l.mul(&constant(inv, idx.shape(), input)?)?;
-    Ok(PerSample { values, mask: Some(wyt) })
+    Ok(PerSample { values, mask: Some(constant(wy, idx.shape(), input)?) })
 }
 
+/// `CrossEntropyLoss` with probability targets: `-Σ_c w_c·y'_c·log p_c`, `y' = y(1-ε) + ε/C`.
+/// Without weights this is the categorical cross-entropy kernel (Keras' smoothing is the same).
+fn cross_entropy_probabilities(
+    target: &Tensor,
+    x: &Tensor,
+    input: &Tensor,
+    eps: f64,
+    w: Option<Vec<f64>>,
+) -> Result<PerSample> {
+    let classes = x.shape()[x.rank() - 1];
+    let y = class_last(&target.detach())?;
+    let Some(w) = w else {
+        let kernel = kernels::CategoricalCrossentropy {
+            from_logits: true,
+            label_smoothing: eps,
+            smoothing_share: 1.0 / classes as f64,
+        };
+        return Ok(row_loss("cross_entropy", kernel, &y, x)?.into());
+    };
+    let w_row = constant(w, &[classes], input)?;
+    let y = y.mul_scalar(1.0 - eps)?.add_scalar(eps / classes as f64)?;
+    Ok(y.mul(&w_row)?.mul(&x.log_softmax(-1)?)?.sum(&[-1], false)?.neg().into())
+}
+
+/// `SmoothL1Loss`, element-wise, one tape node (the `SmoothL1` element kernel).
 fn smooth_l1(p: &ParamLoss, y: &Tensor, x: &Tensor) -> Result<PerSample> {
-    let beta = p.f64("beta")?;
-    let d = x.sub(y)?;
-    let a = d.abs();
-    if beta == 0.0 {
-        return Ok(a.into());
-    }
-    let small: Vec<f64> = a.to_vec::<f64>().iter().map(|&v| f64::from(u8::from(v < beta))).collect();
-    let cond = constant(small, a.shape(), x)?;
-    Ok(Tensor::where_cond(&cond, &d.square().mul_scalar(0.5 / beta)?, &a.add_scalar(-0.5 * beta)?)?.into())
+    let kernel = kernels::SmoothL1 { beta: p.f64("beta")? };
+    Ok(element_loss("smooth_l1_loss", kernel, y, x)?.into())
 }
 
 fn pair(loss: &str, x: &Tensor, k: usize, axis: isize) -> Result<(Tensor, Tensor)> {
