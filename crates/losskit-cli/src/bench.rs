@@ -11,7 +11,7 @@ use serde_json::json;
 use std::time::Instant;
 
 /// Deterministic pseudo-random values in `[lo, hi)`, filled in parallel.
-fn fill(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+pub(crate) fn fill(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
     let mut v = vec![0.0f32; n];
     v.par_chunks_mut(1 << 16).enumerate().for_each(|(c, chunk)| {
         let mut s = seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);

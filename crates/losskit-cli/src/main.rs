@@ -2,6 +2,7 @@
 //! history, list the losses, and compute a loss and its gradient from `.npy` files.
 
 mod bench;
+mod bench_composed;
 mod compute;
 mod run;
 
@@ -146,6 +147,10 @@ pub struct BenchArgs {
     /// Skip the composed tensor-op path (slow on the big shapes).
     #[arg(long)]
     pub no_composed: bool,
+    /// Time the losses that go through the tape instead (custom closures, Dice, Tversky,
+    /// SmoothL1Loss, CrossEntropyLoss), with the minor page faults per call.
+    #[arg(long)]
+    pub composed: bool,
 }
 
 /// `losskit compute` arguments.
@@ -181,6 +186,7 @@ fn main() -> ExitCode {
         Command::Evaluate(args) => run::evaluate(&args),
         Command::Predict(args) => run::predict(&args),
         Command::Plot(args) => run::plot(&args),
+        Command::Bench(args) if args.composed => bench_composed::bench_composed(&args),
         Command::Bench(args) => bench::bench(&args),
         Command::List => {
             list();

@@ -32,21 +32,31 @@ impl CustomOp for RowLossOp {
     }
 }
 
+/// `local[r, :] · upstream[r]` in one pass (read the stored gradient, write the result), in
+/// parallel over rows for large inputs (element-wise, so the result does not depend on threads).
 fn scale_rows<T: losskit_tensor::Element>(
     local: &ndarray::ArcArray<T, IxDyn>,
     upstream: &ndarray::ArcArray<T, IxDyn>,
     cols: usize,
     shape: &[usize],
 ) -> Option<ArrayD<T>> {
+    use rayon::prelude::*;
     let u = upstream.as_standard_layout();
     let u = u.as_slice()?;
-    let mut g = local.as_standard_layout().into_owned();
-    for (row, &s) in g.as_slice_mut()?.chunks_mut(cols).zip(u) {
-        for v in row {
-            *v = *v * s;
-        }
-    }
-    g.into_shape_with_order(IxDyn(shape)).ok()
+    let local = local.as_slice()?;
+    let mut out = vec![T::zero(); local.len()];
+    let rows_per_task = (1usize << 16).div_ceil(cols).max(1);
+    out.par_chunks_mut(rows_per_task * cols)
+        .zip(local.par_chunks(rows_per_task * cols))
+        .zip(u.par_chunks(rows_per_task))
+        .for_each(|((o, l), u)| {
+            for ((o, l), &s) in o.chunks_mut(cols).zip(l.chunks(cols)).zip(u) {
+                for (o, &l) in o.iter_mut().zip(l) {
+                    *o = l * s;
+                }
+            }
+        });
+    ArrayD::from_shape_vec(IxDyn(shape), out).ok()
 }
 
 fn run_typed<T, K>(
