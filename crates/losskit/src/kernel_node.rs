@@ -59,6 +59,30 @@ fn scale_rows<T: losskit_tensor::Element>(
     ArrayD::from_shape_vec(IxDyn(shape), out).ok()
 }
 
+/// `y_true`/`y_pred` as contiguous slices, fresh `values` (of `out_shape`) and gradient (of
+/// `y_pred`'s shape, when asked) buffers, filled by `run`.
+fn with_buffers<T: losskit_tensor::Element>(
+    y_true: &Tensor,
+    y_pred: &Tensor,
+    out_shape: &[usize],
+    with_grad: bool,
+    run: impl FnOnce(&[T], &[T], &mut [T], Option<&mut [T]>) -> std::result::Result<(), losskit_kernels::KernelError>,
+) -> Result<(ArrayD<T>, Option<ArrayD<T>>)> {
+    let t = y_true.to_array::<T>();
+    let p = y_pred.to_array::<T>();
+    let (t, p) = (t.as_standard_layout(), p.as_standard_layout());
+    let (t, p) = (t.as_slice().expect("standard layout"), p.as_slice().expect("standard layout"));
+    let mut values = ArrayD::<T>::zeros(IxDyn(out_shape));
+    let mut grad = with_grad.then(|| ArrayD::<T>::zeros(IxDyn(y_pred.shape())));
+    run(
+        t,
+        p,
+        values.as_slice_mut().expect("fresh array"),
+        grad.as_mut().map(|g| g.as_slice_mut().expect("fresh array")),
+    )?;
+    Ok((values, grad))
+}
+
 fn run_typed<T, K>(
     kernel: &K,
     y_true: &Tensor,
@@ -70,24 +94,20 @@ where
     T: losskit_tensor::Element,
     K: RowKernel<T>,
 {
-    let t = y_true.to_array::<T>();
-    let p = y_pred.to_array::<T>();
-    let (t, p) = (t.as_standard_layout(), p.as_standard_layout());
-    let (t, p) = (t.as_slice().expect("standard layout"), p.as_slice().expect("standard layout"));
     let shape = y_pred.shape();
-    let out_shape = &shape[..shape.len() - 1];
-    let mut values = ArrayD::<T>::zeros(IxDyn(out_shape));
-    let mut grad = with_grad.then(|| ArrayD::<T>::zeros(IxDyn(shape)));
-    run_rows(
-        kernel,
-        t,
-        p,
-        cols,
-        None,
-        values.as_slice_mut().expect("fresh array"),
-        grad.as_mut().map(|g| g.as_slice_mut().expect("fresh array")),
-    )?;
-    Ok((values, grad))
+    with_buffers(y_true, y_pred, &shape[..shape.len() - 1], with_grad, |t, p, v, g| {
+        run_rows(kernel, t, p, cols, None, v, g)
+    })
+}
+
+/// `y_true` (as a constant) and `y_pred` broadcast to their common shape.
+fn broadcast_pair(name: &str, y_true: &Tensor, y_pred: &Tensor) -> Result<(Tensor, Tensor)> {
+    let shape = broadcast_shapes(y_true.shape(), y_pred.shape()).ok_or_else(|| Error::Broadcast {
+        op: format!("{name} (y_true vs y_pred)"),
+        lhs: y_true.shape().to_vec(),
+        rhs: y_pred.shape().to_vec(),
+    })?;
+    Ok((y_true.detach().broadcast_to(&shape)?, y_pred.broadcast_to(&shape)?))
 }
 
 /// Runs a row kernel over the last axis of `y_true`/`y_pred` (broadcast to a common shape) and
@@ -97,19 +117,13 @@ pub(crate) fn row_loss<K>(name: &'static str, kernel: K, y_true: &Tensor, y_pred
 where
     K: RowKernel<f32> + RowKernel<f64>,
 {
-    let shape = broadcast_shapes(y_true.shape(), y_pred.shape()).ok_or_else(|| Error::Broadcast {
-        op: format!("{name} (y_true vs y_pred)"),
-        lhs: y_true.shape().to_vec(),
-        rhs: y_pred.shape().to_vec(),
-    })?;
-    if shape.is_empty() {
+    let (y_true, y_pred) = broadcast_pair(name, y_true, y_pred)?;
+    if y_pred.shape().is_empty() {
         return Err(Error::Shape {
             op: name.into(),
             msg: "scalar inputs have no axis to reduce; expected y_pred of rank >= 1 (e.g. (batch, features))".into(),
         });
     }
-    let y_pred = y_pred.broadcast_to(&shape)?;
-    let y_true = y_true.detach().broadcast_to(&shape)?;
     run_node(name, kernel, &y_true, &y_pred)
 }
 
@@ -174,33 +188,6 @@ impl CustomOp for ElementLossOp {
     }
 }
 
-fn run_elements_typed<T, K>(
-    kernel: &K,
-    y_true: &Tensor,
-    y_pred: &Tensor,
-    with_grad: bool,
-) -> Result<(ArrayD<T>, Option<ArrayD<T>>)>
-where
-    T: losskit_tensor::Element,
-    K: ElementKernel<T>,
-{
-    let t = y_true.to_array::<T>();
-    let p = y_pred.to_array::<T>();
-    let (t, p) = (t.as_standard_layout(), p.as_standard_layout());
-    let (t, p) = (t.as_slice().expect("standard layout"), p.as_slice().expect("standard layout"));
-    let shape = IxDyn(y_pred.shape());
-    let mut values = ArrayD::<T>::zeros(shape.clone());
-    let mut grad = with_grad.then(|| ArrayD::<T>::zeros(shape));
-    run_elements(
-        kernel,
-        t,
-        p,
-        values.as_slice_mut().expect("fresh array"),
-        grad.as_mut().map(|g| g.as_slice_mut().expect("fresh array")),
-    )?;
-    Ok((values, grad))
-}
-
 /// Runs an element-wise kernel over `y_true`/`y_pred` (broadcast to a common shape) as one
 /// differentiable node with respect to `y_pred`; the output has the common shape. `y_true` is a
 /// constant.
@@ -208,21 +195,20 @@ pub(crate) fn element_loss<K>(name: &'static str, kernel: K, y_true: &Tensor, y_
 where
     K: ElementKernel<f32> + ElementKernel<f64>,
 {
-    let shape = broadcast_shapes(y_true.shape(), y_pred.shape()).ok_or_else(|| Error::Broadcast {
-        op: format!("{name} (y_true vs y_pred)"),
-        lhs: y_true.shape().to_vec(),
-        rhs: y_pred.shape().to_vec(),
-    })?;
-    let y_pred = y_pred.broadcast_to(&shape)?;
-    let y_true = y_true.detach().broadcast_to(&shape)?;
+    let (y_true, y_pred) = broadcast_pair(name, y_true, y_pred)?;
     let with_grad = is_grad_enabled() && y_pred.is_tracked();
+    let shape = y_pred.shape();
     let (values, grad) = match y_pred.dtype() {
         losskit_tensor::DType::F32 => {
-            let (v, g) = run_elements_typed::<f32, K>(&kernel, &y_true, &y_pred, with_grad)?;
+            let (v, g) = with_buffers::<f32>(&y_true, &y_pred, shape, with_grad, |t, p, v, g| {
+                run_elements(&kernel, t, p, v, g)
+            })?;
             (Storage::F32(v.into_shared()), g.map(|g| Storage::F32(g.into_shared())))
         }
         losskit_tensor::DType::F64 => {
-            let (v, g) = run_elements_typed::<f64, K>(&kernel, &y_true, &y_pred, with_grad)?;
+            let (v, g) = with_buffers::<f64>(&y_true, &y_pred, shape, with_grad, |t, p, v, g| {
+                run_elements(&kernel, t, p, v, g)
+            })?;
             (Storage::F64(v.into_shared()), g.map(|g| Storage::F64(g.into_shared())))
         }
     };
