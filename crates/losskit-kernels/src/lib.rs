@@ -73,7 +73,7 @@ pub trait Float: num_traits::Float + num_traits::FromPrimitive + Send + Sync + D
     /// An `f64` accumulator rounded back to this type.
     fn narrow(v: f64) -> Self;
     /// `ln(1 + x)`, accurate for small `x`: `ln(u)·x/(u - 1)` with `u = 1 + x` (exact `x` when
-    /// `u` rounds to 1), built on [`Float::ln_fast`].
+    /// `u` rounds to 1, `inf` when it overflows), built on [`Float::ln_fast`].
     #[inline(always)]
     fn ln_1p_fast(self) -> Self {
         let u = Self::one() + self;
@@ -84,6 +84,9 @@ pub trait Float: num_traits::Float + num_traits::FromPrimitive + Send + Sync + D
         let r = u.ln_fast() * (self / safe);
         if exact {
             self
+        } else if u == Self::infinity() {
+            // ln(1 + inf) = inf (the quotient would be inf/inf).
+            u
         } else {
             r
         }

@@ -71,9 +71,9 @@ impl Unary {
     fn apply<T: Float>(self, x: T) -> T {
         match self {
             Unary::Neg => -x,
-            Unary::Exp => x.exp(),
-            Unary::Log => x.ln(),
-            Unary::Log1p => x.ln_1p(),
+            Unary::Exp => x.exp_fast(),
+            Unary::Log => x.ln_fast(),
+            Unary::Log1p => x.ln_1p_fast(),
             Unary::Expm1 => x.exp_m1(),
             Unary::Sqrt => x.sqrt(),
             Unary::Abs => x.abs(),
@@ -315,8 +315,25 @@ macro_rules! per_binary {
     };
 }
 
+/// Element-wise results of at least this many values are computed in parallel (rayon, through
+/// ndarray's `par_map_collect`). Each element is computed on its own, so the values do not depend
+/// on the number of threads.
+const PARALLEL_MIN: usize = 1 << 15;
+
+/// `zip.map_collect(f)`, in parallel for large outputs.
+macro_rules! collect {
+    ($zip:expr, $f:expr) => {{
+        let zip = $zip;
+        if zip.size() >= PARALLEL_MIN {
+            zip.par_map_collect($f)
+        } else {
+            zip.map_collect($f)
+        }
+    }};
+}
+
 fn unary_forward<T: Element>(a: &ndarray::ArcArray<T, IxDyn>, op: Unary) -> ArrayD<T> {
-    per_unary!(op, u => a.mapv(|x| u.apply(x)))
+    per_unary!(op, u => collect!(Zip::from(a), |&x| u.apply(x)))
 }
 
 fn unary_backward<T: Element>(
@@ -325,7 +342,7 @@ fn unary_backward<T: Element>(
     g: &ndarray::ArcArray<T, IxDyn>,
     op: Unary,
 ) -> ArrayD<T> {
-    per_unary!(op, u => Zip::from(x).and(y).and(g).map_collect(|&x, &y, &g| g * u.deriv(x, y)))
+    per_unary!(op, u => collect!(Zip::from(x).and(y).and(g), |&x, &y, &g| g * u.deriv(x, y)))
 }
 
 fn broadcast_or_err(op: &str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
@@ -355,11 +372,11 @@ impl Tensor {
         let shape = broadcast_or_err(name, self.shape(), other.shape())?;
         let storage = with_pair!(name, self, other, (x, y) => {
             let out: ArrayD<T> = per_binary!(b, op => if x.shape() == y.shape() {
-                Zip::from(x).and(y).map_collect(|&p, &q| op.apply(p, q))
+                collect!(Zip::from(x).and(y), |&p, &q| op.apply(p, q))
             } else {
                 let xv = x.broadcast(IxDyn(&shape)).expect("checked broadcast");
                 let yv = y.broadcast(IxDyn(&shape)).expect("checked broadcast");
-                Zip::from(&xv).and(&yv).map_collect(|&p, &q| op.apply(p, q))
+                collect!(Zip::from(&xv).and(&yv), |&p, &q| op.apply(p, q))
             });
             T::wrap(out)
         });
@@ -388,11 +405,11 @@ impl Tensor {
                     let xv = xa.broadcast(IxDyn(&shape)).expect("checked broadcast");
                     let yv = ya.broadcast(IxDyn(&shape)).expect("checked broadcast");
                     let ga = x.is_tracked().then(|| {
-                        let full: ArrayD<T> = per_binary!(b, op => Zip::from(&xv).and(&yv).and(ys).and(gs).map_collect(|&p, &q, &r, &g| g * op.deriv(p, q, r).0));
+                        let full: ArrayD<T> = per_binary!(b, op => collect!(Zip::from(&xv).and(&yv).and(ys).and(gs), |&p, &q, &r, &g| g * op.deriv(p, q, r).0));
                         Tensor::from_array(sum_to(&full, xa.shape()))
                     });
                     let gb = y.is_tracked().then(|| {
-                        let full: ArrayD<T> = per_binary!(b, op => Zip::from(&xv).and(&yv).and(ys).and(gs).map_collect(|&p, &q, &r, &g| g * op.deriv(p, q, r).1));
+                        let full: ArrayD<T> = per_binary!(b, op => collect!(Zip::from(&xv).and(&yv).and(ys).and(gs), |&p, &q, &r, &g| g * op.deriv(p, q, r).1));
                         Tensor::from_array(sum_to(&full, ya.shape()))
                     });
                     vec![ga, gb]
@@ -518,7 +535,7 @@ impl Tensor {
         }
         let storage = with_storage!(self.storage(), a => {
             let (l, h) = (T::c(lo), T::c(hi));
-            T::wrap(a.mapv(|x| losskit_kernels::clip(x, l, h)))
+            T::wrap(collect!(Zip::from(a), |&x| losskit_kernels::clip(x, l, h)))
         });
         Ok(Tensor::from_op(
             storage,
@@ -526,7 +543,7 @@ impl Tensor {
             op("clip", move |inputs, _out, g| {
                 let s = with_pair!("clip", inputs[0], g, (x, g) => {
                     let (l, h) = (T::c(lo), T::c(hi));
-                    T::wrap(Zip::from(x).and(g).map_collect(|&x, &g| if clip_passes(x, l, h) { g } else { T::zero() }))
+                    T::wrap(collect!(Zip::from(x).and(g), |&x, &g| if clip_passes(x, l, h) { g } else { T::zero() }))
                 });
                 Ok(vec![Some(Tensor::from_storage(s))])
             }),
@@ -545,7 +562,7 @@ impl Tensor {
                 let cb = cv.broadcast(IxDyn(&shape)).expect("checked");
                 let xb = x.broadcast(IxDyn(&shape)).expect("checked");
                 let yb = y.broadcast(IxDyn(&shape)).expect("checked");
-                T::wrap(Zip::from(&cb).and(&xb).and(&yb).map_collect(|&c, &x, &y| if c != T::zero() { x } else { y }))
+                T::wrap(collect!(Zip::from(&cb).and(&xb).and(&yb), |&c, &x, &y| if c != T::zero() { x } else { y }))
             }))
         };
         let storage = select(&c, a, b)?;
