@@ -34,6 +34,7 @@ mod autodiff;
 mod error;
 pub mod npy;
 mod ops;
+pub mod pool;
 pub mod random;
 mod storage;
 mod tensor;

@@ -42,6 +42,9 @@ pub trait Element: losskit_kernels::Float + ndarray::LinalgScalar + ndarray::Sca
     fn wrap_shared(a: ArcArray<Self, IxDyn>) -> Storage;
     /// Takes the array out of `s` if it holds this type (no copy).
     fn take(s: Storage) -> Option<ArcArray<Self, IxDyn>>;
+    /// The pool of freed buffers of this type.
+    #[doc(hidden)]
+    fn buffers() -> &'static crate::pool::Buffers<Self>;
 }
 
 impl Element for f32 {
@@ -58,11 +61,14 @@ impl Element for f32 {
     fn wrap_shared(a: ArcArray<f32, IxDyn>) -> Storage {
         Storage::F32(a)
     }
-    fn take(s: Storage) -> Option<ArcArray<f32, IxDyn>> {
-        match s {
-            Storage::F32(a) => Some(a),
+    fn take(mut s: Storage) -> Option<ArcArray<f32, IxDyn>> {
+        match &mut s {
+            Storage::F32(a) => Some(std::mem::replace(a, empty())),
             Storage::F64(_) => None,
         }
+    }
+    fn buffers() -> &'static crate::pool::Buffers<f32> {
+        &crate::pool::F32_BUFFERS
     }
 }
 
@@ -80,16 +86,43 @@ impl Element for f64 {
     fn wrap_shared(a: ArcArray<f64, IxDyn>) -> Storage {
         Storage::F64(a)
     }
-    fn take(s: Storage) -> Option<ArcArray<f64, IxDyn>> {
-        match s {
-            Storage::F64(a) => Some(a),
+    fn take(mut s: Storage) -> Option<ArcArray<f64, IxDyn>> {
+        match &mut s {
+            Storage::F64(a) => Some(std::mem::replace(a, empty())),
             Storage::F32(_) => None,
         }
+    }
+    fn buffers() -> &'static crate::pool::Buffers<f64> {
+        &crate::pool::F64_BUFFERS
     }
 }
 
 /// Runs `$body` with `$a` bound to the typed array inside a storage, for either dtype.
 /// `$body` may use `T` as the element type.
+/// An empty array (no allocation), left behind where a buffer was taken out.
+fn empty<T: Element>() -> ArcArray<T, IxDyn> {
+    ArcArray::from_shape_vec(IxDyn(&[0]), Vec::new()).expect("empty shape")
+}
+
+/// Gives a large, uniquely owned buffer back to the [`crate::pool`].
+fn recycle<T: Element>(a: &mut ArcArray<T, IxDyn>) {
+    if a.len() < crate::pool::MIN_POOLED {
+        return;
+    }
+    if let Ok(owned) = std::mem::replace(a, empty()).try_into_owned_nocopy() {
+        crate::pool::give(owned.into_raw_vec_and_offset().0);
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        match self {
+            Storage::F32(a) => recycle(a),
+            Storage::F64(a) => recycle(a),
+        }
+    }
+}
+
 macro_rules! with_storage {
     ($s:expr, $a:ident => $body:expr) => {
         match $s {

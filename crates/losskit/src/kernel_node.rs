@@ -44,7 +44,7 @@ fn scale_rows<T: losskit_tensor::Element>(
     let u = upstream.as_standard_layout();
     let u = u.as_slice()?;
     let local = local.as_slice()?;
-    let mut out = vec![T::zero(); local.len()];
+    let mut out = losskit_tensor::pool::take::<T>(local.len());
     let rows_per_task = (1usize << 16).div_ceil(cols).max(1);
     out.par_chunks_mut(rows_per_task * cols)
         .zip(local.par_chunks(rows_per_task * cols))
@@ -68,12 +68,20 @@ fn with_buffers<T: losskit_tensor::Element>(
     with_grad: bool,
     run: impl FnOnce(&[T], &[T], &mut [T], Option<&mut [T]>) -> std::result::Result<(), losskit_kernels::KernelError>,
 ) -> Result<(ArrayD<T>, Option<ArrayD<T>>)> {
-    let t = y_true.to_array::<T>();
-    let p = y_pred.to_array::<T>();
+    // Borrowed views (no copy) when the storage is already T; converted otherwise.
+    let (t_conv, p_conv) = (y_true.to_dtype(T::DTYPE), y_pred.to_dtype(T::DTYPE));
+    let missing = || Error::Value { op: "kernel".into(), msg: "inputs are not of the kernel's dtype".into() };
+    let t = T::view(t_conv.storage()).ok_or_else(missing)?;
+    let p = T::view(p_conv.storage()).ok_or_else(missing)?;
     let (t, p) = (t.as_standard_layout(), p.as_standard_layout());
     let (t, p) = (t.as_slice().expect("standard layout"), p.as_slice().expect("standard layout"));
-    let mut values = ArrayD::<T>::zeros(IxDyn(out_shape));
-    let mut grad = with_grad.then(|| ArrayD::<T>::zeros(IxDyn(y_pred.shape())));
+    // Pooled buffers (reused across calls, no fresh pages): every kernel writes all of them.
+    let fresh = |shape: &[usize]| {
+        let n = shape.iter().product();
+        ArrayD::from_shape_vec(IxDyn(shape), losskit_tensor::pool::take::<T>(n)).expect("n values for the shape")
+    };
+    let mut values = fresh(out_shape);
+    let mut grad = with_grad.then(|| fresh(y_pred.shape()));
     run(
         t,
         p,
