@@ -10,7 +10,7 @@ const COLS: usize = 301; // 90 300 values, above pool::MIN_POOLED
 
 fn inputs(seed: usize, dtype: DType) -> (Tensor, Tensor, Tensor) {
     let x: Vec<f64> = (0..ROWS * COLS).map(|i| (((i + seed) * 7919) % 1999) as f64 / 999.0 - 1.0).collect();
-    let dense: Vec<f64> = (0..ROWS * COLS).map(|i| if (i + seed) % COLS == 0 { 1.0 } else { 0.0 }).collect();
+    let dense: Vec<f64> = (0..ROWS * COLS).map(|i| if (i + seed).is_multiple_of(COLS) { 1.0 } else { 0.0 }).collect();
     let labels: Vec<f64> = (0..ROWS).map(|r| ((r * 13 + seed) % COLS) as f64).collect();
     (
         Tensor::from_vec(x, &[ROWS, COLS]).unwrap().to_dtype(dtype),
