@@ -5,8 +5,9 @@
 //!
 //! A [`crate::Storage`] whose array is uniquely owned and holds at least [`MIN_POOLED`] values
 //! gives its buffer back here when it is dropped; the kernel nodes take their output and
-//! gradient buffers from here. At most [`MAX_BUFFERS`] buffers per dtype are kept (the oldest
-//! are freed first); [`clear`] frees them all.
+//! gradient buffers, and the tape's element-wise ops their large outputs, from here. At most
+//! [`MAX_BUFFERS`] buffers and [`MAX_BYTES`] per dtype are kept (the oldest are freed first);
+//! [`clear`] frees them all.
 
 use crate::Element;
 use std::sync::Mutex;
@@ -15,6 +16,8 @@ use std::sync::Mutex;
 pub const MIN_POOLED: usize = 1 << 16;
 /// How many freed buffers of each dtype the pool keeps.
 pub const MAX_BUFFERS: usize = 8;
+/// How many bytes of freed buffers of each dtype the pool keeps (2 GiB).
+pub const MAX_BYTES: usize = 2 << 30;
 
 /// The pool of one element type.
 pub(crate) type Buffers<T> = Mutex<Vec<Vec<T>>>;
@@ -27,8 +30,13 @@ pub(crate) fn give<T: Element>(v: Vec<T>) {
     if v.capacity() < MIN_POOLED {
         return;
     }
+    let bytes = |v: &Vec<T>| v.capacity() * std::mem::size_of::<T>();
+    if bytes(&v) > MAX_BYTES {
+        return;
+    }
     if let Ok(mut pool) = T::buffers().lock() {
-        if pool.len() == MAX_BUFFERS {
+        // The oldest go first, until the new one fits both limits.
+        while pool.len() >= MAX_BUFFERS || pool.iter().map(bytes).sum::<usize>() + bytes(&v) > MAX_BYTES {
             pool.remove(0);
         }
         pool.push(v);
@@ -55,6 +63,13 @@ pub fn take<T: Element>(n: usize) -> Vec<T> {
         }
     }
     vec![T::zero(); n]
+}
+
+/// An array of shape `dim` on a [`take`]n buffer (**unspecified contents**: for outputs that are
+/// written in full).
+pub(crate) fn array<T: Element>(dim: ndarray::IxDyn) -> ndarray::ArrayD<T> {
+    let n = ndarray::Dimension::size(&dim);
+    ndarray::ArrayD::from_shape_vec(dim, take(n)).expect("n values for the shape")
 }
 
 /// Frees every pooled buffer (for a program that wants its memory back between phases).

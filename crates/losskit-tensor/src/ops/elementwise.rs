@@ -320,12 +320,16 @@ macro_rules! per_binary {
 /// on the number of threads.
 const PARALLEL_MIN: usize = 1 << 15;
 
-/// `zip.map_collect(f)`, in parallel for large outputs.
+/// `zip.map_collect(f)` into an array of shape `dim`; large outputs are computed in parallel
+/// into a buffer from the [`crate::pool`] (no fresh pages once the pool holds one). `T` is the
+/// element type in scope.
 macro_rules! collect {
-    ($zip:expr, $f:expr) => {{
+    ($dim:expr, $zip:expr, $f:expr) => {{
         let zip = $zip;
         if zip.size() >= PARALLEL_MIN {
-            zip.par_map_collect($f)
+            let mut out = crate::pool::array::<T>($dim);
+            zip.par_map_assign_into(&mut out, $f);
+            out
         } else {
             zip.map_collect($f)
         }
@@ -333,7 +337,7 @@ macro_rules! collect {
 }
 
 fn unary_forward<T: Element>(a: &ndarray::ArcArray<T, IxDyn>, op: Unary) -> ArrayD<T> {
-    per_unary!(op, u => collect!(Zip::from(a), |&x| u.apply(x)))
+    per_unary!(op, u => collect!(a.raw_dim(), Zip::from(a), |&x| u.apply(x)))
 }
 
 fn unary_backward<T: Element>(
@@ -342,7 +346,7 @@ fn unary_backward<T: Element>(
     g: &ndarray::ArcArray<T, IxDyn>,
     op: Unary,
 ) -> ArrayD<T> {
-    per_unary!(op, u => collect!(Zip::from(x).and(y).and(g), |&x, &y, &g| g * u.deriv(x, y)))
+    per_unary!(op, u => collect!(x.raw_dim(), Zip::from(x).and(y).and(g), |&x, &y, &g| g * u.deriv(x, y)))
 }
 
 fn broadcast_or_err(op: &str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
@@ -372,11 +376,11 @@ impl Tensor {
         let shape = broadcast_or_err(name, self.shape(), other.shape())?;
         let storage = with_pair!(name, self, other, (x, y) => {
             let out: ArrayD<T> = per_binary!(b, op => if x.shape() == y.shape() {
-                collect!(Zip::from(x).and(y), |&p, &q| op.apply(p, q))
+                collect!(x.raw_dim(), Zip::from(x).and(y), |&p, &q| op.apply(p, q))
             } else {
                 let xv = x.broadcast(IxDyn(&shape)).expect("checked broadcast");
                 let yv = y.broadcast(IxDyn(&shape)).expect("checked broadcast");
-                collect!(Zip::from(&xv).and(&yv), |&p, &q| op.apply(p, q))
+                collect!(IxDyn(&shape), Zip::from(&xv).and(&yv), |&p, &q| op.apply(p, q))
             });
             T::wrap(out)
         });
@@ -405,11 +409,11 @@ impl Tensor {
                     let xv = xa.broadcast(IxDyn(&shape)).expect("checked broadcast");
                     let yv = ya.broadcast(IxDyn(&shape)).expect("checked broadcast");
                     let ga = x.is_tracked().then(|| {
-                        let full: ArrayD<T> = per_binary!(b, op => collect!(Zip::from(&xv).and(&yv).and(ys).and(gs), |&p, &q, &r, &g| g * op.deriv(p, q, r).0));
+                        let full: ArrayD<T> = per_binary!(b, op => collect!(IxDyn(&shape), Zip::from(&xv).and(&yv).and(ys).and(gs), |&p, &q, &r, &g| g * op.deriv(p, q, r).0));
                         Tensor::from_array(sum_to(&full, xa.shape()))
                     });
                     let gb = y.is_tracked().then(|| {
-                        let full: ArrayD<T> = per_binary!(b, op => collect!(Zip::from(&xv).and(&yv).and(ys).and(gs), |&p, &q, &r, &g| g * op.deriv(p, q, r).1));
+                        let full: ArrayD<T> = per_binary!(b, op => collect!(IxDyn(&shape), Zip::from(&xv).and(&yv).and(ys).and(gs), |&p, &q, &r, &g| g * op.deriv(p, q, r).1));
                         Tensor::from_array(sum_to(&full, ya.shape()))
                     });
                     vec![ga, gb]
@@ -535,7 +539,7 @@ impl Tensor {
         }
         let storage = with_storage!(self.storage(), a => {
             let (l, h) = (T::c(lo), T::c(hi));
-            T::wrap(collect!(Zip::from(a), |&x| losskit_kernels::clip(x, l, h)))
+            T::wrap(collect!(a.raw_dim(), Zip::from(a), |&x| losskit_kernels::clip(x, l, h)))
         });
         Ok(Tensor::from_op(
             storage,
@@ -543,7 +547,7 @@ impl Tensor {
             op("clip", move |inputs, _out, g| {
                 let s = with_pair!("clip", inputs[0], g, (x, g) => {
                     let (l, h) = (T::c(lo), T::c(hi));
-                    T::wrap(collect!(Zip::from(x).and(g), |&x, &g| if clip_passes(x, l, h) { g } else { T::zero() }))
+                    T::wrap(collect!(x.raw_dim(), Zip::from(x).and(g), |&x, &g| if clip_passes(x, l, h) { g } else { T::zero() }))
                 });
                 Ok(vec![Some(Tensor::from_storage(s))])
             }),
@@ -562,7 +566,7 @@ impl Tensor {
                 let cb = cv.broadcast(IxDyn(&shape)).expect("checked");
                 let xb = x.broadcast(IxDyn(&shape)).expect("checked");
                 let yb = y.broadcast(IxDyn(&shape)).expect("checked");
-                T::wrap(collect!(Zip::from(&cb).and(&xb).and(&yb), |&c, &x, &y| if c != T::zero() { x } else { y }))
+                T::wrap(collect!(IxDyn(&shape), Zip::from(&cb).and(&xb).and(&yb), |&c, &x, &y| if c != T::zero() { x } else { y }))
             }))
         };
         let storage = select(&c, a, b)?;
