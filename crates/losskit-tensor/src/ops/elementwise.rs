@@ -315,27 +315,6 @@ macro_rules! per_binary {
     };
 }
 
-/// Element-wise results of at least this many values are computed in parallel (rayon, through
-/// ndarray's `par_map_collect`). Each element is computed on its own, so the values do not depend
-/// on the number of threads.
-const PARALLEL_MIN: usize = 1 << 15;
-
-/// `zip.map_collect(f)` into an array of shape `dim`; large outputs are computed in parallel
-/// into a buffer from the [`crate::pool`] (no fresh pages once the pool holds one). `T` is the
-/// element type in scope.
-macro_rules! collect {
-    ($dim:expr, $zip:expr, $f:expr) => {{
-        let zip = $zip;
-        if zip.size() >= PARALLEL_MIN {
-            let mut out = crate::pool::array::<T>($dim);
-            zip.par_map_assign_into(&mut out, $f);
-            out
-        } else {
-            zip.map_collect($f)
-        }
-    }};
-}
-
 fn unary_forward<T: Element>(a: &ndarray::ArcArray<T, IxDyn>, op: Unary) -> ArrayD<T> {
     per_unary!(op, u => collect!(a.raw_dim(), Zip::from(a), |&x| u.apply(x)))
 }

@@ -1,5 +1,26 @@
 //! The differentiable operations on [`Tensor`], grouped by kind.
 
+/// Element-wise results of at least this many values are computed in parallel (rayon, through
+/// ndarray's `par_map_collect`). Each element is computed on its own, so the values do not depend
+/// on the number of threads.
+pub(crate) const PARALLEL_MIN: usize = 1 << 15;
+
+/// `zip.map_collect(f)` into an array of shape `dim`; large outputs are computed in parallel
+/// into a buffer from the [`crate::pool`] (no fresh pages once the pool holds one). `T` is the
+/// element type in scope.
+macro_rules! collect {
+    ($dim:expr, $zip:expr, $f:expr) => {{
+        let zip = $zip;
+        if zip.size() >= $crate::ops::PARALLEL_MIN {
+            let mut out = crate::pool::array::<T>($dim);
+            zip.par_map_assign_into(&mut out, $f);
+            out
+        } else {
+            zip.map_collect($f)
+        }
+    }};
+}
+
 mod elementwise;
 mod index;
 mod matmul;

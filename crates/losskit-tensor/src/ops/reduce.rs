@@ -67,7 +67,7 @@ fn logsumexp_kept<T: Element>(a: ArrayViewD<'_, T>, axes: &[usize]) -> ArrayD<T>
     let m = reduce_view(a.view(), axes, max_axis).into_shape_with_order(IxDyn(&kept)).expect("kept shape");
     let m = m.mapv(|v| if v.is_finite() { v } else { T::zero() });
     let mb = m.broadcast(a.raw_dim()).expect("kept shape broadcasts");
-    let e = Zip::from(&a).and(&mb).map_collect(|&x, &m| (x - m).exp());
+    let e = collect!(a.raw_dim(), Zip::from(&a).and(&mb), |&x, &m| (x - m).exp_fast());
     let s = reduce_view(e.view(), axes, |v, ax| v.sum_axis(ax)).into_shape_with_order(IxDyn(&kept)).expect("kept");
     Zip::from(&s).and(&m).map_collect(|&s, &m| m + s.ln())
 }
@@ -105,8 +105,8 @@ impl Tensor {
                     let yk = T::view(out.storage()).expect("dtype").view().into_shape_with_order(IxDyn(&kept)).expect("kept");
                     let yb = yk.broadcast(xa.raw_dim()).expect("kept broadcasts");
                     let res: ArrayD<T> = match r {
-                        Reduce::Sum => gb.to_owned(),
-                        Reduce::Mean => gb.mapv(|g| g / T::c(count as f64)),
+                        Reduce::Sum => collect!(gb.raw_dim(), Zip::from(&gb), |&g| g),
+                        Reduce::Mean => collect!(gb.raw_dim(), Zip::from(&gb), |&g| g / T::c(count as f64)),
                         // A slice of all -inf has y = -inf and no gradient (not NaN).
                         Reduce::LogSumExp => Zip::from(xa).and(&gb).and(&yb).map_collect(|&x, &g, &y| {
                             if y == T::NEG_INFINITY { T::zero() } else { g * (x - y).exp() }
@@ -175,7 +175,7 @@ impl Tensor {
         let storage = with_storage!(self.storage(), a => {
             let lse = logsumexp_kept(a.view(), &[ax]);
             let lb = lse.broadcast(a.raw_dim()).expect("kept broadcasts");
-            T::wrap(Zip::from(a).and(&lb).map_collect(|&x, &l| if log { x - l } else { (x - l).exp() }))
+            T::wrap(collect!(a.raw_dim(), Zip::from(a).and(&lb), |&x, &l| if log { x - l } else { (x - l).exp_fast() }))
         });
         Ok(Tensor::from_op(
             storage,
@@ -187,12 +187,12 @@ impl Tensor {
                     let res: ArrayD<T> = if log {
                         let s = gv.sum_axis(Axis(ax)).insert_axis(Axis(ax));
                         let sb = s.broadcast(yv.raw_dim()).expect("kept");
-                        Zip::from(&gv).and(&yv).and(&sb).map_collect(|&g, &y, &s| g - y.exp() * s)
+                        collect!(yv.raw_dim(), Zip::from(&gv).and(&yv).and(&sb), |&g, &y, &s| g - y.exp_fast() * s)
                     } else {
-                        let gy = Zip::from(&gv).and(&yv).map_collect(|&g, &y| g * y);
+                        let gy = collect!(yv.raw_dim(), Zip::from(&gv).and(&yv), |&g, &y| g * y);
                         let s = gy.sum_axis(Axis(ax)).insert_axis(Axis(ax));
                         let sb = s.broadcast(yv.raw_dim()).expect("kept");
-                        Zip::from(&gv).and(&yv).and(&sb).map_collect(|&g, &y, &s| y * (g - s))
+                        collect!(yv.raw_dim(), Zip::from(&gv).and(&yv).and(&sb), |&g, &y, &s| y * (g - s))
                     };
                     T::wrap(res)
                 });
