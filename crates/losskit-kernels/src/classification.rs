@@ -271,8 +271,13 @@ fn exp_targets_block<T: Float>(x: &[T], y: &[T], m: T, smooth: Smooth<T>, out: &
 #[inline]
 fn log_sum_exp_parts<T: Float>(x: &[T]) -> (T, T) {
     let m = row_max(x);
-    let s = lane_sum_wide(x, |v| (v - m).exp_fast());
-    (m, T::narrow(s.ln()))
+    (m, ln_sum_exp(x, m))
+}
+
+/// `ln Σ exp(x - m)`, the sum and its logarithm in `f64`.
+#[inline(always)]
+fn ln_sum_exp<T: Float>(x: &[T], m: T) -> T {
+    T::narrow(lane_sum_wide(x, |v| (v - m).exp_fast()).ln())
 }
 
 /// The sum of a row of probabilities, accumulated in `f64`, rounded once.
@@ -437,7 +442,7 @@ impl<T: Float> RowKernel<T> for SparseCategoricalCrossentropy<'_> {
 fn sparse_logits<T: Float>(y_pred: &[T], k: usize, w: T, scale: T, grad: Option<&mut [T]>) -> T {
     let m = row_max(y_pred);
     let ln_s = match grad {
-        None => T::narrow(lane_sum_wide(y_pred, |v| (v - m).exp_fast()).ln()),
+        None => ln_sum_exp(y_pred, m),
         Some(g) => {
             // One exponential per element, kept in the gradient buffer, then scaled.
             let s = exp_into(y_pred, m, g);

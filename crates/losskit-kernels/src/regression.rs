@@ -25,7 +25,7 @@ pub(crate) fn mean_row<T: Float>(
 }
 
 /// `Σ f(t, p).value` over a row, in `f64`, writing `k · f(t, p).derivative` into `grad`.
-/// Blocks of 128 values are summed in 8 lanes of `T` (the loop vectorises), the block sums in
+/// Blocks of [`BLOCK`] values are summed in 8 lanes of `T` (the loop vectorises), the block sums in
 /// `f64` ([`crate::sum`]); without `grad` the derivative half of `f` is dead code and compiles
 /// away.
 #[inline(always)]

@@ -3,7 +3,7 @@
 //! A float32 sum of 10⁵ similar terms in a few running accumulators drifts by ~1e-4 relative
 //! (each addition rounds against a growing total, and the roundings of alike terms do not
 //! cancel). Here a row is cut into blocks of [`BLOCK`] values: a block is summed in 8 lanes of
-//! `T` (16 terms per lane, so at most ~1e-6 relative even in the worst case), and the block sums
+//! `T` (32 terms per lane: at most ~2e-6 relative in the worst case, far less in practice), and the block sums
 //! are added in `f64`. The inner loop is the plain `T` loop, so the cost is one `f64` addition
 //! per block. Lanes and blocks are combined in a fixed order: the result does not depend on the
 //! number of threads.
