@@ -11,7 +11,7 @@
 use crate::Float;
 
 /// Values per block: 8 lanes × 32 terms.
-pub(crate) const BLOCK: usize = 256;
+pub const BLOCK: usize = 256;
 
 /// The 8 lanes added in order. (Not pairwise: an add tree over lane pairs leads LLVM's SLP
 /// vectoriser to build 2-wide vectors for the whole loop.)
@@ -59,6 +59,18 @@ pub(crate) fn lane_sum_wide<T: Float>(a: &[T], f: impl Fn(T) -> T) -> f64 {
         total += block_sum(b, &f).widen();
     }
     total
+}
+
+/// Adds `Σ a_i` to `total`, block by block: each block of [`BLOCK`] values (counted from the
+/// start of `a`) is summed in 8 lanes of `T` and added to `total` in `f64`.
+///
+/// Calling it on consecutive pieces of a row whose lengths are multiples of 256 gives the same
+/// `total`, bit for bit, as one call on the whole row: the tensor ops' row sums and their fused
+/// reductions use it, so a fused reduction equals the plain one.
+pub fn accumulate_sum<T: Float>(total: &mut f64, a: &[T]) {
+    for b in a.chunks(BLOCK) {
+        *total += block_sum(b, &|v| v).widen();
+    }
 }
 
 /// `Σ f(a_i, b_i)` over a whole row: blocks in 8 lanes of `T` (vectorises), block sums in `f64`.

@@ -158,5 +158,12 @@ pub(crate) fn backward(root: &Tensor) -> Result<Gradients> {
         }
         Ok(())
     })?;
+    // Lazy gradients are computed here, while their inputs are at hand (and so that `backward`
+    // returns values, not recipes that keep the forward graph alive).
+    for g in leaves.map.values_mut() {
+        if g.is_lazy() {
+            *g = Tensor::from_storage(g.storage().clone());
+        }
+    }
     Ok(leaves)
 }

@@ -32,6 +32,7 @@
 
 mod autodiff;
 mod error;
+mod fusion;
 pub mod npy;
 mod ops;
 pub mod pool;

@@ -1,6 +1,7 @@
 //! The `Tensor` type: storage, identity, graph node, constructors and conversions.
 
 use crate::autodiff::{self, CustomOp, Gradients};
+use crate::fusion::Expr;
 use crate::storage::{with_storage, DType, Element, Storage};
 use crate::{Error, Result};
 use ndarray::{ArrayD, IxDyn};
@@ -15,9 +16,16 @@ pub(crate) struct Node {
     pub op: Box<dyn CustomOp>,
 }
 
+/// A tensor's values: computed, or a lazy element-wise expression computed on first read.
+#[derive(Clone)]
+enum Value {
+    Ready(Storage),
+    Lazy(Arc<Expr>),
+}
+
 struct Inner {
     id: u64,
-    storage: Storage,
+    value: Value,
     requires_grad: bool,
     node: Option<Node>,
 }
@@ -36,18 +44,41 @@ impl fmt::Debug for Tensor {
         if self.0.requires_grad {
             write!(f, ", grad")?;
         }
-        with_storage!(&self.0.storage, a => write!(f, "] {a}"))
+        with_storage!(self.storage(), a => write!(f, "] {a}"))
     }
 }
 
 impl Tensor {
-    fn make(storage: Storage, requires_grad: bool, node: Option<Node>) -> Tensor {
-        Tensor(Arc::new(Inner { id: NEXT_ID.fetch_add(1, Ordering::Relaxed), storage, requires_grad, node }))
+    fn make(value: Value, requires_grad: bool, node: Option<Node>) -> Tensor {
+        Tensor(Arc::new(Inner { id: NEXT_ID.fetch_add(1, Ordering::Relaxed), value, requires_grad, node }))
     }
 
     /// A constant tensor (no gradient) over `storage`.
     pub fn from_storage(storage: Storage) -> Tensor {
-        Tensor::make(storage, false, None)
+        Tensor::make(Value::Ready(storage), false, None)
+    }
+
+    /// A constant tensor whose values are the lazy expression `e`.
+    pub(crate) fn from_expr(e: Arc<Expr>) -> Tensor {
+        Tensor::make(Value::Lazy(e), false, None)
+    }
+
+    /// As [`Tensor::from_op`], for a result that is the lazy expression `e`.
+    pub(crate) fn from_lazy_op(e: Arc<Expr>, inputs: Vec<Tensor>, op: impl CustomOp + 'static) -> Tensor {
+        Tensor::record(Value::Lazy(e), inputs, op)
+    }
+
+    /// Whether the values are a lazy expression (computed or not).
+    pub(crate) fn is_lazy(&self) -> bool {
+        self.lazy_expr().is_some()
+    }
+
+    /// The lazy expression behind this tensor, if its values are one.
+    pub(crate) fn lazy_expr(&self) -> Option<&Arc<Expr>> {
+        match &self.0.value {
+            Value::Lazy(e) => Some(e),
+            Value::Ready(_) => None,
+        }
     }
 
     /// A constant tensor from an `ndarray` array.
@@ -111,23 +142,27 @@ impl Tensor {
 
     /// The same values as a leaf that requires gradients (a new tensor for autodiff).
     pub fn requires_grad(self) -> Tensor {
-        Tensor::make(self.0.storage.clone(), true, None)
+        Tensor::make(self.0.value.clone(), true, None)
     }
 
     /// The same values, cut from the graph: a constant.
     pub fn detach(&self) -> Tensor {
-        Tensor::from_storage(self.0.storage.clone())
+        Tensor::make(self.0.value.clone(), false, None)
     }
 
     /// Records the result of a differentiable operation: `storage` computed from `inputs`,
     /// differentiated by `op`. If recording is off or no input requires gradients, the result is
     /// a constant.
     pub fn from_op(storage: Storage, inputs: Vec<Tensor>, op: impl CustomOp + 'static) -> Tensor {
+        Tensor::record(Value::Ready(storage), inputs, op)
+    }
+
+    fn record(value: Value, inputs: Vec<Tensor>, op: impl CustomOp + 'static) -> Tensor {
         let track = autodiff::is_grad_enabled() && inputs.iter().any(|t| t.0.requires_grad);
         if track {
-            Tensor::make(storage, true, Some(Node { inputs, op: Box::new(op) }))
+            Tensor::make(value, true, Some(Node { inputs, op: Box::new(op) }))
         } else {
-            Tensor::from_storage(storage)
+            Tensor::make(value, false, None)
         }
     }
 
@@ -156,19 +191,28 @@ impl Tensor {
         self.0.node.as_ref()
     }
 
-    /// The values.
+    /// The values (computed here, once, if they are a lazy element-wise expression).
     pub fn storage(&self) -> &Storage {
-        &self.0.storage
+        match &self.0.value {
+            Value::Ready(s) => s,
+            Value::Lazy(e) => e.force(),
+        }
     }
 
     /// The element type.
     pub fn dtype(&self) -> DType {
-        self.0.storage.dtype()
+        match &self.0.value {
+            Value::Ready(s) => s.dtype(),
+            Value::Lazy(e) => e.dtype(),
+        }
     }
 
     /// The shape (empty for a scalar).
     pub fn shape(&self) -> &[usize] {
-        self.0.storage.shape()
+        match &self.0.value {
+            Value::Ready(s) => s.shape(),
+            Value::Lazy(e) => e.shape(),
+        }
     }
 
     /// The number of axes.
@@ -183,7 +227,7 @@ impl Tensor {
 
     /// The values as an `ndarray` array of `T` (converted if the dtype differs).
     pub fn to_array<T: Element>(&self) -> ArrayD<T> {
-        let s = self.0.storage.to_dtype(T::DTYPE);
+        let s = self.storage().to_dtype(T::DTYPE);
         T::view(&s).map(|a| a.to_owned()).unwrap_or_else(|| ArrayD::zeros(IxDyn(&[])))
     }
 
@@ -195,7 +239,7 @@ impl Tensor {
     /// `Σ x²` over every element, accumulated in f64 (a reading, not recorded). NaN or ±Inf
     /// anywhere makes it non-finite, so one pass also checks finiteness.
     pub fn sum_of_squares(&self) -> f64 {
-        with_storage!(&self.0.storage, a => match a.as_slice_memory_order() {
+        with_storage!(self.storage(), a => match a.as_slice_memory_order() {
             Some(s) => sum_squares_lanes(s),
             None => a.iter().fold(0.0f64, |s, &v| {
                 let v = wide(v);
@@ -208,19 +252,20 @@ impl Tensor {
     /// graph is dropped); otherwise a cheap shared handle (copy-on-write).
     pub fn into_storage(self) -> Storage {
         match Arc::try_unwrap(self.0) {
-            Ok(inner) => inner.storage,
-            Err(shared) => shared.storage.clone(),
+            Ok(Inner { value: Value::Ready(s), .. }) => s,
+            Ok(Inner { value: Value::Lazy(e), .. }) => e.force().clone(),
+            Err(shared) => Tensor(shared).storage().clone(),
         }
     }
 
     /// Whether every element is finite (no NaN, no ±Inf).
     pub fn all_finite(&self) -> bool {
-        with_storage!(&self.0.storage, a => a.iter().all(|v| v.is_finite()))
+        with_storage!(self.storage(), a => a.iter().all(|v| v.is_finite()))
     }
 
     /// The largest `|x|` (0 for an empty tensor; NaN if any element is NaN).
     pub fn max_abs(&self) -> f64 {
-        with_storage!(&self.0.storage, a => a.iter().fold(0.0f64, |m, &v| {
+        with_storage!(self.storage(), a => a.iter().fold(0.0f64, |m, &v| {
             let v = wide(v).abs();
             if v.is_nan() || m.is_nan() { f64::NAN } else { m.max(v) }
         }))

@@ -48,8 +48,9 @@ pub(crate) fn sum_to_shape(g: &Tensor, shape: &[usize]) -> Tensor {
     with_storage!(g.storage(), a => Tensor::from_array(sum_to::<T>(&a.to_owned(), shape)))
 }
 
+/// A one-operand element-wise function (shared by the eager ops and the fused programs).
 #[derive(Debug, Clone, Copy)]
-enum Unary {
+pub(crate) enum Unary {
     Neg,
     Exp,
     Log,
@@ -68,7 +69,7 @@ enum Unary {
 
 impl Unary {
     #[inline(always)]
-    fn apply<T: Float>(self, x: T) -> T {
+    pub(crate) fn apply<T: Float>(self, x: T) -> T {
         match self {
             Unary::Neg => -x,
             Unary::Exp => x.exp_fast(),
@@ -88,9 +89,14 @@ impl Unary {
         }
     }
 
+    /// Whether [`Unary::deriv`] reads the output `y` (else only `x`).
+    pub(crate) fn uses_output(self) -> bool {
+        matches!(self, Unary::Exp | Unary::Expm1 | Unary::Sqrt | Unary::Tanh | Unary::Sigmoid)
+    }
+
     /// `dy/dx` from the input `x` and the output `y`.
     #[inline(always)]
-    fn deriv<T: Float>(self, x: T, y: T) -> T {
+    pub(crate) fn deriv<T: Float>(self, x: T, y: T) -> T {
         let one = T::one();
         match self {
             Unary::Neg => -one,
@@ -116,7 +122,7 @@ impl Unary {
         }
     }
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Unary::Neg => "neg",
             Unary::Exp => "exp",
@@ -136,8 +142,9 @@ impl Unary {
     }
 }
 
+/// A two-operand element-wise function (shared by the eager ops and the fused programs).
 #[derive(Debug, Clone, Copy)]
-enum Binary {
+pub(crate) enum Binary {
     Add,
     Sub,
     Mul,
@@ -149,7 +156,7 @@ enum Binary {
 
 impl Binary {
     #[inline(always)]
-    fn apply<T: Float>(self, a: T, b: T) -> T {
+    pub(crate) fn apply<T: Float>(self, a: T, b: T) -> T {
         match self {
             Binary::Add => a + b,
             Binary::Sub => a - b,
@@ -172,7 +179,7 @@ impl Binary {
 
     /// `(∂y/∂a, ∂y/∂b)`.
     #[inline(always)]
-    fn deriv<T: Float>(self, a: T, b: T, y: T) -> (T, T) {
+    pub(crate) fn deriv<T: Float>(self, a: T, b: T, y: T) -> (T, T) {
         let (one, zero) = (T::one(), T::zero());
         match self {
             Binary::Add => (one, one),
@@ -201,7 +208,7 @@ impl Binary {
         }
     }
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Binary::Add => "add",
             Binary::Sub => "sub",
@@ -219,101 +226,105 @@ impl Binary {
 macro_rules! per_unary {
     ($op:expr, $u:ident => $body:expr) => {
         match $op {
-            Unary::Neg => {
-                let $u = Unary::Neg;
+            $crate::ops::Unary::Neg => {
+                let $u = $crate::ops::Unary::Neg;
                 $body
             }
-            Unary::Exp => {
-                let $u = Unary::Exp;
+            $crate::ops::Unary::Exp => {
+                let $u = $crate::ops::Unary::Exp;
                 $body
             }
-            Unary::Log => {
-                let $u = Unary::Log;
+            $crate::ops::Unary::Log => {
+                let $u = $crate::ops::Unary::Log;
                 $body
             }
-            Unary::Log1p => {
-                let $u = Unary::Log1p;
+            $crate::ops::Unary::Log1p => {
+                let $u = $crate::ops::Unary::Log1p;
                 $body
             }
-            Unary::Expm1 => {
-                let $u = Unary::Expm1;
+            $crate::ops::Unary::Expm1 => {
+                let $u = $crate::ops::Unary::Expm1;
                 $body
             }
-            Unary::Sqrt => {
-                let $u = Unary::Sqrt;
+            $crate::ops::Unary::Sqrt => {
+                let $u = $crate::ops::Unary::Sqrt;
                 $body
             }
-            Unary::Abs => {
-                let $u = Unary::Abs;
+            $crate::ops::Unary::Abs => {
+                let $u = $crate::ops::Unary::Abs;
                 $body
             }
-            Unary::Square => {
-                let $u = Unary::Square;
+            $crate::ops::Unary::Square => {
+                let $u = $crate::ops::Unary::Square;
                 $body
             }
-            Unary::Tanh => {
-                let $u = Unary::Tanh;
+            $crate::ops::Unary::Tanh => {
+                let $u = $crate::ops::Unary::Tanh;
                 $body
             }
-            Unary::Sigmoid => {
-                let $u = Unary::Sigmoid;
+            $crate::ops::Unary::Sigmoid => {
+                let $u = $crate::ops::Unary::Sigmoid;
                 $body
             }
-            Unary::Softplus => {
-                let $u = Unary::Softplus;
+            $crate::ops::Unary::Softplus => {
+                let $u = $crate::ops::Unary::Softplus;
                 $body
             }
-            Unary::Relu => {
-                let $u = Unary::Relu;
+            $crate::ops::Unary::Relu => {
+                let $u = $crate::ops::Unary::Relu;
                 $body
             }
-            Unary::Erf => {
-                let $u = Unary::Erf;
+            $crate::ops::Unary::Erf => {
+                let $u = $crate::ops::Unary::Erf;
                 $body
             }
-            Unary::Atan => {
-                let $u = Unary::Atan;
+            $crate::ops::Unary::Atan => {
+                let $u = $crate::ops::Unary::Atan;
                 $body
             }
         }
     };
 }
 
+pub(crate) use per_unary;
+
 /// As `per_unary!`, for `Binary`.
 macro_rules! per_binary {
     ($op:expr, $b:ident => $body:expr) => {
         match $op {
-            Binary::Add => {
-                let $b = Binary::Add;
+            $crate::ops::Binary::Add => {
+                let $b = $crate::ops::Binary::Add;
                 $body
             }
-            Binary::Sub => {
-                let $b = Binary::Sub;
+            $crate::ops::Binary::Sub => {
+                let $b = $crate::ops::Binary::Sub;
                 $body
             }
-            Binary::Mul => {
-                let $b = Binary::Mul;
+            $crate::ops::Binary::Mul => {
+                let $b = $crate::ops::Binary::Mul;
                 $body
             }
-            Binary::Div => {
-                let $b = Binary::Div;
+            $crate::ops::Binary::Div => {
+                let $b = $crate::ops::Binary::Div;
                 $body
             }
-            Binary::Pow => {
-                let $b = Binary::Pow;
+            $crate::ops::Binary::Pow => {
+                let $b = $crate::ops::Binary::Pow;
                 $body
             }
-            Binary::Maximum => {
-                let $b = Binary::Maximum;
+            $crate::ops::Binary::Maximum => {
+                let $b = $crate::ops::Binary::Maximum;
                 $body
             }
-            Binary::Minimum => {
-                let $b = Binary::Minimum;
+            $crate::ops::Binary::Minimum => {
+                let $b = $crate::ops::Binary::Minimum;
                 $body
             }
         }
     };
 }
+
+pub(crate) use per_binary;
 
 fn unary_forward<T: Element>(a: &ndarray::ArcArray<T, IxDyn>, op: Unary) -> ArrayD<T> {
     per_unary!(op, u => collect!(a.raw_dim(), Zip::from(a), |&x| u.apply(x)))
@@ -334,6 +345,9 @@ fn broadcast_or_err(op: &str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
 
 impl Tensor {
     fn unary(&self, u: Unary) -> Tensor {
+        if let Some(t) = crate::fusion::ops::unary(self, u) {
+            return t;
+        }
         let storage = with_storage!(self.storage(), a => T::wrap(unary_forward(a, u)));
         Tensor::from_op(
             storage,
@@ -353,6 +367,9 @@ impl Tensor {
     fn binary(&self, other: &Tensor, b: Binary) -> Result<Tensor> {
         let name = b.name();
         let shape = broadcast_or_err(name, self.shape(), other.shape())?;
+        if let Some(t) = crate::fusion::ops::binary(self, other, b, &shape) {
+            return Ok(t);
+        }
         let storage = with_pair!(name, self, other, (x, y) => {
             let out: ArrayD<T> = per_binary!(b, op => if x.shape() == y.shape() {
                 collect!(x.raw_dim(), Zip::from(x).and(y), |&p, &q| op.apply(p, q))
@@ -515,6 +532,9 @@ impl Tensor {
     pub fn clip(&self, lo: f64, hi: f64) -> Result<Tensor> {
         if lo > hi || lo.is_nan() || hi.is_nan() {
             return Err(Error::value("clip", format!("needs lo <= hi, got lo = {lo}, hi = {hi}")));
+        }
+        if let Some(t) = crate::fusion::ops::clip(self, lo, hi) {
+            return Ok(t);
         }
         let storage = with_storage!(self.storage(), a => {
             let (l, h) = (T::c(lo), T::c(hi));

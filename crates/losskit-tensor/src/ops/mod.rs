@@ -28,6 +28,7 @@ mod reduce;
 mod shape;
 
 pub use elementwise::broadcast_shapes;
+pub(crate) use elementwise::{per_binary, per_unary, sum_to_shape, Binary, Unary};
 pub use matmul::Gemm;
 
 use crate::autodiff::FnOp;

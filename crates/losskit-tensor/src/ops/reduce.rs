@@ -83,6 +83,15 @@ impl Tensor {
             self.shape().iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect()
         };
         let count: usize = axes.iter().map(|&a| self.shape()[a]).product();
+        // Sums and means over trailing axes: row sums in a fixed order, fused with a lazy input.
+        let trailing = !axes.is_empty() && axes.iter().enumerate().all(|(i, &a)| a == self.rank() - axes.len() + i);
+        if trailing && matches!(r, Reduce::Sum | Reduce::Mean) {
+            let divisor = if r == Reduce::Mean { count as f64 } else { 1.0 };
+            if let Some(t) = crate::fusion::ops::sum_trailing(self, self.rank() - axes.len(), divisor, &out_shape, name)
+            {
+                return Ok(t);
+            }
+        }
         let storage = with_storage!(self.storage(), a => {
             let v = a.view();
             let out: ArrayD<T> = match r {

@@ -1,0 +1,256 @@
+//! Fusion of element-wise chains: large element-wise results are *lazy expressions*, evaluated
+//! when their values are needed, a cache-sized chunk at a time.
+//!
+//! An element-wise op on an output of at least [`crate::ops::PARALLEL_MIN`] values does not
+//! compute anything: it returns a tensor whose value is an [`Expr`], a small graph of
+//! instructions over *leaves* (materialised full-shape arrays, and arrays broadcast along rows,
+//! along columns or as a scalar). When someone reads the values ([`Tensor::storage`]), the
+//! graph is compiled into a [`program`] and run over chunks of [`CHUNK`] values, every
+//! instruction a plain loop over one chunk, so the intermediates stay in L1/L2 and a chain of
+//! n ops makes one pass over memory instead of n (numexpr's scheme, no code generation). A
+//! sum or mean over trailing axes of a lazy tensor reduces each chunk as it is produced: the
+//! chain is never written out at all.
+//!
+//! The backward passes of the lazy ops build lazy expressions too (`g · f'(x)` with `x`
+//! recomputed from the leaves), so the gradient of a custom loss written as a chain of tensor
+//! ops is one pass as well. Each instruction computes exactly what the eager op computes,
+//! element by element: values and gradients are the same, bit for bit, as on the plain path.
+//! Reductions add chunks in a fixed order (`losskit_kernels::accumulate_sum`), the same order
+//! for the fused and the plain sums, whatever the number of threads.
+//!
+//! An expression stops growing at [`MAX_NODES`] nodes: beyond that, its operands are
+//! materialised first (a long chain is cut into pieces of at most that length).
+
+pub(crate) mod ops;
+mod program;
+
+use crate::ops::{Binary, Unary, PARALLEL_MIN};
+use crate::storage::{with_storage, Element};
+use crate::{DType, Storage, Tensor};
+use std::sync::{Arc, OnceLock};
+
+/// Values per chunk: each instruction runs over this many values at a time (a multiple of the
+/// 256-value blocks of `losskit_kernels::accumulate_sum`, so chunked sums equal whole-row sums).
+pub(crate) const CHUNK: usize = 1024;
+/// Values per parallel task (16 chunks).
+pub(crate) const PIECE: usize = 16 * CHUNK;
+/// The most nodes one expression holds before its operands are materialised.
+pub(crate) const MAX_NODES: usize = 48;
+
+/// How a leaf that is smaller than the expression maps onto it (flat row-major index `i`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Broadcast {
+    /// `v[i / period]`: one value per row of `period` values (shape `(.., 1, 1)` against `(.., h, w)`).
+    Rows { period: usize },
+    /// `v[i % period]`: the same `period` values in every row (shape `(w,)` against `(.., w)`).
+    Cols { period: usize },
+    /// `v[0]` everywhere.
+    Scalar,
+}
+
+/// Which operand of a binary op a derivative is taken with respect to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Side {
+    Lhs,
+    Rhs,
+}
+
+/// One instruction: a value per element from one to three operands.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Instr {
+    /// `u(x)`.
+    Unary(Unary),
+    /// `u'(x)` from `(x, u(x))`.
+    UnaryDeriv(Unary),
+    /// `a ∘ b`.
+    Binary(Binary),
+    /// `∂(a ∘ b)/∂a` or `/∂b` from `(a, b, a ∘ b)`.
+    BinaryDeriv(Binary, Side),
+    /// `clip(x, lo, hi)`.
+    Clip { lo: f64, hi: f64 },
+    /// `g` where `clip` passes the gradient at `x`, else 0: from `(x, g)`.
+    ClipPass { lo: f64, hi: f64 },
+}
+
+impl Instr {
+    fn arity(self) -> usize {
+        match self {
+            Instr::Unary(_) | Instr::Clip { .. } => 1,
+            Instr::UnaryDeriv(_) | Instr::Binary(_) | Instr::ClipPass { .. } => 2,
+            Instr::BinaryDeriv(..) => 3,
+        }
+    }
+}
+
+enum Kind {
+    /// A materialised full-shape array: the value is set at creation.
+    Materialised,
+    /// A small array broadcast onto the expression's shape (standard layout).
+    Broadcast(Broadcast, Storage),
+    /// An instruction over other expressions of the same shape.
+    Op(Instr, Vec<Arc<Expr>>),
+}
+
+/// A lazily evaluated element-wise value of a given shape (see the module docs). Every node has
+/// the shape of the whole expression; its value, once computed, is cached.
+pub(crate) struct Expr {
+    shape: Vec<usize>,
+    dtype: DType,
+    kind: Kind,
+    /// Nodes in the tree below and including this one (an upper bound on the program length).
+    size: usize,
+    value: OnceLock<Storage>,
+}
+
+impl Expr {
+    /// A leaf on materialised values (copied to standard layout if they are not in it).
+    pub(crate) fn materialised(storage: Storage) -> Arc<Expr> {
+        let storage = standard(storage);
+        Arc::new(Expr {
+            shape: storage.shape().to_vec(),
+            dtype: storage.dtype(),
+            kind: Kind::Materialised,
+            size: 1,
+            value: OnceLock::from(storage),
+        })
+    }
+
+    /// A leaf that broadcasts `storage` onto `shape` as `b` says.
+    pub(crate) fn broadcast(b: Broadcast, storage: Storage, shape: &[usize]) -> Arc<Expr> {
+        let storage = standard(storage);
+        Arc::new(Expr {
+            shape: shape.to_vec(),
+            dtype: storage.dtype(),
+            kind: Kind::Broadcast(b, storage),
+            size: 1,
+            value: OnceLock::new(),
+        })
+    }
+
+    /// A scalar leaf holding `v` in `dtype`.
+    pub(crate) fn scalar(v: f64, dtype: DType, shape: &[usize]) -> Arc<Expr> {
+        Expr::broadcast(Broadcast::Scalar, Tensor::full(&[], v, dtype).storage().clone(), shape)
+    }
+
+    /// `instr` applied to `args` (all of the same shape and dtype). When the result would hold
+    /// more than [`MAX_NODES`] nodes, the operands are materialised first.
+    pub(crate) fn op(instr: Instr, args: Vec<Arc<Expr>>) -> Arc<Expr> {
+        debug_assert_eq!(args.len(), instr.arity());
+        let mut size = 1 + args.iter().map(|a| a.nodes()).sum::<usize>();
+        if size > MAX_NODES {
+            for a in &args {
+                a.force();
+            }
+            size = 1 + args.len();
+        }
+        Arc::new(Expr {
+            shape: args[0].shape.clone(),
+            dtype: args[0].dtype,
+            kind: Kind::Op(instr, args),
+            size,
+            value: OnceLock::new(),
+        })
+    }
+
+    /// The shape.
+    pub(crate) fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The element type.
+    pub(crate) fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The values, computed on first use.
+    pub(crate) fn force(&self) -> &Storage {
+        self.value.get_or_init(|| program::materialise(self))
+    }
+
+    /// Nodes that evaluating this expression would run (1 once it is materialised).
+    fn nodes(&self) -> usize {
+        if self.value.get().is_some() {
+            1
+        } else {
+            self.size
+        }
+    }
+
+    fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// `storage` in standard (row-major, contiguous) layout, copied only if it is not.
+fn standard(storage: Storage) -> Storage {
+    let contiguous = with_storage!(&storage, a => a.is_standard_layout());
+    if contiguous {
+        storage
+    } else {
+        with_storage!(&storage, a => T::wrap(a.as_standard_layout().into_owned()))
+    }
+}
+
+/// How an operand of shape `operand` enters an element-wise result of shape `out`: `None` for a
+/// full-shape operand, a [`Broadcast`] for one that is broadcast, or `Err(())` for a broadcast
+/// that fusion does not handle (the plain path does it).
+pub(crate) fn classify(operand: &[usize], out: &[usize]) -> Result<Option<Broadcast>, ()> {
+    if operand == out {
+        return Ok(None);
+    }
+    if operand.iter().product::<usize>() == 1 {
+        return Ok(Some(Broadcast::Scalar));
+    }
+    if operand.len() > out.len() {
+        return Err(());
+    }
+    let mut aligned = vec![1; out.len() - operand.len()];
+    aligned.extend_from_slice(operand);
+    // Rows: equal on a prefix, ones on the rest. Cols: ones on a prefix, equal on the rest.
+    let rows_split = (0..=out.len()).find(|&k| aligned[..k] == out[..k] && aligned[k..].iter().all(|&d| d == 1));
+    if let Some(k) = rows_split {
+        return Ok(Some(Broadcast::Rows { period: out[k..].iter().product() }));
+    }
+    let cols_split = (0..=out.len()).find(|&k| aligned[..k].iter().all(|&d| d == 1) && aligned[k..] == out[k..]);
+    match cols_split {
+        Some(k) => Ok(Some(Broadcast::Cols { period: out[k..].iter().product() })),
+        None => Err(()),
+    }
+}
+
+/// Whether an element-wise result of `shape` is computed lazily.
+pub(crate) fn fuses(shape: &[usize]) -> bool {
+    shape.iter().product::<usize>() >= PARALLEL_MIN
+}
+
+/// A full-shape operand: its expression if it is lazy, else a leaf on its values, in `dtype`.
+pub(crate) fn full(t: &Tensor, dtype: DType) -> Arc<Expr> {
+    match t.lazy_expr() {
+        Some(e) if e.dtype() == dtype => e.clone(),
+        _ => Expr::materialised(t.storage().to_dtype(dtype)),
+    }
+}
+
+/// An operand of a result of shape `out`, entering as `class` says (from [`classify`]).
+pub(crate) fn operand(t: &Tensor, class: Option<Broadcast>, out: &[usize]) -> Arc<Expr> {
+    match class {
+        None => full(t, t.dtype()),
+        Some(b) => Expr::broadcast(b, t.storage().clone(), out),
+    }
+}
+
+/// Sums of `e`'s values over consecutive runs of `period` values (one per row), divided by
+/// `divisor`, as a tensor of `shape` (which holds `numel / period` values).
+pub(crate) fn sum_rows(e: &Expr, period: usize, divisor: f64, shape: &[usize]) -> Tensor {
+    let rows = e.numel().checked_div(period).unwrap_or_else(|| shape.iter().product());
+    match e.dtype {
+        DType::F32 => finish_sums::<f32>(program::row_sums::<f32>(e, rows, period), divisor, shape),
+        DType::F64 => finish_sums::<f64>(program::row_sums::<f64>(e, rows, period), divisor, shape),
+    }
+}
+
+fn finish_sums<T: Element>(sums: Vec<f64>, divisor: f64, shape: &[usize]) -> Tensor {
+    let d = T::c(divisor);
+    let values: Vec<T> = sums.into_iter().map(|s| T::c(s) / d).collect();
+    Tensor::from_vec(values, shape).expect("one sum per row")
+}

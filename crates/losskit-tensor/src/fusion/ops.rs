@@ -1,0 +1,135 @@
+//! The lazy forms of the element-wise ops and of sums over trailing axes, with backward passes
+//! that are lazy expressions too. Each returns `None` where the plain path is used instead.
+
+use super::{classify, full, fuses, operand, sum_rows, Broadcast, Expr, Instr, Side};
+use crate::ops::{op, sum_to_shape, Binary, Unary};
+use crate::{Result, Tensor};
+use std::sync::Arc;
+
+/// `u(x)`, lazily, when `x` is large.
+pub(crate) fn unary(x: &Tensor, u: Unary) -> Option<Tensor> {
+    if !fuses(x.shape()) {
+        return None;
+    }
+    let y = Expr::op(Instr::Unary(u), vec![full(x, x.dtype())]);
+    Some(Tensor::from_lazy_op(
+        y,
+        vec![x.clone()],
+        op(u.name(), move |inputs, out, g| {
+            let dtype = out.dtype();
+            let xe = full(&inputs[0], dtype);
+            let ye = if u.uses_output() { full(out, dtype) } else { xe.clone() };
+            let d = Expr::op(Instr::UnaryDeriv(u), vec![xe, ye]);
+            Ok(vec![Some(Tensor::from_expr(Expr::op(Instr::Binary(Binary::Mul), vec![full(g, dtype), d])))])
+        }),
+    ))
+}
+
+/// `clip(x, lo, hi)`, lazily, when `x` is large.
+pub(crate) fn clip(x: &Tensor, lo: f64, hi: f64) -> Option<Tensor> {
+    if !fuses(x.shape()) {
+        return None;
+    }
+    let y = Expr::op(Instr::Clip { lo, hi }, vec![full(x, x.dtype())]);
+    Some(Tensor::from_lazy_op(
+        y,
+        vec![x.clone()],
+        op("clip", move |inputs, out, g| {
+            let dtype = out.dtype();
+            let pass = Expr::op(Instr::ClipPass { lo, hi }, vec![full(&inputs[0], dtype), full(g, dtype)]);
+            Ok(vec![Some(Tensor::from_expr(pass))])
+        }),
+    ))
+}
+
+/// `x ∘ y` with NumPy broadcasting to `shape`, lazily, when the result is large and each operand
+/// is full-shape or broadcast along rows, columns or as a scalar.
+pub(crate) fn binary(x: &Tensor, y: &Tensor, b: Binary, shape: &[usize]) -> Option<Tensor> {
+    if !fuses(shape) || x.dtype() != y.dtype() {
+        return None;
+    }
+    let (cx, cy) = (classify(x.shape(), shape).ok()?, classify(y.shape(), shape).ok()?);
+    let out = Expr::op(Instr::Binary(b), vec![operand(x, cx, shape), operand(y, cy, shape)]);
+    Some(Tensor::from_lazy_op(
+        out,
+        vec![x.clone(), y.clone()],
+        op(b.name(), move |inputs, out, g| binary_backward(b, [cx, cy], inputs, out, g)),
+    ))
+}
+
+fn binary_backward(
+    b: Binary,
+    classes: [Option<Broadcast>; 2],
+    inputs: &[Tensor],
+    out: &Tensor,
+    g: &Tensor,
+) -> Result<Vec<Option<Tensor>>> {
+    let (shape, dtype) = (out.shape(), out.dtype());
+    let ge = full(g, dtype);
+    let xe = operand(&inputs[0], classes[0], shape);
+    let ye = operand(&inputs[1], classes[1], shape);
+    let grad = |side: Side| -> Arc<Expr> {
+        match (b, side) {
+            (Binary::Add, _) | (Binary::Sub, Side::Lhs) => ge.clone(),
+            (Binary::Sub, Side::Rhs) => Expr::op(Instr::Unary(Unary::Neg), vec![ge.clone()]),
+            _ => {
+                // Only `pow` reads the output; the others get `x` in its slot (never read).
+                let oe = if matches!(b, Binary::Pow) { full(out, dtype) } else { xe.clone() };
+                let d = Expr::op(Instr::BinaryDeriv(b, side), vec![xe.clone(), ye.clone(), oe]);
+                Expr::op(Instr::Binary(Binary::Mul), vec![ge.clone(), d])
+            }
+        }
+    };
+    let mut grads = Vec::with_capacity(2);
+    for (k, side) in [Side::Lhs, Side::Rhs].into_iter().enumerate() {
+        let input = &inputs[k];
+        grads.push(input.is_tracked().then(|| reduce_to(grad(side), classes[k], input.shape())));
+    }
+    Ok(grads)
+}
+
+/// A full-shape gradient summed back to an operand that entered as `class`.
+fn reduce_to(e: Arc<Expr>, class: Option<Broadcast>, shape: &[usize]) -> Tensor {
+    match class {
+        None => Tensor::from_expr(e),
+        Some(Broadcast::Rows { period }) => sum_rows(&e, period, 1.0, shape),
+        Some(Broadcast::Scalar) => {
+            let n = e.numel();
+            sum_rows(&e, n, 1.0, shape)
+        }
+        Some(Broadcast::Cols { .. }) => sum_to_shape(&Tensor::from_expr(e), shape),
+    }
+}
+
+/// Sum (or mean, `divisor` the count) of `x` over its last `x.rank() - keep` axes, as a tensor
+/// of `out_shape`; `None` when `x` is a materialised array that is not in standard layout.
+pub(crate) fn sum_trailing(
+    x: &Tensor,
+    keep: usize,
+    divisor: f64,
+    out_shape: &[usize],
+    name: &'static str,
+) -> Option<Tensor> {
+    let standard = x.lazy_expr().is_some() || crate::storage::with_storage!(x.storage(), a => a.is_standard_layout());
+    if !standard {
+        return None;
+    }
+    let period: usize = x.shape()[keep..].iter().product();
+    let e = full(x, x.dtype());
+    let sums = sum_rows(&e, period, divisor, out_shape);
+    Some(Tensor::from_op(
+        sums.storage().clone(),
+        vec![x.clone()],
+        op(name, move |inputs, _out, g| {
+            let x = &inputs[0];
+            let rows = Expr::broadcast(Broadcast::Rows { period }, g.storage().clone(), x.shape());
+            let e = if divisor == 1.0 {
+                rows
+            } else {
+                let d = Expr::scalar(divisor, g.dtype(), x.shape());
+                Expr::op(Instr::Binary(Binary::Div), vec![rows, d])
+            };
+            Ok(vec![Some(Tensor::from_expr(e))])
+        }),
+    ))
+}

@@ -1,0 +1,352 @@
+//! An [`Expr`] compiled into a straight-line program over chunk-sized registers, and the two
+//! ways to run it: materialise every value, or sum rows of them.
+
+use super::{Broadcast, Expr, Instr, Kind, Side, CHUNK, PIECE};
+use crate::ops::{per_binary, per_unary};
+use crate::storage::Element;
+use crate::{pool, Storage};
+use losskit_kernels::{accumulate_sum, clip, clip_passes};
+use ndarray::IxDyn;
+use rayon::prelude::*;
+use std::collections::HashMap;
+
+/// Where an instruction reads an operand.
+#[derive(Debug, Clone, Copy)]
+enum Src {
+    /// A register (one chunk of values).
+    Reg(usize),
+    /// A materialised full-shape array, read at the chunk's offset.
+    Full(usize),
+}
+
+struct Step {
+    instr: Instr,
+    args: [Src; 3],
+    dest: usize,
+}
+
+/// A broadcast leaf loaded into a register for each chunk.
+struct Load<'a, T> {
+    reg: usize,
+    broadcast: Broadcast,
+    values: &'a [T],
+}
+
+/// The compiled form of an expression: leaves, per-chunk loads and steps in dependency order.
+/// Registers are numbered in that order, so a step only reads registers below its own.
+struct Program<'a, T> {
+    full: Vec<&'a [T]>,
+    loads: Vec<Load<'a, T>>,
+    steps: Vec<Step>,
+    registers: usize,
+    root: Src,
+}
+
+impl<'a, T: Element> Program<'a, T> {
+    fn compile(e: &'a Expr) -> Program<'a, T> {
+        let mut p = Program { full: Vec::new(), loads: Vec::new(), steps: Vec::new(), registers: 0, root: Src::Reg(0) };
+        let mut seen = HashMap::new();
+        p.root = p.visit(e, &mut seen);
+        p
+    }
+
+    fn visit(&mut self, e: &'a Expr, seen: &mut HashMap<*const Expr, Src>) -> Src {
+        if let Some(&src) = seen.get(&(e as *const Expr)) {
+            return src;
+        }
+        let src = if let Some(v) = e.value.get() {
+            self.full.push(slice_of(v));
+            Src::Full(self.full.len() - 1)
+        } else {
+            match &e.kind {
+                Kind::Materialised => unreachable!("a materialised leaf has its value"),
+                Kind::Broadcast(b, s) => {
+                    let reg = self.register();
+                    self.loads.push(Load { reg, broadcast: *b, values: slice_of(s) });
+                    Src::Reg(reg)
+                }
+                Kind::Op(instr, args) => {
+                    let mut srcs = [Src::Reg(0); 3];
+                    for (k, a) in args.iter().enumerate() {
+                        srcs[k] = self.visit(a, seen);
+                    }
+                    // Unused operand slots repeat the first (never read).
+                    for k in args.len()..3 {
+                        srcs[k] = srcs[0];
+                    }
+                    let dest = self.register();
+                    self.steps.push(Step { instr: *instr, args: srcs, dest });
+                    Src::Reg(dest)
+                }
+            }
+        };
+        seen.insert(e as *const Expr, src);
+        src
+    }
+
+    fn register(&mut self) -> usize {
+        self.registers += 1;
+        self.registers - 1
+    }
+
+    /// A register file for one task, scalar leaves filled in once.
+    fn register_file(&self) -> Vec<T> {
+        let mut regs = vec![T::zero(); self.registers * CHUNK];
+        for load in &self.loads {
+            if load.broadcast == Broadcast::Scalar {
+                regs[load.reg * CHUNK..(load.reg + 1) * CHUNK].fill(load.values[0]);
+            }
+        }
+        regs
+    }
+
+    /// Runs the program over the `len` values from flat index `s` and returns the result.
+    #[inline(always)]
+    fn run<'r>(&'r self, regs: &'r mut [T], s: usize, len: usize) -> &'r [T] {
+        for load in &self.loads {
+            let r = &mut regs[load.reg * CHUNK..load.reg * CHUNK + len];
+            match load.broadcast {
+                Broadcast::Scalar => {}
+                Broadcast::Rows { period } => fill_rows(r, load.values, s, period),
+                Broadcast::Cols { period } => fill_cols(r, load.values, s, period),
+            }
+        }
+        for step in &self.steps {
+            let (lo, hi) = regs.split_at_mut(step.dest * CHUNK);
+            let arg = |k: usize| -> &[T] {
+                match step.args[k] {
+                    Src::Reg(r) => &lo[r * CHUNK..r * CHUNK + len],
+                    Src::Full(l) => &self.full[l][s..s + len],
+                }
+            };
+            exec(step.instr, arg(0), arg(1), arg(2), &mut hi[..len]);
+        }
+        match self.root {
+            Src::Reg(r) => &regs[r * CHUNK..r * CHUNK + len],
+            Src::Full(l) => &self.full[l][s..s + len],
+        }
+    }
+}
+
+fn slice_of<T: Element>(s: &Storage) -> &[T] {
+    T::view(s).and_then(|a| a.as_slice()).expect("fusion leaves are of the expression's dtype, in standard layout")
+}
+
+/// `r[i] = v[(s + i) / period]`.
+#[inline(always)]
+fn fill_rows<T: Element>(r: &mut [T], v: &[T], s: usize, period: usize) {
+    let (mut row, mut off) = (s / period, s % period);
+    let mut i = 0;
+    while i < r.len() {
+        let n = (period - off).min(r.len() - i);
+        r[i..i + n].fill(v[row]);
+        i += n;
+        off = 0;
+        row += 1;
+    }
+}
+
+/// `r[i] = v[(s + i) % period]`.
+#[inline(always)]
+fn fill_cols<T: Element>(r: &mut [T], v: &[T], s: usize, period: usize) {
+    let mut off = s % period;
+    let mut i = 0;
+    while i < r.len() {
+        let n = (period - off).min(r.len() - i);
+        r[i..i + n].copy_from_slice(&v[off..off + n]);
+        i += n;
+        off = 0;
+    }
+}
+
+/// One instruction over one chunk: the same per-element maths as the eager ops.
+#[inline(always)]
+fn exec<T: Element>(instr: Instr, a: &[T], b: &[T], c: &[T], out: &mut [T]) {
+    match instr {
+        Instr::Unary(u) => per_unary!(u, u => {
+            for (o, &x) in out.iter_mut().zip(a) {
+                *o = u.apply(x);
+            }
+        }),
+        Instr::UnaryDeriv(u) => per_unary!(u, u => {
+            for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+                *o = u.deriv(x, y);
+            }
+        }),
+        Instr::Binary(op) => per_binary!(op, op => {
+            for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+                *o = op.apply(x, y);
+            }
+        }),
+        Instr::BinaryDeriv(op, side) => per_binary!(op, op => {
+            for (((o, &x), &y), &z) in out.iter_mut().zip(a).zip(b).zip(c) {
+                let d = op.deriv(x, y, z);
+                *o = if side == Side::Lhs { d.0 } else { d.1 };
+            }
+        }),
+        Instr::Clip { lo, hi } => {
+            let (l, h) = (T::c(lo), T::c(hi));
+            for (o, &x) in out.iter_mut().zip(a) {
+                *o = clip(x, l, h);
+            }
+        }
+        Instr::ClipPass { lo, hi } => {
+            let (l, h) = (T::c(lo), T::c(hi));
+            for ((o, &x), &g) in out.iter_mut().zip(a).zip(b) {
+                *o = if clip_passes(x, l, h) { g } else { T::zero() };
+            }
+        }
+    }
+}
+
+/// Defines `$name`, which runs `$body` compiled for AVX2 + FMA when the CPU has them (8 f32
+/// lanes; the per-element maths is the same IEEE arithmetic, so the values do not change).
+macro_rules! with_avx2 {
+    ($name:ident => $body:ident, ($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
+        fn $name<T: Element>($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2<T: Element>($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+/// Writes the values from flat index `start` into `out`, a chunk at a time.
+#[inline(always)]
+fn fill_piece_body<T: Element>(p: &Program<'_, T>, regs: &mut [T], start: usize, out: &mut [T]) {
+    for (j, chunk) in out.chunks_mut(CHUNK).enumerate() {
+        let v = p.run(regs, start + j * CHUNK, chunk.len());
+        chunk.copy_from_slice(v);
+    }
+}
+with_avx2!(fill_piece => fill_piece_body, (p: &Program<'_, T>, regs: &mut [T], start: usize, out: &mut [T]));
+
+/// `Σ` of the values in `[s, e)`, chunk by chunk, blocks added in order (see
+/// `accumulate_sum`): the same as one `accumulate_sum` over the range.
+#[inline(always)]
+fn sum_range_body<T: Element>(p: &Program<'_, T>, regs: &mut [T], s: usize, e: usize) -> f64 {
+    let mut total = 0.0;
+    let mut i = s;
+    while i < e {
+        let len = CHUNK.min(e - i);
+        accumulate_sum(&mut total, p.run(regs, i, len));
+        i += len;
+    }
+    total
+}
+with_avx2!(sum_range => sum_range_body, (p: &Program<'_, T>, regs: &mut [T], s: usize, e: usize) -> f64);
+
+/// Sums of whole rows of `period` (< [`PIECE`]) values, rows `first..first + sums.len()`; rows
+/// shorter than a chunk are evaluated several to a chunk.
+#[inline(always)]
+fn sum_short_rows_body<T: Element>(p: &Program<'_, T>, regs: &mut [T], first: usize, period: usize, sums: &mut [f64]) {
+    if period > CHUNK {
+        for (k, s) in sums.iter_mut().enumerate() {
+            let start = (first + k) * period;
+            *s = sum_range_body(p, regs, start, start + period);
+        }
+        return;
+    }
+    let per_chunk = CHUNK / period;
+    for (j, group) in sums.chunks_mut(per_chunk).enumerate() {
+        let start = (first + j * per_chunk) * period;
+        let v = p.run(regs, start, group.len() * period);
+        for (k, s) in group.iter_mut().enumerate() {
+            let mut total = 0.0;
+            accumulate_sum(&mut total, &v[k * period..(k + 1) * period]);
+            *s = total;
+        }
+    }
+}
+with_avx2!(sum_short_rows => sum_short_rows_body, (p: &Program<'_, T>, regs: &mut [T], first: usize, period: usize, sums: &mut [f64]));
+
+/// Evaluates every value of `e` (in parallel over pieces of [`PIECE`] values).
+pub(super) fn materialise(e: &Expr) -> Storage {
+    match e.dtype {
+        crate::DType::F32 => f32::wrap(materialise_as::<f32>(e)),
+        crate::DType::F64 => f64::wrap(materialise_as::<f64>(e)),
+    }
+}
+
+fn materialise_as<T: Element>(e: &Expr) -> ndarray::ArrayD<T> {
+    let p = Program::<T>::compile(e);
+    let mut out = pool::array::<T>(IxDyn(&e.shape));
+    let values = out.as_slice_mut().expect("a fresh array is contiguous");
+    values
+        .par_chunks_mut(PIECE)
+        .enumerate()
+        .for_each_init(|| p.register_file(), |regs, (i, piece)| fill_piece(&p, regs, i * PIECE, piece));
+    out
+}
+
+/// `Σ` over each of `rows` consecutive runs of `period` values of `e`, in `f64`.
+///
+/// The order of additions is fixed by the shape alone: blocks of 256 values from the start of a
+/// row, and rows longer than [`PIECE`] cut into pieces of [`PIECE`] whose sums are added in
+/// order. A materialised `e` is summed straight from its values, in the same order.
+pub(super) fn row_sums<T: Element>(e: &Expr, rows: usize, period: usize) -> Vec<f64> {
+    if period == 0 || rows == 0 {
+        return vec![0.0; rows];
+    }
+    let p = Program::<T>::compile(e);
+    if period >= PIECE {
+        let per_row = period.div_ceil(PIECE);
+        let partial: Vec<f64> = (0..rows * per_row)
+            .into_par_iter()
+            .map_init(
+                || p.register_file(),
+                |regs, u| {
+                    let (r, k) = (u / per_row, u % per_row);
+                    let s = r * period + k * PIECE;
+                    sum_range(&p, regs, s, (s + PIECE).min((r + 1) * period))
+                },
+            )
+            .collect();
+        return partial.chunks(per_row).map(|c| c.iter().fold(0.0, |a, &b| a + b)).collect();
+    }
+    let mut sums = vec![0.0; rows];
+    if rows * period < crate::ops::PARALLEL_MIN {
+        let mut regs = p.register_file();
+        sum_short_rows(&p, &mut regs, 0, period, &mut sums);
+        return sums;
+    }
+    let rows_per_task = (PIECE / period).max(1);
+    sums.par_chunks_mut(rows_per_task).enumerate().for_each_init(
+        || p.register_file(),
+        |regs, (i, group)| sum_short_rows(&p, regs, i * rows_per_task, period, group),
+    );
+    sums
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_and_cols_fill_across_row_ends() {
+        let v = [1.0f32, 2.0, 3.0];
+        let mut r = [0.0f32; 7];
+        fill_rows(&mut r, &v, 2, 3);
+        assert_eq!(r, [1.0, 2.0, 2.0, 2.0, 3.0, 3.0, 3.0]);
+        fill_cols(&mut r, &v, 2, 3);
+        assert_eq!(r, [3.0, 1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn chunked_sum_equals_one_pass() {
+        let v: Vec<f32> = (0..5000).map(|i| ((i * 37) % 101) as f32 * 0.013).collect();
+        let e = Expr::materialised(f32::wrap(ndarray::ArrayD::from_shape_vec(IxDyn(&[5000]), v.clone()).unwrap()));
+        let mut one = 0.0;
+        accumulate_sum(&mut one, &v);
+        assert_eq!(row_sums::<f32>(&e, 1, 5000)[0].to_bits(), one.to_bits());
+    }
+}
