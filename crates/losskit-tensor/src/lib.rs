@@ -42,6 +42,7 @@ mod tensor;
 
 pub use autodiff::{is_grad_enabled, no_grad, CustomOp, Gradients};
 pub use error::{Error, Result};
+pub use fusion::unfused;
 pub use ops::broadcast_shapes;
 pub use storage::{DType, Element, Storage};
 pub use tensor::Tensor;

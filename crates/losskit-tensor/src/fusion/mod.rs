@@ -27,6 +27,7 @@ mod program;
 use crate::ops::{Binary, Unary, PARALLEL_MIN};
 use crate::storage::{with_storage, Element};
 use crate::{DType, Storage, Tensor};
+use std::cell::Cell;
 use std::sync::{Arc, OnceLock};
 
 /// Values per chunk: each instruction runs over this many values at a time (a multiple of the
@@ -218,9 +219,27 @@ pub(crate) fn classify(operand: &[usize], out: &[usize]) -> Result<Option<Broadc
     }
 }
 
+thread_local! {
+    static FUSION: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Runs `f` with fusion switched off on this thread: every element-wise op computes its values
+/// at once (the plain path). The results are the same, bit for bit; this is for checking that,
+/// and for measuring what fusion gains.
+pub fn unfused<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FUSION.with(|g| g.set(self.0));
+        }
+    }
+    let _restore = Restore(FUSION.with(|g| g.replace(false)));
+    f()
+}
+
 /// Whether an element-wise result of `shape` is computed lazily.
 pub(crate) fn fuses(shape: &[usize]) -> bool {
-    shape.iter().product::<usize>() >= PARALLEL_MIN
+    shape.iter().product::<usize>() >= PARALLEL_MIN && FUSION.with(|g| g.get())
 }
 
 /// A full-shape operand: its expression if it is lazy, else a leaf on its values, in `dtype`.

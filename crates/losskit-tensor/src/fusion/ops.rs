@@ -88,16 +88,12 @@ fn binary_backward(
     Ok(grads)
 }
 
-/// A full-shape gradient summed back to an operand that entered as `class`.
+/// A full-shape gradient summed back to an operand that entered as `class` (fused for rows
+/// and scalars: the gradient is never materialised).
 fn reduce_to(e: Arc<Expr>, class: Option<Broadcast>, shape: &[usize]) -> Tensor {
     match class {
         None => Tensor::from_expr(e),
-        Some(Broadcast::Rows { period }) => sum_rows(&e, period, 1.0, shape),
-        Some(Broadcast::Scalar) => {
-            let n = e.numel();
-            sum_rows(&e, n, 1.0, shape)
-        }
-        Some(Broadcast::Cols { .. }) => sum_to_shape(&Tensor::from_expr(e), shape),
+        Some(_) => sum_to_shape(&Tensor::from_expr(e), shape),
     }
 }
 

@@ -41,9 +41,20 @@ fn sum_to<T: Element>(g: &ArrayD<T>, shape: &[usize]) -> ArrayD<T> {
 }
 
 /// Sums a broadcast gradient back to `shape` (the adjoint of broadcasting). Not recorded.
+/// An operand broadcast along rows or as a scalar is summed with the row sums of
+/// [`crate::fusion`], in the same order as the fused path.
 pub(crate) fn sum_to_shape(g: &Tensor, shape: &[usize]) -> Tensor {
     if g.shape() == shape {
         return g.clone();
+    }
+    match crate::fusion::classify(shape, g.shape()) {
+        Ok(Some(crate::fusion::Broadcast::Rows { period })) => {
+            return crate::fusion::sum_rows(&crate::fusion::full(g, g.dtype()), period, 1.0, shape)
+        }
+        Ok(Some(crate::fusion::Broadcast::Scalar)) => {
+            return crate::fusion::sum_rows(&crate::fusion::full(g, g.dtype()), g.numel(), 1.0, shape)
+        }
+        _ => {}
     }
     with_storage!(g.storage(), a => Tensor::from_array(sum_to::<T>(&a.to_owned(), shape)))
 }
@@ -406,11 +417,11 @@ impl Tensor {
                     let yv = ya.broadcast(IxDyn(&shape)).expect("checked broadcast");
                     let ga = x.is_tracked().then(|| {
                         let full: ArrayD<T> = per_binary!(b, op => collect!(IxDyn(&shape), Zip::from(&xv).and(&yv).and(ys).and(gs), |&p, &q, &r, &g| g * op.deriv(p, q, r).0));
-                        Tensor::from_array(sum_to(&full, xa.shape()))
+                        sum_to_shape(&Tensor::from_array(full), xa.shape())
                     });
                     let gb = y.is_tracked().then(|| {
                         let full: ArrayD<T> = per_binary!(b, op => collect!(IxDyn(&shape), Zip::from(&xv).and(&yv).and(ys).and(gs), |&p, &q, &r, &g| g * op.deriv(p, q, r).1));
-                        Tensor::from_array(sum_to(&full, ya.shape()))
+                        sum_to_shape(&Tensor::from_array(full), ya.shape())
                     });
                     vec![ga, gb]
                 });
