@@ -280,6 +280,18 @@ fn ln_sum_exp<T: Float>(x: &[T], m: T) -> T {
     T::narrow(lane_sum_wide(x, |v| (v - m).exp_fast()).ln())
 }
 
+/// `ln Σ_j exp(x_j)` of a row, shifted by the row maximum `m` where it is finite (by 0 where
+/// it is not, so a `+inf` gives `+inf` and a row of `-inf` gives `-inf`); a NaN gives NaN. The
+/// sum and its logarithm are taken in `f64` (blocks of 256 values, [`crate::sum`]), then
+/// `m + ln Σ` rounds once in `T`. The tensor ops' `logsumexp`, `softmax` and `log_softmax` over
+/// the last axis use it.
+#[inline]
+pub fn log_sum_exp<T: Float>(x: &[T]) -> T {
+    let m = row_max(x);
+    let m = if m.is_finite() { m } else { T::zero() };
+    m + T::narrow(lane_sum_wide(x, |v| (v - m).exp_fast()).ln())
+}
+
 /// The sum of a row of probabilities, accumulated in `f64`, rounded once.
 #[inline(always)]
 fn row_total<T: Float>(p: &[T]) -> T {

@@ -40,7 +40,7 @@ mod sparsemax;
 mod sum;
 
 pub use classification::{
-    BinaryCrossentropy, BinaryFocalCrossentropy, CategoricalCrossentropy, CategoricalFocalCrossentropy,
+    log_sum_exp, BinaryCrossentropy, BinaryFocalCrossentropy, CategoricalCrossentropy, CategoricalFocalCrossentropy,
     SparseCategoricalCrossentropy,
 };
 pub use ctc::Ctc;

@@ -1,6 +1,6 @@
 //! Fused element-wise chains (lazy expressions evaluated chunk by chunk) give the same values and
 //! gradients, bit for bit, as the plain path (`unfused`), and do not depend on the number of
-//! threads: every unary op, binary ops with full, row, column and scalar operands, clip, sums and
+//! threads: every unary op, softmax, log-softmax, logsumexp, binary ops with full, row, column and scalar operands, clip, sums and
 //! means over trailing axes, a transposed (non-contiguous) input, a chain longer than one fused
 //! program holds, odd shapes (no multiple of any chunk size), rows longer than a parallel piece,
 //! f32 and f64.
@@ -32,13 +32,16 @@ fn case(shape: &[usize], dtype: DType) -> Case {
     }
 }
 
-/// Every unary op, then binary ops against each kind of operand, clip, and reductions.
+/// Every unary op, softmax, log-softmax and logsumexp over the last axis, then binary ops
+/// against each kind of operand, clip, and reductions.
 fn chain(x: &Tensor, rows: &Tensor, cols: &Tensor) -> Result<Tensor> {
     let a = x.exp().add(&x.tanh())?.mul(&x.sigmoid())?.sub(&x.softplus())?;
     let b = x.abs().add_scalar(0.1)?.log().add(&x.square().sqrt())?.add(&x.relu().log1p())?;
     let c = x.atan().mul(&x.erf())?.add(&x.neg().expm1())?;
+    let s = x.log_softmax(-1)?.add(&x.mul(rows)?.softmax(-1)?.mul_scalar(50.0)?)?;
+    let s = s.sub(&x.logsumexp(&[-1], true)?)?.mul_scalar(0.1)?;
     let d = a.mul(rows)?.div(cols)?.maximum(&b)?.minimum(&c.mul_scalar(3.0)?)?;
-    let e = d.clip(-1.5, 1.5)?.add_scalar(2.0)?.pow(&rows.mul_scalar(0.5)?)?.mul(cols)?;
+    let e = d.clip(-1.5, 1.5)?.add_scalar(2.0)?.pow(&rows.mul_scalar(0.5)?)?.mul(cols)?.add(&s)?;
     let rank = x.rank() as isize;
     let per_row = e.mean(&[rank - 1], false)?;
     let trailing = if x.rank() > 2 { e.sum(&[rank - 2, rank - 1], false)?.sum_all() } else { e.sum_all() };

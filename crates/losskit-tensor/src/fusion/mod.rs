@@ -21,6 +21,27 @@
 //! An expression stops growing at [`MAX_NODES`] nodes: beyond that, its operands are
 //! materialised first (a long chain is cut into pieces of at most that length).
 
+/// Defines `$name`, which runs `$body` compiled for AVX2 + FMA when the CPU has them (8 f32
+/// lanes; the per-element maths is the same IEEE arithmetic, so the values do not change).
+macro_rules! with_avx2 {
+    ($name:ident => $body:ident, ($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
+        fn $name<T: Element>($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2<T: Element>($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
 pub(crate) mod ops;
 mod program;
 

@@ -1,9 +1,11 @@
 //! The lazy forms of the element-wise ops and of sums over trailing axes, with backward passes
 //! that are lazy expressions too. Each returns `None` where the plain path is used instead.
 
-use super::{classify, full, fuses, operand, sum_rows, Broadcast, Expr, Instr, Side};
+use super::{classify, full, fuses, operand, sum_rows, Broadcast, Expr, Instr, Side, PIECE};
 use crate::ops::{op, sum_to_shape, Binary, Unary};
-use crate::{Result, Tensor};
+use crate::storage::{with_storage, Element};
+use crate::{Result, Storage, Tensor};
+use rayon::prelude::*;
 use std::sync::Arc;
 
 /// `u(x)`, lazily, when `x` is large.
@@ -106,7 +108,7 @@ pub(crate) fn sum_trailing(
     out_shape: &[usize],
     name: &'static str,
 ) -> Option<Tensor> {
-    let standard = x.lazy_expr().is_some() || crate::storage::with_storage!(x.storage(), a => a.is_standard_layout());
+    let standard = x.lazy_expr().is_some() || with_storage!(x.storage(), a => a.is_standard_layout());
     if !standard {
         return None;
     }
@@ -128,4 +130,89 @@ pub(crate) fn sum_trailing(
             Ok(vec![Some(Tensor::from_expr(e))])
         }),
     ))
+}
+
+/// `ln Σ exp` of each row of `period` values of `a` (standard layout), one value per row; rows
+/// in parallel, each by `losskit_kernels::log_sum_exp`.
+pub(crate) fn row_log_sum_exp<T: Element>(a: &[T], period: usize) -> Vec<T> {
+    let rows = a.len().checked_div(period).unwrap_or(0);
+    let mut out = vec![T::zero(); rows];
+    if period == 0 {
+        out.fill(T::neg_infinity());
+        return out;
+    }
+    let per_task = (PIECE / period).max(1);
+    if a.len() < crate::ops::PARALLEL_MIN {
+        lse_rows(a, period, &mut out);
+    } else {
+        out.par_chunks_mut(per_task).zip(a.par_chunks(per_task * period)).for_each(|(o, x)| lse_rows(x, period, o));
+    }
+    out
+}
+
+#[inline(always)]
+fn lse_rows_body<T: Element>(a: &[T], period: usize, out: &mut [T]) {
+    for (o, row) in out.iter_mut().zip(a.chunks_exact(period)) {
+        *o = losskit_kernels::log_sum_exp(row);
+    }
+}
+with_avx2!(lse_rows => lse_rows_body, (a: &[T], period: usize, out: &mut [T]));
+
+/// `logsumexp` over the last axis, kept as size 1, for a standard-layout `x`; `None` otherwise.
+pub(crate) fn log_sum_exp_last(x: &Storage) -> Option<Storage> {
+    with_storage!(x, a => {
+        let s = a.as_slice()?;
+        let period = *a.shape().last()?;
+        let mut kept = a.shape().to_vec();
+        *kept.last_mut()? = 1;
+        Some(T::wrap(ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&kept), row_log_sum_exp(s, period)).ok()?))
+    })
+}
+
+/// `softmax` or `log_softmax` over the last axis: `y = x - lse(x)` (then `exp` for softmax),
+/// lazy when large. The backward pass is lazy as well, with the row sums it needs fused:
+/// log-softmax `g - exp(y)·Σg`, softmax `y·(g - Σ g·y)`.
+pub(crate) fn softmax_last(x: &Tensor, log: bool) -> Option<Tensor> {
+    let name = if log { "log_softmax" } else { "softmax" };
+    let lse = log_sum_exp_last(x.storage())?;
+    let shape = x.shape().to_vec();
+    let period = *shape.last()?;
+    let shifted = Expr::op(
+        Instr::Binary(Binary::Sub),
+        vec![full(x, x.dtype()), Expr::broadcast(Broadcast::Rows { period }, lse, &shape)],
+    );
+    let y = if log { shifted } else { Expr::op(Instr::Unary(Unary::Exp), vec![shifted]) };
+    let backward = move |_inputs: &[Tensor], out: &Tensor, g: &Tensor| -> Result<Vec<Option<Tensor>>> {
+        let dtype = out.dtype();
+        let (ye, ge) = (full(out, dtype), full(g, dtype));
+        let shape = out.shape();
+        let rows = |e: &Arc<Expr>| {
+            let s = sum_rows(e, period, 1.0, &[e.numel() / period.max(1)]);
+            Expr::broadcast(Broadcast::Rows { period }, s.storage().clone(), shape)
+        };
+        let grad = if log {
+            let soft = Expr::op(Instr::Unary(Unary::Exp), vec![ye]);
+            let scaled = Expr::op(Instr::Binary(Binary::Mul), vec![soft, rows(&ge)]);
+            Expr::op(Instr::Binary(Binary::Sub), vec![ge, scaled])
+        } else {
+            let gy = Expr::op(Instr::Binary(Binary::Mul), vec![ge.clone(), ye.clone()]);
+            let centred = Expr::op(Instr::Binary(Binary::Sub), vec![ge, rows(&gy)]);
+            Expr::op(Instr::Binary(Binary::Mul), vec![ye, centred])
+        };
+        Ok(vec![Some(result(grad))])
+    };
+    Some(if fuses(&shape) {
+        Tensor::from_lazy_op(y, vec![x.clone()], op(name, backward))
+    } else {
+        Tensor::from_op(y.force().clone(), vec![x.clone()], op(name, backward))
+    })
+}
+
+/// A tensor with the values of `e`: lazy when fusion applies to its size, else computed now.
+fn result(e: Arc<Expr>) -> Tensor {
+    if fuses(e.shape()) {
+        Tensor::from_expr(e)
+    } else {
+        Tensor::from_storage(e.force().clone())
+    }
 }

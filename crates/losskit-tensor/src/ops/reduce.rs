@@ -63,6 +63,12 @@ impl Reduce {
 
 /// `ln Σ exp(x)` over `axes`, keeping them as size 1; shifted by the (finite) max for stability.
 fn logsumexp_kept<T: Element>(a: ArrayViewD<'_, T>, axes: &[usize]) -> ArrayD<T> {
+    if a.ndim() > 0 && axes == [a.ndim() - 1] {
+        if let Some(s) = a.as_slice() {
+            let lse = crate::fusion::ops::row_log_sum_exp(s, a.shape()[a.ndim() - 1]);
+            return ArrayD::from_shape_vec(IxDyn(&kept_shape(a.shape(), axes)), lse).expect("one value per row");
+        }
+    }
     let kept = kept_shape(a.shape(), axes);
     let m = reduce_view(a.view(), axes, max_axis).into_shape_with_order(IxDyn(&kept)).expect("kept shape");
     let m = m.mapv(|v| if v.is_finite() { v } else { T::zero() });
@@ -181,6 +187,11 @@ impl Tensor {
     fn softmax_impl(&self, axis: isize, log: bool) -> Result<Tensor> {
         let name = if log { "log_softmax" } else { "softmax" };
         let ax = norm_axis(name, axis, self.rank())?;
+        if ax + 1 == self.rank() {
+            if let Some(t) = crate::fusion::ops::softmax_last(self, log) {
+                return Ok(t);
+            }
+        }
         let storage = with_storage!(self.storage(), a => {
             let lse = logsumexp_kept(a.view(), &[ax]);
             let lb = lse.broadcast(a.raw_dim()).expect("kept broadcasts");
