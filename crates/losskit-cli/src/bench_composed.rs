@@ -29,6 +29,14 @@ fn custom_softmax_ce() -> Result<Box<dyn Loss>> {
 
 const WORKLOADS: &[Workload] = &[
     Workload { name: "custom_mse_8192x4096", rows: 8192, cols: 4096, targets: "real", loss: custom_mse },
+    // The fused MSE kernel through the same call, the yardstick for the custom closure above.
+    Workload {
+        name: "mse_kernel_8192x4096",
+        rows: 8192,
+        cols: 4096,
+        targets: "real",
+        loss: || losskit::get("MeanSquaredError"),
+    },
     Workload { name: "dice_8192x4096", rows: 8192, cols: 4096, targets: "real", loss: || losskit::get("Dice") },
     Workload { name: "tversky_8192x4096", rows: 8192, cols: 4096, targets: "real", loss: || losskit::get("Tversky") },
     Workload {

@@ -124,3 +124,32 @@ fn nan_and_inf_propagate_through_fused_chains() {
     assert_eq!(gx[2000], f32::INFINITY);
     assert_eq!(gx[0], 8.0 * 0.5 / 1024.0);
 }
+
+#[test]
+fn sum_many_equals_separate_sums_in_values_and_gradients() {
+    for (shape, axes) in [(vec![37, 1009], vec![-1]), (vec![3, 29, 401], vec![1, 2]), (vec![2, 40_009], vec![0, 1])] {
+        for dtype in [DType::F32, DType::F64] {
+            let c = case(&shape, dtype);
+            let sums = |many: bool| {
+                let x = c.x.clone().requires_grad();
+                let (a, b) = (x.mul(&x.sigmoid()).unwrap(), x.neg().add_scalar(1.0).unwrap().mul(&c.cols).unwrap());
+                let s = if many {
+                    Tensor::sum_many(&[&a, &b, &x], &axes, false).unwrap()
+                } else {
+                    vec![a.sum(&axes, false).unwrap(), b.sum(&axes, false).unwrap(), x.sum(&axes, false).unwrap()]
+                };
+                let total = s[0].mul_scalar(0.5).unwrap().add(&s[1]).unwrap().mul(&s[2]).unwrap().sum_all();
+                let g = total.backward().unwrap();
+                let mut out: Vec<Vec<f64>> = s.iter().map(|t| t.to_vec::<f64>()).collect();
+                out.push(g.get(&x).unwrap().to_vec::<f64>());
+                out
+            };
+            let (many, separate) = (sums(true), sums(false));
+            assert_eq!(many[0].len(), shape[..shape.len() - axes.len()].iter().product::<usize>());
+            assert_eq!(many, separate, "{shape:?} {axes:?} {dtype}");
+        }
+    }
+    let (a, b) = (Tensor::zeros(&[2, 3], DType::F32), Tensor::zeros(&[3, 2], DType::F32));
+    let err = Tensor::sum_many(&[&a, &b], &[-1], false).unwrap_err().to_string();
+    assert!(err.contains("sum_many") && err.contains("[2, 3]") && err.contains("[3, 2]"), "{err}");
+}

@@ -12,6 +12,22 @@ fn sum_over(t: &Tensor, axes: &Option<Vec<isize>>) -> Result<Tensor> {
     }
 }
 
+/// [`sum_over`] of several tensors; one pass over memory when they have one shape.
+fn sums_over(ts: &[&Tensor], axes: &Option<Vec<isize>>) -> Result<Vec<Tensor>> {
+    if ts.iter().any(|t| t.shape() != ts[0].shape() || t.dtype() != ts[0].dtype()) {
+        return ts.iter().map(|t| sum_over(t, axes)).collect();
+    }
+    let all: Vec<isize>;
+    let axes = match axes {
+        Some(a) => a.as_slice(),
+        None => {
+            all = (0..ts[0].rank() as isize).collect();
+            &all
+        }
+    };
+    Tensor::sum_many(ts, axes, false)
+}
+
 fn axes_config(axes: &Option<Vec<isize>>) -> Value {
     match axes {
         None => Value::Null,
@@ -70,8 +86,10 @@ impl Loss for Dice {
         json!({"name": self.name, "reduction": self.reduction.keras_name(), "axis": axes_config(&self.axis)})
     }
     fn per_sample(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<PerSample> {
-        let intersection = sum_over(&y_true.mul(y_pred)?, &self.axis)?;
-        let denom = sum_over(y_true, &self.axis)?.add(&sum_over(y_pred, &self.axis)?)?.add_scalar(EPSILON)?;
+        let product = y_true.mul(y_pred)?;
+        let [intersection, sum_true, sum_pred]: [Tensor; 3] =
+            sums_over(&[&product, y_true, y_pred], &self.axis)?.try_into().expect("three sums");
+        let denom = sum_true.add(&sum_pred)?.add_scalar(EPSILON)?;
         let dice = intersection.mul_scalar(2.0)?.div(&denom)?;
         Ok(dice.neg().add_scalar(1.0)?.into())
     }
@@ -137,9 +155,11 @@ impl Loss for Tversky {
                "axis": axes_config(&self.axis)})
     }
     fn per_sample(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<PerSample> {
-        let tp = sum_over(&y_true.mul(y_pred)?, &self.axis)?;
-        let missed = sum_over(&y_pred.neg().add_scalar(1.0)?.mul(y_true)?, &self.axis)?;
-        let false_pos = sum_over(&y_pred.mul(&y_true.neg().add_scalar(1.0)?)?, &self.axis)?;
+        let product = y_true.mul(y_pred)?;
+        let missed = y_pred.neg().add_scalar(1.0)?.mul(y_true)?;
+        let false_pos = y_pred.mul(&y_true.neg().add_scalar(1.0)?)?;
+        let [tp, missed, false_pos]: [Tensor; 3] =
+            sums_over(&[&product, &missed, &false_pos], &self.axis)?.try_into().expect("three sums");
         let denom =
             tp.add(&missed.mul_scalar(self.alpha)?)?.add(&false_pos.mul_scalar(self.beta)?)?.add_scalar(EPSILON)?;
         Ok(tp.div(&denom)?.neg().add_scalar(1.0)?.into())

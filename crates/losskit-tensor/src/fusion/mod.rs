@@ -282,11 +282,22 @@ pub(crate) fn operand(t: &Tensor, class: Option<Broadcast>, out: &[usize]) -> Ar
 /// Sums of `e`'s values over consecutive runs of `period` values (one per row), divided by
 /// `divisor`, as a tensor of `shape` (which holds `numel / period` values).
 pub(crate) fn sum_rows(e: &Expr, period: usize, divisor: f64, shape: &[usize]) -> Tensor {
-    let rows = e.numel().checked_div(period).unwrap_or_else(|| shape.iter().product());
-    match e.dtype {
-        DType::F32 => finish_sums::<f32>(program::row_sums::<f32>(e, rows, period), divisor, shape),
-        DType::F64 => finish_sums::<f64>(program::row_sums::<f64>(e, rows, period), divisor, shape),
-    }
+    sum_rows_many(&[e], period, divisor, shape).pop().expect("one expression, one result")
+}
+
+/// [`sum_rows`] of several expressions of one shape and dtype, in one pass over their values.
+pub(crate) fn sum_rows_many(es: &[&Expr], period: usize, divisor: f64, shape: &[usize]) -> Vec<Tensor> {
+    let rows = es[0].numel().checked_div(period).unwrap_or_else(|| shape.iter().product());
+    let sums = match es[0].dtype {
+        DType::F32 => program::row_sums::<f32>(es, rows, period),
+        DType::F64 => program::row_sums::<f64>(es, rows, period),
+    };
+    sums.into_iter()
+        .map(|s| match es[0].dtype {
+            DType::F32 => finish_sums::<f32>(s, divisor, shape),
+            DType::F64 => finish_sums::<f64>(s, divisor, shape),
+        })
+        .collect()
 }
 
 fn finish_sums<T: Element>(sums: Vec<f64>, divisor: f64, shape: &[usize]) -> Tensor {

@@ -108,14 +108,32 @@ pub(crate) fn sum_trailing(
     out_shape: &[usize],
     name: &'static str,
 ) -> Option<Tensor> {
-    let standard = x.lazy_expr().is_some() || with_storage!(x.storage(), a => a.is_standard_layout());
-    if !standard {
+    sum_trailing_many(&[x], keep, divisor, out_shape, name)?.pop()
+}
+
+/// [`sum_trailing`] of several tensors of one shape and dtype, in one pass over their values.
+pub(crate) fn sum_trailing_many(
+    xs: &[&Tensor],
+    keep: usize,
+    divisor: f64,
+    out_shape: &[usize],
+    name: &'static str,
+) -> Option<Vec<Tensor>> {
+    let standard = |x: &Tensor| x.is_lazy() || with_storage!(x.storage(), a => a.is_standard_layout());
+    if xs.is_empty() || !xs.iter().all(|x| standard(x) && x.shape() == xs[0].shape() && x.dtype() == xs[0].dtype()) {
         return None;
     }
-    let period: usize = x.shape()[keep..].iter().product();
-    let e = full(x, x.dtype());
-    let sums = sum_rows(&e, period, divisor, out_shape);
-    Some(Tensor::from_op(
+    let period: usize = xs[0].shape()[keep..].iter().product();
+    let es: Vec<Arc<Expr>> = xs.iter().map(|x| full(x, x.dtype())).collect();
+    let refs: Vec<&Expr> = es.iter().map(|e| &**e).collect();
+    let sums = super::sum_rows_many(&refs, period, divisor, out_shape);
+    Some(xs.iter().zip(sums).map(|(x, s)| record_sum(x, s, period, divisor, name)).collect())
+}
+
+/// Records `sums`, the row sums of `x` over runs of `period` values (divided by `divisor`), on
+/// the tape: the gradient is `g` broadcast back along the rows (divided by `divisor`), lazily.
+fn record_sum(x: &Tensor, sums: Tensor, period: usize, divisor: f64, name: &'static str) -> Tensor {
+    Tensor::from_op(
         sums.storage().clone(),
         vec![x.clone()],
         op(name, move |inputs, _out, g| {
@@ -127,9 +145,9 @@ pub(crate) fn sum_trailing(
                 let d = Expr::scalar(divisor, g.dtype(), x.shape());
                 Expr::op(Instr::Binary(Binary::Div), vec![rows, d])
             };
-            Ok(vec![Some(Tensor::from_expr(e))])
+            Ok(vec![Some(result(e))])
         }),
-    ))
+    )
 }
 
 /// `ln Σ exp` of each row of `period` values of `a` (standard layout), one value per row; rows

@@ -40,14 +40,41 @@ struct Program<'a, T> {
     steps: Vec<Step>,
     registers: usize,
     root: Src,
+    /// Every root, for a program compiled from several expressions (`roots[0] == root`).
+    roots: Vec<Src>,
 }
 
 impl<'a, T: Element> Program<'a, T> {
     fn compile(e: &'a Expr) -> Program<'a, T> {
-        let mut p = Program { full: Vec::new(), loads: Vec::new(), steps: Vec::new(), registers: 0, root: Src::Reg(0) };
+        Program::compile_many(&[e])
+    }
+
+    /// One program for several expressions of one shape: the nodes they share run once.
+    fn compile_many(es: &[&'a Expr]) -> Program<'a, T> {
+        let mut p = Program {
+            full: Vec::new(),
+            loads: Vec::new(),
+            steps: Vec::new(),
+            registers: 0,
+            root: Src::Reg(0),
+            roots: Vec::new(),
+        };
         let mut seen = HashMap::new();
-        p.root = p.visit(e, &mut seen);
+        for e in es {
+            let src = p.visit(e, &mut seen);
+            p.roots.push(src);
+        }
+        p.root = p.roots[0];
         p
+    }
+
+    /// The values of root `k` after [`Program::run_steps`] on the chunk at `s`.
+    #[inline(always)]
+    fn root_values<'r>(&'r self, regs: &'r [T], k: usize, s: usize, len: usize) -> &'r [T] {
+        match self.roots[k] {
+            Src::Reg(r) => &regs[r * CHUNK..r * CHUNK + len],
+            Src::Full(l) => &self.full[l][s..s + len],
+        }
     }
 
     fn visit(&mut self, e: &'a Expr, seen: &mut HashMap<*const Expr, Src>) -> Src {
@@ -55,8 +82,15 @@ impl<'a, T: Element> Program<'a, T> {
             return src;
         }
         let src = if let Some(v) = e.value.get() {
-            self.full.push(slice_of(v));
-            Src::Full(self.full.len() - 1)
+            let values = slice_of(v);
+            // The same array under several leaves is read through one.
+            match self.full.iter().position(|f| std::ptr::eq(*f, values)) {
+                Some(l) => Src::Full(l),
+                None => {
+                    self.full.push(values);
+                    Src::Full(self.full.len() - 1)
+                }
+            }
         } else {
             match &e.kind {
                 Kind::Materialised => unreachable!("a materialised leaf has its value"),
@@ -100,9 +134,24 @@ impl<'a, T: Element> Program<'a, T> {
         regs
     }
 
-    /// Runs the program over the `len` values from flat index `s` and returns the result.
+    /// Runs the program over the values from flat index `s` and writes them into `out` (the
+    /// last step writes there directly).
     #[inline(always)]
-    fn run<'r>(&'r self, regs: &'r mut [T], s: usize, len: usize) -> &'r [T] {
+    fn run_into(&self, regs: &mut [T], s: usize, out: &mut [T]) {
+        let len = out.len();
+        if self.run_steps(regs, s, len, Some(out)) {
+            return;
+        }
+        match self.root {
+            Src::Reg(r) => out.copy_from_slice(&regs[r * CHUNK..r * CHUNK + len]),
+            Src::Full(l) => out.copy_from_slice(&self.full[l][s..s + len]),
+        }
+    }
+
+    /// Loads the broadcast leaves and runs the steps; with `out`, the step that computes the
+    /// root writes into it instead of its register (returns whether that happened).
+    #[inline(always)]
+    fn run_steps(&self, regs: &mut [T], s: usize, len: usize, mut out: Option<&mut [T]>) -> bool {
         for load in &self.loads {
             let r = &mut regs[load.reg * CHUNK..load.reg * CHUNK + len];
             match load.broadcast {
@@ -119,12 +168,13 @@ impl<'a, T: Element> Program<'a, T> {
                     Src::Full(l) => &self.full[l][s..s + len],
                 }
             };
-            exec(step.instr, arg(0), arg(1), arg(2), &mut hi[..len]);
+            let dest = match (&mut out, self.root) {
+                (Some(o), Src::Reg(r)) if r == step.dest => &mut **o,
+                _ => &mut hi[..len],
+            };
+            exec(step.instr, arg(0), arg(1), arg(2), dest);
         }
-        match self.root {
-            Src::Reg(r) => &regs[r * CHUNK..r * CHUNK + len],
-            Src::Full(l) => &self.full[l][s..s + len],
-        }
+        out.is_some() && matches!(self.root, Src::Reg(r) if self.steps.last().is_some_and(|l| l.dest == r))
     }
 }
 
@@ -203,46 +253,52 @@ fn exec<T: Element>(instr: Instr, a: &[T], b: &[T], c: &[T], out: &mut [T]) {
 #[inline(always)]
 fn fill_piece_body<T: Element>(p: &Program<'_, T>, regs: &mut [T], start: usize, out: &mut [T]) {
     for (j, chunk) in out.chunks_mut(CHUNK).enumerate() {
-        let v = p.run(regs, start + j * CHUNK, chunk.len());
-        chunk.copy_from_slice(v);
+        p.run_into(regs, start + j * CHUNK, chunk);
     }
 }
 with_avx2!(fill_piece => fill_piece_body, (p: &Program<'_, T>, regs: &mut [T], start: usize, out: &mut [T]));
 
-/// `Σ` of the values in `[s, e)`, chunk by chunk, blocks added in order (see
-/// `accumulate_sum`): the same as one `accumulate_sum` over the range.
+/// Adds `Σ` of each root's values in `[s, e)` to `totals[k]`, chunk by chunk, blocks added in
+/// order (see `accumulate_sum`): the same as one `accumulate_sum` over the range.
 #[inline(always)]
-fn sum_range_body<T: Element>(p: &Program<'_, T>, regs: &mut [T], s: usize, e: usize) -> f64 {
-    let mut total = 0.0;
+fn sum_range_body<T: Element>(p: &Program<'_, T>, regs: &mut [T], s: usize, e: usize, totals: &mut [f64]) {
     let mut i = s;
     while i < e {
         let len = CHUNK.min(e - i);
-        accumulate_sum(&mut total, p.run(regs, i, len));
+        p.run_steps(regs, i, len, None);
+        for (k, total) in totals.iter_mut().enumerate() {
+            accumulate_sum(total, p.root_values(regs, k, i, len));
+        }
         i += len;
     }
-    total
 }
-with_avx2!(sum_range => sum_range_body, (p: &Program<'_, T>, regs: &mut [T], s: usize, e: usize) -> f64);
+with_avx2!(sum_range => sum_range_body, (p: &Program<'_, T>, regs: &mut [T], s: usize, e: usize, totals: &mut [f64]));
 
-/// Sums of whole rows of `period` (< [`PIECE`]) values, rows `first..first + sums.len()`; rows
-/// shorter than a chunk are evaluated several to a chunk.
+/// Sums of whole rows of `period` (< [`PIECE`]) values for each root, rows `first..`: `sums`
+/// holds one entry per root for each row, row by row. Rows shorter than a chunk are evaluated
+/// several to a chunk.
 #[inline(always)]
 fn sum_short_rows_body<T: Element>(p: &Program<'_, T>, regs: &mut [T], first: usize, period: usize, sums: &mut [f64]) {
+    let roots = p.roots.len();
     if period > CHUNK {
-        for (k, s) in sums.iter_mut().enumerate() {
-            let start = (first + k) * period;
-            *s = sum_range_body(p, regs, start, start + period);
+        for (r, totals) in sums.chunks_mut(roots).enumerate() {
+            let start = (first + r) * period;
+            sum_range_body(p, regs, start, start + period, totals);
         }
         return;
     }
     let per_chunk = CHUNK / period;
-    for (j, group) in sums.chunks_mut(per_chunk).enumerate() {
+    for (j, group) in sums.chunks_mut(per_chunk * roots).enumerate() {
         let start = (first + j * per_chunk) * period;
-        let v = p.run(regs, start, group.len() * period);
-        for (k, s) in group.iter_mut().enumerate() {
-            let mut total = 0.0;
-            accumulate_sum(&mut total, &v[k * period..(k + 1) * period]);
-            *s = total;
+        let len = group.len() / roots * period;
+        p.run_steps(regs, start, len, None);
+        for k in 0..roots {
+            let v = p.root_values(regs, k, start, len);
+            for (r, totals) in group.chunks_mut(roots).enumerate() {
+                let mut total = 0.0;
+                accumulate_sum(&mut total, &v[r * period..(r + 1) * period]);
+                totals[k] = total;
+            }
         }
     }
 }
@@ -267,43 +323,53 @@ fn materialise_as<T: Element>(e: &Expr) -> ndarray::ArrayD<T> {
     out
 }
 
-/// `Σ` over each of `rows` consecutive runs of `period` values of `e`, in `f64`.
+/// `Σ` over each of `rows` consecutive runs of `period` values of each expression in `es` (all
+/// of one shape), in `f64`, in one pass: `result[k][r]` is the sum of row `r` of `es[k]`.
 ///
 /// The order of additions is fixed by the shape alone: blocks of 256 values from the start of a
 /// row, and rows longer than [`PIECE`] cut into pieces of [`PIECE`] whose sums are added in
-/// order. A materialised `e` is summed straight from its values, in the same order.
-pub(super) fn row_sums<T: Element>(e: &Expr, rows: usize, period: usize) -> Vec<f64> {
+/// order. A materialised expression is summed straight from its values, in the same order.
+pub(super) fn row_sums<T: Element>(es: &[&Expr], rows: usize, period: usize) -> Vec<Vec<f64>> {
+    let roots = es.len();
     if period == 0 || rows == 0 {
-        return vec![0.0; rows];
+        return vec![vec![0.0; rows]; roots];
     }
-    let p = Program::<T>::compile(e);
-    if period >= PIECE {
+    let p = Program::<T>::compile_many(es);
+    // Row by row, one entry per root.
+    let sums: Vec<f64> = if period >= PIECE {
         let per_row = period.div_ceil(PIECE);
-        let partial: Vec<f64> = (0..rows * per_row)
+        let partial: Vec<Vec<f64>> = (0..rows * per_row)
             .into_par_iter()
             .map_init(
                 || p.register_file(),
                 |regs, u| {
                     let (r, k) = (u / per_row, u % per_row);
                     let s = r * period + k * PIECE;
-                    sum_range(&p, regs, s, (s + PIECE).min((r + 1) * period))
+                    let mut totals = vec![0.0; roots];
+                    sum_range(&p, regs, s, (s + PIECE).min((r + 1) * period), &mut totals);
+                    totals
                 },
             )
             .collect();
-        return partial.chunks(per_row).map(|c| c.iter().fold(0.0, |a, &b| a + b)).collect();
-    }
-    let mut sums = vec![0.0; rows];
-    if rows * period < crate::ops::PARALLEL_MIN {
-        let mut regs = p.register_file();
-        sum_short_rows(&p, &mut regs, 0, period, &mut sums);
-        return sums;
-    }
-    let rows_per_task = (PIECE / period).max(1);
-    sums.par_chunks_mut(rows_per_task).enumerate().for_each_init(
-        || p.register_file(),
-        |regs, (i, group)| sum_short_rows(&p, regs, i * rows_per_task, period, group),
-    );
-    sums
+        partial
+            .chunks(per_row)
+            .flat_map(|pieces| (0..roots).map(move |k| pieces.iter().fold(0.0, |a, t| a + t[k])))
+            .collect()
+    } else {
+        let mut sums = vec![0.0; rows * roots];
+        if rows * period < crate::ops::PARALLEL_MIN {
+            let mut regs = p.register_file();
+            sum_short_rows(&p, &mut regs, 0, period, &mut sums);
+        } else {
+            let rows_per_task = (PIECE / period).max(1);
+            sums.par_chunks_mut(rows_per_task * roots).enumerate().for_each_init(
+                || p.register_file(),
+                |regs, (i, group)| sum_short_rows(&p, regs, i * rows_per_task, period, group),
+            );
+        }
+        sums
+    };
+    (0..roots).map(|k| sums.iter().skip(k).step_by(roots).copied().collect()).collect()
 }
 
 #[cfg(test)]
@@ -326,6 +392,6 @@ mod tests {
         let e = Expr::materialised(f32::wrap(ndarray::ArrayD::from_shape_vec(IxDyn(&[5000]), v.clone()).unwrap()));
         let mut one = 0.0;
         accumulate_sum(&mut one, &v);
-        assert_eq!(row_sums::<f32>(&e, 1, 5000)[0].to_bits(), one.to_bits());
+        assert_eq!(row_sums::<f32>(&[&e], 1, 5000)[0][0].to_bits(), one.to_bits());
     }
 }

@@ -145,6 +145,35 @@ impl Tensor {
     pub fn sum(&self, axes: &[isize], keepdims: bool) -> Result<Tensor> {
         self.reduce(Reduce::Sum, axes, keepdims)
     }
+    /// The sums of several tensors of one shape and dtype over the same `axes`: the same values
+    /// as calling [`Tensor::sum`] on each, computed in **one pass** over memory when the axes are
+    /// trailing (a fused multi-output reduction: `Σ y·p`, `Σ y` and `Σ p` of Dice read `y` and
+    /// `p` once). Errors as `sum` does, or when the tensors' shapes or dtypes differ.
+    pub fn sum_many(tensors: &[&Tensor], axes: &[isize], keepdims: bool) -> Result<Vec<Tensor>> {
+        let Some(first) = tensors.first() else { return Ok(Vec::new()) };
+        for t in tensors {
+            if t.shape() != first.shape() {
+                let msg = format!("needs tensors of one shape, got {:?} and {:?}", first.shape(), t.shape());
+                return Err(crate::Error::shape("sum_many", msg));
+            }
+            if t.dtype() != first.dtype() {
+                return Err(crate::Error::DType { op: "sum_many".into(), lhs: first.dtype(), rhs: t.dtype() });
+            }
+        }
+        let rank = first.rank();
+        let axes_n = axes_of("sum", axes, rank)?;
+        let trailing = !axes_n.is_empty() && axes_n.iter().enumerate().all(|(i, &a)| a == rank - axes_n.len() + i);
+        if trailing && tensors.len() > 1 {
+            let kept = kept_shape(first.shape(), &axes_n);
+            let out_shape: Vec<usize> = if keepdims { kept } else { first.shape()[..rank - axes_n.len()].to_vec() };
+            let keep = rank - axes_n.len();
+            if let Some(sums) = crate::fusion::ops::sum_trailing_many(tensors, keep, 1.0, &out_shape, "sum") {
+                return Ok(sums);
+            }
+        }
+        tensors.iter().map(|t| t.sum(axes, keepdims)).collect()
+    }
+
     /// Mean over `axes`.
     pub fn mean(&self, axes: &[isize], keepdims: bool) -> Result<Tensor> {
         self.reduce(Reduce::Mean, axes, keepdims)
