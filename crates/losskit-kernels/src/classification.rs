@@ -282,7 +282,7 @@ fn ln_sum_exp<T: Float>(x: &[T], m: T) -> T {
 
 /// `ln Σ_j exp(x_j)` of a row, shifted by the row maximum `m` where it is finite (by 0 where
 /// it is not, so a `+inf` gives `+inf` and a row of `-inf` gives `-inf`); a NaN gives NaN. The
-/// sum and its logarithm are taken in `f64` (blocks of 256 values, [`crate::sum`]), then
+/// sum and its logarithm are taken in `f64` (blocks of 256 values, as [`accumulate_sum`](crate::accumulate_sum)), then
 /// `m + ln Σ` rounds once in `T`. The tensor ops' `logsumexp`, `softmax` and `log_softmax` over
 /// the last axis use it.
 #[inline]
