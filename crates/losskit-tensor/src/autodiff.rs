@@ -17,13 +17,19 @@ pub fn is_grad_enabled() -> bool {
 /// results of operations inside never require gradients. Used for inference and inside
 /// `backward` itself, so gradient formulas can be written with ordinary tensor operations.
 pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
+    with_flag(&GRAD_ENABLED, false, f)
+}
+
+/// Runs `f` with the thread-local `flag` set to `value`, restoring it afterwards (also when
+/// `f` panics).
+pub(crate) fn with_flag<R>(flag: &'static std::thread::LocalKey<Cell<bool>>, value: bool, f: impl FnOnce() -> R) -> R {
+    struct Restore(&'static std::thread::LocalKey<Cell<bool>>, bool);
     impl Drop for Restore {
         fn drop(&mut self) {
-            GRAD_ENABLED.with(|g| g.set(self.0));
+            self.0.with(|g| g.set(self.1));
         }
     }
-    let _restore = Restore(GRAD_ENABLED.with(|g| g.replace(false)));
+    let _restore = Restore(flag, flag.with(|g| g.replace(value)));
     f()
 }
 

@@ -248,14 +248,7 @@ thread_local! {
 /// at once (the plain path). The results are the same, bit for bit; this is for checking that,
 /// and for measuring what fusion gains.
 pub fn unfused<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            FUSION.with(|g| g.set(self.0));
-        }
-    }
-    let _restore = Restore(FUSION.with(|g| g.replace(false)));
-    f()
+    crate::autodiff::with_flag(&FUSION, false, f)
 }
 
 /// Whether an element-wise result of `shape` is computed lazily.
