@@ -217,6 +217,101 @@ impl Accumulators {
     }
 }
 
+/// Inputs, targets (one per output) and optional per-sample weights: a training set, a
+/// validation set or one batch.
+struct Dataset {
+    x: Tensor,
+    ys: Vec<Tensor>,
+    w: Option<Tensor>,
+}
+
+impl Dataset {
+    /// The rows `idx` of `x`, every target and (if `with_weights`) the weights.
+    fn rows_of(x: &Tensor, ys: &[Tensor], w: Option<&Tensor>, idx: &[usize], with_weights: bool) -> Result<Dataset> {
+        Ok(Dataset {
+            x: rows(x, idx)?,
+            ys: ys.iter().map(|t| rows(t, idx)).collect::<Result<_>>()?,
+            w: if with_weights { w.map(|w| rows(w, idx)).transpose()? } else { w.cloned() },
+        })
+    }
+}
+
+/// The training data of `fit`, prepared once, and the validation set if any.
+struct FitData {
+    x: Tensor,
+    ys: Vec<Tensor>,
+    w: Option<Tensor>,
+    n: usize,
+    validation: Option<Dataset>,
+}
+
+/// The options the batch loop reads.
+#[derive(Clone, Copy)]
+struct LoopOptions {
+    batch_size: usize,
+    nan_guard: bool,
+}
+
+/// What one training step reports: the total loss, each output's loss, the outputs.
+struct StepOutput {
+    loss: f64,
+    each: Vec<f64>,
+    outputs: Vec<Tensor>,
+}
+
+/// Per-sample weights for `fit`: from `class_weight` (single output only) or `sample_weight`,
+/// never both.
+fn fit_sample_weights(ys: &[Tensor], opts: &Fit<'_>) -> Result<Option<Tensor>> {
+    if opts.class_weight.is_some() && opts.sample_weight.is_some() {
+        return Err(Error::Config("fit: class_weight and sample_weight cannot be combined".into()));
+    }
+    match &opts.class_weight {
+        Some(cw) => {
+            if ys.len() != 1 {
+                return Err(Error::Config("fit: class_weight needs a single-output model".into()));
+            }
+            Ok(Some(class_weights_to_samples(&ys[0], cw)?))
+        }
+        None => Ok(opts.sample_weight.clone()),
+    }
+}
+
+/// `batch_size >= 1` and `validation_split` in `[0, 1)`.
+fn check_fit_options(opts: &Fit<'_>) -> Result<()> {
+    if opts.batch_size == 0 {
+        return Err(Error::InvalidParameter {
+            loss: "fit".into(),
+            param: "batch_size".into(),
+            value: "0".into(),
+            expected: ">= 1".into(),
+        });
+    }
+    let f = opts.validation_split;
+    if !(0.0..1.0).contains(&f) {
+        return Err(Error::InvalidParameter {
+            loss: "fit".into(),
+            param: "validation_split".into(),
+            value: f.to_string(),
+            expected: "a number in [0, 1)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Training and validation row indices: the last fraction `f` of the `n` rows validates.
+fn validation_split(n: usize, f: f64) -> Result<(Vec<usize>, Vec<usize>)> {
+    if f == 0.0 {
+        return Ok(((0..n).collect(), Vec::new()));
+    }
+    let split = (n as f64 * (1.0 - f)).floor() as usize;
+    if split == 0 || split == n {
+        return Err(Error::Config(format!(
+            "fit: validation_split {f} leaves no training or no validation samples out of {n}"
+        )));
+    }
+    Ok(((0..split).collect(), (split..n).collect()))
+}
+
 fn mean((s, c): (f64, f64)) -> f64 {
     if c == 0.0 {
         0.0
@@ -410,95 +505,9 @@ impl Model {
     /// the output) are reported before the first step.
     pub fn fit(&mut self, x: &Tensor, y: impl Into<Targets>, mut opts: Fit<'_>) -> Result<History> {
         self.compiled_or_err()?;
-        let y = y.into();
-        self.ensure_built(x)?;
-        let ys = y.ordered(&self.output_names())?;
-        if opts.class_weight.is_some() && opts.sample_weight.is_some() {
-            return Err(Error::Config("fit: class_weight and sample_weight cannot be combined".into()));
-        }
-        let weights = match &opts.class_weight {
-            Some(cw) => {
-                if ys.len() != 1 {
-                    return Err(Error::Config("fit: class_weight needs a single-output model".into()));
-                }
-                Some(class_weights_to_samples(&ys[0], cw)?)
-            }
-            None => opts.sample_weight.clone(),
-        };
-        let n_all = self.check_data(x, &ys, weights.as_ref())?;
-        self.warnings.clear();
-        self.last_diagnosis = None;
-        if opts.check_data {
-            let losses = self.compiled.as_ref().expect("checked").losses.clone();
-            let named: Vec<(String, Tensor, &dyn losskit::Loss)> = self
-                .output_names()
-                .into_iter()
-                .zip(&ys)
-                .zip(&losses)
-                .map(|((n, y), l)| (n, y.clone(), l.as_ref()))
-                .collect();
-            let sw = if opts.class_weight.is_some() { None } else { weights.as_ref() };
-            self.warnings = nan::check_data(x, &named, sw, opts.class_weight.as_ref())?;
-            for w in &self.warnings {
-                eprintln!("warning: {w}");
-            }
-        }
-        if opts.batch_size == 0 {
-            return Err(Error::InvalidParameter {
-                loss: "fit".into(),
-                param: "batch_size".into(),
-                value: "0".into(),
-                expected: ">= 1".into(),
-            });
-        }
-        // Validation split: the last fraction, before any shuffling (sample weights split too).
-        let f = opts.validation_split;
-        if !(0.0..1.0).contains(&f) {
-            return Err(Error::InvalidParameter {
-                loss: "fit".into(),
-                param: "validation_split".into(),
-                value: f.to_string(),
-                expected: "a number in [0, 1)".into(),
-            });
-        }
-        let (train_idx, val_idx): (Vec<usize>, Vec<usize>) = if f > 0.0 {
-            let split = (n_all as f64 * (1.0 - f)).floor() as usize;
-            if split == 0 || split == n_all {
-                return Err(Error::Config(format!(
-                    "fit: validation_split {f} leaves no training or no validation samples out of {n_all}"
-                )));
-            }
-            ((0..split).collect(), (split..n_all).collect())
-        } else {
-            ((0..n_all).collect(), Vec::new())
-        };
-        let validation: Option<(Tensor, Vec<Tensor>, Option<Tensor>)> =
-            if let Some((vx, vy)) = opts.validation_data.take() {
-                let vys = vy.ordered(&self.output_names())?;
-                Some((vx, vys, None))
-            } else if !val_idx.is_empty() {
-                let vw = match &weights {
-                    Some(w) if opts.class_weight.is_none() => Some(rows(w, &val_idx)?),
-                    _ => None,
-                };
-                Some((rows(x, &val_idx)?, ys.iter().map(|t| rows(t, &val_idx)).collect::<Result<_>>()?, vw))
-            } else {
-                None
-            };
-        let (x_train, ys_train, w_train) = if val_idx.is_empty() {
-            (x.clone(), ys.clone(), weights.clone())
-        } else {
-            (
-                rows(x, &train_idx)?,
-                ys.iter().map(|t| rows(t, &train_idx)).collect::<Result<Vec<_>>>()?,
-                weights.as_ref().map(|w| rows(w, &train_idx)).transpose()?,
-            )
-        };
-        let n = train_idx.len();
-        let metrics = self.resolve_metrics(&ys_train, n)?;
-        let mut shuffle_rng = random::rng(opts.seed);
-        let mut history = History::default();
-        let steps = n.div_ceil(opts.batch_size);
+        let data = self.prepare_fit(x, y.into(), &mut opts)?;
+        let metrics = self.resolve_metrics(&data.ys, data.n)?;
+        let steps = data.n.div_ceil(opts.batch_size);
         let mut progbar = ProgbarLogger::new(opts.verbose);
         let mut callbacks: Vec<&mut dyn Callback> = Vec::new();
         if opts.verbose > 0 {
@@ -516,68 +525,21 @@ impl Model {
         for cb in callbacks.iter_mut() {
             cb.on_train_begin(&empty, self)?;
         }
+        let mut shuffle_rng = random::rng(opts.seed);
+        let mut history = History::default();
         let mut last_logs = Logs::new();
         let mut norms = GradNormHistory::default();
+        let loop_opts = LoopOptions { batch_size: opts.batch_size, nan_guard: opts.nan_guard };
         for epoch in opts.initial_epoch..opts.epochs {
             for cb in callbacks.iter_mut() {
                 cb.on_epoch_begin(epoch, &empty, self)?;
             }
             let order: Vec<usize> =
-                if opts.shuffle { random::permutation(n, &mut shuffle_rng) } else { (0..n).collect() };
-            let mut acc = Accumulators::new(ys_train.len(), metrics.first().map_or(0, Vec::len));
-            for step in 0..steps {
-                let idx = &order[step * opts.batch_size..((step + 1) * opts.batch_size).min(n)];
-                for cb in callbacks.iter_mut() {
-                    cb.on_train_batch_begin(step, &empty, self)?;
-                }
-                let xb = rows(&x_train, idx)?;
-                let yb: Vec<Tensor> = ys_train.iter().map(|t| rows(t, idx)).collect::<Result<_>>()?;
-                let wb = w_train.as_ref().map(|w| rows(w, idx)).transpose()?;
-                let (total, each, outs) = self.losses_on(&xb, &yb, wb.as_ref(), true)?;
-                let total_value = total.to_scalar()?;
-                let grads = total.backward()?;
-                // Drop the graph (it holds the weights) so the optimizer updates them in place.
-                drop(total);
-                let outs: Vec<Tensor> = outs.iter().map(Tensor::detach).collect();
-                let compiled = self.compiled.as_mut().expect("checked");
-                let mut optimizer = std::mem::replace(&mut compiled.optimizer, crate::Optimizer::sgd(0.0)?);
-                let mut params = self.params_mut();
-                let g: Vec<Tensor> = params
-                    .iter()
-                    .map(|p| grads.get(&p.value).cloned().unwrap_or_else(|| p.value.zeros_like()))
-                    .collect();
-                if opts.nan_guard {
-                    let names: Vec<String> = params.iter().map(|p| p.name.clone()).collect();
-                    drop(params);
-                    let layer_norms = nan::layer_norms(&names, &g);
-                    // A finite sum of squares means every gradient value is finite: one pass.
-                    let grads_finite =
-                        layer_norms.iter().all(|(_, n)| n.is_finite()) || g.iter().all(Tensor::all_finite);
-                    norms.push(layer_norms);
-                    if !total_value.is_finite() || !grads_finite {
-                        self.compiled.as_mut().expect("checked").optimizer = optimizer;
-                        let d = self.diagnose(epoch, step, total_value, &xb, &yb, wb.as_ref(), names, &g, &norms)?;
-                        let text = d.to_string();
-                        self.last_diagnosis = Some(d);
-                        return Err(Error::NonFinite { op: "fit".into(), diagnosis: text });
-                    }
-                    params = self.params_mut();
-                }
-                let applied = optimizer.apply(&mut params, &g);
-                self.compiled.as_mut().expect("checked").optimizer = optimizer;
-                applied?;
-                Self::accumulate(&mut acc, &metrics, &yb, &outs, total_value, &each, idx.len() as f64)?;
-                let logs = self.logs_of(&acc, "");
-                for cb in callbacks.iter_mut() {
-                    cb.on_train_batch_end(step, &logs, self)?;
-                }
-                if self.stop_training {
-                    break;
-                }
-            }
+                if opts.shuffle { random::permutation(data.n, &mut shuffle_rng) } else { (0..data.n).collect() };
+            let acc = self.train_epoch(&data, &order, &metrics, &mut callbacks, loop_opts, epoch, &mut norms)?;
             let mut logs = self.logs_of(&acc, "");
-            if let Some((vx, vys, vw)) = &validation {
-                let val = self.evaluate_inner(vx, vys, vw.as_ref(), opts.batch_size, &mut callbacks)?;
+            if let Some(v) = &data.validation {
+                let val = self.evaluate_inner(&v.x, &v.ys, v.w.as_ref(), opts.batch_size, &mut callbacks)?;
                 for (k, v) in val {
                     logs.insert(format!("val_{k}"), v);
                 }
@@ -595,6 +557,153 @@ impl Model {
             cb.on_train_end(&last_logs, self)?;
         }
         Ok(history)
+    }
+
+    /// Everything `fit` settles before the first step: per-sample weights (from `class_weight`
+    /// or `sample_weight`), the data checks and their warnings, the options' ranges, and the
+    /// validation split (the last fraction, before any shuffling; sample weights split too).
+    fn prepare_fit(&mut self, x: &Tensor, y: Targets, opts: &mut Fit<'_>) -> Result<FitData> {
+        self.ensure_built(x)?;
+        let ys = y.ordered(&self.output_names())?;
+        let weights = fit_sample_weights(&ys, opts)?;
+        let n_all = self.check_data(x, &ys, weights.as_ref())?;
+        self.warnings.clear();
+        self.last_diagnosis = None;
+        if opts.check_data {
+            let sw = if opts.class_weight.is_some() { None } else { weights.as_ref() };
+            self.warnings = self.data_warnings(x, &ys, sw, opts.class_weight.as_ref())?;
+            for w in &self.warnings {
+                eprintln!("warning: {w}");
+            }
+        }
+        check_fit_options(opts)?;
+        let (train_idx, val_idx) = validation_split(n_all, opts.validation_split)?;
+        let validation = if let Some((vx, vy)) = opts.validation_data.take() {
+            Some(Dataset { x: vx, ys: vy.ordered(&self.output_names())?, w: None })
+        } else if !val_idx.is_empty() {
+            let vw = match &weights {
+                Some(w) if opts.class_weight.is_none() => Some(rows(w, &val_idx)?),
+                _ => None,
+            };
+            Some(Dataset::rows_of(x, &ys, vw.as_ref(), &val_idx, false)?)
+        } else {
+            None
+        };
+        let train = if val_idx.is_empty() {
+            Dataset { x: x.clone(), ys, w: weights }
+        } else {
+            Dataset::rows_of(x, &ys, weights.as_ref(), &train_idx, true)?
+        };
+        Ok(FitData { n: train_idx.len(), x: train.x, ys: train.ys, w: train.w, validation })
+    }
+
+    /// The warnings of [`nan::check_data`] for `x` and the targets of every output.
+    fn data_warnings(
+        &self,
+        x: &Tensor,
+        ys: &[Tensor],
+        sample_weight: Option<&Tensor>,
+        class_weight: Option<&BTreeMap<i64, f64>>,
+    ) -> Result<Vec<String>> {
+        let losses = self.compiled.as_ref().expect("checked").losses.clone();
+        let named: Vec<(String, Tensor, &dyn losskit::Loss)> = self
+            .output_names()
+            .into_iter()
+            .zip(ys)
+            .zip(&losses)
+            .map(|((n, y), l)| (n, y.clone(), l.as_ref()))
+            .collect();
+        nan::check_data(x, &named, sample_weight, class_weight)
+    }
+
+    /// One epoch: the batches in `order`, a [`Model::train_step`] each, with the batch callbacks
+    /// and the running means of the loss and metrics. Stops early when a callback asks.
+    #[allow(clippy::too_many_arguments)]
+    fn train_epoch(
+        &mut self,
+        data: &FitData,
+        order: &[usize],
+        metrics: &[Vec<Metric>],
+        callbacks: &mut [&mut dyn Callback],
+        opts: LoopOptions,
+        epoch: usize,
+        norms: &mut GradNormHistory,
+    ) -> Result<Accumulators> {
+        let empty = Logs::new();
+        let mut acc = Accumulators::new(data.ys.len(), metrics.first().map_or(0, Vec::len));
+        for (step, idx) in order.chunks(opts.batch_size).enumerate() {
+            for cb in callbacks.iter_mut() {
+                cb.on_train_batch_begin(step, &empty, self)?;
+            }
+            let batch = Dataset::rows_of(&data.x, &data.ys, data.w.as_ref(), idx, true)?;
+            let out = self.train_step(&batch, opts.nan_guard, epoch, step, norms)?;
+            Self::accumulate(&mut acc, metrics, &batch.ys, &out.outputs, out.loss, &out.each, idx.len() as f64)?;
+            let logs = self.logs_of(&acc, "");
+            for cb in callbacks.iter_mut() {
+                cb.on_train_batch_end(step, &logs, self)?;
+            }
+            if self.stop_training {
+                break;
+            }
+        }
+        Ok(acc)
+    }
+
+    /// Keras' `train_step`: forward with the losses, gradients, the NaN guard's check (when on),
+    /// and the optimizer's update of every parameter.
+    fn train_step(
+        &mut self,
+        batch: &Dataset,
+        nan_guard: bool,
+        epoch: usize,
+        step: usize,
+        norms: &mut GradNormHistory,
+    ) -> Result<StepOutput> {
+        let (total, each, outs) = self.losses_on(&batch.x, &batch.ys, batch.w.as_ref(), true)?;
+        let loss = total.to_scalar()?;
+        let grads = total.backward()?;
+        // Drop the graph (it holds the weights) so the optimizer updates them in place.
+        drop(total);
+        let outputs: Vec<Tensor> = outs.iter().map(Tensor::detach).collect();
+        let g: Vec<Tensor> = self
+            .params()
+            .iter()
+            .map(|p| grads.get(&p.value).cloned().unwrap_or_else(|| p.value.zeros_like()))
+            .collect();
+        if nan_guard {
+            self.guard_step(batch, loss, &g, epoch, step, norms)?;
+        }
+        let compiled = self.compiled.as_mut().expect("checked");
+        let mut optimizer = std::mem::replace(&mut compiled.optimizer, crate::Optimizer::sgd(0.0)?);
+        let applied = optimizer.apply(&mut self.params_mut(), &g);
+        self.compiled.as_mut().expect("checked").optimizer = optimizer;
+        applied?;
+        Ok(StepOutput { loss, each, outputs })
+    }
+
+    /// The NaN guard: records the layers' gradient norms and, at a non-finite loss or gradient,
+    /// stops with a diagnosis (also kept in [`Model::last_diagnosis`]).
+    fn guard_step(
+        &mut self,
+        batch: &Dataset,
+        loss: f64,
+        g: &[Tensor],
+        epoch: usize,
+        step: usize,
+        norms: &mut GradNormHistory,
+    ) -> Result<()> {
+        let names: Vec<String> = self.params().iter().map(|p| p.name.clone()).collect();
+        let layer_norms = nan::layer_norms(&names, g);
+        // A finite sum of squares means every gradient value is finite: one pass.
+        let grads_finite = layer_norms.iter().all(|(_, n)| n.is_finite()) || g.iter().all(Tensor::all_finite);
+        norms.push(layer_norms);
+        if loss.is_finite() && grads_finite {
+            return Ok(());
+        }
+        let d = self.diagnose(epoch, step, loss, &batch.x, &batch.ys, batch.w.as_ref(), names, g, norms)?;
+        let text = d.to_string();
+        self.last_diagnosis = Some(d);
+        Err(Error::NonFinite { op: "fit".into(), diagnosis: text })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -690,15 +799,7 @@ impl Model {
         self.ensure_built(x)?;
         let ys = y.into().ordered(&self.output_names())?;
         self.check_data(x, &ys, sample_weight)?;
-        let losses = self.compiled.as_ref().expect("checked").losses.clone();
-        let named: Vec<(String, Tensor, &dyn losskit::Loss)> = self
-            .output_names()
-            .into_iter()
-            .zip(&ys)
-            .zip(&losses)
-            .map(|((n, y), l)| (n, y.clone(), l.as_ref()))
-            .collect();
-        self.warnings = nan::check_data(x, &named, sample_weight, None)?;
+        self.warnings = self.data_warnings(x, &ys, sample_weight, None)?;
         self.evaluate_inner(x, &ys, sample_weight, batch_size, &mut [])
     }
 }
