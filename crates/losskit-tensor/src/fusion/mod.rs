@@ -256,6 +256,17 @@ pub(crate) fn fuses(shape: &[usize]) -> bool {
     shape.iter().product::<usize>() >= PARALLEL_MIN && FUSION.with(|g| g.get())
 }
 
+/// Results of at least this many values, too small to be lazy, still run through a compiled
+/// program (computed at once): its loops are vectorised, unlike `ndarray`'s `Zip` over dynamic
+/// dimensions (7 ns per value for a ReLU backward at batch 32 × 512).
+pub(crate) const PROGRAM_MIN: usize = 4096;
+
+/// Whether an element-wise result of `shape` goes through a program (lazy or at once); off
+/// inside [`unfused`], where the plain `ndarray` path runs.
+pub(crate) fn programs(shape: &[usize]) -> bool {
+    shape.iter().product::<usize>() >= PROGRAM_MIN && FUSION.with(|g| g.get())
+}
+
 /// A full-shape operand: its expression if it is lazy, else a leaf on its values, in `dtype`.
 pub(crate) fn full(t: &Tensor, dtype: DType) -> Arc<Expr> {
     match t.lazy_expr() {

@@ -1,7 +1,8 @@
 //! The lazy forms of the element-wise ops and of sums over trailing axes, with backward passes
 //! that are lazy expressions too. Each returns `None` where the plain path is used instead.
 
-use super::{classify, full, fuses, operand, sum_rows, Broadcast, Expr, Instr, Side, PIECE};
+use super::{classify, full, fuses, operand, programs, sum_rows, Broadcast, Expr, Instr, Side, PIECE};
+use crate::autodiff::CustomOp;
 use crate::ops::{op, sum_to_shape, Binary, Unary};
 use crate::storage::{with_storage, Element};
 use crate::{Result, Storage, Tensor};
@@ -10,11 +11,11 @@ use std::sync::Arc;
 
 /// `u(x)`, lazily, when `x` is large.
 pub(crate) fn unary(x: &Tensor, u: Unary) -> Option<Tensor> {
-    if !fuses(x.shape()) {
+    if !programs(x.shape()) {
         return None;
     }
     let y = Expr::op(Instr::Unary(u), vec![full(x, x.dtype())]);
-    Some(Tensor::from_lazy_op(
+    Some(record(
         y,
         vec![x.clone()],
         op(u.name(), move |inputs, out, g| {
@@ -22,24 +23,24 @@ pub(crate) fn unary(x: &Tensor, u: Unary) -> Option<Tensor> {
             let xe = full(&inputs[0], dtype);
             let ye = if u.uses_output() { full(out, dtype) } else { xe.clone() };
             let d = Expr::op(Instr::UnaryDeriv(u), vec![xe, ye]);
-            Ok(vec![Some(Tensor::from_expr(Expr::op(Instr::Binary(Binary::Mul), vec![full(g, dtype), d])))])
+            Ok(vec![Some(result(Expr::op(Instr::Binary(Binary::Mul), vec![full(g, dtype), d])))])
         }),
     ))
 }
 
 /// `clip(x, lo, hi)`, lazily, when `x` is large.
 pub(crate) fn clip(x: &Tensor, lo: f64, hi: f64) -> Option<Tensor> {
-    if !fuses(x.shape()) {
+    if !programs(x.shape()) {
         return None;
     }
     let y = Expr::op(Instr::Clip { lo, hi }, vec![full(x, x.dtype())]);
-    Some(Tensor::from_lazy_op(
+    Some(record(
         y,
         vec![x.clone()],
         op("clip", move |inputs, out, g| {
             let dtype = out.dtype();
             let pass = Expr::op(Instr::ClipPass { lo, hi }, vec![full(&inputs[0], dtype), full(g, dtype)]);
-            Ok(vec![Some(Tensor::from_expr(pass))])
+            Ok(vec![Some(result(pass))])
         }),
     ))
 }
@@ -47,12 +48,12 @@ pub(crate) fn clip(x: &Tensor, lo: f64, hi: f64) -> Option<Tensor> {
 /// `x ∘ y` with NumPy broadcasting to `shape`, lazily, when the result is large and each operand
 /// is full-shape or broadcast along rows, columns or as a scalar.
 pub(crate) fn binary(x: &Tensor, y: &Tensor, b: Binary, shape: &[usize]) -> Option<Tensor> {
-    if !fuses(shape) || x.dtype() != y.dtype() {
+    if !programs(shape) || x.dtype() != y.dtype() {
         return None;
     }
     let (cx, cy) = (classify(x.shape(), shape).ok()?, classify(y.shape(), shape).ok()?);
     let out = Expr::op(Instr::Binary(b), vec![operand(x, cx, shape), operand(y, cy, shape)]);
-    Some(Tensor::from_lazy_op(
+    Some(record(
         out,
         vec![x.clone(), y.clone()],
         op(b.name(), move |inputs, out, g| binary_backward(b, [cx, cy], inputs, out, g)),
@@ -94,7 +95,7 @@ fn binary_backward(
 /// and scalars: the gradient is never materialised).
 fn reduce_to(e: Arc<Expr>, class: Option<Broadcast>, shape: &[usize]) -> Tensor {
     match class {
-        None => Tensor::from_expr(e),
+        None => result(e),
         Some(_) => sum_to_shape(&Tensor::from_expr(e), shape),
     }
 }
@@ -219,11 +220,17 @@ pub(crate) fn softmax_last(x: &Tensor, log: bool) -> Option<Tensor> {
         };
         Ok(vec![Some(result(grad))])
     };
-    Some(if fuses(&shape) {
-        Tensor::from_lazy_op(y, vec![x.clone()], op(name, backward))
+    Some(record(y, vec![x.clone()], op(name, backward)))
+}
+
+/// Records the result `e` of an op on the tape: lazy when fusion applies to its size, else
+/// computed now.
+fn record(e: Arc<Expr>, inputs: Vec<Tensor>, op: impl CustomOp + 'static) -> Tensor {
+    if fuses(e.shape()) {
+        Tensor::from_lazy_op(e, inputs, op)
     } else {
-        Tensor::from_op(y.force().clone(), vec![x.clone()], op(name, backward))
-    })
+        Tensor::from_op(e.force().clone(), inputs, op)
+    }
 }
 
 /// A tensor with the values of `e`: lazy when fusion applies to its size, else computed now.

@@ -316,6 +316,10 @@ fn materialise_as<T: Element>(e: &Expr) -> ndarray::ArrayD<T> {
     let p = Program::<T>::compile(e);
     let mut out = pool::array::<T>(IxDyn(&e.shape));
     let values = out.as_slice_mut().expect("a fresh array is contiguous");
+    if values.len() <= PIECE {
+        fill_piece(&p, &mut p.register_file(), 0, values);
+        return out;
+    }
     values
         .par_chunks_mut(PIECE)
         .enumerate()

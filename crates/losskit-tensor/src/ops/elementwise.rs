@@ -24,11 +24,21 @@ pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     Some(out)
 }
 
-fn sum_to<T: Element>(g: &ArrayD<T>, shape: &[usize]) -> ArrayD<T> {
+fn sum_to<T: Element>(g: ndarray::ArrayViewD<'_, T>, shape: &[usize]) -> ArrayD<T> {
     if g.shape() == shape {
-        return g.clone();
+        return g.to_owned();
     }
-    let mut a = g.clone();
+    if g.ndim() > shape.len() {
+        // The leading axes first, straight from the view (no copy of `g`).
+        let lead = g.ndim() - shape.len();
+        let rows: usize = g.shape()[..lead].iter().product();
+        let dims = [&[rows][..], &g.shape()[lead..]].concat();
+        let folded = g.clone().into_shape_with_order(IxDyn(&dims));
+        if let Ok(f) = folded {
+            return sum_to(f.sum_axis(Axis(0)).view(), shape);
+        }
+    }
+    let mut a = g.to_owned();
     while a.ndim() > shape.len() {
         a = a.sum_axis(Axis(0));
     }
@@ -56,7 +66,7 @@ pub(crate) fn sum_to_shape(g: &Tensor, shape: &[usize]) -> Tensor {
         }
         _ => {}
     }
-    with_storage!(g.storage(), a => Tensor::from_array(sum_to::<T>(&a.to_owned(), shape)))
+    with_storage!(g.storage(), a => Tensor::from_array(sum_to::<T>(a.view(), shape)))
 }
 
 /// A one-operand element-wise function (shared by the eager ops and the fused programs).
