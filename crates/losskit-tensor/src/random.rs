@@ -61,12 +61,35 @@ pub fn mask(shape: &[usize], keep: f64, value: f64, dtype: DType, rng: &mut Rng)
     match dtype {
         DType::F32 => {
             let (k, v) = (keep as f32, value as f32);
-            Tensor::from_vec((0..n).map(|_| if rng.random::<f32>() < k { v } else { 0.0 }).collect::<Vec<f32>>(), shape)
+            // The generator's words in one bulk fill, then the same draw as `rng.random::<f32>()`
+            // (the top 24 bits scaled to [0, 1)) in a loop that vectorises: the masks are those
+            // of drawing one value at a time, several times faster.
+            let mut words = vec![0u32; n];
+            rng.fill(&mut words[..]);
+            let scale = 1.0 / (1u32 << 24) as f32;
+            let values = words.iter().map(|&u| if (u >> 8) as f32 * scale < k { v } else { 0.0 }).collect();
+            Tensor::from_vec(values, shape)
         }
         DType::F64 => Tensor::from_vec(
             (0..n).map(|_| if rng.random::<f64>() < keep { value } else { 0.0 }).collect::<Vec<f64>>(),
             shape,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f32_mask_draws_as_one_value_at_a_time() {
+        let (mut a, mut b) = (rng(7), rng(7));
+        let fast = mask(&[1001], 0.8, 1.25, DType::F32, &mut a).unwrap().to_vec::<f32>();
+        let slow: Vec<f32> = (0..1001).map(|_| if b.random::<f32>() < 0.8 { 1.25 } else { 0.0 }).collect();
+        assert_eq!(fast, slow);
+        assert!(fast.iter().any(|&v| v == 0.0) && fast.iter().any(|&v| v == 1.25));
+        // The generator is left where one-at-a-time drawing leaves it.
+        assert_eq!(a.random::<u64>(), b.random::<u64>());
     }
 }
 
