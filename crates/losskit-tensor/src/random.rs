@@ -77,6 +77,16 @@ pub fn mask(shape: &[usize], keep: f64, value: f64, dtype: DType, rng: &mut Rng)
     }
 }
 
+/// A random permutation of `0..n` (Fisher–Yates).
+pub fn permutation(n: usize, rng: &mut Rng) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = rng.random_range(0..=i);
+        v.swap(i, j);
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,18 +97,8 @@ mod tests {
         let fast = mask(&[1001], 0.8, 1.25, DType::F32, &mut a).unwrap().to_vec::<f32>();
         let slow: Vec<f32> = (0..1001).map(|_| if b.random::<f32>() < 0.8 { 1.25 } else { 0.0 }).collect();
         assert_eq!(fast, slow);
-        assert!(fast.iter().any(|&v| v == 0.0) && fast.iter().any(|&v| v == 1.25));
+        assert!(fast.contains(&0.0) && fast.contains(&1.25));
         // The generator is left where one-at-a-time drawing leaves it.
         assert_eq!(a.random::<u64>(), b.random::<u64>());
     }
-}
-
-/// A random permutation of `0..n` (Fisher–Yates).
-pub fn permutation(n: usize, rng: &mut Rng) -> Vec<usize> {
-    let mut v: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        let j = rng.random_range(0..=i);
-        v.swap(i, j);
-    }
-    v
 }
