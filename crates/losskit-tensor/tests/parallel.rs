@@ -64,3 +64,27 @@ fn parallel_equals_plain_and_thread_count_does_not_matter() {
         assert_eq!(bits(&four.1), bits(&one.1), "{dtype} gradients: 4 threads vs 1");
     }
 }
+
+/// Large products are split into fixed blocks run in parallel: the same bits with 1 and 4
+/// threads, for both split directions (tall and wide outputs) and the transposed operands of
+/// the backward pass, and the right values.
+#[test]
+fn matmul_blocks_do_not_depend_on_threads() {
+    for (m, k, n) in [(300, 170, 130), (40, 330, 700)] {
+        let a = Tensor::from_vec((0..m * k).map(|i| ((i * 31) % 97) as f32 / 97.0 - 0.5).collect(), &[m, k]).unwrap();
+        let b = Tensor::from_vec((0..k * n).map(|i| ((i * 17) % 89) as f32 / 89.0 - 0.5).collect(), &[k, n]).unwrap();
+        let run = || {
+            let (x, w) = (a.clone().requires_grad(), b.clone().requires_grad());
+            let y = x.matmul(&w).unwrap();
+            let g = y.square().sum_all().backward().unwrap();
+            [y.to_vec::<f32>(), g.get(&x).unwrap().to_vec::<f32>(), g.get(&w).unwrap().to_vec::<f32>()]
+        };
+        let (one, four) = (in_pool(1, run), in_pool(4, run));
+        assert_eq!(one, four, "({m}, {k}) x ({k}, {n})");
+        let (av, bv) = (a.to_vec::<f32>(), b.to_vec::<f32>());
+        for &(i, j) in &[(0, 0), (m - 1, n - 1), (m / 2, n / 3)] {
+            let exact: f64 = (0..k).map(|p| av[i * k + p] as f64 * bv[p * n + j] as f64).sum();
+            assert!((one[0][i * n + j] as f64 - exact).abs() < 1e-4, "({i}, {j})");
+        }
+    }
+}

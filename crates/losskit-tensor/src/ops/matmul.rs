@@ -1,15 +1,47 @@
-//! Matrix product through `matrixmultiply` (threaded), with strided operands so `Aᵀ·B` needs no copy.
+//! Matrix product through `matrixmultiply` (large products split into blocks run in parallel
+//! with rayon), with strided operands so `Aᵀ·B` needs no copy.
 
 use super::{op, with_pair};
 use crate::storage::Element;
 use crate::{Error, Result, Tensor};
 use ndarray::{Array2, ArrayView2, CowArray, Ix2};
+use rayon::prelude::*;
 
 /// General matrix multiply for one element type: `C ← α·A·B + β·C` on strided buffers.
 pub trait Gemm: Sized {
     /// Computes `a · b` for 2-D views of any strides into a new standard-layout array.
     fn gemm(a: ArrayView2<'_, Self>, b: ArrayView2<'_, Self>) -> Array2<Self>;
 }
+
+/// Products of at least this many multiply-adds are split into blocks run in parallel (rayon);
+/// smaller ones run on the calling thread (at the main job's batch-32 shapes, threads cost more
+/// than they give: `losskit fit` 1.67 s with two threads per product, 1.35–1.5 s with one).
+const PARALLEL_MACS: usize = 1 << 22;
+/// Output rows (or columns) per parallel block: fixed, so the blocks do not depend on the
+/// number of threads. Each output element is one dot product over `k` whichever block it is in,
+/// so the values do not depend on the blocking either.
+const BLOCK_ROWS: usize = 64;
+const BLOCK_COLS: usize = 128;
+
+/// The output pointer shared by the blocks of one product; each block writes a disjoint set of
+/// elements.
+#[derive(Clone, Copy)]
+struct OutPtr<T>(*mut T);
+impl<T> OutPtr<T> {
+    /// The element `offset` values in (a method, so closures capture the whole `OutPtr`).
+    ///
+    /// # Safety
+    /// `offset` must be inside the output.
+    unsafe fn at(self, offset: usize) -> *mut T {
+        // SAFETY: the caller keeps `offset` inside the output.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+// SAFETY: the blocks of one product write disjoint elements of the output (see `impl_gemm!`).
+unsafe impl<T> Send for OutPtr<T> {}
+// SAFETY: as above; the pointer is only offset and written through, never read concurrently.
+unsafe impl<T> Sync for OutPtr<T> {}
 
 macro_rules! impl_gemm {
     ($t:ty, $f:path) => {
@@ -20,7 +52,6 @@ macro_rules! impl_gemm {
                 if m == 0 || n == 0 || k == 0 {
                     return Array2::<$t>::zeros((m, n));
                 }
-                // Negative strides cannot be passed to matrixmultiply: copy those operands.
                 let a = if a.strides().iter().any(|&s| s < 0) {
                     CowArray::from(a.as_standard_layout().into_owned())
                 } else {
@@ -33,29 +64,43 @@ macro_rules! impl_gemm {
                 };
                 let (sa, sb) = (a.strides(), b.strides());
                 let mut c = Array2::<$t>::uninit((m, n));
-                // SAFETY: `a` is m×k, `b` is k×n, `c` is a fresh m×n standard-layout array; the
-                // pointers and strides come from those arrays, so every index is in bounds. With
-                // beta = 0, matrixmultiply writes every element of C without reading it, so C is
-                // fully initialised afterwards.
-                unsafe {
-                    $f(
-                        m,
-                        k,
-                        n,
-                        1.0,
-                        a.as_ptr(),
-                        sa[0],
-                        sa[1],
-                        b.as_ptr(),
-                        sb[0],
-                        sb[1],
-                        0.0,
-                        c.as_mut_ptr() as *mut $t,
-                        n as isize,
-                        1,
-                    );
-                    c.assume_init()
+                let out = OutPtr(c.as_mut_ptr() as *mut $t);
+                // One block: rows r0..r1 and columns c0..c1 of the output.
+                let block = |r0: usize, r1: usize, c0: usize, c1: usize| {
+                    // SAFETY: the offsets stay inside `a` (m × k), `b` (k × n) and `c` (m × n,
+                    // row-major); blocks write disjoint parts of `c`.
+                    unsafe {
+                        $f(
+                            r1 - r0,
+                            k,
+                            c1 - c0,
+                            1.0,
+                            a.as_ptr().offset(r0 as isize * sa[0]),
+                            sa[0],
+                            sa[1],
+                            b.as_ptr().offset(c0 as isize * sb[1]),
+                            sb[0],
+                            sb[1],
+                            0.0,
+                            out.at(r0 * n + c0),
+                            n as isize,
+                            1,
+                        )
+                    }
+                };
+                if m * n * k < PARALLEL_MACS {
+                    block(0, m, 0, n);
+                } else if m >= n {
+                    (0..m.div_ceil(BLOCK_ROWS))
+                        .into_par_iter()
+                        .for_each(|i| block(i * BLOCK_ROWS, ((i + 1) * BLOCK_ROWS).min(m), 0, n));
+                } else {
+                    (0..n.div_ceil(BLOCK_COLS))
+                        .into_par_iter()
+                        .for_each(|j| block(0, m, j * BLOCK_COLS, ((j + 1) * BLOCK_COLS).min(n)));
                 }
+                // SAFETY: the blocks above wrote every element of `c`.
+                unsafe { c.assume_init() }
             }
         }
     };
