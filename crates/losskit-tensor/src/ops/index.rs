@@ -22,6 +22,24 @@ fn class_indices(op: &str, labels: &Tensor, depth: usize) -> Result<Vec<usize>> 
         .collect()
 }
 
+/// `a.select(axis, indices)`; rows of a standard-layout array along axis 0 (a batch of
+/// samples) are copied whole, one `memcpy` each.
+fn select_rows<T: Element>(a: &ndarray::ArcArray<T, IxDyn>, axis: usize, indices: &[usize]) -> ArrayD<T> {
+    match a.as_slice() {
+        Some(s) if axis == 0 => {
+            let row: usize = a.shape()[1..].iter().product();
+            let mut out = Vec::with_capacity(indices.len() * row);
+            for &i in indices {
+                out.extend_from_slice(&s[i * row..(i + 1) * row]);
+            }
+            let mut shape = a.shape().to_vec();
+            shape[0] = indices.len();
+            ArrayD::from_shape_vec(IxDyn(&shape), out).expect("one row per index")
+        }
+        _ => a.select(Axis(axis), indices),
+    }
+}
+
 impl Tensor {
     /// Selects entries along `axis` by `indices` (like `tf.gather` with 1-D indices): the output
     /// has `indices.len()` entries on that axis. Repeated indices accumulate their gradients.
@@ -34,7 +52,7 @@ impl Tensor {
                 format!("index {bad} at position {pos} is out of range for axis {axis} of size {dim}"),
             ));
         }
-        let storage = with_storage!(self.storage(), a => T::wrap(a.select(Axis(ax), indices)));
+        let storage = with_storage!(self.storage(), a => T::wrap(select_rows(a, ax, indices)));
         let idx = indices.to_vec();
         Ok(Tensor::from_op(
             storage,

@@ -63,8 +63,10 @@ macro_rules! impl_gemm {
                     CowArray::from(b)
                 };
                 let (sa, sb) = (a.strides(), b.strides());
-                let mut c = Array2::<$t>::uninit((m, n));
-                let out = OutPtr(c.as_mut_ptr() as *mut $t);
+                // A pooled buffer (a parameter's gradient is freed every step and comes back here),
+                // written in full below (β = 0: its old values are never read).
+                let mut c = Array2::from_shape_vec((m, n), crate::pool::take::<$t>(m * n)).expect("m·n values");
+                let out = OutPtr(c.as_mut_ptr());
                 // One block: rows r0..r1 and columns c0..c1 of the output.
                 let block = |r0: usize, r1: usize, c0: usize, c1: usize| {
                     // SAFETY: the offsets stay inside `a` (m × k), `b` (k × n) and `c` (m × n,
@@ -99,8 +101,7 @@ macro_rules! impl_gemm {
                         .into_par_iter()
                         .for_each(|j| block(0, m, j * BLOCK_COLS, ((j + 1) * BLOCK_COLS).min(n)));
                 }
-                // SAFETY: the blocks above wrote every element of `c`.
-                unsafe { c.assume_init() }
+                c
             }
         }
     };
