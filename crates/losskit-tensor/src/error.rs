@@ -93,6 +93,22 @@ pub enum Error {
 }
 
 impl Error {
+    /// [`Error::InvalidParameter`]: `owner`'s parameter `param` got `value`; `expected` says
+    /// what is accepted.
+    pub fn invalid_parameter(
+        owner: impl Into<String>,
+        param: impl Into<String>,
+        value: impl std::fmt::Display,
+        expected: impl Into<String>,
+    ) -> Self {
+        Error::InvalidParameter {
+            loss: owner.into(),
+            param: param.into(),
+            value: value.to_string(),
+            expected: expected.into(),
+        }
+    }
+
     pub(crate) fn shape(op: impl Into<String>, msg: impl Into<String>) -> Self {
         Error::Shape { op: op.into(), msg: msg.into() }
     }

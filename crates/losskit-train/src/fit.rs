@@ -279,21 +279,11 @@ fn fit_sample_weights(ys: &[Tensor], opts: &Fit<'_>) -> Result<Option<Tensor>> {
 /// `batch_size >= 1` and `validation_split` in `[0, 1)`.
 fn check_fit_options(opts: &Fit<'_>) -> Result<()> {
     if opts.batch_size == 0 {
-        return Err(Error::InvalidParameter {
-            loss: "fit".into(),
-            param: "batch_size".into(),
-            value: "0".into(),
-            expected: ">= 1".into(),
-        });
+        return Err(Error::invalid_parameter("fit", "batch_size", "0", ">= 1"));
     }
     let f = opts.validation_split;
     if !(0.0..1.0).contains(&f) {
-        return Err(Error::InvalidParameter {
-            loss: "fit".into(),
-            param: "validation_split".into(),
-            value: f.to_string(),
-            expected: "a number in [0, 1)".into(),
-        });
+        return Err(Error::invalid_parameter("fit", "validation_split", f, "a number in [0, 1)"));
     }
     Ok(())
 }

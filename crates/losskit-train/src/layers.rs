@@ -160,12 +160,7 @@ impl Layer for Dense {
             });
         };
         if self.units == 0 {
-            return Err(Error::InvalidParameter {
-                loss: "Dense".into(),
-                param: "units".into(),
-                value: "0".into(),
-                expected: "units >= 1".into(),
-            });
+            return Err(Error::invalid_parameter("Dense", "units", "0", "units >= 1"));
         }
         let kernel = self.kernel_initializer.init(&[fan_in, self.units], dtype, rng)?.requires_grad();
         self.kernel = Some(Param { name: format!("{}/kernel", self.name), value: kernel });
@@ -291,12 +286,7 @@ impl Dropout {
     /// A Dropout layer; `rate` must be in `[0, 1)`.
     pub fn new(rate: f64) -> Result<Dropout> {
         if !(0.0..1.0).contains(&rate) {
-            return Err(Error::InvalidParameter {
-                loss: "Dropout".into(),
-                param: "rate".into(),
-                value: rate.to_string(),
-                expected: "a number in [0, 1)".into(),
-            });
+            return Err(Error::invalid_parameter("Dropout", "rate", rate, "a number in [0, 1)"));
         }
         Ok(Dropout { name: "dropout".into(), rate, output: None })
     }

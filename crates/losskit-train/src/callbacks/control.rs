@@ -250,12 +250,7 @@ impl ReduceLROnPlateau {
     /// The factor (`< 1`, as Keras requires).
     pub fn factor(mut self, f: f64) -> Result<Self> {
         if !(0.0..1.0).contains(&f) {
-            return Err(Error::InvalidParameter {
-                loss: "ReduceLROnPlateau".into(),
-                param: "factor".into(),
-                value: f.to_string(),
-                expected: "a number in [0, 1)".into(),
-            });
+            return Err(Error::invalid_parameter("ReduceLROnPlateau", "factor", f, "a number in [0, 1)"));
         }
         self.factor = f;
         Ok(self)

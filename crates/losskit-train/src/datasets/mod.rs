@@ -82,12 +82,7 @@ pub fn digits() -> Result<Dataset> {
 /// test set. The same seed gives the same split everywhere.
 pub fn train_test_split(data: &Dataset, test_fraction: f64, seed: u64) -> Result<(Dataset, Dataset)> {
     if !(0.0..1.0).contains(&test_fraction) {
-        return Err(Error::InvalidParameter {
-            loss: "train_test_split".into(),
-            param: "test_fraction".into(),
-            value: test_fraction.to_string(),
-            expected: "a number in [0, 1)".into(),
-        });
+        return Err(Error::invalid_parameter("train_test_split", "test_fraction", test_fraction, "a number in [0, 1)"));
     }
     let n = data.y.shape().first().copied().unwrap_or(0);
     let order = random::permutation(n, &mut random::rng(seed));
