@@ -289,7 +289,7 @@ fn ln_sum_exp<T: Float>(x: &[T], m: T) -> T {
 pub fn log_sum_exp<T: Float>(x: &[T]) -> T {
     let m = row_max(x);
     let m = if m.is_finite() { m } else { T::zero() };
-    m + T::narrow(lane_sum_wide(x, |v| (v - m).exp_fast()).ln())
+    m + ln_sum_exp(x, m)
 }
 
 /// The sum of a row of probabilities, accumulated in `f64`, rounded once.

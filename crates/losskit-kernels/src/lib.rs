@@ -51,7 +51,7 @@ pub use regression::{
     MeanSquaredLogarithmicError, Poisson, SmoothL1,
 };
 pub use sparsemax::{sparsemax, SparsemaxLoss};
-pub use sum::{accumulate_sum, BLOCK as SUM_BLOCK};
+pub use sum::accumulate_sum;
 
 use std::fmt::Debug;
 

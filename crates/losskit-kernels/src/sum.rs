@@ -11,7 +11,7 @@
 use crate::Float;
 
 /// Values per block: 8 lanes × 32 terms.
-pub const BLOCK: usize = 256;
+pub(crate) const BLOCK: usize = 256;
 
 /// The 8 lanes added in order. (Not pairwise: an add tree over lane pairs leads LLVM's SLP
 /// vectoriser to build 2-wide vectors for the whole loop.)
@@ -61,7 +61,7 @@ pub(crate) fn lane_sum_wide<T: Float>(a: &[T], f: impl Fn(T) -> T) -> f64 {
     total
 }
 
-/// Adds `Σ a_i` to `total`, block by block: each block of [`BLOCK`] values (counted from the
+/// Adds `Σ a_i` to `total`, block by block: each block of 256 values (counted from the
 /// start of `a`) is summed in 8 lanes of `T` and added to `total` in `f64`.
 ///
 /// Calling it on consecutive pieces of a row whose lengths are multiples of 256 gives the same

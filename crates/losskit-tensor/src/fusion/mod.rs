@@ -9,7 +9,8 @@
 //! instruction a plain loop over one chunk, so the intermediates stay in L1/L2 and a chain of
 //! n ops makes one pass over memory instead of n (numexpr's scheme, no code generation). A
 //! sum or mean over trailing axes of a lazy tensor reduces each chunk as it is produced: the
-//! chain is never written out at all.
+//! chain is never written out at all. Results of [`PROGRAM_MIN`] values or more that are too
+//! small to be lazy run through the same programs, computed at once (vectorised loops).
 //!
 //! The backward passes of the lazy ops build lazy expressions too (`g · f'(x)` with `x`
 //! recomputed from the leaves), so the gradient of a custom loss written as a chain of tensor
@@ -160,10 +161,12 @@ impl Expr {
         debug_assert_eq!(args.len(), instr.arity());
         let mut size = 1 + args.iter().map(|a| a.nodes()).sum::<usize>();
         if size > MAX_NODES {
-            for a in &args {
+            // Only instructions are computed; a broadcast leaf stays one (forcing it would
+            // write out a full-size copy of a row or a scalar).
+            for a in args.iter().filter(|a| matches!(a.kind, Kind::Op(..))) {
                 a.force();
             }
-            size = 1 + args.len();
+            size = 1 + args.iter().map(|a| a.nodes()).sum::<usize>();
         }
         Arc::new(Expr {
             shape: args[0].shape.clone(),
@@ -189,7 +192,7 @@ impl Expr {
         self.value.get_or_init(|| program::materialise(self))
     }
 
-    /// Nodes that evaluating this expression would run (1 once it is materialised).
+    /// Nodes that evaluating this expression would run (1 once it is materialised, and for a leaf).
     fn nodes(&self) -> usize {
         if self.value.get().is_some() {
             1
@@ -291,21 +294,21 @@ pub(crate) fn sum_rows(e: &Expr, period: usize, divisor: f64, shape: &[usize]) -
 
 /// [`sum_rows`] of several expressions of one shape and dtype, in one pass over their values.
 pub(crate) fn sum_rows_many(es: &[&Expr], period: usize, divisor: f64, shape: &[usize]) -> Vec<Tensor> {
-    let rows = es[0].numel().checked_div(period).unwrap_or_else(|| shape.iter().product());
-    let sums = match es[0].dtype {
-        DType::F32 => program::row_sums::<f32>(es, rows, period),
-        DType::F64 => program::row_sums::<f64>(es, rows, period),
-    };
-    sums.into_iter()
-        .map(|s| match es[0].dtype {
-            DType::F32 => finish_sums::<f32>(s, divisor, shape),
-            DType::F64 => finish_sums::<f64>(s, divisor, shape),
-        })
-        .collect()
+    match es[0].dtype {
+        DType::F32 => sum_rows_as::<f32>(es, period, divisor, shape),
+        DType::F64 => sum_rows_as::<f64>(es, period, divisor, shape),
+    }
 }
 
-fn finish_sums<T: Element>(sums: Vec<f64>, divisor: f64, shape: &[usize]) -> Tensor {
+/// [`sum_rows_many`] in `T`: each `f64` row sum rounded to `T`, then divided by `divisor` in `T`.
+fn sum_rows_as<T: Element>(es: &[&Expr], period: usize, divisor: f64, shape: &[usize]) -> Vec<Tensor> {
+    let rows = es[0].numel().checked_div(period).unwrap_or_else(|| shape.iter().product());
     let d = T::c(divisor);
-    let values: Vec<T> = sums.into_iter().map(|s| T::c(s) / d).collect();
-    Tensor::from_vec(values, shape).expect("one sum per row")
+    program::row_sums::<T>(es, rows, period)
+        .into_iter()
+        .map(|sums| {
+            let values: Vec<T> = sums.into_iter().map(|s| T::c(s) / d).collect();
+            Tensor::from_vec(values, shape).expect("one sum per row")
+        })
+        .collect()
 }

@@ -39,8 +39,8 @@ struct Program<'a, T> {
     loads: Vec<Load<'a, T>>,
     steps: Vec<Step>,
     registers: usize,
-    root: Src,
-    /// Every root, for a program compiled from several expressions (`roots[0] == root`).
+    /// Where each expression's values end up (one per expression compiled; `roots[0]` is the
+    /// one a materialisation writes out).
     roots: Vec<Src>,
 }
 
@@ -51,20 +51,12 @@ impl<'a, T: Element> Program<'a, T> {
 
     /// One program for several expressions of one shape: the nodes they share run once.
     fn compile_many(es: &[&'a Expr]) -> Program<'a, T> {
-        let mut p = Program {
-            full: Vec::new(),
-            loads: Vec::new(),
-            steps: Vec::new(),
-            registers: 0,
-            root: Src::Reg(0),
-            roots: Vec::new(),
-        };
+        let mut p = Program { full: Vec::new(), loads: Vec::new(), steps: Vec::new(), registers: 0, roots: Vec::new() };
         let mut seen = HashMap::new();
         for e in es {
             let src = p.visit(e, &mut seen);
             p.roots.push(src);
         }
-        p.root = p.roots[0];
         p
     }
 
@@ -139,12 +131,8 @@ impl<'a, T: Element> Program<'a, T> {
     #[inline(always)]
     fn run_into(&self, regs: &mut [T], s: usize, out: &mut [T]) {
         let len = out.len();
-        if self.run_steps(regs, s, len, Some(out)) {
-            return;
-        }
-        match self.root {
-            Src::Reg(r) => out.copy_from_slice(&regs[r * CHUNK..r * CHUNK + len]),
-            Src::Full(l) => out.copy_from_slice(&self.full[l][s..s + len]),
+        if !self.run_steps(regs, s, len, Some(out)) {
+            out.copy_from_slice(self.root_values(regs, 0, s, len));
         }
     }
 
@@ -168,13 +156,13 @@ impl<'a, T: Element> Program<'a, T> {
                     Src::Full(l) => &self.full[l][s..s + len],
                 }
             };
-            let dest = match (&mut out, self.root) {
+            let dest = match (&mut out, self.roots[0]) {
                 (Some(o), Src::Reg(r)) if r == step.dest => &mut **o,
                 _ => &mut hi[..len],
             };
             exec(step.instr, arg(0), arg(1), arg(2), dest);
         }
-        out.is_some() && matches!(self.root, Src::Reg(r) if self.steps.last().is_some_and(|l| l.dest == r))
+        out.is_some() && matches!(self.roots[0], Src::Reg(r) if self.steps.last().is_some_and(|l| l.dest == r))
     }
 }
 

@@ -57,14 +57,14 @@ pub(crate) fn sum_to_shape(g: &Tensor, shape: &[usize]) -> Tensor {
     if g.shape() == shape {
         return g.clone();
     }
-    match crate::fusion::classify(shape, g.shape()) {
-        Ok(Some(crate::fusion::Broadcast::Rows { period })) => {
-            return crate::fusion::sum_rows(&crate::fusion::full(g, g.dtype()), period, 1.0, shape)
-        }
-        Ok(Some(crate::fusion::Broadcast::Scalar)) => {
-            return crate::fusion::sum_rows(&crate::fusion::full(g, g.dtype()), g.numel(), 1.0, shape)
-        }
-        _ => {}
+    let period = match crate::fusion::classify(shape, g.shape()) {
+        Ok(Some(crate::fusion::Broadcast::Rows { period })) => Some(period),
+        // A scalar is one row of everything.
+        Ok(Some(crate::fusion::Broadcast::Scalar)) => Some(g.numel()),
+        _ => None,
+    };
+    if let Some(period) = period {
+        return crate::fusion::sum_rows(&crate::fusion::full(g, g.dtype()), period, 1.0, shape);
     }
     with_storage!(g.storage(), a => Tensor::from_array(sum_to::<T>(a.view(), shape)))
 }

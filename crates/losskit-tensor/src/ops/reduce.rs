@@ -15,6 +15,12 @@ fn axes_of(op: &str, axes: &[isize], rank: usize) -> Result<Vec<usize>> {
     Ok(v)
 }
 
+/// Whether the (normalised, sorted) `axes` are the last `axes.len()` axes of a rank-`rank`
+/// tensor, and at least one: the sums the row reducer of [`crate::fusion`] takes.
+fn trailing(axes: &[usize], rank: usize) -> bool {
+    !axes.is_empty() && axes.iter().enumerate().all(|(i, &a)| a == rank - axes.len() + i)
+}
+
 /// The shape with the reduced axes kept as size 1.
 fn kept_shape(shape: &[usize], axes: &[usize]) -> Vec<usize> {
     shape.iter().enumerate().map(|(i, &d)| if axes.contains(&i) { 1 } else { d }).collect()
@@ -90,8 +96,7 @@ impl Tensor {
         };
         let count: usize = axes.iter().map(|&a| self.shape()[a]).product();
         // Sums and means over trailing axes: row sums in a fixed order, fused with a lazy input.
-        let trailing = !axes.is_empty() && axes.iter().enumerate().all(|(i, &a)| a == self.rank() - axes.len() + i);
-        if trailing && matches!(r, Reduce::Sum | Reduce::Mean) {
+        if trailing(&axes, self.rank()) && matches!(r, Reduce::Sum | Reduce::Mean) {
             let divisor = if r == Reduce::Mean { count as f64 } else { 1.0 };
             if let Some(t) = crate::fusion::ops::sum_trailing(self, self.rank() - axes.len(), divisor, &out_shape, name)
             {
@@ -162,8 +167,7 @@ impl Tensor {
         }
         let rank = first.rank();
         let axes_n = axes_of("sum", axes, rank)?;
-        let trailing = !axes_n.is_empty() && axes_n.iter().enumerate().all(|(i, &a)| a == rank - axes_n.len() + i);
-        if trailing && tensors.len() > 1 {
+        if trailing(&axes_n, rank) && tensors.len() > 1 {
             let kept = kept_shape(first.shape(), &axes_n);
             let out_shape: Vec<usize> = if keepdims { kept } else { first.shape()[..rank - axes_n.len()].to_vec() };
             let keep = rank - axes_n.len();
