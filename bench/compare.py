@@ -16,20 +16,25 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-PEER = r'''
-import json, sys, time
+# The start of every peer script (also used by compare_composed.py): its arguments and the
+# timing rule, the median of `repeats` runs after one warm-up, in milliseconds.
+PEER_PRELUDE = r'''
+import json, os, sys, time
 import numpy as np
 fw, repeats = sys.argv[1], int(sys.argv[2])
-W = [("cce_sparse_8192x1000", 8192, 1000), ("cce_onehot_8192x1000", 8192, 1000), ("cce_sparse_4096x32000", 4096, 32000),
-     ("cce_onehot_4096x32000", 4096, 32000), ("bce_probs_8192x4096", 8192, 4096), ("bce_logits_8192x4096", 8192, 4096),
-     ("mse_8192x4096", 8192, 4096), ("huber_8192x4096", 8192, 4096), ("logcosh_8192x4096", 8192, 4096), ("cosine_65536x256", 65536, 256)]
-rng = np.random.default_rng(0)
 def median(f):
     f()
     ts = []
     for _ in range(repeats):
         t = time.perf_counter(); f(); ts.append(time.perf_counter() - t)
     return sorted(ts)[len(ts) // 2] * 1e3
+'''
+
+PEER = PEER_PRELUDE + r'''
+W = [("cce_sparse_8192x1000", 8192, 1000), ("cce_onehot_8192x1000", 8192, 1000), ("cce_sparse_4096x32000", 4096, 32000),
+     ("cce_onehot_4096x32000", 4096, 32000), ("bce_probs_8192x4096", 8192, 4096), ("bce_logits_8192x4096", 8192, 4096),
+     ("mse_8192x4096", 8192, 4096), ("huber_8192x4096", 8192, 4096), ("logcosh_8192x4096", 8192, 4096), ("cosine_65536x256", 65536, 256)]
+rng = np.random.default_rng(0)
 for name, n, c in W:
     kind = name.split("_")[0]
     p = rng.uniform(1e-4, 1 - 1e-4, (n, c)).astype("float32") if name == "bce_probs_8192x4096" else rng.uniform(-4, 4, (n, c)).astype("float32")

@@ -14,23 +14,16 @@ import os
 import subprocess
 import sys
 
+from compare import PEER_PRELUDE
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-PEER = r'''
-import json, os, sys, time
-import numpy as np
-fw, repeats = sys.argv[1], int(sys.argv[2])
+PEER = PEER_PRELUDE + r'''
 W = [("custom_mse_8192x4096", 8192, 4096), ("dice_8192x4096", 8192, 4096), ("tversky_8192x4096", 8192, 4096),
      ("smooth_l1_8192x4096", 8192, 4096), ("torch_cross_entropy_4096x32000", 4096, 32000),
      ("custom_softmax_ce_4096x32000", 4096, 32000)]
 rng = np.random.default_rng(0)
-def median(f):
-    f()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter(); f(); ts.append(time.perf_counter() - t)
-    return sorted(ts)[len(ts) // 2] * 1e3
 for name, n, c in W:
     if "cross_entropy" in name:
         p = rng.uniform(-2, 2, (n, c)).astype("float32"); t = rng.integers(0, c, n)
