@@ -5,7 +5,10 @@ python bench/compare_training.py [--python PATH] [--epochs 3]
 Runs `cargo run --release --example train_epoch` for losskit and, when their Python packages
 import, the PyTorch and Keras scripts beside this file; for SGD/batch 32 and Adam/batch 128 it
 prints each framework's epoch time (median of the epochs after the first, which holds JIT and
-warm-up), test accuracy after the run, and losskit's ratio to each.
+warm-up), test accuracy after the run, and losskit's ratio to each. For the wide model (Flatten ->
+Dense 2048 relu -> Dense 2048 relu -> Dense 10 softmax, Adam, batch 256) it also prints the
+fraction of the machine's GEMM rate losskit reaches: FLOPs per step / step time, against a
+2048^3 product timed in the same losskit process.
 """
 import argparse
 import json
@@ -16,7 +19,9 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-CONFIGS = [("sgd", 32), ("adam", 128)]
+# (optimizer, batch, model): the seed's model, then the GEMM-bound wide one.
+TRAIN_ROWS = 60000
+CONFIGS = [("sgd", 32, "seed"), ("adam", 128, "seed"), ("adam", 256, "wide")]
 
 
 def run(cmd, env=None):
@@ -42,22 +47,28 @@ def main():
     subprocess.run(["cargo", "build", "--release", "--example", "train_epoch"], cwd=ROOT, check=True, capture_output=True)
     binary = os.path.join(ROOT, "target", "release", "examples", "train_epoch")
     print(f"machine: {os.cpu_count()} cores; epochs per run: {args.epochs}")
-    for opt, batch in CONFIGS:
+    for opt, batch, model in CONFIGS:
         results = {}
-        r, err = run([binary, opt, str(batch), str(args.epochs)], env)
+        cfg = [opt, str(batch), str(args.epochs), model]
+        r, err = run([binary, *cfg], env)
         results["losskit"] = r
         for name, script in [("pytorch", "train_epoch_torch.py"), ("keras-jax", "train_epoch_keras.py")]:
-            r, err = run([args.python, script, opt, str(batch), str(args.epochs)], env)
+            r, err = run([args.python, script, *cfg], env)
             results[name] = r
             if r is None:
                 print(f"  ({name} skipped: {err.splitlines()[-1] if err else 'not installed'})")
-        print(f"\n{opt.upper()} batch {batch}:")
+        print(f"\n{opt.upper()} batch {batch}, {model} model:")
         base = results["losskit"]
         for name, r in results.items():
             if r is None:
                 continue
             ratio = "" if name == "losskit" else f"  losskit/{name} = {epoch_time(base) / epoch_time(r):.2f}x"
             print(f"  {name:<10} {epoch_time(r):6.2f} s/epoch  test accuracy {r['test_accuracy']:.4f}{ratio}")
+        if base is not None and "step_flops" in base:
+            steps = -(-TRAIN_ROWS // batch)
+            rate = base["step_flops"] * steps / epoch_time(base) / 1e9
+            print(f"  losskit: {rate:.1f} GFLOP/s in training, large GEMM {base['gemm_gflops']:.1f} GFLOP/s: "
+                  f"{100 * rate / base['gemm_gflops']:.0f}% of the GEMM rate")
 
 
 if __name__ == "__main__":

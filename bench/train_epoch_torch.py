@@ -1,6 +1,8 @@
 """The seed's model on Fashion-MNIST in PyTorch (eager): epoch times and test accuracy as JSON.
 
-python train_epoch_torch.py sgd 32 3
+python train_epoch_torch.py sgd 32 3 [wide]
+
+`wide`: Flatten -> Dense 2048 relu -> Dense 2048 relu -> Dense 10 (the GEMM-bound config).
 """
 import json
 import sys
@@ -13,9 +15,13 @@ from torch import nn
 from fashion_data import load
 
 opt_name, batch, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+wide = len(sys.argv) > 4 and sys.argv[4] == "wide"
 torch.manual_seed(0)
 x, y, tx, ty = (torch.from_numpy(np.ascontiguousarray(a)) for a in load())
-model = nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Dropout(0.2), nn.Linear(512, 10))
+if wide:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 2048), nn.ReLU(), nn.Linear(2048, 2048), nn.ReLU(), nn.Linear(2048, 10))
+else:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Dropout(0.2), nn.Linear(512, 10))
 # Keras' defaults: SGD lr 0.01; Adam lr 0.001, eps 1e-7.
 opt = torch.optim.SGD(model.parameters(), lr=0.01) if opt_name == "sgd" else torch.optim.Adam(model.parameters(), lr=0.001, eps=1e-7)
 loss_fn = nn.CrossEntropyLoss()

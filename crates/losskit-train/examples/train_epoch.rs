@@ -1,8 +1,12 @@
 //! One benchmark run for bench/compare_training.py: the seed's model on Fashion-MNIST,
 //! `--epochs` epochs, printing one JSON line with each epoch's seconds and the test accuracy.
 //!
-//! `cargo run --release --example train_epoch -- sgd 32 3`
+//! `cargo run --release --example train_epoch -- sgd 32 3` (the seed's model), or
+//! `cargo run --release --example train_epoch -- adam 256 3 wide`: the GEMM-bound model Flatten →
+//! Dense 2048 relu → Dense 2048 relu → Dense 10 softmax, which also reports the FLOPs of one
+//! step and the rate of a large matrix product timed in the same process (`gemm_gflops`).
 
+use losskit::Tensor;
 use losskit_train::{datasets, Compile, Dense, Dropout, Fit, Flatten, LambdaCallback, Optimizer, Sequential};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -13,15 +17,24 @@ fn main() -> Result<(), losskit::Error> {
     let opt = args.get(1).map_or("sgd", String::as_str).to_string();
     let batch: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(32);
     let epochs: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(3);
+    let wide = args.get(4).is_some_and(|s| s == "wide");
     let data = datasets::fashion_mnist(None)?;
     let test = data.test.expect("Fashion-MNIST has a test set");
     let x = data.train.x.mul_scalar(1.0 / 255.0)?;
     let tx = test.x.mul_scalar(1.0 / 255.0)?;
-    let mut model = Sequential::new()
-        .add(Flatten::new())
-        .add(Dense::new(512).activation("relu")?)
-        .add(Dropout::new(0.2)?)
-        .add(Dense::new(10).activation("softmax")?);
+    let mut model = if wide {
+        Sequential::new()
+            .add(Flatten::new())
+            .add(Dense::new(WIDE).activation("relu")?)
+            .add(Dense::new(WIDE).activation("relu")?)
+            .add(Dense::new(10).activation("softmax")?)
+    } else {
+        Sequential::new()
+            .add(Flatten::new())
+            .add(Dense::new(512).activation("relu")?)
+            .add(Dropout::new(0.2)?)
+            .add(Dense::new(10).activation("softmax")?)
+    };
     model.compile(
         Compile::new()
             .optimizer(Optimizer::parse(&opt)?)
@@ -42,6 +55,41 @@ fn main() -> Result<(), losskit::Error> {
         });
     model.fit(&x, &data.train.y, Fit::new().epochs(epochs).batch_size(batch).verbose(0).callback(&mut timer))?;
     let acc = model.evaluate(&tx, &test.y, 1024, None)?["accuracy"];
-    println!("{{\"framework\": \"losskit\", \"epoch_seconds\": {:?}, \"test_accuracy\": {acc}}}", times.borrow());
+    let extra = if wide {
+        format!(", \"step_flops\": {}, \"gemm_gflops\": {}", wide_step_flops(batch), gemm_gflops()?)
+    } else {
+        String::new()
+    };
+    println!(
+        "{{\"framework\": \"losskit\", \"epoch_seconds\": {:?}, \"test_accuracy\": {acc}{extra}}}",
+        times.borrow()
+    );
     Ok(())
+}
+
+/// The hidden width of the GEMM-bound model.
+const WIDE: usize = 2048;
+
+/// FLOPs of one training step of the wide model at `batch` rows: the forward products
+/// `2·B·Σ in·out`, the same again for the kernels' gradients `xᵀ·g`, and the inputs' gradients
+/// `g·Wᵀ` of every layer but the first (its input is the data).
+fn wide_step_flops(batch: usize) -> f64 {
+    let layers = [(784, WIDE), (WIDE, WIDE), (WIDE, 10)];
+    let macs: usize = layers.iter().map(|(i, o)| i * o).sum();
+    let input_grads: usize = layers[1..].iter().map(|(i, o)| i * o).sum();
+    2.0 * batch as f64 * (2 * macs + input_grads) as f64
+}
+
+/// The rate of a large product (2048 × 2048 · 2048 × 2048, f32, through `Tensor::matmul`), the
+/// best of five, in GFLOP/s: the machine's GEMM rate for the "fraction reached" of the wide model.
+fn gemm_gflops() -> Result<f64, losskit::Error> {
+    let a = Tensor::full(&[WIDE, WIDE], 0.5, losskit::DType::F32);
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let c = a.matmul(&a)?;
+        best = best.min(t.elapsed().as_secs_f64());
+        drop(c);
+    }
+    Ok(2.0 * (WIDE as f64).powi(3) / best / 1e9)
 }

@@ -651,15 +651,15 @@ impl Model {
     ) -> Result<StepOutput> {
         let (total, each, outs) = self.losses_on(&batch.x, &batch.ys, batch.w.as_ref(), true)?;
         let loss = total.to_scalar()?;
-        let grads = total.backward()?;
-        // Drop the graph (it holds the weights) so the optimizer updates them in place.
+        let mut grads = total.backward()?;
+        // Drop the graph (the loss and the outputs hold it, and it holds the weights) so the
+        // optimizer updates the weights in place instead of copying them.
         drop(total);
         let outputs: Vec<Tensor> = outs.iter().map(Tensor::detach).collect();
-        let g: Vec<Tensor> = self
-            .params()
-            .iter()
-            .map(|p| grads.get(&p.value).cloned().unwrap_or_else(|| p.value.zeros_like()))
-            .collect();
+        drop(outs);
+        let g: Vec<Tensor> =
+            self.params().iter().map(|p| grads.remove(&p.value).unwrap_or_else(|| p.value.zeros_like())).collect();
+        drop(grads);
         if nan_guard {
             self.guard_step(batch, loss, &g, epoch, step, norms)?;
         }
