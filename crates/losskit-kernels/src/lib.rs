@@ -34,6 +34,7 @@ mod classification;
 mod ctc;
 mod driver;
 pub mod fastmath;
+pub mod gemm;
 mod hinge;
 mod regression;
 mod sparsemax;
@@ -73,6 +74,29 @@ pub trait Float: num_traits::Float + num_traits::FromPrimitive + Send + Sync + D
     fn widen(self) -> f64;
     /// An `f64` accumulator rounded back to this type.
     fn narrow(v: f64) -> Self;
+    /// `matrixmultiply`'s `C ← α·A·B + β·C` for this type (`sgemm`/`dgemm`); use the safe
+    /// [`gemm::gemm`].
+    ///
+    /// # Safety
+    /// Every element addressed through the pointers and strides must be valid (`A`: `m × k`,
+    /// `B`: `k × n`, `C`: `m × n`), and `C` must not alias `A` or `B`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_raw(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    );
     /// `ln(1 + x)`, accurate for small `x`: `ln(u)·x/(u - 1)` with `u = 1 + x` (exact `x` when
     /// `u` rounds to 1, `inf` when it overflows), built on [`Float::ln_fast`].
     #[inline(always)]
@@ -96,6 +120,25 @@ pub trait Float: num_traits::Float + num_traits::FromPrimitive + Send + Sync + D
 
 impl Float for f32 {
     const EPSILON_KERAS: f32 = 1e-7;
+    unsafe fn gemm_raw(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: f32,
+        a: *const f32,
+        rsa: isize,
+        csa: isize,
+        b: *const f32,
+        rsb: isize,
+        csb: isize,
+        beta: f32,
+        c: *mut f32,
+        rsc: isize,
+        csc: isize,
+    ) {
+        // SAFETY: the caller's contract is matrixmultiply's.
+        unsafe { matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+    }
     const LN_2: f32 = std::f32::consts::LN_2;
     #[inline(always)]
     fn exp_fast(self) -> f32 {
@@ -117,6 +160,25 @@ impl Float for f32 {
 
 impl Float for f64 {
     const EPSILON_KERAS: f64 = 1e-7;
+    unsafe fn gemm_raw(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: f64,
+        a: *const f64,
+        rsa: isize,
+        csa: isize,
+        b: *const f64,
+        rsb: isize,
+        csb: isize,
+        beta: f64,
+        c: *mut f64,
+        rsc: isize,
+        csc: isize,
+    ) {
+        // SAFETY: the caller's contract is matrixmultiply's.
+        unsafe { matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+    }
     const LN_2: f64 = std::f64::consts::LN_2;
     #[inline(always)]
     fn exp_fast(self) -> f64 {

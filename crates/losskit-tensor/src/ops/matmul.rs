@@ -1,113 +1,49 @@
-//! Matrix product through `matrixmultiply` (large products split into blocks run in parallel
-//! with rayon), with strided operands so `Aᵀ·B` needs no copy.
+//! Matrix product through `losskit_kernels::gemm` (matrixmultiply; large products split into
+//! fixed blocks run in parallel), with strided operands so `Aᵀ·B` needs no copy.
 
 use super::{op, with_pair};
 use crate::storage::Element;
 use crate::{Error, Result, Tensor};
+use losskit_kernels as kernels;
 use ndarray::{Array2, ArrayView2, CowArray, Ix2};
-use rayon::prelude::*;
 
-/// General matrix multiply for one element type: `C ← α·A·B + β·C` on strided buffers.
+/// General matrix multiply for one element type, on 2-D views of any strides.
 pub trait Gemm: Sized {
     /// Computes `a · b` for 2-D views of any strides into a new standard-layout array.
     fn gemm(a: ArrayView2<'_, Self>, b: ArrayView2<'_, Self>) -> Array2<Self>;
 }
 
-/// Products of at least this many multiply-adds are split into blocks run in parallel (rayon);
-/// smaller ones run on the calling thread (at the main job's batch-32 shapes, threads cost more
-/// than they give: `losskit fit` 1.67 s with two threads per product, 1.35–1.5 s with one).
-const PARALLEL_MACS: usize = 1 << 22;
-/// Output rows (or columns) per parallel block: fixed, so the blocks do not depend on the
-/// number of threads. Each output element is one dot product over `k` whichever block it is in,
-/// so the values do not depend on the blocking either.
-const BLOCK_ROWS: usize = 64;
-const BLOCK_COLS: usize = 128;
-
-/// The output pointer shared by the blocks of one product; each block writes a disjoint set of
-/// elements.
-#[derive(Clone, Copy)]
-struct OutPtr<T>(*mut T);
-impl<T> OutPtr<T> {
-    /// The element `offset` values in (a method, so closures capture the whole `OutPtr`).
-    ///
-    /// # Safety
-    /// `offset` must be inside the output.
-    unsafe fn at(self, offset: usize) -> *mut T {
-        // SAFETY: the caller keeps `offset` inside the output.
-        unsafe { self.0.add(offset) }
+/// A view as the kernels' strided matrix: negative strides are copied to standard layout first.
+fn strided<T: Element>(v: ArrayView2<'_, T>) -> CowArray<'_, T, Ix2> {
+    if v.strides().iter().any(|&s| s < 0) {
+        CowArray::from(v.as_standard_layout().into_owned())
+    } else {
+        CowArray::from(v)
     }
 }
 
-// SAFETY: the blocks of one product write disjoint elements of the output (see `impl_gemm!`).
-unsafe impl<T> Send for OutPtr<T> {}
-// SAFETY: as above; the pointer is only offset and written through, never read concurrently.
-unsafe impl<T> Sync for OutPtr<T> {}
-
-macro_rules! impl_gemm {
-    ($t:ty, $f:path) => {
-        impl Gemm for $t {
-            fn gemm(a: ArrayView2<'_, $t>, b: ArrayView2<'_, $t>) -> Array2<$t> {
-                let (m, k) = a.dim();
-                let n = b.dim().1;
-                if m == 0 || n == 0 || k == 0 {
-                    return Array2::<$t>::zeros((m, n));
-                }
-                let a = if a.strides().iter().any(|&s| s < 0) {
-                    CowArray::from(a.as_standard_layout().into_owned())
-                } else {
-                    CowArray::from(a)
-                };
-                let b = if b.strides().iter().any(|&s| s < 0) {
-                    CowArray::from(b.as_standard_layout().into_owned())
-                } else {
-                    CowArray::from(b)
-                };
-                let (sa, sb) = (a.strides(), b.strides());
-                // A pooled buffer (a parameter's gradient is freed every step and comes back here),
-                // written in full below (β = 0: its old values are never read).
-                let mut c = Array2::from_shape_vec((m, n), crate::pool::take::<$t>(m * n)).expect("m·n values");
-                let out = OutPtr(c.as_mut_ptr());
-                // One block: rows r0..r1 and columns c0..c1 of the output.
-                let block = |r0: usize, r1: usize, c0: usize, c1: usize| {
-                    // SAFETY: the offsets stay inside `a` (m × k), `b` (k × n) and `c` (m × n,
-                    // row-major); blocks write disjoint parts of `c`.
-                    unsafe {
-                        $f(
-                            r1 - r0,
-                            k,
-                            c1 - c0,
-                            1.0,
-                            a.as_ptr().offset(r0 as isize * sa[0]),
-                            sa[0],
-                            sa[1],
-                            b.as_ptr().offset(c0 as isize * sb[1]),
-                            sb[0],
-                            sb[1],
-                            0.0,
-                            out.at(r0 * n + c0),
-                            n as isize,
-                            1,
-                        )
-                    }
-                };
-                if m * n * k < PARALLEL_MACS {
-                    block(0, m, 0, n);
-                } else if m >= n {
-                    (0..m.div_ceil(BLOCK_ROWS))
-                        .into_par_iter()
-                        .for_each(|i| block(i * BLOCK_ROWS, ((i + 1) * BLOCK_ROWS).min(m), 0, n));
-                } else {
-                    (0..n.div_ceil(BLOCK_COLS))
-                        .into_par_iter()
-                        .for_each(|j| block(0, m, j * BLOCK_COLS, ((j + 1) * BLOCK_COLS).min(n)));
-                }
-                c
-            }
-        }
-    };
+/// The whole buffer a non-negatively strided view addresses, as a kernels `MatRef`.
+fn mat_ref<'a, T: Element>(v: &'a CowArray<'_, T, Ix2>) -> kernels::gemm::MatRef<'a, T> {
+    let (rows, cols) = v.dim();
+    let (rs, cs) = (v.strides()[0] as usize, v.strides()[1] as usize);
+    let len = if rows == 0 || cols == 0 { 0 } else { (rows - 1) * rs + (cols - 1) * cs + 1 };
+    // SAFETY: the view's elements all lie in the `len` values from its first element (strides
+    // are non-negative after `strided`), which belong to its array.
+    let data = unsafe { std::slice::from_raw_parts(v.as_ptr(), len) };
+    kernels::gemm::MatRef { data, rows, cols, row_stride: rs, col_stride: cs }
 }
-impl_gemm!(f32, matrixmultiply::sgemm);
-impl_gemm!(f64, matrixmultiply::dgemm);
+
+impl<T: Element + kernels::Float> Gemm for T {
+    fn gemm(a: ArrayView2<'_, T>, b: ArrayView2<'_, T>) -> Array2<T> {
+        let (m, n) = (a.dim().0, b.dim().1);
+        let (a, b) = (strided(a), strided(b));
+        // A pooled buffer (a parameter's gradient is freed every step and comes back here),
+        // written in full (β = 0: its old values are never read).
+        let mut c = crate::pool::take::<T>(m * n);
+        kernels::gemm::gemm(T::one(), mat_ref(&a), mat_ref(&b), T::zero(), &mut c).expect("matmul checked the shapes");
+        Array2::from_shape_vec((m, n), c).expect("m·n values")
+    }
+}
 
 impl Tensor {
     /// The matrix product of `(m, k)` and `(k, n)` tensors, `(m, n)`.

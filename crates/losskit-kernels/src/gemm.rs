@@ -1,0 +1,202 @@
+//! Matrix products on strided slices: `C ← α·A·B + β·C` through `matrixmultiply`, large ones split
+//! into fixed blocks of output rows (or columns) run in parallel with rayon.
+//!
+//! Each output element is one dot product over `k`, computed by the same micro-kernel whichever
+//! block it falls in, and the blocks do not depend on the number of threads: the result is the
+//! same bits on any thread count.
+
+use crate::Float;
+use rayon::prelude::*;
+
+/// Products of at least this many multiply-adds are split into blocks run in parallel; smaller
+/// ones run on the calling thread (at batch-32 training shapes, threads cost more than they give).
+pub const PARALLEL_MACS: usize = 1 << 22;
+/// Output rows per parallel block (when the output has at least as many rows as columns).
+const BLOCK_ROWS: usize = 64;
+/// Output columns per parallel block (otherwise).
+const BLOCK_COLS: usize = 128;
+
+/// A read-only strided matrix: element `(i, j)` is `data[i·row_stride + j·col_stride]`.
+#[derive(Debug, Clone, Copy)]
+pub struct MatRef<'a, T> {
+    /// The values (every addressed element must lie inside).
+    pub data: &'a [T],
+    /// Number of rows.
+    pub rows: usize,
+    /// Number of columns.
+    pub cols: usize,
+    /// Distance between rows, in elements.
+    pub row_stride: usize,
+    /// Distance between columns, in elements.
+    pub col_stride: usize,
+}
+
+impl<'a, T> MatRef<'a, T> {
+    /// A row-major `rows × cols` matrix.
+    pub fn row_major(data: &'a [T], rows: usize, cols: usize) -> Self {
+        MatRef { data, rows, cols, row_stride: cols, col_stride: 1 }
+    }
+
+    /// The transpose (no copy: the strides swap).
+    pub fn t(self) -> Self {
+        MatRef { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
+    }
+
+    /// Whether every element `(i, j)` with `i < rows`, `j < cols` lies inside `data`.
+    fn in_bounds(&self) -> bool {
+        if self.rows == 0 || self.cols == 0 {
+            return true;
+        }
+        (self.rows - 1)
+            .checked_mul(self.row_stride)
+            .zip((self.cols - 1).checked_mul(self.col_stride))
+            .and_then(|(a, b)| a.checked_add(b))
+            .is_some_and(|last| last < self.data.len())
+    }
+}
+
+/// The shapes of a product do not fit: `A` is `m × k`, `B` must be `k × n` and `C` hold `m·n`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("gemm: A is {a_rows}×{a_cols}, B is {b_rows}×{b_cols}, C has {c_len} values (needs A's columns = B's rows, C = rows·columns, strides inside the slices)")]
+pub struct GemmShapeError {
+    /// Rows of A.
+    pub a_rows: usize,
+    /// Columns of A.
+    pub a_cols: usize,
+    /// Rows of B.
+    pub b_rows: usize,
+    /// Columns of B.
+    pub b_cols: usize,
+    /// Length of C.
+    pub c_len: usize,
+}
+
+/// The output pointer shared by the blocks of one product; each block writes a disjoint set of
+/// elements.
+#[derive(Clone, Copy)]
+struct OutPtr<T>(*mut T);
+
+impl<T> OutPtr<T> {
+    /// The element `offset` values in (a method, so closures capture the whole `OutPtr`).
+    ///
+    /// # Safety
+    /// `offset` must be inside the output.
+    unsafe fn at(self, offset: usize) -> *mut T {
+        // SAFETY: the caller keeps `offset` inside the output.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+// SAFETY: the blocks of one product write disjoint elements of the output (see `gemm`).
+unsafe impl<T> Send for OutPtr<T> {}
+// SAFETY: as above; the pointer is only offset and written through, never read concurrently
+// by two blocks.
+unsafe impl<T> Sync for OutPtr<T> {}
+
+/// `C ← α·A·B + β·C` for `A: m × k`, `B: k × n` (any non-negative strides) and `C` row-major
+/// `m × n`. With `β = 0`, `C`'s old values are never read (they may be anything, even NaN).
+/// Products of ≥ [`PARALLEL_MACS`] multiply-adds run in parallel over fixed blocks; the result
+/// does not depend on the number of threads.
+pub fn gemm<T: Float>(
+    alpha: T,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    beta: T,
+    c: &mut [T],
+) -> Result<(), GemmShapeError> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if b.rows != k || c.len() != m * n || !a.in_bounds() || !b.in_bounds() {
+        return Err(GemmShapeError { a_rows: m, a_cols: k, b_rows: b.rows, b_cols: n, c_len: c.len() });
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        // An empty sum: C ← β·C (β = 0 overwrites).
+        for v in c.iter_mut() {
+            *v = if beta == T::zero() { T::zero() } else { *v * beta };
+        }
+        return Ok(());
+    }
+    let out = OutPtr(c.as_mut_ptr());
+    // One block: rows r0..r1 and columns c0..c1 of the output.
+    let block = |r0: usize, r1: usize, c0: usize, c1: usize| {
+        // SAFETY: `in_bounds` checked that every element of `a` and `b` lies inside its slice;
+        // the block's offsets stay inside `a` (m × k), `b` (k × n) and `c` (m × n, row-major),
+        // and blocks write disjoint parts of `c`.
+        unsafe {
+            T::gemm_raw(
+                r1 - r0,
+                k,
+                c1 - c0,
+                alpha,
+                a.data.as_ptr().add(r0 * a.row_stride),
+                a.row_stride as isize,
+                a.col_stride as isize,
+                b.data.as_ptr().add(c0 * b.col_stride),
+                b.row_stride as isize,
+                b.col_stride as isize,
+                beta,
+                out.at(r0 * n + c0),
+                n as isize,
+                1,
+            )
+        }
+    };
+    if m * n * k < PARALLEL_MACS {
+        block(0, m, 0, n);
+    } else if m >= n {
+        (0..m.div_ceil(BLOCK_ROWS))
+            .into_par_iter()
+            .for_each(|i| block(i * BLOCK_ROWS, ((i + 1) * BLOCK_ROWS).min(m), 0, n));
+    } else {
+        (0..n.div_ceil(BLOCK_COLS))
+            .into_par_iter()
+            .for_each(|j| block(0, m, j * BLOCK_COLS, ((j + 1) * BLOCK_COLS).min(n)));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> Vec<f64> {
+        let mut c = vec![0.0; a.rows * b.cols];
+        for i in 0..a.rows {
+            for j in 0..b.cols {
+                c[i * b.cols + j] = (0..a.cols)
+                    .map(|p| a.data[i * a.row_stride + p * a.col_stride] * b.data[p * b.row_stride + j * b.col_stride])
+                    .sum();
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn strided_products_with_beta_match_the_naive_sum() {
+        let a: Vec<f64> = (0..6 * 5).map(|i| (i as f64 * 0.37).sin()).collect();
+        let b: Vec<f64> = (0..5 * 4).map(|i| (i as f64 * 0.11).cos()).collect();
+        // Aᵀ (5 × 6)ᵀ = 6 × 5 read column-major from a 5 × 6 buffer.
+        let at = MatRef::row_major(&a, 5, 6).t();
+        let bm = MatRef::row_major(&b, 5, 4);
+        let want = naive(at, bm);
+        let mut c = vec![1.0; 6 * 4];
+        gemm(2.0, at, bm, 0.5, &mut c).unwrap();
+        for (g, w) in c.iter().zip(&want) {
+            assert!((g - (2.0 * w + 0.5)).abs() < 1e-12, "{g} vs {}", 2.0 * w + 0.5);
+        }
+    }
+
+    #[test]
+    fn beta_zero_ignores_nan_in_the_output_and_bad_shapes_are_errors() {
+        let a = [1.0f32, 2.0, 3.0, 4.0];
+        let mut c = [f32::NAN; 4];
+        gemm(1.0, MatRef::row_major(&a, 2, 2), MatRef::row_major(&a, 2, 2), 0.0, &mut c).unwrap();
+        assert_eq!(c, [7.0, 10.0, 15.0, 22.0]);
+        let err = gemm(1.0, MatRef::row_major(&a, 2, 2), MatRef::row_major(&a, 1, 4), 0.0, &mut c).unwrap_err();
+        assert_eq!(err.b_rows, 1);
+        let short = MatRef { data: &a[..3], rows: 2, cols: 2, row_stride: 2, col_stride: 1 };
+        assert!(gemm(1.0, short, MatRef::row_major(&a, 2, 2), 0.0, &mut c).is_err());
+    }
+}
