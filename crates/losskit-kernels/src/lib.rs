@@ -36,6 +36,7 @@ mod driver;
 pub mod fastmath;
 pub mod gemm;
 mod hinge;
+mod linear_ce;
 mod regression;
 mod sparsemax;
 mod sum;
@@ -47,6 +48,7 @@ pub use classification::{
 pub use ctc::Ctc;
 pub use driver::{run_elements, run_rows, ElementKernel, RowKernel};
 pub use hinge::{CategoricalHinge, Hinge};
+pub use linear_ce::{LinearCrossEntropy, LinearGrads, LinearInputs};
 pub use regression::{
     CosineSimilarity, Huber, KLDivergence, LogCosh, MeanAbsoluteError, MeanAbsolutePercentageError, MeanSquaredError,
     MeanSquaredLogarithmicError, Poisson, SmoothL1,
@@ -212,6 +214,18 @@ pub enum KernelError {
         got: usize,
         /// The length the layout requires.
         expected: usize,
+    },
+    /// A class index outside `[0, classes)` (and not the ignore index).
+    #[error("kernel {kernel}: label {label} at index {index} is outside [0, {classes})")]
+    Label {
+        /// The kernel's name.
+        kernel: &'static str,
+        /// The position of the label (the token).
+        index: usize,
+        /// The label.
+        label: i64,
+        /// The number of classes.
+        classes: usize,
     },
     /// `cols` is zero while data is present, or the data is not a whole number of rows.
     #[error("kernel {kernel}: {len} values do not split into rows of {cols}")]
