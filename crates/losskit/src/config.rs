@@ -90,6 +90,14 @@ impl Params {
         }
     }
 
+    /// An optional number (absent or null → `None`).
+    pub fn opt_f64(&mut self, key: &str) -> Result<Option<f64>> {
+        match self.map.remove(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| self.invalid(key, &v, "a number or null")),
+        }
+    }
+
     /// A number or a list of numbers (absent → `default`).
     pub fn f64_or_list(&mut self, key: &str, default: Vec<f64>) -> Result<Vec<f64>> {
         match self.map.remove(key) {

@@ -33,6 +33,7 @@ mod config;
 mod custom;
 pub mod hinge;
 mod kernel_node;
+mod linear_ce;
 mod loss;
 #[macro_use]
 mod param_loss;
@@ -53,6 +54,7 @@ pub use classification::{
 };
 pub use custom::CustomLoss;
 pub use hinge::{CategoricalHinge, Hinge, SquaredHinge};
+pub use linear_ce::LinearCrossEntropy;
 pub use loss::{compute, Loss, PerSample};
 pub use losskit_tensor::{no_grad, DType, Error, Gradients, Result, Tensor};
 pub use metric_learning::Circle;

@@ -2,6 +2,7 @@
 
 use crate::classification::*;
 use crate::hinge::*;
+use crate::linear_ce::LinearCrossEntropy;
 use crate::metric_learning::*;
 use crate::regression::*;
 use crate::segmentation::*;
@@ -118,6 +119,13 @@ const BUILTINS: &[Entry] = &[
         family: Family::Probabilistic,
         description: "cross-entropy of integer class labels, with ignore_class",
         build: |c| boxed(SparseCategoricalCrossentropy::from_config(c)),
+    },
+    Entry {
+        class_name: "LinearCrossEntropy",
+        aliases: &["linear_cross_entropy", "fused_linear_cross_entropy"],
+        family: Family::Probabilistic,
+        description: "cross-entropy of a linear head (hidden·Wᵀ + b), fused: the logits never exist",
+        build: |c| boxed(LinearCrossEntropy::from_config(c)),
     },
     Entry {
         class_name: "CategoricalGeneralizedCrossEntropy",

@@ -110,8 +110,14 @@ proptest! {
 fn every_registered_loss_is_reachable_by_the_property_test() {
     // The generator draws from the registry; make sure it is not empty and holds the families.
     let c = classes();
-    assert_eq!(c.len(), 47, "built-in losses");
-    for name in ["MeanSquaredError", "SparseCategoricalCrossentropy", "TripletSemiHardLoss", "CrossEntropyLoss"] {
+    assert_eq!(c.len(), 48, "built-in losses");
+    for name in [
+        "MeanSquaredError",
+        "SparseCategoricalCrossentropy",
+        "TripletSemiHardLoss",
+        "CrossEntropyLoss",
+        "LinearCrossEntropy",
+    ] {
         assert!(c.iter().any(|x| x == name), "{name}");
     }
 }
