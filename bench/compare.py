@@ -1,11 +1,17 @@
 """The `losskit bench` workloads in PyTorch (eager) and JAX (jitted value_and_grad), side by side
 with losskit's numbers from the same run.
 
-python bench/compare.py [--python PATH] [--repeats 5]
+python bench/compare.py [--python PATH] [--repeats 5] [--only NAME]
 
 Runs `losskit bench --json --no-composed`, then each workload (loss + gradient w.r.t. the
 predictions, f32, mean reduction) in PyTorch and JAX when they import in --python, and prints
 milliseconds (median after a warm-up) and losskit's speed-up over each.
+
+The linear + cross-entropy head (`--only linear_ce`): losskit's fused and naive paths against
+PyTorch's `F.cross_entropy(h @ W.T + b, y)` and JAX's jitted `log_softmax(h @ W.T + b)` (loss
+and the gradients of h, W, b), with each one's peak resident memory growth over its inputs
+(PyTorch's gradient buffers are kept between steps, so they are part of its baseline; JAX
+returns new gradient arrays each call, ~0.3 GB of its growth).
 """
 import argparse
 import json
@@ -75,26 +81,94 @@ for name, n, c in W:
 '''
 
 
-def peer(python, fw, repeats):
+PEER_LINEAR_CE = PEER_PRELUDE + r'''
+N, D, V = 4096, 2048, 32000
+def peak_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+def reset_peak():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+rng = np.random.default_rng(0)
+h = rng.uniform(-1, 1, (N, D)).astype("float32")
+w = rng.uniform(-0.05, 0.05, (V, D)).astype("float32")
+b = rng.uniform(-0.1, 0.1, V).astype("float32")
+y = rng.integers(0, V, N)
+if fw == "torch":
+    import torch
+    F = torch.nn.functional
+    H, W, B = (torch.from_numpy(a).requires_grad_(True) for a in (h, w, b))
+    Y = torch.from_numpy(y)
+    def step():
+        for t in (H, W, B):
+            if t.grad is not None:
+                t.grad.zero_()
+        F.cross_entropy(H @ W.T + B, Y).backward()
+else:
+    import jax, jax.numpy as jnp
+    def loss(hh, ww, bb, yy):
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(hh @ ww.T + bb), yy[:, None], 1))
+    g = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+    H, W, B, Y = map(jnp.asarray, (h, w, b, y))
+    def step():
+        jax.block_until_ready(g(H, W, B, Y))
+step()
+ok = reset_peak()
+base = peak_mb()
+ms = median(step)
+print(json.dumps({"workload": "linear_ce_naive_4096x2048x32000", "ms": ms, "peak_mb": peak_mb() - base if ok else None}))
+'''
+
+
+def peer(python, fw, repeats, script=PEER):
     env = dict(os.environ, KERAS_BACKEND="jax")
     try:
-        out = subprocess.run([python, "-c", PEER, fw, str(repeats)], capture_output=True, text=True, env=env, check=True).stdout
+        out = subprocess.run([python, "-c", script, fw, str(repeats)], capture_output=True, text=True, env=env, check=True).stdout
     except subprocess.CalledProcessError as e:
         print(f"({fw} skipped: {e.stderr.strip().splitlines()[-1] if e.stderr.strip() else e})")
         return {}
-    return {r["workload"]: r["ms"] for r in map(json.loads, out.splitlines())}
+    return {r["workload"]: r for r in map(json.loads, out.splitlines())}
+
+
+def linear_ce_table(rows, python, repeats):
+    """The fused head against the naive paths; ratios are the peer's time over losskit's fused."""
+    fused = next((r for r in rows if "naive" not in r["workload"]), None)
+    peers = {fw: peer(python, fw, min(repeats, 3), PEER_LINEAR_CE).get("linear_ce_naive_4096x2048x32000") for fw in ("torch", "jax")}
+    print(f"\nlinear + cross-entropy head, loss + 3 gradients; large GEMM {rows[0]['gemm_gflops']:.0f} GFLOP/s"
+          f" (inputs and gradients: {rows[0]['floor_mb']:.0f} MB)")
+    print(f"{'path':<40} {'ms':>8} {'peak MB (+)':>12} {'fused is':>10}")
+    entries = [(r["workload"], r["median_ms"], r["peak_mb"]) for r in rows]
+    entries += [(f"{fw} naive", r["ms"], r["peak_mb"]) for fw, r in peers.items() if r]
+    for name, ms, mb in entries:
+        ratio = f"{ms / fused['median_ms']:9.2f}x" if fused else ""
+        peak = f"{mb:12.0f}" if mb is not None else f"{'-':>12}"
+        print(f"{name:<40} {ms:8.0f} {peak} {ratio}")
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--only", default=None, help="only the workloads whose name contains this")
     a = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "-p", "losskit-cli"], cwd=ROOT, check=True, capture_output=True)
-    out = subprocess.run([os.path.join(ROOT, "target", "release", "losskit"), "bench", "--json", "--no-composed", "--repeats", str(a.repeats)],
+    only = ["--only", a.only] if a.only else []
+    out = subprocess.run([os.path.join(ROOT, "target", "release", "losskit"), "bench", "--json", "--no-composed", "--repeats", str(a.repeats), *only],
                          capture_output=True, text=True, check=True).stdout
-    ours = [json.loads(line) for line in out.splitlines()]
-    torch_ms, jax_ms = peer(a.python, "torch", a.repeats), peer(a.python, "jax", a.repeats)
+    rows = [json.loads(line) for line in out.splitlines()]
+    head = [r for r in rows if r["workload"].startswith("linear_ce")]
+    ours = [r for r in rows if not r["workload"].startswith("linear_ce")]
+    if head:
+        linear_ce_table(head, a.python, a.repeats)
+    if not ours:
+        return
+    torch_ms = {w: r["ms"] for w, r in peer(a.python, "torch", a.repeats).items()}
+    jax_ms = {w: r["ms"] for w, r in peer(a.python, "jax", a.repeats).items()}
     print(f"{'workload':<24} {'losskit ms':>10} {'GB/s':>6} {'%triad':>7} {'torch ms':>9} {'x':>6} {'jax ms':>8} {'x':>6}")
     for r in ours:
         w = r["workload"]

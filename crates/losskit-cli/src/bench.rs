@@ -1,6 +1,7 @@
 //! `losskit bench`: each fused loss kernel (value + gradient, f32) on large shapes, timed
 //! against the same loss composed from tensor ops through the tape, and against a STREAM triad
-//! measuring the machine's memory bandwidth, all in the same run.
+//! measuring the machine's memory bandwidth, all in the same run; then the fused linear +
+//! cross-entropy head against its naive path (`bench_linear_ce`).
 
 use crate::BenchArgs;
 use losskit::{Result, Tensor};
@@ -29,7 +30,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Median seconds of `f` over `repeats` runs after one warm-up run.
-fn time(repeats: usize, mut f: impl FnMut()) -> f64 {
+pub(crate) fn time(repeats: usize, mut f: impl FnMut()) -> f64 {
     f();
     median(
         (0..repeats.max(1))
@@ -225,5 +226,5 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         }
         std::hint::black_box((&values, &grad));
     }
-    Ok(())
+    crate::bench_linear_ce::bench(args)
 }

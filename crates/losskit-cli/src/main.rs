@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_composed;
+mod bench_linear_ce;
 mod compute;
 mod run;
 

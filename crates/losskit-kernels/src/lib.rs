@@ -48,7 +48,7 @@ pub use classification::{
 pub use ctc::Ctc;
 pub use driver::{run_elements, run_rows, ElementKernel, RowKernel};
 pub use hinge::{CategoricalHinge, Hinge};
-pub use linear_ce::{LinearCrossEntropy, LinearGrads, LinearInputs};
+pub use linear_ce::{LinearCrossEntropy, LinearGrads, LinearInputs, WeightLayout};
 pub use regression::{
     CosineSimilarity, Huber, KLDivergence, LogCosh, MeanAbsoluteError, MeanAbsolutePercentageError, MeanSquaredError,
     MeanSquaredLogarithmicError, Poisson, SmoothL1,

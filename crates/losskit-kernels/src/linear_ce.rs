@@ -83,13 +83,27 @@ impl LinearCrossEntropy<'_> {
     }
 }
 
-/// The inputs: `hidden` `(N, D)`, `weight` `(V, D)`, `bias` `(V,)`, `labels` `(N,)`, row-major.
+/// How the projection is stored (row-major either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightLayout {
+    /// `(V, D)`: one row per class (PyTorch's `nn.Linear(D, V).weight`, a tied embedding).
+    #[default]
+    ClassesByFeatures,
+    /// `(D, V)`: one column per class (a Keras `Dense(V)` kernel). The weight's gradient has
+    /// the same layout.
+    FeaturesByClasses,
+}
+
+/// The inputs: `hidden` `(N, D)`, `weight` `(V, D)` or `(D, V)` (see [`WeightLayout`]),
+/// `bias` `(V,)`, `labels` `(N,)`, row-major.
 #[derive(Debug, Clone, Copy)]
 pub struct LinearInputs<'a, T> {
     /// `(N, D)` hidden states.
     pub hidden: &'a [T],
-    /// `(V, D)` output projection (the vocabulary embedding).
+    /// The output projection, `(V, D)` or `(D, V)` as `layout` says.
     pub weight: &'a [T],
+    /// How `weight` is stored.
+    pub layout: WeightLayout,
     /// `(V,)` bias, if any.
     pub bias: Option<&'a [T]>,
     /// `(N,)` class indices in `[0, V)` or the ignore index.
@@ -102,7 +116,8 @@ pub struct LinearInputs<'a, T> {
     pub vocab: usize,
 }
 
-/// The gradient buffers, overwritten: `hidden` `(N, D)`, `weight` `(V, D)`, `bias` `(V,)`.
+/// The gradient buffers, overwritten: `hidden` `(N, D)`, `weight` (the weight's layout),
+/// `bias` `(V,)`.
 #[derive(Debug)]
 pub struct LinearGrads<'a, T> {
     /// `∂/∂hidden`, `(N, D)`.
@@ -218,7 +233,11 @@ impl LinearCrossEntropy<'_> {
             let r1 = (r0 + rows).min(n);
             let z = &mut buf[..(r1 - r0) * v];
             let h = MatRef::row_major(&x.hidden[r0 * d..r1 * d], r1 - r0, d);
-            let w = MatRef::row_major(x.weight, v, d);
+            // `w` is `(V, D)` whatever the storage.
+            let w = match x.layout {
+                WeightLayout::ClassesByFeatures => MatRef::row_major(x.weight, v, d),
+                WeightLayout::FeaturesByClasses => MatRef::row_major(x.weight, d, v).t(),
+            };
             gemm(T::one(), h, w.t(), T::zero(), z).expect("chunk shapes checked");
             let chunk_scale = scale.map(|s| &s[r0..r1]);
             typed.rows(z, x, r0, chunk_scale, &mut losses[r0..r1]);
@@ -226,7 +245,11 @@ impl LinearCrossEntropy<'_> {
                 let dz = MatRef::row_major(&*z, r1 - r0, v);
                 gemm(T::one(), dz, w, T::zero(), &mut g.hidden[r0 * d..r1 * d]).expect("shapes checked");
                 let beta = if c == 0 { T::zero() } else { T::one() };
-                gemm(T::one(), dz.t(), h, beta, g.weight).expect("shapes checked");
+                match x.layout {
+                    WeightLayout::ClassesByFeatures => gemm(T::one(), dz.t(), h, beta, g.weight),
+                    WeightLayout::FeaturesByClasses => gemm(T::one(), h.t(), dz, beta, g.weight),
+                }
+                .expect("shapes checked");
                 if let Some(gb) = g.bias.as_deref_mut() {
                     add_column_sums(z, v, gb, c == 0);
                 }
@@ -421,6 +444,7 @@ mod tests {
         let x = LinearInputs {
             hidden: &p.h,
             weight: &p.w,
+            layout: WeightLayout::ClassesByFeatures,
             bias: Some(&p.b),
             labels: &p.labels,
             tokens: p.n,
@@ -459,6 +483,33 @@ mod tests {
     }
 
     #[test]
+    fn a_features_by_classes_weight_gives_the_same_loss_and_transposed_gradient() {
+        let p = problem(21, 4, 9);
+        let weights: Vec<f64> = (0..9).map(|j| 1.0 + j as f64 * 0.1).collect();
+        let k = opts(&weights);
+        let want = fused(&k, &p, 8);
+        let wt: Vec<f64> = (0..4 * 9).map(|e| p.w[(e % 9) * 4 + e / 9]).collect();
+        let x = LinearInputs {
+            hidden: &p.h,
+            weight: &wt,
+            layout: WeightLayout::FeaturesByClasses,
+            bias: Some(&p.b),
+            labels: &p.labels,
+            tokens: p.n,
+            dim: p.d,
+            vocab: p.v,
+        };
+        let (mut losses, mut dh, mut dw, mut db) = (vec![0.0; 21], vec![0.0; 84], vec![0.0; 36], vec![0.0; 9]);
+        let grads = LinearGrads { hidden: &mut dh, weight: &mut dw, bias: Some(&mut db) };
+        k.run_chunked(&x, Some(&[1.0; 21]), &mut losses, Some(grads), 8).unwrap();
+        close(&losses, &want.0, "loss");
+        close(&dh, &want.1, "dh");
+        let dw_t: Vec<f64> = (0..36).map(|e| dw[(e % 4) * 9 + e / 4]).collect();
+        close(&dw_t, &want.2, "dW");
+        close(&db, &want.3, "db");
+    }
+
+    #[test]
     fn the_row_gradient_is_the_derivative_of_the_loss() {
         let weights = [0.5, 1.0, 2.0, 1.5];
         let k = opts(&weights);
@@ -490,8 +541,16 @@ mod tests {
         let p = problem(4, 2, 3);
         let k = LinearCrossEntropy::default();
         let mut losses = vec![0.0; 4];
-        let x =
-            LinearInputs { hidden: &p.h, weight: &p.w, bias: None, labels: &[0, 1, 3, 2], tokens: 4, dim: 2, vocab: 3 };
+        let x = LinearInputs {
+            hidden: &p.h,
+            weight: &p.w,
+            layout: WeightLayout::default(),
+            bias: None,
+            labels: &[0, 1, 3, 2],
+            tokens: 4,
+            dim: 2,
+            vocab: 3,
+        };
         let err = k.forward(&x, &mut losses).unwrap_err();
         assert_eq!(err, KernelError::Label { kernel: NAME, index: 2, label: 3, classes: 3 });
         let x = LinearInputs { labels: &[0, 1], ..x };
@@ -504,7 +563,16 @@ mod tests {
         p.h[2] = f64::NAN; // token 1
         let k = LinearCrossEntropy::default();
         let labels = [0, 1, 2];
-        let x = LinearInputs { hidden: &p.h, weight: &p.w, bias: None, labels: &labels, tokens: 3, dim: 2, vocab: 4 };
+        let x = LinearInputs {
+            hidden: &p.h,
+            weight: &p.w,
+            layout: WeightLayout::default(),
+            bias: None,
+            labels: &labels,
+            tokens: 3,
+            dim: 2,
+            vocab: 4,
+        };
         let mut losses = vec![0.0; 3];
         k.forward(&x, &mut losses).unwrap();
         assert!(losses[0].is_finite() && losses[1].is_nan() && losses[2].is_finite(), "{losses:?}");

@@ -84,6 +84,7 @@ pub struct Compile {
     per_output: Vec<(String, LossArg)>,
     loss_weights: Vec<(Option<String>, f64)>,
     metrics: Vec<String>,
+    fused_head: Option<bool>,
 }
 
 impl Default for Compile {
@@ -94,6 +95,7 @@ impl Default for Compile {
             per_output: vec![],
             loss_weights: vec![],
             metrics: vec![],
+            fused_head: None,
         }
     }
 }
@@ -147,6 +149,17 @@ impl Compile {
         self.metrics = names.iter().map(|s| s.to_string()).collect();
         self
     }
+    /// Whether the last layer and the loss train as one fused node, the logits never
+    /// materialised ([`losskit::LinearCrossEntropy`]): possible for one output whose last layer
+    /// is a linear `Dense`, with `SparseCategoricalCrossentropy(from_logits=true)` (reduction
+    /// `sum_over_batch_size`, `mean`, `sum` or `mean_with_sample_weight`) or `LinearCrossEntropy`
+    /// as the loss, and no metrics (they need the logits). `None` (the default): whenever
+    /// possible; `Some(true)`: always, `fit` and `evaluate` fail with the reason when it is not
+    /// possible; `Some(false)`: never.
+    pub fn fused_head(mut self, on: Option<bool>) -> Compile {
+        self.fused_head = on;
+        self
+    }
 }
 
 /// What `compile` stored in the model.
@@ -155,6 +168,7 @@ pub(crate) struct Compiled {
     pub losses: Vec<Arc<dyn Loss>>,
     pub loss_weights: Vec<Option<f64>>,
     pub metric_names: Vec<String>,
+    pub fused_head: Option<bool>,
 }
 
 impl Model {
@@ -215,7 +229,8 @@ impl Model {
         for m in &c.metrics {
             metrics::check_name(m)?;
         }
-        self.compiled = Some(Compiled { optimizer, losses, loss_weights, metric_names: c.metrics });
+        self.compiled =
+            Some(Compiled { optimizer, losses, loss_weights, metric_names: c.metrics, fused_head: c.fused_head });
         Ok(())
     }
 

@@ -5,7 +5,7 @@ use crate::callbacks::{Callback, FitParams, History, Logs, ProgbarLogger};
 use crate::metrics::{self, Metric};
 use crate::model::Model;
 use crate::nan::{self, GradNormHistory};
-use losskit::{no_grad, Error, Result, Tensor};
+use losskit::{no_grad, Error, LinearCrossEntropy, Reduction, Result, Tensor};
 use losskit_tensor::random;
 use std::collections::BTreeMap;
 
@@ -420,6 +420,9 @@ impl Model {
         wb: Option<&Tensor>,
         training: bool,
     ) -> Result<(Tensor, Vec<f64>, Vec<Tensor>)> {
+        if let Some(fused) = self.fused_head()? {
+            return self.fused_losses_on(&fused, xb, yb, wb, training);
+        }
         let outs = self.forward(xb, training)?;
         let compiled = self.compiled.as_ref().expect("checked");
         let mut total: Option<Tensor> = None;
@@ -441,6 +444,91 @@ impl Model {
             total = total.add(&reg)?;
         }
         Ok((total, each, outs))
+    }
+
+    /// The fused loss for the last layer, when [`Compile::fused_head`](crate::Compile::fused_head)
+    /// and the model allow it (`Err` with the reason when it was required and is not possible).
+    fn fused_head(&self) -> Result<Option<LinearCrossEntropy>> {
+        let compiled = self.compiled.as_ref().expect("checked");
+        if compiled.fused_head == Some(false) {
+            return Ok(None);
+        }
+        let fused = self.fusable(compiled);
+        match (fused, compiled.fused_head) {
+            (Ok(l), _) => Ok(Some(l)),
+            (Err(why), Some(true)) => Err(Error::Config(format!("compile: fused_head(Some(true)) but {why}"))),
+            (Err(_), _) => Ok(None),
+        }
+    }
+
+    /// The fused loss equal to the compiled one, or why there is none.
+    fn fusable(&self, compiled: &crate::compile::Compiled) -> std::result::Result<LinearCrossEntropy, String> {
+        if !self.heads.is_empty() || compiled.losses.len() != 1 {
+            return Err("the model has several outputs".into());
+        }
+        if !compiled.metric_names.is_empty() {
+            return Err("metrics need the logits".into());
+        }
+        if self.trunk.last().and_then(|l| l.linear_head()).is_none() {
+            return Err("the last layer is not a linear Dense".into());
+        }
+        let loss = &compiled.losses[0];
+        let config = loss.config();
+        match loss.class_name() {
+            "LinearCrossEntropy" => LinearCrossEntropy::from_config(&config).map_err(|e| e.to_string()),
+            "SparseCategoricalCrossentropy" if config["from_logits"] == true => {
+                let reduction = match loss.reduction() {
+                    // Keras' `mean` divides by the count, as `sum_over_batch_size`.
+                    Reduction::SumOverBatchSize | Reduction::Mean => Reduction::SumOverBatchSize,
+                    r @ (Reduction::Sum | Reduction::MeanWithSampleWeight) => r,
+                    Reduction::None => return Err("the loss' reduction is none".into()),
+                };
+                if !matches!(config["axis"].as_i64(), None | Some(-1)) {
+                    return Err("the loss' axis is not the last".into());
+                }
+                Ok(LinearCrossEntropy::new()
+                    .with_reduction(reduction)
+                    .with_ignore_index(config["ignore_class"].as_i64()))
+            }
+            other => Err(format!("the loss is {other}, not a sparse cross-entropy from logits")),
+        }
+    }
+
+    /// [`Model::losses_on`] through the fused last layer: the trunk up to it, then the loss of
+    /// its kernel and bias against the labels in one node (no outputs come back).
+    fn fused_losses_on(
+        &mut self,
+        fused: &LinearCrossEntropy,
+        xb: &Tensor,
+        yb: &[Tensor],
+        wb: Option<&Tensor>,
+        training: bool,
+    ) -> Result<(Tensor, Vec<f64>, Vec<Tensor>)> {
+        self.ensure_built(xb)?;
+        let mut h = xb.to_dtype(self.dtype);
+        let (last, rest) = self.trunk.split_last().expect("fusable: a last layer");
+        for layer in rest {
+            h = layer.forward(&h, training, &mut self.rng)?;
+        }
+        let (kernel, bias) = last.linear_head().expect("fusable: a linear Dense");
+        // Keras' labels may carry a trailing axis of 1: (B, 1) for (B,) tokens.
+        let tokens = &h.shape()[..h.rank() - 1];
+        let labels = if yb[0].shape() != tokens && yb[0].numel() == tokens.iter().product::<usize>() {
+            yb[0].reshape(&tokens.iter().map(|&d| d as isize).collect::<Vec<_>>())?
+        } else {
+            yb[0].clone()
+        };
+        let loss = fused.forward_dense(&h, kernel, bias, &labels, wb)?;
+        let compiled = self.compiled.as_ref().expect("checked");
+        let each = vec![loss.to_scalar()?];
+        let mut total = match compiled.loss_weights[0] {
+            Some(w) => loss.mul_scalar(w)?,
+            None => loss,
+        };
+        if let Some(reg) = self.regularization_loss()? {
+            total = total.add(&reg)?;
+        }
+        Ok((total, each, Vec::new()))
     }
 
     fn logs_of(&self, acc: &Accumulators, prefix: &str) -> Logs {

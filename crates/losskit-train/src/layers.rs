@@ -46,6 +46,11 @@ pub trait Layer: Send {
     fn regularizer(&self) -> Option<Regularizer> {
         None
     }
+    /// For a linear `Dense` (no activation): its kernel `(in, units)` and bias, so a
+    /// cross-entropy from logits can be fused with it ([`losskit::LinearCrossEntropy`]).
+    fn linear_head(&self) -> Option<(&Tensor, Option<&Tensor>)> {
+        None
+    }
 }
 
 /// `kind`, `name`, `set_name` and `output_shape` of a layer with `name: String` and
@@ -215,6 +220,10 @@ impl Layer for Dense {
     }
     fn regularizer(&self) -> Option<Regularizer> {
         self.kernel_regularizer
+    }
+    fn linear_head(&self) -> Option<(&Tensor, Option<&Tensor>)> {
+        let kernel = self.kernel.as_ref()?;
+        (self.activation == Activation::Linear).then(|| (&kernel.value, self.bias.as_ref().map(|b| &b.value)))
     }
 }
 

@@ -206,7 +206,33 @@ impl LinearCrossEntropy {
         labels: &Tensor,
         sample_weight: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let dims = self.check_shapes(hidden, weight, bias, labels)?;
+        self.fused(hidden, weight, kernels::WeightLayout::ClassesByFeatures, bias, labels, sample_weight)
+    }
+
+    /// [`LinearCrossEntropy::forward_weighted`] with a Keras `Dense(V)` kernel `(D, V)` in place
+    /// of `weight (V, D)` (no transposed copy; its gradient is `(D, V)` too). `losskit-train`
+    /// uses it for a model whose last layer is a linear `Dense`.
+    pub fn forward_dense(
+        &self,
+        hidden: &Tensor,
+        kernel: &Tensor,
+        bias: Option<&Tensor>,
+        labels: &Tensor,
+        sample_weight: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        self.fused(hidden, kernel, kernels::WeightLayout::FeaturesByClasses, bias, labels, sample_weight)
+    }
+
+    fn fused(
+        &self,
+        hidden: &Tensor,
+        weight: &Tensor,
+        layout: kernels::WeightLayout,
+        bias: Option<&Tensor>,
+        labels: &Tensor,
+        sample_weight: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let dims = self.check_shapes(hidden, weight, layout, bias, labels)?;
         let tokens = self.tokens(labels, dims.vocab, sample_weight)?;
         let weight = weight.to_dtype(hidden.dtype());
         let bias = bias.map(|b| b.to_dtype(hidden.dtype()));
@@ -220,20 +246,32 @@ impl LinearCrossEntropy {
         }
     }
 
-    fn check_shapes(&self, hidden: &Tensor, weight: &Tensor, bias: Option<&Tensor>, labels: &Tensor) -> Result<Dims> {
+    fn check_shapes(
+        &self,
+        hidden: &Tensor,
+        weight: &Tensor,
+        layout: kernels::WeightLayout,
+        bias: Option<&Tensor>,
+        labels: &Tensor,
+    ) -> Result<Dims> {
         let hs = hidden.shape();
+        let by_classes = layout == kernels::WeightLayout::ClassesByFeatures;
         let (Some(&dim), 2) = (hs.last(), weight.rank()) else {
-            return Err(self.shape_error(format!(
-                "expected hidden (..., D) and weight (V, D), got {hs:?} and {:?}",
-                weight.shape()
-            )));
+            let want = if by_classes { "weight (V, D)" } else { "kernel (D, V)" };
+            return Err(
+                self.shape_error(format!("expected hidden (..., D) and {want}, got {hs:?} and {:?}", weight.shape()))
+            );
         };
-        let (vocab, wd) = (weight.shape()[0], weight.shape()[1]);
+        let ws = weight.shape();
+        let (vocab, wd) = if by_classes { (ws[0], ws[1]) } else { (ws[1], ws[0]) };
         if wd != dim || vocab == 0 {
-            return Err(self.shape_error(format!(
-                "weight of shape {:?} does not fit hidden of shape {hs:?}: expected ({{V ≥ 1}}, {dim})",
-                weight.shape()
-            )));
+            let (what, want) = if by_classes {
+                ("weight", format!("({{V ≥ 1}}, {dim})"))
+            } else {
+                ("kernel", format!("({dim}, {{V ≥ 1}})"))
+            };
+            return Err(self
+                .shape_error(format!("{what} of shape {ws:?} does not fit hidden of shape {hs:?}: expected {want}")));
         }
         if let Some(b) = bias {
             if b.shape() != [vocab] {
@@ -251,16 +289,17 @@ impl LinearCrossEntropy {
         if tokens == 0 {
             return Err(self.shape_error(format!("no tokens: hidden has shape {hs:?}")));
         }
-        Ok(Dims { tokens, dim, vocab })
+        Ok(Dims { tokens, dim, vocab, layout })
     }
 }
 
-/// `N`, `D`, `V`.
+/// `N`, `D`, `V` and the weight's layout.
 #[derive(Debug, Clone, Copy)]
 struct Dims {
     tokens: usize,
     dim: usize,
     vocab: usize,
+    layout: kernels::WeightLayout,
 }
 
 /// Builds the fused node: the forward (with the gradients when they are needed and the
@@ -315,7 +354,7 @@ impl FusedNode {
         labels: &[i64],
         scale: Option<&[T]>,
     ) -> Result<Computed<T>> {
-        let Dims { tokens: n, dim: d, vocab: v } = self.dims;
+        let Dims { tokens: n, dim: d, vocab: v, layout } = self.dims;
         // Borrowed (no copy) when contiguous: the inputs are already in `T` (see `forward_weighted`).
         let views = inputs
             .iter()
@@ -326,6 +365,7 @@ impl FusedNode {
         let x = kernels::LinearInputs {
             hidden: slices[0],
             weight: slices[1],
+            layout,
             bias: slices.get(2).copied(),
             labels,
             tokens: n,
@@ -345,7 +385,8 @@ impl FusedNode {
         let grads = kernels::LinearGrads { hidden: &mut dh, weight: &mut dw, bias: db.as_deref_mut() };
         kernel.forward_backward(&x, scale, &mut losses, grads).map_err(fail)?;
         let array = |data: Vec<T>, shape: &[usize]| ArrayD::from_shape_vec(IxDyn(shape), data).expect("sized");
-        let grads = [Some(array(dh, inputs[0].shape())), Some(array(dw, &[v, d])), db.map(|db| array(db, &[v]))];
+        let grads =
+            [Some(array(dh, inputs[0].shape())), Some(array(dw, inputs[1].shape())), db.map(|db| array(db, &[v]))];
         Ok(Computed { losses, grads: Some(grads) })
     }
 }
@@ -421,6 +462,7 @@ impl Loss for LinearCrossEntropy {
     /// Per-token losses of precomputed logits `(..., V)` (0 for ignored tokens, masked out).
     fn per_sample(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<PerSample> {
         let vocab = *y_pred.shape().last().ok_or_else(|| self.shape_error("scalar logits".into()))?;
+        let y_true = &squeeze_trailing_one(y_true, y_pred.shape())?;
         let tokens = self.tokens(y_true, vocab, None)?;
         let values = self.logits_values(&tokens, y_pred)?;
         let mask: Vec<f64> = tokens.labels.iter().map(|&l| f64::from(u8::from(l >= 0))).collect();
@@ -430,6 +472,7 @@ impl Loss for LinearCrossEntropy {
     /// the fused path reduces (not through Keras' mask rules).
     fn call(&self, y_true: &Tensor, y_pred: &Tensor, sample_weight: Option<&Tensor>) -> Result<Tensor> {
         let shape = y_pred.shape();
+        let y_true = &squeeze_trailing_one(y_true, shape)?;
         if shape.is_empty() || y_true.shape() != &shape[..shape.len() - 1] || y_pred.numel() == 0 {
             return Err(self.shape_error(format!(
                 "expected labels (...) and logits (..., V ≥ 1) with the same leading shape, got {:?} and {shape:?}",
@@ -459,6 +502,21 @@ impl Loss for LinearCrossEntropy {
             (Some(m), None) => self.call(y_true, y_pred, Some(m)),
             (Some(m), Some(w)) => self.call(y_true, y_pred, Some(&m.detach().mul(&w.detach())?)),
         }
+    }
+}
+
+/// Labels `(..., 1)` for logits `(..., V)` become `(...)` (Keras' sparse labels may carry the
+/// trailing axis).
+fn squeeze_trailing_one(labels: &Tensor, logits: &[usize]) -> Result<Tensor> {
+    let ls = labels.shape();
+    if !logits.is_empty()
+        && ls.len() == logits.len()
+        && ls.last() == Some(&1)
+        && ls[..ls.len() - 1] == logits[..logits.len() - 1]
+    {
+        labels.reshape(&ls[..ls.len() - 1].iter().map(|&d| d as isize).collect::<Vec<_>>())
+    } else {
+        Ok(labels.clone())
     }
 }
 
