@@ -10,8 +10,9 @@ milliseconds (median after a warm-up) and losskit's speed-up over each.
 The linear + cross-entropy head (`--only linear_ce`): losskit's fused and naive paths against
 PyTorch's `F.cross_entropy(h @ W.T + b, y)` and JAX's jitted `log_softmax(h @ W.T + b)` (loss
 and the gradients of h, W, b), with each one's peak resident memory growth over its inputs
-(PyTorch's gradient buffers are kept between steps, so they are part of its baseline; JAX
-returns new gradient arrays each call, ~0.3 GB of its growth).
+(measured from before the first step; PyTorch's gradient buffers exist before it, as
+losskit's do; JAX returns new gradient arrays each call, ~0.3 GB of its growth, and its first
+step includes compilation).
 """
 import argparse
 import json
@@ -104,10 +105,11 @@ if fw == "torch":
     F = torch.nn.functional
     H, W, B = (torch.from_numpy(a).requires_grad_(True) for a in (h, w, b))
     Y = torch.from_numpy(y)
+    for t in (H, W, B):
+        t.grad = torch.zeros_like(t)  # the gradients' buffers exist before the baseline, as losskit's
     def step():
         for t in (H, W, B):
-            if t.grad is not None:
-                t.grad.zero_()
+            t.grad.zero_()
         F.cross_entropy(H @ W.T + B, Y).backward()
 else:
     import jax, jax.numpy as jnp
@@ -117,7 +119,8 @@ else:
     H, W, B, Y = map(jnp.asarray, (h, w, b, y))
     def step():
         jax.block_until_ready(g(H, W, B, Y))
-step()
+# The baseline is taken before the first step (which `median` runs as its warm-up): a caching
+# allocator (JAX's) keeps the first step's buffers, so later steps alone would show no growth.
 ok = reset_peak()
 base = peak_mb()
 ms = median(step)

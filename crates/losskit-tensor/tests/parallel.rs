@@ -70,7 +70,8 @@ fn parallel_equals_plain_and_thread_count_does_not_matter() {
 /// the backward pass, and the right values.
 #[test]
 fn matmul_blocks_do_not_depend_on_threads() {
-    for (m, k, n) in [(300, 170, 130), (40, 330, 700)] {
+    // Tall (row blocks of 64, then of 192: a tall output has at most 16) and wide outputs.
+    for (m, k, n) in [(300, 170, 130), (2100, 40, 60), (40, 330, 700)] {
         let a = Tensor::from_vec((0..m * k).map(|i| ((i * 31) % 97) as f32 / 97.0 - 0.5).collect(), &[m, k]).unwrap();
         let b = Tensor::from_vec((0..k * n).map(|i| ((i * 17) % 89) as f32 / 89.0 - 0.5).collect(), &[k, n]).unwrap();
         let run = || {
