@@ -1,0 +1,200 @@
+//! Every losskit loss on [candle](https://github.com/huggingface/candle) tensors, as a node of
+//! candle's autodiff graph.
+//!
+//! ```no_run
+//! use candle_core::{Device, Tensor};
+//! let dev = Device::Cpu;
+//! let y_true = Tensor::new(&[2u32, 0], &dev)?;
+//! let y_pred = candle_core::Var::new(&[[0.1f32, 0.2, 0.7], [0.8, 0.1, 0.1]], &dev)?;
+//! let loss = losskit_candle::get("sparse_categorical_crossentropy")?;
+//! let l = loss.forward(&y_true, &y_pred, None)?;          // a candle Tensor (scalar)
+//! let grads = l.backward()?;                              // candle's GradStore
+//! let d = grads.get(&y_pred).expect("y_pred is a variable");
+//! # Ok::<(), candle_core::Error>(())
+//! ```
+//!
+//! How it works: [`CandleLoss::forward`] applies a candle `CustomOp1` to `y_pred`. Its CPU
+//! forward reads `y_pred`'s storage (one copy into losskit's tensor: candle's buffer cannot be
+//! borrowed past the call), runs the loss through losskit's one call path (the fused kernel of a
+//! built-in loss, or the tape for a composed or custom one) and keeps the losskit graph in the
+//! op; candle's backward pulls the gradient out of that graph with candle's incoming gradient as
+//! the upstream (a pass that scales the kernel's stored gradient for the kernel losses).
+//! `y_true` and `sample_weight` are constants (no gradient flows to them), converted to
+//! `y_pred`'s dtype; integer labels may be any of candle's integer dtypes (`u8`, `u32`, `i64`,
+//! ...). `y_pred` must be `f32` or `f64`.
+//!
+//! Devices: on a CUDA or Metal tensor the loss runs on the CPU: `y_pred` is copied to the CPU,
+//! the result (and, in backward, the gradient) copied back by candle's `to_device`. Correct,
+//! not fast.
+//!
+//! Errors: losskit's errors (shapes, labels out of range, parameters) come back as
+//! `candle_core::Error::Msg` with losskit's message; nothing panics inside the op.
+
+#![warn(missing_docs)]
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
+use losskit::Loss;
+use std::sync::{Arc, Mutex};
+
+/// candle's result type.
+pub type Result<T> = candle_core::Result<T>;
+
+/// A losskit error as candle's, with the same message.
+fn candle_err(e: losskit::Error) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
+}
+
+/// A losskit loss for candle tensors: built from a name, a config or any [`Loss`].
+#[derive(Clone)]
+pub struct CandleLoss {
+    loss: Arc<dyn Loss>,
+}
+
+impl std::fmt::Debug for CandleLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CandleLoss({:?})", self.loss.as_ref())
+    }
+}
+
+/// The registered loss `name` (a Keras class name, alias, PyTorch name or a name added with
+/// `losskit::register`) with its defaults.
+pub fn get(name: &str) -> Result<CandleLoss> {
+    losskit::get(name).map(|l| CandleLoss { loss: Arc::from(l) }).map_err(candle_err)
+}
+
+/// The loss a Keras-style config describes (`{"class_name": ..., "config": {...}}`).
+pub fn from_config(config: &serde_json::Value) -> Result<CandleLoss> {
+    losskit::from_config(config).map(|l| CandleLoss { loss: Arc::from(l) }).map_err(candle_err)
+}
+
+impl<L: Loss + 'static> From<L> for CandleLoss {
+    fn from(loss: L) -> Self {
+        CandleLoss { loss: Arc::new(loss) }
+    }
+}
+
+impl CandleLoss {
+    /// Wraps a shared loss (e.g. one of `losskit::build`'s).
+    pub fn from_arc(loss: Arc<dyn Loss>) -> Self {
+        CandleLoss { loss }
+    }
+
+    /// The losskit loss.
+    pub fn loss(&self) -> &dyn Loss {
+        self.loss.as_ref()
+    }
+
+    /// The loss of `y_pred` against `y_true`, weighted by `sample_weight` and reduced as the
+    /// loss' reduction says (shapes as for [`Loss::call`]: a scalar, or per-sample values for
+    /// `none`). Differentiable with respect to `y_pred` by candle's `backward`.
+    pub fn forward(&self, y_true: &Tensor, y_pred: &Tensor, sample_weight: Option<&Tensor>) -> Result<Tensor> {
+        let device = y_pred.device().clone();
+        let on_cpu = |t: &Tensor| if device.is_cpu() { Ok(t.clone()) } else { t.to_device(&Device::Cpu) };
+        let pred = on_cpu(y_pred)?.contiguous()?;
+        let dtype = match pred.dtype() {
+            DType::F32 => losskit::DType::F32,
+            DType::F64 => losskit::DType::F64,
+            other => {
+                return Err(candle_core::Error::Msg(format!(
+                    "{}: y_pred is {other:?}; losskit computes in f32 or f64 (convert with to_dtype)",
+                    self.loss.name()
+                )))
+            }
+        };
+        let constant = |t: &Tensor, what: &str| -> Result<losskit::Tensor> {
+            let t = on_cpu(t)?;
+            let values = t.to_dtype(DType::F64).map_err(|e| {
+                candle_core::Error::Msg(format!("{}: {what} of dtype {:?}: {e}", self.loss.name(), t.dtype()))
+            })?;
+            let values: Vec<f64> = values.flatten_all()?.to_vec1()?;
+            Ok(losskit::Tensor::from_vec(values, t.dims()).map_err(candle_err)?.to_dtype(dtype))
+        };
+        let op = LossOp {
+            loss: self.loss.clone(),
+            y_true: constant(y_true, "y_true")?,
+            sample_weight: sample_weight.map(|w| constant(w, "sample_weight")).transpose()?,
+            graph: Mutex::new(None),
+        };
+        let out = pred.apply_op1(op)?;
+        if device.is_cpu() {
+            Ok(out)
+        } else {
+            out.to_device(&device)
+        }
+    }
+}
+
+/// The loss as a candle op on `y_pred`: the forward keeps losskit's graph for the backward.
+struct LossOp {
+    loss: Arc<dyn Loss>,
+    y_true: losskit::Tensor,
+    sample_weight: Option<losskit::Tensor>,
+    /// `(output, y_pred leaf)` of the last forward.
+    graph: Mutex<Option<(losskit::Tensor, losskit::Tensor)>>,
+}
+
+/// The values of a contiguous candle CPU storage as a losskit tensor of `shape`.
+fn to_losskit(storage: &CpuStorage, layout: &Layout) -> Result<losskit::Tensor> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("losskit: y_pred must be contiguous".into()))?;
+    let shape = layout.dims();
+    let t = match storage {
+        CpuStorage::F32(v) => losskit::Tensor::from_vec(v[start..end].to_vec(), shape),
+        CpuStorage::F64(v) => losskit::Tensor::from_vec(v[start..end].to_vec(), shape),
+        other => return Err(candle_core::Error::Msg(format!("losskit: y_pred of dtype {:?}", other.dtype()))),
+    };
+    t.map_err(candle_err)
+}
+
+/// A losskit tensor's values as candle storage of its dtype.
+fn to_candle(t: &losskit::Tensor) -> (CpuStorage, Shape) {
+    let storage = match t.dtype() {
+        losskit::DType::F32 => CpuStorage::F32(t.to_vec::<f32>()),
+        losskit::DType::F64 => CpuStorage::F64(t.to_vec::<f64>()),
+    };
+    (storage, Shape::from(t.shape().to_vec()))
+}
+
+impl CustomOp1 for LossOp {
+    fn name(&self) -> &'static str {
+        "losskit"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let y_pred = to_losskit(storage, layout)?.requires_grad();
+        let out = self.loss.call(&self.y_true, &y_pred, self.sample_weight.as_ref()).map_err(candle_err)?;
+        let result = to_candle(&out);
+        *self.graph.lock().map_err(|_| candle_core::Error::Msg("losskit: poisoned graph lock".into()))? =
+            Some((out, y_pred));
+        Ok(result)
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let guard = self.graph.lock().map_err(|_| candle_core::Error::Msg("losskit: poisoned graph lock".into()))?;
+        let (out, leaf) = guard
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("losskit: backward before forward".into()))?;
+        let upstream: Vec<f64> = grad_res.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+        let upstream = losskit::Tensor::from_vec(upstream, out.shape()).map_err(candle_err)?.to_dtype(out.dtype());
+        // d(Σ out·g)/d y_pred; `out` alone when g is a scalar 1 (the usual loss.backward()).
+        let seeded = if upstream.numel() == 1 && upstream.to_scalar().map_err(candle_err)? == 1.0 {
+            out.sum_all()
+        } else {
+            out.mul(&upstream).map_err(candle_err)?.sum_all()
+        };
+        let grads = seeded.backward().map_err(candle_err)?;
+        let grad = match grads.get(leaf) {
+            Some(g) => g.clone(),
+            None => leaf.zeros_like(),
+        };
+        let (storage, shape) = to_candle(&grad);
+        let values = match storage {
+            CpuStorage::F32(v) => Tensor::from_vec(v, shape, &Device::Cpu)?,
+            CpuStorage::F64(v) => Tensor::from_vec(v, shape, &Device::Cpu)?,
+            other => return Err(candle_core::Error::Msg(format!("losskit: gradient of dtype {:?}", other.dtype()))),
+        };
+        Ok(Some(values.to_device(arg.device())?))
+    }
+}

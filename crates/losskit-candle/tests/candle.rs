@@ -1,0 +1,217 @@
+//! Every registered loss through candle equals losskit's own call (values and gradients, f32 and
+//! f64, with and without sample weights, each reduction); candle-nn's losses agree with
+//! losskit's; a candle training run ends on the same weights with either.
+
+use candle_core::{DType, Device, Module, Tensor, Var};
+use candle_nn::Optimizer;
+use losskit_candle::CandleLoss;
+use serde_json::json;
+
+const DEV: Device = Device::Cpu;
+
+/// Inputs of one shape family: `(y_true values, its shape, y_pred values, its shape)`.
+type Pattern = (Vec<f64>, Vec<usize>, Vec<f64>, Vec<usize>);
+
+fn wave(n: usize, seed: f64, lo: f64, hi: f64) -> Vec<f64> {
+    (0..n).map(|i| lo + (hi - lo) * (0.5 + 0.5 * ((i as f64 + seed) * 1.37).sin())).collect()
+}
+
+/// The shape families the losses take: dense targets, class indices, labels with embeddings,
+/// boxes, PyTorch's stacked inputs, CTC's label and logit sequences.
+fn patterns() -> Vec<Pattern> {
+    let onehot: Vec<f64> = (0..12).map(|i| f64::from(u8::from(i % 3 == (i / 3) % 3))).collect();
+    let boxes = |s: f64| -> Vec<f64> {
+        (0..4).flat_map(|b| {
+            let (y, x) = (b as f64 * 0.1 + s, 0.2 + s);
+            [y, x, y + 0.5, x + 0.4]
+        })
+        .collect()
+    };
+    vec![
+        (onehot.clone(), vec![4, 3], wave(12, 0.3, 0.05, 0.95), vec![4, 3]),
+        (wave(12, 1.1, -1.0, 1.0), vec![4, 3], wave(12, 0.7, -2.0, 2.0), vec![4, 3]),
+        (vec![2.0, 0.0, 1.0, 1.0], vec![4], wave(12, 0.3, 0.05, 0.95), vec![4, 3]),
+        (vec![0.0, 0.0, 1.0, 1.0, 2.0, 2.0], vec![6], wave(18, 2.0, -1.0, 1.0), vec![6, 3]),
+        (boxes(0.0), vec![4, 4], boxes(0.05), vec![4, 4]),
+        (vec![1.0, -1.0, 1.0, -1.0], vec![4], wave(8, 0.1, -1.0, 1.0), vec![4, 2]),
+        (vec![1.0, -1.0, 1.0, -1.0], vec![4], wave(24, 0.9, -1.0, 1.0), vec![4, 2, 3]),
+        (vec![0.0; 4], vec![4], wave(36, 0.4, -1.0, 1.0), vec![4, 3, 3]),
+        (vec![1.0, 2.0, 1.0, 3.0, 1.0, 0.0], vec![2, 3], wave(48, 0.5, -2.0, 2.0), vec![2, 6, 4]),
+        // Labels with a similarity matrix (N-pairs); [mean, variance > 0] pairs (Gaussian NLL);
+        // one-hot rows over 2 classes (weighted kappa's default).
+        (vec![0.0, 1.0, 0.0, 2.0], vec![4], wave(16, 0.6, -1.0, 1.0), vec![4, 4]),
+        (wave(4, 0.2, -1.0, 1.0), vec![4], wave(8, 0.8, 0.1, 1.0), vec![4, 2]),
+        (vec![1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0], vec![4, 2], wave(8, 0.3, 0.05, 0.95), vec![4, 2]),
+    ]
+}
+
+fn candle_tensor(v: &[f64], shape: &[usize], dtype: DType) -> Tensor {
+    Tensor::from_vec(v.to_vec(), shape, &DEV).unwrap().to_dtype(dtype).unwrap()
+}
+
+/// Value and gradient through losskit directly, or `None` when losskit refuses the inputs.
+fn direct(loss: &dyn losskit::Loss, p: &Pattern, w: Option<&[f64]>, f64_: bool) -> Option<(Vec<f64>, Vec<f64>)> {
+    let dt = if f64_ { losskit::DType::F64 } else { losskit::DType::F32 };
+    let yt = losskit::Tensor::from_vec(p.0.clone(), &p.1).ok()?.to_dtype(dt);
+    let yp = losskit::Tensor::from_vec(p.2.clone(), &p.3).ok()?.to_dtype(dt).requires_grad();
+    let sw = w.map(|w| losskit::Tensor::from_vec(w.to_vec(), &[w.len()]).unwrap().to_dtype(dt));
+    let out = loss.call(&yt, &yp, sw.as_ref()).ok()?;
+    let g = out.sum_all().backward().ok()?;
+    let grad = g.get(&yp).map(|g| g.to_vec::<f64>()).unwrap_or_else(|| vec![0.0; yp.numel()]);
+    Some((out.to_vec::<f64>(), grad))
+}
+
+/// The same through candle: `Σ loss` backpropagated by candle.
+fn through_candle(loss: &CandleLoss, p: &Pattern, w: Option<&[f64]>, f64_: bool) -> (Vec<f64>, Vec<f64>) {
+    let dt = if f64_ { DType::F64 } else { DType::F32 };
+    let yt = candle_tensor(&p.0, &p.1, dt);
+    let yp = Var::from_tensor(&candle_tensor(&p.2, &p.3, dt)).unwrap();
+    let sw = w.map(|w| candle_tensor(w, &[w.len()], dt));
+    let out = loss.forward(&yt, &yp, sw.as_ref()).unwrap();
+    let grads = out.sum_all().unwrap().backward().unwrap();
+    let grad = grads.get(&yp).expect("a gradient for y_pred");
+    let flat = |t: &Tensor| t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    (flat(&out), flat(grad))
+}
+
+fn same(a: &[f64], b: &[f64], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        let ok = (x.is_nan() && y.is_nan()) || (x - y).abs() <= 1e-6 * (1.0 + y.abs());
+        assert!(ok, "{what}[{i}]: candle {x} vs losskit {y}");
+    }
+}
+
+#[test]
+fn every_registered_loss_gives_losskits_values_and_gradients_through_candle() {
+    let mut untested = Vec::new();
+    for info in losskit::list() {
+        let mut compared = 0;
+        for reduction in [None, Some("sum"), Some("none")] {
+            let config = reduction.map_or(json!({}), |r| json!({"reduction": r}));
+            let Ok(loss) = losskit::build(&info.class_name, &config) else { continue };
+            let wrapped = CandleLoss::from_arc(std::sync::Arc::from(losskit::build(&info.class_name, &config).unwrap()));
+            for p in patterns() {
+                let weights: Vec<f64> = (0..p.3[0]).map(|i| 0.5 + i as f64 * 0.25).collect();
+                for w in [None, Some(weights.as_slice())] {
+                    for f64_ in [false, true] {
+                        let Some(want) = direct(loss.as_ref(), &p, w, f64_) else { continue };
+                        let got = through_candle(&wrapped, &p, w, f64_);
+                        let what = format!("{} {config} {:?}->{:?} w={} f64={f64_}", info.class_name, p.1, p.3, w.is_some());
+                        same(&got.0, &want.0, &format!("{what}: value"));
+                        same(&got.1, &want.1, &format!("{what}: gradient"));
+                        compared += 1;
+                    }
+                }
+            }
+        }
+        if compared == 0 {
+            untested.push(info.class_name);
+        }
+    }
+    assert!(untested.is_empty(), "losses never compared (add a pattern for their inputs): {untested:?}");
+}
+
+#[test]
+fn candle_nn_losses_agree_with_losskits() {
+    let logits = candle_tensor(&wave(15, 0.2, -3.0, 3.0), &[5, 3], DType::F32);
+    let labels = Tensor::new(&[2u32, 0, 1, 1, 2], &DEV).unwrap();
+    let target = candle_tensor(&wave(15, 1.3, 0.0, 1.0), &[5, 3], DType::F32);
+    let binary = candle_tensor(&[1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0], &[5, 3], DType::F32);
+    let log_probs = candle_nn::ops::log_softmax(&logits, 1).unwrap();
+    type CandleFn = fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>;
+    let cases: Vec<(&str, CandleLoss, CandleFn, &Tensor, &Tensor)> = vec![
+        (
+            "cross_entropy",
+            losskit_candle::from_config(
+                &json!({"class_name": "SparseCategoricalCrossentropy", "config": {"from_logits": true}}),
+            )
+            .unwrap(),
+            candle_nn::loss::cross_entropy,
+            &logits,
+            &labels,
+        ),
+        ("mse", losskit_candle::get("mse").unwrap(), candle_nn::loss::mse, &logits, &target),
+        (
+            "binary_cross_entropy_with_logit",
+            losskit_candle::from_config(&json!({"class_name": "BinaryCrossentropy", "config": {"from_logits": true}}))
+                .unwrap(),
+            candle_nn::loss::binary_cross_entropy_with_logit,
+            &logits,
+            &binary,
+        ),
+        ("nll", losskit_candle::get("NLLLoss").unwrap(), candle_nn::loss::nll, &log_probs, &labels),
+    ];
+    for (name, ours, theirs, input, target) in cases {
+        let x = Var::from_tensor(input).unwrap();
+        let a = ours.forward(target, &x, None).unwrap();
+        let b = theirs(&x, target).unwrap();
+        let (va, vb) = (a.to_scalar::<f32>().unwrap(), b.to_scalar::<f32>().unwrap());
+        assert!((va - vb).abs() < 1e-5, "{name}: losskit {va} vs candle-nn {vb}");
+        let (ga, gb) = (a.backward().unwrap(), b.backward().unwrap());
+        let flat = |g: &Tensor| g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (ga, gb) = (flat(ga.get(&x).unwrap()), flat(gb.get(&x).unwrap()));
+        for (i, (p, q)) in ga.iter().zip(&gb).enumerate() {
+            assert!((p - q).abs() < 1e-5, "{name} gradient[{i}]: losskit {p} vs candle-nn {q}");
+        }
+    }
+}
+
+/// A two-layer candle-nn model trained 30 SGD steps with `loss`; its final weights.
+fn train(loss: impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>) -> Vec<Vec<f32>> {
+    let varmap = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &DEV);
+    let l1 = candle_nn::linear(6, 8, vb.pp("l1")).unwrap();
+    let l2 = candle_nn::linear(8, 4, vb.pp("l2")).unwrap();
+    // The same starting point for every run (candle's initialisers are not seeded).
+    let mut names: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
+    names.sort();
+    for (k, name) in names.iter().enumerate() {
+        let var = varmap.data().lock().unwrap()[name].clone();
+        let n = var.elem_count();
+        var.set(&candle_tensor(&wave(n, k as f64, -0.5, 0.5), var.dims(), DType::F32)).unwrap();
+    }
+    let x = candle_tensor(&wave(60, 0.4, -1.0, 1.0), &[10, 6], DType::F32);
+    let y = Tensor::new(&[0u32, 1, 2, 3, 0, 1, 2, 3, 0, 1], &DEV).unwrap();
+    let mut sgd = candle_nn::SGD::new(varmap.all_vars(), 0.5).unwrap();
+    for _ in 0..30 {
+        let logits = l2.forward(&l1.forward(&x).unwrap().relu().unwrap()).unwrap();
+        sgd.backward_step(&loss(&logits, &y).unwrap()).unwrap();
+    }
+    let data = varmap.data().lock().unwrap();
+    names.iter().map(|n| data[n].flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
+}
+
+#[test]
+fn a_candle_training_run_ends_on_candle_nns_weights() {
+    let scce = losskit_candle::from_config(
+        &json!({"class_name": "SparseCategoricalCrossentropy", "config": {"from_logits": true}}),
+    )
+    .unwrap();
+    let ours = train(|logits, y| scce.forward(y, logits, None));
+    let theirs = train(candle_nn::loss::cross_entropy);
+    for (a, b) in ours.iter().zip(&theirs) {
+        for (p, q) in a.iter().zip(b) {
+            assert!((p - q).abs() < 1e-5, "{p} vs {q}");
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_a_candle_error_not_a_panic() {
+    let loss = losskit_candle::get("sparse_categorical_crossentropy").unwrap();
+    let probs = candle_tensor(&wave(6, 0.0, 0.1, 0.9), &[2, 3], DType::F32);
+    let out_of_range = Tensor::new(&[0u32, 7], &DEV).unwrap();
+    let e = loss.forward(&out_of_range, &probs, None).unwrap_err().to_string();
+    assert!(e.contains("label 7"), "{e}");
+    let wrong_rows = Tensor::new(&[0u32, 1, 2], &DEV).unwrap();
+    assert!(loss.forward(&wrong_rows, &probs, None).is_err());
+    let ints = Tensor::new(&[[1u32, 2, 3], [4, 5, 6]], &DEV).unwrap();
+    let e = loss.forward(&out_of_range, &ints, None).unwrap_err().to_string();
+    assert!(e.contains("f32 or f64"), "{e}");
+    assert!(losskit_candle::get("no_such_loss").unwrap_err().to_string().contains("no_such_loss"));
+    // Labels as i64 and u8 work like u32.
+    for labels in [Tensor::new(&[2i64, 0], &DEV).unwrap(), Tensor::new(&[2u8, 0], &DEV).unwrap()] {
+        assert!(loss.forward(&labels, &probs, None).is_ok());
+    }
+}
