@@ -35,6 +35,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 use losskit::Loss;
+use losskit_tensor::Element;
 use std::sync::{Arc, Mutex};
 
 /// candle's result type.
@@ -141,11 +142,19 @@ fn to_losskit(storage: &CpuStorage, layout: &Layout) -> Result<losskit::Tensor> 
         .ok_or_else(|| candle_core::Error::Msg("losskit: y_pred must be contiguous".into()))?;
     let shape = layout.dims();
     let t = match storage {
-        CpuStorage::F32(v) => losskit::Tensor::from_vec(v[start..end].to_vec(), shape),
-        CpuStorage::F64(v) => losskit::Tensor::from_vec(v[start..end].to_vec(), shape),
+        CpuStorage::F32(v) => losskit::Tensor::from_vec(pooled_copy(&v[start..end]), shape),
+        CpuStorage::F64(v) => losskit::Tensor::from_vec(pooled_copy(&v[start..end]), shape),
         other => return Err(candle_core::Error::Msg(format!("losskit: y_pred of dtype {:?}", other.dtype()))),
     };
     t.map_err(candle_err)
+}
+
+/// A copy of `values` in a buffer from losskit's pool (the previous call's `y_pred` buffer comes
+/// back to it when candle drops the graph: no fresh pages to fault in).
+fn pooled_copy<T: Element>(values: &[T]) -> Vec<T> {
+    let mut v = losskit_tensor::pool::take::<T>(values.len());
+    v.copy_from_slice(values);
+    v
 }
 
 /// A losskit tensor's values as candle storage of its dtype.
@@ -155,6 +164,20 @@ fn to_candle(t: &losskit::Tensor) -> (CpuStorage, Shape) {
         losskit::DType::F64 => CpuStorage::F64(t.to_vec::<f64>()),
     };
     (storage, Shape::from(t.shape().to_vec()))
+}
+
+/// The values in row-major order, without a copy when the array is unshared and standard.
+fn into_vec<T: Clone>(a: ndarray::ArcArray<T, ndarray::IxDyn>) -> Vec<T> {
+    let n = a.len();
+    if !a.is_standard_layout() {
+        return a.iter().cloned().collect();
+    }
+    // A standard-layout array's elements are the `n` values from its offset in the buffer.
+    let (mut v, offset) = a.into_owned().into_raw_vec_and_offset();
+    let start = offset.unwrap_or(0);
+    v.truncate(start + n);
+    v.drain(..start);
+    v
 }
 
 impl CustomOp1 for LossOp {
@@ -173,9 +196,8 @@ impl CustomOp1 for LossOp {
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let guard = self.graph.lock().map_err(|_| candle_core::Error::Msg("losskit: poisoned graph lock".into()))?;
-        let (out, leaf) = guard
-            .as_ref()
-            .ok_or_else(|| candle_core::Error::Msg("losskit: backward before forward".into()))?;
+        let (out, leaf) =
+            guard.as_ref().ok_or_else(|| candle_core::Error::Msg("losskit: backward before forward".into()))?;
         let upstream: Vec<f64> = grad_res.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
         let upstream = losskit::Tensor::from_vec(upstream, out.shape()).map_err(candle_err)?.to_dtype(out.dtype());
         // d(Σ out·g)/d y_pred; `out` alone when g is a scalar 1 (the usual loss.backward()).
@@ -184,16 +206,21 @@ impl CustomOp1 for LossOp {
         } else {
             out.mul(&upstream).map_err(candle_err)?.sum_all()
         };
-        let grads = seeded.backward().map_err(candle_err)?;
-        let grad = match grads.get(leaf) {
-            Some(g) => g.clone(),
-            None => leaf.zeros_like(),
-        };
-        let (storage, shape) = to_candle(&grad);
-        let values = match storage {
-            CpuStorage::F32(v) => Tensor::from_vec(v, shape, &Device::Cpu)?,
-            CpuStorage::F64(v) => Tensor::from_vec(v, shape, &Device::Cpu)?,
-            other => return Err(candle_core::Error::Msg(format!("losskit: gradient of dtype {:?}", other.dtype()))),
+        let mut grads = seeded.backward().map_err(candle_err)?;
+        // Taken out of the map, so its buffer is ours: handed to candle without a copy.
+        let grad = grads.remove(leaf).unwrap_or_else(|| leaf.zeros_like());
+        drop(grads);
+        let shape = Shape::from(grad.shape().to_vec());
+        let dtype = grad.dtype();
+        let storage = grad.into_storage();
+        let lost = || candle_core::Error::Msg("losskit: gradient of an unexpected dtype".into());
+        let values = match dtype {
+            losskit::DType::F32 => {
+                Tensor::from_vec(into_vec(f32::take(storage).ok_or_else(lost)?), shape, &Device::Cpu)?
+            }
+            losskit::DType::F64 => {
+                Tensor::from_vec(into_vec(f64::take(storage).ok_or_else(lost)?), shape, &Device::Cpu)?
+            }
         };
         Ok(Some(values.to_device(arg.device())?))
     }

@@ -21,11 +21,12 @@ fn wave(n: usize, seed: f64, lo: f64, hi: f64) -> Vec<f64> {
 fn patterns() -> Vec<Pattern> {
     let onehot: Vec<f64> = (0..12).map(|i| f64::from(u8::from(i % 3 == (i / 3) % 3))).collect();
     let boxes = |s: f64| -> Vec<f64> {
-        (0..4).flat_map(|b| {
-            let (y, x) = (b as f64 * 0.1 + s, 0.2 + s);
-            [y, x, y + 0.5, x + 0.4]
-        })
-        .collect()
+        (0..4)
+            .flat_map(|b| {
+                let (y, x) = (b as f64 * 0.1 + s, 0.2 + s);
+                [y, x, y + 0.5, x + 0.4]
+            })
+            .collect()
     };
     vec![
         (onehot.clone(), vec![4, 3], wave(12, 0.3, 0.05, 0.95), vec![4, 3]),
@@ -90,14 +91,16 @@ fn every_registered_loss_gives_losskits_values_and_gradients_through_candle() {
         for reduction in [None, Some("sum"), Some("none")] {
             let config = reduction.map_or(json!({}), |r| json!({"reduction": r}));
             let Ok(loss) = losskit::build(&info.class_name, &config) else { continue };
-            let wrapped = CandleLoss::from_arc(std::sync::Arc::from(losskit::build(&info.class_name, &config).unwrap()));
+            let wrapped =
+                CandleLoss::from_arc(std::sync::Arc::from(losskit::build(&info.class_name, &config).unwrap()));
             for p in patterns() {
                 let weights: Vec<f64> = (0..p.3[0]).map(|i| 0.5 + i as f64 * 0.25).collect();
                 for w in [None, Some(weights.as_slice())] {
                     for f64_ in [false, true] {
                         let Some(want) = direct(loss.as_ref(), &p, w, f64_) else { continue };
                         let got = through_candle(&wrapped, &p, w, f64_);
-                        let what = format!("{} {config} {:?}->{:?} w={} f64={f64_}", info.class_name, p.1, p.3, w.is_some());
+                        let what =
+                            format!("{} {config} {:?}->{:?} w={} f64={f64_}", info.class_name, p.1, p.3, w.is_some());
                         same(&got.0, &want.0, &format!("{what}: value"));
                         same(&got.1, &want.1, &format!("{what}: gradient"));
                         compared += 1;
@@ -117,7 +120,11 @@ fn candle_nn_losses_agree_with_losskits() {
     let logits = candle_tensor(&wave(15, 0.2, -3.0, 3.0), &[5, 3], DType::F32);
     let labels = Tensor::new(&[2u32, 0, 1, 1, 2], &DEV).unwrap();
     let target = candle_tensor(&wave(15, 1.3, 0.0, 1.0), &[5, 3], DType::F32);
-    let binary = candle_tensor(&[1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0], &[5, 3], DType::F32);
+    let binary = candle_tensor(
+        &[1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0],
+        &[5, 3],
+        DType::F32,
+    );
     let log_probs = candle_nn::ops::log_softmax(&logits, 1).unwrap();
     type CandleFn = fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>;
     let cases: Vec<(&str, CandleLoss, CandleFn, &Tensor, &Tensor)> = vec![
