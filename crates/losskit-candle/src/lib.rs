@@ -115,7 +115,7 @@ impl CandleLoss {
             loss: self.loss.clone(),
             y_true: constant(y_true, "y_true")?,
             sample_weight: sample_weight.map(|w| constant(w, "sample_weight")).transpose()?,
-            graph: Mutex::new(None),
+            graph: Graph::default(),
         };
         let out = pred.apply_op1(op)?;
         if device.is_cpu() {
@@ -131,8 +131,8 @@ struct LossOp {
     loss: Arc<dyn Loss>,
     y_true: losskit::Tensor,
     sample_weight: Option<losskit::Tensor>,
-    /// `(output, y_pred leaf)` of the last forward.
-    graph: Mutex<Option<(losskit::Tensor, losskit::Tensor)>>,
+    /// losskit's graph of the last forward.
+    graph: Graph,
 }
 
 /// The values of a contiguous candle CPU storage as a losskit tensor of `shape`.
@@ -180,6 +180,57 @@ fn into_vec<T: Clone>(a: ndarray::ArcArray<T, ndarray::IxDyn>) -> Vec<T> {
     v
 }
 
+/// losskit's graph of the last forward: the output and the leaves candle differentiates.
+#[derive(Default)]
+struct Graph(Mutex<Option<(losskit::Tensor, Vec<losskit::Tensor>)>>);
+
+impl Graph {
+    fn lock_err() -> candle_core::Error {
+        candle_core::Error::Msg("losskit: poisoned graph lock".into())
+    }
+
+    fn keep(&self, out: &losskit::Tensor, leaves: Vec<losskit::Tensor>) -> Result<()> {
+        *self.0.lock().map_err(|_| Self::lock_err())? = Some((out.clone(), leaves));
+        Ok(())
+    }
+
+    /// The gradients of `Σ out·grad_res` for each leaf, as candle tensors on `device`.
+    fn grads(&self, grad_res: &Tensor, device: &Device) -> Result<Vec<Tensor>> {
+        let guard = self.0.lock().map_err(|_| Self::lock_err())?;
+        let (out, leaves) =
+            guard.as_ref().ok_or_else(|| candle_core::Error::Msg("losskit: backward before forward".into()))?;
+        let upstream: Vec<f64> = grad_res.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+        let upstream = losskit::Tensor::from_vec(upstream, out.shape()).map_err(candle_err)?.to_dtype(out.dtype());
+        // `out` alone when g is a scalar 1 (the usual loss.backward()).
+        let seeded = if upstream.numel() == 1 && upstream.to_scalar().map_err(candle_err)? == 1.0 {
+            out.sum_all()
+        } else {
+            out.mul(&upstream).map_err(candle_err)?.sum_all()
+        };
+        let mut grads = seeded.backward().map_err(candle_err)?;
+        leaves
+            .iter()
+            .map(|leaf| {
+                // Taken out of the map, so its buffer is ours: handed to candle without a copy.
+                let grad = grads.remove(leaf).unwrap_or_else(|| leaf.zeros_like());
+                into_candle(grad)?.to_device(device)
+            })
+            .collect()
+    }
+}
+
+/// A losskit tensor as a candle CPU tensor, moving its buffer when it is unshared.
+fn into_candle(t: losskit::Tensor) -> Result<Tensor> {
+    let shape = Shape::from(t.shape().to_vec());
+    let dtype = t.dtype();
+    let storage = t.into_storage();
+    let lost = || candle_core::Error::Msg("losskit: a tensor of an unexpected dtype".into());
+    match dtype {
+        losskit::DType::F32 => Tensor::from_vec(into_vec(f32::take(storage).ok_or_else(lost)?), shape, &Device::Cpu),
+        losskit::DType::F64 => Tensor::from_vec(into_vec(f64::take(storage).ok_or_else(lost)?), shape, &Device::Cpu),
+    }
+}
+
 impl CustomOp1 for LossOp {
     fn name(&self) -> &'static str {
         "losskit"
@@ -188,40 +239,103 @@ impl CustomOp1 for LossOp {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let y_pred = to_losskit(storage, layout)?.requires_grad();
         let out = self.loss.call(&self.y_true, &y_pred, self.sample_weight.as_ref()).map_err(candle_err)?;
-        let result = to_candle(&out);
-        *self.graph.lock().map_err(|_| candle_core::Error::Msg("losskit: poisoned graph lock".into()))? =
-            Some((out, y_pred));
-        Ok(result)
+        self.graph.keep(&out, vec![y_pred])?;
+        Ok(to_candle(&out))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let guard = self.graph.lock().map_err(|_| candle_core::Error::Msg("losskit: poisoned graph lock".into()))?;
-        let (out, leaf) =
-            guard.as_ref().ok_or_else(|| candle_core::Error::Msg("losskit: backward before forward".into()))?;
-        let upstream: Vec<f64> = grad_res.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
-        let upstream = losskit::Tensor::from_vec(upstream, out.shape()).map_err(candle_err)?.to_dtype(out.dtype());
-        // d(Σ out·g)/d y_pred; `out` alone when g is a scalar 1 (the usual loss.backward()).
-        let seeded = if upstream.numel() == 1 && upstream.to_scalar().map_err(candle_err)? == 1.0 {
-            out.sum_all()
-        } else {
-            out.mul(&upstream).map_err(candle_err)?.sum_all()
-        };
-        let mut grads = seeded.backward().map_err(candle_err)?;
-        // Taken out of the map, so its buffer is ours: handed to candle without a copy.
-        let grad = grads.remove(leaf).unwrap_or_else(|| leaf.zeros_like());
-        drop(grads);
-        let shape = Shape::from(grad.shape().to_vec());
-        let dtype = grad.dtype();
-        let storage = grad.into_storage();
-        let lost = || candle_core::Error::Msg("losskit: gradient of an unexpected dtype".into());
-        let values = match dtype {
-            losskit::DType::F32 => {
-                Tensor::from_vec(into_vec(f32::take(storage).ok_or_else(lost)?), shape, &Device::Cpu)?
-            }
-            losskit::DType::F64 => {
-                Tensor::from_vec(into_vec(f64::take(storage).ok_or_else(lost)?), shape, &Device::Cpu)?
-            }
-        };
-        Ok(Some(values.to_device(arg.device())?))
+        Ok(self.graph.grads(grad_res, arg.device())?.pop())
+    }
+}
+
+/// [`losskit::LinearCrossEntropy`] on candle tensors, fused (the logits never materialised):
+/// `hidden (..., D)`, `weight (V, D)`, optional `bias (V,)`, integer `labels (...)` of any
+/// candle dtype. Differentiable by candle with respect to hidden, weight and bias; the result is
+/// a scalar, or per-token losses for the `none` reduction.
+pub fn linear_cross_entropy(
+    loss: &losskit::LinearCrossEntropy,
+    hidden: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    labels: &Tensor,
+) -> Result<Tensor> {
+    let device = hidden.device().clone();
+    let cpu = |t: &Tensor| -> Result<Tensor> {
+        let t = if device.is_cpu() { t.clone() } else { t.to_device(&Device::Cpu)? };
+        t.to_dtype(hidden.dtype())?.contiguous()
+    };
+    let labels_cpu = if device.is_cpu() { labels.clone() } else { labels.to_device(&Device::Cpu)? };
+    let values: Vec<f64> = labels_cpu.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+    let labels = losskit::Tensor::from_vec(values, labels_cpu.dims()).map_err(candle_err)?;
+    let op = LinearOp { loss: loss.clone(), labels, graph: Graph::default() };
+    let (h, w) = (cpu(hidden)?, cpu(weight)?);
+    let out = match bias {
+        Some(b) => h.apply_op3(&w, &cpu(b)?, op)?,
+        None => h.apply_op2(&w, op)?,
+    };
+    if device.is_cpu() {
+        Ok(out)
+    } else {
+        out.to_device(&device)
+    }
+}
+
+/// The fused linear cross-entropy as a candle op on (hidden, weight[, bias]).
+struct LinearOp {
+    loss: losskit::LinearCrossEntropy,
+    labels: losskit::Tensor,
+    graph: Graph,
+}
+
+impl LinearOp {
+    fn forward(&self, inputs: &[(&CpuStorage, &Layout)]) -> Result<(CpuStorage, Shape)> {
+        let leaves = inputs
+            .iter()
+            .map(|(s, l)| to_losskit(s, l).map(losskit::Tensor::requires_grad))
+            .collect::<Result<Vec<_>>>()?;
+        let out = self.loss.forward(&leaves[0], &leaves[1], leaves.get(2), &self.labels).map_err(candle_err)?;
+        self.graph.keep(&out, leaves)?;
+        Ok(to_candle(&out))
+    }
+}
+
+impl candle_core::CustomOp2 for LinearOp {
+    fn name(&self) -> &'static str {
+        "losskit-linear-cross-entropy"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.forward(&[(s1, l1), (s2, l2)])
+    }
+    fn bwd(&self, a1: &Tensor, _a2: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let mut g = self.graph.grads(grad, a1.device())?.into_iter();
+        Ok((g.next(), g.next()))
+    }
+}
+
+impl candle_core::CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "losskit-linear-cross-entropy"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.forward(&[(s1, l1), (s2, l2), (s3, l3)])
+    }
+    fn bwd(
+        &self,
+        a1: &Tensor,
+        _a2: &Tensor,
+        _a3: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let mut g = self.graph.grads(grad, a1.device())?.into_iter();
+        Ok((g.next(), g.next(), g.next()))
     }
 }

@@ -222,3 +222,32 @@ fn bad_input_is_a_candle_error_not_a_panic() {
         assert!(loss.forward(&labels, &probs, None).is_ok());
     }
 }
+
+#[test]
+fn fused_linear_cross_entropy_equals_candle_nns_matmul_and_cross_entropy() {
+    let (n, d, v) = (9, 5, 13);
+    let hidden = Var::from_tensor(&candle_tensor(&wave(n * d, 0.1, -1.0, 1.0), &[n, d], DType::F32)).unwrap();
+    let weight = Var::from_tensor(&candle_tensor(&wave(v * d, 0.7, -0.5, 0.5), &[v, d], DType::F32)).unwrap();
+    let bias = Var::from_tensor(&candle_tensor(&wave(v, 0.3, -0.2, 0.2), &[v], DType::F32)).unwrap();
+    let labels = Tensor::new(&[3u32, 0, 12, 5, 5, 7, 1, 9, 2], &DEV).unwrap();
+    let fused = losskit_candle::linear_cross_entropy(
+        &losskit::LinearCrossEntropy::new(),
+        &hidden,
+        &weight,
+        Some(&bias),
+        &labels,
+    )
+    .unwrap();
+    let logits = hidden.matmul(&weight.t().unwrap()).unwrap().broadcast_add(&bias).unwrap();
+    let naive = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
+    let (a, b) = (fused.to_scalar::<f32>().unwrap(), naive.to_scalar::<f32>().unwrap());
+    assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    let (ga, gb) = (fused.backward().unwrap(), naive.backward().unwrap());
+    for var in [&hidden, &weight, &bias] {
+        let flat =
+            |g: &candle_core::backprop::GradStore| g.get(var).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (p, q) in flat(&ga).iter().zip(flat(&gb)) {
+            assert!((p - q).abs() < 1e-5, "{p} vs {q}");
+        }
+    }
+}
