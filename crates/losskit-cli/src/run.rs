@@ -210,7 +210,11 @@ pub fn fit(args: &FitArgs) -> Result<()> {
     if !args.no_plots {
         fit = fit.callback(&mut plots);
     }
-    let history = model.fit(&x, &y, fit)?;
+    let history = model.fit(&x, &y, fit).map_err(|e| match (&e, model.last_diagnosis()) {
+        // The NaN guard's report with advice in this command's flags.
+        (Error::NonFinite { .. }, Some(d)) => Error::NonFinite { op: "fit".into(), diagnosis: d.for_cli().to_string() },
+        _ => e,
+    })?;
     model.save_weights(dir.join("model.safetensors"))?;
     write_json(&dir.join("model.json"), &spec)?;
     let test = match &split.test {

@@ -332,6 +332,28 @@ fn fit_reads_csv_and_npz_data_and_reports_bad_input() {
 }
 
 #[test]
+fn a_diverging_fit_is_diagnosed_in_the_progress_bars_numbers_and_the_cli_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = losskit(&[
+        "fit",
+        "--lr",
+        "1e30",
+        "--epochs",
+        "2",
+        "--verbose",
+        "2",
+        "--no-plots",
+        "--out",
+        dir.path().join("run").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at epoch 1, batch "), "1-based, as the progress bar: {err}");
+    assert!(err.contains("--lr (now 1e30)") && err.contains("--clipnorm 1.0"), "CLI advice: {err}");
+    assert!(!err.contains("Optimizer::") && !err.contains("000000000") && !err.contains("epoch 0"), "{err}");
+}
+
+#[test]
 fn compute_reaches_tfa_and_pytorch_losses_by_either_name() {
     let dir = tempfile::tempdir().unwrap();
     let (yt, yp) = (p(dir.path(), "t.npy"), p(dir.path(), "p.npy"));

@@ -42,7 +42,7 @@ pub use fit::{Fit, Targets};
 pub use initializers::Initializer;
 pub use layers::{ActivationLayer, Dense, Dropout, Flatten, Layer, Param};
 pub use model::{Model, Sequential, Stack};
-pub use nan::{Cause, Diagnosis, Stage};
+pub use nan::{human_number, Cause, CliDiagnosis, Diagnosis, Stage};
 pub use optimizers::{Clip, Optimizer, Rule};
 pub use regularizers::Regularizer;
 

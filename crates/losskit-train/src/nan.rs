@@ -174,16 +174,60 @@ pub struct Diagnosis {
     pub learning_rate: f64,
     /// The likely cause.
     pub cause: Cause,
-    /// What to do.
+    /// What to do, in the library's terms (`Optimizer::sgd(0.01)?.clipnorm(1.0)`).
     pub advice: String,
+    /// What to do, in `losskit fit`'s flags (`--lr`, `--clipnorm 1.0`).
+    pub cli_advice: String,
+}
+
+/// A number as a person writes it: `1e30`, `1e-7`, `0.01`, `16.118` (Rust's `{}` prints 1e30 as
+/// thirty zeros).
+pub fn human_number(x: f64) -> String {
+    if x != 0.0 && x.is_finite() && !(1e-4..1e6).contains(&x.abs()) {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
+    }
 }
 
 impl fmt::Display for Diagnosis {
+    /// The report with the library's advice; [`Diagnosis::for_cli`] gives the CLI's.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "the loss became non-finite at epoch {}, batch {} (loss = {})", self.epoch, self.batch, self.loss)?;
+        self.render(f, &self.advice)
+    }
+}
+
+/// A [`Diagnosis`] shown with the CLI's advice.
+pub struct CliDiagnosis<'a>(&'a Diagnosis);
+
+impl fmt::Display for CliDiagnosis<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.render(f, &self.0.cli_advice)
+    }
+}
+
+impl Diagnosis {
+    /// The report with advice in `losskit fit`'s flags.
+    pub fn for_cli(&self) -> CliDiagnosis<'_> {
+        CliDiagnosis(self)
+    }
+
+    /// The report: which value went non-finite where (epoch and batch 1-based, as the progress
+    /// bar counts them), the first non-finite stage, the cause, `advice`, the gradient norms.
+    fn render(&self, f: &mut fmt::Formatter<'_>, advice: &str) -> fmt::Result {
+        let (epoch, batch) = (self.epoch + 1, self.batch + 1);
+        if self.loss.is_finite() {
+            writeln!(
+                f,
+                "a gradient became non-finite at epoch {epoch}, batch {batch} (the loss was finite: {})",
+                human_number(self.loss)
+            )?;
+        } else {
+            writeln!(f, "the loss became non-finite at epoch {epoch}, batch {batch} (loss = {})", self.loss)?;
+        }
         writeln!(f, "  first non-finite value: {}", self.first)?;
         writeln!(f, "  likely cause: {}", self.cause_text())?;
-        writeln!(f, "  what to do: {}", self.advice)?;
+        writeln!(f, "  what to do: {advice}")?;
         if !self.grad_norms.is_empty() {
             writeln!(f, "  gradient norms per layer over the last {} batches (oldest first):", self.grad_norms.len())?;
             let layers: Vec<&String> = self.grad_norms[0].iter().map(|(l, _)| l).collect();
@@ -198,9 +242,7 @@ impl fmt::Display for Diagnosis {
         }
         write!(f, "  (the weights are those after the last good step)")
     }
-}
 
-impl Diagnosis {
     /// One line naming the cause.
     pub fn cause_text(&self) -> String {
         match &self.cause {
@@ -209,7 +251,7 @@ impl Diagnosis {
             Cause::LargeRegularization { regularizers } => {
                 format!(
                     "a very large regularization penalty ({regularizers}) with learning rate {}",
-                    self.learning_rate
+                    human_number(self.learning_rate)
                 )
             }
             Cause::ExplodingGradients => "exploding gradients".into(),
@@ -328,28 +370,64 @@ pub(crate) fn diagnose(f: Failure<'_>) -> Diagnosis {
         Cause::ExplodingGradients
     };
     let lr = f.learning_rate;
-    let advice = match &cause {
-        Cause::NonFiniteData => "clean the data: fit checks it before training unless check_data(false) is set".into(),
-        Cause::UnscaledInputs { .. } => {
-            "scale the inputs (divide by their maximum or standardise them), and/or lower the learning rate".into()
-        }
-        Cause::LargeRegularization { .. } => {
-            format!(
-                "lower the L2/L1 factor{}",
-                if lr > 1.0 { format!(" and the learning rate ({lr} > 1)") } else { String::new() }
-            )
-        }
-        Cause::ExplodingGradients => format!(
-            "lower the learning rate (now {lr}) or clip the gradients, e.g. Optimizer::sgd({lr})?.clipnorm(1.0)"
-        ),
-        Cause::LossFunction => {
-            "use from_logits=True with a linear last layer (stable log-softmax), or clip the predictions before the log"
-                .into()
-        }
-    };
+    let (advice, cli_advice) = advice(&cause, lr);
     let mut grad_norms = f.history.all();
     if grad_norms.is_empty() {
         grad_norms.push(layer_norms(&f.grad_names, f.grads));
     }
-    Diagnosis { epoch: f.epoch, batch: f.batch, first, loss: f.loss, grad_norms, learning_rate: lr, cause, advice }
+    Diagnosis {
+        epoch: f.epoch,
+        batch: f.batch,
+        first,
+        loss: f.loss,
+        grad_norms,
+        learning_rate: lr,
+        cause,
+        advice,
+        cli_advice,
+    }
+}
+
+/// What to do about `cause`: in the library's terms, then in `losskit fit`'s flags.
+fn advice(cause: &Cause, lr: f64) -> (String, String) {
+    let rate = human_number(lr);
+    match cause {
+        Cause::NonFiniteData => (
+            "clean the data: fit checks it before training unless check_data(false) is set".into(),
+            "clean the data file (losskit fit checks it before training)".into(),
+        ),
+        Cause::UnscaledInputs { .. } => (
+            "scale the inputs (divide by their maximum or standardise them), and/or lower the learning rate".into(),
+            format!("scale the inputs (divide by their maximum or standardise them), and/or lower --lr (now {rate})"),
+        ),
+        Cause::LargeRegularization { .. } => {
+            let high = if lr > 1.0 { format!(" and the learning rate ({rate} > 1)") } else { String::new() };
+            (format!("lower the L2/L1 factor{high}"), format!("lower the L2/L1 factor{high}"))
+        }
+        Cause::ExplodingGradients => (
+            format!("lower the learning rate (now {rate}) or clip the gradients, e.g. Optimizer::sgd({rate})?.clipnorm(1.0)"),
+            format!("lower --lr (now {rate}) or clip the gradients with --clipnorm 1.0"),
+        ),
+        Cause::LossFunction => (
+            "use from_logits=True with a linear last layer (stable log-softmax), or clip the predictions before the log"
+                .into(),
+            "use --loss-config '{\"from_logits\": true}' with a linear last layer, or a loss that clips its predictions"
+                .into(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_number;
+
+    #[test]
+    fn numbers_read_as_a_person_writes_them() {
+        assert_eq!(human_number(1e30), "1e30");
+        assert_eq!(human_number(1e-7), "1e-7");
+        assert_eq!(human_number(0.01), "0.01");
+        assert_eq!(human_number(16.118), "16.118");
+        assert_eq!(human_number(0.0), "0");
+        assert_eq!(human_number(f64::NAN), "NaN");
+    }
 }

@@ -76,6 +76,8 @@ fn draw<DB: DrawingBackend>(
             .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
+            .x_labels(epoch_tick_count(x_min, x_max))
+            .x_label_formatter(&|x| epoch_tick(*x))
             .x_desc("epoch")
             .y_desc(name.as_str())
             .label_style(("sans-serif", 13))
@@ -97,6 +99,21 @@ fn draw<DB: DrawingBackend>(
             .map_err(|e| e.to_string())?;
     }
     root.present().map_err(|e| e.to_string())
+}
+
+/// An epoch tick's label: whole epochs as integers (`5`, not `5.0`); ticks between epochs get
+/// no label.
+fn epoch_tick(x: f64) -> String {
+    if (x - x.round()).abs() < 1e-9 {
+        format!("{}", x.round() as i64)
+    } else {
+        String::new()
+    }
+}
+
+/// How many x ticks to ask for: one per epoch up to 11, so short runs get whole epochs only.
+fn epoch_tick_count(x_min: f64, x_max: f64) -> usize {
+    ((x_max - x_min).round() as usize + 1).clamp(2, 11)
 }
 
 /// Draws `history` (one panel per metric, training and validation curves, epochs on x) to a
@@ -164,5 +181,19 @@ impl Callback for PlotLearningCurves {
     fn on_epoch_end(&mut self, epoch: usize, logs: &Logs, _model: &mut Model) -> Result<()> {
         self.history.push(epoch, logs);
         plot_history(&self.history, Some(&self.png_path()), Some(&self.svg_path())).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{epoch_tick, epoch_tick_count};
+
+    #[test]
+    fn epoch_ticks_are_whole_numbers() {
+        assert_eq!(epoch_tick(5.0), "5");
+        assert_eq!(epoch_tick(10.0), "10");
+        assert_eq!(epoch_tick(2.5), "");
+        assert_eq!(epoch_tick_count(1.0, 3.0), 3);
+        assert_eq!(epoch_tick_count(1.0, 50.0), 11);
     }
 }
