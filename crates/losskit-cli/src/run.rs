@@ -3,7 +3,7 @@
 
 use crate::{EvaluateArgs, FitArgs, PlotArgs, PredictArgs};
 use losskit::{Error, Loss, Result, Tensor};
-use losskit_train::datasets::{self, Dataset, LabelColumn, Split};
+use losskit_train::datasets::{self, Dataset, LabelColumn, SampleNames, Split};
 use losskit_train::{
     plot_history, Compile, CsvLogger, Dense, Dropout, Fit, Flatten, History, Model, Optimizer, PlotLearningCurves,
     Sequential, TensorBoard,
@@ -47,11 +47,42 @@ fn load_data(data: &str, label: &Option<String>) -> Result<(Split, f64)> {
         "fashion-mnist" | "fashion_mnist" => Ok((datasets::fashion_mnist(None)?, 1.0 / 255.0)),
         "mnist" => Ok((datasets::mnist(None)?, 1.0 / 255.0)),
         path => {
-            let split = datasets::load_path(Path::new(path), &label_column(label))?;
+            let (split, names) = datasets::load_path_named(Path::new(path), &label_column(label))?;
+            check_finite(path, &split.train, &names)?;
+            if let Some(test) = &split.test {
+                check_finite(&format!("{path} (test part)"), test, &SampleNames::Indices)?;
+            }
             let max = split.train.x.max_abs();
             Ok((split, if max > 1.0 { 1.0 / max } else { 1.0 }))
         }
     }
+}
+
+/// Refuses a NaN or infinite value in the file before any shuffle or split, naming the file,
+/// the user's line (CSV, the header counted) or sample index, and the column.
+fn check_finite(path: &str, data: &Dataset, names: &SampleNames) -> Result<()> {
+    let x = data.x.to_vec::<f64>();
+    let per_sample = x.len() / data.len().max(1);
+    let bad_x = x.iter().position(|v| !v.is_finite()).map(|i| (i / per_sample.max(1), i % per_sample.max(1), x[i]));
+    let y = data.y.to_vec::<f64>();
+    let bad_y = y.iter().position(|v| !v.is_finite()).map(|i| (i, usize::MAX, y[i]));
+    let first = match (bad_x, bad_y) {
+        (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+        (a, b) => a.or(b),
+    };
+    let Some((sample, feature, value)) = first else { return Ok(()) };
+    let what = if feature == usize::MAX {
+        "the label".to_string()
+    } else {
+        format!("feature {feature} (0-based, the label column left out)")
+    };
+    Err(Error::File {
+        path: path.into(),
+        msg: format!(
+            "{}: {what} is {value}; losskit fit needs finite numbers: clean or impute the file (or drop the row)",
+            names.describe(sample)
+        ),
+    })
 }
 
 fn is_sparse(loss: &dyn Loss) -> bool {

@@ -332,6 +332,24 @@ fn fit_reads_csv_and_npz_data_and_reports_bad_input() {
 }
 
 #[test]
+fn a_nan_in_a_csv_names_the_files_line_before_any_shuffle() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("data.csv");
+    let mut text = String::from("a,b,c,d,e,label\n");
+    for r in 0..200 {
+        let e = if r == 136 { "NaN".to_string() } else { format!("{}", r % 7) };
+        text.push_str(&format!("0.1,0.2,0.3,0.4,{e},{}\n", r % 3));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let run = dir.path().join("run");
+    let out = losskit(&["fit", "--data", csv.to_str().unwrap(), "--verbose", "0", "--out", run.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 138 (data row 137)") && err.contains("feature 4") && err.contains("NaN"), "{err}");
+    assert!(!err.contains("check_data"), "no Rust advice for a CLI user: {err}");
+}
+
+#[test]
 fn a_diverging_fit_is_diagnosed_in_the_progress_bars_numbers_and_the_cli_flags() {
     let dir = tempfile::tempdir().unwrap();
     let out = losskit(&[

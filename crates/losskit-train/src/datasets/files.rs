@@ -153,13 +153,23 @@ pub enum LabelColumn {
 /// Reads a CSV of numbers, one sample per row, with the label in `label` (a header row is
 /// detected: a first row with a non-numeric field). Errors give the file and the line.
 pub fn read_csv(path: impl AsRef<Path>, label: &LabelColumn) -> Result<Dataset> {
+    read_csv_lines(path, label).map(|(d, _)| d)
+}
+
+/// As [`read_csv`], with the file's line number (1-based, the header counted) of each sample.
+pub fn read_csv_lines(path: impl AsRef<Path>, label: &LabelColumn) -> Result<(Dataset, Vec<usize>)> {
     let path = path.as_ref();
     let text = std::fs::read_to_string(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
-    parse_csv(&text, label, &path.display().to_string())
+    parse_csv_lines(&text, label, &path.display().to_string())
 }
 
 /// As [`read_csv`], from the text of a file (`name` in errors).
 pub fn parse_csv(text: &str, label: &LabelColumn, name: &str) -> Result<Dataset> {
+    parse_csv_lines(text, label, name).map(|(d, _)| d)
+}
+
+/// As [`parse_csv`], with each sample's line number.
+fn parse_csv_lines(text: &str, label: &LabelColumn, name: &str) -> Result<(Dataset, Vec<usize>)> {
     let path = Path::new(name);
     let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(text.as_bytes());
     let mut rows: Vec<(usize, Vec<String>)> = Vec::new();
@@ -189,6 +199,7 @@ pub fn parse_csv(text: &str, label: &LabelColumn, name: &str) -> Result<Dataset>
         })?,
     };
     let (mut x, mut y) = (Vec::new(), Vec::new());
+    let lines: Vec<usize> = data.iter().map(|(line, _)| *line).collect();
     for (line, row) in data {
         if row.len() != cols {
             return Err(file_err(path, format!("line {line}: {} fields, expected {cols}", row.len())));
@@ -208,7 +219,7 @@ pub fn parse_csv(text: &str, label: &LabelColumn, name: &str) -> Result<Dataset>
     if n == 0 {
         return Err(file_err(path, "no data rows"));
     }
-    Ok(Dataset { x: Tensor::from_vec(x, &[n, cols - 1])?, y: Tensor::from_vec(y, &[n])? })
+    Ok((Dataset { x: Tensor::from_vec(x, &[n, cols - 1])?, y: Tensor::from_vec(y, &[n])? }, lines))
 }
 
 /// Reads `x.npy` and `y.npy` from a folder.
@@ -219,6 +230,40 @@ pub fn read_npy_pair(dir: &Path) -> Result<Dataset> {
         return Err(file_err(dir, format!("x.npy has shape {:?} but y.npy has {:?}", x.shape(), y.shape())));
     }
     Ok(Dataset { x: x.to_dtype(losskit::DType::F32), y: y.to_dtype(losskit::DType::F32) })
+}
+
+/// How a file names its samples, for messages in the user's terms.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SampleNames {
+    /// A CSV: sample `i` is on line `lines[i]` (1-based, the header counted).
+    CsvLines(Vec<usize>),
+    /// IDX, NPY, NPZ: samples by their 0-based index in the file.
+    Indices,
+}
+
+impl SampleNames {
+    /// `"line 138 (data row 137)"` for a CSV (data rows counted from 1, as a spreadsheet
+    /// does), `"sample 136"` (the 0-based index, as NumPy) otherwise.
+    pub fn describe(&self, sample: usize) -> String {
+        match self {
+            SampleNames::CsvLines(lines) => match lines.get(sample) {
+                Some(line) => format!("line {line} (data row {})", sample + 1),
+                None => format!("sample {sample}"),
+            },
+            SampleNames::Indices => format!("sample {sample}"),
+        }
+    }
+}
+
+/// As [`load_path`], with how the file names the training samples.
+pub fn load_path_named(path: &Path, label: &LabelColumn) -> Result<(Split, SampleNames)> {
+    let is_csv =
+        !path.is_dir() && path.extension().and_then(|e| e.to_str()).map(str::to_lowercase).as_deref() == Some("csv");
+    if is_csv {
+        let (train, lines) = read_csv_lines(path, label)?;
+        return Ok((Split { train, test: None }, SampleNames::CsvLines(lines)));
+    }
+    load_path(path, label).map(|s| (s, SampleNames::Indices))
 }
 
 /// Loads `--data PATH`: a folder of IDX files (or `x.npy`/`y.npy`), an `.npz`, or a `.csv`.

@@ -6,8 +6,8 @@ mod files;
 mod idx;
 
 pub use files::{
-    fashion_mnist, load_path, mnist, parse_csv, read_csv, read_idx_dir, read_npy_pair, read_npz, LabelColumn, Split,
-    FASHION_MNIST_DIR, MNIST_DIR,
+    fashion_mnist, load_path, load_path_named, mnist, parse_csv, read_csv, read_csv_lines, read_idx_dir, read_npy_pair,
+    read_npz, LabelColumn, SampleNames, Split, FASHION_MNIST_DIR, MNIST_DIR,
 };
 pub use idx::{parse_idx, read_idx};
 
