@@ -350,6 +350,21 @@ fn a_nan_in_a_csv_names_the_files_line_before_any_shuffle() {
 }
 
 #[test]
+fn a_run_that_cannot_learn_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let args = ["fit", "--epochs", "2", "--verbose", "2", "--no-plots", "--out", run.to_str().unwrap()];
+    let out = losskit(&[&args[..], &["--lr", "1e12"]].concat());
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("probability ~0 to the true class") && err.contains("learning rate 1e12"), "{err}");
+    assert_eq!(err.matches("is probably too high").count(), 1, "once per run: {err}");
+    // A sane rate trains without it.
+    let out = losskit(&args);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("too high"));
+}
+
+#[test]
 fn a_diverging_fit_is_diagnosed_in_the_progress_bars_numbers_and_the_cli_flags() {
     let dir = tempfile::tempdir().unwrap();
     let out = losskit(&[

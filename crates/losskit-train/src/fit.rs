@@ -531,6 +531,56 @@ impl Model {
         Ok((total, each, Vec::new()))
     }
 
+    /// Keeps (in [`Model::warnings`]) and prints (when verbose) [`Model::cannot_learn`]'s
+    /// warning, once per `fit`.
+    fn warn_if_cannot_learn(&mut self, logs: &Logs, verbose: u8) {
+        const TAG: &str = "is probably too high";
+        if self.warnings.iter().any(|w| w.contains(TAG)) {
+            return;
+        }
+        if let Some(w) = self.cannot_learn(logs) {
+            if verbose > 0 {
+                eprintln!("warning: {w}");
+            }
+            self.warnings.push(w);
+        }
+    }
+
+    /// A warning when the epoch shows a run that cannot learn: the loss at a clipped
+    /// cross-entropy's ceiling (`-ln 1e-7 ≈ 16.1`: probability ~0 for the true class) or the
+    /// accuracy at chance level, while the learning rate is above the optimizer's usual range
+    /// (SGD > 1, adaptive optimizers > 0.1).
+    fn cannot_learn(&self, logs: &Logs) -> Option<String> {
+        let compiled = self.compiled.as_ref()?;
+        let lr = compiled.optimizer.learning_rate();
+        let usual = match compiled.optimizer.rule() {
+            crate::Rule::Sgd { .. } => 1.0,
+            _ => 0.1,
+        };
+        if lr <= usual {
+            return None;
+        }
+        let rate = nan::human_number(lr);
+        let ceiling = -(1e-7f64).ln();
+        let loss = compiled.losses.first()?;
+        let clipped_ce = loss.class_name().contains("Crossentropy") && loss.config()["from_logits"] != true;
+        if clipped_ce && logs.get("loss").is_some_and(|&l| l >= 0.8 * ceiling) {
+            return Some(format!(
+                "the loss stayed at ~{:.1}, the clipped cross-entropy's ceiling: the model assigns probability ~0 to the true class; the learning rate {rate} is probably too high",
+                logs["loss"]
+            ));
+        }
+        let classes = self.output_shapes().first().and_then(|s| s.last().copied()).unwrap_or(0);
+        let chance = if classes > 1 { 1.0 / classes as f64 } else { 0.5 };
+        if logs.get("accuracy").is_some_and(|&a| a <= 1.5 * chance) {
+            return Some(format!(
+                "the accuracy stayed at chance level ({:.3} for {classes} classes): the learning rate {rate} is probably too high",
+                logs["accuracy"]
+            ));
+        }
+        None
+    }
+
     fn logs_of(&self, acc: &Accumulators, prefix: &str) -> Logs {
         let mut logs = Logs::new();
         logs.insert(format!("{prefix}loss"), mean(acc.loss));
@@ -626,6 +676,7 @@ impl Model {
             for cb in callbacks.iter_mut() {
                 cb.on_epoch_end(epoch, &logs, self)?;
             }
+            self.warn_if_cannot_learn(&logs, opts.verbose);
             last_logs = logs;
             if self.stop_training {
                 break;
