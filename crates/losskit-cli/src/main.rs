@@ -80,6 +80,24 @@ pub struct FitArgs {
     /// Units of the hidden Dense layer.
     #[arg(long, default_value_t = 512)]
     pub hidden: usize,
+    /// Several hidden Dense layers (relu, each followed by the dropout): `--layers 512,256`.
+    /// Overrides --hidden.
+    #[arg(long, value_delimiter = ',')]
+    pub layers: Vec<usize>,
+    /// Metrics to log, comma-separated Keras names (`accuracy`, `mae`, ...).
+    #[arg(long, value_delimiter = ',', default_value = "accuracy")]
+    pub metrics: Vec<String>,
+    /// Stop when --monitor has not improved for this many epochs, restoring the best weights
+    /// (Keras' EarlyStopping(patience=..., restore_best_weights=True)).
+    #[arg(long, value_name = "PATIENCE")]
+    pub early_stopping: Option<usize>,
+    /// Divide the learning rate by 10 when --monitor has not improved for this many epochs
+    /// (Keras' ReduceLROnPlateau(patience=...)).
+    #[arg(long, value_name = "PATIENCE")]
+    pub reduce_lr_on_plateau: Option<usize>,
+    /// The quantity --early-stopping and --reduce-lr-on-plateau watch.
+    #[arg(long, default_value = "val_loss")]
+    pub monitor: String,
     /// Dropout rate after the hidden layer.
     #[arg(long, default_value_t = 0.2)]
     pub dropout: f64,

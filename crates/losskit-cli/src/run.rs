@@ -5,8 +5,8 @@ use crate::{EvaluateArgs, FitArgs, PlotArgs, PredictArgs};
 use losskit::{Error, Loss, Result, Tensor};
 use losskit_train::datasets::{self, Dataset, LabelColumn, SampleNames, Split};
 use losskit_train::{
-    plot_history, Compile, CsvLogger, Dense, Dropout, Fit, Flatten, History, Model, Optimizer, PlotLearningCurves,
-    Sequential, TensorBoard,
+    plot_history, Compile, CsvLogger, Dense, Dropout, EarlyStopping, Fit, Flatten, History, Model, Optimizer,
+    PlotLearningCurves, ReduceLROnPlateau, Sequential, TensorBoard,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -22,6 +22,9 @@ struct RunSpec {
     input_shape: Vec<usize>,
     classes: usize,
     hidden: usize,
+    /// Hidden layer widths when given (`--layers`); `hidden` alone otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    layers: Vec<usize>,
     dropout: f64,
     /// Inputs are multiplied by this before the model (1/16 for digits, 1/255 for images).
     scale: f64,
@@ -109,12 +112,12 @@ fn classes_of(y: &Tensor) -> Result<usize> {
 }
 
 fn build_model(spec: &RunSpec) -> Result<Model> {
-    Ok(Sequential::new()
-        .seed(spec.seed)
-        .add(Flatten::new())
-        .add(Dense::new(spec.hidden).activation("relu")?)
-        .add(Dropout::new(spec.dropout)?)
-        .add(Dense::new(spec.classes).activation(&spec.output_activation)?))
+    let widths = if spec.layers.is_empty() { vec![spec.hidden] } else { spec.layers.clone() };
+    let mut model = Sequential::new().seed(spec.seed).add(Flatten::new());
+    for units in widths {
+        model = model.add(Dense::new(units).activation("relu")?).add(Dropout::new(spec.dropout)?);
+    }
+    Ok(model.add(Dense::new(spec.classes).activation(&spec.output_activation)?))
 }
 
 fn class_weights(arg: &str, y: &Tensor, classes: usize) -> Result<BTreeMap<i64, f64>> {
@@ -192,6 +195,7 @@ pub fn fit(args: &FitArgs) -> Result<()> {
         input_shape: train.x.shape()[1..].to_vec(),
         classes,
         hidden: args.hidden,
+        layers: args.layers.clone(),
         dropout: args.dropout,
         scale,
         one_hot,
@@ -209,7 +213,8 @@ pub fn fit(args: &FitArgs) -> Result<()> {
     }
     let mut model = build_model(&spec)?;
     model.build(&spec.input_shape)?;
-    model.compile(Compile::new().optimizer(optimizer).loss(loss).metrics(&["accuracy"]))?;
+    let metrics: Vec<&str> = args.metrics.iter().map(String::as_str).collect();
+    model.compile(Compile::new().optimizer(optimizer).loss(loss).metrics(&metrics))?;
     let x = train.x.mul_scalar(scale)?;
     let y = targets(&train.y, classes, one_hot)?;
     let class_weight = args.class_weight.as_deref().map(|cw| class_weights(cw, &train.y, classes)).transpose()?;
@@ -237,7 +242,17 @@ pub fn fit(args: &FitArgs) -> Result<()> {
     if let Some(cw) = class_weight {
         fit = fit.class_weight(cw);
     }
+    let mut early =
+        args.early_stopping.map(|p| EarlyStopping::new(&args.monitor).patience(p).restore_best_weights(true));
+    let mut plateau =
+        args.reduce_lr_on_plateau.map(|p| ReduceLROnPlateau::new(&args.monitor).map(|r| r.patience(p))).transpose()?;
     fit = fit.callback(&mut csv).callback(&mut tb);
+    if let Some(e) = early.as_mut() {
+        fit = fit.callback(e);
+    }
+    if let Some(r) = plateau.as_mut() {
+        fit = fit.callback(r);
+    }
     if !args.no_plots {
         fit = fit.callback(&mut plots);
     }

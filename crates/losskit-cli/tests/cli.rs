@@ -350,6 +350,44 @@ fn a_nan_in_a_csv_names_the_files_line_before_any_shuffle() {
 }
 
 #[test]
+fn layers_metrics_early_stopping_and_plateau_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = losskit(&[
+        "fit",
+        "--layers",
+        "24,12",
+        "--metrics",
+        "accuracy,sparse_categorical_accuracy",
+        "--epochs",
+        "40",
+        "--lr",
+        "0.2",
+        "--early-stopping",
+        "1",
+        "--reduce-lr-on-plateau",
+        "1",
+        "--monitor",
+        "val_loss",
+        "--verbose",
+        "0",
+        "--no-plots",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let history = std::fs::read_to_string(run.join("history.csv")).unwrap();
+    assert!(history.lines().next().unwrap().contains("sparse_categorical_accuracy"), "{history}");
+    let epochs = history.lines().count() - 1;
+    assert!(epochs < 40, "early stopping with patience 1 stops before 40 epochs: {epochs}");
+    let spec: Value = serde_json::from_str(&std::fs::read_to_string(run.join("model.json")).unwrap()).unwrap();
+    assert_eq!(spec["layers"], serde_json::json!([24, 12]));
+    // The run folder still evaluates (the layers are read back).
+    let out = losskit(&["evaluate", "--model", run.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn a_run_that_cannot_learn_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
