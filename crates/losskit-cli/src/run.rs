@@ -345,6 +345,22 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
     Ok(())
 }
 
+/// A warning when `predict`'s raw inputs look already scaled: every value in [0, 1] for a model
+/// that scales its inputs itself (by `scale` < 1, e.g. 1/255).
+fn already_scaled(x: &Tensor, scale: f64) -> Option<String> {
+    if scale >= 1.0 || x.numel() == 0 {
+        return None;
+    }
+    let max = x.max_abs();
+    (max <= 1.0).then(|| {
+        format!(
+            "the inputs are all within [0, 1], but the model multiplies raw inputs by {} itself (as in training): pass the raw values (0 to {:.0}), not scaled ones",
+            losskit_train::human_number(scale),
+            1.0 / scale
+        )
+    })
+}
+
 /// `losskit predict`.
 pub fn predict(args: &PredictArgs) -> Result<()> {
     let (spec, mut model) = load_run(&args.model)?;
@@ -354,6 +370,9 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
             op: "predict".into(),
             msg: format!("inputs of shape {:?} do not fit the model's (N, {:?})", x.shape(), spec.input_shape),
         });
+    }
+    if let Some(w) = already_scaled(&x, spec.scale) {
+        eprintln!("warning: {w}");
     }
     let x = x.to_dtype(losskit::DType::F32).mul_scalar(spec.scale)?;
     let probs = model.predict(&x, 256)?.remove(0);

@@ -223,6 +223,16 @@ fn fit_writes_a_run_folder_then_evaluate_predict_and_plot_use_it() {
     losskit_tensor::npy::write_npy(&x, &digits.x.gather(0, &[0, 1, 2, 3]).unwrap()).unwrap();
     let pr = run_ok(&["predict", "--model", run.to_str().unwrap(), "--input", x.to_str().unwrap()]);
     assert_eq!(pr["classes"].as_array().unwrap().len(), 4);
+    // Inputs already scaled to [0, 1] for a model that scales raw values itself: a warning.
+    let scaled = dir.path().join("scaled.npy");
+    losskit_tensor::npy::write_npy(&scaled, &digits.x.gather(0, &[0, 1]).unwrap().mul_scalar(1.0 / 16.0).unwrap())
+        .unwrap();
+    let out = losskit(&["predict", "--model", run.to_str().unwrap(), "--input", scaled.to_str().unwrap()]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("within [0, 1]") && err.contains("0 to 16"), "{err}");
+    let out = losskit(&["predict", "--model", run.to_str().unwrap(), "--input", x.to_str().unwrap()]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"), "raw inputs: no warning");
     let probs = dir.path().join("p.npy");
     run_ok(&[
         "predict",
