@@ -22,7 +22,7 @@
 
 use crate::classification::log_sum_exp;
 use crate::gemm::{gemm, MatRef};
-use crate::sum::lane_sum2_wide;
+use crate::sum::{lane_sum2_wide, lane_sum_wide};
 use crate::{Float, KernelError, RowKernel};
 use rayon::prelude::*;
 
@@ -185,11 +185,8 @@ impl LinearCrossEntropy<'_> {
         if let Some(g) = grads {
             length("hidden gradient", g.hidden.len(), n * d)?;
             length("weight gradient", g.weight.len(), v * d)?;
-            match (&g.bias, x.bias) {
-                (Some(gb), Some(_)) => length("bias gradient", gb.len(), v)?,
-                (None, None) => {}
-                (gb, _) => length("bias gradient", gb.as_ref().map_or(0, |b| b.len()), x.bias.map_or(0, |_| v))?,
-            }
+            // A bias gradient exactly when there is a bias (length 0 stands for "none").
+            length("bias gradient", g.bias.as_ref().map_or(0, |b| b.len()), x.bias.map_or(0, |_| v))?;
         }
         for (token, &label) in x.labels.iter().enumerate() {
             if Some(label) != self.ignore_index && !(0..v as i64).contains(&label) {
@@ -297,7 +294,6 @@ impl<T: Float> Typed<T> {
     fn row(&self, row: &mut [T], label: usize, scale: Option<T>) -> T {
         let one = T::one();
         let eps = self.eps;
-        let k = self;
         let w = |j: usize| self.weights.as_ref().map_or(one, |w| w[j]);
         let lse = log_sum_exp(row);
         let z_y = row[label];
@@ -306,13 +302,13 @@ impl<T: Float> Typed<T> {
         if eps != T::zero() {
             let weighted = match &self.weights {
                 Some(cw) => lane_sum2_wide(row, cw, |z, w| z * w),
-                None => lane_sum2_wide(row, row, |z, _| z),
+                None => lane_sum_wide(row, |z| z),
             };
-            loss = loss + k.smooth * T::narrow(k.w_total.widen() * lse.widen() - weighted);
+            loss = loss + self.smooth * T::narrow(self.w_total.widen() * lse.widen() - weighted);
         }
         let Some(s) = scale else { return loss };
-        let a = s * ((one - eps) * w_y + k.smooth * k.w_total + T::c(2.0) * self.z_loss * lse);
-        let b = s * k.smooth;
+        let a = s * ((one - eps) * w_y + self.smooth * self.w_total + T::c(2.0) * self.z_loss * lse);
+        let b = s * self.smooth;
         let cap = self.cap;
         // The soft-cap's derivative at a capped logit: 1 - (z/c)².
         let capped = |zj: T| cap.map_or(one, |c| one - (zj / c) * (zj / c));

@@ -420,18 +420,34 @@ impl Model {
         wb: Option<&Tensor>,
         training: bool,
     ) -> Result<(Tensor, Vec<f64>, Vec<Tensor>)> {
-        if let Some(fused) = self.fused_head()? {
-            return self.fused_losses_on(&fused, xb, yb, wb, training);
-        }
-        let outs = self.forward(xb, training)?;
+        let (losses, outs) = match self.fused_head()? {
+            Some(fused) => (vec![self.fused_loss(&fused, xb, yb, wb, training)?], Vec::new()),
+            None => {
+                let outs = self.forward(xb, training)?;
+                let compiled = self.compiled.as_ref().expect("checked");
+                let losses = outs
+                    .iter()
+                    .zip(yb)
+                    .zip(&compiled.losses)
+                    .map(|((out, y), loss)| loss.call(y, out, wb))
+                    .collect::<Result<Vec<_>>>()?;
+                (losses, outs)
+            }
+        };
+        let (total, each) = self.weighted_total(losses)?;
+        Ok((total, each, outs))
+    }
+
+    /// `Σ wᵢ·Lᵢ` over the outputs' losses (loss weights), plus the layers' regularization;
+    /// with each output's unweighted loss.
+    fn weighted_total(&self, losses: Vec<Tensor>) -> Result<(Tensor, Vec<f64>)> {
         let compiled = self.compiled.as_ref().expect("checked");
         let mut total: Option<Tensor> = None;
-        let mut each = Vec::with_capacity(outs.len());
-        for (i, (out, y)) in outs.iter().zip(yb).enumerate() {
-            let l = compiled.losses[i].call(y, out, wb)?;
+        let mut each = Vec::with_capacity(losses.len());
+        for (l, weight) in losses.into_iter().zip(&compiled.loss_weights) {
             each.push(l.to_scalar()?);
-            let term = match compiled.loss_weights[i] {
-                Some(w) => l.mul_scalar(w)?,
+            let term = match weight {
+                Some(w) => l.mul_scalar(*w)?,
                 None => l,
             };
             total = Some(match total {
@@ -443,7 +459,7 @@ impl Model {
         if let Some(reg) = self.regularization_loss()? {
             total = total.add(&reg)?;
         }
-        Ok((total, each, outs))
+        Ok((total, each))
     }
 
     /// The fused loss for the last layer, when [`Compile::fused_head`](crate::Compile::fused_head)
@@ -494,16 +510,16 @@ impl Model {
         }
     }
 
-    /// [`Model::losses_on`] through the fused last layer: the trunk up to it, then the loss of
-    /// its kernel and bias against the labels in one node (no outputs come back).
-    fn fused_losses_on(
+    /// The loss through the fused last layer: the trunk up to it, then the loss of its kernel
+    /// and bias against the labels in one node (the outputs are never computed).
+    fn fused_loss(
         &mut self,
         fused: &LinearCrossEntropy,
         xb: &Tensor,
         yb: &[Tensor],
         wb: Option<&Tensor>,
         training: bool,
-    ) -> Result<(Tensor, Vec<f64>, Vec<Tensor>)> {
+    ) -> Result<Tensor> {
         self.ensure_built(xb)?;
         let mut h = xb.to_dtype(self.dtype);
         let (last, rest) = self.trunk.split_last().expect("fusable: a last layer");
@@ -518,17 +534,7 @@ impl Model {
         } else {
             yb[0].clone()
         };
-        let loss = fused.forward_dense(&h, kernel, bias, &labels, wb)?;
-        let compiled = self.compiled.as_ref().expect("checked");
-        let each = vec![loss.to_scalar()?];
-        let mut total = match compiled.loss_weights[0] {
-            Some(w) => loss.mul_scalar(w)?,
-            None => loss,
-        };
-        if let Some(reg) = self.regularization_loss()? {
-            total = total.add(&reg)?;
-        }
-        Ok((total, each, Vec::new()))
+        fused.forward_dense(&h, kernel, bias, &labels, wb)
     }
 
     /// Keeps (in [`Model::warnings`]) and prints (when verbose) [`Model::cannot_learn`]'s
