@@ -7,7 +7,7 @@ mod bench_linear_ce;
 mod compute;
 mod run;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Trains the seed's model (Flatten, Dense relu, Dropout, Dense softmax) and writes a run folder.
-    Fit(FitArgs),
+    Fit(Box<FitArgs>),
     /// Evaluates a saved run on its dataset's test set (or held-out validation samples).
     Evaluate(EvaluateArgs),
     /// Predicts class probabilities for inputs in an .npy file with a saved run.
@@ -41,8 +41,8 @@ enum Command {
     Compute(ComputeArgs),
 }
 
-/// `losskit fit` arguments.
-#[derive(clap::Args, Debug, Clone)]
+/// `losskit fit` arguments (kept in the run folder's `run.json` for `--resume`).
+#[derive(clap::Args, Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct FitArgs {
     /// digits (embedded), fashion-mnist, mnist, or a PATH: a folder of IDX files, an .npz, a .csv.
     #[arg(long, default_value = "digits")]
@@ -113,6 +113,12 @@ pub struct FitArgs {
     /// 0 silent, 1 progress bar, 2 one line per epoch.
     #[arg(long, default_value_t = 1)]
     pub verbose: u8,
+    /// Continue the run in RUN_DIR (killed or stopped) from its last backup, with the flags it
+    /// was started with (read from RUN_DIR/run.json); only --epochs and --verbose may be given
+    /// again.
+    #[arg(long, value_name = "RUN_DIR")]
+    #[serde(skip)]
+    pub resume: Option<PathBuf>,
 }
 
 /// `losskit evaluate` arguments.
@@ -199,9 +205,10 @@ pub struct ComputeArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
-        Command::Fit(args) => run::fit(&args),
+        Command::Fit(args) => run::fit(&args, &given_flags("fit", &matches)),
         Command::Evaluate(args) => run::evaluate(&args),
         Command::Predict(args) => run::predict(&args),
         Command::Plot(args) => run::plot(&args),
@@ -220,6 +227,19 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The flags of subcommand `name` given on the command line (not defaulted), as `--flag-name`.
+fn given_flags(name: &str, matches: &clap::ArgMatches) -> Vec<String> {
+    let (Some(command), Some(m)) = (Cli::command().find_subcommand(name).cloned(), matches.subcommand_matches(name))
+    else {
+        return Vec::new();
+    };
+    command
+        .get_arguments()
+        .filter(|a| m.value_source(a.get_id().as_str()) == Some(clap::parser::ValueSource::CommandLine))
+        .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+        .collect()
 }
 
 fn list() {

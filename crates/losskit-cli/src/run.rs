@@ -5,8 +5,8 @@ use crate::{EvaluateArgs, FitArgs, PlotArgs, PredictArgs};
 use losskit::{Error, Loss, Result, Tensor};
 use losskit_train::datasets::{self, Dataset, LabelColumn, SampleNames, Split};
 use losskit_train::{
-    plot_history, Compile, CsvLogger, Dense, Dropout, EarlyStopping, Fit, Flatten, History, Model, Optimizer,
-    PlotLearningCurves, ReduceLROnPlateau, Sequential, TensorBoard,
+    plot_history, BackupAndRestore, Compile, CsvLogger, Dense, Dropout, EarlyStopping, Fit, Flatten, History, Model,
+    Optimizer, PlotLearningCurves, ReduceLROnPlateau, Sequential, TensorBoard,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -174,9 +174,81 @@ fn fmt_logs(logs: &BTreeMap<String, f64>) -> String {
     logs.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(" - ")
 }
 
-/// `losskit fit`.
-pub fn fit(args: &FitArgs) -> Result<()> {
+/// `run.json`: the flags a run was started with, for `losskit fit --resume`.
+#[derive(Serialize, Deserialize)]
+struct RunFile {
+    version: u32,
+    args: FitArgs,
+}
+
+/// The backup folder inside a run folder.
+fn backup_dir(run: &Path) -> PathBuf {
+    run.join("backup")
+}
+
+/// The flags `--resume` may change: the number of epochs and the verbosity.
+const RESUME_FLAGS: [&str; 3] = ["--resume", "--epochs", "--verbose"];
+
+/// The flags of the run in `dir` (its `run.json`), with `--epochs` / `--verbose` taken from
+/// `args` when `given`; an error when other flags are given with other values than the run's,
+/// or when there is nothing to resume.
+fn resumed_args(dir: &Path, args: &FitArgs, given: &[String]) -> Result<FitArgs> {
+    let path = dir.join("run.json");
+    let ferr = |msg: String| Error::File { path: path.display().to_string(), msg };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| ferr(format!("cannot read (is {} a run folder of `losskit fit`?): {e}", dir.display())))?;
+    let file: RunFile = serde_json::from_str(&text).map_err(|e| ferr(format!("not a run file: {e}")))?;
+    let mut stored = file.args;
+    let (now, then) = (serde_json::to_value(args), serde_json::to_value(&stored));
+    let (Ok(now), Ok(then)) = (now, then) else { return Err(ferr("cannot compare the flags".into())) };
+    let changed: Vec<&str> = given
+        .iter()
+        .map(String::as_str)
+        .filter(|f| !RESUME_FLAGS.contains(f))
+        .filter(|f| {
+            let key = f.trim_start_matches("--").replace('-', "_");
+            now.get(&key) != then.get(&key)
+        })
+        .collect();
+    if !changed.is_empty() {
+        return Err(Error::Config(format!(
+            "--resume continues the run with the flags it was started with ({}); only --epochs and --verbose can change, not {}",
+            path.display(),
+            changed.join(", ")
+        )));
+    }
+    stored.out = Some(dir.to_path_buf());
+    stored.resume = args.resume.clone();
+    if given.iter().any(|f| f == "--epochs") {
+        stored.epochs = args.epochs;
+    }
+    if given.iter().any(|f| f == "--verbose") {
+        stored.verbose = args.verbose;
+    }
+    let backup = BackupAndRestore::new(backup_dir(dir)).path();
+    if !backup.exists() {
+        if dir.join("model.safetensors").exists() {
+            return Err(Error::File {
+                path: dir.display().to_string(),
+                msg: "this run has finished (model.safetensors is written, no backup is left): nothing to resume"
+                    .into(),
+            });
+        }
+        eprintln!(
+            "note: no backup in {} yet (the run stopped before its first epoch ended): starting it from epoch 1",
+            backup.display()
+        );
+    }
+    Ok(stored)
+}
+
+/// `losskit fit`; `given` lists the flags given on the command line (for `--resume`).
+pub fn fit(args: &FitArgs, given: &[String]) -> Result<()> {
     let started = Instant::now();
+    let args = &match &args.resume {
+        Some(dir) => resumed_args(dir, args, given)?,
+        None => args.clone(),
+    };
     let (split, scale) = load_data(&args.data, &args.label_column)?;
     let config: Value = match &args.loss_config {
         Some(t) => {
@@ -219,6 +291,7 @@ pub fn fit(args: &FitArgs) -> Result<()> {
     let y = targets(&train.y, classes, one_hot)?;
     let class_weight = args.class_weight.as_deref().map(|cw| class_weights(cw, &train.y, classes)).transpose()?;
     let dir = run_dir(&args.out)?;
+    write_json(&dir.join("run.json"), &RunFile { version: 1, args: args.clone() })?;
     if args.verbose > 0 {
         print!("{}", model.summary());
         let n_val = (train.len() as f64 * args.validation_split).ceil() as usize;
@@ -256,6 +329,9 @@ pub fn fit(args: &FitArgs) -> Result<()> {
     if !args.no_plots {
         fit = fit.callback(&mut plots);
     }
+    // Last, so that its backup records every other callback's end-of-epoch state.
+    let mut backup = BackupAndRestore::new(backup_dir(&dir));
+    fit = fit.callback(&mut backup);
     let history = model.fit(&x, &y, fit).map_err(|e| match (&e, model.last_diagnosis()) {
         // The NaN guard's report with advice in this command's flags.
         (Error::NonFinite { .. }, Some(d)) => Error::NonFinite { op: "fit".into(), diagnosis: d.for_cli().to_string() },
@@ -294,7 +370,8 @@ fn summary(history: &History, test: Option<&(BTreeMap<String, f64>, usize)>, dir
         println!("  test ({n} samples): {}", fmt_logs(logs));
     }
     println!("Files in {}/:", dir.display());
-    let mut files = vec!["history.csv", "logs/ (TensorBoard: train/, validation/)", "model.safetensors", "model.json"];
+    let mut files =
+        vec!["history.csv", "logs/ (TensorBoard: train/, validation/)", "model.safetensors", "model.json", "run.json"];
     if !args.no_plots {
         files.insert(1, "curves.png, curves.svg");
     }

@@ -483,3 +483,48 @@ fn compute_reaches_tfa_and_pytorch_losses_by_either_name() {
     let got = t["loss"].as_f64().unwrap();
     assert!((got - expected).abs() < 1e-5, "{got} vs {expected}");
 }
+
+#[test]
+fn a_killed_fit_resumes_to_the_same_weights_and_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = |out: &Path| -> Vec<String> {
+        let f = "fit --epochs 40 --hidden 128 --optimizer adam --reduce-lr-on-plateau 2 --early-stopping 30 --no-plots --verbose 0 --seed 4 --out";
+        f.split(' ').map(String::from).chain([out.display().to_string()]).collect()
+    };
+    let whole = dir.path().join("whole");
+    let out = Command::new(env!("CARGO_BIN_EXE_losskit")).args(flags(&whole)).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The same run, killed without warning (SIGKILL) once it has backed up a few epochs.
+    let killed = dir.path().join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_losskit")).args(flags(&killed)).spawn().unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let rows = std::fs::read_to_string(killed.join("history.csv")).map(|t| t.lines().count()).unwrap_or(0);
+        if rows >= 4 {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        assert!(started.elapsed().as_secs() < 300, "no epoch ended in 300 s");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    assert!(!child.wait().unwrap().success());
+    assert!(!killed.join("model.safetensors").exists(), "killed after the end");
+    // The run's own command line again, with --resume (its flags may be repeated).
+    let mut again_flags = flags(&killed);
+    again_flags.extend(["--resume".to_string(), killed.display().to_string()]);
+    let resumed = Command::new(env!("CARGO_BIN_EXE_losskit")).args(&again_flags).output().unwrap();
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    for file in ["model.safetensors", "history.csv"] {
+        let (a, b) = (std::fs::read(whole.join(file)).unwrap(), std::fs::read(killed.join(file)).unwrap());
+        assert!(a == b, "{file} differs after the resume");
+    }
+    assert!(!killed.join("backup/backup.safetensors").exists(), "the backup is deleted at the end");
+    let again = losskit(&["fit", "--resume", killed.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("has finished"), "{again:?}");
+    let other_flags = losskit(&["fit", "--resume", killed.to_str().unwrap(), "--lr", "0.5", "--epochs", "50"]);
+    let err = String::from_utf8_lossy(&other_flags.stderr);
+    assert!(err.contains("only --epochs and --verbose can change, not --lr") && !err.contains("--epochs,"), "{err}");
+    let nothing = losskit(&["fit", "--resume", dir.path().join("none").to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&nothing.stderr).contains("a run folder of `losskit fit`"), "{nothing:?}");
+}

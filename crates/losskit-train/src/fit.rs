@@ -1,7 +1,8 @@
 //! `fit`, `evaluate`: the training loop with Keras' semantics (running-mean logs, validation
 //! split before shuffling, `class_weight` → per-sample weights, callbacks).
 
-use crate::callbacks::{Callback, FitParams, History, Logs, ProgbarLogger};
+use crate::callbacks::backup::{RunFacts, Snapshot};
+use crate::callbacks::{BackupAndRestore, Callback, CallbackState, FitParams, History, Logs, ProgbarLogger, SaveFreq};
 use crate::metrics::{self, Metric};
 use crate::model::Model;
 use crate::nan::{self, GradNormHistory};
@@ -215,6 +216,29 @@ impl Accumulators {
             metrics: vec![vec![(0.0, 0.0); metrics]; outputs],
         }
     }
+
+    /// Every (sum, count) pair in order: the loss, each output's loss, each output's metrics.
+    fn flat(&self) -> Vec<f64> {
+        std::iter::once(&self.loss)
+            .chain(&self.output_losses)
+            .chain(self.metrics.iter().flatten())
+            .flat_map(|&(s, c)| [s, c])
+            .collect()
+    }
+
+    /// The inverse of [`Accumulators::flat`] for `(outputs, metrics per output)`.
+    fn from_flat(v: &[f64], (outputs, metrics): (usize, usize)) -> std::result::Result<Self, String> {
+        let expected = 2 * (1 + outputs + outputs * metrics);
+        if v.len() != expected {
+            return Err(format!("{} running sums where {expected} were expected", v.len()));
+        }
+        let pairs: Vec<(f64, f64)> = v.chunks_exact(2).map(|p| (p[0], p[1])).collect();
+        Ok(Accumulators {
+            loss: pairs[0],
+            output_losses: pairs[1..=outputs].to_vec(),
+            metrics: (0..outputs).map(|o| pairs[1 + outputs + o * metrics..][..metrics].to_vec()).collect(),
+        })
+    }
 }
 
 /// Inputs, targets (one per output) and optional per-sample weights: a training set, a
@@ -245,11 +269,92 @@ struct FitData {
     validation: Option<Dataset>,
 }
 
-/// The options the batch loop reads.
+/// The options the epoch and batch loops read.
 #[derive(Clone, Copy)]
 struct LoopOptions {
     batch_size: usize,
     nan_guard: bool,
+    epochs: usize,
+    shuffle: bool,
+    verbose: u8,
+}
+
+/// Where the loop is, and what it has gathered: what a backup records besides the model.
+struct Progress {
+    /// The epoch to run, or the one in progress when `step > 0` (0-based).
+    epoch: usize,
+    /// Batches of `epoch` done.
+    step: usize,
+    /// The shuffle generator before `epoch`'s permutation.
+    shuffle_rng: random::Rng,
+    /// The running sums of a resumed, partly done epoch.
+    sums: Option<Accumulators>,
+    history: History,
+    last_logs: Logs,
+    /// A callback stopped training.
+    stopped: bool,
+}
+
+impl Progress {
+    /// A fresh run from `epoch`.
+    fn start(epoch: usize, seed: u64) -> Progress {
+        Progress {
+            epoch,
+            step: 0,
+            shuffle_rng: random::rng(seed),
+            sums: None,
+            history: History::default(),
+            last_logs: Logs::new(),
+            stopped: false,
+        }
+    }
+}
+
+/// What `fit`'s loop works with besides the model: the data, the metrics, the callbacks (and
+/// which of them is the backup), the options, the NaN guard's norm history, the progress.
+struct FitLoop<'d, 'c> {
+    data: &'d FitData,
+    metrics: Vec<Vec<Metric>>,
+    callbacks: Vec<&'c mut dyn Callback>,
+    /// The index of the [`BackupAndRestore`] among `callbacks`.
+    backup: Option<usize>,
+    opts: LoopOptions,
+    facts: RunFacts,
+    norms: GradNormHistory,
+    progress: Progress,
+}
+
+impl<'d, 'c> FitLoop<'d, 'c> {
+    fn new(
+        data: &'d FitData,
+        metrics: Vec<Vec<Metric>>,
+        mut callbacks: Vec<&'c mut dyn Callback>,
+        opts: LoopOptions,
+        facts: RunFacts,
+        progress: Progress,
+    ) -> Result<Self> {
+        let backups: Vec<usize> =
+            callbacks.iter_mut().enumerate().filter_map(|(i, cb)| cb.as_backup().map(|_| i)).collect();
+        if backups.len() > 1 {
+            return Err(Error::Config("fit: more than one BackupAndRestore callback".into()));
+        }
+        Ok(FitLoop {
+            data,
+            metrics,
+            callbacks,
+            backup: backups.first().copied(),
+            opts,
+            facts,
+            norms: GradNormHistory::default(),
+            progress,
+        })
+    }
+
+    /// The backup callback, if any.
+    fn backup(&mut self) -> Option<&mut BackupAndRestore> {
+        let i = self.backup?;
+        self.callbacks[i].as_backup()
+    }
 }
 
 /// What one training step reports: the total loss, each output's loss, the outputs.
@@ -636,12 +741,13 @@ impl Model {
     /// `<name>_loss` (with sample weights, without loss weights). `val_*` entries come from
     /// `validation_split` (the last fraction, taken before shuffling) or `validation_data`.
     /// Data errors (row counts, labels outside the model's classes, a loss that does not fit
-    /// the output) are reported before the first step.
+    /// the output) are reported before the first step. With a [`BackupAndRestore`] callback
+    /// whose folder holds a backup, training resumes where the backup left it (the History
+    /// returned then covers the whole run).
     pub fn fit(&mut self, x: &Tensor, y: impl Into<Targets>, mut opts: Fit<'_>) -> Result<History> {
         self.compiled_or_err()?;
         let data = self.prepare_fit(x, y.into(), &mut opts)?;
         let metrics = self.resolve_metrics(&data.ys, data.n)?;
-        let steps = data.n.div_ceil(opts.batch_size);
         let mut progbar = ProgbarLogger::new(opts.verbose);
         let mut callbacks: Vec<&mut dyn Callback> = Vec::new();
         if opts.verbose > 0 {
@@ -650,48 +756,175 @@ impl Model {
         for cb in opts.callbacks.iter_mut() {
             callbacks.push(&mut **cb);
         }
-        let params = FitParams { epochs: opts.epochs, initial_epoch: opts.initial_epoch, steps, verbose: opts.verbose };
-        for cb in callbacks.iter_mut() {
+        let loop_opts = LoopOptions {
+            batch_size: opts.batch_size,
+            nan_guard: opts.nan_guard,
+            epochs: opts.epochs,
+            shuffle: opts.shuffle,
+            verbose: opts.verbose,
+        };
+        let facts = RunFacts { samples: data.n, batch_size: opts.batch_size, shuffle: opts.shuffle, seed: opts.seed };
+        let progress = Progress::start(opts.initial_epoch, opts.seed);
+        let mut run = FitLoop::new(&data, metrics, callbacks, loop_opts, facts, progress)?;
+        let states = self.resume(&mut run)?;
+        self.begin_training(&mut run, states)?;
+        while !run.progress.stopped && run.progress.epoch < run.opts.epochs {
+            self.run_epoch(&mut run)?;
+        }
+        self.end_training(&mut run)?;
+        Ok(run.progress.history)
+    }
+
+    /// Puts a backup's state (if `run` has a [`BackupAndRestore`] with one) into the model and
+    /// the loop, and returns the callbacks' states for [`Model::begin_training`].
+    fn resume(&mut self, run: &mut FitLoop<'_, '_>) -> Result<Vec<CallbackState>> {
+        let facts = run.facts.clone();
+        let Some(backup) = run.backup() else { return Ok(Vec::new()) };
+        backup.resumed_from = None;
+        let path = backup.path();
+        let Some(snap) = backup.load()? else { return Ok(Vec::new()) };
+        snap.check(&facts, &self.get_weights(), &path)?;
+        backup.resumed_from = Some((snap.epoch, snap.step));
+        let weights: Vec<Tensor> = snap.weights.iter().map(|(_, t)| t.clone()).collect();
+        self.set_weights(&weights)?;
+        self.compiled.as_mut().expect("checked").optimizer.set_state(snap.optimizer)?;
+        self.rng = snap.model_rng;
+        let sums = if snap.step > 0 {
+            let shape = (run.data.ys.len(), run.metrics.first().map_or(0, Vec::len));
+            Some(Accumulators::from_flat(&snap.sums, shape).map_err(|m| Error::File {
+                path: path.display().to_string(),
+                msg: format!("{m}: the backup does not fit this model's outputs and metrics"),
+            })?)
+        } else {
+            None
+        };
+        if run.opts.verbose > 0 {
+            let batch = if snap.step > 0 { format!(", batch {}", snap.step + 1) } else { String::new() };
+            println!("Resuming from {}: epoch {}/{}{batch}", path.display(), snap.epoch + 1, run.opts.epochs);
+        }
+        run.progress = Progress {
+            epoch: snap.epoch,
+            step: snap.step,
+            shuffle_rng: snap.shuffle_rng,
+            sums,
+            history: snap.history,
+            last_logs: snap.last_logs,
+            stopped: snap.stopped,
+        };
+        Ok(snap.callbacks)
+    }
+
+    /// The callbacks' `set_params` and `on_train_begin`, then (when resuming) their states put
+    /// back: the same kinds of stateful callbacks, in the same order, as when backed up.
+    fn begin_training(&mut self, run: &mut FitLoop<'_, '_>, states: Vec<CallbackState>) -> Result<()> {
+        let steps = run.data.n.div_ceil(run.opts.batch_size);
+        let params =
+            FitParams { epochs: run.opts.epochs, initial_epoch: run.progress.epoch, steps, verbose: run.opts.verbose };
+        for cb in run.callbacks.iter_mut() {
             cb.set_params(&params);
         }
         self.stop_training = false;
         let empty = Logs::new();
-        for cb in callbacks.iter_mut() {
+        for cb in run.callbacks.iter_mut() {
             cb.on_train_begin(&empty, self)?;
         }
-        let mut shuffle_rng = random::rng(opts.seed);
-        let mut history = History::default();
-        let mut last_logs = Logs::new();
-        let mut norms = GradNormHistory::default();
-        let loop_opts = LoopOptions { batch_size: opts.batch_size, nan_guard: opts.nan_guard };
-        for epoch in opts.initial_epoch..opts.epochs {
-            for cb in callbacks.iter_mut() {
-                cb.on_epoch_begin(epoch, &empty, self)?;
-            }
-            let order: Vec<usize> =
-                if opts.shuffle { random::permutation(data.n, &mut shuffle_rng) } else { (0..data.n).collect() };
-            let acc = self.train_epoch(&data, &order, &metrics, &mut callbacks, loop_opts, epoch, &mut norms)?;
-            let mut logs = self.logs_of(&acc, "");
-            if let Some(v) = &data.validation {
-                let val = self.evaluate_inner(&v.x, &v.ys, v.w.as_ref(), opts.batch_size, &mut callbacks)?;
-                for (k, v) in val {
-                    logs.insert(format!("val_{k}"), v);
-                }
-            }
-            history.push(epoch, &logs);
-            for cb in callbacks.iter_mut() {
-                cb.on_epoch_end(epoch, &logs, self)?;
-            }
-            self.warn_if_cannot_learn(&logs, opts.verbose);
-            last_logs = logs;
-            if self.stop_training {
-                break;
+        if run.backup.is_none() || run.backup().and_then(|b| b.resumed_from).is_none() {
+            return Ok(());
+        }
+        let mut stateful: Vec<&mut &mut dyn Callback> =
+            run.callbacks.iter_mut().filter(|cb| cb.state().is_some()).collect();
+        let kinds_now: Vec<String> = stateful.iter().filter_map(|cb| cb.state()).map(|s| s.kind).collect();
+        let kinds_then: Vec<String> = states.iter().map(|s| s.kind.clone()).collect();
+        if kinds_now != kinds_then {
+            let path = run.backup().map(|b| b.path().display().to_string()).unwrap_or_default();
+            return Err(Error::File {
+                path,
+                msg: format!(
+                    "the backup was made with the callbacks [{}], this fit has [{}]: resume with the same callbacks (or delete the backup to start over)",
+                    kinds_then.join(", "),
+                    kinds_now.join(", ")
+                ),
+            });
+        }
+        for (cb, state) in stateful.iter_mut().zip(states) {
+            cb.restore_state(state)?;
+        }
+        Ok(())
+    }
+
+    /// One epoch: the callbacks around it, the shuffled batches, validation, the History, the
+    /// cannot-learn warning, and the backup.
+    fn run_epoch(&mut self, run: &mut FitLoop<'_, '_>) -> Result<()> {
+        let epoch = run.progress.epoch;
+        let empty = Logs::new();
+        for cb in run.callbacks.iter_mut() {
+            cb.on_epoch_begin(epoch, &empty, self)?;
+        }
+        let mut shuffle_rng = run.progress.shuffle_rng.clone();
+        let order: Vec<usize> = if run.opts.shuffle {
+            random::permutation(run.data.n, &mut shuffle_rng)
+        } else {
+            (0..run.data.n).collect()
+        };
+        let acc = self.train_epoch(run, &order)?;
+        run.progress.shuffle_rng = shuffle_rng;
+        run.progress.step = 0;
+        let mut logs = self.logs_of(&acc, "");
+        if let Some(v) = &run.data.validation {
+            let val = self.evaluate_inner(&v.x, &v.ys, v.w.as_ref(), run.opts.batch_size, &mut run.callbacks)?;
+            for (k, v) in val {
+                logs.insert(format!("val_{k}"), v);
             }
         }
-        for cb in callbacks.iter_mut() {
+        run.progress.history.push(epoch, &logs);
+        for cb in run.callbacks.iter_mut() {
+            cb.on_epoch_end(epoch, &logs, self)?;
+        }
+        self.warn_if_cannot_learn(&logs, run.opts.verbose);
+        run.progress.last_logs = logs;
+        run.progress.epoch = epoch + 1;
+        run.progress.stopped = self.stop_training;
+        if run.backup().is_some_and(|b| b.frequency() == SaveFreq::Epoch) {
+            self.back_up(run, None)?;
+        }
+        Ok(())
+    }
+
+    /// `on_train_end` for every callback, then the backup's deletion (training ended normally).
+    fn end_training(&mut self, run: &mut FitLoop<'_, '_>) -> Result<()> {
+        let last_logs = run.progress.last_logs.clone();
+        for cb in run.callbacks.iter_mut() {
             cb.on_train_end(&last_logs, self)?;
         }
-        Ok(history)
+        match run.backup() {
+            Some(b) => b.finish(),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes the backup: the model's weights, optimizer state and RNG, the loop's progress
+    /// (with the epoch's running sums `sums` when inside an epoch) and the callbacks' states.
+    fn back_up(&self, run: &mut FitLoop<'_, '_>, sums: Option<&Accumulators>) -> Result<()> {
+        let callbacks: Vec<CallbackState> = run.callbacks.iter().filter_map(|cb| cb.state()).collect();
+        let p = &run.progress;
+        let snapshot = Snapshot {
+            epoch: p.epoch,
+            step: p.step,
+            stopped: p.stopped,
+            run: run.facts.clone(),
+            weights: self.get_weights(),
+            optimizer: self.compiled.as_ref().expect("checked").optimizer.state(),
+            model_rng: self.rng.clone(),
+            shuffle_rng: p.shuffle_rng.clone(),
+            sums: sums.map(Accumulators::flat).unwrap_or_default(),
+            history: p.history.clone(),
+            last_logs: p.last_logs.clone(),
+            callbacks,
+        };
+        match run.backup() {
+            Some(b) => b.save(&snapshot),
+            None => Ok(()),
+        }
     }
 
     /// Everything `fit` settles before the first step: per-sample weights (from `class_weight`
@@ -751,31 +984,39 @@ impl Model {
         nan::check_data(x, &named, sample_weight, class_weight)
     }
 
-    /// One epoch: the batches in `order`, a [`Model::train_step`] each, with the batch callbacks
-    /// and the running means of the loss and metrics. Stops early when a callback asks.
-    #[allow(clippy::too_many_arguments)]
-    fn train_epoch(
-        &mut self,
-        data: &FitData,
-        order: &[usize],
-        metrics: &[Vec<Metric>],
-        callbacks: &mut [&mut dyn Callback],
-        opts: LoopOptions,
-        epoch: usize,
-        norms: &mut GradNormHistory,
-    ) -> Result<Accumulators> {
+    /// One epoch's batches in `order` (from the loop's current step: a resumed epoch skips the
+    /// batches done), a [`Model::train_step`] each, with the batch callbacks, the running means
+    /// of the loss and metrics, and the backups every N batches. Stops early when a callback
+    /// asks.
+    fn train_epoch(&mut self, run: &mut FitLoop<'_, '_>, order: &[usize]) -> Result<Accumulators> {
         let empty = Logs::new();
-        let mut acc = Accumulators::new(data.ys.len(), metrics.first().map_or(0, Vec::len));
-        for (step, idx) in order.chunks(opts.batch_size).enumerate() {
-            for cb in callbacks.iter_mut() {
+        let outputs = run.data.ys.len();
+        let mut acc = run
+            .progress
+            .sums
+            .take()
+            .unwrap_or_else(|| Accumulators::new(outputs, run.metrics.first().map_or(0, Vec::len)));
+        let batch_size = run.opts.batch_size;
+        let every = match run.backup().map(|b| b.frequency()) {
+            Some(SaveFreq::Batches(n)) => Some(n as u64),
+            _ => None,
+        };
+        for (step, idx) in order.chunks(batch_size).enumerate().skip(run.progress.step) {
+            for cb in run.callbacks.iter_mut() {
                 cb.on_train_batch_begin(step, &empty, self)?;
             }
+            let data = run.data;
             let batch = Dataset::rows_of(&data.x, &data.ys, data.w.as_ref(), idx, true)?;
-            let out = self.train_step(&batch, opts.nan_guard, epoch, step, norms)?;
-            Self::accumulate(&mut acc, metrics, &batch.ys, &out.outputs, out.loss, &out.each, idx.len() as f64)?;
+            let out = self.train_step(&batch, run.opts.nan_guard, run.progress.epoch, step, &mut run.norms)?;
+            Self::accumulate(&mut acc, &run.metrics, &batch.ys, &out.outputs, out.loss, &out.each, idx.len() as f64)?;
             let logs = self.logs_of(&acc, "");
-            for cb in callbacks.iter_mut() {
+            for cb in run.callbacks.iter_mut() {
                 cb.on_train_batch_end(step, &logs, self)?;
+            }
+            run.progress.step = step + 1;
+            let iterations = self.compiled.as_ref().expect("checked").optimizer.iterations();
+            if every.is_some_and(|n| iterations.is_multiple_of(n)) {
+                self.back_up(run, Some(&acc))?;
             }
             if self.stop_training {
                 break;

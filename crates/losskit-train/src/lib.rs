@@ -30,12 +30,13 @@ mod model;
 pub mod nan;
 mod optimizers;
 pub mod regularizers;
+mod tensor_file;
 
 pub use activations::Activation;
 pub use callbacks::{
-    plot_history, Callback, CsvLogger, EarlyStopping, FitParams, History, LambdaCallback, LearningRateScheduler, Logs,
-    Mode, ModelCheckpoint, PlotLearningCurves, ProgbarLogger, ReduceLROnPlateau, TensorBoard, TerminateOnNaN,
-    UpdateFreq,
+    plot_history, BackupAndRestore, Callback, CallbackState, CsvLogger, EarlyStopping, FitParams, History,
+    LambdaCallback, LearningRateScheduler, Logs, Mode, ModelCheckpoint, PlotLearningCurves, ProgbarLogger,
+    ReduceLROnPlateau, SaveFreq, TensorBoard, TerminateOnNaN, UpdateFreq,
 };
 pub use compile::{Compile, LossArg, OptimizerArg};
 pub use fit::{Fit, Targets};
@@ -43,7 +44,7 @@ pub use initializers::Initializer;
 pub use layers::{ActivationLayer, Dense, Dropout, Flatten, Layer, Param};
 pub use model::{Model, Sequential, Stack};
 pub use nan::{human_number, Cause, CliDiagnosis, Diagnosis, Stage};
-pub use optimizers::{Clip, Optimizer, Rule};
+pub use optimizers::{Clip, Optimizer, OptimizerState, Rule};
 pub use regularizers::Regularizer;
 
 /// The README's Rust examples, compiled and run as doc tests.

@@ -395,35 +395,7 @@ impl Model {
 
     /// Saves the weights as a safetensors file (written to a temporary file, then renamed).
     pub fn save_weights(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let weights = self.get_weights();
-        let buffers: Vec<(String, Vec<usize>, safetensors::Dtype, Vec<u8>)> = weights
-            .iter()
-            .map(|(name, t)| match t.dtype() {
-                DType::F32 => (
-                    name.clone(),
-                    t.shape().to_vec(),
-                    safetensors::Dtype::F32,
-                    t.to_vec::<f32>().iter().flat_map(|v| v.to_le_bytes()).collect(),
-                ),
-                DType::F64 => (
-                    name.clone(),
-                    t.shape().to_vec(),
-                    safetensors::Dtype::F64,
-                    t.to_vec::<f64>().iter().flat_map(|v| v.to_le_bytes()).collect(),
-                ),
-            })
-            .collect();
-        let views = buffers
-            .iter()
-            .map(|(name, shape, dtype, data)| {
-                safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).map(|v| (name.clone(), v))
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| Error::File { path: path.display().to_string(), msg: e.to_string() })?;
-        let bytes = safetensors::serialize(views, None)
-            .map_err(|e| Error::File { path: path.display().to_string(), msg: e.to_string() })?;
-        losskit_tensor::npy::write_atomic(path, |w| w.write_all(&bytes))
+        crate::tensor_file::write(path.as_ref(), &self.get_weights(), None)
     }
 
     /// Loads weights saved by [`Model::save_weights`]: every weight of this (built) model must be
@@ -431,40 +403,35 @@ impl Model {
     pub fn load_weights(&mut self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let ferr = |msg: String| Error::File { path: path.display().to_string(), msg };
-        let bytes = std::fs::read(path).map_err(|e| ferr(format!("cannot read: {e}")))?;
-        let st =
-            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| ferr(format!("not a safetensors file: {e}")))?;
         if !self.is_built() {
             return Err(ferr("build the model (or fit/predict once) before loading weights".into()));
         }
-        let mut values = Vec::new();
-        for p in self.params() {
-            let view = st.tensor(&p.name).map_err(|_| ferr(format!("has no weight named {:?}", p.name)))?;
-            if view.shape() != p.value.shape() {
-                return Err(ferr(format!(
-                    "{} has shape {:?}, the model expects {:?}",
-                    p.name,
-                    view.shape(),
-                    p.value.shape()
-                )));
-            }
-            let data = view.data();
-            let t = match view.dtype() {
-                safetensors::Dtype::F32 => Tensor::from_vec(
-                    data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<f32>>(),
-                    view.shape(),
-                )?,
-                safetensors::Dtype::F64 => Tensor::from_vec(
-                    data.chunks_exact(8)
-                        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
-                        .collect::<Vec<f64>>(),
-                    view.shape(),
-                )?,
-                other => return Err(ferr(format!("{} has unsupported dtype {other:?}", p.name))),
-            };
-            values.push(t);
-        }
+        let mut file = crate::tensor_file::read(path)?;
+        let values = self.weights_from(&mut file.tensors).map_err(ferr)?;
         self.set_weights(&values)
+    }
+
+    /// This model's weights taken out of `tensors` by name (each with the model's shape), or
+    /// what is missing or different.
+    pub(crate) fn weights_from(
+        &self,
+        tensors: &mut std::collections::BTreeMap<String, Tensor>,
+    ) -> std::result::Result<Vec<Tensor>, String> {
+        self.params()
+            .iter()
+            .map(|p| {
+                let t = tensors.remove(&p.name).ok_or_else(|| format!("has no weight named {:?}", p.name))?;
+                if t.shape() != p.value.shape() {
+                    return Err(format!(
+                        "{} has shape {:?}, the model expects {:?}",
+                        p.name,
+                        t.shape(),
+                        p.value.shape()
+                    ));
+                }
+                Ok(t)
+            })
+            .collect()
     }
 }
 

@@ -191,6 +191,53 @@ impl Optimizer {
         self.iterations
     }
 
+    /// The state that training changes: the update count, the learning rate (callbacks may
+    /// have changed it) and the slots (per weight, in [`Model::params`](crate::Model::params)
+    /// order: SGD's momentum `m`; Adam's `m`, `v`; RMSprop's `v`, then its momentum and mean
+    /// gradient when used). Empty slots before the first update.
+    pub fn state(&self) -> OptimizerState {
+        let slots = match &self.slots {
+            Slots::Empty => Vec::new(),
+            Slots::F32(v) => v.iter().map(|s| s.iter().map(|a| Tensor::from_array(a.clone())).collect()).collect(),
+            Slots::F64(v) => v.iter().map(|s| s.iter().map(|a| Tensor::from_array(a.clone())).collect()).collect(),
+        };
+        OptimizerState { iterations: self.iterations, learning_rate: self.learning_rate, slots }
+    }
+
+    /// Puts back a [`Optimizer::state`] (as [`BackupAndRestore`](crate::BackupAndRestore)
+    /// does). Each weight must have as many slots as this rule keeps, all of one dtype.
+    pub fn set_state(&mut self, state: OptimizerState) -> Result<()> {
+        let needed = self.slots_needed();
+        if let Some(bad) = state.slots.iter().find(|s| s.len() != needed) {
+            return Err(Error::Config(format!(
+                "optimizer state: {} slots per weight, but {:?} keeps {needed}",
+                bad.len(),
+                self.rule
+            )));
+        }
+        let dtypes: Vec<losskit::DType> = state.slots.iter().flatten().map(Tensor::dtype).collect();
+        self.slots = match dtypes.first() {
+            None => Slots::Empty,
+            Some(d) if dtypes.iter().any(|x| x != d) => {
+                return Err(Error::Config("optimizer state: slots of mixed dtypes".into()))
+            }
+            Some(losskit::DType::F32) => Slots::F32(arrays(&state.slots)?),
+            Some(losskit::DType::F64) => Slots::F64(arrays(&state.slots)?),
+        };
+        self.set_learning_rate(state.learning_rate)?;
+        self.iterations = state.iterations;
+        Ok(())
+    }
+
+    /// Slots per weight for this rule.
+    fn slots_needed(&self) -> usize {
+        match self.rule {
+            Rule::Sgd { momentum, .. } => usize::from(momentum != 0.0),
+            Rule::Adam { .. } | Rule::AdamW { .. } => 2,
+            Rule::RmsProp { momentum, centered, .. } => 1 + usize::from(momentum > 0.0) + usize::from(centered),
+        }
+    }
+
     /// Applies one update: `grads[i]` is the gradient of `params[i]` (same shape and dtype).
     pub fn apply(&mut self, params: &mut [&mut Param], grads: &[Tensor]) -> Result<()> {
         if params.len() != grads.len() {
@@ -241,11 +288,7 @@ impl Optimizer {
             Clip::Value(c) => Some(T::c(c)),
             _ => None,
         };
-        let slots_needed = match self.rule {
-            Rule::Sgd { momentum, .. } => usize::from(momentum != 0.0),
-            Rule::Adam { .. } | Rule::AdamW { .. } => 2,
-            Rule::RmsProp { momentum, centered, .. } => 1 + usize::from(momentum > 0.0) + usize::from(centered),
-        };
+        let slots_needed = self.slots_needed();
         let slots = T::slots(&mut self.slots);
         if slots.len() != params.len() {
             *slots =
@@ -264,6 +307,33 @@ impl Optimizer {
         self.iterations = step;
         Ok(())
     }
+}
+
+/// An optimizer's training state ([`Optimizer::state`]): what a backup keeps so that a resumed
+/// run continues with the same moments and bias corrections.
+#[derive(Debug, Clone)]
+pub struct OptimizerState {
+    /// Updates applied so far (Keras' `optimizer.iterations`).
+    pub iterations: u64,
+    /// The current learning rate.
+    pub learning_rate: f64,
+    /// Per weight, its slot tensors (same shape as the weight).
+    pub slots: Vec<Vec<Tensor>>,
+}
+
+/// The slot tensors as arrays of one element type.
+fn arrays<T: Element>(slots: &[Vec<Tensor>]) -> Result<Vec<Vec<ArrayD<T>>>> {
+    slots
+        .iter()
+        .map(|s| {
+            s.iter()
+                .map(|t| {
+                    ArrayD::from_shape_vec(t.shape().to_vec(), t.to_vec::<T>())
+                        .map_err(|e| Error::Config(format!("optimizer state: {e}")))
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// How a raw gradient element becomes the one applied: scaled (norm clipping), then bounded

@@ -445,3 +445,166 @@ fn checkpoints_and_lambda_callbacks() {
     let err = m.fit(&x, &y, Fit::new().verbose(0).callback(&mut bad)).unwrap_err();
     assert!(err.to_string().contains("\"val_loss\" is not in the logs"), "{err}");
 }
+
+/// Dropout (the model's generator) and Adam (optimizer slots), so a resume has state to restore.
+fn resumable_model(units: usize) -> Model {
+    let mut m = Sequential::new()
+        .seed(5)
+        .add(Dense::new(units).activation("relu").unwrap())
+        .add(Dropout::new(0.3).unwrap())
+        .add(Dense::new(1).activation("sigmoid").unwrap());
+    m.compile(
+        Compile::new().optimizer(Optimizer::adam(0.05).unwrap()).loss("binary_crossentropy").metrics(&["accuracy"]),
+    )
+    .unwrap();
+    m
+}
+
+/// How a backed-up run is set up.
+struct BackedUp {
+    freq: SaveFreq,
+    /// A callback before the backup fails at this (epoch, batch): a crash.
+    crash: Option<(usize, usize)>,
+    units: usize,
+    batch_size: usize,
+    keep_backup: bool,
+}
+
+impl Default for BackedUp {
+    fn default() -> Self {
+        BackedUp { freq: SaveFreq::Epoch, crash: None, units: 8, batch_size: 4, keep_backup: true }
+    }
+}
+
+/// The trained model, its History, and where the run resumed from.
+type Finished = (Model, History, Option<(usize, usize)>);
+
+/// Six epochs of [`resumable_model`] with every stateful callback and a backup in `dir/backup`.
+fn backed_up_run(dir: &std::path::Path, setup: &BackedUp) -> Result<Finished> {
+    let (x, y) = data(40);
+    let mut m = resumable_model(setup.units);
+    let mut csv = CsvLogger::new(dir.join("history.csv"));
+    let mut tb = TensorBoard::new(dir.join("logs"));
+    let mut early = EarlyStopping::new("val_loss").patience(100).restore_best_weights(true);
+    let mut plateau = ReduceLROnPlateau::new("val_loss")?.patience(1).factor(0.5)?;
+    let epoch = Rc::new(std::cell::Cell::new(0));
+    let seen = epoch.clone();
+    let crash = setup.crash;
+    let mut crasher = LambdaCallback::new()
+        .on_epoch_begin(move |e, _| {
+            seen.set(e);
+            Ok(())
+        })
+        .on_batch_end(move |b, _| match crash {
+            Some(at) if at == (epoch.get(), b) => Err(losskit::Error::Config("simulated crash".into())),
+            _ => Ok(()),
+        });
+    let mut backup =
+        BackupAndRestore::new(dir.join("backup")).save_freq(setup.freq)?.delete_checkpoint(!setup.keep_backup);
+    let fit = Fit::new()
+        .epochs(6)
+        .batch_size(setup.batch_size)
+        .validation_split(0.2)
+        .seed(9)
+        .verbose(0)
+        .callback(&mut csv)
+        .callback(&mut tb)
+        .callback(&mut early)
+        .callback(&mut plateau)
+        .callback(&mut crasher)
+        .callback(&mut backup);
+    let h = m.fit(&x, &y, fit)?;
+    Ok((m, h, backup.resumed_from))
+}
+
+fn weight_bits(m: &Model) -> Vec<Vec<u32>> {
+    m.get_weights().iter().map(|(_, t)| t.to_vec::<f32>().iter().map(|v| v.to_bits()).collect()).collect()
+}
+
+/// The training event file's scalars: (step, tag, value), wall times left out.
+fn scalars(dir: &std::path::Path) -> Vec<(i64, Vec<(String, f32)>)> {
+    let train = reader::records(&event_file(&dir.join("logs/train")));
+    train[1..].iter().map(|r| reader::event(r)).map(|(s, _, v)| (s, v)).collect()
+}
+
+#[test]
+fn backup_and_restore_resumes_bitwise_after_a_crash() {
+    let reference = tempfile::tempdir().unwrap();
+    let (m_ref, h_ref, from) = backed_up_run(reference.path(), &BackedUp::default()).unwrap();
+    assert_eq!(from, None);
+    assert_eq!(h_ref.epochs, (0..6).collect::<Vec<_>>());
+    for (freq, crash, resumed_at) in [
+        // The last backup is epoch 2's end: the rerun starts epoch 3 from its first batch.
+        (SaveFreq::Epoch, (3, 2), (3, 0)),
+        // 8 batches per epoch, a backup every 3: the last, at update 21, is after epoch 2's
+        // batch 4; the rerun continues inside epoch 2 at batch 5.
+        (SaveFreq::Batches(3), (2, 5), (2, 5)),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let setup = BackedUp { freq, crash: Some(crash), ..Default::default() };
+        let err = backed_up_run(dir.path(), &setup).err().expect("the crash stops fit").to_string();
+        assert!(err.contains("simulated crash"), "{err}");
+        let (mut m, h, from) = backed_up_run(dir.path(), &BackedUp { freq, ..Default::default() }).unwrap();
+        assert_eq!(from, Some(resumed_at), "{freq:?}");
+        assert_eq!(weight_bits(&m), weight_bits(&m_ref), "{freq:?}: weights differ after the resume");
+        assert_eq!(h, h_ref, "{freq:?}: history differs after the resume");
+        let csv = |d: &std::path::Path| std::fs::read_to_string(d.join("history.csv")).unwrap();
+        assert_eq!(csv(dir.path()), csv(reference.path()), "{freq:?}");
+        assert_eq!(scalars(dir.path()), scalars(reference.path()), "{freq:?}");
+        assert_eq!(m.optimizer_mut().unwrap().iterations(), 6 * 8);
+    }
+}
+
+#[test]
+fn backup_is_deleted_when_training_ends_and_a_fresh_run_starts_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = BackedUp { keep_backup: false, ..Default::default() };
+    let (_, h, from) = backed_up_run(dir.path(), &setup).unwrap();
+    assert_eq!(from, None);
+    assert_eq!(h.epochs.len(), 6);
+    assert!(!dir.path().join("backup/backup.safetensors").exists());
+    // A crash keeps it; the rerun resumes, then deletes it.
+    let crashed = BackedUp { crash: Some((1, 0)), ..setup };
+    assert!(backed_up_run(dir.path(), &crashed).is_err());
+    assert!(dir.path().join("backup/backup.safetensors").exists());
+    let (_, h2, from) = backed_up_run(dir.path(), &setup).unwrap();
+    assert_eq!(from, Some((1, 0)));
+    assert_eq!(h2.epochs, h.epochs);
+    assert!(!dir.path().join("backup/backup.safetensors").exists());
+}
+
+#[test]
+fn damaged_or_foreign_backups_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(backed_up_run(dir.path(), &BackedUp { crash: Some((2, 0)), ..Default::default() }).is_err());
+    let file = dir.path().join("backup/backup.safetensors");
+    let good = std::fs::read(&file).unwrap();
+    let expect_error = |setup: &BackedUp, wants: &[&str]| {
+        let e = backed_up_run(dir.path(), setup).err().expect("a bad backup is an error").to_string();
+        for w in wants {
+            assert!(e.contains(w), "{e:?} lacks {w:?}");
+        }
+        assert!(e.contains("backup.safetensors"), "{e}");
+    };
+    // Another model (a wider hidden layer), another batch size.
+    expect_error(&BackedUp { units: 9, ..Default::default() }, &["another run", "dense/kernel [2, 8]", "[2, 9]"]);
+    expect_error(&BackedUp { batch_size: 5, ..Default::default() }, &["batch_size 4", "this fit has 5"]);
+    // Truncated.
+    std::fs::write(&file, &good[..good.len() / 2]).unwrap();
+    expect_error(&BackedUp::default(), &["cannot be used", "truncated"]);
+    // Another format version (the metadata edited in place).
+    let mut edited = good.clone();
+    let key = b"\"version\":\"1\"";
+    let at = edited.windows(key.len()).position(|w| w == key).expect("the version in the metadata");
+    edited[at + key.len() - 2] = b'7';
+    std::fs::write(&file, &edited).unwrap();
+    expect_error(&BackedUp::default(), &["version \"7\"", "reads version 1"]);
+    // Not a backup at all: a weights file.
+    let mut m = resumable_model(8);
+    m.fit(&data(40).0, &data(40).1, Fit::new().verbose(0)).unwrap();
+    m.save_weights(&file).unwrap();
+    expect_error(&BackedUp::default(), &["not a losskit backup"]);
+    // The intact backup still resumes.
+    std::fs::write(&file, &good).unwrap();
+    assert_eq!(backed_up_run(dir.path(), &BackedUp::default()).unwrap().2, Some((2, 0)));
+}

@@ -1,7 +1,7 @@
 //! Callbacks that steer training: TerminateOnNaN, EarlyStopping, ReduceLROnPlateau,
 //! LearningRateScheduler, ModelCheckpoint.
 
-use super::{Callback, Logs};
+use super::{Callback, CallbackState, Logs};
 use crate::model::Model;
 use losskit::{Error, Result, Tensor};
 use std::path::PathBuf;
@@ -213,6 +213,25 @@ impl Callback for EarlyStopping {
         }
         Ok(())
     }
+    fn state(&self) -> Option<CallbackState> {
+        let mut s = CallbackState::new("EarlyStopping");
+        s.set("wait", self.wait);
+        s.set_f64("best", self.best);
+        s.set("best_epoch", self.best_epoch);
+        s.set("stopped_epoch", self.stopped_epoch);
+        if let Some(w) = &self.best_weights {
+            s.tensors = w.iter().enumerate().map(|(i, t)| (format!("best_weights/{i}"), t.clone())).collect();
+        }
+        Some(s)
+    }
+    fn restore_state(&mut self, s: CallbackState) -> Result<()> {
+        self.wait = s.get_usize("wait")?.unwrap_or(0);
+        self.best = s.get_f64("best")?;
+        self.best_epoch = s.get_usize("best_epoch")?;
+        self.stopped_epoch = s.get_usize("stopped_epoch")?;
+        self.best_weights = (!s.tensors.is_empty()).then(|| s.tensors.into_iter().map(|(_, t)| t).collect());
+        Ok(())
+    }
 }
 
 /// Multiplies the learning rate by `factor` when `monitor` has not improved by more than
@@ -318,6 +337,19 @@ impl Callback for ReduceLROnPlateau {
         }
         Ok(())
     }
+    fn state(&self) -> Option<CallbackState> {
+        let mut s = CallbackState::new("ReduceLROnPlateau");
+        s.set("wait", self.wait);
+        s.set("cooldown_counter", self.cooldown_counter);
+        s.set_f64("best", self.best);
+        Some(s)
+    }
+    fn restore_state(&mut self, s: CallbackState) -> Result<()> {
+        self.wait = s.get_usize("wait")?.unwrap_or(0);
+        self.cooldown_counter = s.get_usize("cooldown_counter")?.unwrap_or(0);
+        self.best = s.get_f64("best")?;
+        Ok(())
+    }
 }
 
 /// Sets the learning rate at the start of each epoch to `schedule(epoch, current_lr)`.
@@ -405,6 +437,21 @@ impl Callback for ModelCheckpoint {
         let path = self.path_for(epoch);
         model.save_weights(&path)?;
         self.saved.push(path);
+        Ok(())
+    }
+    fn state(&self) -> Option<CallbackState> {
+        let mut s = CallbackState::new("ModelCheckpoint");
+        s.set_f64("best", self.best);
+        s.set("saved", self.saved.iter().map(|p| p.display().to_string()).collect::<Vec<_>>());
+        Some(s)
+    }
+    fn restore_state(&mut self, s: CallbackState) -> Result<()> {
+        self.best = s.get_f64("best")?;
+        self.saved = serde_json::from_value::<Vec<String>>(s.get("saved")?.clone())
+            .map_err(|e| losskit::Error::Config(format!("backup: ModelCheckpoint state: {e}")))?
+            .into_iter()
+            .map(PathBuf::from)
+            .collect();
         Ok(())
     }
 }

@@ -1,6 +1,6 @@
 //! `CsvLogger`: one row per epoch, as Keras' `CSVLogger`.
 
-use super::{Callback, Logs};
+use super::{Callback, CallbackState, Logs};
 use crate::model::Model;
 use losskit::{Error, Result};
 use losskit_tensor::npy::write_atomic;
@@ -80,5 +80,23 @@ impl Callback for CsvLogger {
         row.extend(header.iter().map(|k| logs.get(k).map_or_else(|| "NA".to_string(), |v| number(*v))));
         self.lines.push(row.join(&self.separator.to_string()));
         self.flush()
+    }
+
+    /// The header and the lines written so far: a resumed run rewrites the file with them, so
+    /// epochs after the backup are neither lost nor repeated.
+    fn state(&self) -> Option<CallbackState> {
+        let mut s = CallbackState::new("CsvLogger");
+        s.set("header", self.header.clone());
+        s.set("lines", self.lines.clone());
+        Some(s)
+    }
+    fn restore_state(&mut self, s: CallbackState) -> Result<()> {
+        let bad = |e: serde_json::Error| Error::Config(format!("backup: CsvLogger state: {e}"));
+        self.header = serde_json::from_value(s.get("header")?.clone()).map_err(bad)?;
+        self.lines = serde_json::from_value(s.get("lines")?.clone()).map_err(bad)?;
+        if !self.lines.is_empty() {
+            self.flush()?;
+        }
+        Ok(())
     }
 }

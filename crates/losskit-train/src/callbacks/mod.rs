@@ -1,7 +1,8 @@
 //! Callbacks: the interface (Keras' hooks), the History that `fit` returns, and the built-ins
 //! (progress bar, CSV, TensorBoard, learning-curve plots, early stopping, checkpoints,
-//! learning-rate control, NaN termination).
+//! learning-rate control, NaN termination, backups to resume a killed run).
 
+pub(crate) mod backup;
 mod control;
 mod csv_logger;
 mod lambda;
@@ -9,6 +10,7 @@ pub mod plot;
 mod progbar;
 mod tensorboard;
 
+pub use backup::{BackupAndRestore, CallbackState, SaveFreq};
 pub use control::{EarlyStopping, LearningRateScheduler, Mode, ModelCheckpoint, ReduceLROnPlateau, TerminateOnNaN};
 pub use csv_logger::CsvLogger;
 pub use lambda::LambdaCallback;
@@ -99,6 +101,20 @@ pub trait Callback {
     /// After a prediction batch.
     fn on_predict_batch_end(&mut self, batch: usize, logs: &Logs, model: &mut Model) -> Result<()> {
         Ok(())
+    }
+    /// The state this callback needs to carry on after a resume, for
+    /// [`BackupAndRestore`]'s backups; `None` (the default) for callbacks without one.
+    fn state(&self) -> Option<CallbackState> {
+        None
+    }
+    /// Puts back a [`Callback::state`] when `fit` resumes from a backup (after
+    /// `on_train_begin`, so what that resets is overwritten).
+    fn restore_state(&mut self, state: CallbackState) -> Result<()> {
+        Ok(())
+    }
+    /// The [`BackupAndRestore`] callback itself, which `fit` drives (`None` for every other).
+    fn as_backup(&mut self) -> Option<&mut BackupAndRestore> {
+        None
     }
 }
 

@@ -1,6 +1,6 @@
 //! Learning-curve plots (PNG and SVG): one panel per metric, training vs validation.
 
-use super::{Callback, History, Logs};
+use super::{Callback, CallbackState, History, Logs};
 use crate::model::Model;
 use losskit::{Error, Result};
 use losskit_tensor::npy::write_atomic;
@@ -181,6 +181,15 @@ impl Callback for PlotLearningCurves {
     fn on_epoch_end(&mut self, epoch: usize, logs: &Logs, _model: &mut Model) -> Result<()> {
         self.history.push(epoch, logs);
         plot_history(&self.history, Some(&self.png_path()), Some(&self.svg_path())).map(|_| ())
+    }
+    fn state(&self) -> Option<CallbackState> {
+        let mut s = CallbackState::new("PlotLearningCurves");
+        super::backup::set_history(&mut s, "history", &self.history);
+        Some(s)
+    }
+    fn restore_state(&mut self, s: CallbackState) -> Result<()> {
+        self.history = super::backup::get_history(&s, "history")?;
+        Ok(())
     }
 }
 

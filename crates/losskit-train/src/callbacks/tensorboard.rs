@@ -1,7 +1,7 @@
 //! `TensorBoard`: event files that TensorBoard reads (record framing, masked CRC-32C, the
 //! `Event`/`Summary` protobuf messages), laid out as Keras does (`train/`, `validation/`).
 
-use super::{Callback, Logs};
+use super::{Callback, CallbackState, Logs};
 use crate::model::Model;
 use losskit::{Error, Result};
 use losskit_tensor::npy::write_atomic;
@@ -100,6 +100,43 @@ impl EventFile {
     fn flush(&self) -> Result<()> {
         write_atomic(&self.path, |w| w.write_all(&self.bytes))
     }
+    /// The file as it was when `len` bytes long (a backup's record of it): what was written
+    /// after is dropped, so a resumed run does not log an epoch twice.
+    fn reopen(path: PathBuf, len: usize) -> Result<EventFile> {
+        let ferr = |msg: String| Error::File { path: path.display().to_string(), msg };
+        let mut bytes =
+            std::fs::read(&path).map_err(|e| ferr(format!("cannot read the TensorBoard log to resume it: {e}")))?;
+        if bytes.len() < len {
+            return Err(ferr(format!(
+                "the TensorBoard log has {} bytes, fewer than the {len} the backup recorded (damaged?)",
+                bytes.len()
+            )));
+        }
+        bytes.truncate(len);
+        Ok(EventFile { path, bytes })
+    }
+}
+
+fn stamp() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// An event file's path and length, for a backup.
+fn file_state(f: &Option<EventFile>) -> serde_json::Value {
+    match f {
+        Some(f) => serde_json::json!({"path": f.path.display().to_string(), "len": f.bytes.len()}),
+        None => serde_json::Value::Null,
+    }
+}
+
+fn file_from_state(v: &serde_json::Value) -> Result<Option<EventFile>> {
+    if v.is_null() {
+        return Ok(None);
+    }
+    match (v["path"].as_str(), v["len"].as_u64()) {
+        (Some(p), Some(len)) => EventFile::reopen(PathBuf::from(p), len as usize).map(Some),
+        _ => Err(Error::Config(format!("backup: TensorBoard state: bad event file entry {v}"))),
+    }
 }
 
 /// How often scalars are written.
@@ -142,10 +179,20 @@ impl TensorBoard {
     }
 }
 
+impl TensorBoard {
+    /// The training event file, created on first use.
+    fn train_file(&mut self) -> Result<&mut EventFile> {
+        if self.train.is_none() {
+            self.train = Some(EventFile::create(&self.log_dir.join("train"), stamp())?);
+        }
+        Ok(self.train.as_mut().expect("created above"))
+    }
+}
+
 impl Callback for TensorBoard {
     fn on_train_begin(&mut self, _logs: &Logs, _model: &mut Model) -> Result<()> {
-        let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        self.train = Some(EventFile::create(&self.log_dir.join("train"), stamp)?);
+        // The files are created when first written (a resumed run reopens its own instead).
+        self.train = None;
         self.validation = None;
         self.global_batch = 0;
         Ok(())
@@ -153,9 +200,11 @@ impl Callback for TensorBoard {
 
     fn on_train_batch_end(&mut self, _batch: usize, logs: &Logs, _model: &mut Model) -> Result<()> {
         self.global_batch += 1;
-        if let (UpdateFreq::Batch(n), Some(train)) = (self.update_freq, self.train.as_mut()) {
+        if let UpdateFreq::Batch(n) = self.update_freq {
             if n > 0 && self.global_batch % n as i64 == 0 {
-                train.scalars(self.global_batch, logs.iter().map(|(k, v)| (format!("batch_{k}"), *v)).collect());
+                let step = self.global_batch;
+                let train = self.train_file()?;
+                train.scalars(step, logs.iter().map(|(k, v)| (format!("batch_{k}"), *v)).collect());
             }
         }
         Ok(())
@@ -170,20 +219,34 @@ impl Callback for TensorBoard {
         }
         let val_values: Vec<(String, f64)> =
             logs.iter().filter_map(|(k, v)| k.strip_prefix("val_").map(|b| (format!("epoch_{b}"), *v))).collect();
-        if let Some(train) = self.train.as_mut() {
-            train.scalars(step, train_values);
-            train.flush()?;
-        }
+        let train = self.train_file()?;
+        train.scalars(step, train_values);
+        train.flush()?;
         if !val_values.is_empty() {
             if self.validation.is_none() {
-                let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-                self.validation = Some(EventFile::create(&self.log_dir.join("validation"), stamp)?);
+                self.validation = Some(EventFile::create(&self.log_dir.join("validation"), stamp())?);
             }
             if let Some(val) = self.validation.as_mut() {
                 val.scalars(step, val_values);
                 val.flush()?;
             }
         }
+        Ok(())
+    }
+
+    /// The event files' paths and lengths, and the batch count: a resumed run cuts its files
+    /// back to these lengths and appends, so no epoch is logged twice.
+    fn state(&self) -> Option<CallbackState> {
+        let mut s = CallbackState::new("TensorBoard");
+        s.set("train", file_state(&self.train));
+        s.set("validation", file_state(&self.validation));
+        s.set("global_batch", self.global_batch);
+        Some(s)
+    }
+    fn restore_state(&mut self, s: CallbackState) -> Result<()> {
+        self.train = file_from_state(s.get("train")?)?;
+        self.validation = file_from_state(s.get("validation")?)?;
+        self.global_batch = s.get("global_batch")?.as_i64().unwrap_or(0);
         Ok(())
     }
 }
