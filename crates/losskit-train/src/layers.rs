@@ -46,6 +46,12 @@ pub trait Layer: Send {
     fn regularizer(&self) -> Option<Regularizer> {
         None
     }
+    /// The layer's Keras 3 config (`layer.get_config()` without `name`, `trainable` and
+    /// `dtype`, which the model adds), for [`Model::to_json`](crate::Model::to_json); `None`
+    /// for a layer Keras does not have.
+    fn keras_config(&self) -> Option<serde_json::Value> {
+        None
+    }
     /// For a linear `Dense` (no activation): its kernel `(in, units)` and bias, so a
     /// cross-entropy from logits can be fused with it ([`losskit::LinearCrossEntropy`]).
     fn linear_head(&self) -> Option<(&Tensor, Option<&Tensor>)> {
@@ -84,7 +90,12 @@ pub struct Dense {
     use_bias: bool,
     kernel_initializer: Initializer,
     bias_initializer: Initializer,
+    /// Seeds of the initializers (Keras' `seed`): a seeded initializer draws from its own
+    /// generator, the same values whatever the model's seed.
+    kernel_seed: Option<u64>,
+    bias_seed: Option<u64>,
     kernel_regularizer: Option<Regularizer>,
+    bias_regularizer: Option<Regularizer>,
     kernel: Option<Param>,
     bias: Option<Param>,
     output: Option<Vec<usize>>,
@@ -100,7 +111,10 @@ impl Dense {
             use_bias: true,
             kernel_initializer: Initializer::GlorotUniform,
             bias_initializer: Initializer::Zeros,
+            kernel_seed: None,
+            bias_seed: None,
             kernel_regularizer: None,
+            bias_regularizer: None,
             kernel: None,
             bias: None,
             output: None,
@@ -126,9 +140,30 @@ impl Dense {
         self.kernel_initializer = init;
         self
     }
+    /// Seeds the kernel initializer (Keras' `kernel_initializer=HeNormal(seed=3)`): the kernel
+    /// is drawn from `seed`'s own generator instead of the model's.
+    pub fn kernel_initializer_seed(mut self, seed: Option<u64>) -> Dense {
+        self.kernel_seed = seed;
+        self
+    }
+    /// Sets the bias initializer (default zeros).
+    pub fn with_bias_initializer(mut self, init: Initializer) -> Dense {
+        self.bias_initializer = init;
+        self
+    }
+    /// Seeds the bias initializer (see [`Dense::kernel_initializer_seed`]).
+    pub fn bias_initializer_seed(mut self, seed: Option<u64>) -> Dense {
+        self.bias_seed = seed;
+        self
+    }
     /// Adds a penalty on the kernel to the loss (Keras' `kernel_regularizer`).
     pub fn kernel_regularizer(mut self, r: Regularizer) -> Dense {
         self.kernel_regularizer = Some(r);
+        self
+    }
+    /// Adds a penalty on the bias to the loss (Keras' `bias_regularizer`).
+    pub fn bias_regularizer(mut self, r: Regularizer) -> Dense {
+        self.bias_regularizer = Some(r);
         self
     }
     /// The number of outputs.
@@ -167,10 +202,10 @@ impl Layer for Dense {
         if self.units == 0 {
             return Err(Error::invalid_parameter("Dense", "units", "0", "units >= 1"));
         }
-        let kernel = self.kernel_initializer.init(&[fan_in, self.units], dtype, rng)?.requires_grad();
+        let kernel = seeded_init(self.kernel_initializer, self.kernel_seed, &[fan_in, self.units], dtype, rng)?;
         self.kernel = Some(Param { name: format!("{}/kernel", self.name), value: kernel });
         if self.use_bias {
-            let bias = self.bias_initializer.init(&[self.units], dtype, rng)?.requires_grad();
+            let bias = seeded_init(self.bias_initializer, self.bias_seed, &[self.units], dtype, rng)?;
             self.bias = Some(Param { name: format!("{}/bias", self.name), value: bias });
         }
         let mut out = input.to_vec();
@@ -213,18 +248,49 @@ impl Layer for Dense {
         self.kernel.iter_mut().chain(self.bias.iter_mut()).collect()
     }
     fn regularization(&self) -> Result<Option<Tensor>> {
-        match (&self.kernel_regularizer, &self.kernel) {
-            (Some(r), Some(k)) => r.penalty(&k.value).map(Some),
-            _ => Ok(None),
+        let kernel = match (&self.kernel_regularizer, &self.kernel) {
+            (Some(r), Some(k)) => Some(r.penalty(&k.value)?),
+            _ => None,
+        };
+        let bias = match (&self.bias_regularizer, &self.bias) {
+            (Some(r), Some(b)) => Some(r.penalty(&b.value)?),
+            _ => None,
+        };
+        match (kernel, bias) {
+            (Some(k), Some(b)) => k.add(&b).map(Some),
+            (k, b) => Ok(k.or(b)),
         }
     }
     fn regularizer(&self) -> Option<Regularizer> {
-        self.kernel_regularizer
+        self.kernel_regularizer.or(self.bias_regularizer)
+    }
+    fn keras_config(&self) -> Option<serde_json::Value> {
+        use crate::keras_model::{initializer_json, regularizer_json};
+        Some(serde_json::json!({
+            "units": self.units,
+            "activation": self.activation.name(),
+            "use_bias": self.use_bias,
+            "kernel_initializer": initializer_json(self.kernel_initializer, self.kernel_seed),
+            "bias_initializer": initializer_json(self.bias_initializer, self.bias_seed),
+            "kernel_regularizer": self.kernel_regularizer.map(regularizer_json),
+            "bias_regularizer": self.bias_regularizer.map(regularizer_json),
+            "kernel_constraint": null,
+            "bias_constraint": null,
+        }))
     }
     fn linear_head(&self) -> Option<(&Tensor, Option<&Tensor>)> {
         let kernel = self.kernel.as_ref()?;
         (self.activation == Activation::Linear).then(|| (&kernel.value, self.bias.as_ref().map(|b| &b.value)))
     }
+}
+
+/// A weight from `init`: from `seed`'s own generator when seeded, else from the model's.
+fn seeded_init(init: Initializer, seed: Option<u64>, shape: &[usize], dtype: DType, rng: &mut Rng) -> Result<Tensor> {
+    let t = match seed {
+        Some(s) => init.init(shape, dtype, &mut random::rng(s))?,
+        None => init.init(shape, dtype, rng)?,
+    };
+    Ok(t.requires_grad())
 }
 
 /// Applies an activation function: `(B, ...)` → `(B, ...)`.
@@ -250,6 +316,9 @@ impl Layer for ActivationLayer {
     }
     fn forward(&self, x: &Tensor, _training: bool, _rng: &mut Rng) -> Result<Tensor> {
         self.activation.apply(x)
+    }
+    fn keras_config(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({ "activation": self.activation.name() }))
     }
 }
 
@@ -279,6 +348,9 @@ impl Layer for Flatten {
             return Err(Error::Shape { op: self.name.clone(), msg: "cannot flatten a scalar".into() });
         }
         x.reshape(&[x.shape()[0] as isize, -1])
+    }
+    fn keras_config(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({ "data_format": "channels_last" }))
     }
 }
 
@@ -314,5 +386,8 @@ impl Layer for Dropout {
         let keep = 1.0 - self.rate;
         let mask = random::mask(x.shape(), keep, 1.0 / keep, x.dtype(), rng)?;
         x.mul(&mask)
+    }
+    fn keras_config(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({ "rate": self.rate, "seed": null, "noise_shape": null }))
     }
 }

@@ -24,6 +24,7 @@ mod compile;
 pub mod datasets;
 mod fit;
 pub mod initializers;
+pub mod keras_model;
 mod layers;
 pub mod metrics;
 mod model;
@@ -41,6 +42,7 @@ pub use callbacks::{
 pub use compile::{Compile, LossArg, OptimizerArg};
 pub use fit::{Fit, Targets};
 pub use initializers::Initializer;
+pub use keras_model::{load_keras_model, model_from_json, KerasCompile, KerasModel};
 pub use layers::{ActivationLayer, Dense, Dropout, Flatten, Layer, Param};
 pub use model::{Model, Sequential, Stack};
 pub use nan::{human_number, Cause, CliDiagnosis, Diagnosis, Stage};

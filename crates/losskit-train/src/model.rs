@@ -127,8 +127,9 @@ impl Model {
         self.dtype
     }
 
-    fn layers(&self) -> impl Iterator<Item = &Box<dyn Layer>> {
-        self.trunk.iter().chain(self.heads.iter().flat_map(|(_, h)| h.iter()))
+    /// Every layer in order: the trunk, then each head's.
+    pub fn layers(&self) -> impl Iterator<Item = &dyn Layer> {
+        self.trunk.iter().chain(self.heads.iter().flat_map(|(_, h)| h.iter())).map(|l| l.as_ref())
     }
 
     fn layers_mut(&mut self) -> impl Iterator<Item = &mut Box<dyn Layer>> {

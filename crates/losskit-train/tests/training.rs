@@ -355,3 +355,169 @@ fn validation_data_is_evaluated_each_epoch() {
     assert!((logs["loss"] - h.last("val_loss").unwrap()).abs() < 1e-6);
     assert!((logs["accuracy"] - h.last("val_accuracy").unwrap()).abs() < 1e-9);
 }
+
+/// The Keras model-file fixtures (conformance/gen_model_json.py).
+fn keras_models_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conformance/keras_models")
+}
+
+/// What a layer's Keras config says of `key` (units, activation), as Keras' facts list it.
+fn layer_fact(layer: &dyn losskit_train::Layer, key: &str) -> serde_json::Value {
+    layer.keras_config().and_then(|c| c.get(key).cloned()).unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn keras_model_files_load_train_and_round_trip() {
+    let dir = keras_models_dir();
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let data = datasets::digits().unwrap();
+    let idx: Vec<usize> = (0..40).collect();
+    let x = data.x.gather(0, &idx).unwrap().mul_scalar(1.0 / 16.0).unwrap();
+    let y = data.y.gather(0, &idx).unwrap();
+    for (file, facts) in expected.as_object().unwrap() {
+        let keras = losskit_train::load_keras_model(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let model = &keras.model;
+        let kinds: Vec<&str> = model.layers().map(|l| l.kind()).collect();
+        assert_eq!(serde_json::json!(kinds), facts["layers"], "{file}");
+        for (i, layer) in model.layers().enumerate() {
+            assert_eq!(layer_fact(layer, "units"), facts["units"][i], "{file} layer {i}");
+            let activation = layer_fact(layer, "activation");
+            if !activation.is_null() {
+                assert_eq!(activation, facts["activations"][i], "{file} layer {i}");
+            }
+        }
+        assert_eq!(model.count_params() as u64, facts["count_params"].as_u64().unwrap(), "{file}");
+        assert_eq!(serde_json::json!(keras.input_shape), facts["input_shape"], "{file}");
+        let Some(compile) = &keras.compile else {
+            assert!(facts.get("optimizer").is_none(), "{file} lost its compile_config");
+            continue;
+        };
+        let opt = compile.optimizer.as_ref().unwrap();
+        let class = match opt.rule() {
+            losskit_train::Rule::Sgd { .. } => "SGD",
+            losskit_train::Rule::Adam { .. } => "Adam",
+            losskit_train::Rule::AdamW { .. } => "AdamW",
+            losskit_train::Rule::RmsProp { .. } => "RMSprop",
+        };
+        assert_eq!(class, facts["optimizer"], "{file}");
+        assert_eq!(opt.learning_rate() as f32, facts["learning_rate"].as_f64().unwrap() as f32, "{file}");
+        let loss = compile.loss.as_ref().unwrap();
+        let want = facts["loss"].as_str().unwrap();
+        assert!(loss.class_name() == want || loss.name() == want, "{file}: {} vs {want}", loss.class_name());
+        if let Some(config) = facts["loss_config"].as_object() {
+            for key in ["from_logits", "label_smoothing"] {
+                if let Some(v) = config.get(key) {
+                    assert_eq!(&loss.config()[key], v, "{file} {key}");
+                }
+            }
+        }
+        assert_eq!(
+            serde_json::json!(compile.metrics),
+            facts["metrics"].clone().as_array().cloned().map_or(serde_json::json!([]), serde_json::Value::Array),
+            "{file}"
+        );
+        assert_eq!(serde_json::json!(compile.loss_weights), facts["loss_weights"], "{file}");
+        // Compiled as the file says, it trains; written back, it reads back the same.
+        let mut model = losskit_train::load_keras_model(dir.join(file)).unwrap().model;
+        model.compile(compile.to_compile()).unwrap();
+        let targets = if loss.class_name().starts_with("Sparse") {
+            y.clone()
+        } else {
+            Tensor::one_hot(&y.to_dtype(losskit::DType::F64), 10, losskit::DType::F32).unwrap()
+        };
+        let xs =
+            if keras.input_shape.as_deref() == Some(&[64][..]) { x.reshape(&[40, 64]).unwrap() } else { x.clone() };
+        let h = model.fit(&xs, &targets, Fit::new().epochs(2).batch_size(8).verbose(0)).unwrap();
+        assert!(h.last("loss").unwrap().is_finite(), "{file}");
+        let written = model.to_json().unwrap();
+        let again = losskit_train::model_from_json(&written).unwrap();
+        let mut rebuilt = again.model;
+        rebuilt.compile(again.compile.expect("compile_config written").to_compile()).unwrap();
+        assert_eq!(rebuilt.to_json().unwrap(), written, "{file}: writing is not stable");
+    }
+}
+
+#[test]
+fn written_models_are_the_committed_golden_files() {
+    // Keras reads these back (conformance/gen_model_json.py checks it with model_from_json).
+    let mut seed = seed_model();
+    seed.build(&[8, 8]).unwrap();
+    seed.compile(Compile::new().optimizer("sgd").loss("sparse_categorical_crossentropy").metrics(&["accuracy"]))
+        .unwrap();
+    let mut adam = Sequential::new()
+        .add(Flatten::new())
+        .add(
+            Dense::new(16)
+                .activation("relu")
+                .unwrap()
+                .kernel_initializer("he_normal")
+                .unwrap()
+                .kernel_initializer_seed(Some(3))
+                .kernel_regularizer(losskit_train::Regularizer::L2(0.01))
+                .bias_regularizer(losskit_train::Regularizer::L1(0.001)),
+        )
+        .add(Dense::new(10));
+    adam.build(&[8, 8]).unwrap();
+    let loss = losskit::get("sparse_categorical_crossentropy").unwrap();
+    let logits = losskit::build("SparseCategoricalCrossentropy", &serde_json::json!({"from_logits": true})).unwrap();
+    drop(loss);
+    adam.compile(
+        Compile::new()
+            .optimizer(Optimizer::adam(0.002).unwrap().clipnorm(1.0).unwrap())
+            .loss(logits)
+            .loss_weights(&[0.5]),
+    )
+    .unwrap();
+    let dir = keras_models_dir().join("written");
+    for (name, model) in [("losskit_seed.json", &seed), ("losskit_adam.json", &adam)] {
+        let text = model.to_json().unwrap();
+        let path = dir.join(name);
+        if std::env::var_os("LOSSKIT_BLESS").is_some() {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, &text).unwrap();
+        }
+        let golden = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (LOSSKIT_BLESS=1 writes it)", path.display()));
+        assert_eq!(text, golden, "{name} changed: if on purpose, LOSSKIT_BLESS=1 and check it with gen_model_json.py");
+    }
+}
+
+#[test]
+fn unsupported_keras_layers_and_options_are_errors_naming_them() {
+    let dir = keras_models_dir();
+    let e = losskit_train::load_keras_model(dir.join("unsupported_conv.json")).err().unwrap().to_string();
+    assert!(e.contains("Conv2D") && e.contains("InputLayer, Flatten, Dense, Dropout, Activation"), "{e}");
+    assert!(e.contains("unsupported_conv.json"), "{e}");
+    let seed = std::fs::read_to_string(dir.join("seed_sgd.json")).unwrap();
+    for (from, to, wants) in [
+        ("\"seed\": null,\n     \"noise_shape\"", "\"seed\": 7,\n     \"noise_shape\"", "seed 7 is not supported"),
+        (
+            "\"class_name\": \"SGD\"",
+            "\"class_name\": \"Adagrad\"",
+            "\"Adagrad\" is not supported; supported: SGD, Adam, AdamW, RMSprop",
+        ),
+        ("\"class_name\": \"GlorotUniform\"", "\"class_name\": \"Orthogonal\"", "\"Orthogonal\" is not supported"),
+        ("\"kernel_constraint\": null", "\"kernel_constraint\": {\"class_name\": \"NonNeg\"}", "kernel_constraint"),
+        ("\"class_name\": \"Sequential\"", "\"class_name\": \"Functional\"", "only Sequential"),
+    ] {
+        assert!(seed.contains(from), "{from}");
+        let text = seed.replacen(from, to, 1);
+        let e = losskit_train::model_from_json(&text).err().unwrap_or_else(|| panic!("{to} loaded")).to_string();
+        assert!(e.contains(wants), "{e:?} lacks {wants:?}");
+    }
+}
+
+#[test]
+fn a_seeded_initializer_ignores_the_model_seed() {
+    let kernel = |model_seed: u64, init_seed: Option<u64>| {
+        let mut m = Sequential::new()
+            .seed(model_seed)
+            .add(Dense::new(4).kernel_initializer("he_normal").unwrap().kernel_initializer_seed(init_seed));
+        m.build(&[3]).unwrap();
+        m.get_weights()[0].1.to_vec::<f32>()
+    };
+    assert_eq!(kernel(1, Some(3)), kernel(2, Some(3)));
+    assert_ne!(kernel(1, None), kernel(2, None));
+    assert_ne!(kernel(1, Some(3)), kernel(1, Some(4)));
+}
