@@ -77,6 +77,13 @@ pub struct FitArgs {
     /// Clip each gradient to this L2 norm.
     #[arg(long)]
     pub clipnorm: Option<f64>,
+    /// A Keras 3 model file: `model.to_json()` output or a `.keras` archive (a Sequential of
+    /// InputLayer, Flatten, Dense, Dropout, Activation). Its compile_config (loss, optimizer,
+    /// learning rate, metrics, loss weights) is used unless --loss, --optimizer, --lr,
+    /// --clipnorm or --metrics are given; --hidden, --layers and --dropout do not apply.
+    #[arg(long, value_name = "FILE")]
+    #[serde(default)]
+    pub model: Option<PathBuf>,
     /// Units of the hidden Dense layer.
     #[arg(long, default_value_t = 512)]
     pub hidden: usize,

@@ -5,32 +5,29 @@ use crate::{EvaluateArgs, FitArgs, PlotArgs, PredictArgs};
 use losskit::{Error, Loss, Result, Tensor};
 use losskit_train::datasets::{self, Dataset, LabelColumn, SampleNames, Split};
 use losskit_train::{
-    plot_history, BackupAndRestore, Compile, CsvLogger, Dense, Dropout, EarlyStopping, Fit, Flatten, History, Model,
-    Optimizer, PlotLearningCurves, ReduceLROnPlateau, Sequential, TensorBoard,
+    load_keras_model, plot_history, BackupAndRestore, Compile, CsvLogger, Dense, Dropout, EarlyStopping, Fit, Flatten,
+    History, KerasCompile, KerasModel, Model, Optimizer, PlotLearningCurves, ReduceLROnPlateau, Sequential,
+    TensorBoard,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
-/// What `model.json` records: enough to rebuild the model and prepare inputs as in training.
+/// The run's own facts, in `run.json` beside the Keras `model.json`: where the data came from
+/// and how its inputs and targets were prepared, for `evaluate`, `predict` and `--resume`.
 #[derive(Debug, Serialize, Deserialize)]
 struct RunSpec {
     data: String,
     label_column: Option<String>,
     input_shape: Vec<usize>,
     classes: usize,
-    hidden: usize,
-    /// Hidden layer widths when given (`--layers`); `hidden` alone otherwise.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    layers: Vec<usize>,
-    dropout: f64,
     /// Inputs are multiplied by this before the model (1/16 for digits, 1/255 for images).
     scale: f64,
     /// Targets are one-hot encoded (dense losses) rather than class indices.
     one_hot: bool,
-    output_activation: String,
     loss: Value,
     seed: u64,
     validation_split: f64,
@@ -111,13 +108,111 @@ fn classes_of(y: &Tensor) -> Result<usize> {
     Ok(v.iter().fold(0.0f64, |m, &l| m.max(l)) as usize + 1)
 }
 
-fn build_model(spec: &RunSpec) -> Result<Model> {
-    let widths = if spec.layers.is_empty() { vec![spec.hidden] } else { spec.layers.clone() };
-    let mut model = Sequential::new().seed(spec.seed).add(Flatten::new());
+/// The seed's model from the flags: Flatten, the hidden Dense relu layers (each followed by the
+/// dropout), and a Dense output (linear for a loss from logits, softmax otherwise).
+fn flags_model(args: &FitArgs, input_shape: &[usize], classes: usize, from_logits: bool) -> Result<Model> {
+    let widths = if args.layers.is_empty() { vec![args.hidden] } else { args.layers.clone() };
+    let mut model = Sequential::new().seed(args.seed).add(Flatten::new());
     for units in widths {
-        model = model.add(Dense::new(units).activation("relu")?).add(Dropout::new(spec.dropout)?);
+        model = model.add(Dense::new(units).activation("relu")?).add(Dropout::new(args.dropout)?);
     }
-    Ok(model.add(Dense::new(spec.classes).activation(&spec.output_activation)?))
+    let mut model = model.add(Dense::new(classes).activation(if from_logits { "linear" } else { "softmax" })?);
+    model.build(input_shape)?;
+    Ok(model)
+}
+
+/// The model of a Keras file (`--model`, or the run's own `model.json` when resuming), its
+/// weights drawn from `--seed`; its inputs and outputs must fit the data.
+fn file_model(file: KerasModel, args: &FitArgs, input_shape: &[usize], classes: usize) -> Result<Model> {
+    let path = args.model.as_ref().map_or_else(|| "model.json".into(), |p| p.display().to_string());
+    let ferr = |msg: String| Error::File { path: path.clone(), msg };
+    if let Some(shape) = file.input_shape.as_ref().filter(|s| s.as_slice() != input_shape) {
+        return Err(ferr(format!(
+            "the model takes inputs of shape (N, {}), the data's are (N, {})",
+            dims(shape),
+            dims(input_shape)
+        )));
+    }
+    let mut model = file.model.seed(args.seed);
+    model.build(input_shape)?;
+    let units = model.output_shapes().first().and_then(|s| s.last().copied()).unwrap_or(0);
+    if units != classes {
+        return Err(ferr(format!(
+            "the model's last layer has {units} outputs, the data has {classes} classes (0..{classes}): give it {classes} units"
+        )));
+    }
+    Ok(model)
+}
+
+fn dims(shape: &[usize]) -> String {
+    shape.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// The run's own model file, or `--model`.
+fn model_file(args: &FitArgs) -> Result<Option<KerasModel>> {
+    match (&args.resume, &args.model) {
+        (Some(dir), _) if dir.join("model.json").exists() => load_keras_model(dir.join("model.json")).map(Some),
+        (_, Some(path)) => load_keras_model(path).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// Whether the flag `flag` decides (given on the command line, or the model file has no say).
+fn flag_decides<T>(flag: &str, given: &[String], file: Option<&T>) -> bool {
+    file.is_none() || given.iter().any(|g| g == flag)
+}
+
+/// The loss: the model file's, unless `--loss` / `--loss-config` are given.
+fn choose_loss(args: &FitArgs, given: &[String], compiled: Option<&KerasCompile>) -> Result<Arc<dyn Loss>> {
+    let file = compiled.and_then(|c| c.loss.as_ref());
+    if let Some(l) = file.filter(|_| !given.iter().any(|g| g == "--loss" || g == "--loss-config")) {
+        return Ok(l.clone());
+    }
+    let config: Value = match &args.loss_config {
+        Some(t) => {
+            serde_json::from_str(t).map_err(|e| Error::Config(format!("--loss-config is not valid JSON: {e}")))?
+        }
+        None => json!({}),
+    };
+    Ok(Arc::from(losskit::build(&args.loss, &config)?))
+}
+
+/// The compile settings: the model file's optimizer and metrics unless `--optimizer` /
+/// `--metrics` are given; `--lr` and `--clipnorm` apply on top; the file's loss weights.
+fn choose_compile(
+    args: &FitArgs,
+    given: &[String],
+    compiled: Option<KerasCompile>,
+    loss: Arc<dyn Loss>,
+) -> Result<Compile> {
+    let file_opt = compiled.as_ref().and_then(|c| c.optimizer.clone());
+    let mut optimizer = match file_opt.filter(|o| !flag_decides("--optimizer", given, Some(o))) {
+        Some(o) => o,
+        None => Optimizer::parse(&args.optimizer)?,
+    };
+    if let Some(lr) = args.lr {
+        optimizer.set_learning_rate(lr)?;
+    }
+    if let Some(c) = args.clipnorm {
+        optimizer = optimizer.clipnorm(c)?;
+    }
+    let file_metrics = compiled.as_ref().map(|c| c.metrics.clone());
+    let metrics = match file_metrics.filter(|m| !flag_decides("--metrics", given, Some(m))) {
+        Some(m) => m,
+        None => args.metrics.clone(),
+    };
+    let names: Vec<&str> = metrics.iter().map(String::as_str).collect();
+    let mut c = Compile::new().optimizer(optimizer).loss(loss).metrics(&names);
+    if let Some(w) = compiled.and_then(|c| c.loss_weights) {
+        c = c.loss_weights(&w);
+    }
+    Ok(c)
+}
+
+/// `model.json`: the model in Keras 3's JSON (with its compile_config).
+fn write_model(dir: &Path, model: &Model) -> Result<()> {
+    let text = model.to_json()?;
+    losskit_tensor::npy::write_atomic(dir.join("model.json"), |w| w.write_all(text.as_bytes()))
 }
 
 fn class_weights(arg: &str, y: &Tensor, classes: usize) -> Result<BTreeMap<i64, f64>> {
@@ -179,6 +274,7 @@ fn fmt_logs(logs: &BTreeMap<String, f64>) -> String {
 struct RunFile {
     version: u32,
     args: FitArgs,
+    spec: Option<RunSpec>,
 }
 
 /// The backup folder inside a run folder.
@@ -250,48 +346,35 @@ pub fn fit(args: &FitArgs, given: &[String]) -> Result<()> {
         None => args.clone(),
     };
     let (split, scale) = load_data(&args.data, &args.label_column)?;
-    let config: Value = match &args.loss_config {
-        Some(t) => {
-            serde_json::from_str(t).map_err(|e| Error::Config(format!("--loss-config is not valid JSON: {e}")))?
-        }
-        None => json!({}),
-    };
-    let loss = losskit::build(&args.loss, &config)?;
     let train = split.train.shuffled(args.seed)?;
     let classes = classes_of(&train.y)?.max(split.test.as_ref().map(|t| classes_of(&t.y)).transpose()?.unwrap_or(0));
+    let input_shape = train.x.shape()[1..].to_vec();
+    let file = model_file(args)?;
+    let compiled = file.as_ref().and_then(|f| f.compile.clone());
+    let loss = choose_loss(args, given, compiled.as_ref())?;
     let one_hot = !is_sparse(loss.as_ref());
-    let from_logits = loss.config()["from_logits"] == true;
+    let mut model = match file {
+        Some(f) => file_model(f, args, &input_shape, classes)?,
+        None => flags_model(args, &input_shape, classes, loss.config()["from_logits"] == true)?,
+    };
     let spec = RunSpec {
         data: args.data.clone(),
         label_column: args.label_column.clone(),
-        input_shape: train.x.shape()[1..].to_vec(),
+        input_shape: input_shape.clone(),
         classes,
-        hidden: args.hidden,
-        layers: args.layers.clone(),
-        dropout: args.dropout,
         scale,
         one_hot,
-        output_activation: if from_logits { "linear".into() } else { "softmax".into() },
         loss: losskit::serialize(loss.as_ref()),
         seed: args.seed,
         validation_split: args.validation_split,
     };
-    let mut optimizer = Optimizer::parse(&args.optimizer)?;
-    if let Some(lr) = args.lr {
-        optimizer.set_learning_rate(lr)?;
-    }
-    if let Some(c) = args.clipnorm {
-        optimizer = optimizer.clipnorm(c)?;
-    }
-    let mut model = build_model(&spec)?;
-    model.build(&spec.input_shape)?;
-    let metrics: Vec<&str> = args.metrics.iter().map(String::as_str).collect();
-    model.compile(Compile::new().optimizer(optimizer).loss(loss).metrics(&metrics))?;
+    model.compile(choose_compile(args, given, compiled, loss)?)?;
     let x = train.x.mul_scalar(scale)?;
     let y = targets(&train.y, classes, one_hot)?;
     let class_weight = args.class_weight.as_deref().map(|cw| class_weights(cw, &train.y, classes)).transpose()?;
     let dir = run_dir(&args.out)?;
-    write_json(&dir.join("run.json"), &RunFile { version: 1, args: args.clone() })?;
+    write_json(&dir.join("run.json"), &RunFile { version: 1, args: args.clone(), spec: Some(spec) })?;
+    write_model(&dir, &model)?;
     if args.verbose > 0 {
         print!("{}", model.summary());
         let n_val = (train.len() as f64 * args.validation_split).ceil() as usize;
@@ -338,7 +421,7 @@ pub fn fit(args: &FitArgs, given: &[String]) -> Result<()> {
         _ => e,
     })?;
     model.save_weights(dir.join("model.safetensors"))?;
-    write_json(&dir.join("model.json"), &spec)?;
+    write_model(&dir, &model)?;
     let test = match &split.test {
         Some(t) => {
             let tx = t.x.mul_scalar(scale)?;
@@ -370,8 +453,13 @@ fn summary(history: &History, test: Option<&(BTreeMap<String, f64>, usize)>, dir
         println!("  test ({n} samples): {}", fmt_logs(logs));
     }
     println!("Files in {}/:", dir.display());
-    let mut files =
-        vec!["history.csv", "logs/ (TensorBoard: train/, validation/)", "model.safetensors", "model.json", "run.json"];
+    let mut files = vec![
+        "history.csv",
+        "logs/ (TensorBoard: train/, validation/)",
+        "model.safetensors",
+        "model.json (Keras 3 JSON)",
+        "run.json",
+    ];
     if !args.no_plots {
         files.insert(1, "curves.png, curves.svg");
     }
@@ -380,15 +468,20 @@ fn summary(history: &History, test: Option<&(BTreeMap<String, f64>, usize)>, dir
     }
 }
 
+/// A run folder's facts (`run.json`) and its model (`model.json`, `model.safetensors`).
 fn load_run(dir: &Path) -> Result<(RunSpec, Model)> {
-    let path = dir.join("model.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::File {
-        path: path.display().to_string(),
-        msg: format!("cannot read (is this a run folder of `losskit fit`?): {e}"),
+    let path = dir.join("run.json");
+    let ferr = |msg: String| Error::File { path: path.display().to_string(), msg };
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        ferr(format!(
+            "cannot read (is {} a run folder of `losskit fit`, from losskit 0.1 or later?): {e}",
+            dir.display()
+        ))
     })?;
-    let spec: RunSpec = serde_json::from_str(&text)
-        .map_err(|e| Error::File { path: path.display().to_string(), msg: format!("not a run spec: {e}") })?;
-    let mut model = build_model(&spec)?;
+    let file: RunFile = serde_json::from_str(&text).map_err(|e| ferr(format!("not a run file: {e}")))?;
+    let spec =
+        file.spec.ok_or_else(|| ferr("the run's facts are missing (it stopped before training began)".into()))?;
+    let mut model = load_keras_model(dir.join("model.json"))?.model;
     model.build(&spec.input_shape)?;
     model.load_weights(dir.join("model.safetensors"))?;
     Ok((spec, model))

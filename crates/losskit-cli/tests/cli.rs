@@ -290,9 +290,9 @@ fn fit_reads_csv_and_npz_data_and_reports_bad_input() {
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!run.join("curves.png").exists());
-    let spec: Value = serde_json::from_str(&std::fs::read_to_string(run.join("model.json")).unwrap()).unwrap();
-    assert_eq!(spec["classes"], 2);
-    assert_eq!(spec["input_shape"], serde_json::json!([2]));
+    let spec: Value = serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    assert_eq!(spec["spec"]["classes"], 2);
+    assert_eq!(spec["spec"]["input_shape"], serde_json::json!([2]));
     // A dense loss gets one-hot targets; Adam with a learning rate and clipnorm.
     let run2 = dir.path().join("r2");
     let out = losskit(&[
@@ -330,7 +330,7 @@ fn fit_reads_csv_and_npz_data_and_reports_bad_input() {
         (vec!["fit", "--optimizer", "adagrad", "--verbose", "0"], "unknown optimizer"),
         (vec!["fit", "--loss-config", "{", "--verbose", "0"], "not valid JSON"),
         (vec!["fit", "--class-weight", "heavy", "--verbose", "0"], "balanced"),
-        (vec!["evaluate", "--model", dir.path().to_str().unwrap()], "model.json"),
+        (vec!["evaluate", "--model", dir.path().to_str().unwrap()], "run.json"),
         (vec!["plot", "/no/history.csv"], "cannot read"),
     ];
     for (args, needle) in cases {
@@ -390,8 +390,11 @@ fn layers_metrics_early_stopping_and_plateau_flags() {
     assert!(history.lines().next().unwrap().contains("sparse_categorical_accuracy"), "{history}");
     let epochs = history.lines().count() - 1;
     assert!(epochs < 40, "early stopping with patience 1 stops before 40 epochs: {epochs}");
-    let spec: Value = serde_json::from_str(&std::fs::read_to_string(run.join("model.json")).unwrap()).unwrap();
-    assert_eq!(spec["layers"], serde_json::json!([24, 12]));
+    // model.json is Keras' JSON: Flatten, then Dense 24 and 12 (relu, each with its Dropout).
+    let keras: Value = serde_json::from_str(&std::fs::read_to_string(run.join("model.json")).unwrap()).unwrap();
+    let units: Vec<Value> =
+        keras["config"]["layers"].as_array().unwrap().iter().map(|l| l["config"]["units"].clone()).collect();
+    assert_eq!(units, serde_json::json!([null, null, 24, null, 12, null, 10]).as_array().unwrap().clone());
     // The run folder still evaluates (the layers are read back).
     let out = losskit(&["evaluate", "--model", run.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -527,4 +530,73 @@ fn a_killed_fit_resumes_to_the_same_weights_and_history() {
     assert!(err.contains("only --epochs and --verbose can change, not --lr") && !err.contains("--epochs,"), "{err}");
     let nothing = losskit(&["fit", "--resume", dir.path().join("none").to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&nothing.stderr).contains("a run folder of `losskit fit`"), "{nothing:?}");
+}
+
+fn keras_fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conformance/keras_models").join(name).display().to_string()
+}
+
+#[test]
+fn fit_trains_a_keras_model_file_with_its_compile_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("adam");
+    let model = keras_fixture("adam_regularized.json");
+    let base = ["fit", "--model", &model, "--epochs", "3", "--verbose", "0", "--no-plots", "--out"];
+    let out = losskit(&[&base[..], &[run.to_str().unwrap()]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The run's model.json is Keras JSON with the file's layers, optimizer and learning rate.
+    let written = losskit_train::load_keras_model(run.join("model.json")).unwrap();
+    let kinds: Vec<&str> = written.model.layers().map(|l| l.kind()).collect();
+    assert_eq!(kinds, ["Flatten", "Dense", "Dense", "Activation"]);
+    let opt = written.compile.as_ref().unwrap().optimizer.clone().unwrap();
+    assert_eq!((opt.rule(), opt.learning_rate()), (losskit_train::Optimizer::adam(0.002).unwrap().rule(), 0.002));
+    let history = std::fs::read_to_string(run.join("history.csv")).unwrap();
+    assert!(history.starts_with("epoch,accuracy,loss,val_accuracy,val_loss"), "{history}");
+    let out = losskit(&["evaluate", "--model", run.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Flags override the file: SGD at 0.05.
+    let run2 = dir.path().join("sgd");
+    let out = losskit(&[&base[..], &[run2.to_str().unwrap(), "--optimizer", "sgd", "--lr", "0.05"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let opt = losskit_train::load_keras_model(run2.join("model.json")).unwrap().compile.unwrap().optimizer.unwrap();
+    assert_eq!((opt.rule(), opt.learning_rate()), (losskit_train::Optimizer::sgd(0.05).unwrap().rule(), 0.05));
+    // A .keras archive trains too.
+    let archive = keras_fixture("archive.keras");
+    let out = losskit(&[
+        "fit",
+        "--model",
+        &archive,
+        "--epochs",
+        "1",
+        "--verbose",
+        "0",
+        "--no-plots",
+        "--out",
+        dir.path().join("k").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Models that do not fit the data, or that losskit cannot build, are errors naming the file.
+    for (file, needle) in [
+        ("rmsprop_logits.json", "takes inputs of shape (N, 64), the data's are (N, 8, 8)"),
+        (
+            "unsupported_conv.json",
+            "Conv2D is not supported; supported layers: InputLayer, Flatten, Dense, Dropout, Activation",
+        ),
+    ] {
+        let path = keras_fixture(file);
+        let out = losskit(&[
+            "fit",
+            "--model",
+            &path,
+            "--epochs",
+            "1",
+            "--verbose",
+            "0",
+            "--out",
+            dir.path().join("bad").to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle) && err.contains(file), "{err}");
+    }
 }

@@ -521,3 +521,41 @@ fn a_seeded_initializer_ignores_the_model_seed() {
     assert_ne!(kernel(1, None), kernel(2, None));
     assert_ne!(kernel(1, Some(3)), kernel(1, Some(4)));
 }
+
+#[test]
+fn every_loss_and_optimizer_config_round_trips_through_a_model_file() {
+    use losskit_train::{Clip, Rule};
+    let model = || {
+        let mut m = Sequential::new().add(Flatten::new()).add(Dense::new(3).activation("softmax").unwrap());
+        m.build(&[2, 2]).unwrap();
+        m
+    };
+    let read_back = |m: &losskit_train::Model| losskit_train::model_from_json(&m.to_json().unwrap()).unwrap();
+    for info in losskit::list() {
+        let loss = losskit::get(&info.class_name).unwrap();
+        let mut m = model();
+        m.compile(Compile::new().optimizer("sgd").loss(losskit::get(&info.class_name).unwrap())).unwrap();
+        let back = read_back(&m).compile.unwrap().loss.unwrap();
+        assert_eq!(back.class_name(), info.class_name);
+        assert_eq!(back.config(), loss.config(), "{}", info.class_name);
+    }
+    let rules = [
+        Rule::Sgd { momentum: 0.0, nesterov: false },
+        Rule::Sgd { momentum: 0.9, nesterov: true },
+        Rule::Adam { beta_1: 0.8, beta_2: 0.99, epsilon: 1e-6 },
+        Rule::AdamW { weight_decay: 0.01, beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7 },
+        Rule::RmsProp { rho: 0.8, momentum: 0.5, epsilon: 1e-7, centered: true },
+    ];
+    let clips = [Clip::None, Clip::Norm(1.0), Clip::GlobalNorm(2.5), Clip::Value(0.5)];
+    for rule in rules {
+        for clip in clips {
+            let opt = Optimizer::new(rule, 0.03).unwrap().with_clip(clip).unwrap();
+            let mut m = model();
+            m.compile(Compile::new().optimizer(opt).loss("categorical_crossentropy").metrics(&["accuracy"])).unwrap();
+            let back = read_back(&m).compile.unwrap();
+            let o = back.optimizer.unwrap();
+            assert_eq!((o.rule(), o.clip(), o.learning_rate()), (rule, clip, 0.03), "{rule:?} {clip:?}");
+            assert_eq!(back.metrics, vec!["accuracy".to_string()]);
+        }
+    }
+}
