@@ -384,6 +384,22 @@ impl SlotType for f64 {
     }
 }
 
+/// Weights with at least this many values are updated on all cores (each element's update is
+/// independent, so the result is the same whatever the number of threads).
+const PARALLEL_MIN: usize = 1 << 15;
+
+/// `zip.for_each(f)`, on all cores when the arrays have `len >= PARALLEL_MIN` values.
+macro_rules! zip_each {
+    ($len:expr, $zip:expr, $f:expr) => {{
+        let f = $f;
+        if $len >= PARALLEL_MIN {
+            $zip.par_for_each(f)
+        } else {
+            $zip.for_each(f)
+        }
+    }};
+}
+
 fn update<T: Element>(
     rule: Rule,
     lr: T,
@@ -394,13 +410,14 @@ fn update<T: Element>(
     s: &mut [ArrayD<T>],
 ) {
     let one = T::one();
+    let n = w.len();
     match rule {
         Rule::Sgd { momentum, nesterov } => {
             if s.is_empty() {
-                Zip::from(&mut w).and(&g).for_each(|w, &g| *w = *w - gr.get(g) * lr);
+                zip_each!(n, Zip::from(&mut w).and(&g), |w: &mut T, &g: &T| *w = *w - gr.get(g) * lr);
             } else {
                 let mu = T::c(momentum);
-                Zip::from(&mut w).and(&g).and(&mut s[0]).for_each(|w, &g, m| {
+                zip_each!(n, Zip::from(&mut w).and(&g).and(&mut s[0]), |w: &mut T, &g: &T, m: &mut T| {
                     let g = gr.get(g);
                     *m = -g * lr + *m * mu;
                     *w = if nesterov { *w + (-g * lr + *m * mu) } else { *w + *m };
@@ -408,15 +425,20 @@ fn update<T: Element>(
             }
         }
         Rule::Adam { beta_1, beta_2, epsilon } | Rule::AdamW { beta_1, beta_2, epsilon, .. } => {
-            if let Rule::AdamW { weight_decay, .. } = rule {
-                let wd = T::c(weight_decay);
-                w.mapv_inplace(|v| v - v * wd * lr);
-            }
+            // AdamW's decoupled decay `w ← w - w·wd·lr` comes first, in the same pass.
+            let decay = match rule {
+                Rule::AdamW { weight_decay, .. } => Some(T::c(weight_decay)),
+                _ => None,
+            };
             let (b1, b2, eps) = (T::c(beta_1), T::c(beta_2), T::c(epsilon));
             let t = T::c(step as f64);
             let alpha = lr * (one - b2.powf(t)).sqrt() / (one - b1.powf(t));
             let (m, v) = s.split_at_mut(1);
-            Zip::from(&mut w).and(&g).and(&mut m[0]).and(&mut v[0]).for_each(|w, &g, m, v| {
+            let zip = Zip::from(&mut w).and(&g).and(&mut m[0]).and(&mut v[0]);
+            zip_each!(n, zip, |w: &mut T, &g: &T, m: &mut T, v: &mut T| {
+                if let Some(wd) = decay {
+                    *w = *w - *w * wd * lr;
+                }
                 let g = gr.get(g);
                 *m = *m + (g - *m) * (one - b1);
                 *v = *v + (g * g - *v) * (one - b2);
