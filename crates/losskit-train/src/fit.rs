@@ -3,6 +3,7 @@
 
 use crate::callbacks::backup::{RunFacts, Snapshot};
 use crate::callbacks::{BackupAndRestore, Callback, CallbackState, FitParams, History, Logs, ProgbarLogger, SaveFreq};
+use crate::distribute::{self, Collective};
 use crate::metrics::{self, Metric};
 use crate::model::Model;
 use crate::nan::{self, GradNormHistory};
@@ -72,6 +73,7 @@ pub struct Fit<'a> {
     check_data: bool,
     nan_guard: bool,
     callbacks: Vec<&'a mut dyn Callback>,
+    group: Option<&'a dyn Collective>,
 }
 
 impl Default for Fit<'_> {
@@ -90,6 +92,7 @@ impl Default for Fit<'_> {
             check_data: true,
             nan_guard: true,
             callbacks: Vec::new(),
+            group: None,
         }
     }
 }
@@ -164,6 +167,14 @@ impl<'a> Fit<'a> {
     /// Adds a callback.
     pub fn callback(mut self, cb: &'a mut dyn Callback) -> Self {
         self.callbacks.push(cb);
+        self
+    }
+    /// Trains data-parallel with the workers of `group` (see [`crate::distribute`]): each
+    /// worker computes its shard of every global batch of `batch_size` rows, losses are
+    /// reduced over the global batch, gradients summed across workers. Every worker calls
+    /// `fit` with the same data, model, seed and options; only rank 0 shows progress.
+    pub fn distribute(mut self, group: &'a dyn Collective) -> Self {
+        self.group = Some(group);
         self
     }
 }
@@ -322,6 +333,8 @@ struct FitLoop<'d, 'c> {
     facts: RunFacts,
     norms: GradNormHistory,
     progress: Progress,
+    /// The other workers of a data-parallel run (more than one).
+    group: Option<&'c dyn Collective>,
 }
 
 impl<'d, 'c> FitLoop<'d, 'c> {
@@ -347,6 +360,7 @@ impl<'d, 'c> FitLoop<'d, 'c> {
             facts,
             norms: GradNormHistory::default(),
             progress,
+            group: None,
         })
     }
 
@@ -539,13 +553,14 @@ impl Model {
                 (losses, outs)
             }
         };
-        let (total, each) = self.weighted_total(losses)?;
+        let (total, each) = self.weighted_total(losses, 1.0)?;
         Ok((total, each, outs))
     }
 
-    /// `Σ wᵢ·Lᵢ` over the outputs' losses (loss weights), plus the layers' regularization;
-    /// with each output's unweighted loss.
-    fn weighted_total(&self, losses: Vec<Tensor>) -> Result<(Tensor, Vec<f64>)> {
+    /// `Σ wᵢ·Lᵢ` over the outputs' losses (loss weights), plus the layers' regularization
+    /// times `reg_share` (1, or 1/workers in a data-parallel step); with each output's
+    /// unweighted loss.
+    fn weighted_total(&self, losses: Vec<Tensor>, reg_share: f64) -> Result<(Tensor, Vec<f64>)> {
         let compiled = self.compiled.as_ref().expect("checked");
         let mut total: Option<Tensor> = None;
         let mut each = Vec::with_capacity(losses.len());
@@ -562,7 +577,7 @@ impl Model {
         }
         let mut total = total.ok_or_else(|| Error::Config("the model has no outputs".into()))?;
         if let Some(reg) = self.regularization_loss()? {
-            total = total.add(&reg)?;
+            total = total.add(&if reg_share == 1.0 { reg } else { reg.mul_scalar(reg_share)? })?;
         }
         Ok((total, each))
     }
@@ -744,9 +759,25 @@ impl Model {
     /// the output) are reported before the first step. With a [`BackupAndRestore`] callback
     /// whose folder holds a backup, training resumes where the backup left it (the History
     /// returned then covers the whole run).
-    pub fn fit(&mut self, x: &Tensor, y: impl Into<Targets>, mut opts: Fit<'_>) -> Result<History> {
+    pub fn fit(&mut self, x: &Tensor, y: impl Into<Targets>, opts: Fit<'_>) -> Result<History> {
+        let group = opts.group.filter(|g| g.size() > 1);
+        let result = self.fit_run(x, y.into(), opts);
+        if let (Err(e), Some(g)) = (&result, group) {
+            g.fail(e);
+        }
+        result
+    }
+
+    /// [`Model::fit`]'s work (its caller tells the other workers when it fails).
+    fn fit_run(&mut self, x: &Tensor, y: Targets, mut opts: Fit<'_>) -> Result<History> {
         self.compiled_or_err()?;
-        let data = self.prepare_fit(x, y.into(), &mut opts)?;
+        let data = self.prepare_fit(x, y, &mut opts)?;
+        if let Some(group) = opts.group {
+            self.join_group(group)?;
+            if group.rank() != 0 {
+                opts.verbose = 0;
+            }
+        }
         let metrics = self.resolve_metrics(&data.ys, data.n)?;
         let mut progbar = ProgbarLogger::new(opts.verbose);
         let mut callbacks: Vec<&mut dyn Callback> = Vec::new();
@@ -766,6 +797,10 @@ impl Model {
         let facts = RunFacts { samples: data.n, batch_size: opts.batch_size, shuffle: opts.shuffle, seed: opts.seed };
         let progress = Progress::start(opts.initial_epoch, opts.seed);
         let mut run = FitLoop::new(&data, metrics, callbacks, loop_opts, facts, progress)?;
+        run.group = opts.group.filter(|g| g.size() > 1);
+        if run.group.is_some() && run.backup.is_some() {
+            return Err(Error::Config("fit: BackupAndRestore is not supported with several workers yet".into()));
+        }
         let states = self.resume(&mut run)?;
         self.begin_training(&mut run, states)?;
         while !run.progress.stopped && run.progress.epoch < run.opts.epochs {
@@ -1005,10 +1040,16 @@ impl Model {
             for cb in run.callbacks.iter_mut() {
                 cb.on_train_batch_begin(step, &empty, self)?;
             }
-            let data = run.data;
-            let batch = Dataset::rows_of(&data.x, &data.ys, data.w.as_ref(), idx, true)?;
-            let out = self.train_step(&batch, run.opts.nan_guard, run.progress.epoch, step, &mut run.norms)?;
-            Self::accumulate(&mut acc, &run.metrics, &batch.ys, &out.outputs, out.loss, &out.each, idx.len() as f64)?;
+            match run.group {
+                Some(group) => self.distributed_step(run, group, idx, step, &mut acc)?,
+                None => {
+                    let data = run.data;
+                    let batch = Dataset::rows_of(&data.x, &data.ys, data.w.as_ref(), idx, true)?;
+                    let out = self.train_step(&batch, run.opts.nan_guard, run.progress.epoch, step, &mut run.norms)?;
+                    let nb = idx.len() as f64;
+                    Self::accumulate(&mut acc, &run.metrics, &batch.ys, &out.outputs, out.loss, &out.each, nb)?;
+                }
+            }
             let logs = self.logs_of(&acc, "");
             for cb in run.callbacks.iter_mut() {
                 cb.on_train_batch_end(step, &logs, self)?;
@@ -1023,6 +1064,127 @@ impl Model {
             }
         }
         Ok(acc)
+    }
+
+    /// Joins a data-parallel run: rank 0's weights everywhere, and this worker's own stream of
+    /// the model's generator (dropout masks differ between shards).
+    fn join_group(&mut self, group: &dyn Collective) -> Result<()> {
+        let weights = self.get_weights();
+        let mut flat: Vec<f64> = weights.iter().flat_map(|(_, t)| t.to_vec::<f64>()).collect();
+        group.broadcast(&mut flat, 0)?;
+        let tensors = unflatten(&flat, weights.iter().map(|(_, t)| t.shape()), self.dtype)?;
+        self.set_weights(&tensors)?;
+        self.rng.set_stream(group.rank() as u64);
+        Ok(())
+    }
+
+    /// One data-parallel step on this worker's shard of the global batch `idx`: the losses'
+    /// shares of the global reduction, their gradients, one all-reduce of the gradients with
+    /// the loss and the metrics' sums, the NaN guard, the update; the batch goes into `acc`
+    /// with its global sums.
+    fn distributed_step(
+        &mut self,
+        run: &mut FitLoop<'_, '_>,
+        group: &dyn Collective,
+        idx: &[usize],
+        step: usize,
+        acc: &mut Accumulators,
+    ) -> Result<()> {
+        let data = run.data;
+        let rows = distribute::shard(idx, group.rank(), group.size());
+        let batch =
+            (!rows.is_empty()).then(|| Dataset::rows_of(&data.x, &data.ys, data.w.as_ref(), rows, true)).transpose()?;
+        let outputs = data.ys.len();
+        let (shares, outs) = match &batch {
+            Some(b) => self.loss_shares(b)?,
+            None => (vec![(None, None); outputs], Vec::new()),
+        };
+        let mut denominators: Vec<f64> = shares.iter().map(|(_, d)| d.unwrap_or(0.0)).collect();
+        group.all_reduce_sum(&mut denominators)?;
+        let losses: Vec<Tensor> = shares
+            .into_iter()
+            .zip(&denominators)
+            .map(|((sum, own), &global)| match sum {
+                None => Ok(Tensor::scalar(0.0f64).to_dtype(self.dtype)),
+                Some(t) if own.is_none() => Ok(t),
+                Some(t) if global == 0.0 => t.mul_scalar(0.0),
+                Some(t) => t.mul_scalar(1.0 / global),
+            })
+            .collect::<Result<_>>()?;
+        let (total, each) = self.weighted_total(losses, 1.0 / group.size() as f64)?;
+        let loss = total.to_scalar()?;
+        let mut grads = total.backward()?;
+        drop(total);
+        let params: Vec<(Tensor, Vec<usize>)> = self
+            .params()
+            .iter()
+            .map(|p| (grads.remove(&p.value).unwrap_or_else(|| p.value.zeros_like()), p.value.shape().to_vec()))
+            .collect();
+        drop(grads);
+        let mut buf: Vec<f64> = params.iter().flat_map(|(g, _)| g.to_vec::<f64>()).collect();
+        let grad_len = buf.len();
+        buf.push(loss);
+        buf.extend(&each);
+        for ((ms, y), out) in run.metrics.iter().zip(batch.iter().flat_map(|b| b.ys.iter())).zip(&outs) {
+            for m in ms {
+                let (sum, count) = m.batch(y, &out.detach())?;
+                buf.extend([sum, count]);
+            }
+        }
+        let metric_values = run.metrics.iter().map(Vec::len).sum::<usize>() * 2;
+        buf.resize(grad_len + 1 + outputs + metric_values, 0.0);
+        group.all_reduce_sum(&mut buf)?;
+        let g = unflatten(&buf[..grad_len], params.iter().map(|(_, s)| s.as_slice()), self.dtype)?;
+        let (loss, each) = (buf[grad_len], buf[grad_len + 1..grad_len + 1 + outputs].to_vec());
+        drop(outs);
+        if run.opts.nan_guard {
+            let whole = match batch {
+                Some(b) => b,
+                None => Dataset::rows_of(&data.x, &data.ys, data.w.as_ref(), idx, true)?,
+            };
+            self.guard_step(&whole, loss, &g, run.progress.epoch, step, &mut run.norms)?;
+        }
+        self.apply_update(&g)?;
+        let nb = idx.len() as f64;
+        acc.loss.0 += loss * nb;
+        acc.loss.1 += nb;
+        for (o, l) in acc.output_losses.iter_mut().zip(&each) {
+            o.0 += l * nb;
+            o.1 += nb;
+        }
+        let mut sums = buf[grad_len + 1 + outputs..].chunks_exact(2);
+        for a in acc.metrics.iter_mut().flatten() {
+            let pair = sums.next().expect("two values per metric");
+            a.0 += pair[0];
+            a.1 += pair[1];
+        }
+        Ok(())
+    }
+
+    /// Each output's share of its loss' global reduction on one shard
+    /// ([`losskit::compute_partial`]), and the outputs (on the tape).
+    #[allow(clippy::type_complexity)]
+    fn loss_shares(&mut self, batch: &Dataset) -> Result<(Vec<(Option<Tensor>, Option<f64>)>, Vec<Tensor>)> {
+        let outs = self.forward(&batch.x, true)?;
+        let compiled = self.compiled.as_ref().expect("checked");
+        let shares = outs
+            .iter()
+            .zip(&batch.ys)
+            .zip(&compiled.losses)
+            .map(|((out, y), loss)| {
+                losskit::compute_partial(loss.as_ref(), y, out, batch.w.as_ref()).map(|(t, d)| (Some(t), d))
+            })
+            .collect::<Result<_>>()?;
+        Ok((shares, outs))
+    }
+
+    /// The optimizer's update of every weight with the gradients `g` (in weight order).
+    fn apply_update(&mut self, g: &[Tensor]) -> Result<()> {
+        let compiled = self.compiled.as_mut().expect("checked");
+        let mut optimizer = std::mem::replace(&mut compiled.optimizer, crate::Optimizer::sgd(0.0)?);
+        let applied = optimizer.apply(&mut self.params_mut(), g);
+        self.compiled.as_mut().expect("checked").optimizer = optimizer;
+        applied
     }
 
     /// Keras' `train_step`: forward with the losses, gradients, the NaN guard's check (when on),
@@ -1049,11 +1211,7 @@ impl Model {
         if nan_guard {
             self.guard_step(batch, loss, &g, epoch, step, norms)?;
         }
-        let compiled = self.compiled.as_mut().expect("checked");
-        let mut optimizer = std::mem::replace(&mut compiled.optimizer, crate::Optimizer::sgd(0.0)?);
-        let applied = optimizer.apply(&mut self.params_mut(), &g);
-        self.compiled.as_mut().expect("checked").optimizer = optimizer;
-        applied?;
+        self.apply_update(&g)?;
         Ok(StepOutput { loss, each, outputs })
     }
 
@@ -1178,4 +1336,21 @@ impl Model {
         self.warnings = self.data_warnings(x, &ys, sample_weight, None)?;
         self.evaluate_inner(x, &ys, sample_weight, batch_size, &mut [])
     }
+}
+
+/// Tensors of `shapes` (in order) from the flat values `flat`, in `dtype`.
+fn unflatten<'s>(
+    flat: &[f64],
+    shapes: impl Iterator<Item = &'s [usize]>,
+    dtype: losskit::DType,
+) -> Result<Vec<Tensor>> {
+    let mut at = 0;
+    shapes
+        .map(|shape| {
+            let n: usize = shape.iter().product();
+            let t = Tensor::from_vec(flat[at..at + n].to_vec(), shape)?.to_dtype(dtype);
+            at += n;
+            Ok(t)
+        })
+        .collect()
 }

@@ -22,6 +22,7 @@ pub mod activations;
 pub mod callbacks;
 mod compile;
 pub mod datasets;
+pub mod distribute;
 mod fit;
 pub mod initializers;
 pub mod keras_model;
@@ -40,6 +41,7 @@ pub use callbacks::{
     ReduceLROnPlateau, SaveFreq, TensorBoard, TerminateOnNaN, UpdateFreq,
 };
 pub use compile::{Compile, LossArg, OptimizerArg};
+pub use distribute::{Collective, ThreadGroup};
 pub use fit::{Fit, Targets};
 pub use initializers::Initializer;
 pub use keras_model::{load_keras_model, model_from_json, KerasCompile, KerasModel};

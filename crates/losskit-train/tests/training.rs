@@ -592,3 +592,146 @@ fn epoch_of(m: &mut losskit_train::Model, seed: u64) -> Vec<Vec<u32>> {
     m.fit(&x, &data.y, Fit::new().batch_size(64).verbose(0).seed(seed)).unwrap();
     m.get_weights().iter().map(|(_, t)| t.to_vec::<f32>().iter().map(|v| v.to_bits()).collect()).collect()
 }
+
+/// How a data-parallel comparison run is set up.
+#[derive(Clone, Copy)]
+struct Parallel {
+    reduction: &'static str,
+    sample_weights: bool,
+    class_weights: bool,
+    regularized: bool,
+    batch: usize,
+    samples: usize,
+}
+
+impl Default for Parallel {
+    fn default() -> Self {
+        Parallel {
+            reduction: "sum_over_batch_size",
+            sample_weights: false,
+            class_weights: false,
+            regularized: false,
+            batch: 64,
+            samples: 300,
+        }
+    }
+}
+
+type Trained = (Vec<Vec<f32>>, losskit_train::History);
+
+/// Two epochs of a small MLP (no dropout) on the first digits, with `workers` workers of a
+/// [`losskit_train::ThreadGroup`] (each thread its own model and `fit`); rank 0's result.
+fn parallel_fit(workers: usize, p: Parallel) -> Trained {
+    let data = datasets::digits().unwrap();
+    let idx: Vec<usize> = (0..p.samples).collect();
+    let x = data.x.gather(0, &idx).unwrap().mul_scalar(1.0 / 16.0).unwrap();
+    let y = data.y.gather(0, &idx).unwrap();
+    let sw = Tensor::from_vec((0..p.samples).map(|i| 0.25 + (i % 7) as f32 * 0.3).collect::<Vec<f32>>(), &[p.samples])
+        .unwrap();
+    let run = |group: Option<&losskit_train::ThreadGroup>| -> Trained {
+        let mut dense = Dense::new(16).activation("relu").unwrap();
+        if p.regularized {
+            dense = dense.kernel_regularizer(losskit_train::Regularizer::L2(0.01));
+        }
+        let mut m =
+            Sequential::new().seed(2).add(Flatten::new()).add(dense).add(Dense::new(10).activation("softmax").unwrap());
+        let loss =
+            losskit::build("sparse_categorical_crossentropy", &serde_json::json!({"reduction": p.reduction})).unwrap();
+        m.compile(Compile::new().optimizer(Optimizer::sgd(0.3).unwrap()).loss(loss).metrics(&["accuracy"])).unwrap();
+        let mut fit = Fit::new().epochs(2).batch_size(p.batch).validation_split(0.2).seed(5).verbose(0);
+        if p.sample_weights {
+            fit = fit.sample_weight(sw.clone());
+        }
+        if p.class_weights {
+            fit = fit.class_weight((0..10).map(|c| (c, 0.5 + c as f64 * 0.1)).collect());
+        }
+        if let Some(g) = group {
+            fit = fit.distribute(g);
+        }
+        let h = m.fit(&x, &y, fit).unwrap();
+        (m.get_weights().iter().map(|(_, t)| t.to_vec::<f32>()).collect(), h)
+    };
+    if workers == 1 {
+        return run(None);
+    }
+    let groups = losskit_train::ThreadGroup::new(workers).unwrap();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = groups.iter().map(|g| s.spawn(move || run(Some(g)))).collect();
+        let results: Vec<Trained> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        for r in &results[1..] {
+            assert_eq!(r.0, results[0].0, "workers end on different weights");
+            assert_eq!(r.1, results[0].1, "workers log different histories");
+        }
+        results.into_iter().next().unwrap()
+    })
+}
+
+fn assert_close(a: &Trained, b: &Trained, what: &str) {
+    for (wa, wb) in a.0.iter().zip(&b.0) {
+        for (x, y) in wa.iter().zip(wb) {
+            assert!((x - y).abs() <= 1e-5 + 1e-5 * y.abs(), "{what}: weight {x} vs {y}");
+        }
+    }
+    assert_eq!(a.1.epochs, b.1.epochs);
+    for (k, va) in &a.1.history {
+        for (x, y) in va.iter().zip(&b.1.history[k]) {
+            assert!((x - y).abs() <= 1e-5 + 1e-5 * y.abs(), "{what}: {k} {x} vs {y}");
+        }
+    }
+}
+
+#[test]
+fn data_parallel_training_equals_one_process_with_the_global_batch() {
+    let cases = [
+        ("plain", Parallel::default()),
+        ("sample weights", Parallel { sample_weights: true, ..Default::default() }),
+        ("class weights", Parallel { class_weights: true, ..Default::default() }),
+        ("sum", Parallel { reduction: "sum", sample_weights: true, ..Default::default() }),
+        (
+            "mean_with_sample_weight",
+            Parallel { reduction: "mean_with_sample_weight", sample_weights: true, ..Default::default() },
+        ),
+        ("regularized", Parallel { regularized: true, ..Default::default() }),
+        // 240 training rows in batches of 7: an uneven last batch (2 rows) over 3 workers.
+        ("uneven", Parallel { batch: 7, ..Default::default() }),
+    ];
+    for (what, p) in cases {
+        let one = parallel_fit(1, p);
+        for workers in [2, 3] {
+            assert_close(&parallel_fit(workers, p), &one, &format!("{what}, {workers} workers"));
+        }
+    }
+}
+
+#[test]
+fn a_failing_worker_stops_the_others_with_its_error() {
+    let data = datasets::digits().unwrap();
+    let x = data.x.mul_scalar(1.0 / 16.0).unwrap();
+    let groups = losskit_train::ThreadGroup::new(2).unwrap();
+    let errors: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = groups
+            .iter()
+            .map(|g| {
+                let (x, y) = (&x, &data.y);
+                s.spawn(move || {
+                    let mut m =
+                        Sequential::new().add(Flatten::new()).add(Dense::new(10).activation("softmax").unwrap());
+                    m.compile(Compile::new().optimizer("sgd").loss("sparse_categorical_crossentropy")).unwrap();
+                    let rank = losskit_train::Collective::rank(g);
+                    let mut crash = losskit_train::LambdaCallback::new().on_batch_end(move |b, _| {
+                        if rank == 1 && b == 3 {
+                            Err(losskit::Error::Config("disk full".into()))
+                        } else {
+                            Ok(())
+                        }
+                    });
+                    let fit = Fit::new().epochs(3).verbose(0).distribute(g).callback(&mut crash);
+                    m.fit(x, y, fit).err().map(|e| e.to_string()).unwrap_or_default()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(errors[1].contains("disk full"), "{errors:?}");
+    assert!(errors[0].contains("worker 1 of 2 failed") && errors[0].contains("disk full"), "{errors:?}");
+}

@@ -55,10 +55,10 @@ pub use classification::{
 pub use custom::CustomLoss;
 pub use hinge::{CategoricalHinge, Hinge, SquaredHinge};
 pub use linear_ce::LinearCrossEntropy;
-pub use loss::{compute, Loss, PerSample};
+pub use loss::{compute, compute_partial, Loss, PerSample};
 pub use losskit_tensor::{no_grad, DType, Error, Gradients, Result, Tensor};
 pub use metric_learning::Circle;
-pub use reduction::{reduce_weighted_values, Reduction};
+pub use reduction::{compute_average_loss, reduce_partial, reduce_weighted_values, Reduction};
 pub use registry::{build, from_config, get, list, register, serialize, Family, LossInfo};
 pub use regression::{
     CosineSimilarity, Huber, KLDivergence, LogCosh, MeanAbsoluteError, MeanAbsolutePercentageError, MeanSquaredError,

@@ -106,3 +106,18 @@ pub fn compute<L: Loss + ?Sized>(
     };
     reduce_weighted_values(name, &values, sample_weight, mask.as_ref(), loss.reduction())
 }
+
+/// [`compute`] for one shard of a batch split across processes: the loss' weighted sum and its
+/// share of the reduction's denominator ([`reduce_partial`](crate::reduce_partial)), so that a
+/// data-parallel step divides by the *global* count or weight sum.
+pub fn compute_partial<L: Loss + ?Sized>(
+    loss: &L,
+    y_true: &Tensor,
+    y_pred: &Tensor,
+    sample_weight: Option<&Tensor>,
+) -> Result<(Tensor, Option<f64>)> {
+    let y_true = y_true.to_dtype(y_pred.dtype());
+    let (y_true, y_pred) = squeeze_or_expand_to_same_rank(&y_true, y_pred)?;
+    let PerSample { values, mask } = loss.per_sample(&y_true, &y_pred)?;
+    crate::reduce_partial(loss.name(), &values, sample_weight, mask.as_ref(), loss.reduction())
+}

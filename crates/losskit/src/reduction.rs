@@ -101,20 +101,15 @@ fn divide_no_nan(total: &Tensor, denominator: f64) -> Result<Tensor> {
     total.mul_scalar(1.0 / denominator)
 }
 
-/// Applies `mask`, then `sample_weight`, then `reduction` to per-sample `values`
-/// (Keras 3 `reduce_weighted_values`, spec §1.4). `loss` names the caller in errors.
-///
-/// * `mask`: 1 = keep, 0 = drop, in the per-sample shape. Under `Mean`/`SumOverBatchSize` the
-///   kept values are re-weighted by `total/valid` so the mean is over valid entries only.
-/// * `sample_weight`: any shape that broadcasts after rank alignment (scalar, `(B,)`,
-///   `(B, 1)`, the per-sample shape...).
-pub fn reduce_weighted_values(
+/// The per-sample values weighted by `sample_weight` and `mask` (Keras' mask rescaling for
+/// count-dividing reductions), with the combined weight they were multiplied by, if any.
+fn weighted_values(
     loss: &str,
     values: &Tensor,
     sample_weight: Option<&Tensor>,
     mask: Option<&Tensor>,
     reduction: Reduction,
-) -> Result<Tensor> {
+) -> Result<(Tensor, Option<Tensor>)> {
     let dtype = values.dtype();
     let mut weight = sample_weight.map(|w| w.detach().to_dtype(dtype));
     if let Some(mask) = mask {
@@ -142,6 +137,24 @@ pub fn reduce_weighted_values(
         values = v.mul(&w2)?;
         weight = Some(w2);
     }
+    Ok((values, weight))
+}
+
+/// Applies `mask`, then `sample_weight`, then `reduction` to per-sample `values`
+/// (Keras 3 `reduce_weighted_values`, spec §1.4). `loss` names the caller in errors.
+///
+/// * `mask`: 1 = keep, 0 = drop, in the per-sample shape. Under `Mean`/`SumOverBatchSize` the
+///   kept values are re-weighted by `total/valid` so the mean is over valid entries only.
+/// * `sample_weight`: any shape that broadcasts after rank alignment (scalar, `(B,)`,
+///   `(B, 1)`, the per-sample shape...).
+pub fn reduce_weighted_values(
+    loss: &str,
+    values: &Tensor,
+    sample_weight: Option<&Tensor>,
+    mask: Option<&Tensor>,
+    reduction: Reduction,
+) -> Result<Tensor> {
+    let (values, weight) = weighted_values(loss, values, sample_weight, mask, reduction)?;
     if reduction == Reduction::None || values.rank() == 0 || values.shape() == [0] {
         return Ok(values);
     }
@@ -153,5 +166,86 @@ pub fn reduce_weighted_values(
             divide_no_nan(&total, w)
         }
         _ => divide_no_nan(&total, values.numel() as f64),
+    }
+}
+
+/// One shard's part of a reduction over a batch split across processes: the weighted sum
+/// `Σ wᵢ·lᵢ` of its per-sample values (on the tape) and its share of the denominator — the
+/// number of values for `sum_over_batch_size`/`mean`, the sum of the weights for
+/// `mean_with_sample_weight` (the count without weights), `None` for `sum`. The reduced loss
+/// over the whole batch is `Σ_shards sum / Σ_shards denominator`, which is what each shard's
+/// `sum / global denominator` adds up to; `none` is an error (nothing to share).
+pub fn reduce_partial(
+    loss: &str,
+    values: &Tensor,
+    sample_weight: Option<&Tensor>,
+    mask: Option<&Tensor>,
+    reduction: Reduction,
+) -> Result<(Tensor, Option<f64>)> {
+    if reduction == Reduction::None {
+        return Err(Error::Config(format!(
+            "{loss}: a loss with reduction \"none\" cannot be reduced over a batch split across processes"
+        )));
+    }
+    let (values, weight) = weighted_values(loss, values, sample_weight, mask, reduction)?;
+    let total = values.sum_all();
+    let denominator = match (reduction, &weight) {
+        (Reduction::Sum, _) => None,
+        (Reduction::MeanWithSampleWeight, Some(w)) => Some(w.sum_all().to_scalar()?),
+        _ => Some(values.numel() as f64),
+    };
+    Ok((total, denominator))
+}
+
+/// TensorFlow's `tf.nn.compute_average_loss` for a data-parallel loop: the per-example losses
+/// of this process' shard (shape `(n,)` or more), weighted by `sample_weight` (broadcast as
+/// Keras does), summed, and divided by the *global* batch size — so that adding the results
+/// (and their gradients) over all processes gives the mean over the whole batch, however it
+/// was split. A global batch size of 0 is an error.
+pub fn compute_average_loss(
+    per_example_loss: &Tensor,
+    sample_weight: Option<&Tensor>,
+    global_batch_size: usize,
+) -> Result<Tensor> {
+    if global_batch_size == 0 {
+        return Err(Error::invalid_parameter("compute_average_loss", "global_batch_size", 0, ">= 1"));
+    }
+    let (total, _) = reduce_partial("compute_average_loss", per_example_loss, sample_weight, None, Reduction::Sum)?;
+    total.mul_scalar(1.0 / global_batch_size as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(v: &[f64]) -> Tensor {
+        Tensor::from_vec(v.to_vec(), &[v.len()]).unwrap()
+    }
+
+    #[test]
+    fn shards_add_up_to_the_whole_batch_reduction() {
+        let (values, weights) = ([0.5, 2.0, 1.5, 4.0, 3.0], [1.0, 0.0, 2.0, 0.5, 1.0]);
+        for reduction in [Reduction::SumOverBatchSize, Reduction::MeanWithSampleWeight, Reduction::Sum] {
+            let whole = reduce_weighted_values("l", &t(&values), Some(&t(&weights)), None, reduction).unwrap();
+            // Shards of 3 and 2 values: their sums over the global denominator add up.
+            let parts: Vec<(Tensor, Option<f64>)> = [(0, 3), (3, 5)]
+                .iter()
+                .map(|&(a, b)| {
+                    reduce_partial("l", &t(&values[a..b]), Some(&t(&weights[a..b])), None, reduction).unwrap()
+                })
+                .collect();
+            let global: Option<f64> = parts.iter().map(|p| p.1).sum();
+            let total: f64 = parts.iter().map(|(s, _)| s.to_scalar().unwrap() / global.unwrap_or(1.0)).sum();
+            assert!((total - whole.to_scalar().unwrap()).abs() < 1e-12, "{reduction:?}");
+        }
+        assert!(reduce_partial("l", &t(&values), None, None, Reduction::None).is_err());
+    }
+
+    #[test]
+    fn compute_average_loss_divides_by_the_global_batch() {
+        let l = compute_average_loss(&t(&[1.0, 3.0]), Some(&t(&[2.0, 1.0])), 8).unwrap();
+        assert_eq!(l.to_scalar().unwrap(), (2.0 + 3.0) / 8.0);
+        assert_eq!(compute_average_loss(&t(&[1.0, 3.0]), None, 4).unwrap().to_scalar().unwrap(), 1.0);
+        assert!(compute_average_loss(&t(&[1.0]), None, 0).is_err());
     }
 }

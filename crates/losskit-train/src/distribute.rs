@@ -1,0 +1,201 @@
+//! Data-parallel training: several processes (or threads) train one model, each on its shard
+//! of every global batch, with Keras' global-batch loss semantics.
+//!
+//! A [`Collective`] is the group of workers: its rank and size, an element-wise sum over all
+//! workers (all-reduce), a broadcast, and a way to stop them all when one fails.
+//! [`Fit::distribute`](crate::Fit::distribute) uses it:
+//! - every worker holds the whole training set and draws the same shuffled order from the
+//!   shared seed; global batch `b` (of `batch_size` rows) is split into `size` contiguous
+//!   shards as evenly as possible, and worker `r` computes the losses of shard `r` only (an
+//!   uneven last batch, or fewer rows than workers, gives some workers fewer or no rows);
+//! - the reduction divides by the *global* denominator: the whole batch's count for
+//!   `sum_over_batch_size`, its weight sum for `mean_with_sample_weight` (the denominators are
+//!   summed across workers first), nothing for `sum` — so a worker's loss is its share of the
+//!   global batch's loss, and the sum of the workers' gradients (one all-reduce of one flat
+//!   buffer per step, which also carries the loss and the metrics' sums and counts) is the
+//!   gradient of the global batch; regularization is added once, split across workers;
+//! - rank 0's initial weights are broadcast to all, each worker draws dropout masks from its
+//!   own stream of the model's generator, and every worker applies the same update;
+//! - the logged loss and metrics are sums and counts over the whole batch and epoch (not means
+//!   of means), the same on every worker; validation runs on every worker over the whole
+//!   validation set; only rank 0 shows a progress bar;
+//! - a worker whose step fails calls [`Collective::fail`]: with MPI it aborts the job with the
+//!   error; in a [`ThreadGroup`] the other workers' next collective returns that error.
+//!
+//! With the `mpi` feature, [`Mpi`] runs the workers as MPI processes (`mpirun -np N`).
+
+use losskit::{Error, Result};
+use std::sync::{Arc, Condvar, Mutex};
+
+/// The workers of a data-parallel run.
+pub trait Collective {
+    /// This worker's index, `0..size`.
+    fn rank(&self) -> usize;
+    /// The number of workers.
+    fn size(&self) -> usize;
+    /// Replaces `buf` by its element-wise sum over all workers (every worker passes a buffer of
+    /// the same length and gets the same result).
+    fn all_reduce_sum(&self, buf: &mut [f64]) -> Result<()>;
+    /// Replaces `buf` by worker `root`'s.
+    fn broadcast(&self, buf: &mut [f64], root: usize) -> Result<()>;
+    /// Stops the other workers because this one failed with `error` (they must not wait for
+    /// it forever).
+    fn fail(&self, error: &Error);
+}
+
+/// The global batch's rows `idx` split into `size` contiguous shards as evenly as possible:
+/// shard `rank`'s rows (the first `len % size` shards get one more).
+pub fn shard(idx: &[usize], rank: usize, size: usize) -> &[usize] {
+    let (base, extra) = (idx.len() / size, idx.len() % size);
+    let start = rank * base + rank.min(extra);
+    let len = base + usize::from(rank < extra);
+    &idx[start..start + len]
+}
+
+/// Workers as threads of one process, for tests and for data parallelism without MPI: each
+/// thread runs its own `fit` with its own member of the group.
+pub struct ThreadGroup {
+    rank: usize,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    size: usize,
+    state: Mutex<Round>,
+    turn: Condvar,
+}
+
+/// One collective in progress: the buffers arrived so far, the round's result, and a failure.
+#[derive(Default)]
+struct Round {
+    generation: u64,
+    arrived: usize,
+    sum: Vec<f64>,
+    result: Vec<f64>,
+    failed: Option<String>,
+}
+
+impl ThreadGroup {
+    /// `size` members, one per worker thread (rank `i` is the `i`-th).
+    pub fn new(size: usize) -> Result<Vec<ThreadGroup>> {
+        if size == 0 {
+            return Err(Error::invalid_parameter("ThreadGroup", "size", 0, ">= 1"));
+        }
+        let shared = Arc::new(Shared { size, state: Mutex::new(Round::default()), turn: Condvar::new() });
+        Ok((0..size).map(|rank| ThreadGroup { rank, shared: shared.clone() }).collect())
+    }
+
+    /// Adds `contribution` (each worker's, `None` for a worker that only reads) and waits for
+    /// all workers; returns the round's sum.
+    fn exchange(&self, contribution: Option<&[f64]>, len: usize) -> Result<Vec<f64>> {
+        let poisoned = |_| Error::Config("ThreadGroup: a worker panicked".into());
+        let mut round = self.shared.state.lock().map_err(poisoned)?;
+        if let Some(msg) = &round.failed {
+            return Err(Error::Config(msg.clone()));
+        }
+        if round.arrived == 0 {
+            round.sum = vec![0.0; len];
+        }
+        if round.sum.len() != len {
+            let msg = format!("ThreadGroup: buffers of {len} and {} values in one collective", round.sum.len());
+            round.failed = Some(msg.clone());
+            self.shared.turn.notify_all();
+            return Err(Error::Config(msg));
+        }
+        if let Some(c) = contribution {
+            round.sum.iter_mut().zip(c).for_each(|(s, v)| *s += v);
+        }
+        round.arrived += 1;
+        let generation = round.generation;
+        if round.arrived == self.shared.size {
+            round.result = std::mem::take(&mut round.sum);
+            round.arrived = 0;
+            round.generation += 1;
+            self.shared.turn.notify_all();
+        } else {
+            while round.generation == generation && round.failed.is_none() {
+                round = self.shared.turn.wait(round).map_err(poisoned)?;
+            }
+            if let Some(msg) = &round.failed {
+                return Err(Error::Config(msg.clone()));
+            }
+        }
+        Ok(round.result.clone())
+    }
+}
+
+impl Collective for ThreadGroup {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn size(&self) -> usize {
+        self.shared.size
+    }
+    fn all_reduce_sum(&self, buf: &mut [f64]) -> Result<()> {
+        let sum = self.exchange(Some(buf), buf.len())?;
+        buf.copy_from_slice(&sum);
+        Ok(())
+    }
+    fn broadcast(&self, buf: &mut [f64], root: usize) -> Result<()> {
+        let mine = (self.rank == root).then_some(&*buf);
+        let sum = self.exchange(mine, buf.len())?;
+        buf.copy_from_slice(&sum);
+        Ok(())
+    }
+    fn fail(&self, error: &Error) {
+        if let Ok(mut round) = self.shared.state.lock() {
+            round.failed.get_or_insert_with(|| format!("worker {} of {} failed: {error}", self.rank, self.shared.size));
+            self.shared.turn.notify_all();
+        }
+    }
+}
+
+#[cfg(feature = "mpi")]
+pub use self::mpi_group::Mpi;
+
+#[cfg(feature = "mpi")]
+mod mpi_group {
+    use super::Collective;
+    use losskit::{Error, Result};
+    use mpi::collective::{CommunicatorCollectives, Root, SystemOperation};
+    use mpi::topology::{Communicator, SimpleCommunicator};
+
+    /// The MPI processes of this job (`MPI_COMM_WORLD`), started by `mpirun -np N`; a single
+    /// process started without `mpirun` is a group of one.
+    pub struct Mpi {
+        // Finalizes MPI when dropped: kept for the group's lifetime.
+        _universe: mpi::environment::Universe,
+        world: SimpleCommunicator,
+    }
+
+    impl Mpi {
+        /// Initializes MPI (once per process).
+        pub fn init() -> Result<Mpi> {
+            let universe = mpi::initialize().ok_or_else(|| Error::Config("MPI is already initialized".into()))?;
+            let world = universe.world();
+            Ok(Mpi { _universe: universe, world })
+        }
+    }
+
+    impl Collective for Mpi {
+        fn rank(&self) -> usize {
+            self.world.rank() as usize
+        }
+        fn size(&self) -> usize {
+            self.world.size() as usize
+        }
+        fn all_reduce_sum(&self, buf: &mut [f64]) -> Result<()> {
+            let send = buf.to_vec();
+            self.world.all_reduce_into(&send[..], buf, SystemOperation::sum());
+            Ok(())
+        }
+        fn broadcast(&self, buf: &mut [f64], root: usize) -> Result<()> {
+            self.world.process_at_rank(root as i32).broadcast_into(buf);
+            Ok(())
+        }
+        fn fail(&self, error: &Error) {
+            eprintln!("losskit: error on MPI rank {} of {}: {error}; stopping every rank", self.rank(), self.size());
+            self.world.abort(2);
+        }
+    }
+}
