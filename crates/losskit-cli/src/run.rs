@@ -5,9 +5,9 @@ use crate::{EvaluateArgs, FitArgs, PlotArgs, PredictArgs};
 use losskit::{Error, Loss, Result, Tensor};
 use losskit_train::datasets::{self, Dataset, LabelColumn, SampleNames, Split};
 use losskit_train::{
-    load_keras_model, plot_history, BackupAndRestore, Compile, CsvLogger, Dense, Dropout, EarlyStopping, Fit, Flatten,
-    History, KerasCompile, KerasModel, Model, Optimizer, PlotLearningCurves, ReduceLROnPlateau, Sequential,
-    TensorBoard,
+    load_keras_model, plot_history, BackupAndRestore, Collective, Compile, CsvLogger, Dense, Dropout, EarlyStopping,
+    Fit, Flatten, History, KerasCompile, KerasModel, Model, Optimizer, PlotLearningCurves, ReduceLROnPlateau,
+    Sequential, TensorBoard,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -338,14 +338,56 @@ fn resumed_args(dir: &Path, args: &FitArgs, given: &[String]) -> Result<FitArgs>
     Ok(stored)
 }
 
-/// `losskit fit`; `given` lists the flags given on the command line (for `--resume`).
+/// The processes of this run: this one alone, or (built with `--features mpi`, started by
+/// `mpirun -np N`) the MPI job's, training data-parallel.
+struct Workers {
+    #[cfg(feature = "mpi")]
+    mpi: losskit_train::distribute::Mpi,
+}
+
+impl Workers {
+    fn start() -> Result<Workers> {
+        Ok(Workers {
+            #[cfg(feature = "mpi")]
+            mpi: losskit_train::distribute::Mpi::init()?,
+        })
+    }
+    /// The group when there are several workers.
+    fn group(&self) -> Option<&dyn Collective> {
+        #[cfg(feature = "mpi")]
+        if self.mpi.size() > 1 {
+            return Some(&self.mpi);
+        }
+        None
+    }
+    /// Whether this process prints and writes the run's files (rank 0).
+    fn chief(&self) -> bool {
+        self.group().is_none_or(|g| g.rank() == 0)
+    }
+}
+
+/// `losskit fit`; `given` lists the flags given on the command line (for `--resume`). Under
+/// `mpirun` (with the `mpi` feature) every process runs it; a failure on one stops all.
 pub fn fit(args: &FitArgs, given: &[String]) -> Result<()> {
-    let started = Instant::now();
-    let args = &match &args.resume {
-        Some(dir) => resumed_args(dir, args, given)?,
-        None => args.clone(),
-    };
-    let (split, scale) = load_data(&args.data, &args.label_column)?;
+    let workers = Workers::start()?;
+    let result = fit_on(&workers, args, given);
+    if let (Err(e), Some(g)) = (&result, workers.group()) {
+        g.fail(e);
+    }
+    result
+}
+
+/// The data, the model and its compile settings of a run.
+struct Prepared {
+    model: Model,
+    spec: RunSpec,
+    x: Tensor,
+    y: Tensor,
+    class_weight: Option<BTreeMap<i64, f64>>,
+    train_samples: usize,
+}
+
+fn prepare(args: &FitArgs, given: &[String], split: &Split, scale: f64) -> Result<Prepared> {
     let train = split.train.shuffled(args.seed)?;
     let classes = classes_of(&train.y)?.max(split.test.as_ref().map(|t| classes_of(&t.y)).transpose()?.unwrap_or(0));
     let input_shape = train.x.shape()[1..].to_vec();
@@ -360,7 +402,7 @@ pub fn fit(args: &FitArgs, given: &[String]) -> Result<()> {
     let spec = RunSpec {
         data: args.data.clone(),
         label_column: args.label_column.clone(),
-        input_shape: input_shape.clone(),
+        input_shape,
         classes,
         scale,
         one_hot,
@@ -369,57 +411,57 @@ pub fn fit(args: &FitArgs, given: &[String]) -> Result<()> {
         validation_split: args.validation_split,
     };
     model.compile(choose_compile(args, given, compiled, loss)?)?;
-    let x = train.x.mul_scalar(scale)?;
-    let y = targets(&train.y, classes, one_hot)?;
-    let class_weight = args.class_weight.as_deref().map(|cw| class_weights(cw, &train.y, classes)).transpose()?;
-    let dir = run_dir(&args.out)?;
-    write_json(&dir.join("run.json"), &RunFile { version: 1, args: args.clone(), spec: Some(spec) })?;
-    write_model(&dir, &model)?;
+    Ok(Prepared {
+        x: train.x.mul_scalar(scale)?,
+        y: targets(&train.y, classes, one_hot)?,
+        class_weight: args.class_weight.as_deref().map(|cw| class_weights(cw, &train.y, classes)).transpose()?,
+        train_samples: train.len(),
+        model,
+        spec,
+    })
+}
+
+fn fit_on(workers: &Workers, args: &FitArgs, given: &[String]) -> Result<()> {
+    let started = Instant::now();
+    let mut args = match &args.resume {
+        Some(_) if workers.group().is_some() => {
+            return Err(Error::Config("--resume is not supported with several MPI processes yet".into()))
+        }
+        Some(dir) => resumed_args(dir, args, given)?,
+        None => args.clone(),
+    };
+    if !workers.chief() {
+        args.verbose = 0;
+    }
+    let args = &args;
+    let (split, scale) = load_data(&args.data, &args.label_column)?;
+    let Prepared { mut model, spec, x, y, class_weight, train_samples } = prepare(args, given, &split, scale)?;
+    let (classes, one_hot) = (spec.classes, spec.one_hot);
+    let dir = if workers.chief() { Some(run_dir(&args.out)?) } else { None };
+    if let Some(dir) = &dir {
+        write_json(&dir.join("run.json"), &RunFile { version: 1, args: args.clone(), spec: Some(spec) })?;
+        write_model(dir, &model)?;
+    }
     if args.verbose > 0 {
         print!("{}", model.summary());
-        let n_val = (train.len() as f64 * args.validation_split).ceil() as usize;
+        let n_val = (train_samples as f64 * args.validation_split).ceil() as usize;
         println!(
             "Training on {} samples of {}, validating on {} (seed {})",
-            train.len() - n_val,
+            train_samples - n_val,
             args.data,
             n_val,
             args.seed
         );
+        if let Some(g) = workers.group() {
+            println!(
+                "Data-parallel on {} MPI processes: each global batch of {} split across them",
+                g.size(),
+                args.batch_size
+            );
+        }
     }
-    let mut csv = CsvLogger::new(dir.join("history.csv"));
-    let mut tb = TensorBoard::new(dir.join("logs"));
-    let mut plots = PlotLearningCurves::new(&dir);
-    let mut fit = Fit::new()
-        .epochs(args.epochs)
-        .batch_size(args.batch_size)
-        .validation_split(args.validation_split)
-        .seed(args.seed)
-        .verbose(args.verbose);
-    if let Some(cw) = class_weight {
-        fit = fit.class_weight(cw);
-    }
-    let mut early =
-        args.early_stopping.map(|p| EarlyStopping::new(&args.monitor).patience(p).restore_best_weights(true));
-    let mut plateau =
-        args.reduce_lr_on_plateau.map(|p| ReduceLROnPlateau::new(&args.monitor).map(|r| r.patience(p))).transpose()?;
-    fit = fit.callback(&mut csv).callback(&mut tb);
-    if let Some(e) = early.as_mut() {
-        fit = fit.callback(e);
-    }
-    if let Some(r) = plateau.as_mut() {
-        fit = fit.callback(r);
-    }
-    if !args.no_plots {
-        fit = fit.callback(&mut plots);
-    }
-    // Last, so that its backup records every other callback's end-of-epoch state.
-    let mut backup = BackupAndRestore::new(backup_dir(&dir));
-    fit = fit.callback(&mut backup);
-    let history = model.fit(&x, &y, fit).map_err(|e| match (&e, model.last_diagnosis()) {
-        // The NaN guard's report with advice in this command's flags.
-        (Error::NonFinite { .. }, Some(d)) => Error::NonFinite { op: "fit".into(), diagnosis: d.for_cli().to_string() },
-        _ => e,
-    })?;
+    let history = train(&mut model, &x, &y, class_weight, args, dir.as_deref(), workers.group())?;
+    let Some(dir) = dir else { return Ok(()) };
     model.save_weights(dir.join("model.safetensors"))?;
     write_model(&dir, &model)?;
     let test = match &split.test {
@@ -432,6 +474,62 @@ pub fn fit(args: &FitArgs, given: &[String]) -> Result<()> {
     };
     summary(&history, test.as_ref(), &dir, args, started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// `fit` with the run's callbacks: the files (rank 0 only, into `dir`), early stopping, the
+/// learning-rate plateau, and the backup (one process only).
+fn train(
+    model: &mut Model,
+    x: &Tensor,
+    y: &Tensor,
+    class_weight: Option<BTreeMap<i64, f64>>,
+    args: &FitArgs,
+    dir: Option<&Path>,
+    group: Option<&dyn Collective>,
+) -> Result<History> {
+    let scratch = PathBuf::new();
+    let files = dir.unwrap_or(&scratch);
+    let mut csv = CsvLogger::new(files.join("history.csv"));
+    let mut tb = TensorBoard::new(files.join("logs"));
+    let mut plots = PlotLearningCurves::new(files);
+    let mut backup = BackupAndRestore::new(backup_dir(files));
+    let mut fit = Fit::new()
+        .epochs(args.epochs)
+        .batch_size(args.batch_size)
+        .validation_split(args.validation_split)
+        .seed(args.seed)
+        .verbose(args.verbose);
+    if let Some(cw) = class_weight {
+        fit = fit.class_weight(cw);
+    }
+    if let Some(g) = group {
+        fit = fit.distribute(g);
+    }
+    let mut early =
+        args.early_stopping.map(|p| EarlyStopping::new(&args.monitor).patience(p).restore_best_weights(true));
+    let mut plateau =
+        args.reduce_lr_on_plateau.map(|p| ReduceLROnPlateau::new(&args.monitor).map(|r| r.patience(p))).transpose()?;
+    if dir.is_some() {
+        fit = fit.callback(&mut csv).callback(&mut tb);
+    }
+    if let Some(e) = early.as_mut() {
+        fit = fit.callback(e);
+    }
+    if let Some(r) = plateau.as_mut() {
+        fit = fit.callback(r);
+    }
+    if dir.is_some() && !args.no_plots {
+        fit = fit.callback(&mut plots);
+    }
+    // Last, so that its backup records every other callback's end-of-epoch state.
+    if dir.is_some() && group.is_none() {
+        fit = fit.callback(&mut backup);
+    }
+    model.fit(x, y, fit).map_err(|e| match (&e, model.last_diagnosis()) {
+        // The NaN guard's report with advice in this command's flags.
+        (Error::NonFinite { .. }, Some(d)) => Error::NonFinite { op: "fit".into(), diagnosis: d.for_cli().to_string() },
+        _ => e,
+    })
 }
 
 fn summary(history: &History, test: Option<&(BTreeMap<String, f64>, usize)>, dir: &Path, args: &FitArgs, secs: f64) {
