@@ -22,7 +22,8 @@
 //! - a worker whose step fails calls [`Collective::fail`]: with MPI it aborts the job with the
 //!   error; in a [`ThreadGroup`] the other workers' next collective returns that error.
 //!
-//! With the `mpi` feature, [`Mpi`] runs the workers as MPI processes (`mpirun -np N`).
+//! With the `mpi` feature, `Mpi` (in this module) runs the workers as MPI processes
+//! (`mpirun -np N`).
 
 use losskit::{Error, Result};
 use std::sync::{Arc, Condvar, Mutex};
