@@ -585,8 +585,17 @@ fn load_run(dir: &Path) -> Result<(RunSpec, Model)> {
     Ok((spec, model))
 }
 
+/// `model.evaluate`, split across the MPI processes when there are several.
+fn evaluate_on(workers: &Workers, model: &mut Model, x: &Tensor, y: &Tensor) -> Result<BTreeMap<String, f64>> {
+    match workers.group() {
+        Some(g) => model.evaluate_distributed(x, y, 256, None, g),
+        None => model.evaluate(x, y, 256, None),
+    }
+}
+
 /// `losskit evaluate`.
 pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
+    let workers = Workers::start()?;
     let (spec, mut model) = load_run(&args.model)?;
     let data = args.data.clone().unwrap_or_else(|| spec.data.clone());
     let (split, _) = load_data(&data, &spec.label_column)?;
@@ -606,10 +615,12 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
     let x = set.x.mul_scalar(spec.scale)?;
     let y = targets(&set.y, spec.classes, spec.one_hot)?;
     let mut logs: BTreeMap<String, Value> =
-        model.evaluate(&x, &y, 256, None)?.into_iter().map(|(k, v)| (k, json!(v))).collect();
+        evaluate_on(&workers, &mut model, &x, &y)?.into_iter().map(|(k, v)| (k, json!(v))).collect();
     logs.insert("samples".into(), json!(set.len()));
     logs.insert("on".into(), json!(on));
-    println!("{}", serde_json::to_string(&logs).map_err(|e| Error::Config(e.to_string()))?);
+    if workers.chief() {
+        println!("{}", serde_json::to_string(&logs).map_err(|e| Error::Config(e.to_string()))?);
+    }
     Ok(())
 }
 
@@ -643,7 +654,14 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
         eprintln!("warning: {w}");
     }
     let x = x.to_dtype(losskit::DType::F32).mul_scalar(spec.scale)?;
-    let probs = model.predict(&x, 256)?.remove(0);
+    let workers = Workers::start()?;
+    let probs = match workers.group() {
+        Some(g) => model.predict_distributed(&x, 256, g)?.remove(0),
+        None => model.predict(&x, 256)?.remove(0),
+    };
+    if !workers.chief() {
+        return Ok(());
+    }
     match &args.output {
         Some(path) => {
             losskit_tensor::npy::write_npy(path, &probs)?;

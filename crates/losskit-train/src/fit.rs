@@ -906,7 +906,8 @@ impl Model {
         run.progress.step = 0;
         let mut logs = self.logs_of(&acc, "");
         if let Some(v) = &run.data.validation {
-            let val = self.evaluate_inner(&v.x, &v.ys, v.w.as_ref(), run.opts.batch_size, &mut run.callbacks)?;
+            let (batch, group) = (run.opts.batch_size, run.group);
+            let val = self.evaluate_inner(&v.x, &v.ys, v.w.as_ref(), batch, &mut run.callbacks, group)?;
             for (k, v) in val {
                 logs.insert(format!("val_{k}"), v);
             }
@@ -1282,6 +1283,8 @@ impl Model {
         }))
     }
 
+    /// The loss and metrics over `x`, `ys` in batches, as running means over all samples;
+    /// with `group`, each worker takes its shard of every batch ([`Model::shard_losses`]).
     fn evaluate_inner(
         &mut self,
         x: &Tensor,
@@ -1289,6 +1292,7 @@ impl Model {
         w: Option<&Tensor>,
         batch_size: usize,
         callbacks: &mut [&mut dyn Callback],
+        group: Option<&dyn Collective>,
     ) -> Result<Logs> {
         let n = count_rows("x", x)?;
         let metrics = self.resolve_metrics(ys, n)?;
@@ -1303,11 +1307,16 @@ impl Model {
             for cb in callbacks.iter_mut() {
                 cb.on_test_batch_begin(step, &empty, self)?;
             }
-            let xb = rows(x, &idx)?;
-            let yb: Vec<Tensor> = ys.iter().map(|t| rows(t, &idx)).collect::<Result<_>>()?;
-            let wb = w.map(|w| rows(w, &idx)).transpose()?;
-            let (total, each, outs) = no_grad(|| self.losses_on(&xb, &yb, wb.as_ref(), false))?;
-            Self::accumulate(&mut acc, &metrics, &yb, &outs, total.to_scalar()?, &each, idx.len() as f64)?;
+            match group.filter(|g| g.size() > 1) {
+                Some(g) => self.shard_losses(x, ys, w, &idx, &metrics, g, &mut acc)?,
+                None => {
+                    let xb = rows(x, &idx)?;
+                    let yb: Vec<Tensor> = ys.iter().map(|t| rows(t, &idx)).collect::<Result<_>>()?;
+                    let wb = w.map(|w| rows(w, &idx)).transpose()?;
+                    let (total, each, outs) = no_grad(|| self.losses_on(&xb, &yb, wb.as_ref(), false))?;
+                    Self::accumulate(&mut acc, &metrics, &yb, &outs, total.to_scalar()?, &each, idx.len() as f64)?;
+                }
+            }
             let logs = self.logs_of(&acc, "");
             for cb in callbacks.iter_mut() {
                 cb.on_test_batch_end(step, &logs, self)?;
@@ -1318,6 +1327,70 @@ impl Model {
             cb.on_test_end(&logs, self)?;
         }
         Ok(logs)
+    }
+
+    /// One evaluation batch `idx` split across the workers of `group`: each worker's losses
+    /// (weighted sums and denominators) and metric sums, summed across workers, then divided
+    /// by the batch's global denominators, into `acc`.
+    #[allow(clippy::too_many_arguments)]
+    fn shard_losses(
+        &mut self,
+        x: &Tensor,
+        ys: &[Tensor],
+        w: Option<&Tensor>,
+        idx: &[usize],
+        metrics: &[Vec<Metric>],
+        group: &dyn Collective,
+        acc: &mut Accumulators,
+    ) -> Result<()> {
+        let rows_here = distribute::shard(idx, group.rank(), group.size());
+        let outputs = ys.len();
+        let metric_values: usize = metrics.iter().map(Vec::len).sum::<usize>() * 2;
+        let mut buf = vec![0.0; 2 * outputs + metric_values];
+        if !rows_here.is_empty() {
+            let batch = Dataset::rows_of(x, ys, w, rows_here, true)?;
+            let outs = no_grad(|| self.forward(&batch.x, false))?;
+            let compiled = self.compiled.as_ref().expect("checked");
+            for (o, ((out, y), loss)) in outs.iter().zip(&batch.ys).zip(&compiled.losses).enumerate() {
+                let (sum, denominator) = no_grad(|| losskit::compute_partial(loss.as_ref(), y, out, batch.w.as_ref()))?;
+                buf[2 * o] = sum.to_scalar()?;
+                buf[2 * o + 1] = denominator.unwrap_or(0.0);
+            }
+            let mut at = 2 * outputs;
+            for ((ms, y), out) in metrics.iter().zip(&batch.ys).zip(&outs) {
+                for m in ms {
+                    let (sum, count) = m.batch(y, out)?;
+                    buf[at] = sum;
+                    buf[at + 1] = count;
+                    at += 2;
+                }
+            }
+        }
+        group.all_reduce_sum(&mut buf)?;
+        let compiled = self.compiled.as_ref().expect("checked");
+        let each: Vec<f64> = (0..outputs)
+            .map(|o| match compiled.losses[o].reduction() {
+                Reduction::Sum => buf[2 * o],
+                _ if buf[2 * o + 1] == 0.0 => 0.0,
+                _ => buf[2 * o] / buf[2 * o + 1],
+            })
+            .collect();
+        let regularization = no_grad(|| self.regularization_loss())?.map(|r| r.to_scalar()).transpose()?;
+        let compiled = self.compiled.as_ref().expect("checked");
+        let total = each.iter().zip(&compiled.loss_weights).map(|(l, w)| l * w.unwrap_or(1.0)).sum::<f64>()
+            + regularization.unwrap_or(0.0);
+        let nb = idx.len() as f64;
+        acc.loss.0 += total * nb;
+        acc.loss.1 += nb;
+        for (a, l) in acc.output_losses.iter_mut().zip(&each) {
+            a.0 += l * nb;
+            a.1 += nb;
+        }
+        for (a, pair) in acc.metrics.iter_mut().flatten().zip(buf[2 * outputs..].chunks_exact(2)) {
+            a.0 += pair[0];
+            a.1 += pair[1];
+        }
+        Ok(())
     }
 
     /// Keras' `evaluate`: the loss and metrics over `x`, `y` in batches (no dropout), as
@@ -1334,7 +1407,59 @@ impl Model {
         let ys = y.into().ordered(&self.output_names())?;
         self.check_data(x, &ys, sample_weight)?;
         self.warnings = self.data_warnings(x, &ys, sample_weight, None)?;
-        self.evaluate_inner(x, &ys, sample_weight, batch_size, &mut [])
+        self.evaluate_inner(x, &ys, sample_weight, batch_size, &mut [], None)
+    }
+
+    /// [`Model::evaluate`] data-parallel: each worker of `group` evaluates its shard of every
+    /// batch, and the losses (over each batch's global denominator) and metrics are summed
+    /// across workers; every worker returns the same logs, equal to one process' evaluation.
+    pub fn evaluate_distributed(
+        &mut self,
+        x: &Tensor,
+        y: impl Into<Targets>,
+        batch_size: usize,
+        sample_weight: Option<&Tensor>,
+        group: &dyn Collective,
+    ) -> Result<Logs> {
+        self.compiled_or_err()?;
+        self.ensure_built(x)?;
+        let ys = y.into().ordered(&self.output_names())?;
+        self.check_data(x, &ys, sample_weight)?;
+        let result = self.evaluate_inner(x, &ys, sample_weight, batch_size, &mut [], Some(group));
+        if let (Err(e), true) = (&result, group.size() > 1) {
+            group.fail(e);
+        }
+        result
+    }
+
+    /// [`Model::predict`] data-parallel: each worker of `group` predicts its contiguous share
+    /// of the rows, and every worker returns all the predictions (gathered by a sum of
+    /// zero-padded shares, exact).
+    pub fn predict_distributed(
+        &mut self,
+        x: &Tensor,
+        batch_size: usize,
+        group: &dyn Collective,
+    ) -> Result<Vec<Tensor>> {
+        self.ensure_built(x)?;
+        let n = count_rows("x", x)?;
+        let all: Vec<usize> = (0..n).collect();
+        let share = distribute::shard(&all, group.rank(), group.size());
+        let mine = if share.is_empty() { Vec::new() } else { self.predict(&rows(x, share)?, batch_size)? };
+        let shapes = self.output_shapes();
+        let mut gathered = Vec::with_capacity(shapes.len());
+        for (o, shape) in shapes.iter().enumerate() {
+            let per_row: usize = shape.iter().product();
+            let mut buf = vec![0.0; n * per_row];
+            if let Some(p) = mine.get(o) {
+                let start = share.first().copied().unwrap_or(0) * per_row;
+                buf[start..start + p.numel()].copy_from_slice(&p.to_vec::<f64>());
+            }
+            group.all_reduce_sum(&mut buf)?;
+            let full: Vec<usize> = std::iter::once(n).chain(shape.iter().copied()).collect();
+            gathered.push(Tensor::from_vec(buf, &full)?.to_dtype(self.dtype));
+        }
+        Ok(gathered)
     }
 }
 

@@ -735,3 +735,64 @@ fn a_failing_worker_stops_the_others_with_its_error() {
     assert!(errors[1].contains("disk full"), "{errors:?}");
     assert!(errors[0].contains("worker 1 of 2 failed") && errors[0].contains("disk full"), "{errors:?}");
 }
+
+/// Runs `work(rank's group)` on `workers` threads of a ThreadGroup; each thread's result.
+fn on_workers<T: Send>(workers: usize, work: impl Fn(&losskit_train::ThreadGroup) -> T + Sync) -> Vec<T> {
+    let groups = losskit_train::ThreadGroup::new(workers).unwrap();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = groups.iter().map(|g| s.spawn(|| work(g))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn small_model() -> losskit_train::Model {
+    let mut m = Sequential::new().seed(4).add(Flatten::new()).add(Dense::new(10).activation("softmax").unwrap());
+    m.compile(Compile::new().optimizer("sgd").loss("sparse_categorical_crossentropy").metrics(&["accuracy"])).unwrap();
+    m
+}
+
+#[test]
+fn distributed_evaluate_and_predict_equal_one_process() {
+    let data = datasets::digits().unwrap();
+    let idx: Vec<usize> = (0..103).collect();
+    let x = data.x.gather(0, &idx).unwrap().mul_scalar(1.0 / 16.0).unwrap();
+    let y = data.y.gather(0, &idx).unwrap();
+    let sw = Tensor::from_vec((0..103).map(|i| (i % 5) as f32 * 0.5).collect::<Vec<f32>>(), &[103]).unwrap();
+    let one_logs = small_model().evaluate(&x, &y, 16, Some(&sw)).unwrap();
+    let one_pred = small_model().predict(&x, 16).unwrap()[0].to_vec::<f32>();
+    for workers in [2, 3] {
+        let results = on_workers(workers, |g| {
+            let mut m = small_model();
+            let logs = m.evaluate_distributed(&x, &y, 16, Some(&sw), g).unwrap();
+            (logs, m.predict_distributed(&x, 16, g).unwrap()[0].to_vec::<f32>())
+        });
+        for (logs, pred) in results {
+            assert_eq!(pred, one_pred, "{workers} workers");
+            for (k, v) in &one_logs {
+                assert!((logs[k] - v).abs() < 1e-6, "{workers} workers: {k} {} vs {v}", logs[k]);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_nan_in_a_data_parallel_run_is_diagnosed_on_every_worker() {
+    let data = datasets::digits().unwrap();
+    let x = data.x.mul_scalar(1.0 / 16.0).unwrap();
+    let errors = on_workers(2, |g| {
+        let mut m = Sequential::new()
+            .seed(4)
+            .add(Flatten::new())
+            .add(Dense::new(32).activation("relu").unwrap())
+            .add(Dense::new(10).activation("softmax").unwrap());
+        m.compile(Compile::new().optimizer(Optimizer::sgd(1e30).unwrap()).loss("sparse_categorical_crossentropy"))
+            .unwrap();
+        let e = m.fit(&x, &data.y, Fit::new().epochs(2).verbose(0).distribute(g)).expect_err("diverges").to_string();
+        (e, m.last_diagnosis().map(|d| (d.epoch, d.batch)))
+    });
+    for (e, at) in &errors {
+        assert!(e.contains("non-finite") || e.contains("NaN") || e.contains("inf"), "{e}");
+        assert_eq!(*at, errors[0].1, "the workers disagree on where it happened");
+        assert!(at.is_some(), "{e}");
+    }
+}
