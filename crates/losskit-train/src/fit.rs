@@ -228,6 +228,21 @@ impl Accumulators {
         }
     }
 
+    /// One batch of `nb` samples: its total loss, each output's loss, and the metrics'
+    /// (sum, count) pairs flattened in output-then-metric order.
+    fn add_batch(&mut self, loss: f64, each: &[f64], metric_sums: &[f64], nb: f64) {
+        self.loss.0 += loss * nb;
+        self.loss.1 += nb;
+        for (a, l) in self.output_losses.iter_mut().zip(each) {
+            a.0 += l * nb;
+            a.1 += nb;
+        }
+        for (a, pair) in self.metrics.iter_mut().flatten().zip(metric_sums.chunks_exact(2)) {
+            a.0 += pair[0];
+            a.1 += pair[1];
+        }
+    }
+
     /// Every (sum, count) pair in order: the loss, each output's loss, each output's metrics.
     fn flat(&self) -> Vec<f64> {
         std::iter::once(&self.loss)
@@ -1146,19 +1161,7 @@ impl Model {
             self.guard_step(&whole, loss, &g, run.progress.epoch, step, &mut run.norms)?;
         }
         self.apply_update(&g)?;
-        let nb = idx.len() as f64;
-        acc.loss.0 += loss * nb;
-        acc.loss.1 += nb;
-        for (o, l) in acc.output_losses.iter_mut().zip(&each) {
-            o.0 += l * nb;
-            o.1 += nb;
-        }
-        let mut sums = buf[grad_len + 1 + outputs..].chunks_exact(2);
-        for a in acc.metrics.iter_mut().flatten() {
-            let pair = sums.next().expect("two values per metric");
-            a.0 += pair[0];
-            a.1 += pair[1];
-        }
+        acc.add_batch(loss, &each, &buf[grad_len + 1 + outputs..], idx.len() as f64);
         Ok(())
     }
 
@@ -1379,17 +1382,7 @@ impl Model {
         let compiled = self.compiled.as_ref().expect("checked");
         let total = each.iter().zip(&compiled.loss_weights).map(|(l, w)| l * w.unwrap_or(1.0)).sum::<f64>()
             + regularization.unwrap_or(0.0);
-        let nb = idx.len() as f64;
-        acc.loss.0 += total * nb;
-        acc.loss.1 += nb;
-        for (a, l) in acc.output_losses.iter_mut().zip(&each) {
-            a.0 += l * nb;
-            a.1 += nb;
-        }
-        for (a, pair) in acc.metrics.iter_mut().flatten().zip(buf[2 * outputs..].chunks_exact(2)) {
-            a.0 += pair[0];
-            a.1 += pair[1];
-        }
+        acc.add_batch(total, &each, &buf[2 * outputs..], idx.len() as f64);
         Ok(())
     }
 

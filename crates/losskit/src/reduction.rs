@@ -101,20 +101,22 @@ fn divide_no_nan(total: &Tensor, denominator: f64) -> Result<Tensor> {
     total.mul_scalar(1.0 / denominator)
 }
 
-/// The per-sample values weighted by `sample_weight` and `mask` (Keras' mask rescaling for
-/// count-dividing reductions), with the combined weight they were multiplied by, if any.
+/// The per-sample values weighted by `sample_weight` and `mask` (with Keras' mask rescaling
+/// by `count / valid` for count-dividing reductions when `rescale_mask`), with the combined
+/// weight they were multiplied by, if any.
 fn weighted_values(
     loss: &str,
     values: &Tensor,
     sample_weight: Option<&Tensor>,
     mask: Option<&Tensor>,
     reduction: Reduction,
+    rescale_mask: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
     let dtype = values.dtype();
     let mut weight = sample_weight.map(|w| w.detach().to_dtype(dtype));
     if let Some(mask) = mask {
         let mask = mask.detach().to_dtype(dtype);
-        let m = if reduction.divides_by_count() {
+        let m = if rescale_mask && reduction.divides_by_count() {
             let valid = mask.sum_all().to_scalar()?;
             let scale = if valid == 0.0 { 0.0 } else { mask.numel() as f64 / valid };
             mask.mul_scalar(scale)?
@@ -154,7 +156,7 @@ pub fn reduce_weighted_values(
     mask: Option<&Tensor>,
     reduction: Reduction,
 ) -> Result<Tensor> {
-    let (values, weight) = weighted_values(loss, values, sample_weight, mask, reduction)?;
+    let (values, weight) = weighted_values(loss, values, sample_weight, mask, reduction, true)?;
     if reduction == Reduction::None || values.rank() == 0 || values.shape() == [0] {
         return Ok(values);
     }
@@ -171,10 +173,12 @@ pub fn reduce_weighted_values(
 
 /// One shard's part of a reduction over a batch split across processes: the weighted sum
 /// `Σ wᵢ·lᵢ` of its per-sample values (on the tape) and its share of the denominator — the
-/// number of values for `sum_over_batch_size`/`mean`, the sum of the weights for
-/// `mean_with_sample_weight` (the count without weights), `None` for `sum`. The reduced loss
-/// over the whole batch is `Σ_shards sum / Σ_shards denominator`, which is what each shard's
-/// `sum / global denominator` adds up to; `none` is an error (nothing to share).
+/// number of values for `sum_over_batch_size`/`mean` (of unmasked values, with a mask: Keras
+/// rescales the mask by `count / valid`, which over the whole batch is dividing by the valid
+/// count), the sum of the weights for `mean_with_sample_weight` (the count without weights),
+/// `None` for `sum`. The reduced loss over the whole batch is
+/// `Σ_shards sum / Σ_shards denominator`, which is what each shard's `sum / global denominator`
+/// adds up to; `none` is an error (nothing to share).
 pub fn reduce_partial(
     loss: &str,
     values: &Tensor,
@@ -187,11 +191,12 @@ pub fn reduce_partial(
             "{loss}: a loss with reduction \"none\" cannot be reduced over a batch split across processes"
         )));
     }
-    let (values, weight) = weighted_values(loss, values, sample_weight, mask, reduction)?;
+    let (values, weight) = weighted_values(loss, values, sample_weight, mask, reduction, false)?;
     let total = values.sum_all();
-    let denominator = match (reduction, &weight) {
-        (Reduction::Sum, _) => None,
-        (Reduction::MeanWithSampleWeight, Some(w)) => Some(w.sum_all().to_scalar()?),
+    let denominator = match (reduction, &weight, mask) {
+        (Reduction::Sum, _, _) => None,
+        (Reduction::MeanWithSampleWeight, Some(w), _) => Some(w.sum_all().to_scalar()?),
+        (_, _, Some(m)) => Some(m.sum_all().to_scalar()? * (values.numel() / m.numel().max(1)) as f64),
         _ => Some(values.numel() as f64),
     };
     Ok((total, denominator))
@@ -239,6 +244,23 @@ mod tests {
             assert!((total - whole.to_scalar().unwrap()).abs() < 1e-12, "{reduction:?}");
         }
         assert!(reduce_partial("l", &t(&values), None, None, Reduction::None).is_err());
+        // A mask (ignored tokens): Keras rescales it by count / valid within the batch; the
+        // shards' shares still add up to the whole batch's value.
+        let mask = [1.0, 0.0, 1.0, 1.0, 0.0];
+        for reduction in [Reduction::SumOverBatchSize, Reduction::MeanWithSampleWeight] {
+            let whole =
+                reduce_weighted_values("l", &t(&values), Some(&t(&weights)), Some(&t(&mask)), reduction).unwrap();
+            let parts: Vec<(Tensor, Option<f64>)> = [(0, 2), (2, 5)]
+                .iter()
+                .map(|&(a, b)| {
+                    reduce_partial("l", &t(&values[a..b]), Some(&t(&weights[a..b])), Some(&t(&mask[a..b])), reduction)
+                        .unwrap()
+                })
+                .collect();
+            let global: f64 = parts.iter().map(|p| p.1.unwrap()).sum();
+            let total: f64 = parts.iter().map(|(s, _)| s.to_scalar().unwrap() / global).sum();
+            assert!((total - whole.to_scalar().unwrap()).abs() < 1e-12, "masked {reduction:?}: {total} vs {whole:?}");
+        }
     }
 
     #[test]
