@@ -166,6 +166,8 @@ macro_rules! isa_dispatch {
     };
 }
 
+pub(crate) use isa_dispatch;
+
 isa_dispatch!(process_dispatch, process, <T: Float, K: RowKernel<T>>, (kernel: &K, c: &Chunk<'_, T>, values: &mut [T], grad: Option<&mut [T]>));
 
 /// An element-wise loss: the value and `∂value/∂y_pred` of one `(y_true, y_pred)` pair (the

@@ -37,6 +37,7 @@ pub mod fastmath;
 pub mod gemm;
 mod hinge;
 mod linear_ce;
+pub mod optim;
 mod regression;
 mod sparsemax;
 mod sum;

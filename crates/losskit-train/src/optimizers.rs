@@ -294,6 +294,20 @@ impl Optimizer {
             *slots =
                 params.iter().map(|p| (0..slots_needed).map(|_| ArrayD::zeros(p.value.shape())).collect()).collect();
         }
+        if let Some((p, _)) = params
+            .iter()
+            .zip(slots.iter())
+            .find(|(p, s)| s.len() != slots_needed || s.iter().any(|a| a.shape() != p.value.shape()))
+        {
+            return Err(Error::Shape {
+                op: "Optimizer::apply".into(),
+                msg: format!(
+                    "the optimizer's state for {} does not have its shape {:?} (set_state?)",
+                    p.name,
+                    p.value.shape()
+                ),
+            });
+        }
         let lr = T::c(self.learning_rate);
         let step = self.iterations + 1;
         let grad = Grad { factor: T::one(), bound };
@@ -434,6 +448,23 @@ fn update<T: Element>(
             let t = T::c(step as f64);
             let alpha = lr * (one - b2.powf(t)).sqrt() / (one - b1.powf(t));
             let (m, v) = s.split_at_mut(1);
+            let step = losskit_kernels::optim::AdamStep {
+                lr,
+                alpha,
+                beta_1: b1,
+                beta_2: b2,
+                epsilon: eps,
+                decay,
+                grad_factor: gr.factor,
+                grad_bound: gr.bound,
+            };
+            // Contiguous buffers (the usual case) take the vectorised kernel; the same formula.
+            if let (Some(ws), Some(gs), Some(ms), Some(vs)) =
+                (w.as_slice_mut(), g.as_slice(), m[0].as_slice_mut(), v[0].as_slice_mut())
+            {
+                losskit_kernels::optim::adam_update(ws, gs, ms, vs, step).expect("shapes checked in apply");
+                return;
+            }
             let zip = Zip::from(&mut w).and(&g).and(&mut m[0]).and(&mut v[0]);
             zip_each!(n, zip, |w: &mut T, &g: &T, m: &mut T, v: &mut T| {
                 if let Some(wd) = decay {
