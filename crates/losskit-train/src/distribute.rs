@@ -12,8 +12,9 @@
 //!   `sum_over_batch_size`, its weight sum for `mean_with_sample_weight` (the denominators are
 //!   summed across workers first), nothing for `sum` — so a worker's loss is its share of the
 //!   global batch's loss, and the sum of the workers' gradients (one all-reduce of one flat
-//!   buffer per step, which also carries the loss and the metrics' sums and counts) is the
-//!   gradient of the global batch; regularization is added once, split across workers;
+//!   buffer per step, in the model's dtype) is the gradient of the global batch; the losses'
+//!   sums and denominators and the metrics' sums and counts go in one small f64 all-reduce
+//!   before the backward pass; regularization is added once, split across workers;
 //! - rank 0's initial weights are broadcast to all, each worker draws dropout masks from its
 //!   own stream of the model's generator, and every worker applies the same update;
 //! - the logged loss and metrics are sums and counts over the whole batch and epoch (not means
@@ -37,6 +38,14 @@ pub trait Collective {
     /// Replaces `buf` by its element-wise sum over all workers (every worker passes a buffer of
     /// the same length and gets the same result).
     fn all_reduce_sum(&self, buf: &mut [f64]) -> Result<()>;
+    /// [`Collective::all_reduce_sum`] for f32 values (gradients of f32 models: half the bytes).
+    /// The default goes through f64; [`ThreadGroup`] uses it, MPI sums f32 natively.
+    fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()> {
+        let mut wide: Vec<f64> = buf.iter().map(|&v| f64::from(v)).collect();
+        self.all_reduce_sum(&mut wide)?;
+        buf.iter_mut().zip(&wide).for_each(|(b, w)| *b = *w as f32);
+        Ok(())
+    }
     /// Replaces `buf` by worker `root`'s.
     fn broadcast(&self, buf: &mut [f64], root: usize) -> Result<()>;
     /// Stops the other workers because this one failed with `error` (they must not wait for
@@ -186,6 +195,11 @@ mod mpi_group {
             self.world.size() as usize
         }
         fn all_reduce_sum(&self, buf: &mut [f64]) -> Result<()> {
+            let send = buf.to_vec();
+            self.world.all_reduce_into(&send[..], buf, SystemOperation::sum());
+            Ok(())
+        }
+        fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()> {
             let send = buf.to_vec();
             self.world.all_reduce_into(&send[..], buf, SystemOperation::sum());
             Ok(())

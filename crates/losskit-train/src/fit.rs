@@ -1115,11 +1115,34 @@ impl Model {
             Some(b) => self.loss_shares(b)?,
             None => (vec![(None, None); outputs], Vec::new()),
         };
-        let mut denominators: Vec<f64> = shares.iter().map(|(_, d)| d.unwrap_or(0.0)).collect();
-        group.all_reduce_sum(&mut denominators)?;
+        // First all-reduce (small, f64): each output's weighted sum and denominator, and the
+        // metrics' (sum, count) pairs, all known after the forward pass.
+        let mut sums = Vec::with_capacity(2 * outputs);
+        for (sum, own) in &shares {
+            sums.push(sum.as_ref().map(Tensor::to_scalar).transpose()?.unwrap_or(0.0));
+            sums.push(own.unwrap_or(0.0));
+        }
+        for ((ms, y), out) in run.metrics.iter().zip(batch.iter().flat_map(|b| b.ys.iter())).zip(&outs) {
+            for m in ms {
+                let (sum, count) = m.batch(y, &out.detach())?;
+                sums.extend([sum, count]);
+            }
+        }
+        let metric_values = run.metrics.iter().map(Vec::len).sum::<usize>() * 2;
+        sums.resize(2 * outputs + metric_values, 0.0);
+        group.all_reduce_sum(&mut sums)?;
+        let compiled = self.compiled.as_ref().expect("checked");
+        let global: Vec<f64> = (0..outputs).map(|o| sums[2 * o + 1]).collect();
+        let each: Vec<f64> = (0..outputs)
+            .map(|o| match compiled.losses[o].reduction() {
+                Reduction::Sum => sums[2 * o],
+                _ if global[o] == 0.0 => 0.0,
+                _ => sums[2 * o] / global[o],
+            })
+            .collect();
         let losses: Vec<Tensor> = shares
             .into_iter()
-            .zip(&denominators)
+            .zip(&global)
             .map(|((sum, own), &global)| match sum {
                 None => Ok(Tensor::scalar(0.0f64).to_dtype(self.dtype)),
                 Some(t) if own.is_none() => Ok(t),
@@ -1127,32 +1150,34 @@ impl Model {
                 Some(t) => t.mul_scalar(1.0 / global),
             })
             .collect::<Result<_>>()?;
-        let (total, each) = self.weighted_total(losses, 1.0 / group.size() as f64)?;
-        let loss = total.to_scalar()?;
+        let (total, _) = self.weighted_total(losses, 1.0 / group.size() as f64)?;
+        let regularization = no_grad(|| self.regularization_loss())?.map(|r| r.to_scalar()).transpose()?;
+        let compiled = self.compiled.as_ref().expect("checked");
+        let loss = each.iter().zip(&compiled.loss_weights).map(|(l, w)| l * w.unwrap_or(1.0)).sum::<f64>()
+            + regularization.unwrap_or(0.0);
         let mut grads = total.backward()?;
         drop(total);
+        drop(outs);
         let params: Vec<(Tensor, Vec<usize>)> = self
             .params()
             .iter()
             .map(|p| (grads.remove(&p.value).unwrap_or_else(|| p.value.zeros_like()), p.value.shape().to_vec()))
             .collect();
         drop(grads);
-        let mut buf: Vec<f64> = params.iter().flat_map(|(g, _)| g.to_vec::<f64>()).collect();
-        let grad_len = buf.len();
-        buf.push(loss);
-        buf.extend(&each);
-        for ((ms, y), out) in run.metrics.iter().zip(batch.iter().flat_map(|b| b.ys.iter())).zip(&outs) {
-            for m in ms {
-                let (sum, count) = m.batch(y, &out.detach())?;
-                buf.extend([sum, count]);
+        // Second all-reduce: the gradients, in the model's dtype.
+        let shapes = || params.iter().map(|(_, s)| s.as_slice());
+        let g = match self.dtype {
+            losskit::DType::F32 => {
+                let mut buf: Vec<f32> = params.iter().flat_map(|(g, _)| g.to_vec::<f32>()).collect();
+                group.all_reduce_sum_f32(&mut buf)?;
+                unflatten(&buf, shapes(), self.dtype)?
             }
-        }
-        let metric_values = run.metrics.iter().map(Vec::len).sum::<usize>() * 2;
-        buf.resize(grad_len + 1 + outputs + metric_values, 0.0);
-        group.all_reduce_sum(&mut buf)?;
-        let g = unflatten(&buf[..grad_len], params.iter().map(|(_, s)| s.as_slice()), self.dtype)?;
-        let (loss, each) = (buf[grad_len], buf[grad_len + 1..grad_len + 1 + outputs].to_vec());
-        drop(outs);
+            losskit::DType::F64 => {
+                let mut buf: Vec<f64> = params.iter().flat_map(|(g, _)| g.to_vec::<f64>()).collect();
+                group.all_reduce_sum(&mut buf)?;
+                unflatten(&buf, shapes(), self.dtype)?
+            }
+        };
         if run.opts.nan_guard {
             let whole = match batch {
                 Some(b) => b,
@@ -1161,7 +1186,7 @@ impl Model {
             self.guard_step(&whole, loss, &g, run.progress.epoch, step, &mut run.norms)?;
         }
         self.apply_update(&g)?;
-        acc.add_batch(loss, &each, &buf[grad_len + 1 + outputs..], idx.len() as f64);
+        acc.add_batch(loss, &each, &sums[2 * outputs..], idx.len() as f64);
         Ok(())
     }
 
@@ -1457,8 +1482,8 @@ impl Model {
 }
 
 /// Tensors of `shapes` (in order) from the flat values `flat`, in `dtype`.
-fn unflatten<'s>(
-    flat: &[f64],
+fn unflatten<'s, T: losskit_tensor::Element>(
+    flat: &[T],
     shapes: impl Iterator<Item = &'s [usize]>,
     dtype: losskit::DType,
 ) -> Result<Vec<Tensor>> {
