@@ -126,8 +126,9 @@ impl ThreadGroup {
             while round.generation == generation && round.failed.is_none() {
                 round = self.shared.turn.wait(round).map_err(poisoned)?;
             }
-            if let Some(msg) = &round.failed {
-                return Err(Error::Config(msg.clone()));
+            // A round that completed counts even if a worker failed afterwards.
+            if round.generation == generation {
+                return Err(Error::Config(round.failed.clone().unwrap_or_default()));
             }
         }
         Ok(round.result.clone())
