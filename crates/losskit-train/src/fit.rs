@@ -1117,33 +1117,20 @@ impl Model {
         };
         // First all-reduce (small, f64): each output's weighted sum and denominator, and the
         // metrics' (sum, count) pairs, all known after the forward pass.
-        let mut sums = Vec::with_capacity(2 * outputs);
-        for (sum, own) in &shares {
-            sums.push(sum.as_ref().map(Tensor::to_scalar).transpose()?.unwrap_or(0.0));
-            sums.push(own.unwrap_or(0.0));
-        }
-        for ((ms, y), out) in run.metrics.iter().zip(batch.iter().flat_map(|b| b.ys.iter())).zip(&outs) {
-            for m in ms {
-                let (sum, count) = m.batch(y, &out.detach())?;
-                sums.extend([sum, count]);
-            }
-        }
-        let metric_values = run.metrics.iter().map(Vec::len).sum::<usize>() * 2;
-        sums.resize(2 * outputs + metric_values, 0.0);
+        let partials = shares
+            .iter()
+            .map(|(sum, own)| Ok((sum.as_ref().map(Tensor::to_scalar).transpose()?.unwrap_or(0.0), *own)))
+            .collect::<Result<Vec<_>>>()?;
+        let ys: &[Tensor] = batch.as_ref().map_or(&[], |b| &b.ys);
+        let outs_now: Vec<Tensor> = outs.iter().map(Tensor::detach).collect();
+        let mut sums = local_sums(&partials, outputs, &run.metrics, ys, &outs_now)?;
         group.all_reduce_sum(&mut sums)?;
-        let compiled = self.compiled.as_ref().expect("checked");
-        let global: Vec<f64> = (0..outputs).map(|o| sums[2 * o + 1]).collect();
-        let each: Vec<f64> = (0..outputs)
-            .map(|o| match compiled.losses[o].reduction() {
-                Reduction::Sum => sums[2 * o],
-                _ if global[o] == 0.0 => 0.0,
-                _ => sums[2 * o] / global[o],
-            })
-            .collect();
+        let (loss, each) = self.global_losses(&sums, outputs)?;
+        // Each output's share: its weighted sum over the global denominator.
         let losses: Vec<Tensor> = shares
             .into_iter()
-            .zip(&global)
-            .map(|((sum, own), &global)| match sum {
+            .zip(sums.chunks_exact(2).map(|pair| pair[1]))
+            .map(|((sum, own), global)| match sum {
                 None => Ok(Tensor::scalar(0.0f64).to_dtype(self.dtype)),
                 Some(t) if own.is_none() => Ok(t),
                 Some(t) if global == 0.0 => t.mul_scalar(0.0),
@@ -1151,13 +1138,9 @@ impl Model {
             })
             .collect::<Result<_>>()?;
         let (total, _) = self.weighted_total(losses, 1.0 / group.size() as f64)?;
-        let regularization = no_grad(|| self.regularization_loss())?.map(|r| r.to_scalar()).transpose()?;
-        let compiled = self.compiled.as_ref().expect("checked");
-        let loss = each.iter().zip(&compiled.loss_weights).map(|(l, w)| l * w.unwrap_or(1.0)).sum::<f64>()
-            + regularization.unwrap_or(0.0);
         let mut grads = total.backward()?;
         drop(total);
-        drop(outs);
+        drop((outs, outs_now));
         let params: Vec<(Tensor, Vec<usize>)> = self
             .params()
             .iter()
@@ -1357,6 +1340,24 @@ impl Model {
         Ok(logs)
     }
 
+    /// From a batch's all-reduced [`local_sums`]: each output's loss over the whole batch (its
+    /// weighted sum over the global denominator; the sum alone for `sum`; 0 for a zero
+    /// denominator) and the total, with loss weights and the regularization.
+    fn global_losses(&self, sums: &[f64], outputs: usize) -> Result<(f64, Vec<f64>)> {
+        let compiled = self.compiled.as_ref().expect("checked");
+        let each: Vec<f64> = (0..outputs)
+            .map(|o| match compiled.losses[o].reduction() {
+                Reduction::Sum => sums[2 * o],
+                _ if sums[2 * o + 1] == 0.0 => 0.0,
+                _ => sums[2 * o] / sums[2 * o + 1],
+            })
+            .collect();
+        let regularization = no_grad(|| self.regularization_loss())?.map(|r| r.to_scalar()).transpose()?;
+        let total = each.iter().zip(&compiled.loss_weights).map(|(l, w)| l * w.unwrap_or(1.0)).sum::<f64>()
+            + regularization.unwrap_or(0.0);
+        Ok((total, each))
+    }
+
     /// One evaluation batch `idx` split across the workers of `group`: each worker's losses
     /// (weighted sums and denominators) and metric sums, summed across workers, then divided
     /// by the batch's global denominators, into `acc`.
@@ -1373,40 +1374,26 @@ impl Model {
     ) -> Result<()> {
         let rows_here = distribute::shard(idx, group.rank(), group.size());
         let outputs = ys.len();
-        let metric_values: usize = metrics.iter().map(Vec::len).sum::<usize>() * 2;
-        let mut buf = vec![0.0; 2 * outputs + metric_values];
-        if !rows_here.is_empty() {
+        let mut buf = if rows_here.is_empty() {
+            local_sums(&[], outputs, metrics, &[], &[])?
+        } else {
             let batch = Dataset::rows_of(x, ys, w, rows_here, true)?;
             let outs = no_grad(|| self.forward(&batch.x, false))?;
             let compiled = self.compiled.as_ref().expect("checked");
-            for (o, ((out, y), loss)) in outs.iter().zip(&batch.ys).zip(&compiled.losses).enumerate() {
-                let (sum, denominator) = no_grad(|| losskit::compute_partial(loss.as_ref(), y, out, batch.w.as_ref()))?;
-                buf[2 * o] = sum.to_scalar()?;
-                buf[2 * o + 1] = denominator.unwrap_or(0.0);
-            }
-            let mut at = 2 * outputs;
-            for ((ms, y), out) in metrics.iter().zip(&batch.ys).zip(&outs) {
-                for m in ms {
-                    let (sum, count) = m.batch(y, out)?;
-                    buf[at] = sum;
-                    buf[at + 1] = count;
-                    at += 2;
-                }
-            }
-        }
+            let partials = outs
+                .iter()
+                .zip(&batch.ys)
+                .zip(&compiled.losses)
+                .map(|((out, y), loss)| {
+                    let (sum, denominator) =
+                        no_grad(|| losskit::compute_partial(loss.as_ref(), y, out, batch.w.as_ref()))?;
+                    Ok((sum.to_scalar()?, denominator))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            local_sums(&partials, outputs, metrics, &batch.ys, &outs)?
+        };
         group.all_reduce_sum(&mut buf)?;
-        let compiled = self.compiled.as_ref().expect("checked");
-        let each: Vec<f64> = (0..outputs)
-            .map(|o| match compiled.losses[o].reduction() {
-                Reduction::Sum => buf[2 * o],
-                _ if buf[2 * o + 1] == 0.0 => 0.0,
-                _ => buf[2 * o] / buf[2 * o + 1],
-            })
-            .collect();
-        let regularization = no_grad(|| self.regularization_loss())?.map(|r| r.to_scalar()).transpose()?;
-        let compiled = self.compiled.as_ref().expect("checked");
-        let total = each.iter().zip(&compiled.loss_weights).map(|(l, w)| l * w.unwrap_or(1.0)).sum::<f64>()
-            + regularization.unwrap_or(0.0);
+        let (total, each) = self.global_losses(&buf, outputs)?;
         acc.add_batch(total, &each, &buf[2 * outputs..], idx.len() as f64);
         Ok(())
     }
@@ -1496,4 +1483,28 @@ fn unflatten<'s, T: losskit_tensor::Element>(
             Ok(t)
         })
         .collect()
+}
+
+/// A worker's share of a data-parallel batch, flat, for one all-reduce: each output's loss
+/// `(weighted sum, denominator)` from `partials` (0 for a worker without rows or a `sum`
+/// reduction's missing denominator), then every metric's `(sum, count)` on its rows `ys` and
+/// outputs `outs` (none when it has no rows).
+fn local_sums(
+    partials: &[(f64, Option<f64>)],
+    outputs: usize,
+    metrics: &[Vec<Metric>],
+    ys: &[Tensor],
+    outs: &[Tensor],
+) -> Result<Vec<f64>> {
+    let metric_values = metrics.iter().map(Vec::len).sum::<usize>() * 2;
+    let mut sums: Vec<f64> = partials.iter().flat_map(|&(sum, d)| [sum, d.unwrap_or(0.0)]).collect();
+    sums.resize(2 * outputs, 0.0);
+    for ((ms, y), out) in metrics.iter().zip(ys).zip(outs) {
+        for m in ms {
+            let (sum, count) = m.batch(y, out)?;
+            sums.extend([sum, count]);
+        }
+    }
+    sums.resize(2 * outputs + metric_values, 0.0);
+    Ok(sums)
 }
