@@ -157,15 +157,16 @@ fn model_file(args: &FitArgs) -> Result<Option<KerasModel>> {
     }
 }
 
-/// Whether the flag `flag` decides (given on the command line, or the model file has no say).
-fn flag_decides<T>(flag: &str, given: &[String], file: Option<&T>) -> bool {
-    file.is_none() || given.iter().any(|g| g == flag)
+/// Whether one of `flags` was given on the command line (a given flag overrides the model
+/// file's setting).
+fn was_given(given: &[String], flags: &[&str]) -> bool {
+    given.iter().any(|g| flags.contains(&g.as_str()))
 }
 
 /// The loss: the model file's, unless `--loss` / `--loss-config` are given.
 fn choose_loss(args: &FitArgs, given: &[String], compiled: Option<&KerasCompile>) -> Result<Arc<dyn Loss>> {
     let file = compiled.and_then(|c| c.loss.as_ref());
-    if let Some(l) = file.filter(|_| !given.iter().any(|g| g == "--loss" || g == "--loss-config")) {
+    if let Some(l) = file.filter(|_| !was_given(given, &["--loss", "--loss-config"])) {
         return Ok(l.clone());
     }
     let config: Value = match &args.loss_config {
@@ -186,7 +187,7 @@ fn choose_compile(
     loss: Arc<dyn Loss>,
 ) -> Result<Compile> {
     let file_opt = compiled.as_ref().and_then(|c| c.optimizer.clone());
-    let mut optimizer = match file_opt.filter(|o| !flag_decides("--optimizer", given, Some(o))) {
+    let mut optimizer = match file_opt.filter(|_| !was_given(given, &["--optimizer"])) {
         Some(o) => o,
         None => Optimizer::parse(&args.optimizer)?,
     };
@@ -197,7 +198,7 @@ fn choose_compile(
         optimizer = optimizer.clipnorm(c)?;
     }
     let file_metrics = compiled.as_ref().map(|c| c.metrics.clone());
-    let metrics = match file_metrics.filter(|m| !flag_decides("--metrics", given, Some(m))) {
+    let metrics = match file_metrics.filter(|_| !was_given(given, &["--metrics"])) {
         Some(m) => m,
         None => args.metrics.clone(),
     };

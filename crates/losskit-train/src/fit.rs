@@ -1407,12 +1407,19 @@ impl Model {
         batch_size: usize,
         sample_weight: Option<&Tensor>,
     ) -> Result<Logs> {
+        let ys = self.evaluation_targets(x, y.into(), sample_weight)?;
+        self.evaluate_inner(x, &ys, sample_weight, batch_size, &mut [], None)
+    }
+
+    /// What `evaluate` checks first: compiled, built for `x`, one target per output, the data
+    /// (row counts, labels, the loss' fit), and the data's warnings.
+    fn evaluation_targets(&mut self, x: &Tensor, y: Targets, sample_weight: Option<&Tensor>) -> Result<Vec<Tensor>> {
         self.compiled_or_err()?;
         self.ensure_built(x)?;
-        let ys = y.into().ordered(&self.output_names())?;
+        let ys = y.ordered(&self.output_names())?;
         self.check_data(x, &ys, sample_weight)?;
         self.warnings = self.data_warnings(x, &ys, sample_weight, None)?;
-        self.evaluate_inner(x, &ys, sample_weight, batch_size, &mut [], None)
+        Ok(ys)
     }
 
     /// [`Model::evaluate`] data-parallel: each worker of `group` evaluates its shard of every
@@ -1426,10 +1433,7 @@ impl Model {
         sample_weight: Option<&Tensor>,
         group: &dyn Collective,
     ) -> Result<Logs> {
-        self.compiled_or_err()?;
-        self.ensure_built(x)?;
-        let ys = y.into().ordered(&self.output_names())?;
-        self.check_data(x, &ys, sample_weight)?;
+        let ys = self.evaluation_targets(x, y.into(), sample_weight)?;
         let result = self.evaluate_inner(x, &ys, sample_weight, batch_size, &mut [], Some(group));
         if let (Err(e), true) = (&result, group.size() > 1) {
             group.fail(e);
