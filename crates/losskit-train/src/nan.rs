@@ -18,6 +18,11 @@ fn row_col(t: &Tensor, i: usize) -> (usize, usize) {
 /// Errors if `t` holds NaN or ±Inf: names the array, the first bad value's row and column,
 /// and how many there are.
 pub fn check_finite(name: &str, t: &Tensor) -> Result<()> {
+    // The common case, all finite, reads the values in place; only a failure copies them to
+    // find and count the bad ones.
+    if t.all_finite() {
+        return Ok(());
+    }
     let v = t.to_vec::<f64>();
     let bad: Vec<usize> = v.iter().enumerate().filter(|(_, x)| !x.is_finite()).map(|(i, _)| i).collect();
     if let Some(&first) = bad.first() {
@@ -92,6 +97,9 @@ pub fn check_data(
         }
     }
     let mut warnings = Vec::new();
+    if x.max_abs() <= LARGE_FEATURE {
+        return Ok(warnings);
+    }
     let v = x.to_vec::<f64>();
     if let Some((i, m)) =
         v.iter().enumerate().map(|(i, x)| (i, x.abs())).fold(None, |best: Option<(usize, f64)>, (i, a)| match best {
