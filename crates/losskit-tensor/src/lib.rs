@@ -57,6 +57,6 @@ mod tensor;
 pub use autodiff::{is_grad_enabled, no_grad, CustomOp, Gradients};
 pub use error::{Error, Result};
 pub use fusion::unfused;
-pub use ops::broadcast_shapes;
+pub use ops::{broadcast_shapes, DenseActivation};
 pub use storage::{DType, Element, Storage};
 pub use tensor::Tensor;

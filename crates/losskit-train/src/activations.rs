@@ -75,6 +75,19 @@ impl Activation {
         })
     }
 
+    /// The same activation applied inside a fused [`Tensor::dense`] node, when it can be
+    /// (linear, relu, sigmoid, tanh: their derivatives are functions of their outputs).
+    pub fn dense_activation(self) -> Option<losskit_tensor::DenseActivation> {
+        use losskit_tensor::DenseActivation as D;
+        match self {
+            Activation::Linear => Some(D::Linear),
+            Activation::Relu => Some(D::Relu),
+            Activation::Sigmoid => Some(D::Sigmoid),
+            Activation::Tanh => Some(D::Tanh),
+            _ => None,
+        }
+    }
+
     /// Applies the activation.
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
         let positive = || -> Result<Tensor> {

@@ -5,6 +5,7 @@ use crate::initializers::Initializer;
 use crate::regularizers::Regularizer;
 use losskit::{DType, Error, Result, Tensor};
 use losskit_tensor::random::{self, Rng};
+use losskit_tensor::DenseActivation;
 
 /// A trainable weight: its name inside the model (`"dense/kernel"`) and its current value (a
 /// leaf tensor that requires gradients).
@@ -227,16 +228,20 @@ impl Layer for Dense {
         }
         let flat = x.rank() != 2;
         let x2 = if flat { x.reshape(&[-1, fan_in as isize])? } else { x.clone() };
-        let mut y = x2.matmul(&kernel.value)?;
-        if let Some(b) = &self.bias {
-            y = y.add(&b.value)?;
-        }
+        // One node for the product, the bias and an activation whose derivative comes from its
+        // output; the others (softmax, gelu, ...) follow as their own ops.
+        let fused = self.activation.dense_activation();
+        let mut y =
+            x2.dense(&kernel.value, self.bias.as_ref().map(|b| &b.value), fused.unwrap_or(DenseActivation::Linear))?;
         if flat {
             let mut shape: Vec<isize> = x.shape().iter().map(|&d| d as isize).collect();
             *shape.last_mut().expect("rank >= 1") = self.units as isize;
             y = y.reshape(&shape)?;
         }
-        self.activation.apply(&y)
+        match fused {
+            Some(_) => Ok(y),
+            None => self.activation.apply(&y),
+        }
     }
     fn output_shape(&self) -> Option<&[usize]> {
         self.output.as_deref()

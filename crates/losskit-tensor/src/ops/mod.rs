@@ -21,12 +21,14 @@ macro_rules! collect {
     }};
 }
 
+mod dense;
 mod elementwise;
 mod index;
 mod matmul;
 mod reduce;
 mod shape;
 
+pub use dense::DenseActivation;
 pub use elementwise::broadcast_shapes;
 pub(crate) use elementwise::{per_binary, per_unary, sum_to_shape, Binary, Unary};
 pub use matmul::Gemm;
