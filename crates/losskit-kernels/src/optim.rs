@@ -87,7 +87,8 @@ fn adam_loop<T: Float, const DECAY: bool, const BOUND: bool>(
         }
         let mut g = g * s.grad_factor;
         if BOUND {
-            g = g.max(-c).min(c);
+            // NaN stays NaN (a `max`/`min` pair would turn it into `-c`).
+            g = crate::clip(g, -c, c);
         }
         *m = *m + (g - *m) * a1;
         *v = *v + (g * g - *v) * a2;
@@ -109,7 +110,7 @@ mod tests {
             }
             let mut gi = g[i] * s.grad_factor;
             if let Some(c) = s.grad_bound {
-                gi = gi.max(-c).min(c);
+                gi = if gi.is_nan() { gi } else { gi.max(-c).min(c) };
             }
             m[i] += (gi - m[i]) * (1.0 - s.beta_1);
             v[i] += (gi * gi - v[i]) * (1.0 - s.beta_2);
@@ -160,5 +161,14 @@ mod tests {
             grad_bound: None,
         };
         assert!(adam_update(&mut short.clone(), &[1.0], &mut short, &mut [0.0; 2], s).is_err());
+        // A NaN gradient stays NaN through the bound (clipvalue), as in Keras, at every size.
+        for n in [3, PARALLEL_MIN + 1] {
+            let mut g = vec![0.5f32; n];
+            g[1] = f32::NAN;
+            let (mut w, mut m, mut v) = (vec![1.0f32; n], vec![0.0f32; n], vec![0.0f32; n]);
+            adam_update(&mut w, &g, &mut m, &mut v, AdamStep { grad_bound: Some(0.1), ..s }).unwrap();
+            assert!(w[1].is_nan() && m[1].is_nan() && v[1].is_nan(), "n {n}: {} {} {}", w[1], m[1], v[1]);
+            assert!(w[0].is_finite() && w[n - 1].is_finite());
+        }
     }
 }

@@ -363,7 +363,8 @@ impl<T: Element> Grad<T> {
     fn get(self, g: T) -> T {
         let g = g * self.factor;
         match self.bound {
-            Some(c) => g.max(-c).min(c),
+            // NaN stays NaN, as Keras' `clip`.
+            Some(c) => losskit_kernels::clip(g, -c, c),
             None => g,
         }
     }

@@ -153,6 +153,11 @@ fn optimizer_steps_by_hand() {
     // Clipping: by value, by norm (per tensor), by global norm.
     let s = one_step(Optimizer::sgd(1.0).unwrap().clipvalue(0.3).unwrap(), vec![1.0, -2.0], vec![0.5, -1.0]);
     assert!(close(&s, &[0.7, -1.7]), "{s:?}");
+    // A NaN gradient is not clipped into a number (Keras' clip keeps NaN).
+    let s = one_step(Optimizer::sgd(1.0).unwrap().clipvalue(0.3).unwrap(), vec![1.0, -2.0], vec![f64::NAN, -1.0]);
+    assert!(s[0].is_nan() && close(&s[1..], &[-1.7]), "{s:?}");
+    let a = one_step(Optimizer::adam(0.1).unwrap().clipvalue(0.3).unwrap(), vec![1.0, -2.0], vec![f64::NAN, -1.0]);
+    assert!(a[0].is_nan() && a[1].is_finite(), "{a:?}");
     let s = one_step(Optimizer::sgd(1.0).unwrap().clipnorm(1.0).unwrap(), vec![0.0, 0.0], vec![3.0, 4.0]);
     assert!(close(&s, &[-0.6, -0.8]), "{s:?}");
     let s = one_step(Optimizer::sgd(1.0).unwrap().global_clipnorm(10.0).unwrap(), vec![0.0, 0.0], vec![3.0, 4.0]);
