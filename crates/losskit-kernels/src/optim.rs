@@ -1,4 +1,4 @@
-//! Optimizer updates on slices: Adam's (and AdamW's) whole step for one weight in one pass,
+//! Optimizer updates on slices: Adam's (and AdamW's) and plain SGD's whole step for one weight in one pass,
 //! vectorised (AVX2 / AVX-512 chosen at run time) and split across threads for large weights.
 //! Each element's update is independent of the others and uses the same operations in the same
 //! order as the scalar formula, so the result does not depend on the ISA or the thread count.
@@ -98,6 +98,56 @@ fn adam_loop<T: Float, const DECAY: bool, const BOUND: bool>(
 
 isa_dispatch!(adam_dispatch, adam_chunk, <T: Float>, (w: &mut [T], g: &[T], m: &mut [T], v: &mut [T], s: AdamStep<T>));
 
+/// One plain SGD step's constants for one weight (Keras' `SGD` without momentum).
+///
+/// With `g' = clamp(g·grad_factor, ±grad_bound)` as for [`AdamStep`], each element becomes
+/// `w ← w - g'·lr`.
+#[derive(Debug, Clone, Copy)]
+pub struct SgdStep<T> {
+    /// The learning rate.
+    pub lr: T,
+    /// The clipping factor applied to every gradient value (1 without norm clipping).
+    pub grad_factor: T,
+    /// The bound of value clipping, if any.
+    pub grad_bound: Option<T>,
+}
+
+/// Applies one [`SgdStep`] to a weight `w` and its gradient `g` (the same length; an error
+/// names the lengths otherwise).
+pub fn sgd_update<T: Float>(w: &mut [T], g: &[T], s: SgdStep<T>) -> Result<(), String> {
+    if g.len() != w.len() {
+        return Err(format!("sgd_update: lengths w {}, g {}", w.len(), g.len()));
+    }
+    if w.len() < PARALLEL_MIN {
+        sgd_dispatch(w, g, s);
+    } else {
+        w.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(w, g)| sgd_dispatch(w, g, s));
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn sgd_chunk<T: Float>(w: &mut [T], g: &[T], s: SgdStep<T>) {
+    match s.grad_bound {
+        None => sgd_loop::<T, false>(w, g, s),
+        Some(_) => sgd_loop::<T, true>(w, g, s),
+    }
+}
+
+#[inline(always)]
+fn sgd_loop<T: Float, const BOUND: bool>(w: &mut [T], g: &[T], s: SgdStep<T>) {
+    let c = s.grad_bound.unwrap_or(T::infinity());
+    for (w, &g) in w.iter_mut().zip(g) {
+        let mut g = g * s.grad_factor;
+        if BOUND {
+            g = crate::clip(g, -c, c);
+        }
+        *w = *w - g * s.lr;
+    }
+}
+
+isa_dispatch!(sgd_dispatch, sgd_chunk, <T: Float>, (w: &mut [T], g: &[T], s: SgdStep<T>));
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +165,38 @@ mod tests {
             m[i] += (gi - m[i]) * (1.0 - s.beta_1);
             v[i] += (gi * gi - v[i]) * (1.0 - s.beta_2);
             w[i] -= (m[i] * s.alpha) / (v[i].sqrt() + s.epsilon);
+        }
+    }
+
+    #[test]
+    fn sgd_equals_its_formula_bit_for_bit_at_any_size_and_thread_count_and_keeps_nan() {
+        for n in [1, 7, PARALLEL_MIN + 13, 3 * CHUNK + 5] {
+            let mut g: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
+            g[n / 2] = f32::NAN;
+            let w0: Vec<f32> = (0..n).map(|i| ((i * 11 % 17) as f32 - 8.0) * 0.1).collect();
+            for bound in [None, Some(0.2f32)] {
+                let s = SgdStep { lr: 0.01, grad_factor: 0.75, grad_bound: bound };
+                let want: Vec<f32> = w0
+                    .iter()
+                    .zip(&g)
+                    .map(|(&w, &g)| {
+                        let g = g * 0.75;
+                        let g = match bound {
+                            Some(c) if !g.is_nan() => g.max(-c).min(c),
+                            _ => g,
+                        };
+                        w - g * 0.01
+                    })
+                    .collect();
+                for threads in [1, 3] {
+                    let mut w = w0.clone();
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    pool.install(|| sgd_update(&mut w, &g, s)).unwrap();
+                    assert!(w[n / 2].is_nan(), "n {n} {bound:?}: NaN kept");
+                    let bits = |x: &[f32]| x.iter().filter(|v| !v.is_nan()).map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&w), bits(&want), "n {n} {bound:?} threads {threads}");
+                }
+            }
         }
     }
 
@@ -161,6 +243,7 @@ mod tests {
             grad_bound: None,
         };
         assert!(adam_update(&mut short.clone(), &[1.0], &mut short, &mut [0.0; 2], s).is_err());
+        assert!(sgd_update(&mut short, &[1.0], SgdStep { lr: 0.1, grad_factor: 1.0, grad_bound: None }).is_err());
         // A NaN gradient stays NaN through the bound (clipvalue), as in Keras, at every size.
         for n in [3, PARALLEL_MIN + 1] {
             let mut g = vec![0.5f32; n];

@@ -429,6 +429,12 @@ fn update<T: Element>(
     match rule {
         Rule::Sgd { momentum, nesterov } => {
             if s.is_empty() {
+                // Contiguous buffers (the usual case) take the vectorised kernel; the same formula.
+                if let (Some(ws), Some(gs)) = (w.as_slice_mut(), g.as_slice()) {
+                    let step = losskit_kernels::optim::SgdStep { lr, grad_factor: gr.factor, grad_bound: gr.bound };
+                    losskit_kernels::optim::sgd_update(ws, gs, step).expect("shapes checked in apply");
+                    return;
+                }
                 zip_each!(n, Zip::from(&mut w).and(&g), |w: &mut T, &g: &T| *w = *w - gr.get(g) * lr);
             } else {
                 let mu = T::c(momentum);
