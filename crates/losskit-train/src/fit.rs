@@ -1166,9 +1166,10 @@ impl Model {
                 Some(b) => b,
                 None => Dataset::rows_of(&data.x, &data.ys, data.w.as_ref(), idx, true)?,
             };
-            self.guard_step(&whole, loss, &g, run.progress.epoch, step, &mut run.norms)?;
+            self.guarded_update(&whole, loss, &g, run.progress.epoch, step, &mut run.norms)?;
+        } else {
+            self.apply_update(&g)?;
         }
-        self.apply_update(&g)?;
         acc.add_batch(loss, &each, &sums[2 * outputs..], idx.len() as f64);
         Ok(())
     }
@@ -1192,11 +1193,25 @@ impl Model {
 
     /// The optimizer's update of every weight with the gradients `g` (in weight order).
     fn apply_update(&mut self, g: &[Tensor]) -> Result<()> {
+        self.with_optimizer(|opt, params| opt.apply(params, g))
+    }
+
+    /// [`Model::apply_update`] when every gradient value is finite, with the gradients' `Σ g²`.
+    fn apply_update_checked(&mut self, g: &[Tensor]) -> Result<crate::GradientCheck> {
+        self.with_optimizer(|opt, params| opt.apply_checked(params, g, true))
+    }
+
+    /// Runs `f` on the optimizer and the weights (the optimizer is taken out of the compiled
+    /// state meanwhile, so both can be borrowed mutably).
+    fn with_optimizer<R>(
+        &mut self,
+        f: impl FnOnce(&mut crate::Optimizer, &mut [&mut crate::layers::Param]) -> Result<R>,
+    ) -> Result<R> {
         let compiled = self.compiled.as_mut().expect("checked");
         let mut optimizer = std::mem::replace(&mut compiled.optimizer, crate::Optimizer::sgd(0.0)?);
-        let applied = optimizer.apply(&mut self.params_mut(), g);
+        let result = f(&mut optimizer, &mut self.params_mut());
         self.compiled.as_mut().expect("checked").optimizer = optimizer;
-        applied
+        result
     }
 
     /// Keras' `train_step`: forward with the losses, gradients, the NaN guard's check (when on),
@@ -1221,15 +1236,18 @@ impl Model {
             self.params().iter().map(|p| grads.remove(&p.value).unwrap_or_else(|| p.value.zeros_like())).collect();
         drop(grads);
         if nan_guard {
-            self.guard_step(batch, loss, &g, epoch, step, norms)?;
+            self.guarded_update(batch, loss, &g, epoch, step, norms)?;
+        } else {
+            self.apply_update(&g)?;
         }
-        self.apply_update(&g)?;
         Ok(StepOutput { loss, each, outputs })
     }
 
-    /// The NaN guard: records the layers' gradient norms and, at a non-finite loss or gradient,
-    /// stops with a diagnosis (also kept in [`Model::last_diagnosis`]).
-    fn guard_step(
+    /// The optimizer's update under the NaN guard: the gradients' norms are measured in the
+    /// update's own pass ([`crate::Optimizer::apply_checked`]) and recorded per layer; at a
+    /// non-finite loss or gradient nothing is applied (the weights stay those after the last
+    /// good step) and the step stops with a diagnosis (also kept in [`Model::last_diagnosis`]).
+    fn guarded_update(
         &mut self,
         batch: &Dataset,
         loss: f64,
@@ -1239,12 +1257,15 @@ impl Model {
         norms: &mut GradNormHistory,
     ) -> Result<()> {
         let names: Vec<String> = self.params().iter().map(|p| p.name.clone()).collect();
-        let layer_norms = nan::layer_norms(&names, g);
-        // A finite sum of squares means every gradient value is finite: one pass.
-        let grads_finite = layer_norms.iter().all(|(_, n)| n.is_finite()) || g.iter().all(Tensor::all_finite);
-        norms.push(layer_norms);
-        if loss.is_finite() && grads_finite {
-            return Ok(());
+        if loss.is_finite() {
+            let check = self.apply_update_checked(g)?;
+            norms.push(nan::layer_norms_of(&names, &check.sum_squares));
+            if check.applied {
+                return Ok(());
+            }
+        } else {
+            // The loss alone condemns the step: measure the gradients for the diagnosis.
+            norms.push(nan::layer_norms(&names, g));
         }
         let d = self.diagnose(epoch, step, loss, &batch.x, &batch.ys, batch.w.as_ref(), names, g, norms)?;
         let text = d.to_string();

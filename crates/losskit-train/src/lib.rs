@@ -48,7 +48,7 @@ pub use keras_model::{load_keras_model, model_from_json, KerasCompile, KerasMode
 pub use layers::{ActivationLayer, Dense, Dropout, Flatten, Layer, Param};
 pub use model::{Model, Sequential, Stack};
 pub use nan::{human_number, Cause, CliDiagnosis, Diagnosis, Stage};
-pub use optimizers::{Clip, Optimizer, OptimizerState, Rule};
+pub use optimizers::{Clip, GradientCheck, Optimizer, OptimizerState, Rule};
 pub use regularizers::Regularizer;
 
 /// The README's Rust examples, compiled and run as doc tests.

@@ -309,10 +309,15 @@ impl GradNormHistory {
 
 /// Per-layer L2 norms of the gradients (`param name` = `layer/weight`).
 pub(crate) fn layer_norms(names: &[String], grads: &[Tensor]) -> Vec<(String, f64)> {
+    let sums: Vec<f64> = grads.iter().map(Tensor::sum_of_squares).collect();
+    layer_norms_of(names, &sums)
+}
+
+/// Each layer's gradient norm from its weights' `Σ g²` (in the order of `names`).
+pub(crate) fn layer_norms_of(names: &[String], sum_squares: &[f64]) -> Vec<(String, f64)> {
     let mut per_layer: Vec<(String, f64)> = Vec::new();
-    for (name, g) in names.iter().zip(grads) {
+    for (name, &sq) in names.iter().zip(sum_squares) {
         let layer = name.split('/').next().unwrap_or(name).to_string();
-        let sq = g.sum_of_squares();
         match per_layer.iter_mut().find(|(l, _)| *l == layer) {
             Some(e) => e.1 += sq,
             None => per_layer.push((layer, sq)),

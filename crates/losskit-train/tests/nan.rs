@@ -186,3 +186,26 @@ fn a_loss_undefined_for_its_predictions() {
     assert_eq!(d.cause, Cause::LossFunction);
     assert!(err.contains("from_logits=True"), "{err}");
 }
+
+#[test]
+fn a_finite_loss_with_a_nan_gradient_applies_nothing() {
+    // √|p - y| is finite at p = y, its gradient is not (∞·0): the zero-initialised Dense
+    // predicts 0, and half the targets are 0.
+    let x = grid(16, 3, 2.0);
+    let y = Tensor::from_vec((0..16).map(|i| if i % 2 == 0 { 0.0f32 } else { 1.0 }).collect(), &[16, 1]).unwrap();
+    for opt in
+        [Optimizer::sgd(0.1).unwrap(), Optimizer::sgd_momentum(0.1, 0.9, true).unwrap(), Optimizer::adam(0.01).unwrap()]
+    {
+        let rule = format!("{:?}", opt.rule());
+        let dense = Dense::new(1).kernel_initializer("zeros").unwrap();
+        let mut m = Sequential::new().seed(5).add(dense);
+        m.compile(Compile::new().optimizer(opt).loss_fn("sqrt_abs", |t, p| p.sub(t)?.abs().sqrt().mean(&[-1], false)))
+            .unwrap();
+        let err = m.fit(&x, &y, Fit::new().verbose(0).shuffle(false).batch_size(16)).unwrap_err();
+        let d = m.last_diagnosis().unwrap();
+        assert!(d.loss.is_finite(), "{rule}: the loss is finite, {}", d.loss);
+        assert!(matches!(d.first, Stage::Gradient(_)), "{rule}: {d}");
+        assert!(err.to_string().contains("NaN") || err.to_string().contains("non-finite"), "{rule}: {err}");
+        assert_eq!(weights(&m), [vec![0.0; 3], vec![0.0]], "{rule}: the rejected first step changed nothing");
+    }
+}

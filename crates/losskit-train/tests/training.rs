@@ -140,6 +140,45 @@ fn one_step(opt: Optimizer, w: Vec<f64>, g: Vec<f64>) -> Vec<f64> {
 }
 
 #[test]
+fn a_checked_step_with_a_nan_gradient_changes_nothing() {
+    let w0 = vec![1.0f32, -2.0, 0.5];
+    let (g1, g2) = (vec![0.5f32, -1.0, 0.25], vec![-0.3f32, 0.7, 0.1]);
+    let bad = vec![0.5f32, f32::NAN, 0.25];
+    let rules = [
+        Optimizer::sgd(0.1).unwrap(),
+        Optimizer::sgd_momentum(0.1, 0.9, false).unwrap(),
+        Optimizer::sgd_momentum(0.1, 0.9, true).unwrap().clipvalue(0.6).unwrap(),
+        Optimizer::adam(0.01).unwrap(),
+        Optimizer::adamw(0.01, 0.004).unwrap().clipnorm(1.0).unwrap(),
+        Optimizer::rmsprop(0.01).unwrap(),
+    ];
+    let grad = |g: &[f32]| Tensor::from_vec(g.to_vec(), &[3]).unwrap();
+    for opt in rules {
+        let what = format!("{:?} {:?}", opt.rule(), opt.clip());
+        let (mut checked, mut plain) = (opt.clone(), opt);
+        let mut p = Param { name: "w".into(), value: Tensor::from_vec(w0.clone(), &[3]).unwrap().requires_grad() };
+        let mut q = p.clone();
+        checked.apply(&mut [&mut p], &[grad(&g1)]).unwrap();
+        let after_one = p.value.to_vec::<f32>();
+        let check = checked.apply_checked(&mut [&mut p], &[grad(&bad)], true).unwrap();
+        assert!(!check.applied && !check.finite && check.sum_squares[0].is_nan(), "{what}: {check:?}");
+        assert_eq!(p.value.to_vec::<f32>(), after_one, "{what}: weights unchanged");
+        assert_eq!(checked.iterations(), 1, "{what}");
+        let check = checked.apply_checked(&mut [&mut p], &[grad(&g2)], true).unwrap();
+        let want: f64 = g2.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        assert!(check.applied && (check.sum_squares[0] - want).abs() < 1e-6, "{what}: {check:?}");
+        // Slots untouched by the rejected step: the same weights as two plain steps.
+        plain.apply(&mut [&mut q], &[grad(&g1)]).unwrap();
+        plain.apply(&mut [&mut q], &[grad(&g2)]).unwrap();
+        assert_eq!(p.value.to_vec::<f32>(), q.value.to_vec::<f32>(), "{what}");
+        assert_eq!(checked.state().slots.len(), plain.state().slots.len());
+        // Without require_finite the NaN goes through, as Keras would apply it.
+        let check = checked.apply_checked(&mut [&mut p], &[grad(&bad)], false).unwrap();
+        assert!(check.applied && !check.finite && p.value.to_vec::<f32>()[1].is_nan(), "{what}");
+    }
+}
+
+#[test]
 fn optimizer_steps_by_hand() {
     let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6);
     // RMSprop: v = 0.1·g², step = lr·g/√(v + ε) ≈ lr·√10·sign(g).
