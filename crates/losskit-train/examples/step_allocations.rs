@@ -1,0 +1,99 @@
+//! What one training step of the seed's model asks of the allocator, once warm: a counting
+//! global allocator around the system one, read at the end of every batch.
+//!
+//! `cargo run --release -p losskit-train --example step_allocations` prints, for SGD/batch 32
+//! and Adam/batch 128 on synthetic data shaped like Fashion-MNIST (784 features, 10 classes),
+//! the allocations per step, their bytes, and how many are large (≥ 256 KiB, the sizes that
+//! would fault fresh pages in if they were not recycled by losskit's buffer pool).
+
+use losskit::Tensor;
+use losskit_train::{Compile, Dense, Dropout, Fit, Flatten, LambdaCallback, Optimizer, Sequential};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+/// The system allocator, counting calls and bytes.
+struct Counting;
+
+static CALLS: AtomicUsize = AtomicUsize::new(0);
+static BYTES: AtomicUsize = AtomicUsize::new(0);
+static LARGE: AtomicUsize = AtomicUsize::new(0);
+/// Allocations of at least this many bytes count as large.
+const LARGE_BYTES: usize = 256 << 10;
+
+fn count(size: usize) {
+    CALLS.fetch_add(1, Relaxed);
+    BYTES.fetch_add(size, Relaxed);
+    if size >= LARGE_BYTES {
+        LARGE.fetch_add(1, Relaxed);
+    }
+}
+
+// SAFETY: every call is forwarded to the system allocator unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from this allocator, i.e. from `System`, with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count(new_size);
+        // SAFETY: forwarded with the caller's pointer and layout.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn snapshot() -> [usize; 3] {
+    [CALLS.load(Relaxed), BYTES.load(Relaxed), LARGE.load(Relaxed)]
+}
+
+fn main() -> Result<(), losskit::Error> {
+    let rows = 4096;
+    let x: Vec<f32> = (0..rows * 784).map(|i| ((i * 7919) % 256) as f32 / 255.0).collect();
+    let y: Vec<f32> = (0..rows).map(|i| (i % 10) as f32).collect();
+    let (x, y) = (Tensor::from_vec(x, &[rows, 28, 28])?, Tensor::from_vec(y, &[rows])?);
+    for (opt, batch) in [("sgd", 32), ("adam", 128)] {
+        let mut model = Sequential::new()
+            .add(Flatten::new())
+            .add(Dense::new(512).activation("relu")?)
+            .add(Dropout::new(0.2)?)
+            .add(Dense::new(10).activation("softmax")?);
+        model.compile(
+            Compile::new()
+                .optimizer(Optimizer::parse(opt)?)
+                .loss("sparse_categorical_crossentropy")
+                .metrics(&["accuracy"]),
+        )?;
+        let marks = Rc::new(RefCell::new(Vec::new()));
+        let m = marks.clone();
+        let mut probe = LambdaCallback::new().on_batch_end(move |_, _| {
+            m.borrow_mut().push(snapshot());
+            Ok(())
+        });
+        model.fit(&x, &y, Fit::new().epochs(2).batch_size(batch).verbose(0).callback(&mut probe))?;
+        let marks = marks.borrow();
+        // The second epoch, between batch ends (its first step excluded: epoch boundaries).
+        let steps = &marks[marks.len() / 2 + 1..];
+        let per_step = |k: usize| (steps[steps.len() - 1][k] - steps[0][k]) as f64 / (steps.len() - 1) as f64;
+        println!(
+            "{opt}/{batch}: {:.1} allocations per step, {:.0} KiB per step, {:.2} of them >= 256 KiB",
+            per_step(0),
+            per_step(1) / 1024.0,
+            per_step(2)
+        );
+    }
+    Ok(())
+}
