@@ -319,6 +319,31 @@ fn tensorboard_files_read_back() {
 }
 
 #[test]
+fn learning_curves_are_redrawn_at_most_once_per_interval_and_at_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (x, y) = data(20);
+    let mut m = model(0.1);
+    let mut plot =
+        PlotLearningCurves::new(dir.path().join("plots")).refresh_every(std::time::Duration::from_secs(3600));
+    let svg = plot.svg_path();
+    let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let s = seen.clone();
+    let read = svg.clone();
+    let mut probe = LambdaCallback::new().on_epoch_end(move |_, _| {
+        s.borrow_mut().push(std::fs::read_to_string(&read).unwrap());
+        Ok(())
+    });
+    let fit = Fit::new().epochs(3).batch_size(5).verbose(0).callback(&mut plot).callback(&mut probe);
+    m.fit(&x, &y, fit).unwrap();
+    let seen = seen.borrow();
+    // Drawn after the first epoch, not again within the hour, and once more at the end.
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[0], seen[2], "no redraw after epochs 2 and 3");
+    let last = std::fs::read_to_string(&svg).unwrap();
+    assert_ne!(last, seen[2], "the end of training draws every epoch");
+}
+
+#[test]
 fn learning_curves_png_has_one_panel_per_metric() {
     let dir = tempfile::tempdir().unwrap();
     let (x, y) = data(20);

@@ -3,7 +3,7 @@
 use super::{Callback, CallbackState, Logs};
 use crate::model::Model;
 use losskit::{Error, Result};
-use losskit_tensor::npy::write_atomic;
+use losskit_tensor::npy::write_replacing;
 
 use std::path::PathBuf;
 
@@ -37,7 +37,7 @@ impl CsvLogger {
     }
 
     fn flush(&self) -> Result<()> {
-        write_atomic(&self.path, |w| {
+        write_replacing(&self.path, false, |w| {
             for line in &self.lines {
                 writeln!(w, "{line}")?;
             }

@@ -3,11 +3,12 @@
 use super::{Callback, CallbackState, History, Logs};
 use crate::model::Model;
 use losskit::{Error, Result};
-use losskit_tensor::npy::write_atomic;
+use losskit_tensor::npy::write_replacing;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
+use std::time::{Duration, Instant};
 
 /// Width of one panel in pixels; a plot with `n` metrics is `n · PANEL_WIDTH` wide.
 pub const PANEL_WIDTH: u32 = 480;
@@ -129,7 +130,7 @@ pub fn plot_history(history: &History, png: Option<&Path>, svg: Option<&Path>) -
             let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
             draw(&root, history, &names).map_err(|e| err(path, e))?;
         }
-        write_atomic(path, |out| {
+        write_replacing(path, false, |out| {
             let mut enc = png::Encoder::new(out, w, h);
             enc.set_color(png::ColorType::Rgb);
             enc.set_depth(png::BitDepth::Eight);
@@ -146,21 +147,45 @@ pub fn plot_history(history: &History, png: Option<&Path>, svg: Option<&Path>) -
             let root = SVGBackend::with_string(&mut text, (w, h)).into_drawing_area();
             draw(&root, history, &names).map_err(|e| err(path, e))?;
         }
-        write_atomic(path, |out| out.write_all(text.as_bytes()))?;
+        write_replacing(path, false, |out| out.write_all(text.as_bytes()))?;
     }
     Ok(names.len())
 }
 
-/// After each epoch, redraws `<dir>/curves.png` and `<dir>/curves.svg` from the logs so far.
+/// Redraws `<dir>/curves.png` and `<dir>/curves.svg` from the logs so far: after the first
+/// epoch, then after an epoch when at least [`PlotLearningCurves::refresh_every`] (1 s by
+/// default) has passed since the last drawing, and at the end of training (so the final files
+/// hold every epoch). Drawing both files takes ~10 ms, more than a whole epoch of a small model.
 pub struct PlotLearningCurves {
     dir: PathBuf,
     history: History,
+    every: Duration,
+    drawn: Option<Instant>,
+    pending: bool,
 }
 
 impl PlotLearningCurves {
     /// Plots written into `dir` (created if needed).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        PlotLearningCurves { dir: dir.into(), history: History::default() }
+        PlotLearningCurves {
+            dir: dir.into(),
+            history: History::default(),
+            every: Duration::from_secs(1),
+            drawn: None,
+            pending: false,
+        }
+    }
+    /// The least time between two drawings during training (`Duration::ZERO`: after every
+    /// epoch).
+    pub fn refresh_every(mut self, every: Duration) -> Self {
+        self.every = every;
+        self
+    }
+    fn draw(&mut self) -> Result<()> {
+        plot_history(&self.history, Some(&self.png_path()), Some(&self.svg_path()))?;
+        self.drawn = Some(Instant::now());
+        self.pending = false;
+        Ok(())
     }
     /// The PNG's path.
     pub fn png_path(&self) -> PathBuf {
@@ -175,12 +200,23 @@ impl PlotLearningCurves {
 impl Callback for PlotLearningCurves {
     fn on_train_begin(&mut self, _logs: &Logs, _model: &mut Model) -> Result<()> {
         self.history = History::default();
+        (self.drawn, self.pending) = (None, false);
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| Error::File { path: self.dir.display().to_string(), msg: format!("cannot create: {e}") })
     }
     fn on_epoch_end(&mut self, epoch: usize, logs: &Logs, _model: &mut Model) -> Result<()> {
         self.history.push(epoch, logs);
-        plot_history(&self.history, Some(&self.png_path()), Some(&self.svg_path())).map(|_| ())
+        self.pending = true;
+        match self.drawn {
+            Some(t) if t.elapsed() < self.every => Ok(()),
+            _ => self.draw(),
+        }
+    }
+    fn on_train_end(&mut self, _logs: &Logs, _model: &mut Model) -> Result<()> {
+        if self.pending {
+            self.draw()?;
+        }
+        Ok(())
     }
     fn state(&self) -> Option<CallbackState> {
         let mut s = CallbackState::new("PlotLearningCurves");

@@ -98,6 +98,7 @@ impl EventFile {
         self.push(Event { wall_time: now(), step, what: Some(What::Summary(Summary { value })) });
     }
     fn flush(&self) -> Result<()> {
+        // Synced: a backup records the file's length, and a resumed run cuts it back to that.
         write_atomic(&self.path, |w| w.write_all(&self.bytes))
     }
     /// The file as it was when `len` bytes long (a backup's record of it): what was written
