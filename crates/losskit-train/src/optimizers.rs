@@ -79,9 +79,6 @@ pub struct Optimizer {
     clip: Clip,
     iterations: u64,
     slots: Slots,
-    /// The buffers the next out-of-place step writes its slots into (swapped with `slots` when
-    /// the step is applied): not part of the state.
-    next_slots: Slots,
 }
 
 /// What [`Optimizer::apply_checked`] measured and did.
@@ -110,14 +107,7 @@ impl Optimizer {
         if !(learning_rate.is_finite() && learning_rate >= 0.0) {
             return Err(invalid("learning_rate", learning_rate, "a finite number >= 0"));
         }
-        Ok(Optimizer {
-            rule,
-            learning_rate,
-            clip: Clip::None,
-            iterations: 0,
-            slots: Slots::Empty,
-            next_slots: Slots::Empty,
-        })
+        Ok(Optimizer { rule, learning_rate, clip: Clip::None, iterations: 0, slots: Slots::Empty })
     }
 
     /// SGD with Keras' defaults (momentum 0).
@@ -262,15 +252,23 @@ impl Optimizer {
 
     /// Applies one update: `grads[i]` is the gradient of `params[i]` (same shape and dtype).
     pub fn apply(&mut self, params: &mut [&mut Param], grads: &[Tensor]) -> Result<()> {
-        self.apply_checked(params, grads, false).map(|_| ())
+        if params.len() != grads.len() {
+            return Err(Error::Shape {
+                op: "Optimizer::apply".into(),
+                msg: format!("{} weights but {} gradients", params.len(), grads.len()),
+            });
+        }
+        let Some(first) = params.first() else { return Ok(()) };
+        match first.value.dtype() {
+            losskit::DType::F32 => self.apply_typed::<f32>(params, grads, None).map(|_| ()),
+            losskit::DType::F64 => self.apply_typed::<f64>(params, grads, None).map(|_| ()),
+        }
     }
 
-    /// [`Optimizer::apply`] that also measures each gradient (`Σ g²`, for the NaN guard's norm
-    /// history) in the same pass over memory and, with `require_finite`, applies nothing (the
-    /// weights, slots and iteration count stay as they were) when a gradient value is NaN or
-    /// ±inf. SGD (with or without momentum), Adam and AdamW write the new weights and slots to
-    /// spare buffers and keep them only if the step is applied; RMSprop and non-contiguous
-    /// weights measure first, then update in place.
+    /// [`Optimizer::apply`] that first measures each gradient (`Σ g²`, for the NaN guard's norm
+    /// history; one read of the gradients, which the backward pass has just written) and, with
+    /// `require_finite`, applies nothing (the weights, slots and iteration count stay as they
+    /// were) when a gradient value is NaN or ±inf. Then the update, in place.
     pub fn apply_checked(
         &mut self,
         params: &mut [&mut Param],
@@ -287,52 +285,46 @@ impl Optimizer {
             return Ok(GradientCheck { sum_squares: Vec::new(), finite: true, applied: true });
         };
         match first.value.dtype() {
-            losskit::DType::F32 => self.apply_typed::<f32>(params, grads, require_finite),
-            losskit::DType::F64 => self.apply_typed::<f64>(params, grads, require_finite),
+            losskit::DType::F32 => self.apply_typed::<f32>(params, grads, Some(require_finite)),
+            losskit::DType::F64 => self.apply_typed::<f64>(params, grads, Some(require_finite)),
         }
     }
 
+    /// The update; with `check = Some(require_finite)`, the gradients are measured first (and,
+    /// when required, the update skipped at a non-finite value).
     fn apply_typed<T: Element + SlotType>(
         &mut self,
         params: &mut [&mut Param],
         grads: &[Tensor],
-        require_finite: bool,
+        check: Option<bool>,
     ) -> Result<GradientCheck> {
         let views = gradient_views::<T>(params, grads)?;
+        let outcome = match check {
+            Some(require_finite) => {
+                let sums =
+                    views.iter().map(|g| Tensor::from_storage(T::wrap_shared(g.clone())).sum_of_squares()).collect();
+                gradient_check(sums, &views, require_finite)
+            }
+            None => GradientCheck { sum_squares: Vec::new(), finite: true, applied: true },
+        };
+        if !outcome.applied {
+            return Ok(outcome);
+        }
         let factors = self.clip_factors(&views);
         self.ensure_slots::<T>(params)?;
         let lr = T::c(self.learning_rate);
         let step = self.iterations + 1;
         let grad = Grad { factor: T::one(), bound: self.clip_bound() };
-        let check = match self.step_out_of_place(params, &views, &factors, grad, lr, step) {
-            Some(next) => {
-                let check = gradient_check(next.sum_squares.clone(), &views, require_finite);
-                if check.applied {
-                    next.commit(params, T::slots(&mut self.slots), T::slots(&mut self.next_slots));
-                }
-                check
-            }
-            None => {
-                let sums =
-                    views.iter().map(|g| Tensor::from_storage(T::wrap_shared(g.clone())).sum_of_squares()).collect();
-                let check = gradient_check(sums, &views, require_finite);
-                if check.applied {
-                    let slots = T::slots(&mut self.slots);
-                    for (((p, g), s), factor) in params.iter_mut().zip(&views).zip(slots.iter_mut()).zip(&factors) {
-                        // Update in place: the graph is gone, so the weights' buffer is usually unshared.
-                        let value = std::mem::replace(&mut p.value, Tensor::scalar(T::zero()));
-                        let mut w = T::take(value.into_storage()).expect("dtype checked above");
-                        update(self.rule, lr, step, w.view_mut(), g.view(), Grad { factor: *factor, ..grad }, s);
-                        p.value = Tensor::from_storage(T::wrap_shared(w)).requires_grad();
-                    }
-                }
-                check
-            }
-        };
-        if check.applied {
-            self.iterations = step;
+        let slots = T::slots(&mut self.slots);
+        for (((p, g), s), factor) in params.iter_mut().zip(&views).zip(slots.iter_mut()).zip(factors) {
+            // Update in place: the graph is gone, so the weights' buffer is usually unshared.
+            let value = std::mem::replace(&mut p.value, Tensor::scalar(T::zero()));
+            let mut w = T::take(value.into_storage()).expect("dtype checked above");
+            update(self.rule, lr, step, w.view_mut(), g.view(), Grad { factor, ..grad }, s);
+            p.value = Tensor::from_storage(T::wrap_shared(w)).requires_grad();
         }
-        Ok(check)
+        self.iterations = step;
+        Ok(outcome)
     }
 
     /// Keras 3's `_clip_gradients` by norm, as one factor per gradient (1 without it): folded
@@ -383,106 +375,7 @@ impl Optimizer {
                 ),
             });
         }
-        // The spare buffers mirror the slots' shapes (their values are overwritten).
-        let shapes: Vec<Vec<Vec<usize>>> =
-            slots.iter().map(|s| s.iter().map(|a| a.shape().to_vec()).collect()).collect();
-        let next = T::slots(&mut self.next_slots);
-        let fits = next.len() == shapes.len()
-            && next
-                .iter()
-                .zip(&shapes)
-                .all(|(n, s)| n.len() == s.len() && n.iter().zip(s).all(|(a, sh)| a.shape() == &sh[..]));
-        if !fits {
-            *next = shapes.iter().map(|s| s.iter().map(|sh| ArrayD::zeros(&sh[..])).collect()).collect();
-        }
         Ok(())
-    }
-
-    /// One step of SGD or Adam(W) written to spare buffers, with `Σ g²` of each gradient;
-    /// `None` for the rules and layouts that update in place.
-    fn step_out_of_place<T: Element + SlotType>(
-        &mut self,
-        params: &[&mut Param],
-        views: &[ndarray::ArcArray<T, ndarray::IxDyn>],
-        factors: &[T],
-        grad: Grad<T>,
-        lr: T,
-        step: u64,
-    ) -> Option<NextStep<T>> {
-        use losskit_kernels::optim::{adam_step, sgd_step, AdamState, AdamStep, SgdStep};
-        if matches!(self.rule, Rule::RmsProp { .. }) {
-            return None;
-        }
-        let rule = self.rule;
-        let slots = T::slots(&mut self.slots);
-        let next_slots = T::slots(&mut self.next_slots);
-        let contiguous = params.iter().all(|p| T::view(p.value.storage()).is_some_and(|w| w.as_slice().is_some()))
-            && views.iter().all(|g| g.as_slice().is_some())
-            && slots.iter().chain(next_slots.iter()).flatten().all(|a| a.as_slice().is_some());
-        if !contiguous {
-            return None;
-        }
-        let mut weights = Vec::with_capacity(params.len());
-        let mut sum_squares = Vec::with_capacity(params.len());
-        for ((((p, g), s), next), &factor) in
-            params.iter().zip(views).zip(slots.iter()).zip(next_slots.iter_mut()).zip(factors)
-        {
-            let w = T::view(p.value.storage()).and_then(|w| w.as_slice()).expect("checked contiguous");
-            let g = g.as_slice().expect("checked contiguous");
-            let mut w_next = losskit_tensor::pool::take::<T>(w.len());
-            let sum = match rule {
-                Rule::Sgd { momentum, nesterov } => {
-                    let step = SgdStep {
-                        lr,
-                        momentum: (momentum != 0.0).then(|| (T::c(momentum), nesterov)),
-                        grad_factor: factor,
-                        grad_bound: grad.bound,
-                    };
-                    let slot = match (s.first(), next.first_mut()) {
-                        (Some(m), Some(m_next)) => {
-                            Some((m.as_slice().expect("contiguous"), m_next.as_slice_mut().expect("contiguous")))
-                        }
-                        _ => None,
-                    };
-                    sgd_step(w, g, slot, &mut w_next, step)
-                }
-                Rule::Adam { beta_1, beta_2, epsilon } | Rule::AdamW { beta_1, beta_2, epsilon, .. } => {
-                    let decay = match rule {
-                        Rule::AdamW { weight_decay, .. } => Some(T::c(weight_decay)),
-                        _ => None,
-                    };
-                    let (b1, b2) = (T::c(beta_1), T::c(beta_2));
-                    let t = T::c(step as f64);
-                    let alpha = lr * (T::one() - b2.powf(t)).sqrt() / (T::one() - b1.powf(t));
-                    let adam = AdamStep {
-                        lr,
-                        alpha,
-                        beta_1: b1,
-                        beta_2: b2,
-                        epsilon: T::c(epsilon),
-                        decay,
-                        grad_factor: factor,
-                        grad_bound: grad.bound,
-                    };
-                    let (m_next, v_next) = next.split_at_mut(1);
-                    let now = AdamState {
-                        w,
-                        m: s[0].as_slice().expect("contiguous"),
-                        v: s[1].as_slice().expect("contiguous"),
-                    };
-                    let to = AdamState {
-                        w: &mut w_next[..],
-                        m: m_next[0].as_slice_mut().expect("contiguous"),
-                        v: v_next[0].as_slice_mut().expect("contiguous"),
-                    };
-                    adam_step(now, g, to, adam)
-                }
-                Rule::RmsProp { .. } => unreachable!("returned above"),
-            };
-            sum_squares.push(sum.expect("shapes checked in apply"));
-            weights.push(w_next);
-        }
-        Some(NextStep { weights, sum_squares })
     }
 }
 
@@ -520,26 +413,6 @@ fn gradient_check<T: Element>(
     let finite = sum_squares.iter().all(|s| s.is_finite())
         || (!sum_squares.iter().any(|s| s.is_nan()) && views.iter().all(|g| g.iter().all(|v| v.is_finite())));
     GradientCheck { sum_squares, finite, applied: finite || !require_finite }
-}
-
-/// The new weights of an out-of-place step (its slots are in the optimizer's spare buffers),
-/// and the gradients' sums of squares.
-struct NextStep<T> {
-    weights: Vec<Vec<T>>,
-    sum_squares: Vec<f64>,
-}
-
-impl<T: Element> NextStep<T> {
-    /// Makes the step the current state: the new weights replace the old (whose buffers go back
-    /// to the pool), the spare slots become the slots and the old slots the spare ones.
-    fn commit(self, params: &mut [&mut Param], slots: &mut Vec<Vec<ArrayD<T>>>, next_slots: &mut Vec<Vec<ArrayD<T>>>) {
-        for (p, w) in params.iter_mut().zip(self.weights) {
-            let shape = p.value.shape().to_vec();
-            let value = ArrayD::from_shape_vec(shape, w).expect("the weight's length");
-            p.value = Tensor::from_storage(T::wrap(value)).requires_grad();
-        }
-        std::mem::swap(slots, next_slots);
-    }
 }
 
 /// An optimizer's training state ([`Optimizer::state`]): what a backup keeps so that a resumed
@@ -647,6 +520,19 @@ fn update<T: Element>(
     let n = w.len();
     match rule {
         Rule::Sgd { momentum, nesterov } => {
+            // Contiguous buffers (the usual case) take the vectorised kernel; the same formula.
+            let momentum_on = !s.is_empty();
+            let velocity = match s.first_mut() {
+                Some(m) => m.as_slice_mut().map(Some),
+                None => Some(None),
+            };
+            if let (Some(ws), Some(gs), Some(ms)) = (w.as_slice_mut(), g.as_slice(), velocity) {
+                let momentum = momentum_on.then(|| (T::c(momentum), nesterov));
+                let step =
+                    losskit_kernels::optim::SgdStep { lr, momentum, grad_factor: gr.factor, grad_bound: gr.bound };
+                losskit_kernels::optim::sgd_update(ws, gs, ms, step).expect("shapes checked in apply");
+                return;
+            }
             if s.is_empty() {
                 zip_each!(n, Zip::from(&mut w).and(&g), |w: &mut T, &g: &T| *w = *w - gr.get(g) * lr);
             } else {
@@ -668,6 +554,23 @@ fn update<T: Element>(
             let t = T::c(step as f64);
             let alpha = lr * (one - b2.powf(t)).sqrt() / (one - b1.powf(t));
             let (m, v) = s.split_at_mut(1);
+            let step = losskit_kernels::optim::AdamStep {
+                lr,
+                alpha,
+                beta_1: b1,
+                beta_2: b2,
+                epsilon: eps,
+                decay,
+                grad_factor: gr.factor,
+                grad_bound: gr.bound,
+            };
+            // Contiguous buffers (the usual case) take the vectorised kernel; the same formula.
+            if let (Some(ws), Some(gs), Some(ms), Some(vs)) =
+                (w.as_slice_mut(), g.as_slice(), m[0].as_slice_mut(), v[0].as_slice_mut())
+            {
+                losskit_kernels::optim::adam_update(ws, gs, ms, vs, step).expect("shapes checked in apply");
+                return;
+            }
             let zip = Zip::from(&mut w).and(&g).and(&mut m[0]).and(&mut v[0]);
             zip_each!(n, zip, |w: &mut T, &g: &T, m: &mut T, v: &mut T| {
                 if let Some(wd) = decay {
