@@ -153,3 +153,41 @@ fn sum_many_equals_separate_sums_in_values_and_gradients() {
     let err = Tensor::sum_many(&[&a, &b], &[-1], false).unwrap_err().to_string();
     assert!(err.contains("sum_many") && err.contains("[2, 3]") && err.contains("[3, 2]"), "{err}");
 }
+
+#[test]
+fn small_eager_unary_ops_equal_the_large_paths_bit_for_bit() {
+    // The first 63 values of a large tensor (fused path) and the same values as a small 7 × 9
+    // tensor (the eager loop): every unary op, its value and its gradient.
+    let ops: [fn(&Tensor) -> Tensor; 14] = [
+        |x| x.exp(),
+        |x| x.tanh(),
+        |x| x.sigmoid(),
+        |x| x.softplus(),
+        |x| x.relu(),
+        |x| x.abs(),
+        |x| x.abs().add_scalar(0.1).unwrap().sqrt(),
+        |x| x.abs().add_scalar(0.1).unwrap().log(),
+        |x| x.relu().log1p(),
+        |x| x.expm1(),
+        |x| x.erf(),
+        |x| x.atan(),
+        |x| x.square(),
+        |x| x.neg(),
+    ];
+    for dtype in [DType::F32, DType::F64] {
+        let big = values(&[40_000], 4, -2.0, 2.0, dtype);
+        let head = big.to_vec::<f64>()[..63].to_vec();
+        let small = Tensor::from_vec(head, &[7, 9]).unwrap().to_dtype(dtype);
+        let bits = |t: &Tensor, n: usize| t.to_vec::<f64>()[..n].iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for (k, f) in ops.iter().enumerate() {
+            let run = |x: &Tensor| {
+                let x = x.clone().requires_grad();
+                let y = f(&x);
+                let g = y.sum_all().backward().unwrap();
+                (bits(&y, 63), bits(g.get(&x).unwrap(), 63))
+            };
+            assert_eq!(run(&small), run(&big), "op {k} {dtype}: small and large paths");
+            assert_eq!(run(&small), unfused(|| run(&big)), "op {k} {dtype}: small and plain large paths");
+        }
+    }
+}
