@@ -130,21 +130,18 @@ fn process<T: Float, K: RowKernel<T>>(kernel: &K, c: &Chunk<'_, T>, values: &mut
 /// loops and the polynomial `exp`/`ln` vectorise 16 or 8 lanes wide in those builds.
 macro_rules! isa_dispatch {
     ($dispatch:ident, $body:ident, <$($g:ident: $b:path),*>, ($($arg:ident: $ty:ty),*)) => {
-        $crate::driver::isa_dispatch!($dispatch, $body, <$($g: $b),*>, ($($arg: $ty),*) -> ());
-    };
-    ($dispatch:ident, $body:ident, <$($g:ident: $b:path),*>, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
         #[inline]
-        fn $dispatch<$($g: $b),*>($($arg: $ty),*) -> $ret {
+        fn $dispatch<$($g: $b),*>($($arg: $ty),*) {
             /// The body compiled for AVX2 + FMA (8 lanes).
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2<$($g: $b),*>($($arg: $ty),*) -> $ret {
+            unsafe fn avx2<$($g: $b),*>($($arg: $ty),*) {
                 $body($($arg),*)
             }
             /// The body compiled for AVX-512 (16 lanes).
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-            unsafe fn avx512<$($g: $b),*>($($arg: $ty),*) -> $ret {
+            unsafe fn avx512<$($g: $b),*>($($arg: $ty),*) {
                 $body($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
@@ -155,11 +152,13 @@ macro_rules! isa_dispatch {
                     && std::arch::is_x86_feature_detected!("avx512dq")
                 {
                     // SAFETY: the CPU supports these AVX-512 subsets (checked just above).
-                    return unsafe { avx512($($arg),*) };
+                    unsafe { avx512($($arg),*) };
+                    return;
                 }
                 if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                     // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-                    return unsafe { avx2($($arg),*) };
+                    unsafe { avx2($($arg),*) };
+                    return;
                 }
             }
             $body($($arg),*)

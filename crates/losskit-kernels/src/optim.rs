@@ -82,16 +82,11 @@ fn adam_loop<T: Float, const DECAY: bool, const BOUND: bool>(
     let one = T::one();
     let (a1, a2) = (one - s.beta_1, one - s.beta_2);
     let wd = s.decay.unwrap_or(T::zero());
-    let c = s.grad_bound.unwrap_or(T::infinity());
     for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
         if DECAY {
             *w = *w - *w * wd * s.lr;
         }
-        let mut g = g * s.grad_factor;
-        if BOUND {
-            // NaN stays NaN (a `max`/`min` pair would turn it into `-c`).
-            g = crate::clip(g, -c, c);
-        }
+        let g = clipped::<T, BOUND>(g, s.grad_factor, s.grad_bound);
         *m = *m + (g - *m) * a1;
         *v = *v + (g * g - *v) * a2;
         *w = *w - (*m * s.alpha) / (v.sqrt() + s.epsilon);
@@ -155,11 +150,12 @@ fn sgd_chunk<T: Float>(w: &mut [T], g: &[T], m: &mut [T], s: SgdStep<T>) {
     }
 }
 
-/// `g'` of one element: the clipping factor, then the bound (NaN kept).
+/// `g'` of one element: the clipping factor, then the bound (NaN stays NaN, where a
+/// `max`/`min` pair would turn it into `-c`).
 #[inline(always)]
-fn clipped<T: Float, const BOUND: bool>(g: T, s: &SgdStep<T>) -> T {
-    let g = g * s.grad_factor;
-    match s.grad_bound {
+fn clipped<T: Float, const BOUND: bool>(g: T, factor: T, bound: Option<T>) -> T {
+    let g = g * factor;
+    match bound {
         Some(c) if BOUND => crate::clip(g, -c, c),
         _ => g,
     }
@@ -168,7 +164,7 @@ fn clipped<T: Float, const BOUND: bool>(g: T, s: &SgdStep<T>) -> T {
 #[inline(always)]
 fn sgd_loop<T: Float, const BOUND: bool>(w: &mut [T], g: &[T], s: SgdStep<T>) {
     for (w, &g) in w.iter_mut().zip(g) {
-        *w = *w - clipped::<T, BOUND>(g, &s) * s.lr;
+        *w = *w - clipped::<T, BOUND>(g, s.grad_factor, s.grad_bound) * s.lr;
     }
 }
 
@@ -176,7 +172,7 @@ fn sgd_loop<T: Float, const BOUND: bool>(w: &mut [T], g: &[T], s: SgdStep<T>) {
 fn momentum_loop<T: Float, const NESTEROV: bool, const BOUND: bool>(w: &mut [T], g: &[T], m: &mut [T], s: SgdStep<T>) {
     let mu = s.momentum.map_or(T::zero(), |(mu, _)| mu);
     for ((w, &g), m) in w.iter_mut().zip(g).zip(m.iter_mut()) {
-        let g = clipped::<T, BOUND>(g, &s);
+        let g = clipped::<T, BOUND>(g, s.grad_factor, s.grad_bound);
         *m = -g * s.lr + *m * mu;
         *w = if NESTEROV { *w + (-g * s.lr + *m * mu) } else { *w + *m };
     }

@@ -1243,10 +1243,10 @@ impl Model {
         Ok(StepOutput { loss, each, outputs })
     }
 
-    /// The optimizer's update under the NaN guard: the gradients' norms are measured in the
-    /// update's own pass ([`crate::Optimizer::apply_checked`]) and recorded per layer; at a
-    /// non-finite loss or gradient nothing is applied (the weights stay those after the last
-    /// good step) and the step stops with a diagnosis (also kept in [`Model::last_diagnosis`]).
+    /// The optimizer's update under the NaN guard: the gradients' norms are measured just before
+    /// the update ([`crate::Optimizer::apply_checked`]) and recorded per layer; at a non-finite
+    /// loss or gradient nothing is applied (the weights stay those after the last good step)
+    /// and the step stops with a diagnosis (also kept in [`Model::last_diagnosis`]).
     fn guarded_update(
         &mut self,
         batch: &Dataset,

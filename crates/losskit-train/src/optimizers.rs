@@ -252,17 +252,7 @@ impl Optimizer {
 
     /// Applies one update: `grads[i]` is the gradient of `params[i]` (same shape and dtype).
     pub fn apply(&mut self, params: &mut [&mut Param], grads: &[Tensor]) -> Result<()> {
-        if params.len() != grads.len() {
-            return Err(Error::Shape {
-                op: "Optimizer::apply".into(),
-                msg: format!("{} weights but {} gradients", params.len(), grads.len()),
-            });
-        }
-        let Some(first) = params.first() else { return Ok(()) };
-        match first.value.dtype() {
-            losskit::DType::F32 => self.apply_typed::<f32>(params, grads, None).map(|_| ()),
-            losskit::DType::F64 => self.apply_typed::<f64>(params, grads, None).map(|_| ()),
-        }
+        self.apply_with(params, grads, None).map(|_| ())
     }
 
     /// [`Optimizer::apply`] that first measures each gradient (`Σ g²`, for the NaN guard's norm
@@ -275,6 +265,16 @@ impl Optimizer {
         grads: &[Tensor],
         require_finite: bool,
     ) -> Result<GradientCheck> {
+        self.apply_with(params, grads, Some(require_finite))
+    }
+
+    /// The shared entry: the counts, then the update in the weights' dtype.
+    fn apply_with(
+        &mut self,
+        params: &mut [&mut Param],
+        grads: &[Tensor],
+        check: Option<bool>,
+    ) -> Result<GradientCheck> {
         if params.len() != grads.len() {
             return Err(Error::Shape {
                 op: "Optimizer::apply".into(),
@@ -285,8 +285,8 @@ impl Optimizer {
             return Ok(GradientCheck { sum_squares: Vec::new(), finite: true, applied: true });
         };
         match first.value.dtype() {
-            losskit::DType::F32 => self.apply_typed::<f32>(params, grads, Some(require_finite)),
-            losskit::DType::F64 => self.apply_typed::<f64>(params, grads, Some(require_finite)),
+            losskit::DType::F32 => self.apply_typed::<f32>(params, grads, check),
+            losskit::DType::F64 => self.apply_typed::<f64>(params, grads, check),
         }
     }
 
@@ -300,11 +300,7 @@ impl Optimizer {
     ) -> Result<GradientCheck> {
         let views = gradient_views::<T>(params, grads)?;
         let outcome = match check {
-            Some(require_finite) => {
-                let sums =
-                    views.iter().map(|g| Tensor::from_storage(T::wrap_shared(g.clone())).sum_of_squares()).collect();
-                gradient_check(sums, &views, require_finite)
-            }
+            Some(require_finite) => gradient_check(grads, require_finite),
             None => GradientCheck { sum_squares: Vec::new(), finite: true, applied: true },
         };
         if !outcome.applied {
@@ -403,15 +399,13 @@ fn gradient_views<T: Element>(
         .collect()
 }
 
-/// Whether every gradient value is finite (from the sums of squares, with a pass of its own
-/// only when a sum is ±inf: finite values whose squares overflow), and whether to apply.
-fn gradient_check<T: Element>(
-    sum_squares: Vec<f64>,
-    views: &[ndarray::ArcArray<T, ndarray::IxDyn>],
-    require_finite: bool,
-) -> GradientCheck {
+/// Each gradient's `Σ g²`, whether every gradient value is finite (from the sums, with a pass
+/// of its own only when a sum is ±inf: finite values whose squares overflow), and whether to
+/// apply.
+fn gradient_check(grads: &[Tensor], require_finite: bool) -> GradientCheck {
+    let sum_squares: Vec<f64> = grads.iter().map(Tensor::sum_of_squares).collect();
     let finite = sum_squares.iter().all(|s| s.is_finite())
-        || (!sum_squares.iter().any(|s| s.is_nan()) && views.iter().all(|g| g.iter().all(|v| v.is_finite())));
+        || (!sum_squares.iter().any(|s| s.is_nan()) && grads.iter().all(Tensor::all_finite));
     GradientCheck { sum_squares, finite, applied: finite || !require_finite }
 }
 
