@@ -118,26 +118,27 @@ fn backward(inputs: &[Tensor], out: &Tensor, g: &Tensor, act: DenseActivation) -
     let gp = pre_activation_grad(out, g, act)?;
     let gb = inputs.get(2).filter(|b| b.is_tracked()).map(|b| sum_to_shape(&gp, b.shape()));
     let (gx, gw) = match (x.storage(), w.storage(), gp.storage()) {
-        (Storage::F32(xa), Storage::F32(wa), Storage::F32(ga)) => weight_grads(x, xa, wa, ga),
-        (Storage::F64(xa), Storage::F64(wa), Storage::F64(ga)) => weight_grads(x, xa, wa, ga),
+        (Storage::F32(xa), Storage::F32(wa), Storage::F32(ga)) => weight_grads(x, w, xa, wa, ga),
+        (Storage::F64(xa), Storage::F64(wa), Storage::F64(ga)) => weight_grads(x, w, xa, wa, ga),
         _ => return Err(Error::value("dense", "mixed dtypes in backward")),
     };
-    let gw = w.is_tracked().then_some(gw);
     Ok([Some(gx), Some(gw), Some(gb)].into_iter().take(inputs.len()).map(Option::flatten).collect())
 }
 
-/// `(∂x, ∂W) = (G'·Wᵀ when x is tracked, xᵀ·G')`.
+/// `(∂x, ∂W) = (G'·Wᵀ, xᵀ·G')`, each only for an input that is tracked.
 fn weight_grads<T: Element>(
     x: &Tensor,
+    w: &Tensor,
     xa: &ArcArray<T, IxDyn>,
     wa: &ArcArray<T, IxDyn>,
     ga: &ArcArray<T, IxDyn>,
-) -> (Option<Tensor>, Tensor) {
+) -> (Option<Tensor>, Option<Tensor>) {
     let x2 = xa.view().into_dimensionality::<Ix2>().expect("rank 2");
     let w2 = wa.view().into_dimensionality::<Ix2>().expect("rank 2");
     let g2 = ga.view().into_dimensionality::<Ix2>().expect("rank 2");
     let gx = x.is_tracked().then(|| Tensor::from_array(T::gemm(g2, w2.t()).into_dyn()));
-    (gx, Tensor::from_array(T::gemm(x2.t(), g2).into_dyn()))
+    let gw = w.is_tracked().then(|| Tensor::from_array(T::gemm(x2.t(), g2).into_dyn()));
+    (gx, gw)
 }
 
 impl Tensor {
