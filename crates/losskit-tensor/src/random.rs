@@ -54,6 +54,9 @@ pub fn bernoulli(shape: &[usize], keep: f64, dtype: DType, rng: &mut Rng) -> Res
     mask(shape, keep, 1.0, dtype, rng)
 }
 
+/// Generator words drawn per bulk fill when building an f32 mask.
+const MASK_BLOCK: usize = 1024;
+
 /// A mask whose entries are `value` with probability `keep`, else 0, built directly in `dtype`
 /// (dropout's scaled mask in one pass).
 pub fn mask(shape: &[usize], keep: f64, value: f64, dtype: DType, rng: &mut Rng) -> Result<Tensor> {
@@ -61,13 +64,20 @@ pub fn mask(shape: &[usize], keep: f64, value: f64, dtype: DType, rng: &mut Rng)
     match dtype {
         DType::F32 => {
             let (k, v) = (keep as f32, value as f32);
-            // The generator's words in one bulk fill, then the same draw as `rng.random::<f32>()`
-            // (the top 24 bits scaled to [0, 1)) in a loop that vectorises: the masks are those
-            // of drawing one value at a time, several times faster.
-            let mut words = vec![0u32; n];
-            rng.fill(&mut words[..]);
+            // The generator's words in bulk fills of a block on the stack, then the same draw as
+            // `rng.random::<f32>()` (the top 24 bits scaled to [0, 1)) in a loop that
+            // vectorises: the masks are those of drawing one value at a time, several times
+            // faster, written into a pooled buffer (a training step reuses the last one's).
+            let mut values = crate::pool::take::<f32>(n);
+            let mut words = [0u32; MASK_BLOCK];
             let scale = 1.0 / (1u32 << 24) as f32;
-            let values = words.iter().map(|&u| if (u >> 8) as f32 * scale < k { v } else { 0.0 }).collect();
+            for out in values.chunks_mut(MASK_BLOCK) {
+                let words = &mut words[..out.len()];
+                rng.fill(words);
+                for (o, &u) in out.iter_mut().zip(words.iter()) {
+                    *o = if (u >> 8) as f32 * scale < k { v } else { 0.0 };
+                }
+            }
             Tensor::from_vec(values, shape)
         }
         DType::F64 => Tensor::from_vec(
@@ -94,8 +104,10 @@ mod tests {
     #[test]
     fn f32_mask_draws_as_one_value_at_a_time() {
         let (mut a, mut b) = (rng(7), rng(7));
-        let fast = mask(&[1001], 0.8, 1.25, DType::F32, &mut a).unwrap().to_vec::<f32>();
-        let slow: Vec<f32> = (0..1001).map(|_| if b.random::<f32>() < 0.8 { 1.25 } else { 0.0 }).collect();
+        // 2.5 blocks of generator words: the blocked fills continue one stream.
+        let n = 2 * MASK_BLOCK + MASK_BLOCK / 2 + 1;
+        let fast = mask(&[n], 0.8, 1.25, DType::F32, &mut a).unwrap().to_vec::<f32>();
+        let slow: Vec<f32> = (0..n).map(|_| if b.random::<f32>() < 0.8 { 1.25 } else { 0.0 }).collect();
         assert_eq!(fast, slow);
         assert!(fast.contains(&0.0) && fast.contains(&1.25));
         // The generator is left where one-at-a-time drawing leaves it.

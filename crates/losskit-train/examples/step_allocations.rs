@@ -4,7 +4,7 @@
 //! `cargo run --release -p losskit-train --example step_allocations` prints, for SGD/batch 32
 //! and Adam/batch 128 on synthetic data shaped like Fashion-MNIST (784 features, 10 classes),
 //! the allocations per step, their bytes, and how many are large (≥ 256 KiB, the sizes that
-//! would fault fresh pages in if they were not recycled by losskit's buffer pool).
+//! would fault fresh pages in if they were not recycled by losskit's buffer pool) with their sizes.
 
 use losskit::Tensor;
 use losskit_train::{Compile, Dense, Dropout, Fit, Flatten, LambdaCallback, Optimizer, Sequential};
@@ -19,6 +19,8 @@ struct Counting;
 static CALLS: AtomicUsize = AtomicUsize::new(0);
 static BYTES: AtomicUsize = AtomicUsize::new(0);
 static LARGE: AtomicUsize = AtomicUsize::new(0);
+/// The sizes of the last large allocations (a ring; the allocator itself must not allocate).
+static LARGE_SIZES: [AtomicUsize; 1024] = [const { AtomicUsize::new(0) }; 1024];
 /// Allocations of at least this many bytes count as large.
 const LARGE_BYTES: usize = 256 << 10;
 
@@ -26,7 +28,8 @@ fn count(size: usize) {
     CALLS.fetch_add(1, Relaxed);
     BYTES.fetch_add(size, Relaxed);
     if size >= LARGE_BYTES {
-        LARGE.fetch_add(1, Relaxed);
+        let i = LARGE.fetch_add(1, Relaxed);
+        LARGE_SIZES[i % LARGE_SIZES.len()].store(size, Relaxed);
     }
 }
 
@@ -94,6 +97,10 @@ fn main() -> Result<(), losskit::Error> {
             per_step(1) / 1024.0,
             per_step(2)
         );
+        // The sizes of the large ones in the last full step.
+        let (a, b) = (steps[steps.len() - 2][2], steps[steps.len() - 1][2]);
+        let sizes: Vec<usize> = (a..b).map(|i| LARGE_SIZES[i % LARGE_SIZES.len()].load(Relaxed) >> 10).collect();
+        println!("  the large ones of one step, KiB: {sizes:?}");
     }
     Ok(())
 }

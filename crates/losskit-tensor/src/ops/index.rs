@@ -28,9 +28,10 @@ fn select_rows<T: Element>(a: &ndarray::ArcArray<T, IxDyn>, axis: usize, indices
     match a.as_slice() {
         Some(s) if axis == 0 => {
             let row: usize = a.shape()[1..].iter().product();
-            let mut out = Vec::with_capacity(indices.len() * row);
-            for &i in indices {
-                out.extend_from_slice(&s[i * row..(i + 1) * row]);
+            // A pooled buffer: a batch gathered every training step reuses the last one's.
+            let mut out = crate::pool::take::<T>(indices.len() * row);
+            for (dst, &i) in out.chunks_exact_mut(row.max(1)).zip(indices) {
+                dst.copy_from_slice(&s[i * row..(i + 1) * row]);
             }
             let mut shape = a.shape().to_vec();
             shape[0] = indices.len();
