@@ -13,10 +13,15 @@ and the gradients of h, W, b), with each one's peak resident memory growth over 
 (measured from before the first step; PyTorch's gradient buffers exist before it, as
 losskit's do; JAX returns new gradient arrays each call, ~0.3 GB of its growth, and its first
 step includes compilation).
+
+With --rounds R (the head only), losskit and the peers run R times, interleaved (losskit, PyTorch,
+JAX, losskit, ...), and each path's time is the median of its rounds: on a machine whose speed
+drifts, every path meets the same slow and fast minutes.
 """
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -138,10 +143,40 @@ def peer(python, fw, repeats, script=PEER):
     return {r["workload"]: r for r in map(json.loads, out.splitlines())}
 
 
-def linear_ce_table(rows, python, repeats):
-    """The fused head against the naive paths; ratios are the peer's time over losskit's fused."""
+def losskit_rows(repeats, only):
+    """`losskit bench --json` rows (the binary built by main)."""
+    out = subprocess.run([os.path.join(ROOT, "target", "release", "losskit"), "bench", "--json", "--no-composed", "--repeats", str(repeats), *only],
+                         capture_output=True, text=True, check=True).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def median_of_rounds(rounds, key):
+    """One row per workload: the median of `key` over the rounds' rows (a list of row lists, or
+    of dicts for peers), keeping the first round's other fields; each round's value in `rounds_<key>`."""
+    rounds = [r for r in rounds if r]
+    if not rounds:
+        return None
+    row = dict(rounds[0])
+    values = [r[key] for r in rounds]
+    row[key] = statistics.median(values)
+    row["rounds_" + key] = values
+    return row
+
+
+def linear_ce_table(rows, python, repeats, rounds=1, only=()):
+    """The fused head against the naive paths; ratios are the peer's time over losskit's fused.
+    With `rounds` > 1, losskit (`only`) and the peers are run again in turn, and medians taken."""
+    own = {r["workload"]: [r] for r in rows}
+    peer_runs = {"torch": [], "jax": []}
+    for i in range(rounds):
+        if i > 0:
+            for r in losskit_rows(repeats, only):
+                own.setdefault(r["workload"], []).append(r)
+        for fw in peer_runs:
+            peer_runs[fw].append(peer(python, fw, min(repeats, 3), PEER_LINEAR_CE).get("linear_ce_naive_4096x2048x32000"))
+    rows = [median_of_rounds(rs, "median_ms") for rs in own.values()]
+    peers = {fw: median_of_rounds(rs, "ms") for fw, rs in peer_runs.items()}
     fused = next((r for r in rows if "naive" not in r["workload"]), None)
-    peers = {fw: peer(python, fw, min(repeats, 3), PEER_LINEAR_CE).get("linear_ce_naive_4096x2048x32000") for fw in ("torch", "jax")}
     print(f"\nlinear + cross-entropy head, loss + 3 gradients; large GEMM {rows[0]['gemm_gflops']:.0f} GFLOP/s"
           f" (inputs and gradients: {rows[0]['floor_mb']:.0f} MB)")
     print(f"{'path':<40} {'ms':>8} {'peak MB (+)':>12} {'fused is':>10}")
@@ -151,6 +186,13 @@ def linear_ce_table(rows, python, repeats):
         ratio = f"{ms / fused['median_ms']:9.2f}x" if fused else ""
         peak = f"{mb:12.0f}" if mb is not None else f"{'-':>12}"
         print(f"{name:<40} {ms:8.0f} {peak} {ratio}")
+    if rounds > 1:
+        print("each round's ms:")
+        for r in rows:
+            print(f"  {r['workload']:<38} " + " ".join(f"{v:.0f}" for v in r["rounds_median_ms"]))
+        for fw, r in peers.items():
+            if r:
+                print(f"  {fw + ' naive':<38} " + " ".join(f"{v:.0f}" for v in r["rounds_ms"]))
 
 
 def main():
@@ -158,16 +200,15 @@ def main():
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--only", default=None, help="only the workloads whose name contains this")
+    ap.add_argument("--rounds", type=int, default=1, help="interleaved runs of the linear_ce head and its peers")
     a = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "-p", "losskit-cli"], cwd=ROOT, check=True, capture_output=True)
     only = ["--only", a.only] if a.only else []
-    out = subprocess.run([os.path.join(ROOT, "target", "release", "losskit"), "bench", "--json", "--no-composed", "--repeats", str(a.repeats), *only],
-                         capture_output=True, text=True, check=True).stdout
-    rows = [json.loads(line) for line in out.splitlines()]
+    rows = losskit_rows(a.repeats, only)
     head = [r for r in rows if r["workload"].startswith("linear_ce")]
     ours = [r for r in rows if not r["workload"].startswith("linear_ce")]
     if head:
-        linear_ce_table(head, a.python, a.repeats)
+        linear_ce_table(head, a.python, a.repeats, a.rounds, ["--only", "linear_ce"])
     if not ours:
         return
     torch_ms = {w: r["ms"] for w, r in peer(a.python, "torch", a.repeats).items()}

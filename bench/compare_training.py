@@ -9,6 +9,10 @@ warm-up), test accuracy after the run, and losskit's ratio to each. For the wide
 Dense 2048 relu -> Dense 2048 relu -> Dense 10 softmax, Adam, batch 256) it also prints the
 fraction of the machine's GEMM rate losskit reaches: FLOPs per step / step time, against a
 2048^3 product timed in the same losskit process.
+
+With --rounds R, each config runs every framework R times, interleaved (losskit, PyTorch, Keras,
+losskit, ...), and each framework's epoch time is the median over all its runs' epochs after the
+first: on a machine whose speed drifts, every framework meets the same slow and fast minutes.
 """
 import argparse
 import json
@@ -38,32 +42,60 @@ def epoch_time(r):
     return statistics.median(t[1:]) if len(t) > 1 else t[0]
 
 
+def merge(runs):
+    """One framework's runs as one result: every run's epochs after the first, pooled (the
+    first kept as a placeholder), each run's own epoch time, the median GEMM rate, and the
+    last run's other fields."""
+    runs = [r for r in runs if r is not None]
+    if not runs:
+        return None
+    merged = dict(runs[-1])
+    merged["epoch_seconds"] = [runs[0]["epoch_seconds"][0]] + [
+        t for r in runs for t in (r["epoch_seconds"][1:] or r["epoch_seconds"])
+    ]
+    merged["run_times"] = [epoch_time(r) for r in runs]
+    if "gemm_gflops" in merged:
+        merged["gemm_gflops"] = statistics.median(r["gemm_gflops"] for r in runs)
+    return merged
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=1, help="interleaved runs of every framework per config")
     args = ap.parse_args()
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(os.cpu_count())))
     subprocess.run(["cargo", "build", "--release", "--example", "train_epoch"], cwd=ROOT, check=True, capture_output=True)
     binary = os.path.join(ROOT, "target", "release", "examples", "train_epoch")
-    print(f"machine: {os.cpu_count()} cores; epochs per run: {args.epochs}")
+    print(f"machine: {os.cpu_count()} cores; epochs per run: {args.epochs}; interleaved rounds: {args.rounds}")
     for opt, batch, model in CONFIGS:
-        results = {}
         cfg = [opt, str(batch), str(args.epochs), model]
-        r, err = run([binary, *cfg], env)
-        results["losskit"] = r
-        for name, script in [("pytorch", "train_epoch_torch.py"), ("keras-jax", "train_epoch_keras.py")]:
-            r, err = run([args.python, script, *cfg], env)
-            results[name] = r
-            if r is None:
-                print(f"  ({name} skipped: {err.splitlines()[-1] if err else 'not installed'})")
+        commands = {
+            "losskit": [binary, *cfg],
+            "pytorch": [args.python, "train_epoch_torch.py", *cfg],
+            "keras-jax": [args.python, "train_epoch_keras.py", *cfg],
+        }
+        runs = {name: [] for name in commands}
+        for _ in range(args.rounds):
+            for name, cmd in commands.items():
+                if runs[name] is None:
+                    continue
+                r, err = run(cmd, env)
+                if r is None and name != "losskit":
+                    print(f"  ({name} skipped: {err.splitlines()[-1] if err else 'not installed'})")
+                    runs[name] = None
+                    continue
+                runs[name].append(r)
+        results = {name: merge(rs) if rs is not None else None for name, rs in runs.items()}
         print(f"\n{opt.upper()} batch {batch}, {model} model:")
         base = results["losskit"]
         for name, r in results.items():
             if r is None:
                 continue
-            ratio = "" if name == "losskit" else f"  losskit/{name} = {epoch_time(base) / epoch_time(r):.2f}x"
-            print(f"  {name:<10} {epoch_time(r):6.2f} s/epoch  test accuracy {r['test_accuracy']:.4f}{ratio}")
+            ratio = "" if name == "losskit" or base is None else f"  losskit/{name} = {epoch_time(base) / epoch_time(r):.2f}x"
+            each = "" if len(r["run_times"]) < 2 else "  (runs: " + " ".join(f"{t:.2f}" for t in r["run_times"]) + ")"
+            print(f"  {name:<10} {epoch_time(r):6.2f} s/epoch  test accuracy {r['test_accuracy']:.4f}{ratio}{each}")
         if base is not None and "step_flops" in base:
             steps = -(-TRAIN_ROWS // batch)
             rate = base["step_flops"] * steps / epoch_time(base) / 1e9
