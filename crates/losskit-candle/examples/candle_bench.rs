@@ -1,12 +1,13 @@
-//! Loss + gradient of sparse cross-entropy from logits at (4096, 32000), f32: losskit's own call,
-//! the same loss through candle (`losskit-candle`), and candle-nn's `cross_entropy`, in one run.
+//! Loss + gradient on `losskit bench`'s shapes, f32, in one run: losskit's own call (its kernel
+//! node and backward), the same loss through candle (`losskit-candle`, candle's `backward`),
+//! candle's backward floor (an op that only hands back a gradient it already holds) and, where
+//! candle-nn has the loss, candle-nn's own.
 //!
-//! `cargo run --release -p losskit-candle --example candle_bench [-- REPEATS]`
+//! `cargo run --release -p losskit-candle --example candle_bench [-- REPEATS [NAME]]` (NAME: only
+//! the workloads whose name contains it).
 
 use candle_core::{Device, Tensor, Var};
 use std::time::Instant;
-
-const ROWS: usize = 4096;
 
 /// A candle op whose value is 0 and whose gradient is the tensor it holds: the cost of candle's
 /// backward around any op, with no work of the op's own.
@@ -27,7 +28,78 @@ impl candle_core::CustomOp1 for GivenGrad {
         Ok(Some(self.0.clone()))
     }
 }
-const CLASSES: usize = 32000;
+
+/// Which candle-nn loss computes the same value, if any.
+#[derive(Clone, Copy, PartialEq)]
+enum CandleNn {
+    CrossEntropy,
+    Mse,
+    BceWithLogits,
+    None,
+}
+
+/// One shape of `losskit bench` and the loss timed on it.
+struct Workload {
+    name: &'static str,
+    rows: usize,
+    cols: usize,
+    /// The loss' Keras config.
+    config: &'static str,
+    /// Integer labels (one per row) instead of a `(rows, cols)` target.
+    sparse: bool,
+    candle_nn: CandleNn,
+}
+
+const WORKLOADS: &[Workload] = &[
+    Workload {
+        name: "cce_sparse_8192x1000",
+        rows: 8192,
+        cols: 1000,
+        config: r#"{"class_name": "SparseCategoricalCrossentropy", "config": {"from_logits": true}}"#,
+        sparse: true,
+        candle_nn: CandleNn::CrossEntropy,
+    },
+    Workload {
+        name: "cce_sparse_4096x32000",
+        rows: 4096,
+        cols: 32000,
+        config: r#"{"class_name": "SparseCategoricalCrossentropy", "config": {"from_logits": true}}"#,
+        sparse: true,
+        candle_nn: CandleNn::CrossEntropy,
+    },
+    Workload {
+        name: "bce_logits_8192x4096",
+        rows: 8192,
+        cols: 4096,
+        config: r#"{"class_name": "BinaryCrossentropy", "config": {"from_logits": true}}"#,
+        sparse: false,
+        candle_nn: CandleNn::BceWithLogits,
+    },
+    Workload {
+        name: "mse_8192x4096",
+        rows: 8192,
+        cols: 4096,
+        config: r#"{"class_name": "MeanSquaredError", "config": {}}"#,
+        sparse: false,
+        candle_nn: CandleNn::Mse,
+    },
+    Workload {
+        name: "huber_8192x4096",
+        rows: 8192,
+        cols: 4096,
+        config: r#"{"class_name": "Huber", "config": {"delta": 1.0}}"#,
+        sparse: false,
+        candle_nn: CandleNn::None,
+    },
+    Workload {
+        name: "cosine_65536x256",
+        rows: 65536,
+        cols: 256,
+        config: r#"{"class_name": "CosineSimilarity", "config": {}}"#,
+        sparse: false,
+        candle_nn: CandleNn::None,
+    },
+];
 
 /// The median seconds of `f` over `repeats` runs after a warm-up.
 fn median(repeats: usize, mut f: impl FnMut()) -> f64 {
@@ -43,25 +115,43 @@ fn median(repeats: usize, mut f: impl FnMut()) -> f64 {
     t[t.len() / 2]
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let repeats: usize = std::env::args().nth(1).and_then(|r| r.parse().ok()).unwrap_or(5);
-    let logits: Vec<f32> = (0..ROWS * CLASSES).map(|i| ((i % 9973) as f32 * 0.37).sin() * 4.0).collect();
-    let labels: Vec<u32> = (0..ROWS).map(|r| ((r * 7919) % CLASSES) as u32).collect();
-    let config = serde_json::json!({"class_name": "SparseCategoricalCrossentropy", "config": {"from_logits": true}});
+/// The times of one workload, in seconds.
+struct Times {
+    own: f64,
+    through: f64,
+    floor: f64,
+    candle_nn: Option<f64>,
+}
+
+fn run(w: &Workload, repeats: usize) -> Result<Times, Box<dyn std::error::Error>> {
+    let (rows, cols) = (w.rows, w.cols);
+    let n = rows * cols;
+    let pred: Vec<f32> = (0..n).map(|i| ((i % 9973) as f32 * 0.37).sin() * 4.0).collect();
+    let target: Vec<f32> = if w.sparse {
+        (0..rows).map(|r| ((r * 7919) % cols) as f32).collect()
+    } else {
+        (0..n).map(|i| if (i * 7919) % 3 == 0 { 1.0 } else { 0.0 }).collect()
+    };
+    let target_shape = if w.sparse { vec![rows] } else { vec![rows, cols] };
+    let config: serde_json::Value = serde_json::from_str(w.config)?;
 
     // losskit alone: its kernel node and backward.
     let loss = losskit::from_config(&config)?;
-    let yt = losskit::Tensor::from_vec(labels.iter().map(|&l| l as f32).collect::<Vec<f32>>(), &[ROWS])?;
-    let yp = losskit::Tensor::from_vec(logits.clone(), &[ROWS, CLASSES])?.requires_grad();
+    let yt = losskit::Tensor::from_vec(target.clone(), &target_shape)?;
+    let yp = losskit::Tensor::from_vec(pred.clone(), &[rows, cols])?.requires_grad();
     let own = median(repeats, || {
         let l = loss.call(&yt, &yp, None).expect("valid inputs");
         std::hint::black_box(l.backward().expect("scalar"));
     });
 
-    // The same through candle.
+    // The same through candle (labels as u32, as a candle user holds them).
     let dev = Device::Cpu;
-    let x = Var::from_tensor(&Tensor::from_vec(logits, (ROWS, CLASSES), &dev)?)?;
-    let y = Tensor::from_vec(labels, ROWS, &dev)?;
+    let x = Var::from_tensor(&Tensor::from_vec(pred, (rows, cols), &dev)?)?;
+    let y = if w.sparse {
+        Tensor::from_vec(target.iter().map(|&l| l as u32).collect::<Vec<u32>>(), rows, &dev)?
+    } else {
+        Tensor::from_vec(target, (rows, cols), &dev)?
+    };
     let wrapped = losskit_candle::from_config(&config)?;
     let through = median(repeats, || {
         let l = wrapped.forward(&y, &x, None).expect("valid inputs");
@@ -71,29 +161,49 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // candle's own floor: an op that does nothing but hand back a gradient it already has
     // (what candle's backward costs any op with a gradient of this size: the GradStore entry
     // starts as zeros and the op's gradient is added to it).
-    let ready = Tensor::zeros((ROWS, CLASSES), candle_core::DType::F32, &dev)?;
+    let ready = Tensor::zeros((rows, cols), candle_core::DType::F32, &dev)?;
     let floor = median(repeats, || {
         let l = x.apply_op1(GivenGrad(ready.clone())).expect("valid inputs");
         std::hint::black_box(l.backward().expect("scalar"));
     });
 
-    // candle-nn's own.
-    let candle_nn_ce = median(repeats, || {
-        let l = candle_nn::loss::cross_entropy(&x, &y).expect("valid inputs");
-        std::hint::black_box(l.backward().expect("scalar"));
-    });
-    println!("sparse cross-entropy from logits ({ROWS}, {CLASSES}), loss + gradient, median of {repeats}:");
-    println!("  losskit alone            {:8.1} ms", own * 1e3);
-    println!("  losskit through candle   {:8.1} ms  ({:.2}x losskit alone)", through * 1e3, through / own);
+    let candle_nn = match w.candle_nn {
+        CandleNn::None => None,
+        kind => Some(median(repeats, || {
+            let l = match kind {
+                CandleNn::CrossEntropy => candle_nn::loss::cross_entropy(&x, &y),
+                CandleNn::Mse => candle_nn::loss::mse(&x, &y),
+                _ => candle_nn::loss::binary_cross_entropy_with_logit(&x, &y),
+            }
+            .expect("valid inputs");
+            std::hint::black_box(l.backward().expect("scalar"));
+        })),
+    };
+    Ok(Times { own, through, floor, candle_nn })
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let repeats: usize = std::env::args().nth(1).and_then(|r| r.parse().ok()).unwrap_or(5);
+    let only = std::env::args().nth(2).unwrap_or_default();
+    println!("loss + gradient, f32, median of {repeats} (ms; ratios to losskit alone):");
     println!(
-        "  candle's backward floor  {:8.1} ms  (an op that returns a ready gradient; losskit through candle - floor = {:.2}x losskit alone)",
-        floor * 1e3,
-        (through - floor) / own
+        "{:<24} {:>9} {:>16} {:>16} {:>8} {:>22}",
+        "workload", "losskit", "through candle", "candle floor", "(t-f)/own", "candle-nn (t is N× faster)"
     );
-    println!(
-        "  candle-nn cross_entropy  {:8.1} ms  (losskit through candle is {:.1}x faster)",
-        candle_nn_ce * 1e3,
-        candle_nn_ce / through
-    );
+    for w in WORKLOADS.iter().filter(|w| w.name.contains(&only)) {
+        let t = run(w, repeats)?;
+        let nn = t.candle_nn.map_or("-".to_string(), |c| format!("{:.1} ({:.1}×)", c * 1e3, c / t.through));
+        println!(
+            "{:<24} {:>9.1} {:>9.1} ({:.2}×) {:>9.1} ({:.2}×) {:>8.2} {:>22}",
+            w.name,
+            t.own * 1e3,
+            t.through * 1e3,
+            t.through / t.own,
+            t.floor * 1e3,
+            t.floor / t.own,
+            (t.through - t.floor) / t.own,
+            nn
+        );
+    }
     Ok(())
 }

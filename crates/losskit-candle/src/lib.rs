@@ -20,7 +20,7 @@
 //! op; candle's backward pulls the gradient out of that graph with candle's incoming gradient as
 //! the upstream (a pass that scales the kernel's stored gradient for the kernel losses).
 //! `y_true` and `sample_weight` are constants (no gradient flows to them), converted to
-//! `y_pred`'s dtype; integer labels may be any of candle's integer dtypes (`u8`, `u32`, `i64`,
+//! `y_pred`'s dtype in one pass from candle's storage into a pooled buffer; integer labels may be any of candle's integer dtypes (`u8`, `u32`, `i64`,
 //! ...). `y_pred` must be `f32` or `f64`.
 //!
 //! Devices: on a CUDA or Metal tensor the loss runs on the CPU: `y_pred` is copied to the CPU,
@@ -105,11 +105,13 @@ impl CandleLoss {
         };
         let constant = |t: &Tensor, what: &str| -> Result<losskit::Tensor> {
             let t = on_cpu(t)?;
-            let values = t.to_dtype(DType::F64).map_err(|e| {
+            let converted = match dtype {
+                losskit::DType::F32 => constant_values::<f32>(&t),
+                losskit::DType::F64 => constant_values::<f64>(&t),
+            };
+            converted.map_err(|e| {
                 candle_core::Error::Msg(format!("{}: {what} of dtype {:?}: {e}", self.loss.name(), t.dtype()))
-            })?;
-            let values: Vec<f64> = values.flatten_all()?.to_vec1()?;
-            Ok(losskit::Tensor::from_vec(values, t.dims()).map_err(candle_err)?.to_dtype(dtype))
+            })
         };
         let op = LossOp {
             loss: self.loss.clone(),
@@ -133,6 +135,42 @@ struct LossOp {
     sample_weight: Option<losskit::Tensor>,
     /// losskit's graph of the last forward.
     graph: Graph,
+}
+
+/// A CPU tensor's values as a losskit tensor of dtype `T`, converted in one pass from candle's
+/// storage into a pooled buffer (integer labels and floats alike; the buffer of the previous
+/// call's constant comes back to the pool, so no fresh pages). Dtypes without a direct
+/// conversion here (f16, bf16, ...) go through candle's `to_dtype(F64)` first.
+fn constant_values<T: Element>(t: &Tensor) -> Result<losskit::Tensor> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return Err(candle_core::Error::Msg("losskit: expected a CPU tensor".into()));
+    };
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("losskit: expected a contiguous tensor".into()))?;
+    let mut out = losskit_tensor::pool::take::<T>(end - start);
+    match cpu {
+        CpuStorage::F32(v) => fill_from(&mut out, &v[start..end], |&x| f64::from(x)),
+        CpuStorage::F64(v) => fill_from(&mut out, &v[start..end], |&x| x),
+        CpuStorage::U8(v) => fill_from(&mut out, &v[start..end], |&x| f64::from(x)),
+        CpuStorage::U32(v) => fill_from(&mut out, &v[start..end], |&x| f64::from(x)),
+        CpuStorage::I16(v) => fill_from(&mut out, &v[start..end], |&x| f64::from(x)),
+        CpuStorage::I32(v) => fill_from(&mut out, &v[start..end], |&x| f64::from(x)),
+        CpuStorage::I64(v) => fill_from(&mut out, &v[start..end], |&x| x as f64),
+        _ => {
+            drop(storage);
+            let values: Vec<f64> = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+            fill_from(&mut out, &values, |&x| x);
+        }
+    }
+    losskit::Tensor::from_vec(out, t.dims()).map_err(candle_err)
+}
+
+/// `out[i] = f(values[i])` in `T`, in one vectorisable pass.
+fn fill_from<T: Element, V>(out: &mut [T], values: &[V], f: impl Fn(&V) -> f64) {
+    out.iter_mut().zip(values).for_each(|(o, v)| *o = T::c(f(v)));
 }
 
 /// The values of a contiguous candle CPU storage as a losskit tensor of `shape`.

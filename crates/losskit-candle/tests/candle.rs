@@ -205,6 +205,46 @@ fn a_candle_training_run_ends_on_candle_nns_weights() {
 }
 
 #[test]
+fn targets_of_every_layout_and_dtype_give_the_same_loss() {
+    // One pass converts y_true from candle's storage: a strided view, another float dtype, an
+    // integer dtype and a half-precision one (through candle's own conversion) must all read
+    // the same values as a contiguous f32 target.
+    let scalar = |t: &Tensor| t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+    let mse = losskit_candle::get("mean_squared_error").unwrap();
+    let pred = candle_tensor(&wave(12, 0.3, -2.0, 2.0), &[3, 4], DType::F32);
+    let target: Vec<f64> = (0..12).map(|i| f64::from(i % 5) - 2.0).collect();
+    let want = scalar(&mse.forward(&candle_tensor(&target, &[3, 4], DType::F32), &pred, None).unwrap());
+    let transposed =
+        candle_tensor(&(0..12).map(|i| target[(i % 3) * 4 + i / 3]).collect::<Vec<_>>(), &[4, 3], DType::F32);
+    let strided = transposed.t().unwrap();
+    assert!(!strided.is_contiguous());
+    for y_true in [
+        strided,
+        candle_tensor(&target, &[3, 4], DType::F64),
+        candle_tensor(&target, &[3, 4], DType::F32).to_dtype(DType::BF16).unwrap(),
+        Tensor::from_vec(target.iter().map(|&v| v as i64).collect::<Vec<_>>(), (3, 4), &DEV).unwrap(),
+    ] {
+        let dtype = y_true.dtype();
+        let got = scalar(&mse.forward(&y_true, &pred, None).unwrap());
+        assert!((got - want).abs() < 1e-6, "{dtype:?}: {got} vs {want}");
+    }
+    // Labels of every integer dtype pick the same classes.
+    let sparse = losskit_candle::get("sparse_categorical_crossentropy").unwrap();
+    let probs = candle_tensor(&[0.2, 0.5, 0.3, 0.6, 0.1, 0.3], &[2, 3], DType::F32);
+    let want = scalar(&sparse.forward(&Tensor::new(&[1u32, 2], &DEV).unwrap(), &probs, None).unwrap());
+    assert!((want - -(0.5f64.ln() + 0.3f64.ln()) / 2.0).abs() < 1e-6, "{want}");
+    for labels in [
+        Tensor::new(&[1u8, 2], &DEV).unwrap(),
+        Tensor::new(&[1i64, 2], &DEV).unwrap(),
+        Tensor::new(&[1.0f64, 2.0], &DEV).unwrap(),
+    ] {
+        let dtype = labels.dtype();
+        let got = scalar(&sparse.forward(&labels, &probs, None).unwrap());
+        assert!((got - want).abs() < 1e-6, "{dtype:?}: {got} vs {want}");
+    }
+}
+
+#[test]
 fn bad_input_is_a_candle_error_not_a_panic() {
     let loss = losskit_candle::get("sparse_categorical_crossentropy").unwrap();
     let probs = candle_tensor(&wave(6, 0.0, 0.1, 0.9), &[2, 3], DType::F32);
