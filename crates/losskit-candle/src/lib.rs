@@ -20,8 +20,8 @@
 //! op; candle's backward pulls the gradient out of that graph with candle's incoming gradient as
 //! the upstream (a pass that scales the kernel's stored gradient for the kernel losses).
 //! `y_true` and `sample_weight` are constants (no gradient flows to them), converted to
-//! `y_pred`'s dtype in one pass from candle's storage into a pooled buffer; integer labels may be any of candle's integer dtypes (`u8`, `u32`, `i64`,
-//! ...). `y_pred` must be `f32` or `f64`.
+//! `y_pred`'s dtype in one pass from candle's storage into a pooled buffer; integer labels may
+//! be any of candle's integer dtypes (`u8`, `u32`, `i64`, ...). `y_pred` must be `f32` or `f64`.
 //!
 //! Devices: on a CUDA or Metal tensor the loss runs on the CPU: `y_pred` is copied to the CPU,
 //! the result (and, in backward, the gradient) copied back by candle's `to_device`. Correct,
