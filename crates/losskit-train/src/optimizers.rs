@@ -316,6 +316,14 @@ impl Optimizer {
             // Update in place: the graph is gone, so the weights' buffer is usually unshared.
             let value = std::mem::replace(&mut p.value, Tensor::scalar(T::zero()));
             let mut w = T::take(value.into_storage()).expect("dtype checked above");
+            // The update runs on contiguous buffers (a strided weight or slot, e.g. one set
+            // from a transposed tensor, is made standard once here).
+            if !w.is_standard_layout() {
+                w = w.as_standard_layout().into_owned().into_shared();
+            }
+            for slot in s.iter_mut().filter(|a| !a.is_standard_layout()) {
+                *slot = slot.as_standard_layout().into_owned();
+            }
             update(self.rule, lr, step, w.view_mut(), g.view(), Grad { factor, ..grad }, s);
             p.value = Tensor::from_storage(T::wrap_shared(w)).requires_grad();
         }
@@ -485,22 +493,11 @@ impl SlotType for f64 {
     }
 }
 
-/// Weights with at least this many values are updated on all cores (each element's update is
-/// independent, so the result is the same whatever the number of threads).
-const PARALLEL_MIN: usize = 1 << 15;
+/// What `update` expects of the weight and slot buffers (`apply_typed` makes them so).
+const STANDARD: &str = "standard-layout buffers";
 
-/// `zip.for_each(f)`, on all cores when the arrays have `len >= PARALLEL_MIN` values.
-macro_rules! zip_each {
-    ($len:expr, $zip:expr, $f:expr) => {{
-        let f = $f;
-        if $len >= PARALLEL_MIN {
-            $zip.par_for_each(f)
-        } else {
-            $zip.for_each(f)
-        }
-    }};
-}
-
+/// One rule's update of one weight, in place (SGD and Adam(W) through the vectorised kernels
+/// of `losskit_kernels::optim`).
 fn update<T: Element>(
     rule: Rule,
     lr: T,
@@ -511,32 +508,20 @@ fn update<T: Element>(
     s: &mut [ArrayD<T>],
 ) {
     let one = T::one();
-    let n = w.len();
+    // Borrowed when already contiguous (the usual case); the kernels take slices.
+    let g = g.as_standard_layout();
+    let gs = g.as_slice().expect("standard layout");
     match rule {
         Rule::Sgd { momentum, nesterov } => {
-            // Contiguous buffers (the usual case) take the vectorised kernel; the same formula.
-            let momentum_on = !s.is_empty();
-            let velocity = match s.first_mut() {
-                Some(m) => m.as_slice_mut().map(Some),
-                None => Some(None),
+            let step = losskit_kernels::optim::SgdStep {
+                lr,
+                momentum: (!s.is_empty()).then(|| (T::c(momentum), nesterov)),
+                grad_factor: gr.factor,
+                grad_bound: gr.bound,
             };
-            if let (Some(ws), Some(gs), Some(ms)) = (w.as_slice_mut(), g.as_slice(), velocity) {
-                let momentum = momentum_on.then(|| (T::c(momentum), nesterov));
-                let step =
-                    losskit_kernels::optim::SgdStep { lr, momentum, grad_factor: gr.factor, grad_bound: gr.bound };
-                losskit_kernels::optim::sgd_update(ws, gs, ms, step).expect("shapes checked in apply");
-                return;
-            }
-            if s.is_empty() {
-                zip_each!(n, Zip::from(&mut w).and(&g), |w: &mut T, &g: &T| *w = *w - gr.get(g) * lr);
-            } else {
-                let mu = T::c(momentum);
-                zip_each!(n, Zip::from(&mut w).and(&g).and(&mut s[0]), |w: &mut T, &g: &T, m: &mut T| {
-                    let g = gr.get(g);
-                    *m = -g * lr + *m * mu;
-                    *w = if nesterov { *w + (-g * lr + *m * mu) } else { *w + *m };
-                });
-            }
+            let velocity = s.first_mut().map(|m| m.as_slice_mut().expect(STANDARD));
+            losskit_kernels::optim::sgd_update(w.as_slice_mut().expect(STANDARD), gs, velocity, step)
+                .expect("shapes checked in apply");
         }
         Rule::Adam { beta_1, beta_2, epsilon } | Rule::AdamW { beta_1, beta_2, epsilon, .. } => {
             // AdamW's decoupled decay `w ← w - w·wd·lr` comes first, in the same pass.
@@ -544,37 +529,22 @@ fn update<T: Element>(
                 Rule::AdamW { weight_decay, .. } => Some(T::c(weight_decay)),
                 _ => None,
             };
-            let (b1, b2, eps) = (T::c(beta_1), T::c(beta_2), T::c(epsilon));
+            let (b1, b2) = (T::c(beta_1), T::c(beta_2));
             let t = T::c(step as f64);
-            let alpha = lr * (one - b2.powf(t)).sqrt() / (one - b1.powf(t));
-            let (m, v) = s.split_at_mut(1);
             let step = losskit_kernels::optim::AdamStep {
                 lr,
-                alpha,
+                alpha: lr * (one - b2.powf(t)).sqrt() / (one - b1.powf(t)),
                 beta_1: b1,
                 beta_2: b2,
-                epsilon: eps,
+                epsilon: T::c(epsilon),
                 decay,
                 grad_factor: gr.factor,
                 grad_bound: gr.bound,
             };
-            // Contiguous buffers (the usual case) take the vectorised kernel; the same formula.
-            if let (Some(ws), Some(gs), Some(ms), Some(vs)) =
-                (w.as_slice_mut(), g.as_slice(), m[0].as_slice_mut(), v[0].as_slice_mut())
-            {
-                losskit_kernels::optim::adam_update(ws, gs, ms, vs, step).expect("shapes checked in apply");
-                return;
-            }
-            let zip = Zip::from(&mut w).and(&g).and(&mut m[0]).and(&mut v[0]);
-            zip_each!(n, zip, |w: &mut T, &g: &T, m: &mut T, v: &mut T| {
-                if let Some(wd) = decay {
-                    *w = *w - *w * wd * lr;
-                }
-                let g = gr.get(g);
-                *m = *m + (g - *m) * (one - b1);
-                *v = *v + (g * g - *v) * (one - b2);
-                *w = *w - (*m * alpha) / (v.sqrt() + eps);
-            });
+            let (m, v) = s.split_at_mut(1);
+            let (m, v) = (m[0].as_slice_mut().expect(STANDARD), v[0].as_slice_mut().expect(STANDARD));
+            losskit_kernels::optim::adam_update(w.as_slice_mut().expect(STANDARD), gs, m, v, step)
+                .expect("shapes checked in apply");
         }
         Rule::RmsProp { rho, momentum, epsilon, centered } => {
             let (rho, eps, mu) = (T::c(rho), T::c(epsilon), T::c(momentum));

@@ -179,6 +179,41 @@ fn a_checked_step_with_a_nan_gradient_changes_nothing() {
 }
 
 #[test]
+fn strided_weights_and_gradients_update_as_contiguous_ones() {
+    // A weight and a gradient stored column-major (a transposed ndarray, not contiguous in
+    // row-major order) take the same step as their row-major copies, for every rule.
+    let values = |v: f32| (0..6).map(|i| v + 0.1 * i as f32).collect::<Vec<f32>>();
+    let strided = |v: f32| {
+        let a = ndarray::Array2::from_shape_vec((3, 2), values(v)).unwrap().reversed_axes();
+        Tensor::from_storage(losskit_tensor::Storage::F32(a.into_dyn().into_shared()))
+    };
+    let contiguous = |v: f32| strided(v).to_vec::<f32>();
+    let contiguous = |v: f32| Tensor::from_vec(contiguous(v), &[2, 3]).unwrap();
+    assert!(match strided(1.0).storage() {
+        losskit_tensor::Storage::F32(a) => !a.is_standard_layout(),
+        losskit_tensor::Storage::F64(_) => false,
+    });
+    let rules = [
+        Optimizer::sgd_momentum(0.1, 0.9, true).unwrap(),
+        Optimizer::adamw(0.01, 0.004).unwrap().clipvalue(0.3).unwrap(),
+        Optimizer::rmsprop(0.01).unwrap(),
+    ];
+    for opt in rules {
+        let what = format!("{:?}", opt.rule());
+        let (mut a, mut b) = (opt.clone(), opt);
+        let mut p = Param { name: "w".into(), value: strided(0.5).requires_grad() };
+        let mut q = Param { name: "w".into(), value: contiguous(0.5).requires_grad() };
+        for _ in 0..2 {
+            a.apply(&mut [&mut p], &[strided(-0.7)]).unwrap();
+            b.apply(&mut [&mut q], &[contiguous(-0.7)]).unwrap();
+        }
+        assert_eq!(p.value.shape(), &[2, 3], "{what}");
+        assert_eq!(p.value.to_vec::<f32>(), q.value.to_vec::<f32>(), "{what}");
+        assert!(q.value.to_vec::<f32>()[0] > 0.5, "{what}: the step moved the weight");
+    }
+}
+
+#[test]
 fn optimizer_steps_by_hand() {
     let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6);
     // RMSprop: v = 0.1·g², step = lr·g/√(v + ε) ≈ lr·√10·sign(g).
