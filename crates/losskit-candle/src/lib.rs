@@ -18,7 +18,17 @@
 //! borrowed past the call), runs the loss through losskit's one call path (the fused kernel of a
 //! built-in loss, or the tape for a composed or custom one) and keeps the losskit graph in the
 //! op; candle's backward pulls the gradient out of that graph with candle's incoming gradient as
-//! the upstream (a pass that scales the kernel's stored gradient for the kernel losses).
+//! the upstream. For a built-in loss on large inputs (≥ 2¹⁶ values, any reduction but `none`)
+//! the kernel has already written the reduced loss' gradient, and with candle's usual upstream
+//! of 1 that very buffer moves into candle: no scaling pass, no copy. The graph is used up by
+//! the first backward; a second backward through the same op recomputes the forward.
+//!
+//! Memory: every gradient candle keeps is a fresh buffer. With glibc's default `malloc`, buffers
+//! over 32 MiB are returned to the system when freed, so each step faults its big buffers in
+//! again (about 2.5 µs per 4 KiB page on a VM: candle's own ops pay it too, and it is most of
+//! candle's backward on large losses). A training process can keep freed memory for reuse with
+//! `MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1000000000000` in its environment; `candle_bench`
+//! measured 2–3× faster loss steps through candle with it (bench/README.md).
 //! `y_true` and `sample_weight` are constants (no gradient flows to them), converted to
 //! `y_pred`'s dtype in one pass from candle's storage into a pooled buffer; integer labels may
 //! be any of candle's integer dtypes (`u8`, `u32`, `i64`, ...). `y_pred` must be `f32` or `f64`.
@@ -233,10 +243,24 @@ impl Graph {
     }
 
     /// The gradients of `Σ out·grad_res` for each leaf, as candle tensors on `device`.
-    fn grads(&self, grad_res: &Tensor, device: &Device) -> Result<Vec<Tensor>> {
-        let guard = self.0.lock().map_err(|_| Self::lock_err())?;
-        let (out, leaves) =
-            guard.as_ref().ok_or_else(|| candle_core::Error::Msg("losskit: backward before forward".into()))?;
+    ///
+    /// The graph is used up: once the gradients are computed it is dropped, so that each
+    /// gradient's buffer has no other owner and moves into candle without a copy (a built-in
+    /// loss on large inputs hands out the buffer its kernel wrote). A second backward through
+    /// the same op runs `recompute` (the forward again) first.
+    fn grads(&self, grad_res: &Tensor, device: &Device, recompute: impl FnOnce() -> Result<()>) -> Result<Vec<Tensor>> {
+        let taken = self.0.lock().map_err(|_| Self::lock_err())?.take();
+        let (out, leaves) = match taken {
+            Some(graph) => graph,
+            None => {
+                recompute()?;
+                self.0
+                    .lock()
+                    .map_err(|_| Self::lock_err())?
+                    .take()
+                    .ok_or_else(|| candle_core::Error::Msg("losskit: backward before forward".into()))?
+            }
+        };
         let upstream: Vec<f64> = grad_res.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
         let upstream = losskit::Tensor::from_vec(upstream, out.shape()).map_err(candle_err)?.to_dtype(out.dtype());
         // `out` alone when g is a scalar 1 (the usual loss.backward()).
@@ -246,15 +270,30 @@ impl Graph {
             out.mul(&upstream).map_err(candle_err)?.sum_all()
         };
         let mut grads = seeded.backward().map_err(candle_err)?;
+        drop((seeded, out));
         leaves
             .iter()
             .map(|leaf| {
-                // Taken out of the map, so its buffer is ours: handed to candle without a copy.
+                // Taken out of the map with the graph gone, so its buffer is ours: handed to
+                // candle without a copy.
                 let grad = grads.remove(leaf).unwrap_or_else(|| leaf.zeros_like());
                 into_candle(grad)?.to_device(device)
             })
             .collect()
     }
+}
+
+/// Runs `forward` on the CPU storages of `args` (a second backward's recompute).
+fn rerun<R>(args: &[&Tensor], forward: impl FnOnce(&[(&CpuStorage, &Layout)]) -> Result<R>) -> Result<()> {
+    let held: Vec<_> = args.iter().map(|a| a.storage_and_layout()).collect();
+    let mut inputs = Vec::with_capacity(held.len());
+    for (storage, layout) in &held {
+        match &**storage {
+            candle_core::Storage::Cpu(cpu) => inputs.push((cpu, *layout)),
+            _ => return Err(candle_core::Error::Msg("losskit: expected the op's CPU inputs".into())),
+        }
+    }
+    forward(&inputs).map(|_| ())
 }
 
 /// A losskit tensor as a candle CPU tensor, moving its buffer when it is unshared.
@@ -282,7 +321,8 @@ impl CustomOp1 for LossOp {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(self.graph.grads(grad_res, arg.device())?.pop())
+        let recompute = || rerun(&[arg], |s| self.cpu_fwd(s[0].0, s[0].1));
+        Ok(self.graph.grads(grad_res, arg.device(), recompute)?.pop())
     }
 }
 
@@ -344,8 +384,8 @@ impl candle_core::CustomOp2 for LinearOp {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         self.forward(&[(s1, l1), (s2, l2)])
     }
-    fn bwd(&self, a1: &Tensor, _a2: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let mut g = self.graph.grads(grad, a1.device())?.into_iter();
+    fn bwd(&self, a1: &Tensor, a2: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let mut g = self.graph.grads(grad, a1.device(), || rerun(&[a1, a2], |s| self.forward(s)))?.into_iter();
         Ok((g.next(), g.next()))
     }
 }
@@ -368,12 +408,12 @@ impl candle_core::CustomOp3 for LinearOp {
     fn bwd(
         &self,
         a1: &Tensor,
-        _a2: &Tensor,
-        _a3: &Tensor,
+        a2: &Tensor,
+        a3: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let mut g = self.graph.grads(grad, a1.device())?.into_iter();
+        let mut g = self.graph.grads(grad, a1.device(), || rerun(&[a1, a2, a3], |s| self.forward(s)))?.into_iter();
         Ok((g.next(), g.next(), g.next()))
     }
 }

@@ -291,3 +291,48 @@ fn fused_linear_cross_entropy_equals_candle_nns_matmul_and_cross_entropy() {
         }
     }
 }
+
+#[test]
+fn a_second_backward_gives_the_same_gradients() {
+    // The first backward uses up losskit's graph (its gradient buffer moves into candle); a
+    // second one recomputes the forward. On 300 × 256 inputs the loss folds its reduction into
+    // the kernel's gradient; it must still equal losskit's own call.
+    let (rows, cols) = (300, 256);
+    let pred = Var::from_tensor(&candle_tensor(&wave(rows * cols, 0.2, -3.0, 3.0), &[rows, cols], DType::F32)).unwrap();
+    let labels: Vec<u32> = (0..rows as u32).map(|r| (r * 7) % cols as u32).collect();
+    let y_true = Tensor::new(labels.as_slice(), &DEV).unwrap();
+    let weights = candle_tensor(&wave(rows, 0.9, 0.0, 2.0), &[rows], DType::F32);
+    let config = json!({"class_name": "SparseCategoricalCrossentropy", "config": {"from_logits": true}});
+    let loss = losskit_candle::from_config(&config).unwrap();
+    let out = loss.forward(&y_true, &pred, Some(&weights)).unwrap();
+    let flat =
+        |g: &candle_core::backprop::GradStore| g.get(&pred).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let (first, second) = (flat(&out.backward().unwrap()), flat(&out.backward().unwrap()));
+    assert_eq!(first, second);
+    // losskit's own call on the same data.
+    let own = losskit::from_config(&config).unwrap();
+    let p = losskit::Tensor::from_vec(pred.flatten_all().unwrap().to_vec1::<f32>().unwrap(), &[rows, cols])
+        .unwrap()
+        .requires_grad();
+    let t = losskit::Tensor::from_vec(labels.iter().map(|&l| l as f32).collect::<Vec<_>>(), &[rows]).unwrap();
+    let w = losskit::Tensor::from_vec(weights.to_vec1::<f32>().unwrap(), &[rows]).unwrap();
+    let value = own.call(&t, &p, Some(&w)).unwrap();
+    let want = value.backward().unwrap().get(&p).unwrap().to_vec::<f32>();
+    assert_eq!(out.to_scalar::<f32>().unwrap(), value.to_scalar().unwrap() as f32);
+    assert_eq!(first, want);
+
+    // The fused linear cross-entropy (three inputs) likewise.
+    let (n, d, v) = (9, 5, 13);
+    let hidden = Var::from_tensor(&candle_tensor(&wave(n * d, 0.1, -1.0, 1.0), &[n, d], DType::F32)).unwrap();
+    let weight = Var::from_tensor(&candle_tensor(&wave(v * d, 0.7, -0.5, 0.5), &[v, d], DType::F32)).unwrap();
+    let bias = Var::from_tensor(&candle_tensor(&wave(v, 0.3, -0.2, 0.2), &[v], DType::F32)).unwrap();
+    let labels = Tensor::new(&[3u32, 0, 12, 5, 5, 7, 1, 9, 2], &DEV).unwrap();
+    let lce = losskit::LinearCrossEntropy::new();
+    let out = losskit_candle::linear_cross_entropy(&lce, &hidden, &weight, Some(&bias), &labels).unwrap();
+    let (a, b) = (out.backward().unwrap(), out.backward().unwrap());
+    for var in [&hidden, &weight, &bias] {
+        let flat =
+            |g: &candle_core::backprop::GradStore| g.get(var).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(flat(&a), flat(&b));
+    }
+}

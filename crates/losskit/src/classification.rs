@@ -141,6 +141,9 @@ impl BinaryCrossentropy {
 
 impl Loss for BinaryCrossentropy {
     loss_identity!(BinaryCrossentropy);
+    fn single_row_kernel(&self) -> bool {
+        true
+    }
     fn config(&self) -> Value {
         self.crossentropy_config()
     }
@@ -246,6 +249,9 @@ impl BinaryFocalCrossentropy {
 
 impl Loss for BinaryFocalCrossentropy {
     loss_identity!(BinaryFocalCrossentropy);
+    fn single_row_kernel(&self) -> bool {
+        true
+    }
     fn config(&self) -> Value {
         json!({"name": self.name, "reduction": self.reduction.keras_name(),
                "apply_class_balancing": self.apply_class_balancing, "alpha": self.alpha, "gamma": self.gamma,
@@ -315,6 +321,9 @@ impl CategoricalCrossentropy {
 
 impl Loss for CategoricalCrossentropy {
     loss_identity!(CategoricalCrossentropy);
+    fn single_row_kernel(&self) -> bool {
+        true
+    }
     fn config(&self) -> Value {
         self.crossentropy_config()
     }
@@ -436,6 +445,9 @@ impl CategoricalFocalCrossentropy {
 
 impl Loss for CategoricalFocalCrossentropy {
     loss_identity!(CategoricalFocalCrossentropy);
+    fn single_row_kernel(&self) -> bool {
+        true
+    }
     fn config(&self) -> Value {
         let alpha = if self.alpha.len() == 1 { json!(self.alpha[0]) } else { json!(self.alpha) };
         json!({"name": self.name, "reduction": self.reduction.keras_name(), "alpha": alpha, "gamma": self.gamma,
@@ -543,6 +555,9 @@ impl SparseCategoricalCrossentropy {
 
 impl Loss for SparseCategoricalCrossentropy {
     loss_identity!(SparseCategoricalCrossentropy);
+    fn single_row_kernel(&self) -> bool {
+        self.ignore_class.is_none()
+    }
     fn config(&self) -> Value {
         with_class_weights_config(
             json!({"name": self.name, "reduction": self.reduction.keras_name(), "from_logits": self.from_logits,

@@ -1,5 +1,7 @@
 //! A built-in loss as one tape node: forward values and the local gradient come from one
 //! `losskit-kernels` pass; backward only scales each row's gradient by its upstream value.
+//! On large inputs [`fold`] moves that scaling into the kernel's pass: the reduction's per-row
+//! weights are known before it runs, so the kernel writes the reduced loss' gradient itself.
 
 use crate::{Error, Result, Tensor};
 use losskit_kernels::{run_elements, run_rows, ElementKernel, RowKernel};
@@ -97,14 +99,18 @@ fn run_typed<T, K>(
     y_pred: &Tensor,
     cols: usize,
     with_grad: bool,
+    row_scale: Option<&Tensor>,
 ) -> Result<(ArrayD<T>, Option<ArrayD<T>>)>
 where
     T: losskit_tensor::Element,
     K: RowKernel<T>,
 {
     let shape = y_pred.shape();
+    let scale = row_scale.map(|s| s.to_dtype(T::DTYPE));
+    let scale = scale.as_ref().and_then(|s| T::view(s.storage())).map(|s| s.as_standard_layout());
+    let scale = scale.as_ref().map(|s| s.as_slice().expect("standard layout"));
     with_buffers(y_true, y_pred, &shape[..shape.len() - 1], with_grad, |t, p, v, g| {
-        run_rows(kernel, t, p, cols, None, v, g)
+        run_rows(kernel, t, p, cols, scale, v, g)
     })
 }
 
@@ -163,20 +169,147 @@ where
     let shape = y_pred.shape();
     let cols = shape[shape.len() - 1];
     let with_grad = is_grad_enabled() && y_pred.is_tracked();
+    let row_scale = if with_grad { fold::scale_for(&shape[..shape.len() - 1], y_pred.dtype())? } else { None };
     let (values, grad) = match y_pred.dtype() {
         losskit_tensor::DType::F32 => {
-            let (v, g) = run_typed::<f32, K>(&kernel, y_true, y_pred, cols, with_grad)?;
+            let (v, g) = run_typed::<f32, K>(&kernel, y_true, y_pred, cols, with_grad, row_scale.as_ref())?;
             (Storage::F32(v.into_shared()), g.map(|g| Storage::F32(g.into_shared())))
         }
         losskit_tensor::DType::F64 => {
-            let (v, g) = run_typed::<f64, K>(&kernel, y_true, y_pred, cols, with_grad)?;
+            let (v, g) = run_typed::<f64, K>(&kernel, y_true, y_pred, cols, with_grad, row_scale.as_ref())?;
             (Storage::F64(v.into_shared()), g.map(|g| Storage::F64(g.into_shared())))
         }
     };
-    Ok(match grad {
-        Some(local_grad) => Tensor::from_op(values, vec![y_pred.clone()], RowLossOp { name, local_grad, cols }),
-        None => Tensor::from_storage(values),
+    Ok(match (grad, row_scale) {
+        // The reduction's weights are in the gradient: the values leave as constants and the
+        // gradient goes to `fold`, which records the reduced loss as the node.
+        (Some(scaled_grad), Some(_)) => {
+            let values = Tensor::from_storage(values);
+            fold::hand_over(&values, y_pred, scaled_grad);
+            values
+        }
+        (Some(local_grad), None) => Tensor::from_op(values, vec![y_pred.clone()], RowLossOp { name, local_grad, cols }),
+        (None, _) => Tensor::from_storage(values),
     })
+}
+
+/// The reduction folded into a row kernel's gradient, for [`crate::compute`]: when a loss'
+/// per-sample values are exactly one row kernel's output (no mask of its own) and the reduction
+/// is linear in them (every reduction but `none`, with constant weights and mask), `∂loss/∂value[r]`
+/// is a per-row constant `s[r]` (`w[r]/Σw`, `1/N`, `0` for a masked row, ...) known before the
+/// kernel runs. The kernel then writes `s[r]·∂value[r]/∂y_pred[r, :]` directly: the gradient of
+/// the reduced loss, one pass over the data instead of the kernel's pass plus a scaling pass in
+/// backward; a backward seeded with 1 hands that buffer out as it is.
+///
+/// `compute` offers the scale (a closure of the values' shape) for the duration of the loss'
+/// `per_sample`; the first row kernel of the thread that runs with a gradient takes it and
+/// hands back its constant values and scaled gradient. Anything else (a second kernel, values
+/// changed after the kernel, an own mask) makes `compute` drop the result and take the plain
+/// path: nothing scaled ever reaches a graph.
+pub(crate) mod fold {
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    /// `s` for values of a shape and dtype (the reduction differentiated at any values).
+    pub(crate) type MakeScale = dyn Fn(&[usize], losskit_tensor::DType) -> Result<Tensor>;
+
+    /// What the kernel hands back: its values' identity, the tensor differentiated, the scaled
+    /// gradient.
+    pub(crate) struct Folded {
+        pub values_id: u64,
+        pub input: Tensor,
+        pub grad: Storage,
+    }
+
+    enum State {
+        /// Offered, not taken yet: the scale as a function of the values' shape.
+        Offered(Rc<MakeScale>),
+        /// Taken by a kernel, which handed back its result (or not yet).
+        Taken(Option<Folded>),
+    }
+
+    thread_local! {
+        static OFFER: RefCell<Option<State>> = const { RefCell::new(None) };
+    }
+
+    /// Runs `f` (a loss' `per_sample`) with the scale offered to its first row kernel; returns
+    /// `f`'s result and what that kernel handed back, if one took the offer. Nested offers (a
+    /// loss computing another inside) each see only their own.
+    pub(crate) fn with_offer<R>(make_scale: Rc<MakeScale>, f: impl FnOnce() -> R) -> (R, Option<Folded>) {
+        /// Puts the enclosing offer back on every exit, unwinding included.
+        struct Restore(Option<Option<State>>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                let previous = self.0.take().flatten();
+                OFFER.with(|o| *o.borrow_mut() = previous);
+            }
+        }
+        let previous = OFFER.with(|o| o.borrow_mut().replace(State::Offered(make_scale)));
+        let restore = Restore(Some(previous));
+        let out = f();
+        let folded = OFFER.with(|o| match o.borrow_mut().take() {
+            Some(State::Taken(folded)) => folded,
+            _ => None,
+        });
+        drop(restore);
+        (out, folded)
+    }
+
+    /// The offered scale for values of `shape`, taking the offer (later kernels of the same
+    /// `per_sample` run plainly, and `compute` sees the mismatch).
+    pub(super) fn scale_for(shape: &[usize], dtype: losskit_tensor::DType) -> Result<Option<Tensor>> {
+        let offered = OFFER.with(|o| {
+            let mut o = o.borrow_mut();
+            match o.take() {
+                Some(State::Offered(make)) => {
+                    *o = Some(State::Taken(None));
+                    Some(make)
+                }
+                other => {
+                    *o = other;
+                    None
+                }
+            }
+        });
+        offered.map(|make| make(shape, dtype)).transpose()
+    }
+
+    pub(super) fn hand_over(values: &Tensor, input: &Tensor, grad: Storage) {
+        OFFER.with(|o| {
+            if let Some(State::Taken(slot)) = o.borrow_mut().as_mut() {
+                *slot = Some(Folded { values_id: values.id(), input: input.clone(), grad });
+            }
+        });
+    }
+
+    /// The gradient already holds the reduction's weights: backward multiplies by the upstream
+    /// scalar (nothing to do for the usual 1).
+    struct ReducedRowLossOp {
+        name: String,
+        grad: Storage,
+    }
+
+    impl CustomOp for ReducedRowLossOp {
+        fn name(&self) -> &str {
+            &self.name
+        }
+
+        fn backward(&self, _inputs: &[Tensor], _output: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
+            let scaled = Tensor::from_storage(self.grad.clone());
+            if grad.numel() == 1 && grad.to_scalar()? == 1.0 {
+                return Ok(vec![Some(scaled)]);
+            }
+            Ok(vec![Some(scaled.mul(&grad.to_dtype(scaled.dtype()))?)])
+        }
+    }
+
+    /// The reduced loss `value` (computed from the kernel's constant values) as the node of
+    /// the folded gradient.
+    pub(crate) fn reduced_node(name: &str, value: &Tensor, folded: Folded) -> Tensor {
+        let op = ReducedRowLossOp { name: format!("{name} (reduced)"), grad: folded.grad };
+        Tensor::from_op(value.storage().clone(), vec![folded.input], op)
+    }
 }
 
 /// The element-wise gradient `∂value[i]/∂y_pred[i]` stored by the forward pass.

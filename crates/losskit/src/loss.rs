@@ -1,9 +1,11 @@
 //! The `Loss` trait and the one call path every loss goes through.
 
 use crate::align::squeeze_or_expand_to_same_rank;
+use crate::kernel_node::fold;
 use crate::reduction::{reduce_weighted_values, Reduction};
 use crate::{Error, Result, Tensor};
 use serde_json::{json, Value};
+use std::rc::Rc;
 
 /// What a loss computes before weighting and reduction.
 #[derive(Debug, Clone)]
@@ -33,6 +35,15 @@ pub trait Loss: Send + Sync {
     /// The per-sample loss of aligned inputs: `y_true` has `y_pred`'s dtype and rank-aligned
     /// shape. Must be built from differentiable tensor operations (or a fused op).
     fn per_sample(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<PerSample>;
+
+    /// Whether [`Loss::per_sample`]'s values are exactly one fused row kernel's output with no
+    /// mask of the loss' own (the built-in kernel losses without `ignore_class`). Lets
+    /// [`compute`] fold the reduction's per-row weights into the kernel's gradient on large
+    /// inputs (one pass instead of two). Only an optimisation: a wrong `true` costs a second
+    /// `per_sample` run, never a wrong value or gradient. Default `false`.
+    fn single_row_kernel(&self) -> bool {
+        false
+    }
 
     /// The Keras class name (`"MeanSquaredError"`); defaults to the instance name.
     fn class_name(&self) -> &str {
@@ -97,6 +108,9 @@ pub fn compute<L: Loss + ?Sized>(
     }
     let y_true = y_true.to_dtype(y_pred.dtype());
     let (y_true, y_pred) = squeeze_or_expand_to_same_rank(&y_true, y_pred)?;
+    if let Some(reduced) = folded(loss, &y_true, &y_pred, sample_weight, mask)? {
+        return Ok(reduced);
+    }
     let PerSample { values, mask: own_mask } = loss.per_sample(&y_true, &y_pred)?;
     let mask = match (mask, own_mask) {
         (None, None) => None,
@@ -105,6 +119,54 @@ pub fn compute<L: Loss + ?Sized>(
         (Some(a), Some(b)) => Some(a.detach().to_dtype(b.dtype()).mul(&b)?),
     };
     reduce_weighted_values(name, &values, sample_weight, mask.as_ref(), loss.reduction())
+}
+
+/// Inputs of at least this many values fold the reduction into the kernel's gradient; below,
+/// differentiating the reduction first costs more than the scaling pass it saves.
+const FOLD_MIN_VALUES: usize = 1 << 16;
+
+/// [`compute`] with the reduction folded into a row kernel's gradient (see
+/// `kernel_node::fold`): the same value, and a gradient that is the kernel's own output, for
+/// a [`Loss::single_row_kernel`] loss on large inputs with a reduction other than `none` and
+/// constant weights and mask. `None` when that does not apply (the plain path then runs).
+///
+/// The per-row scale `s = ∂loss/∂values` is the reduction differentiated at zeros (it is linear
+/// in the values), so it is the very upstream the plain path's backward would compute.
+fn folded<L: Loss + ?Sized>(
+    loss: &L,
+    y_true: &Tensor,
+    y_pred: &Tensor,
+    sample_weight: Option<&Tensor>,
+    mask: Option<&Tensor>,
+) -> Result<Option<Tensor>> {
+    let constant = |t: Option<&Tensor>| t.is_none_or(|t| !t.is_tracked());
+    let reduction = loss.reduction();
+    let applies = loss.single_row_kernel()
+        && reduction != Reduction::None
+        && losskit_tensor::is_grad_enabled()
+        && y_pred.is_tracked()
+        && y_pred.numel() >= FOLD_MIN_VALUES
+        && constant(sample_weight)
+        && constant(mask);
+    if !applies {
+        return Ok(None);
+    }
+    let (name, weight, fixed_mask) = (loss.name().to_string(), sample_weight.cloned(), mask.cloned());
+    let scale_of: Rc<fold::MakeScale> = Rc::new(move |shape, dtype| {
+        let probe = Tensor::zeros(shape, dtype).requires_grad();
+        let reduced = reduce_weighted_values(&name, &probe, weight.as_ref(), fixed_mask.as_ref(), reduction)?;
+        let mut grads = reduced.backward()?;
+        Ok(grads.remove(&probe).unwrap_or_else(|| probe.zeros_like()))
+    });
+    let (per_sample, handed) = fold::with_offer(scale_of, || loss.per_sample(y_true, y_pred));
+    let per_sample = per_sample?;
+    Ok(match handed {
+        Some(h) if per_sample.mask.is_none() && per_sample.values.id() == h.values_id => {
+            let value = reduce_weighted_values(loss.name(), &per_sample.values, sample_weight, mask, reduction)?;
+            Some(fold::reduced_node(loss.name(), &value, h))
+        }
+        _ => None,
+    })
 }
 
 /// [`compute`] for one shard of a batch split across processes: the loss' weighted sum and its

@@ -72,6 +72,9 @@ macro_rules! simple_loss {
 
         impl $crate::Loss for $ty {
             loss_identity!($ty);
+            fn single_row_kernel(&self) -> bool {
+                true
+            }
             fn per_sample(&self, y_true: &$crate::Tensor, y_pred: &$crate::Tensor) -> $crate::Result<$crate::PerSample> {
                 let f: fn(&$crate::Tensor, &$crate::Tensor) -> $crate::Result<$crate::Tensor> = $per_sample;
                 Ok(f(y_true, y_pred)?.into())

@@ -141,6 +141,9 @@ loss_basics!(Huber);
 
 impl Loss for Huber {
     loss_identity!(Huber);
+    fn single_row_kernel(&self) -> bool {
+        true
+    }
     fn config(&self) -> Value {
         json!({ "name": self.name, "reduction": self.reduction.keras_name(), "delta": self.delta })
     }
@@ -200,6 +203,9 @@ loss_basics!(CosineSimilarity);
 
 impl Loss for CosineSimilarity {
     loss_identity!(CosineSimilarity);
+    fn single_row_kernel(&self) -> bool {
+        true
+    }
     fn config(&self) -> Value {
         json!({ "name": self.name, "reduction": self.reduction.keras_name(), "axis": self.axis })
     }
