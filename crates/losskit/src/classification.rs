@@ -12,7 +12,7 @@
 //! `Σ w[y]`.
 
 use crate::config::{require, Params};
-use crate::kernel_node::{row_loss, sparse_row_loss};
+use crate::kernel_node::{row_loss, sparse_row_loss_masked};
 use crate::targets::{check_class_weights, class_indices, move_axis_last, same_shape, smooth};
 use crate::{Error, Loss, PerSample, Reduction, Result, Tensor};
 use losskit_kernels as kernels;
@@ -556,7 +556,7 @@ impl SparseCategoricalCrossentropy {
 impl Loss for SparseCategoricalCrossentropy {
     loss_identity!(SparseCategoricalCrossentropy);
     fn single_row_kernel(&self) -> bool {
-        self.ignore_class.is_none()
+        true
     }
     fn config(&self) -> Value {
         with_class_weights_config(
@@ -579,7 +579,8 @@ impl Loss for SparseCategoricalCrossentropy {
             class_weights: self.class_weights.as_deref(),
             label_smoothing: 0.0,
         };
-        let values = sparse_row_loss("sparse_categorical_crossentropy", kernel, &indices, y_pred)?;
+        let values =
+            sparse_row_loss_masked("sparse_categorical_crossentropy", kernel, &indices, y_pred, mask.as_ref())?;
         Ok(PerSample { values, mask })
     }
 }

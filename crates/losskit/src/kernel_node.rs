@@ -138,12 +138,28 @@ where
             msg: "scalar inputs have no axis to reduce; expected y_pred of rank >= 1 (e.g. (batch, features))".into(),
         });
     }
-    run_node(name, kernel, &y_true, &y_pred)
+    run_node(name, kernel, &y_true, &y_pred, None)
 }
 
 /// As [`row_loss`] for a kernel that takes one class index per row: `labels` has the shape of
 /// `y_pred` without its last (class) axis. Labels must already be validated.
 pub(crate) fn sparse_row_loss<K>(name: &'static str, kernel: K, labels: &Tensor, y_pred: &Tensor) -> Result<Tensor>
+where
+    K: RowKernel<f32> + RowKernel<f64>,
+{
+    sparse_row_loss_masked(name, kernel, labels, y_pred, None)
+}
+
+/// [`sparse_row_loss`] for a loss whose values come with a mask of its own (`ignore_class`),
+/// known before the kernel runs: the mask the loss will return in its `PerSample`, so that a
+/// folded reduction (see [`fold`]) weighs the rows as the plain path would.
+pub(crate) fn sparse_row_loss_masked<K>(
+    name: &'static str,
+    kernel: K,
+    labels: &Tensor,
+    y_pred: &Tensor,
+    own_mask: Option<&Tensor>,
+) -> Result<Tensor>
 where
     K: RowKernel<f32> + RowKernel<f64>,
 {
@@ -159,17 +175,27 @@ where
             ),
         });
     }
-    run_node(name, kernel, &labels.detach().to_dtype(y_pred.dtype()), y_pred)
+    run_node(name, kernel, &labels.detach().to_dtype(y_pred.dtype()), y_pred, own_mask)
 }
 
-pub(crate) fn run_node<K>(name: &'static str, kernel: K, y_true: &Tensor, y_pred: &Tensor) -> Result<Tensor>
+/// One row kernel over `y_true`/`y_pred` as a tape node (or, when `compute` offers the
+/// reduction's scale, as constant values with the scaled gradient handed to [`fold`];
+/// `own_mask` is the mask the loss attaches to these values, if any).
+pub(crate) fn run_node<K>(
+    name: &'static str,
+    kernel: K,
+    y_true: &Tensor,
+    y_pred: &Tensor,
+    own_mask: Option<&Tensor>,
+) -> Result<Tensor>
 where
     K: RowKernel<f32> + RowKernel<f64>,
 {
     let shape = y_pred.shape();
     let cols = shape[shape.len() - 1];
     let with_grad = is_grad_enabled() && y_pred.is_tracked();
-    let row_scale = if with_grad { fold::scale_for(&shape[..shape.len() - 1], y_pred.dtype())? } else { None };
+    let rows = &shape[..shape.len() - 1];
+    let row_scale = if with_grad { fold::scale_for(rows, y_pred.dtype(), own_mask)? } else { None };
     let (values, grad) = match y_pred.dtype() {
         losskit_tensor::DType::F32 => {
             let (v, g) = run_typed::<f32, K>(&kernel, y_true, y_pred, cols, with_grad, row_scale.as_ref())?;
@@ -185,7 +211,7 @@ where
         // gradient goes to `fold`, which records the reduced loss as the node.
         (Some(scaled_grad), Some(_)) => {
             let values = Tensor::from_storage(values);
-            fold::hand_over(&values, y_pred, scaled_grad);
+            fold::hand_over(&values, own_mask, y_pred, scaled_grad);
             values
         }
         (Some(local_grad), None) => Tensor::from_op(values, vec![y_pred.clone()], RowLossOp { name, local_grad, cols }),
@@ -194,7 +220,8 @@ where
 }
 
 /// The reduction folded into a row kernel's gradient, for [`crate::compute`]: when a loss'
-/// per-sample values are exactly one row kernel's output (no mask of its own) and the reduction
+/// per-sample values are exactly one row kernel's output (with no mask of its own, or one the
+/// kernel is told of before it runs) and the reduction
 /// is linear in them (every reduction but `none`, with constant weights and mask), `∂loss/∂value[r]`
 /// is a per-row constant `s[r]` (`w[r]/Σw`, `1/N`, `0` for a masked row, ...) known before the
 /// kernel runs. The kernel then writes `s[r]·∂value[r]/∂y_pred[r, :]` directly: the gradient of
@@ -211,13 +238,15 @@ pub(crate) mod fold {
     use std::cell::RefCell;
     use std::rc::Rc;
 
-    /// `s` for values of a shape and dtype (the reduction differentiated at any values).
-    pub(crate) type MakeScale = dyn Fn(&[usize], losskit_tensor::DType) -> Result<Tensor>;
+    /// `s` for values of a shape and dtype with the loss' own mask, if any (the reduction
+    /// differentiated at any values).
+    pub(crate) type MakeScale = dyn Fn(&[usize], losskit_tensor::DType, Option<&Tensor>) -> Result<Tensor>;
 
-    /// What the kernel hands back: its values' identity, the tensor differentiated, the scaled
-    /// gradient.
+    /// What the kernel hands back: the identity of its values and of the own mask it was told,
+    /// the tensor differentiated, the scaled gradient.
     pub(crate) struct Folded {
         pub values_id: u64,
+        pub mask_id: Option<u64>,
         pub input: Tensor,
         pub grad: Storage,
     }
@@ -256,9 +285,13 @@ pub(crate) mod fold {
         (out, folded)
     }
 
-    /// The offered scale for values of `shape`, taking the offer (later kernels of the same
+    /// The offered scale for values of `shape` (whose loss attaches `own_mask`), taking the offer (later kernels of the same
     /// `per_sample` run plainly, and `compute` sees the mismatch).
-    pub(super) fn scale_for(shape: &[usize], dtype: losskit_tensor::DType) -> Result<Option<Tensor>> {
+    pub(super) fn scale_for(
+        shape: &[usize],
+        dtype: losskit_tensor::DType,
+        own_mask: Option<&Tensor>,
+    ) -> Result<Option<Tensor>> {
         let offered = OFFER.with(|o| {
             let mut o = o.borrow_mut();
             match o.take() {
@@ -272,13 +305,14 @@ pub(crate) mod fold {
                 }
             }
         });
-        offered.map(|make| make(shape, dtype)).transpose()
+        offered.map(|make| make(shape, dtype, own_mask)).transpose()
     }
 
-    pub(super) fn hand_over(values: &Tensor, input: &Tensor, grad: Storage) {
+    pub(super) fn hand_over(values: &Tensor, own_mask: Option<&Tensor>, input: &Tensor, grad: Storage) {
         OFFER.with(|o| {
             if let Some(State::Taken(slot)) = o.borrow_mut().as_mut() {
-                *slot = Some(Folded { values_id: values.id(), input: input.clone(), grad });
+                let mask_id = own_mask.map(Tensor::id);
+                *slot = Some(Folded { values_id: values.id(), mask_id, input: input.clone(), grad });
             }
         });
     }

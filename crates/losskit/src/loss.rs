@@ -36,8 +36,8 @@ pub trait Loss: Send + Sync {
     /// shape. Must be built from differentiable tensor operations (or a fused op).
     fn per_sample(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<PerSample>;
 
-    /// Whether [`Loss::per_sample`]'s values are exactly one fused row kernel's output with no
-    /// mask of the loss' own (the built-in kernel losses without `ignore_class`). Lets
+    /// Whether [`Loss::per_sample`]'s values are exactly one fused row kernel's output, with no
+    /// mask of the loss' own or one the kernel is told of (the built-in kernel losses). Lets
     /// [`compute`] fold the reduction's per-row weights into the kernel's gradient on large
     /// inputs (one pass instead of two). Only an optimisation: a wrong `true` costs a second
     /// `per_sample` run, never a wrong value or gradient. Default `false`.
@@ -112,13 +112,17 @@ pub fn compute<L: Loss + ?Sized>(
         return Ok(reduced);
     }
     let PerSample { values, mask: own_mask } = loss.per_sample(&y_true, &y_pred)?;
-    let mask = match (mask, own_mask) {
-        (None, None) => None,
-        (Some(m), None) => Some(m.clone()),
-        (None, Some(m)) => Some(m),
-        (Some(a), Some(b)) => Some(a.detach().to_dtype(b.dtype()).mul(&b)?),
-    };
+    let mask = combined_mask(mask, own_mask.as_ref())?;
     reduce_weighted_values(name, &values, sample_weight, mask.as_ref(), loss.reduction())
+}
+
+/// The input mask AND the loss' own (a product of 0/1 masks).
+fn combined_mask(input: Option<&Tensor>, own: Option<&Tensor>) -> Result<Option<Tensor>> {
+    Ok(match (input, own) {
+        (None, None) => None,
+        (Some(m), None) | (None, Some(m)) => Some(m.clone()),
+        (Some(a), Some(b)) => Some(a.detach().to_dtype(b.dtype()).mul(b)?),
+    })
 }
 
 /// Inputs of at least this many values fold the reduction into the kernel's gradient; below,
@@ -152,17 +156,20 @@ fn folded<L: Loss + ?Sized>(
         return Ok(None);
     }
     let (name, weight, fixed_mask) = (loss.name().to_string(), sample_weight.cloned(), mask.cloned());
-    let scale_of: Rc<fold::MakeScale> = Rc::new(move |shape, dtype| {
+    let scale_of: Rc<fold::MakeScale> = Rc::new(move |shape, dtype, own_mask| {
         let probe = Tensor::zeros(shape, dtype).requires_grad();
-        let reduced = reduce_weighted_values(&name, &probe, weight.as_ref(), fixed_mask.as_ref(), reduction)?;
+        let mask = combined_mask(fixed_mask.as_ref(), own_mask)?;
+        let reduced = reduce_weighted_values(&name, &probe, weight.as_ref(), mask.as_ref(), reduction)?;
         let mut grads = reduced.backward()?;
         Ok(grads.remove(&probe).unwrap_or_else(|| probe.zeros_like()))
     });
     let (per_sample, handed) = fold::with_offer(scale_of, || loss.per_sample(y_true, y_pred));
     let per_sample = per_sample?;
     Ok(match handed {
-        Some(h) if per_sample.mask.is_none() && per_sample.values.id() == h.values_id => {
-            let value = reduce_weighted_values(loss.name(), &per_sample.values, sample_weight, mask, reduction)?;
+        Some(h) if per_sample.values.id() == h.values_id && per_sample.mask.as_ref().map(Tensor::id) == h.mask_id => {
+            let mask = combined_mask(mask, per_sample.mask.as_ref())?;
+            let value =
+                reduce_weighted_values(loss.name(), &per_sample.values, sample_weight, mask.as_ref(), reduction)?;
             Some(fold::reduced_node(loss.name(), &value, h))
         }
         _ => None,

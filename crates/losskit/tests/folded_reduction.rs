@@ -95,6 +95,11 @@ fn cases() -> Vec<(Box<dyn Loss>, bool)> {
         (loss("CategoricalHinge", json!({"reduction": "mean_with_sample_weight"})), false),
         (loss("SparseCategoricalCrossentropy", json!({"from_logits": true})), true),
         (loss("SparseCategoricalCrossentropy", json!({"reduction": "sum"})), true),
+        (loss("SparseCategoricalCrossentropy", json!({"from_logits": true, "ignore_class": 3})), true),
+        (
+            loss("SparseCategoricalCrossentropy", json!({"ignore_class": 0, "reduction": "mean_with_sample_weight"})),
+            true,
+        ),
     ]
 }
 
@@ -146,25 +151,32 @@ fn buffer(t: &Tensor) -> *const f32 {
 }
 
 #[test]
-fn a_folded_gradient_is_the_kernel_buffer_and_a_masking_loss_is_not_folded() {
+fn a_folded_gradient_is_the_kernel_buffer_and_small_inputs_are_not_folded() {
     // Folded: backward seeded with 1 hands out the buffer the kernel wrote, the same on every
-    // backward of the same loss value (the plain path scales into a new buffer each time).
+    // backward of the same loss value (the plain path scales into a new buffer each time), with
+    // and without a mask of the loss' own.
     let (y_true, y_pred) = inputs::<f32>(true);
-    let folded = loss("SparseCategoricalCrossentropy", json!({"from_logits": true}));
-    let out = folded.call(&y_true, &y_pred, None).expect("valid");
+    for config in [json!({"from_logits": true}), json!({"from_logits": true, "ignore_class": 3})] {
+        let folded = loss("SparseCategoricalCrossentropy", config);
+        let out = folded.call(&y_true, &y_pred, None).expect("valid");
+        let (a, b) = (out.backward().expect("scalar"), out.backward().expect("scalar"));
+        assert_eq!(buffer(a.get(&y_pred).expect("tracked")), buffer(b.get(&y_pred).expect("tracked")));
+    }
+    // Below 2¹⁶ values: the plain path, a new buffer per backward, the same numbers as spelled out.
+    let small_pred = Tensor::from_vec(predictions()[..64 * COLS].to_vec(), &[64, COLS])
+        .expect("shape")
+        .to_dtype(losskit::DType::F32)
+        .requires_grad();
+    let small_true = Tensor::from_vec(labels()[..64].to_vec(), &[64]).expect("shape");
+    let plain = loss("SparseCategoricalCrossentropy", json!({"ignore_class": 3}));
+    let out = plain.call(&small_true, &small_pred, None).expect("valid");
     let (a, b) = (out.backward().expect("scalar"), out.backward().expect("scalar"));
-    assert_eq!(buffer(a.get(&y_pred).expect("tracked")), buffer(b.get(&y_pred).expect("tracked")));
-    // `ignore_class` gives the values a mask of their own: the plain path, new buffers.
-    let masking = loss("SparseCategoricalCrossentropy", json!({"from_logits": true, "ignore_class": 3}));
-    let out = masking.call(&y_true, &y_pred, None).expect("valid");
-    let (a, b) = (out.backward().expect("scalar"), out.backward().expect("scalar"));
-    assert_ne!(buffer(a.get(&y_pred).expect("tracked")), buffer(b.get(&y_pred).expect("tracked")));
-    // Both give the plain path's numbers.
-    let c = Call { y_true: &y_true, y_pred: &y_pred, w: None, m: None, scale: 1.0 };
-    let (v1, g1) = through_call(masking.as_ref(), c);
-    let (v2, g2) = through_tape(masking.as_ref(), c);
+    assert_ne!(buffer(a.get(&small_pred).expect("tracked")), buffer(b.get(&small_pred).expect("tracked")));
+    let c = Call { y_true: &small_true, y_pred: &small_pred, w: None, m: None, scale: 1.0 };
+    let (v1, g1) = through_call(plain.as_ref(), c);
+    let (v2, g2) = through_tape(plain.as_ref(), c);
     assert_eq!(v1, v2);
-    assert_close("ignore_class", &g1, &g2, 1e-6);
+    assert_close("small input", &g1, &g2, 1e-6);
 }
 
 #[test]
