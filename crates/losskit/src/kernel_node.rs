@@ -138,7 +138,7 @@ where
             msg: "scalar inputs have no axis to reduce; expected y_pred of rank >= 1 (e.g. (batch, features))".into(),
         });
     }
-    run_node(name, kernel, &y_true, &y_pred, None)
+    run_node(name, kernel, &y_true, &y_pred, Rows::default())
 }
 
 /// As [`row_loss`] for a kernel that takes one class index per row: `labels` has the shape of
@@ -163,6 +163,31 @@ pub(crate) fn sparse_row_loss_masked<K>(
 where
     K: RowKernel<f32> + RowKernel<f64>,
 {
+    check_labels(name, labels, y_pred)?;
+    run_node(name, kernel, &labels.detach().to_dtype(y_pred.dtype()), y_pred, Rows { own_mask, factor: None })
+}
+
+/// [`sparse_row_loss_masked`] with the kernel's values multiplied by a constant per-row
+/// `factor` (PyTorch's `CrossEntropyLoss` divides by the label's class weight): the result is
+/// `values · factor`, as the tape's product of the two would give.
+pub(crate) fn sparse_row_loss_scaled<K>(
+    name: &'static str,
+    kernel: K,
+    labels: &Tensor,
+    y_pred: &Tensor,
+    own_mask: Option<&Tensor>,
+    factor: &Tensor,
+) -> Result<Tensor>
+where
+    K: RowKernel<f32> + RowKernel<f64>,
+{
+    check_labels(name, labels, y_pred)?;
+    let rows = Rows { own_mask, factor: Some(factor) };
+    run_node(name, kernel, &labels.detach().to_dtype(y_pred.dtype()), y_pred, rows)
+}
+
+/// `labels` must have `y_pred`'s shape without its last axis.
+fn check_labels(name: &str, labels: &Tensor, y_pred: &Tensor) -> Result<()> {
     let shape = y_pred.shape();
     if shape.is_empty() || labels.shape() != &shape[..shape.len() - 1] {
         return Err(Error::Shape {
@@ -175,18 +200,26 @@ where
             ),
         });
     }
-    run_node(name, kernel, &labels.detach().to_dtype(y_pred.dtype()), y_pred, own_mask)
+    Ok(())
 }
 
-/// One row kernel over `y_true`/`y_pred` as a tape node (or, when `compute` offers the
-/// reduction's scale, as constant values with the scaled gradient handed to [`fold`];
-/// `own_mask` is the mask the loss attaches to these values, if any).
+/// What a loss does with a row kernel's values, for [`run_node`]: the mask it attaches to them
+/// and a constant per-row factor it multiplies them by.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Rows<'a> {
+    pub own_mask: Option<&'a Tensor>,
+    pub factor: Option<&'a Tensor>,
+}
+
+/// One row kernel over `y_true`/`y_pred` as a tape node, times `rows.factor` (or, when
+/// `compute` offers the reduction's scale, as constant values with the scaled gradient handed
+/// to [`fold`]).
 pub(crate) fn run_node<K>(
     name: &'static str,
     kernel: K,
     y_true: &Tensor,
     y_pred: &Tensor,
-    own_mask: Option<&Tensor>,
+    rows: Rows<'_>,
 ) -> Result<Tensor>
 where
     K: RowKernel<f32> + RowKernel<f64>,
@@ -194,8 +227,13 @@ where
     let shape = y_pred.shape();
     let cols = shape[shape.len() - 1];
     let with_grad = is_grad_enabled() && y_pred.is_tracked();
-    let rows = &shape[..shape.len() - 1];
-    let row_scale = if with_grad { fold::scale_for(rows, y_pred.dtype(), own_mask)? } else { None };
+    let row_shape = &shape[..shape.len() - 1];
+    let offered = if with_grad { fold::scale_for(row_shape, y_pred.dtype(), rows.own_mask)? } else { None };
+    // The kernel's rows feed `values · factor`: their share of the reduction's scale carries it.
+    let row_scale = match (offered, rows.factor) {
+        (Some(s), Some(f)) => Some(s.mul(&f.detach())?),
+        (s, _) => s,
+    };
     let (values, grad) = match y_pred.dtype() {
         losskit_tensor::DType::F32 => {
             let (v, g) = run_typed::<f32, K>(&kernel, y_true, y_pred, cols, with_grad, row_scale.as_ref())?;
@@ -206,16 +244,19 @@ where
             (Storage::F64(v.into_shared()), g.map(|g| Storage::F64(g.into_shared())))
         }
     };
+    let times_factor = |v: Tensor| rows.factor.map_or(Ok(v.clone()), |f| v.mul(f));
     Ok(match (grad, row_scale) {
         // The reduction's weights are in the gradient: the values leave as constants and the
         // gradient goes to `fold`, which records the reduced loss as the node.
         (Some(scaled_grad), Some(_)) => {
-            let values = Tensor::from_storage(values);
-            fold::hand_over(&values, own_mask, y_pred, scaled_grad);
+            let values = times_factor(Tensor::from_storage(values))?;
+            fold::hand_over(&values, rows.own_mask, y_pred, scaled_grad);
             values
         }
-        (Some(local_grad), None) => Tensor::from_op(values, vec![y_pred.clone()], RowLossOp { name, local_grad, cols }),
-        (None, _) => Tensor::from_storage(values),
+        (Some(local_grad), None) => {
+            times_factor(Tensor::from_op(values, vec![y_pred.clone()], RowLossOp { name, local_grad, cols }))?
+        }
+        (None, _) => times_factor(Tensor::from_storage(values))?,
     })
 }
 
@@ -262,10 +303,19 @@ pub(crate) mod fold {
         static OFFER: RefCell<Option<State>> = const { RefCell::new(None) };
     }
 
+    /// What became of an offer.
+    pub(crate) enum Outcome {
+        /// No row kernel ran with a gradient: `per_sample`'s result is a plain one.
+        NotTaken,
+        /// A kernel took it, and handed back its values and scaled gradient (`None` if the
+        /// kernel failed before handing over).
+        Taken(Option<Folded>),
+    }
+
     /// Runs `f` (a loss' `per_sample`) with the scale offered to its first row kernel; returns
-    /// `f`'s result and what that kernel handed back, if one took the offer. Nested offers (a
-    /// loss computing another inside) each see only their own.
-    pub(crate) fn with_offer<R>(make_scale: Rc<MakeScale>, f: impl FnOnce() -> R) -> (R, Option<Folded>) {
+    /// `f`'s result and what became of the offer. Nested offers (a loss computing another
+    /// inside) each see only their own.
+    pub(crate) fn with_offer<R>(make_scale: Rc<MakeScale>, f: impl FnOnce() -> R) -> (R, Outcome) {
         /// Puts the enclosing offer back on every exit, unwinding included.
         struct Restore(Option<Option<State>>);
         impl Drop for Restore {
@@ -277,12 +327,12 @@ pub(crate) mod fold {
         let previous = OFFER.with(|o| o.borrow_mut().replace(State::Offered(make_scale)));
         let restore = Restore(Some(previous));
         let out = f();
-        let folded = OFFER.with(|o| match o.borrow_mut().take() {
-            Some(State::Taken(folded)) => folded,
-            _ => None,
+        let outcome = OFFER.with(|o| match o.borrow_mut().take() {
+            Some(State::Taken(folded)) => Outcome::Taken(folded),
+            _ => Outcome::NotTaken,
         });
         drop(restore);
-        (out, folded)
+        (out, outcome)
     }
 
     /// The offered scale for values of `shape` (whose loss attaches `own_mask`), taking the offer (later kernels of the same

@@ -39,8 +39,9 @@ pub trait Loss: Send + Sync {
     /// Whether [`Loss::per_sample`]'s values are exactly one fused row kernel's output, with no
     /// mask of the loss' own or one the kernel is told of (the built-in kernel losses). Lets
     /// [`compute`] fold the reduction's per-row weights into the kernel's gradient on large
-    /// inputs (one pass instead of two). Only an optimisation: a wrong `true` costs a second
-    /// `per_sample` run, never a wrong value or gradient. Default `false`.
+    /// inputs (one pass instead of two). Only an optimisation: a wrong `true` costs nothing when
+    /// no row kernel runs and a second `per_sample` run when the values are changed after the
+    /// kernel, never a wrong value or gradient. Default `false`.
     fn single_row_kernel(&self) -> bool {
         false
     }
@@ -108,10 +109,11 @@ pub fn compute<L: Loss + ?Sized>(
     }
     let y_true = y_true.to_dtype(y_pred.dtype());
     let (y_true, y_pred) = squeeze_or_expand_to_same_rank(&y_true, y_pred)?;
-    if let Some(reduced) = folded(loss, &y_true, &y_pred, sample_weight, mask)? {
-        return Ok(reduced);
-    }
-    let PerSample { values, mask: own_mask } = loss.per_sample(&y_true, &y_pred)?;
+    let PerSample { values, mask: own_mask } = match folded(loss, &y_true, &y_pred, sample_weight, mask)? {
+        Fold::Reduced(reduced) => return Ok(reduced),
+        Fold::Plain(Some(per_sample)) => per_sample,
+        Fold::Plain(None) => loss.per_sample(&y_true, &y_pred)?,
+    };
     let mask = combined_mask(mask, own_mask.as_ref())?;
     reduce_weighted_values(name, &values, sample_weight, mask.as_ref(), loss.reduction())
 }
@@ -129,10 +131,19 @@ fn combined_mask(input: Option<&Tensor>, own: Option<&Tensor>) -> Result<Option<
 /// differentiating the reduction first costs more than the scaling pass it saves.
 const FOLD_MIN_VALUES: usize = 1 << 16;
 
+/// What [`folded`] did.
+enum Fold {
+    /// The reduced loss, its gradient folded into the kernel's.
+    Reduced(Tensor),
+    /// The plain path applies: with the per-sample values when they were computed plainly
+    /// (no kernel took the offer), `None` when `per_sample` must run (again).
+    Plain(Option<PerSample>),
+}
+
 /// [`compute`] with the reduction folded into a row kernel's gradient (see
 /// `kernel_node::fold`): the same value, and a gradient that is the kernel's own output, for
 /// a [`Loss::single_row_kernel`] loss on large inputs with a reduction other than `none` and
-/// constant weights and mask. `None` when that does not apply (the plain path then runs).
+/// constant weights and mask.
 ///
 /// The per-row scale `s = ∂loss/∂values` is the reduction differentiated at zeros (it is linear
 /// in the values), so it is the very upstream the plain path's backward would compute.
@@ -142,7 +153,7 @@ fn folded<L: Loss + ?Sized>(
     y_pred: &Tensor,
     sample_weight: Option<&Tensor>,
     mask: Option<&Tensor>,
-) -> Result<Option<Tensor>> {
+) -> Result<Fold> {
     let constant = |t: Option<&Tensor>| t.is_none_or(|t| !t.is_tracked());
     let reduction = loss.reduction();
     let applies = loss.single_row_kernel()
@@ -153,7 +164,7 @@ fn folded<L: Loss + ?Sized>(
         && constant(sample_weight)
         && constant(mask);
     if !applies {
-        return Ok(None);
+        return Ok(Fold::Plain(None));
     }
     let (name, weight, fixed_mask) = (loss.name().to_string(), sample_weight.cloned(), mask.cloned());
     let scale_of: Rc<fold::MakeScale> = Rc::new(move |shape, dtype, own_mask| {
@@ -163,16 +174,20 @@ fn folded<L: Loss + ?Sized>(
         let mut grads = reduced.backward()?;
         Ok(grads.remove(&probe).unwrap_or_else(|| probe.zeros_like()))
     });
-    let (per_sample, handed) = fold::with_offer(scale_of, || loss.per_sample(y_true, y_pred));
+    let (per_sample, outcome) = fold::with_offer(scale_of, || loss.per_sample(y_true, y_pred));
     let per_sample = per_sample?;
-    Ok(match handed {
-        Some(h) if per_sample.values.id() == h.values_id && per_sample.mask.as_ref().map(Tensor::id) == h.mask_id => {
+    Ok(match outcome {
+        fold::Outcome::NotTaken => Fold::Plain(Some(per_sample)),
+        fold::Outcome::Taken(Some(h))
+            if per_sample.values.id() == h.values_id && per_sample.mask.as_ref().map(Tensor::id) == h.mask_id =>
+        {
             let mask = combined_mask(mask, per_sample.mask.as_ref())?;
             let value =
                 reduce_weighted_values(loss.name(), &per_sample.values, sample_weight, mask.as_ref(), reduction)?;
-            Some(fold::reduced_node(loss.name(), &value, h))
+            Fold::Reduced(fold::reduced_node(loss.name(), &value, h))
         }
-        _ => None,
+        // Values computed with a scale the result does not carry: computed again, plainly.
+        fold::Outcome::Taken(_) => Fold::Plain(None),
     })
 }
 

@@ -29,6 +29,8 @@ pub(crate) struct Spec {
     pub params: &'static [(&'static str, &'static str)],
     pub check: fn(&ParamLoss) -> Result<()>,
     pub per_sample: fn(&ParamLoss, &Tensor, &Tensor) -> Result<PerSample>,
+    /// [`Loss::single_row_kernel`] for this loss.
+    pub single_row_kernel: bool,
 }
 
 impl std::fmt::Debug for Spec {
@@ -217,6 +219,9 @@ impl Loss for ParamLoss {
     fn per_sample(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<PerSample> {
         (self.spec.per_sample)(self, y_true, y_pred)
     }
+    fn single_row_kernel(&self) -> bool {
+        self.spec.single_row_kernel
+    }
 }
 
 /// A public loss struct over a [`Spec`]: `new()` with the defaults, `with(key, value)`,
@@ -271,6 +276,9 @@ macro_rules! param_loss {
             }
             fn per_sample(&self, y_true: &crate::Tensor, y_pred: &crate::Tensor) -> crate::Result<crate::PerSample> {
                 self.0.per_sample(y_true, y_pred)
+            }
+            fn single_row_kernel(&self) -> bool {
+                self.0.single_row_kernel()
             }
         }
     };

@@ -69,6 +69,6 @@ impl Loss for Ctc {
         let (labels, _) = class_indices(&self.name, y_true, classes, None)?;
         let logits = y_pred.reshape(&[batch as isize, (steps * classes) as isize])?;
         let kernel = kernels::Ctc { classes, max_label_len: ts[1] };
-        Ok(run_node("ctc", kernel, &labels.to_dtype(y_pred.dtype()), &logits, None)?.into())
+        Ok(run_node("ctc", kernel, &labels.to_dtype(y_pred.dtype()), &logits, Default::default())?.into())
     }
 }

@@ -362,6 +362,7 @@ pub(crate) static SIGMOID_FOCAL: Spec = Spec {
     params: &[("from_logits", "false"), ("alpha", "0.25"), ("gamma", "2.0")],
     check: check_focal,
     per_sample: sigmoid_focal,
+    single_row_kernel: false,
 };
 pub(crate) static GIOU: Spec = Spec {
     class: "GIoULoss",
@@ -372,6 +373,7 @@ pub(crate) static GIOU: Spec = Spec {
     params: &[("mode", "\"giou\"")],
     check: check_giou,
     per_sample: giou,
+    single_row_kernel: false,
 };
 pub(crate) static TRIPLET_SEMIHARD: Spec = Spec {
     class: "TripletSemiHardLoss",
@@ -382,6 +384,7 @@ pub(crate) static TRIPLET_SEMIHARD: Spec = Spec {
     params: &[("margin", "1.0"), ("distance_metric", "\"L2\"")],
     check: check_metric,
     per_sample: semihard,
+    single_row_kernel: false,
 };
 pub(crate) static TRIPLET_HARD: Spec = Spec {
     class: "TripletHardLoss",
@@ -392,6 +395,7 @@ pub(crate) static TRIPLET_HARD: Spec = Spec {
     params: &[("margin", "1.0"), ("soft", "false"), ("distance_metric", "\"L2\"")],
     check: check_metric,
     per_sample: hard,
+    single_row_kernel: false,
 };
 pub(crate) static CONTRASTIVE: Spec = Spec {
     class: "ContrastiveLoss",
@@ -402,6 +406,7 @@ pub(crate) static CONTRASTIVE: Spec = Spec {
     params: &[("margin", "1.0")],
     check: no_check,
     per_sample: contrastive,
+    single_row_kernel: false,
 };
 pub(crate) static NPAIRS: Spec = Spec {
     class: "NpairsLoss",
@@ -412,6 +417,7 @@ pub(crate) static NPAIRS: Spec = Spec {
     params: &[],
     check: no_check,
     per_sample: npairs,
+    single_row_kernel: false,
 };
 pub(crate) static NPAIRS_MULTILABEL: Spec = Spec {
     class: "NpairsMultilabelLoss",
@@ -422,6 +428,7 @@ pub(crate) static NPAIRS_MULTILABEL: Spec = Spec {
     params: &[],
     check: no_check,
     per_sample: npairs_multilabel,
+    single_row_kernel: false,
 };
 pub(crate) static LIFTED: Spec = Spec {
     class: "LiftedStructLoss",
@@ -432,6 +439,7 @@ pub(crate) static LIFTED: Spec = Spec {
     params: &[("margin", "1.0")],
     check: no_check,
     per_sample: lifted,
+    single_row_kernel: false,
 };
 pub(crate) static PINBALL: Spec = Spec {
     class: "PinballLoss",
@@ -442,6 +450,7 @@ pub(crate) static PINBALL: Spec = Spec {
     params: &[("tau", "0.5")],
     check: no_check,
     per_sample: pinball,
+    single_row_kernel: false,
 };
 pub(crate) static KAPPA: Spec = Spec {
     class: "WeightedKappaLoss",
@@ -452,6 +461,7 @@ pub(crate) static KAPPA: Spec = Spec {
     params: &[("num_classes", "2"), ("weightage", "\"quadratic\""), ("epsilon", "1e-6")],
     check: check_kappa,
     per_sample: kappa,
+    single_row_kernel: false,
 };
 pub(crate) static SPARSEMAX: Spec = Spec {
     class: "SparsemaxLoss",
@@ -462,6 +472,7 @@ pub(crate) static SPARSEMAX: Spec = Spec {
     params: &[("from_logits", "true")],
     check: check_sparsemax,
     per_sample: sparsemax,
+    single_row_kernel: false,
 };
 
 param_loss! {

@@ -10,7 +10,7 @@
 //! `[anchor, positive, negative]` (its `y_true` is ignored); `GaussianNLLLoss` `(..., 2)` =
 //! `[mean, var]`. The class axis of `NLLLoss`/`CrossEntropyLoss` inputs is axis 1, as in PyTorch.
 
-use crate::kernel_node::{element_loss, row_loss, sparse_row_loss};
+use crate::kernel_node::{element_loss, row_loss, sparse_row_loss_scaled};
 use crate::param_loss::{ParamLoss, Spec, Style};
 use crate::targets::class_indices;
 use crate::{Error, PerSample, Reduction, Result, Tensor};
@@ -91,11 +91,11 @@ fn cross_entropy(p: &ParamLoss, target: &Tensor, input: &Tensor) -> Result<PerSa
         .collect();
     let kernel =
         kernels::SparseCategoricalCrossentropy { from_logits: true, class_weights: w.as_deref(), label_smoothing: eps };
-    let l = sparse_row_loss("cross_entropy", kernel, &idx, &x)?;
     // Values are l / w[y] with the mask w[y]: none → l, sum → Σl, mean → Σl / Σw[y] (PyTorch).
     let inv: Vec<f64> = wy.iter().map(|&w| if w == 0.0 { 0.0 } else { 1.0 / w }).collect();
-    let values = l.mul(&constant(inv, idx.shape(), input)?)?;
-    Ok(PerSample { values, mask: Some(constant(wy, idx.shape(), input)?) })
+    let (inv, mask) = (constant(inv, idx.shape(), input)?, constant(wy, idx.shape(), input)?);
+    let values = sparse_row_loss_scaled("cross_entropy", kernel, &idx, &x, Some(&mask), &inv)?;
+    Ok(PerSample { values, mask: Some(mask) })
 }
 
 /// `CrossEntropyLoss` with probability targets: `-Σ_c w_c·y'_c·log p_c`, `y' = y(1-ε) + ε/C`.
@@ -317,6 +317,9 @@ fn kl_div(p: &ParamLoss, t: &Tensor, input: &Tensor) -> Result<PerSample> {
 
 macro_rules! torch_spec {
     ($name:ident, $class:literal, $fname:literal, $mean:expr, [$(($k:literal, $v:literal)),*], $check:expr, $f:expr) => {
+        torch_spec!($name, $class, $fname, $mean, [$(($k, $v)),*], $check, $f, false);
+    };
+    ($name:ident, $class:literal, $fname:literal, $mean:expr, [$(($k:literal, $v:literal)),*], $check:expr, $f:expr, $row_kernel:expr) => {
         pub(crate) static $name: Spec = Spec {
             class: $class,
             default_name: $fname,
@@ -326,6 +329,7 @@ macro_rules! torch_spec {
             params: &[$(($k, $v)),*],
             check: $check,
             per_sample: $f,
+            single_row_kernel: $row_kernel,
         };
     };
 }
@@ -341,7 +345,8 @@ torch_spec!(
     WEIGHTED_MEAN,
     [("weight", "null"), ("ignore_index", "-100"), ("label_smoothing", "0.0")],
     |p| p.require((0.0..=1.0).contains(&p.f64("label_smoothing")?), "label_smoothing", "a number in [0, 1]"),
-    cross_entropy
+    cross_entropy,
+    true
 );
 torch_spec!(
     SMOOTH_L1,

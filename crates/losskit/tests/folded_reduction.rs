@@ -29,6 +29,10 @@ fn labels() -> Vec<f64> {
     (0..ROWS).map(|r| ((r * 37) % COLS) as f64).collect()
 }
 
+fn class_weights() -> Vec<f64> {
+    (0..COLS).map(|c| 0.5 + (c % 4) as f64 * 0.25).collect()
+}
+
 fn sample_weights() -> Tensor {
     Tensor::from_vec((0..ROWS).map(|r| (r % 5) as f64 * 0.5).collect::<Vec<_>>(), &[ROWS]).expect("shape")
 }
@@ -63,7 +67,7 @@ fn through_tape(l: &dyn Loss, c: Call<'_>) -> (f64, Tensor) {
     let (t, p) = losskit::squeeze_or_expand_to_same_rank(&y_true, y_pred).expect("aligned");
     let per = l.per_sample(&t, &p).expect("valid inputs");
     let mask = match (m, per.mask) {
-        (Some(a), Some(b)) => Some(a.mul(&b).expect("same shape")),
+        (Some(a), Some(b)) => Some(a.to_dtype(b.dtype()).mul(&b).expect("same shape")),
         (a, b) => a.cloned().or(b),
     };
     let out = reduce_weighted_values(l.name(), &per.values, w, mask.as_ref(), l.reduction()).expect("reduced");
@@ -79,7 +83,7 @@ fn assert_close(what: &str, a: &Tensor, b: &Tensor, rtol: f64) {
     }
 }
 
-/// Every folding loss, on its kind of targets.
+/// Every folding loss, on its kind of targets (`true`: class indices).
 fn cases() -> Vec<(Box<dyn Loss>, bool)> {
     vec![
         (loss("MeanSquaredError", json!({})), false),
@@ -100,6 +104,13 @@ fn cases() -> Vec<(Box<dyn Loss>, bool)> {
             loss("SparseCategoricalCrossentropy", json!({"ignore_class": 0, "reduction": "mean_with_sample_weight"})),
             true,
         ),
+        // PyTorch's: class indices (its own mask and a per-row factor 1/w[y]), probabilities.
+        (loss("CrossEntropyLoss", json!({})), true),
+        (loss("CrossEntropyLoss", json!({"weight": class_weights(), "ignore_index": 5, "label_smoothing": 0.1})), true),
+        (loss("CrossEntropyLoss", json!({"weight": class_weights(), "reduction": "sum"})), true),
+        (loss("CrossEntropyLoss", json!({"label_smoothing": 0.05})), false),
+        // Probabilities with class weights go through the tape: no kernel takes the offer.
+        (loss("CrossEntropyLoss", json!({"weight": class_weights()})), false),
     ]
 }
 
@@ -154,10 +165,14 @@ fn buffer(t: &Tensor) -> *const f32 {
 fn a_folded_gradient_is_the_kernel_buffer_and_small_inputs_are_not_folded() {
     // Folded: backward seeded with 1 hands out the buffer the kernel wrote, the same on every
     // backward of the same loss value (the plain path scales into a new buffer each time), with
-    // and without a mask of the loss' own.
+    // and without a mask of the loss' own (and PyTorch's per-row factor).
     let (y_true, y_pred) = inputs::<f32>(true);
-    for config in [json!({"from_logits": true}), json!({"from_logits": true, "ignore_class": 3})] {
-        let folded = loss("SparseCategoricalCrossentropy", config);
+    for (class, config) in [
+        ("SparseCategoricalCrossentropy", json!({"from_logits": true})),
+        ("SparseCategoricalCrossentropy", json!({"from_logits": true, "ignore_class": 3})),
+        ("CrossEntropyLoss", json!({"weight": class_weights(), "ignore_index": 5})),
+    ] {
+        let folded = loss(class, config);
         let out = folded.call(&y_true, &y_pred, None).expect("valid");
         let (a, b) = (out.backward().expect("scalar"), out.backward().expect("scalar"));
         assert_eq!(buffer(a.get(&y_pred).expect("tracked")), buffer(b.get(&y_pred).expect("tracked")));
