@@ -261,19 +261,20 @@ where
 }
 
 /// The reduction folded into a row kernel's gradient, for [`crate::compute`]: when a loss'
-/// per-sample values are exactly one row kernel's output (with no mask of its own, or one the
-/// kernel is told of before it runs) and the reduction
-/// is linear in them (every reduction but `none`, with constant weights and mask), `∂loss/∂value[r]`
-/// is a per-row constant `s[r]` (`w[r]/Σw`, `1/N`, `0` for a masked row, ...) known before the
-/// kernel runs. The kernel then writes `s[r]·∂value[r]/∂y_pred[r, :]` directly: the gradient of
-/// the reduced loss, one pass over the data instead of the kernel's pass plus a scaling pass in
-/// backward; a backward seeded with 1 hands that buffer out as it is.
+/// per-sample values are one row kernel's output (times a constant per-row factor, with a mask
+/// of the loss' own, both told to the kernel before it runs) and the reduction is linear in
+/// them (every reduction but `none`, with constant weights and mask), `∂loss/∂value[r]` is a
+/// per-row constant `s[r]` (`w[r]/Σw`, `1/N`, `0` for a masked row, ...) known before the
+/// kernel runs. The kernel then writes `s[r]·∂value[r]/∂y_pred[r, :]` directly: the gradient
+/// of the reduced loss, one pass over the data instead of the kernel's pass plus a scaling
+/// pass in backward; a backward seeded with 1 hands that buffer out as it is.
 ///
-/// `compute` offers the scale (a closure of the values' shape) for the duration of the loss'
-/// `per_sample`; the first row kernel of the thread that runs with a gradient takes it and
-/// hands back its constant values and scaled gradient. Anything else (a second kernel, values
-/// changed after the kernel, an own mask) makes `compute` drop the result and take the plain
-/// path: nothing scaled ever reaches a graph.
+/// `compute` offers the scale (a closure of the values' shape and the loss' own mask) for the
+/// duration of the loss' `per_sample`; the first row kernel of the thread that runs with a
+/// gradient takes it and hands back its constant values and scaled gradient. If the loss'
+/// result is not those values with that mask (a second kernel, values changed after the
+/// kernel), `compute` drops it and runs `per_sample` again without an offer: nothing scaled
+/// ever reaches a graph. An offer no kernel takes changes nothing.
 pub(crate) mod fold {
     use super::*;
     use std::cell::RefCell;
