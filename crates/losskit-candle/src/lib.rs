@@ -28,7 +28,7 @@
 //! again (about 2.5 µs per 4 KiB page on a VM: candle's own ops pay it too, and it is most of
 //! candle's backward on large losses). A training process can keep freed memory for reuse with
 //! `MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1000000000000` in its environment; `candle_bench`
-//! measured 1.5–3× faster loss steps through candle with it (bench/README.md).
+//! measured 1.5–3.2× faster loss steps through candle with it (bench/README.md).
 //! `y_true` and `sample_weight` are constants (no gradient flows to them), converted to
 //! `y_pred`'s dtype in one pass from candle's storage into a pooled buffer; integer labels may
 //! be any of candle's integer dtypes (`u8`, `u32`, `i64`, ...). `y_pred` must be `f32` or `f64`.
