@@ -12,7 +12,7 @@
 //! `Σ w[y]`.
 
 use crate::config::{require, Params};
-use crate::kernel_node::{row_loss, sparse_row_loss_masked};
+use crate::kernel_node::{row_loss, sparse_row_loss_with, Rows};
 use crate::targets::{check_class_weights, class_indices, move_axis_last, same_shape, smooth};
 use crate::{Error, Loss, PerSample, Reduction, Result, Tensor};
 use losskit_kernels as kernels;
@@ -579,8 +579,8 @@ impl Loss for SparseCategoricalCrossentropy {
             class_weights: self.class_weights.as_deref(),
             label_smoothing: 0.0,
         };
-        let values =
-            sparse_row_loss_masked("sparse_categorical_crossentropy", kernel, &indices, y_pred, mask.as_ref())?;
+        let rows = Rows { own_mask: mask.as_ref(), factor: None };
+        let values = sparse_row_loss_with("sparse_categorical_crossentropy", kernel, &indices, y_pred, rows)?;
         Ok(PerSample { values, mask })
     }
 }

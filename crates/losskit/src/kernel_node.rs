@@ -147,42 +147,25 @@ pub(crate) fn sparse_row_loss<K>(name: &'static str, kernel: K, labels: &Tensor,
 where
     K: RowKernel<f32> + RowKernel<f64>,
 {
-    sparse_row_loss_masked(name, kernel, labels, y_pred, None)
+    sparse_row_loss_with(name, kernel, labels, y_pred, Rows::default())
 }
 
-/// [`sparse_row_loss`] for a loss whose values come with a mask of its own (`ignore_class`),
-/// known before the kernel runs: the mask the loss will return in its `PerSample`, so that a
-/// folded reduction (see [`fold`]) weighs the rows as the plain path would.
-pub(crate) fn sparse_row_loss_masked<K>(
+/// [`sparse_row_loss`] for a loss that attaches a mask of its own to the values (`ignore_class`)
+/// or multiplies them by a constant per-row factor (PyTorch's `CrossEntropyLoss` divides by the
+/// label's class weight), both known before the kernel runs: the result is `values · factor`,
+/// as the tape's product of the two would give, and a folded reduction (see [`fold`]) weighs
+/// the rows as the plain path would.
+pub(crate) fn sparse_row_loss_with<K>(
     name: &'static str,
     kernel: K,
     labels: &Tensor,
     y_pred: &Tensor,
-    own_mask: Option<&Tensor>,
+    rows: Rows<'_>,
 ) -> Result<Tensor>
 where
     K: RowKernel<f32> + RowKernel<f64>,
 {
     check_labels(name, labels, y_pred)?;
-    run_node(name, kernel, &labels.detach().to_dtype(y_pred.dtype()), y_pred, Rows { own_mask, factor: None })
-}
-
-/// [`sparse_row_loss_masked`] with the kernel's values multiplied by a constant per-row
-/// `factor` (PyTorch's `CrossEntropyLoss` divides by the label's class weight): the result is
-/// `values · factor`, as the tape's product of the two would give.
-pub(crate) fn sparse_row_loss_scaled<K>(
-    name: &'static str,
-    kernel: K,
-    labels: &Tensor,
-    y_pred: &Tensor,
-    own_mask: Option<&Tensor>,
-    factor: &Tensor,
-) -> Result<Tensor>
-where
-    K: RowKernel<f32> + RowKernel<f64>,
-{
-    check_labels(name, labels, y_pred)?;
-    let rows = Rows { own_mask, factor: Some(factor) };
     run_node(name, kernel, &labels.detach().to_dtype(y_pred.dtype()), y_pred, rows)
 }
 
@@ -244,7 +227,10 @@ where
             (Storage::F64(v.into_shared()), g.map(|g| Storage::F64(g.into_shared())))
         }
     };
-    let times_factor = |v: Tensor| rows.factor.map_or(Ok(v.clone()), |f| v.mul(f));
+    let times_factor = |v: Tensor| match rows.factor {
+        Some(f) => v.mul(f),
+        None => Ok(v),
+    };
     Ok(match (grad, row_scale) {
         // The reduction's weights are in the gradient: the values leave as constants and the
         // gradient goes to `fold`, which records the reduced loss as the node.
@@ -336,8 +322,9 @@ pub(crate) mod fold {
         (out, outcome)
     }
 
-    /// The offered scale for values of `shape` (whose loss attaches `own_mask`), taking the offer (later kernels of the same
-    /// `per_sample` run plainly, and `compute` sees the mismatch).
+    /// The offered scale for values of `shape` (whose loss attaches `own_mask`), taking the
+    /// offer (later kernels of the same `per_sample` run plainly, and `compute` sees the
+    /// mismatch).
     pub(super) fn scale_for(
         shape: &[usize],
         dtype: losskit_tensor::DType,

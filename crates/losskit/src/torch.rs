@@ -10,7 +10,7 @@
 //! `[anchor, positive, negative]` (its `y_true` is ignored); `GaussianNLLLoss` `(..., 2)` =
 //! `[mean, var]`. The class axis of `NLLLoss`/`CrossEntropyLoss` inputs is axis 1, as in PyTorch.
 
-use crate::kernel_node::{element_loss, row_loss, sparse_row_loss_scaled};
+use crate::kernel_node::{element_loss, row_loss, sparse_row_loss_with, Rows};
 use crate::param_loss::{ParamLoss, Spec, Style};
 use crate::targets::class_indices;
 use crate::{Error, PerSample, Reduction, Result, Tensor};
@@ -94,7 +94,8 @@ fn cross_entropy(p: &ParamLoss, target: &Tensor, input: &Tensor) -> Result<PerSa
     // Values are l / w[y] with the mask w[y]: none → l, sum → Σl, mean → Σl / Σw[y] (PyTorch).
     let inv: Vec<f64> = wy.iter().map(|&w| if w == 0.0 { 0.0 } else { 1.0 / w }).collect();
     let (inv, mask) = (constant(inv, idx.shape(), input)?, constant(wy, idx.shape(), input)?);
-    let values = sparse_row_loss_scaled("cross_entropy", kernel, &idx, &x, Some(&mask), &inv)?;
+    let values =
+        sparse_row_loss_with("cross_entropy", kernel, &idx, &x, Rows { own_mask: Some(&mask), factor: Some(&inv) })?;
     Ok(PerSample { values, mask: Some(mask) })
 }
 
