@@ -1,40 +1,77 @@
-//! A pool of freed large buffers, so that a loss called again and again (every training step,
-//! every benchmark run) writes into memory it already has instead of faulting in fresh pages:
+//! Pools of freed buffers, so that a loss called again and again (every training step, every
+//! benchmark run) writes into memory it already has instead of asking the allocator again:
 //! the kernel's page faults on freshly allocated outputs were half the time of a kernel-backed
-//! loss called through the tape.
+//! loss called through the tape, and at training shapes (batch 32) the allocator's calls and
+//! the zero-fill of fresh small buffers were a tenth of a step.
 //!
-//! A [`crate::Storage`] whose array is uniquely owned and holds at least [`MIN_POOLED`] values
-//! gives its buffer back here when it is dropped; the kernel nodes take their output and
-//! gradient buffers, and the tape's element-wise ops their large outputs, from here. At most
-//! [`MAX_BUFFERS`] buffers and [`MAX_BYTES`] per dtype are kept (the oldest are freed first);
-//! [`clear`] frees them all.
+//! A [`crate::Storage`] whose array is uniquely owned gives its buffer back here when it is
+//! dropped; the kernel nodes take their output and gradient buffers, and the tape's ops their
+//! outputs, from here. Two pools per dtype:
+//! - **large**: buffers of at least [`MIN_POOLED`] values, at most [`MAX_BUFFERS`] of them and
+//!   [`MAX_BYTES`] in all;
+//! - **small**: buffers of [`MIN_SMALL`] to [`MIN_POOLED`] values (a training step's
+//!   activations, their gradients, `∂W` of a small layer), at most [`MAX_SMALL_BUFFERS`]
+//!   (16 MiB of `f32` at most).
+//!
+//! Both drop their oldest buffer first when full; [`clear`] frees them all. Buffers below
+//! [`MIN_SMALL`] values are left to the allocator (its own free lists serve them as fast).
 
 use crate::Element;
 use std::sync::Mutex;
 
-/// Buffers below this many values are left to the allocator.
+/// Buffers below this many values go to the small pool (or the allocator).
 pub const MIN_POOLED: usize = 1 << 16;
-/// How many freed buffers of each dtype the pool keeps.
+/// How many freed large buffers of each dtype the pool keeps.
 pub const MAX_BUFFERS: usize = 8;
-/// How many bytes of freed buffers of each dtype the pool keeps (2 GiB).
+/// How many bytes of freed large buffers of each dtype the pool keeps (2 GiB).
 pub const MAX_BYTES: usize = 2 << 30;
+/// Buffers below this many values are left to the allocator.
+pub const MIN_SMALL: usize = 1 << 10;
+/// How many freed small buffers of each dtype the pool keeps.
+pub const MAX_SMALL_BUFFERS: usize = 64;
 
-/// The pool of one element type.
-pub(crate) type Buffers<T> = Mutex<Vec<Vec<T>>>;
+/// The pools of one element type.
+#[doc(hidden)]
+pub struct Buffers<T> {
+    large: Mutex<Vec<Vec<T>>>,
+    small: Mutex<Vec<Vec<T>>>,
+}
 
-pub(crate) static F32_BUFFERS: Buffers<f32> = Mutex::new(Vec::new());
-pub(crate) static F64_BUFFERS: Buffers<f64> = Mutex::new(Vec::new());
+impl<T> Buffers<T> {
+    const fn new() -> Self {
+        Buffers { large: Mutex::new(Vec::new()), small: Mutex::new(Vec::new()) }
+    }
+}
 
-/// Keeps `v` for reuse if it is large enough (dropping the oldest buffer when the pool is full).
+pub(crate) static F32_BUFFERS: Buffers<f32> = Buffers::new();
+pub(crate) static F64_BUFFERS: Buffers<f64> = Buffers::new();
+
+/// Whether a buffer of `n` values is worth keeping.
+pub(crate) fn poolable(n: usize) -> bool {
+    n >= MIN_SMALL
+}
+
+/// Keeps `v` for reuse if it is large enough (dropping the oldest buffer of its pool when that
+/// pool is full).
 pub(crate) fn give<T: Element>(v: Vec<T>) {
-    if v.capacity() < MIN_POOLED {
+    let cap = v.capacity();
+    if !poolable(cap) {
+        return;
+    }
+    if cap < MIN_POOLED {
+        if let Ok(mut pool) = T::buffers().small.lock() {
+            if pool.len() >= MAX_SMALL_BUFFERS {
+                pool.remove(0);
+            }
+            pool.push(v);
+        }
         return;
     }
     let bytes = |v: &Vec<T>| v.capacity() * std::mem::size_of::<T>();
     if bytes(&v) > MAX_BYTES {
         return;
     }
-    if let Ok(mut pool) = T::buffers().lock() {
+    if let Ok(mut pool) = T::buffers().large.lock() {
         // The oldest go first, until the new one fits both limits.
         while pool.len() >= MAX_BUFFERS || pool.iter().map(bytes).sum::<usize>() + bytes(&v) > MAX_BYTES {
             pool.remove(0);
@@ -43,23 +80,27 @@ pub(crate) fn give<T: Element>(v: Vec<T>) {
     }
 }
 
+/// The smallest buffer of `pool` that holds `n` values and is at most twice that size.
+fn best_fit<T>(pool: &Mutex<Vec<Vec<T>>>, n: usize) -> Option<Vec<T>> {
+    let mut pool = pool.lock().ok()?;
+    let best = pool
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.capacity() >= n && v.capacity() <= 2 * n)
+        .min_by_key(|(_, v)| v.capacity())
+        .map(|(i, _)| i)?;
+    Some(pool.swap_remove(best))
+}
+
 /// A buffer of exactly `n` values with **unspecified contents** (a reused buffer keeps its old
 /// values): for outputs that are written in full. The smallest pooled buffer that holds `n`
 /// values and is at most twice that size, else a fresh one.
 pub fn take<T: Element>(n: usize) -> Vec<T> {
-    if n >= MIN_POOLED {
-        if let Ok(mut pool) = T::buffers().lock() {
-            let best = pool
-                .iter()
-                .enumerate()
-                .filter(|(_, v)| v.capacity() >= n && v.capacity() <= 2 * n)
-                .min_by_key(|(_, v)| v.capacity())
-                .map(|(i, _)| i);
-            if let Some(i) = best {
-                let mut v = pool.swap_remove(i);
-                v.resize(n, T::zero());
-                return v;
-            }
+    if poolable(n) {
+        let pool = if n < MIN_POOLED { &T::buffers().small } else { &T::buffers().large };
+        if let Some(mut v) = best_fit(pool, n) {
+            v.resize(n, T::zero());
+            return v;
         }
     }
     vec![T::zero(); n]
@@ -74,15 +115,24 @@ pub(crate) fn array<T: Element>(dim: ndarray::IxDyn) -> ndarray::ArrayD<T> {
 
 /// Frees every pooled buffer (for a program that wants its memory back between phases).
 pub fn clear() {
-    if let Ok(mut p) = F32_BUFFERS.lock() {
-        p.clear();
+    for pool in [&F32_BUFFERS.large, &F32_BUFFERS.small] {
+        if let Ok(mut p) = pool.lock() {
+            p.clear();
+        }
     }
-    if let Ok(mut p) = F64_BUFFERS.lock() {
-        p.clear();
+    for pool in [&F64_BUFFERS.large, &F64_BUFFERS.small] {
+        if let Ok(mut p) = pool.lock() {
+            p.clear();
+        }
     }
 }
 
-/// How many buffers are pooled now, per dtype `(f32, f64)`.
+/// How many large buffers are pooled now, per dtype `(f32, f64)`.
 pub fn pooled() -> (usize, usize) {
-    (F32_BUFFERS.lock().map_or(0, |p| p.len()), F64_BUFFERS.lock().map_or(0, |p| p.len()))
+    (F32_BUFFERS.large.lock().map_or(0, |p| p.len()), F64_BUFFERS.large.lock().map_or(0, |p| p.len()))
+}
+
+/// How many small buffers are pooled now, per dtype `(f32, f64)`.
+pub fn pooled_small() -> (usize, usize) {
+    (F32_BUFFERS.small.lock().map_or(0, |p| p.len()), F64_BUFFERS.small.lock().map_or(0, |p| p.len()))
 }

@@ -99,14 +99,26 @@ impl Element for f64 {
 
 /// Runs `$body` with `$a` bound to the typed array inside a storage, for either dtype.
 /// `$body` may use `T` as the element type.
-/// An empty array (no allocation), left behind where a buffer was taken out.
+/// An empty array, left behind where a buffer was taken out: a handle on this thread's shared
+/// one (no allocation), or a new one while the thread is being torn down.
 fn empty<T: Element>() -> ArcArray<T, IxDyn> {
-    ArcArray::from_shape_vec(IxDyn(&[0]), Vec::new()).expect("empty shape")
+    fn new<T: Element>() -> ArcArray<T, IxDyn> {
+        ArcArray::from_shape_vec(IxDyn(&[0]), Vec::new()).expect("empty shape")
+    }
+    thread_local! {
+        static EMPTY: (ArcArray<f32, IxDyn>, ArcArray<f64, IxDyn>) = (new(), new());
+    }
+    let shared = EMPTY.try_with(|(a, b)| {
+        let any: [&dyn std::any::Any; 2] = [a, b];
+        any.iter().find_map(|a| a.downcast_ref::<ArcArray<T, IxDyn>>()).cloned()
+    });
+    shared.ok().flatten().unwrap_or_else(new)
 }
 
-/// Gives a large, uniquely owned buffer back to the [`crate::pool`].
+/// Gives a uniquely owned buffer back to the [`crate::pool`] (if it is not too small to keep).
 fn recycle<T: Element>(a: &mut ArcArray<T, IxDyn>) {
-    if a.len() < crate::pool::MIN_POOLED {
+    // Checked first: the placeholder left behind costs an allocation of its own.
+    if !crate::pool::poolable(a.len()) || !a.is_unique() {
         return;
     }
     if let Ok(owned) = std::mem::replace(a, empty()).try_into_owned_nocopy() {
