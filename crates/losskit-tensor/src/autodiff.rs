@@ -97,30 +97,59 @@ impl Gradients {
     }
 }
 
-/// Nodes reachable from `root` that require gradients, inputs before the nodes that use them.
-fn topological_order(root: &Tensor) -> Vec<Tensor> {
-    let mut order = Vec::new();
-    let mut seen = HashSet::new();
+/// The working sets of one [`backward`], kept per thread between calls (cleared, with their
+/// capacity) so that a training step's backward does not allocate them again.
+#[derive(Default)]
+struct Scratch {
+    order: Vec<Tensor>,
+    seen: HashSet<u64>,
+    stack: Vec<(Tensor, bool)>,
+    grads: HashMap<u64, Tensor>,
+}
+
+thread_local! {
+    /// This thread's [`Scratch`] between two calls of [`backward`].
+    static KEPT_SCRATCH: std::cell::RefCell<Option<Scratch>> = const { std::cell::RefCell::new(None) };
+}
+
+impl Scratch {
+    /// This thread's kept scratch (a new one when none is kept, e.g. in a nested `backward`).
+    fn take() -> Scratch {
+        KEPT_SCRATCH.try_with(|k| k.borrow_mut().take()).ok().flatten().unwrap_or_default()
+    }
+
+    /// Empties the sets (dropping the tensors they hold) and keeps them for the next call.
+    fn keep(mut self) {
+        self.order.clear();
+        self.seen.clear();
+        self.stack.clear();
+        self.grads.clear();
+        let _ = KEPT_SCRATCH.try_with(|k| *k.borrow_mut() = Some(self));
+    }
+}
+
+/// Fills `s.order` with the nodes reachable from `root` that require gradients, inputs before
+/// the nodes that use them.
+fn topological_order(root: &Tensor, s: &mut Scratch) {
     // Iterative post-order DFS: (tensor, children pushed?)
-    let mut stack = vec![(root.clone(), false)];
-    while let Some((t, expanded)) = stack.pop() {
+    s.stack.push((root.clone(), false));
+    while let Some((t, expanded)) = s.stack.pop() {
         if expanded {
-            order.push(t);
+            s.order.push(t);
             continue;
         }
-        if !t.requires_grad_flag() || !seen.insert(t.id()) {
+        if !t.requires_grad_flag() || !s.seen.insert(t.id()) {
             continue;
         }
-        stack.push((t.clone(), true));
+        s.stack.push((t.clone(), true));
         if let Some(node) = t.node() {
             for input in node.inputs.iter().rev() {
-                if input.requires_grad_flag() && !seen.contains(&input.id()) {
-                    stack.push((input.clone(), false));
+                if input.requires_grad_flag() && !s.seen.contains(&input.id()) {
+                    s.stack.push((input.clone(), false));
                 }
             }
         }
     }
-    order
 }
 
 pub(crate) fn backward(root: &Tensor) -> Result<Gradients> {
@@ -130,14 +159,32 @@ pub(crate) fn backward(root: &Tensor) -> Result<Gradients> {
             format!("needs a scalar (one element), got shape {:?}; reduce it first (e.g. `sum`)", root.shape()),
         ));
     }
-    let mut grads: HashMap<u64, Tensor> = HashMap::new();
     let mut leaves = Gradients::default();
     if !root.requires_grad_flag() {
         return Ok(leaves);
     }
+    let mut scratch = Scratch::take();
+    let result = propagate(root, &mut scratch, &mut leaves);
+    scratch.keep();
+    result?;
+    // Lazy gradients are computed here, while their inputs are at hand (and so that `backward`
+    // returns values, not recipes that keep the forward graph alive).
+    for g in leaves.map.values_mut() {
+        if g.is_lazy() {
+            *g = Tensor::from_storage(g.storage().clone());
+        }
+    }
+    Ok(leaves)
+}
+
+/// Sends `∂root/∂root = 1` back through the graph in reverse topological order, summing what
+/// reaches each node; the leaves' gradients go to `leaves`.
+fn propagate(root: &Tensor, scratch: &mut Scratch, leaves: &mut Gradients) -> Result<()> {
+    topological_order(root, scratch);
+    let Scratch { order, grads, .. } = scratch;
     grads.insert(root.id(), root.ones_like());
     no_grad(|| {
-        for t in topological_order(root).iter().rev() {
+        for t in order.iter().rev() {
             let Some(g) = grads.remove(&t.id()) else { continue };
             let Some(node) = t.node() else {
                 leaves.map.insert(t.id(), g);
@@ -163,13 +210,5 @@ pub(crate) fn backward(root: &Tensor) -> Result<Gradients> {
             }
         }
         Ok(())
-    })?;
-    // Lazy gradients are computed here, while their inputs are at hand (and so that `backward`
-    // returns values, not recipes that keep the forward graph alive).
-    for g in leaves.map.values_mut() {
-        if g.is_lazy() {
-            *g = Tensor::from_storage(g.storage().clone());
-        }
-    }
-    Ok(leaves)
+    })
 }

@@ -254,3 +254,41 @@ fn one_hot_and_no_grad() {
     assert!(!y.is_tracked());
     assert!(x.exp().is_tracked());
 }
+
+/// `y = x²` whose backward differentiates a graph of its own (`Σ x²` over a copy of `x`, recorded
+/// at forward time) with a nested `backward`.
+struct SquareByNestedBackward {
+    copy: Tensor,
+    inner: Tensor,
+}
+
+impl losskit_tensor::CustomOp for SquareByNestedBackward {
+    fn name(&self) -> &str {
+        "square_by_nested_backward"
+    }
+    fn backward(&self, _inputs: &[Tensor], _output: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let dx = self.inner.backward()?.get(&self.copy).cloned().expect("the copy takes part");
+        Ok(vec![Some(dx.mul(grad)?)])
+    }
+}
+
+#[test]
+fn backward_reuses_its_working_sets_and_may_nest() {
+    let x = Tensor::from_vec(vec![1.0f64, -2.0, 3.0], &[3]).unwrap().requires_grad();
+    let copy = Tensor::from_storage(x.storage().clone()).requires_grad();
+    let inner = copy.mul(&copy).unwrap().sum_all();
+    let squared = Tensor::from_vec(x.to_vec::<f64>().iter().map(|v| v * v).collect::<Vec<f64>>(), &[3]).unwrap();
+    let y = Tensor::from_op(squared.storage().clone(), vec![x.clone()], SquareByNestedBackward { copy, inner });
+    let loss = y.mul_scalar(0.5).unwrap().sum_all();
+    // d(½·Σx²)/dx = x, through the nested backward; again, with the kept working sets.
+    for _ in 0..3 {
+        let g = loss.backward().unwrap();
+        assert_eq!(g.get(&x).unwrap().to_vec::<f64>(), vec![1.0, -2.0, 3.0]);
+        assert_eq!(g.len(), 1);
+    }
+    // A second graph in between does not see the first one's gradients.
+    let z = Tensor::from_vec(vec![4.0f64], &[1]).unwrap().requires_grad();
+    let g = z.mul(&z).unwrap().sum_all().backward().unwrap();
+    assert_eq!(g.get(&z).unwrap().to_vec::<f64>(), vec![8.0]);
+    assert!(g.get(&x).is_none());
+}
