@@ -219,7 +219,27 @@ struct Accumulators {
     metrics: Vec<Vec<(f64, f64)>>,
 }
 
+/// Where a logged value comes from in the [`Accumulators`].
+#[derive(Debug, Clone, Copy)]
+enum LogSlot {
+    /// The total loss.
+    Loss,
+    /// Output `i`'s loss.
+    Output(usize),
+    /// Output `o`'s metric `m`.
+    Metric(usize, usize),
+}
+
 impl Accumulators {
+    /// The (sum, count) pair behind a logged value.
+    fn at(&self, slot: LogSlot) -> (f64, f64) {
+        match slot {
+            LogSlot::Loss => self.loss,
+            LogSlot::Output(i) => self.output_losses[i],
+            LogSlot::Metric(o, m) => self.metrics[o][m],
+        }
+    }
+
     fn new(outputs: usize, metrics: usize) -> Self {
         Accumulators {
             loss: (0.0, 0.0),
@@ -723,20 +743,42 @@ impl Model {
     }
 
     fn logs_of(&self, acc: &Accumulators, prefix: &str) -> Logs {
-        let mut logs = Logs::new();
-        logs.insert(format!("{prefix}loss"), mean(acc.loss));
+        self.log_entries(acc, prefix).into_iter().map(|(k, slot)| (k, mean(acc.at(slot)))).collect()
+    }
+
+    /// The logs' names and where each value comes from: `loss`, each output's `<name>_loss`
+    /// (with several outputs), each output's metrics.
+    fn log_entries(&self, acc: &Accumulators, prefix: &str) -> Vec<(String, LogSlot)> {
+        let mut entries = vec![(format!("{prefix}loss"), LogSlot::Loss)];
         let names = self.output_names();
         if names.len() > 1 {
-            for (n, l) in names.iter().zip(&acc.output_losses) {
-                logs.insert(format!("{prefix}{n}_loss"), mean(*l));
+            for (i, (n, _)) in names.iter().zip(&acc.output_losses).enumerate() {
+                entries.push((format!("{prefix}{n}_loss"), LogSlot::Output(i)));
             }
         }
-        for (out_names, vals) in self.metric_log_names().iter().zip(&acc.metrics) {
-            for (n, v) in out_names.iter().zip(vals) {
-                logs.insert(format!("{prefix}{n}"), mean(*v));
+        for (o, (out_names, vals)) in self.metric_log_names().iter().zip(&acc.metrics).enumerate() {
+            for (m, (n, _)) in out_names.iter().zip(vals).enumerate() {
+                entries.push((format!("{prefix}{n}"), LogSlot::Metric(o, m)));
             }
         }
-        logs
+        entries
+    }
+
+    /// `logs` set to the running means of `acc`, in place: the names are made on the first call
+    /// (empty `entries`) and only the values change after it, so a batch's logs allocate nothing.
+    fn refresh_logs(&self, logs: &mut Logs, acc: &Accumulators, entries: &mut Vec<(String, LogSlot)>) {
+        if entries.is_empty() {
+            *entries = self.log_entries(acc, "");
+        }
+        for (k, slot) in entries.iter() {
+            let v = mean(acc.at(*slot));
+            match logs.get_mut(k) {
+                Some(old) => *old = v,
+                None => {
+                    logs.insert(k.clone(), v);
+                }
+            }
+        }
     }
 
     fn accumulate(
@@ -1052,6 +1094,7 @@ impl Model {
             Some(SaveFreq::Batches(n)) => Some(n as u64),
             _ => None,
         };
+        let (mut logs, mut entries) = (Logs::new(), Vec::new());
         for (step, idx) in order.chunks(batch_size).enumerate().skip(run.progress.step) {
             for cb in run.callbacks.iter_mut() {
                 cb.on_train_batch_begin(step, &empty, self)?;
@@ -1066,7 +1109,7 @@ impl Model {
                     Self::accumulate(&mut acc, &run.metrics, &batch.ys, &out.outputs, out.loss, &out.each, nb)?;
                 }
             }
-            let logs = self.logs_of(&acc, "");
+            self.refresh_logs(&mut logs, &acc, &mut entries);
             for cb in run.callbacks.iter_mut() {
                 cb.on_train_batch_end(step, &logs, self)?;
             }
@@ -1334,6 +1377,7 @@ impl Model {
             cb.on_test_begin(&empty, self)?;
         }
         let batch_size = batch_size.max(1);
+        let (mut logs, mut entries) = (Logs::new(), Vec::new());
         for (step, start) in (0..n).step_by(batch_size).enumerate() {
             let idx: Vec<usize> = (start..(start + batch_size).min(n)).collect();
             for cb in callbacks.iter_mut() {
@@ -1349,7 +1393,7 @@ impl Model {
                     Self::accumulate(&mut acc, &metrics, &yb, &outs, total.to_scalar()?, &each, idx.len() as f64)?;
                 }
             }
-            let logs = self.logs_of(&acc, "");
+            self.refresh_logs(&mut logs, &acc, &mut entries);
             for cb in callbacks.iter_mut() {
                 cb.on_test_batch_end(step, &logs, self)?;
             }
