@@ -304,15 +304,15 @@ pub(crate) mod fold {
     /// inside) each see only their own.
     pub(crate) fn with_offer<R>(make_scale: Rc<MakeScale>, f: impl FnOnce() -> R) -> (R, Outcome) {
         /// Puts the enclosing offer back on every exit, unwinding included.
-        struct Restore(Option<Option<State>>);
+        struct Restore(Option<State>);
         impl Drop for Restore {
             fn drop(&mut self) {
-                let previous = self.0.take().flatten();
+                let previous = self.0.take();
                 OFFER.with(|o| *o.borrow_mut() = previous);
             }
         }
         let previous = OFFER.with(|o| o.borrow_mut().replace(State::Offered(make_scale)));
-        let restore = Restore(Some(previous));
+        let restore = Restore(previous);
         let out = f();
         let outcome = OFFER.with(|o| match o.borrow_mut().take() {
             Some(State::Taken(folded)) => Outcome::Taken(folded),
@@ -346,6 +346,8 @@ pub(crate) mod fold {
         offered.map(|make| make(shape, dtype, own_mask)).transpose()
     }
 
+    /// Hands the taking kernel's result to the offer: the identity of its values and of the
+    /// own mask it was told, the tensor differentiated, and the scaled gradient.
     pub(super) fn hand_over(values: &Tensor, own_mask: Option<&Tensor>, input: &Tensor, grad: Storage) {
         OFFER.with(|o| {
             if let Some(State::Taken(slot)) = o.borrow_mut().as_mut() {
