@@ -299,14 +299,21 @@ impl Optimizer {
         check: Option<bool>,
     ) -> Result<GradientCheck> {
         let views = gradient_views::<T>(params, grads)?;
+        // One pass over the gradients serves both the guard's check and norm clipping.
+        let needs_norms = matches!(self.clip, Clip::Norm(_) | Clip::GlobalNorm(_));
+        let sum_squares: Vec<f64> = if check.is_some() || needs_norms {
+            grads.iter().map(Tensor::sum_of_squares).collect()
+        } else {
+            Vec::new()
+        };
+        let factors = self.clip_factors::<T>(&sum_squares, views.len());
         let outcome = match check {
-            Some(require_finite) => gradient_check(grads, require_finite),
+            Some(require_finite) => gradient_check(grads, sum_squares, require_finite),
             None => GradientCheck { sum_squares: Vec::new(), finite: true, applied: true },
         };
         if !outcome.applied {
             return Ok(outcome);
         }
-        let factors = self.clip_factors(&views);
         self.ensure_slots::<T>(params)?;
         let lr = T::c(self.learning_rate);
         let step = self.iterations + 1;
@@ -332,20 +339,23 @@ impl Optimizer {
     }
 
     /// Keras 3's `_clip_gradients` by norm, as one factor per gradient (1 without it): folded
-    /// into the update, so the gradients are not copied.
-    fn clip_factors<T: Element>(&self, views: &[ndarray::ArcArray<T, ndarray::IxDyn>]) -> Vec<T> {
-        let norm = |g: &ndarray::ArcArray<T, ndarray::IxDyn>| g.iter().fold(T::zero(), |s, &v| s + v * v).sqrt();
+    /// into the update, so the gradients are not copied. `sum_squares` holds each gradient's
+    /// `Σ g²` (from [`Tensor::sum_of_squares`]: lanes of the weight's type, block sums in f64),
+    /// rounded here to the weight's type, so a sum that overflows it is ∞ as in Keras.
+    /// `clipnorm`: `c / max(‖g‖, c)`; `global_clipnorm`: `c · min(1/‖G‖, 1/c)` with
+    /// `‖G‖² = Σ ‖g‖²` over all gradients.
+    fn clip_factors<T: Element>(&self, sum_squares: &[f64], count: usize) -> Vec<T> {
         match self.clip {
             Clip::Norm(c) => {
                 let c = T::c(c);
-                views.iter().map(|g| c / norm(g).max(c)).collect()
+                sum_squares.iter().map(|&s| c / T::c(s).sqrt().max(c)).collect()
             }
             Clip::GlobalNorm(c) => {
                 let c = T::c(c);
-                let total = views.iter().fold(T::zero(), |s, g| s + g.iter().fold(T::zero(), |a, &v| a + v * v)).sqrt();
-                vec![c * (T::one() / total).min(T::one() / c); views.len()]
+                let total = sum_squares.iter().fold(T::zero(), |a, &s| a + T::c(s)).sqrt();
+                vec![c * (T::one() / total).min(T::one() / c); count]
             }
-            _ => vec![T::one(); views.len()],
+            _ => vec![T::one(); count],
         }
     }
 
@@ -407,11 +417,9 @@ fn gradient_views<T: Element>(
         .collect()
 }
 
-/// Each gradient's `Σ g²`, whether every gradient value is finite (from the sums, with a pass
-/// of its own only when a sum is ±inf: finite values whose squares overflow), and whether to
-/// apply.
-fn gradient_check(grads: &[Tensor], require_finite: bool) -> GradientCheck {
-    let sum_squares: Vec<f64> = grads.iter().map(Tensor::sum_of_squares).collect();
+/// Whether every gradient value is finite, judged from each gradient's `Σ g²` (with a pass of
+/// its own only when a sum is ±inf: finite values whose squares overflow), and whether to apply.
+fn gradient_check(grads: &[Tensor], sum_squares: Vec<f64>, require_finite: bool) -> GradientCheck {
     let finite = sum_squares.iter().all(|s| s.is_finite())
         || (!sum_squares.iter().any(|s| s.is_nan()) && grads.iter().all(Tensor::all_finite));
     GradientCheck { sum_squares, finite, applied: finite || !require_finite }
