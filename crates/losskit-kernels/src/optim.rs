@@ -1,4 +1,4 @@
-//! Optimizer updates on slices: Adam's (and AdamW's) and SGD's whole step for one weight in one pass,
+//! Optimizer updates on slices: Adam's (and AdamW's), SGD's and RMSprop's whole step for one weight in one pass,
 //! vectorised (AVX2 / AVX-512 chosen at run time) and split across threads for large weights.
 //! Each element's update is independent of the others and uses the same operations in the same
 //! order as the scalar formula, so the result does not depend on the ISA or the thread count.
@@ -180,6 +180,126 @@ fn momentum_loop<T: Float, const NESTEROV: bool, const BOUND: bool>(w: &mut [T],
 
 isa_dispatch!(sgd_dispatch, sgd_chunk, <T: Float>, (w: &mut [T], g: &[T], m: &mut [T], s: SgdStep<T>));
 
+/// One RMSprop step's constants for one weight (Keras' `RMSprop`).
+///
+/// With `g'` as for [`AdamStep`], each element becomes `v ← ρ·v + ((1 - ρ)·g')·g'`; centered:
+/// `a ← ρ·a + (1 - ρ)·g'` and `d = v - a·a + ε`, otherwise `d = v + ε`; the increment is
+/// `i = (lr·g')/√d`; with momentum `μ`: `m ← μ·m + i`, `w ← w - m`, otherwise `w ← w - i`.
+#[derive(Debug, Clone, Copy)]
+pub struct RmsPropStep<T> {
+    /// The learning rate.
+    pub lr: T,
+    /// The decay `ρ` of the moving averages.
+    pub rho: T,
+    /// `ε`.
+    pub epsilon: T,
+    /// The momentum `μ`, if any.
+    pub momentum: Option<T>,
+    /// Whether the mean square is centered by the moving average of the gradient.
+    pub centered: bool,
+    /// The clipping factor applied to every gradient value (1 without norm clipping).
+    pub grad_factor: T,
+    /// The bound of value clipping, if any.
+    pub grad_bound: Option<T>,
+}
+
+/// Applies one [`RmsPropStep`] in place to a weight `w`, its gradient `g`, its mean square `v`,
+/// its momentum `m` (exactly when the step has momentum) and its average gradient `a` (exactly
+/// when centered), all the same length; an error says what does not fit otherwise.
+pub fn rmsprop_update<T: Float>(
+    w: &mut [T],
+    g: &[T],
+    v: &mut [T],
+    m: Option<&mut [T]>,
+    a: Option<&mut [T]>,
+    s: RmsPropStep<T>,
+) -> Result<(), String> {
+    let n = w.len();
+    let (m_len, a_len) = (m.as_ref().map(|m| m.len()), a.as_ref().map(|a| a.len()));
+    let fits = |len: Option<usize>, wanted: bool| len.map_or(!wanted, |l| wanted && l == n);
+    if g.len() != n || v.len() != n || !fits(m_len, s.momentum.is_some()) || !fits(a_len, s.centered) {
+        return Err(format!(
+            "rmsprop_update: lengths w {n}, g {}, v {}, momentum {m_len:?} (wanted: {}), average {a_len:?} (wanted: {})",
+            g.len(),
+            v.len(),
+            s.momentum.is_some(),
+            s.centered
+        ));
+    }
+    if n < PARALLEL_MIN {
+        rmsprop_dispatch(w, g, v, m.unwrap_or(&mut []), a.unwrap_or(&mut []), s);
+        return Ok(());
+    }
+    let chunks = w.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(v.par_chunks_mut(CHUNK));
+    match (m, a) {
+        (None, None) => chunks.for_each(|((w, g), v)| rmsprop_dispatch(w, g, v, &mut [], &mut [], s)),
+        (Some(m), None) => {
+            chunks.zip(m.par_chunks_mut(CHUNK)).for_each(|(((w, g), v), m)| rmsprop_dispatch(w, g, v, m, &mut [], s))
+        }
+        (None, Some(a)) => {
+            chunks.zip(a.par_chunks_mut(CHUNK)).for_each(|(((w, g), v), a)| rmsprop_dispatch(w, g, v, &mut [], a, s))
+        }
+        (Some(m), Some(a)) => chunks
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(a.par_chunks_mut(CHUNK))
+            .for_each(|((((w, g), v), m), a)| rmsprop_dispatch(w, g, v, m, a, s)),
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn rmsprop_chunk<T: Float>(w: &mut [T], g: &[T], v: &mut [T], m: &mut [T], a: &mut [T], s: RmsPropStep<T>) {
+    match (s.centered, s.momentum.is_some(), s.grad_bound.is_some()) {
+        (false, false, false) => rmsprop_loop::<T, false, false, false>(w, g, v, m, a, s),
+        (false, false, true) => rmsprop_loop::<T, false, false, true>(w, g, v, m, a, s),
+        (false, true, false) => rmsprop_loop::<T, false, true, false>(w, g, v, m, a, s),
+        (false, true, true) => rmsprop_loop::<T, false, true, true>(w, g, v, m, a, s),
+        (true, false, false) => rmsprop_loop::<T, true, false, false>(w, g, v, m, a, s),
+        (true, false, true) => rmsprop_loop::<T, true, false, true>(w, g, v, m, a, s),
+        (true, true, false) => rmsprop_loop::<T, true, true, false>(w, g, v, m, a, s),
+        (true, true, true) => rmsprop_loop::<T, true, true, true>(w, g, v, m, a, s),
+    }
+}
+
+/// The element loop, with centering, momentum and the bound as compile-time switches; the
+/// slots a variant does not use may be empty.
+#[inline(always)]
+fn rmsprop_loop<T: Float, const CENTERED: bool, const MOMENTUM: bool, const BOUND: bool>(
+    w: &mut [T],
+    g: &[T],
+    v: &mut [T],
+    m: &mut [T],
+    a: &mut [T],
+    s: RmsPropStep<T>,
+) {
+    let n = w.len();
+    // Every slice cut to the weight's length up front, so the loop has no bounds checks.
+    let (g, v) = (&g[..n], &mut v[..n]);
+    let m = if MOMENTUM { &mut m[..n] } else { &mut m[..0] };
+    let a = if CENTERED { &mut a[..n] } else { &mut a[..0] };
+    let (rho, keep) = (s.rho, T::one() - s.rho);
+    let mu = s.momentum.unwrap_or(T::zero());
+    for i in 0..n {
+        let gi = clipped::<T, BOUND>(g[i], s.grad_factor, s.grad_bound);
+        v[i] = rho * v[i] + keep * gi * gi;
+        let denominator = if CENTERED {
+            a[i] = rho * a[i] + keep * gi;
+            v[i] - a[i] * a[i] + s.epsilon
+        } else {
+            v[i] + s.epsilon
+        };
+        let increment = s.lr * gi / denominator.sqrt();
+        if MOMENTUM {
+            m[i] = mu * m[i] + increment;
+            w[i] = w[i] - m[i];
+        } else {
+            w[i] = w[i] - increment;
+        }
+    }
+}
+
+isa_dispatch!(rmsprop_dispatch, rmsprop_chunk, <T: Float>, (w: &mut [T], g: &[T], v: &mut [T], m: &mut [T], a: &mut [T], s: RmsPropStep<T>));
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,6 +411,68 @@ mod tests {
         }
     }
 
+    /// RMSprop's scalar formula (Keras' `RMSprop`), element by element, in place.
+    fn rmsprop_reference(w: &mut [f32], g: &[f32], v: &mut [f32], m: &mut [f32], a: &mut [f32], s: RmsPropStep<f32>) {
+        for i in 0..w.len() {
+            let mut gi = g[i] * s.grad_factor;
+            if let Some(c) = s.grad_bound {
+                gi = if gi.is_nan() { gi } else { gi.max(-c).min(c) };
+            }
+            v[i] = s.rho * v[i] + (1.0 - s.rho) * gi * gi;
+            let d = if s.centered {
+                a[i] = s.rho * a[i] + (1.0 - s.rho) * gi;
+                v[i] - a[i] * a[i] + s.epsilon
+            } else {
+                v[i] + s.epsilon
+            };
+            let inc = s.lr * gi / d.sqrt();
+            match s.momentum {
+                Some(mu) => {
+                    m[i] = mu * m[i] + inc;
+                    w[i] -= m[i];
+                }
+                None => w[i] -= inc,
+            }
+        }
+    }
+
+    #[test]
+    fn rmsprop_update_equals_the_scalar_formula_in_every_variant() {
+        for n in [1, 7, PARALLEL_MIN + 13, 3 * CHUNK + 5] {
+            let [g, w0, m0, v0] = inputs(n);
+            let a0: Vec<f32> = (0..n).map(|i| (i % 7) as f32 * 0.002 - 0.006).collect();
+            for (momentum, centered, bound) in [
+                (None, false, None),
+                (Some(0.9), false, None),
+                (None, true, Some(0.2)),
+                (Some(0.5), true, None),
+                (Some(0.9), false, Some(0.3)),
+            ] {
+                let s = RmsPropStep {
+                    lr: 0.001,
+                    rho: 0.9,
+                    epsilon: 1e-7,
+                    momentum,
+                    centered,
+                    grad_factor: 0.75,
+                    grad_bound: bound,
+                };
+                let (mut w1, mut v1, mut m1, mut a1) = (w0.clone(), v0.clone(), m0.clone(), a0.clone());
+                rmsprop_reference(&mut w1, &g, &mut v1, &mut m1, &mut a1, s);
+                for threads in [1, 3] {
+                    let (mut w2, mut v2, mut m2, mut a2) = (w0.clone(), v0.clone(), m0.clone(), a0.clone());
+                    let (ms, avg) = (momentum.map(|_| &mut m2[..]), centered.then_some(&mut a2[..]));
+                    in_pool(threads, || rmsprop_update(&mut w2, &g, &mut v2, ms, avg, s)).unwrap();
+                    let what = format!("n {n} {momentum:?} centered {centered} {bound:?} threads {threads}");
+                    for (got, want) in [(&w2, &w1), (&v2, &v1), (&m2, &m1), (&a2, &a1)] {
+                        assert_eq!(bits(got), bits(want), "{what}");
+                    }
+                    assert!(w2[n / 2].is_nan(), "{what}: the NaN gradient is kept");
+                }
+            }
+        }
+    }
+
     #[test]
     fn mismatched_lengths_are_errors() {
         let (mut w, mut m) = ([0.0f32; 2], [0.0f32; 2]);
@@ -309,5 +491,16 @@ mod tests {
         };
         let err = adam_update(&mut w, &[1.0, 2.0], &mut m, &mut [0.0; 1], a).unwrap_err();
         assert!(err.contains("adam_update"), "{err}");
+        let r = RmsPropStep {
+            lr: 0.1,
+            rho: 0.9,
+            epsilon: 1e-7,
+            momentum: None,
+            centered: true,
+            grad_factor: 1.0,
+            grad_bound: None,
+        };
+        let err = rmsprop_update(&mut w, &[1.0, 2.0], &mut m, None, None, r).unwrap_err();
+        assert!(err.contains("average None (wanted: true)"), "{err}");
     }
 }

@@ -4,7 +4,7 @@
 use crate::layers::Param;
 use losskit::{Error, Result, Tensor};
 use losskit_tensor::Element;
-use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, Zip};
+use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD};
 
 /// Which update rule, with its hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -452,24 +452,12 @@ fn arrays<T: Element>(slots: &[Vec<Tensor>]) -> Result<Vec<Vec<ArrayD<T>>>> {
         .collect()
 }
 
-/// How a raw gradient element becomes the one applied: scaled (norm clipping), then bounded
-/// (value clipping).
+/// How a raw gradient element becomes the one applied: scaled by `factor` (norm clipping), then
+/// bounded by `±bound` (value clipping), inside the kernels of `losskit_kernels::optim`.
 #[derive(Clone, Copy)]
 struct Grad<T> {
     factor: T,
     bound: Option<T>,
-}
-
-impl<T: Element> Grad<T> {
-    #[inline(always)]
-    fn get(self, g: T) -> T {
-        let g = g * self.factor;
-        match self.bound {
-            // NaN stays NaN, as Keras' `clip`.
-            Some(c) => losskit_kernels::clip(g, -c, c),
-            None => g,
-        }
-    }
 }
 
 /// Access to the typed optimizer state.
@@ -504,8 +492,8 @@ impl SlotType for f64 {
 /// What `update` expects of the weight and slot buffers (`apply_typed` makes them so).
 const STANDARD: &str = "standard-layout buffers";
 
-/// One rule's update of one weight, in place (SGD and Adam(W) through the vectorised kernels
-/// of `losskit_kernels::optim`).
+/// One rule's update of one weight, in place, through the vectorised kernels of
+/// `losskit_kernels::optim` (SGD, Adam(W), RMSprop).
 fn update<T: Element>(
     rule: Rule,
     lr: T,
@@ -555,36 +543,30 @@ fn update<T: Element>(
                 .expect("shapes checked in apply");
         }
         Rule::RmsProp { rho, momentum, epsilon, centered } => {
-            let (rho, eps, mu) = (T::c(rho), T::c(epsilon), T::c(momentum));
-            let (vel, rest) = s.split_at_mut(1);
-            let (mom, avg) = if momentum > 0.0 { rest.split_at_mut(1) } else { rest.split_at_mut(0) };
-            let vel = &mut vel[0];
-            Zip::from(&mut *vel).and(&g).for_each(|v, &g| {
-                let g = gr.get(g);
-                *v = rho * *v + (one - rho) * g * g
-            });
-            let mut increment = ArrayD::<T>::zeros(g.raw_dim());
-            if centered {
-                let a = &mut avg[0];
-                Zip::from(&mut increment).and(&g).and(&*vel).and(a).for_each(|inc, &g, &v, a| {
-                    let g = gr.get(g);
-                    *a = rho * *a + (one - rho) * g;
-                    *inc = lr * g / (v - *a * *a + eps).sqrt();
-                });
-            } else {
-                Zip::from(&mut increment)
-                    .and(&g)
-                    .and(&*vel)
-                    .for_each(|inc, &g, &v| *inc = lr * gr.get(g) / (v + eps).sqrt());
-            }
-            if let Some(m) = mom.first_mut() {
-                Zip::from(&mut w).and(m).and(&increment).for_each(|w, m, &inc| {
-                    *m = mu * *m + inc;
-                    *w = *w - *m;
-                });
-            } else {
-                Zip::from(&mut w).and(&increment).for_each(|w, &inc| *w = *w - inc);
-            }
+            // Slots: the mean square, then the momentum (when μ > 0), then the average gradient
+            // (when centered).
+            let step = losskit_kernels::optim::RmsPropStep {
+                lr,
+                rho: T::c(rho),
+                epsilon: T::c(epsilon),
+                momentum: (momentum > 0.0).then(|| T::c(momentum)),
+                centered,
+                grad_factor: gr.factor,
+                grad_bound: gr.bound,
+            };
+            let (velocity, rest) = s.split_first_mut().expect("RMSprop keeps a mean square");
+            let (mom, avg) = rest.split_at_mut(usize::from(momentum > 0.0));
+            let mom = mom.first_mut().map(|a| a.as_slice_mut().expect(STANDARD));
+            let avg = avg.first_mut().map(|a| a.as_slice_mut().expect(STANDARD));
+            losskit_kernels::optim::rmsprop_update(
+                w.as_slice_mut().expect(STANDARD),
+                gs,
+                velocity.as_slice_mut().expect(STANDARD),
+                mom,
+                avg,
+                step,
+            )
+            .expect("shapes checked in apply");
         }
     }
 }

@@ -244,6 +244,16 @@ fn optimizer_steps_by_hand() {
     }
     assert!((p.value.to_vec::<f64>()[0] + 0.29).abs() < 1e-12);
     assert_eq!(opt.iterations(), 2);
+    // Centered RMSprop with momentum, two steps of g = 2 from w = 1 (ρ 0.9, μ 0.5, lr 0.1):
+    // v = 0.4, a = 0.2, i = 0.2/√(v − a² + ε) ≈ 1/3, m = i; then v = 0.76, a = 0.38, m = m/2 + i.
+    let rule = losskit_train::Rule::RmsProp { rho: 0.9, momentum: 0.5, epsilon: 1e-7, centered: true };
+    let mut opt = Optimizer::new(rule, 0.1).unwrap();
+    let mut p = Param { name: "w".into(), value: Tensor::from_vec(vec![1.0f64], &[1]).unwrap().requires_grad() };
+    for _ in 0..2 {
+        opt.apply(&mut [&mut p], &[Tensor::from_vec(vec![2.0f64], &[1]).unwrap()]).unwrap();
+    }
+    let w = p.value.to_vec::<f64>()[0];
+    assert!((w - 0.2450937191810329).abs() < 1e-12, "{w}");
     // Names resolve with Keras' defaults; bad values are errors.
     assert_eq!(Optimizer::parse("sgd").unwrap().learning_rate(), 0.01);
     assert_eq!(Optimizer::parse("Adam").unwrap().learning_rate(), 0.001);
