@@ -140,8 +140,13 @@ impl Tensor {
         Tensor::ones(self.shape(), self.dtype())
     }
 
-    /// The same values as a leaf that requires gradients (a new tensor for autodiff).
-    pub fn requires_grad(self) -> Tensor {
+    /// The same values as a leaf that requires gradients (a new tensor for autodiff; a leaf
+    /// nothing else holds is marked in place).
+    pub fn requires_grad(mut self) -> Tensor {
+        if let Some(inner) = Arc::get_mut(&mut self.0).filter(|inner| inner.node.is_none()) {
+            inner.requires_grad = true;
+            return self;
+        }
         Tensor::make(self.0.value.clone(), true, None)
     }
 
@@ -232,8 +237,16 @@ impl Tensor {
     }
 
     /// The values in row-major order as `T` (converted if the dtype differs).
-    pub fn to_vec<T: Element>(&self) -> Vec<T> {
-        self.to_array::<T>().iter().copied().collect()
+    pub fn to_vec<E: Element>(&self) -> Vec<E> {
+        let s = self.storage();
+        if let Some(a) = E::view(s) {
+            return a.iter().copied().collect();
+        }
+        if E::DTYPE == DType::F64 {
+            // Widening is exact: one pass, one buffer.
+            return with_storage!(s, a => a.iter().map(|&v| <E as losskit_kernels::Float>::c(wide(v))).collect());
+        }
+        self.to_array::<E>().into_iter().collect()
     }
 
     /// `Σ x²` over every element, accumulated in f64 (a reading, not recorded). NaN or ±Inf
@@ -286,7 +299,7 @@ impl Tensor {
         if self.numel() != 1 {
             return Err(Error::shape("Tensor::to_scalar", format!("needs one element, got shape {:?}", self.shape())));
         }
-        Ok(self.to_vec::<f64>()[0])
+        Ok(with_storage!(self.storage(), a => a.iter().next().map_or(f64::NAN, |&v| wide(v))))
     }
 }
 
@@ -329,6 +342,35 @@ mod tests {
             v[i] = bad;
         }
         v
+    }
+
+    #[test]
+    fn requires_grad_marks_a_lone_leaf_in_place_and_never_a_shared_one() {
+        let lone = Tensor::from_vec(vec![1.0f32, 2.0], &[2]).unwrap();
+        let id = lone.id();
+        let marked = lone.requires_grad();
+        assert!(marked.is_tracked());
+        assert_eq!(marked.id(), id, "nothing else held it: the same leaf");
+        let shared = Tensor::from_vec(vec![1.0f32, 2.0], &[2]).unwrap();
+        let other = shared.clone();
+        let marked = shared.requires_grad();
+        assert!(marked.is_tracked() && !other.is_tracked(), "the other handle stays a constant");
+        assert_ne!(marked.id(), other.id());
+        // A result of an op is cut from its graph: a new leaf.
+        let y = marked.mul_scalar(2.0).unwrap();
+        let (yid, leaf) = (y.id(), y.requires_grad());
+        assert!(leaf.node().is_none() && leaf.id() != yid);
+    }
+
+    #[test]
+    fn to_vec_and_to_scalar_read_either_dtype() {
+        let t = Tensor::from_vec(vec![0.1f32, -3.5, 1e30], &[3]).unwrap();
+        assert_eq!(t.to_vec::<f64>(), vec![f64::from(0.1f32), -3.5, f64::from(1e30f32)]);
+        assert_eq!(t.to_vec::<f32>(), vec![0.1f32, -3.5, 1e30]);
+        let d = Tensor::from_vec(vec![0.1f64, 1e300], &[2]).unwrap();
+        assert_eq!(d.to_vec::<f32>(), vec![0.1f32, f32::INFINITY]);
+        assert_eq!(Tensor::scalar(0.25f32).to_scalar().unwrap(), 0.25);
+        assert!(t.to_scalar().is_err());
     }
 
     #[test]

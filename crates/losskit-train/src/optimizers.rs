@@ -321,7 +321,7 @@ impl Optimizer {
         let slots = T::slots(&mut self.slots);
         for (((p, g), s), factor) in params.iter_mut().zip(&views).zip(slots.iter_mut()).zip(factors) {
             // Update in place: the graph is gone, so the weights' buffer is usually unshared.
-            let value = std::mem::replace(&mut p.value, Tensor::scalar(T::zero()));
+            let value = std::mem::replace(&mut p.value, PLACEHOLDER.with(Tensor::clone));
             let mut w = T::take(value.into_storage()).expect("dtype checked above");
             // The update runs on contiguous buffers (a strided weight or slot, e.g. one set
             // from a transposed tensor, is made standard once here).
@@ -423,6 +423,12 @@ fn gradient_check(grads: &[Tensor], sum_squares: Vec<f64>, require_finite: bool)
     let finite = sum_squares.iter().all(|s| s.is_finite())
         || (!sum_squares.iter().any(|s| s.is_nan()) && grads.iter().all(Tensor::all_finite));
     GradientCheck { sum_squares, finite, applied: finite || !require_finite }
+}
+
+thread_local! {
+    /// What a weight holds while the optimizer has its buffer out (a shared handle: no allocation
+    /// per update).
+    static PLACEHOLDER: Tensor = Tensor::scalar(0.0f32);
 }
 
 /// An optimizer's training state ([`Optimizer::state`]): what a backup keeps so that a resumed
