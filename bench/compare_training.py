@@ -10,6 +10,9 @@ Dense 2048 relu -> Dense 2048 relu -> Dense 10 softmax, Adam, batch 256) it also
 fraction of the machine's GEMM rate losskit reaches: FLOPs per step / step time, against a
 2048^3 product timed in the same losskit process.
 
+With --configs OPT:BATCH:MODEL,... it runs other configs: `rmsprop:32:seed`, `sgd_clipnorm:32:seed`
+(each gradient clipped to norm 1; PyTorch clips each tensor likewise).
+
 With --rounds R, each config runs every framework R times, interleaved (losskit, PyTorch, Keras,
 losskit, ...), and each framework's epoch time is the median over all its runs' epochs after the
 first: on a machine whose speed drifts, every framework meets the same slow and fast minutes.
@@ -64,12 +67,20 @@ def main():
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=1, help="interleaved runs of every framework per config")
+    ap.add_argument(
+        "--configs",
+        help="OPT:BATCH:MODEL,... instead of the default three, e.g. rmsprop:32:seed,sgd_clipnorm:32:seed "
+        "(OPT: a Keras optimizer name, optionally with _clipnorm; MODEL: seed or wide)",
+    )
     args = ap.parse_args()
+    configs = CONFIGS
+    if args.configs:
+        configs = [(o, int(b), m) for o, b, m in (c.split(":") for c in args.configs.split(","))]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(os.cpu_count())))
     subprocess.run(["cargo", "build", "--release", "--example", "train_epoch"], cwd=ROOT, check=True, capture_output=True)
     binary = os.path.join(ROOT, "target", "release", "examples", "train_epoch")
     print(f"machine: {os.cpu_count()} cores; epochs per run: {args.epochs}; interleaved rounds: {args.rounds}")
-    for opt, batch, model in CONFIGS:
+    for opt, batch, model in configs:
         cfg = [opt, str(batch), str(args.epochs), model]
         commands = {
             "losskit": [binary, *cfg],

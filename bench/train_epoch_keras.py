@@ -23,7 +23,11 @@ hidden = (
     else [keras.layers.Dense(512, activation="relu"), keras.layers.Dropout(0.2)]
 )
 model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), *hidden, keras.layers.Dense(10, activation="softmax")])
-model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+# A Keras name with its defaults, optionally with "_clipnorm" (each gradient clipped to norm 1).
+optimizer = keras.optimizers.get(opt.removesuffix("_clipnorm"))
+if opt.endswith("_clipnorm"):
+    optimizer = optimizer.__class__.from_config({**optimizer.get_config(), "clipnorm": 1.0})
+model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
 
 class Timer(keras.callbacks.Callback):

@@ -22,8 +22,15 @@ if wide:
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 2048), nn.ReLU(), nn.Linear(2048, 2048), nn.ReLU(), nn.Linear(2048, 10))
 else:
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Dropout(0.2), nn.Linear(512, 10))
-# Keras' defaults: SGD lr 0.01; Adam lr 0.001, eps 1e-7.
-opt = torch.optim.SGD(model.parameters(), lr=0.01) if opt_name == "sgd" else torch.optim.Adam(model.parameters(), lr=0.001, eps=1e-7)
+# Keras' defaults: SGD lr 0.01; Adam lr 0.001, eps 1e-7; RMSprop lr 0.001, rho 0.9, eps 1e-7.
+# "_clipnorm": each gradient clipped to norm 1 (Keras' clipnorm is per tensor).
+base_name, clip = opt_name.removesuffix("_clipnorm"), opt_name.endswith("_clipnorm")
+params = list(model.parameters())
+opt = {
+    "sgd": lambda: torch.optim.SGD(params, lr=0.01),
+    "adam": lambda: torch.optim.Adam(params, lr=0.001, eps=1e-7),
+    "rmsprop": lambda: torch.optim.RMSprop(params, lr=0.001, alpha=0.9, eps=1e-7),
+}[base_name]()
 loss_fn = nn.CrossEntropyLoss()
 times = []
 n = x.shape[0]
@@ -36,6 +43,9 @@ for _ in range(epochs):
         opt.zero_grad()
         loss = loss_fn(model(x[idx]), y[idx])
         loss.backward()
+        if clip:
+            for p in params:
+                torch.nn.utils.clip_grad_norm_(p, 1.0)
         opt.step()
     times.append(time.perf_counter() - t)
 model.eval()

@@ -1,7 +1,8 @@
 //! One benchmark run for bench/compare_training.py: the seed's model on Fashion-MNIST,
 //! `--epochs` epochs, printing one JSON line with each epoch's seconds and the test accuracy.
 //!
-//! `cargo run --release --example train_epoch -- sgd 32 3` (the seed's model), or
+//! `cargo run --release --example train_epoch -- sgd 32 3` (the seed's model; the optimizer is a
+//! Keras name, optionally with `_clipnorm`: `rmsprop`, `sgd_clipnorm`), or
 //! `cargo run --release --example train_epoch -- adam 256 3 wide`: the GEMM-bound model Flatten →
 //! Dense 2048 relu → Dense 2048 relu → Dense 10 softmax, which also reports the FLOPs of one
 //! step and the rate of a large matrix product timed in the same process (`gemm_gflops`).
@@ -36,10 +37,7 @@ fn main() -> Result<(), losskit::Error> {
             .add(Dense::new(10).activation("softmax")?)
     };
     model.compile(
-        Compile::new()
-            .optimizer(Optimizer::parse(&opt)?)
-            .loss("sparse_categorical_crossentropy")
-            .metrics(&["accuracy"]),
+        Compile::new().optimizer(optimizer(&opt)?).loss("sparse_categorical_crossentropy").metrics(&["accuracy"]),
     )?;
     let times = Rc::new(RefCell::new(Vec::new()));
     let start = Rc::new(RefCell::new(Instant::now()));
@@ -65,6 +63,15 @@ fn main() -> Result<(), losskit::Error> {
         times.borrow()
     );
     Ok(())
+}
+
+/// The optimizer by the benchmark's name: a Keras name with its defaults (`sgd`, `adam`,
+/// `rmsprop`, ...), optionally with `_clipnorm` (each gradient clipped to norm 1).
+fn optimizer(name: &str) -> Result<Optimizer, losskit::Error> {
+    match name.strip_suffix("_clipnorm") {
+        Some(base) => Optimizer::parse(base)?.clipnorm(1.0),
+        None => Optimizer::parse(name),
+    }
 }
 
 /// The hidden width of the GEMM-bound model.
