@@ -203,7 +203,7 @@ fn propagate(root: &Tensor, scratch: &mut Scratch, leaves: &mut Gradients) -> Re
                     ));
                 }
                 let total = match grads.remove(&input.id()) {
-                    Some(prev) => prev.add(&ig)?,
+                    Some(prev) => crate::fusion::accumulate(prev, ig)?,
                     None => ig,
                 };
                 grads.insert(input.id(), total);

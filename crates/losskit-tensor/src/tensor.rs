@@ -271,6 +271,14 @@ impl Tensor {
         }
     }
 
+    /// Whether this handle alone holds its values, computed and in standard layout: then
+    /// [`Tensor::into_storage`] hands over a buffer that may be written in place.
+    pub(crate) fn owns_buffer(&self) -> bool {
+        Arc::strong_count(&self.0) == 1
+            && matches!(self.0.value, Value::Ready(_))
+            && with_storage!(self.storage(), a => a.is_unique() && a.is_standard_layout())
+    }
+
     /// Whether every element is finite (no NaN, no ±Inf).
     pub fn all_finite(&self) -> bool {
         with_storage!(self.storage(), a => match a.as_slice_memory_order() {

@@ -278,6 +278,39 @@ pub(crate) fn full(t: &Tensor, dtype: DType) -> Arc<Expr> {
     }
 }
 
+/// `total + more` for two tensors of one shape and dtype (gradients being accumulated): written
+/// into the buffer of whichever of the two is materialised, contiguous and held by nothing else
+/// (a result of an earlier backward step, typically), else a new (lazy or computed) sum. Every
+/// way gives the same values (`a + b = b + a` in IEEE arithmetic).
+pub(crate) fn accumulate(total: Tensor, more: Tensor) -> crate::Result<Tensor> {
+    if total.shape() != more.shape() || total.dtype() != more.dtype() {
+        return total.add(&more);
+    }
+    let total = match add_in_place(total, &more) {
+        Ok(sum) => return Ok(sum),
+        Err(total) => total,
+    };
+    match add_in_place(more, &total) {
+        Ok(sum) => Ok(sum),
+        Err(more) => total.add(&more),
+    }
+}
+
+/// `target + addend` in `target`'s own buffer, or `target` back when it is lazy, strided or
+/// shared.
+fn add_in_place(target: Tensor, addend: &Tensor) -> Result<Tensor, Tensor> {
+    if !target.owns_buffer() {
+        return Err(target);
+    }
+    let mut storage = target.into_storage();
+    let addend = full(addend, storage.dtype());
+    with_storage!(&mut storage, a => {
+        let values = a.as_slice_mut().expect("standard layout, checked above");
+        program::add_into::<T>(values, &addend)
+    });
+    Ok(Tensor::from_storage(storage))
+}
+
 /// An operand of a result of shape `out`, entering as `class` says (from [`classify`]).
 pub(crate) fn operand(t: &Tensor, class: Option<Broadcast>, out: &[usize]) -> Arc<Expr> {
     match class {
@@ -311,4 +344,47 @@ fn sum_rows_as<T: Element>(es: &[&Expr], period: usize, divisor: f64, shape: &[u
             Tensor::from_vec(values, shape).expect("one sum per row")
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.to_vec::<f32>().iter().map(|v| v.to_bits()).collect()
+    }
+
+    #[test]
+    fn accumulate_adds_in_place_with_the_bits_of_a_new_sum_and_spares_shared_buffers() {
+        // Sizes above and below the lazy threshold and across pieces; the addend lazy or not.
+        for n in [5, PROGRAM_MIN + 3, PARALLEL_MIN + 17, 3 * PIECE + 5] {
+            let values = |k: usize| (0..n).map(move |i| ((i * k % 97) as f32 - 48.0) * 0.37).collect::<Vec<f32>>();
+            let a = Tensor::from_vec(values(7), &[n]).unwrap();
+            let b = Tensor::from_vec(values(11), &[n]).unwrap();
+            let lazy = a.mul(&b).unwrap().mul_scalar(0.01).unwrap().exp();
+            let address = |t: &Tensor| with_storage!(t.storage(), a => a.as_ptr() as usize);
+            for more in [&b, &lazy] {
+                let want = bits(&a.add(more).unwrap());
+                let total = Tensor::from_vec(values(7), &[n]).unwrap();
+                let before = address(&total);
+                let sum = accumulate(total, more.clone()).unwrap();
+                assert_eq!(bits(&sum), want, "n {n}");
+                assert_eq!(address(&sum), before, "n {n}: the sum is written into the total's buffer");
+                // The shared case: another handle on the buffer keeps its values.
+                let total = Tensor::from_vec(values(7), &[n]).unwrap();
+                let other = total.clone();
+                let sum = accumulate(total, more.clone()).unwrap();
+                assert_eq!(bits(&sum), want, "n {n}, shared");
+                assert_eq!(other.to_vec::<f32>(), values(7), "n {n}: the other handle is untouched");
+            }
+            // A lazy (or shared) total and a lone materialised addend: the sum lands in the
+            // addend's buffer.
+            let want = bits(&lazy.add(&b).unwrap());
+            let fresh = Tensor::from_vec(values(11), &[n]).unwrap();
+            let before = address(&fresh);
+            let sum = accumulate(lazy.clone(), fresh).unwrap();
+            assert_eq!(bits(&sum), want, "n {n}, into the addend");
+            assert_eq!(address(&sum), before, "n {n}: the sum is written into the addend's buffer");
+        }
+    }
 }

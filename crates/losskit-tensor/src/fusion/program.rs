@@ -246,6 +246,19 @@ fn fill_piece_body<T: Element>(p: &Program<'_, T>, regs: &mut [T], start: usize,
 }
 with_avx2!(fill_piece => fill_piece_body, (p: &Program<'_, T>, regs: &mut [T], start: usize, out: &mut [T]));
 
+/// Adds the values from flat index `start` to `target`, a chunk at a time.
+#[inline(always)]
+fn add_piece_body<T: Element>(p: &Program<'_, T>, regs: &mut [T], start: usize, target: &mut [T]) {
+    for (j, chunk) in target.chunks_mut(CHUNK).enumerate() {
+        let (s, len) = (start + j * CHUNK, chunk.len());
+        p.run_steps(regs, s, len, None);
+        for (t, &v) in chunk.iter_mut().zip(p.root_values(regs, 0, s, len)) {
+            *t = *t + v;
+        }
+    }
+}
+with_avx2!(add_piece => add_piece_body, (p: &Program<'_, T>, regs: &mut [T], start: usize, target: &mut [T]));
+
 /// Adds `Σ` of each root's values in `[s, e)` to `totals[k]`, chunk by chunk, blocks added in
 /// order (see `accumulate_sum`): the same as one `accumulate_sum` over the range.
 #[inline(always)]
@@ -298,6 +311,21 @@ pub(super) fn materialise(e: &Expr) -> Storage {
         crate::DType::F32 => f32::wrap(materialise_as::<f32>(e)),
         crate::DType::F64 => f64::wrap(materialise_as::<f64>(e)),
     }
+}
+
+/// `target[i] ← target[i] + e[i]` over every value of `e` (`target` holds `e`'s shape in
+/// row-major order), in parallel over pieces of [`PIECE`] values: the same bits as
+/// materialising `target + e`, without a new buffer.
+pub(super) fn add_into<T: Element>(target: &mut [T], e: &Expr) {
+    let p = Program::<T>::compile(e);
+    if target.len() <= PIECE {
+        add_piece(&p, &mut p.register_file(), 0, target);
+        return;
+    }
+    target
+        .par_chunks_mut(PIECE)
+        .enumerate()
+        .for_each_init(|| p.register_file(), |regs, (i, piece)| add_piece(&p, regs, i * PIECE, piece));
 }
 
 fn materialise_as<T: Element>(e: &Expr) -> ndarray::ArrayD<T> {
