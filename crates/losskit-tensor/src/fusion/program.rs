@@ -116,14 +116,15 @@ impl<'a, T: Element> Program<'a, T> {
     }
 
     /// A register file for one task, scalar leaves filled in once.
-    fn register_file(&self) -> Vec<T> {
-        let mut regs = vec![T::zero(); self.registers * CHUNK];
+    fn register_file(&self) -> Registers<T> {
+        let mut regs = pool::take(self.registers * CHUNK);
+        regs.fill(T::zero());
         for load in &self.loads {
             if load.broadcast == Broadcast::Scalar {
                 regs[load.reg * CHUNK..(load.reg + 1) * CHUNK].fill(load.values[0]);
             }
         }
-        regs
+        Registers(regs)
     }
 
     /// Runs the program over the values from flat index `s` and writes them into `out` (the
@@ -234,6 +235,29 @@ fn exec<T: Element>(instr: Instr, a: &[T], b: &[T], c: &[T], out: &mut [T]) {
                 *o = if clip_passes(x, l, h) { g } else { T::zero() };
             }
         }
+    }
+}
+
+/// A program's register file: a buffer from [`pool::take`], given back to the pool when dropped
+/// (a materialisation's register files then cost no allocation once warm).
+struct Registers<T: Element>(Vec<T>);
+
+impl<T: Element> std::ops::Deref for Registers<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.0
+    }
+}
+
+impl<T: Element> std::ops::DerefMut for Registers<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.0
+    }
+}
+
+impl<T: Element> Drop for Registers<T> {
+    fn drop(&mut self) {
+        pool::give(std::mem::take(&mut self.0));
     }
 }
 
