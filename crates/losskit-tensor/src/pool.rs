@@ -41,6 +41,15 @@ impl<T> Buffers<T> {
     const fn new() -> Self {
         Buffers { large: Mutex::new(Vec::new()), small: Mutex::new(Vec::new()) }
     }
+
+    /// Frees every buffer of both pools.
+    fn clear(&self) {
+        for pool in [&self.large, &self.small] {
+            if let Ok(mut p) = pool.lock() {
+                p.clear();
+            }
+        }
+    }
 }
 
 pub(crate) static F32_BUFFERS: Buffers<f32> = Buffers::new();
@@ -115,16 +124,8 @@ pub(crate) fn array<T: Element>(dim: ndarray::IxDyn) -> ndarray::ArrayD<T> {
 
 /// Frees every pooled buffer (for a program that wants its memory back between phases).
 pub fn clear() {
-    for pool in [&F32_BUFFERS.large, &F32_BUFFERS.small] {
-        if let Ok(mut p) = pool.lock() {
-            p.clear();
-        }
-    }
-    for pool in [&F64_BUFFERS.large, &F64_BUFFERS.small] {
-        if let Ok(mut p) = pool.lock() {
-            p.clear();
-        }
-    }
+    F32_BUFFERS.clear();
+    F64_BUFFERS.clear();
 }
 
 /// How many large buffers are pooled now, per dtype `(f32, f64)`.

@@ -1,7 +1,8 @@
 //! A training step's batch, dropout mask and products reuse the last step's buffers: gathering
 //! rows, drawing an f32 mask and a product take their output from the buffer pools (large and
-//! small), so the second of two same-sized calls writes into the buffer the first one gave back. (One test in its own binary: the pool
-//! is process-wide, and another test running beside it could take the buffer in between.)
+//! small), so the second of two same-sized calls writes into the buffer the first one gave back.
+//! (One test in its own binary: the pool is process-wide, and another test running beside it
+//! could take the buffer in between.)
 
 use losskit_tensor::random::{mask, rng};
 use losskit_tensor::{pool, DType, Storage, Tensor};

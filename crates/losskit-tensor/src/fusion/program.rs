@@ -338,33 +338,32 @@ pub(super) fn materialise(e: &Expr) -> Storage {
 }
 
 /// `target[i] ← target[i] + e[i]` over every value of `e` (`target` holds `e`'s shape in
-/// row-major order), in parallel over pieces of [`PIECE`] values: the same bits as
-/// materialising `target + e`, without a new buffer.
+/// row-major order): the same bits as materialising `target + e`, without a new buffer.
 pub(super) fn add_into<T: Element>(target: &mut [T], e: &Expr) {
-    let p = Program::<T>::compile(e);
-    if target.len() <= PIECE {
-        add_piece(&p, &mut p.register_file(), 0, target);
-        return;
-    }
-    target
-        .par_chunks_mut(PIECE)
-        .enumerate()
-        .for_each_init(|| p.register_file(), |regs, (i, piece)| add_piece(&p, regs, i * PIECE, piece));
+    by_pieces(&Program::<T>::compile(e), target, add_piece::<T>);
 }
 
 fn materialise_as<T: Element>(e: &Expr) -> ndarray::ArrayD<T> {
-    let p = Program::<T>::compile(e);
     let mut out = pool::array::<T>(IxDyn(&e.shape));
     let values = out.as_slice_mut().expect("a fresh array is contiguous");
+    by_pieces(&Program::<T>::compile(e), values, fill_piece::<T>);
+    out
+}
+
+/// A piece's work: program, register file, flat index of the piece's first value, its values.
+type PieceFn<T> = fn(&Program<'_, T>, &mut [T], usize, &mut [T]);
+
+/// Runs `piece` over `values` in pieces of [`PIECE`], in parallel (one register file per task)
+/// when there is more than one piece.
+fn by_pieces<T: Element>(p: &Program<'_, T>, values: &mut [T], piece: PieceFn<T>) {
     if values.len() <= PIECE {
-        fill_piece(&p, &mut p.register_file(), 0, values);
-        return out;
+        piece(p, &mut p.register_file(), 0, values);
+        return;
     }
     values
         .par_chunks_mut(PIECE)
         .enumerate()
-        .for_each_init(|| p.register_file(), |regs, (i, piece)| fill_piece(&p, regs, i * PIECE, piece));
-    out
+        .for_each_init(|| p.register_file(), |regs, (i, chunk)| piece(p, regs, i * PIECE, chunk));
 }
 
 /// `Σ` over each of `rows` consecutive runs of `period` values of each expression in `es` (all
