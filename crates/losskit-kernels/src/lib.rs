@@ -41,6 +41,7 @@ pub mod optim;
 mod regression;
 mod sparsemax;
 mod sum;
+pub mod threads;
 
 pub use classification::{
     log_sum_exp, BinaryCrossentropy, BinaryFocalCrossentropy, CategoricalCrossentropy, CategoricalFocalCrossentropy,

@@ -6,6 +6,9 @@
 //! `cargo run --release --example train_epoch -- adam 256 3 wide`: the GEMM-bound model Flatten →
 //! Dense 2048 relu → Dense 2048 relu → Dense 10 softmax, which also reports the FLOPs of one
 //! step and the rate of a large matrix product timed in the same process (`gemm_gflops`).
+//!
+//! The main thread is rayon's worker 0 ([`losskit_train::use_calling_thread`]), as in the
+//! `losskit` binary; with `TRAIN_EPOCH_DEFAULT_POOL=1` it stays outside rayon's default pool.
 
 use losskit::Tensor;
 use losskit_train::{datasets, Compile, Dense, Dropout, Fit, Flatten, LambdaCallback, Optimizer, Sequential};
@@ -15,6 +18,11 @@ use std::time::Instant;
 
 fn main() -> Result<(), losskit::Error> {
     let args: Vec<String> = std::env::args().collect();
+    // As `losskit fit` does; TRAIN_EPOCH_DEFAULT_POOL=1 keeps rayon's own pool, for comparison.
+    if std::env::var_os("TRAIN_EPOCH_DEFAULT_POOL").is_none() {
+        losskit_train::use_calling_thread(None)
+            .map_err(|e| losskit::Error::Value { op: "train_epoch".into(), msg: e.to_string() })?;
+    }
     let opt = args.get(1).map_or("sgd", String::as_str).to_string();
     let batch: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(32);
     let epochs: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(3);
