@@ -859,6 +859,8 @@ impl Model {
             return Err(Error::Config("fit: BackupAndRestore is not supported with several workers yet".into()));
         }
         let states = self.resume(&mut run)?;
+        // The pool's other workers stay awake between the step's parallel regions.
+        let _awake = losskit_kernels::threads::keep_pool_awake();
         self.begin_training(&mut run, states)?;
         while !run.progress.stopped && run.progress.epoch < run.opts.epochs {
             self.run_epoch(&mut run)?;

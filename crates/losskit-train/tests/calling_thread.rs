@@ -1,6 +1,7 @@
 //! `use_calling_thread`: with the test's thread as worker 0 of rayon's global pool, training
-//! gives the same bits as on a one-thread pool, and a second call is refused. One test in its
-//! own binary, because the global pool is built once per process.
+//! (with the other worker kept awake by `fit`) gives the same bits as on a one-thread pool, and
+//! a second call is refused. One test in its own binary, because the global pool is built once
+//! per process.
 
 use losskit::Tensor;
 use losskit_train::{Compile, Dense, Dropout, Fit, Flatten, Sequential};
@@ -34,4 +35,14 @@ fn the_calling_thread_as_worker_zero_trains_to_the_same_bits() {
     let here = trained_weights();
     let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     assert_eq!(here, one_thread.install(trained_weights));
+    // `fit` keeps the other worker awake while it trains, and lets it go afterwards: a job
+    // handed to the pool still runs, and a second fit gives the same bits again.
+    assert_eq!(rayon::join(|| 1, || 2), (1, 2));
+    assert_eq!(here, trained_weights());
+    {
+        let _awake = losskit_kernels::threads::keep_pool_awake();
+        let (a, b) = rayon::join(rayon::current_thread_index, rayon::current_thread_index);
+        assert_eq!(a, Some(0));
+        assert!(b.is_some());
+    }
 }
