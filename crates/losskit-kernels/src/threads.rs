@@ -11,8 +11,9 @@
 //! wake-up.
 //!
 //! [`use_calling_thread`] builds the global pool that way, with the calling thread (normally
-//! `main`) as worker 0. Results never depend on it: the kernels cut their work the same way
-//! whichever threads run it.
+//! `main`) as worker 0, and [`keep_pool_awake`] keeps the pool's other workers from sleeping
+//! between regions for as long as its guard lives (`fit` holds one while it trains). Results
+//! never depend on either: the kernels cut their work the same way whichever threads run it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -70,12 +71,10 @@ impl Drop for KeepAwake {
 /// core kept busy while the guard lives. Does nothing when the calling thread is not a worker of
 /// a pool of two or more threads (see [`use_calling_thread`]).
 pub fn keep_pool_awake() -> KeepAwake {
-    let Some(me) = rayon::current_thread_index() else {
-        return KeepAwake { stop: None };
+    let me = match rayon::current_thread_index() {
+        Some(me) if rayon::current_num_threads() >= 2 => me,
+        _ => return KeepAwake { stop: None },
     };
-    if rayon::current_num_threads() < 2 {
-        return KeepAwake { stop: None };
-    }
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     rayon::spawn_broadcast(move |ctx| {

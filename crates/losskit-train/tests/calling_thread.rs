@@ -35,14 +35,18 @@ fn the_calling_thread_as_worker_zero_trains_to_the_same_bits() {
     let here = trained_weights();
     let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     assert_eq!(here, one_thread.install(trained_weights));
-    // `fit` keeps the other worker awake while it trains, and lets it go afterwards: a job
-    // handed to the pool still runs, and a second fit gives the same bits again.
-    assert_eq!(rayon::join(|| 1, || 2), (1, 2));
+    // `fit` keeps the other worker awake while it trains and lets it go afterwards: a job
+    // another thread hands to the pool runs on that worker (this thread is outside rayon
+    // meanwhile), with the guard and after it, and a second fit gives the same bits again.
+    let from_outside =
+        || std::thread::spawn(|| rayon::join(rayon::current_thread_index, rayon::current_thread_index)).join().unwrap();
+    assert_eq!(from_outside(), (Some(1), Some(1)));
     assert_eq!(here, trained_weights());
     {
-        let _awake = losskit_kernels::threads::keep_pool_awake();
-        let (a, b) = rayon::join(rayon::current_thread_index, rayon::current_thread_index);
-        assert_eq!(a, Some(0));
-        assert!(b.is_some());
+        let _awake = losskit_train::keep_pool_awake();
+        assert_eq!(from_outside(), (Some(1), Some(1)));
+        let (a, _) = rayon::join(rayon::current_thread_index, rayon::current_thread_index);
+        assert_eq!(a, Some(0), "this thread starts its own region");
     }
+    assert_eq!(from_outside(), (Some(1), Some(1)));
 }
