@@ -105,6 +105,41 @@ pub fn gemm<T: Float>(
     beta: T,
     c: &mut [T],
 ) -> Result<(), GemmShapeError> {
+    gemm_into(alpha, a, b, beta, c, Orient::RowMajor)
+}
+
+/// `C ← α·A·B + β·C` as [`gemm`], with `C` stored transposed: `c` is `n × m` row-major and holds
+/// `(A·B)ᵀ` (element `(i, j)` of the product at `c[j·m + i]`). Computing `Zᵀ = W·Hᵀ` this way
+/// packs `W` as the product's left operand, once, where `Z = H·Wᵀ` with few rows of `H` packs
+/// `H` again for every block of `W`'s columns. The values are the same bits as [`gemm`]'s for
+/// `Bᵀ·Aᵀ` (each element is the same sum over `k`).
+pub fn gemm_transposed_out<T: Float>(
+    alpha: T,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    beta: T,
+    c: &mut [T],
+) -> Result<(), GemmShapeError> {
+    gemm_into(alpha, a, b, beta, c, Orient::Transposed)
+}
+
+/// How the output of [`gemm_into`] is laid out.
+#[derive(Clone, Copy)]
+enum Orient {
+    /// `m × n` row-major.
+    RowMajor,
+    /// `n × m` row-major (the product's transpose).
+    Transposed,
+}
+
+fn gemm_into<T: Float>(
+    alpha: T,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    beta: T,
+    c: &mut [T],
+    orient: Orient,
+) -> Result<(), GemmShapeError> {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     if b.rows != k || c.len() != m * n || !a.in_bounds() || !b.in_bounds() {
         return Err(GemmShapeError { a_rows: m, a_cols: k, b_rows: b.rows, b_cols: n, c_len: c.len() });
@@ -120,6 +155,11 @@ pub fn gemm<T: Float>(
         return Ok(());
     }
     let out = OutPtr(c.as_mut_ptr());
+    // Strides of C's rows and columns.
+    let (rsc, csc) = match orient {
+        Orient::RowMajor => (n, 1),
+        Orient::Transposed => (1, m),
+    };
     // One block: rows r0..r1 and columns c0..c1 of the output.
     let block = |r0: usize, r1: usize, c0: usize, c1: usize| {
         // SAFETY: `in_bounds` checked that every element of `a` and `b` lies inside its slice;
@@ -138,9 +178,9 @@ pub fn gemm<T: Float>(
                 b.row_stride as isize,
                 b.col_stride as isize,
                 beta,
-                out.at(r0 * n + c0),
-                n as isize,
-                1,
+                out.at(r0 * rsc + c0 * csc),
+                rsc as isize,
+                csc as isize,
             )
         }
     };
@@ -217,6 +257,32 @@ mod tests {
             let (i, j) = (m - 1, n / 2);
             let want: f64 = (0..k).map(|p| f64::from(a[i * k + p]) * f64::from(b[p * n + j])).sum();
             assert!((f64::from(f32::from_bits(one[i * n + j])) - want).abs() < 1e-3, "a value of the product");
+        }
+    }
+
+    #[test]
+    fn a_transposed_output_is_the_same_bits_as_the_product_of_the_transposes() {
+        // (A·B)ᵀ written by `gemm_transposed_out` against `Bᵀ·Aᵀ` from `gemm`, below and above
+        // the parallel threshold, tall and wide, with β = 0 over NaN and with β = 1.
+        for (m, k, n) in [(7, 5, 3), (301, 97, 211), (53, 129, 1001), (1000, 300, 24)] {
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| ((i * 11 % 23) as f32 - 11.0) * 0.031).collect();
+            let (am, bm) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n));
+            let start: Vec<f32> = (0..m * n).map(|i| (i % 7) as f32).collect();
+            for beta in [0.0, 1.0] {
+                let mut t = if beta == 0.0 { vec![f32::NAN; m * n] } else { start.clone() };
+                gemm_transposed_out(1.5, am, bm, beta, &mut t).unwrap();
+                let mut want = start.clone();
+                gemm(1.5, bm.t(), am.t(), beta, &mut want).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&t), bits(&want), "({m}, {k}, {n}), beta {beta}");
+            }
+            // One element against a plain sum: element (i, j) of A·B sits at t[j·m + i].
+            let mut t = vec![0.0f32; m * n];
+            gemm_transposed_out(1.0, am, bm, 0.0, &mut t).unwrap();
+            let (i, j) = (m - 1, n / 2);
+            let sum: f64 = (0..k).map(|p| f64::from(a[i * k + p]) * f64::from(b[p * n + j])).sum();
+            assert!((f64::from(t[j * m + i]) - sum).abs() < 1e-3, "({m}, {k}, {n}): {} vs {sum}", t[j * m + i]);
         }
     }
 
