@@ -285,7 +285,7 @@ fn ln_sum_exp<T: Float>(x: &[T], m: T) -> T {
 /// sum and its logarithm are taken in `f64` (blocks of 256 values, as [`accumulate_sum`](crate::accumulate_sum)), then
 /// `m + ln Σ` rounds once in `T`. The tensor ops' `logsumexp`, `softmax` and `log_softmax` over
 /// the last axis use it.
-#[inline]
+#[inline(always)]
 pub fn log_sum_exp<T: Float>(x: &[T]) -> T {
     let m = row_max(x);
     let m = if m.is_finite() { m } else { T::zero() };
