@@ -1,7 +1,7 @@
 //! The `Tensor` type: storage, identity, graph node, constructors and conversions.
 
 use crate::autodiff::{self, CustomOp, Gradients};
-use crate::fusion::Expr;
+use crate::fusion::{with_avx2, Expr};
 use crate::storage::{with_storage, DType, Element, Storage};
 use crate::{Error, Result};
 use ndarray::{ArrayD, IxDyn};
@@ -323,7 +323,8 @@ fn wide<T: Element>(v: T) -> f64 {
 
 /// `Σ x²` in sixteen lanes of `T` per block of 4096 values, blocks summed in f64 (vectorised
 /// by the compiler; accurate enough for a norm).
-fn sum_squares_lanes<T: Element>(s: &[T]) -> f64 {
+#[inline(always)]
+fn sum_squares_body<T: Element>(s: &[T]) -> f64 {
     let mut total = 0.0f64;
     for block in s.chunks(4096) {
         let mut lanes = [T::zero(); 16];
@@ -338,6 +339,10 @@ fn sum_squares_lanes<T: Element>(s: &[T]) -> f64 {
     }
     total
 }
+
+// The NaN guard reads every gradient's `Σ g²` each step: 8 AVX2 lanes instead of the baseline
+// build's 4 (the same IEEE operations lane by lane, so the same value).
+with_avx2!(sum_squares_lanes => sum_squares_body, (s: &[T]) -> f64);
 
 #[cfg(test)]
 mod tests {
@@ -379,6 +384,23 @@ mod tests {
         assert_eq!(d.to_vec::<f32>(), vec![0.1f32, f32::INFINITY]);
         assert_eq!(Tensor::scalar(0.25f32).to_scalar().unwrap(), 0.25);
         assert!(t.to_scalar().is_err());
+    }
+
+    #[test]
+    fn sum_of_squares_is_the_same_value_in_the_vector_build_and_the_baseline_one() {
+        let v = values(None);
+        let want: f64 = v.iter().map(|x| x * x).sum();
+        let f: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+        // The dispatched build (AVX2 here when the CPU has it) against the body compiled plainly.
+        assert_eq!(sum_squares_lanes(&f).to_bits(), sum_squares_body(&f).to_bits());
+        assert_eq!(sum_squares_lanes(&v).to_bits(), sum_squares_body(&v).to_bits());
+        assert!((sum_squares_lanes(&v) - want).abs() < 1e-9 * want, "{} vs {want}", sum_squares_lanes(&v));
+        assert!((sum_squares_lanes(&f) - want).abs() < 1e-5 * want);
+        let t = Tensor::from_vec(v.clone(), &[v.len()]).unwrap();
+        assert_eq!(t.sum_of_squares().to_bits(), sum_squares_body(&v).to_bits());
+        let mut bad = v;
+        bad[4096 + 9] = f64::NAN;
+        assert!(sum_squares_lanes(&bad).is_nan());
     }
 
     #[test]

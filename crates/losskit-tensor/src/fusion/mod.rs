@@ -43,6 +43,8 @@ macro_rules! with_avx2 {
     };
 }
 
+pub(crate) use with_avx2;
+
 pub(crate) mod ops;
 mod program;
 
