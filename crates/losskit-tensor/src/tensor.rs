@@ -253,7 +253,7 @@ impl Tensor {
     /// anywhere makes it non-finite, so one pass also checks finiteness.
     pub fn sum_of_squares(&self) -> f64 {
         with_storage!(self.storage(), a => match a.as_slice_memory_order() {
-            Some(s) => sum_squares_lanes(s),
+            Some(s) => sum_squares_grouped(s),
             None => a.iter().fold(0.0f64, |s, &v| {
                 let v = wide(v);
                 s + v * v
@@ -344,6 +344,33 @@ fn sum_squares_body<T: Element>(s: &[T]) -> f64 {
 // build's 4 (the same IEEE operations lane by lane, so the same value).
 with_avx2!(sum_squares_lanes => sum_squares_body, (s: &[T]) -> f64);
 
+/// Values per group of [`sum_squares_grouped`] (16 blocks of 4096).
+const SQUARES_GROUP: usize = 1 << 16;
+/// Groups summed per parallel round (a stack array: no allocation).
+const SQUARES_ROUND: usize = 64;
+
+/// `Σ x²` as [`sum_squares_lanes`] over fixed groups of [`SQUARES_GROUP`] values, the groups in
+/// parallel and their sums added in order: the same value whatever the number of threads. One
+/// group or less is summed on the calling thread. (`fit` keeps the pool's other worker awake,
+/// so a step's `Σ g²` of a large weight is split over both cores instead of waiting on one.)
+fn sum_squares_grouped<T: Element>(s: &[T]) -> f64 {
+    use rayon::prelude::*;
+    if s.len() <= SQUARES_GROUP {
+        return sum_squares_lanes(s);
+    }
+    let mut total = 0.0f64;
+    let mut partial = [0.0f64; SQUARES_ROUND];
+    for round in s.chunks(SQUARES_GROUP * SQUARES_ROUND) {
+        let groups = round.len().div_ceil(SQUARES_GROUP);
+        partial[..groups]
+            .par_iter_mut()
+            .zip(round.par_chunks(SQUARES_GROUP))
+            .for_each(|(p, g)| *p = sum_squares_lanes(g));
+        total = partial[..groups].iter().fold(total, |t, &p| t + p);
+    }
+    total
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,10 +424,37 @@ mod tests {
         assert!((sum_squares_lanes(&v) - want).abs() < 1e-9 * want, "{} vs {want}", sum_squares_lanes(&v));
         assert!((sum_squares_lanes(&f) - want).abs() < 1e-5 * want);
         let t = Tensor::from_vec(v.clone(), &[v.len()]).unwrap();
-        assert_eq!(t.sum_of_squares().to_bits(), sum_squares_body(&v).to_bits());
+        assert_eq!(t.sum_of_squares().to_bits(), sum_squares_body(&v).to_bits(), "one group: summed as one");
         let mut bad = v;
         bad[4096 + 9] = f64::NAN;
         assert!(sum_squares_lanes(&bad).is_nan());
+    }
+
+    #[test]
+    fn grouped_sum_of_squares_is_the_same_bits_on_any_thread_count_and_sees_every_group() {
+        // 2 rounds of 64 groups and a short last group.
+        let n = SQUARES_GROUP * (SQUARES_ROUND + 3) + 1234;
+        let v: Vec<f32> = (0..n).map(|i| ((i * 37) % 101) as f32 / 25.25 - 2.0).collect();
+        let want: f64 = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| sum_squares_grouped(&v))
+        };
+        let one = run(1);
+        assert!((one - want).abs() < 1e-6 * want, "{one} vs {want}");
+        for threads in [2, 3, 8] {
+            assert_eq!(run(threads).to_bits(), one.to_bits(), "{threads} threads");
+        }
+        // By hand: the groups' sums in order.
+        let by_hand = v.chunks(SQUARES_GROUP).fold(0.0f64, |t, g| t + sum_squares_lanes(g));
+        assert_eq!(one.to_bits(), by_hand.to_bits());
+        for at in [0, SQUARES_GROUP * SQUARES_ROUND + 5, n - 1] {
+            let mut bad = v.clone();
+            bad[at] = f32::INFINITY;
+            assert_eq!(sum_squares_grouped(&bad), f64::INFINITY, "an infinity at {at}");
+            bad[at] = f32::NAN;
+            assert!(sum_squares_grouped(&bad).is_nan(), "a NaN at {at}");
+        }
     }
 
     #[test]
