@@ -597,4 +597,24 @@ mod tests {
         k.forward(&x, &mut losses).unwrap();
         assert!(losses[0].is_finite() && losses[1].is_nan() && losses[2].is_finite(), "{losses:?}");
     }
+
+    #[test]
+    fn the_vector_build_of_the_row_pass_gives_the_baseline_builds_bits() {
+        // A row long enough for every vector loop and its remainder, with every option on.
+        let v = 1003;
+        let weights: Vec<f64> = (0..v).map(|j| 0.5 + (j % 7) as f64 / 7.0).collect();
+        let bias: Vec<f32> = (0..v).map(|j| ((j * 13) % 17) as f32 * 0.05 - 0.4).collect();
+        let row: Vec<f32> = (0..v).map(|j| ((j * 37) % 101) as f32 * 0.09 - 4.5).collect();
+        let typed = opts(&weights).typed::<f32>(v);
+        for scale in [None, Some(0.25f32)] {
+            let (mut plain, mut vector) = (row.clone(), row.clone());
+            let (mut plain_loss, mut vector_loss) = (0.0f32, 0.0f32);
+            token_row(&typed, &mut plain, Some(&bias), 17, scale, &mut plain_loss);
+            token_row_dispatch(&typed, &mut vector, Some(&bias), 17, scale, &mut vector_loss);
+            assert!(plain_loss.is_finite() && plain_loss > 0.0, "{plain_loss}");
+            assert_eq!(vector_loss.to_bits(), plain_loss.to_bits(), "loss, scale {scale:?}");
+            let bits = |r: &[f32]| r.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&vector), bits(&plain), "row, scale {scale:?}");
+        }
+    }
 }
