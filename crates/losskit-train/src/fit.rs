@@ -1301,17 +1301,19 @@ impl Model {
         step: usize,
         norms: &mut GradNormHistory,
     ) -> Result<()> {
-        let names: Vec<String> = self.params().iter().map(|p| p.name.clone()).collect();
+        let names = |m: &Model| m.params().iter().map(|p| p.name.clone()).collect::<Vec<String>>();
         if loss.is_finite() {
             let check = self.apply_update_checked(g)?;
-            norms.push(nan::layer_norms_of(&names, &check.sum_squares));
+            norms.push_sums(&check.sum_squares, || names(self));
             if check.applied {
                 return Ok(());
             }
         } else {
             // The loss alone condemns the step: measure the gradients for the diagnosis.
-            norms.push(nan::layer_norms(&names, g));
+            let sums: Vec<f64> = g.iter().map(Tensor::sum_of_squares).collect();
+            norms.push_sums(&sums, || names(self));
         }
+        let names = names(self);
         let d = self.diagnose(epoch, step, loss, &batch.x, &batch.ys, batch.w.as_ref(), names, g, norms)?;
         let text = d.to_string();
         self.last_diagnosis = Some(d);

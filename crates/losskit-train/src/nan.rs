@@ -269,28 +269,67 @@ impl Diagnosis {
 }
 
 /// A ring buffer of per-layer gradient norms over the last batches.
+///
+/// The layer names and which layer each weight belongs to are worked out once (at the first
+/// batch, again only if the number of weights changes), and the oldest batch's row is reused for the
+/// newest: recording a step's norms allocates nothing once the ring is full.
 #[derive(Debug, Default)]
 pub(crate) struct GradNormHistory {
-    batches: VecDeque<Vec<(String, f64)>>,
+    /// Layer names, in the order of their first weight.
+    layers: Vec<String>,
+    /// The layer of each weight (an index into `layers`).
+    layer_of: Vec<usize>,
+    /// Per batch, oldest first: each layer's norm.
+    batches: VecDeque<Vec<f64>>,
 }
 
 impl GradNormHistory {
     const KEEP: usize = 5;
 
-    pub fn push(&mut self, norms: Vec<(String, f64)>) {
-        if self.batches.len() == Self::KEEP {
-            self.batches.pop_front();
+    /// Records one batch from its weights' `Σ g²` (in weight order); `names` gives the weights'
+    /// names (`layer/weight`) and is only called when the weights are new to the history.
+    pub fn push_sums(&mut self, sum_squares: &[f64], names: impl FnOnce() -> Vec<String>) {
+        if self.layer_of.len() != sum_squares.len() {
+            self.set_weights(&names());
         }
-        self.batches.push_back(norms);
+        let mut row =
+            if self.batches.len() == Self::KEEP { self.batches.pop_front().unwrap_or_default() } else { Vec::new() };
+        row.clear();
+        row.resize(self.layers.len(), 0.0);
+        for (&layer, &sq) in self.layer_of.iter().zip(sum_squares) {
+            row[layer] += sq;
+        }
+        row.iter_mut().for_each(|v| *v = v.sqrt());
+        self.batches.push_back(row);
     }
 
+    /// Groups the weights `names` (`layer/weight`) by layer; forgets the batches recorded for
+    /// other weights.
+    fn set_weights(&mut self, names: &[String]) {
+        self.layers.clear();
+        self.layer_of.clear();
+        self.batches.clear();
+        for name in names {
+            let layer = name.split('/').next().unwrap_or(name);
+            let i = match self.layers.iter().position(|l| l == layer) {
+                Some(i) => i,
+                None => {
+                    self.layers.push(layer.to_string());
+                    self.layers.len() - 1
+                }
+            };
+            self.layer_of.push(i);
+        }
+    }
+
+    /// Every recorded batch, oldest first, as `(layer, norm)` pairs.
     pub fn all(&self) -> Vec<Vec<(String, f64)>> {
-        self.batches.iter().cloned().collect()
+        self.batches.iter().map(|b| self.layers.iter().cloned().zip(b.iter().copied()).collect()).collect()
     }
 
     /// Total norms (over layers) per batch.
     fn totals(&self) -> Vec<f64> {
-        self.batches.iter().map(|b| b.iter().map(|(_, n)| n * n).sum::<f64>().sqrt()).collect()
+        self.batches.iter().map(|b| b.iter().map(|n| n * n).sum::<f64>().sqrt()).collect()
     }
 
     /// Whether the norms before the failing batch grew tenfold or got huge (the failing
@@ -432,7 +471,41 @@ fn advice(cause: &Cause, lr: f64) -> (String, String) {
 
 #[cfg(test)]
 mod tests {
-    use super::human_number;
+    use super::{human_number, layer_norms_of, GradNormHistory};
+
+    #[test]
+    fn the_norm_history_keeps_the_last_five_batches_per_layer_and_asks_names_once() {
+        let names = || vec!["dense/kernel".to_string(), "dense/bias".into(), "dense_1/kernel".into()];
+        let mut h = GradNormHistory::default();
+        let mut asked = 0;
+        for b in 0..7 {
+            let scale = f64::from(b + 1);
+            // Σ g²: dense 9 + 16 = 25 (norm 5), dense_1 144 (norm 12), times scale².
+            let sums = [9.0 * scale * scale, 16.0 * scale * scale, 144.0 * scale * scale];
+            h.push_sums(&sums, || {
+                asked += 1;
+                names()
+            });
+        }
+        assert_eq!(asked, 1, "names are worked out at the first batch only");
+        let all = h.all();
+        assert_eq!(all.len(), 5);
+        // Batches 3..=7 (scales 3 to 7), oldest first.
+        for (i, batch) in all.iter().enumerate() {
+            let scale = (i + 3) as f64;
+            assert_eq!(batch, &vec![("dense".to_string(), 5.0 * scale), ("dense_1".to_string(), 12.0 * scale)]);
+        }
+        assert_eq!(all[0], layer_norms_of(&names(), &[81.0, 144.0, 1296.0]), "the same as the one-off reading");
+        assert_eq!(h.totals(), vec![39.0, 52.0, 65.0, 78.0, 91.0]);
+        assert!(!h.exploding(), "growth from 39 to 78 before the last batch is not tenfold");
+        // New weights (another count): the history starts again with their names.
+        h.push_sums(&[4.0], || vec!["out/kernel".to_string()]);
+        assert_eq!(h.all(), vec![vec![("out".to_string(), 2.0)]]);
+        h.push_sums(&[1.0], || unreachable!("known weights"));
+        h.push_sums(&[1e10], || unreachable!("known weights"));
+        h.push_sums(&[f64::INFINITY], || unreachable!("known weights"));
+        assert!(h.exploding(), "2 -> 1e5 before the failing batch");
+    }
 
     #[test]
     fn numbers_read_as_a_person_writes_them() {
