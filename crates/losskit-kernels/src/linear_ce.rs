@@ -2,7 +2,8 @@
 //! and its gradients with respect to `hidden`, `W` and `b`, without ever holding the `N × V`
 //! logits (Cut Cross-Entropy's and Liger Kernel's idea, on the CPU).
 //!
-//! Tokens are taken in chunks of `R` rows (`R·V` ≈ 16M values, 64 MB in f32, whatever `N`): for
+//! Tokens are taken in chunks of `R` rows (64 MiB of logits: `R·V` ≈ 16M values in f32, 8M in
+//! f64, whatever `N`): for
 //! each chunk the logits come from one parallel GEMM into the chunk buffer, a parallel row pass
 //! turns each row into its loss and, in place, into `∂loss/∂logits` scaled by the token's weight,
 //! and two more GEMMs add the chunk's share to the gradients: `∂h[chunk] = ∂z · W` and
@@ -27,11 +28,11 @@ use crate::sum::{lane_sum2_wide, lane_sum_wide};
 use crate::{Float, KernelError, RowKernel};
 use rayon::prelude::*;
 
-/// Values in one chunk of logits (`R·V`): 64 MB in f32. Every chunk packs all of `W` twice (for
+/// Bytes in one chunk of logits (`R·V` values): 64 MiB, 16M values in f32. Every chunk packs all of `W` twice (for
 /// the logits and for `∂h`) and reads and writes all of `∂W`, so fewer, larger chunks move less
 /// memory: at N = 4096, D = 2048, V = 32000, chunks of 524 tokens took 5–8% less time than
 /// chunks of 262 (32 MB) in three interleaved rounds, still under the 100 MB the issue allows.
-const CHUNK_VALUES: usize = 1 << 24;
+const CHUNK_BYTES: usize = 64 << 20;
 /// Chunks never have fewer token rows than this (unless `N` is smaller).
 const MIN_CHUNK_ROWS: usize = 16;
 /// Columns per task when summing a chunk's columns into the bias gradient.
@@ -160,9 +161,10 @@ impl LinearCrossEntropy<'_> {
         self.run(x, Some(scale), losses, Some(grads))
     }
 
-    /// Token rows per chunk for a vocabulary of `v`.
-    pub fn chunk_rows(tokens: usize, vocab: usize) -> usize {
-        (CHUNK_VALUES / vocab.max(1)).max(MIN_CHUNK_ROWS).min(tokens.max(1))
+    /// Token rows per chunk of logits in `T` for a vocabulary of `vocab`: 64 MiB of logits
+    /// (`⌊2²⁶ / (V·size_of T)⌋` rows), at least 16 rows and at most `tokens`.
+    pub fn chunk_rows<T>(tokens: usize, vocab: usize) -> usize {
+        (CHUNK_BYTES / std::mem::size_of::<T>().max(1) / vocab.max(1)).max(MIN_CHUNK_ROWS).min(tokens.max(1))
     }
 
     fn check<T: Float>(
@@ -207,7 +209,7 @@ impl LinearCrossEntropy<'_> {
         losses: &mut [T],
         grads: Option<LinearGrads<'_, T>>,
     ) -> Result<(), KernelError> {
-        self.run_chunked(x, scale, losses, grads, Self::chunk_rows(x.tokens, x.vocab))
+        self.run_chunked(x, scale, losses, grads, Self::chunk_rows::<T>(x.tokens, x.vocab))
     }
 
     /// [`Self::run`] with chunks of `rows` tokens.
@@ -596,6 +598,15 @@ mod tests {
         let mut losses = vec![0.0; 3];
         k.forward(&x, &mut losses).unwrap();
         assert!(losses[0].is_finite() && losses[1].is_nan() && losses[2].is_finite(), "{losses:?}");
+    }
+
+    #[test]
+    fn a_chunk_holds_64_mib_of_logits_in_either_type() {
+        assert_eq!(LinearCrossEntropy::chunk_rows::<f32>(4096, 32000), 524);
+        assert_eq!(LinearCrossEntropy::chunk_rows::<f64>(4096, 32000), 262);
+        assert_eq!(LinearCrossEntropy::chunk_rows::<f32>(100, 32000), 100, "at most the tokens");
+        assert_eq!(LinearCrossEntropy::chunk_rows::<f32>(4096, 10_000_000), 16, "at least 16 rows");
+        assert_eq!(LinearCrossEntropy::chunk_rows::<f32>(0, 0), 1);
     }
 
     #[test]
