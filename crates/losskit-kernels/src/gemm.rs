@@ -132,6 +132,7 @@ enum Orient {
     Transposed,
 }
 
+/// The product of [`gemm`] and [`gemm_transposed_out`], with `C` laid out as `orient` says.
 fn gemm_into<T: Float>(
     alpha: T,
     a: MatRef<'_, T>,
