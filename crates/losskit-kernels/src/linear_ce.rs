@@ -2,9 +2,9 @@
 //! and its gradients with respect to `hidden`, `W` and `b`, without ever holding the `N × V`
 //! logits (Cut Cross-Entropy's and Liger Kernel's idea, on the CPU).
 //!
-//! Tokens are taken in chunks of `R` rows (64 MiB of logits: `R·V` ≈ 16M values in f32, 8M in
-//! f64, whatever `N`): for
-//! each chunk the logits come from one parallel GEMM into the chunk buffer, a parallel row pass
+//! Tokens are taken in chunks of `R` rows (64 MiB of logits whatever `N`: `R·V` ≈ 16M values in
+//! f32, 8M in f64): for each chunk the logits come from one parallel GEMM into the chunk buffer
+//! (as `(W·hᵀ)ᵀ`, so `W` is packed once per chunk), a parallel row pass
 //! turns each row into its loss and, in place, into `∂loss/∂logits` scaled by the token's weight,
 //! and two more GEMMs add the chunk's share to the gradients: `∂h[chunk] = ∂z · W` and
 //! `∂W += ∂zᵀ · h[chunk]` (chunks in order, so the sums do not depend on the thread count).
@@ -28,10 +28,11 @@ use crate::sum::{lane_sum2_wide, lane_sum_wide};
 use crate::{Float, KernelError, RowKernel};
 use rayon::prelude::*;
 
-/// Bytes in one chunk of logits (`R·V` values): 64 MiB, 16M values in f32. Every chunk packs all of `W` twice (for
-/// the logits and for `∂h`) and reads and writes all of `∂W`, so fewer, larger chunks move less
-/// memory: at N = 4096, D = 2048, V = 32000, chunks of 524 tokens took 5–8% less time than
-/// chunks of 262 (32 MB) in three interleaved rounds, still under the 100 MB the issue allows.
+/// Bytes in one chunk of logits (`R·V` values): 64 MiB, 16M values in f32. Every chunk packs
+/// all of `W` twice (for the logits and for `∂h`) and reads and writes all of `∂W`, so fewer,
+/// larger chunks move less memory: at N = 4096, D = 2048, V = 32000, chunks of 524 tokens took
+/// 5–8% less time than chunks of 262 (32 MB) in three interleaved rounds, still under the
+/// 100 MB the issue allows.
 const CHUNK_BYTES: usize = 64 << 20;
 /// Chunks never have fewer token rows than this (unless `N` is smaller).
 const MIN_CHUNK_ROWS: usize = 16;

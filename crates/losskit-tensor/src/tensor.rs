@@ -250,7 +250,9 @@ impl Tensor {
     }
 
     /// `Σ x²` over every element, accumulated in f64 (a reading, not recorded). NaN or ±Inf
-    /// anywhere makes it non-finite, so one pass also checks finiteness.
+    /// anywhere makes it non-finite, so one pass also checks finiteness. Above 64K values,
+    /// fixed groups of 64K are summed in parallel and added in order: the same value on any
+    /// number of threads.
     pub fn sum_of_squares(&self) -> f64 {
         with_storage!(self.storage(), a => match a.as_slice_memory_order() {
             Some(s) => sum_squares_grouped(s),

@@ -271,8 +271,8 @@ impl Diagnosis {
 /// A ring buffer of per-layer gradient norms over the last batches.
 ///
 /// The layer names and which layer each weight belongs to are worked out once (at the first
-/// batch, again only if the number of weights changes), and the oldest batch's row is reused for the
-/// newest: recording a step's norms allocates nothing once the ring is full.
+/// batch, again only if the number of weights changes), and the oldest batch's row is reused
+/// for the newest: recording a step's norms allocates nothing once the ring is full.
 #[derive(Debug, Default)]
 pub(crate) struct GradNormHistory {
     /// Layer names, in the order of their first weight.
