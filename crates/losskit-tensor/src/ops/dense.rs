@@ -8,6 +8,7 @@
 //! two paths give the same bits.
 
 use super::{op, sum_to_shape, Binary, Unary};
+use crate::fusion::with_avx2;
 use crate::storage::{Element, Storage};
 use crate::{Error, Result, Tensor};
 use ndarray::{ArcArray, ArrayD, Ix2, IxDyn, Zip};
@@ -56,25 +57,32 @@ fn forward<T: Element>(
     let n = out.ncols();
     let bias = b.map(|b| b.as_slice_memory_order().expect("a 1-D array is contiguous"));
     let values = out.as_slice_mut().expect("gemm writes standard layout");
-    let finish_rows = |rows: &mut [T]| {
-        for row in rows.chunks_exact_mut(n) {
-            if let Some(bias) = bias {
-                for (v, &c) in row.iter_mut().zip(bias) {
-                    *v = Binary::Add.apply(*v, c);
-                }
-            }
-            if let Some(u) = act.unary() {
-                super::per_unary!(u, u => row.iter_mut().for_each(|v| *v = u.apply(*v)));
-            }
-        }
-    };
+    let act = act.unary();
     if values.len() >= super::PARALLEL_MIN {
-        values.par_chunks_mut(n * ROWS_PER_PIECE).for_each(finish_rows);
+        values.par_chunks_mut(n * ROWS_PER_PIECE).for_each(|rows| finish_rows(rows, n, bias, act));
     } else {
-        finish_rows(values);
+        finish_rows(values, n, bias, act);
     }
     out.into_dyn()
 }
+
+/// Adds the bias to each row of `n` values and applies the activation, in place.
+#[inline(always)]
+fn finish_rows_body<T: Element>(rows: &mut [T], n: usize, bias: Option<&[T]>, act: Option<Unary>) {
+    for row in rows.chunks_exact_mut(n) {
+        if let Some(bias) = bias {
+            for (v, &c) in row.iter_mut().zip(bias) {
+                *v = Binary::Add.apply(*v, c);
+            }
+        }
+        if let Some(u) = act {
+            super::per_unary!(u, u => row.iter_mut().for_each(|v| *v = u.apply(*v)));
+        }
+    }
+}
+// Compiled for AVX2 when the CPU has it, as the fused element-wise programs are (the same IEEE
+// operations per element, so the same values).
+with_avx2!(finish_rows => finish_rows_body, (rows: &mut [T], n: usize, bias: Option<&[T]>, act: Option<Unary>));
 
 /// `G' = G·act'(y)` (a shared handle on `G` for the identity).
 fn pre_activation_grad(y: &Tensor, g: &Tensor, act: DenseActivation) -> Result<Tensor> {
@@ -95,11 +103,7 @@ fn activation_backward<T: Element>(y: &ArcArray<T, IxDyn>, g: &ArcArray<T, IxDyn
         // one per activation.
         (Some(ys), Some(gs)) => {
             let mut out = crate::pool::take::<T>(ys.len());
-            let rows = |(o, (y, g)): (&mut [T], (&[T], &[T]))| {
-                super::per_unary!(u, u => for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
-                    *o = g * u.deriv(y, y);
-                })
-            };
+            let rows = |(o, (y, g)): (&mut [T], (&[T], &[T]))| derivative_times(o, y, g, u);
             if ys.len() >= super::PARALLEL_MIN {
                 let piece = 1 << 14;
                 out.par_chunks_mut(piece).zip(ys.par_chunks(piece).zip(gs.par_chunks(piece))).for_each(rows);
@@ -111,6 +115,15 @@ fn activation_backward<T: Element>(y: &ArcArray<T, IxDyn>, g: &ArcArray<T, IxDyn
         _ => super::per_unary!(u, u => collect!(y.raw_dim(), Zip::from(y).and(g), |&y, &g| g * u.deriv(y, y))),
     }
 }
+
+/// `o = g·act'(y)` element by element.
+#[inline(always)]
+fn derivative_times_body<T: Element>(o: &mut [T], y: &[T], g: &[T], u: Unary) {
+    super::per_unary!(u, u => for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
+        *o = g * u.deriv(y, y);
+    })
+}
+with_avx2!(derivative_times => derivative_times_body, (o: &mut [T], y: &[T], g: &[T], u: Unary));
 
 /// The gradients of `x`, `W` and (when present) `b` from `G = ∂L/∂y`.
 fn backward(inputs: &[Tensor], out: &Tensor, g: &Tensor, act: DenseActivation) -> Result<Vec<Option<Tensor>>> {
