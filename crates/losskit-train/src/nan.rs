@@ -352,17 +352,12 @@ pub(crate) fn layer_norms(names: &[String], grads: &[Tensor]) -> Vec<(String, f6
     layer_norms_of(names, &sums)
 }
 
-/// Each layer's gradient norm from its weights' `Σ g²` (in the order of `names`).
+/// Each layer's gradient norm from its weights' `Σ g²` (in the order of `names`): one batch
+/// grouped by layer as [`GradNormHistory`] groups every batch.
 pub(crate) fn layer_norms_of(names: &[String], sum_squares: &[f64]) -> Vec<(String, f64)> {
-    let mut per_layer: Vec<(String, f64)> = Vec::new();
-    for (name, &sq) in names.iter().zip(sum_squares) {
-        let layer = name.split('/').next().unwrap_or(name).to_string();
-        match per_layer.iter_mut().find(|(l, _)| *l == layer) {
-            Some(e) => e.1 += sq,
-            None => per_layer.push((layer, sq)),
-        }
-    }
-    per_layer.into_iter().map(|(l, s)| (l, s.sqrt())).collect()
+    let mut once = GradNormHistory::default();
+    once.push_sums(sum_squares, || names.to_vec());
+    once.all().pop().unwrap_or_default()
 }
 
 fn finite(t: &Tensor) -> bool {
@@ -495,7 +490,9 @@ mod tests {
             let scale = (i + 3) as f64;
             assert_eq!(batch, &vec![("dense".to_string(), 5.0 * scale), ("dense_1".to_string(), 12.0 * scale)]);
         }
-        assert_eq!(all[0], layer_norms_of(&names(), &[81.0, 144.0, 1296.0]), "the same as the one-off reading");
+        let once = layer_norms_of(&names(), &[81.0, 144.0, 1296.0]);
+        assert_eq!(once, vec![("dense".to_string(), 15.0), ("dense_1".to_string(), 36.0)], "a one-off reading");
+        assert_eq!(all[0], once, "the same as the one-off reading");
         assert_eq!(h.totals(), vec![39.0, 52.0, 65.0, 78.0, 91.0]);
         assert!(!h.exploding(), "growth from 39 to 78 before the last batch is not tenfold");
         // New weights (another count): the history starts again with their names.
