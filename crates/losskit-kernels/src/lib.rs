@@ -39,6 +39,8 @@ mod hinge;
 mod linear_ce;
 pub mod optim;
 mod regression;
+#[cfg(target_arch = "x86_64")]
+mod sgemm;
 mod sparsemax;
 mod sum;
 pub mod threads;
@@ -78,8 +80,10 @@ pub trait Float: num_traits::Float + num_traits::FromPrimitive + Send + Sync + D
     fn widen(self) -> f64;
     /// An `f64` accumulator rounded back to this type.
     fn narrow(v: f64) -> Self;
-    /// `matrixmultiply`'s `C ← α·A·B + β·C` for this type (`sgemm`/`dgemm`); use the safe
-    /// [`gemm::gemm`].
+    /// `C ← α·A·B + β·C` for this type with `matrixmultiply`'s contract: f32 through this
+    /// crate's AVX2 kernel where the CPU has AVX2 + FMA without AVX-512 (the same bits as
+    /// `matrixmultiply::sgemm` at `α = 1`, packing buffers kept per thread), otherwise
+    /// `matrixmultiply::sgemm`/`dgemm`; use the safe [`gemm::gemm`].
     ///
     /// # Safety
     /// Every element addressed through the pointers and strides must be valid (`A`: `m × k`,
@@ -140,8 +144,16 @@ impl Float for f32 {
         rsc: isize,
         csc: isize,
     ) {
+        // SAFETY: the caller's contract is matrixmultiply's, which `sgemm` shares.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            sgemm::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+        }
         // SAFETY: the caller's contract is matrixmultiply's.
-        unsafe { matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+        #[cfg(not(target_arch = "x86_64"))]
+        unsafe {
+            matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+        }
     }
     const LN_2: f32 = std::f32::consts::LN_2;
     #[inline(always)]
