@@ -149,7 +149,8 @@ impl Product {
     unsafe fn run(self) {
         let mut bufs = KEPT.with(Cell::take).unwrap_or_default();
         let kc_max = self.k.min(KC);
-        let ap = reserve(&mut bufs.a, self.m.min(MC).next_multiple_of(MR) * kc_max);
+        // Two values of slack past the last panel: `pack_a` stores columns of 6 as 8 values.
+        let ap = reserve(&mut bufs.a, self.m.min(MC).next_multiple_of(MR) * kc_max + 2);
         let bp = reserve(&mut bufs.b, self.n.min(NC).next_multiple_of(NR) * kc_max);
         // SAFETY: the buffers hold a packed block of each operand; AVX2/FMA as the caller says.
         unsafe { self.blocks(ap, bp) };
@@ -227,7 +228,17 @@ impl Product {
                 };
                 // SAFETY: panel `ir / MR` of `ap` and `jr / NR` of `bp` hold `kc` steps each;
                 // the tile lies inside C.
-                unsafe { kernel(kc, ap.add(ir * kc), bp.add(jr * kc), self.alpha, beta, tile) };
+                unsafe {
+                    let (a, b) = (ap.add(ir * kc), bp.add(jr * kc));
+                    match rows {
+                        6 => kernel::<6>(kc, a, b, self.alpha, beta, tile),
+                        5 => kernel::<5>(kc, a, b, self.alpha, beta, tile),
+                        4 => kernel::<4>(kc, a, b, self.alpha, beta, tile),
+                        3 => kernel::<3>(kc, a, b, self.alpha, beta, tile),
+                        2 => kernel::<2>(kc, a, b, self.alpha, beta, tile),
+                        _ => kernel::<1>(kc, a, b, self.alpha, beta, tile),
+                    }
+                }
             }
         }
     }
@@ -286,8 +297,18 @@ unsafe fn pack_b(b: *const f32, rsb: isize, csb: isize, kc: usize, nc: usize, ou
 #[target_feature(enable = "avx2,fma")]
 unsafe fn transpose_8x8(src: *const f32, src_stride: isize, dst: *mut f32, dst_stride: usize) {
     // SAFETY: the caller's contract.
-    let r: [__m256; 8] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(src.offset(i as isize * src_stride)) });
-    // Pairs of rows interleaved, then pairs of pairs, then the two 128-bit halves exchanged.
+    let rows = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(src.offset(i as isize * src_stride)) });
+    for (i, row) in transpose(rows).into_iter().enumerate() {
+        // SAFETY: the caller's contract.
+        unsafe { _mm256_storeu_ps(dst.add(i * dst_stride), row) };
+    }
+}
+
+/// The transpose of the 8 × 8 matrix whose rows are `r`: pairs of rows interleaved, then
+/// pairs of pairs, then the two 128-bit halves exchanged.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn transpose(r: [__m256; 8]) -> [__m256; 8] {
     let t: [__m256; 8] = std::array::from_fn(|i| {
         let (x, y) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
         if i % 2 == 0 {
@@ -305,20 +326,20 @@ unsafe fn transpose_8x8(src: *const f32, src_stride: isize, dst: *mut f32, dst_s
             _mm256_shuffle_ps::<0xEE>(x, y)
         }
     });
-    for (i, &lo) in u[..4].iter().enumerate() {
-        // SAFETY: the caller's contract.
-        unsafe {
-            _mm256_storeu_ps(dst.add(i * dst_stride), _mm256_permute2f128_ps::<0x20>(lo, u[i + 4]));
-            _mm256_storeu_ps(dst.add((i + 4) * dst_stride), _mm256_permute2f128_ps::<0x31>(lo, u[i + 4]));
+    std::array::from_fn(|i| {
+        if i < 4 {
+            _mm256_permute2f128_ps::<0x20>(u[i], u[i + 4])
+        } else {
+            _mm256_permute2f128_ps::<0x31>(u[i - 4], u[i])
         }
-    }
+    })
 }
 
 /// Packs `mc × kc` values of `A` into panels of [`MR`] rows, each `kc` columns of `MR`
 /// contiguous values; a last, shorter panel is padded with zeros.
 ///
 /// # Safety
-/// Every addressed element of `A` is valid; `out` holds `kc · mc.next_multiple_of(MR)` values.
+/// Every addressed element of `A` is valid; `out` holds `kc · mc.next_multiple_of(MR) + 2` values.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn pack_a(a: *const f32, rsa: isize, csa: isize, mc: usize, kc: usize, out: *mut f32) {
     for ir in (0..mc).step_by(MR) {
@@ -328,8 +349,27 @@ unsafe fn pack_a(a: *const f32, rsa: isize, csa: isize, mc: usize, kc: usize, ou
         // SAFETY: rows ir..ir+rows, columns 0..kc of A are valid; the panel holds kc · MR.
         unsafe {
             let src = a.offset(ir as isize * rsa);
+            let mut done = 0;
+            if rows == MR && csa == 1 {
+                // Rows of A are contiguous: blocks of 8 columns transposed in registers (two
+                // zero rows make the block 8 × 8); each column of 6 is stored as 8 values, the
+                // last 2 overwritten by the next column (the buffer has room past its end).
+                done = kc - kc % 8;
+                for p in (0..done).step_by(8) {
+                    let r = std::array::from_fn(|i| {
+                        if i < MR {
+                            _mm256_loadu_ps(src.offset(i as isize * rsa + p as isize))
+                        } else {
+                            _mm256_setzero_ps()
+                        }
+                    });
+                    for (q, col) in transpose(r).into_iter().enumerate() {
+                        _mm256_storeu_ps(panel.add((p + q) * MR), col);
+                    }
+                }
+            }
             if rows == MR {
-                for p in 0..kc {
+                for p in done..kc {
                     let col = src.offset(p as isize * csa);
                     for i in 0..MR {
                         *panel.add(p * MR + i) = *col.offset(i as isize * rsa);
@@ -358,14 +398,15 @@ struct Tile {
     cols: usize,
 }
 
-/// One tile: `s = Σ_p a_p ⊗ b_p` over `kc` packed steps by fused multiply-adds from zero, then
+/// One tile of `R = t.rows` rows (a last, shorter row panel computes only its own rows):
+/// `s = Σ_p a_p ⊗ b_p` over `kc` packed steps by fused multiply-adds from zero, then
 /// `c ← α·s + β·c` (`c ← α·s` without reading `c` when `β = 0`).
 ///
 /// # Safety
-/// `a` holds `kc · MR` and `b` `kc · NR` packed values; the tile's `rows × cols` elements of
+/// `a` holds `kc · MR` and `b` `kc · NR` packed values; the tile's `R × cols` elements of
 /// `C` are valid.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, alpha: f32, beta: f32, t: Tile) {
+unsafe fn kernel<const R: usize>(kc: usize, a: *const f32, b: *const f32, alpha: f32, beta: f32, t: Tile) {
     if beta != 0.0 {
         for i in 0..t.rows {
             // SAFETY: a prefetch of a valid element's line has no effect on memory.
@@ -376,7 +417,7 @@ unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, alpha: f32, beta: f32,
             }
         }
     }
-    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
     for p in 0..kc {
         // SAFETY: step p of the panels is inside them (the caller's contract).
         unsafe {
@@ -391,12 +432,12 @@ unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, alpha: f32, beta: f32,
         }
     }
     let av = _mm256_set1_ps(alpha);
-    if t.rows == MR && t.cols == NR && t.csc == 1 {
-        // SAFETY: the whole tile is inside C with contiguous rows.
-        unsafe { store_full(&acc, av, beta, t) };
+    if t.cols == NR && t.csc == 1 {
+        // SAFETY: the tile's R full rows are inside C, each contiguous.
+        unsafe { store_rows(&acc, av, beta, t) };
         return;
     }
-    let mut s = [[0f32; NR]; MR];
+    let mut s = [[0f32; NR]; R];
     for (row, out) in acc.iter().zip(s.iter_mut()) {
         // SAFETY: each row of `s` holds 16 values.
         unsafe {
@@ -404,7 +445,7 @@ unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, alpha: f32, beta: f32,
             _mm256_storeu_ps(out.as_mut_ptr().add(8), row[1]);
         }
     }
-    for (i, row) in s.iter().enumerate().take(t.rows) {
+    for (i, row) in s.iter().enumerate() {
         for (j, &v) in row.iter().enumerate().take(t.cols) {
             // SAFETY: (i, j) is inside the tile's valid part.
             unsafe {
@@ -415,13 +456,13 @@ unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, alpha: f32, beta: f32,
     }
 }
 
-/// Stores a whole tile with contiguous rows: `c ← α·s + β·c` as one fused multiply-add per
-/// value (`c ← α·s` when `β = 0`).
+/// Stores `R` full rows of a tile, each contiguous: `c ← α·s + β·c` as one fused multiply-add
+/// per value (`c ← α·s` when `β = 0`).
 ///
 /// # Safety
-/// All `MR × NR` elements of the tile are valid and each row's `NR` values contiguous.
+/// All `R × NR` elements of the tile are valid and each row's `NR` values contiguous.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn store_full(acc: &[[__m256; 2]; MR], av: __m256, beta: f32, t: Tile) {
+unsafe fn store_rows<const R: usize>(acc: &[[__m256; 2]; R], av: __m256, beta: f32, t: Tile) {
     for (i, row) in acc.iter().enumerate() {
         // SAFETY: row i of the tile holds NR contiguous valid values.
         unsafe {
@@ -499,9 +540,19 @@ mod tests {
 
     #[test]
     fn the_same_bits_as_matrixmultiply_at_alpha_one_for_every_layout() {
-        // Shapes with partial tiles and blocks: k over several KC blocks, m over MC, n over NC.
-        let shapes =
-            [(1, 1, 1), (7, 3, 17), (32, 784, 512), (150, 300, 33), (13, 513, 4100), (784, 32, 512), (6, 256, 16)];
+        // Shapes with partial tiles of every height (m mod 6) and width, k over several KC
+        // blocks, m over MC, n over NC.
+        let shapes = [
+            (1, 1, 1),
+            (7, 3, 17),
+            (9, 40, 20),
+            (11, 9, 31),
+            (32, 784, 512),
+            (150, 300, 33),
+            (13, 513, 4100),
+            (784, 32, 512),
+            (6, 256, 16),
+        ];
         for &(m, k, n) in &shapes {
             for layout in 0..8u8 {
                 let t = (layout & 1 != 0, layout & 2 != 0, layout & 4 != 0);
