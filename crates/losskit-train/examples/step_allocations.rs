@@ -3,8 +3,10 @@
 //!
 //! `cargo run --release -p losskit-train --example step_allocations` prints, for SGD/batch 32
 //! and Adam/batch 128 on synthetic data shaped like Fashion-MNIST (784 features, 10 classes),
-//! the allocations per step, their bytes, and how many are large (≥ 256 KiB, the sizes that
-//! would fault fresh pages in if they were not recycled by losskit's buffer pool) with their sizes.
+//! the allocations per step, their bytes, how many are the size of a data buffer (≥ 4 KiB:
+//! 1024 f32 values, the smallest buffer losskit's pool keeps; what is left below that is the
+//! tape's bookkeeping), and how many are large (≥ 256 KiB, the sizes that would fault fresh
+//! pages in if they were not recycled) with their sizes.
 
 use losskit::Tensor;
 use losskit_train::{Compile, Dense, Dropout, Fit, Flatten, LambdaCallback, Optimizer, Sequential};
@@ -19,14 +21,20 @@ struct Counting;
 static CALLS: AtomicUsize = AtomicUsize::new(0);
 static BYTES: AtomicUsize = AtomicUsize::new(0);
 static LARGE: AtomicUsize = AtomicUsize::new(0);
+static DATA_SIZED: AtomicUsize = AtomicUsize::new(0);
 /// The sizes of the last large allocations (a ring; the allocator itself must not allocate).
 static LARGE_SIZES: [AtomicUsize; 1024] = [const { AtomicUsize::new(0) }; 1024];
 /// Allocations of at least this many bytes count as large.
 const LARGE_BYTES: usize = 256 << 10;
+/// Allocations of at least this many bytes are the size of a data buffer.
+const DATA_BYTES: usize = 4 << 10;
 
 fn count(size: usize) {
     CALLS.fetch_add(1, Relaxed);
     BYTES.fetch_add(size, Relaxed);
+    if size >= DATA_BYTES {
+        DATA_SIZED.fetch_add(1, Relaxed);
+    }
     if size >= LARGE_BYTES {
         let i = LARGE.fetch_add(1, Relaxed);
         LARGE_SIZES[i % LARGE_SIZES.len()].store(size, Relaxed);
@@ -59,8 +67,8 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-fn snapshot() -> [usize; 3] {
-    [CALLS.load(Relaxed), BYTES.load(Relaxed), LARGE.load(Relaxed)]
+fn snapshot() -> [usize; 4] {
+    [CALLS.load(Relaxed), BYTES.load(Relaxed), LARGE.load(Relaxed), DATA_SIZED.load(Relaxed)]
 }
 
 fn main() -> Result<(), losskit::Error> {
@@ -92,9 +100,10 @@ fn main() -> Result<(), losskit::Error> {
         let steps = &marks[marks.len() / 2 + 1..];
         let per_step = |k: usize| (steps[steps.len() - 1][k] - steps[0][k]) as f64 / (steps.len() - 1) as f64;
         println!(
-            "{opt}/{batch}: {:.1} allocations per step, {:.0} KiB per step, {:.2} of them >= 256 KiB",
+            "{opt}/{batch}: {:.1} allocations per step, {:.0} KiB per step, {:.2} of them >= 4 KiB, {:.2} >= 256 KiB",
             per_step(0),
             per_step(1) / 1024.0,
+            per_step(3),
             per_step(2)
         );
         // The sizes of the large ones in the last full step.

@@ -1,5 +1,6 @@
-//! Matrix product through `losskit_kernels::gemm` (matrixmultiply; large products split into
-//! fixed blocks run in parallel), with strided operands so `Aᵀ·B` needs no copy.
+//! Matrix product through `losskit_kernels::gemm` (f32: its AVX2 kernel, else matrixmultiply;
+//! large products split into fixed blocks run in parallel), with strided operands so `Aᵀ·B`
+//! needs no copy.
 
 use super::{op, with_pair};
 use crate::storage::Element;
