@@ -147,7 +147,13 @@ impl Float for f32 {
         // SAFETY: the caller's contract is matrixmultiply's, which `sgemm` shares.
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            sgemm::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+            use sgemm::Strided;
+            let (a, b, c) = (
+                Strided { ptr: a, rs: rsa, cs: csa },
+                Strided { ptr: b, rs: rsb, cs: csb },
+                Strided { ptr: c, rs: rsc, cs: csc },
+            );
+            sgemm::sgemm(sgemm::Product { m, k, n, alpha, beta, a, b, c })
         }
         // SAFETY: the caller's contract is matrixmultiply's.
         #[cfg(not(target_arch = "x86_64"))]

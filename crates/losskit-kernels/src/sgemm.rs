@@ -64,31 +64,15 @@ fn reserve(v: &mut Vec<Line>, values: usize) -> *mut f32 {
 /// # Safety
 /// Every element addressed through the pointers and strides must be valid, and `C` must not
 /// alias `A` or `B` nor itself.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn sgemm(
-    m: usize,
-    k: usize,
-    n: usize,
-    alpha: f32,
-    a: *const f32,
-    rsa: isize,
-    csa: isize,
-    b: *const f32,
-    rsb: isize,
-    csb: isize,
-    beta: f32,
-    c: *mut f32,
-    rsc: isize,
-    csc: isize,
-) {
-    if m > 0 && n > 0 && k > 0 && crate::gemm::f32_kernel() == crate::gemm::F32Kernel::Auto && has_avx2_fma() {
-        let p = Product { m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc };
+pub(crate) unsafe fn sgemm(p: Product) {
+    if p.m > 0 && p.n > 0 && p.k > 0 && crate::gemm::f32_kernel() == crate::gemm::F32Kernel::Auto && has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA (checked); the caller vouches for the operands.
         unsafe { p.oriented().run() };
         return;
     }
+    let Product { m, k, n, alpha, beta, a, b, c } = p;
     // SAFETY: the caller's contract is matrixmultiply's.
-    unsafe { matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+    unsafe { matrixmultiply::sgemm(m, k, n, alpha, a.ptr, a.rs, a.cs, b.ptr, b.rs, b.cs, beta, c.ptr, c.rs, c.cs) }
 }
 
 /// Whether this kernel runs: AVX2 and FMA, and no AVX-512 (where `matrixmultiply`'s 16-lane
@@ -101,45 +85,58 @@ fn has_avx2_fma() -> bool {
     })
 }
 
-/// One product's operands (raw pointers and element strides).
+/// A strided matrix: element `(i, j)` at `ptr + i·rs + j·cs` (in elements).
 #[derive(Clone, Copy)]
-struct Product {
-    m: usize,
-    k: usize,
-    n: usize,
-    alpha: f32,
-    a: *const f32,
-    rsa: isize,
-    csa: isize,
-    b: *const f32,
-    rsb: isize,
-    csb: isize,
-    beta: f32,
-    c: *mut f32,
-    rsc: isize,
-    csc: isize,
+pub(crate) struct Strided<P> {
+    /// Element `(0, 0)`.
+    pub ptr: P,
+    /// Distance between rows.
+    pub rs: isize,
+    /// Distance between columns.
+    pub cs: isize,
+}
+
+impl<P> Strided<P> {
+    /// The transpose (the strides swapped).
+    fn t(self) -> Self {
+        Strided { rs: self.cs, cs: self.rs, ..self }
+    }
+
+    /// The offset of element `(i, j)`.
+    fn offset(&self, i: usize, j: usize) -> isize {
+        i as isize * self.rs + j as isize * self.cs
+    }
+}
+
+/// One product `C ← α·A·B + β·C`: `A` is `m × k`, `B` `k × n`, `C` `m × n`.
+#[derive(Clone, Copy)]
+pub(crate) struct Product {
+    /// Rows of `A` and `C`.
+    pub m: usize,
+    /// Columns of `A`, rows of `B`.
+    pub k: usize,
+    /// Columns of `B` and `C`.
+    pub n: usize,
+    /// The product's factor.
+    pub alpha: f32,
+    /// `C`'s factor (0: `C` is not read).
+    pub beta: f32,
+    /// The left operand.
+    pub a: Strided<*const f32>,
+    /// The right operand.
+    pub b: Strided<*const f32>,
+    /// The output.
+    pub c: Strided<*mut f32>,
 }
 
 impl Product {
     /// The same product with contiguous output rows where possible: a column-major `C` is
     /// computed as `Cᵀ = Bᵀ·Aᵀ` (each element is the same sum, so the same bits).
     fn oriented(self) -> Product {
-        if self.csc == 1 || self.rsc != 1 {
+        if self.c.cs == 1 || self.c.rs != 1 {
             return self;
         }
-        Product {
-            m: self.n,
-            n: self.m,
-            a: self.b,
-            rsa: self.csb,
-            csa: self.rsb,
-            b: self.a,
-            rsb: self.csa,
-            csb: self.rsa,
-            rsc: self.csc,
-            csc: self.rsc,
-            ..self
-        }
+        Product { m: self.n, n: self.m, a: self.b.t(), b: self.a.t(), c: self.c.t(), ..self }
     }
 
     /// Runs the blocked loops with this thread's kept buffers.
@@ -168,30 +165,12 @@ impl Product {
             for pc in (0..self.k).step_by(KC) {
                 let kc = KC.min(self.k - pc);
                 // SAFETY: rows pc..pc+kc, columns jc..jc+nc lie inside B.
-                unsafe {
-                    pack_b(
-                        self.b.offset(pc as isize * self.rsb + jc as isize * self.csb),
-                        self.rsb,
-                        self.csb,
-                        kc,
-                        nc,
-                        bp,
-                    )
-                };
+                unsafe { pack_b(Strided { ptr: self.b.ptr.offset(self.b.offset(pc, jc)), ..self.b }, kc, nc, bp) };
                 let beta = if pc == 0 { self.beta } else { 1.0 };
                 for ic in (0..self.m).step_by(MC) {
                     let mc = MC.min(self.m - ic);
                     // SAFETY: rows ic..ic+mc, columns pc..pc+kc lie inside A.
-                    unsafe {
-                        pack_a(
-                            self.a.offset(ic as isize * self.rsa + pc as isize * self.csa),
-                            self.rsa,
-                            self.csa,
-                            mc,
-                            kc,
-                            ap,
-                        )
-                    };
+                    unsafe { pack_a(Strided { ptr: self.a.ptr.offset(self.a.offset(ic, pc)), ..self.a }, mc, kc, ap) };
                     // SAFETY: the tile loop stays inside rows ic..ic+mc, columns jc..jc+nc of C.
                     unsafe { self.tiles(ap, bp, kc, (ic, mc), (jc, nc), beta) };
                 }
@@ -220,9 +199,9 @@ impl Product {
             for ir in (0..mc).step_by(MR) {
                 let rows = MR.min(mc - ir);
                 let tile = Tile {
-                    c: self.c.offset((ic + ir) as isize * self.rsc + (jc + jr) as isize * self.csc),
-                    rsc: self.rsc,
-                    csc: self.csc,
+                    c: self.c.ptr.offset(self.c.offset(ic + ir, jc + jr)),
+                    rsc: self.c.rs,
+                    csc: self.c.cs,
                     rows,
                     cols,
                 };
@@ -244,14 +223,15 @@ impl Product {
     }
 }
 
-/// Packs `kc × nc` values of `B` (rows through `rsb`, columns through `csb`) into panels of
+/// Packs `kc × nc` values of `B` into panels of
 /// [`NR`] columns, each `kc` rows of `NR` contiguous values; a last, narrower panel is padded
 /// with zeros.
 ///
 /// # Safety
 /// Every addressed element of `B` is valid; `out` holds `kc · nc.next_multiple_of(NR)` values.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn pack_b(b: *const f32, rsb: isize, csb: isize, kc: usize, nc: usize, out: *mut f32) {
+unsafe fn pack_b(b: Strided<*const f32>, kc: usize, nc: usize, out: *mut f32) {
+    let Strided { ptr: b, rs: rsb, cs: csb } = b;
     for jr in (0..nc).step_by(NR) {
         let cols = NR.min(nc - jr);
         // SAFETY: panel `jr / NR` starts `jr · kc` values in and holds `kc · NR`.
@@ -341,7 +321,8 @@ fn transpose(r: [__m256; 8]) -> [__m256; 8] {
 /// # Safety
 /// Every addressed element of `A` is valid; `out` holds `kc · mc.next_multiple_of(MR) + 2` values.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn pack_a(a: *const f32, rsa: isize, csa: isize, mc: usize, kc: usize, out: *mut f32) {
+unsafe fn pack_a(a: Strided<*const f32>, mc: usize, kc: usize, out: *mut f32) {
+    let Strided { ptr: a, rs: rsa, cs: csa } = a;
     for ir in (0..mc).step_by(MR) {
         let rows = MR.min(mc - ir);
         // SAFETY: panel `ir / MR` starts `ir · kc` values in and holds `kc · MR`.
@@ -517,7 +498,16 @@ mod tests {
         let (mut ours, mut theirs) = (c0.to_vec(), c0.to_vec());
         // SAFETY: every operand holds its m × k, k × n, m × n values at these strides.
         unsafe {
-            sgemm(m, k, n, alpha, a.as_ptr(), rsa, csa, b.as_ptr(), rsb, csb, beta, ours.as_mut_ptr(), rsc, csc);
+            sgemm(Product {
+                m,
+                k,
+                n,
+                alpha,
+                beta,
+                a: Strided { ptr: a.as_ptr(), rs: rsa, cs: csa },
+                b: Strided { ptr: b.as_ptr(), rs: rsb, cs: csb },
+                c: Strided { ptr: ours.as_mut_ptr(), rs: rsc, cs: csc },
+            });
             matrixmultiply::sgemm(
                 m,
                 k,
