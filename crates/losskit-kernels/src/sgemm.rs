@@ -4,15 +4,17 @@
 //! The blocking is the classic one (Goto's, as in BLIS): `n` in blocks of [`NC`] columns, `k` in
 //! blocks of [`KC`], `m` in blocks of [`MC`] rows; each `KC × NC` block of `B` is packed into
 //! panels of [`NR`] columns, each `MC × KC` block of `A` into panels of [`MR`] rows, and a
-//! micro-kernel computes an `MR × NR` tile of `C` in twelve AVX registers over one `KC` block.
+//! micro-kernel computes an `MR × NR` tile of `C` in twelve AVX registers over one `KC` block
+//! (a last, shorter row panel with a kernel of its own height; the tile of `C` prefetched
+//! first). Operands that must be transposed into the panels (`B` with contiguous columns,
+//! row-major `A`) go through 8 × 8 register transposes.
 //!
 //! Every output element is the sum over `k` in blocks of 256 taken in order, each block
 //! accumulated from zero by fused multiply-adds in `k` order, then `c ← α·s + β'·c` with
 //! `β' = β` for the first block and 1 after: the arithmetic of `matrixmultiply`'s AVX2 kernel,
 //! so for `α = 1` the result is the same bits as `matrixmultiply::sgemm` (tested).
 //! Where the CPU has AVX-512 or lacks AVX2/FMA, or [`crate::gemm::set_f32_kernel`] asks for it,
-//! `matrixmultiply` runs instead (and on other
-//! architectures, where this module is not built).
+//! `matrixmultiply` runs instead (also on other architectures, where this module is not built).
 
 use std::arch::x86_64::*;
 use std::cell::Cell;
