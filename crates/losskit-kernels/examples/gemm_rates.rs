@@ -3,12 +3,14 @@
 //! gemm_rates -- [ROUNDS]`.
 //!
 //! Both run through [`gemm::gemm`] (the same cut into parallel blocks), switched with
-//! [`gemm::set_f32_kernel`] and interleaved round by round; each shape prints the median
+//! [`gemm::set_kernel`] and interleaved round by round; each shape prints the median
 //! GFLOP/s of each and their ratio (> 1: losskit's kernel is faster). The shapes are the seed
 //! model's products at batch 32 and 128, the 2048-wide model's at batch 256, a 2048³ product,
-//! and the fused linear + cross-entropy head's three products at one 524-token chunk.
+//! the fused linear + cross-entropy head's three products at one 524-token chunk, and a 2048³
+//! product in f64.
 
-use losskit_kernels::gemm::{self, F32Kernel, MatRef};
+use losskit_kernels::gemm::{self, Kernel, MatRef};
+use losskit_kernels::Float;
 use std::time::Instant;
 
 /// One product: `A (m × k) · B (k × n)`, each operand stored transposed when its flag says.
@@ -19,13 +21,15 @@ struct Shape {
     n: usize,
     a_transposed: bool,
     b_transposed: bool,
+    /// In f64 (f32 otherwise).
+    f64: bool,
 }
 
 const fn shape(name: &'static str, m: usize, k: usize, n: usize, a_transposed: bool, b_transposed: bool) -> Shape {
-    Shape { name, m, k, n, a_transposed, b_transposed }
+    Shape { name, m, k, n, a_transposed, b_transposed, f64: false }
 }
 
-const SHAPES: [Shape; 12] = [
+const SHAPES: [Shape; 13] = [
     shape("x·W1, batch 32", 32, 784, 512, false, false),
     shape("xᵀ·G (∂W1), batch 32", 784, 32, 512, true, false),
     shape("x·W1, batch 128", 128, 784, 512, false, false),
@@ -38,14 +42,15 @@ const SHAPES: [Shape; 12] = [
     shape("linear-CE W·hᵀ (logits)", 32000, 2048, 524, false, true),
     shape("linear-CE G·W (∂h)", 524, 32000, 2048, false, false),
     shape("linear-CE Gᵀ·h (∂W)", 32000, 524, 2048, true, false),
+    Shape { f64: true, ..shape("2048³ in f64", 2048, 2048, 2048, false, false) },
 ];
 
 /// GFLOP/s of `reps` products after one warm-up.
-fn rate(a: MatRef<'_, f32>, b: MatRef<'_, f32>, c: &mut [f32], reps: usize) -> f64 {
-    gemm::gemm(1.0, a, b, 0.0, c).expect("shapes fit");
+fn rate<T: Float>(a: MatRef<'_, T>, b: MatRef<'_, T>, c: &mut [T], reps: usize) -> f64 {
+    gemm::gemm(T::one(), a, b, T::zero(), c).expect("shapes fit");
     let start = Instant::now();
     for _ in 0..reps {
-        gemm::gemm(1.0, a, b, 0.0, c).expect("shapes fit");
+        gemm::gemm(T::one(), a, b, T::zero(), c).expect("shapes fit");
     }
     2.0 * (a.rows * a.cols * b.cols * reps) as f64 / start.elapsed().as_secs_f64() / 1e9
 }
@@ -53,6 +58,26 @@ fn rate(a: MatRef<'_, f32>, b: MatRef<'_, f32>, c: &mut [f32], reps: usize) -> f
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+/// The median GFLOP/s of losskit's kernel and of matrixmultiply on one shape, interleaved.
+fn both_rates<T: Float>(s: &Shape, rounds: usize) -> (f64, f64) {
+    let a: Vec<T> = (0..s.m * s.k).map(|i| T::c(((i * 7) % 13) as f64 * 0.01)).collect();
+    let b: Vec<T> = (0..s.k * s.n).map(|i| T::c(((i * 5) % 11) as f64 * 0.01)).collect();
+    let mut c = vec![T::zero(); s.m * s.n];
+    let a = if s.a_transposed { MatRef::row_major(&a, s.k, s.m).t() } else { MatRef::row_major(&a, s.m, s.k) };
+    let b = if s.b_transposed { MatRef::row_major(&b, s.n, s.k).t() } else { MatRef::row_major(&b, s.k, s.n) };
+    // About 4 GFLOP per timing.
+    let reps = ((2e9 / (s.m * s.k * s.n) as f64) as usize).clamp(1, 2000);
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        gemm::set_kernel(Kernel::Auto);
+        ours.push(rate(a, b, &mut c, reps));
+        gemm::set_kernel(Kernel::Matrixmultiply);
+        theirs.push(rate(a, b, &mut c, reps));
+    }
+    gemm::set_kernel(Kernel::Auto);
+    (median(ours), median(theirs))
 }
 
 fn main() {
@@ -63,22 +88,7 @@ fn main() {
     let rounds: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(3);
     println!("{:<26} {:>10} {:>16} {:>7}", "product", "losskit", "matrixmultiply", "ratio");
     for s in &SHAPES {
-        let a: Vec<f32> = (0..s.m * s.k).map(|i| ((i * 7) % 13) as f32 * 0.01).collect();
-        let b: Vec<f32> = (0..s.k * s.n).map(|i| ((i * 5) % 11) as f32 * 0.01).collect();
-        let mut c = vec![0f32; s.m * s.n];
-        let a = if s.a_transposed { MatRef::row_major(&a, s.k, s.m).t() } else { MatRef::row_major(&a, s.m, s.k) };
-        let b = if s.b_transposed { MatRef::row_major(&b, s.n, s.k).t() } else { MatRef::row_major(&b, s.k, s.n) };
-        // About 4 GFLOP per timing.
-        let reps = ((2e9 / (s.m * s.k * s.n) as f64) as usize).clamp(1, 2000);
-        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-        for _ in 0..rounds {
-            gemm::set_f32_kernel(F32Kernel::Auto);
-            ours.push(rate(a, b, &mut c, reps));
-            gemm::set_f32_kernel(F32Kernel::Matrixmultiply);
-            theirs.push(rate(a, b, &mut c, reps));
-        }
-        gemm::set_f32_kernel(F32Kernel::Auto);
-        let (o, t) = (median(ours), median(theirs));
+        let (o, t) = if s.f64 { both_rates::<f64>(s, rounds) } else { both_rates::<f32>(s, rounds) };
         println!("{:<26} {:>10.1} {:>16.1} {:>6.2}×", s.name, o, t, o / t);
     }
 }

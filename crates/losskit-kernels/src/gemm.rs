@@ -1,7 +1,7 @@
-//! Matrix products on strided slices: `C ← α·A·B + β·C` through [`Float::gemm_raw`] (f32: this
+//! Matrix products on strided slices: `C ← α·A·B + β·C` through [`Float::gemm_raw`] (this
 //! crate's AVX2 kernel, which keeps its packing buffers per thread, where the CPU has AVX2 + FMA
-//! and no AVX-512; otherwise `matrixmultiply`), large ones split into blocks of output rows (or
-//! columns) run in parallel with rayon.
+//! and no AVX-512; otherwise `matrixmultiply`; see [`set_kernel`]), large ones split into blocks
+//! of output rows (or columns) run in parallel with rayon.
 //!
 //! Each output element is one dot product over `k`, computed by the same micro-kernel steps
 //! whichever block it falls in: the result is the same bits however the output is cut, so on
@@ -20,32 +20,33 @@ const BLOCKS_PER_THREAD: usize = 2;
 /// Block sizes are multiples of this many rows or columns (whole micro-kernel tiles).
 const BLOCK_ALIGN: usize = 16;
 
-/// Which kernel runs the f32 products of [`gemm`] and [`gemm_transposed_out`] (f64 always runs
-/// `matrixmultiply`'s). At `α = 1` both give the same bits, so the choice changes only the time
-/// and the allocations: `matrixmultiply` allocates its packing buffers on every call.
+/// Which kernel runs the products of [`gemm`] and [`gemm_transposed_out`]. At `α = 1` both
+/// give the same bits, so the choice changes only the time and the allocations:
+/// `matrixmultiply` allocates its packing buffers on every call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum F32Kernel {
-    /// losskit's AVX2 + FMA kernel (6 × 16 tiles, packing buffers kept per thread) where the CPU
-    /// has AVX2 and FMA but not AVX-512, `matrixmultiply` otherwise. The default.
+pub enum Kernel {
+    /// losskit's AVX2 + FMA kernel (6 × 16 f32 or 6 × 8 f64 tiles, packing buffers kept per
+    /// thread) where the CPU has AVX2 and FMA but not AVX-512, `matrixmultiply` otherwise. The
+    /// default.
     Auto,
-    /// Always `matrixmultiply::sgemm` (for comparisons and as a fallback).
+    /// Always `matrixmultiply`'s `sgemm`/`dgemm` (for comparisons and as a fallback).
     Matrixmultiply,
 }
 
-/// Whether [`F32Kernel::Matrixmultiply`] is chosen (process-wide).
-static F32_MATRIXMULTIPLY: AtomicBool = AtomicBool::new(false);
+/// Whether [`Kernel::Matrixmultiply`] is chosen (process-wide).
+static MATRIXMULTIPLY: AtomicBool = AtomicBool::new(false);
 
-/// Chooses the kernel of every later f32 product in this process.
-pub fn set_f32_kernel(kernel: F32Kernel) {
-    F32_MATRIXMULTIPLY.store(kernel == F32Kernel::Matrixmultiply, Ordering::Relaxed);
+/// Chooses the kernel of every later product in this process.
+pub fn set_kernel(kernel: Kernel) {
+    MATRIXMULTIPLY.store(kernel == Kernel::Matrixmultiply, Ordering::Relaxed);
 }
 
-/// The kernel chosen by [`set_f32_kernel`] ([`F32Kernel::Auto`] unless changed).
-pub fn f32_kernel() -> F32Kernel {
-    if F32_MATRIXMULTIPLY.load(Ordering::Relaxed) {
-        F32Kernel::Matrixmultiply
+/// The kernel chosen by [`set_kernel`] ([`Kernel::Auto`] unless changed).
+pub fn kernel() -> Kernel {
+    if MATRIXMULTIPLY.load(Ordering::Relaxed) {
+        Kernel::Matrixmultiply
     } else {
-        F32Kernel::Auto
+        Kernel::Auto
     }
 }
 

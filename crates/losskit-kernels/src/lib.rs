@@ -80,10 +80,10 @@ pub trait Float: num_traits::Float + num_traits::FromPrimitive + Send + Sync + D
     fn widen(self) -> f64;
     /// An `f64` accumulator rounded back to this type.
     fn narrow(v: f64) -> Self;
-    /// `C ← α·A·B + β·C` for this type with `matrixmultiply`'s contract: f32 through this
-    /// crate's AVX2 kernel where the CPU has AVX2 + FMA without AVX-512 (the same bits as
-    /// `matrixmultiply::sgemm` at `α = 1`, packing buffers kept per thread), otherwise
-    /// `matrixmultiply::sgemm`/`dgemm`; use the safe [`gemm::gemm`].
+    /// `C ← α·A·B + β·C` for this type with `matrixmultiply`'s contract: through this crate's
+    /// AVX2 kernel where the CPU has AVX2 + FMA without AVX-512 (the same bits as
+    /// `matrixmultiply::sgemm`/`dgemm` at `α = 1`, packing buffers kept per thread), otherwise
+    /// `matrixmultiply`'s; use the safe [`gemm::gemm`].
     ///
     /// # Safety
     /// Every element addressed through the pointers and strides must be valid (`A`: `m × k`,
@@ -126,6 +126,27 @@ pub trait Float: num_traits::Float + num_traits::FromPrimitive + Send + Sync + D
     }
 }
 
+/// The body of [`Float::gemm_raw`] for both types: this crate's kernel (`sgemm` module) on
+/// x86-64, `matrixmultiply::$fallback` elsewhere.
+macro_rules! gemm_raw_body {
+    ($fallback:ident, $m:ident, $k:ident, $n:ident, $alpha:ident, $a:ident, $rsa:ident, $csa:ident, $b:ident, $rsb:ident, $csb:ident, $beta:ident, $c:ident, $rsc:ident, $csc:ident) => {{
+        // SAFETY: the caller's contract is matrixmultiply's, which `sgemm::gemm` shares.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            use sgemm::Strided;
+            let a = Strided { ptr: $a, rs: $rsa, cs: $csa };
+            let b = Strided { ptr: $b, rs: $rsb, cs: $csb };
+            let c = Strided { ptr: $c, rs: $rsc, cs: $csc };
+            sgemm::gemm(sgemm::Product { m: $m, k: $k, n: $n, alpha: $alpha, beta: $beta, a, b, c })
+        }
+        // SAFETY: the caller's contract is matrixmultiply's.
+        #[cfg(not(target_arch = "x86_64"))]
+        unsafe {
+            matrixmultiply::$fallback($m, $k, $n, $alpha, $a, $rsa, $csa, $b, $rsb, $csb, $beta, $c, $rsc, $csc)
+        }
+    }};
+}
+
 impl Float for f32 {
     const EPSILON_KERAS: f32 = 1e-7;
     unsafe fn gemm_raw(
@@ -144,22 +165,7 @@ impl Float for f32 {
         rsc: isize,
         csc: isize,
     ) {
-        // SAFETY: the caller's contract is matrixmultiply's, which `sgemm` shares.
-        #[cfg(target_arch = "x86_64")]
-        unsafe {
-            use sgemm::Strided;
-            let (a, b, c) = (
-                Strided { ptr: a, rs: rsa, cs: csa },
-                Strided { ptr: b, rs: rsb, cs: csb },
-                Strided { ptr: c, rs: rsc, cs: csc },
-            );
-            sgemm::sgemm(sgemm::Product { m, k, n, alpha, beta, a, b, c })
-        }
-        // SAFETY: the caller's contract is matrixmultiply's.
-        #[cfg(not(target_arch = "x86_64"))]
-        unsafe {
-            matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
-        }
+        gemm_raw_body!(sgemm, m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
     }
     const LN_2: f32 = std::f32::consts::LN_2;
     #[inline(always)]
@@ -198,8 +204,7 @@ impl Float for f64 {
         rsc: isize,
         csc: isize,
     ) {
-        // SAFETY: the caller's contract is matrixmultiply's.
-        unsafe { matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+        gemm_raw_body!(dgemm, m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
     }
     const LN_2: f64 = std::f64::consts::LN_2;
     #[inline(always)]

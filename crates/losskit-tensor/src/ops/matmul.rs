@@ -1,4 +1,4 @@
-//! Matrix product through `losskit_kernels::gemm` (f32: its AVX2 kernel, else matrixmultiply;
+//! Matrix product through `losskit_kernels::gemm` (its AVX2 kernel, else matrixmultiply;
 //! large products split into fixed blocks run in parallel), with strided operands so `Aᵀ·B`
 //! needs no copy.
 
