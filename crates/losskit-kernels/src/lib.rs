@@ -30,6 +30,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(target_arch = "x86_64")]
+mod avx2_gemm;
 mod classification;
 mod ctc;
 mod driver;
@@ -39,8 +41,6 @@ mod hinge;
 mod linear_ce;
 pub mod optim;
 mod regression;
-#[cfg(target_arch = "x86_64")]
-mod sgemm;
 mod sparsemax;
 mod sum;
 pub mod threads;
@@ -126,18 +126,18 @@ pub trait Float: num_traits::Float + num_traits::FromPrimitive + Send + Sync + D
     }
 }
 
-/// The body of [`Float::gemm_raw`] for both types: this crate's kernel (`sgemm` module) on
+/// The body of [`Float::gemm_raw`] for both types: this crate's kernel (`avx2_gemm` module) on
 /// x86-64, `matrixmultiply::$fallback` elsewhere.
 macro_rules! gemm_raw_body {
     ($fallback:ident, $m:ident, $k:ident, $n:ident, $alpha:ident, $a:ident, $rsa:ident, $csa:ident, $b:ident, $rsb:ident, $csb:ident, $beta:ident, $c:ident, $rsc:ident, $csc:ident) => {{
-        // SAFETY: the caller's contract is matrixmultiply's, which `sgemm::gemm` shares.
+        // SAFETY: the caller's contract is matrixmultiply's, which `avx2_gemm::gemm` shares.
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            use sgemm::Strided;
+            use avx2_gemm::Strided;
             let a = Strided { ptr: $a, rs: $rsa, cs: $csa };
             let b = Strided { ptr: $b, rs: $rsb, cs: $csb };
             let c = Strided { ptr: $c, rs: $rsc, cs: $csc };
-            sgemm::gemm(sgemm::Product { m: $m, k: $k, n: $n, alpha: $alpha, beta: $beta, a, b, c })
+            avx2_gemm::gemm(avx2_gemm::Product { m: $m, k: $k, n: $n, alpha: $alpha, beta: $beta, a, b, c })
         }
         // SAFETY: the caller's contract is matrixmultiply's.
         #[cfg(not(target_arch = "x86_64"))]

@@ -191,7 +191,7 @@ impl<T: Lane> Product<T> {
     /// Runs the blocked loops with this thread's kept buffers.
     ///
     /// # Safety
-    /// AVX2 and FMA are available; the operands satisfy [`sgemm`]'s contract.
+    /// AVX2 and FMA are available; the operands satisfy [`gemm`]'s contract.
     unsafe fn run(self) {
         let mut bufs = KEPT.with(Cell::take).unwrap_or_default();
         let kc_max = self.k.min(KC);
