@@ -247,12 +247,8 @@ impl<T: Lane> Product<T> {
             let cols = T::NR.min(nc - jr);
             for ir in (0..mc).step_by(MR) {
                 let rows = MR.min(mc - ir);
-                let tile = Tile {
-                    c: self.c.ptr.offset(self.c.offset(ic + ir, jc + jr)),
-                    rsc: self.c.rs,
-                    csc: self.c.cs,
-                    cols,
-                };
+                let tile =
+                    Tile { c: Strided { ptr: self.c.ptr.offset(self.c.offset(ic + ir, jc + jr)), ..self.c }, cols };
                 // SAFETY: panel `ir / MR` of `ap` and `jr / NR` of `bp` hold `kc` steps each;
                 // the tile lies inside C.
                 unsafe {
@@ -377,13 +373,11 @@ unsafe fn pack_a<T: Lane>(a: Strided<*const T>, mc: usize, kc: usize, out: *mut 
     }
 }
 
-/// Where one micro-kernel tile goes: its first element, strides, and how many of the tile's
-/// `NR` columns lie inside `C` (its rows are the kernel's `R`).
+/// Where one micro-kernel tile goes: `C` from the tile's first element, and how many of the
+/// tile's `NR` columns lie inside it (its rows are the kernel's `R`).
 #[derive(Clone, Copy)]
 struct Tile<T> {
-    c: *mut T,
-    rsc: isize,
-    csc: isize,
+    c: Strided<*mut T>,
     cols: usize,
 }
 
@@ -401,9 +395,9 @@ unsafe fn kernel<T: Lane, const R: usize>(kc: usize, a: *const T, b: *const T, a
         for i in 0..R {
             // SAFETY: a prefetch of a valid element's line has no effect on memory.
             unsafe {
-                let c = t.c.offset(i as isize * t.rsc);
+                let c = t.c.ptr.offset(t.c.offset(i, 0));
                 _mm_prefetch::<_MM_HINT_T0>(c.cast());
-                _mm_prefetch::<_MM_HINT_T0>(c.wrapping_offset((nr - 1) as isize * t.csc).cast());
+                _mm_prefetch::<_MM_HINT_T0>(c.wrapping_offset(t.c.offset(0, nr - 1)).cast());
             }
         }
     }
@@ -422,7 +416,7 @@ unsafe fn kernel<T: Lane, const R: usize>(kc: usize, a: *const T, b: *const T, a
             }
         }
     }
-    if t.cols == nr && t.csc == 1 {
+    if t.cols == nr && t.c.cs == 1 {
         // SAFETY: the tile's R full rows are inside C, each contiguous.
         unsafe { store_rows(&acc, alpha, beta, t) };
         return;
@@ -439,7 +433,7 @@ unsafe fn kernel<T: Lane, const R: usize>(kc: usize, a: *const T, b: *const T, a
         for (j, &v) in row.iter().enumerate().take(t.cols) {
             // SAFETY: (i, j) is inside the tile's valid part.
             unsafe {
-                let c = t.c.offset(i as isize * t.rsc + j as isize * t.csc);
+                let c = t.c.ptr.offset(t.c.offset(i, j));
                 *c = if beta == T::ZERO { alpha * v } else { alpha.mul_add(v, *c * beta) };
             }
         }
@@ -458,7 +452,7 @@ unsafe fn store_rows<T: Lane, const R: usize>(acc: &[[T::V; 2]; R], alpha: T, be
     unsafe {
         let (av, bv) = (T::splat(alpha), T::splat(beta));
         for (i, row) in acc.iter().enumerate() {
-            let c = t.c.offset(i as isize * t.rsc);
+            let c = t.c.ptr.offset(t.c.offset(i, 0));
             let c1 = c.add(T::LANES);
             if beta == T::ZERO {
                 T::storeu(c, T::mul_v(av, row[0]));
