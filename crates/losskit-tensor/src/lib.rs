@@ -51,6 +51,7 @@ pub mod npy;
 mod ops;
 pub mod pool;
 pub mod random;
+pub mod slices;
 mod storage;
 mod tensor;
 

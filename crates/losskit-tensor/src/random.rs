@@ -63,27 +63,43 @@ pub fn mask(shape: &[usize], keep: f64, value: f64, dtype: DType, rng: &mut Rng)
     let n: usize = shape.iter().product();
     match dtype {
         DType::F32 => {
-            let (k, v) = (keep as f32, value as f32);
+            // Written into a pooled buffer (a training step reuses the last one's).
+            let mut values = crate::pool::take::<f32>(n);
+            mask_into(&mut values, keep, value, rng);
+            Tensor::from_vec(values, shape)
+        }
+        DType::F64 => {
+            let mut values = vec![0.0f64; n];
+            mask_into(&mut values, keep, value, rng);
+            Tensor::from_vec(values, shape)
+        }
+    }
+}
+
+/// [`mask`] written into `out` (the same draws from `rng`, so the same mask for the same
+/// stream): each entry is `value` with probability `keep`, else 0.
+pub fn mask_into<T: crate::Element>(out: &mut [T], keep: f64, value: f64, rng: &mut Rng) {
+    match T::DTYPE {
+        DType::F32 => {
+            let (k, v) = (keep as f32, T::c(f64::from(value as f32)));
             // The generator's words in bulk fills of a block on the stack, then the same draw as
             // `rng.random::<f32>()` (the top 24 bits scaled to [0, 1)) in a loop that
             // vectorises: the masks are those of drawing one value at a time, several times
-            // faster, written into a pooled buffer (a training step reuses the last one's).
-            let mut values = crate::pool::take::<f32>(n);
+            // faster.
             let mut words = [0u32; MASK_BLOCK];
             let scale = 1.0 / (1u32 << 24) as f32;
-            for out in values.chunks_mut(MASK_BLOCK) {
+            for out in out.chunks_mut(MASK_BLOCK) {
                 let words = &mut words[..out.len()];
                 rng.fill(words);
                 for (o, &u) in out.iter_mut().zip(words.iter()) {
-                    *o = if (u >> 8) as f32 * scale < k { v } else { 0.0 };
+                    *o = if (u >> 8) as f32 * scale < k { v } else { T::zero() };
                 }
             }
-            Tensor::from_vec(values, shape)
         }
-        DType::F64 => Tensor::from_vec(
-            (0..n).map(|_| if rng.random::<f64>() < keep { value } else { 0.0 }).collect::<Vec<f64>>(),
-            shape,
-        ),
+        DType::F64 => {
+            let v = T::c(value);
+            out.iter_mut().for_each(|o| *o = if rng.random::<f64>() < keep { v } else { T::zero() });
+        }
     }
 }
 

@@ -38,6 +38,8 @@ pub trait Element: losskit_kernels::Float + ndarray::LinalgScalar + ndarray::Sca
     fn wrap(a: ArrayD<Self>) -> Storage;
     /// Borrows the array if `s` holds this type.
     fn view(s: &Storage) -> Option<&ArcArray<Self, IxDyn>>;
+    /// Borrows the array mutably if `s` holds this type.
+    fn view_mut(s: &mut Storage) -> Option<&mut ArcArray<Self, IxDyn>>;
     /// Wraps a shared array into a [`Storage`] (no copy).
     fn wrap_shared(a: ArcArray<Self, IxDyn>) -> Storage;
     /// Takes the array out of `s` if it holds this type (no copy).
@@ -53,6 +55,12 @@ impl Element for f32 {
         Storage::F32(a.into_shared())
     }
     fn view(s: &Storage) -> Option<&ArcArray<f32, IxDyn>> {
+        match s {
+            Storage::F32(a) => Some(a),
+            Storage::F64(_) => None,
+        }
+    }
+    fn view_mut(s: &mut Storage) -> Option<&mut ArcArray<f32, IxDyn>> {
         match s {
             Storage::F32(a) => Some(a),
             Storage::F64(_) => None,
@@ -78,6 +86,12 @@ impl Element for f64 {
         Storage::F64(a.into_shared())
     }
     fn view(s: &Storage) -> Option<&ArcArray<f64, IxDyn>> {
+        match s {
+            Storage::F64(a) => Some(a),
+            Storage::F32(_) => None,
+        }
+    }
+    fn view_mut(s: &mut Storage) -> Option<&mut ArcArray<f64, IxDyn>> {
         match s {
             Storage::F64(a) => Some(a),
             Storage::F32(_) => None,

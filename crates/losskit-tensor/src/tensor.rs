@@ -273,6 +273,29 @@ impl Tensor {
         }
     }
 
+    /// The values as a row-major slice, when they are of type `T` and in standard layout
+    /// (a lazy tensor is computed first); `None` otherwise.
+    pub fn values<T: Element>(&self) -> Option<&[T]> {
+        T::view(self.storage())?.as_slice()
+    }
+
+    /// The values as a row-major slice to write in place, when this handle alone holds them
+    /// (no clone of the tensor, no other array on its buffer), they are computed, of type `T`,
+    /// in standard layout, and the tensor is not the result of a recorded operation; `None`
+    /// otherwise. A caller that keeps a tensor as its own buffer across steps (losskit-train's
+    /// allocation-free training step, an optimizer's update of a weight) writes it this way:
+    /// no copy, no allocation.
+    pub fn values_mut<T: Element>(&mut self) -> Option<&mut [T]> {
+        let inner = Arc::get_mut(&mut self.0).filter(|inner| inner.node.is_none())?;
+        let Value::Ready(storage) = &mut inner.value else { return None };
+        let a = T::view_mut(storage)?;
+        if !(a.is_unique() && a.is_standard_layout()) {
+            return None;
+        }
+        // Unique: `as_slice_mut` writes through without copying.
+        a.as_slice_mut()
+    }
+
     /// Whether this handle alone holds its values, computed and in standard layout: then
     /// [`Tensor::into_storage`] hands over a buffer that may be written in place.
     pub(crate) fn owns_buffer(&self) -> bool {

@@ -85,6 +85,7 @@ pub struct Compile {
     loss_weights: Vec<(Option<String>, f64)>,
     metrics: Vec<String>,
     fused_head: Option<bool>,
+    planned_step: Option<bool>,
 }
 
 impl Default for Compile {
@@ -96,6 +97,7 @@ impl Default for Compile {
             loss_weights: vec![],
             metrics: vec![],
             fused_head: None,
+            planned_step: None,
         }
     }
 }
@@ -160,6 +162,19 @@ impl Compile {
         self.fused_head = on;
         self
     }
+    /// Whether `fit` trains through the planned step: without the tape, over buffers kept
+    /// across steps, so that a warm step allocates nothing (the same weights and History, bit
+    /// for bit, as the tape's step). Possible for a model whose layers are `Flatten`,
+    /// `Dropout` and `Dense` (activation linear, relu, sigmoid, tanh, or softmax), with no
+    /// regularizer, one output, `SparseCategoricalCrossentropy` (no `ignore_class`) or
+    /// `CategoricalCrossentropy` (last axis, no class weights) with a reduction other than
+    /// `none`, no loss weight, and `fit` without sample or class weights, data checks on,
+    /// on one worker. `None` (the default): whenever possible; `Some(true)`: always, `fit`
+    /// fails with the reason when it is not possible; `Some(false)`: never (the tape's step).
+    pub fn planned_step(mut self, on: Option<bool>) -> Compile {
+        self.planned_step = on;
+        self
+    }
 }
 
 /// What `compile` stored in the model.
@@ -169,6 +184,7 @@ pub(crate) struct Compiled {
     pub loss_weights: Vec<Option<f64>>,
     pub metric_names: Vec<String>,
     pub fused_head: Option<bool>,
+    pub planned_step: Option<bool>,
 }
 
 impl Model {
@@ -229,8 +245,14 @@ impl Model {
         for m in &c.metrics {
             metrics::check_name(m)?;
         }
-        self.compiled =
-            Some(Compiled { optimizer, losses, loss_weights, metric_names: c.metrics, fused_head: c.fused_head });
+        self.compiled = Some(Compiled {
+            optimizer,
+            losses,
+            loss_weights,
+            metric_names: c.metrics,
+            fused_head: c.fused_head,
+            planned_step: c.planned_step,
+        });
         Ok(())
     }
 

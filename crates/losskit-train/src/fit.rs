@@ -7,6 +7,7 @@ use crate::distribute::{self, Collective};
 use crate::metrics::{self, Metric};
 use crate::model::Model;
 use crate::nan::{self, GradNormHistory};
+use crate::step::StepPlan;
 use losskit::{no_grad, Error, LinearCrossEntropy, Reduction, Result, Tensor};
 use losskit_tensor::random;
 use std::collections::BTreeMap;
@@ -370,6 +371,8 @@ struct FitLoop<'d, 'c> {
     progress: Progress,
     /// The other workers of a data-parallel run (more than one).
     group: Option<&'c dyn Collective>,
+    /// The planned (tape-free) step, when the model and the run allow it.
+    plan: Option<StepPlan>,
 }
 
 impl<'d, 'c> FitLoop<'d, 'c> {
@@ -396,6 +399,7 @@ impl<'d, 'c> FitLoop<'d, 'c> {
             norms: GradNormHistory::default(),
             progress,
             group: None,
+            plan: None,
         })
     }
 
@@ -836,6 +840,7 @@ impl Model {
             }
         }
         let metrics = self.resolve_metrics(&data.ys, data.n)?;
+        let check_data = opts.check_data;
         let mut progbar = ProgbarLogger::new(opts.verbose);
         let mut callbacks: Vec<&mut dyn Callback> = Vec::new();
         if opts.verbose > 0 {
@@ -858,6 +863,7 @@ impl Model {
         if run.group.is_some() && run.backup.is_some() {
             return Err(Error::Config("fit: BackupAndRestore is not supported with several workers yet".into()));
         }
+        run.plan = self.step_plan(&data, check_data, run.group.is_some())?;
         let states = self.resume(&mut run)?;
         // The pool's other workers stay awake between the step's parallel regions.
         let _awake = losskit_kernels::threads::keep_pool_awake();
@@ -1103,6 +1109,11 @@ impl Model {
             }
             match run.group {
                 Some(group) => self.distributed_step(run, group, idx, step, &mut acc)?,
+                None if run.plan.is_some() => {
+                    let plan = run.plan.as_mut().expect("checked");
+                    let guard = run.opts.nan_guard.then_some((run.progress.epoch, step, &mut run.norms));
+                    self.planned_step(plan, run.data, &run.metrics, guard, idx, &mut acc)?;
+                }
                 None => {
                     let data = run.data;
                     let batch = Dataset::rows_of(&data.x, &data.ys, data.w.as_ref(), idx, true)?;
@@ -1125,6 +1136,75 @@ impl Model {
             }
         }
         Ok(acc)
+    }
+
+    /// The planned step for this run ([`Compile::planned_step`](crate::Compile::planned_step)):
+    /// `None` when it is off, or not possible and not required.
+    fn step_plan(&mut self, data: &FitData, check_data: bool, distributed: bool) -> Result<Option<StepPlan>> {
+        let wanted = self.compiled.as_ref().expect("checked").planned_step;
+        if wanted == Some(false) {
+            return Ok(None);
+        }
+        match (self.plannable(data, check_data, distributed), wanted) {
+            (Ok(plan), _) => Ok(Some(plan)),
+            (Err(why), Some(true)) => Err(Error::Config(format!("compile: planned_step(Some(true)) but {why}"))),
+            (Err(_), _) => Ok(None),
+        }
+    }
+
+    /// The planned step for this model and run, or why there is none.
+    fn plannable(
+        &mut self,
+        data: &FitData,
+        check_data: bool,
+        distributed: bool,
+    ) -> std::result::Result<StepPlan, String> {
+        if distributed {
+            return Err("the run has several workers".into());
+        }
+        if data.w.is_some() {
+            return Err("the run has sample or class weights".into());
+        }
+        if !check_data {
+            return Err("the data checks are off (the step relies on them for the labels)".into());
+        }
+        if self.fused_head().map_err(|e| e.to_string())?.is_some() {
+            return Err("the fused linear + cross-entropy head trains the last layer".into());
+        }
+        if data.ys.len() != 1 {
+            return Err("the model has several outputs".into());
+        }
+        self.ensure_built(&data.x).map_err(|e| e.to_string())?;
+        StepPlan::new(self, &data.x, &data.ys[0])
+    }
+
+    /// One training step through `plan` on the rows `idx`: the step, then (with the NaN guard:
+    /// `guard` is the epoch, the step and the norm history) the guard's record and verdict,
+    /// then the batch's loss and metrics into `acc`.
+    fn planned_step(
+        &mut self,
+        plan: &mut StepPlan,
+        data: &FitData,
+        metrics: &[Vec<Metric>],
+        guard: Option<(usize, usize, &mut GradNormHistory)>,
+        idx: &[usize],
+        acc: &mut Accumulators,
+    ) -> Result<()> {
+        let (loss, applied) = plan.run(self, &data.x, &data.ys[0], idx, guard.is_some().then_some(true))?;
+        if let Some((epoch, step, norms)) = guard {
+            norms.push_sums(&plan.sum_squares, || self.weight_names());
+            if !applied {
+                let batch = Dataset::rows_of(&data.x, &data.ys, None, idx, true)?;
+                return self.fail_step(&batch, loss, plan.weight_grads(), epoch, step, norms);
+            }
+        }
+        let (ys, outs) = plan.reading(idx.len());
+        Self::accumulate(acc, metrics, ys, outs, loss, &[loss], idx.len() as f64)
+    }
+
+    /// Every weight's name, in weight order.
+    fn weight_names(&self) -> Vec<String> {
+        self.params().iter().map(|p| p.name.clone()).collect()
     }
 
     /// Joins a data-parallel run: rank 0's weights everywhere, and this worker's own stream of
@@ -1301,19 +1381,32 @@ impl Model {
         step: usize,
         norms: &mut GradNormHistory,
     ) -> Result<()> {
-        let names = |m: &Model| m.params().iter().map(|p| p.name.clone()).collect::<Vec<String>>();
         if loss.is_finite() {
             let check = self.apply_update_checked(g)?;
-            norms.push_sums(&check.sum_squares, || names(self));
+            norms.push_sums(&check.sum_squares, || self.weight_names());
             if check.applied {
                 return Ok(());
             }
         } else {
             // The loss alone condemns the step: measure the gradients for the diagnosis.
             let sums: Vec<f64> = g.iter().map(Tensor::sum_of_squares).collect();
-            norms.push_sums(&sums, || names(self));
+            norms.push_sums(&sums, || self.weight_names());
         }
-        let names = names(self);
+        self.fail_step(batch, loss, g, epoch, step, norms)
+    }
+
+    /// Stops a step the guard condemned: the diagnosis of `batch` (kept in
+    /// [`Model::last_diagnosis`]) as the error.
+    fn fail_step(
+        &mut self,
+        batch: &Dataset,
+        loss: f64,
+        g: &[Tensor],
+        epoch: usize,
+        step: usize,
+        norms: &mut GradNormHistory,
+    ) -> Result<()> {
+        let names = self.weight_names();
         let d = self.diagnose(epoch, step, loss, &batch.x, &batch.ys, batch.w.as_ref(), names, g, norms)?;
         let text = d.to_string();
         self.last_diagnosis = Some(d);

@@ -39,6 +39,23 @@ pub trait Layer: Send {
     fn params_mut(&mut self) -> Vec<&mut Param> {
         Vec::new()
     }
+    /// Trainable weight `i` (as `params()[i]`), without building the list.
+    fn param(&self, i: usize) -> Option<&Param> {
+        self.params().into_iter().nth(i)
+    }
+    /// Trainable weight `i` to update (as `params_mut()[i]`), without building the list.
+    fn param_mut(&mut self, i: usize) -> Option<&mut Param> {
+        self.params_mut().into_iter().nth(i)
+    }
+    /// How many trainable weights (as `params().len()`).
+    fn param_count(&self) -> usize {
+        self.params().len()
+    }
+    /// What the allocation-free training step computes for this layer, when it can run it
+    /// (`None`: a model with this layer trains through the tape). Default `None`.
+    fn step_kind(&self) -> Option<StepLayer> {
+        None
+    }
     /// The layer's weight penalty for the loss (e.g. L2 on a Dense kernel), if any.
     fn regularization(&self) -> Result<Option<Tensor>> {
         Ok(None)
@@ -58,6 +75,32 @@ pub trait Layer: Send {
     fn linear_head(&self) -> Option<(&Tensor, Option<&Tensor>)> {
         None
     }
+}
+
+/// A layer as the allocation-free training step runs it ([`Layer::step_kind`]): on a batch of
+/// `rows` samples with one axis of features each.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StepLayer {
+    /// `(rows, d1, d2, ...)` → `(rows, d1·d2·...)`: the buffers are already flat.
+    Flatten,
+    /// Training-time dropout: `x·mask`, `mask` entries `1/(1 - rate)` with probability
+    /// `1 - rate`, else 0, drawn from the model's generator as [`Dropout`] draws them.
+    Dropout {
+        /// The fraction dropped, in `[0, 1)`.
+        rate: f64,
+    },
+    /// `act(x·W + b)` with weights `[W (inputs, units), b (units)]` (`b` when `bias`), then
+    /// `softmax` over the units when `softmax` (and `activation` is linear).
+    Dense {
+        /// Features out.
+        units: usize,
+        /// The activation fused with the product.
+        activation: DenseActivation,
+        /// Whether a softmax over the units follows.
+        softmax: bool,
+        /// Whether the layer has a bias (weight 1).
+        bias: bool,
+    },
 }
 
 /// `kind`, `name`, `set_name` and `output_shape` of a layer with `name: String` and
@@ -252,6 +295,34 @@ impl Layer for Dense {
     fn params_mut(&mut self) -> Vec<&mut Param> {
         self.kernel.iter_mut().chain(self.bias.iter_mut()).collect()
     }
+    fn param(&self, i: usize) -> Option<&Param> {
+        match i {
+            0 => self.kernel.as_ref().or(self.bias.as_ref()),
+            1 => self.kernel.as_ref().and(self.bias.as_ref()),
+            _ => None,
+        }
+    }
+    fn param_mut(&mut self, i: usize) -> Option<&mut Param> {
+        match (i, self.kernel.is_some()) {
+            (0, true) => self.kernel.as_mut(),
+            (0, false) | (1, true) => self.bias.as_mut(),
+            _ => None,
+        }
+    }
+    fn param_count(&self) -> usize {
+        usize::from(self.kernel.is_some()) + usize::from(self.bias.is_some())
+    }
+    fn step_kind(&self) -> Option<StepLayer> {
+        if self.kernel_regularizer.is_some() || self.bias_regularizer.is_some() || self.kernel.is_none() {
+            return None;
+        }
+        let (activation, softmax) = match (self.activation.dense_activation(), self.activation) {
+            (Some(a), _) => (a, false),
+            (None, Activation::Softmax) => (DenseActivation::Linear, true),
+            _ => return None,
+        };
+        Some(StepLayer::Dense { units: self.units, activation, softmax, bias: self.bias.is_some() })
+    }
     fn regularization(&self) -> Result<Option<Tensor>> {
         let kernel = match (&self.kernel_regularizer, &self.kernel) {
             (Some(r), Some(k)) => Some(r.penalty(&k.value)?),
@@ -348,6 +419,9 @@ impl Layer for Flatten {
         self.output = Some(out.clone());
         Ok(out)
     }
+    fn step_kind(&self) -> Option<StepLayer> {
+        Some(StepLayer::Flatten)
+    }
     fn forward(&self, x: &Tensor, _training: bool, _rng: &mut Rng) -> Result<Tensor> {
         if x.rank() == 0 {
             return Err(Error::Shape { op: self.name.clone(), msg: "cannot flatten a scalar".into() });
@@ -383,6 +457,9 @@ impl Layer for Dropout {
     fn build(&mut self, input: &[usize], _dtype: DType, _rng: &mut Rng) -> Result<Vec<usize>> {
         self.output = Some(input.to_vec());
         Ok(input.to_vec())
+    }
+    fn step_kind(&self) -> Option<StepLayer> {
+        Some(StepLayer::Dropout { rate: self.rate })
     }
     fn forward(&self, x: &Tensor, training: bool, rng: &mut Rng) -> Result<Tensor> {
         if !training || self.rate == 0.0 {

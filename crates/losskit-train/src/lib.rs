@@ -32,6 +32,7 @@ mod model;
 pub mod nan;
 mod optimizers;
 pub mod regularizers;
+mod step;
 mod tensor_file;
 
 pub use activations::Activation;
@@ -45,7 +46,7 @@ pub use distribute::{Collective, ThreadGroup};
 pub use fit::{Fit, Targets};
 pub use initializers::Initializer;
 pub use keras_model::{load_keras_model, model_from_json, KerasCompile, KerasModel};
-pub use layers::{ActivationLayer, Dense, Dropout, Flatten, Layer, Param};
+pub use layers::{ActivationLayer, Dense, Dropout, Flatten, Layer, Param, StepLayer};
 pub use losskit_kernels::threads::{keep_pool_awake, use_calling_thread, KeepAwake, ThreadPoolError};
 pub use model::{Model, Sequential, Stack};
 pub use nan::{human_number, Cause, CliDiagnosis, Diagnosis, Stage};

@@ -4,7 +4,7 @@
 use crate::layers::Param;
 use losskit::{Error, Result, Tensor};
 use losskit_tensor::Element;
-use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD};
+use ndarray::{ArrayD, ArrayViewD};
 
 /// Which update rule, with its hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -252,7 +252,7 @@ impl Optimizer {
 
     /// Applies one update: `grads[i]` is the gradient of `params[i]` (same shape and dtype).
     pub fn apply(&mut self, params: &mut [&mut Param], grads: &[Tensor]) -> Result<()> {
-        self.apply_with(params, grads, None).map(|_| ())
+        self.apply_to(params, grads, None, &mut Vec::new()).map(|_| ())
     }
 
     /// [`Optimizer::apply`] that first measures each gradient (`Σ g²`, for the NaN guard's norm
@@ -265,97 +265,119 @@ impl Optimizer {
         grads: &[Tensor],
         require_finite: bool,
     ) -> Result<GradientCheck> {
-        self.apply_with(params, grads, Some(require_finite))
+        let mut sum_squares = Vec::new();
+        let (finite, applied) = self.apply_to(params, grads, Some(require_finite), &mut sum_squares)?;
+        Ok(GradientCheck { sum_squares, finite, applied })
     }
 
-    /// The shared entry: the counts, then the update in the weights' dtype.
-    fn apply_with(
+    /// The update of `weights` with `grads` (in weight order), allocating nothing once the slots
+    /// exist: each weight is updated in its own buffer when nothing else holds it. With
+    /// `check = Some(require_finite)` (or norm clipping) each gradient's `Σ g²` is measured
+    /// into `sum_squares` first (cleared; its capacity is reused) and, when required, nothing
+    /// is applied at a non-finite value. Returns `(finite, applied)`.
+    pub(crate) fn apply_to<W: Weights + ?Sized>(
         &mut self,
-        params: &mut [&mut Param],
+        weights: &mut W,
         grads: &[Tensor],
         check: Option<bool>,
-    ) -> Result<GradientCheck> {
-        if params.len() != grads.len() {
+        sum_squares: &mut Vec<f64>,
+    ) -> Result<(bool, bool)> {
+        sum_squares.clear();
+        if weights.count() != grads.len() {
             return Err(Error::Shape {
                 op: "Optimizer::apply".into(),
-                msg: format!("{} weights but {} gradients", params.len(), grads.len()),
+                msg: format!("{} weights but {} gradients", weights.count(), grads.len()),
             });
         }
-        let Some(first) = params.first() else {
-            return Ok(GradientCheck { sum_squares: Vec::new(), finite: true, applied: true });
-        };
-        match first.value.dtype() {
-            losskit::DType::F32 => self.apply_typed::<f32>(params, grads, check),
-            losskit::DType::F64 => self.apply_typed::<f64>(params, grads, check),
+        if weights.count() == 0 {
+            return Ok((true, true));
+        }
+        match weights.weight(0).value.dtype() {
+            losskit::DType::F32 => self.apply_typed::<f32, W>(weights, grads, check, sum_squares),
+            losskit::DType::F64 => self.apply_typed::<f64, W>(weights, grads, check, sum_squares),
         }
     }
 
     /// The update; with `check = Some(require_finite)`, the gradients are measured first (and,
     /// when required, the update skipped at a non-finite value).
-    fn apply_typed<T: Element + SlotType>(
+    fn apply_typed<T: Element + SlotType, W: Weights + ?Sized>(
         &mut self,
-        params: &mut [&mut Param],
+        weights: &mut W,
         grads: &[Tensor],
         check: Option<bool>,
-    ) -> Result<GradientCheck> {
-        let views = gradient_views::<T>(params, grads)?;
+        sum_squares: &mut Vec<f64>,
+    ) -> Result<(bool, bool)> {
+        check_gradients::<T, W>(weights, grads)?;
         // One pass over the gradients serves both the guard's check and norm clipping.
         let needs_norms = matches!(self.clip, Clip::Norm(_) | Clip::GlobalNorm(_));
-        let sum_squares: Vec<f64> = if check.is_some() || needs_norms {
-            grads.iter().map(Tensor::sum_of_squares).collect()
-        } else {
-            Vec::new()
-        };
-        let factors = self.clip_factors::<T>(&sum_squares, views.len());
-        let outcome = match check {
-            Some(require_finite) => gradient_check(grads, sum_squares, require_finite),
-            None => GradientCheck { sum_squares: Vec::new(), finite: true, applied: true },
-        };
-        if !outcome.applied {
-            return Ok(outcome);
+        if check.is_some() || needs_norms {
+            sum_squares.extend(grads.iter().map(Tensor::sum_of_squares));
         }
-        self.ensure_slots::<T>(params)?;
+        let (finite, applied) = match check {
+            Some(require_finite) => {
+                let finite = all_finite(grads, sum_squares);
+                (finite, finite || !require_finite)
+            }
+            None => (true, true),
+        };
+        if !applied {
+            return Ok((finite, applied));
+        }
+        self.ensure_slots::<T, W>(weights)?;
         let lr = T::c(self.learning_rate);
         let step = self.iterations + 1;
-        let grad = Grad { factor: T::one(), bound: self.clip_bound() };
+        let global = self.global_clip_factor::<T>(sum_squares);
+        let bound = self.clip_bound();
+        let rule = self.rule;
         let slots = T::slots(&mut self.slots);
-        for (((p, g), s), factor) in params.iter_mut().zip(&views).zip(slots.iter_mut()).zip(factors) {
-            // Update in place: the graph is gone, so the weights' buffer is usually unshared.
-            let value = std::mem::replace(&mut p.value, PLACEHOLDER.with(Tensor::clone));
-            let mut w = T::take(value.into_storage()).expect("dtype checked above");
-            // The update runs on contiguous buffers (a strided weight or slot, e.g. one set
-            // from a transposed tensor, is made standard once here).
-            if !w.is_standard_layout() {
-                w = w.as_standard_layout().into_owned().into_shared();
-            }
+        for (i, (g, s)) in grads.iter().zip(slots.iter_mut()).enumerate() {
+            let factor = match self.clip {
+                Clip::Norm(c) => {
+                    let c = T::c(c);
+                    c / T::c(sum_squares[i]).sqrt().max(c)
+                }
+                _ => global,
+            };
+            let g = T::view(g.storage()).expect("checked above");
+            let gr = Grad { factor, bound };
             for slot in s.iter_mut().filter(|a| !a.is_standard_layout()) {
                 *slot = slot.as_standard_layout().into_owned();
             }
-            update(self.rule, lr, step, w.view_mut(), g.view(), Grad { factor, ..grad }, s);
+            let p = weights.weight_mut(i);
+            // In place when the weight's buffer is this handle's alone (the graph is gone).
+            if let Some(w) = p.value.values_mut::<T>() {
+                update(rule, lr, step, w, g.view(), gr, s);
+                continue;
+            }
+            let value = std::mem::replace(&mut p.value, PLACEHOLDER.with(Tensor::clone));
+            let mut w = T::take(value.into_storage()).expect("dtype checked above");
+            // The update runs on contiguous buffers (a strided weight, e.g. one set from a
+            // transposed tensor, is made standard once here).
+            if !w.is_standard_layout() {
+                w = w.as_standard_layout().into_owned().into_shared();
+            }
+            update(rule, lr, step, w.as_slice_mut().expect(STANDARD), g.view(), gr, s);
             p.value = Tensor::from_storage(T::wrap_shared(w)).requires_grad();
         }
         self.iterations = step;
-        Ok(outcome)
+        Ok((finite, applied))
     }
 
-    /// Keras 3's `_clip_gradients` by norm, as one factor per gradient (1 without it): folded
-    /// into the update, so the gradients are not copied. `sum_squares` holds each gradient's
-    /// `Σ g²` (from [`Tensor::sum_of_squares`]: lanes of the weight's type, block sums in f64),
+    /// Keras 3's `_clip_gradients` by global norm as the factor every gradient is scaled by
+    /// (1 without it; per-gradient `clipnorm` is worked out in the update's loop): folded into
+    /// the update, so the gradients are not copied. `sum_squares` holds each gradient's `Σ g²`
+    /// (from [`Tensor::sum_of_squares`]: lanes of the weight's type, block sums in f64),
     /// rounded here to the weight's type, so a sum that overflows it is ∞ as in Keras.
     /// `clipnorm`: `c / max(‖g‖, c)`; `global_clipnorm`: `c · min(1/‖G‖, 1/c)` with
     /// `‖G‖² = Σ ‖g‖²` over all gradients.
-    fn clip_factors<T: Element>(&self, sum_squares: &[f64], count: usize) -> Vec<T> {
+    fn global_clip_factor<T: Element>(&self, sum_squares: &[f64]) -> T {
         match self.clip {
-            Clip::Norm(c) => {
-                let c = T::c(c);
-                sum_squares.iter().map(|&s| c / T::c(s).sqrt().max(c)).collect()
-            }
             Clip::GlobalNorm(c) => {
                 let c = T::c(c);
                 let total = sum_squares.iter().fold(T::zero(), |a, &s| a + T::c(s)).sqrt();
-                vec![c * (T::one() / total).min(T::one() / c); count]
+                c * (T::one() / total).min(T::one() / c)
             }
-            _ => vec![T::one(); count],
+            _ => T::one(),
         }
     }
 
@@ -368,18 +390,21 @@ impl Optimizer {
     }
 
     /// Creates zero slots on the first update; an error if a restored state does not fit.
-    fn ensure_slots<T: Element + SlotType>(&mut self, params: &[&mut Param]) -> Result<()> {
+    fn ensure_slots<T: Element + SlotType, W: Weights + ?Sized>(&mut self, weights: &W) -> Result<()> {
         let slots_needed = self.slots_needed();
         let slots = T::slots(&mut self.slots);
-        if slots.len() != params.len() {
-            *slots =
-                params.iter().map(|p| (0..slots_needed).map(|_| ArrayD::zeros(p.value.shape())).collect()).collect();
+        let count = weights.count();
+        if slots.len() != count {
+            *slots = (0..count)
+                .map(|i| (0..slots_needed).map(|_| ArrayD::zeros(weights.weight(i).value.shape())).collect())
+                .collect();
         }
-        if let Some((p, _)) = params
-            .iter()
-            .zip(slots.iter())
-            .find(|(p, s)| s.len() != slots_needed || s.iter().any(|a| a.shape() != p.value.shape()))
-        {
+        let misfit = |i: usize, s: &Vec<ArrayD<T>>| {
+            let p = weights.weight(i);
+            s.len() != slots_needed || s.iter().any(|a| a.shape() != p.value.shape())
+        };
+        if let Some(i) = slots.iter().enumerate().position(|(i, s)| misfit(i, s)) {
+            let p = weights.weight(i);
             return Err(Error::Shape {
                 op: "Optimizer::apply".into(),
                 msg: format!(
@@ -393,16 +418,35 @@ impl Optimizer {
     }
 }
 
-/// The gradients as typed views, each checked against its weight's shape and dtype.
-fn gradient_views<T: Element>(
-    params: &[&mut Param],
-    grads: &[Tensor],
-) -> Result<Vec<ndarray::ArcArray<T, ndarray::IxDyn>>> {
-    params
-        .iter()
-        .zip(grads)
-        .map(|(p, gr)| {
-            T::view(gr.storage()).filter(|g| g.shape() == p.value.shape()).cloned().ok_or_else(|| Error::Shape {
+/// The weights an update walks, by index in weight order: a slice of `&mut Param`, or a
+/// model's layers walked in place (no list of them is built per step).
+pub(crate) trait Weights {
+    /// How many weights.
+    fn count(&self) -> usize;
+    /// Weight `i`.
+    fn weight(&self, i: usize) -> &Param;
+    /// Weight `i`, to update.
+    fn weight_mut(&mut self, i: usize) -> &mut Param;
+}
+
+impl Weights for [&mut Param] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn weight(&self, i: usize) -> &Param {
+        self[i]
+    }
+    fn weight_mut(&mut self, i: usize) -> &mut Param {
+        self[i]
+    }
+}
+
+/// Each gradient against its weight's shape and dtype.
+fn check_gradients<T: Element, W: Weights + ?Sized>(weights: &W, grads: &[Tensor]) -> Result<()> {
+    for (i, gr) in grads.iter().enumerate() {
+        let p = weights.weight(i);
+        if T::view(gr.storage()).is_none_or(|g| g.shape() != p.value.shape()) {
+            return Err(Error::Shape {
                 op: "Optimizer::apply".into(),
                 msg: format!(
                     "gradient of shape {:?} ({}) for {} of shape {:?} ({})",
@@ -412,17 +456,17 @@ fn gradient_views<T: Element>(
                     p.value.shape(),
                     p.value.dtype()
                 ),
-            })
-        })
-        .collect()
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Whether every gradient value is finite, judged from each gradient's `Σ g²` (with a pass of
-/// its own only when a sum is ±inf: finite values whose squares overflow), and whether to apply.
-fn gradient_check(grads: &[Tensor], sum_squares: Vec<f64>, require_finite: bool) -> GradientCheck {
-    let finite = sum_squares.iter().all(|s| s.is_finite())
-        || (!sum_squares.iter().any(|s| s.is_nan()) && grads.iter().all(Tensor::all_finite));
-    GradientCheck { sum_squares, finite, applied: finite || !require_finite }
+/// its own only when a sum is ±inf: finite values whose squares overflow).
+fn all_finite(grads: &[Tensor], sum_squares: &[f64]) -> bool {
+    sum_squares.iter().all(|s| s.is_finite())
+        || (!sum_squares.iter().any(|s| s.is_nan()) && grads.iter().all(Tensor::all_finite))
 }
 
 thread_local! {
@@ -504,7 +548,7 @@ fn update<T: Element>(
     rule: Rule,
     lr: T,
     step: u64,
-    mut w: ArrayViewMutD<'_, T>,
+    w: &mut [T],
     g: ArrayViewD<'_, T>,
     gr: Grad<T>,
     s: &mut [ArrayD<T>],
@@ -522,8 +566,7 @@ fn update<T: Element>(
                 grad_bound: gr.bound,
             };
             let velocity = s.first_mut().map(|m| m.as_slice_mut().expect(STANDARD));
-            losskit_kernels::optim::sgd_update(w.as_slice_mut().expect(STANDARD), gs, velocity, step)
-                .expect("shapes checked in apply");
+            losskit_kernels::optim::sgd_update(w, gs, velocity, step).expect("shapes checked in apply");
         }
         Rule::Adam { beta_1, beta_2, epsilon } | Rule::AdamW { beta_1, beta_2, epsilon, .. } => {
             // AdamW's decoupled decay `w ← w - w·wd·lr` comes first, in the same pass.
@@ -545,8 +588,7 @@ fn update<T: Element>(
             };
             let (m, v) = s.split_at_mut(1);
             let (m, v) = (m[0].as_slice_mut().expect(STANDARD), v[0].as_slice_mut().expect(STANDARD));
-            losskit_kernels::optim::adam_update(w.as_slice_mut().expect(STANDARD), gs, m, v, step)
-                .expect("shapes checked in apply");
+            losskit_kernels::optim::adam_update(w, gs, m, v, step).expect("shapes checked in apply");
         }
         Rule::RmsProp { rho, momentum, epsilon, centered } => {
             // Slots: the mean square, then the momentum (when μ > 0), then the average gradient
@@ -564,15 +606,8 @@ fn update<T: Element>(
             let (mom, avg) = rest.split_at_mut(usize::from(momentum > 0.0));
             let mom = mom.first_mut().map(|a| a.as_slice_mut().expect(STANDARD));
             let avg = avg.first_mut().map(|a| a.as_slice_mut().expect(STANDARD));
-            losskit_kernels::optim::rmsprop_update(
-                w.as_slice_mut().expect(STANDARD),
-                gs,
-                velocity.as_slice_mut().expect(STANDARD),
-                mom,
-                avg,
-                step,
-            )
-            .expect("shapes checked in apply");
+            losskit_kernels::optim::rmsprop_update(w, gs, velocity.as_slice_mut().expect(STANDARD), mom, avg, step)
+                .expect("shapes checked in apply");
         }
     }
 }

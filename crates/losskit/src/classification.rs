@@ -324,6 +324,16 @@ impl Loss for CategoricalCrossentropy {
     fn single_row_kernel(&self) -> bool {
         true
     }
+    fn row_kernel(&self) -> Option<crate::RowLoss<'_>> {
+        // Class weights scale the targets first; another axis is moved last first.
+        let plain = self.class_weights.is_none() && self.axis == -1;
+        plain.then_some(crate::RowLoss::CategoricalCrossentropy(kernels::CategoricalCrossentropy {
+            from_logits: self.from_logits,
+            label_smoothing: self.label_smoothing,
+            // Set per call from the number of classes.
+            smoothing_share: 0.0,
+        }))
+    }
     fn config(&self) -> Value {
         self.crossentropy_config()
     }
@@ -557,6 +567,16 @@ impl Loss for SparseCategoricalCrossentropy {
     loss_identity!(SparseCategoricalCrossentropy);
     fn single_row_kernel(&self) -> bool {
         true
+    }
+    fn row_kernel(&self) -> Option<crate::RowLoss<'_>> {
+        // `ignore_class` attaches a mask of the loss' own.
+        self.ignore_class.is_none().then_some(crate::RowLoss::SparseCategoricalCrossentropy(
+            kernels::SparseCategoricalCrossentropy {
+                from_logits: self.from_logits,
+                class_weights: self.class_weights.as_deref(),
+                label_smoothing: 0.0,
+            },
+        ))
     }
     fn config(&self) -> Value {
         with_class_weights_config(

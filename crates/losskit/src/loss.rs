@@ -46,6 +46,15 @@ pub trait Loss: Send + Sync {
         false
     }
 
+    /// For a loss whose per-sample values are one row kernel over `(y_true, y_pred)` with the
+    /// class axis last and nothing else (no mask of its own, no per-row factor): that kernel,
+    /// so a caller that keeps its own buffers can compute the values and their gradient on
+    /// slices ([`RowLoss::run`], the same bits as [`Loss::per_sample`]). losskit-train's
+    /// allocation-free training step uses it. Default `None`.
+    fn row_kernel(&self) -> Option<RowLoss<'_>> {
+        None
+    }
+
     /// The Keras class name (`"MeanSquaredError"`); defaults to the instance name.
     fn class_name(&self) -> &str {
         self.name()
@@ -76,6 +85,55 @@ pub trait Loss: Send + Sync {
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
         compute(self, y_true, y_pred, sample_weight, mask)
+    }
+}
+
+/// A built-in loss as its row kernel ([`Loss::row_kernel`]): per row of `cols` predictions,
+/// the loss value and its gradient, on plain slices.
+#[derive(Debug, Clone, Copy)]
+pub enum RowLoss<'a> {
+    /// Keras' `SparseCategoricalCrossentropy`: one class index per row.
+    SparseCategoricalCrossentropy(losskit_kernels::SparseCategoricalCrossentropy<'a>),
+    /// Keras' `CategoricalCrossentropy`: a target distribution per row.
+    CategoricalCrossentropy(losskit_kernels::CategoricalCrossentropy),
+}
+
+impl RowLoss<'_> {
+    /// `y_true` values per row of `cols` predictions: 1 (a class index) or `cols`.
+    pub fn true_cols(&self, cols: usize) -> usize {
+        match self {
+            RowLoss::SparseCategoricalCrossentropy(_) => 1,
+            RowLoss::CategoricalCrossentropy(_) => cols,
+        }
+    }
+
+    /// Per row `r` of `y_pred` (`rows × cols`, row-major) and its targets (`rows ×
+    /// true_cols(cols)`): `values[r]`, the per-sample loss, and
+    /// `grad[r, :] = s[r] · ∂values[r]/∂y_pred[r, :]` with `s = row_scale` (1 when `None`).
+    /// [`compute`] passes the reduction's scale this way on inputs of 2¹⁶ values or more (a
+    /// *folded* reduction), and multiplies the unscaled gradient by it on smaller ones.
+    ///
+    /// Errors when the lengths do not fit `cols`.
+    pub fn run<T: losskit_tensor::Element>(
+        &self,
+        y_true: &[T],
+        y_pred: &[T],
+        cols: usize,
+        values: &mut [T],
+        grad: &mut [T],
+        row_scale: Option<&[T]>,
+    ) -> Result<()> {
+        let outcome = match self {
+            RowLoss::SparseCategoricalCrossentropy(k) => {
+                losskit_kernels::run_rows(k, y_true, y_pred, cols, row_scale, values, Some(grad))
+            }
+            RowLoss::CategoricalCrossentropy(k) => {
+                // Keras smooths towards the uniform distribution over the row's classes.
+                let k = losskit_kernels::CategoricalCrossentropy { smoothing_share: 1.0 / cols.max(1) as f64, ..*k };
+                losskit_kernels::run_rows(&k, y_true, y_pred, cols, row_scale, values, Some(grad))
+            }
+        };
+        outcome.map_err(|e| Error::Value { op: "row kernel".into(), msg: e.to_string() })
     }
 }
 

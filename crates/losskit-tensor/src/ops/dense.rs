@@ -56,14 +56,19 @@ fn forward<T: Element>(
     let mut out = T::gemm(x2, w2);
     let n = out.ncols();
     let bias = b.map(|b| b.as_slice_memory_order().expect("a 1-D array is contiguous"));
-    let values = out.as_slice_mut().expect("gemm writes standard layout");
+    finish(out.as_slice_mut().expect("gemm writes standard layout"), n, bias, act);
+    out.into_dyn()
+}
+
+/// Adds the bias to each row of `n` values and applies the activation, in place (in parallel
+/// over pieces of rows when large: element-wise, so the values do not depend on threads).
+pub(crate) fn finish<T: Element>(values: &mut [T], n: usize, bias: Option<&[T]>, act: DenseActivation) {
     let act = act.unary();
     if values.len() >= super::PARALLEL_MIN {
         values.par_chunks_mut(n * ROWS_PER_PIECE).for_each(|rows| finish_rows(rows, n, bias, act));
     } else {
         finish_rows(values, n, bias, act);
     }
-    out.into_dyn()
 }
 
 /// Adds the bias to each row of `n` values and applies the activation, in place.
@@ -124,6 +129,26 @@ fn derivative_times_body<T: Element>(o: &mut [T], y: &[T], g: &[T], u: Unary) {
     })
 }
 with_avx2!(derivative_times => derivative_times_body, (o: &mut [T], y: &[T], g: &[T], u: Unary));
+
+/// `g ← g·act'(y)` in place: the values of [`activation_backward`] without a new buffer.
+pub(crate) fn activation_backward_in_place<T: Element>(y: &[T], g: &mut [T], act: DenseActivation) {
+    let Some(u) = act.unary() else { return };
+    if y.len() >= super::PARALLEL_MIN {
+        let piece = 1 << 14;
+        g.par_chunks_mut(piece).zip(y.par_chunks(piece)).for_each(|(g, y)| derivative_in_place(g, y, u));
+    } else {
+        derivative_in_place(g, y, u);
+    }
+}
+
+/// `g = g·act'(y)` element by element.
+#[inline(always)]
+fn derivative_in_place_body<T: Element>(g: &mut [T], y: &[T], u: Unary) {
+    super::per_unary!(u, u => for (g, &y) in g.iter_mut().zip(y) {
+        *g = *g * u.deriv(y, y);
+    })
+}
+with_avx2!(derivative_in_place => derivative_in_place_body, (g: &mut [T], y: &[T], u: Unary));
 
 /// The gradients of `x`, `W` and (when present) `b` from `G = ∂L/∂y`.
 fn backward(inputs: &[Tensor], out: &Tensor, g: &Tensor, act: DenseActivation) -> Result<Vec<Option<Tensor>>> {

@@ -21,7 +21,7 @@ macro_rules! collect {
     }};
 }
 
-mod dense;
+pub(crate) mod dense;
 mod elementwise;
 mod index;
 mod matmul;

@@ -1,0 +1,313 @@
+//! The tape's layer maths on plain slices, for a caller that keeps its own buffers across
+//! steps (the allocation-free training step of `losskit-train`).
+//!
+//! Each function runs the per-element functions, products and sums of the differentiable op
+//! it stands for ([`Tensor::dense`](crate::Tensor::dense), `softmax(-1)`, `mul`, `sum_all`, the
+//! adjoint of a bias' broadcast), in the same order, so the values are the same bits as
+//! through the tape. Matrices are row-major: `x: (rows, inputs)`, `W: (inputs, units)`,
+//! `b: (units,)`, outputs `(rows, units)`. Nothing here allocates once the GEMM's per-thread
+//! packing buffers exist.
+
+use crate::fusion::{with_avx2, CHUNK, PIECE};
+use crate::ops::{Binary, Unary, PARALLEL_MIN};
+use crate::storage::Element;
+use crate::DenseActivation;
+use losskit_kernels::gemm::{self, MatRef};
+use losskit_kernels::{accumulate_sum, log_sum_exp};
+use rayon::prelude::*;
+
+/// The sizes of a fully connected layer on a batch: `x: (rows, inputs)`, `W: (inputs, units)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DenseShape {
+    /// Samples in the batch.
+    pub rows: usize,
+    /// Features per sample in.
+    pub inputs: usize,
+    /// Features per sample out.
+    pub units: usize,
+}
+
+/// A row-major `rows × cols` slice as the GEMM's operand.
+fn row_major<T>(data: &[T], rows: usize, cols: usize) -> MatRef<'_, T> {
+    MatRef { data, rows, cols, row_stride: cols, col_stride: 1 }
+}
+
+/// The transpose of a row-major `rows × cols` slice (`cols × rows`, read in place).
+fn transposed<T>(data: &[T], rows: usize, cols: usize) -> MatRef<'_, T> {
+    MatRef { data, rows: cols, cols: rows, row_stride: 1, col_stride: cols }
+}
+
+/// `out = act(x·W + b)`, as [`Tensor::dense`](crate::Tensor::dense) computes it: the product
+/// (β = 0: `out`'s old values are never read), then one pass adding the bias and applying the
+/// activation.
+///
+/// Panics if a slice's length does not match `s`.
+pub fn dense_forward<T: Element>(
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    act: DenseActivation,
+    s: DenseShape,
+    out: &mut [T],
+) {
+    assert!(x.len() == s.rows * s.inputs && w.len() == s.inputs * s.units && out.len() == s.rows * s.units);
+    gemm::gemm(T::one(), row_major(x, s.rows, s.inputs), row_major(w, s.inputs, s.units), T::zero(), out)
+        .expect("lengths checked");
+    crate::ops::dense::finish(out, s.units, b, act);
+}
+
+/// The backward pass of [`dense_forward`] from `g = ∂L/∂out` (overwritten with
+/// `G' = g·act'(out)`): `∂W = xᵀ·G'`, `∂b = Σ_rows G'` and, when asked, `∂x = G'·Wᵀ` (a
+/// model's input needs none).
+///
+/// Panics if a slice's length does not match `s`.
+#[allow(clippy::too_many_arguments)]
+pub fn dense_backward<T: Element>(
+    x: &[T],
+    w: &[T],
+    out: &[T],
+    g: &mut [T],
+    act: DenseActivation,
+    s: DenseShape,
+    grads: DenseGrads<'_, T>,
+) {
+    assert!(x.len() == s.rows * s.inputs && out.len() == s.rows * s.units && g.len() == out.len());
+    crate::ops::dense::activation_backward_in_place(out, g, act);
+    if let Some(gb) = grads.bias {
+        column_sums(g, s.units, gb);
+    }
+    let g2 = row_major(&*g, s.rows, s.units);
+    gemm::gemm(T::one(), transposed(x, s.rows, s.inputs), g2, T::zero(), grads.kernel).expect("lengths checked");
+    if let Some(gx) = grads.input {
+        gemm::gemm(T::one(), g2, transposed(w, s.inputs, s.units), T::zero(), gx).expect("lengths checked");
+    }
+}
+
+/// Where [`dense_backward`] writes: `∂W (inputs × units)`, `∂b (units)` and `∂x (rows × inputs)`.
+#[derive(Debug)]
+pub struct DenseGrads<'a, T> {
+    /// `∂W = xᵀ·G'`.
+    pub kernel: &'a mut [T],
+    /// `∂b = Σ_rows G'`, when the layer has a bias.
+    pub bias: Option<&'a mut [T]>,
+    /// `∂x = G'·Wᵀ`, when the input needs a gradient.
+    pub input: Option<&'a mut [T]>,
+}
+
+/// `out[j] = Σ_r g[r, j]` over the rows of a row-major slice of `cols` columns: the adjoint of
+/// broadcasting a bias, added row by row from zero (the order of `ndarray`'s `sum_axis(0)`,
+/// which the tape's broadcast adjoint uses).
+pub fn column_sums<T: Element>(g: &[T], cols: usize, out: &mut [T]) {
+    out.fill(T::zero());
+    for row in g.chunks_exact(cols.max(1)) {
+        for (o, &v) in out.iter_mut().zip(row) {
+            *o = *o + v;
+        }
+    }
+}
+
+/// `Σ row` as the tape's sums over trailing axes give it: blocks of 256 values added in `f64`
+/// in order (pieces of [`PIECE`] values summed apart, then added), rounded to `T`.
+pub fn row_sum<T: Element>(row: &[T]) -> T {
+    T::c(row_total(row.len(), |start, len, total| accumulate_sum(total, &row[start..start + len])))
+}
+
+/// The `f64` total of a row of `len` values whose chunk at `start` (of `len ≤ CHUNK` values)
+/// `add` adds to the running total, in the order of the fused row sums.
+#[inline(always)]
+fn row_total(len: usize, mut add: impl FnMut(usize, usize, &mut f64)) -> f64 {
+    let piece_total = |add: &mut dyn FnMut(usize, usize, &mut f64), start: usize, end: usize| {
+        let mut total = 0.0;
+        let mut i = start;
+        while i < end {
+            let n = CHUNK.min(end - i);
+            add(i, n, &mut total);
+            i += n;
+        }
+        total
+    };
+    if len < PIECE {
+        return piece_total(&mut add, 0, len);
+    }
+    (0..len.div_ceil(PIECE)).fold(0.0, |a, k| a + piece_total(&mut add, k * PIECE, ((k + 1) * PIECE).min(len)))
+}
+
+/// `out = softmax(x)` over rows of `cols` values, as `x.softmax(-1)`: `exp(x - lse(x))`.
+pub fn softmax_forward<T: Element>(x: &[T], cols: usize, out: &mut [T]) {
+    assert_eq!(x.len(), out.len());
+    if x.len() >= PARALLEL_MIN {
+        let rows = (PIECE / cols.max(1)).max(1) * cols.max(1);
+        out.par_chunks_mut(rows).zip(x.par_chunks(rows)).for_each(|(o, x)| softmax_rows(x, cols, o));
+    } else {
+        softmax_rows(x, cols, out);
+    }
+}
+
+#[inline(always)]
+fn softmax_rows_body<T: Element>(x: &[T], cols: usize, out: &mut [T]) {
+    for (o, x) in out.chunks_exact_mut(cols.max(1)).zip(x.chunks_exact(cols.max(1))) {
+        let lse = log_sum_exp(x);
+        for (o, &v) in o.iter_mut().zip(x) {
+            *o = Unary::Exp.apply(Binary::Sub.apply(v, lse));
+        }
+    }
+}
+with_avx2!(softmax_rows => softmax_rows_body, (x: &[T], cols: usize, out: &mut [T]));
+
+/// The backward pass of [`softmax_forward`]: `g ← y·(g - Σ_row g·y)` in place, as the tape's
+/// softmax gradient.
+pub fn softmax_backward<T: Element>(y: &[T], g: &mut [T], cols: usize) {
+    assert_eq!(y.len(), g.len());
+    if y.len() >= PARALLEL_MIN {
+        let rows = (PIECE / cols.max(1)).max(1) * cols.max(1);
+        g.par_chunks_mut(rows).zip(y.par_chunks(rows)).for_each(|(g, y)| softmax_grad_rows(y, g, cols));
+    } else {
+        softmax_grad_rows(y, g, cols);
+    }
+}
+
+#[inline(always)]
+fn softmax_grad_rows_body<T: Element>(y: &[T], g: &mut [T], cols: usize) {
+    let mut gy = [T::zero(); CHUNK];
+    for (g, y) in g.chunks_exact_mut(cols.max(1)).zip(y.chunks_exact(cols.max(1))) {
+        let total = row_total(cols, |start, len, total| {
+            let gy = &mut gy[..len];
+            for ((p, &g), &y) in gy.iter_mut().zip(&g[start..start + len]).zip(&y[start..start + len]) {
+                *p = Binary::Mul.apply(g, y);
+            }
+            accumulate_sum(total, gy);
+        });
+        let s = T::c(total);
+        for (g, &y) in g.iter_mut().zip(y) {
+            *g = Binary::Mul.apply(y, Binary::Sub.apply(*g, s));
+        }
+    }
+}
+with_avx2!(softmax_grad_rows => softmax_grad_rows_body, (y: &[T], g: &mut [T], cols: usize));
+
+/// `out = a·b` element by element (`a.mul(b)`: dropout's scaled mask, and its backward pass).
+pub fn mul<T: Element>(a: &[T], b: &[T], out: &mut [T]) {
+    assert!(a.len() == b.len() && b.len() == out.len());
+    if out.len() >= PARALLEL_MIN {
+        out.par_chunks_mut(PIECE).zip(a.par_chunks(PIECE).zip(b.par_chunks(PIECE))).for_each(|(o, (a, b))| {
+            mul_body(a, b, o);
+        });
+    } else {
+        mul_body(a, b, out);
+    }
+}
+
+#[inline(always)]
+fn mul_body_inner<T: Element>(a: &[T], b: &[T], out: &mut [T]) {
+    for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+        *o = Binary::Mul.apply(a, b);
+    }
+}
+with_avx2!(mul_body => mul_body_inner, (a: &[T], b: &[T], out: &mut [T]));
+
+/// `g ← g·b` element by element, in place (the backward pass of a product with a constant `b`).
+pub fn mul_in_place<T: Element>(g: &mut [T], b: &[T]) {
+    assert_eq!(g.len(), b.len());
+    if g.len() >= PARALLEL_MIN {
+        g.par_chunks_mut(PIECE).zip(b.par_chunks(PIECE)).for_each(|(g, b)| mul_in_place_body(g, b));
+    } else {
+        mul_in_place_body(g, b);
+    }
+}
+
+#[inline(always)]
+fn mul_in_place_inner<T: Element>(g: &mut [T], b: &[T]) {
+    for (g, &b) in g.iter_mut().zip(b) {
+        *g = Binary::Mul.apply(*g, b);
+    }
+}
+with_avx2!(mul_in_place_body => mul_in_place_inner, (g: &mut [T], b: &[T]));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Tensor;
+
+    fn values(n: usize, k: usize) -> Vec<f32> {
+        (0..n).map(|i| ((i * k % 101) as f32 - 50.0) * 0.0137).collect()
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|v| v.to_bits()).collect()
+    }
+
+    #[test]
+    fn dense_matches_the_tape_in_values_and_gradients() {
+        for (rows, inputs, units) in [(3, 5, 1), (32, 40, 10), (70, 33, 600)] {
+            for act in [DenseActivation::Linear, DenseActivation::Relu, DenseActivation::Sigmoid, DenseActivation::Tanh]
+            {
+                let s = DenseShape { rows, inputs, units };
+                let (xv, wv, bv) = (values(rows * inputs, 7), values(inputs * units, 11), values(units, 13));
+                let gv = values(rows * units, 17);
+                let x = Tensor::from_vec(xv.clone(), &[rows, inputs]).unwrap().requires_grad();
+                let w = Tensor::from_vec(wv.clone(), &[inputs, units]).unwrap().requires_grad();
+                let b = Tensor::from_vec(bv.clone(), &[units]).unwrap().requires_grad();
+                let y = x.dense(&w, Some(&b), act).unwrap();
+                let upstream = Tensor::from_vec(gv.clone(), &[rows, units]).unwrap();
+                let grads = y.mul(&upstream).unwrap().sum_all().backward().unwrap();
+
+                let mut out = vec![f32::NAN; rows * units];
+                dense_forward(&xv, &wv, Some(&bv), act, s, &mut out);
+                assert_eq!(bits(&out), bits(&y.to_vec::<f32>()), "{s:?} {act:?}: values");
+                let (mut gw, mut gb, mut gx) = (vec![0.0; inputs * units], vec![0.0; units], vec![0.0; rows * inputs]);
+                // The tape's upstream is `1 · g`: the same bits as `g`.
+                let mut g = gv.clone();
+                let grads_out = DenseGrads { kernel: &mut gw, bias: Some(&mut gb), input: Some(&mut gx) };
+                dense_backward(&xv, &wv, &out, &mut g, act, s, grads_out);
+                for (name, want, got) in [("W", &w, &gw), ("b", &b, &gb), ("x", &x, &gx)] {
+                    assert_eq!(bits(got), bits(&grads.get(want).unwrap().to_vec::<f32>()), "{s:?} {act:?}: ∂{name}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_and_sums_match_the_tape() {
+        for (rows, cols) in [(4, 10), (33, 1000), (3, 2 * PIECE + 5), (40, 1024)] {
+            let xv = values(rows * cols, 29);
+            let gv = values(rows * cols, 31);
+            let x = Tensor::from_vec(xv.clone(), &[rows, cols]).unwrap().requires_grad();
+            let y = x.softmax(-1).unwrap();
+            let upstream = Tensor::from_vec(gv.clone(), &[rows, cols]).unwrap();
+            let grads = y.mul(&upstream).unwrap().sum_all().backward().unwrap();
+            let mut out = vec![0.0; rows * cols];
+            softmax_forward(&xv, cols, &mut out);
+            assert_eq!(bits(&out), bits(&y.to_vec::<f32>()), "{rows}x{cols}: softmax");
+            let mut g = gv.clone();
+            softmax_backward(&out, &mut g, cols);
+            assert_eq!(bits(&g), bits(&grads.get(&x).unwrap().to_vec::<f32>()), "{rows}x{cols}: softmax'");
+            // Sums over all values and over rows.
+            let t = Tensor::from_vec(xv.clone(), &[rows * cols]).unwrap();
+            assert_eq!(row_sum(&xv).to_bits(), t.sum_all().to_vec::<f32>()[0].to_bits(), "{rows}x{cols}: sum");
+            let bias = Tensor::zeros(&[cols], crate::DType::F32).requires_grad();
+            let g_bias = Tensor::from_vec(xv.clone(), &[rows, cols]).unwrap().requires_grad().add(&bias).unwrap();
+            let grads = g_bias.mul(&upstream).unwrap().sum_all().backward().unwrap();
+            let mut sums = vec![0.0; cols];
+            column_sums(&gv, cols, &mut sums);
+            assert_eq!(bits(&sums), bits(&grads.get(&bias).unwrap().to_vec::<f32>()), "{rows}x{cols}: ∂bias");
+        }
+    }
+
+    #[test]
+    fn products_match_the_tape() {
+        for n in [7, PARALLEL_MIN + 9] {
+            let (a, b) = (values(n, 3), values(n, 5));
+            let ta = Tensor::from_vec(a.clone(), &[n]).unwrap().requires_grad();
+            let tb = Tensor::from_vec(b.clone(), &[n]).unwrap();
+            let y = ta.mul(&tb).unwrap();
+            let mut out = vec![0.0; n];
+            mul(&a, &b, &mut out);
+            assert_eq!(bits(&out), bits(&y.to_vec::<f32>()));
+            let g = values(n, 19);
+            let grads = y.mul(&Tensor::from_vec(g.clone(), &[n]).unwrap()).unwrap().sum_all().backward().unwrap();
+            let mut gin = g.clone();
+            mul_in_place(&mut gin, &b);
+            assert_eq!(bits(&gin), bits(&grads.get(&ta).unwrap().to_vec::<f32>()));
+        }
+    }
+}

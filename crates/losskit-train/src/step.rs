@@ -1,0 +1,457 @@
+//! The training step without the tape: for a model it can run (a trunk of [`StepLayer`]s, one
+//! output, a loss that is one row kernel), `fit` runs each step over buffers it keeps across
+//! steps, and a warm step allocates nothing.
+//!
+//! A [`StepPlan`] is made once per `fit` from the model. Per batch of `rows` samples it keeps
+//! (one set per batch size, so the last, shorter batch of an epoch has its own): the batch's
+//! inputs and targets, each stage's output and the gradient flowing into it, dropout masks and
+//! the loss' per-sample values; and, for every weight, its gradient. A step:
+//! 1. **gathers** the batch's rows into the input and target buffers;
+//! 2. runs the stages **forward** (`losskit_tensor::slices`: the tape ops' own maths, so the
+//!    same bits as the tape's step), dropout masks drawn from the model's generator in the
+//!    tape's order;
+//! 3. runs the loss' **row kernel** ([`losskit::RowLoss`]) for the per-sample values and their
+//!    gradient, and the reduction (`Σ / rows`, or `Σ`) as `losskit::compute` reduces;
+//! 4. runs the stages **backward** into the weights' gradients (no `∂x` for the model's input);
+//! 5. hands the gradients to the optimizer, which updates each weight in its own buffer (with
+//!    the NaN guard's measure in the same call).
+//!
+//! Values, gradients and updated weights are the tape's, bit for bit (tested in `fit`'s tests
+//! against [`Compile::step_plan(false)`](crate::Compile)).
+
+use crate::layers::{Layer, Param, StepLayer};
+use crate::optimizers::Weights;
+use losskit::{DType, Reduction, Result, RowLoss, Tensor};
+use losskit_tensor::random::{self, Rng};
+use losskit_tensor::slices::{self, DenseGrads, DenseShape};
+use losskit_tensor::DenseActivation;
+use losskit_tensor::Element;
+
+/// One computation of the step, in forward order.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    /// A fully connected layer: `layer` is its index in the trunk, `weight` the index of its
+    /// kernel among the model's weights (the bias follows when `bias`).
+    Dense { layer: usize, weight: usize, shape: (usize, usize), activation: DenseActivation, bias: bool },
+    /// Softmax over rows of `cols` values.
+    Softmax { cols: usize },
+    /// Dropout of `rate` on rows of `cols` values.
+    Dropout { rate: f64, cols: usize },
+}
+
+impl Stage {
+    /// Features per sample out.
+    fn cols(&self) -> usize {
+        match *self {
+            Stage::Dense { shape, .. } => shape.1,
+            Stage::Softmax { cols } | Stage::Dropout { cols, .. } => cols,
+        }
+    }
+}
+
+/// The buffers of one batch size.
+struct Buffers {
+    rows: usize,
+    /// The batch's inputs, `(rows, features)`.
+    x: Tensor,
+    /// The batch's targets, as `losskit::compute` sees them in the model's dtype.
+    y: Tensor,
+    /// Each stage's output, `(rows, cols)`.
+    outs: Vec<Tensor>,
+    /// `∂L/∂` each stage's output (scratch for the backward pass).
+    grads: Vec<Tensor>,
+    /// Each dropout stage's mask (a placeholder for the others).
+    masks: Vec<Tensor>,
+    /// The loss' per-sample values, `(rows,)`.
+    values: Tensor,
+    /// The reduction's scale of each row's gradient (for a folded reduction), `(rows,)`.
+    scale: Tensor,
+}
+
+impl Buffers {
+    fn new(plan: &StepPlan, rows: usize) -> Buffers {
+        let zeros = |shape: &[usize]| Tensor::zeros(shape, plan.dtype);
+        let outs: Vec<Tensor> = plan.stages.iter().map(|s| zeros(&[rows, s.cols()])).collect();
+        let masks = plan
+            .stages
+            .iter()
+            .map(|s| match s {
+                Stage::Dropout { cols, .. } => zeros(&[rows, *cols]),
+                _ => zeros(&[0]),
+            })
+            .collect();
+        let y_shape: Vec<usize> = std::iter::once(rows).chain(plan.target_shape.iter().copied()).collect();
+        Buffers {
+            rows,
+            x: zeros(&[rows, plan.features]),
+            y: zeros(&y_shape),
+            grads: outs.iter().map(|o| zeros(o.shape())).collect(),
+            outs,
+            masks,
+            values: zeros(&[rows]),
+            scale: zeros(&[rows]),
+        }
+    }
+}
+
+/// The allocation-free training step of one model (see the module docs).
+pub(crate) struct StepPlan {
+    dtype: DType,
+    /// Features per sample in (flattened).
+    features: usize,
+    /// The per-sample shape of the targets.
+    target_shape: Vec<usize>,
+    stages: Vec<Stage>,
+    /// The first stage with weights (the backward pass stops there).
+    first_trained: usize,
+    /// Whether the reduction divides by the number of values (else it is a plain sum).
+    divides: bool,
+    /// One set per batch size seen (at most two in a run: the batch size and the last batch).
+    buffers: Vec<Buffers>,
+    /// Each weight's gradient, in weight order.
+    weight_grads: Vec<Tensor>,
+    /// The optimizer's `Σ g²` per gradient (kept for its capacity).
+    pub sum_squares: Vec<f64>,
+}
+
+/// Inputs of at least this many values have `losskit::compute` fold the reduction's scale into
+/// the loss kernel's gradient (`kernel_node`'s threshold): the step does the same to give the
+/// same bits.
+const FOLD_MIN_VALUES: usize = 1 << 16;
+
+impl StepPlan {
+    /// The plan for `model` trained on `x` (inputs) and `y` (the one output's targets), or the
+    /// reason the model trains through the tape instead.
+    pub(crate) fn new(model: &crate::Model, x: &Tensor, y: &Tensor) -> std::result::Result<StepPlan, String> {
+        let compiled = model.compiled.as_ref().ok_or("not compiled")?;
+        if !model.heads.is_empty() || compiled.losses.len() != 1 || compiled.loss_weights.iter().any(Option::is_some) {
+            return Err("more than one output, or a loss weight".into());
+        }
+        let loss = &compiled.losses[0];
+        let kernel = loss.row_kernel().ok_or_else(|| format!("the loss {} is not one row kernel", loss.name()))?;
+        if loss.reduction() == Reduction::None {
+            return Err("the loss is not reduced".into());
+        }
+        let input = model.input_shape.as_deref().ok_or("not built")?;
+        let standard = |t: &Tensor| t.values::<f32>().is_some() || t.values::<f64>().is_some();
+        if !standard(x) || !standard(y) {
+            return Err("inputs or targets not in standard layout".into());
+        }
+        let (stages, features) = Self::stages(model, input)?;
+        let classes = stages.last().ok_or("no layers")?.cols();
+        let target_shape = y.shape()[1..].to_vec();
+        let target_values: usize = target_shape.iter().product();
+        let sparse_labels = target_shape.is_empty() || target_shape == [1];
+        let fits = match kernel {
+            RowLoss::SparseCategoricalCrossentropy(_) => sparse_labels,
+            RowLoss::CategoricalCrossentropy(_) => target_shape == [classes],
+        };
+        if !fits || target_values != kernel.true_cols(classes) {
+            return Err(format!("targets of shape {target_shape:?} per sample for {classes} outputs"));
+        }
+        let first_trained = stages.iter().position(|s| matches!(s, Stage::Dense { .. })).ok_or("no weights")?;
+        let weight_grads = model.params().iter().map(|p| p.value.zeros_like()).collect();
+        Ok(StepPlan {
+            dtype: model.dtype,
+            features,
+            target_shape,
+            stages,
+            first_trained,
+            divides: loss.reduction() != Reduction::Sum,
+            buffers: Vec::new(),
+            weight_grads,
+            sum_squares: Vec::new(),
+        })
+    }
+
+    /// The stages of the model's trunk from the per-sample input shape, and the flattened
+    /// input's width; an error naming what the step cannot run.
+    fn stages(model: &crate::Model, input: &[usize]) -> std::result::Result<(Vec<Stage>, usize), String> {
+        let mut shape = input.to_vec();
+        let mut stages = Vec::new();
+        let mut weight = 0;
+        for (layer, l) in model.trunk.iter().enumerate() {
+            let kind = l.step_kind().ok_or_else(|| format!("layer {} ({})", l.name(), l.kind()))?;
+            match kind {
+                StepLayer::Flatten => shape = vec![shape.iter().product()],
+                StepLayer::Dropout { rate: 0.0 } => {}
+                StepLayer::Dropout { rate } => stages.push(Stage::Dropout { rate, cols: flat(&shape, l.as_ref())? }),
+                StepLayer::Dense { units, activation, softmax, bias } => {
+                    let inputs = flat(&shape, l.as_ref())?;
+                    stages.push(Stage::Dense { layer, weight, shape: (inputs, units), activation, bias });
+                    if softmax {
+                        stages.push(Stage::Softmax { cols: units });
+                    }
+                    shape = vec![units];
+                }
+            }
+            weight += l.param_count();
+        }
+        if shape.len() != 1 {
+            return Err(format!("outputs of shape {shape:?} per sample"));
+        }
+        Ok((stages, input.iter().product()))
+    }
+
+    /// Runs one training step on the rows `idx` of `x` and `y`: forward, loss, backward, and
+    /// the optimizer's update (with `check = Some(require_finite)` the gradients are measured
+    /// into [`StepPlan::sum_squares`] and, when required, a step with a non-finite gradient
+    /// changes nothing; a non-finite loss then changes nothing either). Returns the loss (as
+    /// the tape's `total.to_scalar()`) and whether the update was applied.
+    pub(crate) fn run(
+        &mut self,
+        model: &mut crate::Model,
+        x: &Tensor,
+        y: &Tensor,
+        idx: &[usize],
+        check: Option<bool>,
+    ) -> Result<(f64, bool)> {
+        let set = self.buffers_for(idx.len());
+        let loss = match self.dtype {
+            DType::F32 => self.forward_backward::<f32>(model, x, y, idx, set)?,
+            DType::F64 => self.forward_backward::<f64>(model, x, y, idx, set)?,
+        };
+        let applied = if loss.is_finite() || check.is_none() {
+            update(model, &self.weight_grads, check, &mut self.sum_squares)?.1
+        } else {
+            // The loss alone condemns the step: the gradients are measured for the diagnosis.
+            self.sum_squares.clear();
+            self.sum_squares.extend(self.weight_grads.iter().map(Tensor::sum_of_squares));
+            false
+        };
+        Ok((loss, applied))
+    }
+
+    /// The last batch of `rows` samples' targets (in the model's dtype) and the model's output
+    /// on it (one tensor each: one output).
+    pub(crate) fn reading(&self, rows: usize) -> (&[Tensor], &[Tensor]) {
+        let b = self.buffers.iter().find(|b| b.rows == rows).expect("a step ran on this batch size");
+        (std::slice::from_ref(&b.y), std::slice::from_ref(b.outs.last().expect("a stage at least")))
+    }
+
+    /// The weights' gradients of the last step, in weight order.
+    pub(crate) fn weight_grads(&self) -> &[Tensor] {
+        &self.weight_grads
+    }
+
+    /// The index of the buffers for batches of `rows` samples (made on first use).
+    fn buffers_for(&mut self, rows: usize) -> usize {
+        if let Some(i) = self.buffers.iter().position(|b| b.rows == rows) {
+            return i;
+        }
+        let set = Buffers::new(self, rows);
+        self.buffers.push(set);
+        self.buffers.len() - 1
+    }
+
+    /// Steps 1–4 in `T`: gather, forward, loss, backward. Returns the loss.
+    fn forward_backward<T: Element>(
+        &mut self,
+        model: &mut crate::Model,
+        x: &Tensor,
+        y: &Tensor,
+        idx: &[usize],
+        set: usize,
+    ) -> Result<f64> {
+        let b = &mut self.buffers[set];
+        gather::<T>(x, idx, &mut b.x)?;
+        gather::<T>(y, idx, &mut b.y)?;
+        let (layers, rng) = (&model.trunk, &mut model.rng);
+        forward::<T>(&self.stages, layers, rng, b)?;
+        let compiled = model.compiled.as_ref().expect("checked in new");
+        let kernel = compiled.losses[0].row_kernel().expect("checked in new");
+        let loss = loss_and_gradient::<T>(kernel, self.divides, b)?;
+        backward::<T>(&self.stages, self.first_trained, layers, b, &mut self.weight_grads)?;
+        Ok(loss)
+    }
+}
+
+/// The width of a per-sample `shape` that must be one axis of features.
+fn flat(shape: &[usize], l: &dyn Layer) -> std::result::Result<usize, String> {
+    match shape {
+        [n] => Ok(*n),
+        _ => Err(format!("layer {} on inputs of shape {shape:?} per sample (not flat)", l.name())),
+    }
+}
+
+/// A buffer's values to write (the plan's own tensors: never shared).
+fn buf<T: Element>(t: &mut Tensor) -> &mut [T] {
+    t.values_mut::<T>().expect("the step's buffers are its own, in the model's dtype")
+}
+
+/// A tensor's values to read, in `T`.
+fn read<T: Element>(t: &Tensor) -> &[T] {
+    t.values::<T>().expect("the model's dtype, standard layout")
+}
+
+/// The rows `idx` of `data` (any float dtype, rows of `out`'s width) into `out`, converted to `T`.
+fn gather<T: Element>(data: &Tensor, idx: &[usize], out: &mut Tensor) -> Result<()> {
+    let width = out.numel() / idx.len().max(1);
+    let out = buf::<T>(out);
+    let rows = data.shape().first().copied().unwrap_or(0);
+    if let Some(&bad) = idx.iter().find(|&&i| i >= rows) {
+        return Err(losskit::Error::Shape { op: "fit".into(), msg: format!("row {bad} of {rows}") });
+    }
+    match (data.values::<f32>(), data.values::<f64>()) {
+        (Some(d), _) => copy_rows(d, idx, width, out),
+        (_, Some(d)) => copy_rows(d, idx, width, out),
+        _ => unreachable!("checked in StepPlan::new"),
+    }
+    Ok(())
+}
+
+fn copy_rows<S: Element, T: Element>(data: &[S], idx: &[usize], width: usize, out: &mut [T]) {
+    for (o, &i) in out.chunks_exact_mut(width.max(1)).zip(idx) {
+        for (o, &v) in o.iter_mut().zip(&data[i * width..(i + 1) * width]) {
+            *o = T::c(v.to_f64().unwrap_or(f64::NAN));
+        }
+    }
+}
+
+/// Weight `w` of `layers[layer]`'s values.
+fn weight<T: Element>(layers: &[Box<dyn Layer>], layer: usize, w: usize) -> &[T] {
+    read::<T>(&layers[layer].param(w).expect("a Dense layer's weights").value)
+}
+
+/// Step 2: each stage's output from the one before (the batch's inputs for the first).
+fn forward<T: Element>(stages: &[Stage], layers: &[Box<dyn Layer>], rng: &mut Rng, b: &mut Buffers) -> Result<()> {
+    let rows = b.rows;
+    for (i, stage) in stages.iter().enumerate() {
+        let (done, rest) = b.outs.split_at_mut(i);
+        let input = read::<T>(done.last().unwrap_or(&b.x));
+        let out = buf::<T>(&mut rest[0]);
+        match *stage {
+            Stage::Dense { layer, shape: (inputs, units), activation, bias, .. } => {
+                let (w, bias) = (weight::<T>(layers, layer, 0), bias.then(|| weight::<T>(layers, layer, 1)));
+                slices::dense_forward(input, w, bias, activation, DenseShape { rows, inputs, units }, out);
+            }
+            Stage::Softmax { cols } => slices::softmax_forward(input, cols, out),
+            Stage::Dropout { rate, .. } => {
+                let keep = 1.0 - rate;
+                let mask = buf::<T>(&mut b.masks[i]);
+                random::mask_into(mask, keep, 1.0 / keep, rng);
+                slices::mul(input, mask, out);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Step 3: the per-sample values and `∂L/∂output` into the last stage's gradient buffer; the
+/// reduced loss. As `losskit::compute`: `L = Σ values · (1/rows)` (or `Σ values`), each row's
+/// gradient the kernel's times the reduction's scale (inside the kernel's pass on large
+/// outputs, as the folded reduction computes it).
+fn loss_and_gradient<T: Element>(kernel: RowLoss<'_>, divides: bool, b: &mut Buffers) -> Result<f64> {
+    let last = b.outs.len() - 1;
+    let y_pred = read::<T>(&b.outs[last]);
+    let cols = y_pred.len() / b.rows.max(1);
+    let scale = if divides { T::c(1.0 / b.rows as f64) } else { T::one() };
+    let values = buf::<T>(&mut b.values);
+    let grad = buf::<T>(&mut b.grads[last]);
+    if y_pred.len() >= FOLD_MIN_VALUES {
+        let row_scale = buf::<T>(&mut b.scale);
+        row_scale.fill(scale);
+        kernel.run(read::<T>(&b.y), y_pred, cols, values, grad, Some(row_scale))?;
+    } else {
+        kernel.run(read::<T>(&b.y), y_pred, cols, values, grad, None)?;
+        if divides {
+            grad.iter_mut().for_each(|g| *g = *g * scale);
+        }
+    }
+    let total = slices::row_sum(values);
+    let loss = if divides { total * scale } else { total };
+    Ok(loss.to_f64().unwrap_or(f64::NAN))
+}
+
+/// Step 4: from `∂L/∂output`, each stage's backward pass down to the first with weights; the
+/// weights' gradients into `weight_grads`.
+fn backward<T: Element>(
+    stages: &[Stage],
+    first_trained: usize,
+    layers: &[Box<dyn Layer>],
+    b: &mut Buffers,
+    weight_grads: &mut [Tensor],
+) -> Result<()> {
+    let rows = b.rows;
+    for i in (first_trained..stages.len()).rev() {
+        let (before, from_here) = b.grads.split_at_mut(i);
+        let g = buf::<T>(&mut from_here[0]);
+        let out = read::<T>(&b.outs[i]);
+        match stages[i] {
+            Stage::Dense { layer, weight: k, shape: (inputs, units), activation, bias } => {
+                let x = if i == 0 { read::<T>(&b.x) } else { read::<T>(&b.outs[i - 1]) };
+                let w = weight::<T>(layers, layer, 0);
+                let (gw, gb) = match &mut weight_grads[k..] {
+                    [gw, gb, ..] if bias => (buf::<T>(gw), Some(buf::<T>(gb))),
+                    [gw, ..] => (buf::<T>(gw), None),
+                    [] => unreachable!("one gradient per weight"),
+                };
+                let input = (i > first_trained).then(|| buf::<T>(before.last_mut().expect("a stage before")));
+                let grads = DenseGrads { kernel: gw, bias: gb, input };
+                slices::dense_backward(x, w, out, g, activation, DenseShape { rows, inputs, units }, grads);
+            }
+            Stage::Softmax { cols } => {
+                slices::softmax_backward(out, g, cols);
+                pass_down(before, &mut from_here[0], i > first_trained);
+            }
+            Stage::Dropout { .. } => {
+                slices::mul_in_place(g, read::<T>(&b.masks[i]));
+                pass_down(before, &mut from_here[0], i > first_trained);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// After an element-wise stage's backward pass in place, its buffer holds the gradient of its
+/// input: it becomes the stage before's (the two buffers swap; same shape).
+fn pass_down(before: &mut [Tensor], this: &mut Tensor, needed: bool) {
+    if needed {
+        std::mem::swap(before.last_mut().expect("a stage before"), this);
+    }
+}
+
+/// Step 5: the optimizer's update of the model's weights with `grads`, in place.
+fn update(
+    model: &mut crate::Model,
+    grads: &[Tensor],
+    check: Option<bool>,
+    sums: &mut Vec<f64>,
+) -> Result<(bool, bool)> {
+    let compiled = model.compiled.as_mut().expect("checked in StepPlan::new");
+    let mut weights = LayerWeights { layers: &mut model.trunk };
+    compiled.optimizer.apply_to(&mut weights, grads, check, sums)
+}
+
+/// A trunk's weights by index, walked in place.
+struct LayerWeights<'a> {
+    layers: &'a mut [Box<dyn Layer>],
+}
+
+impl LayerWeights<'_> {
+    /// The layer holding weight `i`, and the weight's index in it.
+    fn locate(layers: &[Box<dyn Layer>], mut i: usize) -> (usize, usize) {
+        for (l, layer) in layers.iter().enumerate() {
+            let n = layer.param_count();
+            if i < n {
+                return (l, i);
+            }
+            i -= n;
+        }
+        panic!("weight index out of range")
+    }
+}
+
+impl Weights for LayerWeights<'_> {
+    fn count(&self) -> usize {
+        self.layers.iter().map(|l| l.param_count()).sum()
+    }
+    fn weight(&self, i: usize) -> &Param {
+        let (l, w) = Self::locate(self.layers, i);
+        self.layers[l].param(w).expect("located")
+    }
+    fn weight_mut(&mut self, i: usize) -> &mut Param {
+        let (l, w) = Self::locate(self.layers, i);
+        self.layers[l].param_mut(w).expect("located")
+    }
+}

@@ -1,0 +1,178 @@
+//! The planned (tape-free, allocation-free) training step against the tape's step: the same
+//! weights, History and NaN diagnoses, bit for bit, on the models it runs; the reason in the
+//! error when it is required and not possible.
+
+use losskit::{DType, Tensor};
+use losskit_train::*;
+
+/// `n` samples of `shape`, values in about [-1, 1].
+fn inputs(n: usize, shape: &[usize], dtype: DType) -> Tensor {
+    let per: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n * per).map(|i| (((i * 7919) % 211) as f64 / 105.0 - 1.0) * 0.9).collect();
+    let dims: Vec<usize> = std::iter::once(n).chain(shape.iter().copied()).collect();
+    Tensor::from_vec(v, &dims).unwrap().to_dtype(dtype)
+}
+
+/// Class labels `(n,)` from the first feature (learnable), as f32.
+fn labels(x: &Tensor, classes: usize) -> Tensor {
+    let n = x.shape()[0];
+    let per = x.numel() / n;
+    let v = x.to_vec::<f64>();
+    let y: Vec<f32> =
+        (0..n).map(|i| (((v[i * per] + 1.0) * classes as f64 / 2.0) as usize).min(classes - 1) as f32).collect();
+    Tensor::from_vec(y, &[n]).unwrap()
+}
+
+fn one_hot(y: &Tensor, classes: usize) -> Tensor {
+    let l = y.to_vec::<f32>();
+    let mut v = vec![0.0f32; l.len() * classes];
+    for (i, &c) in l.iter().enumerate() {
+        v[i * classes + c as usize] = 1.0;
+    }
+    Tensor::from_vec(v, &[l.len(), classes]).unwrap()
+}
+
+/// A model description, built afresh for each path.
+type Build = dyn Fn() -> Model;
+
+/// What a run ends with: the weights (as bits), the History (as bits), the error if any.
+type Outcome = (Vec<Vec<u64>>, Vec<(String, Vec<u64>)>, Option<String>);
+
+/// The [`Outcome`] of a `fit` through the planned step or the tape's.
+fn run(
+    build: &Build,
+    compile: &dyn Fn() -> Compile,
+    x: &Tensor,
+    y: &Tensor,
+    fit: &dyn Fn() -> Fit<'static>,
+    planned: bool,
+) -> Outcome {
+    let mut m = build();
+    m.compile(compile().planned_step(Some(planned))).unwrap();
+    let outcome = m.fit(x, y.clone(), fit());
+    let weights =
+        m.get_weights().iter().map(|(_, t)| t.to_vec::<f64>().iter().map(|v| v.to_bits()).collect()).collect();
+    match outcome {
+        Ok(h) => {
+            let hist = h.history.iter().map(|(k, v)| (k.clone(), v.iter().map(|v| v.to_bits()).collect())).collect();
+            (weights, hist, None)
+        }
+        Err(e) => (weights, Vec::new(), Some(e.to_string())),
+    }
+}
+
+fn same_on_both_paths(
+    what: &str,
+    build: &Build,
+    compile: &dyn Fn() -> Compile,
+    x: &Tensor,
+    y: &Tensor,
+    fit: &dyn Fn() -> Fit<'static>,
+) {
+    let tape = run(build, compile, x, y, fit, false);
+    let planned = run(build, compile, x, y, fit, true);
+    assert_eq!(planned.2, tape.2, "{what}: the outcome");
+    assert_eq!(planned.1, tape.1, "{what}: the History");
+    assert_eq!(planned.0, tape.0, "{what}: the weights");
+}
+
+fn seed_model(hidden: usize, classes: usize, dtype: DType) -> Model {
+    Sequential::new()
+        .seed(3)
+        .with_dtype(dtype)
+        .add(Flatten::new())
+        .add(Dense::new(hidden).activation("relu").unwrap())
+        .add(Dropout::new(0.2).unwrap())
+        .add(Dense::new(classes).activation("softmax").unwrap())
+}
+
+#[test]
+fn the_seed_model_trains_to_the_same_bits() {
+    let x = inputs(100, &[4, 6], DType::F32);
+    let y = labels(&x, 10);
+    for (opt, batch) in [("sgd", 32), ("adam", 16), ("rmsprop", 100)] {
+        let compile =
+            move || Compile::new().optimizer(opt).loss("sparse_categorical_crossentropy").metrics(&["accuracy"]);
+        let fit = move || Fit::new().epochs(3).batch_size(batch).verbose(0);
+        same_on_both_paths(&format!("{opt}/{batch}"), &|| seed_model(32, 10, DType::F32), &compile, &x, &y, &fit);
+    }
+}
+
+#[test]
+fn other_activations_losses_dtypes_and_guard_settings_too() {
+    let x = inputs(70, &[12], DType::F64);
+    let y = labels(&x, 5);
+    // Sigmoid and tanh, no bias, f64, categorical cross-entropy with smoothing, from logits.
+    let build = || {
+        Sequential::new()
+            .seed(9)
+            .with_dtype(DType::F64)
+            .add(Dense::new(16).activation("tanh").unwrap())
+            .add(Dense::new(8).activation("sigmoid").unwrap().use_bias(false))
+            .add(Dense::new(5))
+    };
+    let compile = || {
+        Compile::new()
+            .optimizer(Optimizer::sgd_momentum(0.1, 0.9, true).unwrap().clipnorm(0.5).unwrap())
+            .loss_obj(losskit::CategoricalCrossentropy::new().with_from_logits(true).with_label_smoothing(0.1).unwrap())
+            .metrics(&["categorical_accuracy"])
+    };
+    let fit = || Fit::new().epochs(2).batch_size(32).verbose(0).nan_guard(false);
+    same_on_both_paths("f64 CCE from logits", &build, &compile, &x, &one_hot(&y, 5), &fit);
+    // f32 data into an f64 model, a sum reduction, labels shaped (n, 1).
+    let x32 = x.to_dtype(DType::F32);
+    let compile = || {
+        Compile::new()
+            .optimizer(Optimizer::adam(0.01).unwrap())
+            .loss_obj(losskit::SparseCategoricalCrossentropy::new().with_reduction(losskit::Reduction::Sum))
+    };
+    let build = || seed_model(16, 5, DType::F64);
+    let fit = || Fit::new().epochs(2).batch_size(20).verbose(0);
+    same_on_both_paths("f64 model, sum", &build, &compile, &x32, &y.reshape(&[70, 1]).unwrap(), &fit);
+}
+
+#[test]
+fn a_large_output_folds_the_reduction_as_the_tape_does() {
+    // 70 × 1000 outputs: the loss' reduction is folded into the kernel's gradient (≥ 2¹⁶).
+    let x = inputs(70, &[6], DType::F32);
+    let y = labels(&x, 1000);
+    let build = || Sequential::new().seed(4).add(Dense::new(1000).activation("softmax").unwrap());
+    let compile = || Compile::new().optimizer("adam").loss("sparse_categorical_crossentropy");
+    let fit = || Fit::new().epochs(2).batch_size(70).verbose(0);
+    same_on_both_paths("1000 classes", &build, &compile, &x, &y, &fit);
+}
+
+#[test]
+fn the_guard_stops_the_same_step_with_the_same_diagnosis() {
+    // A learning rate far too high: the loss overflows after a few steps.
+    let x = inputs(64, &[8], DType::F32);
+    let y = labels(&x, 4);
+    let build = || {
+        Sequential::new()
+            .seed(2)
+            .add(Dense::new(32).activation("relu").unwrap())
+            .add(Dense::new(32).activation("relu").unwrap())
+            .add(Dense::new(4).activation("softmax").unwrap())
+    };
+    let compile = || Compile::new().optimizer(Optimizer::sgd(1e35).unwrap()).loss("sparse_categorical_crossentropy");
+    let fit = || Fit::new().epochs(20).batch_size(16).verbose(0);
+    let tape = run(&build, &compile, &x, &y, &fit, false);
+    let err = tape.2.as_deref().unwrap_or_default();
+    assert!(err.contains("gradient norms per layer"), "the tape's run must stop with a diagnosis: {err}");
+    same_on_both_paths("guard", &build, &compile, &x, &y, &fit);
+}
+
+#[test]
+fn required_but_impossible_names_the_reason() {
+    let x = inputs(8, &[3], DType::F32);
+    let y = labels(&x, 2);
+    let mut m =
+        Sequential::new().add(Dense::new(2).activation("softmax").unwrap().kernel_regularizer(Regularizer::L2(0.1)));
+    m.compile(Compile::new().loss("sparse_categorical_crossentropy").planned_step(Some(true))).unwrap();
+    let err = m.fit(&x, &y, Fit::new().verbose(0)).unwrap_err().to_string();
+    assert!(err.contains("planned_step(Some(true))") && err.contains("dense"), "{err}");
+    let mut m = Sequential::new().add(Dense::new(1));
+    m.compile(Compile::new().loss("mse").planned_step(Some(true))).unwrap();
+    let err = m.fit(&x, y.reshape(&[8, 1]).unwrap(), Fit::new().verbose(0)).unwrap_err().to_string();
+    assert!(err.contains("not one row kernel"), "{err}");
+}
