@@ -1,6 +1,6 @@
 //! Matrix products on strided slices: `C ← α·A·B + β·C` through [`Float::gemm_raw`] (this
-//! crate's AVX2 kernel, which keeps its packing buffers per thread, where the CPU has AVX2 + FMA
-//! and no AVX-512; otherwise `matrixmultiply`; see [`set_kernel`]), large ones split into blocks
+//! crate's AVX2 kernel, which keeps its packing buffers per thread, where the CPU has AVX2 + FMA,
+//! AVX-512 CPUs included; otherwise `matrixmultiply`; see [`set_kernel`]), large ones split into blocks
 //! of output rows (or columns) run in parallel with rayon.
 //!
 //! Each output element is one dot product over `k`, computed by the same micro-kernel steps
@@ -26,8 +26,8 @@ const BLOCK_ALIGN: usize = 16;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
     /// losskit's AVX2 + FMA kernel (6 × 16 f32 or 6 × 8 f64 tiles, packing buffers kept per
-    /// thread) where the CPU has AVX2 and FMA but not AVX-512, `matrixmultiply` otherwise. The
-    /// default.
+    /// thread) where the CPU has AVX2 and FMA (AVX-512 CPUs included), `matrixmultiply`
+    /// otherwise. The default.
     Auto,
     /// Always `matrixmultiply`'s `sgemm`/`dgemm` (for comparisons and as a fallback).
     Matrixmultiply,

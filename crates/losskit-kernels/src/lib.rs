@@ -81,7 +81,7 @@ pub trait Float: num_traits::Float + num_traits::FromPrimitive + Send + Sync + D
     /// An `f64` accumulator rounded back to this type.
     fn narrow(v: f64) -> Self;
     /// `C ← α·A·B + β·C` for this type with `matrixmultiply`'s contract: through this crate's
-    /// AVX2 kernel where the CPU has AVX2 + FMA without AVX-512 (the same bits as
+    /// AVX2 kernel where the CPU has AVX2 + FMA (the same bits as
     /// `matrixmultiply::sgemm`/`dgemm` at `α = 1`, packing buffers kept per thread), otherwise
     /// `matrixmultiply`'s; use the safe [`gemm::gemm`].
     ///

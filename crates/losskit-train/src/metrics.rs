@@ -69,34 +69,59 @@ pub fn resolve(name: &str, y_true: &[usize], y_pred: &[usize]) -> Result<Metric>
     })
 }
 
-/// The index of each row's largest value (`cols` values per row; the first at a tie, 0 when
-/// no value beats -inf, e.g. an all-NaN row).
-fn argmax_rows<T: Copy + Into<f64>>(v: &[T], cols: usize) -> Vec<usize> {
-    v.chunks(cols.max(1))
-        .map(|r| {
-            r.iter()
-                .enumerate()
-                .fold((0, f64::NEG_INFINITY), |(bi, bv), (i, &x)| {
-                    let x = x.into();
-                    if x > bv {
-                        (i, x)
-                    } else {
-                        (bi, bv)
-                    }
-                })
-                .0
-        })
-        .collect()
+/// A tensor's values as `f64`, read in place when they are contiguous (a batch's targets and
+/// predictions are not copied every step), else copied once.
+enum Values<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+    Copied(Vec<f64>),
 }
 
-/// [`argmax_rows`] of a tensor's values, read in place when they are contiguous (a batch's
-/// predictions are not copied every step).
-fn argmax_of(t: &Tensor, cols: usize) -> Vec<usize> {
-    let in_place = match t.storage() {
-        Storage::F32(a) => a.as_slice().map(|s| argmax_rows(s, cols)),
-        Storage::F64(a) => a.as_slice().map(|s| argmax_rows(s, cols)),
-    };
-    in_place.unwrap_or_else(|| argmax_rows(&t.to_vec::<f64>(), cols))
+impl Values<'_> {
+    fn of(t: &Tensor) -> Values<'_> {
+        let in_place = match t.storage() {
+            Storage::F32(a) => a.as_slice().map(Values::F32),
+            Storage::F64(a) => a.as_slice().map(Values::F64),
+        };
+        in_place.unwrap_or_else(|| Values::Copied(t.to_vec::<f64>()))
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Values::F32(v) => v.len(),
+            Values::F64(v) => v.len(),
+            Values::Copied(v) => v.len(),
+        }
+    }
+
+    fn get(&self, i: usize) -> f64 {
+        match self {
+            Values::F32(v) => f64::from(v[i]),
+            Values::F64(v) => v[i],
+            Values::Copied(v) => v[i],
+        }
+    }
+
+    /// The index of the largest value in row `r` of `cols` values (the first at a tie, 0 when
+    /// no value beats -inf, e.g. an all-NaN row).
+    fn argmax(&self, r: usize, cols: usize) -> usize {
+        let end = ((r + 1) * cols).min(self.len());
+        (r * cols..end)
+            .fold((0, f64::NEG_INFINITY), |(bi, bv), i| {
+                let x = self.get(i);
+                if x > bv {
+                    (i - r * cols, x)
+                } else {
+                    (bi, bv)
+                }
+            })
+            .0
+    }
+
+    /// Rows of `cols` values.
+    fn rows(&self, cols: usize) -> usize {
+        self.len().div_ceil(cols.max(1))
+    }
 }
 
 impl Metric {
@@ -105,31 +130,32 @@ impl Metric {
         let cols = y_pred.shape().last().copied().unwrap_or(1).max(1);
         match self {
             Metric::BinaryAccuracy => {
-                let (t, p) = (y_true.to_vec::<f64>(), y_pred.to_vec::<f64>());
+                let (t, p) = (Values::of(y_true), Values::of(y_pred));
                 if t.len() != p.len() {
                     return Err(Error::Shape {
                         op: "binary_accuracy".into(),
                         msg: format!("y_true {:?} vs y_pred {:?}", y_true.shape(), y_pred.shape()),
                     });
                 }
-                let hits: f64 =
-                    t.iter().zip(&p).map(|(&t, &p)| f64::from(u8::from(f64::from(u8::from(p > 0.5)) == t))).sum();
-                Ok((hits / cols as f64, (p.len() / cols) as f64))
+                let hits = (0..p.len()).filter(|&i| f64::from(u8::from(p.get(i) > 0.5)) == t.get(i)).count();
+                Ok((hits as f64 / cols as f64, (p.len() / cols) as f64))
             }
             Metric::CategoricalAccuracy => {
-                let (a, b) = (argmax_of(y_true, cols), argmax_of(y_pred, cols));
-                Ok((a.iter().zip(&b).filter(|(x, y)| x == y).count() as f64, a.len() as f64))
+                let (t, p) = (Values::of(y_true), Values::of(y_pred));
+                let rows = t.rows(cols).min(p.rows(cols));
+                let hits = (0..rows).filter(|&r| t.argmax(r, cols) == p.argmax(r, cols)).count();
+                Ok((hits as f64, t.rows(cols) as f64))
             }
             Metric::SparseCategoricalAccuracy => {
-                let t = y_true.to_vec::<f64>();
-                let b = argmax_of(y_pred, cols);
-                if t.len() != b.len() {
+                let (t, p) = (Values::of(y_true), Values::of(y_pred));
+                if t.len() != p.rows(cols) {
                     return Err(Error::Shape {
                         op: "sparse_categorical_accuracy".into(),
                         msg: format!("labels {:?} vs predictions {:?}", y_true.shape(), y_pred.shape()),
                     });
                 }
-                Ok((t.iter().zip(&b).filter(|(&t, &k)| t == k as f64).count() as f64, b.len() as f64))
+                let hits = (0..t.len()).filter(|&r| t.get(r) == p.argmax(r, cols) as f64).count();
+                Ok((hits as f64, t.len() as f64))
             }
             Metric::Loss(loss) => {
                 let v = no_grad(|| loss.call(y_true, &y_pred.detach(), None))?.to_vec::<f64>();
@@ -150,13 +176,25 @@ mod tests {
             [0.1, 0.7, 0.2, 0.4, 0.1, 0.4, f64::NAN, f64::NAN, f64::NAN, f64::NEG_INFINITY, -5.0, f64::NEG_INFINITY];
         let f64s = Tensor::from_vec(p.to_vec(), &[4, 3]).unwrap();
         let f32s = Tensor::from_vec(p.iter().map(|&v| v as f32).collect::<Vec<f32>>(), &[4, 3]).unwrap();
-        assert_eq!(argmax_of(&f64s, 3), vec![1, 0, 0, 1]);
-        assert_eq!(argmax_of(&f32s, 3), vec![1, 0, 0, 1]);
-        // A transposed tensor (a view where it is not copied): the same answer as the copy.
+        let argmax = |t: &Tensor| (0..4).map(|r| Values::of(t).argmax(r, 3)).collect::<Vec<_>>();
+        assert_eq!(argmax(&f64s), vec![1, 0, 0, 1]);
+        assert_eq!(argmax(&f32s), vec![1, 0, 0, 1]);
+        // A transposed tensor: the same answer as its copy.
         let t = Tensor::from_vec(p.to_vec(), &[3, 4]).unwrap().transpose(None).unwrap();
-        assert_eq!(argmax_of(&t, 3), argmax_rows(&t.to_vec::<f64>(), 3));
+        let rows: Vec<usize> = (0..4).map(|r| Values::of(&t).argmax(r, 3)).collect();
+        let copy = t.to_vec::<f64>();
+        let want: Vec<usize> = copy
+            .chunks(3)
+            .map(|r| r.iter().enumerate().fold((0, f64::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0)
+            .collect();
+        assert_eq!(rows, want);
         let labels = Tensor::from_vec(vec![1.0f32, 2.0, 0.0, 1.0], &[4]).unwrap();
-        let (hits, n) = Metric::SparseCategoricalAccuracy.batch(&labels, &f32s).unwrap();
-        assert_eq!((hits, n), (3.0, 4.0));
+        assert_eq!(Metric::SparseCategoricalAccuracy.batch(&labels, &f32s).unwrap(), (3.0, 4.0));
+        let one_hot =
+            Tensor::from_vec(vec![0.0f32, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0], &[4, 3]).unwrap();
+        assert_eq!(Metric::CategoricalAccuracy.batch(&one_hot, &f32s).unwrap(), (3.0, 4.0));
+        let bt = Tensor::from_vec(vec![1.0f32, 0.0, 1.0], &[3, 1]).unwrap();
+        let bp = Tensor::from_vec(vec![0.7f64, 0.2, 0.5], &[3, 1]).unwrap();
+        assert_eq!(Metric::BinaryAccuracy.batch(&bt, &bp).unwrap(), (2.0, 3.0));
     }
 }

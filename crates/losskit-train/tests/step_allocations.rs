@@ -1,0 +1,96 @@
+//! A warm training step of the seed's model allocates nothing (#14): a counting global
+//! allocator, read at the end of every batch. One test in this binary, so nothing else
+//! allocates meanwhile.
+
+use losskit::Tensor;
+use losskit_train::*;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+struct Counting;
+
+static CALLS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded to the system allocator unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        CALLS.fetch_add(1, Relaxed);
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        CALLS.fetch_add(1, Relaxed);
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System` with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        CALLS.fetch_add(1, Relaxed);
+        // SAFETY: forwarded with the caller's pointer and layout.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Allocations between the ends of consecutive batches of the second epoch (its first step,
+/// after the epoch boundary, left out), for the seed's model with `opt` at `batch`, through the
+/// planned step or the tape's.
+fn allocations_per_step(opt: &str, batch: usize, planned: bool) -> Vec<usize> {
+    let rows = 640;
+    let x: Vec<f32> = (0..rows * 64).map(|i| ((i * 7919) % 256) as f32 / 255.0).collect();
+    let y: Vec<f32> = (0..rows).map(|i| (i % 10) as f32).collect();
+    let (x, y) = (Tensor::from_vec(x, &[rows, 8, 8]).unwrap(), Tensor::from_vec(y, &[rows]).unwrap());
+    let mut model = Sequential::new()
+        .add(Flatten::new())
+        .add(Dense::new(128).activation("relu").unwrap())
+        .add(Dropout::new(0.2).unwrap())
+        .add(Dense::new(10).activation("softmax").unwrap());
+    model
+        .compile(
+            Compile::new()
+                .optimizer(Optimizer::parse(opt).unwrap())
+                .loss("sparse_categorical_crossentropy")
+                .metrics(&["accuracy"])
+                .planned_step(Some(planned)),
+        )
+        .unwrap();
+    let marks = Arc::new(Mutex::new(Vec::with_capacity(2 * rows / batch + 2)));
+    let m = Arc::clone(&marks);
+    let mut probe = LambdaCallback::new().on_batch_end(move |_, _| {
+        m.lock().unwrap().push(CALLS.load(Relaxed));
+        Ok(())
+    });
+    model.fit(&x, &y, Fit::new().epochs(2).batch_size(batch).verbose(0).callback(&mut probe)).unwrap();
+    let marks = marks.lock().unwrap();
+    let second = &marks[marks.len() / 2..];
+    second.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+#[test]
+fn a_warm_planned_step_allocates_nothing() {
+    // As the `losskit` binary: this thread is rayon's worker 0 (from outside the pool, rayon's
+    // injector queue allocates a block every 63 parallel regions).
+    use_calling_thread(None).unwrap();
+    // Products run in losskit's own kernel (packing buffers kept per thread) where the CPU has
+    // AVX2 + FMA; matrixmultiply, elsewhere, allocates its packing buffers every product.
+    #[cfg(target_arch = "x86_64")]
+    let own_gemm = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    let own_gemm = false;
+    for (opt, batch) in [("sgd", 32), ("adam", 64), ("rmsprop", 64)] {
+        let planned = allocations_per_step(opt, batch, true);
+        assert_eq!(planned.len(), 640 / batch - 1);
+        if own_gemm {
+            assert!(planned.iter().all(|&n| n == 0), "{opt}/{batch}: allocations per warm step {planned:?}");
+        }
+        // The counter counts: the tape's step allocates its graph every step.
+        let tape = allocations_per_step(opt, batch, false);
+        assert!(tape.iter().all(|&n| n > 50), "{opt}/{batch}: the tape's step {tape:?}");
+    }
+}
