@@ -9,6 +9,8 @@
 //!
 //! The main thread is rayon's worker 0 ([`losskit_train::use_calling_thread`]), as in the
 //! `losskit` binary; with `TRAIN_EPOCH_DEFAULT_POOL=1` it stays outside rayon's default pool.
+//! `fit` trains through its planned step (no tape); `TRAIN_EPOCH_TAPE=1` trains through the
+//! tape instead ([`Compile::planned_step`]`(Some(false))`), for comparison.
 
 use losskit::Tensor;
 use losskit_train::{datasets, Compile, Dense, Dropout, Fit, Flatten, LambdaCallback, Optimizer, Sequential};
@@ -44,8 +46,13 @@ fn main() -> Result<(), losskit::Error> {
             .add(Dropout::new(0.2)?)
             .add(Dense::new(10).activation("softmax")?)
     };
+    let planned = std::env::var_os("TRAIN_EPOCH_TAPE").is_none();
     model.compile(
-        Compile::new().optimizer(optimizer(&opt)?).loss("sparse_categorical_crossentropy").metrics(&["accuracy"]),
+        Compile::new()
+            .optimizer(optimizer(&opt)?)
+            .loss("sparse_categorical_crossentropy")
+            .metrics(&["accuracy"])
+            .planned_step(Some(planned)),
     )?;
     let times = Rc::new(RefCell::new(Vec::new()));
     let start = Rc::new(RefCell::new(Instant::now()));

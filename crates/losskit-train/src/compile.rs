@@ -168,8 +168,7 @@ impl Compile {
     /// `Dropout` and `Dense` (activation linear, relu, sigmoid, tanh, or softmax), with no
     /// regularizer, one output, `SparseCategoricalCrossentropy` (no `ignore_class`) or
     /// `CategoricalCrossentropy` (last axis, no class weights) with a reduction other than
-    /// `none`, no loss weight, and `fit` without sample or class weights, data checks on,
-    /// on one worker. `None` (the default): whenever possible; `Some(true)`: always, `fit`
+    /// `none`, no loss weight, and `fit` without sample or class weights, on one worker. `None` (the default): whenever possible; `Some(true)`: always, `fit`
     /// fails with the reason when it is not possible; `Some(false)`: never (the tape's step).
     pub fn planned_step(mut self, on: Option<bool>) -> Compile {
         self.planned_step = on;

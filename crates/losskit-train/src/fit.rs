@@ -840,7 +840,6 @@ impl Model {
             }
         }
         let metrics = self.resolve_metrics(&data.ys, data.n)?;
-        let check_data = opts.check_data;
         let mut progbar = ProgbarLogger::new(opts.verbose);
         let mut callbacks: Vec<&mut dyn Callback> = Vec::new();
         if opts.verbose > 0 {
@@ -863,7 +862,7 @@ impl Model {
         if run.group.is_some() && run.backup.is_some() {
             return Err(Error::Config("fit: BackupAndRestore is not supported with several workers yet".into()));
         }
-        run.plan = self.step_plan(&data, check_data, run.group.is_some())?;
+        run.plan = self.step_plan(&data, run.group.is_some())?;
         let states = self.resume(&mut run)?;
         // The pool's other workers stay awake between the step's parallel regions.
         let _awake = losskit_kernels::threads::keep_pool_awake();
@@ -1140,33 +1139,38 @@ impl Model {
 
     /// The planned step for this run ([`Compile::planned_step`](crate::Compile::planned_step)):
     /// `None` when it is off, or not possible and not required.
-    fn step_plan(&mut self, data: &FitData, check_data: bool, distributed: bool) -> Result<Option<StepPlan>> {
+    fn step_plan(&mut self, data: &FitData, distributed: bool) -> Result<Option<StepPlan>> {
         let wanted = self.compiled.as_ref().expect("checked").planned_step;
         if wanted == Some(false) {
             return Ok(None);
         }
-        match (self.plannable(data, check_data, distributed), wanted) {
+        match (self.plannable(data, distributed), wanted) {
             (Ok(plan), _) => Ok(Some(plan)),
             (Err(why), Some(true)) => Err(Error::Config(format!("compile: planned_step(Some(true)) but {why}"))),
             (Err(_), _) => Ok(None),
         }
     }
 
+    /// The plan for inference on `x` (and, to evaluate, the loss against `y`), when
+    /// [`Compile::planned_step`](crate::Compile::planned_step) is not off and the model allows
+    /// it (`None`: the tape runs the model).
+    pub(crate) fn inference_plan(&self, x: &Tensor, y: Option<&Tensor>) -> Option<StepPlan> {
+        if self.compiled.as_ref().is_some_and(|c| c.planned_step == Some(false)) {
+            return None;
+        }
+        if y.is_some() && !matches!(self.fused_head(), Ok(None)) {
+            return None;
+        }
+        StepPlan::new(self, x, y).ok()
+    }
+
     /// The planned step for this model and run, or why there is none.
-    fn plannable(
-        &mut self,
-        data: &FitData,
-        check_data: bool,
-        distributed: bool,
-    ) -> std::result::Result<StepPlan, String> {
+    fn plannable(&mut self, data: &FitData, distributed: bool) -> std::result::Result<StepPlan, String> {
         if distributed {
             return Err("the run has several workers".into());
         }
         if data.w.is_some() {
             return Err("the run has sample or class weights".into());
-        }
-        if !check_data {
-            return Err("the data checks are off (the step relies on them for the labels)".into());
         }
         if self.fused_head().map_err(|e| e.to_string())?.is_some() {
             return Err("the fused linear + cross-entropy head trains the last layer".into());
@@ -1175,7 +1179,7 @@ impl Model {
             return Err("the model has several outputs".into());
         }
         self.ensure_built(&data.x).map_err(|e| e.to_string())?;
-        StepPlan::new(self, &data.x, &data.ys[0])
+        StepPlan::new(self, &data.x, Some(&data.ys[0]))
     }
 
     /// One training step through `plan` on the rows `idx`: the step, then (with the NaN guard:
@@ -1475,6 +1479,10 @@ impl Model {
         }
         let batch_size = batch_size.max(1);
         let (mut logs, mut entries) = (Logs::new(), Vec::new());
+        let mut plan = match (group.filter(|g| g.size() > 1), w, ys) {
+            (None, None, [y]) => self.inference_plan(x, Some(y)),
+            _ => None,
+        };
         for (step, start) in (0..n).step_by(batch_size).enumerate() {
             let idx: Vec<usize> = (start..(start + batch_size).min(n)).collect();
             for cb in callbacks.iter_mut() {
@@ -1482,6 +1490,12 @@ impl Model {
             }
             match group.filter(|g| g.size() > 1) {
                 Some(g) => self.shard_losses(x, ys, w, &idx, &metrics, g, &mut acc)?,
+                None if plan.is_some() => {
+                    let plan = plan.as_mut().expect("checked");
+                    let loss = plan.infer(self, x, Some(&ys[0]), &idx)?.expect("the loss of targets");
+                    let (yb, outs) = plan.reading(idx.len());
+                    Self::accumulate(&mut acc, &metrics, yb, outs, loss, &[loss], idx.len() as f64)?;
+                }
                 None => {
                     let xb = rows(x, &idx)?;
                     let yb: Vec<Tensor> = ys.iter().map(|t| rows(t, &idx)).collect::<Result<_>>()?;

@@ -245,6 +245,9 @@ impl Model {
     pub fn predict(&mut self, x: &Tensor, batch_size: usize) -> Result<Vec<Tensor>> {
         let batch_size = batch_size.max(1);
         self.ensure_built(x)?;
+        if let Some(mut plan) = self.inference_plan(x, None) {
+            return Ok(vec![plan.predict(self, x, batch_size)?]);
+        }
         let n = x.shape()[0];
         let mut parts: Vec<Vec<Tensor>> = Vec::new();
         let mut start = 0;

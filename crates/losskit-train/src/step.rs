@@ -16,8 +16,9 @@
 //! 5. hands the gradients to the optimizer, which updates each weight in its own buffer (with
 //!    the NaN guard's measure in the same call).
 //!
-//! Values, gradients and updated weights are the tape's, bit for bit (tested in `fit`'s tests
-//! against [`Compile::step_plan(false)`](crate::Compile)).
+//! Values, gradients and updated weights are the tape's, bit for bit (`tests/planned_step.rs`,
+//! against [`Compile::planned_step`](crate::Compile::planned_step)`(Some(false))`), and a warm
+//! step allocates nothing (`tests/step_allocations.rs`).
 
 use crate::layers::{Layer, Param, StepLayer};
 use crate::optimizers::Weights;
@@ -54,8 +55,10 @@ struct Buffers {
     rows: usize,
     /// The batch's inputs, `(rows, features)`.
     x: Tensor,
-    /// The batch's targets, as `losskit::compute` sees them in the model's dtype.
+    /// The batch's targets, in the model's dtype (what the metrics read).
     y: Tensor,
+    /// The targets as the loss' kernel reads them (sparse labels as class indices).
+    targets: Tensor,
     /// Each stage's output, `(rows, cols)`.
     outs: Vec<Tensor>,
     /// `∂L/∂` each stage's output (scratch for the backward pass).
@@ -85,6 +88,7 @@ impl Buffers {
             rows,
             x: zeros(&[rows, plan.features]),
             y: zeros(&y_shape),
+            targets: zeros(&y_shape),
             grads: outs.iter().map(|o| zeros(o.shape())).collect(),
             outs,
             masks,
@@ -120,48 +124,66 @@ pub(crate) struct StepPlan {
 const FOLD_MIN_VALUES: usize = 1 << 16;
 
 impl StepPlan {
-    /// The plan for `model` trained on `x` (inputs) and `y` (the one output's targets), or the
-    /// reason the model trains through the tape instead.
-    pub(crate) fn new(model: &crate::Model, x: &Tensor, y: &Tensor) -> std::result::Result<StepPlan, String> {
+    /// The plan for `model` run on `x` (inputs) and, to train or evaluate, `y` (the one
+    /// output's targets, against the compiled loss), or the reason the model runs through the
+    /// tape instead.
+    pub(crate) fn new(model: &crate::Model, x: &Tensor, y: Option<&Tensor>) -> std::result::Result<StepPlan, String> {
+        if !model.heads.is_empty() {
+            return Err("the model has several outputs".into());
+        }
+        let input = model.input_shape.as_deref().ok_or("not built")?;
+        let standard = |t: &Tensor| t.values::<f32>().is_some() || t.values::<f64>().is_some();
+        if !standard(x) || y.is_some_and(|y| !standard(y)) {
+            return Err("inputs or targets not in standard layout".into());
+        }
+        let (stages, features) = Self::stages(model, input)?;
+        if stages.is_empty() {
+            return Err("no layer computes anything".into());
+        }
+        let mut plan = StepPlan {
+            dtype: model.dtype,
+            features,
+            target_shape: Vec::new(),
+            first_trained: stages.iter().position(|s| matches!(s, Stage::Dense { .. })).unwrap_or(0),
+            stages,
+            divides: true,
+            buffers: Vec::new(),
+            weight_grads: Vec::new(),
+            sum_squares: Vec::new(),
+        };
+        if let Some(y) = y {
+            plan.fit_loss(model, y)?;
+        }
+        Ok(plan)
+    }
+
+    /// Checks the compiled loss against the model's output and the targets `y`, and takes its
+    /// reduction and the targets' per-sample shape.
+    fn fit_loss(&mut self, model: &crate::Model, y: &Tensor) -> std::result::Result<(), String> {
         let compiled = model.compiled.as_ref().ok_or("not compiled")?;
-        if !model.heads.is_empty() || compiled.losses.len() != 1 || compiled.loss_weights.iter().any(Option::is_some) {
-            return Err("more than one output, or a loss weight".into());
+        if compiled.losses.len() != 1 || compiled.loss_weights.iter().any(Option::is_some) {
+            return Err("more than one loss, or a loss weight".into());
         }
         let loss = &compiled.losses[0];
         let kernel = loss.row_kernel().ok_or_else(|| format!("the loss {} is not one row kernel", loss.name()))?;
         if loss.reduction() == Reduction::None {
             return Err("the loss is not reduced".into());
         }
-        let input = model.input_shape.as_deref().ok_or("not built")?;
-        let standard = |t: &Tensor| t.values::<f32>().is_some() || t.values::<f64>().is_some();
-        if !standard(x) || !standard(y) {
-            return Err("inputs or targets not in standard layout".into());
-        }
-        let (stages, features) = Self::stages(model, input)?;
-        let classes = stages.last().ok_or("no layers")?.cols();
+        let classes = self.stages.last().ok_or("no layers")?.cols();
         let target_shape = y.shape()[1..].to_vec();
-        let target_values: usize = target_shape.iter().product();
-        let sparse_labels = target_shape.is_empty() || target_shape == [1];
         let fits = match kernel {
-            RowLoss::SparseCategoricalCrossentropy(_) => sparse_labels,
+            RowLoss::SparseCategoricalCrossentropy(_) => target_shape.is_empty() || target_shape == [1],
             RowLoss::CategoricalCrossentropy(_) => target_shape == [classes],
         };
-        if !fits || target_values != kernel.true_cols(classes) {
+        if !fits || target_shape.iter().product::<usize>() != kernel.true_cols(classes) {
             return Err(format!("targets of shape {target_shape:?} per sample for {classes} outputs"));
         }
-        let first_trained = stages.iter().position(|s| matches!(s, Stage::Dense { .. })).ok_or("no weights")?;
-        let weight_grads = model.params().iter().map(|p| p.value.zeros_like()).collect();
-        Ok(StepPlan {
-            dtype: model.dtype,
-            features,
-            target_shape,
-            stages,
-            first_trained,
-            divides: loss.reduction() != Reduction::Sum,
-            buffers: Vec::new(),
-            weight_grads,
-            sum_squares: Vec::new(),
-        })
+        if !self.stages.iter().any(|s| matches!(s, Stage::Dense { .. })) {
+            return Err("no weights".into());
+        }
+        self.target_shape = target_shape;
+        self.divides = loss.reduction() != Reduction::Sum;
+        Ok(())
     }
 
     /// The stages of the model's trunk from the per-sample input shape, and the flattened
@@ -206,6 +228,9 @@ impl StepPlan {
         idx: &[usize],
         check: Option<bool>,
     ) -> Result<(f64, bool)> {
+        if self.weight_grads.is_empty() {
+            self.weight_grads = model.params().iter().map(|p| p.value.zeros_like()).collect();
+        }
         let set = self.buffers_for(idx.len());
         let loss = match self.dtype {
             DType::F32 => self.forward_backward::<f32>(model, x, y, idx, set)?,
@@ -220,6 +245,67 @@ impl StepPlan {
             false
         };
         Ok((loss, applied))
+    }
+
+    /// The forward pass alone (dropout off, no gradients) on the rows `idx` of `x`: the model's
+    /// output into the batch's buffer ([`StepPlan::reading`], [`StepPlan::output`]) and, with
+    /// targets `y` (a plan made with them), the loss as the tape's evaluation computes it.
+    pub(crate) fn infer(
+        &mut self,
+        model: &crate::Model,
+        x: &Tensor,
+        y: Option<&Tensor>,
+        idx: &[usize],
+    ) -> Result<Option<f64>> {
+        let set = self.buffers_for(idx.len());
+        match self.dtype {
+            DType::F32 => self.infer_typed::<f32>(model, x, y, idx, set),
+            DType::F64 => self.infer_typed::<f64>(model, x, y, idx, set),
+        }
+    }
+
+    /// [`StepPlan::infer`] in `T`.
+    fn infer_typed<T: Element>(
+        &mut self,
+        model: &crate::Model,
+        x: &Tensor,
+        y: Option<&Tensor>,
+        idx: &[usize],
+        set: usize,
+    ) -> Result<Option<f64>> {
+        let b = &mut self.buffers[set];
+        gather::<T>(x, idx, &mut b.x)?;
+        forward::<T>(&self.stages, &model.trunk, None, b)?;
+        let Some(y) = y else { return Ok(None) };
+        gather::<T>(y, idx, &mut b.y)?;
+        let kernel = self.targets::<T>(model, set)?;
+        loss_value::<T>(kernel, self.divides, &mut self.buffers[set]).map(Some)
+    }
+
+    /// The model's outputs on every row of `x`, computed in batches of `batch_size` rows:
+    /// `(rows, outputs)` in the model's dtype.
+    pub(crate) fn predict(&mut self, model: &crate::Model, x: &Tensor, batch_size: usize) -> Result<Tensor> {
+        let n = x.shape().first().copied().unwrap_or(0);
+        let cols = self.stages.last().expect("checked in new").cols();
+        let batch_size = batch_size.max(1);
+        let mut out = Tensor::zeros(&[n, cols], self.dtype);
+        let mut idx = Vec::with_capacity(batch_size);
+        for start in (0..n).step_by(batch_size) {
+            idx.clear();
+            idx.extend(start..(start + batch_size).min(n));
+            self.infer(model, x, None, &idx)?;
+            let rows = start * cols..(start + idx.len()) * cols;
+            match self.dtype {
+                DType::F32 => buf::<f32>(&mut out)[rows].copy_from_slice(read::<f32>(self.output(idx.len()))),
+                DType::F64 => buf::<f64>(&mut out)[rows].copy_from_slice(read::<f64>(self.output(idx.len()))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The model's output on the last batch of `rows` samples, `(rows, outputs)`.
+    pub(crate) fn output(&self, rows: usize) -> &Tensor {
+        self.reading(rows).1.first().expect("one output")
     }
 
     /// The last batch of `rows` samples' targets (in the model's dtype) and the model's output
@@ -256,13 +342,26 @@ impl StepPlan {
         let b = &mut self.buffers[set];
         gather::<T>(x, idx, &mut b.x)?;
         gather::<T>(y, idx, &mut b.y)?;
-        let (layers, rng) = (&model.trunk, &mut model.rng);
-        forward::<T>(&self.stages, layers, rng, b)?;
-        let compiled = model.compiled.as_ref().expect("checked in new");
-        let kernel = compiled.losses[0].row_kernel().expect("checked in new");
+        forward::<T>(&self.stages, &model.trunk, Some(&mut model.rng), b)?;
+        let kernel = self.targets::<T>(model, set)?;
+        let b = &mut self.buffers[set];
         let loss = loss_and_gradient::<T>(kernel, self.divides, b)?;
-        backward::<T>(&self.stages, self.first_trained, layers, b, &mut self.weight_grads)?;
+        backward::<T>(&self.stages, self.first_trained, &model.trunk, b, &mut self.weight_grads)?;
         Ok(loss)
+    }
+
+    /// The kernel's targets of buffer set `set` from its batch's targets (sparse labels as
+    /// class indices, checked as the loss checks them); the loss' kernel.
+    fn targets<'m, T: Element>(&mut self, model: &'m crate::Model, set: usize) -> Result<RowLoss<'m>> {
+        let compiled = model.compiled.as_ref().expect("checked in new");
+        let loss = &compiled.losses[0];
+        let kernel = loss.row_kernel().expect("checked in new");
+        let classes = self.stages.last().expect("a stage at least").cols();
+        let b = &mut self.buffers[set];
+        let targets = buf::<T>(&mut b.targets);
+        targets.copy_from_slice(read::<T>(&b.y));
+        kernel.prepare_targets(loss.name(), targets, classes)?;
+        Ok(kernel)
     }
 }
 
@@ -314,7 +413,13 @@ fn weight<T: Element>(layers: &[Box<dyn Layer>], layer: usize, w: usize) -> &[T]
 }
 
 /// Step 2: each stage's output from the one before (the batch's inputs for the first).
-fn forward<T: Element>(stages: &[Stage], layers: &[Box<dyn Layer>], rng: &mut Rng, b: &mut Buffers) -> Result<()> {
+/// Dropout draws its masks from `rng` in training; without one (inference) it passes its input.
+fn forward<T: Element>(
+    stages: &[Stage],
+    layers: &[Box<dyn Layer>],
+    mut rng: Option<&mut Rng>,
+    b: &mut Buffers,
+) -> Result<()> {
     let rows = b.rows;
     for (i, stage) in stages.iter().enumerate() {
         let (done, rest) = b.outs.split_at_mut(i);
@@ -326,12 +431,15 @@ fn forward<T: Element>(stages: &[Stage], layers: &[Box<dyn Layer>], rng: &mut Rn
                 slices::dense_forward(input, w, bias, activation, DenseShape { rows, inputs, units }, out);
             }
             Stage::Softmax { cols } => slices::softmax_forward(input, cols, out),
-            Stage::Dropout { rate, .. } => {
-                let keep = 1.0 - rate;
-                let mask = buf::<T>(&mut b.masks[i]);
-                random::mask_into(mask, keep, 1.0 / keep, rng);
-                slices::mul(input, mask, out);
-            }
+            Stage::Dropout { rate, .. } => match rng.as_deref_mut() {
+                Some(rng) => {
+                    let keep = 1.0 - rate;
+                    let mask = buf::<T>(&mut b.masks[i]);
+                    random::mask_into(mask, keep, 1.0 / keep, rng);
+                    slices::mul(input, mask, out);
+                }
+                None => out.copy_from_slice(input),
+            },
         }
     }
     Ok(())
@@ -351,16 +459,31 @@ fn loss_and_gradient<T: Element>(kernel: RowLoss<'_>, divides: bool, b: &mut Buf
     if y_pred.len() >= FOLD_MIN_VALUES {
         let row_scale = buf::<T>(&mut b.scale);
         row_scale.fill(scale);
-        kernel.run(read::<T>(&b.y), y_pred, cols, values, grad, Some(row_scale))?;
+        kernel.run(read::<T>(&b.targets), y_pred, cols, values, Some(grad), Some(row_scale))?;
     } else {
-        kernel.run(read::<T>(&b.y), y_pred, cols, values, grad, None)?;
+        kernel.run(read::<T>(&b.targets), y_pred, cols, values, Some(grad), None)?;
         if divides {
             grad.iter_mut().for_each(|g| *g = *g * scale);
         }
     }
+    Ok(reduced(values, divides, b.rows))
+}
+
+/// The loss alone, as the tape computes it without gradients: the kernel's values, reduced.
+fn loss_value<T: Element>(kernel: RowLoss<'_>, divides: bool, b: &mut Buffers) -> Result<f64> {
+    let last = b.outs.len() - 1;
+    let y_pred = read::<T>(&b.outs[last]);
+    let cols = y_pred.len() / b.rows.max(1);
+    let values = buf::<T>(&mut b.values);
+    kernel.run(read::<T>(&b.targets), y_pred, cols, values, None, None)?;
+    Ok(reduced(values, divides, b.rows))
+}
+
+/// `Σ values · (1/rows)` (or `Σ values`) in `T`, as `losskit::compute` reduces, as `f64`.
+fn reduced<T: Element>(values: &[T], divides: bool, rows: usize) -> f64 {
     let total = slices::row_sum(values);
-    let loss = if divides { total * scale } else { total };
-    Ok(loss.to_f64().unwrap_or(f64::NAN))
+    let loss = if divides { total * T::c(1.0 / rows as f64) } else { total };
+    loss.to_f64().unwrap_or(f64::NAN)
 }
 
 /// Step 4: from `∂L/∂output`, each stage's backward pass down to the first with weights; the

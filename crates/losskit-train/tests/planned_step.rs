@@ -93,7 +93,8 @@ fn the_seed_model_trains_to_the_same_bits() {
     for (opt, batch) in [("sgd", 32), ("adam", 16), ("rmsprop", 100)] {
         let compile =
             move || Compile::new().optimizer(opt).loss("sparse_categorical_crossentropy").metrics(&["accuracy"]);
-        let fit = move || Fit::new().epochs(3).batch_size(batch).verbose(0);
+        // The validation split is evaluated each epoch through the same path.
+        let fit = move || Fit::new().epochs(3).batch_size(batch).verbose(0).validation_split(0.2);
         same_on_both_paths(&format!("{opt}/{batch}"), &|| seed_model(32, 10, DType::F32), &compile, &x, &y, &fit);
     }
 }
@@ -175,4 +176,54 @@ fn required_but_impossible_names_the_reason() {
     m.compile(Compile::new().loss("mse").planned_step(Some(true))).unwrap();
     let err = m.fit(&x, y.reshape(&[8, 1]).unwrap(), Fit::new().verbose(0)).unwrap_err().to_string();
     assert!(err.contains("not one row kernel"), "{err}");
+}
+
+#[test]
+fn labels_are_read_as_the_tape_reads_them() {
+    // Fractional labels are truncated to their class; a label outside the classes (data checks
+    // off, so the step meets it) is the loss' error, at the same step.
+    let x = inputs(48, &[5], DType::F32);
+    let fractional: Vec<f32> =
+        labels(&x, 3).to_vec::<f32>().iter().enumerate().map(|(i, &c)| c + (i % 4) as f32 * 0.3).collect();
+    let y = Tensor::from_vec(fractional, &[48]).unwrap();
+    let build = || seed_model(8, 3, DType::F32);
+    let compile = || Compile::new().optimizer("sgd").loss("sparse_categorical_crossentropy").metrics(&["accuracy"]);
+    let fit = || Fit::new().epochs(2).batch_size(16).verbose(0);
+    same_on_both_paths("fractional labels", &build, &compile, &x, &y, &fit);
+    let mut bad = labels(&x, 3).to_vec::<f32>();
+    bad[40] = 7.0;
+    let bad = Tensor::from_vec(bad, &[48]).unwrap();
+    let fit = || Fit::new().epochs(2).batch_size(16).verbose(0).check_data(false).shuffle(false);
+    let tape = run(&build, &compile, &x, &bad, &fit, false);
+    assert!(tape.2.as_deref().is_some_and(|e| e.contains("label 7")), "{:?}", tape.2);
+    same_on_both_paths("a label outside the classes", &build, &compile, &x, &bad, &fit);
+}
+
+#[test]
+fn evaluate_and_predict_give_the_tapes_values() {
+    let x = inputs(90, &[4, 6], DType::F32);
+    let y = labels(&x, 10);
+    let trained = |planned: Option<bool>| {
+        let mut m = seed_model(32, 10, DType::F32);
+        let c = Compile::new().optimizer("adam").loss("sparse_categorical_crossentropy").metrics(&["accuracy"]);
+        m.compile(c.planned_step(planned)).unwrap();
+        m.fit(&x, &y, Fit::new().epochs(1).batch_size(16).verbose(0)).unwrap();
+        m
+    };
+    let (mut planned, mut tape) = (trained(None), trained(Some(false)));
+    let bits = |t: &Tensor| t.to_vec::<f32>().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for batch in [7, 32, 90] {
+        let (p, t) = (planned.predict(&x, batch).unwrap(), tape.predict(&x, batch).unwrap());
+        assert_eq!(p[0].shape(), t[0].shape());
+        assert_eq!(bits(&p[0]), bits(&t[0]), "predict, batch {batch}");
+        let (p, t) = (planned.evaluate(&x, &y, batch, None).unwrap(), tape.evaluate(&x, &y, batch, None).unwrap());
+        let as_bits = |l: &Logs| l.iter().map(|(k, v)| (k.clone(), v.to_bits())).collect::<Vec<_>>();
+        assert_eq!(as_bits(&p), as_bits(&t), "evaluate, batch {batch}");
+    }
+    // An uncompiled model predicts through the plan too.
+    let mut fresh = seed_model(32, 10, DType::F32);
+    let p = fresh.predict(&x, 16).unwrap();
+    let mut fresh_tape = seed_model(32, 10, DType::F32);
+    fresh_tape.compile(Compile::new().loss("mse").planned_step(Some(false))).unwrap();
+    assert_eq!(bits(&p[0]), bits(&fresh_tape.predict(&x, 16).unwrap()[0]));
 }

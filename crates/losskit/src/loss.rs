@@ -107,8 +107,26 @@ impl RowLoss<'_> {
         }
     }
 
+    /// Makes `y_true` (`rows × true_cols(cols)`) what the kernel reads, in place, as
+    /// [`Loss::per_sample`] makes it: for the sparse loss each label truncated to its class
+    /// index, an error naming the label and its row (`per_sample`'s error, `loss` its name)
+    /// when it is not one of `0..cols`; other targets as they are.
+    pub fn prepare_targets<T: losskit_tensor::Element>(&self, loss: &str, y_true: &mut [T], cols: usize) -> Result<()> {
+        if let RowLoss::SparseCategoricalCrossentropy(_) = self {
+            for (i, label) in y_true.iter_mut().enumerate() {
+                let v = label.to_f64().unwrap_or(f64::NAN);
+                let k = v.trunc();
+                if !(v.is_finite() && k >= 0.0 && (k as usize) < cols) {
+                    return Err(crate::targets::not_a_class_index(loss, v, &[i], cols, None));
+                }
+                *label = T::c(k);
+            }
+        }
+        Ok(())
+    }
+
     /// Per row `r` of `y_pred` (`rows × cols`, row-major) and its targets (`rows ×
-    /// true_cols(cols)`): `values[r]`, the per-sample loss, and
+    /// true_cols(cols)`): `values[r]`, the per-sample loss, and (when `grad` is given)
     /// `grad[r, :] = s[r] · ∂values[r]/∂y_pred[r, :]` with `s = row_scale` (1 when `None`).
     /// [`compute`] passes the reduction's scale this way on inputs of 2¹⁶ values or more (a
     /// *folded* reduction), and multiplies the unscaled gradient by it on smaller ones.
@@ -120,17 +138,17 @@ impl RowLoss<'_> {
         y_pred: &[T],
         cols: usize,
         values: &mut [T],
-        grad: &mut [T],
+        grad: Option<&mut [T]>,
         row_scale: Option<&[T]>,
     ) -> Result<()> {
         let outcome = match self {
             RowLoss::SparseCategoricalCrossentropy(k) => {
-                losskit_kernels::run_rows(k, y_true, y_pred, cols, row_scale, values, Some(grad))
+                losskit_kernels::run_rows(k, y_true, y_pred, cols, row_scale, values, grad)
             }
             RowLoss::CategoricalCrossentropy(k) => {
                 // Keras smooths towards the uniform distribution over the row's classes.
                 let k = losskit_kernels::CategoricalCrossentropy { smoothing_share: 1.0 / cols.max(1) as f64, ..*k };
-                losskit_kernels::run_rows(&k, y_true, y_pred, cols, row_scale, values, Some(grad))
+                losskit_kernels::run_rows(&k, y_true, y_pred, cols, row_scale, values, grad)
             }
         };
         outcome.map_err(|e| Error::Value { op: "row kernel".into(), msg: e.to_string() })

@@ -38,19 +38,30 @@ pub(crate) fn class_indices(
             out.push(k);
             mask.push(1.0);
         } else {
-            let extra = ignore_class.map(|c| format!(" or ignore_class {c}")).unwrap_or_default();
-            return Err(Error::Value {
-                op: loss.into(),
-                msg: format!(
-                    "label {v} at position {:?} is not a class index: expected an integer in 0..{classes}{extra}",
-                    position(i, labels.shape())
-                ),
-            });
+            return Err(not_a_class_index(loss, v, &position(i, labels.shape()), classes, ignore_class));
         }
     }
     let indices = Tensor::from_vec(out, labels.shape())?;
     let mask = ignore_class.map(|_| Tensor::from_vec(mask, labels.shape())).transpose()?;
     Ok((indices, mask))
+}
+
+/// The error for a label `v` (at `position` in the labels) that is not a class index in
+/// `0..classes` (nor `ignore_class`).
+pub(crate) fn not_a_class_index(
+    loss: &str,
+    v: f64,
+    position: &[usize],
+    classes: usize,
+    ignore_class: Option<i64>,
+) -> Error {
+    let extra = ignore_class.map(|c| format!(" or ignore_class {c}")).unwrap_or_default();
+    Error::Value {
+        op: loss.into(),
+        msg: format!(
+            "label {v} at position {position:?} is not a class index: expected an integer in 0..{classes}{extra}"
+        ),
+    }
 }
 
 /// `y·(1 - ls) + ls·share` (Keras' label smoothing, `share` = 0.5 for binary, `1/K` for
