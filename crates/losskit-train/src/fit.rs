@@ -410,6 +410,13 @@ impl<'d, 'c> FitLoop<'d, 'c> {
     }
 }
 
+/// Where the NaN guard is: the step's epoch and index, and the gradient-norm history it records.
+struct GuardAt<'n> {
+    epoch: usize,
+    step: usize,
+    norms: &'n mut GradNormHistory,
+}
+
 /// What one training step reports: the total loss, each output's loss, the outputs.
 struct StepOutput {
     loss: f64,
@@ -1110,7 +1117,11 @@ impl Model {
                 Some(group) => self.distributed_step(run, group, idx, step, &mut acc)?,
                 None if run.plan.is_some() => {
                     let plan = run.plan.as_mut().expect("checked");
-                    let guard = run.opts.nan_guard.then_some((run.progress.epoch, step, &mut run.norms));
+                    let guard = run.opts.nan_guard.then_some(GuardAt {
+                        epoch: run.progress.epoch,
+                        step,
+                        norms: &mut run.norms,
+                    });
                     self.planned_step(plan, run.data, &run.metrics, guard, idx, &mut acc)?;
                 }
                 None => {
@@ -1190,16 +1201,16 @@ impl Model {
         plan: &mut StepPlan,
         data: &FitData,
         metrics: &[Vec<Metric>],
-        guard: Option<(usize, usize, &mut GradNormHistory)>,
+        guard: Option<GuardAt<'_>>,
         idx: &[usize],
         acc: &mut Accumulators,
     ) -> Result<()> {
         let (loss, applied) = plan.run(self, &data.x, &data.ys[0], idx, guard.is_some().then_some(true))?;
-        if let Some((epoch, step, norms)) = guard {
-            norms.push_sums(&plan.sum_squares, || self.weight_names());
+        if let Some(guard) = guard {
+            guard.norms.push_sums(&plan.sum_squares, || self.weight_names());
             if !applied {
                 let batch = Dataset::rows_of(&data.x, &data.ys, None, idx, true)?;
-                return self.fail_step(&batch, loss, plan.weight_grads(), epoch, step, norms);
+                return self.fail_step(&batch, loss, plan.weight_grads(), guard);
             }
         }
         let (ys, outs) = plan.reading(idx.len());
@@ -1295,7 +1306,7 @@ impl Model {
                 Some(b) => b,
                 None => Dataset::rows_of(&data.x, &data.ys, data.w.as_ref(), idx, true)?,
             };
-            self.guarded_update(&whole, loss, &g, run.progress.epoch, step, &mut run.norms)?;
+            self.guarded_update(&whole, loss, &g, GuardAt { epoch: run.progress.epoch, step, norms: &mut run.norms })?;
         } else {
             self.apply_update(&g)?;
         }
@@ -1365,7 +1376,7 @@ impl Model {
             self.params().iter().map(|p| grads.remove(&p.value).unwrap_or_else(|| p.value.zeros_like())).collect();
         drop(grads);
         if nan_guard {
-            self.guarded_update(batch, loss, &g, epoch, step, norms)?;
+            self.guarded_update(batch, loss, &g, GuardAt { epoch, step, norms })?;
         } else {
             self.apply_update(&g)?;
         }
@@ -1376,41 +1387,26 @@ impl Model {
     /// the update ([`crate::Optimizer::apply_checked`]) and recorded per layer; at a non-finite
     /// loss or gradient nothing is applied (the weights stay those after the last good step)
     /// and the step stops with a diagnosis (also kept in [`Model::last_diagnosis`]).
-    fn guarded_update(
-        &mut self,
-        batch: &Dataset,
-        loss: f64,
-        g: &[Tensor],
-        epoch: usize,
-        step: usize,
-        norms: &mut GradNormHistory,
-    ) -> Result<()> {
+    fn guarded_update(&mut self, batch: &Dataset, loss: f64, g: &[Tensor], guard: GuardAt<'_>) -> Result<()> {
         if loss.is_finite() {
             let check = self.apply_update_checked(g)?;
-            norms.push_sums(&check.sum_squares, || self.weight_names());
+            guard.norms.push_sums(&check.sum_squares, || self.weight_names());
             if check.applied {
                 return Ok(());
             }
         } else {
             // The loss alone condemns the step: measure the gradients for the diagnosis.
             let sums: Vec<f64> = g.iter().map(Tensor::sum_of_squares).collect();
-            norms.push_sums(&sums, || self.weight_names());
+            guard.norms.push_sums(&sums, || self.weight_names());
         }
-        self.fail_step(batch, loss, g, epoch, step, norms)
+        self.fail_step(batch, loss, g, guard)
     }
 
     /// Stops a step the guard condemned: the diagnosis of `batch` (kept in
     /// [`Model::last_diagnosis`]) as the error.
-    fn fail_step(
-        &mut self,
-        batch: &Dataset,
-        loss: f64,
-        g: &[Tensor],
-        epoch: usize,
-        step: usize,
-        norms: &mut GradNormHistory,
-    ) -> Result<()> {
+    fn fail_step(&mut self, batch: &Dataset, loss: f64, g: &[Tensor], guard: GuardAt<'_>) -> Result<()> {
         let names = self.weight_names();
+        let GuardAt { epoch, step, norms } = guard;
         let d = self.diagnose(epoch, step, loss, &batch.x, &batch.ys, batch.w.as_ref(), names, g, norms)?;
         let text = d.to_string();
         self.last_diagnosis = Some(d);
