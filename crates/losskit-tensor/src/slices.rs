@@ -107,7 +107,7 @@ pub fn column_sums<T: Element>(g: &[T], cols: usize, out: &mut [T]) {
 }
 
 /// `Σ row` as the tape's sums over trailing axes give it: blocks of 256 values added in `f64`
-/// in order (pieces of [`PIECE`] values summed apart, then added), rounded to `T`.
+/// in order (pieces of 16 384 values summed apart, then added), rounded to `T`.
 pub fn row_sum<T: Element>(row: &[T]) -> T {
     T::c(row_total(row.len(), |start, len, total| accumulate_sum(total, &row[start..start + len])))
 }
