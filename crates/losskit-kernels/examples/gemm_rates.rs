@@ -1,10 +1,10 @@
-//! The f32 product's rate at the shapes losskit trains on, losskit's AVX2 kernel against
-//! `matrixmultiply` in the same run: `cargo run --release -p losskit-kernels --example
-//! gemm_rates -- [ROUNDS]`.
+//! The f32 product's rate at the shapes losskit trains on, losskit's kernel (as chosen for this
+//! CPU, and in AVX2 registers) against `matrixmultiply` in the same run: `cargo run --release
+//! -p losskit-kernels --example gemm_rates -- [ROUNDS]`.
 //!
-//! Both run through [`gemm::gemm`] (the same cut into parallel blocks), switched with
-//! [`gemm::set_kernel`] and interleaved round by round; each shape prints the median
-//! GFLOP/s of each and their ratio (> 1: losskit's kernel is faster). The shapes are the seed
+//! All run through [`gemm::gemm`] (the same cut into parallel blocks), switched with
+//! [`gemm::set_kernel`] and interleaved round by round; each shape prints the median GFLOP/s
+//! of each and losskit's ratios to the others (> 1: losskit's chosen kernel is faster). The shapes are the seed
 //! model's products at batch 32 and 128, the 2048-wide model's at batch 256, a 2048³ product,
 //! the fused linear + cross-entropy head's three products at one 524-token chunk, and a 2048³
 //! product in f64.
@@ -60,8 +60,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// The median GFLOP/s of losskit's kernel and of matrixmultiply on one shape, interleaved.
-fn both_rates<T: Float>(s: &Shape, rounds: usize) -> (f64, f64) {
+/// The kernels compared, in printing order: losskit's as chosen for this CPU, losskit's in
+/// AVX2 registers, matrixmultiply.
+const KERNELS: [Kernel; 3] = [Kernel::Auto, Kernel::Avx2, Kernel::Matrixmultiply];
+
+/// The median GFLOP/s of each of [`KERNELS`] on one shape, interleaved round by round.
+fn rates<T: Float>(s: &Shape, rounds: usize) -> [f64; 3] {
     let a: Vec<T> = (0..s.m * s.k).map(|i| T::c(((i * 7) % 13) as f64 * 0.01)).collect();
     let b: Vec<T> = (0..s.k * s.n).map(|i| T::c(((i * 5) % 11) as f64 * 0.01)).collect();
     let mut c = vec![T::zero(); s.m * s.n];
@@ -69,15 +73,29 @@ fn both_rates<T: Float>(s: &Shape, rounds: usize) -> (f64, f64) {
     let b = if s.b_transposed { MatRef::row_major(&b, s.n, s.k).t() } else { MatRef::row_major(&b, s.k, s.n) };
     // About 4 GFLOP per timing.
     let reps = ((2e9 / (s.m * s.k * s.n) as f64) as usize).clamp(1, 2000);
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let mut seen = [const { Vec::new() }; 3];
     for _ in 0..rounds {
-        gemm::set_kernel(Kernel::Auto);
-        ours.push(rate(a, b, &mut c, reps));
-        gemm::set_kernel(Kernel::Matrixmultiply);
-        theirs.push(rate(a, b, &mut c, reps));
+        for (kernel, seen) in KERNELS.iter().zip(&mut seen) {
+            gemm::set_kernel(*kernel);
+            seen.push(rate(a, b, &mut c, reps));
+        }
     }
     gemm::set_kernel(Kernel::Auto);
-    (median(ours), median(theirs))
+    seen.map(median)
+}
+
+/// Which of losskit's tiles run here by default.
+fn chosen() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "AVX-512 tiles";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            return "AVX2 tiles";
+        }
+    }
+    "matrixmultiply"
 }
 
 fn main() {
@@ -86,9 +104,13 @@ fn main() {
         eprintln!("gemm_rates: {e}");
     }
     let rounds: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(3);
-    println!("{:<26} {:>10} {:>16} {:>7}", "product", "losskit", "matrixmultiply", "ratio");
+    println!("losskit's kernel as chosen here: {}", chosen());
+    println!(
+        "{:<26} {:>9} {:>9} {:>15} {:>10} {:>10}",
+        "product", "losskit", "AVX2", "matrixmultiply", "/ AVX2", "/ mm"
+    );
     for s in &SHAPES {
-        let (o, t) = if s.f64 { both_rates::<f64>(s, rounds) } else { both_rates::<f32>(s, rounds) };
-        println!("{:<26} {:>10.1} {:>16.1} {:>6.2}×", s.name, o, t, o / t);
+        let [o, avx2, mm] = if s.f64 { rates::<f64>(s, rounds) } else { rates::<f32>(s, rounds) };
+        println!("{:<26} {:>9.1} {:>9.1} {:>15.1} {:>9.2}× {:>9.2}×", s.name, o, avx2, mm, o / avx2, o / mm);
     }
 }

@@ -1,6 +1,6 @@
 //! Matrix products on strided slices: `C ← α·A·B + β·C` through [`Float::gemm_raw`] (this
-//! crate's AVX2 kernel, which keeps its packing buffers per thread, where the CPU has AVX2 + FMA,
-//! AVX-512 CPUs included; otherwise `matrixmultiply`; see [`set_kernel`]), large ones split into blocks
+//! crate's kernel, which keeps its packing buffers per thread, where the CPU has AVX2 + FMA, in
+//! AVX-512 registers where it has those; otherwise `matrixmultiply`; see [`set_kernel`]), large ones split into blocks
 //! of output rows (or columns) run in parallel with rayon.
 //!
 //! Each output element is one dot product over `k`, computed by the same micro-kernel steps
@@ -9,7 +9,7 @@
 
 use crate::Float;
 use rayon::prelude::*;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Products of at least this many multiply-adds are split into blocks run in parallel; smaller
 /// ones run on the calling thread (at batch-32 training shapes, threads cost more than they give).
@@ -20,33 +20,35 @@ const BLOCKS_PER_THREAD: usize = 2;
 /// Block sizes are multiples of this many rows or columns (whole micro-kernel tiles).
 const BLOCK_ALIGN: usize = 16;
 
-/// Which kernel runs the products of [`gemm`] and [`gemm_transposed_out`]. At `α = 1` both
+/// Which kernel runs the products of [`gemm`] and [`gemm_transposed_out`]. At `α = 1` all
 /// give the same bits, so the choice changes only the time and the allocations:
 /// `matrixmultiply` allocates its packing buffers on every call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
-    /// losskit's AVX2 + FMA kernel (6 × 16 f32 or 6 × 8 f64 tiles, packing buffers kept per
-    /// thread) where the CPU has AVX2 and FMA (AVX-512 CPUs included), `matrixmultiply`
-    /// otherwise. The default.
+    /// losskit's kernel (packing buffers kept per thread) where the CPU has AVX2 and FMA, with
+    /// 6 × 32 f32 (6 × 16 f64) tiles in AVX-512 registers where it has AVX-512F and 6 × 16
+    /// (6 × 8) tiles in AVX2 registers otherwise; `matrixmultiply` elsewhere. The default.
     Auto,
+    /// losskit's kernel in AVX2 registers even where the CPU has AVX-512 (for comparisons).
+    Avx2,
     /// Always `matrixmultiply`'s `sgemm`/`dgemm` (for comparisons and as a fallback).
     Matrixmultiply,
 }
 
-/// Whether [`Kernel::Matrixmultiply`] is chosen (process-wide).
-static MATRIXMULTIPLY: AtomicBool = AtomicBool::new(false);
+/// The kernel chosen by [`set_kernel`], as its index in [`Kernel`] (process-wide).
+static CHOSEN: AtomicU8 = AtomicU8::new(0);
 
 /// Chooses the kernel of every later product in this process.
 pub fn set_kernel(kernel: Kernel) {
-    MATRIXMULTIPLY.store(kernel == Kernel::Matrixmultiply, Ordering::Relaxed);
+    CHOSEN.store(kernel as u8, Ordering::Relaxed);
 }
 
 /// The kernel chosen by [`set_kernel`] ([`Kernel::Auto`] unless changed).
 pub fn kernel() -> Kernel {
-    if MATRIXMULTIPLY.load(Ordering::Relaxed) {
-        Kernel::Matrixmultiply
-    } else {
-        Kernel::Auto
+    match CHOSEN.load(Ordering::Relaxed) {
+        1 => Kernel::Avx2,
+        2 => Kernel::Matrixmultiply,
+        _ => Kernel::Auto,
     }
 }
 

@@ -30,8 +30,6 @@
 
 #![warn(missing_docs)]
 
-#[cfg(target_arch = "x86_64")]
-mod avx2_gemm;
 mod classification;
 mod ctc;
 mod driver;
@@ -44,6 +42,8 @@ mod regression;
 mod sparsemax;
 mod sum;
 pub mod threads;
+#[cfg(target_arch = "x86_64")]
+mod x86_gemm;
 
 pub use classification::{
     log_sum_exp, BinaryCrossentropy, BinaryFocalCrossentropy, CategoricalCrossentropy, CategoricalFocalCrossentropy,
@@ -126,18 +126,18 @@ pub trait Float: num_traits::Float + num_traits::FromPrimitive + Send + Sync + D
     }
 }
 
-/// The body of [`Float::gemm_raw`] for both types: this crate's kernel (`avx2_gemm` module) on
+/// The body of [`Float::gemm_raw`] for both types: this crate's kernel (`x86_gemm` module) on
 /// x86-64, `matrixmultiply::$fallback` elsewhere.
 macro_rules! gemm_raw_body {
     ($fallback:ident, $m:ident, $k:ident, $n:ident, $alpha:ident, $a:ident, $rsa:ident, $csa:ident, $b:ident, $rsb:ident, $csb:ident, $beta:ident, $c:ident, $rsc:ident, $csc:ident) => {{
-        // SAFETY: the caller's contract is matrixmultiply's, which `avx2_gemm::gemm` shares.
+        // SAFETY: the caller's contract is matrixmultiply's, which `x86_gemm::gemm` shares.
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            use avx2_gemm::Strided;
+            use x86_gemm::Strided;
             let a = Strided { ptr: $a, rs: $rsa, cs: $csa };
             let b = Strided { ptr: $b, rs: $rsb, cs: $csb };
             let c = Strided { ptr: $c, rs: $rsc, cs: $csc };
-            avx2_gemm::gemm(avx2_gemm::Product { m: $m, k: $k, n: $n, alpha: $alpha, beta: $beta, a, b, c })
+            x86_gemm::gemm(x86_gemm::Product { m: $m, k: $k, n: $n, alpha: $alpha, beta: $beta, a, b, c })
         }
         // SAFETY: the caller's contract is matrixmultiply's.
         #[cfg(not(target_arch = "x86_64"))]

@@ -1,21 +1,25 @@
-//! The f32 and f64 product `C ← α·A·B + β·C` for AVX2 + FMA, with its packing buffers kept per
-//! thread: after a thread's first product of a given size it allocates nothing.
+//! The f32 and f64 product `C ← α·A·B + β·C` for x86-64 CPUs with AVX2 + FMA, in AVX-512
+//! registers where the CPU has AVX-512F, with its packing buffers kept per thread: after a
+//! thread's first product of a given size it allocates nothing.
 //!
 //! The blocking is the classic one (Goto's, as in BLIS): `n` in blocks of [`NC`] columns, `k` in
 //! blocks of [`KC`], `m` in blocks of [`MC`] rows; each `KC × NC` block of `B` is packed into
 //! panels of `NR` columns, each `MC × KC` block of `A` into panels of [`MR`] rows, and a
-//! micro-kernel computes an `MR × NR` tile of `C` (`NR` = 16 f32 or 8 f64: two registers) in
-//! twelve AVX registers over one `KC` block
-//! (a last, shorter row panel with a kernel of its own height; the tile of `C` prefetched
-//! first). Operands that must be transposed into the panels (`B` with contiguous columns,
-//! row-major `A`) go through 8 × 8 register transposes in f32 (element by element in f64).
+//! micro-kernel computes an `MR × NR` tile of `C` in twelve registers over one `KC` block
+//! (`NR` is two registers: 32 f32 or 16 f64 in AVX-512 registers, 16 or 8 in AVX2 ones; a last,
+//! shorter row panel has a kernel of its own height; the tile of `C` is prefetched first).
+//! Operands that must be transposed into the panels (`B` with contiguous columns, row-major
+//! `A`) go through 8 × 8 register transposes in f32 (element by element in f64).
+//! The loops are written once, generic over the register ([`Reg`]), and compiled into one
+//! entry point per instruction set (`Product::blocks_avx2`, `Product::blocks_avx512`).
 //!
 //! Every output element is the sum over `k` in blocks of 256 taken in order, each block
 //! accumulated from zero by fused multiply-adds in `k` order, then `c ← α·s + β'·c` with
-//! `β' = β` for the first block and 1 after: the arithmetic of `matrixmultiply`'s AVX2 kernel,
-//! so for `α = 1` the result is the same bits as `matrixmultiply::sgemm` / `dgemm` (tested).
-//! Where the CPU has AVX-512 or lacks AVX2/FMA, or [`crate::gemm::set_kernel`] asks for it,
-//! `matrixmultiply` runs instead (also on other architectures, where this module is not built).
+//! `β' = β` for the first block and 1 after: the arithmetic of `matrixmultiply`'s AVX2 and
+//! AVX-512 kernels, so for `α = 1` the result is the same bits as `matrixmultiply::sgemm` /
+//! `dgemm` (tested), whichever register width runs. Where the CPU lacks AVX2/FMA, or
+//! [`crate::gemm::set_kernel`] asks for it, `matrixmultiply` runs instead (also on other
+//! architectures, where this module is not built).
 
 use std::arch::x86_64::*;
 use std::cell::Cell;
@@ -23,8 +27,8 @@ use std::ops::Mul;
 
 /// Rows of the micro-kernel's tile.
 const MR: usize = 6;
-/// The most columns a micro-kernel tile has (f32's two 8-lane registers).
-const NR_MAX: usize = 16;
+/// The most columns a micro-kernel tile has (f32's two 16-lane AVX-512 registers).
+const NR_MAX: usize = 32;
 /// The `k` block: one packed panel of `B` (`KC × NR`, 16 KiB) stays in L1 while a panel of `A`
 /// streams past it. Also the summation blocks of `matrixmultiply`, whose bits this keeps.
 const KC: usize = 256;
@@ -69,51 +73,35 @@ fn reserve<T>(v: &mut Vec<Line>, values: usize) -> *mut T {
 /// Every element addressed through the pointers and strides must be valid, and `C` must not
 /// alias `A` or `B` nor itself.
 pub(crate) unsafe fn gemm<T: Lane>(p: Product<T>) {
-    if p.m > 0 && p.n > 0 && p.k > 0 && crate::gemm::kernel() == crate::gemm::Kernel::Auto && has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA (checked); the caller vouches for the operands.
-        unsafe { p.oriented().run() };
+    if p.m > 0 && p.n > 0 && p.k > 0 && crate::gemm::kernel() != crate::gemm::Kernel::Matrixmultiply && has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA (checked), AVX-512F where `has_avx512` says so; the
+        // caller vouches for the operands.
+        unsafe { p.oriented().run(has_avx512()) };
         return;
     }
     // SAFETY: the caller's contract is matrixmultiply's.
     unsafe { T::matrixmultiply(p) }
 }
 
-/// An element type of the kernel: its AVX register and the operations the kernel needs.
+/// An element type of the kernel: its registers on each instruction set and the scalar
+/// operations the kernel needs.
 pub(crate) trait Lane: Copy + PartialEq + Mul<Output = Self> + 'static {
     /// One AVX register of these.
-    type V: Copy;
-    /// Values per register.
-    const LANES: usize;
-    /// Columns of a tile: two registers.
-    const NR: usize = 2 * Self::LANES;
+    type Avx2: Reg<Self>;
+    /// One AVX-512 register of these.
+    type Avx512: Reg<Self>;
     /// 0.
     const ZERO: Self;
     /// 1.
     const ONE: Self;
-    /// A register of zeros.
-    unsafe fn zero() -> Self::V;
-    /// Loads a register from a 32-byte aligned address.
-    unsafe fn load(p: *const Self) -> Self::V;
-    /// Loads a register from any address.
-    unsafe fn loadu(p: *const Self) -> Self::V;
-    /// Stores a register to any address.
-    unsafe fn storeu(p: *mut Self, v: Self::V);
-    /// A register of `x`.
-    unsafe fn splat(x: Self) -> Self::V;
-    /// A register of `*p`.
-    unsafe fn broadcast(p: *const Self) -> Self::V;
-    /// `a·b + c`, rounded once.
-    unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
-    /// `a·b`.
-    unsafe fn mul_v(a: Self::V, b: Self::V) -> Self::V;
     /// `self·a + b`, rounded once.
     fn mul_add(self, a: Self, b: Self) -> Self;
     /// The product through `matrixmultiply`.
     unsafe fn matrixmultiply(p: Product<Self>);
-    /// Packs the first rows of a full panel of `B` whose columns are contiguous (`csb` apart)
-    /// by register transposes, returning how many rows it packed (the rest go element by
-    /// element).
-    unsafe fn pack_b_columns(_b: *const Self, _csb: isize, _kc: usize, _panel: *mut Self) -> usize {
+    /// Packs the first rows of a full panel of `nr` columns of `B` whose columns are contiguous
+    /// (`csb` apart) by register transposes, returning how many rows it packed (the rest go
+    /// element by element).
+    unsafe fn pack_b_columns(_b: *const Self, _csb: isize, _kc: usize, _nr: usize, _panel: *mut Self) -> usize {
         0
     }
     /// Packs the first columns of a full panel of `A` whose rows are contiguous (`rsa` apart)
@@ -124,14 +112,47 @@ pub(crate) trait Lane: Copy + PartialEq + Mul<Output = Self> + 'static {
     }
 }
 
-/// Whether this kernel runs: AVX2 and FMA. Also on AVX-512 CPUs: on a 2-core AMD EPYC (Zen 4,
-/// AVX-512) it ran at 0.95–1.3× `matrixmultiply`'s 16-lane kernel across the training and
-/// linear-CE shapes (`examples/gemm_rates`), and it allocates nothing per product where
-/// `matrixmultiply` allocates its packing buffers every call.
+/// One vector register of `T` and the instructions the micro-kernel needs. Every method is
+/// `#[inline(always)]`, so it compiles into the caller's instruction set (the `avx2,fma` or
+/// `avx512f` entry point of [`Product::blocks`]).
+pub(crate) trait Reg<T>: Copy {
+    /// Values per register.
+    const LANES: usize;
+    /// Columns of a micro-kernel tile: two registers.
+    const NR: usize = 2 * Self::LANES;
+    /// A register of zeros.
+    unsafe fn zero() -> Self;
+    /// Loads a register from an address aligned to the register's size.
+    unsafe fn load(p: *const T) -> Self;
+    /// Loads a register from any address.
+    unsafe fn loadu(p: *const T) -> Self;
+    /// Stores a register to any address.
+    unsafe fn storeu(self, p: *mut T);
+    /// A register of `x`.
+    unsafe fn splat(x: T) -> Self;
+    /// `self·b + c`, rounded once.
+    unsafe fn fmadd(self, b: Self, c: Self) -> Self;
+    /// `self·b`.
+    unsafe fn mul(self, b: Self) -> Self;
+}
+
+/// Whether this kernel runs: AVX2 and FMA (AVX-512 CPUs included). It allocates nothing per
+/// product where `matrixmultiply` allocates its packing buffers every call; its rates against
+/// `matrixmultiply` are in bench/README.md (`examples/gemm_rates`).
 fn has_avx2_fma() -> bool {
     use std::sync::OnceLock;
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+}
+
+/// Whether the kernel's tiles are AVX-512 registers wide (6 × 32 f32, 6 × 16 f64): where the
+/// CPU has AVX-512F, unless [`crate::gemm::set_kernel`] asks for the AVX2 tiles. On a 2-core
+/// Intel Xeon (Emerald Rapids) they ran 1.3–1.9× the AVX2 tiles and 0.9–1.3× `matrixmultiply`'s
+/// 16 × 16 AVX-512 kernel across the training and linear-CE shapes.
+fn has_avx512() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    crate::gemm::kernel() != crate::gemm::Kernel::Avx2 && *HAS.get_or_init(|| is_x86_feature_detected!("avx512f"))
 }
 
 /// A strided matrix: element `(i, j)` at `ptr + i·rs + j·cs` (in elements).
@@ -188,53 +209,87 @@ impl<T: Lane> Product<T> {
         Product { m: self.n, n: self.m, a: self.b.t(), b: self.a.t(), c: self.c.t(), ..self }
     }
 
-    /// Runs the blocked loops with this thread's kept buffers.
+    /// Runs the blocked loops with this thread's kept buffers, in AVX-512 registers when
+    /// `wide`, AVX2 registers otherwise.
     ///
     /// # Safety
-    /// AVX2 and FMA are available; the operands satisfy [`gemm`]'s contract.
-    unsafe fn run(self) {
+    /// AVX2 and FMA are available, and AVX-512F when `wide`; the operands satisfy [`gemm`]'s
+    /// contract.
+    unsafe fn run(self, wide: bool) {
         let mut bufs = KEPT.with(Cell::take).unwrap_or_default();
+        let nr = if wide { T::Avx512::NR } else { T::Avx2::NR };
         let kc_max = self.k.min(KC);
         // Two values of slack past the last panel: `pack_a` stores columns of 6 as 8 values.
         let ap = reserve::<T>(&mut bufs.a, self.m.min(MC).next_multiple_of(MR) * kc_max + 2);
-        let bp = reserve::<T>(&mut bufs.b, self.n.min(NC).next_multiple_of(T::NR) * kc_max);
-        // SAFETY: the buffers hold a packed block of each operand; AVX2/FMA as the caller says.
-        unsafe { self.blocks(ap, bp) };
+        let bp = reserve::<T>(&mut bufs.b, self.n.min(NC).next_multiple_of(nr) * kc_max);
+        // SAFETY: the buffers hold a packed block of each operand; AVX2/FMA as the caller
+        // says, AVX-512 where checked.
+        unsafe {
+            if wide {
+                self.blocks_avx512(ap, bp)
+            } else {
+                self.blocks_avx2(ap, bp)
+            }
+        };
         KEPT.with(|kept| kept.set(Some(bufs)));
     }
 
-    /// The three outer loops: `NC` columns, `KC` depth, `MC` rows.
+    /// [`Product::blocks`] in AVX2 registers.
     ///
     /// # Safety
-    /// As [`Product::run`], with `ap`/`bp` large enough for one packed block each.
+    /// As [`Product::blocks`].
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn blocks(self, ap: *mut T, bp: *mut T) {
+    unsafe fn blocks_avx2(self, ap: *mut T, bp: *mut T) {
+        // SAFETY: the caller's contract.
+        unsafe { self.blocks::<T::Avx2>(ap, bp) }
+    }
+
+    /// [`Product::blocks`] in AVX-512 registers.
+    ///
+    /// # Safety
+    /// As [`Product::blocks`], on a CPU with AVX-512F.
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    unsafe fn blocks_avx512(self, ap: *mut T, bp: *mut T) {
+        // SAFETY: the caller's contract.
+        unsafe { self.blocks::<T::Avx512>(ap, bp) }
+    }
+
+    /// The three outer loops: `NC` columns, `KC` depth, `MC` rows, with tiles `V::NR` wide.
+    /// Inlined into its callers, whose instruction set it then uses.
+    ///
+    /// # Safety
+    /// As [`Product::run`], with `ap`/`bp` large enough for one packed block each and the
+    /// instruction set of `V` enabled in the caller.
+    #[inline(always)]
+    unsafe fn blocks<V: Reg<T>>(self, ap: *mut T, bp: *mut T) {
         for jc in (0..self.n).step_by(NC) {
             let nc = NC.min(self.n - jc);
             for pc in (0..self.k).step_by(KC) {
                 let kc = KC.min(self.k - pc);
                 // SAFETY: rows pc..pc+kc, columns jc..jc+nc lie inside B.
-                unsafe { pack_b(Strided { ptr: self.b.ptr.offset(self.b.offset(pc, jc)), ..self.b }, kc, nc, bp) };
+                unsafe {
+                    pack_b::<T, V>(Strided { ptr: self.b.ptr.offset(self.b.offset(pc, jc)), ..self.b }, kc, nc, bp)
+                };
                 let beta = if pc == 0 { self.beta } else { T::ONE };
                 for ic in (0..self.m).step_by(MC) {
                     let mc = MC.min(self.m - ic);
                     // SAFETY: rows ic..ic+mc, columns pc..pc+kc lie inside A.
                     unsafe { pack_a(Strided { ptr: self.a.ptr.offset(self.a.offset(ic, pc)), ..self.a }, mc, kc, ap) };
                     // SAFETY: the tile loop stays inside rows ic..ic+mc, columns jc..jc+nc of C.
-                    unsafe { self.tiles(ap, bp, kc, (ic, mc), (jc, nc), beta) };
+                    unsafe { self.tiles::<V>(ap, bp, kc, (ic, mc), (jc, nc), beta) };
                 }
             }
         }
     }
 
-    /// The micro-kernel over every `MR × NR` tile of one packed block pair (column panels
+    /// The micro-kernel over every `MR × V::NR` tile of one packed block pair (column panels
     /// outside, row panels inside, so a `B` panel stays in L1).
     ///
     /// # Safety
     /// As [`Product::blocks`]; `ap`/`bp` hold the packed blocks of rows `ic..ic+mc` and
     /// columns `jc..jc+nc`.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn tiles(
+    #[inline(always)]
+    unsafe fn tiles<V: Reg<T>>(
         self,
         ap: *const T,
         bp: *const T,
@@ -243,8 +298,8 @@ impl<T: Lane> Product<T> {
         (jc, nc): (usize, usize),
         beta: T,
     ) {
-        for jr in (0..nc).step_by(T::NR) {
-            let cols = T::NR.min(nc - jr);
+        for jr in (0..nc).step_by(V::NR) {
+            let cols = V::NR.min(nc - jr);
             for ir in (0..mc).step_by(MR) {
                 let rows = MR.min(mc - ir);
                 let tile =
@@ -254,12 +309,12 @@ impl<T: Lane> Product<T> {
                 unsafe {
                     let (a, b) = (ap.add(ir * kc), bp.add(jr * kc));
                     match rows {
-                        6 => kernel::<T, 6>(kc, a, b, self.alpha, beta, tile),
-                        5 => kernel::<T, 5>(kc, a, b, self.alpha, beta, tile),
-                        4 => kernel::<T, 4>(kc, a, b, self.alpha, beta, tile),
-                        3 => kernel::<T, 3>(kc, a, b, self.alpha, beta, tile),
-                        2 => kernel::<T, 2>(kc, a, b, self.alpha, beta, tile),
-                        _ => kernel::<T, 1>(kc, a, b, self.alpha, beta, tile),
+                        6 => kernel::<T, V, 6>(kc, a, b, self.alpha, beta, tile),
+                        5 => kernel::<T, V, 5>(kc, a, b, self.alpha, beta, tile),
+                        4 => kernel::<T, V, 4>(kc, a, b, self.alpha, beta, tile),
+                        3 => kernel::<T, V, 3>(kc, a, b, self.alpha, beta, tile),
+                        2 => kernel::<T, V, 2>(kc, a, b, self.alpha, beta, tile),
+                        _ => kernel::<T, V, 1>(kc, a, b, self.alpha, beta, tile),
                     }
                 }
             }
@@ -267,30 +322,33 @@ impl<T: Lane> Product<T> {
     }
 }
 
-/// Packs `kc × nc` values of `B` into panels of `T::NR` columns, each `kc` rows of `T::NR`
+/// Packs `kc × nc` values of `B` into panels of `V::NR` columns, each `kc` rows of `V::NR`
 /// contiguous values; a last, narrower panel is padded with zeros.
 ///
 /// # Safety
-/// Every addressed element of `B` is valid; `out` holds `kc · nc.next_multiple_of(T::NR)`
-/// values.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn pack_b<T: Lane>(b: Strided<*const T>, kc: usize, nc: usize, out: *mut T) {
+/// Every addressed element of `B` is valid; `out` holds `kc · nc.next_multiple_of(V::NR)`
+/// values; the instruction set of `V` is enabled in the caller.
+#[inline(always)]
+unsafe fn pack_b<T: Lane, V: Reg<T>>(b: Strided<*const T>, kc: usize, nc: usize, out: *mut T) {
     let Strided { ptr: b, rs: rsb, cs: csb } = b;
-    let nr = T::NR;
+    let nr = V::NR;
     for jr in (0..nc).step_by(nr) {
         let cols = nr.min(nc - jr);
         // SAFETY: panel `jr / NR` starts `jr · kc` values in and holds `kc · NR`; columns
         // jr..jr + cols and rows 0..kc of B are valid.
         unsafe {
             let panel = out.add(jr * kc);
-            let done =
-                if rsb == 1 && cols == nr { T::pack_b_columns(b.offset(jr as isize * csb), csb, kc, panel) } else { 0 };
+            let done = if rsb == 1 && cols == nr {
+                T::pack_b_columns(b.offset(jr as isize * csb), csb, kc, nr, panel)
+            } else {
+                0
+            };
             for p in done..kc {
                 let src = b.offset(p as isize * rsb + jr as isize * csb);
                 let dst = panel.add(p * nr);
                 if csb == 1 && cols == nr {
-                    T::storeu(dst, T::loadu(src));
-                    T::storeu(dst.add(T::LANES), T::loadu(src.add(T::LANES)));
+                    V::loadu(src).storeu(dst);
+                    V::loadu(src.add(V::LANES)).storeu(dst.add(V::LANES));
                 } else {
                     for j in 0..nr {
                         *dst.add(j) = if j < cols { *src.offset(j as isize * csb) } else { T::ZERO };
@@ -363,6 +421,13 @@ unsafe fn pack_a<T: Lane>(a: Strided<*const T>, mc: usize, kc: usize, out: *mut 
             let panel = out.add(ir * kc);
             let src = a.offset(ir as isize * rsa);
             let done = if rows == MR && csa == 1 { T::pack_a_rows(src, rsa, kc, panel) } else { 0 };
+            if rows == MR && rsa == 1 {
+                // Each column's MR values are contiguous (a transposed operand, as xᵀ in ∂W = xᵀ·g).
+                for p in done..kc {
+                    std::ptr::copy_nonoverlapping(src.offset(p as isize * csa), panel.add(p * MR), MR);
+                }
+                continue;
+            }
             for p in done..kc {
                 let col = src.offset(p as isize * csa);
                 for i in 0..MR {
@@ -386,11 +451,19 @@ struct Tile<T> {
 /// `c ← α·s + β·c` (`c ← α·s` without reading `c` when `β = 0`).
 ///
 /// # Safety
-/// `a` holds `kc · MR` and `b` `kc · T::NR` packed values (`b` 32-byte aligned); the tile's
-/// `R × cols` elements of `C` are valid.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn kernel<T: Lane, const R: usize>(kc: usize, a: *const T, b: *const T, alpha: T, beta: T, t: Tile<T>) {
-    let nr = T::NR;
+/// `a` holds `kc · MR` and `b` `kc · V::NR` packed values (`b` aligned to `V`'s size); the
+/// tile's `R × cols` elements of `C` are valid; the instruction set of `V` is enabled in the
+/// caller.
+#[inline(always)]
+unsafe fn kernel<T: Lane, V: Reg<T>, const R: usize>(
+    kc: usize,
+    a: *const T,
+    b: *const T,
+    alpha: T,
+    beta: T,
+    t: Tile<T>,
+) {
+    let nr = V::NR;
     if beta != T::ZERO {
         for i in 0..R {
             // SAFETY: a prefetch of a valid element's line has no effect on memory.
@@ -401,32 +474,32 @@ unsafe fn kernel<T: Lane, const R: usize>(kc: usize, a: *const T, b: *const T, a
             }
         }
     }
-    // SAFETY: AVX is available (the caller's contract).
-    let mut acc = [[unsafe { T::zero() }; 2]; R];
+    // SAFETY: the registers' instruction set is available (the caller's contract).
+    let mut acc = [[unsafe { V::zero() }; 2]; R];
     for p in 0..kc {
         // SAFETY: step p of the panels is inside them (the caller's contract).
         unsafe {
-            let b0 = T::load(b.add(p * nr));
-            let b1 = T::load(b.add(p * nr + T::LANES));
+            let b0 = V::load(b.add(p * nr));
+            let b1 = V::load(b.add(p * nr + V::LANES));
             let ap = a.add(p * MR);
             for (i, row) in acc.iter_mut().enumerate() {
-                let ai = T::broadcast(ap.add(i));
-                row[0] = T::fmadd(ai, b0, row[0]);
-                row[1] = T::fmadd(ai, b1, row[1]);
+                let ai = V::splat(*ap.add(i));
+                row[0] = ai.fmadd(b0, row[0]);
+                row[1] = ai.fmadd(b1, row[1]);
             }
         }
     }
     if t.cols == nr && t.c.cs == 1 {
         // SAFETY: the tile's R full rows are inside C, each contiguous.
-        unsafe { store_rows(&acc, alpha, beta, t) };
+        unsafe { store_rows::<T, V, R>(&acc, alpha, beta, t) };
         return;
     }
     let mut s = [[T::ZERO; NR_MAX]; R];
     for (row, out) in acc.iter().zip(s.iter_mut()) {
         // SAFETY: each row of `s` holds NR_MAX ≥ NR values.
         unsafe {
-            T::storeu(out.as_mut_ptr(), row[0]);
-            T::storeu(out.as_mut_ptr().add(T::LANES), row[1]);
+            row[0].storeu(out.as_mut_ptr());
+            row[1].storeu(out.as_mut_ptr().add(V::LANES));
         }
     }
     for (i, row) in s.iter().enumerate() {
@@ -444,67 +517,120 @@ unsafe fn kernel<T: Lane, const R: usize>(kc: usize, a: *const T, b: *const T, a
 /// per value (`c ← α·s` when `β = 0`).
 ///
 /// # Safety
-/// All `R × T::NR` elements of the tile are valid and each row's values contiguous.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn store_rows<T: Lane, const R: usize>(acc: &[[T::V; 2]; R], alpha: T, beta: T, t: Tile<T>) {
-    // SAFETY: AVX is available (the caller's contract); row i of the tile holds NR contiguous
-    // valid values.
+/// All `R × V::NR` elements of the tile are valid and each row's values contiguous; the
+/// instruction set of `V` is enabled in the caller.
+#[inline(always)]
+unsafe fn store_rows<T: Lane, V: Reg<T>, const R: usize>(acc: &[[V; 2]; R], alpha: T, beta: T, t: Tile<T>) {
+    // SAFETY: the caller's contract; row i of the tile holds NR contiguous valid values.
     unsafe {
-        let (av, bv) = (T::splat(alpha), T::splat(beta));
+        let (av, bv) = (V::splat(alpha), V::splat(beta));
         for (i, row) in acc.iter().enumerate() {
             let c = t.c.ptr.offset(t.c.offset(i, 0));
-            let c1 = c.add(T::LANES);
+            let c1 = c.add(V::LANES);
             if beta == T::ZERO {
-                T::storeu(c, T::mul_v(av, row[0]));
-                T::storeu(c1, T::mul_v(av, row[1]));
+                av.mul(row[0]).storeu(c);
+                av.mul(row[1]).storeu(c1);
             } else {
-                let (b0, b1) = (T::mul_v(T::loadu(c), bv), T::mul_v(T::loadu(c1), bv));
-                T::storeu(c, T::fmadd(av, row[0], b0));
-                T::storeu(c1, T::fmadd(av, row[1], b1));
+                let (b0, b1) = (V::loadu(c).mul(bv), V::loadu(c1).mul(bv));
+                av.fmadd(row[0], b0).storeu(c);
+                av.fmadd(row[1], b1).storeu(c1);
             }
         }
     }
 }
 
-/// Each method is the one AVX2 instruction its name says, inlined into the kernel's
-/// `avx2,fma` functions.
+/// Implements [`Reg`] for one register type: each method is the one instruction its
+/// intrinsic names, inlined into the kernel's entry point of that instruction set.
+macro_rules! reg {
+    ($v:ty, $t:ty, $lanes:expr, $zero:ident, $load:ident, $loadu:ident, $storeu:ident, $set1:ident, $fmadd:ident, $mul:ident) => {
+        impl Reg<$t> for $v {
+            const LANES: usize = $lanes;
+            #[inline(always)]
+            unsafe fn zero() -> Self {
+                unsafe { $zero() }
+            }
+            #[inline(always)]
+            unsafe fn load(p: *const $t) -> Self {
+                unsafe { $load(p) }
+            }
+            #[inline(always)]
+            unsafe fn loadu(p: *const $t) -> Self {
+                unsafe { $loadu(p) }
+            }
+            #[inline(always)]
+            unsafe fn storeu(self, p: *mut $t) {
+                unsafe { $storeu(p, self) }
+            }
+            #[inline(always)]
+            unsafe fn splat(x: $t) -> Self {
+                unsafe { $set1(x) }
+            }
+            #[inline(always)]
+            unsafe fn fmadd(self, b: Self, c: Self) -> Self {
+                unsafe { $fmadd(self, b, c) }
+            }
+            #[inline(always)]
+            unsafe fn mul(self, b: Self) -> Self {
+                unsafe { $mul(self, b) }
+            }
+        }
+    };
+}
+
+reg!(
+    __m256,
+    f32,
+    8,
+    _mm256_setzero_ps,
+    _mm256_load_ps,
+    _mm256_loadu_ps,
+    _mm256_storeu_ps,
+    _mm256_set1_ps,
+    _mm256_fmadd_ps,
+    _mm256_mul_ps
+);
+reg!(
+    __m256d,
+    f64,
+    4,
+    _mm256_setzero_pd,
+    _mm256_load_pd,
+    _mm256_loadu_pd,
+    _mm256_storeu_pd,
+    _mm256_set1_pd,
+    _mm256_fmadd_pd,
+    _mm256_mul_pd
+);
+reg!(
+    __m512,
+    f32,
+    16,
+    _mm512_setzero_ps,
+    _mm512_load_ps,
+    _mm512_loadu_ps,
+    _mm512_storeu_ps,
+    _mm512_set1_ps,
+    _mm512_fmadd_ps,
+    _mm512_mul_ps
+);
+reg!(
+    __m512d,
+    f64,
+    8,
+    _mm512_setzero_pd,
+    _mm512_load_pd,
+    _mm512_loadu_pd,
+    _mm512_storeu_pd,
+    _mm512_set1_pd,
+    _mm512_fmadd_pd,
+    _mm512_mul_pd
+);
+
 impl Lane for f32 {
-    type V = __m256;
-    const LANES: usize = 8;
+    type Avx2 = __m256;
+    type Avx512 = __m512;
     const ZERO: f32 = 0.0;
     const ONE: f32 = 1.0;
-    #[inline(always)]
-    unsafe fn zero() -> __m256 {
-        unsafe { _mm256_setzero_ps() }
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> __m256 {
-        unsafe { _mm256_load_ps(p) }
-    }
-    #[inline(always)]
-    unsafe fn loadu(p: *const f32) -> __m256 {
-        unsafe { _mm256_loadu_ps(p) }
-    }
-    #[inline(always)]
-    unsafe fn storeu(p: *mut f32, v: __m256) {
-        unsafe { _mm256_storeu_ps(p, v) }
-    }
-    #[inline(always)]
-    unsafe fn splat(x: f32) -> __m256 {
-        unsafe { _mm256_set1_ps(x) }
-    }
-    #[inline(always)]
-    unsafe fn broadcast(p: *const f32) -> __m256 {
-        unsafe { _mm256_broadcast_ss(&*p) }
-    }
-    #[inline(always)]
-    unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
-        unsafe { _mm256_fmadd_ps(a, b, c) }
-    }
-    #[inline(always)]
-    unsafe fn mul_v(a: __m256, b: __m256) -> __m256 {
-        unsafe { _mm256_mul_ps(a, b) }
-    }
     #[inline(always)]
     fn mul_add(self, a: f32, b: f32) -> f32 {
         f32::mul_add(self, a, b)
@@ -516,18 +642,18 @@ impl Lane for f32 {
     }
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn pack_b_columns(b: *const f32, csb: isize, kc: usize, panel: *mut f32) -> usize {
+    unsafe fn pack_b_columns(b: *const f32, csb: isize, kc: usize, nr: usize, panel: *mut f32) -> usize {
         let done = kc - kc % 8;
         for p in (0..done).step_by(8) {
-            for half in 0..2 {
-                // SAFETY: columns 8·half.. + 8 and rows p..p + 8 of the panel's B are valid;
+            for block in 0..nr / 8 {
+                // SAFETY: columns 8·block.. + 8 and rows p..p + 8 of the panel's B are valid;
                 // the panel holds rows p..p + 8.
                 unsafe {
                     transpose_8x8(
-                        b.offset(p as isize + (8 * half) as isize * csb),
+                        b.offset(p as isize + (8 * block) as isize * csb),
                         csb,
-                        panel.add(p * 16 + 8 * half),
-                        16,
+                        panel.add(p * nr + 8 * block),
+                        nr,
                     )
                 };
             }
@@ -561,44 +687,12 @@ impl Lane for f32 {
     }
 }
 
-/// As for f32, with 4-lane registers; packing goes element by element.
+/// As for f32; packing goes element by element.
 impl Lane for f64 {
-    type V = __m256d;
-    const LANES: usize = 4;
+    type Avx2 = __m256d;
+    type Avx512 = __m512d;
     const ZERO: f64 = 0.0;
     const ONE: f64 = 1.0;
-    #[inline(always)]
-    unsafe fn zero() -> __m256d {
-        unsafe { _mm256_setzero_pd() }
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f64) -> __m256d {
-        unsafe { _mm256_load_pd(p) }
-    }
-    #[inline(always)]
-    unsafe fn loadu(p: *const f64) -> __m256d {
-        unsafe { _mm256_loadu_pd(p) }
-    }
-    #[inline(always)]
-    unsafe fn storeu(p: *mut f64, v: __m256d) {
-        unsafe { _mm256_storeu_pd(p, v) }
-    }
-    #[inline(always)]
-    unsafe fn splat(x: f64) -> __m256d {
-        unsafe { _mm256_set1_pd(x) }
-    }
-    #[inline(always)]
-    unsafe fn broadcast(p: *const f64) -> __m256d {
-        unsafe { _mm256_broadcast_sd(&*p) }
-    }
-    #[inline(always)]
-    unsafe fn fmadd(a: __m256d, b: __m256d, c: __m256d) -> __m256d {
-        unsafe { _mm256_fmadd_pd(a, b, c) }
-    }
-    #[inline(always)]
-    unsafe fn mul_v(a: __m256d, b: __m256d) -> __m256d {
-        unsafe { _mm256_mul_pd(a, b) }
-    }
     #[inline(always)]
     fn mul_add(self, a: f64, b: f64) -> f64 {
         f64::mul_add(self, a, b)
@@ -648,6 +742,15 @@ mod tests {
             gemm(product(&mut ours));
             T::matrixmultiply(product(&mut theirs));
         }
+        // Where the kernel runs, each register width on its own (AVX-512 where the CPU has it).
+        for wide in [false, true] {
+            if has_avx2_fma() && (!wide || is_x86_feature_detected!("avx512f")) {
+                let mut this = c0.to_vec();
+                // SAFETY: as above; AVX2 and FMA checked, AVX-512F for the wide tiles.
+                unsafe { product(&mut this).oriented().run(wide) };
+                assert!(this == ours, "{:?} wide {wide}: the register widths disagree", (m, k, n));
+            }
+        }
         (ours, theirs)
     }
 
@@ -664,6 +767,7 @@ mod tests {
             (13, 513, 4100),
             (784, 32, 512),
             (6, 256, 16),
+            (5, 70, 48),
         ];
         for &shape in &shapes {
             for layout in 0..8u8 {
