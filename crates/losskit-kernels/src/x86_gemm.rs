@@ -74,9 +74,12 @@ fn reserve<T>(v: &mut Vec<Line>, values: usize) -> *mut T {
 /// alias `A` or `B` nor itself.
 pub(crate) unsafe fn gemm<T: Lane>(p: Product<T>) {
     if p.m > 0 && p.n > 0 && p.k > 0 && crate::gemm::kernel() != crate::gemm::Kernel::Matrixmultiply && has_avx2_fma() {
+        let p = p.oriented();
+        // At most 16 columns fit one AVX2 tile: AVX-512 tiles would compute twice the columns.
+        let wide = p.n > 16 && has_avx512();
         // SAFETY: the CPU has AVX2 and FMA (checked), AVX-512F where `has_avx512` says so; the
         // caller vouches for the operands.
-        unsafe { p.oriented().run(has_avx512()) };
+        unsafe { p.run(wide) };
         return;
     }
     // SAFETY: the caller's contract is matrixmultiply's.
@@ -146,7 +149,8 @@ fn has_avx2_fma() -> bool {
 }
 
 /// Whether the kernel's tiles are AVX-512 registers wide (6 × 32 f32, 6 × 16 f64): where the
-/// CPU has AVX-512F, unless [`crate::gemm::set_kernel`] asks for the AVX2 tiles. On a 2-core
+/// CPU has AVX-512F, unless [`crate::gemm::set_kernel`] asks for the AVX2 tiles (products of
+/// at most 16 columns, such as a 10-class output layer's, run in AVX2 tiles anyway). On a 2-core
 /// Intel Xeon (Emerald Rapids) they ran 1.3–1.9× the AVX2 tiles and 0.9–1.3× `matrixmultiply`'s
 /// 16 × 16 AVX-512 kernel across the training and linear-CE shapes.
 fn has_avx512() -> bool {

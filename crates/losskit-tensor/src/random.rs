@@ -56,6 +56,9 @@ pub fn bernoulli(shape: &[usize], keep: f64, dtype: DType, rng: &mut Rng) -> Res
 
 /// Generator words drawn per bulk fill when building an f32 mask.
 const MASK_BLOCK: usize = 1024;
+/// Values per parallel piece of an f32 mask (masks of at least two pieces are drawn in
+/// parallel; a fixed size, so the pieces do not depend on the thread count).
+const MASK_PIECE: usize = 1 << 14;
 
 /// A mask whose entries are `value` with probability `keep`, else 0, built directly in `dtype`
 /// (dropout's scaled mask in one pass).
@@ -82,23 +85,40 @@ pub fn mask_into<T: crate::Element>(out: &mut [T], keep: f64, value: f64, rng: &
     match T::DTYPE {
         DType::F32 => {
             let (k, v) = (keep as f32, T::c(f64::from(value as f32)));
-            // The generator's words in bulk fills of a block on the stack, then the same draw as
-            // `rng.random::<f32>()` (the top 24 bits scaled to [0, 1)) in a loop that
-            // vectorises: the masks are those of drawing one value at a time, several times
-            // faster.
-            let mut words = [0u32; MASK_BLOCK];
-            let scale = 1.0 / (1u32 << 24) as f32;
-            for out in out.chunks_mut(MASK_BLOCK) {
-                let words = &mut words[..out.len()];
-                rng.fill(words);
-                for (o, &u) in out.iter_mut().zip(words.iter()) {
-                    *o = if (u >> 8) as f32 * scale < k { v } else { T::zero() };
-                }
+            // Each piece draws its own stretch of the stream (ChaCha seeks to any word), so
+            // the pieces run in parallel and the mask is the same on any thread count.
+            let start = rng.get_word_pos();
+            if out.len() >= 2 * MASK_PIECE {
+                use rayon::prelude::*;
+                out.par_chunks_mut(MASK_PIECE).enumerate().for_each(|(i, piece)| {
+                    let mut own = rng.clone();
+                    own.set_word_pos(start + (i * MASK_PIECE) as u128);
+                    mask_piece(piece, k, v, &mut own);
+                });
+                rng.set_word_pos(start + out.len() as u128);
+            } else {
+                mask_piece(out, k, v, rng);
             }
         }
         DType::F64 => {
             let v = T::c(value);
             out.iter_mut().for_each(|o| *o = if rng.random::<f64>() < keep { v } else { T::zero() });
+        }
+    }
+}
+
+/// The f32 draws of [`mask_into`] for one stretch of the stream: the generator's words in
+/// bulk fills of a block on the stack, then the same draw as `rng.random::<f32>()` (the top 24
+/// bits scaled to [0, 1)) in a loop that vectorises: the masks are those of drawing one value
+/// at a time, several times faster. Consumes one word per value.
+fn mask_piece<T: crate::Element>(out: &mut [T], k: f32, v: T, rng: &mut Rng) {
+    let mut words = [0u32; MASK_BLOCK];
+    let scale = 1.0 / (1u32 << 24) as f32;
+    for out in out.chunks_mut(MASK_BLOCK) {
+        let words = &mut words[..out.len()];
+        rng.fill(words);
+        for (o, &u) in out.iter_mut().zip(words.iter()) {
+            *o = if (u >> 8) as f32 * scale < k { v } else { T::zero() };
         }
     }
 }
@@ -116,6 +136,22 @@ pub fn permutation(n: usize, rng: &mut Rng) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parallel_f32_mask_is_the_one_value_at_a_time_mask_on_any_thread_count() {
+        let n = 3 * MASK_PIECE + 77;
+        let mut b = rng(9);
+        let slow: Vec<f32> = (0..n).map(|_| if b.random::<f32>() < 0.7 { 2.0 } else { 0.0 }).collect();
+        let after = b.random::<u64>();
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut a = rng(9);
+            let mut fast = vec![0.0f32; n];
+            pool.install(|| mask_into(&mut fast, 0.7, 2.0, &mut a));
+            assert!(fast == slow, "{threads} threads");
+            assert_eq!(a.random::<u64>(), after, "the generator ends where the stream does");
+        }
+    }
 
     #[test]
     fn f32_mask_draws_as_one_value_at_a_time() {

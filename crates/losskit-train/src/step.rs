@@ -399,12 +399,26 @@ fn gather<T: Element>(data: &Tensor, idx: &[usize], out: &mut Tensor) -> Result<
     Ok(())
 }
 
+/// Batches of at least this many values are gathered in parallel, in pieces of about this many.
+const GATHER_PIECE: usize = 1 << 14;
+
+/// The rows `idx` of `data` (rows of `width` values) into `out`, converted; in parallel pieces
+/// of rows for a large batch (a plain copy: the same values on any thread count).
 fn copy_rows<S: Element, T: Element>(data: &[S], idx: &[usize], width: usize, out: &mut [T]) {
-    for (o, &i) in out.chunks_exact_mut(width.max(1)).zip(idx) {
-        for (o, &v) in o.iter_mut().zip(&data[i * width..(i + 1) * width]) {
-            *o = T::c(v.to_f64().unwrap_or(f64::NAN));
+    let width = width.max(1);
+    let copy = |out: &mut [T], idx: &[usize]| {
+        for (o, &i) in out.chunks_exact_mut(width).zip(idx) {
+            for (o, &v) in o.iter_mut().zip(&data[i * width..(i + 1) * width]) {
+                *o = T::c(v.to_f64().unwrap_or(f64::NAN));
+            }
         }
+    };
+    if out.len() < 2 * GATHER_PIECE {
+        return copy(out, idx);
     }
+    use rayon::prelude::*;
+    let rows = (GATHER_PIECE / width).max(1);
+    out.par_chunks_mut(rows * width).zip(idx.par_chunks(rows)).for_each(|(out, idx)| copy(out, idx));
 }
 
 /// Weight `w` of `layers[layer]`'s values.

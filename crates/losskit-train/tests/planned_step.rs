@@ -100,6 +100,25 @@ fn the_seed_model_trains_to_the_same_bits() {
 }
 
 #[test]
+fn a_batch_large_enough_for_parallel_gathers_and_masks_gives_the_same_bits_on_any_thread_count() {
+    // Batches of 128 × 300 inputs and 128 × 512 dropout masks: both drawn in parallel pieces.
+    let x = inputs(256, &[300], DType::F32);
+    let y = labels(&x, 10);
+    let compile = || Compile::new().optimizer("adam").loss("sparse_categorical_crossentropy");
+    let fit = || Fit::new().epochs(2).batch_size(128).verbose(0).seed(5);
+    let build = || seed_model(512, 10, DType::F32);
+    let on = |threads: usize, planned: bool| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| run(&build, &compile, &x, &y, &fit, planned))
+    };
+    let tape = on(2, false);
+    assert_eq!(tape.2, None);
+    for threads in [1, 2, 3] {
+        assert_eq!(on(threads, true), tape, "{threads} threads");
+    }
+}
+
+#[test]
 fn other_activations_losses_dtypes_and_guard_settings_too() {
     let x = inputs(70, &[12], DType::F64);
     let y = labels(&x, 5);
