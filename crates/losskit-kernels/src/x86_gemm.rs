@@ -630,20 +630,30 @@ reg!(
     _mm512_mul_pd
 );
 
+/// The items of [`Lane`] both types define alike: their registers, constants, fused
+/// multiply-add and `matrixmultiply`'s product (`$gemm`).
+macro_rules! lane_common {
+    ($t:ty, $avx2:ty, $avx512:ty, $gemm:ident) => {
+        type Avx2 = $avx2;
+        type Avx512 = $avx512;
+        const ZERO: $t = 0.0;
+        const ONE: $t = 1.0;
+        #[inline(always)]
+        fn mul_add(self, a: $t, b: $t) -> $t {
+            <$t>::mul_add(self, a, b)
+        }
+        unsafe fn matrixmultiply(p: Product<$t>) {
+            let Product { m, k, n, alpha, beta, a, b, c } = p;
+            // SAFETY: the caller's contract is matrixmultiply's.
+            unsafe {
+                matrixmultiply::$gemm(m, k, n, alpha, a.ptr, a.rs, a.cs, b.ptr, b.rs, b.cs, beta, c.ptr, c.rs, c.cs)
+            }
+        }
+    };
+}
+
 impl Lane for f32 {
-    type Avx2 = __m256;
-    type Avx512 = __m512;
-    const ZERO: f32 = 0.0;
-    const ONE: f32 = 1.0;
-    #[inline(always)]
-    fn mul_add(self, a: f32, b: f32) -> f32 {
-        f32::mul_add(self, a, b)
-    }
-    unsafe fn matrixmultiply(p: Product<f32>) {
-        let Product { m, k, n, alpha, beta, a, b, c } = p;
-        // SAFETY: the caller's contract is matrixmultiply's.
-        unsafe { matrixmultiply::sgemm(m, k, n, alpha, a.ptr, a.rs, a.cs, b.ptr, b.rs, b.cs, beta, c.ptr, c.rs, c.cs) }
-    }
+    lane_common!(f32, __m256, __m512, sgemm);
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn pack_b_columns(b: *const f32, csb: isize, kc: usize, nr: usize, panel: *mut f32) -> usize {
@@ -693,19 +703,7 @@ impl Lane for f32 {
 
 /// As for f32; packing goes element by element.
 impl Lane for f64 {
-    type Avx2 = __m256d;
-    type Avx512 = __m512d;
-    const ZERO: f64 = 0.0;
-    const ONE: f64 = 1.0;
-    #[inline(always)]
-    fn mul_add(self, a: f64, b: f64) -> f64 {
-        f64::mul_add(self, a, b)
-    }
-    unsafe fn matrixmultiply(p: Product<f64>) {
-        let Product { m, k, n, alpha, beta, a, b, c } = p;
-        // SAFETY: the caller's contract is matrixmultiply's.
-        unsafe { matrixmultiply::dgemm(m, k, n, alpha, a.ptr, a.rs, a.cs, b.ptr, b.rs, b.cs, beta, c.ptr, c.rs, c.cs) }
-    }
+    lane_common!(f64, __m256d, __m512d, dgemm);
 }
 
 #[cfg(test)]
