@@ -168,8 +168,10 @@ impl Compile {
     /// `Dropout` and `Dense` (activation linear, relu, sigmoid, tanh, or softmax), with no
     /// regularizer, one output, `SparseCategoricalCrossentropy` (no `ignore_class`) or
     /// `CategoricalCrossentropy` (last axis, no class weights) with a reduction other than
-    /// `none`, no loss weight, and `fit` without sample or class weights, on one worker. `None` (the default): whenever possible; `Some(true)`: always, `fit`
-    /// fails with the reason when it is not possible; `Some(false)`: never (the tape's step).
+    /// `none`, no loss weight, and `fit` on one worker (with or without `class_weight` or one
+    /// `sample_weight` per sample). `None` (the default): whenever possible; `Some(true)`:
+    /// always, `fit` fails with the reason when it is not possible; `Some(false)`: never (the
+    /// tape's step).
     pub fn planned_step(mut self, on: Option<bool>) -> Compile {
         self.planned_step = on;
         self

@@ -1180,9 +1180,6 @@ impl Model {
         if distributed {
             return Err("the run has several workers".into());
         }
-        if data.w.is_some() {
-            return Err("the run has sample or class weights".into());
-        }
         if self.fused_head().map_err(|e| e.to_string())?.is_some() {
             return Err("the fused linear + cross-entropy head trains the last layer".into());
         }
@@ -1190,7 +1187,11 @@ impl Model {
             return Err("the model has several outputs".into());
         }
         self.ensure_built(&data.x).map_err(|e| e.to_string())?;
-        StepPlan::new(self, &data.x, Some(&data.ys[0]))
+        let plan = StepPlan::new(self, &data.x, Some(&data.ys[0]))?;
+        match &data.w {
+            Some(w) => plan.with_sample_weights(w, data.x.shape().first().copied().unwrap_or(0)),
+            None => Ok(plan),
+        }
     }
 
     /// One training step through `plan` on the rows `idx`: the step, then (with the NaN guard:
@@ -1205,11 +1206,12 @@ impl Model {
         idx: &[usize],
         acc: &mut Accumulators,
     ) -> Result<()> {
-        let (loss, applied) = plan.run(self, &data.x, &data.ys[0], idx, guard.is_some().then_some(true))?;
+        let check = guard.is_some().then_some(true);
+        let (loss, applied) = plan.run(self, &data.x, &data.ys[0], data.w.as_ref(), idx, check)?;
         if let Some(guard) = guard {
             guard.norms.push_sums(&plan.sum_squares, || self.weight_names());
             if !applied {
-                let batch = Dataset::rows_of(&data.x, &data.ys, None, idx, true)?;
+                let batch = Dataset::rows_of(&data.x, &data.ys, data.w.as_ref(), idx, true)?;
                 return self.fail_step(&batch, loss, plan.weight_grads(), guard);
             }
         }
@@ -1477,6 +1479,7 @@ impl Model {
         let (mut logs, mut entries) = (Logs::new(), Vec::new());
         let mut plan = match (group.filter(|g| g.size() > 1), w, ys) {
             (None, None, [y]) => self.inference_plan(x, Some(y)),
+            (None, Some(w), [y]) => self.inference_plan(x, Some(y)).and_then(|p| p.with_sample_weights(w, n).ok()),
             _ => None,
         };
         for (step, start) in (0..n).step_by(batch_size).enumerate() {
@@ -1488,7 +1491,7 @@ impl Model {
                 Some(g) => self.shard_losses(x, ys, w, &idx, &metrics, g, &mut acc)?,
                 None if plan.is_some() => {
                     let plan = plan.as_mut().expect("checked");
-                    let loss = plan.infer(self, x, Some(&ys[0]), &idx)?.expect("the loss of targets");
+                    let loss = plan.infer(self, x, Some((&ys[0], w)), &idx)?.expect("the loss of targets");
                     let (yb, outs) = plan.reading(idx.len());
                     Self::accumulate(&mut acc, &metrics, yb, outs, loss, &[loss], idx.len() as f64)?;
                 }

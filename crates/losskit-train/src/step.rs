@@ -11,7 +11,9 @@
 //!    same bits as the tape's step), dropout masks drawn from the model's generator in the
 //!    tape's order;
 //! 3. runs the loss' **row kernel** ([`losskit::RowLoss`]) for the per-sample values and their
-//!    gradient, and the reduction (`Σ / rows`, or `Σ`) as `losskit::compute` reduces;
+//!    gradient, weighted by the batch's sample weights when the run has them (`class_weight`
+//!    or one `sample_weight` per sample), and the reduction (`Σ / rows`, `Σ / Σw` or `Σ`) as
+//!    `losskit::compute` reduces;
 //! 4. runs the stages **backward** into the weights' gradients (no `∂x` for the model's input);
 //! 5. hands the gradients to the optimizer, which updates each weight in its own buffer (with
 //!    the NaN guard's measure in the same call).
@@ -69,6 +71,8 @@ struct Buffers {
     values: Tensor,
     /// The reduction's scale of each row's gradient (for a folded reduction), `(rows,)`.
     scale: Tensor,
+    /// The batch's sample weights in the model's dtype, `(rows,)` (empty without weights).
+    w: Tensor,
 }
 
 impl Buffers {
@@ -94,6 +98,7 @@ impl Buffers {
             masks,
             values: zeros(&[rows]),
             scale: zeros(&[rows]),
+            w: zeros(&[if plan.weighted { rows } else { 0 }]),
         }
     }
 }
@@ -108,8 +113,13 @@ pub(crate) struct StepPlan {
     stages: Vec<Stage>,
     /// The first stage with weights (the backward pass stops there).
     first_trained: usize,
-    /// Whether the reduction divides by the number of values (else it is a plain sum).
+    /// Whether the reduction divides by the number of values (else it is a plain sum); with
+    /// sample weights and `mean_with_sample_weight`, by the sum of the batch's weights instead.
     divides: bool,
+    /// Whether the steps weight the samples ([`StepPlan::with_sample_weights`]).
+    weighted: bool,
+    /// Whether the reduction divides by the sum of the weights (`mean_with_sample_weight`).
+    by_weight_sum: bool,
     /// One set per batch size seen (at most two in a run: the batch size and the last batch).
     buffers: Vec<Buffers>,
     /// Each weight's gradient, in weight order.
@@ -147,6 +157,8 @@ impl StepPlan {
             first_trained: stages.iter().position(|s| matches!(s, Stage::Dense { .. })).unwrap_or(0),
             stages,
             divides: true,
+            weighted: false,
+            by_weight_sum: false,
             buffers: Vec::new(),
             weight_grads: Vec::new(),
             sum_squares: Vec::new(),
@@ -183,7 +195,24 @@ impl StepPlan {
         }
         self.target_shape = target_shape;
         self.divides = loss.reduction() != Reduction::Sum;
+        self.by_weight_sum = loss.reduction() == Reduction::MeanWithSampleWeight;
         Ok(())
+    }
+
+    /// Has the training steps weight each sample by `w` (one weight per sample: shape `(n,)`
+    /// or `(n, 1)` for `n` samples), as `losskit::compute` weights the per-sample values before
+    /// the reduction; or the reason it cannot.
+    pub(crate) fn with_sample_weights(mut self, w: &Tensor, samples: usize) -> std::result::Result<Self, String> {
+        let one_per_sample = matches!(w.shape(), [n] | [n, 1] if *n == samples);
+        if !one_per_sample {
+            return Err(format!("sample weights of shape {:?} (one per sample is planned)", w.shape()));
+        }
+        if w.values::<f32>().is_none() && w.values::<f64>().is_none() {
+            return Err("sample weights not in standard layout".into());
+        }
+        self.weighted = true;
+        self.buffers.clear();
+        Ok(self)
     }
 
     /// The stages of the model's trunk from the per-sample input shape, and the flattened
@@ -225,16 +254,20 @@ impl StepPlan {
         model: &mut crate::Model,
         x: &Tensor,
         y: &Tensor,
+        w: Option<&Tensor>,
         idx: &[usize],
         check: Option<bool>,
     ) -> Result<(f64, bool)> {
+        if w.is_some() != self.weighted {
+            return Err(losskit::Error::Config("fit: the planned step's sample weights changed".into()));
+        }
         if self.weight_grads.is_empty() {
             self.weight_grads = model.params().iter().map(|p| p.value.zeros_like()).collect();
         }
         let set = self.buffers_for(idx.len());
         let loss = match self.dtype {
-            DType::F32 => self.forward_backward::<f32>(model, x, y, idx, set)?,
-            DType::F64 => self.forward_backward::<f64>(model, x, y, idx, set)?,
+            DType::F32 => self.forward_backward::<f32>(model, x, y, w, idx, set)?,
+            DType::F64 => self.forward_backward::<f64>(model, x, y, w, idx, set)?,
         };
         let applied = if loss.is_finite() || check.is_none() {
             update(model, &self.weight_grads, check, &mut self.sum_squares)?.1
@@ -249,14 +282,18 @@ impl StepPlan {
 
     /// The forward pass alone (dropout off, no gradients) on the rows `idx` of `x`: the model's
     /// output into the batch's buffer ([`StepPlan::reading`], [`StepPlan::output`]) and, with
-    /// targets `y` (a plan made with them), the loss as the tape's evaluation computes it.
+    /// targets `y` (a plan made with them), the loss as the tape's evaluation computes it,
+    /// weighted by `w` (a plan made [`StepPlan::with_sample_weights`]).
     pub(crate) fn infer(
         &mut self,
         model: &crate::Model,
         x: &Tensor,
-        y: Option<&Tensor>,
+        y: Option<(&Tensor, Option<&Tensor>)>,
         idx: &[usize],
     ) -> Result<Option<f64>> {
+        if y.is_some_and(|(_, w)| w.is_some() != self.weighted) {
+            return Err(losskit::Error::Config("evaluate: the planned pass' sample weights changed".into()));
+        }
         let set = self.buffers_for(idx.len());
         match self.dtype {
             DType::F32 => self.infer_typed::<f32>(model, x, y, idx, set),
@@ -269,17 +306,20 @@ impl StepPlan {
         &mut self,
         model: &crate::Model,
         x: &Tensor,
-        y: Option<&Tensor>,
+        y: Option<(&Tensor, Option<&Tensor>)>,
         idx: &[usize],
         set: usize,
     ) -> Result<Option<f64>> {
         let b = &mut self.buffers[set];
         gather::<T>(x, idx, &mut b.x)?;
         forward::<T>(&self.stages, &model.trunk, None, b)?;
-        let Some(y) = y else { return Ok(None) };
+        let Some((y, w)) = y else { return Ok(None) };
         gather::<T>(y, idx, &mut b.y)?;
+        if let Some(w) = w {
+            gather::<T>(w, idx, &mut b.w)?;
+        }
         let kernel = self.targets::<T>(model, set)?;
-        loss_value::<T>(kernel, self.divides, &mut self.buffers[set]).map(Some)
+        loss_value::<T>(kernel, self.reduce(), &mut self.buffers[set]).map(Some)
     }
 
     /// The model's outputs on every row of `x`, computed in batches of `batch_size` rows:
@@ -320,6 +360,11 @@ impl StepPlan {
         &self.weight_grads
     }
 
+    /// How this plan reduces the per-sample values.
+    fn reduce(&self) -> Reduce {
+        Reduce { divides: self.divides, weighted: self.weighted, by_weight_sum: self.by_weight_sum }
+    }
+
     /// The index of the buffers for batches of `rows` samples (made on first use).
     fn buffers_for(&mut self, rows: usize) -> usize {
         if let Some(i) = self.buffers.iter().position(|b| b.rows == rows) {
@@ -336,16 +381,21 @@ impl StepPlan {
         model: &mut crate::Model,
         x: &Tensor,
         y: &Tensor,
+        w: Option<&Tensor>,
         idx: &[usize],
         set: usize,
     ) -> Result<f64> {
         let b = &mut self.buffers[set];
         gather::<T>(x, idx, &mut b.x)?;
         gather::<T>(y, idx, &mut b.y)?;
+        if let Some(w) = w {
+            gather::<T>(w, idx, &mut b.w)?;
+        }
         forward::<T>(&self.stages, &model.trunk, Some(&mut model.rng), b)?;
         let kernel = self.targets::<T>(model, set)?;
+        let reduce = self.reduce();
         let b = &mut self.buffers[set];
-        let loss = loss_and_gradient::<T>(kernel, self.divides, b)?;
+        let loss = loss_and_gradient::<T>(kernel, reduce, b)?;
         backward::<T>(&self.stages, self.first_trained, &model.trunk, b, &mut self.weight_grads)?;
         Ok(loss)
     }
@@ -459,45 +509,87 @@ fn forward<T: Element>(
     Ok(())
 }
 
+/// How the per-sample values are reduced to the loss.
+#[derive(Debug, Clone, Copy)]
+struct Reduce {
+    /// Divides the (weighted) sum (else it is the plain sum).
+    divides: bool,
+    /// Weights each value by the batch's sample weight first.
+    weighted: bool,
+    /// Divides by the sum of the weights, not the number of values (with `weighted`).
+    by_weight_sum: bool,
+}
+
+impl Reduce {
+    /// The factor of the (weighted) sum, in `T`, as `losskit`'s `divide_no_nan` multiplies:
+    /// `1/rows`, `1/Σw` (0 when `Σw = 0`: the loss and its gradient are then 0), or 1.
+    fn factor<T: Element>(self, b: &Buffers) -> T {
+        if !self.divides {
+            return T::one();
+        }
+        let denominator = if self.weighted && self.by_weight_sum {
+            slices::row_sum(read::<T>(&b.w)).to_f64().unwrap_or(f64::NAN)
+        } else {
+            b.rows as f64
+        };
+        if denominator == 0.0 {
+            T::zero()
+        } else {
+            T::c(1.0 / denominator)
+        }
+    }
+}
+
 /// Step 3: the per-sample values and `∂L/∂output` into the last stage's gradient buffer; the
-/// reduced loss. As `losskit::compute`: `L = Σ values · (1/rows)` (or `Σ values`), each row's
-/// gradient the kernel's times the reduction's scale (inside the kernel's pass on large
-/// outputs, as the folded reduction computes it).
-fn loss_and_gradient<T: Element>(kernel: RowLoss<'_>, divides: bool, b: &mut Buffers) -> Result<f64> {
+/// reduced loss. As `losskit::compute`: `L = Σ values·w · factor` (`w` = 1 without weights;
+/// see [`Reduce::factor`]), each row's gradient the kernel's times `factor·w` (inside the
+/// kernel's pass on large outputs, as the folded reduction computes it).
+fn loss_and_gradient<T: Element>(kernel: RowLoss<'_>, reduce: Reduce, b: &mut Buffers) -> Result<f64> {
     let last = b.outs.len() - 1;
     let y_pred = read::<T>(&b.outs[last]);
     let cols = y_pred.len() / b.rows.max(1);
-    let scale = if divides { T::c(1.0 / b.rows as f64) } else { T::one() };
+    let factor = reduce.factor::<T>(b);
     let values = buf::<T>(&mut b.values);
     let grad = buf::<T>(&mut b.grads[last]);
+    let row_scale = buf::<T>(&mut b.scale);
+    match reduce.weighted {
+        true => row_scale.iter_mut().zip(read::<T>(&b.w)).for_each(|(s, &w)| *s = factor * w),
+        false => row_scale.fill(factor),
+    }
     if y_pred.len() >= FOLD_MIN_VALUES {
-        let row_scale = buf::<T>(&mut b.scale);
-        row_scale.fill(scale);
         kernel.run(read::<T>(&b.targets), y_pred, cols, values, Some(grad), Some(row_scale))?;
     } else {
         kernel.run(read::<T>(&b.targets), y_pred, cols, values, Some(grad), None)?;
-        if divides {
-            grad.iter_mut().for_each(|g| *g = *g * scale);
+        if reduce.divides || reduce.weighted {
+            for (row, &s) in grad.chunks_exact_mut(cols.max(1)).zip(row_scale.iter()) {
+                row.iter_mut().for_each(|g| *g = *g * s);
+            }
         }
     }
-    Ok(reduced(values, divides, b.rows))
+    if reduce.weighted {
+        values.iter_mut().zip(read::<T>(&b.w)).for_each(|(v, &w)| *v = *v * w);
+    }
+    Ok(reduced(values, factor))
 }
 
-/// The loss alone, as the tape computes it without gradients: the kernel's values, reduced.
-fn loss_value<T: Element>(kernel: RowLoss<'_>, divides: bool, b: &mut Buffers) -> Result<f64> {
+/// The loss alone, as the tape computes it without gradients: the kernel's values, weighted,
+/// reduced.
+fn loss_value<T: Element>(kernel: RowLoss<'_>, reduce: Reduce, b: &mut Buffers) -> Result<f64> {
     let last = b.outs.len() - 1;
     let y_pred = read::<T>(&b.outs[last]);
     let cols = y_pred.len() / b.rows.max(1);
+    let factor = reduce.factor::<T>(b);
     let values = buf::<T>(&mut b.values);
     kernel.run(read::<T>(&b.targets), y_pred, cols, values, None, None)?;
-    Ok(reduced(values, divides, b.rows))
+    if reduce.weighted {
+        values.iter_mut().zip(read::<T>(&b.w)).for_each(|(v, &w)| *v = *v * w);
+    }
+    Ok(reduced(values, factor))
 }
 
-/// `Σ values · (1/rows)` (or `Σ values`) in `T`, as `losskit::compute` reduces, as `f64`.
-fn reduced<T: Element>(values: &[T], divides: bool, rows: usize) -> f64 {
-    let total = slices::row_sum(values);
-    let loss = if divides { total * T::c(1.0 / rows as f64) } else { total };
-    loss.to_f64().unwrap_or(f64::NAN)
+/// `Σ values · factor` in `T`, as `losskit::compute` reduces, as `f64`.
+fn reduced<T: Element>(values: &[T], factor: T) -> f64 {
+    (slices::row_sum(values) * factor).to_f64().unwrap_or(f64::NAN)
 }
 
 /// Step 4: from `∂L/∂output`, each stage's backward pass down to the first with weights; the

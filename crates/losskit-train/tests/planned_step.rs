@@ -152,6 +152,54 @@ fn other_activations_losses_dtypes_and_guard_settings_too() {
 }
 
 #[test]
+fn sample_and_class_weights_weigh_the_loss_as_the_tapes_step_does() {
+    let x = inputs(90, &[4, 6], DType::F32);
+    let y = labels(&x, 10);
+    let build = || seed_model(32, 10, DType::F32);
+    let weights: Vec<f32> = (0..90).map(|i| [0.5, 2.0, 1.0, 0.0, 3.25][i % 5]).collect();
+    let w = Tensor::from_vec(weights.clone(), &[90]).unwrap();
+    // Every reduction (mean_with_sample_weight divides by the batch's weight sum).
+    for reduction in
+        [losskit::Reduction::SumOverBatchSize, losskit::Reduction::Sum, losskit::Reduction::MeanWithSampleWeight]
+    {
+        let compile = move || {
+            Compile::new()
+                .optimizer("adam")
+                .loss_obj(losskit::SparseCategoricalCrossentropy::new().with_reduction(reduction))
+                .metrics(&["accuracy"])
+        };
+        let w = w.clone();
+        // The validation rows' weights weigh the validation loss (the planned forward pass).
+        let fit = move || Fit::new().epochs(2).batch_size(16).verbose(0).sample_weight(w.clone()).validation_split(0.2);
+        same_on_both_paths(&format!("sample weights, {reduction:?}"), &build, &compile, &x, &y, &fit);
+    }
+    // Weights shaped (n, 1), f64 weights into an f32 model; class weights.
+    let compile = || Compile::new().optimizer("sgd").loss("sparse_categorical_crossentropy");
+    let w2 = w.to_dtype(DType::F64).reshape(&[90, 1]).unwrap();
+    let fit = move || Fit::new().epochs(2).batch_size(32).verbose(0).sample_weight(w2.clone());
+    same_on_both_paths("(n, 1) f64 sample weights", &build, &compile, &x, &y, &fit);
+    let classes: std::collections::BTreeMap<i64, f64> = (0..10).map(|c| (c, 0.25 + c as f64 * 0.5)).collect();
+    let fit = move || Fit::new().epochs(2).batch_size(32).verbose(0).class_weight(classes.clone());
+    same_on_both_paths("class weights", &build, &compile, &x, &y, &fit);
+    // A batch whose weights are all 0 under mean_with_sample_weight: a loss of 0, no gradient.
+    let zeros =
+        Tensor::from_vec((0..90).map(|i| if i < 30 { 0.0f32 } else { 1.0 }).collect::<Vec<_>>(), &[90]).unwrap();
+    let compile = || {
+        Compile::new().optimizer("sgd").loss_obj(
+            losskit::SparseCategoricalCrossentropy::new().with_reduction(losskit::Reduction::MeanWithSampleWeight),
+        )
+    };
+    let fit = move || Fit::new().epochs(1).batch_size(30).verbose(0).shuffle(false).sample_weight(zeros.clone());
+    same_on_both_paths("a batch weighing 0", &build, &compile, &x, &y, &fit);
+    // A large output: the weighted reduction folded into the kernel's gradient.
+    let big = |l: usize| Sequential::new().seed(4).add(Dense::new(l).activation("softmax").unwrap());
+    let y1000 = labels(&x, 1000);
+    let compile = || Compile::new().optimizer("adam").loss("sparse_categorical_crossentropy");
+    let fit = move || Fit::new().epochs(2).batch_size(90).verbose(0).sample_weight(w.clone());
+    same_on_both_paths("1000 classes, sample weights", &move || big(1000), &compile, &x, &y1000, &fit);
+}
+
+#[test]
 fn a_large_output_folds_the_reduction_as_the_tape_does() {
     // 70 × 1000 outputs: the loss' reduction is folded into the kernel's gradient (≥ 2¹⁶).
     let x = inputs(70, &[6], DType::F32);
@@ -216,6 +264,23 @@ fn labels_are_read_as_the_tape_reads_them() {
     let tape = run(&build, &compile, &x, &bad, &fit, false);
     assert!(tape.2.as_deref().is_some_and(|e| e.contains("label 7")), "{:?}", tape.2);
     same_on_both_paths("a label outside the classes", &build, &compile, &x, &bad, &fit);
+}
+
+#[test]
+fn a_weighted_evaluation_gives_the_tapes_loss() {
+    let x = inputs(50, &[7], DType::F32);
+    let y = labels(&x, 4);
+    let w = Tensor::from_vec((0..50).map(|i| (i % 7) as f32 * 0.5).collect::<Vec<_>>(), &[50]).unwrap();
+    for reduction in [losskit::Reduction::SumOverBatchSize, losskit::Reduction::MeanWithSampleWeight] {
+        let evaluated = |planned: bool| {
+            let mut m = seed_model(8, 4, DType::F32);
+            let loss = losskit::SparseCategoricalCrossentropy::new().with_reduction(reduction);
+            m.compile(Compile::new().loss_obj(loss).metrics(&["accuracy"]).planned_step(Some(planned))).unwrap();
+            let logs = m.evaluate(&x, y.clone(), 16, Some(&w)).unwrap();
+            logs.iter().map(|(k, v)| (k.clone(), v.to_bits())).collect::<Vec<_>>()
+        };
+        assert_eq!(evaluated(true), evaluated(false), "{reduction:?}");
+    }
 }
 
 #[test]

@@ -40,8 +40,8 @@ static ALLOCATOR: Counting = Counting;
 
 /// Allocations between the ends of consecutive batches of the second epoch (its first step,
 /// after the epoch boundary, left out), for the seed's model with `opt` at `batch`, through the
-/// planned step or the tape's.
-fn allocations_per_step(opt: &str, batch: usize, planned: bool) -> Vec<usize> {
+/// planned step or the tape's; with class weights (per-sample weights) when `weighted`.
+fn allocations_per_step(opt: &str, batch: usize, planned: bool, weighted: bool) -> Vec<usize> {
     let rows = 640;
     let x: Vec<f32> = (0..rows * 64).map(|i| ((i * 7919) % 256) as f32 / 255.0).collect();
     let y: Vec<f32> = (0..rows).map(|i| (i % 10) as f32).collect();
@@ -66,7 +66,11 @@ fn allocations_per_step(opt: &str, batch: usize, planned: bool) -> Vec<usize> {
         m.lock().unwrap().push(CALLS.load(Relaxed));
         Ok(())
     });
-    model.fit(&x, &y, Fit::new().epochs(2).batch_size(batch).verbose(0).callback(&mut probe)).unwrap();
+    let mut fit = Fit::new().epochs(2).batch_size(batch).verbose(0).callback(&mut probe);
+    if weighted {
+        fit = fit.class_weight((0..10).map(|c| (c, 1.0 + c as f64 / 4.0)).collect());
+    }
+    model.fit(&x, &y, fit).unwrap();
     let marks = marks.lock().unwrap();
     let second = &marks[marks.len() / 2..];
     second.windows(2).map(|w| w[1] - w[0]).collect()
@@ -83,14 +87,15 @@ fn a_warm_planned_step_allocates_nothing() {
     let own_gemm = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
     #[cfg(not(target_arch = "x86_64"))]
     let own_gemm = false;
-    for (opt, batch) in [("sgd", 32), ("adam", 64), ("rmsprop", 64)] {
-        let planned = allocations_per_step(opt, batch, true);
+    for (opt, batch, weighted) in [("sgd", 32, false), ("adam", 64, false), ("rmsprop", 64, false), ("adam", 64, true)]
+    {
+        let planned = allocations_per_step(opt, batch, true, weighted);
         assert_eq!(planned.len(), 640 / batch - 1);
         if own_gemm {
             assert!(planned.iter().all(|&n| n == 0), "{opt}/{batch}: allocations per warm step {planned:?}");
         }
         // The counter counts: the tape's step allocates its graph every step.
-        let tape = allocations_per_step(opt, batch, false);
+        let tape = allocations_per_step(opt, batch, false, weighted);
         assert!(tape.iter().all(|&n| n > 50), "{opt}/{batch}: the tape's step {tape:?}");
     }
 }
