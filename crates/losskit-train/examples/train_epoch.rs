@@ -10,7 +10,8 @@
 //! The main thread is rayon's worker 0 ([`losskit_train::use_calling_thread`]), as in the
 //! `losskit` binary; with `TRAIN_EPOCH_DEFAULT_POOL=1` it stays outside rayon's default pool.
 //! `fit` trains through its planned step (no tape); `TRAIN_EPOCH_TAPE=1` trains through the
-//! tape instead ([`Compile::planned_step`]`(Some(false))`), for comparison.
+//! tape instead ([`Compile::planned_step`]`(Some(false))`), for comparison;
+//! `TRAIN_EPOCH_CLASS_WEIGHT=1` weighs class `c` by `0.5 + c/10` (Keras' `class_weight`).
 
 use losskit::Tensor;
 use losskit_train::{datasets, Compile, Dense, Dropout, Fit, Flatten, LambdaCallback, Optimizer, Sequential};
@@ -66,7 +67,12 @@ fn main() -> Result<(), losskit::Error> {
             t1.borrow_mut().push(s2.borrow().elapsed().as_secs_f64());
             Ok(())
         });
-    model.fit(&x, &data.train.y, Fit::new().epochs(epochs).batch_size(batch).verbose(0).callback(&mut timer))?;
+    let mut fit = Fit::new().epochs(epochs).batch_size(batch).verbose(0).callback(&mut timer);
+    if std::env::var_os("TRAIN_EPOCH_CLASS_WEIGHT").is_some() {
+        // Class c weighs 0.5 + c/10: a weighted loss, as with Keras' `class_weight`.
+        fit = fit.class_weight((0..10).map(|c| (c, 0.5 + c as f64 / 10.0)).collect());
+    }
+    model.fit(&x, &data.train.y, fit)?;
     let acc = model.evaluate(&tx, &test.y, 1024, None)?["accuracy"];
     let extra = if wide {
         format!(", \"step_flops\": {}, \"gemm_gflops\": {}", wide_step_flops(batch), gemm_gflops()?)
