@@ -29,8 +29,8 @@ use std::ops::Mul;
 const MR: usize = 6;
 /// The most columns a micro-kernel tile has (f32's two 16-lane AVX-512 registers).
 const NR_MAX: usize = 32;
-/// The `k` block: one packed panel of `B` (`KC × NR`, 16 KiB) stays in L1 while a panel of `A`
-/// streams past it. Also the summation blocks of `matrixmultiply`, whose bits this keeps.
+/// The `k` block: one packed panel of `B` (`KC × NR`: 16 KiB in AVX2 tiles, 32 KiB in
+/// AVX-512 ones) stays in L1 while a panel of `A` streams past it. Also the summation blocks of `matrixmultiply`, whose bits this keeps.
 const KC: usize = 256;
 /// Rows of `A` packed at once (`MC × KC`, 144 KiB, kept in L2).
 const MC: usize = 144;

@@ -87,9 +87,9 @@ pub fn mask_into<T: crate::Element>(out: &mut [T], keep: f64, value: f64, rng: &
             let (k, v) = (keep as f32, T::c(f64::from(value as f32)));
             // Each piece draws its own stretch of the stream (ChaCha seeks to any word), so
             // the pieces run in parallel and the mask is the same on any thread count.
-            let start = rng.get_word_pos();
             if out.len() >= 2 * MASK_PIECE {
                 use rayon::prelude::*;
+                let start = rng.get_word_pos();
                 out.par_chunks_mut(MASK_PIECE).enumerate().for_each(|(i, piece)| {
                     let mut own = rng.clone();
                     own.set_word_pos(start + (i * MASK_PIECE) as u128);

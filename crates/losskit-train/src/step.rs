@@ -98,7 +98,7 @@ impl Buffers {
             masks,
             values: zeros(&[rows]),
             scale: zeros(&[rows]),
-            w: zeros(&[if plan.weighted { rows } else { 0 }]),
+            w: zeros(&[if plan.reduce.weighted { rows } else { 0 }]),
         }
     }
 }
@@ -113,13 +113,9 @@ pub(crate) struct StepPlan {
     stages: Vec<Stage>,
     /// The first stage with weights (the backward pass stops there).
     first_trained: usize,
-    /// Whether the reduction divides by the number of values (else it is a plain sum); with
-    /// sample weights and `mean_with_sample_weight`, by the sum of the batch's weights instead.
-    divides: bool,
-    /// Whether the steps weight the samples ([`StepPlan::with_sample_weights`]).
-    weighted: bool,
-    /// Whether the reduction divides by the sum of the weights (`mean_with_sample_weight`).
-    by_weight_sum: bool,
+    /// How the per-sample values are reduced: from the compiled loss' reduction, weighted once
+    /// [`StepPlan::with_sample_weights`] is called.
+    reduce: Reduce,
     /// One set per batch size seen (at most two in a run: the batch size and the last batch).
     buffers: Vec<Buffers>,
     /// Each weight's gradient, in weight order.
@@ -156,9 +152,7 @@ impl StepPlan {
             target_shape: Vec::new(),
             first_trained: stages.iter().position(|s| matches!(s, Stage::Dense { .. })).unwrap_or(0),
             stages,
-            divides: true,
-            weighted: false,
-            by_weight_sum: false,
+            reduce: Reduce { divides: true, weighted: false, by_weight_sum: false },
             buffers: Vec::new(),
             weight_grads: Vec::new(),
             sum_squares: Vec::new(),
@@ -194,8 +188,8 @@ impl StepPlan {
             return Err("no weights".into());
         }
         self.target_shape = target_shape;
-        self.divides = loss.reduction() != Reduction::Sum;
-        self.by_weight_sum = loss.reduction() == Reduction::MeanWithSampleWeight;
+        self.reduce.divides = loss.reduction() != Reduction::Sum;
+        self.reduce.by_weight_sum = loss.reduction() == Reduction::MeanWithSampleWeight;
         Ok(())
     }
 
@@ -210,7 +204,7 @@ impl StepPlan {
         if w.values::<f32>().is_none() && w.values::<f64>().is_none() {
             return Err("sample weights not in standard layout".into());
         }
-        self.weighted = true;
+        self.reduce.weighted = true;
         self.buffers.clear();
         Ok(self)
     }
@@ -258,7 +252,7 @@ impl StepPlan {
         idx: &[usize],
         check: Option<bool>,
     ) -> Result<(f64, bool)> {
-        if w.is_some() != self.weighted {
+        if w.is_some() != self.reduce.weighted {
             return Err(losskit::Error::Config("fit: the planned step's sample weights changed".into()));
         }
         if self.weight_grads.is_empty() {
@@ -291,7 +285,7 @@ impl StepPlan {
         y: Option<(&Tensor, Option<&Tensor>)>,
         idx: &[usize],
     ) -> Result<Option<f64>> {
-        if y.is_some_and(|(_, w)| w.is_some() != self.weighted) {
+        if y.is_some_and(|(_, w)| w.is_some() != self.reduce.weighted) {
             return Err(losskit::Error::Config("evaluate: the planned pass' sample weights changed".into()));
         }
         let set = self.buffers_for(idx.len());
@@ -319,7 +313,7 @@ impl StepPlan {
             gather::<T>(w, idx, &mut b.w)?;
         }
         let kernel = self.targets::<T>(model, set)?;
-        loss_value::<T>(kernel, self.reduce(), &mut self.buffers[set]).map(Some)
+        loss_value::<T>(kernel, self.reduce, &mut self.buffers[set]).map(Some)
     }
 
     /// The model's outputs on every row of `x`, computed in batches of `batch_size` rows:
@@ -360,11 +354,6 @@ impl StepPlan {
         &self.weight_grads
     }
 
-    /// How this plan reduces the per-sample values.
-    fn reduce(&self) -> Reduce {
-        Reduce { divides: self.divides, weighted: self.weighted, by_weight_sum: self.by_weight_sum }
-    }
-
     /// The index of the buffers for batches of `rows` samples (made on first use).
     fn buffers_for(&mut self, rows: usize) -> usize {
         if let Some(i) = self.buffers.iter().position(|b| b.rows == rows) {
@@ -393,9 +382,8 @@ impl StepPlan {
         }
         forward::<T>(&self.stages, &model.trunk, Some(&mut model.rng), b)?;
         let kernel = self.targets::<T>(model, set)?;
-        let reduce = self.reduce();
         let b = &mut self.buffers[set];
-        let loss = loss_and_gradient::<T>(kernel, reduce, b)?;
+        let loss = loss_and_gradient::<T>(kernel, self.reduce, b)?;
         backward::<T>(&self.stages, self.first_trained, &model.trunk, b, &mut self.weight_grads)?;
         Ok(loss)
     }
@@ -567,7 +555,7 @@ fn loss_and_gradient<T: Element>(kernel: RowLoss<'_>, reduce: Reduce, b: &mut Bu
         }
     }
     if reduce.weighted {
-        values.iter_mut().zip(read::<T>(&b.w)).for_each(|(v, &w)| *v = *v * w);
+        slices::mul_in_place(values, read::<T>(&b.w));
     }
     Ok(reduced(values, factor))
 }
@@ -582,7 +570,7 @@ fn loss_value<T: Element>(kernel: RowLoss<'_>, reduce: Reduce, b: &mut Buffers) 
     let values = buf::<T>(&mut b.values);
     kernel.run(read::<T>(&b.targets), y_pred, cols, values, None, None)?;
     if reduce.weighted {
-        values.iter_mut().zip(read::<T>(&b.w)).for_each(|(v, &w)| *v = *v * w);
+        slices::mul_in_place(values, read::<T>(&b.w));
     }
     Ok(reduced(values, factor))
 }
