@@ -276,6 +276,10 @@ struct RunFile {
     version: u32,
     args: FitArgs,
     spec: Option<RunSpec>,
+    /// The path the training steps took and why not each faster one ([`Model::step_path`]),
+    /// written when training ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    step_path: Option<String>,
 }
 
 /// The backup folder inside a run folder.
@@ -439,8 +443,9 @@ fn fit_on(workers: &Workers, args: &FitArgs, given: &[String]) -> Result<()> {
     let Prepared { mut model, spec, x, y, class_weight, train_samples } = prepare(args, given, &split, scale)?;
     let (classes, one_hot) = (spec.classes, spec.one_hot);
     let dir = if workers.chief() { Some(run_dir(&args.out)?) } else { None };
+    let mut run_file = RunFile { version: 1, args: args.clone(), spec: Some(spec), step_path: None };
     if let Some(dir) = &dir {
-        write_json(&dir.join("run.json"), &RunFile { version: 1, args: args.clone(), spec: Some(spec) })?;
+        write_json(&dir.join("run.json"), &run_file)?;
         write_model(dir, &model)?;
     }
     if args.verbose > 0 {
@@ -463,6 +468,8 @@ fn fit_on(workers: &Workers, args: &FitArgs, given: &[String]) -> Result<()> {
     }
     let history = train(&mut model, &x, &y, class_weight, args, dir.as_deref(), workers.group())?;
     let Some(dir) = dir else { return Ok(()) };
+    run_file.step_path = model.step_path().map(ToString::to_string);
+    write_json(&dir.join("run.json"), &run_file)?;
     model.save_weights(dir.join("model.safetensors"))?;
     write_model(&dir, &model)?;
     let test = match &split.test {

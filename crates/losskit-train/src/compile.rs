@@ -2,7 +2,6 @@
 //! and the metrics.
 
 use crate::metrics;
-use crate::model::Model;
 use crate::optimizers::Optimizer;
 use losskit::{CustomLoss, Error, Loss, Result, Tensor};
 use std::sync::Arc;
@@ -188,16 +187,17 @@ pub(crate) struct Compiled {
     pub planned_step: Option<bool>,
 }
 
-impl Model {
-    /// Keras' `compile`: checks and stores the optimizer, the loss(es), loss weights and metrics.
-    /// Unknown names, a loss missing for an output, or loss weights that do not match the
-    /// outputs are errors.
-    pub fn compile(&mut self, c: Compile) -> Result<()> {
+impl Compile {
+    /// What [`Model::compile`](crate::Model::compile) stores for a model with the outputs
+    /// `names`: the optimizer, one loss and loss weight per output, the metrics; unknown
+    /// names, a loss missing for an output, or loss weights that do not match the outputs
+    /// are errors.
+    pub(crate) fn resolve(self, names: &[String]) -> Result<Compiled> {
+        let c = self;
         let optimizer = match c.optimizer {
             OptimizerArg::Name(n) => Optimizer::parse(&n)?,
             OptimizerArg::Optimizer(o) => o,
         };
-        let names = self.output_names();
         let losses: Vec<Arc<dyn Loss>> = if c.per_output.is_empty() {
             let l = c.loss.ok_or_else(|| Error::Config("compile: no loss given".into()))?;
             let l = l.resolve()?;
@@ -246,19 +246,13 @@ impl Model {
         for m in &c.metrics {
             metrics::check_name(m)?;
         }
-        self.compiled = Some(Compiled {
+        Ok(Compiled {
             optimizer,
             losses,
             loss_weights,
             metric_names: c.metrics,
             fused_head: c.fused_head,
             planned_step: c.planned_step,
-        });
-        Ok(())
-    }
-
-    /// The compiled optimizer (e.g. to read or change its learning rate).
-    pub fn optimizer_mut(&mut self) -> Option<&mut Optimizer> {
-        self.compiled.as_mut().map(|c| &mut c.optimizer)
+        })
     }
 }

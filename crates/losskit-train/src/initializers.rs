@@ -2,6 +2,7 @@
 
 use losskit::{DType, Error, Result, Tensor};
 use losskit_tensor::random::{self, Rng};
+use serde_json::{json, Value};
 
 /// How a weight tensor is filled at build time. For a Dense kernel `(fan_in, fan_out)`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -85,5 +86,27 @@ impl Initializer {
             Initializer::Zeros => Ok(Tensor::zeros(shape, dtype)),
             Initializer::Ones => Ok(Tensor::ones(shape, dtype)),
         }
+    }
+}
+
+/// Keras' serialized form of an initializer (with its seed).
+pub(crate) fn initializer_json(init: Initializer, seed: Option<u64>) -> Value {
+    let seeded = |class: &str| json!({"module": "keras.initializers", "class_name": class, "config": {"seed": seed}, "registered_name": null});
+    let plain = |class: &str, config: Value| json!({"module": "keras.initializers", "class_name": class, "config": config, "registered_name": null});
+    match init {
+        Initializer::GlorotUniform => seeded("GlorotUniform"),
+        Initializer::GlorotNormal => seeded("GlorotNormal"),
+        Initializer::HeNormal => seeded("HeNormal"),
+        Initializer::HeUniform => seeded("HeUniform"),
+        Initializer::LecunNormal => seeded("LecunNormal"),
+        Initializer::LecunUniform => seeded("LecunUniform"),
+        Initializer::Uniform { min, max } => {
+            plain("RandomUniform", json!({"minval": min, "maxval": max, "seed": seed}))
+        }
+        Initializer::Normal { mean, stddev } => {
+            plain("RandomNormal", json!({"mean": mean, "stddev": stddev, "seed": seed}))
+        }
+        Initializer::Zeros => plain("Zeros", json!({})),
+        Initializer::Ones => plain("Ones", json!({})),
     }
 }

@@ -261,28 +261,6 @@ fn parse_initializer(v: &Value, default: Initializer) -> std::result::Result<(In
     Ok((init, config["seed"].as_u64()))
 }
 
-/// Keras' serialized form of an initializer (with its seed).
-pub(crate) fn initializer_json(init: Initializer, seed: Option<u64>) -> Value {
-    let seeded = |class: &str| json!({"module": "keras.initializers", "class_name": class, "config": {"seed": seed}, "registered_name": null});
-    let plain = |class: &str, config: Value| json!({"module": "keras.initializers", "class_name": class, "config": config, "registered_name": null});
-    match init {
-        Initializer::GlorotUniform => seeded("GlorotUniform"),
-        Initializer::GlorotNormal => seeded("GlorotNormal"),
-        Initializer::HeNormal => seeded("HeNormal"),
-        Initializer::HeUniform => seeded("HeUniform"),
-        Initializer::LecunNormal => seeded("LecunNormal"),
-        Initializer::LecunUniform => seeded("LecunUniform"),
-        Initializer::Uniform { min, max } => {
-            plain("RandomUniform", json!({"minval": min, "maxval": max, "seed": seed}))
-        }
-        Initializer::Normal { mean, stddev } => {
-            plain("RandomNormal", json!({"mean": mean, "stddev": stddev, "seed": seed}))
-        }
-        Initializer::Zeros => plain("Zeros", json!({})),
-        Initializer::Ones => plain("Ones", json!({})),
-    }
-}
-
 fn parse_regularizer(v: &Value) -> std::result::Result<Option<Regularizer>, String> {
     let (class, config) = match v {
         Value::Null => return Ok(None),
@@ -296,16 +274,6 @@ fn parse_regularizer(v: &Value) -> std::result::Result<Option<Regularizer>, Stri
         "L1L2" => Ok(Some(Regularizer::L1L2 { l1: factor("l1"), l2: factor("l2") })),
         other => Err(format!("the regularizer {other:?} is not supported; supported: L1, L2, L1L2")),
     }
-}
-
-/// Keras' serialized form of a regularizer.
-pub(crate) fn regularizer_json(r: Regularizer) -> Value {
-    let (class, config) = match r {
-        Regularizer::L1(l1) => ("L1", json!({"l1": l1})),
-        Regularizer::L2(l2) => ("L2", json!({"l2": l2})),
-        Regularizer::L1L2 { l1, l2 } => ("L1L2", json!({"l1": l1, "l2": l2})),
-    };
-    json!({"module": "keras.regularizers", "class_name": class, "config": config, "registered_name": null})
 }
 
 fn parse_compile(c: &Value) -> Result<KerasCompile> {

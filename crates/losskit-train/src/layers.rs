@@ -341,7 +341,8 @@ impl Layer for Dense {
         self.kernel_regularizer.or(self.bias_regularizer)
     }
     fn keras_config(&self) -> Option<serde_json::Value> {
-        use crate::keras_model::{initializer_json, regularizer_json};
+        use crate::initializers::initializer_json;
+        use crate::regularizers::regularizer_json;
         Some(serde_json::json!({
             "units": self.units,
             "activation": self.activation.name(),

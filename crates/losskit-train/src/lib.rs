@@ -23,7 +23,6 @@ pub mod callbacks;
 mod compile;
 pub mod datasets;
 pub mod distribute;
-mod fit;
 pub mod initializers;
 pub mod keras_model;
 mod layers;
@@ -32,8 +31,9 @@ mod model;
 pub mod nan;
 mod optimizers;
 pub mod regularizers;
-mod step;
+mod step_path;
 mod tensor_file;
+mod train;
 
 pub use activations::Activation;
 pub use callbacks::{
@@ -43,7 +43,6 @@ pub use callbacks::{
 };
 pub use compile::{Compile, LossArg, OptimizerArg};
 pub use distribute::{Collective, ThreadGroup};
-pub use fit::{Fit, Targets};
 pub use initializers::Initializer;
 pub use keras_model::{load_keras_model, model_from_json, KerasCompile, KerasModel};
 pub use layers::{ActivationLayer, Dense, Dropout, Flatten, Layer, Param, StepLayer};
@@ -52,6 +51,7 @@ pub use model::{Model, Sequential, Stack};
 pub use nan::{human_number, Cause, CliDiagnosis, Diagnosis, Stage};
 pub use optimizers::{Clip, GradientCheck, Optimizer, OptimizerState, Rule};
 pub use regularizers::Regularizer;
+pub use train::{Fit, StepKind, StepPath, Targets};
 
 /// The README's Rust examples, compiled and run as doc tests.
 #[cfg(doctest)]

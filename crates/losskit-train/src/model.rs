@@ -1,7 +1,8 @@
 //! Models: a sequential trunk with optional named heads (one output each).
 
-use crate::compile::Compiled;
+use crate::compile::{Compile, Compiled};
 use crate::layers::{Layer, Param};
+use crate::optimizers::Optimizer;
 use losskit::{no_grad, DType, Error, Result, Tensor};
 use losskit_tensor::random::{self, Rng};
 use std::collections::HashMap;
@@ -50,6 +51,8 @@ pub struct Model {
     pub stop_training: bool,
     pub(crate) warnings: Vec<String>,
     pub(crate) last_diagnosis: Option<crate::nan::Diagnosis>,
+    /// The path the last `fit`'s steps took ([`Model::step_path`]).
+    pub(crate) step_path: Option<crate::step_path::StepPath>,
 }
 
 impl Default for Model {
@@ -82,7 +85,21 @@ impl Model {
             stop_training: false,
             warnings: Vec::new(),
             last_diagnosis: None,
+            step_path: None,
         }
+    }
+
+    /// Keras' `compile`: checks and stores the optimizer, the loss(es), loss weights and
+    /// metrics. Unknown names, a loss missing for an output, or loss weights that do not match
+    /// the outputs are errors.
+    pub fn compile(&mut self, c: Compile) -> Result<()> {
+        self.compiled = Some(c.resolve(&self.output_names())?);
+        Ok(())
+    }
+
+    /// The compiled optimizer (e.g. to read or change its learning rate).
+    pub fn optimizer_mut(&mut self) -> Option<&mut Optimizer> {
+        self.compiled.as_mut().map(|c| &mut c.optimizer)
     }
 
     /// Warnings from the last data check (e.g. unscaled features).
@@ -239,26 +256,6 @@ impl Model {
             outs.push(o);
         }
         Ok(outs)
-    }
-
-    /// Predictions for `x` in batches of `batch_size` (no dropout, no gradients).
-    pub fn predict(&mut self, x: &Tensor, batch_size: usize) -> Result<Vec<Tensor>> {
-        let batch_size = batch_size.max(1);
-        self.ensure_built(x)?;
-        if let Some(mut plan) = self.inference_plan(x, None) {
-            return Ok(vec![plan.predict(self, x, batch_size)?]);
-        }
-        let n = x.shape()[0];
-        let mut parts: Vec<Vec<Tensor>> = Vec::new();
-        let mut start = 0;
-        while start < n {
-            let idx: Vec<usize> = (start..(start + batch_size).min(n)).collect();
-            let xb = x.gather(0, &idx)?;
-            parts.push(no_grad(|| self.forward(&xb, false))?);
-            start += batch_size;
-        }
-        let outputs = self.output_names().len();
-        (0..outputs).map(|o| concat_rows(&parts.iter().map(|p| p[o].clone()).collect::<Vec<_>>())).collect()
     }
 
     /// The sum of every layer's weight penalty (Keras adds it to the loss), if any layer has one.

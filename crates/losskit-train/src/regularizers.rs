@@ -1,6 +1,7 @@
 //! Weight regularizers (Keras' `kernel_regularizer`): penalties added to the loss.
 
 use losskit::{Error, Result, Tensor};
+use serde_json::{json, Value};
 
 /// A penalty on a weight tensor `w`, added to the training loss each batch as Keras adds it
 /// (and included in the logged `loss` and `val_loss`).
@@ -53,4 +54,14 @@ impl Regularizer {
             Regularizer::L1L2 { l1, l2 } => format!("L1L2(l1={l1}, l2={l2})"),
         }
     }
+}
+
+/// Keras' serialized form of a regularizer.
+pub(crate) fn regularizer_json(r: Regularizer) -> Value {
+    let (class, config) = match r {
+        Regularizer::L1(l1) => ("L1", json!({"l1": l1})),
+        Regularizer::L2(l2) => ("L2", json!({"l2": l2})),
+        Regularizer::L1L2 { l1, l2 } => ("L1L2", json!({"l1": l1, "l2": l2})),
+    };
+    json!({"module": "keras.regularizers", "class_name": class, "config": config, "registered_name": null})
 }

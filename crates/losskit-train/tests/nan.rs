@@ -209,3 +209,26 @@ fn a_finite_loss_with_a_nan_gradient_applies_nothing() {
         assert_eq!(weights(&m), [vec![0.0; 3], vec![0.0]], "{rule}: the rejected first step changed nothing");
     }
 }
+
+/// A finite loss whose gradient is infinite: `sqrt(p − y)` at `p = y` is 0, its derivative
+/// `1 / (2·sqrt(p − y))` is +inf. The guard must judge the gradient, not only the loss (and
+/// not only NaN): the step is refused and the weights stay as they were.
+#[test]
+fn a_finite_loss_with_an_infinite_gradient_is_stopped_with_the_weights_unchanged() {
+    let x = grid(16, 3, 1.0).abs().add_scalar(0.5).unwrap();
+    let y = Tensor::from_vec(vec![0.0f32; 16], &[16, 1]).unwrap();
+    let sqrt_gap = losskit::CustomLoss::new("sqrt_gap", |t: &Tensor, p: &Tensor| p.sub(t)?.sqrt().mean(&[-1], false));
+    for planned in [None, Some(false)] {
+        let dense = Dense::new(1).with_kernel_initializer(Initializer::Zeros);
+        let mut m = Sequential::new().add(dense);
+        m.compile(Compile::new().optimizer("sgd").loss(sqrt_gap.clone()).planned_step(planned)).unwrap();
+        m.build(&[3]).unwrap();
+        let before = weights(&m);
+        let err = m.fit(&x, &y, Fit::new().verbose(0).shuffle(false)).unwrap_err();
+        assert!(matches!(err, losskit::Error::NonFinite { .. }), "{err}");
+        let d = m.last_diagnosis().expect("a diagnosis");
+        assert_eq!((d.epoch, d.batch), (0, 0), "{d}");
+        assert!(d.loss.is_finite(), "the loss was finite: {}", d.loss);
+        assert_eq!(weights(&m), before, "the refused step changed the weights");
+    }
+}

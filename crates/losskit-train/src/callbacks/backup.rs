@@ -285,7 +285,7 @@ pub(crate) struct Snapshot {
     /// The model's generator (dropout) now, and the shuffle generator before `epoch`'s permutation.
     pub model_rng: ChaCha8Rng,
     pub shuffle_rng: ChaCha8Rng,
-    /// The epoch's running sums when `step > 0` (flattened [`crate::fit`] accumulators).
+    /// The epoch's running sums when `step > 0` (flattened running sums of the loss and metrics).
     pub sums: Vec<f64>,
     pub history: History,
     pub last_logs: BTreeMap<String, f64>,

@@ -216,7 +216,10 @@ impl StepPlan {
         let mut stages = Vec::new();
         let mut weight = 0;
         for (layer, l) in model.trunk.iter().enumerate() {
-            let kind = l.step_kind().ok_or_else(|| format!("layer {} ({})", l.name(), l.kind()))?;
+            let kind = l.step_kind().ok_or_else(|| {
+                let why = if l.regularizer().is_some() { ": it has a regularizer" } else { "" };
+                format!("layer {} `{}` ({}) is not plannable{why}", layer + 1, l.name(), l.kind())
+            })?;
             match kind {
                 StepLayer::Flatten => shape = vec![shape.iter().product()],
                 StepLayer::Dropout { rate: 0.0 } => {}

@@ -1,0 +1,87 @@
+//! The training step, on one of its paths, chosen once per `fit` ([`choose`]), one file each:
+//! `planned.rs` (with the plan itself in `plan.rs`), `fused_head.rs`, `tape.rs`,
+//! `distributed.rs`.
+
+mod distributed;
+mod fused_head;
+mod plan;
+mod planned;
+mod tape;
+
+pub(crate) use distributed::{distributed_step, global_losses, join_group, local_sums};
+pub(crate) use plan::StepPlan;
+pub(crate) use planned::{inference_plan, planned_step};
+pub(crate) use tape::{losses_on, train_step};
+
+use super::data::{Dataset, FitData};
+use super::guard::GuardAt;
+use super::logs::{accumulate, Accumulators};
+use crate::distribute::Collective;
+use crate::metrics::Metric;
+use crate::model::Model;
+pub use crate::step_path::{StepKind, StepPath};
+use losskit::Result;
+
+/// How the loop takes each step of a `fit`.
+pub(crate) enum Stepper<'c> {
+    /// Through the plan.
+    Planned(Box<StepPlan>),
+    /// Through the tape (the fused head inside it when the model allows it).
+    Tape,
+    /// Through the tape, sharded over the workers of the group.
+    Distributed(&'c dyn Collective),
+}
+
+/// The path for this model and run: data-parallel when `group` has several workers, else the
+/// planned step when the model allows it, else the tape (with the fused head when it applies);
+/// with the reason for each faster path not taken. A path that
+/// [`Compile`](crate::Compile) requires and cannot be taken is an error naming why.
+pub(crate) fn choose<'c>(
+    model: &mut Model,
+    data: &FitData,
+    group: Option<&'c dyn Collective>,
+) -> Result<(Stepper<'c>, StepPath)> {
+    let mut not_taken = Vec::new();
+    if let Some(group) = group {
+        if let Err(why) = planned::step_plan(model, data, true)? {
+            not_taken.push((StepKind::Planned, why));
+        }
+        return Ok((Stepper::Distributed(group), StepPath { kind: StepKind::Distributed, not_taken }));
+    }
+    match planned::step_plan(model, data, false)? {
+        Ok(plan) => return Ok((Stepper::Planned(Box::new(plan)), StepPath { kind: StepKind::Planned, not_taken })),
+        Err(why) => not_taken.push((StepKind::Planned, why)),
+    }
+    let kind = match fused_head::why_not_fused(model) {
+        None => StepKind::FusedHead,
+        Some(why) => {
+            not_taken.push((StepKind::FusedHead, why));
+            StepKind::Tape
+        }
+    };
+    Ok((Stepper::Tape, StepPath { kind, not_taken }))
+}
+
+impl Stepper<'_> {
+    /// One training step on the rows `idx` of `data` (with the NaN guard when `guard` is
+    /// given), the batch's loss and metrics into `acc`.
+    pub(crate) fn step(
+        &mut self,
+        model: &mut Model,
+        data: &FitData,
+        metrics: &[Vec<Metric>],
+        idx: &[usize],
+        guard: Option<GuardAt<'_>>,
+        acc: &mut Accumulators,
+    ) -> Result<()> {
+        match self {
+            Stepper::Distributed(group) => distributed_step(model, *group, data, metrics, idx, guard, acc),
+            Stepper::Planned(plan) => planned_step(model, plan, data, metrics, guard, idx, acc),
+            Stepper::Tape => {
+                let batch = Dataset::rows_of(&data.x, &data.ys, data.w.as_ref(), idx, true)?;
+                let out = train_step(model, &batch, guard)?;
+                accumulate(acc, metrics, &batch.ys, &out.outputs, out.loss, &out.each, idx.len() as f64)
+            }
+        }
+    }
+}
