@@ -293,6 +293,8 @@ fn fit_reads_csv_and_npz_data_and_reports_bad_input() {
     let spec: Value = serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
     assert_eq!(spec["spec"]["classes"], 2);
     assert_eq!(spec["spec"]["input_shape"], serde_json::json!([2]));
+    // The flags' model (Dense relu, Dropout, Dense softmax, sparse CE) takes the planned step.
+    assert_eq!(spec["step_path"], "planned step");
     // A dense loss gets one-hot targets; Adam with a learning rate and clipnorm.
     let run2 = dir.path().join("r2");
     let out = losskit(&[

@@ -311,3 +311,58 @@ fn evaluate_and_predict_give_the_tapes_values() {
     fresh_tape.compile(Compile::new().loss("mse").planned_step(Some(false))).unwrap();
     assert_eq!(bits(&p[0]), bits(&fresh_tape.predict(&x, 16).unwrap()[0]));
 }
+
+/// The path `fit` took, for a model built by `build` and compiled with `compile`, after one
+/// epoch on 64 samples of 6 features (4 classes).
+fn path_of(build: &Build, compile: Compile) -> StepPath {
+    let x = inputs(64, &[6], DType::F32);
+    let y = labels(&x, 4);
+    let mut m = build();
+    m.compile(compile).unwrap();
+    m.fit(&x, &y, Fit::new().verbose(0)).unwrap();
+    m.step_path().expect("fit records its path").clone()
+}
+
+/// `fit` records the path it took and, for each faster path it could not take, why.
+#[test]
+fn the_step_path_and_the_reasons_for_the_faster_paths_not_taken() {
+    let sparse = || Compile::new().optimizer("adam").loss("sparse_categorical_crossentropy");
+    let seed: &Build = &|| {
+        Sequential::new()
+            .add(Dense::new(8).activation("relu").unwrap())
+            .add(Dense::new(4).activation("softmax").unwrap())
+    };
+    let p = path_of(seed, sparse());
+    assert_eq!((p.kind, p.not_taken.clone()), (StepKind::Planned, vec![]), "{p}");
+    assert_eq!(p.to_string(), "planned step");
+
+    let regularized: &Build = &|| {
+        let l2 = Dense::new(8).activation("relu").unwrap().kernel_regularizer(Regularizer::L2(1e-4));
+        Sequential::new().add(l2).add(Dense::new(4).activation("softmax").unwrap())
+    };
+    let p = path_of(regularized, sparse());
+    assert_eq!(p.kind, StepKind::Tape, "{p}");
+    assert_eq!(
+        p.not_taken[0],
+        (StepKind::Planned, "layer 1 `dense` (Dense) is not plannable: it has a regularizer".to_string())
+    );
+    assert_eq!(p.not_taken[1].0, StepKind::FusedHead);
+    assert!(p.not_taken[1].1.contains("not a linear Dense"), "{p}");
+
+    let p = path_of(seed, sparse().planned_step(Some(false)));
+    assert_eq!(p.kind, StepKind::Tape, "{p}");
+    assert_eq!(p.not_taken[0], (StepKind::Planned, "off (Compile::planned_step(Some(false)))".to_string()));
+
+    let logits: &Build = &|| Sequential::new().add(Dense::new(8).activation("relu").unwrap()).add(Dense::new(4));
+    let from_logits = || {
+        Compile::new()
+            .optimizer("adam")
+            .loss(std::sync::Arc::new(losskit::SparseCategoricalCrossentropy::new().with_from_logits(true))
+                as std::sync::Arc<dyn losskit::Loss>)
+    };
+    let p = path_of(logits, from_logits());
+    assert_eq!(p.kind, StepKind::FusedHead, "{p}");
+    assert_eq!(p.to_string(), "fused head (planned step: the fused linear + cross-entropy head trains the last layer)");
+    let p = path_of(logits, from_logits().fused_head(Some(false)));
+    assert_eq!(p.kind, StepKind::Planned, "{p}");
+}
