@@ -76,13 +76,13 @@ fn check_finite(path: &str, data: &Dataset, names: &SampleNames) -> Result<()> {
     } else {
         format!("feature {feature} (0-based, the label column left out)")
     };
-    Err(Error::File {
-        path: path.into(),
-        msg: format!(
+    Err(Error::file(
+        path,
+        format!(
             "{}: {what} is {value}; losskit fit needs finite numbers: clean or impute the file (or drop the row)",
             names.describe(sample)
         ),
-    })
+    ))
 }
 
 fn is_sparse(loss: &dyn Loss) -> bool {
@@ -125,7 +125,7 @@ fn flags_model(args: &FitArgs, input_shape: &[usize], classes: usize, from_logit
 /// weights drawn from `--seed`; its inputs and outputs must fit the data.
 fn file_model(file: KerasModel, args: &FitArgs, input_shape: &[usize], classes: usize) -> Result<Model> {
     let path = args.model.as_ref().map_or_else(|| "model.json".into(), |p| p.display().to_string());
-    let ferr = |msg: String| Error::File { path: path.clone(), msg };
+    let ferr = |msg: String| Error::file(path.clone(), msg);
     if let Some(shape) = file.input_shape.as_ref().filter(|s| s.as_slice() != input_shape) {
         return Err(ferr(format!(
             "the model takes inputs of shape (N, {}), the data's are (N, {})",
@@ -256,8 +256,7 @@ fn run_dir(out: &Option<PathBuf>) -> Result<PathBuf> {
             dir
         }
     };
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Error::File { path: dir.display().to_string(), msg: format!("cannot create: {e}") })?;
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display().to_string(), "cannot create", e))?;
     Ok(dir)
 }
 
@@ -295,7 +294,7 @@ const RESUME_FLAGS: [&str; 3] = ["--resume", "--epochs", "--verbose"];
 /// or when there is nothing to resume.
 fn resumed_args(dir: &Path, args: &FitArgs, given: &[String]) -> Result<FitArgs> {
     let path = dir.join("run.json");
-    let ferr = |msg: String| Error::File { path: path.display().to_string(), msg };
+    let ferr = |msg: String| Error::file(path.display().to_string(), msg);
     let text = std::fs::read_to_string(&path)
         .map_err(|e| ferr(format!("cannot read (is {} a run folder of `losskit fit`?): {e}", dir.display())))?;
     let file: RunFile = serde_json::from_str(&text).map_err(|e| ferr(format!("not a run file: {e}")))?;
@@ -329,11 +328,10 @@ fn resumed_args(dir: &Path, args: &FitArgs, given: &[String]) -> Result<FitArgs>
     let backup = BackupAndRestore::new(backup_dir(dir)).path();
     if !backup.exists() {
         if dir.join("model.safetensors").exists() {
-            return Err(Error::File {
-                path: dir.display().to_string(),
-                msg: "this run has finished (model.safetensors is written, no backup is left): nothing to resume"
-                    .into(),
-            });
+            return Err(Error::file(
+                dir.display().to_string(),
+                "this run has finished (model.safetensors is written, no backup is left): nothing to resume",
+            ));
         }
         eprintln!(
             "note: no backup in {} yet (the run stopped before its first epoch ended): starting it from epoch 1",
@@ -577,7 +575,7 @@ fn summary(history: &History, test: Option<&(BTreeMap<String, f64>, usize)>, dir
 /// A run folder's facts (`run.json`) and its model (`model.json`, `model.safetensors`).
 fn load_run(dir: &Path) -> Result<(RunSpec, Model)> {
     let path = dir.join("run.json");
-    let ferr = |msg: String| Error::File { path: path.display().to_string(), msg };
+    let ferr = |msg: String| Error::file(path.display().to_string(), msg);
     let text = std::fs::read_to_string(&path).map_err(|e| {
         ferr(format!(
             "cannot read (is {} a run folder of `losskit fit`, from losskit 0.1 or later?): {e}",
@@ -699,12 +697,7 @@ pub fn plot(args: &PlotArgs) -> Result<()> {
     let panels = match ext.as_deref() {
         Some("png") => plot_history(&history, Some(&args.output), None)?,
         Some("svg") => plot_history(&history, None, Some(&args.output))?,
-        _ => {
-            return Err(Error::File {
-                path: args.output.display().to_string(),
-                msg: "the output must end in .png or .svg".into(),
-            })
-        }
+        _ => return Err(Error::file(args.output.display().to_string(), "the output must end in .png or .svg")),
     };
     println!("{}", json!({"written": args.output.display().to_string(), "panels": panels}));
     Ok(())

@@ -123,11 +123,12 @@ impl<T> OutPtr<T> {
     }
 }
 
-// SAFETY: the blocks of one product write disjoint elements of the output (see `gemm`).
-unsafe impl<T> Send for OutPtr<T> {}
+// SAFETY: the blocks of one product write disjoint elements of the output (see `gemm`), and
+// the elements themselves may move between threads (`T: Send`).
+unsafe impl<T: Send> Send for OutPtr<T> {}
 // SAFETY: as above; the pointer is only offset and written through, never read concurrently
 // by two blocks.
-unsafe impl<T> Sync for OutPtr<T> {}
+unsafe impl<T: Send> Sync for OutPtr<T> {}
 
 /// `C ← α·A·B + β·C` for `A: m × k`, `B: k × n` (any non-negative strides) and `C` row-major
 /// `m × n`. With `β = 0`, `C`'s old values are never read (they may be anything, even NaN).

@@ -62,8 +62,19 @@ pub use sum::accumulate_sum;
 
 use std::fmt::Debug;
 
-/// The floating-point types the kernels run on: `f32` and `f64`.
-pub trait Float: num_traits::Float + num_traits::FromPrimitive + Send + Sync + Debug + Default + 'static {
+mod sealed {
+    /// Keeps [`Float`](super::Float) to the two types this crate implements it for: its
+    /// `unsafe fn gemm_raw` is an implementation detail no outside type can provide safely.
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
+/// The floating-point types the kernels run on: `f32` and `f64` (sealed: no other type can
+/// implement it).
+pub trait Float:
+    sealed::Sealed + num_traits::Float + num_traits::FromPrimitive + Send + Sync + Debug + Default + 'static
+{
     /// Keras' backend epsilon, `1e-7`, rounded to this type.
     const EPSILON_KERAS: Self;
     /// `ln 2` in this type.

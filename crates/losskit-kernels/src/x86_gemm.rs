@@ -156,7 +156,9 @@ fn has_avx2_fma() -> bool {
 fn has_avx512() -> bool {
     use std::sync::OnceLock;
     static HAS: OnceLock<bool> = OnceLock::new();
-    crate::gemm::kernel() != crate::gemm::Kernel::Avx2 && *HAS.get_or_init(|| is_x86_feature_detected!("avx512f"))
+    // The wide tiles' entry point also uses the AVX2/FMA paths (short panels, transposes).
+    crate::gemm::kernel() != crate::gemm::Kernel::Avx2
+        && *HAS.get_or_init(|| is_x86_feature_detected!("avx512f") && has_avx2_fma())
 }
 
 /// A strided matrix: element `(i, j)` at `ptr + i·rs + j·cs` (in elements).
@@ -306,8 +308,9 @@ impl<T: Lane> Product<T> {
             let cols = V::NR.min(nc - jr);
             for ir in (0..mc).step_by(MR) {
                 let rows = MR.min(mc - ir);
-                let tile =
-                    Tile { c: Strided { ptr: self.c.ptr.offset(self.c.offset(ic + ir, jc + jr)), ..self.c }, cols };
+                // SAFETY: rows `ic + ir` and columns `jc + jr` lie inside C (the caller's blocks).
+                let at = unsafe { self.c.ptr.offset(self.c.offset(ic + ir, jc + jr)) };
+                let tile = Tile { c: Strided { ptr: at, ..self.c }, cols };
                 // SAFETY: panel `ir / MR` of `ap` and `jr / NR` of `bp` hold `kc` steps each;
                 // the tile lies inside C.
                 unsafe {
@@ -551,30 +554,37 @@ macro_rules! reg {
             const LANES: usize = $lanes;
             #[inline(always)]
             unsafe fn zero() -> Self {
+                // SAFETY: no memory access; the CPU has the instruction set (this impl is only reached from its `#[target_feature]` entry point).
                 unsafe { $zero() }
             }
             #[inline(always)]
             unsafe fn load(p: *const $t) -> Self {
+                // SAFETY: the caller gives an address of `LANES` readable values aligned to the register (see `Reg::load`).
                 unsafe { $load(p) }
             }
             #[inline(always)]
             unsafe fn loadu(p: *const $t) -> Self {
+                // SAFETY: the caller gives an address of `LANES` readable values (see `Reg::loadu`).
                 unsafe { $loadu(p) }
             }
             #[inline(always)]
             unsafe fn storeu(self, p: *mut $t) {
+                // SAFETY: the caller gives an address of `LANES` writable values (see `Reg::storeu`).
                 unsafe { $storeu(p, self) }
             }
             #[inline(always)]
             unsafe fn splat(x: $t) -> Self {
+                // SAFETY: no memory access; the CPU has the instruction set (see `zero`).
                 unsafe { $set1(x) }
             }
             #[inline(always)]
             unsafe fn fmadd(self, b: Self, c: Self) -> Self {
+                // SAFETY: no memory access; the CPU has FMA and the instruction set (see `zero`).
                 unsafe { $fmadd(self, b, c) }
             }
             #[inline(always)]
             unsafe fn mul(self, b: Self) -> Self {
+                // SAFETY: no memory access; the CPU has the instruction set (see `zero`).
                 unsafe { $mul(self, b) }
             }
         }

@@ -56,7 +56,7 @@ mod storage;
 mod tensor;
 
 pub use autodiff::{is_grad_enabled, no_grad, CustomOp, Gradients};
-pub use error::{Error, Result};
+pub use error::{Error, IoSource, Result};
 pub use fusion::unfused;
 pub use ops::{broadcast_shapes, DenseActivation};
 pub use storage::{DType, Element, Storage};

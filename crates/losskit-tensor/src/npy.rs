@@ -22,7 +22,7 @@ pub enum NpyDType {
 }
 
 fn file_err(path: &Path, msg: impl Into<String>) -> Error {
-    Error::File { path: path.display().to_string(), msg: msg.into() }
+    Error::file(path.display().to_string(), msg.into())
 }
 
 /// Reads an `.npy` file of `f32`, `f64`, `i32`, `i64` or `u8` values (any rank, C or Fortran
@@ -33,7 +33,7 @@ fn file_err(path: &Path, msg: impl Into<String>) -> Error {
 /// header or truncated data is an error naming the file.
 pub fn read_npy(path: impl AsRef<Path>) -> Result<(Tensor, NpyDType)> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path.display().to_string(), "cannot read", e))?;
     read_npy_bytes(&bytes, &path.display().to_string())
 }
 
@@ -106,7 +106,7 @@ pub fn write_replacing(
     })();
     result.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        file_err(path, format!("cannot write: {e}"))
+        Error::io(path.display().to_string(), "cannot write", e)
     })
 }
 

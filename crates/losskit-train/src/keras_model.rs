@@ -75,11 +75,11 @@ fn config_error(msg: impl Into<String>) -> Error {
 /// `config.json`). Errors name the file.
 pub fn load_keras_model(path: impl AsRef<Path>) -> Result<KerasModel> {
     let path = path.as_ref();
-    let ferr = |msg: String| Error::File { path: path.display().to_string(), msg };
+    let ferr = |msg: String| Error::file(path.display().to_string(), msg);
     let text = if path.extension().is_some_and(|e| e == "keras") {
         read_archive_config(path).map_err(ferr)?
     } else {
-        std::fs::read_to_string(path).map_err(|e| ferr(format!("cannot read: {e}")))?
+        std::fs::read_to_string(path).map_err(|e| Error::io(path.display().to_string(), "cannot read", e))?
     };
     model_from_json(&text).map_err(|e| ferr(e.to_string()))
 }

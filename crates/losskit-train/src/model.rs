@@ -403,7 +403,7 @@ impl Model {
     /// in the file with the same shape.
     pub fn load_weights(&mut self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let ferr = |msg: String| Error::File { path: path.display().to_string(), msg };
+        let ferr = |msg: String| Error::file(path.display().to_string(), msg);
         if !self.is_built() {
             return Err(ferr("build the model (or fit/predict once) before loading weights".into()));
         }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 fn file_error(path: &Path, msg: impl Into<String>) -> Error {
-    Error::File { path: path.display().to_string(), msg: msg.into() }
+    Error::file(path.display().to_string(), msg.into())
 }
 
 /// The little-endian bytes and safetensors dtype of a tensor.
@@ -49,7 +49,7 @@ pub(crate) struct TensorFile {
 
 /// Reads every tensor of a safetensors file (f32 and f64 only) and its metadata.
 pub(crate) fn read(path: &Path) -> Result<TensorFile> {
-    let bytes = std::fs::read(path).map_err(|e| file_error(path, format!("cannot read: {e}")))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path.display().to_string(), "cannot read", e))?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| file_error(path, format!("not a safetensors file (truncated or damaged?): {e}")))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)

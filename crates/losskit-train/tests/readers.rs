@@ -168,3 +168,17 @@ proptest! {
         value_or_file_error(losskit_tensor::npy::read_npy_bytes(&npy, "m.npy"), "m.npy")?;
     }
 }
+
+/// A file that cannot be read is an `Error::File` naming it, with the operating system's
+/// error as its `source()`.
+#[test]
+fn an_unreadable_file_keeps_the_os_error_as_its_source() {
+    use std::error::Error as _;
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.csv");
+    let err = losskit_train::datasets::read_csv(&missing, &losskit_train::datasets::LabelColumn::Last).unwrap_err();
+    assert!(matches!(&err, losskit::Error::File { path, .. } if path == &missing.display().to_string()), "{err:?}");
+    let io = err.source().and_then(|s| s.downcast_ref::<losskit::IoSource>()).expect("an io source");
+    assert_eq!(io.io().kind(), std::io::ErrorKind::NotFound);
+    assert!(err.to_string().contains("cannot read: "), "{err}");
+}

@@ -71,6 +71,14 @@ impl Reduction {
     }
 }
 
+/// `"sum_over_batch_size".parse::<Reduction>()`: [`Reduction::parse`].
+impl std::str::FromStr for Reduction {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Reduction> {
+        Reduction::parse(s)
+    }
+}
+
 impl fmt::Display for Reduction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.keras_name())

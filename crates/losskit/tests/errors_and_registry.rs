@@ -189,3 +189,12 @@ fn zero_weights_reduce_to_zero_not_nan_and_keep_a_zero_gradient() {
     let g = out.backward().unwrap();
     assert_eq!(g.get(&p).unwrap().to_vec::<f32>(), vec![0.0; 4]);
 }
+
+#[test]
+fn reductions_parse_from_their_keras_names() {
+    for r in Reduction::ALL {
+        assert_eq!(r.keras_name().parse::<Reduction>().unwrap(), r);
+    }
+    let err = "auto".parse::<Reduction>().unwrap_err();
+    assert!(matches!(&err, Error::InvalidParameter { param, .. } if param == "reduction"), "{err}");
+}

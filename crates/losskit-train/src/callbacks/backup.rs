@@ -94,10 +94,8 @@ impl BackupAndRestore {
 
     /// Writes `snapshot` atomically.
     pub(crate) fn save(&self, snapshot: &Snapshot) -> Result<()> {
-        std::fs::create_dir_all(&self.backup_dir).map_err(|e| Error::File {
-            path: self.backup_dir.display().to_string(),
-            msg: format!("cannot create the backup folder: {e}"),
-        })?;
+        std::fs::create_dir_all(&self.backup_dir)
+            .map_err(|e| Error::io(self.backup_dir.display().to_string(), "cannot create the backup folder", e))?;
         let (tensors, state) = snapshot.encode();
         let metadata = HashMap::from([
             ("format".to_string(), FORMAT.to_string()),
@@ -113,9 +111,11 @@ impl BackupAndRestore {
         if !path.exists() {
             return Ok(None);
         }
-        let damaged = |msg: String| Error::File {
-            path: path.display().to_string(),
-            msg: format!("{msg}; the backup cannot be used (delete it to start the run over)"),
+        let damaged = |msg: String| {
+            Error::file(
+                path.display().to_string(),
+                format!("{msg}; the backup cannot be used (delete it to start the run over)"),
+            )
         };
         let file = crate::tensor_file::read(&path).map_err(|e| damaged(e.to_string()))?;
         if file.metadata.get("format").map(String::as_str) != Some(FORMAT) {
@@ -137,8 +137,7 @@ impl BackupAndRestore {
     pub(crate) fn finish(&self) -> Result<()> {
         let path = self.path();
         if self.delete_checkpoint && path.exists() {
-            std::fs::remove_file(&path)
-                .map_err(|e| Error::File { path: path.display().to_string(), msg: format!("cannot delete: {e}") })?;
+            std::fs::remove_file(&path).map_err(|e| Error::io(path.display().to_string(), "cannot delete", e))?;
         }
         Ok(())
     }
@@ -421,11 +420,13 @@ impl Snapshot {
     /// Whether this backup belongs to a run with `facts` and weights `model_weights`
     /// (`(name, shape, dtype)`); the error says what differs, in the user's terms.
     pub(crate) fn check(&self, facts: &RunFacts, model_weights: &[(String, Tensor)], path: &Path) -> Result<()> {
-        let differs = |msg: String| Error::File {
-            path: path.display().to_string(),
-            msg: format!(
-                "{msg}: this backup belongs to another run (delete it, or use another backup_dir, to start over)"
-            ),
+        let differs = |msg: String| {
+            Error::file(
+                path.display().to_string(),
+                format!(
+                    "{msg}: this backup belongs to another run (delete it, or use another backup_dir, to start over)"
+                ),
+            )
         };
         let describe = |w: &[(String, Tensor)]| -> Vec<String> {
             w.iter().map(|(n, t)| format!("{n} {:?} {}", t.shape(), t.dtype())).collect()

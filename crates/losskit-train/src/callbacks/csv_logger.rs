@@ -62,7 +62,7 @@ impl Callback for CsvLogger {
         self.header = None;
         if self.append && self.path.exists() {
             let text = std::fs::read_to_string(&self.path)
-                .map_err(|e| Error::File { path: self.path.display().to_string(), msg: format!("cannot read: {e}") })?;
+                .map_err(|e| Error::io(self.path.display().to_string(), "cannot read", e))?;
             self.lines = text.lines().map(String::from).collect();
             self.header = self.lines.first().map(|h| h.split(self.separator).skip(1).map(String::from).collect());
         }

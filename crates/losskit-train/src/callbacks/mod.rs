@@ -140,7 +140,7 @@ impl History {
     /// one column per metric. Errors name the file and the line.
     pub fn from_csv(path: impl AsRef<std::path::Path>) -> Result<History> {
         let path = path.as_ref();
-        let ferr = |msg: String| losskit::Error::File { path: path.display().to_string(), msg };
+        let ferr = |msg: String| losskit::Error::file(path.display().to_string(), msg);
         let mut reader = csv::ReaderBuilder::new().from_path(path).map_err(|e| ferr(format!("cannot read: {e}")))?;
         let headers: Vec<String> =
             reader.headers().map_err(|e| ferr(format!("bad header: {e}")))?.iter().map(String::from).collect();

@@ -39,7 +39,7 @@ fn panels(history: &History) -> Vec<String> {
 type Curve<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
 
 fn err(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::File { path: path.display().to_string(), msg: format!("cannot draw the plot: {e}") }
+    Error::file(path.display().to_string(), format!("cannot draw the plot: {e}"))
 }
 
 fn draw<DB: DrawingBackend>(
@@ -201,8 +201,7 @@ impl Callback for PlotLearningCurves {
     fn on_train_begin(&mut self, _logs: &Logs, _model: &mut Model) -> Result<()> {
         self.history = History::default();
         (self.drawn, self.pending) = (None, false);
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| Error::File { path: self.dir.display().to_string(), msg: format!("cannot create: {e}") })
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(self.dir.display().to_string(), "cannot create", e))
     }
     fn on_epoch_end(&mut self, epoch: usize, logs: &Logs, _model: &mut Model) -> Result<()> {
         self.history.push(epoch, logs);

@@ -79,8 +79,7 @@ struct EventFile {
 
 impl EventFile {
     fn create(dir: &Path, stamp: u64) -> Result<EventFile> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::File { path: dir.display().to_string(), msg: format!("cannot create: {e}") })?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display().to_string(), "cannot create", e))?;
         let path = dir.join(format!("events.out.tfevents.{stamp}.{}", hostname()));
         let mut f = EventFile { path, bytes: Vec::new() };
         f.push(Event { wall_time: now(), step: 0, what: Some(What::FileVersion("brain.Event:2".into())) });
@@ -104,9 +103,9 @@ impl EventFile {
     /// The file as it was when `len` bytes long (a backup's record of it): what was written
     /// after is dropped, so a resumed run does not log an epoch twice.
     fn reopen(path: PathBuf, len: usize) -> Result<EventFile> {
-        let ferr = |msg: String| Error::File { path: path.display().to_string(), msg };
-        let mut bytes =
-            std::fs::read(&path).map_err(|e| ferr(format!("cannot read the TensorBoard log to resume it: {e}")))?;
+        let ferr = |msg: String| Error::file(path.display().to_string(), msg);
+        let mut bytes = std::fs::read(&path)
+            .map_err(|e| Error::io(path.display().to_string(), "cannot read the TensorBoard log to resume it", e))?;
         if bytes.len() < len {
             return Err(ferr(format!(
                 "the TensorBoard log has {} bytes, fewer than the {len} the backup recorded (damaged?)",

@@ -16,7 +16,7 @@ pub struct Split {
 }
 
 fn file_err(path: &Path, msg: impl Into<String>) -> Error {
-    Error::File { path: path.display().to_string(), msg: msg.into() }
+    Error::file(path.display().to_string(), msg.into())
 }
 
 fn find(dir: &Path, stem: &str) -> Option<PathBuf> {
@@ -111,7 +111,7 @@ fn npz_array(npz: &mut ndarray_npy::NpzReader<std::fs::File>, name: &str, path: 
 /// `x_test`/`y_test`).
 pub fn read_npz(path: impl AsRef<Path>) -> Result<Split> {
     let path = path.as_ref();
-    let file = std::fs::File::open(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path.display().to_string(), "cannot read", e))?;
     let mut npz =
         ndarray_npy::NpzReader::new(file).map_err(|e| file_err(path, format!("not a valid .npz archive: {e}")))?;
     let names: Vec<String> = npz
@@ -159,7 +159,7 @@ pub fn read_csv(path: impl AsRef<Path>, label: &LabelColumn) -> Result<Dataset> 
 /// As [`read_csv`], with the file's line number (1-based, the header counted) of each sample.
 pub fn read_csv_lines(path: impl AsRef<Path>, label: &LabelColumn) -> Result<(Dataset, Vec<usize>)> {
     let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path.display().to_string(), "cannot read", e))?;
     parse_csv_lines(&text, label, &path.display().to_string())
 }
 

@@ -5,7 +5,7 @@ use std::io::Read;
 use std::path::Path;
 
 fn err(name: &str, offset: usize, msg: impl Into<String>) -> Error {
-    Error::File { path: name.into(), msg: format!("at byte {offset}: {}", msg.into()) }
+    Error::file(name, format!("at byte {offset}: {}", msg.into()))
 }
 
 /// Decodes the bytes of an IDX file (gunzipping them first when they start with the gzip
@@ -83,7 +83,6 @@ pub fn parse_idx(bytes: &[u8], name: &str) -> Result<Tensor> {
 /// Reads an IDX file (`.gz` or not).
 pub fn read_idx(path: impl AsRef<Path>) -> Result<Tensor> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path)
-        .map_err(|e| Error::File { path: path.display().to_string(), msg: format!("cannot read: {e}") })?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path.display().to_string(), "cannot read", e))?;
     parse_idx(&bytes, &path.display().to_string())
 }

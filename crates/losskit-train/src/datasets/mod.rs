@@ -54,7 +54,7 @@ impl Dataset {
 /// The embedded digits set: `x` `(1797, 8, 8)` f32 with raw pixel values 0..16 (divide by 16
 /// to scale to [0, 1]) and `y` `(1797,)` labels 0..9 (as f32).
 pub fn digits() -> Result<Dataset> {
-    let ferr = |msg: String| Error::File { path: "digits.csv.gz (embedded)".into(), msg };
+    let ferr = |msg: String| Error::file("digits.csv.gz (embedded)", msg);
     let mut text = String::new();
     flate2::read::GzDecoder::new(DIGITS_CSV_GZ).read_to_string(&mut text).map_err(|e| ferr(e.to_string()))?;
     let mut reader = csv::ReaderBuilder::new().has_headers(false).from_reader(text.as_bytes());

@@ -89,14 +89,14 @@ pub(crate) fn begin_training(model: &mut Model, run: &mut FitLoop<'_, '_>, state
     let kinds_then: Vec<String> = states.iter().map(|s| s.kind.clone()).collect();
     if kinds_now != kinds_then {
         let path = run.backup().map(|b| b.path().display().to_string()).unwrap_or_default();
-        return Err(Error::File {
+        return Err(Error::file(
             path,
-            msg: format!(
+            format!(
                 "the backup was made with the callbacks [{}], this fit has [{}]: resume with the same callbacks (or delete the backup to start over)",
                 kinds_then.join(", "),
                 kinds_now.join(", ")
             ),
-        });
+        ));
     }
     for (cb, state) in stateful.iter_mut().zip(states) {
         cb.restore_state(state)?;

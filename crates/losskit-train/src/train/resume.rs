@@ -24,9 +24,11 @@ pub(crate) fn resume(model: &mut Model, run: &mut FitLoop<'_, '_>) -> Result<Vec
     model.rng = snap.model_rng;
     let sums = if snap.step > 0 {
         let shape = (run.data.ys.len(), run.metrics.first().map_or(0, Vec::len));
-        Some(Accumulators::from_flat(&snap.sums, shape).map_err(|m| Error::File {
-            path: path.display().to_string(),
-            msg: format!("{m}: the backup does not fit this model's outputs and metrics"),
+        Some(Accumulators::from_flat(&snap.sums, shape).map_err(|m| {
+            Error::file(
+                path.display().to_string(),
+                format!("{m}: the backup does not fit this model's outputs and metrics"),
+            )
         })?)
     } else {
         None
