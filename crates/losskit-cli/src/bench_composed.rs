@@ -72,10 +72,10 @@ fn minor_faults() -> u64 {
 
 fn inputs(w: &Workload) -> Result<(Tensor, Tensor)> {
     let n = w.rows * w.cols;
-    let p = super::bench::fill(n, 3, -2.0, 2.0);
+    let p = crate::timing::fill(n, 3, -2.0, 2.0);
     let t = match w.targets {
         "sparse" => {
-            let labels = super::bench::fill(w.rows, 5, 0.0, w.cols as f32).into_iter().map(f32::floor).collect();
+            let labels = crate::timing::fill(w.rows, 5, 0.0, w.cols as f32).into_iter().map(f32::floor).collect();
             Tensor::from_vec(labels, &[w.rows])?
         }
         "onehot" => {
@@ -85,7 +85,7 @@ fn inputs(w: &Workload) -> Result<(Tensor, Tensor)> {
             }
             Tensor::from_vec(v, &[w.rows, w.cols])?
         }
-        _ => Tensor::from_vec(super::bench::fill(n, 5, 0.0, 1.0), &[w.rows, w.cols])?,
+        _ => Tensor::from_vec(crate::timing::fill(n, 5, 0.0, 1.0), &[w.rows, w.cols])?,
     };
     let p = if w.targets == "real" { p.into_iter().map(|x| 0.5 + 0.2 * x).collect() } else { p };
     Ok((t, Tensor::from_vec(p, &[w.rows, w.cols])?))

@@ -2,7 +2,7 @@
 //! three gradients, fused (the logits never exist) and naive (the logits and their gradient
 //! materialised, then the same products), with each workload's time and peak memory growth.
 
-use crate::bench::{fill, time};
+use crate::timing::{fill, time};
 use crate::BenchArgs;
 use losskit::{Error, Result};
 use losskit_kernels as k;

@@ -6,6 +6,7 @@ mod bench_composed;
 mod bench_linear_ce;
 mod compute;
 mod run;
+mod timing;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;

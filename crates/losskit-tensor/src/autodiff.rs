@@ -1,5 +1,6 @@
 //! Reverse-mode automatic differentiation: graph nodes, `backward`, and the no-grad switch.
 
+pub(crate) use crate::flags::with_flag;
 use crate::{Result, Tensor};
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
@@ -18,19 +19,6 @@ pub fn is_grad_enabled() -> bool {
 /// `backward` itself, so gradient formulas can be written with ordinary tensor operations.
 pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
     with_flag(&GRAD_ENABLED, false, f)
-}
-
-/// Runs `f` with the thread-local `flag` set to `value`, restoring it afterwards (also when
-/// `f` panics).
-pub(crate) fn with_flag<R>(flag: &'static std::thread::LocalKey<Cell<bool>>, value: bool, f: impl FnOnce() -> R) -> R {
-    struct Restore(&'static std::thread::LocalKey<Cell<bool>>, bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            self.0.with(|g| g.set(self.1));
-        }
-    }
-    let _restore = Restore(flag, flag.with(|g| g.replace(value)));
-    f()
 }
 
 /// A differentiable operation: how to send the gradient of its output back to its inputs.

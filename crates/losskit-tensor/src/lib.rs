@@ -46,9 +46,11 @@
 
 mod autodiff;
 mod error;
+mod flags;
 mod fusion;
 pub mod npy;
 mod ops;
+mod pointwise;
 pub mod pool;
 pub mod random;
 pub mod slices;

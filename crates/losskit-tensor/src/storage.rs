@@ -31,7 +31,7 @@ pub enum Storage {
 }
 
 /// A scalar type a tensor can hold: `f32` or `f64`.
-pub trait Element: losskit_kernels::Float + ndarray::LinalgScalar + ndarray::ScalarOperand + crate::ops::Gemm {
+pub trait Element: losskit_kernels::Float + ndarray::LinalgScalar + ndarray::ScalarOperand {
     /// The matching [`DType`].
     const DTYPE: DType;
     /// Wraps an array of this type into a [`Storage`].

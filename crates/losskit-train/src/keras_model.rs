@@ -439,7 +439,7 @@ impl Model {
             "registered_name": null,
         })];
         for layer in &self.trunk {
-            let extra = layer.keras_config().ok_or_else(|| {
+            let extra = crate::layers::builtin(layer.as_ref()).map(|l| l.keras_config()).ok_or_else(|| {
                 config_error(format!("to_json: the layer {} ({}) has no Keras form", layer.name(), layer.kind()))
             })?;
             let mut config = Map::new();

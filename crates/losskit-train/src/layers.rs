@@ -6,6 +6,7 @@ use crate::regularizers::Regularizer;
 use losskit::{DType, Error, Result, Tensor};
 use losskit_tensor::random::{self, Rng};
 use losskit_tensor::DenseActivation;
+use std::any::Any;
 
 /// A trainable weight: its name inside the model (`"dense/kernel"`) and its current value (a
 /// leaf tensor that requires gradients).
@@ -18,7 +19,11 @@ pub struct Param {
 }
 
 /// One layer of a model. Shapes are per sample (without the batch axis).
-pub trait Layer: Send {
+///
+/// A layer of your own implements the identity, `build` and `forward` (and its weights, if
+/// any); it trains through the tape. The built-in layers also run in the planned step, the
+/// fused head and Keras JSON through crate-private hooks (`BuiltinLayer`).
+pub trait Layer: Any + Send {
     /// The Keras class name (`"Dense"`).
     fn kind(&self) -> &'static str;
     /// The instance name (`"dense_1"`), set when the model is built.
@@ -51,11 +56,6 @@ pub trait Layer: Send {
     fn param_count(&self) -> usize {
         self.params().len()
     }
-    /// What the allocation-free training step computes for this layer, when it can run it
-    /// (`None`: a model with this layer trains through the tape). Default `None`.
-    fn step_kind(&self) -> Option<StepLayer> {
-        None
-    }
     /// The layer's weight penalty for the loss (e.g. L2 on a Dense kernel), if any.
     fn regularization(&self) -> Result<Option<Tensor>> {
         Ok(None)
@@ -64,12 +64,20 @@ pub trait Layer: Send {
     fn regularizer(&self) -> Option<Regularizer> {
         None
     }
-    /// The layer's Keras 3 config (`layer.get_config()` without `name`, `trainable` and
-    /// `dtype`, which the model adds), for [`Model::to_json`](crate::Model::to_json); `None`
-    /// for a layer Keras does not have.
-    fn keras_config(&self) -> Option<serde_json::Value> {
+}
+
+/// What the trainer needs of a built-in layer beyond [`Layer`]: its planned-step form, its
+/// Keras config and (a linear `Dense`) its weights for the fused head. Crate-private: a user's
+/// layer has none of these and trains through the tape.
+pub(crate) trait BuiltinLayer {
+    /// What the planned training step computes for this layer, when it can run it (`None`: a
+    /// model with this layer trains through the tape).
+    fn step_kind(&self) -> Option<StepLayer> {
         None
     }
+    /// The layer's Keras 3 config (`layer.get_config()` without `name`, `trainable` and
+    /// `dtype`, which the model adds), for [`Model::to_json`](crate::Model::to_json).
+    fn keras_config(&self) -> serde_json::Value;
     /// For a linear `Dense` (no activation): its kernel `(in, units)` and bias, so a
     /// cross-entropy from logits can be fused with it ([`losskit::LinearCrossEntropy`]).
     fn linear_head(&self) -> Option<(&Tensor, Option<&Tensor>)> {
@@ -77,10 +85,25 @@ pub trait Layer: Send {
     }
 }
 
-/// A layer as the allocation-free training step runs it ([`Layer::step_kind`]): on a batch of
+/// The built-in layer behind `layer`, if it is one.
+pub(crate) fn builtin(layer: &dyn Layer) -> Option<&dyn BuiltinLayer> {
+    let any: &dyn Any = layer;
+    if let Some(l) = any.downcast_ref::<Dense>() {
+        return Some(l);
+    }
+    if let Some(l) = any.downcast_ref::<Flatten>() {
+        return Some(l);
+    }
+    if let Some(l) = any.downcast_ref::<Dropout>() {
+        return Some(l);
+    }
+    any.downcast_ref::<ActivationLayer>().map(|l| l as &dyn BuiltinLayer)
+}
+
+/// A layer as the allocation-free training step runs it (`BuiltinLayer::step_kind`): on a batch of
 /// `rows` samples with one axis of features each.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum StepLayer {
+pub(crate) enum StepLayer {
     /// `(rows, d1, d2, ...)` → `(rows, d1·d2·...)`: the buffers are already flat.
     Flatten,
     /// Training-time dropout: `x·mask`, `mask` entries `1/(1 - rate)` with probability
@@ -312,17 +335,6 @@ impl Layer for Dense {
     fn param_count(&self) -> usize {
         usize::from(self.kernel.is_some()) + usize::from(self.bias.is_some())
     }
-    fn step_kind(&self) -> Option<StepLayer> {
-        if self.kernel_regularizer.is_some() || self.bias_regularizer.is_some() || self.kernel.is_none() {
-            return None;
-        }
-        let (activation, softmax) = match (self.activation.dense_activation(), self.activation) {
-            (Some(a), _) => (a, false),
-            (None, Activation::Softmax) => (DenseActivation::Linear, true),
-            _ => return None,
-        };
-        Some(StepLayer::Dense { units: self.units, activation, softmax, bias: self.bias.is_some() })
-    }
     fn regularization(&self) -> Result<Option<Tensor>> {
         let kernel = match (&self.kernel_regularizer, &self.kernel) {
             (Some(r), Some(k)) => Some(r.penalty(&k.value)?),
@@ -340,10 +352,25 @@ impl Layer for Dense {
     fn regularizer(&self) -> Option<Regularizer> {
         self.kernel_regularizer.or(self.bias_regularizer)
     }
-    fn keras_config(&self) -> Option<serde_json::Value> {
+}
+
+impl BuiltinLayer for Dense {
+    fn step_kind(&self) -> Option<StepLayer> {
+        if self.kernel_regularizer.is_some() || self.bias_regularizer.is_some() || self.kernel.is_none() {
+            return None;
+        }
+        let (activation, softmax) = match (self.activation.dense_activation(), self.activation) {
+            (Some(a), _) => (a, false),
+            (None, Activation::Softmax) => (DenseActivation::Linear, true),
+            _ => return None,
+        };
+        Some(StepLayer::Dense { units: self.units, activation, softmax, bias: self.bias.is_some() })
+    }
+
+    fn keras_config(&self) -> serde_json::Value {
         use crate::initializers::initializer_json;
         use crate::regularizers::regularizer_json;
-        Some(serde_json::json!({
+        serde_json::json!({
             "units": self.units,
             "activation": self.activation.name(),
             "use_bias": self.use_bias,
@@ -353,8 +380,9 @@ impl Layer for Dense {
             "bias_regularizer": self.bias_regularizer.map(regularizer_json),
             "kernel_constraint": null,
             "bias_constraint": null,
-        }))
+        })
     }
+
     fn linear_head(&self) -> Option<(&Tensor, Option<&Tensor>)> {
         let kernel = self.kernel.as_ref()?;
         (self.activation == Activation::Linear).then(|| (&kernel.value, self.bias.as_ref().map(|b| &b.value)))
@@ -379,6 +407,10 @@ pub struct ActivationLayer {
 }
 
 impl ActivationLayer {
+    /// The activation it applies.
+    pub fn activation(&self) -> Activation {
+        self.activation
+    }
     /// An activation layer by Keras name.
     pub fn new(name: &str) -> Result<ActivationLayer> {
         Ok(ActivationLayer { name: "activation".into(), activation: Activation::parse(name)?, output: None })
@@ -394,8 +426,11 @@ impl Layer for ActivationLayer {
     fn forward(&self, x: &Tensor, _training: bool, _rng: &mut Rng) -> Result<Tensor> {
         self.activation.apply(x)
     }
-    fn keras_config(&self) -> Option<serde_json::Value> {
-        Some(serde_json::json!({ "activation": self.activation.name() }))
+}
+
+impl BuiltinLayer for ActivationLayer {
+    fn keras_config(&self) -> serde_json::Value {
+        serde_json::json!({ "activation": self.activation.name() })
     }
 }
 
@@ -420,17 +455,21 @@ impl Layer for Flatten {
         self.output = Some(out.clone());
         Ok(out)
     }
-    fn step_kind(&self) -> Option<StepLayer> {
-        Some(StepLayer::Flatten)
-    }
     fn forward(&self, x: &Tensor, _training: bool, _rng: &mut Rng) -> Result<Tensor> {
         if x.rank() == 0 {
             return Err(Error::Shape { op: self.name.clone(), msg: "cannot flatten a scalar".into() });
         }
         x.reshape(&[x.shape()[0] as isize, -1])
     }
-    fn keras_config(&self) -> Option<serde_json::Value> {
-        Some(serde_json::json!({ "data_format": "channels_last" }))
+}
+
+impl BuiltinLayer for Flatten {
+    fn step_kind(&self) -> Option<StepLayer> {
+        Some(StepLayer::Flatten)
+    }
+
+    fn keras_config(&self) -> serde_json::Value {
+        serde_json::json!({ "data_format": "channels_last" })
     }
 }
 
@@ -459,9 +498,6 @@ impl Layer for Dropout {
         self.output = Some(input.to_vec());
         Ok(input.to_vec())
     }
-    fn step_kind(&self) -> Option<StepLayer> {
-        Some(StepLayer::Dropout { rate: self.rate })
-    }
     fn forward(&self, x: &Tensor, training: bool, rng: &mut Rng) -> Result<Tensor> {
         if !training || self.rate == 0.0 {
             return Ok(x.clone());
@@ -470,7 +506,14 @@ impl Layer for Dropout {
         let mask = random::mask(x.shape(), keep, 1.0 / keep, x.dtype(), rng)?;
         x.mul(&mask)
     }
-    fn keras_config(&self) -> Option<serde_json::Value> {
-        Some(serde_json::json!({ "rate": self.rate, "seed": null, "noise_shape": null }))
+}
+
+impl BuiltinLayer for Dropout {
+    fn step_kind(&self) -> Option<StepLayer> {
+        Some(StepLayer::Dropout { rate: self.rate })
+    }
+
+    fn keras_config(&self) -> serde_json::Value {
+        serde_json::json!({ "rate": self.rate, "seed": null, "noise_shape": null })
     }
 }

@@ -452,7 +452,13 @@ fn keras_models_dir() -> std::path::PathBuf {
 
 /// What a layer's Keras config says of `key` (units, activation), as Keras' facts list it.
 fn layer_fact(layer: &dyn losskit_train::Layer, key: &str) -> serde_json::Value {
-    layer.keras_config().and_then(|c| c.get(key).cloned()).unwrap_or(serde_json::Value::Null)
+    let any: &dyn std::any::Any = layer;
+    match (key, any.downcast_ref::<Dense>(), any.downcast_ref::<losskit_train::ActivationLayer>()) {
+        ("units", Some(d), _) => serde_json::json!(d.units()),
+        ("activation", Some(d), _) => serde_json::json!(d.activation_fn().name()),
+        ("activation", _, Some(a)) => serde_json::json!(a.activation().name()),
+        _ => serde_json::Value::Null,
+    }
 }
 
 #[test]

@@ -141,7 +141,7 @@ impl BinaryCrossentropy {
 
 impl Loss for BinaryCrossentropy {
     loss_identity!(BinaryCrossentropy);
-    fn single_row_kernel(&self) -> bool {
+    fn single_row_kernel(&self, _: crate::loss::sealed::Token) -> bool {
         true
     }
     fn config(&self) -> Value {
@@ -249,7 +249,7 @@ impl BinaryFocalCrossentropy {
 
 impl Loss for BinaryFocalCrossentropy {
     loss_identity!(BinaryFocalCrossentropy);
-    fn single_row_kernel(&self) -> bool {
+    fn single_row_kernel(&self, _: crate::loss::sealed::Token) -> bool {
         true
     }
     fn config(&self) -> Value {
@@ -321,18 +321,20 @@ impl CategoricalCrossentropy {
 
 impl Loss for CategoricalCrossentropy {
     loss_identity!(CategoricalCrossentropy);
-    fn single_row_kernel(&self) -> bool {
+    fn single_row_kernel(&self, _: crate::loss::sealed::Token) -> bool {
         true
     }
-    fn row_kernel(&self) -> Option<crate::RowLoss<'_>> {
+    fn row_kernel(&self, _: crate::loss::sealed::Token) -> Option<crate::RowLoss<'_>> {
         // Class weights scale the targets first; another axis is moved last first.
         let plain = self.class_weights.is_none() && self.axis == -1;
-        plain.then_some(crate::RowLoss::CategoricalCrossentropy(kernels::CategoricalCrossentropy {
-            from_logits: self.from_logits,
-            label_smoothing: self.label_smoothing,
-            // Set per call from the number of classes.
-            smoothing_share: 0.0,
-        }))
+        plain.then_some(crate::RowLoss(crate::loss::RowKernelKind::CategoricalCrossentropy(
+            kernels::CategoricalCrossentropy {
+                from_logits: self.from_logits,
+                label_smoothing: self.label_smoothing,
+                // Set per call from the number of classes.
+                smoothing_share: 0.0,
+            },
+        )))
     }
     fn config(&self) -> Value {
         self.crossentropy_config()
@@ -455,7 +457,7 @@ impl CategoricalFocalCrossentropy {
 
 impl Loss for CategoricalFocalCrossentropy {
     loss_identity!(CategoricalFocalCrossentropy);
-    fn single_row_kernel(&self) -> bool {
+    fn single_row_kernel(&self, _: crate::loss::sealed::Token) -> bool {
         true
     }
     fn config(&self) -> Value {
@@ -565,17 +567,17 @@ impl SparseCategoricalCrossentropy {
 
 impl Loss for SparseCategoricalCrossentropy {
     loss_identity!(SparseCategoricalCrossentropy);
-    fn single_row_kernel(&self) -> bool {
+    fn single_row_kernel(&self, _: crate::loss::sealed::Token) -> bool {
         true
     }
-    fn row_kernel(&self) -> Option<crate::RowLoss<'_>> {
+    fn row_kernel(&self, _: crate::loss::sealed::Token) -> Option<crate::RowLoss<'_>> {
         // `ignore_class` attaches a mask of the loss' own.
-        self.ignore_class.is_none().then_some(crate::RowLoss::SparseCategoricalCrossentropy(
-            kernels::SparseCategoricalCrossentropy {
+        self.ignore_class.is_none().then_some(crate::RowLoss(
+            crate::loss::RowKernelKind::SparseCategoricalCrossentropy(kernels::SparseCategoricalCrossentropy {
                 from_logits: self.from_logits,
                 class_weights: self.class_weights.as_deref(),
                 label_smoothing: 0.0,
-            },
+            }),
         ))
     }
     fn config(&self) -> Value {

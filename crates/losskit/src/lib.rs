@@ -55,7 +55,7 @@ pub use classification::{
 pub use custom::CustomLoss;
 pub use hinge::{CategoricalHinge, Hinge, SquaredHinge};
 pub use linear_ce::LinearCrossEntropy;
-pub use loss::{compute, compute_partial, Loss, PerSample, RowLoss};
+pub use loss::{compute, compute_partial, row_kernel, Loss, PerSample, RowLoss};
 pub use losskit_tensor::{no_grad, DType, Error, Gradients, IoSource, Result, Tensor};
 pub use metric_learning::Circle;
 pub use reduction::{compute_average_loss, reduce_partial, reduce_weighted_values, Reduction};

@@ -36,22 +36,23 @@ pub trait Loss: Send + Sync {
     /// shape. Must be built from differentiable tensor operations (or a fused op).
     fn per_sample(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<PerSample>;
 
-    /// Whether [`Loss::per_sample`]'s values are exactly one fused row kernel's output, with no
-    /// mask of the loss' own or one the kernel is told of (the built-in kernel losses). Lets
-    /// [`compute`] fold the reduction's per-row weights into the kernel's gradient on large
-    /// inputs (one pass instead of two). Only an optimisation: a wrong `true` costs nothing when
-    /// no row kernel runs and a second `per_sample` run when the values are changed after the
-    /// kernel, never a wrong value or gradient. Default `false`.
-    fn single_row_kernel(&self) -> bool {
+    /// Sealed (only losskit's own losses can say `true`: the argument cannot be named outside
+    /// it): whether [`Loss::per_sample`]'s values are exactly one fused row kernel's output,
+    /// with no mask of the loss' own or one the kernel is told of. Lets [`compute`] fold the
+    /// reduction's per-row weights into the kernel's gradient on large inputs (one pass instead
+    /// of two). Only an optimisation: a wrong `true` costs nothing when no row kernel runs and
+    /// a second `per_sample` run when the values are changed after the kernel, never a wrong
+    /// value or gradient.
+    #[doc(hidden)]
+    fn single_row_kernel(&self, _: sealed::Token) -> bool {
         false
     }
 
-    /// For a loss whose per-sample values are one row kernel over `(y_true, y_pred)` with the
-    /// class axis last and nothing else (no mask of its own, no per-row factor): that kernel,
-    /// so a caller that keeps its own buffers can compute the values and their gradient on
-    /// slices ([`RowLoss::run`], the same bits as [`Loss::per_sample`]). losskit-train's
-    /// allocation-free training step uses it. Default `None`.
-    fn row_kernel(&self) -> Option<RowLoss<'_>> {
+    /// Sealed (see [`row_kernel`], the public way to ask): for a loss whose per-sample values
+    /// are one row kernel over `(y_true, y_pred)` with the class axis last and nothing else,
+    /// that kernel.
+    #[doc(hidden)]
+    fn row_kernel(&self, _: sealed::Token) -> Option<RowLoss<'_>> {
         None
     }
 
@@ -88,10 +89,30 @@ pub trait Loss: Send + Sync {
     }
 }
 
-/// A built-in loss as its row kernel ([`Loss::row_kernel`]): per row of `cols` predictions,
-/// the loss value and its gradient, on plain slices.
+/// The seal of [`Loss`]'s internal hooks: a type other crates cannot name or make.
+pub(crate) mod sealed {
+    /// Passed by losskit to its own losses' hooks.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Token;
+}
+
+/// For a loss whose per-sample values are one row kernel over `(y_true, y_pred)` with the
+/// class axis last and nothing else (no mask of its own, no per-row factor): that kernel, so a
+/// caller that keeps its own buffers can compute the values and their gradient on slices
+/// ([`RowLoss::run`], the same bits as [`Loss::per_sample`]). losskit-train's planned training
+/// step uses it. `None` for every other loss (custom ones included).
+pub fn row_kernel(loss: &dyn Loss) -> Option<RowLoss<'_>> {
+    loss.row_kernel(sealed::Token)
+}
+
+/// A built-in loss as its row kernel ([`row_kernel`]): per row of `cols` predictions, the loss
+/// value and its gradient, on plain slices. Opaque: the kernels behind it are losskit's own.
 #[derive(Debug, Clone, Copy)]
-pub enum RowLoss<'a> {
+pub struct RowLoss<'a>(pub(crate) RowKernelKind<'a>);
+
+/// The kernels a [`RowLoss`] can be.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RowKernelKind<'a> {
     /// Keras' `SparseCategoricalCrossentropy`: one class index per row.
     SparseCategoricalCrossentropy(losskit_kernels::SparseCategoricalCrossentropy<'a>),
     /// Keras' `CategoricalCrossentropy`: a target distribution per row.
@@ -101,10 +122,16 @@ pub enum RowLoss<'a> {
 impl RowLoss<'_> {
     /// `y_true` values per row of `cols` predictions: 1 (a class index) or `cols`.
     pub fn true_cols(&self, cols: usize) -> usize {
-        match self {
-            RowLoss::SparseCategoricalCrossentropy(_) => 1,
-            RowLoss::CategoricalCrossentropy(_) => cols,
+        match self.0 {
+            RowKernelKind::SparseCategoricalCrossentropy(_) => 1,
+            RowKernelKind::CategoricalCrossentropy(_) => cols,
         }
+    }
+
+    /// Whether the targets are class indices (one per row, per-sample shape `()` or `(1,)`)
+    /// rather than one value per class.
+    pub fn sparse_targets(&self) -> bool {
+        matches!(self.0, RowKernelKind::SparseCategoricalCrossentropy(_))
     }
 
     /// Makes `y_true` (`rows × true_cols(cols)`) what the kernel reads, in place, as
@@ -112,7 +139,7 @@ impl RowLoss<'_> {
     /// index, an error naming the label and its row (`per_sample`'s error, `loss` its name)
     /// when it is not one of `0..cols`; other targets as they are.
     pub fn prepare_targets<T: losskit_tensor::Element>(&self, loss: &str, y_true: &mut [T], cols: usize) -> Result<()> {
-        if let RowLoss::SparseCategoricalCrossentropy(_) = self {
+        if self.sparse_targets() {
             for (i, label) in y_true.iter_mut().enumerate() {
                 let v = label.to_f64().unwrap_or(f64::NAN);
                 let k = v.trunc();
@@ -141,11 +168,11 @@ impl RowLoss<'_> {
         grad: Option<&mut [T]>,
         row_scale: Option<&[T]>,
     ) -> Result<()> {
-        let outcome = match self {
-            RowLoss::SparseCategoricalCrossentropy(k) => {
+        let outcome = match &self.0 {
+            RowKernelKind::SparseCategoricalCrossentropy(k) => {
                 losskit_kernels::run_rows(k, y_true, y_pred, cols, row_scale, values, grad)
             }
-            RowLoss::CategoricalCrossentropy(k) => {
+            RowKernelKind::CategoricalCrossentropy(k) => {
                 // Keras smooths towards the uniform distribution over the row's classes.
                 let k = losskit_kernels::CategoricalCrossentropy { smoothing_share: 1.0 / cols.max(1) as f64, ..*k };
                 losskit_kernels::run_rows(&k, y_true, y_pred, cols, row_scale, values, grad)
@@ -232,7 +259,7 @@ fn folded<L: Loss + ?Sized>(
 ) -> Result<Fold> {
     let constant = |t: Option<&Tensor>| t.is_none_or(|t| !t.is_tracked());
     let reduction = loss.reduction();
-    let applies = loss.single_row_kernel()
+    let applies = loss.single_row_kernel(sealed::Token)
         && reduction != Reduction::None
         && losskit_tensor::is_grad_enabled()
         && y_pred.is_tracked()

@@ -72,7 +72,7 @@ macro_rules! simple_loss {
 
         impl $crate::Loss for $ty {
             loss_identity!($ty);
-            fn single_row_kernel(&self) -> bool {
+            fn single_row_kernel(&self, _: crate::loss::sealed::Token) -> bool {
                 true
             }
             fn per_sample(&self, y_true: &$crate::Tensor, y_pred: &$crate::Tensor) -> $crate::Result<$crate::PerSample> {

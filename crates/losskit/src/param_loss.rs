@@ -219,7 +219,7 @@ impl Loss for ParamLoss {
     fn per_sample(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<PerSample> {
         (self.spec.per_sample)(self, y_true, y_pred)
     }
-    fn single_row_kernel(&self) -> bool {
+    fn single_row_kernel(&self, _: crate::loss::sealed::Token) -> bool {
         self.spec.single_row_kernel
     }
 }
@@ -277,8 +277,8 @@ macro_rules! param_loss {
             fn per_sample(&self, y_true: &crate::Tensor, y_pred: &crate::Tensor) -> crate::Result<crate::PerSample> {
                 self.0.per_sample(y_true, y_pred)
             }
-            fn single_row_kernel(&self) -> bool {
-                self.0.single_row_kernel()
+            fn single_row_kernel(&self, _: crate::loss::sealed::Token) -> bool {
+                self.0.single_row_kernel(crate::loss::sealed::Token)
             }
         }
     };

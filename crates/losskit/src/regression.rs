@@ -141,7 +141,7 @@ loss_basics!(Huber);
 
 impl Loss for Huber {
     loss_identity!(Huber);
-    fn single_row_kernel(&self) -> bool {
+    fn single_row_kernel(&self, _: crate::loss::sealed::Token) -> bool {
         true
     }
     fn config(&self) -> Value {
@@ -203,7 +203,7 @@ loss_basics!(CosineSimilarity);
 
 impl Loss for CosineSimilarity {
     loss_identity!(CosineSimilarity);
-    fn single_row_kernel(&self) -> bool {
+    fn single_row_kernel(&self, _: crate::loss::sealed::Token) -> bool {
         true
     }
     fn config(&self) -> Value {

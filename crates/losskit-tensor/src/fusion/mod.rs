@@ -1,7 +1,7 @@
 //! Fusion of element-wise chains: large element-wise results are *lazy expressions*, evaluated
 //! when their values are needed, a cache-sized chunk at a time.
 //!
-//! An element-wise op on an output of at least [`crate::ops::PARALLEL_MIN`] values does not
+//! An element-wise op on an output of at least [`crate::pointwise::PARALLEL_MIN`] values does not
 //! compute anything: it returns a tensor whose value is an [`Expr`], a small graph of
 //! instructions over *leaves* (materialised full-shape arrays, and arrays broadcast along rows,
 //! along columns or as a scalar). When someone reads the values ([`Tensor::storage`]), the
@@ -45,10 +45,9 @@ macro_rules! with_avx2 {
 
 pub(crate) use with_avx2;
 
-pub(crate) mod ops;
 mod program;
 
-use crate::ops::{Binary, Unary, PARALLEL_MIN};
+use crate::pointwise::{Binary, Unary, PARALLEL_MIN};
 use crate::storage::{with_storage, Element};
 use crate::{DType, Storage, Tensor};
 use std::cell::Cell;
@@ -203,7 +202,7 @@ impl Expr {
         }
     }
 
-    fn numel(&self) -> usize {
+    pub(crate) fn numel(&self) -> usize {
         self.shape.iter().product()
     }
 }
@@ -253,7 +252,7 @@ thread_local! {
 /// at once (the plain path). The results are the same, bit for bit; this is for checking that,
 /// and for measuring what fusion gains.
 pub fn unfused<R>(f: impl FnOnce() -> R) -> R {
-    crate::autodiff::with_flag(&FUSION, false, f)
+    crate::flags::with_flag(&FUSION, false, f)
 }
 
 /// Whether an element-wise result of `shape` is computed lazily.

@@ -2,7 +2,7 @@
 //! ways to run it: materialise every value, or sum rows of them.
 
 use super::{Broadcast, Expr, Instr, Kind, Side, CHUNK, PIECE};
-use crate::ops::{per_binary, per_unary};
+use crate::pointwise::{per_binary, per_unary};
 use crate::storage::Element;
 use crate::{pool, Storage};
 use losskit_kernels::{accumulate_sum, clip, clip_passes};
@@ -400,7 +400,7 @@ pub(super) fn row_sums<T: Element>(es: &[&Expr], rows: usize, period: usize) -> 
             .collect()
     } else {
         let mut sums = vec![0.0; rows * roots];
-        if rows * period < crate::ops::PARALLEL_MIN {
+        if rows * period < crate::pointwise::PARALLEL_MIN {
             let mut regs = p.register_file();
             sum_short_rows(&p, &mut regs, 0, period, &mut sums);
         } else {

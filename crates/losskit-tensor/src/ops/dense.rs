@@ -7,6 +7,7 @@
 //! functions, reductions and products as `x.matmul(W).add(b)` followed by the activation, so the
 //! two paths give the same bits.
 
+use super::Gemm;
 use super::{op, sum_to_shape, Binary, Unary};
 use crate::fusion::with_avx2;
 use crate::storage::{Element, Storage};

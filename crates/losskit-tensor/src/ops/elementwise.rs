@@ -1,9 +1,10 @@
 //! Element-wise operations with NumPy broadcasting.
 
 use super::{op, with_pair};
+use crate::pointwise::{per_binary, per_unary, Binary, Unary};
 use crate::storage::{with_storage, Element};
 use crate::{DType, Error, Result, Storage, Tensor};
-use losskit_kernels::{clip_passes, maximum, sigmoid, sign, softplus, Float};
+use losskit_kernels::{clip_passes, Float};
 use ndarray::{ArrayD, Axis, IxDyn, Zip};
 use num_traits::Zero;
 
@@ -69,284 +70,6 @@ pub(crate) fn sum_to_shape(g: &Tensor, shape: &[usize]) -> Tensor {
     with_storage!(g.storage(), a => Tensor::from_array(sum_to::<T>(a.view(), shape)))
 }
 
-/// A one-operand element-wise function (shared by the eager ops and the fused programs).
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Unary {
-    Neg,
-    Exp,
-    Log,
-    Log1p,
-    Expm1,
-    Sqrt,
-    Abs,
-    Square,
-    Tanh,
-    Sigmoid,
-    Softplus,
-    Relu,
-    Erf,
-    Atan,
-}
-
-impl Unary {
-    #[inline(always)]
-    pub(crate) fn apply<T: Float>(self, x: T) -> T {
-        match self {
-            Unary::Neg => -x,
-            Unary::Exp => x.exp_fast(),
-            Unary::Log => x.ln_fast(),
-            Unary::Log1p => x.ln_1p_fast(),
-            Unary::Expm1 => x.exp_m1(),
-            Unary::Sqrt => x.sqrt(),
-            Unary::Abs => x.abs(),
-            Unary::Square => x * x,
-            Unary::Tanh => x.tanh(),
-            Unary::Sigmoid => sigmoid(x),
-            Unary::Softplus => softplus(x),
-            // max(x, 0) as jnp.maximum and tf.nn.relu compute it: a NaN stays NaN.
-            Unary::Relu => maximum(x, T::zero()),
-            Unary::Erf => T::c(libm::erf(x.to_f64().unwrap_or(f64::NAN))),
-            Unary::Atan => x.atan(),
-        }
-    }
-
-    /// Whether [`Unary::deriv`] reads the output `y` (else only `x`).
-    pub(crate) fn uses_output(self) -> bool {
-        matches!(self, Unary::Exp | Unary::Expm1 | Unary::Sqrt | Unary::Tanh | Unary::Sigmoid)
-    }
-
-    /// `dy/dx` from the input `x` and the output `y`.
-    #[inline(always)]
-    pub(crate) fn deriv<T: Float>(self, x: T, y: T) -> T {
-        let one = T::one();
-        match self {
-            Unary::Neg => -one,
-            Unary::Exp => y,
-            Unary::Log => one / x,
-            Unary::Log1p => one / (one + x),
-            Unary::Expm1 => y + one,
-            Unary::Sqrt => T::c(0.5) / y,
-            Unary::Abs => sign(x),
-            Unary::Square => x + x,
-            Unary::Tanh => one - y * y,
-            Unary::Sigmoid => y * (one - y),
-            Unary::Softplus => sigmoid(x),
-            Unary::Relu => {
-                if x > T::zero() {
-                    one
-                } else {
-                    T::zero()
-                }
-            }
-            Unary::Erf => T::c(std::f64::consts::FRAC_2_SQRT_PI) * (-(x * x)).exp(),
-            Unary::Atan => one / (one + x * x),
-        }
-    }
-
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Unary::Neg => "neg",
-            Unary::Exp => "exp",
-            Unary::Log => "log",
-            Unary::Log1p => "log1p",
-            Unary::Expm1 => "expm1",
-            Unary::Sqrt => "sqrt",
-            Unary::Abs => "abs",
-            Unary::Square => "square",
-            Unary::Tanh => "tanh",
-            Unary::Sigmoid => "sigmoid",
-            Unary::Softplus => "softplus",
-            Unary::Relu => "relu",
-            Unary::Erf => "erf",
-            Unary::Atan => "atan",
-        }
-    }
-}
-
-/// A two-operand element-wise function (shared by the eager ops and the fused programs).
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Binary {
-    Add,
-    Sub,
-    Mul,
-    Div,
-    Pow,
-    Maximum,
-    Minimum,
-}
-
-impl Binary {
-    #[inline(always)]
-    pub(crate) fn apply<T: Float>(self, a: T, b: T) -> T {
-        match self {
-            Binary::Add => a + b,
-            Binary::Sub => a - b,
-            Binary::Mul => a * b,
-            Binary::Div => a / b,
-            Binary::Pow => a.powf(b),
-            // NaN on either side gives NaN (jnp.maximum, tf.maximum), not the other operand.
-            Binary::Maximum => maximum(a, b),
-            Binary::Minimum => {
-                if a.is_nan() || b.is_nan() {
-                    a + b
-                } else if a <= b {
-                    a
-                } else {
-                    b
-                }
-            }
-        }
-    }
-
-    /// `(∂y/∂a, ∂y/∂b)`.
-    #[inline(always)]
-    pub(crate) fn deriv<T: Float>(self, a: T, b: T, y: T) -> (T, T) {
-        let (one, zero) = (T::one(), T::zero());
-        match self {
-            Binary::Add => (one, one),
-            Binary::Sub => (one, -one),
-            Binary::Mul => (b, a),
-            Binary::Div => (one / b, -a / (b * b)),
-            Binary::Pow => {
-                let da = if b == zero { zero } else { b * a.powf(b - one) };
-                let db = if a > zero { y * a.ln() } else { zero };
-                (da, db)
-            }
-            Binary::Maximum => {
-                if a >= b {
-                    (one, zero)
-                } else {
-                    (zero, one)
-                }
-            }
-            Binary::Minimum => {
-                if a <= b {
-                    (one, zero)
-                } else {
-                    (zero, one)
-                }
-            }
-        }
-    }
-
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Binary::Add => "add",
-            Binary::Sub => "sub",
-            Binary::Mul => "mul",
-            Binary::Div => "div",
-            Binary::Pow => "pow",
-            Binary::Maximum => "maximum",
-            Binary::Minimum => "minimum",
-        }
-    }
-}
-
-/// Expands `$body` once per `Unary` variant with `$u` bound to that constant, so each loop is
-/// compiled for one operation (the per-element `match` folds away and the loop vectorises).
-macro_rules! per_unary {
-    ($op:expr, $u:ident => $body:expr) => {
-        match $op {
-            $crate::ops::Unary::Neg => {
-                let $u = $crate::ops::Unary::Neg;
-                $body
-            }
-            $crate::ops::Unary::Exp => {
-                let $u = $crate::ops::Unary::Exp;
-                $body
-            }
-            $crate::ops::Unary::Log => {
-                let $u = $crate::ops::Unary::Log;
-                $body
-            }
-            $crate::ops::Unary::Log1p => {
-                let $u = $crate::ops::Unary::Log1p;
-                $body
-            }
-            $crate::ops::Unary::Expm1 => {
-                let $u = $crate::ops::Unary::Expm1;
-                $body
-            }
-            $crate::ops::Unary::Sqrt => {
-                let $u = $crate::ops::Unary::Sqrt;
-                $body
-            }
-            $crate::ops::Unary::Abs => {
-                let $u = $crate::ops::Unary::Abs;
-                $body
-            }
-            $crate::ops::Unary::Square => {
-                let $u = $crate::ops::Unary::Square;
-                $body
-            }
-            $crate::ops::Unary::Tanh => {
-                let $u = $crate::ops::Unary::Tanh;
-                $body
-            }
-            $crate::ops::Unary::Sigmoid => {
-                let $u = $crate::ops::Unary::Sigmoid;
-                $body
-            }
-            $crate::ops::Unary::Softplus => {
-                let $u = $crate::ops::Unary::Softplus;
-                $body
-            }
-            $crate::ops::Unary::Relu => {
-                let $u = $crate::ops::Unary::Relu;
-                $body
-            }
-            $crate::ops::Unary::Erf => {
-                let $u = $crate::ops::Unary::Erf;
-                $body
-            }
-            $crate::ops::Unary::Atan => {
-                let $u = $crate::ops::Unary::Atan;
-                $body
-            }
-        }
-    };
-}
-
-pub(crate) use per_unary;
-
-/// As `per_unary!`, for `Binary`.
-macro_rules! per_binary {
-    ($op:expr, $b:ident => $body:expr) => {
-        match $op {
-            $crate::ops::Binary::Add => {
-                let $b = $crate::ops::Binary::Add;
-                $body
-            }
-            $crate::ops::Binary::Sub => {
-                let $b = $crate::ops::Binary::Sub;
-                $body
-            }
-            $crate::ops::Binary::Mul => {
-                let $b = $crate::ops::Binary::Mul;
-                $body
-            }
-            $crate::ops::Binary::Div => {
-                let $b = $crate::ops::Binary::Div;
-                $body
-            }
-            $crate::ops::Binary::Pow => {
-                let $b = $crate::ops::Binary::Pow;
-                $body
-            }
-            $crate::ops::Binary::Maximum => {
-                let $b = $crate::ops::Binary::Maximum;
-                $body
-            }
-            $crate::ops::Binary::Minimum => {
-                let $b = $crate::ops::Binary::Minimum;
-                $body
-            }
-        }
-    };
-}
-
-pub(crate) use per_binary;
-
 fn unary_forward<T: Element>(a: &ndarray::ArcArray<T, IxDyn>, op: Unary) -> ArrayD<T> {
     per_unary!(op, u => collect!(a.raw_dim(), Zip::from(a), |&x| u.apply(x)))
 }
@@ -366,7 +89,7 @@ fn broadcast_or_err(op: &str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
 
 impl Tensor {
     fn unary(&self, u: Unary) -> Tensor {
-        if let Some(t) = crate::fusion::ops::unary(self, u) {
+        if let Some(t) = crate::ops::fused::unary(self, u) {
             return t;
         }
         let storage = with_storage!(self.storage(), a => T::wrap(unary_forward(a, u)));
@@ -388,7 +111,7 @@ impl Tensor {
     fn binary(&self, other: &Tensor, b: Binary) -> Result<Tensor> {
         let name = b.name();
         let shape = broadcast_or_err(name, self.shape(), other.shape())?;
-        if let Some(t) = crate::fusion::ops::binary(self, other, b, &shape) {
+        if let Some(t) = crate::ops::fused::binary(self, other, b, &shape) {
             return Ok(t);
         }
         let storage = with_pair!(name, self, other, (x, y) => {
@@ -554,7 +277,7 @@ impl Tensor {
         if lo > hi || lo.is_nan() || hi.is_nan() {
             return Err(Error::value("clip", format!("needs lo <= hi, got lo = {lo}, hi = {hi}")));
         }
-        if let Some(t) = crate::fusion::ops::clip(self, lo, hi) {
+        if let Some(t) = crate::ops::fused::clip(self, lo, hi) {
             return Ok(t);
         }
         let storage = with_storage!(self.storage(), a => {

@@ -1,10 +1,5 @@
 //! The differentiable operations on [`Tensor`], grouped by kind.
 
-/// Element-wise results of at least this many values are computed in parallel (rayon, through
-/// ndarray's `par_map_collect`). Each element is computed on its own, so the values do not depend
-/// on the number of threads.
-pub(crate) const PARALLEL_MIN: usize = 1 << 15;
-
 /// `zip.map_collect(f)` into an array of shape `dim`; large outputs are computed in parallel
 /// into a buffer from the [`crate::pool`] (no fresh pages once the pool holds one). `T` is the
 /// element type in scope.
@@ -23,14 +18,16 @@ macro_rules! collect {
 
 pub(crate) mod dense;
 mod elementwise;
+pub(crate) mod fused;
 mod index;
 mod matmul;
 mod reduce;
 mod shape;
 
+pub(crate) use crate::pointwise::{per_unary, Binary, Unary, PARALLEL_MIN};
 pub use dense::DenseActivation;
 pub use elementwise::broadcast_shapes;
-pub(crate) use elementwise::{per_binary, per_unary, sum_to_shape, Binary, Unary};
+pub(crate) use elementwise::sum_to_shape;
 pub use matmul::Gemm;
 
 use crate::autodiff::FnOp;

@@ -71,7 +71,7 @@ impl Reduce {
 fn logsumexp_kept<T: Element>(a: ArrayViewD<'_, T>, axes: &[usize]) -> ArrayD<T> {
     if a.ndim() > 0 && axes == [a.ndim() - 1] {
         if let Some(s) = a.as_slice() {
-            let lse = crate::fusion::ops::row_log_sum_exp(s, a.shape()[a.ndim() - 1]);
+            let lse = crate::ops::fused::row_log_sum_exp(s, a.shape()[a.ndim() - 1]);
             return ArrayD::from_shape_vec(IxDyn(&kept_shape(a.shape(), axes)), lse).expect("one value per row");
         }
     }
@@ -98,7 +98,7 @@ impl Tensor {
         // Sums and means over trailing axes: row sums in a fixed order, fused with a lazy input.
         if trailing(&axes, self.rank()) && matches!(r, Reduce::Sum | Reduce::Mean) {
             let divisor = if r == Reduce::Mean { count as f64 } else { 1.0 };
-            if let Some(t) = crate::fusion::ops::sum_trailing(self, self.rank() - axes.len(), divisor, &out_shape, name)
+            if let Some(t) = crate::ops::fused::sum_trailing(self, self.rank() - axes.len(), divisor, &out_shape, name)
             {
                 return Ok(t);
             }
@@ -171,7 +171,7 @@ impl Tensor {
             let kept = kept_shape(first.shape(), &axes_n);
             let out_shape: Vec<usize> = if keepdims { kept } else { first.shape()[..rank - axes_n.len()].to_vec() };
             let keep = rank - axes_n.len();
-            if let Some(sums) = crate::fusion::ops::sum_trailing_many(tensors, keep, 1.0, &out_shape, "sum") {
+            if let Some(sums) = crate::ops::fused::sum_trailing_many(tensors, keep, 1.0, &out_shape, "sum") {
                 return Ok(sums);
             }
         }
@@ -221,7 +221,7 @@ impl Tensor {
         let name = if log { "log_softmax" } else { "softmax" };
         let ax = norm_axis(name, axis, self.rank())?;
         if ax + 1 == self.rank() {
-            if let Some(t) = crate::fusion::ops::softmax_last(self, log) {
+            if let Some(t) = crate::ops::fused::softmax_last(self, log) {
                 return Ok(t);
             }
         }

@@ -144,7 +144,7 @@ impl BackupAndRestore {
 }
 
 impl Callback for BackupAndRestore {
-    fn as_backup(&mut self) -> Option<&mut BackupAndRestore> {
+    fn as_backup(&mut self, _: super::sealed::Token) -> Option<&mut BackupAndRestore> {
         Some(self)
     }
 }

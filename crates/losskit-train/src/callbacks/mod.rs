@@ -22,6 +22,12 @@ use crate::model::Model;
 use losskit::Result;
 use std::collections::BTreeMap;
 
+/// The seal of [`Callback`]'s internal hook: a type other crates cannot name or make.
+pub(crate) mod sealed {
+    /// Passed by `fit` to [`Callback::as_backup`](super::Callback::as_backup).
+    #[derive(Debug, Clone, Copy)]
+    pub struct Token;
+}
 /// Metric values by name (`"loss"`, `"accuracy"`, `"val_loss"`, ...), in alphabetical order as
 /// Keras' CSV and History list them.
 pub type Logs = BTreeMap<String, f64>;
@@ -112,8 +118,10 @@ pub trait Callback {
     fn restore_state(&mut self, state: CallbackState) -> Result<()> {
         Ok(())
     }
-    /// The [`BackupAndRestore`] callback itself, which `fit` drives (`None` for every other).
-    fn as_backup(&mut self) -> Option<&mut BackupAndRestore> {
+    /// Sealed (the argument cannot be named outside losskit-train): the
+    /// [`BackupAndRestore`] callback itself, which `fit` drives (`None` for every other).
+    #[doc(hidden)]
+    fn as_backup(&mut self, _: sealed::Token) -> Option<&mut BackupAndRestore> {
         None
     }
 }

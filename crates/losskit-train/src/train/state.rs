@@ -5,6 +5,7 @@ use super::data::FitData;
 use super::logs::Accumulators;
 use super::step::Stepper;
 use crate::callbacks::backup::RunFacts;
+use crate::callbacks::sealed::Token;
 use crate::callbacks::{BackupAndRestore, Callback, History, Logs};
 use crate::distribute::Collective;
 use crate::metrics::Metric;
@@ -81,7 +82,7 @@ impl<'d, 'c> FitLoop<'d, 'c> {
         progress: Progress,
     ) -> Result<Self> {
         let backups: Vec<usize> =
-            callbacks.iter_mut().enumerate().filter_map(|(i, cb)| cb.as_backup().map(|_| i)).collect();
+            callbacks.iter_mut().enumerate().filter_map(|(i, cb)| cb.as_backup(Token).map(|_| i)).collect();
         if backups.len() > 1 {
             return Err(Error::Config("fit: more than one BackupAndRestore callback".into()));
         }
@@ -102,6 +103,6 @@ impl<'d, 'c> FitLoop<'d, 'c> {
     /// The backup callback, if any.
     pub(crate) fn backup(&mut self) -> Option<&mut BackupAndRestore> {
         let i = self.backup?;
-        self.callbacks[i].as_backup()
+        self.callbacks[i].as_backup(Token)
     }
 }

@@ -2,6 +2,7 @@
 //! from logits in one node, the logits never computed.
 
 use crate::compile::Compiled;
+use crate::layers::builtin;
 use crate::model::Model;
 use losskit::{Error, LinearCrossEntropy, Reduction, Result, Tensor};
 
@@ -37,7 +38,7 @@ pub(crate) fn fusable(model: &Model, compiled: &Compiled) -> std::result::Result
     if !compiled.metric_names.is_empty() {
         return Err("metrics need the logits".into());
     }
-    if model.trunk.last().and_then(|l| l.linear_head()).is_none() {
+    if model.trunk.last().and_then(|l| builtin(l.as_ref())).and_then(|l| l.linear_head()).is_none() {
         return Err("the last layer is not a linear Dense".into());
     }
     let loss = &compiled.losses[0];
@@ -76,7 +77,7 @@ pub(crate) fn fused_loss(
     for layer in rest {
         h = layer.forward(&h, training, &mut model.rng)?;
     }
-    let (kernel, bias) = last.linear_head().expect("fusable: a linear Dense");
+    let (kernel, bias) = builtin(last.as_ref()).and_then(|l| l.linear_head()).expect("fusable: a linear Dense");
     // Keras' labels may carry a trailing axis of 1: (B, 1) for (B,) tokens.
     let tokens = &h.shape()[..h.rank() - 1];
     let labels = if yb[0].shape() != tokens && yb[0].numel() == tokens.iter().product::<usize>() {

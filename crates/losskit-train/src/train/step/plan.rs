@@ -10,7 +10,7 @@
 //! 2. runs the stages **forward** (`losskit_tensor::slices`: the tape ops' own maths, so the
 //!    same bits as the tape's step), dropout masks drawn from the model's generator in the
 //!    tape's order;
-//! 3. runs the loss' **row kernel** ([`losskit::RowLoss`]) for the per-sample values and their
+//! 3. runs the loss' **row kernel** ([`losskit::row_kernel`]) for the per-sample values and their
 //!    gradient, weighted by the batch's sample weights when the run has them (`class_weight`
 //!    or one `sample_weight` per sample), and the reduction (`Σ / rows`, `Σ / Σw` or `Σ`) as
 //!    `losskit::compute` reduces;
@@ -22,7 +22,7 @@
 //! against [`Compile::planned_step`](crate::Compile::planned_step)`(Some(false))`), and a warm
 //! step allocates nothing (`tests/step_allocations.rs`).
 
-use crate::layers::{Layer, Param, StepLayer};
+use crate::layers::{builtin, Layer, Param, StepLayer};
 use crate::optimizers::Weights;
 use losskit::{DType, Reduction, Result, RowLoss, Tensor};
 use losskit_tensor::random::{self, Rng};
@@ -171,15 +171,17 @@ impl StepPlan {
             return Err("more than one loss, or a loss weight".into());
         }
         let loss = &compiled.losses[0];
-        let kernel = loss.row_kernel().ok_or_else(|| format!("the loss {} is not one row kernel", loss.name()))?;
+        let kernel = losskit::row_kernel(loss.as_ref())
+            .ok_or_else(|| format!("the loss {} is not one row kernel", loss.name()))?;
         if loss.reduction() == Reduction::None {
             return Err("the loss is not reduced".into());
         }
         let classes = self.stages.last().ok_or("no layers")?.cols();
         let target_shape = y.shape()[1..].to_vec();
-        let fits = match kernel {
-            RowLoss::SparseCategoricalCrossentropy(_) => target_shape.is_empty() || target_shape == [1],
-            RowLoss::CategoricalCrossentropy(_) => target_shape == [classes],
+        let fits = if kernel.sparse_targets() {
+            target_shape.is_empty() || target_shape == [1]
+        } else {
+            target_shape == [classes]
         };
         if !fits || target_shape.iter().product::<usize>() != kernel.true_cols(classes) {
             return Err(format!("targets of shape {target_shape:?} per sample for {classes} outputs"));
@@ -216,7 +218,7 @@ impl StepPlan {
         let mut stages = Vec::new();
         let mut weight = 0;
         for (layer, l) in model.trunk.iter().enumerate() {
-            let kind = l.step_kind().ok_or_else(|| {
+            let kind = builtin(l.as_ref()).and_then(|b| b.step_kind()).ok_or_else(|| {
                 let why = if l.regularizer().is_some() { ": it has a regularizer" } else { "" };
                 format!("layer {} `{}` ({}) is not plannable{why}", layer + 1, l.name(), l.kind())
             })?;
@@ -396,7 +398,7 @@ impl StepPlan {
     fn targets<'m, T: Element>(&mut self, model: &'m crate::Model, set: usize) -> Result<RowLoss<'m>> {
         let compiled = model.compiled.as_ref().expect("checked in new");
         let loss = &compiled.losses[0];
-        let kernel = loss.row_kernel().expect("checked in new");
+        let kernel = losskit::row_kernel(loss.as_ref()).expect("checked in new");
         let classes = self.stages.last().expect("a stage at least").cols();
         let b = &mut self.buffers[set];
         let targets = buf::<T>(&mut b.targets);

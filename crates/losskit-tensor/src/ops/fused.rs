@@ -1,9 +1,11 @@
 //! The lazy forms of the element-wise ops and of sums over trailing axes, with backward passes
 //! that are lazy expressions too. Each returns `None` where the plain path is used instead.
 
-use super::{classify, full, fuses, operand, programs, sum_rows, Broadcast, Expr, Instr, Side, PIECE};
+use super::{op, sum_to_shape, Binary, Unary};
 use crate::autodiff::CustomOp;
-use crate::ops::{op, sum_to_shape, Binary, Unary};
+use crate::fusion::{
+    classify, full, fuses, operand, programs, sum_rows, with_avx2, Broadcast, Expr, Instr, Side, PIECE,
+};
 use crate::storage::{with_storage, Element};
 use crate::{Result, Storage, Tensor};
 use rayon::prelude::*;
@@ -127,7 +129,7 @@ pub(crate) fn sum_trailing_many(
     let period: usize = xs[0].shape()[keep..].iter().product();
     let es: Vec<Arc<Expr>> = xs.iter().map(|x| full(x, x.dtype())).collect();
     let refs: Vec<&Expr> = es.iter().map(|e| &**e).collect();
-    let sums = super::sum_rows_many(&refs, period, divisor, out_shape);
+    let sums = crate::fusion::sum_rows_many(&refs, period, divisor, out_shape);
     Some(xs.iter().zip(sums).map(|(x, s)| record_sum(x, s, period, divisor, name)).collect())
 }
 
@@ -161,7 +163,7 @@ pub(crate) fn row_log_sum_exp<T: Element>(a: &[T], period: usize) -> Vec<T> {
         return out;
     }
     let per_task = (PIECE / period).max(1);
-    if a.len() < crate::ops::PARALLEL_MIN {
+    if a.len() < crate::pointwise::PARALLEL_MIN {
         lse_rows(a, period, &mut out);
     } else {
         out.par_chunks_mut(per_task).zip(a.par_chunks(per_task * period)).for_each(|(o, x)| lse_rows(x, period, o));
