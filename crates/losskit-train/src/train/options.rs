@@ -106,7 +106,7 @@ impl<'a> Fit<'a> {
         self.epochs = n;
         self
     }
-    /// 0 silent, 1 a progress bar, 2 one line per epoch (see [`ProgbarLogger`]).
+    /// 0 silent, 1 a progress bar, 2 one line per epoch (see [`ProgbarLogger`](crate::ProgbarLogger)).
     pub fn verbose(mut self, v: u8) -> Self {
         self.verbose = v;
         self
