@@ -9,9 +9,8 @@
 //! packing buffers exist.
 
 use crate::fusion::{with_avx2, CHUNK, PIECE};
-use crate::ops::{Binary, Unary, PARALLEL_MIN};
+use crate::pointwise::{per_unary, Binary, Unary, PARALLEL_MIN};
 use crate::storage::Element;
-use crate::DenseActivation;
 use losskit_kernels::gemm::{self, MatRef};
 use losskit_kernels::{accumulate_sum, log_sum_exp};
 use rayon::prelude::*;
@@ -37,6 +36,114 @@ fn transposed<T>(data: &[T], rows: usize, cols: usize) -> MatRef<'_, T> {
     MatRef { data, rows: cols, cols: rows, row_stride: 1, col_stride: cols }
 }
 
+/// The activations a fused [`Tensor::dense`](crate::Tensor::dense) applies in place: those whose derivative is a
+/// function of their output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenseActivation {
+    /// `y = z` (`act' = 1`).
+    Linear,
+    /// `y = max(z, 0)` (`act' = [y > 0]`, 0 at 0 as TensorFlow; NaN kept).
+    Relu,
+    /// `y = 1 / (1 + e⁻ᶻ)` (`act' = y·(1 - y)`).
+    Sigmoid,
+    /// `y = tanh z` (`act' = 1 - y²`).
+    Tanh,
+}
+
+impl DenseActivation {
+    /// The element-wise op, or `None` for the identity.
+    fn unary(self) -> Option<Unary> {
+        match self {
+            DenseActivation::Linear => None,
+            DenseActivation::Relu => Some(Unary::Relu),
+            DenseActivation::Sigmoid => Some(Unary::Sigmoid),
+            DenseActivation::Tanh => Some(Unary::Tanh),
+        }
+    }
+}
+
+/// Rows of the output per parallel piece of the bias-and-activation pass (above
+/// `PARALLEL_MIN` values).
+const ROWS_PER_PIECE: usize = 16;
+
+/// Adds the bias to each row of `n` values and applies the activation, in place (in parallel
+/// over pieces of rows when large: element-wise, so the values do not depend on threads).
+fn finish<T: Element>(values: &mut [T], n: usize, bias: Option<&[T]>, act: DenseActivation) {
+    let act = act.unary();
+    if values.len() >= PARALLEL_MIN {
+        values.par_chunks_mut(n * ROWS_PER_PIECE).for_each(|rows| finish_rows(rows, n, bias, act));
+    } else {
+        finish_rows(values, n, bias, act);
+    }
+}
+
+/// Adds the bias to each row of `n` values and applies the activation, in place.
+#[inline(always)]
+fn finish_rows_body<T: Element>(rows: &mut [T], n: usize, bias: Option<&[T]>, act: Option<Unary>) {
+    for row in rows.chunks_exact_mut(n) {
+        if let Some(bias) = bias {
+            for (v, &c) in row.iter_mut().zip(bias) {
+                *v = Binary::Add.apply(*v, c);
+            }
+        }
+        if let Some(u) = act {
+            per_unary!(u, u => row.iter_mut().for_each(|v| *v = u.apply(*v)));
+        }
+    }
+}
+// Compiled for AVX2 when the CPU has it, as the fused element-wise programs are (the same IEEE
+// operations per element, so the same values).
+with_avx2!(finish_rows => finish_rows_body, (rows: &mut [T], n: usize, bias: Option<&[T]>, act: Option<Unary>));
+
+/// `out = g·act'(y)` element by element (the derivative read from the output `y`: for relu
+/// `[y > 0] = [z > 0]`, NaN included; sigmoid and tanh use only `y`), in parallel pieces when
+/// large: the values of [`activation_backward_in_place`] into another buffer.
+///
+/// Panics if the lengths differ.
+pub fn activation_backward_into<T: Element>(y: &[T], g: &[T], act: DenseActivation, out: &mut [T]) {
+    assert!(y.len() == g.len() && g.len() == out.len());
+    let Some(u) = act.unary() else {
+        out.copy_from_slice(g);
+        return;
+    };
+    let rows = |(o, (y, g)): (&mut [T], (&[T], &[T]))| derivative_times(o, y, g, u);
+    if y.len() >= PARALLEL_MIN {
+        let piece = 1 << 14;
+        out.par_chunks_mut(piece).zip(y.par_chunks(piece).zip(g.par_chunks(piece))).for_each(rows);
+    } else {
+        rows((out, (y, g)));
+    }
+}
+
+/// `o = g·act'(y)` element by element.
+#[inline(always)]
+fn derivative_times_body<T: Element>(o: &mut [T], y: &[T], g: &[T], u: Unary) {
+    per_unary!(u, u => for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
+        *o = g * u.deriv(y, y);
+    })
+}
+with_avx2!(derivative_times => derivative_times_body, (o: &mut [T], y: &[T], g: &[T], u: Unary));
+
+/// `g ← g·act'(y)` in place: the values of [`activation_backward`] without a new buffer.
+pub fn activation_backward_in_place<T: Element>(y: &[T], g: &mut [T], act: DenseActivation) {
+    let Some(u) = act.unary() else { return };
+    if y.len() >= PARALLEL_MIN {
+        let piece = 1 << 14;
+        g.par_chunks_mut(piece).zip(y.par_chunks(piece)).for_each(|(g, y)| derivative_in_place(g, y, u));
+    } else {
+        derivative_in_place(g, y, u);
+    }
+}
+
+/// `g = g·act'(y)` element by element.
+#[inline(always)]
+fn derivative_in_place_body<T: Element>(g: &mut [T], y: &[T], u: Unary) {
+    per_unary!(u, u => for (g, &y) in g.iter_mut().zip(y) {
+        *g = *g * u.deriv(y, y);
+    })
+}
+with_avx2!(derivative_in_place => derivative_in_place_body, (g: &mut [T], y: &[T], u: Unary));
+
 /// `out = act(x·W + b)`, as [`Tensor::dense`](crate::Tensor::dense) computes it: the product
 /// (β = 0: `out`'s old values are never read), then one pass adding the bias and applying the
 /// activation.
@@ -53,7 +160,7 @@ pub fn dense_forward<T: Element>(
     assert!(x.len() == s.rows * s.inputs && w.len() == s.inputs * s.units && out.len() == s.rows * s.units);
     gemm::gemm(T::one(), row_major(x, s.rows, s.inputs), row_major(w, s.inputs, s.units), T::zero(), out)
         .expect("lengths checked");
-    crate::ops::dense::finish(out, s.units, b, act);
+    finish(out, s.units, b, act);
 }
 
 /// The backward pass of [`dense_forward`] from `g = ∂L/∂out` (overwritten with
@@ -72,12 +179,24 @@ pub fn dense_backward<T: Element>(
     grads: DenseGrads<'_, T>,
 ) {
     assert!(x.len() == s.rows * s.inputs && out.len() == s.rows * s.units && g.len() == out.len());
-    crate::ops::dense::activation_backward_in_place(out, g, act);
+    activation_backward_in_place(out, g, act);
+    dense_backward_pre(x, w, g, s, grads);
+}
+
+/// The weight and input gradients of a fully connected layer from `G' = ∂L/∂(x·W + b)` (the
+/// gradient before the activation): `∂W = xᵀ·G'`, `∂b = Σ_rows G'`, `∂x = G'·Wᵀ`, each where
+/// `grads` has a buffer for it. The tape's `dense` node and [`dense_backward`] both end here.
+///
+/// Panics if a slice's length does not match `s`.
+pub fn dense_backward_pre<T: Element>(x: &[T], w: &[T], g: &[T], s: DenseShape, grads: DenseGrads<'_, T>) {
+    assert!(x.len() == s.rows * s.inputs && w.len() == s.inputs * s.units && g.len() == s.rows * s.units);
     if let Some(gb) = grads.bias {
         column_sums(g, s.units, gb);
     }
-    let g2 = row_major(&*g, s.rows, s.units);
-    gemm::gemm(T::one(), transposed(x, s.rows, s.inputs), g2, T::zero(), grads.kernel).expect("lengths checked");
+    let g2 = row_major(g, s.rows, s.units);
+    if let Some(gw) = grads.kernel {
+        gemm::gemm(T::one(), transposed(x, s.rows, s.inputs), g2, T::zero(), gw).expect("lengths checked");
+    }
     if let Some(gx) = grads.input {
         gemm::gemm(T::one(), g2, transposed(w, s.inputs, s.units), T::zero(), gx).expect("lengths checked");
     }
@@ -86,8 +205,8 @@ pub fn dense_backward<T: Element>(
 /// Where [`dense_backward`] writes: `∂W (inputs × units)`, `∂b (units)` and `∂x (rows × inputs)`.
 #[derive(Debug)]
 pub struct DenseGrads<'a, T> {
-    /// `∂W = xᵀ·G'`.
-    pub kernel: &'a mut [T],
+    /// `∂W = xᵀ·G'`, when the kernel needs a gradient.
+    pub kernel: Option<&'a mut [T]>,
     /// `∂b = Σ_rows G'`, when the layer has a bias.
     pub bias: Option<&'a mut [T]>,
     /// `∂x = G'·Wᵀ`, when the input needs a gradient.
@@ -257,7 +376,7 @@ mod tests {
                 let (mut gw, mut gb, mut gx) = (vec![0.0; inputs * units], vec![0.0; units], vec![0.0; rows * inputs]);
                 // The tape's upstream is `1 · g`: the same bits as `g`.
                 let mut g = gv.clone();
-                let grads_out = DenseGrads { kernel: &mut gw, bias: Some(&mut gb), input: Some(&mut gx) };
+                let grads_out = DenseGrads { kernel: Some(&mut gw), bias: Some(&mut gb), input: Some(&mut gx) };
                 dense_backward(&xv, &wv, &out, &mut g, act, s, grads_out);
                 for (name, want, got) in [("W", &w, &gw), ("b", &b, &gb), ("x", &x, &gx)] {
                     assert_eq!(bits(got), bits(&grads.get(want).unwrap().to_vec::<f32>()), "{s:?} {act:?}: ∂{name}");

@@ -9,7 +9,7 @@ use losskit_kernels as kernels;
 use ndarray::{Array2, ArrayView2, CowArray, Ix2};
 
 /// General matrix multiply for one element type, on 2-D views of any strides.
-pub trait Gemm: Sized {
+pub(crate) trait Gemm: Sized {
     /// Computes `a · b` for 2-D views of any strides into a new standard-layout array.
     fn gemm(a: ArrayView2<'_, Self>, b: ArrayView2<'_, Self>) -> Array2<Self>;
 }

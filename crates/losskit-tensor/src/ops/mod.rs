@@ -24,11 +24,9 @@ mod matmul;
 mod reduce;
 mod shape;
 
-pub(crate) use crate::pointwise::{per_unary, Binary, Unary, PARALLEL_MIN};
-pub use dense::DenseActivation;
+pub(crate) use crate::pointwise::{Binary, Unary, PARALLEL_MIN};
 pub use elementwise::broadcast_shapes;
 pub(crate) use elementwise::sum_to_shape;
-pub use matmul::Gemm;
 
 use crate::autodiff::FnOp;
 use crate::{Result, Tensor};

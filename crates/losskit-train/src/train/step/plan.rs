@@ -609,7 +609,7 @@ fn backward<T: Element>(
                     [] => unreachable!("one gradient per weight"),
                 };
                 let input = (i > first_trained).then(|| buf::<T>(before.last_mut().expect("a stage before")));
-                let grads = DenseGrads { kernel: gw, bias: gb, input };
+                let grads = DenseGrads { kernel: Some(gw), bias: gb, input };
                 slices::dense_backward(x, w, out, g, activation, DenseShape { rows, inputs, units }, grads);
             }
             Stage::Softmax { cols } => {
