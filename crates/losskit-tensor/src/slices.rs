@@ -124,7 +124,7 @@ fn derivative_times_body<T: Element>(o: &mut [T], y: &[T], g: &[T], u: Unary) {
 }
 with_avx2!(derivative_times => derivative_times_body, (o: &mut [T], y: &[T], g: &[T], u: Unary));
 
-/// `g ← g·act'(y)` in place: the values of [`activation_backward`] without a new buffer.
+/// `g ← g·act'(y)` in place: the values of [`activation_backward_into`] in `g`'s own buffer.
 pub fn activation_backward_in_place<T: Element>(y: &[T], g: &mut [T], act: DenseActivation) {
     let Some(u) = act.unary() else { return };
     if y.len() >= PARALLEL_MIN {
