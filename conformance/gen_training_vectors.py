@@ -2,7 +2,8 @@
 """Generate Keras-exact training fixtures for losskit-train.
 
 Run with:  KERAS_BACKEND=jax python gen_training_vectors.py
-(Keras 3.15.1, JAX backend, float32.)
+(Keras 3.15.1, JAX backend, float32.) Optimizers: SGD (momentum, Nesterov), Adam, RMSprop
+(centered, momentum), AdamW; clipnorm, clipvalue, global_clipnorm.
 
 A small MLP (Flatten, Dense 16 relu, Dense 10 softmax) starts from fixed, deterministic
 weights and trains for two epochs on the first 90 digits (pixels / 16), shuffle=False,
@@ -64,6 +65,11 @@ RUNS = [
     ("adam_sample_weight_clipnorm", {"class_name": "Adam", "learning_rate": 0.01, "clipnorm": 0.5},
      {"sample_weight": SAMPLE_WEIGHT}),
     ("sgd_validation_split", {"class_name": "SGD", "learning_rate": 0.1}, {"validation_split": 0.2}),
+    ("rmsprop_centered", {"class_name": "RMSprop", "learning_rate": 0.005, "centered": True}, {}),
+    ("rmsprop_momentum", {"class_name": "RMSprop", "learning_rate": 0.005, "momentum": 0.5}, {}),
+    ("adamw", {"class_name": "AdamW", "learning_rate": 0.01, "weight_decay": 0.05}, {}),
+    ("sgd_clipvalue", {"class_name": "SGD", "learning_rate": 0.1, "clipvalue": 0.02}, {}),
+    ("adam_global_clipnorm", {"class_name": "Adam", "learning_rate": 0.01, "global_clipnorm": 0.3}, {}),
 ]
 
 

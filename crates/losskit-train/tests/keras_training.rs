@@ -1,9 +1,9 @@
 //! Training matches Keras 3.15.1 (JAX) to 1e-4: same initial weights, same data, two epochs of
-//! SGD / SGD+momentum / Nesterov / Adam, with and without class and sample weights, clipnorm
-//! and a validation split (fixtures from conformance/gen_training_vectors.py).
+//! SGD / SGD+momentum / Nesterov / Adam / RMSprop (centered, momentum) / AdamW, with and without
+//! class and sample weights, clipnorm, clipvalue, global_clipnorm and a validation split (fixtures from conformance/gen_training_vectors.py).
 
 use losskit::Tensor;
-use losskit_train::{Compile, Dense, Fit, Flatten, Optimizer, Sequential};
+use losskit_train::{Clip, Compile, Dense, Fit, Flatten, Optimizer, Rule, Sequential};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -24,11 +24,23 @@ fn optimizer(spec: &Value) -> Optimizer {
             spec["nesterov"].as_bool().unwrap_or(false),
         ),
         "Adam" => Optimizer::adam(lr),
+        "AdamW" => Optimizer::adamw(lr, spec["weight_decay"].as_f64().unwrap()),
+        "RMSprop" => Optimizer::new(
+            Rule::RmsProp {
+                rho: 0.9,
+                momentum: spec["momentum"].as_f64().unwrap_or(0.0),
+                epsilon: 1e-7,
+                centered: spec["centered"].as_bool().unwrap_or(false),
+            },
+            lr,
+        ),
         other => panic!("{other}"),
     }
     .unwrap();
-    match spec["clipnorm"].as_f64() {
-        Some(c) => opt.clipnorm(c).unwrap(),
+    let clips: [(&str, fn(f64) -> Clip); 3] =
+        [("clipnorm", Clip::Norm), ("clipvalue", Clip::Value), ("global_clipnorm", Clip::GlobalNorm)];
+    match clips.into_iter().find_map(|(key, clip)| spec[key].as_f64().map(clip)) {
+        Some(c) => opt.with_clip(c).unwrap(),
         None => opt,
     }
 }
@@ -45,7 +57,7 @@ fn two_epochs_match_keras() {
         .map(|w| Tensor::from_vec(floats(&w["values"]), &shape(&w["shape"])).unwrap())
         .collect();
     let runs = fx["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 7);
+    assert_eq!(runs.len(), 12);
     for run in runs {
         let name = run["name"].as_str().unwrap();
         let mut model = Sequential::new()
