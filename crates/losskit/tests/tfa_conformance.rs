@@ -28,6 +28,10 @@ fn every_tfa_vector_passes() {
     let mut failures = Vec::new();
     let all = vectors();
     assert_eq!(all.len(), 24);
+    // Each vector says where its numbers come from: TFA's own published cases, or the port.
+    let published = all.iter().filter(|v| v["source"] == "tfa_published").count();
+    let ported = all.iter().filter(|v| v["source"] == "numpy_port").count();
+    assert_eq!((published, ported), (8, 16));
     for (i, v) in all.iter().enumerate() {
         let class = v["loss"].as_str().unwrap();
         for dtype in [DType::F32, DType::F64] {
