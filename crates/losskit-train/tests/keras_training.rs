@@ -37,9 +37,13 @@ fn optimizer(spec: &Value) -> Optimizer {
         other => panic!("{other}"),
     }
     .unwrap();
-    let clips: [(&str, fn(f64) -> Clip); 3] =
-        [("clipnorm", Clip::Norm), ("clipvalue", Clip::Value), ("global_clipnorm", Clip::GlobalNorm)];
-    match clips.into_iter().find_map(|(key, clip)| spec[key].as_f64().map(clip)) {
+    let clip = match (spec["clipnorm"].as_f64(), spec["clipvalue"].as_f64(), spec["global_clipnorm"].as_f64()) {
+        (Some(c), _, _) => Some(Clip::Norm(c)),
+        (_, Some(c), _) => Some(Clip::Value(c)),
+        (_, _, Some(c)) => Some(Clip::GlobalNorm(c)),
+        _ => None,
+    };
+    match clip {
         Some(c) => opt.with_clip(c).unwrap(),
         None => opt,
     }

@@ -101,3 +101,59 @@ fn keras_vectors_of_implemented_losses_pass_in_f32_and_f64() {
     let total: usize = IMPLEMENTED.iter().map(|(_, n)| n).sum();
     assert_eq!(total, vectors.len(), "every Keras vector is covered");
 }
+
+/// The gradient of `sum(loss)` w.r.t. `y_pred` for one vector, in f32, against Keras' own
+/// (`jax.grad` through Keras' loss code, the vector's `grad`).
+fn run_gradient(v: &Value) -> Result<(), String> {
+    let class = v["loss"].as_str().unwrap();
+    let loss: Box<dyn Loss> = losskit::build(class, &v["config"]).map_err(|e| e.to_string())?;
+    let y_true = y_true_tensor(&v["y_true"], v["y_true_dtype"].as_str().unwrap(), DType::F32);
+    let y_pred = tensor(&v["y_pred"], DType::F32).requires_grad();
+    let weight = v.get("sample_weight").map(|w| tensor(w, DType::F32));
+    let out = loss.call(&y_true, &y_pred, weight.as_ref()).map_err(|e| e.to_string())?;
+    let total = out.sum_all();
+    let grads = total.backward().map_err(|e| e.to_string())?;
+    let got = grads.get(&y_pred).map(|g| g.to_vec::<f64>()).unwrap_or_else(|| vec![0.0; y_pred.numel()]);
+    let (_, expected) = nested(&v["grad"]);
+    if got.len() != expected.len() {
+        return Err(format!("{} gradient values, expected {}", got.len(), expected.len()));
+    }
+    let at_kink = kinks(v, &y_true, &y_pred);
+    for (i, (&g, &e)) in got.iter().zip(&expected).enumerate() {
+        if at_kink[i] && g == 0.0 {
+            continue;
+        }
+        if !close(g, e) {
+            return Err(format!("gradient element {i}: got {g}, expected {e} (all: {got:?} vs {expected:?})"));
+        }
+    }
+    Ok(())
+}
+
+/// The elements where the loss is `|y_true − y_pred|` at 0 (MAE, MAPE with `y_pred = y_true`):
+/// a kink whose derivative depends on the backend. JAX's `abs′(0) = 1` gives Keras-on-JAX
+/// `∓1/n` there; TensorFlow's and PyTorch's `sign(0) = 0` give 0, and so does losskit (its
+/// gradient there is exactly 0, which the caller checks).
+fn kinks(v: &Value, y_true: &losskit::Tensor, y_pred: &losskit::Tensor) -> Vec<bool> {
+    let absolute = matches!(v["loss"].as_str(), Some("MeanAbsoluteError" | "MeanAbsolutePercentageError"));
+    let (t, p) = (y_true.to_vec::<f64>(), y_pred.to_vec::<f64>());
+    let aligned = t.len() == p.len();
+    p.iter().zip(t.iter().chain(std::iter::repeat(&f64::NAN))).map(|(p, t)| absolute && aligned && p == t).collect()
+}
+
+#[test]
+fn keras_gradients_of_implemented_losses_match_in_f32() {
+    let vectors = keras_vectors();
+    let with_grad: Vec<&Value> = vectors.iter().filter(|v| v.get("grad").is_some()).collect();
+    assert_eq!(with_grad.len(), 94, "every vector without a mask carries Keras' gradient");
+    let mut failures = Vec::new();
+    for v in with_grad {
+        if expected_error(v).is_some() {
+            continue;
+        }
+        if let Err(e) = run_gradient(v) {
+            failures.push(format!("{} (config {}): {e}", v["loss"], v["config"]));
+        }
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
