@@ -57,3 +57,13 @@ pub use train::{Fit, StepKind, StepPath, Targets};
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
+
+/// docs/losses.md's Rust examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/losses.md")]
+struct LossesDoctests;
+
+/// docs/training.md's Rust examples, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/training.md")]
+struct TrainingDoctests;
