@@ -95,6 +95,16 @@ fn finish_rows_body<T: Element>(rows: &mut [T], n: usize, bias: Option<&[T]>, ac
 // operations per element, so the same values).
 with_avx2!(finish_rows => finish_rows_body, (rows: &mut [T], n: usize, bias: Option<&[T]>, act: Option<Unary>));
 
+/// `out = act(x)` element by element on rows of `cols` values, as the tape's activation op
+/// (`x.relu()`, `x.tanh()`, ...) computes it.
+///
+/// Panics if the lengths differ or are not whole rows.
+pub fn activation_forward<T: Element>(x: &[T], cols: usize, act: DenseActivation, out: &mut [T]) {
+    assert!(x.len() == out.len() && x.len().is_multiple_of(cols.max(1)));
+    out.copy_from_slice(x);
+    finish(out, cols.max(1), None, act);
+}
+
 /// `out = g·act'(y)` element by element (the derivative read from the output `y`: for relu
 /// `[y > 0] = [z > 0]`, NaN included; sigmoid and tanh use only `y`), in parallel pieces when
 /// large: the values of [`activation_backward_in_place`] into another buffer.

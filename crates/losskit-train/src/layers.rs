@@ -114,6 +114,14 @@ pub(crate) enum StepLayer {
     },
     /// `act(x·W + b)` with weights `[W (inputs, units), b (units)]` (`b` when `bias`), then
     /// `softmax` over the units when `softmax` (and `activation` is linear).
+    /// An `Activation` layer whose derivative is a function of its output (`activation`), or
+    /// a softmax over the last axis ([`StepLayer::Softmax`]).
+    Activation {
+        /// The activation.
+        activation: DenseActivation,
+    },
+    /// An `Activation("softmax")` layer: a softmax over each sample's features.
+    Softmax,
     Dense {
         /// Features out.
         units: usize,
@@ -429,6 +437,13 @@ impl Layer for ActivationLayer {
 }
 
 impl BuiltinLayer for ActivationLayer {
+    fn step_kind(&self) -> Option<StepLayer> {
+        match (self.activation.dense_activation(), self.activation) {
+            (Some(activation), _) => Some(StepLayer::Activation { activation }),
+            (None, Activation::Softmax) => Some(StepLayer::Softmax),
+            _ => None,
+        }
+    }
     fn keras_config(&self) -> serde_json::Value {
         serde_json::json!({ "activation": self.activation.name() })
     }

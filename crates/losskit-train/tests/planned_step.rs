@@ -366,3 +366,38 @@ fn the_step_path_and_the_reasons_for_the_faster_paths_not_taken() {
     let p = path_of(logits, from_logits().fused_head(Some(false)));
     assert_eq!(p.kind, StepKind::Planned, "{p}");
 }
+
+/// Keras' `Activation` layers (relu, tanh, sigmoid, softmax, linear) after linear Dense layers
+/// and Dropout take the planned step and train to the tape's bits, in f32 and f64; the large
+/// batch runs the activation in parallel pieces.
+#[test]
+fn activation_layers_train_to_the_same_bits() {
+    let with_layers = |hidden: usize, act: &'static str, dtype: DType| {
+        move || {
+            Sequential::new()
+                .seed(7)
+                .with_dtype(dtype)
+                .add(Flatten::new())
+                .add(Dense::new(hidden))
+                .add(ActivationLayer::new(act).unwrap())
+                .add(Dropout::new(0.1).unwrap())
+                .add(Dense::new(16).activation("tanh").unwrap())
+                .add(ActivationLayer::new("linear").unwrap())
+                .add(Dense::new(5))
+                .add(ActivationLayer::new("softmax").unwrap())
+        }
+    };
+    let compile = || Compile::new().optimizer("rmsprop").loss("sparse_categorical_crossentropy").metrics(&["accuracy"]);
+    for (act, dtype, n, hidden) in
+        [("relu", DType::F32, 90, 24), ("tanh", DType::F64, 90, 24), ("sigmoid", DType::F32, 256, 300)]
+    {
+        let x = inputs(n, &[3, 4], dtype);
+        let y = labels(&x, 5);
+        let fit = || Fit::new().epochs(2).batch_size(128).verbose(0).validation_split(0.1);
+        same_on_both_paths(&format!("{act} {dtype}"), &with_layers(hidden, act, dtype), &compile, &x, &y, &fit);
+        let mut m = with_layers(hidden, act, dtype)();
+        m.compile(compile()).unwrap();
+        m.fit(&x, &y, Fit::new().verbose(0)).unwrap();
+        assert_eq!(m.step_path().unwrap().kind, StepKind::Planned, "{act}");
+    }
+}

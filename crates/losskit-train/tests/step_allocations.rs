@@ -40,17 +40,28 @@ static ALLOCATOR: Counting = Counting;
 
 /// Allocations between the ends of consecutive batches of the second epoch (its first step,
 /// after the epoch boundary, left out), for the seed's model with `opt` at `batch`, through the
-/// planned step or the tape's; with class weights (per-sample weights) when `weighted`.
-fn allocations_per_step(opt: &str, batch: usize, planned: bool, weighted: bool) -> Vec<usize> {
+/// planned step or the tape's; with class weights (per-sample weights) when `weighted`; with
+/// the activations as `Activation` layers of their own when `separate`.
+fn allocations_per_step(opt: &str, batch: usize, planned: bool, weighted: bool, separate: bool) -> Vec<usize> {
     let rows = 640;
     let x: Vec<f32> = (0..rows * 64).map(|i| ((i * 7919) % 256) as f32 / 255.0).collect();
     let y: Vec<f32> = (0..rows).map(|i| (i % 10) as f32).collect();
     let (x, y) = (Tensor::from_vec(x, &[rows, 8, 8]).unwrap(), Tensor::from_vec(y, &[rows]).unwrap());
-    let mut model = Sequential::new()
-        .add(Flatten::new())
-        .add(Dense::new(128).activation("relu").unwrap())
-        .add(Dropout::new(0.2).unwrap())
-        .add(Dense::new(10).activation("softmax").unwrap());
+    let mut model = if separate {
+        Sequential::new()
+            .add(Flatten::new())
+            .add(Dense::new(128))
+            .add(ActivationLayer::new("relu").unwrap())
+            .add(Dropout::new(0.2).unwrap())
+            .add(Dense::new(10))
+            .add(ActivationLayer::new("softmax").unwrap())
+    } else {
+        Sequential::new()
+            .add(Flatten::new())
+            .add(Dense::new(128).activation("relu").unwrap())
+            .add(Dropout::new(0.2).unwrap())
+            .add(Dense::new(10).activation("softmax").unwrap())
+    };
     model
         .compile(
             Compile::new()
@@ -87,15 +98,21 @@ fn a_warm_planned_step_allocates_nothing() {
     let own_gemm = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
     #[cfg(not(target_arch = "x86_64"))]
     let own_gemm = false;
-    for (opt, batch, weighted) in [("sgd", 32, false), ("adam", 64, false), ("rmsprop", 64, false), ("adam", 64, true)]
-    {
-        let planned = allocations_per_step(opt, batch, true, weighted);
+    let cases = [
+        ("sgd", 32, false, false),
+        ("adam", 64, false, false),
+        ("rmsprop", 64, false, false),
+        ("adam", 64, true, false),
+        ("rmsprop", 64, false, true),
+    ];
+    for (opt, batch, weighted, separate) in cases {
+        let planned = allocations_per_step(opt, batch, true, weighted, separate);
         assert_eq!(planned.len(), 640 / batch - 1);
         if own_gemm {
             assert!(planned.iter().all(|&n| n == 0), "{opt}/{batch}: allocations per warm step {planned:?}");
         }
         // The counter counts: the tape's step allocates its graph every step.
-        let tape = allocations_per_step(opt, batch, false, weighted);
+        let tape = allocations_per_step(opt, batch, false, weighted, separate);
         assert!(tape.iter().all(|&n| n > 50), "{opt}/{batch}: the tape's step {tape:?}");
     }
 }

@@ -40,6 +40,8 @@ enum Stage {
     Softmax { cols: usize },
     /// Dropout of `rate` on rows of `cols` values.
     Dropout { rate: f64, cols: usize },
+    /// An activation on its own (an `Activation` layer) on rows of `cols` values.
+    Activation { activation: DenseActivation, cols: usize },
 }
 
 impl Stage {
@@ -47,7 +49,7 @@ impl Stage {
     fn cols(&self) -> usize {
         match *self {
             Stage::Dense { shape, .. } => shape.1,
-            Stage::Softmax { cols } | Stage::Dropout { cols, .. } => cols,
+            Stage::Softmax { cols } | Stage::Dropout { cols, .. } | Stage::Activation { cols, .. } => cols,
         }
     }
 }
@@ -226,6 +228,11 @@ impl StepPlan {
                 StepLayer::Flatten => shape = vec![shape.iter().product()],
                 StepLayer::Dropout { rate: 0.0 } => {}
                 StepLayer::Dropout { rate } => stages.push(Stage::Dropout { rate, cols: flat(&shape, l.as_ref())? }),
+                StepLayer::Activation { activation: DenseActivation::Linear } => {}
+                StepLayer::Activation { activation } => {
+                    stages.push(Stage::Activation { activation, cols: flat(&shape, l.as_ref())? })
+                }
+                StepLayer::Softmax => stages.push(Stage::Softmax { cols: flat(&shape, l.as_ref())? }),
                 StepLayer::Dense { units, activation, softmax, bias } => {
                     let inputs = flat(&shape, l.as_ref())?;
                     stages.push(Stage::Dense { layer, weight, shape: (inputs, units), activation, bias });
@@ -488,6 +495,7 @@ fn forward<T: Element>(
                 slices::dense_forward(input, w, bias, activation, DenseShape { rows, inputs, units }, out);
             }
             Stage::Softmax { cols } => slices::softmax_forward(input, cols, out),
+            Stage::Activation { activation, cols } => slices::activation_forward(input, cols, activation, out),
             Stage::Dropout { rate, .. } => match rng.as_deref_mut() {
                 Some(rng) => {
                     let keep = 1.0 - rate;
@@ -618,6 +626,10 @@ fn backward<T: Element>(
             }
             Stage::Dropout { .. } => {
                 slices::mul_in_place(g, read::<T>(&b.masks[i]));
+                pass_down(before, &mut from_here[0], i > first_trained);
+            }
+            Stage::Activation { activation, .. } => {
+                slices::activation_backward_in_place(out, g, activation);
                 pass_down(before, &mut from_here[0], i > first_trained);
             }
         }
