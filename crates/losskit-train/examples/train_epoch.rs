@@ -12,6 +12,11 @@
 //! `fit` trains through its planned step (no tape); `TRAIN_EPOCH_TAPE=1` trains through the
 //! tape instead ([`Compile::planned_step`]`(Some(false))`), for comparison;
 //! `TRAIN_EPOCH_CLASS_WEIGHT=1` weighs class `c` by `0.5 + c/10` (Keras' `class_weight`).
+//!
+//! `cargo run --release --example train_epoch -- model bench/models/a.json 32 3` trains a Keras
+//! model file instead (`model.to_json()` with its compile config: the four user models that
+//! `bench/gen_user_models.py` writes), on one-hot targets when its loss is not a sparse one;
+//! the JSON line then also names the step path `fit` took.
 
 use losskit::Tensor;
 use losskit_train::{datasets, Compile, Dense, Dropout, Fit, Flatten, LambdaCallback, Optimizer, Sequential};
@@ -25,6 +30,9 @@ fn main() -> Result<(), losskit::Error> {
     if std::env::var_os("TRAIN_EPOCH_DEFAULT_POOL").is_none() {
         losskit_train::use_calling_thread(None)
             .map_err(|e| losskit::Error::Value { op: "train_epoch".into(), msg: e.to_string() })?;
+    }
+    if args.get(1).is_some_and(|a| a == "model") {
+        return model_file_run(&args[2..]);
     }
     let opt = args.get(1).map_or("sgd", String::as_str).to_string();
     let batch: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(32);
@@ -55,18 +63,7 @@ fn main() -> Result<(), losskit::Error> {
             .metrics(&["accuracy"])
             .planned_step(Some(planned)),
     )?;
-    let times = Rc::new(RefCell::new(Vec::new()));
-    let start = Rc::new(RefCell::new(Instant::now()));
-    let (t1, s1, s2) = (times.clone(), start.clone(), start.clone());
-    let mut timer = LambdaCallback::new()
-        .on_epoch_begin(move |_, _| {
-            *s1.borrow_mut() = Instant::now();
-            Ok(())
-        })
-        .on_epoch_end(move |_, _| {
-            t1.borrow_mut().push(s2.borrow().elapsed().as_secs_f64());
-            Ok(())
-        });
+    let (times, mut timer) = epoch_timer();
     let mut fit = Fit::new().epochs(epochs).batch_size(batch).verbose(0).callback(&mut timer);
     if std::env::var_os("TRAIN_EPOCH_CLASS_WEIGHT").is_some() {
         // Class c weighs 0.5 + c/10: a weighted loss, as with Keras' `class_weight`.
@@ -82,6 +79,53 @@ fn main() -> Result<(), losskit::Error> {
     println!(
         "{{\"framework\": \"losskit\", \"epoch_seconds\": {:?}, \"test_accuracy\": {acc}{extra}}}",
         times.borrow()
+    );
+    Ok(())
+}
+
+/// Each epoch's seconds (filled as the epochs end) and the callback that times them.
+fn epoch_timer() -> (Rc<RefCell<Vec<f64>>>, LambdaCallback) {
+    let times = Rc::new(RefCell::new(Vec::new()));
+    let start = Rc::new(RefCell::new(Instant::now()));
+    let (t1, s1, s2) = (times.clone(), start.clone(), start.clone());
+    let timer = LambdaCallback::new()
+        .on_epoch_begin(move |_, _| {
+            *s1.borrow_mut() = Instant::now();
+            Ok(())
+        })
+        .on_epoch_end(move |_, _| {
+            t1.borrow_mut().push(s2.borrow().elapsed().as_secs_f64());
+            Ok(())
+        });
+    (times, timer)
+}
+
+/// `model FILE BATCH EPOCHS`: the Keras model file on Fashion-MNIST (pixels / 255), compiled
+/// as the file says, with a 0.2 validation split as `losskit fit`.
+fn model_file_run(args: &[String]) -> Result<(), losskit::Error> {
+    let file = args.first().ok_or_else(|| losskit::Error::Config("train_epoch model FILE BATCH EPOCHS".into()))?;
+    let batch: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(32);
+    let epochs: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3);
+    let keras = losskit_train::load_keras_model(file)?;
+    let compile = keras.compile.ok_or_else(|| losskit::Error::Config(format!("{file}: not compiled")))?;
+    let sparse = compile.loss.as_ref().is_some_and(|l| l.class_name().starts_with("Sparse"));
+    let mut model = keras.model;
+    model.compile(compile.to_compile())?;
+    let data = datasets::fashion_mnist(None)?;
+    let test = data.test.expect("Fashion-MNIST has a test set");
+    let targets = |y: &Tensor| if sparse { Ok(y.clone()) } else { Tensor::one_hot(y, 10, losskit::DType::F32) };
+    let (y, ty) = (targets(&data.train.y)?, targets(&test.y)?);
+    let x = data.train.x.mul_scalar(1.0 / 255.0)?;
+    let tx = test.x.mul_scalar(1.0 / 255.0)?;
+    let (times, mut timer) = epoch_timer();
+    let fit = Fit::new().epochs(epochs).batch_size(batch).verbose(0).validation_split(0.2).callback(&mut timer);
+    model.fit(&x, &y, fit)?;
+    let acc = model.evaluate(&tx, &ty, 1024, None)?["accuracy"];
+    let path = model.step_path().map(ToString::to_string).unwrap_or_default();
+    println!(
+        "{{\"framework\": \"losskit\", \"epoch_seconds\": {:?}, \"test_accuracy\": {acc}, \"step_path\": {:?}}}",
+        times.borrow(),
+        path
     );
     Ok(())
 }
