@@ -241,6 +241,20 @@ pub fn row_sum<T: Element>(row: &[T]) -> T {
     T::c(row_total(row.len(), |start, len, total| accumulate_sum(total, &row[start..start + len])))
 }
 
+/// `Σ f(v)` over `row`, as the tape sums a lazy element-wise expression of it (`w.abs()`,
+/// `w.square()`) over all its axes: `f` applied a chunk at a time into a buffer on the stack,
+/// each chunk added as [`row_sum`] adds. Allocates nothing.
+pub fn row_sum_of<T: Element>(row: &[T], f: impl Fn(T) -> T) -> T {
+    let mut mapped = [T::zero(); CHUNK];
+    T::c(row_total(row.len(), |start, len, total| {
+        let chunk = &mut mapped[..len];
+        for (m, &v) in chunk.iter_mut().zip(&row[start..start + len]) {
+            *m = f(v);
+        }
+        accumulate_sum(total, chunk);
+    }))
+}
+
 /// The `f64` total of a row of `len` values whose chunk at `start` (of `len ≤ CHUNK` values)
 /// `add` adds to the running total, in the order of the fused row sums.
 #[inline(always)]

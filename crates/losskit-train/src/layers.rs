@@ -131,6 +131,8 @@ pub(crate) enum StepLayer {
         softmax: bool,
         /// Whether the layer has a bias (weight 1).
         bias: bool,
+        /// The kernel's and the bias' regularizers.
+        regularizers: [Option<Regularizer>; 2],
     },
 }
 
@@ -364,15 +366,20 @@ impl Layer for Dense {
 
 impl BuiltinLayer for Dense {
     fn step_kind(&self) -> Option<StepLayer> {
-        if self.kernel_regularizer.is_some() || self.bias_regularizer.is_some() || self.kernel.is_none() {
-            return None;
-        }
+        // Built (its kernel exists) or nothing to plan yet.
+        self.kernel.as_ref()?;
         let (activation, softmax) = match (self.activation.dense_activation(), self.activation) {
             (Some(a), _) => (a, false),
             (None, Activation::Softmax) => (DenseActivation::Linear, true),
             _ => return None,
         };
-        Some(StepLayer::Dense { units: self.units, activation, softmax, bias: self.bias.is_some() })
+        Some(StepLayer::Dense {
+            units: self.units,
+            activation,
+            softmax,
+            bias: self.bias.is_some(),
+            regularizers: [self.kernel_regularizer, self.bias_regularizer.filter(|_| self.bias.is_some())],
+        })
     }
 
     fn keras_config(&self) -> serde_json::Value {

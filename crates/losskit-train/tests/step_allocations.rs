@@ -41,13 +41,21 @@ static ALLOCATOR: Counting = Counting;
 /// Allocations between the ends of consecutive batches of the second epoch (its first step,
 /// after the epoch boundary, left out), for the seed's model with `opt` at `batch`, through the
 /// planned step or the tape's; with class weights (per-sample weights) when `weighted`; with
-/// the activations as `Activation` layers of their own when `separate`.
-fn allocations_per_step(opt: &str, batch: usize, planned: bool, weighted: bool, separate: bool) -> Vec<usize> {
+/// the activations as `Activation` layers of their own (`"separate"`) or L1L2 and L2
+/// regularizers (`"regularized"`) as `variant` says.
+fn allocations_per_step(opt: &str, batch: usize, planned: bool, weighted: bool, variant: &str) -> Vec<usize> {
     let rows = 640;
     let x: Vec<f32> = (0..rows * 64).map(|i| ((i * 7919) % 256) as f32 / 255.0).collect();
     let y: Vec<f32> = (0..rows).map(|i| (i % 10) as f32).collect();
     let (x, y) = (Tensor::from_vec(x, &[rows, 8, 8]).unwrap(), Tensor::from_vec(y, &[rows]).unwrap());
-    let mut model = if separate {
+    let mut model = if variant == "regularized" {
+        let l1l2 = Regularizer::L1L2 { l1: 1e-4, l2: 1e-4 };
+        Sequential::new()
+            .add(Flatten::new())
+            .add(Dense::new(128).activation("relu").unwrap().kernel_regularizer(l1l2).bias_regularizer(l1l2))
+            .add(Dropout::new(0.2).unwrap())
+            .add(Dense::new(10).activation("softmax").unwrap().kernel_regularizer(Regularizer::L2(1e-3)))
+    } else if variant == "separate" {
         Sequential::new()
             .add(Flatten::new())
             .add(Dense::new(128))
@@ -99,20 +107,21 @@ fn a_warm_planned_step_allocates_nothing() {
     #[cfg(not(target_arch = "x86_64"))]
     let own_gemm = false;
     let cases = [
-        ("sgd", 32, false, false),
-        ("adam", 64, false, false),
-        ("rmsprop", 64, false, false),
-        ("adam", 64, true, false),
-        ("rmsprop", 64, false, true),
+        ("sgd", 32, false, "seed"),
+        ("adam", 64, false, "seed"),
+        ("rmsprop", 64, false, "seed"),
+        ("adam", 64, true, "seed"),
+        ("rmsprop", 64, false, "separate"),
+        ("adam", 64, false, "regularized"),
     ];
-    for (opt, batch, weighted, separate) in cases {
-        let planned = allocations_per_step(opt, batch, true, weighted, separate);
+    for (opt, batch, weighted, variant) in cases {
+        let planned = allocations_per_step(opt, batch, true, weighted, variant);
         assert_eq!(planned.len(), 640 / batch - 1);
         if own_gemm {
             assert!(planned.iter().all(|&n| n == 0), "{opt}/{batch}: allocations per warm step {planned:?}");
         }
         // The counter counts: the tape's step allocates its graph every step.
-        let tape = allocations_per_step(opt, batch, false, weighted, separate);
+        let tape = allocations_per_step(opt, batch, false, weighted, variant);
         assert!(tape.iter().all(|&n| n > 50), "{opt}/{batch}: the tape's step {tape:?}");
     }
 }

@@ -24,6 +24,7 @@
 
 use crate::layers::{builtin, Layer, Param, StepLayer};
 use crate::optimizers::Weights;
+use crate::regularizers::Regularizer;
 use losskit::{DType, Reduction, Result, RowLoss, Tensor};
 use losskit_tensor::random::{self, Rng};
 use losskit_tensor::slices::{self, DenseGrads, DenseShape};
@@ -35,7 +36,15 @@ use losskit_tensor::Element;
 enum Stage {
     /// A fully connected layer: `layer` is its index in the trunk, `weight` the index of its
     /// kernel among the model's weights (the bias follows when `bias`).
-    Dense { layer: usize, weight: usize, shape: (usize, usize), activation: DenseActivation, bias: bool },
+    /// `regularizers` are the kernel's and the bias' penalties.
+    Dense {
+        layer: usize,
+        weight: usize,
+        shape: (usize, usize),
+        activation: DenseActivation,
+        bias: bool,
+        regularizers: [Option<Regularizer>; 2],
+    },
     /// Softmax over rows of `cols` values.
     Softmax { cols: usize },
     /// Dropout of `rate` on rows of `cols` values.
@@ -221,8 +230,7 @@ impl StepPlan {
         let mut weight = 0;
         for (layer, l) in model.trunk.iter().enumerate() {
             let kind = builtin(l.as_ref()).and_then(|b| b.step_kind()).ok_or_else(|| {
-                let why = if l.regularizer().is_some() { ": it has a regularizer" } else { "" };
-                format!("layer {} `{}` ({}) is not plannable{why}", layer + 1, l.name(), l.kind())
+                format!("layer {} `{}` ({}) is not plannable{}", layer + 1, l.name(), l.kind(), why_not(l.as_ref()))
             })?;
             match kind {
                 StepLayer::Flatten => shape = vec![shape.iter().product()],
@@ -233,9 +241,9 @@ impl StepPlan {
                     stages.push(Stage::Activation { activation, cols: flat(&shape, l.as_ref())? })
                 }
                 StepLayer::Softmax => stages.push(Stage::Softmax { cols: flat(&shape, l.as_ref())? }),
-                StepLayer::Dense { units, activation, softmax, bias } => {
+                StepLayer::Dense { units, activation, softmax, bias, regularizers } => {
                     let inputs = flat(&shape, l.as_ref())?;
-                    stages.push(Stage::Dense { layer, weight, shape: (inputs, units), activation, bias });
+                    stages.push(Stage::Dense { layer, weight, shape: (inputs, units), activation, bias, regularizers });
                     if softmax {
                         stages.push(Stage::Softmax { cols: units });
                     }
@@ -325,7 +333,8 @@ impl StepPlan {
             gather::<T>(w, idx, &mut b.w)?;
         }
         let kernel = self.targets::<T>(model, set)?;
-        loss_value::<T>(kernel, self.reduce, &mut self.buffers[set]).map(Some)
+        let loss = loss_value::<T>(kernel, self.reduce, &mut self.buffers[set])?;
+        Ok(Some(with_penalty::<T>(loss, &self.stages, &model.trunk)))
     }
 
     /// The model's outputs on every row of `x`, computed in batches of `batch_size` rows:
@@ -397,7 +406,8 @@ impl StepPlan {
         let b = &mut self.buffers[set];
         let loss = loss_and_gradient::<T>(kernel, self.reduce, b)?;
         backward::<T>(&self.stages, self.first_trained, &model.trunk, b, &mut self.weight_grads)?;
-        Ok(loss)
+        add_penalty_grads::<T>(&self.stages, &model.trunk, &mut self.weight_grads);
+        Ok(with_penalty::<T>(loss, &self.stages, &model.trunk))
     }
 
     /// The kernel's targets of buffer set `set` from its batch's targets (sparse labels as
@@ -412,6 +422,22 @@ impl StepPlan {
         targets.copy_from_slice(read::<T>(&b.y));
         kernel.prepare_targets(loss.name(), targets, classes)?;
         Ok(kernel)
+    }
+}
+
+/// Why a layer has no planned form, in words (`": its activation elu has none"`), where known.
+fn why_not(l: &dyn Layer) -> String {
+    let any: &dyn std::any::Any = l;
+    let activation = any
+        .downcast_ref::<crate::Dense>()
+        .map(crate::Dense::activation_fn)
+        .or_else(|| any.downcast_ref::<crate::ActivationLayer>().map(crate::ActivationLayer::activation));
+    match activation {
+        Some(a) => {
+            format!(": its activation {} has no planned form (linear, relu, sigmoid, tanh and softmax have)", a.name())
+        }
+        None if builtin(l).is_none() => ": a layer of your own trains through the tape".into(),
+        None => String::new(),
     }
 }
 
@@ -593,6 +619,69 @@ fn reduced<T: Element>(values: &[T], factor: T) -> f64 {
     (slices::row_sum(values) * factor).to_f64().unwrap_or(f64::NAN)
 }
 
+/// `loss + Σ penalties` as the tape's total adds the model's regularization to the loss (in
+/// `T`: each weight's penalty `c·Σ f(w)`, a layer's kernel then bias penalty added, the layers
+/// added in order, as `Model::regularization_loss`), or `loss` when nothing is regularized.
+fn with_penalty<T: Element>(loss: f64, stages: &[Stage], layers: &[Box<dyn Layer>]) -> f64 {
+    let mut total: Option<T> = None;
+    for stage in stages {
+        let Stage::Dense { layer, regularizers, .. } = *stage else { continue };
+        let mut of_layer: Option<T> = None;
+        for (i, r) in regularizers.iter().enumerate() {
+            if let Some(r) = r {
+                let p = penalty::<T>(*r, weight::<T>(layers, layer, i));
+                of_layer = Some(of_layer.map_or(p, |k| k + p));
+            }
+        }
+        if let Some(p) = of_layer {
+            total = Some(total.map_or(p, |t| t + p));
+        }
+    }
+    match total {
+        Some(p) => (T::c(loss) + p).to_f64().unwrap_or(f64::NAN),
+        None => loss,
+    }
+}
+
+/// A weight's penalty as [`Regularizer::penalty`] computes it on the tape:
+/// `l1·Σ|w|`, `l2·Σw²`, or their sum.
+fn penalty<T: Element>(r: Regularizer, w: &[T]) -> T {
+    let l1 = |l1: f64| slices::row_sum_of(w, |v| v.abs()) * T::c(l1);
+    let l2 = |l2: f64| slices::row_sum_of(w, |v| v * v) * T::c(l2);
+    match r {
+        Regularizer::L1(a) => l1(a),
+        Regularizer::L2(a) => l2(a),
+        Regularizer::L1L2 { l1: a, l2: b } => l1(a) + l2(b),
+    }
+}
+
+/// Adds each regularized weight's penalty gradient to its gradient, as the tape's backward pass
+/// gives it: `l1·sign(w)` (0 at 0), `l2·(w + w)`.
+fn add_penalty_grads<T: Element>(stages: &[Stage], layers: &[Box<dyn Layer>], weight_grads: &mut [Tensor]) {
+    for stage in stages {
+        let Stage::Dense { layer, weight: k, regularizers, .. } = *stage else { continue };
+        for (i, r) in regularizers.iter().enumerate() {
+            let Some(r) = *r else { continue };
+            let w = weight::<T>(layers, layer, i);
+            let g = buf::<T>(&mut weight_grads[k + i]);
+            match r {
+                Regularizer::L1(a) => {
+                    let a = T::c(a);
+                    g.iter_mut().zip(w).for_each(|(g, &w)| *g = *g + a * losskit_kernels::sign(w));
+                }
+                Regularizer::L2(b) => {
+                    let b = T::c(b);
+                    g.iter_mut().zip(w).for_each(|(g, &w)| *g = *g + b * (w + w));
+                }
+                Regularizer::L1L2 { l1: a, l2: b } => {
+                    let (a, b) = (T::c(a), T::c(b));
+                    g.iter_mut().zip(w).for_each(|(g, &w)| *g = *g + (b * (w + w) + a * losskit_kernels::sign(w)));
+                }
+            }
+        }
+    }
+}
+
 /// Step 4: from `∂L/∂output`, each stage's backward pass down to the first with weights; the
 /// weights' gradients into `weight_grads`.
 fn backward<T: Element>(
@@ -608,7 +697,7 @@ fn backward<T: Element>(
         let g = buf::<T>(&mut from_here[0]);
         let out = read::<T>(&b.outs[i]);
         match stages[i] {
-            Stage::Dense { layer, weight: k, shape: (inputs, units), activation, bias } => {
+            Stage::Dense { layer, weight: k, shape: (inputs, units), activation, bias, .. } => {
                 let x = if i == 0 { read::<T>(&b.x) } else { read::<T>(&b.outs[i - 1]) };
                 let w = weight::<T>(layers, layer, 0);
                 let (gw, gb) = match &mut weight_grads[k..] {
