@@ -13,6 +13,14 @@ fraction of the machine's GEMM rate losskit reaches: FLOPs per step / step time,
 With --configs OPT:BATCH:MODEL,... it runs other configs: `rmsprop:32:seed`, `sgd_clipnorm:32:seed`
 (each gradient clipped to norm 1; PyTorch clips each tensor likewise).
 
+MODEL may also be a, b, c or d: the Keras user models of bench/models/ (bench/gen_user_models.py;
+OPT is then ignored, the file's compile config is used), trained by losskit and Keras (PyTorch
+has no reader for them) with validation_split 0.2: `--configs x:32:a,x:32:b,x:32:c,x:32:d`.
+
+With --busy N, N CPU-bound processes run beside every framework's run (started before it,
+stopped after it, each bounded to 30 minutes): the training shares the machine as it does beside
+data loading or another job.
+
 With --rounds R, each config runs every framework R times, interleaved (losskit, PyTorch, Keras,
 losskit, ...), and each framework's epoch time is the median over all its runs' epochs after the
 first: on a machine whose speed drifts, every framework meets the same slow and fast minutes.
@@ -23,6 +31,7 @@ import os
 import statistics
 import subprocess
 import sys
+from contextlib import contextmanager
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -31,9 +40,25 @@ TRAIN_ROWS = 60000
 CONFIGS = [("sgd", 32, "seed"), ("adam", 128, "seed"), ("adam", 256, "wide")]
 
 
-def run(cmd, env=None):
+BUSY_LOOP = "import time\nend = time.time() + 1800\nwhile time.time() < end:\n    pass\n"
+
+
+@contextmanager
+def busy(n):
+    """N CPU-bound processes for the duration of the block (each stops by itself after 30 min)."""
+    procs = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(n)]
     try:
-        out = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, env=env, check=True).stdout
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def run(cmd, env=None, load=0):
+    try:
+        with busy(load):
+            out = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, env=env, check=True).stdout
     except (subprocess.CalledProcessError, FileNotFoundError) as e:
         return None, str(e)
     line = [ln for ln in out.splitlines() if ln.startswith("{")][-1]
@@ -67,10 +92,12 @@ def main():
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=1, help="interleaved runs of every framework per config")
+    ap.add_argument("--busy", type=int, default=0, help="CPU-bound processes beside every run")
     ap.add_argument(
         "--configs",
         help="OPT:BATCH:MODEL,... instead of the default three, e.g. rmsprop:32:seed,sgd_clipnorm:32:seed "
-        "(OPT: a Keras optimizer name, optionally with _clipnorm; MODEL: seed or wide)",
+        "(OPT: a Keras optimizer name, optionally with _clipnorm; MODEL: seed, wide, or a/b/c/d: "
+        "bench/models/MODEL.json with its own compile config)",
     )
     args = ap.parse_args()
     configs = CONFIGS
@@ -79,20 +106,25 @@ def main():
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(os.cpu_count())))
     subprocess.run(["cargo", "build", "--release", "--example", "train_epoch"], cwd=ROOT, check=True, capture_output=True)
     binary = os.path.join(ROOT, "target", "release", "examples", "train_epoch")
-    print(f"machine: {os.cpu_count()} cores; epochs per run: {args.epochs}; interleaved rounds: {args.rounds}")
+    print(f"machine: {os.cpu_count()} cores; epochs per run: {args.epochs}; interleaved rounds: {args.rounds}; "
+          f"busy processes beside each run: {args.busy}")
     for opt, batch, model in configs:
-        cfg = [opt, str(batch), str(args.epochs), model]
-        commands = {
-            "losskit": [binary, *cfg],
-            "pytorch": [args.python, "train_epoch_torch.py", *cfg],
-            "keras-jax": [args.python, "train_epoch_keras.py", *cfg],
-        }
+        if model in ("seed", "wide"):
+            cfg = [opt, str(batch), str(args.epochs), model]
+            commands = {
+                "losskit": [binary, *cfg],
+                "pytorch": [args.python, "train_epoch_torch.py", *cfg],
+                "keras-jax": [args.python, "train_epoch_keras.py", *cfg],
+            }
+        else:
+            cfg = ["model", os.path.join(HERE, "models", f"{model}.json"), str(batch), str(args.epochs)]
+            commands = {"losskit": [binary, *cfg], "keras-jax": [args.python, "train_epoch_keras.py", *cfg]}
         runs = {name: [] for name in commands}
         for _ in range(args.rounds):
             for name, cmd in commands.items():
                 if runs[name] is None:
                     continue
-                r, err = run(cmd, env)
+                r, err = run(cmd, env, args.busy)
                 if r is None and name != "losskit":
                     print(f"  ({name} skipped: {err.splitlines()[-1] if err else 'not installed'})")
                     runs[name] = None
@@ -107,6 +139,8 @@ def main():
             ratio = "" if name == "losskit" or base is None else f"  losskit/{name} = {epoch_time(base) / epoch_time(r):.2f}x"
             each = "" if len(r["run_times"]) < 2 else "  (runs: " + " ".join(f"{t:.2f}" for t in r["run_times"]) + ")"
             print(f"  {name:<10} {epoch_time(r):6.2f} s/epoch  test accuracy {r['test_accuracy']:.4f}{ratio}{each}")
+            if "step_path" in r:
+                print(f"             step path: {r['step_path']}")
         if base is not None and "step_flops" in base:
             steps = -(-TRAIN_ROWS // batch)
             rate = base["step_flops"] * steps / epoch_time(base) / 1e9
