@@ -7,6 +7,7 @@ use crate::fusion::{
     classify, full, fuses, operand, programs, sum_rows, with_avx2, Broadcast, Expr, Instr, Side, PIECE,
 };
 use crate::storage::{with_storage, Element};
+use crate::slices;
 use crate::{Result, Storage, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -194,6 +195,11 @@ pub(crate) fn log_sum_exp_last(x: &Storage) -> Option<Storage> {
 /// lazy when large. The backward pass is lazy as well, with the row sums it needs fused:
 /// log-softmax `g - exp(y)·Σg`, softmax `y·(g - Σ g·y)`.
 pub(crate) fn softmax_last(x: &Tensor, log: bool) -> Option<Tensor> {
+    if !log && !x.is_lazy() && !fuses(x.shape()) {
+        if let Some(t) = softmax_rows_now(x) {
+            return Some(t);
+        }
+    }
     let name = if log { "log_softmax" } else { "softmax" };
     let lse = log_sum_exp_last(x.storage())?;
     let shape = x.shape().to_vec();
@@ -223,6 +229,32 @@ pub(crate) fn softmax_last(x: &Tensor, log: bool) -> Option<Tensor> {
         Ok(vec![Some(result(grad))])
     };
     Some(record(y, vec![x.clone()], op(name, backward)))
+}
+
+/// `softmax` over the last axis of a computed tensor too small to fuse: the planned step's row
+/// functions ([`slices::softmax_forward`], [`slices::softmax_backward`]), the same bits as the
+/// lazy form. `None` when `x` is not in standard layout.
+fn softmax_rows_now(x: &Tensor) -> Option<Tensor> {
+    let cols = *x.shape().last()?;
+    let shape = ndarray::IxDyn(x.shape());
+    let storage = with_storage!(x.storage(), a => {
+        let values = a.as_slice()?;
+        let mut out = crate::pool::take::<T>(values.len());
+        slices::softmax_forward(values, cols, &mut out);
+        T::wrap(ndarray::ArrayD::from_shape_vec(shape.clone(), out).ok()?)
+    });
+    let backward = move |_inputs: &[Tensor], out: &Tensor, g: &Tensor| -> Result<Vec<Option<Tensor>>> {
+        let grad = with_storage!(g.storage(), ga => {
+            let y = T::view(out.storage()).expect("the output's dtype");
+            let (y, ga) = (y.as_standard_layout(), ga.as_standard_layout());
+            let mut grad = crate::pool::take::<T>(ga.len());
+            grad.copy_from_slice(ga.as_slice().expect("standard layout"));
+            slices::softmax_backward(y.as_slice().expect("standard layout"), &mut grad, cols);
+            T::wrap(ndarray::ArrayD::from_shape_vec(shape.clone(), grad).expect("the output's shape"))
+        });
+        Ok(vec![Some(Tensor::from_storage(grad))])
+    };
+    Some(Tensor::from_op(storage, vec![x.clone()], op("softmax", backward)))
 }
 
 /// Records the result `e` of an op on the tape: lazy when fusion applies to its size, else
