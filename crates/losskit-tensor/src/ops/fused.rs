@@ -6,8 +6,8 @@ use crate::autodiff::CustomOp;
 use crate::fusion::{
     classify, full, fuses, operand, programs, sum_rows, with_avx2, Broadcast, Expr, Instr, Side, PIECE,
 };
-use crate::storage::{with_storage, Element};
 use crate::slices;
+use crate::storage::{with_storage, Element};
 use crate::{Result, Storage, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
