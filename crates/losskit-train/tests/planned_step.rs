@@ -452,3 +452,43 @@ fn regularized_layers_train_to_the_same_bits() {
         assert_eq!(planned["loss"].to_bits(), tape["loss"].to_bits(), "{what}: evaluate");
     }
 }
+
+/// `CategoricalFocalCrossentropy` (on probabilities and on logits, with per-class alpha and
+/// sample weights) takes the planned step, to the tape's bits; label smoothing keeps the tape.
+#[test]
+fn the_categorical_focal_loss_trains_to_the_same_bits() {
+    let focal = |config: serde_json::Value| -> LossArg {
+        LossArg::from(losskit::build("CategoricalFocalCrossentropy", &config).unwrap())
+    };
+    let x = inputs(96, &[3, 4], DType::F32);
+    let y = one_hot(&labels(&x, 5), 5);
+    let build = |softmax: bool| {
+        move || {
+            let last = if softmax { Dense::new(5).activation("softmax").unwrap() } else { Dense::new(5) };
+            Sequential::new().seed(2).add(Flatten::new()).add(Dense::new(16).activation("relu").unwrap()).add(last)
+        }
+    };
+    let weights = Tensor::from_vec((0..96).map(|i| 0.5 + (i % 3) as f32 * 0.25).collect::<Vec<_>>(), &[96]).unwrap();
+    let cases = [
+        ("probabilities", serde_json::json!({}), true),
+        (
+            "logits, alpha per class",
+            serde_json::json!({"from_logits": true, "alpha": [0.1, 0.2, 0.3, 0.2, 0.2], "gamma": 1.5}),
+            false,
+        ),
+    ];
+    for (what, config, softmax) in cases {
+        let compile = || Compile::new().optimizer("adam").loss(focal(config.clone())).metrics(&["accuracy"]);
+        let w = weights.clone();
+        let fit = move || Fit::new().epochs(2).batch_size(16).verbose(0).sample_weight(w.clone());
+        same_on_both_paths(what, &build(softmax), &compile, &x, &y, &fit);
+        let mut m = build(softmax)();
+        m.compile(compile()).unwrap();
+        m.fit(&x, &y, Fit::new().verbose(0)).unwrap();
+        assert_eq!(m.step_path().unwrap().kind, StepKind::Planned, "{what}");
+    }
+    let mut m = build(true)();
+    m.compile(Compile::new().loss(focal(serde_json::json!({"label_smoothing": 0.1})))).unwrap();
+    m.fit(&x, &y, Fit::new().verbose(0)).unwrap();
+    assert_eq!(m.step_path().unwrap().kind, StepKind::Tape);
+}

@@ -42,12 +42,18 @@ static ALLOCATOR: Counting = Counting;
 /// after the epoch boundary, left out), for the seed's model with `opt` at `batch`, through the
 /// planned step or the tape's; with class weights (per-sample weights) when `weighted`; with
 /// the activations as `Activation` layers of their own (`"separate"`) or L1L2 and L2
-/// regularizers (`"regularized"`) as `variant` says.
+/// regularizers (`"regularized"`), or `CategoricalFocalCrossentropy` on one-hot targets
+/// (`"focal"`) as `variant` says.
 fn allocations_per_step(opt: &str, batch: usize, planned: bool, weighted: bool, variant: &str) -> Vec<usize> {
     let rows = 640;
     let x: Vec<f32> = (0..rows * 64).map(|i| ((i * 7919) % 256) as f32 / 255.0).collect();
     let y: Vec<f32> = (0..rows).map(|i| (i % 10) as f32).collect();
-    let (x, y) = (Tensor::from_vec(x, &[rows, 8, 8]).unwrap(), Tensor::from_vec(y, &[rows]).unwrap());
+    let (x, mut y) = (Tensor::from_vec(x, &[rows, 8, 8]).unwrap(), Tensor::from_vec(y, &[rows]).unwrap());
+    let mut loss = LossArg::from("sparse_categorical_crossentropy");
+    if variant == "focal" {
+        y = Tensor::one_hot(&y, 10, losskit::DType::F32).unwrap();
+        loss = LossArg::from("categorical_focal_crossentropy");
+    }
     let mut model = if variant == "regularized" {
         let l1l2 = Regularizer::L1L2 { l1: 1e-4, l2: 1e-4 };
         Sequential::new()
@@ -74,7 +80,7 @@ fn allocations_per_step(opt: &str, batch: usize, planned: bool, weighted: bool, 
         .compile(
             Compile::new()
                 .optimizer(Optimizer::parse(opt).unwrap())
-                .loss("sparse_categorical_crossentropy")
+                .loss(loss)
                 .metrics(&["accuracy"])
                 .planned_step(Some(planned)),
         )
@@ -113,6 +119,7 @@ fn a_warm_planned_step_allocates_nothing() {
         ("adam", 64, true, "seed"),
         ("rmsprop", 64, false, "separate"),
         ("adam", 64, false, "regularized"),
+        ("adam", 64, false, "focal"),
     ];
     for (opt, batch, weighted, variant) in cases {
         let planned = allocations_per_step(opt, batch, true, weighted, variant);

@@ -477,12 +477,19 @@ impl Loss for CategoricalFocalCrossentropy {
                 msg: format!("alpha has {} entries but there are {classes} classes", self.alpha.len()),
             });
         }
-        let kernel = kernels::CategoricalFocalCrossentropy {
-            from_logits: self.from_logits,
-            alpha: &self.alpha,
-            gamma: self.gamma,
-        };
-        Ok(row_loss("categorical_focal_crossentropy", kernel, &y, &p)?.into())
+        Ok(row_loss("categorical_focal_crossentropy", self.kernel(), &y, &p)?.into())
+    }
+    fn row_kernel(&self, _: crate::loss::sealed::Token) -> Option<crate::RowLoss<'_>> {
+        // Label smoothing changes the targets first; another axis is moved last first.
+        let plain = self.label_smoothing == 0.0 && self.axis == -1;
+        plain.then(|| crate::RowLoss(crate::loss::RowKernelKind::CategoricalFocalCrossentropy(self.kernel())))
+    }
+}
+
+impl CategoricalFocalCrossentropy {
+    /// The row kernel of these settings.
+    fn kernel(&self) -> kernels::CategoricalFocalCrossentropy<'_> {
+        kernels::CategoricalFocalCrossentropy { from_logits: self.from_logits, alpha: &self.alpha, gamma: self.gamma }
     }
 }
 

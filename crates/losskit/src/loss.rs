@@ -110,13 +110,16 @@ pub fn row_kernel(loss: &dyn Loss) -> Option<RowLoss<'_>> {
 #[derive(Debug, Clone, Copy)]
 pub struct RowLoss<'a>(pub(crate) RowKernelKind<'a>);
 
-/// The kernels a [`RowLoss`] can be.
+/// The kernels a [`RowLoss`] can be (named as the Keras losses they compute).
 #[derive(Debug, Clone, Copy)]
+#[allow(clippy::enum_variant_names)]
 pub(crate) enum RowKernelKind<'a> {
     /// Keras' `SparseCategoricalCrossentropy`: one class index per row.
     SparseCategoricalCrossentropy(losskit_kernels::SparseCategoricalCrossentropy<'a>),
     /// Keras' `CategoricalCrossentropy`: a target distribution per row.
     CategoricalCrossentropy(losskit_kernels::CategoricalCrossentropy),
+    /// Keras' `CategoricalFocalCrossentropy`: a target distribution per row.
+    CategoricalFocalCrossentropy(losskit_kernels::CategoricalFocalCrossentropy<'a>),
 }
 
 impl RowLoss<'_> {
@@ -124,7 +127,7 @@ impl RowLoss<'_> {
     pub fn true_cols(&self, cols: usize) -> usize {
         match self.0 {
             RowKernelKind::SparseCategoricalCrossentropy(_) => 1,
-            RowKernelKind::CategoricalCrossentropy(_) => cols,
+            RowKernelKind::CategoricalCrossentropy(_) | RowKernelKind::CategoricalFocalCrossentropy(_) => cols,
         }
     }
 
@@ -176,6 +179,9 @@ impl RowLoss<'_> {
                 // Keras smooths towards the uniform distribution over the row's classes.
                 let k = losskit_kernels::CategoricalCrossentropy { smoothing_share: 1.0 / cols.max(1) as f64, ..*k };
                 losskit_kernels::run_rows(&k, y_true, y_pred, cols, row_scale, values, grad)
+            }
+            RowKernelKind::CategoricalFocalCrossentropy(k) => {
+                losskit_kernels::run_rows(k, y_true, y_pred, cols, row_scale, values, grad)
             }
         };
         outcome.map_err(|e| Error::Value { op: "row kernel".into(), msg: e.to_string() })
