@@ -12,6 +12,9 @@
 //! `fit` trains through its planned step (no tape); `TRAIN_EPOCH_TAPE=1` trains through the
 //! tape instead ([`Compile::planned_step`]`(Some(false))`), for comparison;
 //! `TRAIN_EPOCH_CLASS_WEIGHT=1` weighs class `c` by `0.5 + c/10` (Keras' `class_weight`).
+//! `TRAIN_EPOCH_LOSS=mse` trains the seed's model with the built-in `MeanSquaredError` on one-hot
+//! targets, `TRAIN_EPOCH_LOSS=custom_mse` with the same loss as a `CustomLoss` closure over
+//! tensor ops (what a user writes): the cost of a custom loss in training.
 //!
 //! `cargo run --release --example train_epoch -- model bench/models/a.json 32 3` trains a Keras
 //! model file instead (`model.to_json()` with its compile config: the four user models that
@@ -56,21 +59,21 @@ fn main() -> Result<(), losskit::Error> {
             .add(Dense::new(10).activation("softmax")?)
     };
     let planned = std::env::var_os("TRAIN_EPOCH_TAPE").is_none();
-    model.compile(
-        Compile::new()
-            .optimizer(optimizer(&opt)?)
-            .loss("sparse_categorical_crossentropy")
-            .metrics(&["accuracy"])
-            .planned_step(Some(planned)),
-    )?;
+    model.compile(Compile::new().optimizer(optimizer(&opt)?).loss(seed_loss()).metrics(&["accuracy"]).planned_step(
+        // A loss the planned step cannot run takes the tape (its reason in `step_path`).
+        if std::env::var_os("TRAIN_EPOCH_LOSS").is_some() && planned { None } else { Some(planned) },
+    ))?;
+    let one_hot = std::env::var("TRAIN_EPOCH_LOSS").is_ok_and(|l| l.contains("mse"));
+    let targets = |y: &Tensor| if one_hot { Tensor::one_hot(y, 10, losskit::DType::F32) } else { Ok(y.clone()) };
+    let (y, ty) = (targets(&data.train.y)?, targets(&test.y)?);
     let (times, mut timer) = epoch_timer();
     let mut fit = Fit::new().epochs(epochs).batch_size(batch).verbose(0).callback(&mut timer);
     if std::env::var_os("TRAIN_EPOCH_CLASS_WEIGHT").is_some() {
         // Class c weighs 0.5 + c/10: a weighted loss, as with Keras' `class_weight`.
         fit = fit.class_weight((0..10).map(|c| (c, 0.5 + c as f64 / 10.0)).collect());
     }
-    model.fit(&x, &data.train.y, fit)?;
-    let acc = model.evaluate(&tx, &test.y, 1024, None)?["accuracy"];
+    model.fit(&x, &y, fit)?;
+    let acc = model.evaluate(&tx, &ty, 1024, None)?["accuracy"];
     let extra = if wide {
         format!(", \"step_flops\": {}, \"gemm_gflops\": {}", wide_step_flops(batch), gemm_gflops()?)
     } else {
@@ -81,6 +84,19 @@ fn main() -> Result<(), losskit::Error> {
         times.borrow()
     );
     Ok(())
+}
+
+/// The seed model's loss: sparse categorical cross-entropy, or (`TRAIN_EPOCH_LOSS`) the
+/// built-in MSE or the same MSE as a closure, `mean((p - y)², axis=-1)`.
+fn seed_loss() -> losskit_train::LossArg {
+    match std::env::var("TRAIN_EPOCH_LOSS").as_deref() {
+        Ok("mse") => "mean_squared_error".into(),
+        Ok("custom_mse") => {
+            losskit::CustomLoss::new("custom_mse", |y: &Tensor, p: &Tensor| p.sub(y)?.square().mean(&[-1], false))
+                .into()
+        }
+        _ => "sparse_categorical_crossentropy".into(),
+    }
 }
 
 /// Each epoch's seconds (filled as the epochs end) and the callback that times them.
