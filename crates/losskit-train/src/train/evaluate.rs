@@ -3,7 +3,7 @@
 
 use super::data::{count_rows, rows, Dataset};
 use super::logs::{accumulate, logs_of, refresh_logs, resolve_metrics, Accumulators};
-use super::step::{global_losses, inference_plan, local_sums, losses_on};
+use super::step::{global_losses, inference_plan, local_sums, loss_shares, losses_on};
 use crate::callbacks::{Callback, Logs};
 use crate::distribute::{self, Collective};
 use crate::metrics::Metric;
@@ -88,17 +88,9 @@ pub(crate) fn shard_losses(
         local_sums(&[], outputs, metrics, &[], &[])?
     } else {
         let batch = Dataset::rows_of(x, ys, w, rows_here, true)?;
-        let outs = no_grad(|| model.forward(&batch.x, false))?;
-        let compiled = model.compiled.as_ref().expect("checked");
-        let partials = outs
-            .iter()
-            .zip(&batch.ys)
-            .zip(&compiled.losses)
-            .map(|((out, y), loss)| {
-                let (sum, denominator) = no_grad(|| losskit::compute_partial(loss.as_ref(), y, out, batch.w.as_ref()))?;
-                Ok((sum.to_scalar()?, denominator))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let (shares, outs) = no_grad(|| loss_shares(model, &batch, false))?;
+        let partials =
+            shares.iter().map(|(sum, denominator)| Ok((sum.to_scalar()?, *denominator))).collect::<Result<Vec<_>>>()?;
         local_sums(&partials, outputs, metrics, &batch.ys, &outs)?
     };
     group.all_reduce_sum(&mut buf)?;

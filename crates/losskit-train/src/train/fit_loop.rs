@@ -45,11 +45,11 @@ pub(crate) fn fit_run(model: &mut Model, x: &Tensor, y: Targets, mut opts: Fit<'
     let facts = RunFacts { samples: data.n, batch_size: opts.batch_size, shuffle: opts.shuffle, seed: opts.seed };
     let progress = Progress::start(opts.initial_epoch, opts.seed);
     let mut run = FitLoop::new(&data, metrics, callbacks, loop_opts, facts, progress)?;
-    run.group = opts.group.filter(|g| g.size() > 1);
-    if run.group.is_some() && run.backup.is_some() {
+    let group = opts.group.filter(|g| g.size() > 1);
+    if group.is_some() && run.backup.is_some() {
         return Err(Error::Config("fit: BackupAndRestore is not supported with several workers yet".into()));
     }
-    let (stepper, path) = step::choose(model, &data, run.group)?;
+    let (stepper, path) = step::choose(model, &data, group)?;
     run.stepper = stepper;
     if loop_opts.verbose > 0 {
         println!("Training step: {path}");
@@ -120,7 +120,7 @@ pub(crate) fn run_epoch(model: &mut Model, run: &mut FitLoop<'_, '_>) -> Result<
     run.progress.step = 0;
     let mut logs = logs_of(model, &acc, "");
     if let Some(v) = &run.data.validation {
-        let (batch, group) = (run.opts.batch_size, run.group);
+        let (batch, group) = (run.opts.batch_size, run.stepper.group());
         let val = evaluate_inner(model, &v.x, &v.ys, v.w.as_ref(), batch, &mut run.callbacks, group)?;
         for (k, v) in val {
             logs.insert(format!("val_{k}"), v);

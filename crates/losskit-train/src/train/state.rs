@@ -7,7 +7,6 @@ use super::step::Stepper;
 use crate::callbacks::backup::RunFacts;
 use crate::callbacks::sealed::Token;
 use crate::callbacks::{BackupAndRestore, Callback, History, Logs};
-use crate::distribute::Collective;
 use crate::metrics::Metric;
 use crate::nan::GradNormHistory;
 use losskit::{Error, Result};
@@ -66,8 +65,6 @@ pub(crate) struct FitLoop<'d, 'c> {
     pub(crate) facts: RunFacts,
     pub(crate) norms: GradNormHistory,
     pub(crate) progress: Progress,
-    /// The other workers of a data-parallel run (more than one).
-    pub(crate) group: Option<&'c dyn Collective>,
     /// How each step is taken, chosen before the first.
     pub(crate) stepper: Stepper<'c>,
 }
@@ -95,7 +92,6 @@ impl<'d, 'c> FitLoop<'d, 'c> {
             facts,
             norms: GradNormHistory::default(),
             progress,
-            group: None,
             stepper: Stepper::Tape,
         })
     }

@@ -40,7 +40,10 @@ pub(crate) fn distributed_step(
         (!rows.is_empty()).then(|| Dataset::rows_of(&data.x, &data.ys, data.w.as_ref(), rows, true)).transpose()?;
     let outputs = data.ys.len();
     let (shares, outs) = match &batch {
-        Some(b) => loss_shares(model, b)?,
+        Some(b) => {
+            let (shares, outs) = loss_shares(model, b, true)?;
+            (shares.into_iter().map(|(sum, own)| (Some(sum), own)).collect(), outs)
+        }
         None => (vec![(None, None); outputs], Vec::new()),
     };
     // First all-reduce (small, f64): each output's weighted sum and denominator, and the
@@ -103,21 +106,22 @@ pub(crate) fn distributed_step(
 }
 
 /// Each output's share of its loss' global reduction on one shard
-/// ([`losskit::compute_partial`]), and the outputs (on the tape).
+/// ([`losskit::compute_partial`]: the weighted sum and the denominator), and the outputs; on the
+/// tape when `training` (a worker's step), with dropout off when not (its evaluation, which
+/// runs it under `no_grad`).
 #[allow(clippy::type_complexity)]
 pub(crate) fn loss_shares(
     model: &mut Model,
     batch: &Dataset,
-) -> Result<(Vec<(Option<Tensor>, Option<f64>)>, Vec<Tensor>)> {
-    let outs = model.forward(&batch.x, true)?;
+    training: bool,
+) -> Result<(Vec<(Tensor, Option<f64>)>, Vec<Tensor>)> {
+    let outs = model.forward(&batch.x, training)?;
     let compiled = model.compiled.as_ref().expect("checked");
     let shares = outs
         .iter()
         .zip(&batch.ys)
         .zip(&compiled.losses)
-        .map(|((out, y), loss)| {
-            losskit::compute_partial(loss.as_ref(), y, out, batch.w.as_ref()).map(|(t, d)| (Some(t), d))
-        })
+        .map(|((out, y), loss)| losskit::compute_partial(loss.as_ref(), y, out, batch.w.as_ref()))
         .collect::<Result<_>>()?;
     Ok((shares, outs))
 }

@@ -8,7 +8,7 @@ mod plan;
 mod planned;
 mod tape;
 
-pub(crate) use distributed::{distributed_step, global_losses, join_group, local_sums};
+pub(crate) use distributed::{distributed_step, global_losses, join_group, local_sums, loss_shares};
 pub(crate) use plan::StepPlan;
 pub(crate) use planned::{inference_plan, planned_step};
 pub(crate) use tape::{losses_on, train_step};
@@ -62,7 +62,15 @@ pub(crate) fn choose<'c>(
     Ok((Stepper::Tape, StepPath { kind, not_taken }))
 }
 
-impl Stepper<'_> {
+impl<'c> Stepper<'c> {
+    /// The other workers of a data-parallel run (more than one), if this is one.
+    pub(crate) fn group(&self) -> Option<&'c dyn Collective> {
+        match self {
+            Stepper::Distributed(group) => Some(*group),
+            _ => None,
+        }
+    }
+
     /// One training step on the rows `idx` of `data` (with the NaN guard when `guard` is
     /// given), the batch's loss and metrics into `acc`.
     pub(crate) fn step(
