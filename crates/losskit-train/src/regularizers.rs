@@ -1,6 +1,8 @@
 //! Weight regularizers (Keras' `kernel_regularizer`): penalties added to the loss.
 
 use losskit::{Error, Result, Tensor};
+use losskit_kernels::sign;
+use losskit_tensor::{slices, Element};
 use serde_json::{json, Value};
 
 /// A penalty on a weight tensor `w`, added to the training loss each batch as Keras adds it
@@ -42,6 +44,44 @@ impl Regularizer {
             Regularizer::L2(l2) => w.square().sum_all().mul_scalar(l2),
             Regularizer::L1L2 { l1, l2 } => {
                 w.abs().sum_all().mul_scalar(l1)?.add(&w.square().sum_all().mul_scalar(l2)?)
+            }
+        }
+    }
+
+    /// [`Regularizer::penalty`] on a weight's values, in `T` and in the same order of
+    /// operations as the tape (`c·Σ f(w)`, the sums as the tape's sums over all axes), so the
+    /// same bits; allocates nothing. For the planned training step.
+    pub(crate) fn penalty_of<T: Element>(&self, w: &[T]) -> T {
+        let l1 = |l1: f64| slices::row_sum_of(w, |v| v.abs()) * T::c(l1);
+        let l2 = |l2: f64| slices::row_sum_of(w, |v| v * v) * T::c(l2);
+        match *self {
+            Regularizer::L1(a) => l1(a),
+            Regularizer::L2(b) => l2(b),
+            Regularizer::L1L2 { l1: a, l2: b } => l1(a) + l2(b),
+        }
+    }
+
+    /// Adds the penalty's gradient to `g`, the gradient of the weight `w`, as the tape's backward
+    /// pass gives it: `l1·sign(w)` (0 at 0), `l2·(w + w)`, and for L1L2 their sum (L2's term
+    /// first) added at once. For the planned training step.
+    pub(crate) fn add_gradient<T: Element>(&self, w: &[T], g: &mut [T]) {
+        fn add_each<T: Element>(w: &[T], g: &mut [T], d: impl Fn(T) -> T) {
+            for (g, &w) in g.iter_mut().zip(w) {
+                *g = *g + d(w);
+            }
+        }
+        match *self {
+            Regularizer::L1(a) => {
+                let a = T::c(a);
+                add_each(w, g, |w| a * sign(w));
+            }
+            Regularizer::L2(b) => {
+                let b = T::c(b);
+                add_each(w, g, |w| b * (w + w));
+            }
+            Regularizer::L1L2 { l1, l2 } => {
+                let (a, b) = (T::c(l1), T::c(l2));
+                add_each(w, g, |w| b * (w + w) + a * sign(w));
             }
         }
     }

@@ -629,7 +629,7 @@ fn with_penalty<T: Element>(loss: f64, stages: &[Stage], layers: &[Box<dyn Layer
         let mut of_layer: Option<T> = None;
         for (i, r) in regularizers.iter().enumerate() {
             if let Some(r) = r {
-                let p = penalty::<T>(*r, weight::<T>(layers, layer, i));
+                let p = r.penalty_of(weight::<T>(layers, layer, i));
                 of_layer = Some(of_layer.map_or(p, |k| k + p));
             }
         }
@@ -643,40 +643,14 @@ fn with_penalty<T: Element>(loss: f64, stages: &[Stage], layers: &[Box<dyn Layer
     }
 }
 
-/// A weight's penalty as [`Regularizer::penalty`] computes it on the tape:
-/// `l1·Σ|w|`, `l2·Σw²`, or their sum.
-fn penalty<T: Element>(r: Regularizer, w: &[T]) -> T {
-    let l1 = |l1: f64| slices::row_sum_of(w, |v| v.abs()) * T::c(l1);
-    let l2 = |l2: f64| slices::row_sum_of(w, |v| v * v) * T::c(l2);
-    match r {
-        Regularizer::L1(a) => l1(a),
-        Regularizer::L2(a) => l2(a),
-        Regularizer::L1L2 { l1: a, l2: b } => l1(a) + l2(b),
-    }
-}
-
-/// Adds each regularized weight's penalty gradient to its gradient, as the tape's backward pass
-/// gives it: `l1·sign(w)` (0 at 0), `l2·(w + w)`.
+/// Adds each regularized weight's penalty gradient to its gradient
+/// ([`Regularizer::add_gradient`]).
 fn add_penalty_grads<T: Element>(stages: &[Stage], layers: &[Box<dyn Layer>], weight_grads: &mut [Tensor]) {
     for stage in stages {
         let Stage::Dense { layer, weight: k, regularizers, .. } = *stage else { continue };
         for (i, r) in regularizers.iter().enumerate() {
-            let Some(r) = *r else { continue };
-            let w = weight::<T>(layers, layer, i);
-            let g = buf::<T>(&mut weight_grads[k + i]);
-            match r {
-                Regularizer::L1(a) => {
-                    let a = T::c(a);
-                    g.iter_mut().zip(w).for_each(|(g, &w)| *g = *g + a * losskit_kernels::sign(w));
-                }
-                Regularizer::L2(b) => {
-                    let b = T::c(b);
-                    g.iter_mut().zip(w).for_each(|(g, &w)| *g = *g + b * (w + w));
-                }
-                Regularizer::L1L2 { l1: a, l2: b } => {
-                    let (a, b) = (T::c(a), T::c(b));
-                    g.iter_mut().zip(w).for_each(|(g, &w)| *g = *g + (b * (w + w) + a * losskit_kernels::sign(w)));
-                }
+            if let Some(r) = r {
+                r.add_gradient(weight::<T>(layers, layer, i), buf::<T>(&mut weight_grads[k + i]));
             }
         }
     }
