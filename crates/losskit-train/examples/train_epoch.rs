@@ -59,11 +59,13 @@ fn main() -> Result<(), losskit::Error> {
             .add(Dense::new(10).activation("softmax")?)
     };
     let planned = std::env::var_os("TRAIN_EPOCH_TAPE").is_none();
-    model.compile(Compile::new().optimizer(optimizer(&opt)?).loss(seed_loss()).metrics(&["accuracy"]).planned_step(
-        // A loss the planned step cannot run takes the tape (its reason in `step_path`).
-        if std::env::var_os("TRAIN_EPOCH_LOSS").is_some() && planned { None } else { Some(planned) },
+    let mse = std::env::var("TRAIN_EPOCH_LOSS").ok().and_then(|name| mse_loss(&name));
+    let one_hot = mse.is_some();
+    let loss = mse.unwrap_or_else(|| "sparse_categorical_crossentropy".into());
+    model.compile(Compile::new().optimizer(optimizer(&opt)?).loss(loss).metrics(&["accuracy"]).planned_step(
+        // MSE has no planned form: it takes the tape (its reason in `step_path`).
+        if one_hot && planned { None } else { Some(planned) },
     ))?;
-    let one_hot = std::env::var("TRAIN_EPOCH_LOSS").is_ok_and(|l| l.contains("mse"));
     let targets = |y: &Tensor| if one_hot { Tensor::one_hot(y, 10, losskit::DType::F32) } else { Ok(y.clone()) };
     let (y, ty) = (targets(&data.train.y)?, targets(&test.y)?);
     let (times, mut timer) = epoch_timer();
@@ -86,16 +88,17 @@ fn main() -> Result<(), losskit::Error> {
     Ok(())
 }
 
-/// The seed model's loss: sparse categorical cross-entropy, or (`TRAIN_EPOCH_LOSS`) the
-/// built-in MSE or the same MSE as a closure, `mean((p - y)², axis=-1)`.
-fn seed_loss() -> losskit_train::LossArg {
-    match std::env::var("TRAIN_EPOCH_LOSS").as_deref() {
-        Ok("mse") => "mean_squared_error".into(),
-        Ok("custom_mse") => {
+/// The MSE `TRAIN_EPOCH_LOSS` names: `mse`, the built-in one, or `custom_mse`, the same loss
+/// as a closure, `mean((p - y)², axis=-1)`; `None` for any other name (the seed's sparse
+/// cross-entropy).
+fn mse_loss(name: &str) -> Option<losskit_train::LossArg> {
+    match name {
+        "mse" => Some("mean_squared_error".into()),
+        "custom_mse" => Some(
             losskit::CustomLoss::new("custom_mse", |y: &Tensor, p: &Tensor| p.sub(y)?.square().mean(&[-1], false))
-                .into()
-        }
-        _ => "sparse_categorical_crossentropy".into(),
+                .into(),
+        ),
+        _ => None,
     }
 }
 
