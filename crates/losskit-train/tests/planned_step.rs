@@ -240,10 +240,70 @@ fn required_but_impossible_names_the_reason() {
     m.compile(Compile::new().loss("sparse_categorical_crossentropy").planned_step(Some(true))).unwrap();
     let err = m.fit(&x, &y, Fit::new().verbose(0)).unwrap_err().to_string();
     assert!(err.contains("planned_step(Some(true))") && err.contains("dense"), "{err}");
-    let mut m = Sequential::new().add(Dense::new(1));
-    m.compile(Compile::new().loss("mse").planned_step(Some(true))).unwrap();
-    let err = m.fit(&x, y.reshape(&[8, 1]).unwrap(), Fit::new().verbose(0)).unwrap_err().to_string();
-    assert!(err.contains("not one row kernel"), "{err}");
+}
+
+/// A loss with no row kernel (a custom closure, Dice, TFA's and PyTorch's, sparse cross-entropy with
+/// `ignore_class`) keeps the layers planned: only the loss and its gradient with respect to
+/// the model's output go through the tape. The same bits as the tape's step, weighted too.
+#[test]
+fn losses_without_a_row_kernel_keep_the_layers_planned() {
+    let x = inputs(60, &[6], DType::F32);
+    let y = labels(&x, 4);
+    let model = |act: &'static str| {
+        move || {
+            Sequential::new()
+                .seed(5)
+                .add(Dense::new(12).activation("relu").unwrap())
+                .add(Dropout::new(0.1).unwrap())
+                .add(Dense::new(4).activation(act).unwrap())
+        }
+    };
+    let one_hot4 = one_hot(&y, 4);
+    let w = Tensor::from_vec((0..60).map(|i| [0.5f32, 2.0, 1.0][i % 3]).collect::<Vec<_>>(), &[60, 1]).unwrap();
+    let closure = || {
+        Compile::new()
+            .optimizer("adam")
+            .loss_fn("softmax_mse", |t: &Tensor, p: &Tensor| t.sub(p)?.square().mean(&[-1], false))
+    };
+    let built = |name: &'static str, config: serde_json::Value| {
+        move || {
+            let loss: std::sync::Arc<dyn losskit::Loss> = losskit::build(name, &config).unwrap().into();
+            Compile::new().optimizer("rmsprop").loss(loss).metrics(&["accuracy"])
+        }
+    };
+    type Case = (&'static str, Box<dyn Fn() -> Compile>, &'static str, Tensor);
+    let cases: Vec<Case> = vec![
+        ("closure", Box::new(closure), "softmax", one_hot4.clone()),
+        ("dice", Box::new(built("dice", serde_json::json!({}))), "sigmoid", one_hot4.clone()),
+        ("tfa pinball", Box::new(built("PinballLoss", serde_json::json!({"tau": 0.3}))), "linear", one_hot4.clone()),
+        (
+            "torch smooth L1",
+            Box::new(built("SmoothL1Loss", serde_json::json!({"beta": 0.5}))),
+            "linear",
+            one_hot4.clone(),
+        ),
+        (
+            "keras generalized CE",
+            Box::new(built("CategoricalGeneralizedCrossEntropy", serde_json::json!({}))),
+            "softmax",
+            y.clone(),
+        ),
+        (
+            "sparse CE ignore_class",
+            Box::new(built("sparse_categorical_crossentropy", serde_json::json!({"ignore_class": 2}))),
+            "softmax",
+            y.clone(),
+        ),
+    ];
+    for (what, compile, act, targets) in &cases {
+        let (what, act) = (*what, *act);
+        assert_eq!(path_kind(&model(act), &**compile, &x, targets), StepKind::Planned, "{what}");
+        let fit = || Fit::new().epochs(2).batch_size(16).verbose(0).validation_split(0.2);
+        same_on_both_paths(what, &model(act), &**compile, &x, targets, &fit);
+        let w = w.clone();
+        let weighted = move || Fit::new().epochs(2).batch_size(16).verbose(0).sample_weight(w.clone());
+        same_on_both_paths(&format!("{what}, weighted"), &model(act), &**compile, &x, targets, &weighted);
+    }
 }
 
 #[test]
@@ -454,7 +514,7 @@ fn regularized_layers_train_to_the_same_bits() {
 }
 
 /// `CategoricalFocalCrossentropy` (on probabilities and on logits, with per-class alpha and
-/// sample weights) takes the planned step, to the tape's bits; label smoothing keeps the tape.
+/// sample weights) takes the planned step, to the tape's bits.
 #[test]
 fn the_categorical_focal_loss_trains_to_the_same_bits() {
     let focal = |config: serde_json::Value| -> LossArg {
@@ -487,8 +547,121 @@ fn the_categorical_focal_loss_trains_to_the_same_bits() {
         m.fit(&x, &y, Fit::new().verbose(0)).unwrap();
         assert_eq!(m.step_path().unwrap().kind, StepKind::Planned, "{what}");
     }
-    let mut m = build(true)();
-    m.compile(Compile::new().loss(focal(serde_json::json!({"label_smoothing": 0.1})))).unwrap();
-    m.fit(&x, &y, Fit::new().verbose(0)).unwrap();
-    assert_eq!(m.step_path().unwrap().kind, StepKind::Tape);
+    // An `alpha` that is neither one value nor one per class: the loss' error, on both paths.
+    let compile = || Compile::new().loss(focal(serde_json::json!({"alpha": [0.2, 0.3, 0.5]})));
+    let fit = || Fit::new().epochs(1).verbose(0);
+    let tape = run(&build(true), &compile, &x, &y, &fit, false);
+    assert!(tape.2.as_deref().is_some_and(|e| e.contains("alpha has 3 entries but there are 5 classes")), "{tape:?}");
+    same_on_both_paths("alpha of 3 for 5 classes", &build(true), &compile, &x, &y, &fit);
+}
+
+/// Targets in `[0, 1]` per output (`n × cols`), from the inputs: soft or, with `binary`, 0/1.
+fn dense_targets(x: &Tensor, cols: usize, binary: bool) -> Tensor {
+    let n = x.shape()[0];
+    let per = x.numel() / n;
+    let v = x.to_vec::<f64>();
+    let t: Vec<f32> = (0..n * cols)
+        .map(|i| {
+            let u = (v[(i / cols) * per + (i % cols) % per] + 1.0) / 2.0;
+            if binary {
+                (u > 0.5) as u8 as f32
+            } else {
+                (u * 0.9 + 0.05) as f32
+            }
+        })
+        .collect();
+    Tensor::from_vec(t, &[n, cols]).unwrap()
+}
+
+/// Every loss with a row kernel, with its options, one-hot / soft / 0-1 / per-sample targets,
+/// trains through the planned step to the tape's bits, with sample weights too; a large output
+/// folds the reduction into the kernel as the tape does.
+#[test]
+fn every_row_kernel_loss_trains_to_the_same_bits() {
+    let x = inputs(60, &[6], DType::F32);
+    let y = labels(&x, 4);
+    let w = Tensor::from_vec((0..60).map(|i| [0.5f32, 2.0, 1.0, 0.0][i % 4]).collect::<Vec<_>>(), &[60]).unwrap();
+    let model = |cols: usize, act: &'static str| {
+        move || {
+            Sequential::new()
+                .seed(11)
+                .add(Dense::new(12).activation("relu").unwrap())
+                .add(Dense::new(cols).activation(act).unwrap())
+        }
+    };
+    let (one_hot4, soft, binary) = (one_hot(&y, 4), dense_targets(&x, 4, false), dense_targets(&x, 4, true));
+    let cases: Vec<(&str, serde_json::Value, &str, &Tensor)> = vec![
+        ("categorical_crossentropy", serde_json::json!({"label_smoothing": 0.2}), "softmax", &one_hot4),
+        ("categorical_crossentropy", serde_json::json!({"class_weights": [1.0, 0.5, 2.0, 1.5]}), "softmax", &one_hot4),
+        (
+            "categorical_crossentropy",
+            serde_json::json!({"from_logits": true, "label_smoothing": 0.1, "class_weights": [1.0, 0.5, 2.0, 1.5]}),
+            "linear",
+            &soft,
+        ),
+        ("categorical_focal_crossentropy", serde_json::json!({"label_smoothing": 0.1}), "softmax", &one_hot4),
+        (
+            "categorical_focal_crossentropy",
+            serde_json::json!({"alpha": [0.1, 0.2, 0.3, 0.4], "from_logits": true}),
+            "linear",
+            &one_hot4,
+        ),
+        ("sparse_categorical_crossentropy", serde_json::json!({"class_weights": [1.0, 0.5, 2.0, 1.5]}), "softmax", &y),
+        ("binary_crossentropy", serde_json::json!({}), "sigmoid", &binary),
+        ("binary_crossentropy", serde_json::json!({"from_logits": true, "label_smoothing": 0.1}), "linear", &soft),
+        ("binary_focal_crossentropy", serde_json::json!({"label_smoothing": 0.2}), "sigmoid", &binary),
+        (
+            "binary_focal_crossentropy",
+            serde_json::json!({"from_logits": true, "apply_class_balancing": true, "gamma": 1.5}),
+            "linear",
+            &binary,
+        ),
+        ("hinge", serde_json::json!({}), "tanh", &binary),
+        ("squared_hinge", serde_json::json!({}), "tanh", &soft),
+        ("categorical_hinge", serde_json::json!({}), "linear", &one_hot4),
+        ("mean_squared_error", serde_json::json!({}), "linear", &soft),
+        ("mean_absolute_error", serde_json::json!({}), "linear", &soft),
+        ("mean_absolute_percentage_error", serde_json::json!({}), "linear", &soft),
+        ("mean_squared_logarithmic_error", serde_json::json!({}), "sigmoid", &soft),
+        ("huber", serde_json::json!({"delta": 0.3}), "linear", &soft),
+        ("log_cosh", serde_json::json!({}), "linear", &soft),
+        ("poisson", serde_json::json!({}), "sigmoid", &soft),
+        ("kl_divergence", serde_json::json!({}), "softmax", &soft),
+        ("cosine_similarity", serde_json::json!({}), "linear", &soft),
+    ];
+    for (name, config, act, targets) in cases {
+        let compile = {
+            let config = config.clone();
+            move || {
+                let loss: std::sync::Arc<dyn losskit::Loss> = losskit::build(name, &config).unwrap().into();
+                Compile::new().optimizer("adam").loss(loss)
+            }
+        };
+        let cols = targets.shape().get(1).copied().unwrap_or(4);
+        let what = format!("{name} {config}");
+        let fit = || Fit::new().epochs(2).batch_size(16).verbose(0);
+        assert_eq!(path_kind(&model(cols, act), &compile, &x, targets), StepKind::Planned, "{what}");
+        same_on_both_paths(&what, &model(cols, act), &compile, &x, targets, &fit);
+        let w = w.clone();
+        let weighted = move || Fit::new().epochs(2).batch_size(16).verbose(0).sample_weight(w.clone());
+        same_on_both_paths(&format!("{what}, weighted"), &model(cols, act), &compile, &x, targets, &weighted);
+    }
+    // One output, a target per sample `(n,)` (Keras expands it to `(n, 1)`).
+    let scalar = Tensor::from_vec(dense_targets(&x, 1, false).to_vec::<f32>(), &[60]).unwrap();
+    let compile = || Compile::new().optimizer("sgd").loss("mse");
+    let fit = || Fit::new().epochs(2).batch_size(16).verbose(0);
+    assert_eq!(path_kind(&model(1, "linear"), &compile, &x, &scalar), StepKind::Planned);
+    same_on_both_paths("mse, (n,) targets", &model(1, "linear"), &compile, &x, &scalar, &fit);
+    // 70 × 1000 outputs: the reduction folded into the kernel's gradient (≥ 2¹⁶ values).
+    let wide = dense_targets(&inputs(60, &[1000], DType::F32), 1000, true);
+    let compile = || Compile::new().optimizer("adam").loss("binary_crossentropy");
+    same_on_both_paths("bce, 1000 outputs", &model(1000, "sigmoid"), &compile, &x, &wide, &fit);
+}
+
+/// The path `fit` takes for this model, loss and data (one epoch).
+fn path_kind(build: &Build, compile: &dyn Fn() -> Compile, x: &Tensor, y: &Tensor) -> StepKind {
+    let mut m = build();
+    m.compile(compile()).unwrap();
+    m.fit(x, y.clone(), Fit::new().verbose(0)).unwrap();
+    m.step_path().expect("fit records its path").kind
 }

@@ -42,17 +42,24 @@ static ALLOCATOR: Counting = Counting;
 /// after the epoch boundary, left out), for the seed's model with `opt` at `batch`, through the
 /// planned step or the tape's; with class weights (per-sample weights) when `weighted`; with
 /// the activations as `Activation` layers of their own (`"separate"`) or L1L2 and L2
-/// regularizers (`"regularized"`), or `CategoricalFocalCrossentropy` on one-hot targets
-/// (`"focal"`) as `variant` says.
+/// regularizers (`"regularized"`), or another loss on one-hot targets (`"focal"`: categorical
+/// focal cross-entropy, `"bce"`, `"mse"`, `"hinge"`: squared hinge) as `variant` says.
 fn allocations_per_step(opt: &str, batch: usize, planned: bool, weighted: bool, variant: &str) -> Vec<usize> {
     let rows = 640;
     let x: Vec<f32> = (0..rows * 64).map(|i| ((i * 7919) % 256) as f32 / 255.0).collect();
     let y: Vec<f32> = (0..rows).map(|i| (i % 10) as f32).collect();
     let (x, mut y) = (Tensor::from_vec(x, &[rows, 8, 8]).unwrap(), Tensor::from_vec(y, &[rows]).unwrap());
     let mut loss = LossArg::from("sparse_categorical_crossentropy");
-    if variant == "focal" {
+    let on_one_hot = match variant {
+        "focal" => Some("categorical_focal_crossentropy"),
+        "bce" => Some("binary_crossentropy"),
+        "mse" => Some("mean_squared_error"),
+        "hinge" => Some("squared_hinge"),
+        _ => None,
+    };
+    if let Some(name) = on_one_hot {
         y = Tensor::one_hot(&y, 10, losskit::DType::F32).unwrap();
-        loss = LossArg::from("categorical_focal_crossentropy");
+        loss = LossArg::from(name);
     }
     let mut model = if variant == "regularized" {
         let l1l2 = Regularizer::L1L2 { l1: 1e-4, l2: 1e-4 };
@@ -120,6 +127,9 @@ fn a_warm_planned_step_allocates_nothing() {
         ("rmsprop", 64, false, "separate"),
         ("adam", 64, false, "regularized"),
         ("adam", 64, false, "focal"),
+        ("sgd", 64, true, "bce"),
+        ("adam", 32, false, "mse"),
+        ("rmsprop", 64, false, "hinge"),
     ];
     for (opt, batch, weighted, variant) in cases {
         let planned = allocations_per_step(opt, batch, true, weighted, variant);

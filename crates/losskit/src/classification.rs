@@ -13,6 +13,7 @@
 
 use crate::config::{require, Params};
 use crate::kernel_node::{row_loss, sparse_row_loss_with, Rows};
+use crate::row_loss::{RowKernelKind, RowLoss, Share, Targets};
 use crate::targets::{check_class_weights, class_indices, move_axis_last, same_shape, smooth};
 use crate::{Error, Loss, PerSample, Reduction, Result, Tensor};
 use losskit_kernels as kernels;
@@ -144,6 +145,15 @@ impl Loss for BinaryCrossentropy {
     fn single_row_kernel(&self, _: crate::loss::sealed::Token) -> bool {
         true
     }
+    fn row_kernel(&self, _: crate::loss::sealed::Token) -> Option<crate::RowLoss<'_>> {
+        // Another axis is moved last first.
+        let kernel = kernels::BinaryCrossentropy {
+            from_logits: self.from_logits,
+            label_smoothing: self.label_smoothing,
+            class_weights: self.class_weights.as_deref(),
+        };
+        (self.axis == -1).then_some(RowLoss::new(RowKernelKind::BinaryCrossentropy(kernel)))
+    }
     fn config(&self) -> Value {
         self.crossentropy_config()
     }
@@ -257,17 +267,30 @@ impl Loss for BinaryFocalCrossentropy {
                "apply_class_balancing": self.apply_class_balancing, "alpha": self.alpha, "gamma": self.gamma,
                "from_logits": self.from_logits, "label_smoothing": self.label_smoothing, "axis": self.axis})
     }
+    fn row_kernel(&self, _: crate::loss::sealed::Token) -> Option<crate::RowLoss<'_>> {
+        // Another axis is moved last first.
+        let targets =
+            Targets::Smoothed { label_smoothing: self.label_smoothing, share: Share::Half, class_weights: None };
+        (self.axis == -1)
+            .then(|| RowLoss::new(RowKernelKind::BinaryFocalCrossentropy(self.kernel())).with_targets(targets))
+    }
     fn per_sample(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<PerSample> {
         same_shape(&self.name, y_true, y_pred, "")?;
         let y = smooth(y_true, self.label_smoothing, 0.5)?;
         let (y, p) = (move_axis_last(&self.name, &y, self.axis)?, move_axis_last(&self.name, y_pred, self.axis)?);
-        let kernel = kernels::BinaryFocalCrossentropy {
+        Ok(row_loss("binary_focal_crossentropy", self.kernel(), &y, &p)?.into())
+    }
+}
+
+impl BinaryFocalCrossentropy {
+    /// The row kernel of these settings.
+    fn kernel(&self) -> kernels::BinaryFocalCrossentropy {
+        kernels::BinaryFocalCrossentropy {
             from_logits: self.from_logits,
             gamma: self.gamma,
             alpha: self.alpha,
             apply_class_balancing: self.apply_class_balancing,
-        };
-        Ok(row_loss("binary_focal_crossentropy", kernel, &y, &p)?.into())
+        }
     }
 }
 
@@ -325,16 +348,24 @@ impl Loss for CategoricalCrossentropy {
         true
     }
     fn row_kernel(&self, _: crate::loss::sealed::Token) -> Option<crate::RowLoss<'_>> {
-        // Class weights scale the targets first; another axis is moved last first.
-        let plain = self.class_weights.is_none() && self.axis == -1;
-        plain.then_some(crate::RowLoss(crate::loss::RowKernelKind::CategoricalCrossentropy(
-            kernels::CategoricalCrossentropy {
-                from_logits: self.from_logits,
+        // Another axis is moved last first. Class weights scale the smoothed targets first.
+        let weights = self.class_weights.as_deref();
+        let kernel = kernels::CategoricalCrossentropy {
+            from_logits: self.from_logits,
+            label_smoothing: if weights.is_some() { 0.0 } else { self.label_smoothing },
+            // Set per call from the number of classes.
+            smoothing_share: 0.0,
+        };
+        let row = RowLoss::new(RowKernelKind::CategoricalCrossentropy(kernel));
+        let row = match weights {
+            Some(w) => row.with_targets(Targets::Smoothed {
                 label_smoothing: self.label_smoothing,
-                // Set per call from the number of classes.
-                smoothing_share: 0.0,
-            },
-        )))
+                share: Share::PerClass,
+                class_weights: Some(w),
+            }),
+            None => row,
+        };
+        (self.axis == -1).then_some(row)
     }
     fn config(&self) -> Value {
         self.crossentropy_config()
@@ -480,9 +511,11 @@ impl Loss for CategoricalFocalCrossentropy {
         Ok(row_loss("categorical_focal_crossentropy", self.kernel(), &y, &p)?.into())
     }
     fn row_kernel(&self, _: crate::loss::sealed::Token) -> Option<crate::RowLoss<'_>> {
-        // Label smoothing changes the targets first; another axis is moved last first.
-        let plain = self.label_smoothing == 0.0 && self.axis == -1;
-        plain.then(|| crate::RowLoss(crate::loss::RowKernelKind::CategoricalFocalCrossentropy(self.kernel())))
+        // Another axis is moved last first.
+        let targets =
+            Targets::Smoothed { label_smoothing: self.label_smoothing, share: Share::PerClass, class_weights: None };
+        (self.axis == -1)
+            .then(|| RowLoss::new(RowKernelKind::CategoricalFocalCrossentropy(self.kernel())).with_targets(targets))
     }
 }
 
@@ -579,13 +612,14 @@ impl Loss for SparseCategoricalCrossentropy {
     }
     fn row_kernel(&self, _: crate::loss::sealed::Token) -> Option<crate::RowLoss<'_>> {
         // `ignore_class` attaches a mask of the loss' own.
-        self.ignore_class.is_none().then_some(crate::RowLoss(
-            crate::loss::RowKernelKind::SparseCategoricalCrossentropy(kernels::SparseCategoricalCrossentropy {
-                from_logits: self.from_logits,
-                class_weights: self.class_weights.as_deref(),
-                label_smoothing: 0.0,
-            }),
-        ))
+        let kernel = kernels::SparseCategoricalCrossentropy {
+            from_logits: self.from_logits,
+            class_weights: self.class_weights.as_deref(),
+            label_smoothing: 0.0,
+        };
+        self.ignore_class.is_none().then(|| {
+            RowLoss::new(RowKernelKind::SparseCategoricalCrossentropy(kernel)).with_targets(Targets::ClassIndex)
+        })
     }
     fn config(&self) -> Value {
         with_class_weights_config(

@@ -1,6 +1,7 @@
 //! The hinge (maximum-margin) losses: Hinge, SquaredHinge, CategoricalHinge.
 
 use crate::kernel_node::row_loss;
+use crate::row_loss::{RowKernelKind, RowLoss, Targets};
 use crate::{Result, Tensor};
 use losskit_kernels as kernels;
 
@@ -23,14 +24,16 @@ simple_loss! {
     /// for the whole tensor (0-labels then count as 0). Shapes `(B, ..., D)` → `(B, ...)`.
     /// Alias `hinge`.
     Hinge, "hinge",
-    |t, p| row_loss("hinge", kernels::Hinge { squared: false }, &to_signed_labels(t)?, p)
+    |t, p| row_loss("hinge", kernels::Hinge { squared: false }, &to_signed_labels(t)?, p),
+    RowLoss::new(RowKernelKind::Hinge(kernels::Hinge { squared: false })).with_targets(Targets::Signed)
 }
 
 simple_loss! {
     /// Squared hinge loss: `l = mean_last(max(1 - y'·p, 0)²)`, with [`Hinge`]'s label
     /// conversion. Shapes `(B, ..., D)` → `(B, ...)`. Alias `squared_hinge`.
     SquaredHinge, "squared_hinge",
-    |t, p| row_loss("squared_hinge", kernels::Hinge { squared: true }, &to_signed_labels(t)?, p)
+    |t, p| row_loss("squared_hinge", kernels::Hinge { squared: true }, &to_signed_labels(t)?, p),
+    RowLoss::new(RowKernelKind::Hinge(kernels::Hinge { squared: true })).with_targets(Targets::Signed)
 }
 
 simple_loss! {
@@ -38,5 +41,6 @@ simple_loss! {
     /// `l = max(neg - pos + 1, 0)`. Targets one-hot, no label conversion.
     /// Shapes `(B, ..., K)` → `(B, ...)`. Alias `categorical_hinge`.
     CategoricalHinge, "categorical_hinge",
-    |t, p| row_loss("categorical_hinge", kernels::CategoricalHinge, t, p)
+    |t, p| row_loss("categorical_hinge", kernels::CategoricalHinge, t, p),
+    RowLoss::new(RowKernelKind::CategoricalHinge(kernels::CategoricalHinge))
 }

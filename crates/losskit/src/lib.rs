@@ -35,6 +35,7 @@ pub mod hinge;
 mod kernel_node;
 mod linear_ce;
 mod loss;
+mod row_loss;
 #[macro_use]
 mod param_loss;
 pub mod metric_learning;
@@ -55,7 +56,7 @@ pub use classification::{
 pub use custom::CustomLoss;
 pub use hinge::{CategoricalHinge, Hinge, SquaredHinge};
 pub use linear_ce::LinearCrossEntropy;
-pub use loss::{compute, compute_partial, row_kernel, Loss, PerSample, RowLoss};
+pub use loss::{compute, compute_partial, Loss, PerSample};
 pub use losskit_tensor::{no_grad, DType, Error, Gradients, IoSource, Result, Tensor};
 pub use metric_learning::Circle;
 pub use reduction::{compute_average_loss, reduce_partial, reduce_weighted_values, Reduction};
@@ -64,6 +65,7 @@ pub use regression::{
     CosineSimilarity, Huber, KLDivergence, LogCosh, MeanAbsoluteError, MeanAbsolutePercentageError, MeanSquaredError,
     MeanSquaredLogarithmicError, Poisson,
 };
+pub use row_loss::{row_kernel, RowLoss};
 pub use segmentation::{Dice, Tversky};
 pub use sequence::Ctc;
 pub use tfa::{

@@ -3,6 +3,7 @@
 use crate::align::squeeze_or_expand_to_same_rank;
 use crate::kernel_node::fold;
 use crate::reduction::{reduce_weighted_values, Reduction};
+use crate::row_loss::RowLoss;
 use crate::{Error, Result, Tensor};
 use serde_json::{json, Value};
 use std::rc::Rc;
@@ -94,98 +95,6 @@ pub(crate) mod sealed {
     /// Passed by losskit to its own losses' hooks.
     #[derive(Debug, Clone, Copy)]
     pub struct Token;
-}
-
-/// For a loss whose per-sample values are one row kernel over `(y_true, y_pred)` with the
-/// class axis last and nothing else (no mask of its own, no per-row factor): that kernel, so a
-/// caller that keeps its own buffers can compute the values and their gradient on slices
-/// ([`RowLoss::run`], the same bits as [`Loss::per_sample`]). losskit-train's planned training
-/// step uses it. `None` for every other loss (custom ones included).
-pub fn row_kernel(loss: &dyn Loss) -> Option<RowLoss<'_>> {
-    loss.row_kernel(sealed::Token)
-}
-
-/// A built-in loss as its row kernel ([`row_kernel`]): per row of `cols` predictions, the loss
-/// value and its gradient, on plain slices. Opaque: the kernels behind it are losskit's own.
-#[derive(Debug, Clone, Copy)]
-pub struct RowLoss<'a>(pub(crate) RowKernelKind<'a>);
-
-/// The kernels a [`RowLoss`] can be (named as the Keras losses they compute).
-#[derive(Debug, Clone, Copy)]
-#[allow(clippy::enum_variant_names)]
-pub(crate) enum RowKernelKind<'a> {
-    /// Keras' `SparseCategoricalCrossentropy`: one class index per row.
-    SparseCategoricalCrossentropy(losskit_kernels::SparseCategoricalCrossentropy<'a>),
-    /// Keras' `CategoricalCrossentropy`: a target distribution per row.
-    CategoricalCrossentropy(losskit_kernels::CategoricalCrossentropy),
-    /// Keras' `CategoricalFocalCrossentropy`: a target distribution per row.
-    CategoricalFocalCrossentropy(losskit_kernels::CategoricalFocalCrossentropy<'a>),
-}
-
-impl RowLoss<'_> {
-    /// `y_true` values per row of `cols` predictions: 1 (a class index) or `cols`.
-    pub fn true_cols(&self, cols: usize) -> usize {
-        match self.0 {
-            RowKernelKind::SparseCategoricalCrossentropy(_) => 1,
-            RowKernelKind::CategoricalCrossentropy(_) | RowKernelKind::CategoricalFocalCrossentropy(_) => cols,
-        }
-    }
-
-    /// Whether the targets are class indices (one per row, per-sample shape `()` or `(1,)`)
-    /// rather than one value per class.
-    pub fn sparse_targets(&self) -> bool {
-        matches!(self.0, RowKernelKind::SparseCategoricalCrossentropy(_))
-    }
-
-    /// Makes `y_true` (`rows × true_cols(cols)`) what the kernel reads, in place, as
-    /// [`Loss::per_sample`] makes it: for the sparse loss each label truncated to its class
-    /// index, an error naming the label and its row (`per_sample`'s error, `loss` its name)
-    /// when it is not one of `0..cols`; other targets as they are.
-    pub fn prepare_targets<T: losskit_tensor::Element>(&self, loss: &str, y_true: &mut [T], cols: usize) -> Result<()> {
-        if self.sparse_targets() {
-            for (i, label) in y_true.iter_mut().enumerate() {
-                let v = label.to_f64().unwrap_or(f64::NAN);
-                let k = v.trunc();
-                if !(v.is_finite() && k >= 0.0 && (k as usize) < cols) {
-                    return Err(crate::targets::not_a_class_index(loss, v, &[i], cols, None));
-                }
-                *label = T::c(k);
-            }
-        }
-        Ok(())
-    }
-
-    /// Per row `r` of `y_pred` (`rows × cols`, row-major) and its targets (`rows ×
-    /// true_cols(cols)`): `values[r]`, the per-sample loss, and (when `grad` is given)
-    /// `grad[r, :] = s[r] · ∂values[r]/∂y_pred[r, :]` with `s = row_scale` (1 when `None`).
-    /// [`compute`] passes the reduction's scale this way on inputs of 2¹⁶ values or more (a
-    /// *folded* reduction), and multiplies the unscaled gradient by it on smaller ones.
-    ///
-    /// Errors when the lengths do not fit `cols`.
-    pub fn run<T: losskit_tensor::Element>(
-        &self,
-        y_true: &[T],
-        y_pred: &[T],
-        cols: usize,
-        values: &mut [T],
-        grad: Option<&mut [T]>,
-        row_scale: Option<&[T]>,
-    ) -> Result<()> {
-        let outcome = match &self.0 {
-            RowKernelKind::SparseCategoricalCrossentropy(k) => {
-                losskit_kernels::run_rows(k, y_true, y_pred, cols, row_scale, values, grad)
-            }
-            RowKernelKind::CategoricalCrossentropy(k) => {
-                // Keras smooths towards the uniform distribution over the row's classes.
-                let k = losskit_kernels::CategoricalCrossentropy { smoothing_share: 1.0 / cols.max(1) as f64, ..*k };
-                losskit_kernels::run_rows(&k, y_true, y_pred, cols, row_scale, values, grad)
-            }
-            RowKernelKind::CategoricalFocalCrossentropy(k) => {
-                losskit_kernels::run_rows(k, y_true, y_pred, cols, row_scale, values, grad)
-            }
-        };
-        outcome.map_err(|e| Error::Value { op: "row kernel".into(), msg: e.to_string() })
-    }
 }
 
 impl std::fmt::Debug for dyn Loss {

@@ -36,9 +36,9 @@ macro_rules! loss_identity {
 
 /// A loss with no parameter besides `name` and `reduction`: the struct, `Default`, `new`,
 /// `from_config` and `Loss`, with `$per_sample` (a `fn(&Tensor, &Tensor) -> Result<Tensor>`)
-/// computing the per-sample values.
+/// computing the per-sample values, and `$row_kernel` (a `RowLoss`) its row kernel.
 macro_rules! simple_loss {
-    ($(#[$doc:meta])* $ty:ident, $default_name:literal, $per_sample:expr) => {
+    ($(#[$doc:meta])* $ty:ident, $default_name:literal, $per_sample:expr, $row_kernel:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone)]
         pub struct $ty {
@@ -74,6 +74,9 @@ macro_rules! simple_loss {
             loss_identity!($ty);
             fn single_row_kernel(&self, _: crate::loss::sealed::Token) -> bool {
                 true
+            }
+            fn row_kernel(&self, _: crate::loss::sealed::Token) -> Option<crate::RowLoss<'_>> {
+                Some($row_kernel)
             }
             fn per_sample(&self, y_true: &$crate::Tensor, y_pred: &$crate::Tensor) -> $crate::Result<$crate::PerSample> {
                 let f: fn(&$crate::Tensor, &$crate::Tensor) -> $crate::Result<$crate::Tensor> = $per_sample;

@@ -10,6 +10,7 @@
 
 use crate::config::Params;
 use crate::kernel_node::row_loss;
+use crate::row_loss::{RowKernelKind, RowLoss};
 use crate::{Error, Loss, PerSample, Reduction, Result, Tensor};
 use losskit_kernels as kernels;
 use serde_json::{json, Value};
@@ -20,7 +21,8 @@ macro_rules! parameterless_loss {
         simple_loss! {
             $(#[$doc])*
             $ty, $default_name,
-            |t, p| row_loss($default_name, kernels::$ty, t, p)
+            |t, p| row_loss($default_name, kernels::$ty, t, p),
+            RowLoss::new(RowKernelKind::$ty(kernels::$ty))
         }
     };
 }
@@ -147,6 +149,9 @@ impl Loss for Huber {
     fn config(&self) -> Value {
         json!({ "name": self.name, "reduction": self.reduction.keras_name(), "delta": self.delta })
     }
+    fn row_kernel(&self, _: crate::loss::sealed::Token) -> Option<RowLoss<'_>> {
+        Some(RowLoss::new(RowKernelKind::Huber(kernels::Huber { delta: self.delta })))
+    }
     fn per_sample(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<PerSample> {
         Ok(row_loss("huber_loss", kernels::Huber { delta: self.delta }, y_true, y_pred)?.into())
     }
@@ -208,6 +213,10 @@ impl Loss for CosineSimilarity {
     }
     fn config(&self) -> Value {
         json!({ "name": self.name, "reduction": self.reduction.keras_name(), "axis": self.axis })
+    }
+    fn row_kernel(&self, _: crate::loss::sealed::Token) -> Option<RowLoss<'_>> {
+        // Another axis is moved last first.
+        (self.axis == -1).then_some(RowLoss::new(RowKernelKind::CosineSimilarity(kernels::CosineSimilarity)))
     }
     fn per_sample(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<PerSample> {
         let rank = y_pred.rank().max(y_true.rank());

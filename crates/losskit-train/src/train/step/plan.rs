@@ -1,6 +1,6 @@
 //! The training step without the tape: for a model it can run (a trunk of [`StepLayer`]s, one
-//! output, a loss that is one row kernel), `fit` runs each step over buffers it keeps across
-//! steps, and a warm step allocates nothing.
+//! output, a reduced loss), `fit` runs each step over buffers it keeps across steps, and a warm
+//! step on a loss with a row kernel allocates nothing.
 //!
 //! A [`StepPlan`] is made once per `fit` from the model. Per batch of `rows` samples it keeps
 //! (one set per batch size, so the last, shorter batch of an epoch has its own): the batch's
@@ -13,7 +13,8 @@
 //! 3. runs the loss' **row kernel** ([`losskit::row_kernel`]) for the per-sample values and their
 //!    gradient, weighted by the batch's sample weights when the run has them (`class_weight`
 //!    or one `sample_weight` per sample), and the reduction (`Σ / rows`, `Σ / Σw` or `Σ`) as
-//!    `losskit::compute` reduces;
+//!    `losskit::compute` reduces; a loss with no row kernel is called on the output through a
+//!    small tape of its own instead ([`LossPath::Tape`]);
 //! 4. runs the stages **backward** into the weights' gradients (no `∂x` for the model's input);
 //! 5. hands the gradients to the optimizer, which updates each weight in its own buffer (with
 //!    the NaN guard's measure in the same call).
@@ -82,7 +83,8 @@ struct Buffers {
     values: Tensor,
     /// The reduction's scale of each row's gradient (for a folded reduction), `(rows,)`.
     scale: Tensor,
-    /// The batch's sample weights in the model's dtype, `(rows,)` (empty without weights).
+    /// The batch's sample weights in the model's dtype, `(rows,)` or `(rows, 1)` as given
+    /// (empty without weights).
     w: Tensor,
 }
 
@@ -109,7 +111,7 @@ impl Buffers {
             masks,
             values: zeros(&[rows]),
             scale: zeros(&[rows]),
-            w: zeros(&[if plan.reduce.weighted { rows } else { 0 }]),
+            w: zeros(&[&[if plan.reduce.weighted { rows } else { 0 }], &plan.weight_shape[..]].concat()),
         }
     }
 }
@@ -121,12 +123,16 @@ pub(crate) struct StepPlan {
     features: usize,
     /// The per-sample shape of the targets.
     target_shape: Vec<usize>,
+    /// The sample weights' shape per sample: `()` or `(1,)`, as the run gives them.
+    weight_shape: Vec<usize>,
     stages: Vec<Stage>,
     /// The first stage with weights (the backward pass stops there).
     first_trained: usize,
     /// How the per-sample values are reduced: from the compiled loss' reduction, weighted once
     /// [`StepPlan::with_sample_weights`] is called.
     reduce: Reduce,
+    /// How the loss and `∂L/∂output` are computed.
+    loss_path: LossPath,
     /// One set per batch size seen (at most two in a run: the batch size and the last batch).
     buffers: Vec<Buffers>,
     /// Each weight's gradient, in weight order.
@@ -161,9 +167,11 @@ impl StepPlan {
             dtype: model.dtype,
             features,
             target_shape: Vec::new(),
+            weight_shape: Vec::new(),
             first_trained: stages.iter().position(|s| matches!(s, Stage::Dense { .. })).unwrap_or(0),
             stages,
             reduce: Reduce { divides: true, weighted: false, by_weight_sum: false },
+            loss_path: LossPath::Kernel,
             buffers: Vec::new(),
             weight_grads: Vec::new(),
             sum_squares: Vec::new(),
@@ -175,30 +183,34 @@ impl StepPlan {
     }
 
     /// Checks the compiled loss against the model's output and the targets `y`, and takes its
-    /// reduction and the targets' per-sample shape.
+    /// reduction and the targets' per-sample shape; a loss with no row kernel takes the tape
+    /// ([`LossPath::Tape`]).
     fn fit_loss(&mut self, model: &crate::Model, y: &Tensor) -> std::result::Result<(), String> {
         let compiled = model.compiled.as_ref().ok_or("not compiled")?;
         if compiled.losses.len() != 1 || compiled.loss_weights.iter().any(Option::is_some) {
             return Err("more than one loss, or a loss weight".into());
         }
         let loss = &compiled.losses[0];
-        let kernel = losskit::row_kernel(loss.as_ref())
-            .ok_or_else(|| format!("the loss {} is not one row kernel", loss.name()))?;
         if loss.reduction() == Reduction::None {
             return Err("the loss is not reduced".into());
         }
-        let classes = self.stages.last().ok_or("no layers")?.cols();
-        let target_shape = y.shape()[1..].to_vec();
-        let fits = if kernel.sparse_targets() {
-            target_shape.is_empty() || target_shape == [1]
-        } else {
-            target_shape == [classes]
-        };
-        if !fits || target_shape.iter().product::<usize>() != kernel.true_cols(classes) {
-            return Err(format!("targets of shape {target_shape:?} per sample for {classes} outputs"));
-        }
         if !self.stages.iter().any(|s| matches!(s, Stage::Dense { .. })) {
             return Err("no weights".into());
+        }
+        let target_shape = y.shape()[1..].to_vec();
+        if let Some(kernel) = losskit::row_kernel(loss.as_ref()) {
+            let classes = self.stages.last().ok_or("no layers")?.cols();
+            // A target per sample against one output is that output's target (Keras expands it).
+            let fits = if kernel.sparse_targets() {
+                target_shape.is_empty() || target_shape == [1]
+            } else {
+                target_shape == [classes] || (classes == 1 && target_shape.is_empty())
+            };
+            if !fits || target_shape.iter().product::<usize>() != kernel.true_cols(classes) {
+                return Err(format!("targets of shape {target_shape:?} per sample for {classes} outputs"));
+            }
+        } else {
+            self.loss_path = LossPath::Tape;
         }
         self.target_shape = target_shape;
         self.reduce.divides = loss.reduction() != Reduction::Sum;
@@ -218,6 +230,7 @@ impl StepPlan {
             return Err("sample weights not in standard layout".into());
         }
         self.reduce.weighted = true;
+        self.weight_shape = w.shape()[1..].to_vec();
         self.buffers.clear();
         Ok(self)
     }
@@ -332,8 +345,13 @@ impl StepPlan {
         if let Some(w) = w {
             gather::<T>(w, idx, &mut b.w)?;
         }
-        let kernel = self.targets::<T>(model, set)?;
-        let loss = loss_value::<T>(kernel, self.reduce, &mut self.buffers[set])?;
+        let loss = match self.loss_path {
+            LossPath::Kernel => {
+                let kernel = self.targets::<T>(model, set)?;
+                loss_value::<T>(kernel, self.reduce, &mut self.buffers[set])?
+            }
+            LossPath::Tape => tape_loss::<T>(model, self.reduce, &mut self.buffers[set], false)?,
+        };
         Ok(Some(with_penalty::<T>(loss, &self.stages, &model.trunk)))
     }
 
@@ -402,9 +420,14 @@ impl StepPlan {
             gather::<T>(w, idx, &mut b.w)?;
         }
         forward::<T>(&self.stages, &model.trunk, Some(&mut model.rng), b)?;
-        let kernel = self.targets::<T>(model, set)?;
+        let loss = match self.loss_path {
+            LossPath::Kernel => {
+                let kernel = self.targets::<T>(model, set)?;
+                loss_and_gradient::<T>(kernel, self.reduce, &mut self.buffers[set])?
+            }
+            LossPath::Tape => tape_loss::<T>(model, self.reduce, &mut self.buffers[set], true)?,
+        };
         let b = &mut self.buffers[set];
-        let loss = loss_and_gradient::<T>(kernel, self.reduce, b)?;
         backward::<T>(&self.stages, self.first_trained, &model.trunk, b, &mut self.weight_grads)?;
         add_penalty_grads::<T>(&self.stages, &model.trunk, &mut self.weight_grads);
         Ok(with_penalty::<T>(loss, &self.stages, &model.trunk))
@@ -536,6 +559,16 @@ fn forward<T: Element>(
     Ok(())
 }
 
+/// How the step computes the loss and its gradient with respect to the model's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LossPath {
+    /// The loss' row kernel on the step's buffers ([`losskit::row_kernel`]): no allocation.
+    Kernel,
+    /// The loss (a custom closure, a loss with no row kernel or one with a mask of its own)
+    /// called on the output through a small tape of its own: the layers stay planned.
+    Tape,
+}
+
 /// How the per-sample values are reduced to the loss.
 #[derive(Debug, Clone, Copy)]
 struct Reduce {
@@ -612,6 +645,33 @@ fn loss_value<T: Element>(kernel: RowLoss<'_>, reduce: Reduce, b: &mut Buffers) 
         slices::mul_in_place(values, read::<T>(&b.w));
     }
     Ok(reduced(values, factor))
+}
+
+/// Step 3 for a loss with no row kernel ([`LossPath::Tape`]): the compiled loss called on the
+/// batch's targets, the model's output (a leaf of a fresh tape) and the sample weights, as the
+/// tape's step calls it; with `gradient`, `∂L/∂output` from its backward pass into the last
+/// stage's gradient buffer. The reduced loss.
+fn tape_loss<T: Element>(model: &crate::Model, reduce: Reduce, b: &mut Buffers, gradient: bool) -> Result<f64> {
+    let loss = &model.compiled.as_ref().expect("checked in new").losses[0];
+    let last = b.outs.len() - 1;
+    let out = b.outs[last].clone();
+    let out = if gradient { out.requires_grad() } else { out };
+    let value = loss.call(&b.y, &out, reduce.weighted.then_some(&b.w))?;
+    let scalar = value.to_scalar()?;
+    if gradient {
+        let mut grads = value.backward()?;
+        drop(value);
+        let g = buf::<T>(&mut b.grads[last]);
+        match grads.remove(&out) {
+            Some(d) => match d.values::<T>() {
+                Some(v) => g.copy_from_slice(v),
+                None => g.copy_from_slice(&d.to_vec::<T>()),
+            },
+            // The loss does not depend on the output.
+            None => g.fill(T::zero()),
+        }
+    }
+    Ok(scalar)
 }
 
 /// `Σ values · factor` in `T`, as `losskit::compute` reduces, as `f64`.

@@ -1,0 +1,239 @@
+//! A built-in loss as its row kernel ([`row_kernel`]), for a caller that keeps its own buffers
+//! (losskit-train's planned training step): the per-sample values and their gradient on plain
+//! slices, the same bits as [`Loss::per_sample`] on the tape.
+
+use crate::loss::sealed;
+use crate::targets::check_class_weights;
+use crate::{Error, Loss, Result};
+use losskit_kernels as kernels;
+use losskit_tensor::Element;
+
+/// For a loss whose per-sample values are one row kernel over `(y_true, y_pred)` with the
+/// class axis last and nothing else (no mask of its own, no per-row factor; the targets may be
+/// rewritten first, see [`RowLoss::prepare_targets`]): that kernel, so a caller that keeps its
+/// own buffers can compute the values and their gradient on slices ([`RowLoss::run`], the same
+/// bits as [`Loss::per_sample`]). losskit-train's planned training step uses it. `None` for
+/// every other loss (custom ones included).
+///
+/// The losses that have one: sparse and one-hot categorical cross-entropy (label smoothing,
+/// class weights), categorical and binary focal cross-entropy, binary cross-entropy, the
+/// hinges, MSE, MAE, MAPE, MSLE, Huber, log-cosh, Poisson, KL divergence and cosine
+/// similarity, each with its class axis last (`axis = -1`) and, for sparse cross-entropy,
+/// without `ignore_class`.
+pub fn row_kernel(loss: &dyn Loss) -> Option<RowLoss<'_>> {
+    loss.row_kernel(sealed::Token)
+}
+
+/// A built-in loss as its row kernel ([`row_kernel`]): per row of `cols` predictions, the loss
+/// value and its gradient, on plain slices. Opaque: the kernels behind it are losskit's own.
+#[derive(Debug, Clone, Copy)]
+pub struct RowLoss<'a> {
+    kind: RowKernelKind<'a>,
+    targets: Targets<'a>,
+}
+
+/// The kernels a [`RowLoss`] can be (named as the Keras losses they compute).
+#[derive(Debug, Clone, Copy)]
+#[allow(clippy::enum_variant_names)]
+pub(crate) enum RowKernelKind<'a> {
+    /// Keras' `SparseCategoricalCrossentropy`: one class index per row.
+    SparseCategoricalCrossentropy(kernels::SparseCategoricalCrossentropy<'a>),
+    /// Keras' `CategoricalCrossentropy`: a target distribution per row (its smoothing share is
+    /// set per call from the number of classes).
+    CategoricalCrossentropy(kernels::CategoricalCrossentropy),
+    /// Keras' `CategoricalFocalCrossentropy`.
+    CategoricalFocalCrossentropy(kernels::CategoricalFocalCrossentropy<'a>),
+    /// Keras' `BinaryCrossentropy` (label smoothing and class weights inside the kernel).
+    BinaryCrossentropy(kernels::BinaryCrossentropy<'a>),
+    /// Keras' `BinaryFocalCrossentropy` (label smoothing on the targets first).
+    BinaryFocalCrossentropy(kernels::BinaryFocalCrossentropy),
+    /// Keras' `Hinge` and `SquaredHinge` (on signed targets).
+    Hinge(kernels::Hinge),
+    /// Keras' `CategoricalHinge`.
+    CategoricalHinge(kernels::CategoricalHinge),
+    /// Keras' `MeanSquaredError`.
+    MeanSquaredError(kernels::MeanSquaredError),
+    /// Keras' `MeanAbsoluteError`.
+    MeanAbsoluteError(kernels::MeanAbsoluteError),
+    /// Keras' `MeanAbsolutePercentageError`.
+    MeanAbsolutePercentageError(kernels::MeanAbsolutePercentageError),
+    /// Keras' `MeanSquaredLogarithmicError`.
+    MeanSquaredLogarithmicError(kernels::MeanSquaredLogarithmicError),
+    /// Keras' `Huber`.
+    Huber(kernels::Huber),
+    /// Keras' `LogCosh`.
+    LogCosh(kernels::LogCosh),
+    /// Keras' `Poisson`.
+    Poisson(kernels::Poisson),
+    /// Keras' `KLDivergence`.
+    KLDivergence(kernels::KLDivergence),
+    /// Keras' `CosineSimilarity` along the last axis.
+    CosineSimilarity(kernels::CosineSimilarity),
+}
+
+/// What [`Loss::per_sample`] does to a batch's targets before its kernel reads them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Targets<'a> {
+    /// Nothing: the kernel reads them as given.
+    AsGiven,
+    /// Each label checked and truncated to its class index.
+    ClassIndex,
+    /// Keras' hinge rule: `2y - 1` when every target of the batch is 0 or 1, else as given.
+    Signed,
+    /// `y·(1 - ls) + ls·share` (skipped when `ls = 0`), then times the class weights `w[j]`.
+    Smoothed { label_smoothing: f64, share: Share, class_weights: Option<&'a [f64]> },
+}
+
+/// The share of label smoothing each target receives.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Share {
+    /// `1/2` (binary losses).
+    Half,
+    /// `1/cols` (categorical losses).
+    PerClass,
+}
+
+impl<'a> RowLoss<'a> {
+    /// The kernel `kind` on targets as given.
+    pub(crate) fn new(kind: RowKernelKind<'a>) -> Self {
+        RowLoss { kind, targets: Targets::AsGiven }
+    }
+
+    /// The same kernel on targets rewritten as `targets` says first.
+    pub(crate) fn with_targets(self, targets: Targets<'a>) -> Self {
+        RowLoss { targets, ..self }
+    }
+
+    /// `y_true` values per row of `cols` predictions: 1 (a class index) or `cols`.
+    pub fn true_cols(&self, cols: usize) -> usize {
+        if self.sparse_targets() {
+            1
+        } else {
+            cols
+        }
+    }
+
+    /// Whether the targets are class indices (one per row, per-sample shape `()` or `(1,)`)
+    /// rather than one value per class.
+    pub fn sparse_targets(&self) -> bool {
+        matches!(self.kind, RowKernelKind::SparseCategoricalCrossentropy(_))
+    }
+
+    /// Makes `y_true` (`rows × true_cols(cols)`, one batch) what the kernel reads, in place, as
+    /// [`Loss::per_sample`] makes it: for the sparse loss each label truncated to its class
+    /// index, an error naming the label and its row (`per_sample`'s error, `loss` its name)
+    /// when it is not one of `0..cols`; the hinges' `2y - 1` on 0/1 targets; label smoothing
+    /// (and class weights) that the loss applies to the targets before its kernel. Other
+    /// targets stay as they are.
+    /// Errors, as `per_sample` does, also when the loss' class weights (or focal `alpha`) do
+    /// not have one entry per class.
+    pub fn prepare_targets<T: Element>(&self, loss: &str, y_true: &mut [T], cols: usize) -> Result<()> {
+        self.check_class_weights(loss, cols)?;
+        match self.targets {
+            Targets::AsGiven => {}
+            Targets::ClassIndex => class_indices(loss, y_true, cols)?,
+            Targets::Signed => {
+                if y_true.iter().all(|&v| v == T::zero() || v == T::one()) {
+                    y_true.iter_mut().for_each(|v| *v = *v * T::c(2.0) + T::c(-1.0));
+                }
+            }
+            Targets::Smoothed { label_smoothing, share, class_weights } => {
+                check_class_weights(loss, class_weights, cols)?;
+                let share = match share {
+                    Share::Half => 0.5,
+                    Share::PerClass => 1.0 / cols.max(1) as f64,
+                };
+                smooth(y_true, label_smoothing, share);
+                if let Some(w) = class_weights {
+                    for row in y_true.chunks_exact_mut(cols.max(1)) {
+                        row.iter_mut().zip(w).for_each(|(v, &w)| *v = *v * T::c(w));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The kernel's own class weights (or focal `alpha`, one value or one per class) against
+    /// the number of classes.
+    fn check_class_weights(&self, loss: &str, cols: usize) -> Result<()> {
+        match self.kind {
+            RowKernelKind::BinaryCrossentropy(k) => check_class_weights(loss, k.class_weights, cols),
+            RowKernelKind::SparseCategoricalCrossentropy(k) => check_class_weights(loss, k.class_weights, cols),
+            RowKernelKind::CategoricalFocalCrossentropy(k) if k.alpha.len() != 1 && k.alpha.len() != cols => {
+                Err(Error::Shape {
+                    op: loss.into(),
+                    msg: format!("alpha has {} entries but there are {cols} classes", k.alpha.len()),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Per row `r` of `y_pred` (`rows × cols`, row-major) and its targets (`rows ×
+    /// true_cols(cols)`, made by [`RowLoss::prepare_targets`]): `values[r]`, the per-sample
+    /// loss, and (when `grad` is given) `grad[r, :] = s[r] · ∂values[r]/∂y_pred[r, :]` with
+    /// `s = row_scale` (1 when `None`). [`compute`](crate::compute) passes the reduction's
+    /// scale this way on inputs of 2¹⁶ values or more (a *folded* reduction), and multiplies
+    /// the unscaled gradient by it on smaller ones.
+    ///
+    /// Errors when the lengths do not fit `cols`.
+    pub fn run<T: Element>(
+        &self,
+        y_true: &[T],
+        y_pred: &[T],
+        cols: usize,
+        values: &mut [T],
+        grad: Option<&mut [T]>,
+        row_scale: Option<&[T]>,
+    ) -> Result<()> {
+        use kernels::run_rows;
+        use RowKernelKind as K;
+        let outcome = match self.kind {
+            K::CategoricalCrossentropy(k) => {
+                // Keras smooths towards the uniform distribution over the row's classes.
+                let k = kernels::CategoricalCrossentropy { smoothing_share: 1.0 / cols.max(1) as f64, ..k };
+                run_rows(&k, y_true, y_pred, cols, row_scale, values, grad)
+            }
+            K::SparseCategoricalCrossentropy(k) => run_rows(&k, y_true, y_pred, cols, row_scale, values, grad),
+            K::CategoricalFocalCrossentropy(k) => run_rows(&k, y_true, y_pred, cols, row_scale, values, grad),
+            K::BinaryCrossentropy(k) => run_rows(&k, y_true, y_pred, cols, row_scale, values, grad),
+            K::BinaryFocalCrossentropy(k) => run_rows(&k, y_true, y_pred, cols, row_scale, values, grad),
+            K::Hinge(k) => run_rows(&k, y_true, y_pred, cols, row_scale, values, grad),
+            K::CategoricalHinge(k) => run_rows(&k, y_true, y_pred, cols, row_scale, values, grad),
+            K::MeanSquaredError(k) => run_rows(&k, y_true, y_pred, cols, row_scale, values, grad),
+            K::MeanAbsoluteError(k) => run_rows(&k, y_true, y_pred, cols, row_scale, values, grad),
+            K::MeanAbsolutePercentageError(k) => run_rows(&k, y_true, y_pred, cols, row_scale, values, grad),
+            K::MeanSquaredLogarithmicError(k) => run_rows(&k, y_true, y_pred, cols, row_scale, values, grad),
+            K::Huber(k) => run_rows(&k, y_true, y_pred, cols, row_scale, values, grad),
+            K::LogCosh(k) => run_rows(&k, y_true, y_pred, cols, row_scale, values, grad),
+            K::Poisson(k) => run_rows(&k, y_true, y_pred, cols, row_scale, values, grad),
+            K::KLDivergence(k) => run_rows(&k, y_true, y_pred, cols, row_scale, values, grad),
+            K::CosineSimilarity(k) => run_rows(&k, y_true, y_pred, cols, row_scale, values, grad),
+        };
+        outcome.map_err(|e| Error::Value { op: "row kernel".into(), msg: e.to_string() })
+    }
+}
+
+/// Each label truncated to its class index; an error naming the first that is not one of
+/// `0..cols`.
+fn class_indices<T: Element>(loss: &str, y_true: &mut [T], cols: usize) -> Result<()> {
+    for (i, label) in y_true.iter_mut().enumerate() {
+        let v = label.to_f64().unwrap_or(f64::NAN);
+        let k = v.trunc();
+        if !(v.is_finite() && k >= 0.0 && (k as usize) < cols) {
+            return Err(crate::targets::not_a_class_index(loss, v, &[i], cols, None));
+        }
+        *label = T::c(k);
+    }
+    Ok(())
+}
+
+/// `y ← y·(1 - ls) + ls·share` in `T`, a product then a sum, as the tape's `smooth` computes
+/// it; nothing when `ls = 0` (the tape leaves the targets alone then).
+fn smooth<T: Element>(y: &mut [T], label_smoothing: f64, share: f64) {
+    if label_smoothing != 0.0 {
+        let (keep, add) = (T::c(1.0 - label_smoothing), T::c(label_smoothing * share));
+        y.iter_mut().for_each(|v| *v = *v * keep + add);
+    }
+}
