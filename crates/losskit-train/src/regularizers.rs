@@ -61,26 +61,29 @@ impl Regularizer {
         }
     }
 
-    /// Adds the penalty's gradient to `g`, the gradient of the weight `w`, as the tape's backward
-    /// pass gives it: `l1·sign(w)` (0 at 0), `l2·(w + w)`, and for L1L2 their sum (L2's term
-    /// first) added at once. For the planned training step.
-    pub(crate) fn add_gradient<T: Element>(&self, w: &[T], g: &mut [T]) {
+    /// Adds the penalty's gradient times `share` to `g`, the gradient of the weight `w`, as the
+    /// tape's backward pass gives it for `share · penalty`: `(share·l1)·sign(w)` (0 at 0),
+    /// `(share·l2)·(w + w)`, and for L1L2 their sum (L2's term first) added at once (`share`
+    /// is 1, or 1/workers in a data-parallel step). For the planned training step.
+    pub(crate) fn add_gradient<T: Element>(&self, w: &[T], g: &mut [T], share: f64) {
         fn add_each<T: Element>(w: &[T], g: &mut [T], d: impl Fn(T) -> T) {
             for (g, &w) in g.iter_mut().zip(w) {
                 *g = *g + d(w);
             }
         }
+        // The tape's upstream `share` times each term's coefficient, in `T`.
+        let c = |k: f64| T::c(share) * T::c(k);
         match *self {
             Regularizer::L1(a) => {
-                let a = T::c(a);
+                let a = c(a);
                 add_each(w, g, |w| a * sign(w));
             }
             Regularizer::L2(b) => {
-                let b = T::c(b);
+                let b = c(b);
                 add_each(w, g, |w| b * (w + w));
             }
             Regularizer::L1L2 { l1, l2 } => {
-                let (a, b) = (T::c(l1), T::c(l2));
+                let (a, b) = (c(l1), c(l2));
                 add_each(w, g, |w| b * (w + w) + a * sign(w));
             }
         }

@@ -17,16 +17,21 @@ pub enum StepKind {
     Tape,
     /// Data-parallel: each worker's shard of the batch on the tape, gradients all-reduced.
     Distributed,
+    /// Data-parallel through the plan: each worker's shard of the batch over the planned
+    /// step's buffers, gradients all-reduced from them; the tape's data-parallel bits.
+    DistributedPlanned,
 }
 
 impl StepKind {
-    /// The path's name in messages: `planned step`, `fused head`, `tape`, `data-parallel tape`.
+    /// The path's name in messages: `planned step`, `fused head`, `tape`, `data-parallel tape`,
+    /// `data-parallel planned step`.
     pub fn name(self) -> &'static str {
         match self {
             StepKind::Planned => "planned step",
             StepKind::FusedHead => "fused head",
             StepKind::Tape => "tape",
             StepKind::Distributed => "data-parallel tape",
+            StepKind::DistributedPlanned => "data-parallel planned step",
         }
     }
 }

@@ -665,3 +665,117 @@ fn path_kind(build: &Build, compile: &dyn Fn() -> Compile, x: &Tensor, y: &Tenso
     m.fit(x, y.clone(), Fit::new().verbose(0)).unwrap();
     m.step_path().expect("fit records its path").kind
 }
+
+/// Rank 0's [`Outcome`] of a data-parallel `fit` over a [`ThreadGroup`] of `workers`, every
+/// worker through the plan or the tape (checked to agree with each other), with the path taken.
+fn run_parallel(
+    workers: usize,
+    build: &(dyn Fn() -> Model + Sync),
+    compile: &(dyn Fn() -> Compile + Sync),
+    x: &Tensor,
+    y: &Tensor,
+    fit: &(dyn Fn() -> Fit<'static> + Sync),
+    planned: bool,
+) -> (Outcome, StepKind) {
+    // Leaked: `fit()` gives a `Fit<'static>`, which `distribute` ties to the group.
+    let groups: &'static [ThreadGroup] = Box::leak(ThreadGroup::new(workers).unwrap().into_boxed_slice());
+    let results: Vec<(Outcome, StepKind)> = std::thread::scope(|s| {
+        let handles: Vec<_> = groups
+            .iter()
+            .map(|g| {
+                s.spawn(move || {
+                    let mut m = build();
+                    m.compile(compile().planned_step(Some(planned))).unwrap();
+                    let outcome = m.fit(x, y.clone(), fit().distribute(g));
+                    let weights = m
+                        .get_weights()
+                        .iter()
+                        .map(|(_, t)| t.to_vec::<f64>().iter().map(|v| v.to_bits()).collect())
+                        .collect();
+                    let kind = m.step_path().map(|p| p.kind).unwrap_or(StepKind::Tape);
+                    let outcome = match outcome {
+                        Ok(h) => {
+                            let hist = h
+                                .history
+                                .iter()
+                                .map(|(k, v)| (k.clone(), v.iter().map(|v| v.to_bits()).collect()))
+                                .collect();
+                            (weights, hist, None)
+                        }
+                        Err(e) => (weights, Vec::new(), Some(e.to_string())),
+                    };
+                    (outcome, kind)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in &results[1..] {
+        assert_eq!(r, &results[0], "the workers disagree");
+    }
+    results.into_iter().next().unwrap()
+}
+
+/// Data-parallel workers (a `ThreadGroup` of 2 and 3) step through the plan, all-reducing its
+/// own gradient buffers, to the data-parallel tape's bits: dropout, regularizers, every
+/// reduction, sample weights, a batch with fewer rows than workers, and the NaN guard.
+#[test]
+fn data_parallel_workers_train_through_the_plan_to_the_tapes_bits() {
+    let x = inputs(70, &[6], DType::F32);
+    let y = labels(&x, 4);
+    let w = Tensor::from_vec((0..70).map(|i| [0.5f32, 2.0, 1.0, 0.0][i % 4]).collect::<Vec<_>>(), &[70]).unwrap();
+    let build = || {
+        Sequential::new()
+            .seed(8)
+            .add(
+                Dense::new(16).activation("relu").unwrap().kernel_regularizer(Regularizer::L1L2 { l1: 0.01, l2: 0.02 }),
+            )
+            .add(Dropout::new(0.2).unwrap())
+            .add(Dense::new(4).activation("softmax").unwrap().bias_regularizer(Regularizer::L2(0.05)))
+    };
+    for reduction in
+        [losskit::Reduction::SumOverBatchSize, losskit::Reduction::Sum, losskit::Reduction::MeanWithSampleWeight]
+    {
+        let compile = move || {
+            Compile::new()
+                .optimizer("adam")
+                .loss_obj(losskit::SparseCategoricalCrossentropy::new().with_reduction(reduction))
+                .metrics(&["accuracy"])
+        };
+        for workers in [2, 3] {
+            for weighted in [false, true] {
+                let w = w.clone();
+                // 70 rows in batches of 32: the last batch of 6 rows (2 per worker of 3).
+                let fit = move || {
+                    let f = Fit::new().epochs(2).batch_size(32).verbose(0).validation_split(0.1);
+                    if weighted {
+                        f.sample_weight(w.clone())
+                    } else {
+                        f
+                    }
+                };
+                let what = format!("{reduction:?}, {workers} workers, weighted {weighted}");
+                let (tape, kind) = run_parallel(workers, &build, &compile, &x, &y, &fit, false);
+                assert_eq!((kind, &tape.2), (StepKind::Distributed, &None), "{what}");
+                let (planned, kind) = run_parallel(workers, &build, &compile, &x, &y, &fit, true);
+                assert_eq!(kind, StepKind::DistributedPlanned, "{what}");
+                assert_eq!(planned, tape, "{what}");
+            }
+        }
+    }
+    // A batch of 2 rows over 3 workers: one worker has no rows (only the regularization's
+    // share of the gradient); BCE on one-hot targets.
+    let compile = || Compile::new().optimizer("sgd").loss("binary_crossentropy");
+    let fit = || Fit::new().epochs(1).batch_size(2).verbose(0);
+    let hot = one_hot(&y, 4);
+    let (tape, _) = run_parallel(3, &build, &compile, &x, &hot, &fit, false);
+    let (planned, kind) = run_parallel(3, &build, &compile, &x, &hot, &fit, true);
+    assert_eq!(kind, StepKind::DistributedPlanned);
+    assert_eq!(planned, tape, "a worker without rows");
+    // The guard stops the same step with the same diagnosis.
+    let compile = || Compile::new().optimizer(Optimizer::sgd(1e35).unwrap()).loss("sparse_categorical_crossentropy");
+    let fit = || Fit::new().epochs(10).batch_size(16).verbose(0);
+    let (tape, _) = run_parallel(2, &build, &compile, &x, &y, &fit, false);
+    assert!(tape.2.as_deref().is_some_and(|e| e.contains("gradient norms per layer")), "{:?}", tape.2);
+    assert_eq!(run_parallel(2, &build, &compile, &x, &y, &fit, true).0, tape, "guard");
+}

@@ -1,11 +1,12 @@
 //! The data-parallel step: each worker's shard of the batch, gradients all-reduced.
 
+use super::plan::StepPlan;
 use super::tape::weighted_total;
 use crate::distribute::{self, Collective};
 use crate::metrics::Metric;
 use crate::model::Model;
 use crate::train::data::{Dataset, FitData};
-use crate::train::guard::{guarded_update, GuardAt};
+use crate::train::guard::{fail_step, guarded_update, weight_names, GuardAt};
 use crate::train::logs::Accumulators;
 use crate::train::update::apply_update;
 use losskit::{no_grad, Reduction, Result, Tensor};
@@ -102,6 +103,47 @@ pub(crate) fn distributed_step(
         apply_update(model, &g)?;
     }
     acc.add_batch(loss, &each, &sums[2 * outputs..], idx.len() as f64);
+    Ok(())
+}
+
+/// [`distributed_step`] through the plan (a model the planned step runs, with a loss that has
+/// a row kernel): this worker's shard forward and its loss' share, the first all-reduce (the
+/// loss and the metrics' sums), the shard's gradient scaled by the global denominator and the
+/// regularization's share, the second all-reduce on the plan's own gradient buffers, the NaN
+/// guard and the update. The same bits as the tape's data-parallel step.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn distributed_planned_step(
+    model: &mut Model,
+    plan: &mut StepPlan,
+    group: &dyn Collective,
+    data: &FitData,
+    metrics: &[Vec<Metric>],
+    idx: &[usize],
+    guard: Option<GuardAt<'_>>,
+    acc: &mut Accumulators,
+) -> Result<()> {
+    let rows = distribute::shard(idx, group.rank(), group.size());
+    let (sum, own) = match rows.is_empty() {
+        true => (0.0, None),
+        false => plan.shard_loss(model, &data.x, &data.ys[0], data.w.as_ref(), rows)?,
+    };
+    let (ys, outs) = if rows.is_empty() { (&[][..], &[][..]) } else { plan.reading(rows.len()) };
+    let mut sums = local_sums(&[(sum, own)], 1, metrics, ys, outs)?;
+    group.all_reduce_sum(&mut sums)?;
+    let (loss, each) = global_losses(model, &sums, 1)?;
+    plan.shard_gradients(model, rows.len(), own.map(|_| sums[1]), 1.0 / group.size() as f64)?;
+    plan.all_reduce_gradients(group)?;
+    let check = guard.is_some().then_some(true);
+    let applied = plan.apply(model, loss, check)?;
+    if let Some(guard) = guard {
+        guard.norms.push_sums(&plan.sum_squares, || weight_names(model));
+        if !applied {
+            let shard = if rows.is_empty() { idx } else { rows };
+            let batch = Dataset::rows_of(&data.x, &data.ys, data.w.as_ref(), shard, true)?;
+            return fail_step(model, &batch, loss, plan.weight_grads(), guard);
+        }
+    }
+    acc.add_batch(loss, &each, &sums[2..], idx.len() as f64);
     Ok(())
 }
 

@@ -8,7 +8,9 @@ mod plan;
 mod planned;
 mod tape;
 
-pub(crate) use distributed::{distributed_step, global_losses, join_group, local_sums, loss_shares};
+pub(crate) use distributed::{
+    distributed_planned_step, distributed_step, global_losses, join_group, local_sums, loss_shares,
+};
 pub(crate) use plan::StepPlan;
 pub(crate) use planned::{inference_plan, planned_step};
 pub(crate) use tape::{losses_on, train_step};
@@ -30,10 +32,13 @@ pub(crate) enum Stepper<'c> {
     Tape,
     /// Through the tape, sharded over the workers of the group.
     Distributed(&'c dyn Collective),
+    /// Through the plan, sharded over the workers of the group.
+    DistributedPlanned(Box<StepPlan>, &'c dyn Collective),
 }
 
-/// The path for this model and run: data-parallel when `group` has several workers, else the
-/// planned step when the model allows it, else the tape (with the fused head when it applies);
+/// The path for this model and run: data-parallel when `group` has several workers (through
+/// the plan when the model allows it, else the tape), else the planned step when the model
+/// allows it, else the tape (with the fused head when it applies);
 /// with the reason for each faster path not taken. A path that
 /// [`Compile`](crate::Compile) requires and cannot be taken is an error naming why.
 pub(crate) fn choose<'c>(
@@ -43,10 +48,16 @@ pub(crate) fn choose<'c>(
 ) -> Result<(Stepper<'c>, StepPath)> {
     let mut not_taken = Vec::new();
     if let Some(group) = group {
-        if let Err(why) = planned::step_plan(model, data, true)? {
-            not_taken.push((StepKind::Planned, why));
-        }
-        return Ok((Stepper::Distributed(group), StepPath { kind: StepKind::Distributed, not_taken }));
+        return Ok(match planned::step_plan(model, data, true)? {
+            Ok(plan) => (
+                Stepper::DistributedPlanned(Box::new(plan), group),
+                StepPath { kind: StepKind::DistributedPlanned, not_taken },
+            ),
+            Err(why) => {
+                not_taken.push((StepKind::DistributedPlanned, why));
+                (Stepper::Distributed(group), StepPath { kind: StepKind::Distributed, not_taken })
+            }
+        });
     }
     match planned::step_plan(model, data, false)? {
         Ok(plan) => return Ok((Stepper::Planned(Box::new(plan)), StepPath { kind: StepKind::Planned, not_taken })),
@@ -66,7 +77,7 @@ impl<'c> Stepper<'c> {
     /// The other workers of a data-parallel run (more than one), if this is one.
     pub(crate) fn group(&self) -> Option<&'c dyn Collective> {
         match self {
-            Stepper::Distributed(group) => Some(*group),
+            Stepper::Distributed(group) | Stepper::DistributedPlanned(_, group) => Some(*group),
             _ => None,
         }
     }
@@ -84,6 +95,9 @@ impl<'c> Stepper<'c> {
     ) -> Result<()> {
         match self {
             Stepper::Distributed(group) => distributed_step(model, *group, data, metrics, idx, guard, acc),
+            Stepper::DistributedPlanned(plan, group) => {
+                distributed_planned_step(model, plan, *group, data, metrics, idx, guard, acc)
+            }
             Stepper::Planned(plan) => planned_step(model, plan, data, metrics, guard, idx, acc),
             Stepper::Tape => {
                 let batch = Dataset::rows_of(&data.x, &data.ys, data.w.as_ref(), idx, true)?;

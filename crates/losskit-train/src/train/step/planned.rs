@@ -42,9 +42,6 @@ pub(crate) fn inference_plan(model: &Model, x: &Tensor, y: Option<&Tensor>) -> O
 
 /// The planned step for this model and run, or why there is none.
 pub(crate) fn plannable(model: &mut Model, data: &FitData, distributed: bool) -> std::result::Result<StepPlan, String> {
-    if distributed {
-        return Err("the run has several workers".into());
-    }
     if fused_head(model).map_err(|e| e.to_string())?.is_some() {
         return Err("the fused linear + cross-entropy head trains the last layer".into());
     }
@@ -53,6 +50,9 @@ pub(crate) fn plannable(model: &mut Model, data: &FitData, distributed: bool) ->
     }
     model.ensure_built(&data.x).map_err(|e| e.to_string())?;
     let plan = StepPlan::new(model, &data.x, Some(&data.ys[0]))?;
+    if distributed {
+        plan.shardable()?;
+    }
     match &data.w {
         Some(w) => plan.with_sample_weights(w, data.x.shape().first().copied().unwrap_or(0)),
         None => Ok(plan),

@@ -32,6 +32,8 @@ use losskit_tensor::slices::{self, DenseGrads, DenseShape};
 use losskit_tensor::DenseActivation;
 use losskit_tensor::Element;
 
+mod shard;
+
 /// One computation of the step, in forward order.
 #[derive(Debug, Clone, Copy)]
 enum Stage {
@@ -139,6 +141,9 @@ pub(crate) struct StepPlan {
     weight_grads: Vec<Tensor>,
     /// The optimizer's `Σ g²` per gradient (kept for its capacity).
     pub sum_squares: Vec<f64>,
+    /// The gradients flattened for a data-parallel all-reduce (f32 or f64 models; kept for
+    /// their capacity).
+    flat: (Vec<f32>, Vec<f64>),
 }
 
 /// Inputs of at least this many values have `losskit::compute` fold the reduction's scale into
@@ -175,6 +180,7 @@ impl StepPlan {
             buffers: Vec::new(),
             weight_grads: Vec::new(),
             sum_squares: Vec::new(),
+            flat: (Vec::new(), Vec::new()),
         };
         if let Some(y) = y {
             plan.fit_loss(model, y)?;
@@ -296,6 +302,12 @@ impl StepPlan {
             DType::F32 => self.forward_backward::<f32>(model, x, y, w, idx, set)?,
             DType::F64 => self.forward_backward::<f64>(model, x, y, w, idx, set)?,
         };
+        Ok((loss, self.apply(model, loss, check)?))
+    }
+
+    /// Step 5 of [`StepPlan::run`]: the optimizer's update with the step's gradients (see
+    /// `run` for `check`); whether it was applied.
+    pub(crate) fn apply(&mut self, model: &mut crate::Model, loss: f64, check: Option<bool>) -> Result<bool> {
         let applied = if loss.is_finite() || check.is_none() {
             update(model, &self.weight_grads, check, &mut self.sum_squares)?.1
         } else {
@@ -304,7 +316,7 @@ impl StepPlan {
             self.sum_squares.extend(self.weight_grads.iter().map(Tensor::sum_of_squares));
             false
         };
-        Ok((loss, applied))
+        Ok(applied)
     }
 
     /// The forward pass alone (dropout off, no gradients) on the rows `idx` of `x`: the model's
@@ -429,7 +441,7 @@ impl StepPlan {
         };
         let b = &mut self.buffers[set];
         backward::<T>(&self.stages, self.first_trained, &model.trunk, b, &mut self.weight_grads)?;
-        add_penalty_grads::<T>(&self.stages, &model.trunk, &mut self.weight_grads);
+        add_penalty_grads::<T>(&self.stages, &model.trunk, &mut self.weight_grads, 1.0);
         Ok(with_penalty::<T>(loss, &self.stages, &model.trunk))
     }
 
@@ -703,14 +715,14 @@ fn with_penalty<T: Element>(loss: f64, stages: &[Stage], layers: &[Box<dyn Layer
     }
 }
 
-/// Adds each regularized weight's penalty gradient to its gradient
-/// ([`Regularizer::add_gradient`]).
-fn add_penalty_grads<T: Element>(stages: &[Stage], layers: &[Box<dyn Layer>], weight_grads: &mut [Tensor]) {
+/// Adds each regularized weight's penalty gradient, times `share` (1, or 1/workers in a
+/// data-parallel step), to its gradient ([`Regularizer::add_gradient`]).
+fn add_penalty_grads<T: Element>(stages: &[Stage], layers: &[Box<dyn Layer>], weight_grads: &mut [Tensor], share: f64) {
     for stage in stages {
         let Stage::Dense { layer, weight: k, regularizers, .. } = *stage else { continue };
         for (i, r) in regularizers.iter().enumerate() {
             if let Some(r) = r {
-                r.add_gradient(weight::<T>(layers, layer, i), buf::<T>(&mut weight_grads[k + i]));
+                r.add_gradient(weight::<T>(layers, layer, i), buf::<T>(&mut weight_grads[k + i]), share);
             }
         }
     }
