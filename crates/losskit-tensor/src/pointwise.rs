@@ -40,7 +40,7 @@ impl Unary {
             Unary::Sqrt => x.sqrt(),
             Unary::Abs => x.abs(),
             Unary::Square => x * x,
-            Unary::Tanh => x.tanh(),
+            Unary::Tanh => x.tanh_fast(),
             Unary::Sigmoid => sigmoid(x),
             Unary::Softplus => softplus(x),
             // max(x, 0) as jnp.maximum and tf.nn.relu compute it: a NaN stays NaN.
