@@ -46,7 +46,7 @@ pub fn exp_f32(x: f32) -> f32 {
 #[inline(always)]
 pub fn tanh_f32(x: f32) -> f32 {
     let z = x * x;
-    let p = (((-5.704_988_7e-3 * z + 2.063_908_9e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1) * z - 3.333_328_2e-1;
+    let p = (((-5.704_988_7e-3 * z + 2.063_909e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1) * z - 3.333_328e-1;
     let small = p * z * x + x;
     let e = exp_f32(2.0 * x.abs());
     let large = (1.0 - 2.0 / (e + 1.0)).copysign(x);
