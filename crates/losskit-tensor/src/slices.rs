@@ -245,13 +245,21 @@ pub fn row_sum<T: Element>(row: &[T]) -> T {
 /// `w.square()`) over all its axes: `f` applied a chunk at a time into a buffer on the stack,
 /// each chunk added as [`row_sum`] adds. Allocates nothing.
 pub fn row_sum_of<T: Element>(row: &[T], f: impl Fn(T) -> T) -> T {
+    row_sum_of_visiting(row, f, |_, _| {})
+}
+
+/// [`row_sum_of`], handing each chunk of `row` (its start and values) to `visit` right after
+/// it is summed, while it is in cache: a second pass over the row that reads it once.
+pub fn row_sum_of_visiting<T: Element>(row: &[T], f: impl Fn(T) -> T, mut visit: impl FnMut(usize, &[T])) -> T {
     let mut mapped = [T::zero(); CHUNK];
     T::c(row_total(row.len(), |start, len, total| {
         let chunk = &mut mapped[..len];
-        for (m, &v) in chunk.iter_mut().zip(&row[start..start + len]) {
+        let values = &row[start..start + len];
+        for (m, &v) in chunk.iter_mut().zip(values) {
             *m = f(v);
         }
         accumulate_sum(total, chunk);
+        visit(start, values);
     }))
 }
 

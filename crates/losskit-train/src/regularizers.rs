@@ -66,26 +66,39 @@ impl Regularizer {
     /// `(share·l2)·(w + w)`, and for L1L2 their sum (L2's term first) added at once (`share`
     /// is 1, or 1/workers in a data-parallel step). For the planned training step.
     pub(crate) fn add_gradient<T: Element>(&self, w: &[T], g: &mut [T], share: f64) {
-        fn add_each<T: Element>(w: &[T], g: &mut [T], d: impl Fn(T) -> T) {
-            for (g, &w) in g.iter_mut().zip(w) {
-                *g = *g + d(w);
+        self.gradient_adder(share)(w, g);
+    }
+
+    /// [`Regularizer::penalty_of`] and [`Regularizer::add_gradient`] in one pass over `w`
+    /// (each chunk added to `g` while it is in cache after being summed): the same bits as the
+    /// two.
+    pub(crate) fn penalty_and_gradient<T: Element>(&self, w: &[T], g: &mut [T], share: f64) -> T {
+        let add = self.gradient_adder(share);
+        let mut visit = |start: usize, w: &[T]| add(w, &mut g[start..start + w.len()]);
+        match *self {
+            Regularizer::L1(a) => slices::row_sum_of_visiting(w, |v| v.abs(), &mut visit) * T::c(a),
+            Regularizer::L2(b) => slices::row_sum_of_visiting(w, |v| v * v, &mut visit) * T::c(b),
+            Regularizer::L1L2 { l1: a, l2: b } => {
+                let l1 = slices::row_sum_of(w, |v| v.abs()) * T::c(a);
+                l1 + slices::row_sum_of_visiting(w, |v| v * v, &mut visit) * T::c(b)
             }
         }
-        // The tape's upstream `share` times each term's coefficient, in `T`.
+    }
+
+    /// `(w, g) ↦ g += share · ∂penalty/∂w` element by element, with the coefficients in `T` as
+    /// the tape's upstream `share` times each term's factor.
+    fn gradient_adder<T: Element>(&self, share: f64) -> impl Fn(&[T], &mut [T]) {
         let c = |k: f64| T::c(share) * T::c(k);
-        match *self {
-            Regularizer::L1(a) => {
-                let a = c(a);
-                add_each(w, g, |w| a * sign(w));
-            }
-            Regularizer::L2(b) => {
-                let b = c(b);
-                add_each(w, g, |w| b * (w + w));
-            }
-            Regularizer::L1L2 { l1, l2 } => {
-                let (a, b) = (c(l1), c(l2));
-                add_each(w, g, |w| b * (w + w) + a * sign(w));
-            }
+        let (a, b) = match *self {
+            Regularizer::L1(a) => (Some(c(a)), None),
+            Regularizer::L2(b) => (None, Some(c(b))),
+            Regularizer::L1L2 { l1, l2 } => (Some(c(l1)), Some(c(l2))),
+        };
+        move |w: &[T], g: &mut [T]| match (a, b) {
+            (Some(a), None) => g.iter_mut().zip(w).for_each(|(g, &w)| *g = *g + a * sign(w)),
+            (None, Some(b)) => g.iter_mut().zip(w).for_each(|(g, &w)| *g = *g + b * (w + w)),
+            (Some(a), Some(b)) => g.iter_mut().zip(w).for_each(|(g, &w)| *g = *g + (b * (w + w) + a * sign(w))),
+            (None, None) => {}
         }
     }
 

@@ -364,7 +364,7 @@ impl StepPlan {
             }
             LossPath::Tape => tape_loss::<T>(model, self.reduce, &mut self.buffers[set], false)?,
         };
-        Ok(Some(with_penalty::<T>(loss, &self.stages, &model.trunk)))
+        Ok(Some(with_penalty::<T>(loss, &self.stages, &model.trunk, None)))
     }
 
     /// The model's outputs on every row of `x`, computed in batches of `batch_size` rows:
@@ -441,8 +441,7 @@ impl StepPlan {
         };
         let b = &mut self.buffers[set];
         backward::<T>(&self.stages, self.first_trained, &model.trunk, b, &mut self.weight_grads)?;
-        add_penalty_grads::<T>(&self.stages, &model.trunk, &mut self.weight_grads, 1.0);
-        Ok(with_penalty::<T>(loss, &self.stages, &model.trunk))
+        Ok(with_penalty::<T>(loss, &self.stages, &model.trunk, Some(&mut self.weight_grads)))
     }
 
     /// The kernel's targets of buffer set `set` from its batch's targets (sparse labels as
@@ -694,15 +693,26 @@ fn reduced<T: Element>(values: &[T], factor: T) -> f64 {
 /// `loss + Σ penalties` as the tape's total adds the model's regularization to the loss (in
 /// `T`: each weight's penalty `c·Σ f(w)`, a layer's kernel then bias penalty added, the layers
 /// added in order, as `Model::regularization_loss`), or `loss` when nothing is regularized.
-fn with_penalty<T: Element>(loss: f64, stages: &[Stage], layers: &[Box<dyn Layer>]) -> f64 {
+/// With `grads` (a training step), each penalty's gradient is added to its weight's gradient
+/// in the same pass ([`Regularizer::penalty_and_gradient`]).
+fn with_penalty<T: Element>(
+    loss: f64,
+    stages: &[Stage],
+    layers: &[Box<dyn Layer>],
+    mut grads: Option<&mut [Tensor]>,
+) -> f64 {
     let mut total: Option<T> = None;
     for stage in stages {
-        let Stage::Dense { layer, regularizers, .. } = *stage else { continue };
+        let Stage::Dense { layer, weight: k, regularizers, .. } = *stage else { continue };
         let mut of_layer: Option<T> = None;
         for (i, r) in regularizers.iter().enumerate() {
             if let Some(r) = r {
-                let p = r.penalty_of(weight::<T>(layers, layer, i));
-                of_layer = Some(of_layer.map_or(p, |k| k + p));
+                let w = weight::<T>(layers, layer, i);
+                let p = match grads.as_deref_mut() {
+                    Some(g) => r.penalty_and_gradient(w, buf::<T>(&mut g[k + i]), 1.0),
+                    None => r.penalty_of(w),
+                };
+                of_layer = Some(of_layer.map_or(p, |q| q + p));
             }
         }
         if let Some(p) = of_layer {
