@@ -15,7 +15,7 @@
 //! between regions for as long as its guard lives (`fit` holds one while it trains). Results
 //! never depend on either: the kernels cut their work the same way whichever threads run it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,17 +53,106 @@ pub fn use_calling_thread(threads: Option<usize>) -> Result<usize, ThreadPoolErr
 
 /// While alive, the other workers of the calling thread's rayon pool look for work without
 /// pause instead of going to sleep (see [`keep_pool_awake`]); dropping it lets them sleep again.
+/// [`KeepAwake::step_done`] has them stay out of the calling thread's regions while that is
+/// faster.
 #[must_use = "the workers may sleep again as soon as this is dropped"]
 #[derive(Debug)]
 pub struct KeepAwake {
-    stop: Option<Arc<AtomicBool>>,
+    state: Option<Arc<AtomicU8>>,
+    chooser: Chooser,
 }
+
+/// The kept-awake workers take shares of parallel regions.
+const HELP: u8 = 0;
+/// The kept-awake workers nap and take no work: the calling thread runs every region alone.
+const NAP: u8 = 1;
+/// The kept-awake workers return to rayon (the guard was dropped).
+const STOP: u8 = 2;
 
 impl Drop for KeepAwake {
     fn drop(&mut self) {
-        if let Some(stop) = &self.stop {
-            stop.store(true, Ordering::Relaxed);
+        if let Some(state) = &self.state {
+            state.store(STOP, Ordering::Relaxed);
         }
+    }
+}
+
+impl KeepAwake {
+    /// Whether the other workers currently take shares of the calling thread's parallel
+    /// regions (`false`: it runs them alone while they nap).
+    pub fn helpers_on(&self) -> bool {
+        self.state.as_ref().is_none_or(|s| s.load(Ordering::Relaxed) == HELP)
+    }
+
+    /// Tells the guard that one step of a repeated workload (a training step) took `took`;
+    /// it times a stretch of steps with the other workers helping and one with the calling
+    /// thread alone, keeps the faster way for a few seconds, then times both again. On a
+    /// quiet machine the helpers win; when other processes hold the cores, a region's share
+    /// waits for a worker the operating system has not scheduled, and the calling thread alone
+    /// is faster (two CPU-bound processes beside a 2-thread training run: 1.1–1.5 s per epoch
+    /// alone against 1.7–2.3 s with the helper). Results never depend on it: the kernels cut
+    /// their work the same way whichever threads run it.
+    pub fn step_done(&mut self, took: Duration) {
+        let Some(state) = &self.state else { return };
+        if let Some(helpers) = self.chooser.record(took, Instant::now()) {
+            state.store(if helpers { HELP } else { NAP }, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Steps timed per trial of each way (after the first [`WARM_UP`] steps).
+const TRIAL_STEPS: u32 = 16;
+/// Steps left out at the start (caches, buffers, the first epoch's page faults).
+const WARM_UP: u32 = 8;
+/// How long the faster way is kept before both are timed again.
+const HOLD: Duration = Duration::from_secs(2);
+
+/// [`KeepAwake::step_done`]'s choice: timed trials of both ways, then the faster held.
+#[derive(Debug)]
+struct Chooser {
+    phase: Phase,
+    /// The last trial's time with the helpers.
+    with_helpers: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// Steps not timed yet.
+    WarmUp { left: u32 },
+    /// Timing `left` more steps with the helpers on or off; `total` so far.
+    Trial { helpers: bool, left: u32, total: Duration },
+    /// Keeping the faster way until then.
+    Hold { until: Instant },
+}
+
+impl Chooser {
+    fn new() -> Chooser {
+        Chooser { phase: Phase::WarmUp { left: WARM_UP }, with_helpers: Duration::ZERO }
+    }
+
+    /// Records a step that took `took` (finished at `now`); the way for the next steps when it
+    /// changes.
+    fn record(&mut self, took: Duration, now: Instant) -> Option<bool> {
+        let trial = |helpers| Phase::Trial { helpers, left: TRIAL_STEPS, total: Duration::ZERO };
+        let (next, way) = match self.phase {
+            Phase::WarmUp { left: 0 } => (trial(true), None),
+            Phase::WarmUp { left } => (Phase::WarmUp { left: left - 1 }, None),
+            Phase::Trial { helpers, left, total } if left > 1 => {
+                (Phase::Trial { helpers, left: left - 1, total: total + took }, None)
+            }
+            Phase::Trial { helpers: true, total, .. } => {
+                self.with_helpers = total + took;
+                (trial(false), Some(false))
+            }
+            Phase::Trial { helpers: false, total, .. } => {
+                let helpers = self.with_helpers <= total + took;
+                (Phase::Hold { until: now + HOLD }, Some(helpers))
+            }
+            Phase::Hold { until } if now >= until => (trial(true), Some(true)),
+            hold @ Phase::Hold { .. } => (hold, None),
+        };
+        self.phase = next;
+        way
     }
 }
 
@@ -76,34 +165,82 @@ impl Drop for KeepAwake {
 /// backward pass) waited for it: two halves of 50 µs took 117 µs, against 52 µs with the worker
 /// kept awake. Spinning without end cost the most when the cores are shared: with two CPU-bound
 /// processes beside it, a tape-trained model's epoch took 2.9–3.1× its quiet time against
-/// 1.4–2.2× with the spin bounded (same quiet time). Does nothing when the calling thread is not
-/// a worker of a pool of two or more threads (see [`use_calling_thread`]).
+/// 1.4–2.2× with the spin bounded (same quiet time). While [`KeepAwake::step_done`] has chosen
+/// the calling thread alone, the workers take no jobs and sleep in 1 ms naps. Does nothing
+/// when the calling thread is not a worker of a pool of two or more threads (see
+/// [`use_calling_thread`]).
 pub fn keep_pool_awake() -> KeepAwake {
     let me = match rayon::current_thread_index() {
         Some(me) if rayon::current_num_threads() >= 2 => me,
-        _ => return KeepAwake { stop: None },
+        _ => return KeepAwake { state: None, chooser: Chooser::new() },
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&stop);
+    let state = Arc::new(AtomicU8::new(HELP));
+    let flag = Arc::clone(&state);
     rayon::spawn_broadcast(move |ctx| {
         if ctx.index() == me {
             return;
         }
         let mut last_job = Instant::now();
-        while !flag.load(Ordering::Relaxed) {
-            if matches!(rayon::yield_now(), Some(rayon::Yield::Executed)) {
-                last_job = Instant::now();
-            } else if last_job.elapsed() < SPIN_FOR {
-                for _ in 0..32 {
-                    std::hint::spin_loop();
+        loop {
+            match flag.load(Ordering::Relaxed) {
+                STOP => break,
+                NAP => {
+                    // No job is taken: the calling thread's regions find their pieces still
+                    // in its own queue and run them itself.
+                    std::thread::sleep(Duration::from_millis(1));
+                    last_job = Instant::now();
                 }
-            } else {
+                _ if matches!(rayon::yield_now(), Some(rayon::Yield::Executed)) => last_job = Instant::now(),
+                _ if last_job.elapsed() < SPIN_FOR => {
+                    for _ in 0..32 {
+                        std::hint::spin_loop();
+                    }
+                }
                 // Idle for longer than a step's serial stretches: hand the core to whoever
                 // else wants it (another process, or this one's main thread) before looking
                 // again. On an idle machine the call returns at once.
-                std::thread::yield_now();
+                _ => std::thread::yield_now(),
             }
         }
     });
-    KeepAwake { stop: Some(stop) }
+    KeepAwake { state: Some(state), chooser: Chooser::new() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both ways are timed, the faster kept for [`HOLD`], then both timed again.
+    #[test]
+    fn the_faster_way_is_chosen_and_timed_again_later() {
+        let mut c = Chooser::new();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut ways = Vec::new();
+        // Steps take 2 ms with the helpers and 1 ms alone (a busy machine).
+        let mut helpers = true;
+        for step in 0..(WARM_UP + 1 + 2 * TRIAL_STEPS + 3) {
+            let took = if helpers { ms(2) } else { ms(1) };
+            if let Some(w) = c.record(took, t0 + ms(u64::from(step))) {
+                helpers = w;
+                ways.push((step, w));
+            }
+        }
+        let after_warm_up = WARM_UP + 1;
+        assert_eq!(ways, vec![(after_warm_up + TRIAL_STEPS - 1, false), (after_warm_up + 2 * TRIAL_STEPS - 1, false)]);
+        // Held until 2 s later, then timed again from the helpers' side.
+        assert_eq!(c.record(ms(1), t0 + ms(1000)), None);
+        assert_eq!(c.record(ms(1), t0 + HOLD + ms(100)), Some(true));
+        // Quiet now: the helpers win the next round.
+        for _ in 0..TRIAL_STEPS {
+            c.record(ms(1), t0 + HOLD + ms(200));
+        }
+        let mut last = None;
+        for _ in 0..TRIAL_STEPS {
+            if let Some(w) = c.record(ms(3), t0 + HOLD + ms(300)) {
+                last = Some(w);
+            }
+        }
+        assert_eq!(last, Some(true));
+    }
 }

@@ -15,6 +15,7 @@ use crate::callbacks::{Callback, CallbackState, FitParams, History, Logs, Progba
 use crate::model::Model;
 use losskit::{Error, Result, Tensor};
 use losskit_tensor::random;
+use std::time::Instant;
 
 /// [`Model::fit`]'s work (its caller tells the other workers when it fails).
 pub(crate) fn fit_run(model: &mut Model, x: &Tensor, y: Targets, mut opts: Fit<'_>) -> Result<History> {
@@ -57,7 +58,7 @@ pub(crate) fn fit_run(model: &mut Model, x: &Tensor, y: Targets, mut opts: Fit<'
     model.step_path = Some(path);
     let states = resume(model, &mut run)?;
     // The pool's other workers stay awake between the step's parallel regions.
-    let _awake = losskit_kernels::threads::keep_pool_awake();
+    run.awake = Some(losskit_kernels::threads::keep_pool_awake());
     begin_training(model, &mut run, states)?;
     while !run.progress.stopped && run.progress.epoch < run.opts.epochs {
         run_epoch(model, &mut run)?;
@@ -172,7 +173,11 @@ pub(crate) fn train_epoch(model: &mut Model, run: &mut FitLoop<'_, '_>, order: &
             cb.on_train_batch_begin(step, &empty, model)?;
         }
         let guard = run.opts.nan_guard.then_some(GuardAt { epoch: run.progress.epoch, step, norms: &mut run.norms });
+        let started = Instant::now();
         run.stepper.step(model, run.data, &run.metrics, idx, guard, &mut acc)?;
+        if let Some(awake) = run.awake.as_mut() {
+            awake.step_done(started.elapsed());
+        }
         refresh_logs(model, &mut logs, &acc, &mut entries);
         for cb in run.callbacks.iter_mut() {
             cb.on_train_batch_end(step, &logs, model)?;

@@ -67,6 +67,9 @@ pub(crate) struct FitLoop<'d, 'c> {
     pub(crate) progress: Progress,
     /// How each step is taken, chosen before the first.
     pub(crate) stepper: Stepper<'c>,
+    /// The pool's other workers kept awake between the steps' parallel regions (or napping
+    /// while the calling thread alone is faster), once training starts.
+    pub(crate) awake: Option<losskit_kernels::threads::KeepAwake>,
 }
 
 impl<'d, 'c> FitLoop<'d, 'c> {
@@ -93,6 +96,7 @@ impl<'d, 'c> FitLoop<'d, 'c> {
             norms: GradNormHistory::default(),
             progress,
             stepper: Stepper::Tape,
+            awake: None,
         })
     }
 
