@@ -1,6 +1,8 @@
 //! Keras 3 model files: reads `model.to_json()` output and `.keras` archives (their
-//! `config.json`) into a [`Model`], with the `compile_config` when present, and writes a model
-//! back in the same format ([`Model::to_json`]), which `keras.models.model_from_json` reads.
+//! `config.json`, weights and optimizer state) into a [`Model`], with the `compile_config` when
+//! present and the model's and layers' names, and writes a model back in the same formats
+//! ([`Model::to_json`], which `keras.models.model_from_json` reads, and
+//! [`Model::save_keras`], which `keras.saving.load_model` reads).
 //!
 //! Supported: a `Sequential` of `InputLayer`, `Flatten`, `Dense` (units, activation, use_bias,
 //! the initializers by name with their seeds, L1/L2/L1L2 kernel and bias regularizers),
@@ -32,6 +34,9 @@ pub struct KerasModel {
     pub input_shape: Option<Vec<usize>>,
     /// The `compile_config`, if the model was compiled when saved.
     pub compile: Option<KerasCompile>,
+    /// Whether the weights (and the optimizer's state) came from the file (a `.keras` archive
+    /// with `model.weights.h5`); otherwise they are freshly initialised.
+    pub trained: bool,
 }
 
 /// A Keras `compile_config`: each part `None` when the file leaves it out.
@@ -71,28 +76,35 @@ fn config_error(msg: impl Into<String>) -> Error {
     Error::Config(msg.into())
 }
 
-/// Reads a Keras model file: `model.to_json()` output (`.json`) or a `.keras` archive (its
-/// `config.json`). Errors name the file.
+/// Reads a Keras model file: `model.to_json()` output (`.json`), or a `.keras` archive: its
+/// `config.json` and its weights (`model.weights.h5`) put into the model, with the optimizer's
+/// state (iteration count, moments) put into the `compile` settings' optimizer, so that
+/// training goes on where Keras left it ([`KerasModel::trained`]). Errors name the file and,
+/// for weights that do not fit, the layer.
 pub fn load_keras_model(path: impl AsRef<Path>) -> Result<KerasModel> {
     let path = path.as_ref();
     let ferr = |msg: String| Error::file(path.display().to_string(), msg);
-    let text = if path.extension().is_some_and(|e| e == "keras") {
-        read_archive_config(path).map_err(ferr)?
-    } else {
-        std::fs::read_to_string(path).map_err(|e| Error::io(path.display().to_string(), "cannot read", e))?
-    };
-    model_from_json(&text).map_err(|e| ferr(e.to_string()))
-}
-
-/// The `config.json` inside a `.keras` archive (a zip file).
-fn read_archive_config(path: &Path) -> std::result::Result<String, String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
-    let mut archive = zip::ZipArchive::new(file).map_err(|e| format!("not a .keras archive (a zip file): {e}"))?;
-    let mut entry = archive.by_name("config.json").map_err(|_| "a .keras archive without config.json".to_string())?;
-    let mut text = String::new();
-    entry.read_to_string(&mut text).map_err(|e| format!("cannot read its config.json: {e}"))?;
-    Ok(text)
+    if path.extension().is_none_or(|e| e != "keras") {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::io(path.display().to_string(), "cannot read", e))?;
+        return model_from_json(&text).map_err(|e| ferr(e.to_string()));
+    }
+    let archive = crate::keras_archive::read_archive(path).map_err(ferr)?;
+    let mut keras = model_from_json(&archive.config).map_err(|e| ferr(e.to_string()))?;
+    if let Some(bytes) = archive.weights {
+        if !keras.model.is_built() {
+            return Err(ferr("the model in config.json has no input shape to place its weights".into()));
+        }
+        let weights = crate::keras_archive::read_weights(bytes).map_err(ferr)?;
+        crate::keras_archive::load_weights(&mut keras.model, &weights).map_err(ferr)?;
+        if let Some(opt) = keras.compile.as_mut().and_then(|c| c.optimizer.as_mut()) {
+            if let Some(state) = crate::keras_archive::optimizer_state(opt, &keras.model, &weights).map_err(ferr)? {
+                opt.set_state(state).map_err(|e| ferr(e.to_string()))?;
+            }
+        }
+        keras.trained = true;
+    }
+    Ok(keras)
 }
 
 /// Reads Keras 3's `model.to_json()` output (or a `.keras` archive's `config.json`).
@@ -105,13 +117,26 @@ pub fn model_from_json(text: &str) -> Result<KerasModel> {
     let config = &v["config"];
     let dtype = dtype_from_policy(&config["dtype"])?;
     let mut model = Model::new().with_dtype(dtype);
+    if let Some(name) = config["name"].as_str() {
+        model.name = Some(name.to_string());
+    }
     let mut input_shape = None;
     let layers = config["layers"].as_array().ok_or_else(|| config_error("the model has no `layers` list"))?;
+    let mut names = Vec::new();
     for (i, layer) in layers.iter().enumerate() {
         match parse_layer(layer, i)? {
             Parsed::Input(shape) => input_shape = Some(shape),
-            Parsed::Layer(l) => model.trunk.push(l),
+            Parsed::Layer(l) => {
+                names.push(layer["config"]["name"].as_str().map(String::from));
+                model.trunk.push(l);
+            }
         }
+    }
+    // The file's layer names, kept (Keras finds each layer's weights by it); a file without
+    // them gets Keras' automatic names.
+    if let Some(names) = names.into_iter().collect::<Option<Vec<String>>>() {
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        model = model.with_layer_names(&names).map_err(|e| config_error(e.to_string()))?;
     }
     if model.trunk.is_empty() {
         return Err(config_error("the model has no layers besides its input"));
@@ -128,7 +153,7 @@ pub fn model_from_json(text: &str) -> Result<KerasModel> {
         Some(c) if c.as_object().is_some_and(|m| !m.is_empty()) => Some(parse_compile(c)?),
         _ => None,
     };
-    Ok(KerasModel { model, input_shape, compile })
+    Ok(KerasModel { model, input_shape, compile, trained: false })
 }
 
 /// `[null, 8, 8]` → `[8, 8]`.
@@ -454,7 +479,7 @@ impl Model {
         let mut model = json!({
             "module": "keras",
             "class_name": "Sequential",
-            "config": {"name": "sequential", "trainable": true, "dtype": policy, "layers": layers, "build_input_shape": batch_shape},
+            "config": {"name": self.name(), "trainable": true, "dtype": policy, "layers": layers, "build_input_shape": batch_shape},
             "registered_name": null,
             "build_config": {"input_shape": batch_shape},
         });

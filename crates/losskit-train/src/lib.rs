@@ -24,6 +24,7 @@ mod compile;
 pub mod datasets;
 pub mod distribute;
 pub mod initializers;
+mod keras_archive;
 pub mod keras_model;
 mod layers;
 pub mod metrics;

@@ -53,6 +53,10 @@ pub struct Model {
     pub(crate) last_diagnosis: Option<crate::nan::Diagnosis>,
     /// The path the last `fit`'s steps took ([`Model::step_path`]).
     pub(crate) step_path: Option<crate::step_path::StepPath>,
+    /// The model's name (Keras' `model.name`), when given.
+    pub(crate) name: Option<String>,
+    /// The trunk's layer names when given (a Keras file's), kept by [`Model::build`].
+    pub(crate) layer_names: Option<Vec<String>>,
 }
 
 impl Default for Model {
@@ -61,7 +65,8 @@ impl Default for Model {
     }
 }
 
-fn snake_case(kind: &str) -> String {
+/// A class name in snake case (`"Dense"` → `"dense"`), as Keras names layers and their paths.
+pub(crate) fn snake_case(kind: &str) -> String {
     let mut s = String::new();
     for (i, c) in kind.chars().enumerate() {
         if c.is_uppercase() && i > 0 {
@@ -86,7 +91,46 @@ impl Model {
             warnings: Vec::new(),
             last_diagnosis: None,
             step_path: None,
+            name: None,
+            layer_names: None,
         }
+    }
+
+    /// The model's name: the one given ([`Model::with_name`], a Keras file's), else Keras'
+    /// default, `"sequential"` (`"functional"` with heads).
+    pub fn name(&self) -> &str {
+        match &self.name {
+            Some(n) => n,
+            None if self.heads.is_empty() => "sequential",
+            None => "functional",
+        }
+    }
+
+    /// Names the model (Keras' `name=`): kept in the summary and the Keras files it writes.
+    pub fn with_name(mut self, name: &str) -> Model {
+        self.name = Some(name.to_string());
+        self
+    }
+
+    /// Names the trunk's layers, in order (Keras' `name=` of each layer): [`Model::build`]
+    /// keeps them instead of Keras' automatic `dense`, `dense_1`, ... Errors when the count
+    /// differs from the trunk's layers or a name repeats.
+    pub fn with_layer_names(mut self, names: &[&str]) -> Result<Model> {
+        if names.len() != self.trunk.len() {
+            return Err(Error::Config(format!(
+                "with_layer_names: {} names for {} layers",
+                names.len(),
+                self.trunk.len()
+            )));
+        }
+        if let Some(dup) = names.iter().enumerate().find(|(i, n)| names[..*i].contains(n)) {
+            return Err(Error::Config(format!("with_layer_names: the name {:?} is used twice", dup.1)));
+        }
+        self.layer_names = Some(names.iter().map(|n| n.to_string()).collect());
+        for (layer, name) in self.trunk.iter_mut().zip(names) {
+            layer.set_name(name.to_string());
+        }
+        Ok(self)
     }
 
     /// Keras' `compile`: checks and stores the optimizer, the loss(es), loss weights and
@@ -171,6 +215,11 @@ impl Model {
             let name = if *n == 0 { base.clone() } else { format!("{base}_{n}") };
             *n += 1;
             layer.set_name(name);
+        }
+        if let Some(names) = &self.layer_names {
+            for (layer, name) in self.trunk.iter_mut().zip(names) {
+                layer.set_name(name.clone());
+            }
         }
         let dtype = self.dtype;
         let mut shape = input.to_vec();
@@ -359,7 +408,7 @@ impl Model {
         let line = |l: &str, m: &str, r: &str, f: &str| {
             format!("{l}{}{m}{}{m}{}{r}\n", f.repeat(w1), f.repeat(w2), f.repeat(w3))
         };
-        let mut s = format!("Model: \"{}\"\n", if self.heads.is_empty() { "sequential" } else { "functional" });
+        let mut s = format!("Model: \"{}\"\n", self.name());
         s += &line("┏", "┳", "┓", "━");
         s += &format!(
             "┃ {:<w$}┃ {:<v$}┃ {:>u$} ┃\n",

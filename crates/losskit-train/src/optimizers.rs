@@ -242,7 +242,7 @@ impl Optimizer {
     }
 
     /// Slots per weight for this rule.
-    fn slots_needed(&self) -> usize {
+    pub(crate) fn slots_needed(&self) -> usize {
         match self.rule {
             Rule::Sgd { momentum, .. } => usize::from(momentum != 0.0),
             Rule::Adam { .. } | Rule::AdamW { .. } => 2,

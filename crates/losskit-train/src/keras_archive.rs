@@ -1,0 +1,322 @@
+//! Keras 3 `.keras` archives with their weights, both ways.
+//!
+//! An archive is a zip of `config.json` (the model, as [`Model::to_json`] writes it),
+//! `metadata.json` (the Keras version and the date) and `model.weights.h5`, an HDF5 file that
+//! holds, as Keras' `saving_lib` lays it out:
+//! - `layers/<path>/vars/<i>`: each layer's weights in its own order (a Dense layer's kernel
+//!   `(inputs, units)`, then its bias), a group per layer even without weights, the layer's
+//!   name as the `vars` group's `name` attribute. The path is not the layer's name: Keras
+//!   names the paths after the classes, in layer order (`flatten`, `dense`, `dense_1`, …,
+//!   whatever the layers are called), see [`keras_paths`];
+//! - `optimizer/vars/<i>`: the iteration count (int), the learning rate (float), then the
+//!   optimizer's slots: Adam and AdamW a momentum and a velocity per weight, interleaved
+//!   (`m₀ v₀ m₁ v₁ …`); RMSprop every weight's velocity, then every momentum (with
+//!   `momentum > 0`), then every average gradient (centered); SGD every momentum;
+//! - `vars`: the model's own (none), named after the model.
+//!
+//! HDF5 is read and written by `hdf5-pure` (pure Rust, no system library): it reads what h5py
+//! writes, and Keras' `load_model` reads what it writes (`conformance/gen_keras_archives.py`).
+
+use crate::model::Model;
+use crate::optimizers::{Optimizer, OptimizerState, Rule};
+use hdf5_pure::{AttrValue, FileBuilder};
+use losskit::{DType, Error, Result, Tensor};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::Path;
+
+/// The Keras version written into `metadata.json` (the version the format was checked with).
+const KERAS_VERSION: &str = "3.15.1";
+
+/// What a `.keras` archive holds: its `config.json` and, when present, `model.weights.h5`.
+pub(crate) struct Archive {
+    pub(crate) config: String,
+    pub(crate) weights: Option<Vec<u8>>,
+}
+
+/// Reads the archive at `path` (a zip file); a message for the caller to prefix with the path.
+pub(crate) fn read_archive(path: &Path) -> std::result::Result<Archive, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| format!("not a .keras archive (a zip file): {e}"))?;
+    let mut config = String::new();
+    zip.by_name("config.json")
+        .map_err(|_| "a .keras archive without config.json".to_string())?
+        .read_to_string(&mut config)
+        .map_err(|e| format!("cannot read its config.json: {e}"))?;
+    let weights = match zip.by_name("model.weights.h5") {
+        Ok(mut entry) => {
+            let mut bytes = Vec::with_capacity(entry.size() as usize);
+            entry.read_to_end(&mut bytes).map_err(|e| format!("cannot read its model.weights.h5: {e}"))?;
+            Some(bytes)
+        }
+        Err(_) => None,
+    };
+    Ok(Archive { config, weights })
+}
+
+/// The contents of a `model.weights.h5`: each layer's weights by layer name, and the
+/// optimizer's variables (empty when the file has none).
+pub(crate) struct H5Weights {
+    layers: HashMap<String, Vec<Tensor>>,
+    optimizer: Vec<Tensor>,
+}
+
+/// Reads a `model.weights.h5`; a message naming what is wrong.
+pub(crate) fn read_weights(bytes: Vec<u8>) -> std::result::Result<H5Weights, String> {
+    let file = hdf5_pure::File::from_bytes(bytes).map_err(|e| format!("model.weights.h5 is not HDF5: {e}"))?;
+    let root = file.root();
+    let mut layers = HashMap::new();
+    if let Ok(group) = root.group("layers") {
+        for name in group.groups().map_err(|e| format!("model.weights.h5: layers: {e}"))? {
+            let vars = match group.group(&name).and_then(|g| g.group("vars")) {
+                Ok(vars) => numbered(&vars).map_err(|e| format!("model.weights.h5: layers/{name}/vars: {e}"))?,
+                Err(_) => Vec::new(),
+            };
+            layers.insert(name, vars);
+        }
+    }
+    let optimizer = match root.group("optimizer").and_then(|g| g.group("vars")) {
+        Ok(vars) => numbered(&vars).map_err(|e| format!("model.weights.h5: optimizer/vars: {e}"))?,
+        Err(_) => Vec::new(),
+    };
+    Ok(H5Weights { layers, optimizer })
+}
+
+/// The datasets `0`, `1`, … of a `vars` group, in that order (f32 and f64 as they are, integers
+/// as f64).
+fn numbered(vars: &hdf5_pure::Group) -> std::result::Result<Vec<Tensor>, String> {
+    let mut names: Vec<(usize, String)> = vars
+        .datasets()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|n| n.parse::<usize>().map(|i| (i, n.clone())).map_err(|_| format!("a dataset named {n:?}")))
+        .collect::<std::result::Result<_, _>>()?;
+    names.sort();
+    names
+        .into_iter()
+        .enumerate()
+        .map(|(expected, (i, name))| {
+            if i != expected {
+                return Err(format!("dataset {expected} is missing"));
+            }
+            let ds = vars.dataset(&name).map_err(|e| e.to_string())?;
+            let shape: Vec<usize> = ds.shape().map_err(|e| e.to_string())?.iter().map(|&d| d as usize).collect();
+            let tensor = match ds.dtype().map_err(|e| e.to_string())? {
+                hdf5_pure::DType::F32 => Tensor::from_vec(ds.read_f32().map_err(|e| e.to_string())?, &shape),
+                _ => Tensor::from_vec(ds.read_f64().map_err(|e| format!("dataset {name}: {e}"))?, &shape),
+            };
+            tensor.map_err(|e| format!("dataset {name}: {e}"))
+        })
+        .collect()
+}
+
+/// Each layer's group in `layers/`: its class in snake case, numbered from the second of a
+/// class on (`dense`, `dense_1`, …), in layer order, as Keras' `saving_lib` names a list of
+/// layers.
+fn keras_paths(model: &Model) -> Vec<String> {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    model
+        .layers()
+        .map(|l| {
+            let base = crate::model::snake_case(l.kind());
+            let n = seen.entry(base.clone()).or_insert(0);
+            let path = if *n == 0 { base } else { format!("{base}_{n}") };
+            *n += 1;
+            path
+        })
+        .collect()
+}
+
+/// Puts the file's weights into `model` (built), layer by layer (see [`keras_paths`]); a
+/// message naming the layer that is missing or does not fit.
+pub(crate) fn load_weights(model: &mut Model, w: &H5Weights) -> std::result::Result<(), String> {
+    let mut all = Vec::new();
+    for (layer, path) in model.layers().zip(keras_paths(model)) {
+        let params = layer.params();
+        let found = w.layers.get(&path).map(Vec::as_slice).unwrap_or_default();
+        if found.len() != params.len() {
+            return Err(format!(
+                "model.weights.h5 has {} weights in layers/{path} for layer {:?} ({}), which has {}",
+                found.len(),
+                layer.name(),
+                layer.kind(),
+                params.len()
+            ));
+        }
+        for (p, t) in params.iter().zip(found) {
+            if p.value.shape() != t.shape() {
+                return Err(format!(
+                    "model.weights.h5: {} has shape {:?}, the model's is {:?}",
+                    p.name,
+                    t.shape(),
+                    p.value.shape()
+                ));
+            }
+        }
+        all.extend(found.iter().cloned());
+    }
+    model.set_weights(&all).map_err(|e| e.to_string())
+}
+
+/// The optimizer's state from the file's variables (`None` when the file has none): the
+/// iteration count and the slots, from Keras' order (see the module docs) to the weights'.
+pub(crate) fn optimizer_state(
+    opt: &Optimizer,
+    model: &Model,
+    w: &H5Weights,
+) -> std::result::Result<Option<OptimizerState>, String> {
+    if w.optimizer.is_empty() {
+        return Ok(None);
+    }
+    let shapes: Vec<Vec<usize>> = model.params().iter().map(|p| p.value.shape().to_vec()).collect();
+    let (n, per) = (shapes.len(), opt.slots_needed());
+    let vars = &w.optimizer;
+    let head = vars.len().checked_sub(n * per).filter(|h| (1..=2).contains(h)).ok_or_else(|| {
+        format!(
+            "model.weights.h5 has {} optimizer variables; {:?} keeps the iteration count, the learning rate and {per} per weight ({n} weights)",
+            vars.len(),
+            opt.rule()
+        )
+    })?;
+    let iterations = vars[0].to_scalar().map_err(|e| e.to_string())?;
+    let keras_index = |weight: usize, slot: usize| match opt.rule() {
+        Rule::Adam { .. } | Rule::AdamW { .. } => head + weight * per + slot,
+        Rule::Sgd { .. } | Rule::RmsProp { .. } => head + slot * n + weight,
+    };
+    let mut slots = Vec::with_capacity(n);
+    for (i, shape) in shapes.iter().enumerate() {
+        let mut of_weight = Vec::with_capacity(per);
+        for k in 0..per {
+            let t = &vars[keras_index(i, k)];
+            if t.shape() != shape.as_slice() {
+                return Err(format!(
+                    "model.weights.h5: optimizer variable {} has shape {:?}, its weight {:?}",
+                    keras_index(i, k),
+                    t.shape(),
+                    shape
+                ));
+            }
+            of_weight.push(t.to_dtype(model.dtype));
+        }
+        slots.push(of_weight);
+    }
+    Ok(Some(OptimizerState { iterations: iterations.max(0.0) as u64, learning_rate: opt.learning_rate(), slots }))
+}
+
+/// The model's `model.weights.h5` (see the module docs); the optimizer's variables when it is
+/// compiled (zeros for slots not created yet).
+fn weights_h5(model: &Model) -> Result<Vec<u8>> {
+    let mut file = FileBuilder::new();
+    let mut layers = file.create_group("layers");
+    for (layer, path) in model.layers().zip(keras_paths(model)) {
+        let params: Vec<&Tensor> = layer.params().into_iter().map(|p| &p.value).collect();
+        let mut group = layers.create_group(&path);
+        let vars = vars_group(&mut group, layer.name(), &params);
+        group.add_group(vars);
+        layers.add_group(group.finish());
+    }
+    file.add_group(layers.finish());
+    if let Some(c) = &model.compiled {
+        let mut optimizer = file.create_group("optimizer");
+        let state = c.optimizer.state();
+        let params = model.params();
+        let mut vars = optimizer.create_group("vars");
+        vars.set_attr("name", AttrValue::String(keras_optimizer_name(c.optimizer.rule()).into()));
+        vars.create_dataset("0").with_i32_data(&[state.iterations.min(i32::MAX as u64) as i32]).with_shape(&[]);
+        vars.create_dataset("1").with_f32_data(&[state.learning_rate as f32]).with_shape(&[]);
+        let (n, per) = (params.len(), c.optimizer.slots_needed());
+        for k in 0..n * per {
+            // Keras' index `k` back to (weight, slot).
+            let (weight, slot) = match c.optimizer.rule() {
+                Rule::Adam { .. } | Rule::AdamW { .. } => (k / per, k % per),
+                Rule::Sgd { .. } | Rule::RmsProp { .. } => (k % n, k / n),
+            };
+            let value = match state.slots.get(weight).and_then(|s| s.get(slot)) {
+                Some(t) => t.clone(),
+                None => params[weight].value.zeros_like(),
+            };
+            dataset(&mut vars, &(k + 2).to_string(), &value);
+        }
+        optimizer.add_group(vars.finish());
+        file.add_group(optimizer.finish());
+    }
+    let mut own = file.create_group("vars");
+    own.set_attr("name", AttrValue::String(model.name().into()));
+    file.add_group(own.finish());
+    file.finish().map_err(|e| Error::Config(format!("model.weights.h5: {e}")))
+}
+
+/// A `vars` group named `name` with the tensors as datasets `0`, `1`, …
+fn vars_group(parent: &mut hdf5_pure::GroupBuilder, name: &str, tensors: &[&Tensor]) -> hdf5_pure::FinishedGroup {
+    let mut vars = parent.create_group("vars");
+    vars.set_attr("name", AttrValue::String(name.into()));
+    for (i, t) in tensors.iter().enumerate() {
+        dataset(&mut vars, &i.to_string(), t);
+    }
+    vars.finish()
+}
+
+/// The tensor as a dataset of its shape and dtype.
+fn dataset(group: &mut hdf5_pure::GroupBuilder, name: &str, t: &Tensor) {
+    let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
+    match t.dtype() {
+        DType::F32 => group.create_dataset(name).with_f32_data(&t.to_vec::<f32>()).with_shape(&shape),
+        DType::F64 => group.create_dataset(name).with_f64_data(&t.to_vec::<f64>()).with_shape(&shape),
+    };
+}
+
+/// Keras' default name of the optimizer class (`"adam"`).
+fn keras_optimizer_name(rule: Rule) -> &'static str {
+    match rule {
+        Rule::Sgd { .. } => "sgd",
+        Rule::Adam { .. } => "adam",
+        Rule::AdamW { .. } => "adamw",
+        Rule::RmsProp { .. } => "rmsprop",
+    }
+}
+
+impl Model {
+    /// Writes the model as a Keras 3 `.keras` archive (see the [module](self) docs):
+    /// `config.json` ([`Model::to_json`], with the model's and the layers' names and the
+    /// `compile_config` when compiled), `metadata.json` and `model.weights.h5` with the weights
+    /// and, when compiled, the optimizer's state, so that `keras.saving.load_model(path)` gives
+    /// this model compiled, where its training can go on. The file appears whole or not at all
+    /// (written beside it, then renamed).
+    ///
+    /// Errors as [`Model::to_json`] (not built, heads, a layer Keras does not have) and when the
+    /// file cannot be written.
+    pub fn save_keras(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let config = self.to_json()?;
+        let weights = weights_h5(self)?;
+        let date = chrono::Utc::now().format("%Y-%m-%d@%H:%M:%S");
+        let metadata = serde_json::json!({"keras_version": KERAS_VERSION, "date_saved": date.to_string()}).to_string();
+        let tmp = path.with_extension(format!("keras.tmp{}", std::process::id()));
+        let written = write_zip(
+            &tmp,
+            &[
+                ("metadata.json", metadata.as_bytes()),
+                ("config.json", config.as_bytes()),
+                ("model.weights.h5", &weights),
+            ],
+        )
+        .and_then(|()| std::fs::rename(&tmp, path));
+        written.map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::io(path.display().to_string(), "cannot write", e)
+        })
+    }
+}
+
+/// A zip at `path` with these entries (stored: Keras' own archives are not compressed), synced.
+fn write_zip(path: &Path, entries: &[(&str, &[u8])]) -> std::io::Result<()> {
+    let file = std::fs::File::create(path)?;
+    let mut zip = zip::ZipWriter::new(file);
+    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, bytes) in entries {
+        zip.start_file(*name, options).map_err(std::io::Error::other)?;
+        zip.write_all(bytes)?;
+    }
+    let file = zip.finish().map_err(std::io::Error::other)?;
+    file.sync_all()
+}
