@@ -85,6 +85,12 @@ pub struct FitArgs {
     #[arg(long, value_name = "FILE")]
     #[serde(default)]
     pub model: Option<PathBuf>,
+    /// With a trained `.keras` archive as --model: draw fresh weights from --seed (and start
+    /// the optimizer afresh) instead of continuing from the archive's weights and optimizer
+    /// state.
+    #[arg(long)]
+    #[serde(default)]
+    pub reinit: bool,
     /// Units of the hidden Dense layer.
     #[arg(long, default_value_t = 512)]
     pub hidden: usize,
@@ -132,10 +138,12 @@ pub struct FitArgs {
 /// `losskit evaluate` arguments.
 #[derive(clap::Args, Debug)]
 pub struct EvaluateArgs {
-    /// The run folder written by `losskit fit`.
+    /// The run folder written by `losskit fit`, or a `.keras` archive (trained and compiled:
+    /// its loss and metrics are used; give --data).
     #[arg(long)]
     pub model: PathBuf,
-    /// Another dataset than the run's (same forms as `fit --data`).
+    /// Another dataset than the run's (same forms as `fit --data`; needed for a `.keras`
+    /// archive, whose inputs are scaled as `fit` scales that data).
     #[arg(long)]
     pub data: Option<String>,
 }
@@ -143,14 +151,17 @@ pub struct EvaluateArgs {
 /// `losskit predict` arguments.
 #[derive(clap::Args, Debug)]
 pub struct PredictArgs {
-    /// The run folder written by `losskit fit`.
+    /// The run folder written by `losskit fit`, or a `.keras` archive.
     #[arg(long)]
     pub model: PathBuf,
-    /// Inputs (.npy), shaped like the training inputs (N, ...), raw (unscaled) values.
+    /// Inputs (.npy), shaped like the training inputs (N, ...): for a run folder raw
+    /// (unscaled) values, which the run's scale brings to what the model trained on; for a
+    /// `.keras` archive the values the model takes, as Keras' `model.predict`.
     #[arg(long)]
     pub input: PathBuf,
-    /// Writes the class probabilities (N, classes) here as .npy; without it the predicted
-    /// classes are printed as JSON.
+    /// Writes the model's outputs (N, classes) here as .npy: class probabilities, or logits for
+    /// a model whose loss takes logits (`from_logits`); without it the predicted classes are
+    /// printed as JSON.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
 }

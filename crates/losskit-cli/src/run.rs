@@ -6,8 +6,8 @@ use losskit::{Error, Loss, Result, Tensor};
 use losskit_train::datasets::{self, Dataset, LabelColumn, SampleNames, Split};
 use losskit_train::{
     load_keras_model, plot_history, BackupAndRestore, Collective, Compile, CsvLogger, Dense, Dropout, EarlyStopping,
-    Fit, Flatten, History, KerasCompile, KerasModel, Model, Optimizer, PlotLearningCurves, ReduceLROnPlateau,
-    Sequential, TensorBoard,
+    Fit, Flatten, History, KerasCompile, KerasModel, Model, Optimizer, OptimizerState, PlotLearningCurves,
+    ReduceLROnPlateau, Sequential, TensorBoard,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -121,8 +121,9 @@ fn flags_model(args: &FitArgs, input_shape: &[usize], classes: usize, from_logit
     Ok(model)
 }
 
-/// The model of a Keras file (`--model`, or the run's own `model.json` when resuming), its
-/// weights drawn from `--seed`; its inputs and outputs must fit the data.
+/// The model of a Keras file (`--model`, or the run's own `model.json` when resuming): a
+/// trained `.keras` archive keeps its weights (unless `--reinit`), others draw them from
+/// `--seed`; its inputs and outputs must fit the data.
 fn file_model(file: KerasModel, args: &FitArgs, input_shape: &[usize], classes: usize) -> Result<Model> {
     let path = args.model.as_ref().map_or_else(|| "model.json".into(), |p| p.display().to_string());
     let ferr = |msg: String| Error::file(path.clone(), msg);
@@ -133,8 +134,11 @@ fn file_model(file: KerasModel, args: &FitArgs, input_shape: &[usize], classes: 
             dims(input_shape)
         )));
     }
+    let keep = file.trained && !args.reinit;
     let mut model = file.model.seed(args.seed);
-    model.build(input_shape)?;
+    if !keep {
+        model.build(input_shape)?;
+    }
     let units = model.output_shapes().first().and_then(|s| s.last().copied()).unwrap_or(0);
     if units != classes {
         return Err(ferr(format!(
@@ -188,6 +192,11 @@ fn choose_compile(
 ) -> Result<Compile> {
     let file_opt = compiled.as_ref().and_then(|c| c.optimizer.clone());
     let mut optimizer = match file_opt.filter(|_| !was_given(given, &["--optimizer"])) {
+        // A trained archive's optimizer goes on from its state, unless --reinit.
+        Some(mut o) if args.reinit => {
+            o.set_state(OptimizerState { iterations: 0, learning_rate: o.learning_rate(), slots: Vec::new() })?;
+            o
+        }
         Some(o) => o,
         None => Optimizer::parse(&args.optimizer)?,
     };
@@ -210,10 +219,12 @@ fn choose_compile(
     Ok(c)
 }
 
-/// `model.json`: the model in Keras 3's JSON (with its compile_config).
+/// `model.json`: the model in Keras 3's JSON (with its compile_config); `model.keras`: the
+/// same with its weights and optimizer state, which `keras.saving.load_model` opens.
 fn write_model(dir: &Path, model: &Model) -> Result<()> {
     let text = model.to_json()?;
-    losskit_tensor::npy::write_atomic(dir.join("model.json"), |w| w.write_all(text.as_bytes()))
+    losskit_tensor::npy::write_atomic(dir.join("model.json"), |w| w.write_all(text.as_bytes()))?;
+    model.save_keras(dir.join("model.keras"))
 }
 
 fn class_weights(arg: &str, y: &Tensor, classes: usize) -> Result<BTreeMap<i64, f64>> {
@@ -388,6 +399,8 @@ struct Prepared {
     y: Tensor,
     class_weight: Option<BTreeMap<i64, f64>>,
     train_samples: usize,
+    /// What `fit` says when it goes on from a trained archive's weights.
+    continued: Option<String>,
 }
 
 fn prepare(args: &FitArgs, given: &[String], split: &Split, scale: f64) -> Result<Prepared> {
@@ -398,6 +411,13 @@ fn prepare(args: &FitArgs, given: &[String], split: &Split, scale: f64) -> Resul
     let compiled = file.as_ref().and_then(|f| f.compile.clone());
     let loss = choose_loss(args, given, compiled.as_ref())?;
     let one_hot = !is_sparse(loss.as_ref());
+    let continued = file.as_ref().filter(|f| f.trained && !args.reinit).map(|f| {
+        let steps = f.compile.as_ref().and_then(|c| c.optimizer.as_ref()).map_or(0, Optimizer::iterations);
+        format!(
+            "Continuing from the trained weights in {} (its optimizer at step {steps}); --reinit draws fresh ones",
+            args.model.as_ref().map_or_else(String::new, |p| p.display().to_string())
+        )
+    });
     let mut model = match file {
         Some(f) => file_model(f, args, &input_shape, classes)?,
         None => flags_model(args, &input_shape, classes, loss.config()["from_logits"] == true)?,
@@ -421,6 +441,7 @@ fn prepare(args: &FitArgs, given: &[String], split: &Split, scale: f64) -> Resul
         train_samples: train.len(),
         model,
         spec,
+        continued,
     })
 }
 
@@ -438,7 +459,8 @@ fn fit_on(workers: &Workers, args: &FitArgs, given: &[String]) -> Result<()> {
     }
     let args = &args;
     let (split, scale) = load_data(&args.data, &args.label_column)?;
-    let Prepared { mut model, spec, x, y, class_weight, train_samples } = prepare(args, given, &split, scale)?;
+    let Prepared { mut model, spec, x, y, class_weight, train_samples, continued } =
+        prepare(args, given, &split, scale)?;
     let (classes, one_hot) = (spec.classes, spec.one_hot);
     let dir = if workers.chief() { Some(run_dir(&args.out)?) } else { None };
     let mut run_file = RunFile { version: 1, args: args.clone(), spec: Some(spec), step_path: None };
@@ -448,6 +470,9 @@ fn fit_on(workers: &Workers, args: &FitArgs, given: &[String]) -> Result<()> {
     }
     if args.verbose > 0 {
         print!("{}", model.summary());
+        if let Some(c) = &continued {
+            println!("{c}");
+        }
         let n_val = (train_samples as f64 * args.validation_split).ceil() as usize;
         println!(
             "Training on {} samples of {}, validating on {} (seed {})",
@@ -562,6 +587,7 @@ fn summary(history: &History, test: Option<&(BTreeMap<String, f64>, usize)>, dir
         "logs/ (TensorBoard: train/, validation/)",
         "model.safetensors",
         "model.json (Keras 3 JSON)",
+        "model.keras (Keras 3 archive with the weights: keras.saving.load_model)",
         "run.json",
     ];
     if !args.no_plots {
@@ -591,6 +617,47 @@ fn load_run(dir: &Path) -> Result<(RunSpec, Model)> {
     Ok((spec, model))
 }
 
+/// Where `evaluate` and `predict` found their model.
+enum Source {
+    /// A run folder of `losskit fit`.
+    Run,
+    /// A `.keras` archive, with its compile settings when it was saved compiled.
+    Archive(Option<Box<Compile>>),
+}
+
+/// What `evaluate` and `predict` run: a run folder's model and facts, or a `.keras`
+/// archive's model (its weights, compiled as saved) with the facts its file and `--data` give.
+fn load_model_arg(path: &Path, data: Option<&str>) -> Result<(RunSpec, Model, Source)> {
+    if path.is_dir() || path.extension().is_none_or(|e| e != "keras") {
+        let (spec, model) = load_run(path)?;
+        return Ok((spec, model, Source::Run));
+    }
+    let ferr = |msg: String| Error::file(path.display().to_string(), msg);
+    let keras = load_keras_model(path)?;
+    if !keras.trained {
+        return Err(ferr("the archive has no weights (model.weights.h5)".into()));
+    }
+    let input_shape = keras.input_shape.clone().unwrap_or_default();
+    let classes = keras.model.output_shapes().first().and_then(|s| s.last().copied()).unwrap_or(0);
+    let loss = keras.compile.as_ref().and_then(|c| c.loss.clone());
+    let (scale, data) = match data {
+        Some(d) => (load_data(d, &None)?.1, d.to_string()),
+        None => (1.0, String::new()),
+    };
+    let spec = RunSpec {
+        data,
+        label_column: None,
+        input_shape,
+        classes,
+        scale,
+        one_hot: loss.as_ref().is_some_and(|l| !is_sparse(l.as_ref())),
+        loss: loss.as_ref().map_or(Value::Null, |l| losskit::serialize(l.as_ref())),
+        seed: 0,
+        validation_split: 0.0,
+    };
+    Ok((spec, keras.model, Source::Archive(keras.compile.map(|c| Box::new(c.to_compile())))))
+}
+
 /// `model.evaluate`, split across the MPI processes when there are several.
 fn evaluate_on(workers: &Workers, model: &mut Model, x: &Tensor, y: &Tensor) -> Result<BTreeMap<String, f64>> {
     match workers.group() {
@@ -602,11 +669,19 @@ fn evaluate_on(workers: &Workers, model: &mut Model, x: &Tensor, y: &Tensor) -> 
 /// `losskit evaluate`.
 pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
     let workers = Workers::start()?;
-    let (spec, mut model) = load_run(&args.model)?;
+    let (spec, mut model, source) = load_model_arg(&args.model, args.data.as_deref())?;
+    let archive = matches!(source, Source::Archive(_));
+    if archive && args.data.is_none() {
+        return Err(Error::Config(format!(
+            "evaluate --model {}: a .keras archive does not record its data: give --data",
+            args.model.display()
+        )));
+    }
     let data = args.data.clone().unwrap_or_else(|| spec.data.clone());
     let (split, _) = load_data(&data, &spec.label_column)?;
     let (set, on): (Dataset, &str) = match split.test {
         Some(t) => (t, "test"),
+        None if archive => (split.train, "all"),
         None => {
             // The samples `fit` held out: the same seeded shuffle, the last fraction.
             let all = split.train.shuffled(spec.seed)?;
@@ -616,8 +691,17 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
             (Dataset { x: all.x.gather(0, &idx)?, y: all.y.gather(0, &idx)? }, "validation")
         }
     };
-    let loss = losskit::from_config(&spec.loss)?;
-    model.compile(Compile::new().optimizer("sgd").loss(loss).metrics(&["accuracy"]))?;
+    let compile = match source {
+        Source::Archive(Some(c)) => *c,
+        Source::Archive(None) => {
+            return Err(Error::file(
+                args.model.display().to_string(),
+                "the model was saved uncompiled: evaluate needs its loss (compile it before saving)",
+            ))
+        }
+        Source::Run => Compile::new().optimizer("sgd").loss(losskit::from_config(&spec.loss)?).metrics(&["accuracy"]),
+    };
+    model.compile(compile)?;
     let x = set.x.mul_scalar(spec.scale)?;
     let y = targets(&set.y, spec.classes, spec.one_hot)?;
     let mut logs: BTreeMap<String, Value> =
@@ -648,7 +732,7 @@ fn already_scaled(x: &Tensor, scale: f64) -> Option<String> {
 
 /// `losskit predict`.
 pub fn predict(args: &PredictArgs) -> Result<()> {
-    let (spec, mut model) = load_run(&args.model)?;
+    let (spec, mut model, _) = load_model_arg(&args.model, None)?;
     let (x, _) = losskit_tensor::npy::read_npy(&args.input)?;
     if x.rank() == 0 || x.shape()[1..] != spec.input_shape[..] {
         return Err(Error::Shape {

@@ -602,3 +602,60 @@ fn fit_trains_a_keras_model_file_with_its_compile_config() {
         assert!(err.contains(needle) && err.contains(file), "{err}");
     }
 }
+
+/// `fit --model trained.keras` goes on from the archive's weights and optimizer state (its
+/// first epoch starts where the archive left off; `--reinit` starts afresh); every run writes
+/// `model.keras`, which reads back with the run's weights; `evaluate` and `predict` take an
+/// archive directly.
+#[test]
+fn a_trained_keras_archive_continues_and_every_run_writes_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = keras_fixture("archives/adam.keras");
+    let fit = |out: &str, extra: &[&str]| {
+        let run = dir.path().join(out);
+        let args = ["fit", "--model", &archive, "--epochs", "1", "--verbose", "0", "--no-plots", "--out"];
+        let o = losskit(&[&args[..], &[run.to_str().unwrap()], extra].concat());
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let history = std::fs::read_to_string(run.join("history.csv")).unwrap();
+        let first: Vec<f64> = history.lines().nth(1).unwrap().split(',').skip(1).map(|v| v.parse().unwrap()).collect();
+        (run, first[1])
+    };
+    let (run, continued_loss) = fit("continued", &[]);
+    let (fresh, fresh_loss) = fit("fresh", &["--reinit"]);
+    // The first epoch's mean loss: 1.048 from the archive's weights, 1.214 from fresh ones.
+    assert!(continued_loss < fresh_loss - 0.1, "continued {continued_loss}, fresh {fresh_loss}");
+    let restarted = losskit_train::load_keras_model(fresh.join("model.keras")).unwrap();
+    assert_eq!(restarted.compile.unwrap().optimizer.unwrap().iterations(), 45, "--reinit: a fresh optimizer");
+    let written = losskit_train::load_keras_model(run.join("model.keras")).unwrap();
+    assert!(written.trained);
+    let names: Vec<&str> = written.model.layers().map(|l| l.name()).collect();
+    assert_eq!((written.model.name(), names), ("digits_adam", vec!["pixels", "hidden", "probs"]));
+    let mut from_safetensors = losskit_train::load_keras_model(run.join("model.json")).unwrap().model;
+    from_safetensors.load_weights(run.join("model.safetensors")).unwrap();
+    let values = |m: &losskit_train::Model| m.get_weights().iter().map(|(_, t)| t.to_vec::<f32>()).collect::<Vec<_>>();
+    assert_eq!(values(&written.model), values(&from_safetensors));
+    // The archive's optimizer went on: 8 steps in Keras, then one epoch of 45 here.
+    let opt = written.compile.unwrap().optimizer.unwrap();
+    assert_eq!(opt.iterations(), 8 + 45);
+
+    // evaluate / predict on an archive: its compiled loss and metrics, --data needed.
+    let out = losskit(&["evaluate", "--model", &archive, "--data", "digits"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let logs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((logs["on"].as_str(), logs["samples"].as_u64()), (Some("all"), Some(1797)));
+    assert!(logs["loss"].as_f64().unwrap() > 1.0 && logs["accuracy"].as_f64().unwrap() > 0.3, "{logs}");
+    let out = losskit(&["evaluate", "--model", &archive]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give --data"));
+    let input = dir.path().join("x.npy");
+    let x = losskit_train::datasets::digits().unwrap().x.gather(0, &[0, 1, 2]).unwrap().mul_scalar(1.0 / 16.0).unwrap();
+    losskit_tensor::npy::write_npy(&input, &x.to_dtype(losskit::DType::F32)).unwrap();
+    let out = losskit(&["predict", "--model", &archive, "--input", input.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut keras = losskit_train::load_keras_model(&archive).unwrap().model;
+    let probs = keras.predict(&x, 32).unwrap().remove(0).to_vec::<f32>();
+    let classes: Vec<usize> =
+        probs.chunks(10).map(|r| (0..10).fold(0, |b, i| if r[i] > r[b] { i } else { b })).collect();
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["classes"], serde_json::json!(classes));
+}

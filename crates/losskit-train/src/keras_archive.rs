@@ -276,10 +276,12 @@ fn keras_optimizer_name(rule: Rule) -> &'static str {
 }
 
 impl Model {
-    /// Writes the model as a Keras 3 `.keras` archive (see the [module](self) docs):
-    /// `config.json` ([`Model::to_json`], with the model's and the layers' names and the
-    /// `compile_config` when compiled), `metadata.json` and `model.weights.h5` with the weights
-    /// and, when compiled, the optimizer's state, so that `keras.saving.load_model(path)` gives
+    /// Writes the model as a Keras 3 `.keras` archive, a zip of `config.json`
+    /// ([`Model::to_json`], with the model's and the layers' names and the `compile_config`
+    /// when compiled), `metadata.json` and `model.weights.h5` (HDF5: `layers/<path>/vars/<i>`
+    /// with each layer's weights, the path named after the layer's class in layer order as
+    /// Keras does, and `optimizer/vars/<i>`: the iteration count, the learning rate and the
+    /// optimizer's slots in Keras' order), so that `keras.saving.load_model(path)` gives
     /// this model compiled, where its training can go on. The file appears whole or not at all
     /// (written beside it, then renamed).
     ///
