@@ -408,6 +408,16 @@ fn prepare(args: &FitArgs, given: &[String], split: &Split, scale: f64) -> Resul
     let classes = classes_of(&train.y)?.max(split.test.as_ref().map(|t| classes_of(&t.y)).transpose()?.unwrap_or(0));
     let input_shape = train.x.shape()[1..].to_vec();
     let file = model_file(args)?;
+    if let (Some(f), Some(path)) = (&file, &args.model) {
+        let flags_say = was_given(given, &["--loss", "--loss-config"]) && was_given(given, &["--optimizer"]);
+        if f.compile.is_none() && !flags_say && args.resume.is_none() {
+            // Keras refuses to `fit` a model that was never compiled.
+            return Err(Error::file(
+                path.display().to_string(),
+                "the model was saved uncompiled (no compile_config): give --loss and --optimizer, or compile it before saving",
+            ));
+        }
+    }
     let compiled = file.as_ref().and_then(|f| f.compile.clone());
     let loss = choose_loss(args, given, compiled.as_ref())?;
     let one_hot = !is_sparse(loss.as_ref());

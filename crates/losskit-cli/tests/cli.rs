@@ -577,6 +577,20 @@ fn fit_trains_a_keras_model_file_with_its_compile_config() {
         dir.path().join("k").to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // An uncompiled model needs --loss and --optimizer (Keras refuses to fit it).
+    let uncompiled = keras_fixture("uncompiled.json");
+    let run3 = dir.path().join("uncompiled");
+    let args = ["fit", "--model", &uncompiled, "--epochs", "1", "--verbose", "0", "--no-plots", "--out"];
+    let out = losskit(&[&args[..], &[run3.to_str().unwrap()]].concat());
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("uncompiled.json") && err.contains("give --loss and --optimizer"), "{err}");
+    assert!(!run3.exists(), "a refused command writes nothing");
+    let out = losskit(
+        &[&args[..], &[run3.to_str().unwrap(), "--loss", "sparse_categorical_crossentropy", "--optimizer", "adam"]]
+            .concat(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Models that do not fit the data, or that losskit cannot build, are errors naming the file.
     for (file, needle) in [
         ("rmsprop_logits.json", "takes inputs of shape (N, 64), the data's are (N, 8, 8)"),
