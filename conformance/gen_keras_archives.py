@@ -7,7 +7,9 @@ Run with:  KERAS_BACKEND=jax python gen_keras_archives.py
 
 Writes conformance/keras_models/archives/:
   <name>.keras   a Sequential model with the user's own layer and model names, trained two
-                 epochs on the first 120 digits (pixels / 16), shuffle=False, batch 32, and
+                 epochs on the first 120 digits (pixels / 16, 8 x 8; the `preprocessing` one
+                 on raw pixels in rows of 64, which its Rescaling and Reshape layers turn into
+                 what the others take), shuffle=False, batch 32, and
                  saved with `model.save` (config.json, metadata.json, model.weights.h5 with the
                  optimizer's variables);
   expected.json  per archive: Keras' `evaluate` on digits 120-199 (loss, accuracy), its
@@ -34,9 +36,10 @@ WRITTEN = os.path.join(HERE, "keras_models", "written")
 DIGITS = os.path.join(HERE, "..", "crates", "losskit-train", "data", "digits.csv.gz")
 
 rows = np.loadtxt(gzip.open(DIGITS, "rt"), delimiter=",", dtype=np.float32)
-x = (rows[:200, :64] / 16.0).astype("float32").reshape(200, 8, 8)
+X_SCALED = (rows[:200, :64] / 16.0).astype("float32").reshape(200, 8, 8)
+X_RAW = rows[:200, :64].astype("float32")
 y = rows[:200, 64].astype("int32")
-x_train, y_train, x_test, y_test = x[:120], y[:120], x[120:], y[120:]
+y_train, y_test = y[:120], y[120:]
 
 
 def models():
@@ -74,6 +77,19 @@ def models():
               metrics=["accuracy"])
     yield "sgd_momentum_dropout", m
 
+    # Preprocessing inside the model: raw pixels (0-16) as flat rows of 64.
+    keras.utils.set_random_seed(4)
+    m = keras.Sequential([
+        keras.Input((64,)),
+        keras.layers.Rescaling(1.0 / 16.0, offset=-0.5, name="scale"),
+        keras.layers.Reshape((8, 8)),
+        keras.layers.Flatten(),
+        keras.layers.Dense(16, activation="relu"),
+        keras.layers.Dense(10, activation="softmax"),
+    ], name="raw_pixels")
+    m.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    yield "preprocessing", m
+
 
 def as_list(a):
     return [float(v) for v in np.asarray(a, dtype=np.float64).ravel()]
@@ -83,6 +99,9 @@ def generate():
     os.makedirs(OUT, exist_ok=True)
     expected = {}
     for name, m in models():
+        # The preprocessing model takes raw pixels as flat rows; the others pixels / 16, 8 x 8.
+        raw = name == "preprocessing"
+        x_train, x_test = (X_RAW[:120], X_RAW[120:]) if raw else (X_SCALED[:120], X_SCALED[120:])
         m.fit(x_train, y_train, epochs=2, batch_size=32, shuffle=False, verbose=0)
         path = os.path.join(OUT, f"{name}.keras")
         m.save(path)
@@ -114,8 +133,10 @@ def check_written():
         ours = json.load(open(os.path.join(WRITTEN, fname[:-len(".keras")] + ".predictions.json")))
         pred = m.predict(np.asarray(ours["x"], dtype="float32").reshape(ours["x_shape"]), verbose=0)
         diff = float(np.max(np.abs(pred.ravel() - np.asarray(ours["predictions"]))))
-        print(f"{fname}: Keras loaded {m.name} {[l.name for l in m.layers]}, "
-              f"compiled with {type(m.optimizer).__name__} at iteration {int(m.optimizer.iterations.numpy())}; "
+        opt = getattr(m, "optimizer", None)
+        compiled = (f"compiled with {type(opt).__name__} at iteration {int(opt.iterations.numpy())}"
+                    if opt is not None else "uncompiled")
+        print(f"{fname}: Keras loaded {m.name} {[l.name for l in m.layers]}, {compiled}; "
               f"max |prediction difference| {diff:.2e}")
         assert diff <= 1e-5, fname
 

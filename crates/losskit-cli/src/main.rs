@@ -79,7 +79,7 @@ pub struct FitArgs {
     #[arg(long)]
     pub clipnorm: Option<f64>,
     /// A Keras 3 model file: `model.to_json()` output or a `.keras` archive (a Sequential of
-    /// InputLayer, Flatten, Dense, Dropout, Activation). Its compile_config (loss, optimizer,
+    /// InputLayer, Flatten, Reshape, Rescaling, Dense, Dropout, Activation). Its compile_config (loss, optimizer,
     /// learning rate, metrics, loss weights) is used unless --loss, --optimizer, --lr,
     /// --clipnorm or --metrics are given; --hidden, --layers and --dropout do not apply.
     #[arg(long, value_name = "FILE")]

@@ -596,7 +596,7 @@ fn fit_trains_a_keras_model_file_with_its_compile_config() {
         ("rmsprop_logits.json", "takes inputs of shape (N, 64), the data's are (N, 8, 8)"),
         (
             "unsupported_conv.json",
-            "Conv2D is not supported; supported layers: InputLayer, Flatten, Dense, Dropout, Activation",
+            "Conv2D is not supported; supported layers: InputLayer, Flatten, Reshape, Rescaling, Dense, Dropout, Activation",
         ),
     ] {
         let path = keras_fixture(file);

@@ -4,7 +4,8 @@
 //! ([`Model::to_json`], which `keras.models.model_from_json` reads, and
 //! [`Model::save_keras`], which `keras.saving.load_model` reads).
 //!
-//! Supported: a `Sequential` of `InputLayer`, `Flatten`, `Dense` (units, activation, use_bias,
+//! Supported: a `Sequential` of `InputLayer`, `Flatten`, `Reshape`, `Rescaling` (one scale and
+//! offset), `Dense` (units, activation, use_bias,
 //! the initializers by name with their seeds, L1/L2/L1L2 kernel and bias regularizers),
 //! `Dropout` and `Activation`, in float32 or float64; a `compile_config` with one loss (a name
 //! or a serialized loss with its config), an SGD/Adam/AdamW/RMSprop optimizer with its config
@@ -13,7 +14,7 @@
 
 use crate::compile::Compile;
 use crate::initializers::Initializer;
-use crate::layers::{ActivationLayer, Dense, Dropout, Flatten, Layer};
+use crate::layers::{ActivationLayer, Dense, Dropout, Flatten, Layer, Rescaling, Reshape};
 use crate::model::Model;
 use crate::optimizers::{Clip, Optimizer, Rule};
 use crate::regularizers::Regularizer;
@@ -22,7 +23,7 @@ use serde_json::{json, Map, Value};
 use std::path::Path;
 use std::sync::Arc;
 
-const LAYERS: &str = "InputLayer, Flatten, Dense, Dropout, Activation";
+const LAYERS: &str = "InputLayer, Flatten, Reshape, Rescaling, Dense, Dropout, Activation";
 const OPTIMIZERS: &str = "SGD, Adam, AdamW, RMSprop";
 
 /// A model read from a Keras file: the model (built when the file gives its input shape) and,
@@ -213,6 +214,20 @@ fn parse_layer(v: &Value, i: usize) -> Result<Parsed> {
             Box::new(Dropout::new(rate)?)
         }
         "Activation" => Box::new(ActivationLayer::new(&activation_name(&config["activation"]).map_err(err)?)?),
+        "Rescaling" => {
+            let number = |key: &str, default: f64| match &config[key] {
+                Value::Null => Ok(default),
+                v => v.as_f64().ok_or_else(|| err(format!("{key} {v} is not supported (one number)"))),
+            };
+            Box::new(Rescaling::new(number("scale", 1.0)?, number("offset", 0.0)?)?)
+        }
+        "Reshape" => {
+            let target: Vec<isize> = config["target_shape"]
+                .as_array()
+                .and_then(|dims| dims.iter().map(|d| d.as_i64().map(|d| d as isize)).collect())
+                .ok_or_else(|| err("no target_shape".into()))?;
+            Box::new(Reshape::new(&target)?)
+        }
         other => {
             return Err(config_error(format!("{at}: the layer {other} is not supported; supported layers: {LAYERS}")))
         }

@@ -46,7 +46,7 @@ pub use compile::{Compile, LossArg, OptimizerArg};
 pub use distribute::{Collective, ThreadGroup};
 pub use initializers::Initializer;
 pub use keras_model::{load_keras_model, model_from_json, KerasCompile, KerasModel};
-pub use layers::{ActivationLayer, Dense, Dropout, Flatten, Layer, Param};
+pub use layers::{ActivationLayer, Dense, Dropout, Flatten, Layer, Param, Rescaling, Reshape};
 pub use losskit_kernels::threads::{keep_pool_awake, use_calling_thread, KeepAwake, ThreadPoolError};
 pub use model::{Model, Sequential, Stack};
 pub use nan::{human_number, Cause, CliDiagnosis, Diagnosis, Stage};

@@ -47,9 +47,14 @@ fn floats(v: &Value) -> Vec<f64> {
 #[test]
 fn keras_trained_archives_evaluate_and_predict_as_keras() {
     let exp = expected();
-    let (_, _, x_test, y_test) = digits();
-    for name in ["adam", "rmsprop_centered_momentum", "sgd_momentum_dropout"] {
+    let (_, _, scaled_test, y_test) = digits();
+    // The preprocessing archive takes raw pixels in rows of 64 (its Rescaling and Reshape
+    // layers make them the others' inputs).
+    let raw_test =
+        datasets::digits().unwrap().x.gather(0, &(120..200).collect::<Vec<_>>()).unwrap().reshape(&[80, 64]).unwrap();
+    for name in ["adam", "rmsprop_centered_momentum", "sgd_momentum_dropout", "preprocessing"] {
         let e = &exp[name];
+        let x_test = if name == "preprocessing" { raw_test.clone() } else { scaled_test.clone() };
         let keras = load_keras_model(archives_dir().join(format!("{name}.keras"))).unwrap();
         assert!(keras.trained, "{name}: the archive's weights are read");
         let mut model = keras.model;
@@ -144,23 +149,38 @@ fn a_written_archive_reads_back_and_is_the_committed_golden_file() {
     let (a, b) = (model.evaluate(&x, &y, 32, None).unwrap(), resumed.evaluate(&x, &y, 32, None).unwrap());
     assert_eq!(a["loss"].to_bits(), b["loss"].to_bits());
 
-    // The golden file: the archive, and losskit's predictions from it.
-    let golden = written_dir().join("digits_losskit.keras");
-    let predictions = written_dir().join("digits_losskit.predictions.json");
+    same_as_golden(&path, "digits_losskit", &x_test.gather(0, &[0, 1, 2, 3]).unwrap());
+
+    // Keras' preprocessing layers written back: the raw-pixels archive read and written again.
+    let raw = dir.join("raw_pixels.keras");
+    let keras = load_keras_model(archives_dir().join("preprocessing.keras")).unwrap();
+    let mut preprocessing = keras.model;
+    preprocessing.compile(keras.compile.unwrap().to_compile()).unwrap();
+    preprocessing.save_keras(&raw).unwrap();
+    let raw_x = datasets::digits().unwrap().x.gather(0, &[120, 121, 122, 123]).unwrap().reshape(&[4, 64]).unwrap();
+    same_as_golden(&raw, "raw_pixels", &raw_x);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The archive at `path` is the committed `written/<name>.keras` (config and weights), which
+/// gen_keras_archives.py loads in Keras and whose predictions on `xs` it compares with
+/// `written/<name>.predictions.json`; `LOSSKIT_BLESS=1` writes both.
+fn same_as_golden(path: &Path, name: &str, xs: &Tensor) {
+    let golden = written_dir().join(format!("{name}.keras"));
     if std::env::var_os("LOSSKIT_BLESS").is_some() {
-        std::fs::copy(&path, &golden).unwrap();
-        let xs = x_test.gather(0, &[0, 1, 2, 3]).unwrap();
-        let mut fresh = load_keras_model(&path).unwrap().model;
-        let pred = fresh.predict(&xs, 32).unwrap()[0].to_vec::<f64>();
+        std::fs::copy(path, &golden).unwrap();
+        let mut fresh = load_keras_model(path).unwrap().model;
+        let pred = fresh.predict(xs, 32).unwrap()[0].to_vec::<f64>();
         let json = serde_json::json!({"x": xs.to_vec::<f64>(), "x_shape": xs.shape(), "predictions": pred});
-        std::fs::write(&predictions, serde_json::to_string(&json).unwrap() + "\n").unwrap();
+        let predictions = written_dir().join(format!("{name}.predictions.json"));
+        std::fs::write(predictions, serde_json::to_string(&json).unwrap() + "\n").unwrap();
     }
     let committed =
         load_keras_model(&golden).unwrap_or_else(|e| panic!("{}: {e} (LOSSKIT_BLESS=1 writes it)", golden.display()));
-    let now = load_keras_model(&path).unwrap();
-    assert_eq!(committed.model.to_json().unwrap(), now.model.to_json().unwrap(), "config.json changed");
-    assert_eq!(bits(&committed.model), bits(&now.model), "the weights changed");
-    std::fs::remove_dir_all(&dir).unwrap();
+    let now = load_keras_model(path).unwrap();
+    let bits = |m: &Model| m.get_weights().iter().map(|(n, t)| (n.clone(), t.to_vec::<f32>())).collect::<Vec<_>>();
+    assert_eq!(committed.model.to_json().unwrap(), now.model.to_json().unwrap(), "{name}: config.json changed");
+    assert_eq!(bits(&committed.model), bits(&now.model), "{name}: the weights changed");
 }
 
 /// Writing is all or nothing; bad archives are errors naming the file and what is wrong.

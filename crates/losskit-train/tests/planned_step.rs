@@ -779,3 +779,26 @@ fn data_parallel_workers_train_through_the_plan_to_the_tapes_bits() {
     assert!(tape.2.as_deref().is_some_and(|e| e.contains("gradient norms per layer")), "{:?}", tape.2);
     assert_eq!(run_parallel(2, &build, &compile, &x, &y, &fit, true).0, tape, "guard");
 }
+
+/// Keras' preprocessing layers inside the model (Rescaling with and without an offset, also
+/// between Dense layers, where its gradient flows; Reshape) take the planned step, to the
+/// tape's bits.
+#[test]
+fn rescaling_and_reshape_layers_train_to_the_same_bits() {
+    let x = inputs(64, &[24], DType::F32).mul_scalar(255.0).unwrap();
+    let y = labels(&x.mul_scalar(1.0 / 255.0).unwrap(), 4);
+    let build = || {
+        Sequential::new()
+            .seed(6)
+            .add(Rescaling::new(1.0 / 255.0, 0.0).unwrap())
+            .add(Reshape::new(&[4, -1]).unwrap())
+            .add(Flatten::new())
+            .add(Dense::new(12).activation("tanh").unwrap())
+            .add(Rescaling::new(2.0, -0.25).unwrap())
+            .add(Dense::new(4).activation("softmax").unwrap())
+    };
+    let compile = || Compile::new().optimizer("adam").loss("sparse_categorical_crossentropy").metrics(&["accuracy"]);
+    assert_eq!(path_kind(&build, &compile, &x, &y), StepKind::Planned);
+    let fit = || Fit::new().epochs(2).batch_size(16).verbose(0).validation_split(0.25);
+    same_on_both_paths("rescaling and reshape", &build, &compile, &x, &y, &fit);
+}

@@ -54,6 +54,8 @@ enum Stage {
     Dropout { rate: f64, cols: usize },
     /// An activation on its own (an `Activation` layer) on rows of `cols` values.
     Activation { activation: DenseActivation, cols: usize },
+    /// `x·scale + offset` (a `Rescaling` layer) on rows of `cols` values.
+    Rescale { scale: f64, offset: f64, cols: usize },
 }
 
 impl Stage {
@@ -61,7 +63,10 @@ impl Stage {
     fn cols(&self) -> usize {
         match *self {
             Stage::Dense { shape, .. } => shape.1,
-            Stage::Softmax { cols } | Stage::Dropout { cols, .. } | Stage::Activation { cols, .. } => cols,
+            Stage::Softmax { cols }
+            | Stage::Dropout { cols, .. }
+            | Stage::Activation { cols, .. }
+            | Stage::Rescale { cols, .. } => cols,
         }
     }
 }
@@ -253,6 +258,10 @@ impl StepPlan {
             })?;
             match kind {
                 StepLayer::Flatten => shape = vec![shape.iter().product()],
+                StepLayer::Reshape => shape = l.output_shape().ok_or("not built")?.to_vec(),
+                StepLayer::Rescale { scale, offset } => {
+                    stages.push(Stage::Rescale { scale, offset, cols: shape.iter().product() })
+                }
                 StepLayer::Dropout { rate: 0.0 } => {}
                 StepLayer::Dropout { rate } => stages.push(Stage::Dropout { rate, cols: flat(&shape, l.as_ref())? }),
                 StepLayer::Activation { activation: DenseActivation::Linear } => {}
@@ -556,6 +565,14 @@ fn forward<T: Element>(
             }
             Stage::Softmax { cols } => slices::softmax_forward(input, cols, out),
             Stage::Activation { activation, cols } => slices::activation_forward(input, cols, activation, out),
+            Stage::Rescale { scale, offset, .. } => {
+                // As the tape's `x.mul_scalar(scale)` then, when not 0, `.add_scalar(offset)`.
+                let (s, o) = (T::c(scale), T::c(offset));
+                match offset == 0.0 {
+                    true => out.iter_mut().zip(input).for_each(|(y, &x)| *y = x * s),
+                    false => out.iter_mut().zip(input).for_each(|(y, &x)| *y = x * s + o),
+                }
+            }
             Stage::Dropout { rate, .. } => match rng.as_deref_mut() {
                 Some(rng) => {
                     let keep = 1.0 - rate;
@@ -771,6 +788,11 @@ fn backward<T: Element>(
             }
             Stage::Dropout { .. } => {
                 slices::mul_in_place(g, read::<T>(&b.masks[i]));
+                pass_down(before, &mut from_here[0], i > first_trained);
+            }
+            Stage::Rescale { scale, .. } => {
+                let s = T::c(scale);
+                g.iter_mut().for_each(|v| *v = *v * s);
                 pass_down(before, &mut from_here[0], i > first_trained);
             }
             Stage::Activation { activation, .. } => {

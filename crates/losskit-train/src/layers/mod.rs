@@ -1,4 +1,5 @@
-//! Layers: Dense, Activation, Flatten, Dropout.
+//! Layers: Dense, Activation, Flatten, Dropout, and the preprocessing layers Rescaling and
+//! Reshape.
 
 use crate::activations::Activation;
 use crate::initializers::Initializer;
@@ -97,6 +98,12 @@ pub(crate) fn builtin(layer: &dyn Layer) -> Option<&dyn BuiltinLayer> {
     if let Some(l) = any.downcast_ref::<Dropout>() {
         return Some(l);
     }
+    if let Some(l) = any.downcast_ref::<Rescaling>() {
+        return Some(l);
+    }
+    if let Some(l) = any.downcast_ref::<Reshape>() {
+        return Some(l);
+    }
     any.downcast_ref::<ActivationLayer>().map(|l| l as &dyn BuiltinLayer)
 }
 
@@ -106,6 +113,15 @@ pub(crate) fn builtin(layer: &dyn Layer) -> Option<&dyn BuiltinLayer> {
 pub(crate) enum StepLayer {
     /// `(rows, d1, d2, ...)` → `(rows, d1·d2·...)`: the buffers are already flat.
     Flatten,
+    /// Each sample to the layer's output shape: the buffers are flat, nothing moves.
+    Reshape,
+    /// `x·scale + offset` (the offset added when it is not 0).
+    Rescale {
+        /// The factor.
+        scale: f64,
+        /// The offset.
+        offset: f64,
+    },
     /// Training-time dropout: `x·mask`, `mask` entries `1/(1 - rate)` with probability
     /// `1 - rate`, else 0, drawn from the model's generator as [`Dropout`] draws them.
     Dropout {
@@ -154,6 +170,9 @@ macro_rules! layer_identity {
         }
     };
 }
+
+mod preprocessing;
+pub use preprocessing::{Rescaling, Reshape};
 
 /// Fully connected layer: `y = activation(x·W + b)`, `W: (in, units)`, `b: (units,)`.
 ///
