@@ -164,6 +164,10 @@ pub struct PredictArgs {
     /// printed as JSON.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    /// Predict even when the inputs look already scaled (all within [0, 1] for a model that
+    /// scales raw inputs itself), which is refused otherwise.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `losskit plot` arguments.

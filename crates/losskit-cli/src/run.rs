@@ -7,7 +7,7 @@ use losskit_train::datasets::{self, Dataset, LabelColumn, SampleNames, Split};
 use losskit_train::{
     load_keras_model, plot_history, BackupAndRestore, Collective, Compile, CsvLogger, Dense, Dropout, EarlyStopping,
     Fit, Flatten, History, KerasCompile, KerasModel, Model, Optimizer, OptimizerState, PlotLearningCurves,
-    ReduceLROnPlateau, Sequential, TensorBoard,
+    ReduceLROnPlateau, Rescaling, Sequential, TensorBoard,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -24,8 +24,12 @@ struct RunSpec {
     label_column: Option<String>,
     input_shape: Vec<usize>,
     classes: usize,
-    /// Inputs are multiplied by this before the model (1/16 for digits, 1/255 for images).
+    /// Inputs are multiplied by this before the model: 1 since the model scales its raw inputs
+    /// itself (`rescaling`); runs of losskit before that kept 1/16 (digits) or 1/255 (images).
     scale: f64,
+    /// The factor of the model's leading `Rescaling` layer, when it has one.
+    #[serde(default)]
+    rescaling: Option<f64>,
     /// Targets are one-hot encoded (dense losses) rather than class indices.
     one_hot: bool,
     loss: Value,
@@ -403,11 +407,32 @@ struct Prepared {
     continued: Option<String>,
 }
 
+/// The factor of the model's first layer when it is a `Rescaling`.
+fn leading_rescaling(model: &Model) -> Option<f64> {
+    let first: &dyn std::any::Any = model.layers().next()?;
+    first.downcast_ref::<Rescaling>().map(Rescaling::scale)
+}
+
+/// The samples of `x` in the model's per-sample `shape` (the same number of values).
+fn in_shape(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    if &x.shape()[1..] == shape {
+        return Ok(x.clone());
+    }
+    let dims: Vec<isize> = std::iter::once(x.shape()[0] as isize).chain(shape.iter().map(|&d| d as isize)).collect();
+    x.reshape(&dims)
+}
+
 fn prepare(args: &FitArgs, given: &[String], split: &Split, scale: f64) -> Result<Prepared> {
     let train = split.train.shuffled(args.seed)?;
     let classes = classes_of(&train.y)?.max(split.test.as_ref().map(|t| classes_of(&t.y)).transpose()?.unwrap_or(0));
-    let input_shape = train.x.shape()[1..].to_vec();
+    let data_shape = train.x.shape()[1..].to_vec();
     let file = model_file(args)?;
+    // A model whose Input has the data's size in another shape (`(784,)` for 28 × 28 images)
+    // gets the data in its shape, as a Keras user reshapes it.
+    let input_shape = match file.as_ref().and_then(|f| f.input_shape.clone()) {
+        Some(s) if s.iter().product::<usize>() == data_shape.iter().product::<usize>() => s,
+        _ => data_shape,
+    };
     if let (Some(f), Some(path)) = (&file, &args.model) {
         let flags_say = was_given(given, &["--loss", "--loss-config"]) && was_given(given, &["--optimizer"]);
         if f.compile.is_none() && !flags_say && args.resume.is_none() {
@@ -432,12 +457,19 @@ fn prepare(args: &FitArgs, given: &[String], split: &Split, scale: f64) -> Resul
         Some(f) => file_model(f, args, &input_shape, classes)?,
         None => flags_model(args, &input_shape, classes, loss.config()["from_logits"] == true)?,
     };
+    // The model takes the raw inputs: its own leading Rescaling scales them, or one put first
+    // here when the data needs scaling, so that the model files it leaves take raw inputs too.
+    let inside = leading_rescaling(&model);
+    if inside.is_none() && scale != 1.0 {
+        model = model.prepend(Rescaling::new(scale, 0.0)?)?;
+    }
     let spec = RunSpec {
         data: args.data.clone(),
         label_column: args.label_column.clone(),
-        input_shape,
+        input_shape: input_shape.clone(),
         classes,
-        scale,
+        scale: 1.0,
+        rescaling: inside.or((scale != 1.0).then_some(scale)),
         one_hot,
         loss: losskit::serialize(loss.as_ref()),
         seed: args.seed,
@@ -445,7 +477,7 @@ fn prepare(args: &FitArgs, given: &[String], split: &Split, scale: f64) -> Resul
     };
     model.compile(choose_compile(args, given, compiled, loss)?)?;
     Ok(Prepared {
-        x: train.x.mul_scalar(scale)?,
+        x: in_shape(&train.x, &input_shape)?,
         y: targets(&train.y, classes, one_hot)?,
         class_weight: args.class_weight.as_deref().map(|cw| class_weights(cw, &train.y, classes)).transpose()?,
         train_samples: train.len(),
@@ -471,7 +503,8 @@ fn fit_on(workers: &Workers, args: &FitArgs, given: &[String]) -> Result<()> {
     let (split, scale) = load_data(&args.data, &args.label_column)?;
     let Prepared { mut model, spec, x, y, class_weight, train_samples, continued } =
         prepare(args, given, &split, scale)?;
-    let (classes, one_hot) = (spec.classes, spec.one_hot);
+    let (classes, one_hot, spec_scale) = (spec.classes, spec.one_hot, spec.scale);
+    let input_shape = spec.input_shape.clone();
     let dir = if workers.chief() { Some(run_dir(&args.out)?) } else { None };
     let mut run_file = RunFile { version: 1, args: args.clone(), spec: Some(spec), step_path: None };
     if let Some(dir) = &dir {
@@ -507,7 +540,7 @@ fn fit_on(workers: &Workers, args: &FitArgs, given: &[String]) -> Result<()> {
     write_model(&dir, &model)?;
     let test = match &split.test {
         Some(t) => {
-            let tx = t.x.mul_scalar(scale)?;
+            let tx = in_shape(&t.x.mul_scalar(spec_scale)?, &input_shape)?;
             let ty = targets(&t.y, classes, one_hot)?;
             Some((model.evaluate(&tx, &ty, 256, None)?, t.len()))
         }
@@ -650,8 +683,11 @@ fn load_model_arg(path: &Path, data: Option<&str>) -> Result<(RunSpec, Model, So
     let input_shape = keras.input_shape.clone().unwrap_or_default();
     let classes = keras.model.output_shapes().first().and_then(|s| s.last().copied()).unwrap_or(0);
     let loss = keras.compile.as_ref().and_then(|c| c.loss.clone());
+    // A model that rescales its inputs itself takes the data raw; others as `fit` scales it.
+    let rescaling = leading_rescaling(&keras.model);
     let (scale, data) = match data {
-        Some(d) => (load_data(d, &None)?.1, d.to_string()),
+        Some(d) if rescaling.is_none() => (load_data(d, &None)?.1, d.to_string()),
+        Some(d) => (1.0, d.to_string()),
         None => (1.0, String::new()),
     };
     let spec = RunSpec {
@@ -660,6 +696,7 @@ fn load_model_arg(path: &Path, data: Option<&str>) -> Result<(RunSpec, Model, So
         input_shape,
         classes,
         scale,
+        rescaling,
         one_hot: loss.as_ref().is_some_and(|l| !is_sparse(l.as_ref())),
         loss: loss.as_ref().map_or(Value::Null, |l| losskit::serialize(l.as_ref())),
         seed: 0,
@@ -712,7 +749,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
         Source::Run => Compile::new().optimizer("sgd").loss(losskit::from_config(&spec.loss)?).metrics(&["accuracy"]),
     };
     model.compile(compile)?;
-    let x = set.x.mul_scalar(spec.scale)?;
+    let x = in_shape(&set.x.mul_scalar(spec.scale)?, &spec.input_shape)?;
     let y = targets(&set.y, spec.classes, spec.one_hot)?;
     let mut logs: BTreeMap<String, Value> =
         evaluate_on(&workers, &mut model, &x, &y)?.into_iter().map(|(k, v)| (k, json!(v))).collect();
@@ -744,16 +781,22 @@ fn already_scaled(x: &Tensor, scale: f64) -> Option<String> {
 pub fn predict(args: &PredictArgs) -> Result<()> {
     let (spec, mut model, _) = load_model_arg(&args.model, None)?;
     let (x, _) = losskit_tensor::npy::read_npy(&args.input)?;
-    if x.rank() == 0 || x.shape()[1..] != spec.input_shape[..] {
+    let size = |s: &[usize]| s.iter().product::<usize>();
+    if x.rank() == 0 || size(&x.shape()[1..]) != size(&spec.input_shape) {
         return Err(Error::Shape {
             op: "predict".into(),
             msg: format!("inputs of shape {:?} do not fit the model's (N, {:?})", x.shape(), spec.input_shape),
         });
     }
-    if let Some(w) = already_scaled(&x, spec.scale) {
+    // The model multiplies the inputs by this (its Rescaling, or the run's scale before it).
+    let raw_scale = spec.rescaling.unwrap_or(1.0) * spec.scale;
+    if let Some(w) = already_scaled(&x, raw_scale) {
+        if !args.force {
+            return Err(Error::Value { op: "predict".into(), msg: format!("{w} (--force predicts anyway)") });
+        }
         eprintln!("warning: {w}");
     }
-    let x = x.to_dtype(losskit::DType::F32).mul_scalar(spec.scale)?;
+    let x = in_shape(&x.to_dtype(losskit::DType::F32).mul_scalar(spec.scale)?, &spec.input_shape)?;
     let workers = Workers::start()?;
     let probs = match workers.group() {
         Some(g) => model.predict_distributed(&x, 256, g)?.remove(0),

@@ -223,14 +223,24 @@ fn fit_writes_a_run_folder_then_evaluate_predict_and_plot_use_it() {
     losskit_tensor::npy::write_npy(&x, &digits.x.gather(0, &[0, 1, 2, 3]).unwrap()).unwrap();
     let pr = run_ok(&["predict", "--model", run.to_str().unwrap(), "--input", x.to_str().unwrap()]);
     assert_eq!(pr["classes"].as_array().unwrap().len(), 4);
-    // Inputs already scaled to [0, 1] for a model that scales raw values itself: a warning.
+    // Inputs already scaled to [0, 1] for a model that scales raw values itself (its first
+    // layer, Rescaling(1/16)): refused, unless --force (then a warning).
+    let keras = losskit_train::load_keras_model(run.join("model.keras")).unwrap();
+    assert_eq!(keras.model.layers().next().map(|l| l.kind()), Some("Rescaling"));
     let scaled = dir.path().join("scaled.npy");
     losskit_tensor::npy::write_npy(&scaled, &digits.x.gather(0, &[0, 1]).unwrap().mul_scalar(1.0 / 16.0).unwrap())
         .unwrap();
     let out = losskit(&["predict", "--model", run.to_str().unwrap(), "--input", scaled.to_str().unwrap()]);
-    assert!(out.status.success());
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("within [0, 1]") && err.contains("0 to 16"), "{err}");
+    assert!(err.contains("within [0, 1]") && err.contains("0 to 16") && err.contains("--force"), "{err}");
+    let out = losskit(&["predict", "--model", run.to_str().unwrap(), "--input", scaled.to_str().unwrap(), "--force"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("warning"));
+    // The run's model.keras predicts raw inputs as the run folder does.
+    let from_archive =
+        run_ok(&["predict", "--model", run.join("model.keras").to_str().unwrap(), "--input", x.to_str().unwrap()]);
+    assert_eq!(from_archive["classes"], pr["classes"]);
     let out = losskit(&["predict", "--model", run.to_str().unwrap(), "--input", x.to_str().unwrap()]);
     assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"), "raw inputs: no warning");
     let probs = dir.path().join("p.npy");
@@ -392,11 +402,12 @@ fn layers_metrics_early_stopping_and_plateau_flags() {
     assert!(history.lines().next().unwrap().contains("sparse_categorical_accuracy"), "{history}");
     let epochs = history.lines().count() - 1;
     assert!(epochs < 40, "early stopping with patience 1 stops before 40 epochs: {epochs}");
-    // model.json is Keras' JSON: Flatten, then Dense 24 and 12 (relu, each with its Dropout).
+    // model.json is Keras' JSON: Rescaling, Flatten, then Dense 24 and 12 (relu, each with its
+    // Dropout).
     let keras: Value = serde_json::from_str(&std::fs::read_to_string(run.join("model.json")).unwrap()).unwrap();
     let units: Vec<Value> =
         keras["config"]["layers"].as_array().unwrap().iter().map(|l| l["config"]["units"].clone()).collect();
-    assert_eq!(units, serde_json::json!([null, null, 24, null, 12, null, 10]).as_array().unwrap().clone());
+    assert_eq!(units, serde_json::json!([null, null, null, 24, null, 12, null, 10]).as_array().unwrap().clone());
     // The run folder still evaluates (the layers are read back).
     let out = losskit(&["evaluate", "--model", run.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -549,7 +560,8 @@ fn fit_trains_a_keras_model_file_with_its_compile_config() {
     // The run's model.json is Keras JSON with the file's layers, optimizer and learning rate.
     let written = losskit_train::load_keras_model(run.join("model.json")).unwrap();
     let kinds: Vec<&str> = written.model.layers().map(|l| l.kind()).collect();
-    assert_eq!(kinds, ["Flatten", "Dense", "Dense", "Activation"]);
+    // The data's scale (1/16) as the model's first layer.
+    assert_eq!(kinds, ["Rescaling", "Flatten", "Dense", "Dense", "Activation"]);
     let opt = written.compile.as_ref().unwrap().optimizer.clone().unwrap();
     assert_eq!((opt.rule(), opt.learning_rate()), (losskit_train::Optimizer::adam(0.002).unwrap().rule(), 0.002));
     let history = std::fs::read_to_string(run.join("history.csv")).unwrap();
@@ -591,15 +603,29 @@ fn fit_trains_a_keras_model_file_with_its_compile_config() {
             .concat(),
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A model whose Input is the data's size in another shape gets the data in its shape:
+    // rmsprop_logits.json takes (N, 64), the digits are (N, 8, 8).
+    let flat = dir.path().join("flat");
+    let flat_model = keras_fixture("rmsprop_logits.json");
+    let flat_args = ["fit", "--model", &flat_model, "--epochs", "1", "--verbose", "0", "--no-plots", "--out"];
+    let out = losskit(&[&flat_args[..], &[flat.to_str().unwrap()]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Another size is an error naming the file.
+    let mut v: Value =
+        serde_json::from_str(&std::fs::read_to_string(keras_fixture("rmsprop_logits.json")).unwrap()).unwrap();
+    v["config"]["layers"][0]["config"]["batch_shape"] = serde_json::json!([null, 65]);
+    v["build_config"]["input_shape"] = serde_json::json!([null, 65]);
+    let wide = dir.path().join("wide_input.json");
+    std::fs::write(&wide, v.to_string()).unwrap();
     // Models that do not fit the data, or that losskit cannot build, are errors naming the file.
     for (file, needle) in [
-        ("rmsprop_logits.json", "takes inputs of shape (N, 64), the data's are (N, 8, 8)"),
+        (wide.to_str().unwrap(), "takes inputs of shape (N, 65), the data's are (N, 8, 8)"),
         (
             "unsupported_conv.json",
             "Conv2D is not supported; supported layers: InputLayer, Flatten, Reshape, Rescaling, Dense, Dropout, Activation",
         ),
     ] {
-        let path = keras_fixture(file);
+        let path = if file.ends_with("wide_input.json") { file.to_string() } else { keras_fixture(file) };
         let out = losskit(&[
             "fit",
             "--model",
@@ -643,7 +669,8 @@ fn a_trained_keras_archive_continues_and_every_run_writes_one() {
     let written = losskit_train::load_keras_model(run.join("model.keras")).unwrap();
     assert!(written.trained);
     let names: Vec<&str> = written.model.layers().map(|l| l.name()).collect();
-    assert_eq!((written.model.name(), names), ("digits_adam", vec!["pixels", "hidden", "probs"]));
+    // The data's scale (1/16) as the first layer, so that the archive takes raw pixels.
+    assert_eq!((written.model.name(), names), ("digits_adam", vec!["rescaling", "pixels", "hidden", "probs"]));
     let mut from_safetensors = losskit_train::load_keras_model(run.join("model.json")).unwrap().model;
     from_safetensors.load_weights(run.join("model.safetensors")).unwrap();
     let values = |m: &losskit_train::Model| m.get_weights().iter().map(|(_, t)| t.to_vec::<f32>()).collect::<Vec<_>>();

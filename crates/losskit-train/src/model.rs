@@ -171,6 +171,41 @@ impl Model {
         self
     }
 
+    /// Puts `layer` before the trunk's first layer (e.g. a [`Rescaling`](crate::Rescaling) of
+    /// the raw inputs). On a built model the layer must keep the per-sample shape: it is built
+    /// for the model's input, and the other layers keep their weights. Its name is made unique
+    /// among the layers' (`rescaling`, else `rescaling_1`, ...).
+    pub fn prepend(mut self, layer: impl Layer + 'static) -> Result<Model> {
+        let mut layer: Box<dyn Layer> = Box::new(layer);
+        if let Some(input) = self.input_shape.clone() {
+            let out = layer.build(&input, self.dtype, &mut self.rng)?;
+            if out != input {
+                return Err(Error::Shape {
+                    op: "Model::prepend".into(),
+                    msg: format!(
+                        "{} turns inputs of shape {input:?} into {out:?}; a built model takes only a layer that keeps them",
+                        layer.kind()
+                    ),
+                });
+            }
+        }
+        let taken: Vec<String> = self.layers().map(|l| l.name().to_string()).collect();
+        let base = layer.name().to_string();
+        let mut name = base.clone();
+        for n in 1.. {
+            if !taken.contains(&name) {
+                break;
+            }
+            name = format!("{base}_{n}");
+        }
+        layer.set_name(name.clone());
+        self.trunk.insert(0, layer);
+        if let Some(names) = &mut self.layer_names {
+            names.insert(0, name);
+        }
+        Ok(self)
+    }
+
     /// Seeds the generator used for weight initialisation and dropout.
     pub fn seed(mut self, seed: u64) -> Model {
         self.rng = random::rng(seed);

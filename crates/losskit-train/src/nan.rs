@@ -62,6 +62,18 @@ pub fn check_data(
     sample_weight: Option<&Tensor>,
     class_weight: Option<&BTreeMap<i64, f64>>,
 ) -> Result<Vec<String>> {
+    check_data_rescaled(x, 1.0, ys, sample_weight, class_weight)
+}
+
+/// [`check_data`] for a model that multiplies its inputs by `input_scale` first (a leading
+/// `Rescaling` layer): the size warning is about `x · input_scale`, what the layers see.
+pub(crate) fn check_data_rescaled(
+    x: &Tensor,
+    input_scale: f64,
+    ys: &[(String, Tensor, &dyn Loss)],
+    sample_weight: Option<&Tensor>,
+    class_weight: Option<&BTreeMap<i64, f64>>,
+) -> Result<Vec<String>> {
     check_finite("x", x)?;
     for (name, y, loss) in ys {
         let label = if ys.len() == 1 { "y".to_string() } else { format!("y[{name}]") };
@@ -97,7 +109,8 @@ pub fn check_data(
         }
     }
     let mut warnings = Vec::new();
-    if x.max_abs() <= LARGE_FEATURE {
+    let large = LARGE_FEATURE / input_scale.abs();
+    if x.max_abs() <= large {
         return Ok(warnings);
     }
     let v = x.to_vec::<f64>();
@@ -107,10 +120,15 @@ pub fn check_data(
             _ => Some((i, a)),
         })
     {
-        if m > LARGE_FEATURE {
+        if m > large {
             let (r, c) = row_col(x, i);
+            let rescaled = if input_scale == 1.0 {
+                String::new()
+            } else {
+                format!(" (times the model's Rescaling {input_scale})")
+            };
             warnings.push(format!(
-                "x: the largest |value| is {m:e} (row {r}, column {c}); features this large often make the loss diverge: scale them (e.g. divide by their maximum or standardise them)"
+                "x: the largest |value| is {m:e}{rescaled} (row {r}, column {c}); features this large often make the loss diverge: scale them (e.g. divide by their maximum or standardise them)"
             ));
         }
     }
