@@ -27,6 +27,40 @@ pub enum Activation {
     Softplus,
     /// `x - logsumexp(x)` over the last axis.
     LogSoftmax,
+    /// `x` if `x ≥ 0` else `0.2·x` (Keras' default `negative_slope`).
+    LeakyRelu,
+    /// `min(max(x, 0), 6)`; gradient 1 strictly between 0 and 6.
+    Relu6,
+    /// `x·σ(x)` (Keras' `silu`, alias `swish`).
+    Silu,
+    /// `relu6(x + 3)/6`; gradient `1/6` strictly between -3 and 3.
+    HardSigmoid,
+    /// `x·hard_sigmoid(x)` (alias `hard_swish`).
+    HardSilu,
+    /// `clip(x, -1, 1)`; gradient 1 on `[-1, 1]`.
+    HardTanh,
+    /// `x` where `|x| > 0.5`, else 0.
+    HardShrink,
+    /// `x - 0.5` above 0.5, `x + 0.5` below -0.5, else 0.
+    SoftShrink,
+    /// `x - tanh x`.
+    TanhShrink,
+    /// `x / (1 + |x|)`.
+    Softsign,
+    /// `x·tanh(softplus(x))`.
+    Mish,
+    /// `eˣ`.
+    Exponential,
+    /// `-softplus(-x)`, i.e. `ln σ(x)`.
+    LogSigmoid,
+    /// `x` if `x > 0` else `eˣ - 1` (Keras' default `alpha = 1`).
+    Celu,
+    /// `0` for `x ≤ -1`, `(x + 1)²/4` between, `x` for `x ≥ 1`.
+    SparsePlus,
+    /// `0` for `x ≤ -1`, `(x + 1)/2` between, `1` for `x ≥ 1`.
+    SparseSigmoid,
+    /// `(x + √(x² + 4))/2` (Keras' default `b = 4`).
+    Squareplus,
 }
 
 const SELU_SCALE: f64 = 1.050_700_987_355_480_5;
@@ -34,7 +68,7 @@ const SELU_ALPHA: f64 = 1.673_263_242_354_377_2;
 
 impl Activation {
     /// All activations.
-    pub const ALL: [Activation; 10] = [
+    pub const ALL: [Activation; 27] = [
         Activation::Linear,
         Activation::Relu,
         Activation::Sigmoid,
@@ -45,6 +79,23 @@ impl Activation {
         Activation::Selu,
         Activation::Softplus,
         Activation::LogSoftmax,
+        Activation::LeakyRelu,
+        Activation::Relu6,
+        Activation::Silu,
+        Activation::HardSigmoid,
+        Activation::HardSilu,
+        Activation::HardTanh,
+        Activation::HardShrink,
+        Activation::SoftShrink,
+        Activation::TanhShrink,
+        Activation::Softsign,
+        Activation::Mish,
+        Activation::Exponential,
+        Activation::LogSigmoid,
+        Activation::Celu,
+        Activation::SparsePlus,
+        Activation::SparseSigmoid,
+        Activation::Squareplus,
     ];
 
     /// Keras' name.
@@ -60,6 +111,23 @@ impl Activation {
             Activation::Selu => "selu",
             Activation::Softplus => "softplus",
             Activation::LogSoftmax => "log_softmax",
+            Activation::LeakyRelu => "leaky_relu",
+            Activation::Relu6 => "relu6",
+            Activation::Silu => "silu",
+            Activation::HardSigmoid => "hard_sigmoid",
+            Activation::HardSilu => "hard_silu",
+            Activation::HardTanh => "hard_tanh",
+            Activation::HardShrink => "hard_shrink",
+            Activation::SoftShrink => "soft_shrink",
+            Activation::TanhShrink => "tanh_shrink",
+            Activation::Softsign => "softsign",
+            Activation::Mish => "mish",
+            Activation::Exponential => "exponential",
+            Activation::LogSigmoid => "log_sigmoid",
+            Activation::Celu => "celu",
+            Activation::SparsePlus => "sparse_plus",
+            Activation::SparseSigmoid => "sparse_sigmoid",
+            Activation::Squareplus => "squareplus",
         }
     }
 
@@ -68,6 +136,12 @@ impl Activation {
         if name.is_empty() || name == "none" {
             return Ok(Activation::Linear);
         }
+        // Keras' aliases.
+        let name = match name {
+            "swish" => "silu",
+            "hard_swish" => "hard_silu",
+            other => other,
+        };
         Activation::ALL.into_iter().find(|a| a.name() == name).ok_or_else(|| Error::UnknownName {
             kind: "activation".into(),
             name: name.into(),
@@ -88,12 +162,13 @@ impl Activation {
         }
     }
 
-    /// Applies the activation.
+    /// Applies the activation. The piecewise ones choose their piece with a constant mask of
+    /// `x`, so the gradient at a kink is the piece's JAX gives there (relu6: 0 at 0 and 6;
+    /// hard_tanh: 1 at ±1; leaky_relu: 1 at 0; the shrinks: 0 at ±0.5); NaN goes through.
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
-        let positive = || -> Result<Tensor> {
-            let v: Vec<f64> = x.to_vec::<f64>().into_iter().map(|v| f64::from(u8::from(v > 0.0))).collect();
-            Ok(Tensor::from_vec(v, x.shape())?.to_dtype(x.dtype()))
-        };
+        let mask = |keep: &dyn Fn(f64) -> bool| mask(x, keep);
+        let constant = |c: f64| constant(x, c);
+        let positive = || mask(&|v| v > 0.0);
         match self {
             Activation::Linear => Ok(x.clone()),
             Activation::Relu => Ok(x.relu()),
@@ -109,8 +184,61 @@ impl Activation {
             }
             Activation::Softplus => Ok(x.softplus()),
             Activation::LogSoftmax => x.log_softmax(-1),
+            Activation::LeakyRelu => Tensor::where_cond(&mask(&|v| v >= 0.0)?, x, &x.mul_scalar(0.2)?),
+            Activation::Relu6 => {
+                let high = Tensor::where_cond(&mask(&|v| v >= 6.0)?, &constant(6.0)?, &constant(0.0)?)?;
+                Tensor::where_cond(&mask(&|v| v > 0.0 && v < 6.0)?, x, &high)
+            }
+            Activation::Silu => x.mul(&x.sigmoid()),
+            Activation::HardSigmoid => hard_sigmoid(x),
+            Activation::HardSilu => x.mul(&hard_sigmoid(x)?),
+            Activation::HardTanh => {
+                let outside = Tensor::where_cond(&mask(&|v| v > 1.0)?, &constant(1.0)?, &constant(-1.0)?)?;
+                Tensor::where_cond(&mask(&|v| v.abs() <= 1.0)?, x, &outside)
+            }
+            Activation::HardShrink => Tensor::where_cond(&mask(&|v| v.abs() > 0.5)?, x, &constant(0.0)?),
+            Activation::SoftShrink => {
+                let low = Tensor::where_cond(&mask(&|v| v < -0.5)?, &x.add_scalar(0.5)?, &constant(0.0)?)?;
+                Tensor::where_cond(&mask(&|v| v > 0.5)?, &x.add_scalar(-0.5)?, &low)
+            }
+            Activation::TanhShrink => x.sub(&x.tanh()),
+            Activation::Softsign => x.div(&x.abs().add_scalar(1.0)?),
+            Activation::Mish => x.mul(&x.softplus().tanh()),
+            Activation::Exponential => Ok(x.exp()),
+            Activation::LogSigmoid => Ok(x.neg().softplus().neg()),
+            Activation::Celu => Tensor::where_cond(&positive()?, x, &x.expm1()),
+            Activation::SparsePlus => {
+                let middle = x.add_scalar(1.0)?.square().mul_scalar(0.25)?;
+                let upper = Tensor::where_cond(&mask(&|v| v >= 1.0)?, x, &middle)?;
+                Tensor::where_cond(&mask(&|v| v <= -1.0)?, &constant(0.0)?, &upper)
+            }
+            Activation::SparseSigmoid => {
+                let middle = x.add_scalar(1.0)?.mul_scalar(0.5)?;
+                let upper = Tensor::where_cond(&mask(&|v| v >= 1.0)?, &constant(1.0)?, &middle)?;
+                Tensor::where_cond(&mask(&|v| v <= -1.0)?, &constant(0.0)?, &upper)
+            }
+            Activation::Squareplus => x.add(&x.square().add_scalar(4.0)?.sqrt())?.mul_scalar(0.5),
         }
     }
+}
+
+/// A constant 0/1 tensor of `x`'s shape and dtype: 1 where `keep` holds.
+fn mask(x: &Tensor, keep: &dyn Fn(f64) -> bool) -> Result<Tensor> {
+    let v: Vec<f64> = x.to_vec::<f64>().into_iter().map(|v| f64::from(u8::from(keep(v)))).collect();
+    Ok(Tensor::from_vec(v, x.shape())?.to_dtype(x.dtype()))
+}
+
+/// `c` in `x`'s shape and dtype, NaN where `x` is NaN (so NaN goes through every piece).
+fn constant(x: &Tensor, c: f64) -> Result<Tensor> {
+    let v: Vec<f64> = x.to_vec::<f64>().into_iter().map(|v| if v.is_nan() { v } else { c }).collect();
+    Ok(Tensor::from_vec(v, x.shape())?.to_dtype(x.dtype()))
+}
+
+/// The hard sigmoid `relu6(x + 3)/6`: `(x + 3)/6` strictly between -3 and 3, else 0 or 1.
+fn hard_sigmoid(x: &Tensor) -> Result<Tensor> {
+    let outside = Tensor::where_cond(&mask(x, &|v| v >= 3.0)?, &constant(x, 1.0)?, &constant(x, 0.0)?)?;
+    let inside = x.add_scalar(3.0)?.mul_scalar(1.0 / 6.0)?;
+    Tensor::where_cond(&mask(x, &|v| v > -3.0 && v < 3.0)?, &inside, &outside)
 }
 
 impl fmt::Display for Activation {
