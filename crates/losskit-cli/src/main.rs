@@ -118,9 +118,15 @@ pub struct FitArgs {
     /// Seed of the weights, the dropout, the data shuffle and the batch order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// The run folder (default runs/<timestamp>).
+    /// The run folder (default runs/<timestamp>). A folder that holds a run already is refused
+    /// unless --overwrite (or --resume to continue it).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Replace the run in --out (its files are removed once this command's flags, data and
+    /// model have been checked), as Keras' `overwrite=True`.
+    #[arg(long)]
+    #[serde(default, skip)]
+    pub overwrite: bool,
     /// Do not draw curves.png / curves.svg.
     #[arg(long)]
     pub no_plots: bool,

@@ -275,6 +275,53 @@ fn run_dir(out: &Option<PathBuf>) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// The files and folders `losskit fit` writes into a run folder.
+const RUN_FILES: [&str; 9] = [
+    "run.json",
+    "history.csv",
+    "curves.png",
+    "curves.svg",
+    "model.json",
+    "model.keras",
+    "model.safetensors",
+    "logs",
+    "backup",
+];
+
+/// Whether `dir` holds a run of `losskit fit` (any of its files).
+fn holds_run(dir: &Path) -> bool {
+    RUN_FILES.iter().any(|f| dir.join(f).exists())
+}
+
+/// Refuses `--out DIR` onto a folder that holds a run, unless `--overwrite` (before anything
+/// is read or written).
+fn refuse_existing_run(out: Option<&Path>, overwrite: bool) -> Result<()> {
+    match out {
+        Some(dir) if !overwrite && holds_run(dir) => Err(Error::Config(format!(
+            "--out {}: the folder holds a run already; --resume {} continues it, --overwrite replaces it, or choose another --out",
+            dir.display(),
+            dir.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Removes the run files of `dir` (an `--overwrite`): only what `losskit fit` writes.
+fn remove_run_files(dir: &Path) -> Result<()> {
+    for f in RUN_FILES {
+        let path = dir.join(f);
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else if path.exists() {
+            std::fs::remove_file(&path)
+        } else {
+            Ok(())
+        };
+        removed.map_err(|e| Error::io(path.display().to_string(), "cannot remove (--overwrite)", e))?;
+    }
+    Ok(())
+}
+
 fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(v).map_err(|e| Error::Config(e.to_string()))?;
     losskit_tensor::npy::write_atomic(path, |w| w.write_all(text.as_bytes()))
@@ -294,6 +341,10 @@ struct RunFile {
     /// written when training ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     step_path: Option<String>,
+    /// The epochs done when the run last finished (`None`: it has not finished yet). Its
+    /// last backup is kept, so `--resume RUN --epochs N` with more epochs extends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    finished_epochs: Option<usize>,
 }
 
 /// The backup folder inside a run folder.
@@ -307,13 +358,14 @@ const RESUME_FLAGS: [&str; 3] = ["--resume", "--epochs", "--verbose"];
 /// The flags of the run in `dir` (its `run.json`), with `--epochs` / `--verbose` taken from
 /// `args` when `given`; an error when other flags are given with other values than the run's,
 /// or when there is nothing to resume.
-fn resumed_args(dir: &Path, args: &FitArgs, given: &[String]) -> Result<FitArgs> {
+fn resumed_args(dir: &Path, args: &FitArgs, given: &[String]) -> Result<(FitArgs, Option<usize>)> {
     let path = dir.join("run.json");
     let ferr = |msg: String| Error::file(path.display().to_string(), msg);
     let text = std::fs::read_to_string(&path)
         .map_err(|e| ferr(format!("cannot read (is {} a run folder of `losskit fit`?): {e}", dir.display())))?;
     let file: RunFile = serde_json::from_str(&text).map_err(|e| ferr(format!("not a run file: {e}")))?;
     let mut stored = file.args;
+    let requested_then = stored.epochs;
     let (now, then) = (serde_json::to_value(args), serde_json::to_value(&stored));
     let (Ok(now), Ok(then)) = (now, then) else { return Err(ferr("cannot compare the flags".into())) };
     let changed: Vec<&str> = given
@@ -341,19 +393,34 @@ fn resumed_args(dir: &Path, args: &FitArgs, given: &[String]) -> Result<FitArgs>
         stored.verbose = args.verbose;
     }
     let backup = BackupAndRestore::new(backup_dir(dir)).path();
-    if !backup.exists() {
-        if dir.join("model.safetensors").exists() {
-            return Err(Error::file(
-                dir.display().to_string(),
-                "this run has finished (model.safetensors is written, no backup is left): nothing to resume",
-            ));
+    let ferr = |msg: String| Error::file(dir.display().to_string(), msg);
+    match file.finished_epochs {
+        Some(done) if done < requested_then => {
+            return Err(ferr(format!(
+                "this run stopped early (EarlyStopping) after {done} of its {requested_then} epochs: nothing to resume"
+            )))
         }
-        eprintln!(
+        Some(done) if done >= stored.epochs => {
+            return Err(ferr(format!(
+                "this run has finished its {done} epochs: `--resume {} --epochs N` with N above {done} extends it",
+                dir.display()
+            )))
+        }
+        Some(_) if !backup.exists() => {
+            return Err(ferr(format!("the run's last backup ({}) is gone: it cannot be extended", backup.display())))
+        }
+        None if !backup.exists() && dir.join("model.safetensors").exists() => {
+            return Err(ferr(
+                "this run has finished (model.safetensors is written, no backup is left): nothing to resume".into(),
+            ))
+        }
+        None if !backup.exists() => eprintln!(
             "note: no backup in {} yet (the run stopped before its first epoch ended): starting it from epoch 1",
             backup.display()
-        );
+        ),
+        _ => {}
     }
-    Ok(stored)
+    Ok((stored, file.finished_epochs))
 }
 
 /// The processes of this run: this one alone, or (built with `--features mpi`, started by
@@ -487,17 +554,33 @@ fn prepare(args: &FitArgs, given: &[String], split: &Split, scale: f64) -> Resul
     })
 }
 
+/// The data and model files of `args` as absolute paths, so that `run.json` finds them from any
+/// working directory (names of built-in datasets stay as they are).
+fn absolute_paths(args: &FitArgs) -> FitArgs {
+    let mut args = args.clone();
+    let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    if Path::new(&args.data).exists() {
+        args.data = absolute(Path::new(&args.data)).display().to_string();
+    }
+    args.model = args.model.as_deref().map(absolute);
+    args
+}
+
 fn fit_on(workers: &Workers, args: &FitArgs, given: &[String]) -> Result<()> {
     let started = Instant::now();
-    let mut args = match &args.resume {
+    let args = &absolute_paths(args);
+    let (mut args, finished_before) = match &args.resume {
         Some(_) if workers.group().is_some() => {
             return Err(Error::Config("--resume is not supported with several MPI processes yet".into()))
         }
         Some(dir) => resumed_args(dir, args, given)?,
-        None => args.clone(),
+        None => (args.clone(), None),
     };
     if !workers.chief() {
         args.verbose = 0;
+    }
+    if args.resume.is_none() {
+        refuse_existing_run(args.out.as_deref(), args.overwrite)?;
     }
     let args = &args;
     let (split, scale) = load_data(&args.data, &args.label_column)?;
@@ -505,8 +588,13 @@ fn fit_on(workers: &Workers, args: &FitArgs, given: &[String]) -> Result<()> {
         prepare(args, given, &split, scale)?;
     let (classes, one_hot, spec_scale) = (spec.classes, spec.one_hot, spec.scale);
     let input_shape = spec.input_shape.clone();
+    // Everything is checked: only now does the folder of an --overwrite lose its run's files.
+    if let (Some(out), true, true) = (&args.out, args.overwrite, workers.chief()) {
+        remove_run_files(out)?;
+    }
     let dir = if workers.chief() { Some(run_dir(&args.out)?) } else { None };
-    let mut run_file = RunFile { version: 1, args: args.clone(), spec: Some(spec), step_path: None };
+    let mut run_file =
+        RunFile { version: 1, args: args.clone(), spec: Some(spec), step_path: None, finished_epochs: finished_before };
     if let Some(dir) = &dir {
         write_json(&dir.join("run.json"), &run_file)?;
         write_model(dir, &model)?;
@@ -535,6 +623,7 @@ fn fit_on(workers: &Workers, args: &FitArgs, given: &[String]) -> Result<()> {
     let history = train(&mut model, &x, &y, class_weight, args, dir.as_deref(), workers.group())?;
     let Some(dir) = dir else { return Ok(()) };
     run_file.step_path = model.step_path().map(ToString::to_string);
+    run_file.finished_epochs = Some(history.epochs.len());
     write_json(&dir.join("run.json"), &run_file)?;
     model.save_weights(dir.join("model.safetensors"))?;
     write_model(&dir, &model)?;
@@ -566,7 +655,8 @@ fn train(
     let mut csv = CsvLogger::new(files.join("history.csv"));
     let mut tb = TensorBoard::new(files.join("logs"));
     let mut plots = PlotLearningCurves::new(files);
-    let mut backup = BackupAndRestore::new(backup_dir(files));
+    // Kept when the run ends, so that `--resume RUN --epochs N` can extend it.
+    let mut backup = BackupAndRestore::new(backup_dir(files)).delete_checkpoint(false);
     let mut fit = Fit::new()
         .epochs(args.epochs)
         .batch_size(args.batch_size)

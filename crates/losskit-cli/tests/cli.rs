@@ -535,9 +535,10 @@ fn a_killed_fit_resumes_to_the_same_weights_and_history() {
         let (a, b) = (std::fs::read(whole.join(file)).unwrap(), std::fs::read(killed.join(file)).unwrap());
         assert!(a == b, "{file} differs after the resume");
     }
-    assert!(!killed.join("backup/backup.safetensors").exists(), "the backup is deleted at the end");
+    assert!(killed.join("backup/backup.safetensors").exists(), "the last backup is kept to extend the run");
     let again = losskit(&["fit", "--resume", killed.to_str().unwrap()]);
-    assert!(String::from_utf8_lossy(&again.stderr).contains("has finished"), "{again:?}");
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("has finished its 40 epochs") && err.contains("--epochs N"), "{err}");
     let other_flags = losskit(&["fit", "--resume", killed.to_str().unwrap(), "--lr", "0.5", "--epochs", "50"]);
     let err = String::from_utf8_lossy(&other_flags.stderr);
     assert!(err.contains("only --epochs and --verbose can change, not --lr") && !err.contains("--epochs,"), "{err}");
@@ -699,4 +700,89 @@ fn a_trained_keras_archive_continues_and_every_run_writes_one() {
         probs.chunks(10).map(|r| (0..10).fold(0, |b, i| if r[i] > r[b] { i } else { b })).collect();
     let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(printed["classes"], serde_json::json!(classes));
+}
+
+/// A finished run extended with `--resume RUN --epochs N` ends on the bytes of a run of N
+/// epochs from the start; a run folder found from another directory, and copied elsewhere,
+/// resumes too; `--out` onto an existing run is refused (nothing changes) unless `--overwrite`.
+#[test]
+fn finished_runs_extend_and_run_folders_are_never_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = |out: &Path, epochs: &str| -> Vec<String> {
+        let f = "fit --hidden 32 --optimizer adam --reduce-lr-on-plateau 1 --no-plots --verbose 0 --seed 9 --epochs";
+        f.split(' ').map(String::from).chain([epochs.to_string(), "--out".into(), out.display().to_string()]).collect()
+    };
+    let run = |args: &[String], cwd: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_losskit")).args(args).current_dir(cwd).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let whole = dir.path().join("whole");
+    run(&flags(&whole, "5"), dir.path());
+    // 3 epochs, then extended to 5 from another working directory, by a relative path.
+    let short = dir.path().join("short");
+    run(&flags(&short, "3"), dir.path());
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    run(&["fit".into(), "--resume".into(), "../short".into(), "--epochs".into(), "5".into()], &elsewhere);
+    for file in ["model.safetensors", "history.csv"] {
+        let (a, b) = (std::fs::read(whole.join(file)).unwrap(), std::fs::read(short.join(file)).unwrap());
+        assert!(a == b, "{file}: the extended run differs from the 5-epoch one");
+    }
+    // A copied folder extends too (its paths are its own).
+    let copy = dir.path().join("copy");
+    copy_dir(&short, &copy);
+    run(&["fit".into(), "--resume".into(), copy.display().to_string(), "--epochs".into(), "6".into()], dir.path());
+    assert_eq!(std::fs::read_to_string(copy.join("history.csv")).unwrap().lines().count(), 7);
+
+    // --out onto a run: refused, nothing changed; --overwrite replaces it.
+    let hashes = |d: &Path| {
+        let mut v: Vec<(String, Vec<u8>)> =
+            walk(d).into_iter().map(|p| (p.display().to_string(), std::fs::read(&p).unwrap())).collect();
+        v.sort();
+        v
+    };
+    let before = hashes(&whole);
+    let out = losskit(&flags(&whole, "1").iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("holds a run already") && err.contains("--overwrite"), "{err}");
+    assert!(hashes(&whole) == before, "a refused command changed the run folder");
+    let mut over = flags(&whole, "1");
+    over.push("--overwrite".into());
+    run(&over, dir.path());
+    assert_eq!(std::fs::read_to_string(whole.join("history.csv")).unwrap().lines().count(), 2);
+    // A bad flag with --overwrite is refused before anything is removed.
+    let before = hashes(&whole);
+    let mut bad = flags(&whole, "1");
+    bad.extend(["--overwrite".into(), "--loss".into(), "no_such_loss".into()]);
+    let out = losskit(&bad.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(hashes(&whole) == before, "a refused --overwrite changed the run folder");
+}
+
+/// Every file under `d`.
+fn walk(d: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let target = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &target);
+        } else {
+            std::fs::copy(&p, &target).unwrap();
+        }
+    }
 }

@@ -121,20 +121,26 @@ fn stamp() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// An event file's path and length, for a backup.
+/// The file's name (it lives in `<log_dir>/train` or `/validation`, which the callback knows:
+/// a run folder moved, copied or resumed from another directory still finds it) and length.
 fn file_state(f: &Option<EventFile>) -> serde_json::Value {
     match f {
-        Some(f) => serde_json::json!({"path": f.path.display().to_string(), "len": f.bytes.len()}),
+        Some(f) => {
+            let name = f.path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            serde_json::json!({"file": name, "len": f.bytes.len()})
+        }
         None => serde_json::Value::Null,
     }
 }
 
-fn file_from_state(v: &serde_json::Value) -> Result<Option<EventFile>> {
+/// The event file a backup recorded, in `dir` (an older backup's whole path: its file name).
+fn file_from_state(v: &serde_json::Value, dir: &Path) -> Result<Option<EventFile>> {
     if v.is_null() {
         return Ok(None);
     }
-    match (v["path"].as_str(), v["len"].as_u64()) {
-        (Some(p), Some(len)) => EventFile::reopen(PathBuf::from(p), len as usize).map(Some),
+    let name = v["file"].as_str().or_else(|| v["path"].as_str()).and_then(|p| Path::new(p).file_name());
+    match (name, v["len"].as_u64()) {
+        (Some(name), Some(len)) => EventFile::reopen(dir.join(name), len as usize).map(Some),
         _ => Err(Error::Config(format!("backup: TensorBoard state: bad event file entry {v}"))),
     }
 }
@@ -244,8 +250,8 @@ impl Callback for TensorBoard {
         Some(s)
     }
     fn restore_state(&mut self, s: CallbackState) -> Result<()> {
-        self.train = file_from_state(s.get("train")?)?;
-        self.validation = file_from_state(s.get("validation")?)?;
+        self.train = file_from_state(s.get("train")?, &self.log_dir.join("train"))?;
+        self.validation = file_from_state(s.get("validation")?, &self.log_dir.join("validation"))?;
         self.global_batch = s.get("global_batch")?.as_i64().unwrap_or(0);
         Ok(())
     }
