@@ -737,7 +737,7 @@ fn load_run(dir: &Path) -> Result<(RunSpec, Model)> {
     let ferr = |msg: String| Error::file(path.display().to_string(), msg);
     let text = std::fs::read_to_string(&path).map_err(|e| {
         ferr(format!(
-            "cannot read (is {} a run folder of `losskit fit`, from losskit 0.1 or later?): {e}",
+            "cannot read ({e}): {} is not a run folder of `losskit fit`, which holds run.json, model.json, model.keras and model.safetensors once finished, or backup/ while training (or give a .keras archive)",
             dir.display()
         ))
     })?;
@@ -746,8 +746,28 @@ fn load_run(dir: &Path) -> Result<(RunSpec, Model)> {
         file.spec.ok_or_else(|| ferr("the run's facts are missing (it stopped before training began)".into()))?;
     let mut model = load_keras_model(dir.join("model.json"))?.model;
     model.build(&spec.input_shape)?;
-    model.load_weights(dir.join("model.safetensors"))?;
-    Ok((spec, model))
+    let finished = dir.join("model.safetensors");
+    if finished.exists() {
+        model.load_weights(finished)?;
+        return Ok((spec, model));
+    }
+    // A killed run: the weights of its last backup.
+    match BackupAndRestore::new(backup_dir(dir)).weights()? {
+        Some((weights, (epoch, batch))) => {
+            let values: Vec<Tensor> = weights.into_iter().map(|(_, t)| t).collect();
+            model.set_weights(&values)?;
+            let at = if batch == 0 { format!("after epoch {epoch}") } else { format!("in epoch {}, batch {batch}", epoch + 1) };
+            eprintln!(
+                "note: {} did not finish (no model.safetensors): using the weights of its last backup, taken {at}",
+                dir.display()
+            );
+            Ok((spec, model))
+        }
+        None => Err(Error::file(
+            dir.display().to_string(),
+            "the run has no weights yet: it stopped before its first backup (no model.safetensors, no backup/backup.safetensors)",
+        )),
+    }
 }
 
 /// Where `evaluate` and `predict` found their model.

@@ -526,6 +526,17 @@ fn a_killed_fit_resumes_to_the_same_weights_and_history() {
     child.kill().unwrap();
     assert!(!child.wait().unwrap().success());
     assert!(!killed.join("model.safetensors").exists(), "killed after the end");
+    // evaluate and predict use the killed run's last backup, and say so.
+    let ev = losskit(&["evaluate", "--model", killed.to_str().unwrap()]);
+    assert!(ev.status.success(), "{}", String::from_utf8_lossy(&ev.stderr));
+    assert!(String::from_utf8_lossy(&ev.stderr).contains("did not finish"), "{ev:?}");
+    let logs: Value = serde_json::from_slice(&ev.stdout).unwrap();
+    assert!(logs["accuracy"].as_f64().unwrap() > 0.5, "{logs}");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let no_run = losskit(&["evaluate", "--model", empty.to_str().unwrap()]);
+    assert_eq!(no_run.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&no_run.stderr).contains("which holds run.json"), "{no_run:?}");
     // The run's own command line again, with --resume (its flags may be repeated).
     let mut again_flags = flags(&killed);
     again_flags.extend(["--resume".to_string(), killed.display().to_string()]);
@@ -784,5 +795,38 @@ fn copy_dir(from: &Path, to: &Path) {
         } else {
             std::fs::copy(&p, &target).unwrap();
         }
+    }
+}
+
+/// A crash in the middle of writing a backup (the process aborts after the temporary file is
+/// written, before the rename) leaves the previous backup whole, and the resumed run ends on
+/// the bytes of a run never interrupted.
+#[test]
+fn a_crash_while_writing_a_backup_leaves_the_previous_one_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = |out: &Path| -> Vec<String> {
+        let f = "fit --epochs 6 --hidden 32 --optimizer adam --no-plots --verbose 0 --seed 2 --out";
+        f.split(' ').map(String::from).chain([out.display().to_string()]).collect()
+    };
+    let whole = dir.path().join("whole");
+    assert!(Command::new(env!("CARGO_BIN_EXE_losskit")).args(flags(&whole)).status().unwrap().success());
+    let crashed = dir.path().join("crashed");
+    let out = Command::new(env!("CARGO_BIN_EXE_losskit"))
+        .args(flags(&crashed))
+        .env("LOSSKIT_TEST_ABORT_BEFORE_RENAME", "backup.safetensors:3")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the hook aborts the third backup's write");
+    let leftovers: Vec<String> = std::fs::read_dir(crashed.join("backup"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(leftovers.iter().any(|f| f.starts_with(".backup.safetensors.tmp-")), "{leftovers:?}");
+    // The backup is the second epoch's, whole: --resume reads it and finishes the run.
+    let resumed = losskit(&["fit", "--resume", crashed.to_str().unwrap()]);
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    for file in ["model.safetensors", "history.csv"] {
+        let (a, b) = (std::fs::read(whole.join(file)).unwrap(), std::fs::read(crashed.join(file)).unwrap());
+        assert!(a == b, "{file} differs after the crash and the resume");
     }
 }

@@ -72,8 +72,9 @@ fn try_read<T: ndarray_npy::ReadableElement>(bytes: &[u8]) -> std::result::Resul
 }
 
 /// Writes `path` all at once: the bytes go to a temporary file in the same folder, which is
-/// synced to disk and then renamed over `path`, so a reader (or a crash, even of the machine)
-/// never sees a half-written file.
+/// synced to disk and then renamed over `path`, and the folder is synced, so a reader (or a
+/// crash, even of the machine) never sees a half-written file, and after the call the new one
+/// is on disk.
 pub fn write_atomic(path: impl AsRef<Path>, write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
     write_replacing(path, true, write)
 }
@@ -102,12 +103,43 @@ pub fn write_replacing(
         if sync {
             file.sync_all()?;
         }
-        std::fs::rename(&tmp, path)
+        abort_here_for_tests(&name);
+        std::fs::rename(&tmp, path)?;
+        if sync {
+            // The rename itself reaches the disk with the folder's entry.
+            sync_folder(&dir)?;
+        }
+        Ok(())
     })();
     result.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         Error::io(path.display().to_string(), "cannot write", e)
     })
+}
+
+/// Syncs a folder's entries to disk (on Unix; elsewhere the rename is left to the system).
+fn sync_folder(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    std::fs::File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// A test hook for crash safety: with `LOSSKIT_TEST_ABORT_BEFORE_RENAME=NAME:N` in the
+/// environment, the process aborts at the `N`-th write of a file named `NAME`, after its
+/// temporary file is written and before the rename (what a crash there leaves behind). Off
+/// (one environment lookup per write) otherwise.
+fn abort_here_for_tests(name: &str) {
+    static WRITES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let Ok(spec) = std::env::var("LOSSKIT_TEST_ABORT_BEFORE_RENAME") else { return };
+    let Some((target, n)) = spec.split_once(':') else { return };
+    if target == name {
+        let seen = WRITES.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if n.parse::<usize>().is_ok_and(|n| n == seen) {
+            std::process::abort();
+        }
+    }
 }
 
 /// Writes a tensor as an `.npy` file of its dtype, atomically (see [`write_atomic`]).

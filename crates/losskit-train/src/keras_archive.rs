@@ -283,7 +283,7 @@ impl Model {
     /// Keras does, and `optimizer/vars/<i>`: the iteration count, the learning rate and the
     /// optimizer's slots in Keras' order), so that `keras.saving.load_model(path)` gives
     /// this model compiled, where its training can go on. The file appears whole or not at all
-    /// (written beside it, then renamed).
+    /// (`losskit_tensor::npy::write_atomic`).
     ///
     /// Errors as [`Model::to_json`] (not built, heads, a layer Keras does not have) and when the
     /// file cannot be written.
@@ -293,32 +293,23 @@ impl Model {
         let weights = weights_h5(self)?;
         let date = chrono::Utc::now().format("%Y-%m-%d@%H:%M:%S");
         let metadata = serde_json::json!({"keras_version": KERAS_VERSION, "date_saved": date.to_string()}).to_string();
-        let tmp = path.with_extension(format!("keras.tmp{}", std::process::id()));
-        let written = write_zip(
-            &tmp,
-            &[
-                ("metadata.json", metadata.as_bytes()),
-                ("config.json", config.as_bytes()),
-                ("model.weights.h5", &weights),
-            ],
-        )
-        .and_then(|()| std::fs::rename(&tmp, path));
-        written.map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            Error::io(path.display().to_string(), "cannot write", e)
-        })
+        let entries = [
+            ("metadata.json", metadata.as_bytes()),
+            ("config.json", config.as_bytes()),
+            ("model.weights.h5", &weights[..]),
+        ];
+        let zip = zip_of(&entries).map_err(|e| Error::io(path.display().to_string(), "cannot write", e))?;
+        losskit_tensor::npy::write_atomic(path, |w| w.write_all(&zip))
     }
 }
 
-/// A zip at `path` with these entries (stored: Keras' own archives are not compressed), synced.
-fn write_zip(path: &Path, entries: &[(&str, &[u8])]) -> std::io::Result<()> {
-    let file = std::fs::File::create(path)?;
-    let mut zip = zip::ZipWriter::new(file);
+/// A zip of these entries (stored: Keras' own archives are not compressed), in memory.
+fn zip_of(entries: &[(&str, &[u8])]) -> std::io::Result<Vec<u8>> {
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for (name, bytes) in entries {
         zip.start_file(*name, options).map_err(std::io::Error::other)?;
         zip.write_all(bytes)?;
     }
-    let file = zip.finish().map_err(std::io::Error::other)?;
-    file.sync_all()
+    Ok(zip.finish().map_err(std::io::Error::other)?.into_inner())
 }

@@ -133,6 +133,14 @@ impl BackupAndRestore {
         Snapshot::decode(&state, file.tensors).map(Some).map_err(damaged)
     }
 
+    /// The backup's weights (by name, in the model's order) and where the run was: `(epoch,
+    /// batch)`, 0-based, the epoch to run next (or in progress when `batch > 0`); `None` when
+    /// there is no backup. For a killed run's evaluation. Damaged or foreign files are errors
+    /// naming the file.
+    pub fn weights(&self) -> Result<Option<(Vec<(String, Tensor)>, (usize, usize))>> {
+        Ok(self.load()?.map(|s| (s.weights, (s.epoch, s.step))))
+    }
+
     /// Deletes the backup when `delete_checkpoint` is on.
     pub(crate) fn finish(&self) -> Result<()> {
         let path = self.path();
