@@ -753,7 +753,7 @@ fn load_run(dir: &Path) -> Result<(RunSpec, Model)> {
     }
     // A killed run: the weights of its last backup.
     match BackupAndRestore::new(backup_dir(dir)).weights()? {
-        Some((weights, (epoch, batch))) => {
+        Some(losskit_train::BackupWeights { weights, epoch, batch }) => {
             let values: Vec<Tensor> = weights.into_iter().map(|(_, t)| t).collect();
             model.set_weights(&values)?;
             let at = if batch == 0 { format!("after epoch {epoch}") } else { format!("in epoch {}, batch {batch}", epoch + 1) };

@@ -38,8 +38,8 @@ mod train;
 
 pub use activations::Activation;
 pub use callbacks::{
-    plot_history, BackupAndRestore, Callback, CallbackState, CsvLogger, EarlyStopping, FitParams, History,
-    LambdaCallback, LearningRateScheduler, Logs, Mode, ModelCheckpoint, PlotLearningCurves, ProgbarLogger,
+    plot_history, BackupAndRestore, BackupWeights, Callback, CallbackState, CsvLogger, EarlyStopping, FitParams,
+    History, LambdaCallback, LearningRateScheduler, Logs, Mode, ModelCheckpoint, PlotLearningCurves, ProgbarLogger,
     ReduceLROnPlateau, SaveFreq, TensorBoard, TerminateOnNaN, UpdateFreq,
 };
 pub use compile::{Compile, LossArg, OptimizerArg};

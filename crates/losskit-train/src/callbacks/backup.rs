@@ -133,12 +133,11 @@ impl BackupAndRestore {
         Snapshot::decode(&state, file.tensors).map(Some).map_err(damaged)
     }
 
-    /// The backup's weights (by name, in the model's order) and where the run was: `(epoch,
-    /// batch)`, 0-based, the epoch to run next (or in progress when `batch > 0`); `None` when
-    /// there is no backup. For a killed run's evaluation. Damaged or foreign files are errors
-    /// naming the file.
-    pub fn weights(&self) -> Result<Option<(Vec<(String, Tensor)>, (usize, usize))>> {
-        Ok(self.load()?.map(|s| (s.weights, (s.epoch, s.step))))
+    /// The backup's weights and where the run was ([`BackupWeights`]); `None` when there is no
+    /// backup. For a killed run's evaluation. Damaged or foreign files are errors naming the
+    /// file.
+    pub fn weights(&self) -> Result<Option<BackupWeights>> {
+        Ok(self.load()?.map(|s| BackupWeights { weights: s.weights, epoch: s.epoch, batch: s.step }))
     }
 
     /// Deletes the backup when `delete_checkpoint` is on.
@@ -274,6 +273,17 @@ pub(crate) struct RunFacts {
     pub batch_size: usize,
     pub shuffle: bool,
     pub seed: u64,
+}
+
+/// The weights a backup holds ([`BackupAndRestore::weights`]) and where the run was.
+#[derive(Debug, Clone)]
+pub struct BackupWeights {
+    /// The weights, by name, in the model's order.
+    pub weights: Vec<(String, Tensor)>,
+    /// The epoch to run next, 0-based (or the one in progress when `batch > 0`).
+    pub epoch: usize,
+    /// Batches of `epoch` already done.
+    pub batch: usize,
 }
 
 /// Everything a resumed `fit` needs.

@@ -10,7 +10,7 @@ pub mod plot;
 mod progbar;
 mod tensorboard;
 
-pub use backup::{BackupAndRestore, CallbackState, SaveFreq};
+pub use backup::{BackupAndRestore, BackupWeights, CallbackState, SaveFreq};
 pub use control::{EarlyStopping, LearningRateScheduler, Mode, ModelCheckpoint, ReduceLROnPlateau, TerminateOnNaN};
 pub use csv_logger::CsvLogger;
 pub use lambda::LambdaCallback;
