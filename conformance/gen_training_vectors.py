@@ -3,7 +3,9 @@
 
 Run with:  KERAS_BACKEND=jax python gen_training_vectors.py
 (Keras 3.15.1, JAX backend, float32.) Optimizers: SGD (momentum, Nesterov), Adam, RMSprop
-(centered, momentum), AdamW; clipnorm, clipvalue, global_clipnorm.
+(centered, momentum), AdamW; clipnorm, clipvalue, global_clipnorm; the learning-rate
+schedules ExponentialDecay (and staircase), InverseTimeDecay, PiecewiseConstantDecay,
+PolynomialDecay (and cycle), CosineDecay (and warmup), CosineDecayRestarts.
 
 A small MLP (Flatten, Dense 16 relu, Dense 10 softmax) starts from fixed, deterministic
 weights and trains for two epochs on the first 90 digits (pixels / 16), shuffle=False,
@@ -72,10 +74,47 @@ RUNS = [
     ("adam_global_clipnorm", {"class_name": "Adam", "learning_rate": 0.01, "global_clipnorm": 0.3}, {}),
 ]
 
+# Learning-rate schedules (12 steps in two epochs), serialized as Keras serializes them.
+def schedule(cls, **config):
+    return {"class_name": cls, "config": config}
+
+
+RUNS += [
+    ("sgd_exponential_decay",
+     {"class_name": "SGD", "learning_rate": schedule("ExponentialDecay", initial_learning_rate=0.1, decay_steps=3,
+                                                     decay_rate=0.5)}, {}),
+    ("adam_exponential_decay_staircase",
+     {"class_name": "Adam", "learning_rate": schedule("ExponentialDecay", initial_learning_rate=0.02, decay_steps=4,
+                                                      decay_rate=0.3, staircase=True)}, {}),
+    ("sgd_inverse_time_decay",
+     {"class_name": "SGD", "learning_rate": schedule("InverseTimeDecay", initial_learning_rate=0.1, decay_steps=2,
+                                                     decay_rate=0.5)}, {}),
+    ("sgd_momentum_piecewise_constant",
+     {"class_name": "SGD", "momentum": 0.9,
+      "learning_rate": schedule("PiecewiseConstantDecay", boundaries=[3, 7], values=[0.05, 0.02, 0.005])}, {}),
+    ("sgd_polynomial_decay",
+     {"class_name": "SGD", "learning_rate": schedule("PolynomialDecay", initial_learning_rate=0.1, decay_steps=8,
+                                                     end_learning_rate=0.01, power=2.0)}, {}),
+    ("sgd_polynomial_decay_cycle",
+     {"class_name": "SGD", "learning_rate": schedule("PolynomialDecay", initial_learning_rate=0.1, decay_steps=5,
+                                                     end_learning_rate=0.02, power=1.5, cycle=True)}, {}),
+    ("adam_cosine_decay",
+     {"class_name": "Adam", "learning_rate": schedule("CosineDecay", initial_learning_rate=0.02, decay_steps=10,
+                                                      alpha=0.1)}, {}),
+    ("sgd_cosine_decay_warmup",
+     {"class_name": "SGD", "learning_rate": schedule("CosineDecay", initial_learning_rate=0.0, decay_steps=6,
+                                                     warmup_target=0.1, warmup_steps=4)}, {}),
+    ("rmsprop_cosine_decay_restarts",
+     {"class_name": "RMSprop", "learning_rate": schedule("CosineDecayRestarts", initial_learning_rate=0.01,
+                                                         first_decay_steps=3, t_mul=2.0, m_mul=0.5, alpha=0.05)}, {}),
+]
+
 
 def make_optimizer(spec):
     spec = dict(spec)
     cls = getattr(keras.optimizers, spec.pop("class_name"))
+    if isinstance(spec.get("learning_rate"), dict):
+        spec["learning_rate"] = keras.optimizers.schedules.deserialize(spec["learning_rate"])
     return cls(**spec)
 
 

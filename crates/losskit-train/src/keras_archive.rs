@@ -223,7 +223,11 @@ fn weights_h5(model: &Model) -> Result<Vec<u8>> {
         let mut vars = optimizer.create_group("vars");
         vars.set_attr("name", AttrValue::String(keras_optimizer_name(c.optimizer.rule()).into()));
         vars.create_dataset("0").with_i32_data(&[state.iterations.min(i32::MAX as u64) as i32]).with_shape(&[]);
-        vars.create_dataset("1").with_f32_data(&[state.learning_rate as f32]).with_shape(&[]);
+        // The learning rate is a variable unless a schedule computes it.
+        let head = if c.optimizer.schedule().is_some() { 1 } else { 2 };
+        if head == 2 {
+            vars.create_dataset("1").with_f32_data(&[state.learning_rate as f32]).with_shape(&[]);
+        }
         let (n, per) = (params.len(), c.optimizer.slots_needed());
         for k in 0..n * per {
             // Keras' index `k` back to (weight, slot).
@@ -235,7 +239,7 @@ fn weights_h5(model: &Model) -> Result<Vec<u8>> {
                 Some(t) => t.clone(),
                 None => params[weight].value.zeros_like(),
             };
-            dataset(&mut vars, &(k + 2).to_string(), &value);
+            dataset(&mut vars, &(k + head).to_string(), &value);
         }
         optimizer.add_group(vars.finish());
         file.add_group(optimizer.finish());

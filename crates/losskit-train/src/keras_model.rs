@@ -18,6 +18,7 @@ use crate::layers::{ActivationLayer, Dense, Dropout, Flatten, Layer, Rescaling, 
 use crate::model::Model;
 use crate::optimizers::{Clip, Optimizer, Rule};
 use crate::regularizers::Regularizer;
+use crate::schedules::LearningRateSchedule;
 use losskit::{DType, Error, Loss, Result};
 use serde_json::{json, Map, Value};
 use std::path::Path;
@@ -378,10 +379,14 @@ fn parse_optimizer(v: &Value) -> std::result::Result<Optimizer, String> {
             return Err(format!("optimizer {class}: {key} {} is not supported", c[key]));
         }
     }
-    let lr = match &c["learning_rate"] {
-        Value::Number(n) => from_float32(n.as_f64().unwrap_or(0.0)),
-        Value::Null => 0.001,
-        other => return Err(format!("optimizer {class}: learning_rate {other} (a schedule) is not supported")),
+    let (lr, schedule) = match &c["learning_rate"] {
+        Value::Number(n) => (from_float32(n.as_f64().unwrap_or(0.0)), None),
+        Value::Null => (0.001, None),
+        schedule @ Value::Object(_) => {
+            let s = LearningRateSchedule::from_keras(schedule).map_err(|e| format!("optimizer {class}: {e}"))?;
+            (s.at(0), Some(s))
+        }
+        other => return Err(format!("optimizer {class}: learning_rate {other} is not a number or a schedule")),
     };
     let num = |key: &str, d: f64| c[key].as_f64().unwrap_or(d);
     let decay = c["weight_decay"].as_f64().filter(|&w| w != 0.0);
@@ -414,7 +419,11 @@ fn parse_optimizer(v: &Value) -> std::result::Result<Optimizer, String> {
         (None, None, Some(v)) => Clip::Value(v),
         _ => return Err(format!("optimizer {class}: at most one of clipnorm, global_clipnorm, clipvalue")),
     };
-    Optimizer::new(rule, lr).and_then(|o| o.with_clip(clip)).map_err(|e| e.to_string())
+    let optimizer = Optimizer::new(rule, lr).and_then(|o| o.with_clip(clip)).map_err(|e| e.to_string())?;
+    Ok(match schedule {
+        Some(s) => optimizer.with_schedule(s),
+        None => optimizer,
+    })
 }
 
 /// Keras' serialized form of an optimizer.
@@ -427,7 +436,8 @@ fn optimizer_json(o: &Optimizer) -> Value {
         Rule::RmsProp { .. } => ("RMSprop", "rmsprop"),
     };
     config.insert("name".into(), json!(name));
-    config.insert("learning_rate".into(), json!(o.learning_rate()));
+    let lr = o.schedule().map_or_else(|| json!(o.learning_rate()), LearningRateSchedule::to_keras);
+    config.insert("learning_rate".into(), lr);
     let clip = o.clip();
     let (norm, global, value) = match clip {
         Clip::None => (None, None, None),

@@ -32,6 +32,7 @@ mod model;
 pub mod nan;
 mod optimizers;
 pub mod regularizers;
+mod schedules;
 mod step_path;
 mod tensor_file;
 mod train;
@@ -52,6 +53,7 @@ pub use model::{Model, Sequential, Stack};
 pub use nan::{human_number, Cause, CliDiagnosis, Diagnosis, Stage};
 pub use optimizers::{Clip, GradientCheck, Optimizer, OptimizerState, Rule};
 pub use regularizers::Regularizer;
+pub use schedules::LearningRateSchedule;
 pub use train::{Fit, StepKind, StepPath, Targets};
 
 /// The README's Rust examples, compiled and run as doc tests.

@@ -2,6 +2,7 @@
 //! AdamW, RMSprop; each with `clipnorm`, `clipvalue` or `global_clipnorm`.
 
 use crate::layers::Param;
+use crate::schedules::LearningRateSchedule;
 use losskit::{Error, Result, Tensor};
 use losskit_tensor::Element;
 use ndarray::{ArrayD, ArrayViewD};
@@ -76,6 +77,8 @@ enum Slots {
 pub struct Optimizer {
     rule: Rule,
     learning_rate: f64,
+    /// A schedule the learning rate follows instead of `learning_rate`.
+    schedule: Option<LearningRateSchedule>,
     clip: Clip,
     iterations: u64,
     slots: Slots,
@@ -107,7 +110,7 @@ impl Optimizer {
         if !(learning_rate.is_finite() && learning_rate >= 0.0) {
             return Err(invalid("learning_rate", learning_rate, "a finite number >= 0"));
         }
-        Ok(Optimizer { rule, learning_rate, clip: Clip::None, iterations: 0, slots: Slots::Empty })
+        Ok(Optimizer { rule, learning_rate, schedule: None, clip: Clip::None, iterations: 0, slots: Slots::Empty })
     }
 
     /// SGD with Keras' defaults (momentum 0).
@@ -178,17 +181,38 @@ impl Optimizer {
         self.with_clip(Clip::GlobalNorm(c))
     }
 
-    /// The current learning rate.
+    /// The current learning rate: the schedule's at the current step when there is one
+    /// (Keras' `optimizer.learning_rate`).
     pub fn learning_rate(&self) -> f64 {
-        self.learning_rate
+        match &self.schedule {
+            Some(s) => s.at(self.iterations),
+            None => self.learning_rate,
+        }
     }
-    /// Changes the learning rate (schedulers use this).
+    /// Changes the learning rate (schedulers use this). An error when the rate follows a
+    /// schedule (as in Keras).
     pub fn set_learning_rate(&mut self, lr: f64) -> Result<()> {
+        if let Some(s) = &self.schedule {
+            return Err(Error::Config(format!(
+                "the learning rate follows a {} schedule: it cannot be set (ReduceLROnPlateau, --lr)",
+                s.class_name()
+            )));
+        }
         if !(lr.is_finite() && lr >= 0.0) {
             return Err(invalid("learning_rate", lr, "a finite number >= 0"));
         }
         self.learning_rate = lr;
         Ok(())
+    }
+    /// The learning rate follows `schedule` (Keras' `learning_rate=keras.optimizers.schedules.…`):
+    /// the update at step `t` (from 0) uses `schedule.at(t)`.
+    pub fn with_schedule(mut self, schedule: LearningRateSchedule) -> Optimizer {
+        self.schedule = Some(schedule);
+        self
+    }
+    /// The schedule the learning rate follows, if any.
+    pub fn schedule(&self) -> Option<&LearningRateSchedule> {
+        self.schedule.as_ref()
     }
     /// The update rule.
     pub fn rule(&self) -> Rule {
@@ -236,7 +260,9 @@ impl Optimizer {
             Some(losskit::DType::F32) => Slots::F32(arrays(&state.slots)?),
             Some(losskit::DType::F64) => Slots::F64(arrays(&state.slots)?),
         };
-        self.set_learning_rate(state.learning_rate)?;
+        if self.schedule.is_none() {
+            self.set_learning_rate(state.learning_rate)?;
+        }
         self.iterations = state.iterations;
         Ok(())
     }
@@ -324,7 +350,7 @@ impl Optimizer {
             return Ok((finite, applied));
         }
         self.ensure_slots::<T, W>(weights)?;
-        let lr = T::c(self.learning_rate);
+        let lr = T::c(self.learning_rate());
         let step = self.iterations + 1;
         let global = self.global_clip_factor::<T>(sum_squares);
         let bound = self.clip_bound();

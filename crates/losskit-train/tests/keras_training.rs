@@ -1,9 +1,10 @@
 //! Training matches Keras 3.15.1 (JAX) to 1e-4: same initial weights, same data, two epochs of
 //! SGD / SGD+momentum / Nesterov / Adam / RMSprop (centered, momentum) / AdamW, with and without
-//! class and sample weights, clipnorm, clipvalue, global_clipnorm and a validation split (fixtures from conformance/gen_training_vectors.py).
+//! class and sample weights, clipnorm, clipvalue, global_clipnorm, a validation split and each
+//! learning-rate schedule (fixtures from conformance/gen_training_vectors.py).
 
 use losskit::Tensor;
-use losskit_train::{Clip, Compile, Dense, Fit, Flatten, Optimizer, Rule, Sequential};
+use losskit_train::{Clip, Compile, Dense, Fit, Flatten, LearningRateSchedule, Optimizer, Rule, Sequential};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -16,7 +17,10 @@ fn shape(v: &Value) -> Vec<usize> {
 }
 
 fn optimizer(spec: &Value) -> Optimizer {
-    let lr = spec["learning_rate"].as_f64().unwrap();
+    // A number, or a schedule as Keras serializes it.
+    let schedule =
+        spec["learning_rate"].is_object().then(|| LearningRateSchedule::from_keras(&spec["learning_rate"]).unwrap());
+    let lr = schedule.as_ref().map_or_else(|| spec["learning_rate"].as_f64().unwrap(), |s| s.at(0));
     let opt = match spec["class_name"].as_str().unwrap() {
         "SGD" => Optimizer::sgd_momentum(
             lr,
@@ -43,8 +47,12 @@ fn optimizer(spec: &Value) -> Optimizer {
         (_, _, Some(c)) => Some(Clip::GlobalNorm(c)),
         _ => None,
     };
-    match clip {
+    let opt = match clip {
         Some(c) => opt.with_clip(c).unwrap(),
+        None => opt,
+    };
+    match schedule {
+        Some(s) => opt.with_schedule(s),
         None => opt,
     }
 }
@@ -61,7 +69,7 @@ fn two_epochs_match_keras() {
         .map(|w| Tensor::from_vec(floats(&w["values"]), &shape(&w["shape"])).unwrap())
         .collect();
     let runs = fx["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 12);
+    assert_eq!(runs.len(), 21);
     for run in runs {
         let name = run["name"].as_str().unwrap();
         let mut model = Sequential::new()
