@@ -3,7 +3,7 @@
 
 Run with:  KERAS_BACKEND=jax python gen_training_vectors.py
 (Keras 3.15.1, JAX backend, float32.) Optimizers: SGD (momentum, Nesterov), Adam, RMSprop
-(centered, momentum), AdamW; clipnorm, clipvalue, global_clipnorm; the learning-rate
+(centered, momentum), AdamW, Adagrad, Adamax, Lion, Adadelta; clipnorm, clipvalue, global_clipnorm; the learning-rate
 schedules ExponentialDecay (and staircase), InverseTimeDecay, PiecewiseConstantDecay,
 PolynomialDecay (and cycle), CosineDecay (and warmup), CosineDecayRestarts.
 
@@ -72,6 +72,14 @@ RUNS = [
     ("adamw", {"class_name": "AdamW", "learning_rate": 0.01, "weight_decay": 0.05}, {}),
     ("sgd_clipvalue", {"class_name": "SGD", "learning_rate": 0.1, "clipvalue": 0.02}, {}),
     ("adam_global_clipnorm", {"class_name": "Adam", "learning_rate": 0.01, "global_clipnorm": 0.3}, {}),
+]
+
+# Keras' other optimizers.
+RUNS += [
+    ("adagrad", {"class_name": "Adagrad", "learning_rate": 0.05}, {}),
+    ("adamax_class_weight", {"class_name": "Adamax", "learning_rate": 0.01}, {"class_weight": CLASS_WEIGHT}),
+    ("lion_clipnorm", {"class_name": "Lion", "learning_rate": 0.002, "clipnorm": 0.5}, {}),
+    ("adadelta", {"class_name": "Adadelta", "learning_rate": 1.0}, {}),
 ]
 
 # Learning-rate schedules (12 steps in two epochs), serialized as Keras serializes them.

@@ -38,6 +38,7 @@ pub mod gemm;
 mod hinge;
 mod linear_ce;
 pub mod optim;
+pub mod optim_rules;
 mod regression;
 mod sparsemax;
 mod sum;

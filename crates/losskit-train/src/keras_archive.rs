@@ -11,7 +11,9 @@
 //! - `optimizer/vars/<i>`: the iteration count (int), the learning rate (float), then the
 //!   optimizer's slots: Adam and AdamW a momentum and a velocity per weight, interleaved
 //!   (`m₀ v₀ m₁ v₁ …`); RMSprop every weight's velocity, then every momentum (with
-//!   `momentum > 0`), then every average gradient (centered); SGD every momentum;
+//!   `momentum > 0`), then every average gradient (centered); SGD every momentum; Adamax
+//!   (momentum, norm) and Adadelta (two accumulators) interleaved per weight as Adam; Adagrad
+//!   and Lion one per weight;
 //! - `vars`: the model's own (none), named after the model.
 //!
 //! HDF5 is read and written by `hdf5-pure` (pure Rust, no system library): it reads what h5py
@@ -180,8 +182,10 @@ pub(crate) fn optimizer_state(
     })?;
     let iterations = vars[0].to_scalar().map_err(|e| e.to_string())?;
     let keras_index = |weight: usize, slot: usize| match opt.rule() {
-        Rule::Adam { .. } | Rule::AdamW { .. } => head + weight * per + slot,
-        Rule::Sgd { .. } | Rule::RmsProp { .. } => head + slot * n + weight,
+        Rule::Adam { .. } | Rule::AdamW { .. } | Rule::Adamax { .. } | Rule::Adadelta { .. } => {
+            head + weight * per + slot
+        }
+        _ => head + slot * n + weight,
     };
     let mut slots = Vec::with_capacity(n);
     for (i, shape) in shapes.iter().enumerate() {
@@ -232,8 +236,10 @@ fn weights_h5(model: &Model) -> Result<Vec<u8>> {
         for k in 0..n * per {
             // Keras' index `k` back to (weight, slot).
             let (weight, slot) = match c.optimizer.rule() {
-                Rule::Adam { .. } | Rule::AdamW { .. } => (k / per, k % per),
-                Rule::Sgd { .. } | Rule::RmsProp { .. } => (k % n, k / n),
+                Rule::Adam { .. } | Rule::AdamW { .. } | Rule::Adamax { .. } | Rule::Adadelta { .. } => {
+                    (k / per, k % per)
+                }
+                _ => (k % n, k / n),
             };
             let value = match state.slots.get(weight).and_then(|s| s.get(slot)) {
                 Some(t) => t.clone(),
@@ -276,6 +282,10 @@ fn keras_optimizer_name(rule: Rule) -> &'static str {
         Rule::Adam { .. } => "adam",
         Rule::AdamW { .. } => "adamw",
         Rule::RmsProp { .. } => "rmsprop",
+        Rule::Adagrad { .. } => "adagrad",
+        Rule::Adamax { .. } => "adamax",
+        Rule::Lion { .. } => "lion",
+        Rule::Adadelta { .. } => "adadelta",
     }
 }
 

@@ -25,7 +25,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 const LAYERS: &str = "InputLayer, Flatten, Reshape, Rescaling, Dense, Dropout, Activation";
-const OPTIMIZERS: &str = "SGD, Adam, AdamW, RMSprop";
+const OPTIMIZERS: &str = "SGD, Adam, AdamW, RMSprop, Adagrad, Adamax, Lion, Adadelta";
 
 /// A model read from a Keras file: the model (built when the file gives its input shape) and,
 /// when the file has a `compile_config`, what `compile` was given.
@@ -410,6 +410,15 @@ fn parse_optimizer(v: &Value) -> std::result::Result<Optimizer, String> {
             epsilon: num("epsilon", 1e-7),
             centered: c["centered"].as_bool().unwrap_or(false),
         },
+        "Adagrad" => Rule::Adagrad {
+            initial_accumulator_value: num("initial_accumulator_value", 0.1),
+            epsilon: num("epsilon", 1e-7),
+        },
+        "Adamax" => {
+            Rule::Adamax { beta_1: num("beta_1", 0.9), beta_2: num("beta_2", 0.999), epsilon: num("epsilon", 1e-7) }
+        }
+        "Lion" => Rule::Lion { beta_1: num("beta_1", 0.9), beta_2: num("beta_2", 0.99) },
+        "Adadelta" => Rule::Adadelta { rho: num("rho", 0.95), epsilon: num("epsilon", 1e-7) },
         other => return Err(format!("the optimizer {other:?} is not supported; supported: {OPTIMIZERS}")),
     };
     let clip = match (c["clipnorm"].as_f64(), c["global_clipnorm"].as_f64(), c["clipvalue"].as_f64()) {
@@ -434,6 +443,10 @@ fn optimizer_json(o: &Optimizer) -> Value {
         Rule::Adam { .. } => ("Adam", "adam"),
         Rule::AdamW { .. } => ("AdamW", "adamw"),
         Rule::RmsProp { .. } => ("RMSprop", "rmsprop"),
+        Rule::Adagrad { .. } => ("Adagrad", "adagrad"),
+        Rule::Adamax { .. } => ("Adamax", "adamax"),
+        Rule::Lion { .. } => ("Lion", "lion"),
+        Rule::Adadelta { .. } => ("Adadelta", "adadelta"),
     };
     config.insert("name".into(), json!(name));
     let lr = o.schedule().map_or_else(|| json!(o.learning_rate()), LearningRateSchedule::to_keras);
@@ -459,6 +472,14 @@ fn optimizer_json(o: &Optimizer) -> Value {
         Rule::RmsProp { rho, momentum, epsilon, centered } => {
             json!({"rho": rho, "momentum": momentum, "epsilon": epsilon, "centered": centered, "weight_decay": null})
         }
+        Rule::Adagrad { initial_accumulator_value, epsilon } => json!({
+            "initial_accumulator_value": initial_accumulator_value, "epsilon": epsilon, "weight_decay": null
+        }),
+        Rule::Adamax { beta_1, beta_2, epsilon } => {
+            json!({"beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon, "weight_decay": null})
+        }
+        Rule::Lion { beta_1, beta_2 } => json!({"beta_1": beta_1, "beta_2": beta_2, "weight_decay": null}),
+        Rule::Adadelta { rho, epsilon } => json!({"rho": rho, "epsilon": epsilon, "weight_decay": null}),
     };
     if let Value::Object(m) = rule {
         config.extend(m);

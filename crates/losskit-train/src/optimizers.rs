@@ -9,6 +9,7 @@ use ndarray::{ArrayD, ArrayViewD};
 
 /// Which update rule, with its hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub enum Rule {
     /// `m ← μ·m - lr·g; w ← w + m` (Nesterov: `w ← w + μ·m - lr·g`); plain `w ← w - lr·g` when `μ = 0`.
     Sgd {
@@ -48,6 +49,36 @@ pub enum Rule {
         epsilon: f64,
         /// Centered variant (false).
         centered: bool,
+    },
+    /// Adagrad: `a ← a + g²` (from `initial_accumulator_value`), `w ← w - lr·g/√(a + ε)`.
+    Adagrad {
+        /// The accumulators' start (0.1).
+        initial_accumulator_value: f64,
+        /// `ε` (1e-7).
+        epsilon: f64,
+    },
+    /// Adamax: `m ← m + (g - m)(1-β₁)`, `u ← max(β₂u, |g|)`, `w ← w - lr·m/((1-β₁ᵗ)(u + ε))`.
+    Adamax {
+        /// `β₁` (0.9).
+        beta_1: f64,
+        /// `β₂` (0.999).
+        beta_2: f64,
+        /// `ε` (1e-7).
+        epsilon: f64,
+    },
+    /// Lion: `w ← w - lr·sign(β₁m + (1-β₁)g)`, `m ← β₂m + (1-β₂)g`.
+    Lion {
+        /// `β₁` (0.9).
+        beta_1: f64,
+        /// `β₂` (0.99).
+        beta_2: f64,
+    },
+    /// Adadelta: `a ← ρa + (1-ρ)g²`, `Δ = -√(d + ε)·g/√(a + ε)`, `d ← ρd + (1-ρ)Δ²`, `w ← w + lr·Δ`.
+    Adadelta {
+        /// `ρ` (0.95).
+        rho: f64,
+        /// `ε` (1e-7).
+        epsilon: f64,
     },
 }
 
@@ -149,10 +180,14 @@ impl Optimizer {
             "adam" => Self::adam(0.001),
             "adamw" => Self::adamw(0.001, 0.004),
             "rmsprop" => Self::rmsprop(0.001),
+            "adagrad" => Self::new(Rule::Adagrad { initial_accumulator_value: 0.1, epsilon: 1e-7 }, 0.001),
+            "adamax" => Self::new(Rule::Adamax { beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7 }, 0.001),
+            "lion" => Self::new(Rule::Lion { beta_1: 0.9, beta_2: 0.99 }, 0.001),
+            "adadelta" => Self::new(Rule::Adadelta { rho: 0.95, epsilon: 1e-7 }, 0.001),
             _ => Err(Error::UnknownName {
                 kind: "optimizer".into(),
                 name: name.into(),
-                suggestions: "sgd, adam, adamw, rmsprop".into(),
+                suggestions: "sgd, adam, adamw, rmsprop, adagrad, adamax, lion, adadelta".into(),
             }),
         }
     }
@@ -273,6 +308,8 @@ impl Optimizer {
             Rule::Sgd { momentum, .. } => usize::from(momentum != 0.0),
             Rule::Adam { .. } | Rule::AdamW { .. } => 2,
             Rule::RmsProp { momentum, centered, .. } => 1 + usize::from(momentum > 0.0) + usize::from(centered),
+            Rule::Adagrad { .. } | Rule::Lion { .. } => 1,
+            Rule::Adamax { .. } | Rule::Adadelta { .. } => 2,
         }
     }
 
@@ -418,11 +455,16 @@ impl Optimizer {
     /// Creates zero slots on the first update; an error if a restored state does not fit.
     fn ensure_slots<T: Element + SlotType, W: Weights + ?Sized>(&mut self, weights: &W) -> Result<()> {
         let slots_needed = self.slots_needed();
+        // Adagrad's accumulators start at their initial value, every other slot at 0.
+        let start = match self.rule {
+            Rule::Adagrad { initial_accumulator_value, .. } => T::c(initial_accumulator_value),
+            _ => T::zero(),
+        };
         let slots = T::slots(&mut self.slots);
         let count = weights.count();
         if slots.len() != count {
             *slots = (0..count)
-                .map(|i| (0..slots_needed).map(|_| ArrayD::zeros(weights.weight(i).value.shape())).collect())
+                .map(|i| (0..slots_needed).map(|_| ArrayD::from_elem(weights.weight(i).value.shape(), start)).collect())
                 .collect();
         }
         let misfit = |i: usize, s: &Vec<ArrayD<T>>| {
@@ -569,7 +611,8 @@ impl SlotType for f64 {
 const STANDARD: &str = "standard-layout buffers";
 
 /// One rule's update of one weight, in place, through the vectorised kernels of
-/// `losskit_kernels::optim` (SGD, Adam(W), RMSprop).
+/// `losskit_kernels::optim` (SGD, Adam(W), RMSprop) or the serial ones of
+/// `losskit_kernels::optim_rules` (Adagrad, Adamax, Lion, Adadelta).
 fn update<T: Element>(
     rule: Rule,
     lr: T,
@@ -634,6 +677,27 @@ fn update<T: Element>(
             let avg = avg.first_mut().map(|a| a.as_slice_mut().expect(STANDARD));
             losskit_kernels::optim::rmsprop_update(w, gs, velocity.as_slice_mut().expect(STANDARD), mom, avg, step)
                 .expect("shapes checked in apply");
+        }
+        rule => {
+            use losskit_kernels::optim_rules as rules;
+            let c = rules::Clipping { factor: gr.factor, bound: gr.bound };
+            let (first, rest) = s.split_first_mut().expect("one slot at least");
+            let first = first.as_slice_mut().expect(STANDARD);
+            let second = rest.first_mut().map(|a| a.as_slice_mut().expect(STANDARD));
+            match (rule, second) {
+                (Rule::Adagrad { epsilon, .. }, _) => rules::adagrad_update(w, gs, first, lr, T::c(epsilon), c),
+                (Rule::Lion { beta_1, beta_2 }, _) => {
+                    rules::lion_update(w, gs, first, lr, T::c(beta_1), T::c(beta_2), c)
+                }
+                (Rule::Adamax { beta_1, beta_2, epsilon }, Some(u)) => {
+                    let betas = (T::c(1.0 - beta_1), T::c(beta_1).powf(T::c(step as f64)), T::c(beta_2));
+                    rules::adamax_update(w, gs, first, u, lr, betas, T::c(epsilon), c)
+                }
+                (Rule::Adadelta { rho, epsilon }, Some(d)) => {
+                    rules::adadelta_update(w, gs, first, d, lr, (T::c(rho), T::c(1.0 - rho)), T::c(epsilon), c)
+                }
+                _ => unreachable!("slots checked in apply"),
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Training matches Keras 3.15.1 (JAX) to 1e-4: same initial weights, same data, two epochs of
-//! SGD / SGD+momentum / Nesterov / Adam / RMSprop (centered, momentum) / AdamW, with and without
+//! SGD / SGD+momentum / Nesterov / Adam / RMSprop (centered, momentum) / AdamW / Adagrad /
+//! Adamax / Lion / Adadelta, with and without
 //! class and sample weights, clipnorm, clipvalue, global_clipnorm, a validation split and each
 //! learning-rate schedule (fixtures from conformance/gen_training_vectors.py).
 
@@ -38,6 +39,10 @@ fn optimizer(spec: &Value) -> Optimizer {
             },
             lr,
         ),
+        "Adagrad" => Optimizer::new(Rule::Adagrad { initial_accumulator_value: 0.1, epsilon: 1e-7 }, lr),
+        "Adamax" => Optimizer::new(Rule::Adamax { beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7 }, lr),
+        "Lion" => Optimizer::new(Rule::Lion { beta_1: 0.9, beta_2: 0.99 }, lr),
+        "Adadelta" => Optimizer::new(Rule::Adadelta { rho: 0.95, epsilon: 1e-7 }, lr),
         other => panic!("{other}"),
     }
     .unwrap();
@@ -69,7 +74,7 @@ fn two_epochs_match_keras() {
         .map(|w| Tensor::from_vec(floats(&w["values"]), &shape(&w["shape"])).unwrap())
         .collect();
     let runs = fx["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 21);
+    assert_eq!(runs.len(), 25);
     for run in runs {
         let name = run["name"].as_str().unwrap();
         let mut model = Sequential::new()

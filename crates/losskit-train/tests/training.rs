@@ -494,6 +494,7 @@ fn keras_model_files_load_train_and_round_trip() {
             losskit_train::Rule::Adam { .. } => "Adam",
             losskit_train::Rule::AdamW { .. } => "AdamW",
             losskit_train::Rule::RmsProp { .. } => "RMSprop",
+            _ => "another",
         };
         assert_eq!(class, facts["optimizer"], "{file}");
         assert_eq!(opt.learning_rate() as f32, facts["learning_rate"].as_f64().unwrap() as f32, "{file}");

@@ -1,0 +1,94 @@
+//! The element updates of Keras' less common optimizers (Adagrad, Adamax, Lion, Adadelta), on
+//! slices, in the order of Keras' own operations. Each gradient element is first clipped as
+//! for the other optimizers ([`Clipping`]). Serial loops: these rules are rarer than SGD, Adam
+//! and RMSprop, whose kernels in [`crate::optim`] are the tuned ones.
+
+use crate::{clip, maximum, sign, Float};
+
+/// How a raw gradient element becomes the one applied: times `factor` (norm clipping), then
+/// bounded by `±bound` (value clipping).
+#[derive(Debug, Clone, Copy)]
+pub struct Clipping<T> {
+    /// The clipping factor (1 without norm clipping).
+    pub factor: T,
+    /// The bound of value clipping, if any.
+    pub bound: Option<T>,
+}
+
+impl<T: Float> Clipping<T> {
+    #[inline(always)]
+    fn apply(self, g: T) -> T {
+        let g = g * self.factor;
+        match self.bound {
+            Some(c) => clip(g, -c, c),
+            None => g,
+        }
+    }
+}
+
+/// One Keras `Adagrad` step on a weight `w`, its gradient `g` and its accumulator `acc`
+/// (started at `initial_accumulator_value`): `acc ← acc + g²`, `w ← w - (lr·g)/√(acc + ε)`.
+pub fn adagrad_update<T: Float>(w: &mut [T], g: &[T], acc: &mut [T], lr: T, epsilon: T, c: Clipping<T>) {
+    for ((w, &g), a) in w.iter_mut().zip(g).zip(acc.iter_mut()) {
+        let g = c.apply(g);
+        *a = *a + g * g;
+        *w = *w - (lr * g) / (*a + epsilon).sqrt();
+    }
+}
+
+/// One Keras `Adamax` step at step `t` (from 1) with its momentum `m` and infinity norm `u`:
+/// `m ← m + (g - m)·(1 - β₁)`, `u ← max(β₂·u, |g|)`, `w ← w - (lr·m)/((1 - β₁ᵗ)·(u + ε))`.
+/// `one_minus_beta_1` is `1 - β₁` as Keras computes it (in f64, then in `T`).
+#[allow(clippy::too_many_arguments)]
+pub fn adamax_update<T: Float>(
+    w: &mut [T],
+    g: &[T],
+    m: &mut [T],
+    u: &mut [T],
+    lr: T,
+    (one_minus_beta_1, beta_1_power, beta_2): (T, T, T),
+    epsilon: T,
+    c: Clipping<T>,
+) {
+    let bias = T::one() - beta_1_power;
+    for (((w, &g), m), u) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(u.iter_mut()) {
+        let g = c.apply(g);
+        *m = *m + (g - *m) * one_minus_beta_1;
+        *u = maximum(beta_2 * *u, g.abs());
+        *w = *w - (lr * *m) / (bias * (*u + epsilon));
+    }
+}
+
+/// One Keras `Lion` step with its momentum `m`: `w ← w - lr·sign(m·β₁ + g·(1 - β₁))`, then
+/// `m ← m·β₂ + g·(1 - β₂)` (the betas and `1 - β` in `T`, as Keras casts them first).
+pub fn lion_update<T: Float>(w: &mut [T], g: &[T], m: &mut [T], lr: T, beta_1: T, beta_2: T, c: Clipping<T>) {
+    let (one_minus_1, one_minus_2) = (T::one() - beta_1, T::one() - beta_2);
+    for ((w, &g), m) in w.iter_mut().zip(g).zip(m.iter_mut()) {
+        let g = c.apply(g);
+        *w = *w - lr * sign(*m * beta_1 + g * one_minus_1);
+        *m = *m * beta_2 + g * one_minus_2;
+    }
+}
+
+/// One Keras `Adadelta` step with its accumulated squared gradient `ag` and squared update `ad`:
+/// `ag ← ρ·ag + (1 - ρ)·g²`, `Δ = -(√(ad + ε)·g)/√(ag + ε)`, `ad ← ρ·ad + (1 - ρ)·Δ²`,
+/// `w ← w + lr·Δ` (`1 - ρ` as Keras computes it, in f64 then in `T`).
+#[allow(clippy::too_many_arguments)]
+pub fn adadelta_update<T: Float>(
+    w: &mut [T],
+    g: &[T],
+    ag: &mut [T],
+    ad: &mut [T],
+    lr: T,
+    (rho, one_minus_rho): (T, T),
+    epsilon: T,
+    c: Clipping<T>,
+) {
+    for (((w, &g), ag), ad) in w.iter_mut().zip(g).zip(ag.iter_mut()).zip(ad.iter_mut()) {
+        let g = c.apply(g);
+        *ag = rho * *ag + one_minus_rho * (g * g);
+        let delta = -(((*ad + epsilon).sqrt() * g) / (*ag + epsilon).sqrt());
+        *ad = rho * *ad + one_minus_rho * (delta * delta);
+        *w = *w + lr * delta;
+    }
+}
