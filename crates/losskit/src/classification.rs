@@ -538,8 +538,11 @@ impl CategoricalFocalCrossentropy {
 /// entries labelled `k` give 0 and are left out of the mean (a mask is attached).
 ///
 /// Unlike Keras on JAX (which silently returns 0), a label outside `0..K` that is not
-/// `ignore_class` is an **error** naming the label and its position. The class axis is the last
-/// (Keras on JAX fails for any other `axis`). Alias `sparse_categorical_crossentropy`.
+/// `ignore_class` is an **error** naming the label and its position. `axis` names the class
+/// axis of `y_pred` (default the last), as Keras on torch takes it (Keras on JAX supports only
+/// the last): `y_pred` `(B, K, d1, ...)` with `axis = 1` against labels `(B, d1, ...)`, the
+/// labels having `y_pred`'s shape without the class axis (or with a size-1 axis there).
+/// Alias `sparse_categorical_crossentropy`.
 #[derive(Debug, Clone)]
 pub struct SparseCategoricalCrossentropy {
     name: String,
@@ -547,6 +550,7 @@ pub struct SparseCategoricalCrossentropy {
     from_logits: bool,
     ignore_class: Option<i64>,
     class_weights: Option<Vec<f64>>,
+    axis: isize,
 }
 
 impl Default for SparseCategoricalCrossentropy {
@@ -557,6 +561,7 @@ impl Default for SparseCategoricalCrossentropy {
             from_logits: false,
             ignore_class: None,
             class_weights: None,
+            axis: -1,
         }
     }
 }
@@ -574,6 +579,12 @@ impl SparseCategoricalCrossentropy {
     /// Whether `y_pred` holds logits.
     pub fn with_from_logits(mut self, from_logits: bool) -> Self {
         self.from_logits = from_logits;
+        self
+    }
+    /// The class axis of `y_pred` (negative counts from the end; default -1). Checked against
+    /// the inputs' rank when the loss is called; the batch axis (0) is an error there.
+    pub fn with_axis(mut self, axis: isize) -> Self {
+        self.axis = axis;
         self
     }
     /// A label value to ignore (e.g. `-1` or `255` for unlabelled pixels).
@@ -595,8 +606,7 @@ impl SparseCategoricalCrossentropy {
         let mut loss = Self::new().with_name(p.name(Self::DEFAULT_NAME)?).with_reduction(p.reduction()?);
         loss.from_logits = p.bool("from_logits", false)?;
         loss.ignore_class = p.opt_int("ignore_class")?;
-        let axis = p.int("axis", -1)?;
-        require(axis == -1, "SparseCategoricalCrossentropy", "axis", axis, "-1 (the class axis is the last)")?;
+        loss.axis = p.int("axis", -1)? as isize;
         if let Some(w) = p.opt_f64_list("class_weights")? {
             loss = loss.with_class_weights(w)?;
         }
@@ -617,22 +627,39 @@ impl Loss for SparseCategoricalCrossentropy {
             class_weights: self.class_weights.as_deref(),
             label_smoothing: 0.0,
         };
-        self.ignore_class.is_none().then(|| {
+        // Another class axis is moved last first.
+        (self.ignore_class.is_none() && self.axis == -1).then(|| {
             RowLoss::new(RowKernelKind::SparseCategoricalCrossentropy(kernel)).with_targets(Targets::ClassIndex)
         })
     }
     fn config(&self) -> Value {
         with_class_weights_config(
             json!({"name": self.name, "reduction": self.reduction.keras_name(), "from_logits": self.from_logits,
-                   "ignore_class": self.ignore_class, "axis": -1}),
+                   "ignore_class": self.ignore_class, "axis": self.axis}),
             &self.class_weights,
         )
     }
     fn per_sample(&self, y_true: &Tensor, y_pred: &Tensor) -> Result<PerSample> {
-        let labels = if y_true.rank() == y_pred.rank() && y_true.shape().last() == Some(&1) {
-            y_true.squeeze(-1)?
+        let rank = y_pred.rank();
+        let axis = crate::targets::resolve_axis(&self.name, self.axis, rank)?;
+        if axis == 0 && rank > 1 {
+            return Err(Error::Shape {
+                op: self.name.clone(),
+                msg: format!("axis {} is the batch axis of predictions of shape {:?}", self.axis, y_pred.shape()),
+            });
+        }
+        let labels = if y_true.rank() == rank && y_true.shape().get(axis) == Some(&1) {
+            y_true.squeeze(axis as isize)?
         } else {
             y_true.clone()
+        };
+        // The class axis last: the labels then have the predictions' shape without it.
+        let moved;
+        let y_pred = if axis + 1 == rank {
+            y_pred
+        } else {
+            moved = move_axis_last(&self.name, y_pred, self.axis)?;
+            &moved
         };
         let classes = y_pred.shape().last().copied().unwrap_or(0);
         check_class_weights(&self.name, self.class_weights.as_deref(), classes)?;

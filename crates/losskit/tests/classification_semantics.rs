@@ -194,7 +194,10 @@ fn invalid_parameters_of_classification_losses() {
     assert!(losskit::CategoricalGeneralizedCrossEntropy::new(1.0).unwrap_err().to_string().contains("0 < q < 1"));
     assert!(losskit::BinaryCrossentropy::new().with_label_smoothing(1.5).is_err());
     assert!(losskit::BinaryFocalCrossentropy::new().with_gamma_alpha(-1.0, 0.25).is_err());
-    assert!(losskit::build("SparseCategoricalCrossentropy", &json!({"axis": 1})).is_err());
+    // An axis is checked against the inputs when the loss is called (here 5 on rank-2 inputs).
+    let axis5 = losskit::build("SparseCategoricalCrossentropy", &json!({"axis": 5})).unwrap();
+    let e = axis5.call(&t(vec![0.0, 1.0], &[2], DType::F32), &t(vec![0.5; 6], &[2, 3], DType::F32), None).unwrap_err();
+    assert!(e.to_string().contains("out of range"), "{e}");
     let err = losskit::CategoricalCrossentropy::new()
         .call(&t(vec![0.0, 1.0], &[2], DType::F32), &t(vec![0.5; 6], &[2, 3], DType::F32), None)
         .unwrap_err();
