@@ -4,11 +4,20 @@ use crate::config::{require, Params};
 use crate::{Loss, PerSample, Reduction, Result, Tensor};
 use serde_json::{json, Value};
 
-/// `[i, j] = 1` where `f(label_i, label_j)` holds, as a constant `(B, B)` tensor.
-fn pair_mask(labels: &[f64], dtype: losskit_tensor::DType, f: impl Fn(usize, usize) -> bool) -> Result<Tensor> {
-    let n = labels.len();
-    let v: Vec<f64> = (0..n * n).map(|k| f64::from(u8::from(f(k / n, k % n)))).collect();
-    Ok(Tensor::from_vec(v, &[n, n])?.to_dtype(dtype))
+/// `[i, j] = 1` where `f(i, j)` holds, as a constant `(rows, cols)` tensor.
+fn pair_mask(
+    rows: usize,
+    cols: usize,
+    dtype: losskit_tensor::DType,
+    f: impl Fn(usize, usize) -> bool,
+) -> Result<Tensor> {
+    let v: Vec<f64> = (0..rows * cols).map(|k| f64::from(u8::from(f(k / cols, k % cols)))).collect();
+    Ok(Tensor::from_vec(v, &[rows, cols])?.to_dtype(dtype))
+}
+
+/// Labels as Keras casts them to int32 (truncated toward zero).
+fn int_labels(t: &Tensor) -> Vec<f64> {
+    t.to_vec::<f64>().into_iter().map(f64::trunc).collect()
 }
 
 /// Circle loss (Sun et al. 2020) on the batch's own pairs. With cosine distances
@@ -25,6 +34,11 @@ fn pair_mask(labels: &[f64], dtype: losskit_tensor::DType, f: impl Fn(usize, usi
 /// `l > 0`, so the default mean is over the positive-loss samples only (Keras' behaviour).
 /// Shapes: labels `(B,)`, embeddings `(B, D)` (meant to be L2-normalised) → `(B,)`.
 /// Defaults `gamma = 80`, `margin = 0.4`, `remove_diagonal = true`. Alias `circle`.
+///
+/// With a reference set ([`Circle::with_reference`], Keras' `circle(..., ref_labels,
+/// ref_embeddings)`), the pairs are each sample against each of `R` reference embeddings
+/// (`d` is `(B, R)`, `e_j` the references; `remove_diagonal` drops the pairs `(i, i)`). The
+/// reference set is not part of the config (Keras' `Circle` class has none).
 #[derive(Debug, Clone)]
 pub struct Circle {
     name: String,
@@ -32,6 +46,8 @@ pub struct Circle {
     gamma: f64,
     margin: f64,
     remove_diagonal: bool,
+    /// Reference labels `(R,)` and embeddings `(R, D)`, when not the batch's own.
+    reference: Option<(Vec<f64>, Tensor)>,
 }
 
 impl Default for Circle {
@@ -42,6 +58,7 @@ impl Default for Circle {
             gamma: 80.0,
             margin: 0.4,
             remove_diagonal: true,
+            reference: None,
         }
     }
 }
@@ -61,6 +78,23 @@ impl Circle {
     pub fn with_remove_diagonal(mut self, on: bool) -> Self {
         self.remove_diagonal = on;
         self
+    }
+    /// Pairs each sample with a reference set instead of the batch: labels `(R,)` and
+    /// embeddings `(R, D)` (meant to be L2-normalised; gradients flow into them when they are
+    /// tracked). Errors when the shapes do not fit.
+    pub fn with_reference(mut self, ref_labels: &Tensor, ref_embeddings: &Tensor) -> Result<Self> {
+        if ref_labels.rank() != 1 || ref_embeddings.rank() != 2 || ref_embeddings.shape()[0] != ref_labels.shape()[0] {
+            return Err(crate::Error::Shape {
+                op: "Circle::with_reference".into(),
+                msg: format!(
+                    "expected reference labels (R,) and embeddings (R, D), got {:?} and {:?}",
+                    ref_labels.shape(),
+                    ref_embeddings.shape()
+                ),
+            });
+        }
+        self.reference = Some((int_labels(ref_labels), ref_embeddings.clone()));
+        Ok(self)
     }
     /// Builds from a Keras config (`name`, `reduction`, `gamma`, `margin`, `remove_diagonal`).
     pub fn from_config(config: &Value) -> Result<Self> {
@@ -90,12 +124,22 @@ impl Loss for Circle {
             });
         }
         let dtype = y_pred.dtype();
-        let labels: Vec<f64> = y_true.to_vec::<f64>().into_iter().map(f64::trunc).collect();
-        let rd = self.remove_diagonal;
-        let pos = pair_mask(&labels, dtype, |i, j| labels[i] == labels[j] && !(rd && i == j))?;
-        let neg = pair_mask(&labels, dtype, |i, j| labels[i] != labels[j])?;
+        let labels = int_labels(y_true);
+        let (keys, reference) = match &self.reference {
+            Some((l, e)) if e.shape()[1] == y_pred.shape()[1] => (l.clone(), e.to_dtype(dtype)),
+            Some((_, e)) => {
+                return Err(crate::Error::Shape {
+                    op: self.name.clone(),
+                    msg: format!("embeddings {:?} against reference embeddings {:?}", y_pred.shape(), e.shape()),
+                })
+            }
+            None => (labels.clone(), y_pred.clone()),
+        };
+        let (rows, cols, rd) = (labels.len(), keys.len(), self.remove_diagonal);
+        let pos = pair_mask(rows, cols, dtype, |i, j| labels[i] == keys[j] && !(rd && i == j))?;
+        let neg = pair_mask(rows, cols, dtype, |i, j| labels[i] != keys[j])?;
         let (m, g) = (self.margin, self.gamma);
-        let d = y_pred.matmul(&y_pred.transpose(None)?)?.neg().add_scalar(1.0)?.maximum_scalar(0.0)?;
+        let d = y_pred.matmul(&reference.transpose(None)?)?.neg().add_scalar(1.0)?.maximum_scalar(0.0)?;
         let pos_w = d.add_scalar(m)?.mul(&pos)?.maximum_scalar(0.0)?;
         let neg_w = d.neg().add_scalar(1.0 + m)?.mul(&neg)?.maximum_scalar(0.0)?;
         let p_logits = pos_w.mul(&d.neg().add_scalar(m)?)?.mul_scalar(-g)?;
