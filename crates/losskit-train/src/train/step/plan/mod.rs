@@ -300,18 +300,43 @@ impl StepPlan {
         idx: &[usize],
         check: Option<bool>,
     ) -> Result<(f64, bool)> {
+        let set = self.begin_step(model, w, idx.len())?;
+        let loss = match self.dtype {
+            DType::F32 => self.forward_backward::<f32>(model, x, y, w, idx, set)?,
+            DType::F64 => self.forward_backward::<f64>(model, x, y, w, idx, set)?,
+        };
+        Ok((loss, self.apply(model, loss, check)?))
+    }
+
+    /// What a training step (or a data-parallel worker's) checks and sets up first: the run's
+    /// sample weights as the plan was made for, a gradient buffer per weight, and the buffers
+    /// for `rows` samples (their index).
+    fn begin_step(&mut self, model: &crate::Model, w: Option<&Tensor>, rows: usize) -> Result<usize> {
         if w.is_some() != self.reduce.weighted {
             return Err(losskit::Error::Config("fit: the planned step's sample weights changed".into()));
         }
         if self.weight_grads.is_empty() {
             self.weight_grads = model.params().iter().map(|p| p.value.zeros_like()).collect();
         }
-        let set = self.buffers_for(idx.len());
-        let loss = match self.dtype {
-            DType::F32 => self.forward_backward::<f32>(model, x, y, w, idx, set)?,
-            DType::F64 => self.forward_backward::<f64>(model, x, y, w, idx, set)?,
-        };
-        Ok((loss, self.apply(model, loss, check)?))
+        Ok(self.buffers_for(rows))
+    }
+
+    /// Steps 1 and 2 in `T`: the rows `idx` of the inputs, targets and weights into buffer set
+    /// `set`, and the stages forward with dropout drawn from the model's generator.
+    fn gather_and_forward<T: Element>(
+        &mut self,
+        model: &mut crate::Model,
+        (x, y, w): (&Tensor, &Tensor, Option<&Tensor>),
+        idx: &[usize],
+        set: usize,
+    ) -> Result<()> {
+        let b = &mut self.buffers[set];
+        gather::<T>(x, idx, &mut b.x)?;
+        gather::<T>(y, idx, &mut b.y)?;
+        if let Some(w) = w {
+            gather::<T>(w, idx, &mut b.w)?;
+        }
+        forward::<T>(&self.stages, &model.trunk, Some(&mut model.rng), b)
     }
 
     /// Step 5 of [`StepPlan::run`]: the optimizer's update with the step's gradients (see
@@ -434,13 +459,7 @@ impl StepPlan {
         idx: &[usize],
         set: usize,
     ) -> Result<f64> {
-        let b = &mut self.buffers[set];
-        gather::<T>(x, idx, &mut b.x)?;
-        gather::<T>(y, idx, &mut b.y)?;
-        if let Some(w) = w {
-            gather::<T>(w, idx, &mut b.w)?;
-        }
-        forward::<T>(&self.stages, &model.trunk, Some(&mut model.rng), b)?;
+        self.gather_and_forward::<T>(model, (x, y, w), idx, set)?;
         let loss = match self.loss_path {
             LossPath::Kernel => {
                 let kernel = self.targets::<T>(model, set)?;

@@ -9,9 +9,9 @@
 //! kernel writes the unscaled gradient in the first half ([`StepPlan::shard_loss`]) and the
 //! second half ([`StepPlan::shard_gradients`]) scales it once the global denominator is known.
 
-use super::{add_penalty_grads, backward, buf, forward, gather, read, LossPath, StepPlan};
+use super::{add_penalty_grads, backward, buf, read, LossPath, StepPlan};
 use crate::distribute::Collective;
-use losskit::{DType, Error, Result, Tensor};
+use losskit::{DType, Result, Tensor};
 use losskit_tensor::{slices, Element};
 
 impl StepPlan {
@@ -36,13 +36,7 @@ impl StepPlan {
         w: Option<&Tensor>,
         idx: &[usize],
     ) -> Result<(f64, Option<f64>)> {
-        if w.is_some() != self.reduce.weighted {
-            return Err(Error::Config("fit: the planned step's sample weights changed".into()));
-        }
-        if self.weight_grads.is_empty() {
-            self.weight_grads = model.params().iter().map(|p| p.value.zeros_like()).collect();
-        }
-        let set = self.buffers_for(idx.len());
+        let set = self.begin_step(model, w, idx.len())?;
         match self.dtype {
             DType::F32 => self.shard_loss_typed::<f32>(model, x, y, w, idx, set),
             DType::F64 => self.shard_loss_typed::<f64>(model, x, y, w, idx, set),
@@ -59,13 +53,7 @@ impl StepPlan {
         idx: &[usize],
         set: usize,
     ) -> Result<(f64, Option<f64>)> {
-        let b = &mut self.buffers[set];
-        gather::<T>(x, idx, &mut b.x)?;
-        gather::<T>(y, idx, &mut b.y)?;
-        if let Some(w) = w {
-            gather::<T>(w, idx, &mut b.w)?;
-        }
-        forward::<T>(&self.stages, &model.trunk, Some(&mut model.rng), b)?;
+        self.gather_and_forward::<T>(model, (x, y, w), idx, set)?;
         let kernel = self.targets::<T>(model, set)?;
         let b = &mut self.buffers[set];
         let last = b.outs.len() - 1;
