@@ -390,9 +390,6 @@ fn parse_optimizer(v: &Value) -> std::result::Result<Optimizer, String> {
     };
     let num = |key: &str, d: f64| c[key].as_f64().unwrap_or(d);
     let decay = c["weight_decay"].as_f64().filter(|&w| w != 0.0);
-    if decay.is_some() && class != "AdamW" {
-        return Err(format!("optimizer {class}: weight_decay is only supported by AdamW"));
-    }
     let rule = match class {
         "SGD" => Rule::Sgd { momentum: num("momentum", 0.0), nesterov: c["nesterov"].as_bool().unwrap_or(false) },
         "Adam" => {
@@ -428,7 +425,10 @@ fn parse_optimizer(v: &Value) -> std::result::Result<Optimizer, String> {
         (None, None, Some(v)) => Clip::Value(v),
         _ => return Err(format!("optimizer {class}: at most one of clipnorm, global_clipnorm, clipvalue")),
     };
-    let optimizer = Optimizer::new(rule, lr).and_then(|o| o.with_clip(clip)).map_err(|e| e.to_string())?;
+    let mut optimizer = Optimizer::new(rule, lr).and_then(|o| o.with_clip(clip)).map_err(|e| e.to_string())?;
+    if let (Some(wd), false) = (decay, class == "AdamW") {
+        optimizer = optimizer.with_weight_decay(wd).map_err(|e| e.to_string())?;
+    }
     Ok(match schedule {
         Some(s) => optimizer.with_schedule(s),
         None => optimizer,
@@ -483,6 +483,9 @@ fn optimizer_json(o: &Optimizer) -> Value {
     };
     if let Value::Object(m) = rule {
         config.extend(m);
+    }
+    if let Some(wd) = o.weight_decay() {
+        config.insert("weight_decay".into(), json!(wd));
     }
     json!({"module": "keras.optimizers", "class_name": class, "config": config, "registered_name": null})
 }

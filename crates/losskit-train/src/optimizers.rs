@@ -110,6 +110,8 @@ pub struct Optimizer {
     learning_rate: f64,
     /// A schedule the learning rate follows instead of `learning_rate`.
     schedule: Option<LearningRateSchedule>,
+    /// Keras' decoupled `weight_decay` of the rules other than AdamW (which keeps its own).
+    weight_decay: Option<f64>,
     clip: Clip,
     iterations: u64,
     slots: Slots,
@@ -141,7 +143,15 @@ impl Optimizer {
         if !(learning_rate.is_finite() && learning_rate >= 0.0) {
             return Err(invalid("learning_rate", learning_rate, "a finite number >= 0"));
         }
-        Ok(Optimizer { rule, learning_rate, schedule: None, clip: Clip::None, iterations: 0, slots: Slots::Empty })
+        Ok(Optimizer {
+            rule,
+            learning_rate,
+            schedule: None,
+            weight_decay: None,
+            clip: Clip::None,
+            iterations: 0,
+            slots: Slots::Empty,
+        })
     }
 
     /// SGD with Keras' defaults (momentum 0).
@@ -244,6 +254,23 @@ impl Optimizer {
     pub fn with_schedule(mut self, schedule: LearningRateSchedule) -> Optimizer {
         self.schedule = Some(schedule);
         self
+    }
+    /// Keras' `weight_decay` (decoupled, for every rule): before each update, every weight
+    /// becomes `w - (w·wd)·lr`. AdamW's is its rule's; for the others this sets it. An error
+    /// when `wd` is negative or not finite.
+    pub fn with_weight_decay(mut self, wd: f64) -> Result<Optimizer> {
+        if !(wd.is_finite() && wd >= 0.0) {
+            return Err(invalid("weight_decay", wd, "a finite number >= 0"));
+        }
+        match &mut self.rule {
+            Rule::AdamW { weight_decay, .. } => *weight_decay = wd,
+            _ => self.weight_decay = (wd != 0.0).then_some(wd),
+        }
+        Ok(self)
+    }
+    /// The decoupled weight decay of a rule other than AdamW, if any.
+    pub fn weight_decay(&self) -> Option<f64> {
+        self.weight_decay
     }
     /// The schedule the learning rate follows, if any.
     pub fn schedule(&self) -> Option<&LearningRateSchedule> {
@@ -409,6 +436,7 @@ impl Optimizer {
             let p = weights.weight_mut(i);
             // In place when the weight's buffer is this handle's alone (the graph is gone).
             if let Some(w) = p.value.values_mut::<T>() {
+                decay(w, self.weight_decay, lr);
                 update(rule, lr, step, w, g.view(), gr, s);
                 continue;
             }
@@ -419,7 +447,9 @@ impl Optimizer {
             if !w.is_standard_layout() {
                 w = w.as_standard_layout().into_owned().into_shared();
             }
-            update(rule, lr, step, w.as_slice_mut().expect(STANDARD), g.view(), gr, s);
+            let w_slice = w.as_slice_mut().expect(STANDARD);
+            decay(w_slice, self.weight_decay, lr);
+            update(rule, lr, step, w_slice, g.view(), gr, s);
             p.value = Tensor::from_storage(T::wrap_shared(w)).requires_grad();
         }
         self.iterations = step;
@@ -604,6 +634,15 @@ impl SlotType for f64 {
             Slots::F64(v) => v,
             _ => unreachable!("set just above"),
         }
+    }
+}
+
+/// Keras' decoupled weight decay before an update (`wd` set: a rule other than AdamW):
+/// `w ← w - (w·wd)·lr`.
+fn decay<T: Element>(w: &mut [T], wd: Option<f64>, lr: T) {
+    if let Some(wd) = wd {
+        let wd = T::c(wd);
+        w.iter_mut().for_each(|v| *v = *v - *v * wd * lr);
     }
 }
 
