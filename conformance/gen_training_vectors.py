@@ -3,7 +3,7 @@
 
 Run with:  KERAS_BACKEND=jax python gen_training_vectors.py
 (Keras 3.15.1, JAX backend, float32.) Optimizers: SGD (momentum, Nesterov), Adam, RMSprop
-(centered, momentum), AdamW, Adagrad, Adamax, Lion, Adadelta; weight_decay; clipnorm, clipvalue, global_clipnorm; the learning-rate
+(centered, momentum), AdamW, Adagrad, Adamax, Lion, Adadelta; weight_decay; amsgrad; clipnorm, clipvalue, global_clipnorm; the learning-rate
 schedules ExponentialDecay (and staircase), InverseTimeDecay, PiecewiseConstantDecay,
 PolynomialDecay (and cycle), CosineDecay (and warmup), CosineDecayRestarts.
 
@@ -84,6 +84,9 @@ RUNS += [
     ("sgd_momentum_weight_decay", {"class_name": "SGD", "learning_rate": 0.1, "momentum": 0.9, "weight_decay": 0.05},
      {}),
     ("rmsprop_weight_decay", {"class_name": "RMSprop", "learning_rate": 0.005, "weight_decay": 0.1}, {}),
+    ("adam_amsgrad", {"class_name": "Adam", "learning_rate": 0.01, "amsgrad": True}, {}),
+    ("adamw_amsgrad_clipnorm", {"class_name": "AdamW", "learning_rate": 0.01, "weight_decay": 0.05, "amsgrad": True,
+                                "clipnorm": 0.5}, {}),
 ]
 
 # Learning-rate schedules (12 steps in two epochs), serialized as Keras serializes them.

@@ -181,12 +181,7 @@ pub(crate) fn optimizer_state(
         )
     })?;
     let iterations = vars[0].to_scalar().map_err(|e| e.to_string())?;
-    let keras_index = |weight: usize, slot: usize| match opt.rule() {
-        Rule::Adam { .. } | Rule::AdamW { .. } | Rule::Adamax { .. } | Rule::Adadelta { .. } => {
-            head + weight * per + slot
-        }
-        _ => head + slot * n + weight,
-    };
+    let keras_index = |weight: usize, slot: usize| head + slot_index(opt, n, weight, slot);
     let mut slots = Vec::with_capacity(n);
     for (i, shape) in shapes.iter().enumerate() {
         let mut of_weight = Vec::with_capacity(per);
@@ -233,19 +228,14 @@ fn weights_h5(model: &Model) -> Result<Vec<u8>> {
             vars.create_dataset("1").with_f32_data(&[state.learning_rate as f32]).with_shape(&[]);
         }
         let (n, per) = (params.len(), c.optimizer.slots_needed());
-        for k in 0..n * per {
-            // Keras' index `k` back to (weight, slot).
-            let (weight, slot) = match c.optimizer.rule() {
-                Rule::Adam { .. } | Rule::AdamW { .. } | Rule::Adamax { .. } | Rule::Adadelta { .. } => {
-                    (k / per, k % per)
-                }
-                _ => (k % n, k / n),
-            };
-            let value = match state.slots.get(weight).and_then(|s| s.get(slot)) {
-                Some(t) => t.clone(),
-                None => params[weight].value.zeros_like(),
-            };
-            dataset(&mut vars, &(k + head).to_string(), &value);
+        for (weight, p) in params.iter().enumerate() {
+            for slot in 0..per {
+                let value = match state.slots.get(weight).and_then(|s| s.get(slot)) {
+                    Some(t) => t.clone(),
+                    None => p.value.zeros_like(),
+                };
+                dataset(&mut vars, &(head + slot_index(&c.optimizer, n, weight, slot)).to_string(), &value);
+            }
         }
         optimizer.add_group(vars.finish());
         file.add_group(optimizer.finish());
@@ -273,6 +263,20 @@ fn dataset(group: &mut hdf5_pure::GroupBuilder, name: &str, t: &Tensor) {
         DType::F32 => group.create_dataset(name).with_f32_data(&t.to_vec::<f32>()).with_shape(&shape),
         DType::F64 => group.create_dataset(name).with_f64_data(&t.to_vec::<f64>()).with_shape(&shape),
     };
+}
+
+/// Where slot `slot` of weight `weight` (of `n`) is among Keras' optimizer variables, after
+/// the iteration count and the learning rate: variables made by one `add_optimizer_variables`
+/// call with several names are interleaved per weight (Adam's `m, v`, Adamax's, Adadelta's),
+/// separate calls follow one another (RMSprop's velocities, then momentums, then averages;
+/// Adam's `amsgrad` maxima after its moments).
+fn slot_index(opt: &Optimizer, n: usize, weight: usize, slot: usize) -> usize {
+    match opt.rule() {
+        Rule::Adam { .. } | Rule::AdamW { .. } if slot < 2 => weight * 2 + slot,
+        Rule::Adam { .. } | Rule::AdamW { .. } => 2 * n + weight,
+        Rule::Adamax { .. } | Rule::Adadelta { .. } => weight * 2 + slot,
+        _ => slot * n + weight,
+    }
 }
 
 /// Keras' default name of the optimizer class (`"adam"`).

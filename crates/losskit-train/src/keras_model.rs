@@ -362,12 +362,8 @@ fn from_float32(x: f64) -> f64 {
 }
 
 /// Keras optimizer options losskit does not have: an error when set.
-const OPTIMIZER_UNSUPPORTED: [(&str, Value); 4] = [
-    ("use_ema", Value::Bool(false)),
-    ("loss_scale_factor", Value::Null),
-    ("gradient_accumulation_steps", Value::Null),
-    ("amsgrad", Value::Bool(false)),
-];
+const OPTIMIZER_UNSUPPORTED: [(&str, Value); 3] =
+    [("use_ema", Value::Bool(false)), ("loss_scale_factor", Value::Null), ("gradient_accumulation_steps", Value::Null)];
 
 fn parse_optimizer(v: &Value) -> std::result::Result<Optimizer, String> {
     let (class, c) = match v {
@@ -429,6 +425,9 @@ fn parse_optimizer(v: &Value) -> std::result::Result<Optimizer, String> {
     if let (Some(wd), false) = (decay, class == "AdamW") {
         optimizer = optimizer.with_weight_decay(wd).map_err(|e| e.to_string())?;
     }
+    if c["amsgrad"].as_bool() == Some(true) {
+        optimizer = optimizer.with_amsgrad(true).map_err(|e| format!("optimizer {class}: {e}"))?;
+    }
     Ok(match schedule {
         Some(s) => optimizer.with_schedule(s),
         None => optimizer,
@@ -464,10 +463,10 @@ fn optimizer_json(o: &Optimizer) -> Value {
     let rule = match o.rule() {
         Rule::Sgd { momentum, nesterov } => json!({"momentum": momentum, "nesterov": nesterov, "weight_decay": null}),
         Rule::Adam { beta_1, beta_2, epsilon } => {
-            json!({"beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon, "amsgrad": false, "weight_decay": null})
+            json!({"beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon, "amsgrad": o.amsgrad(), "weight_decay": null})
         }
         Rule::AdamW { weight_decay, beta_1, beta_2, epsilon } => json!({
-            "weight_decay": weight_decay, "beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon, "amsgrad": false
+            "weight_decay": weight_decay, "beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon, "amsgrad": o.amsgrad()
         }),
         Rule::RmsProp { rho, momentum, epsilon, centered } => {
             json!({"rho": rho, "momentum": momentum, "epsilon": epsilon, "centered": centered, "weight_decay": null})

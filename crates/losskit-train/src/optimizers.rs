@@ -112,6 +112,8 @@ pub struct Optimizer {
     schedule: Option<LearningRateSchedule>,
     /// Keras' decoupled `weight_decay` of the rules other than AdamW (which keeps its own).
     weight_decay: Option<f64>,
+    /// Adam's and AdamW's `amsgrad`: a third slot, the running maximum of `v`.
+    amsgrad: bool,
     clip: Clip,
     iterations: u64,
     slots: Slots,
@@ -148,6 +150,7 @@ impl Optimizer {
             learning_rate,
             schedule: None,
             weight_decay: None,
+            amsgrad: false,
             clip: Clip::None,
             iterations: 0,
             slots: Slots::Empty,
@@ -268,6 +271,19 @@ impl Optimizer {
         }
         Ok(self)
     }
+    /// Keras' `amsgrad` for Adam and AdamW: the update divides by `√v̂ + ε` with `v̂` the running
+    /// maximum of `v` (a third slot per weight). An error for the other rules.
+    pub fn with_amsgrad(mut self, on: bool) -> Result<Optimizer> {
+        if on && !matches!(self.rule, Rule::Adam { .. } | Rule::AdamW { .. }) {
+            return Err(Error::Config(format!("amsgrad is an option of Adam and AdamW, not of {:?}", self.rule)));
+        }
+        self.amsgrad = on;
+        Ok(self)
+    }
+    /// Whether Adam's `amsgrad` is on.
+    pub fn amsgrad(&self) -> bool {
+        self.amsgrad
+    }
     /// The decoupled weight decay of a rule other than AdamW, if any.
     pub fn weight_decay(&self) -> Option<f64> {
         self.weight_decay
@@ -333,7 +349,7 @@ impl Optimizer {
     pub(crate) fn slots_needed(&self) -> usize {
         match self.rule {
             Rule::Sgd { momentum, .. } => usize::from(momentum != 0.0),
-            Rule::Adam { .. } | Rule::AdamW { .. } => 2,
+            Rule::Adam { .. } | Rule::AdamW { .. } => 2 + usize::from(self.amsgrad),
             Rule::RmsProp { momentum, centered, .. } => 1 + usize::from(momentum > 0.0) + usize::from(centered),
             Rule::Adagrad { .. } | Rule::Lion { .. } => 1,
             Rule::Adamax { .. } | Rule::Adadelta { .. } => 2,
@@ -675,6 +691,25 @@ fn update<T: Element>(
             };
             let velocity = s.first_mut().map(|m| m.as_slice_mut().expect(STANDARD));
             losskit_kernels::optim::sgd_update(w, gs, velocity, step).expect("shapes checked in apply");
+        }
+        Rule::Adam { beta_1, beta_2, epsilon } | Rule::AdamW { beta_1, beta_2, epsilon, .. } if s.len() == 3 => {
+            // amsgrad: the third slot is v̂.
+            let decay = match rule {
+                Rule::AdamW { weight_decay, .. } => Some(T::c(weight_decay)),
+                _ => None,
+            };
+            let (b1, b2) = (T::c(beta_1), T::c(beta_2));
+            let t = T::c(step as f64);
+            let alpha = lr * (one - b2.powf(t)).sqrt() / (one - b1.powf(t));
+            let [m, v, v_hat] = s else { unreachable!("three slots") };
+            let slots = (
+                m.as_slice_mut().expect(STANDARD),
+                v.as_slice_mut().expect(STANDARD),
+                v_hat.as_slice_mut().expect(STANDARD),
+            );
+            let c = losskit_kernels::optim_rules::Clipping { factor: gr.factor, bound: gr.bound };
+            let betas = (T::c(1.0 - beta_1), T::c(1.0 - beta_2));
+            losskit_kernels::optim_rules::adam_amsgrad_update(w, gs, slots, lr, alpha, betas, T::c(epsilon), decay, c);
         }
         Rule::Adam { beta_1, beta_2, epsilon } | Rule::AdamW { beta_1, beta_2, epsilon, .. } => {
             // AdamW's decoupled decay `w ← w - w·wd·lr` comes first, in the same pass.

@@ -1,6 +1,6 @@
 //! Training matches Keras 3.15.1 (JAX) to 1e-4: same initial weights, same data, two epochs of
 //! SGD / SGD+momentum / Nesterov / Adam / RMSprop (centered, momentum) / AdamW / Adagrad /
-//! Adamax / Lion / Adadelta, with and without weight decay,
+//! Adamax / Lion / Adadelta, with and without weight decay and amsgrad,
 //! class and sample weights, clipnorm, clipvalue, global_clipnorm, a validation split and each
 //! learning-rate schedule (fixtures from conformance/gen_training_vectors.py).
 
@@ -60,6 +60,7 @@ fn optimizer(spec: &Value) -> Optimizer {
         (Some(wd), Some(class)) if class != "AdamW" => opt.with_weight_decay(wd).unwrap(),
         _ => opt,
     };
+    let opt = opt.with_amsgrad(spec["amsgrad"].as_bool().unwrap_or(false)).unwrap();
     match schedule {
         Some(s) => opt.with_schedule(s),
         None => opt,
@@ -78,7 +79,7 @@ fn two_epochs_match_keras() {
         .map(|w| Tensor::from_vec(floats(&w["values"]), &shape(&w["shape"])).unwrap())
         .collect();
     let runs = fx["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 27);
+    assert_eq!(runs.len(), 29);
     for run in runs {
         let name = run["name"].as_str().unwrap();
         let mut model = Sequential::new()
