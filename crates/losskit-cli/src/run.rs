@@ -306,6 +306,22 @@ fn refuse_existing_run(out: Option<&Path>, overwrite: bool) -> Result<()> {
     }
 }
 
+/// Removes the temporary files a crashed write left in a run folder (`.NAME.tmp-PID`, beside
+/// the file it was to replace: the folder, `backup/`, `logs/train`, `logs/validation`).
+fn remove_stale_temporaries(dir: &Path) -> Result<()> {
+    for sub in ["", "backup", "logs/train", "logs/validation"] {
+        let Ok(entries) = std::fs::read_dir(dir.join(sub)) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with('.') && name.contains(".tmp-") {
+                std::fs::remove_file(entry.path())
+                    .map_err(|e| Error::io(entry.path().display().to_string(), "cannot remove", e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Removes the run files of `dir` (an `--overwrite`): only what `losskit fit` writes.
 fn remove_run_files(dir: &Path) -> Result<()> {
     for f in RUN_FILES {
@@ -588,9 +604,13 @@ fn fit_on(workers: &Workers, args: &FitArgs, given: &[String]) -> Result<()> {
         prepare(args, given, &split, scale)?;
     let (classes, one_hot, spec_scale) = (spec.classes, spec.one_hot, spec.scale);
     let input_shape = spec.input_shape.clone();
-    // Everything is checked: only now does the folder of an --overwrite lose its run's files.
+    // Everything is checked: only now does the folder of an --overwrite lose its run's files,
+    // and a resumed run its crashed writes' temporary files.
     if let (Some(out), true, true) = (&args.out, args.overwrite, workers.chief()) {
         remove_run_files(out)?;
+    }
+    if let (Some(out), true, true) = (&args.out, args.resume.is_some(), workers.chief()) {
+        remove_stale_temporaries(out)?;
     }
     let dir = if workers.chief() { Some(run_dir(&args.out)?) } else { None };
     let mut run_file =

@@ -825,6 +825,8 @@ fn a_crash_while_writing_a_backup_leaves_the_previous_one_and_resumes() {
     // The backup is the second epoch's, whole: --resume reads it and finishes the run.
     let resumed = losskit(&["fit", "--resume", crashed.to_str().unwrap()]);
     assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    let left = walk(&crashed).into_iter().filter(|p| p.display().to_string().contains(".tmp-")).count();
+    assert_eq!(left, 0, "the resume removes the crashed write's temporary file");
     for file in ["model.safetensors", "history.csv"] {
         let (a, b) = (std::fs::read(whole.join(file)).unwrap(), std::fs::read(crashed.join(file)).unwrap());
         assert!(a == b, "{file} differs after the crash and the resume");
