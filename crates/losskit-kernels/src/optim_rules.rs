@@ -120,3 +120,40 @@ pub fn adam_amsgrad_update<T: Float>(
         *w = *w - (*m * alpha) / (vh.sqrt() + epsilon);
     }
 }
+
+/// One Keras `Nadam` step's constants (Keras' names): `u_t = β₁(1 - ½·0.96ᵗ)`, `u_{t+1}`, the
+/// running products `Π_{k≤t} u_k` and `Π_{k≤t} u_k · u_{t+1}`, `1 - β₁`, `1 - β₂` and `β₂ᵗ`.
+#[derive(Debug, Clone, Copy)]
+pub struct NadamStep<T> {
+    /// `u_t`.
+    pub u_t: T,
+    /// `u_{t+1}`.
+    pub u_t_1: T,
+    /// `Π_{k≤t} u_k`.
+    pub u_product_t: T,
+    /// `Π_{k≤t} u_k · u_{t+1}`.
+    pub u_product_t_1: T,
+    /// `1 - β₁` (in `T`).
+    pub one_minus_beta_1: T,
+    /// `1 - β₂` (in `T`).
+    pub one_minus_beta_2: T,
+    /// `β₂ᵗ`.
+    pub beta_2_power: T,
+    /// `ε`.
+    pub epsilon: T,
+}
+
+/// One Keras `Nadam` step: `m ← m + (g - m)(1 - β₁)`, `v ← v + (g² - v)(1 - β₂)`,
+/// `m̂ = u_{t+1}·m/(1 - Π·u_{t+1}) + (1 - u_t)·g/(1 - Π)`, `v̂ = v/(1 - β₂ᵗ)`,
+/// `w ← w - (m̂·lr)/(√v̂ + ε)`.
+pub fn nadam_update<T: Float>(w: &mut [T], g: &[T], m: &mut [T], v: &mut [T], lr: T, s: NadamStep<T>, c: Clipping<T>) {
+    let one = T::one();
+    for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        let g = c.apply(g);
+        *m = *m + (g - *m) * s.one_minus_beta_1;
+        *v = *v + (g * g - *v) * s.one_minus_beta_2;
+        let m_hat = (s.u_t_1 * *m) / (one - s.u_product_t_1) + ((one - s.u_t) * g) / (one - s.u_product_t);
+        let v_hat = *v / (one - s.beta_2_power);
+        *w = *w - (m_hat * lr) / (v_hat.sqrt() + s.epsilon);
+    }
+}

@@ -173,7 +173,9 @@ pub(crate) fn optimizer_state(
     let shapes: Vec<Vec<usize>> = model.params().iter().map(|p| p.value.shape().to_vec()).collect();
     let (n, per) = (shapes.len(), opt.slots_needed());
     let vars = &w.optimizer;
-    let head = vars.len().checked_sub(n * per).filter(|h| (1..=2).contains(h)).ok_or_else(|| {
+    // Nadam keeps its running product `Π u` last (computed again from the step here).
+    let tail = usize::from(matches!(opt.rule(), Rule::Nadam { .. }));
+    let head = vars.len().checked_sub(n * per + tail).filter(|h| (1..=2).contains(h)).ok_or_else(|| {
         format!(
             "model.weights.h5 has {} optimizer variables; {:?} keeps the iteration count, the learning rate and {per} per weight ({n} weights)",
             vars.len(),
@@ -237,6 +239,11 @@ fn weights_h5(model: &Model) -> Result<Vec<u8>> {
                 dataset(&mut vars, &(head + slot_index(&c.optimizer, n, weight, slot)).to_string(), &value);
             }
         }
+        if let Rule::Nadam { beta_1, beta_2, epsilon } = c.optimizer.rule() {
+            let product =
+                crate::optimizers::nadam_step::<f32>(beta_1, beta_2, epsilon, state.iterations, None).u_product_t;
+            vars.create_dataset(&(head + n * per).to_string()).with_f32_data(&[product]).with_shape(&[]);
+        }
         optimizer.add_group(vars.finish());
         file.add_group(optimizer.finish());
     }
@@ -274,7 +281,7 @@ fn slot_index(opt: &Optimizer, n: usize, weight: usize, slot: usize) -> usize {
     match opt.rule() {
         Rule::Adam { .. } | Rule::AdamW { .. } if slot < 2 => weight * 2 + slot,
         Rule::Adam { .. } | Rule::AdamW { .. } => 2 * n + weight,
-        Rule::Adamax { .. } | Rule::Adadelta { .. } => weight * 2 + slot,
+        Rule::Adamax { .. } | Rule::Adadelta { .. } | Rule::Nadam { .. } => weight * 2 + slot,
         _ => slot * n + weight,
     }
 }
@@ -290,6 +297,7 @@ fn keras_optimizer_name(rule: Rule) -> &'static str {
         Rule::Adamax { .. } => "adamax",
         Rule::Lion { .. } => "lion",
         Rule::Adadelta { .. } => "adadelta",
+        Rule::Nadam { .. } => "nadam",
     }
 }
 

@@ -25,7 +25,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 const LAYERS: &str = "InputLayer, Flatten, Reshape, Rescaling, Dense, Dropout, Activation";
-const OPTIMIZERS: &str = "SGD, Adam, AdamW, RMSprop, Adagrad, Adamax, Lion, Adadelta";
+const OPTIMIZERS: &str = "SGD, Adam, AdamW, RMSprop, Adagrad, Adamax, Lion, Adadelta, Nadam";
 
 /// A model read from a Keras file: the model (built when the file gives its input shape) and,
 /// when the file has a `compile_config`, what `compile` was given.
@@ -412,6 +412,9 @@ fn parse_optimizer(v: &Value) -> std::result::Result<Optimizer, String> {
         }
         "Lion" => Rule::Lion { beta_1: num("beta_1", 0.9), beta_2: num("beta_2", 0.99) },
         "Adadelta" => Rule::Adadelta { rho: num("rho", 0.95), epsilon: num("epsilon", 1e-7) },
+        "Nadam" => {
+            Rule::Nadam { beta_1: num("beta_1", 0.9), beta_2: num("beta_2", 0.999), epsilon: num("epsilon", 1e-7) }
+        }
         other => return Err(format!("the optimizer {other:?} is not supported; supported: {OPTIMIZERS}")),
     };
     let clip = match (c["clipnorm"].as_f64(), c["global_clipnorm"].as_f64(), c["clipvalue"].as_f64()) {
@@ -446,6 +449,7 @@ fn optimizer_json(o: &Optimizer) -> Value {
         Rule::Adamax { .. } => ("Adamax", "adamax"),
         Rule::Lion { .. } => ("Lion", "lion"),
         Rule::Adadelta { .. } => ("Adadelta", "adadelta"),
+        Rule::Nadam { .. } => ("Nadam", "nadam"),
     };
     config.insert("name".into(), json!(name));
     let lr = o.schedule().map_or_else(|| json!(o.learning_rate()), LearningRateSchedule::to_keras);
@@ -479,6 +483,9 @@ fn optimizer_json(o: &Optimizer) -> Value {
         }
         Rule::Lion { beta_1, beta_2 } => json!({"beta_1": beta_1, "beta_2": beta_2, "weight_decay": null}),
         Rule::Adadelta { rho, epsilon } => json!({"rho": rho, "epsilon": epsilon, "weight_decay": null}),
+        Rule::Nadam { beta_1, beta_2, epsilon } => {
+            json!({"beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon, "weight_decay": null})
+        }
     };
     if let Value::Object(m) = rule {
         config.extend(m);

@@ -73,6 +73,17 @@ pub enum Rule {
         /// `β₂` (0.99).
         beta_2: f64,
     },
+    /// Nadam (Adam with Nesterov momentum, Keras' form): `m`, `v` as Adam; with
+    /// `u_t = β₁(1 - ½·0.96ᵗ)` and `Π_t = u_1⋯u_t`, `m̂ = u_{t+1}m/(1 - Π_t u_{t+1}) +
+    /// (1 - u_t)g/(1 - Π_t)`, `w ← w - lr·m̂/(√(v/(1-β₂ᵗ)) + ε)`.
+    Nadam {
+        /// `β₁` (0.9).
+        beta_1: f64,
+        /// `β₂` (0.999).
+        beta_2: f64,
+        /// `ε` (1e-7).
+        epsilon: f64,
+    },
     /// Adadelta: `a ← ρa + (1-ρ)g²`, `Δ = -√(d + ε)·g/√(a + ε)`, `d ← ρd + (1-ρ)Δ²`, `w ← w + lr·Δ`.
     Adadelta {
         /// `ρ` (0.95).
@@ -114,6 +125,9 @@ pub struct Optimizer {
     weight_decay: Option<f64>,
     /// Adam's and AdamW's `amsgrad`: a third slot, the running maximum of `v`.
     amsgrad: bool,
+    /// Nadam's running product `Π u` and the step it was taken at (a cache: it follows from
+    /// the step alone).
+    nadam_product: Option<(u64, f64)>,
     clip: Clip,
     iterations: u64,
     slots: Slots,
@@ -151,6 +165,7 @@ impl Optimizer {
             schedule: None,
             weight_decay: None,
             amsgrad: false,
+            nadam_product: None,
             clip: Clip::None,
             iterations: 0,
             slots: Slots::Empty,
@@ -197,10 +212,11 @@ impl Optimizer {
             "adamax" => Self::new(Rule::Adamax { beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7 }, 0.001),
             "lion" => Self::new(Rule::Lion { beta_1: 0.9, beta_2: 0.99 }, 0.001),
             "adadelta" => Self::new(Rule::Adadelta { rho: 0.95, epsilon: 1e-7 }, 0.001),
+            "nadam" => Self::new(Rule::Nadam { beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7 }, 0.001),
             _ => Err(Error::UnknownName {
                 kind: "optimizer".into(),
                 name: name.into(),
-                suggestions: "sgd, adam, adamw, rmsprop, adagrad, adamax, lion, adadelta".into(),
+                suggestions: "sgd, adam, adamw, rmsprop, adagrad, adamax, lion, adadelta, nadam".into(),
             }),
         }
     }
@@ -345,6 +361,24 @@ impl Optimizer {
         Ok(())
     }
 
+    /// Nadam's constants at `step`, the running product carried from the last step when it
+    /// was the one before (else computed from the start, as after `set_state`).
+    fn nadam_constants<T: Element>(
+        &mut self,
+        beta_1: f64,
+        beta_2: f64,
+        epsilon: f64,
+        step: u64,
+    ) -> losskit_kernels::optim_rules::NadamStep<T> {
+        let previous = match self.nadam_product {
+            Some((t, p)) if t + 1 == step => Some(T::c(p)),
+            _ => None,
+        };
+        let s = nadam_step::<T>(beta_1, beta_2, epsilon, step, previous);
+        self.nadam_product = s.u_product_t.to_f64().map(|p| (step, p));
+        s
+    }
+
     /// Slots per weight for this rule.
     pub(crate) fn slots_needed(&self) -> usize {
         match self.rule {
@@ -352,7 +386,7 @@ impl Optimizer {
             Rule::Adam { .. } | Rule::AdamW { .. } => 2 + usize::from(self.amsgrad),
             Rule::RmsProp { momentum, centered, .. } => 1 + usize::from(momentum > 0.0) + usize::from(centered),
             Rule::Adagrad { .. } | Rule::Lion { .. } => 1,
-            Rule::Adamax { .. } | Rule::Adadelta { .. } => 2,
+            Rule::Adamax { .. } | Rule::Adadelta { .. } | Rule::Nadam { .. } => 2,
         }
     }
 
@@ -435,6 +469,10 @@ impl Optimizer {
         let global = self.global_clip_factor::<T>(sum_squares);
         let bound = self.clip_bound();
         let rule = self.rule;
+        let nadam = match rule {
+            Rule::Nadam { beta_1, beta_2, epsilon } => Some(self.nadam_constants::<T>(beta_1, beta_2, epsilon, step)),
+            _ => None,
+        };
         let slots = T::slots(&mut self.slots);
         for (i, (g, s)) in grads.iter().zip(slots.iter_mut()).enumerate() {
             let factor = match self.clip {
@@ -445,7 +483,7 @@ impl Optimizer {
                 _ => global,
             };
             let g = T::view(g.storage()).expect("checked above");
-            let gr = Grad { factor, bound };
+            let gr = Grad { factor, bound, nadam };
             for slot in s.iter_mut().filter(|a| !a.is_standard_layout()) {
                 *slot = slot.as_standard_layout().into_owned();
             }
@@ -622,6 +660,8 @@ fn arrays<T: Element>(slots: &[Vec<Tensor>]) -> Result<Vec<Vec<ArrayD<T>>>> {
 struct Grad<T> {
     factor: T,
     bound: Option<T>,
+    /// Nadam's constants of this step (computed once per step, not per weight).
+    nadam: Option<losskit_kernels::optim_rules::NadamStep<T>>,
 }
 
 /// Access to the typed optimizer state.
@@ -650,6 +690,38 @@ impl SlotType for f64 {
             Slots::F64(v) => v,
             _ => unreachable!("set just above"),
         }
+    }
+}
+
+/// Nadam's constants at step `t` (from 1), in `T` as Keras computes them; `Π_t` is the product
+/// Keras keeps in a variable, from `previous` (`Π_{t-1}`) when given, else computed again from
+/// the start (the same operations in the same order: `Π ← Π·β₁·(1 - ½·0.96ᵏ)`, `k = 1..t`).
+pub(crate) fn nadam_step<T: Element>(
+    beta_1: f64,
+    beta_2: f64,
+    epsilon: f64,
+    t: u64,
+    previous: Option<T>,
+) -> losskit_kernels::optim_rules::NadamStep<T> {
+    let one = T::one();
+    let (b1, b2, decay, half) = (T::c(beta_1), T::c(beta_2), T::c(0.96), T::c(0.5));
+    let factor = |k: u64| one - half * decay.powf(T::c(k as f64));
+    let u = |k: u64| b1 * factor(k);
+    // `Π_{t-1}` carried over, or built from 1 (Keras' initial value) step by step.
+    let product = match previous {
+        Some(p) if t >= 1 => p * b1 * factor(t),
+        _ => (1..=t).fold(one, |p, k| p * b1 * factor(k)),
+    };
+    let u_t_1 = u(t + 1);
+    losskit_kernels::optim_rules::NadamStep {
+        u_t: u(t),
+        u_t_1,
+        u_product_t: product,
+        u_product_t_1: product * u_t_1,
+        one_minus_beta_1: one - b1,
+        one_minus_beta_2: one - b2,
+        beta_2_power: b2.powf(T::c(t as f64)),
+        epsilon: T::c(epsilon),
     }
 }
 
@@ -766,6 +838,9 @@ fn update<T: Element>(
                 (Rule::Adamax { beta_1, beta_2, epsilon }, Some(u)) => {
                     let betas = (T::c(1.0 - beta_1), T::c(beta_1).powf(T::c(step as f64)), T::c(beta_2));
                     rules::adamax_update(w, gs, first, u, lr, betas, T::c(epsilon), c)
+                }
+                (Rule::Nadam { .. }, Some(v)) => {
+                    rules::nadam_update(w, gs, first, v, lr, gr.nadam.expect("computed for Nadam"), c)
                 }
                 (Rule::Adadelta { rho, epsilon }, Some(d)) => {
                     rules::adadelta_update(w, gs, first, d, lr, (T::c(rho), T::c(1.0 - rho)), T::c(epsilon), c)

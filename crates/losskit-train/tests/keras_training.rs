@@ -1,6 +1,6 @@
 //! Training matches Keras 3.15.1 (JAX) to 1e-4: same initial weights, same data, two epochs of
 //! SGD / SGD+momentum / Nesterov / Adam / RMSprop (centered, momentum) / AdamW / Adagrad /
-//! Adamax / Lion / Adadelta, with and without weight decay and amsgrad,
+//! Adamax / Lion / Adadelta / Nadam, with and without weight decay and amsgrad,
 //! class and sample weights, clipnorm, clipvalue, global_clipnorm, a validation split and each
 //! learning-rate schedule (fixtures from conformance/gen_training_vectors.py).
 
@@ -43,6 +43,7 @@ fn optimizer(spec: &Value) -> Optimizer {
         "Adamax" => Optimizer::new(Rule::Adamax { beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7 }, lr),
         "Lion" => Optimizer::new(Rule::Lion { beta_1: 0.9, beta_2: 0.99 }, lr),
         "Adadelta" => Optimizer::new(Rule::Adadelta { rho: 0.95, epsilon: 1e-7 }, lr),
+        "Nadam" => Optimizer::new(Rule::Nadam { beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7 }, lr),
         other => panic!("{other}"),
     }
     .unwrap();
@@ -79,7 +80,7 @@ fn two_epochs_match_keras() {
         .map(|w| Tensor::from_vec(floats(&w["values"]), &shape(&w["shape"])).unwrap())
         .collect();
     let runs = fx["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 29);
+    assert_eq!(runs.len(), 30);
     for run in runs {
         let name = run["name"].as_str().unwrap();
         let mut model = Sequential::new()
