@@ -154,7 +154,7 @@ fn sgd_chunk<T: Float>(w: &mut [T], g: &[T], m: &mut [T], s: SgdStep<T>) {
 /// `g'` of one element: the clipping factor, then the bound (NaN stays NaN, where a
 /// `max`/`min` pair would turn it into `-c`).
 #[inline(always)]
-fn clipped<T: Float, const BOUND: bool>(g: T, factor: T, bound: Option<T>) -> T {
+pub(crate) fn clipped<T: Float, const BOUND: bool>(g: T, factor: T, bound: Option<T>) -> T {
     let g = g * factor;
     match bound {
         Some(c) if BOUND => crate::clip(g, -c, c),

@@ -3,7 +3,7 @@
 //! for the other optimizers ([`Clipping`]). Serial loops: these rules are rarer than SGD, Adam
 //! and RMSprop, whose kernels in [`crate::optim`] are the tuned ones.
 
-use crate::{clip, maximum, sign, Float};
+use crate::{maximum, sign, Float};
 
 /// How a raw gradient element becomes the one applied: times `factor` (norm clipping), then
 /// bounded by `±bound` (value clipping).
@@ -16,13 +16,10 @@ pub struct Clipping<T> {
 }
 
 impl<T: Float> Clipping<T> {
+    /// The tuned kernels' own clipping ([`crate::optim`]).
     #[inline(always)]
     fn apply(self, g: T) -> T {
-        let g = g * self.factor;
-        match self.bound {
-            Some(c) => clip(g, -c, c),
-            None => g,
-        }
+        crate::optim::clipped::<T, true>(g, self.factor, self.bound)
     }
 }
 
@@ -95,24 +92,18 @@ pub fn adadelta_update<T: Float>(
 
 /// One Keras `Adam` step with `amsgrad` at step `t` (from 1): as Adam (`m ← m + (g - m)(1 - β₁)`,
 /// `v ← v + (g² - v)(1 - β₂)`), then `v̂ ← max(v̂, v)` and `w ← w - (m·α)/(√v̂ + ε)` with
-/// `α = lr·√(1 - β₂ᵗ)/(1 - β₁ᵗ)`; AdamW's decay `w ← w - (w·wd)·lr` first when `decay` is set.
-/// `(1 - β₁, 1 - β₂)` as Keras computes them (in f64, then in `T`).
-#[allow(clippy::too_many_arguments)]
+/// `α = lr·√(1 - β₂ᵗ)/(1 - β₁ᵗ)` (AdamW's decay is the caller's, before). `(1 - β₁, 1 - β₂)` as
+/// Keras computes them (in f64, then in `T`).
 pub fn adam_amsgrad_update<T: Float>(
     w: &mut [T],
     g: &[T],
     (m, v, v_hat): (&mut [T], &mut [T], &mut [T]),
-    lr: T,
     alpha: T,
     (one_minus_beta_1, one_minus_beta_2): (T, T),
     epsilon: T,
-    decay: Option<T>,
     c: Clipping<T>,
 ) {
     for ((((w, &g), m), v), vh) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()).zip(v_hat.iter_mut()) {
-        if let Some(wd) = decay {
-            *w = *w - *w * wd * lr;
-        }
         let g = c.apply(g);
         *m = *m + (g - *m) * one_minus_beta_1;
         *v = *v + (g * g - *v) * one_minus_beta_2;

@@ -483,7 +483,7 @@ impl Optimizer {
                 _ => global,
             };
             let g = T::view(g.storage()).expect("checked above");
-            let gr = Grad { factor, bound, nadam };
+            let gr = Grad { clip: losskit_kernels::optim_rules::Clipping { factor, bound }, nadam };
             for slot in s.iter_mut().filter(|a| !a.is_standard_layout()) {
                 *slot = slot.as_standard_layout().into_owned();
             }
@@ -654,12 +654,13 @@ fn arrays<T: Element>(slots: &[Vec<Tensor>]) -> Result<Vec<Vec<ArrayD<T>>>> {
         .collect()
 }
 
-/// How a raw gradient element becomes the one applied: scaled by `factor` (norm clipping), then
-/// bounded by `±bound` (value clipping), inside the kernels of `losskit_kernels::optim`.
+/// What an update needs beside the weight and its gradient: how a raw gradient element becomes
+/// the one applied (scaled by the norm-clipping factor, then bounded by value clipping, inside
+/// the kernels), and Nadam's step constants.
 #[derive(Clone, Copy)]
 struct Grad<T> {
-    factor: T,
-    bound: Option<T>,
+    /// The clipping factor and bound.
+    clip: losskit_kernels::optim_rules::Clipping<T>,
     /// Nadam's constants of this step (computed once per step, not per weight).
     nadam: Option<losskit_kernels::optim_rules::NadamStep<T>>,
 }
@@ -758,18 +759,17 @@ fn update<T: Element>(
             let step = losskit_kernels::optim::SgdStep {
                 lr,
                 momentum: (!s.is_empty()).then(|| (T::c(momentum), nesterov)),
-                grad_factor: gr.factor,
-                grad_bound: gr.bound,
+                grad_factor: gr.clip.factor,
+                grad_bound: gr.clip.bound,
             };
             let velocity = s.first_mut().map(|m| m.as_slice_mut().expect(STANDARD));
             losskit_kernels::optim::sgd_update(w, gs, velocity, step).expect("shapes checked in apply");
         }
         Rule::Adam { beta_1, beta_2, epsilon } | Rule::AdamW { beta_1, beta_2, epsilon, .. } if s.len() == 3 => {
-            // amsgrad: the third slot is v̂.
-            let decay = match rule {
-                Rule::AdamW { weight_decay, .. } => Some(T::c(weight_decay)),
-                _ => None,
-            };
+            // amsgrad: the third slot is v̂. AdamW's decay first, as the other rules' decay.
+            if let Rule::AdamW { weight_decay, .. } = rule {
+                decay(w, Some(weight_decay), lr);
+            }
             let (b1, b2) = (T::c(beta_1), T::c(beta_2));
             let t = T::c(step as f64);
             let alpha = lr * (one - b2.powf(t)).sqrt() / (one - b1.powf(t));
@@ -779,9 +779,8 @@ fn update<T: Element>(
                 v.as_slice_mut().expect(STANDARD),
                 v_hat.as_slice_mut().expect(STANDARD),
             );
-            let c = losskit_kernels::optim_rules::Clipping { factor: gr.factor, bound: gr.bound };
             let betas = (T::c(1.0 - beta_1), T::c(1.0 - beta_2));
-            losskit_kernels::optim_rules::adam_amsgrad_update(w, gs, slots, lr, alpha, betas, T::c(epsilon), decay, c);
+            losskit_kernels::optim_rules::adam_amsgrad_update(w, gs, slots, alpha, betas, T::c(epsilon), gr.clip);
         }
         Rule::Adam { beta_1, beta_2, epsilon } | Rule::AdamW { beta_1, beta_2, epsilon, .. } => {
             // AdamW's decoupled decay `w ← w - w·wd·lr` comes first, in the same pass.
@@ -798,8 +797,8 @@ fn update<T: Element>(
                 beta_2: b2,
                 epsilon: T::c(epsilon),
                 decay,
-                grad_factor: gr.factor,
-                grad_bound: gr.bound,
+                grad_factor: gr.clip.factor,
+                grad_bound: gr.clip.bound,
             };
             let (m, v) = s.split_at_mut(1);
             let (m, v) = (m[0].as_slice_mut().expect(STANDARD), v[0].as_slice_mut().expect(STANDARD));
@@ -814,8 +813,8 @@ fn update<T: Element>(
                 epsilon: T::c(epsilon),
                 momentum: (momentum > 0.0).then(|| T::c(momentum)),
                 centered,
-                grad_factor: gr.factor,
-                grad_bound: gr.bound,
+                grad_factor: gr.clip.factor,
+                grad_bound: gr.clip.bound,
             };
             let (velocity, rest) = s.split_first_mut().expect("RMSprop keeps a mean square");
             let (mom, avg) = rest.split_at_mut(usize::from(momentum > 0.0));
@@ -826,7 +825,7 @@ fn update<T: Element>(
         }
         rule => {
             use losskit_kernels::optim_rules as rules;
-            let c = rules::Clipping { factor: gr.factor, bound: gr.bound };
+            let c = gr.clip;
             let (first, rest) = s.split_first_mut().expect("one slot at least");
             let first = first.as_slice_mut().expect(STANDARD);
             let second = rest.first_mut().map(|a| a.as_slice_mut().expect(STANDARD));
