@@ -490,12 +490,6 @@ struct Prepared {
     continued: Option<String>,
 }
 
-/// The factor of the model's first layer when it is a `Rescaling`.
-fn leading_rescaling(model: &Model) -> Option<f64> {
-    let first: &dyn std::any::Any = model.layers().next()?;
-    first.downcast_ref::<Rescaling>().map(Rescaling::scale)
-}
-
 /// The samples of `x` in the model's per-sample `shape` (the same number of values).
 fn in_shape(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
     if &x.shape()[1..] == shape {
@@ -542,7 +536,7 @@ fn prepare(args: &FitArgs, given: &[String], split: &Split, scale: f64) -> Resul
     };
     // The model takes the raw inputs: its own leading Rescaling scales them, or one put first
     // here when the data needs scaling, so that the model files it leaves take raw inputs too.
-    let inside = leading_rescaling(&model);
+    let inside = model.input_rescaling();
     if inside.is_none() && scale != 1.0 {
         model = model.prepend(Rescaling::new(scale, 0.0)?)?;
     }
@@ -814,7 +808,7 @@ fn load_model_arg(path: &Path, data: Option<&str>) -> Result<(RunSpec, Model, So
     let classes = keras.model.output_shapes().first().and_then(|s| s.last().copied()).unwrap_or(0);
     let loss = keras.compile.as_ref().and_then(|c| c.loss.clone());
     // A model that rescales its inputs itself takes the data raw; others as `fit` scales it.
-    let rescaling = leading_rescaling(&keras.model);
+    let rescaling = keras.model.input_rescaling();
     let (scale, data) = match data {
         Some(d) if rescaling.is_none() => (load_data(d, &None)?.1, d.to_string()),
         Some(d) => (1.0, d.to_string()),

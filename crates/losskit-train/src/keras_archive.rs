@@ -112,21 +112,11 @@ fn numbered(vars: &hdf5_pure::Group) -> std::result::Result<Vec<Tensor>, String>
         .collect()
 }
 
-/// Each layer's group in `layers/`: its class in snake case, numbered from the second of a
-/// class on (`dense`, `dense_1`, …), in layer order, as Keras' `saving_lib` names a list of
-/// layers.
+/// Each layer's group in `layers/`: Keras names a list of layers' paths after their classes
+/// as it names the layers themselves (`dense`, `dense_1`, …, in layer order), whatever names
+/// the layers were given.
 fn keras_paths(model: &Model) -> Vec<String> {
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    model
-        .layers()
-        .map(|l| {
-            let base = crate::model::snake_case(l.kind());
-            let n = seen.entry(base.clone()).or_insert(0);
-            let path = if *n == 0 { base } else { format!("{base}_{n}") };
-            *n += 1;
-            path
-        })
-        .collect()
+    crate::model::class_names(model.layers().map(|l| l.kind()))
 }
 
 /// Puts the file's weights into `model` (built), layer by layer (see [`keras_paths`]); a
@@ -222,7 +212,10 @@ fn weights_h5(model: &Model) -> Result<Vec<u8>> {
         let state = c.optimizer.state();
         let params = model.params();
         let mut vars = optimizer.create_group("vars");
-        vars.set_attr("name", AttrValue::String(keras_optimizer_name(c.optimizer.rule()).into()));
+        vars.set_attr(
+            "name",
+            AttrValue::String(crate::keras_model::keras_optimizer_class(c.optimizer.rule()).1.into()),
+        );
         vars.create_dataset("0").with_i32_data(&[state.iterations.min(i32::MAX as u64) as i32]).with_shape(&[]);
         // The learning rate is a variable unless a schedule computes it.
         let head = if c.optimizer.schedule().is_some() { 1 } else { 2 };
@@ -283,21 +276,6 @@ fn slot_index(opt: &Optimizer, n: usize, weight: usize, slot: usize) -> usize {
         Rule::Adam { .. } | Rule::AdamW { .. } => 2 * n + weight,
         Rule::Adamax { .. } | Rule::Adadelta { .. } | Rule::Nadam { .. } => weight * 2 + slot,
         _ => slot * n + weight,
-    }
-}
-
-/// Keras' default name of the optimizer class (`"adam"`).
-fn keras_optimizer_name(rule: Rule) -> &'static str {
-    match rule {
-        Rule::Sgd { .. } => "sgd",
-        Rule::Adam { .. } => "adam",
-        Rule::AdamW { .. } => "adamw",
-        Rule::RmsProp { .. } => "rmsprop",
-        Rule::Adagrad { .. } => "adagrad",
-        Rule::Adamax { .. } => "adamax",
-        Rule::Lion { .. } => "lion",
-        Rule::Adadelta { .. } => "adadelta",
-        Rule::Nadam { .. } => "nadam",
     }
 }
 

@@ -438,9 +438,9 @@ fn parse_optimizer(v: &Value) -> std::result::Result<Optimizer, String> {
 }
 
 /// Keras' serialized form of an optimizer.
-fn optimizer_json(o: &Optimizer) -> Value {
-    let mut config = Map::new();
-    let (class, name) = match o.rule() {
+/// Keras' class of the optimizer and its default instance name (`("Adam", "adam")`).
+pub(crate) fn keras_optimizer_class(rule: Rule) -> (&'static str, &'static str) {
+    match rule {
         Rule::Sgd { .. } => ("SGD", "sgd"),
         Rule::Adam { .. } => ("Adam", "adam"),
         Rule::AdamW { .. } => ("AdamW", "adamw"),
@@ -450,7 +450,12 @@ fn optimizer_json(o: &Optimizer) -> Value {
         Rule::Lion { .. } => ("Lion", "lion"),
         Rule::Adadelta { .. } => ("Adadelta", "adadelta"),
         Rule::Nadam { .. } => ("Nadam", "nadam"),
-    };
+    }
+}
+
+fn optimizer_json(o: &Optimizer) -> Value {
+    let mut config = Map::new();
+    let (class, name) = keras_optimizer_class(o.rule());
     config.insert("name".into(), json!(name));
     let lr = o.schedule().map_or_else(|| json!(o.learning_rate()), LearningRateSchedule::to_keras);
     config.insert("learning_rate".into(), lr);

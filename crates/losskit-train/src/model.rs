@@ -65,8 +65,23 @@ impl Default for Model {
     }
 }
 
+/// Keras' automatic names of layers of these classes, in order: the class in snake case,
+/// numbered from the second of a class on (`dense`, `dense_1`, `flatten`, `dense_2`, …).
+pub(crate) fn class_names<'a>(kinds: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    kinds
+        .map(|kind| {
+            let base = snake_case(kind);
+            let n = counts.entry(base.clone()).or_insert(0);
+            let name = if *n == 0 { base } else { format!("{base}_{n}") };
+            *n += 1;
+            name
+        })
+        .collect()
+}
+
 /// A class name in snake case (`"Dense"` → `"dense"`), as Keras names layers and their paths.
-pub(crate) fn snake_case(kind: &str) -> String {
+fn snake_case(kind: &str) -> String {
     let mut s = String::new();
     for (i, c) in kind.chars().enumerate() {
         if c.is_uppercase() && i > 0 {
@@ -171,6 +186,13 @@ impl Model {
         self
     }
 
+    /// The factor of the model's first layer when it is a [`Rescaling`](crate::Rescaling): the
+    /// model scales its raw inputs itself.
+    pub fn input_rescaling(&self) -> Option<f64> {
+        let first: &dyn std::any::Any = self.trunk.first()?.as_ref();
+        first.downcast_ref::<crate::layers::Rescaling>().map(crate::layers::Rescaling::scale)
+    }
+
     /// Puts `layer` before the trunk's first layer (e.g. a [`Rescaling`](crate::Rescaling) of
     /// the raw inputs). On a built model the layer must keep the per-sample shape: it is built
     /// for the model's input, and the other layers keep their weights. Its name is made unique
@@ -243,12 +265,8 @@ impl Model {
         if self.trunk.is_empty() && self.heads.is_empty() {
             return Err(Error::Shape { op: "Model::build".into(), msg: "the model has no layers".into() });
         }
-        let mut counts: HashMap<String, usize> = HashMap::new();
-        for layer in self.layers_mut() {
-            let base = snake_case(layer.kind());
-            let n = counts.entry(base.clone()).or_insert(0);
-            let name = if *n == 0 { base.clone() } else { format!("{base}_{n}") };
-            *n += 1;
+        let names = class_names(self.layers().map(|l| l.kind()));
+        for (layer, name) in self.layers_mut().zip(names) {
             layer.set_name(name);
         }
         if let Some(names) = &self.layer_names {

@@ -239,9 +239,7 @@ pub(crate) fn data_warnings(
     let named: Vec<(String, Tensor, &dyn losskit::Loss)> =
         model.output_names().into_iter().zip(ys).zip(&losses).map(|((n, y), l)| (n, y.clone(), l.as_ref())).collect();
     // A leading Rescaling layer is what the layers see of `x`.
-    let first: Option<&dyn std::any::Any> = model.trunk.first().map(|l| l.as_ref() as &dyn std::any::Any);
-    let scale = first.and_then(|l| l.downcast_ref::<crate::layers::Rescaling>()).map_or(1.0, |r| r.scale());
-    nan::check_data_rescaled(x, scale, &named, sample_weight, class_weight)
+    nan::check_data_rescaled(x, model.input_rescaling().unwrap_or(1.0), &named, sample_weight, class_weight)
 }
 
 /// What `evaluate` checks first: compiled, built for `x`, one target per output, the data
