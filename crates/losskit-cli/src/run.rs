@@ -465,6 +465,49 @@ impl Workers {
     fn chief(&self) -> bool {
         self.group().is_none_or(|g| g.rank() == 0)
     }
+    /// How many processes train.
+    fn count(&self) -> usize {
+        self.group().map_or(1, |g| g.size())
+    }
+    /// The run folder: rank 0 chooses (`--out`, or a new `runs/DATE-TIME`) and creates it;
+    /// the other workers learn its path from rank 0 (for the backup they all read).
+    fn run_dir(&self, out: &Option<PathBuf>) -> Result<PathBuf> {
+        let chosen = if self.chief() { Some(run_dir(out)?) } else { None };
+        let Some(group) = self.group() else { return Ok(chosen.expect("one process is rank 0")) };
+        let text = chosen.as_ref().map(|d| {
+            std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()).to_string_lossy().into_owned().into_bytes()
+        });
+        let mut len = [text.as_ref().map_or(0.0, |t| t.len() as f64)];
+        group.broadcast(&mut len, 0)?;
+        // Bytes as small integers: exact in f64 whatever the collective does with them.
+        let mut bytes: Vec<f64> = text.unwrap_or_default().iter().map(|&b| f64::from(b)).collect();
+        bytes.resize(len[0] as usize, 0.0);
+        group.broadcast(&mut bytes, 0)?;
+        let path = String::from_utf8(bytes.iter().map(|&b| b as u8).collect())
+            .map_err(|_| Error::Config("the run folder's path is not UTF-8".into()))?;
+        Ok(chosen.unwrap_or_else(|| PathBuf::from(path)))
+    }
+}
+
+/// A run resumes with as many processes as trained it (its backup says how many): the shards
+/// of every batch, and so the dropout draws, depend on the count.
+fn check_process_count(dir: &Path, processes: usize) -> Result<()> {
+    let Some(backup) = BackupAndRestore::new(backup_dir(dir)).weights()? else { return Ok(()) };
+    if backup.workers == processes {
+        return Ok(());
+    }
+    let how = match backup.workers {
+        1 => format!("without mpirun: `losskit fit --resume {}`", dir.display()),
+        n => format!("with `mpirun -np {n} losskit fit --resume {}`", dir.display()),
+    };
+    Err(Error::file(
+        dir.display().to_string(),
+        format!(
+            "the run was trained by {} process{}, this is {processes}: resume it {how}",
+            backup.workers,
+            if backup.workers == 1 { "" } else { "es" }
+        ),
+    ))
 }
 
 /// `losskit fit`; `given` lists the flags given on the command line (for `--resume`). Under
@@ -580,16 +623,18 @@ fn fit_on(workers: &Workers, args: &FitArgs, given: &[String]) -> Result<()> {
     let started = Instant::now();
     let args = &absolute_paths(args);
     let (mut args, finished_before) = match &args.resume {
-        Some(_) if workers.group().is_some() => {
-            return Err(Error::Config("--resume is not supported with several MPI processes yet".into()))
+        Some(dir) => {
+            let resumed = resumed_args(dir, args, given)?;
+            check_process_count(dir, workers.count())?;
+            resumed
         }
-        Some(dir) => resumed_args(dir, args, given)?,
         None => (args.clone(), None),
     };
     if !workers.chief() {
         args.verbose = 0;
     }
-    if args.resume.is_none() {
+    // Rank 0 alone: another worker could look after rank 0 has begun writing the run.
+    if args.resume.is_none() && workers.chief() {
         refuse_existing_run(args.out.as_deref(), args.overwrite)?;
     }
     let args = &args;
@@ -606,7 +651,8 @@ fn fit_on(workers: &Workers, args: &FitArgs, given: &[String]) -> Result<()> {
     if let (Some(out), true, true) = (&args.out, args.resume.is_some(), workers.chief()) {
         remove_stale_temporaries(out)?;
     }
-    let dir = if workers.chief() { Some(run_dir(&args.out)?) } else { None };
+    let run = workers.run_dir(&args.out)?;
+    let dir = workers.chief().then(|| run.clone());
     let mut run_file =
         RunFile { version: 1, args: args.clone(), spec: Some(spec), step_path: None, finished_epochs: finished_before };
     if let Some(dir) = &dir {
@@ -634,7 +680,7 @@ fn fit_on(workers: &Workers, args: &FitArgs, given: &[String]) -> Result<()> {
             );
         }
     }
-    let history = train(&mut model, &x, &y, class_weight, args, dir.as_deref(), workers.group())?;
+    let history = train(&mut model, &x, &y, class_weight, args, &run, workers.group())?;
     let Some(dir) = dir else { return Ok(()) };
     run_file.step_path = model.step_path().map(ToString::to_string);
     run_file.finished_epochs = Some(history.epochs.len());
@@ -653,24 +699,24 @@ fn fit_on(workers: &Workers, args: &FitArgs, given: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// `fit` with the run's callbacks: the files (rank 0 only, into `dir`), early stopping, the
-/// learning-rate plateau, and the backup (one process only).
+/// `fit` with the run's callbacks: the files (rank 0 only, into the run folder `run`), early
+/// stopping, the learning-rate plateau, and the backup (every process: rank 0 writes it, all
+/// read it on resume).
 fn train(
     model: &mut Model,
     x: &Tensor,
     y: &Tensor,
     class_weight: Option<BTreeMap<i64, f64>>,
     args: &FitArgs,
-    dir: Option<&Path>,
+    run: &Path,
     group: Option<&dyn Collective>,
 ) -> Result<History> {
-    let scratch = PathBuf::new();
-    let files = dir.unwrap_or(&scratch);
-    let mut csv = CsvLogger::new(files.join("history.csv"));
-    let mut tb = TensorBoard::new(files.join("logs"));
-    let mut plots = PlotLearningCurves::new(files);
+    let chief = group.is_none_or(|g| g.rank() == 0);
+    let mut csv = CsvLogger::new(run.join("history.csv"));
+    let mut tb = TensorBoard::new(run.join("logs"));
+    let mut plots = PlotLearningCurves::new(run);
     // Kept when the run ends, so that `--resume RUN --epochs N` can extend it.
-    let mut backup = BackupAndRestore::new(backup_dir(files)).delete_checkpoint(false);
+    let mut backup = BackupAndRestore::new(backup_dir(run)).delete_checkpoint(false);
     let mut fit = Fit::new()
         .epochs(args.epochs)
         .batch_size(args.batch_size)
@@ -687,7 +733,7 @@ fn train(
         args.early_stopping.map(|p| EarlyStopping::new(&args.monitor).patience(p).restore_best_weights(true));
     let mut plateau =
         args.reduce_lr_on_plateau.map(|p| ReduceLROnPlateau::new(&args.monitor).map(|r| r.patience(p))).transpose()?;
-    if dir.is_some() {
+    if chief {
         fit = fit.callback(&mut csv).callback(&mut tb);
     }
     if let Some(e) = early.as_mut() {
@@ -696,13 +742,11 @@ fn train(
     if let Some(r) = plateau.as_mut() {
         fit = fit.callback(r);
     }
-    if dir.is_some() && !args.no_plots {
+    if chief && !args.no_plots {
         fit = fit.callback(&mut plots);
     }
     // Last, so that its backup records every other callback's end-of-epoch state.
-    if dir.is_some() && group.is_none() {
-        fit = fit.callback(&mut backup);
-    }
+    fit = fit.callback(&mut backup);
     model.fit(x, y, fit).map_err(|e| match (&e, model.last_diagnosis()) {
         // The NaN guard's report with advice in this command's flags.
         (Error::NonFinite { .. }, Some(d)) => Error::NonFinite { op: "fit".into(), diagnosis: d.for_cli().to_string() },
@@ -767,7 +811,7 @@ fn load_run(dir: &Path) -> Result<(RunSpec, Model)> {
     }
     // A killed run: the weights of its last backup.
     match BackupAndRestore::new(backup_dir(dir)).weights()? {
-        Some(losskit_train::BackupWeights { weights, epoch, batch }) => {
+        Some(losskit_train::BackupWeights { weights, epoch, batch, .. }) => {
             let values: Vec<Tensor> = weights.into_iter().map(|(_, t)| t).collect();
             model.set_weights(&values)?;
             let at = if batch == 0 { format!("after epoch {epoch}") } else { format!("in epoch {}, batch {batch}", epoch + 1) };

@@ -128,3 +128,69 @@ fn a_killed_worker_stops_the_job_within_seconds() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("exited on signal 9") || err.contains("Killed"), "{err}");
 }
+
+/// The files of a run folder, by name, with their bytes (the folder's files and `backup/`).
+fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    for sub in ["", "backup"] {
+        for e in std::fs::read_dir(dir.join(sub)).unwrap().flatten() {
+            if e.path().is_file() {
+                files.push((format!("{sub}/{}", e.file_name().to_string_lossy()), std::fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn a_killed_two_process_run_resumes_to_the_same_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    // Dropout on: each rank's generator stream must come back with it.
+    let args = |out: &Path| -> Vec<String> {
+        "fit --epochs 4 --batch-size 64 --dropout 0.2 --hidden 32 --no-plots --verbose 0 --out"
+            .split(' ')
+            .map(String::from)
+            .chain([out.display().to_string()])
+            .collect()
+    };
+    let (whole, killed) = (dir.path().join("whole"), dir.path().join("killed"));
+    check(mpirun(2, &args(&whole)).output().unwrap(), "uninterrupted");
+    // Rank 0 dies while writing its third backup (after epoch 3): epoch 2's is the last.
+    let mut crash = Command::new("mpirun");
+    crash
+        .args([
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "-x",
+            "LOSSKIT_TEST_ABORT_BEFORE_RENAME",
+            "-np",
+            "2",
+            losskit(),
+        ])
+        .args(args(&killed))
+        .env("LOSSKIT_TEST_ABORT_BEFORE_RENAME", "backup.safetensors:3");
+    let out = crash.output().unwrap();
+    assert!(!out.status.success(), "the crash hook did not stop the job");
+    assert!(!killed.join("model.safetensors").exists());
+    // One process cannot resume it: refused, the folder unchanged.
+    let before = files_of(&killed);
+    let resume = ["fit", "--resume", &killed.display().to_string(), "--verbose", "1"].map(String::from);
+    let alone = Command::new(losskit()).args(&resume).output().unwrap();
+    assert_eq!(alone.status.code(), Some(2), "{}", String::from_utf8_lossy(&alone.stderr));
+    let err = String::from_utf8_lossy(&alone.stderr);
+    assert!(err.contains("trained by 2 processes, this is 1") && err.contains("mpirun -np 2"), "{err}");
+    assert_eq!(files_of(&killed), before, "a refused resume changes nothing");
+    // Two processes from another working directory: the uninterrupted run's bits.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = mpirun(2, &resume).current_dir(elsewhere.path()).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    check(out, "resumed");
+    assert!(said.contains("Resuming from") && said.contains("epoch 3/4"), "{said}");
+    let ((w1, h1), (w2, h2)) = (result(&whole), result(&killed));
+    let bits = |w: &[Vec<f32>]| -> Vec<u32> { w.iter().flatten().map(|v| v.to_bits()).collect() };
+    assert!(bits(&w2) == bits(&w1), "the weights after the resume differ from the uninterrupted run's");
+    assert_eq!(h2, h1);
+    let csv = |d: &Path| std::fs::read_to_string(d.join("history.csv")).unwrap();
+    assert_eq!(csv(&killed), csv(&whole));
+}

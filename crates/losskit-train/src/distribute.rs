@@ -22,6 +22,9 @@
 //!   validation set; only rank 0 shows a progress bar;
 //! - a worker whose step fails calls [`Collective::fail`]: with MPI it aborts the job with the
 //!   error; in a [`ThreadGroup`] the other workers' next collective returns that error.
+//! - [`BackupAndRestore`](crate::BackupAndRestore) on every worker (same folder, shared file
+//!   system): rank 0 writes the backup with every worker's dropout generator, every worker
+//!   reads it on resume; a backup resumes only with as many workers as made it.
 //!
 //! With the `mpi` feature, `Mpi` (in this module) runs the workers as MPI processes
 //! (`mpirun -np N`).

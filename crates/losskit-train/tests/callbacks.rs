@@ -506,6 +506,14 @@ type Finished = (Model, History, Option<(usize, usize)>);
 
 /// Six epochs of [`resumable_model`] with every stateful callback and a backup in `dir/backup`.
 fn backed_up_run(dir: &std::path::Path, setup: &BackedUp) -> Result<Finished> {
+    backed_up_worker(dir, setup, None)
+}
+
+/// [`backed_up_run`] as one worker of `group` (when given): rank 0 alone has the CSV and
+/// TensorBoard files, and crashes when `setup.crash` says; every worker has the other
+/// callbacks and a backup on the same folder.
+fn backed_up_worker(dir: &std::path::Path, setup: &BackedUp, group: Option<&ThreadGroup>) -> Result<Finished> {
+    let chief = group.is_none_or(|g| g.rank() == 0);
     let (x, y) = data(40);
     let mut m = resumable_model(setup.units);
     let mut csv = CsvLogger::new(dir.join("history.csv"));
@@ -514,7 +522,7 @@ fn backed_up_run(dir: &std::path::Path, setup: &BackedUp) -> Result<Finished> {
     let mut plateau = ReduceLROnPlateau::new("val_loss")?.patience(1).factor(0.5)?;
     let epoch = Rc::new(std::cell::Cell::new(0));
     let seen = epoch.clone();
-    let crash = setup.crash;
+    let crash = setup.crash.filter(|_| chief);
     let mut crasher = LambdaCallback::new()
         .on_epoch_begin(move |e, _| {
             seen.set(e);
@@ -526,18 +534,14 @@ fn backed_up_run(dir: &std::path::Path, setup: &BackedUp) -> Result<Finished> {
         });
     let mut backup =
         BackupAndRestore::new(dir.join("backup")).save_freq(setup.freq)?.delete_checkpoint(!setup.keep_backup);
-    let fit = Fit::new()
-        .epochs(6)
-        .batch_size(setup.batch_size)
-        .validation_split(0.2)
-        .seed(9)
-        .verbose(0)
-        .callback(&mut csv)
-        .callback(&mut tb)
-        .callback(&mut early)
-        .callback(&mut plateau)
-        .callback(&mut crasher)
-        .callback(&mut backup);
+    let mut fit = Fit::new().epochs(6).batch_size(setup.batch_size).validation_split(0.2).seed(9).verbose(0);
+    if let Some(g) = group {
+        fit = fit.distribute(g);
+    }
+    if chief {
+        fit = fit.callback(&mut csv).callback(&mut tb);
+    }
+    let fit = fit.callback(&mut early).callback(&mut plateau).callback(&mut crasher).callback(&mut backup);
     let h = m.fit(&x, &y, fit)?;
     Ok((m, h, backup.resumed_from))
 }
@@ -578,6 +582,84 @@ fn backup_and_restore_resumes_bitwise_after_a_crash() {
         assert_eq!(scalars(dir.path()), scalars(reference.path()), "{freq:?}");
         assert_eq!(m.optimizer_mut().unwrap().iterations(), 6 * 8);
     }
+}
+
+/// `work` on each worker of a new ThreadGroup of `workers`; each worker's result.
+fn on_workers<T: Send>(workers: usize, work: impl Fn(&ThreadGroup) -> T + Sync) -> Vec<T> {
+    let groups = ThreadGroup::new(workers).unwrap();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = groups.iter().map(|g| s.spawn(|| work(g))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// Each worker's weight bits, History and resume point, or its error.
+type WorkerEnd = std::result::Result<(Vec<Vec<u32>>, History, Option<(usize, usize)>), String>;
+
+fn two_workers(dir: &std::path::Path, setup: &BackedUp) -> Vec<WorkerEnd> {
+    on_workers(2, |g| {
+        backed_up_worker(dir, setup, Some(g)).map(|(m, h, from)| (weight_bits(&m), h, from)).map_err(|e| e.to_string())
+    })
+}
+
+#[test]
+fn data_parallel_workers_back_up_together_and_resume_bitwise() {
+    let reference = tempfile::tempdir().unwrap();
+    let ends = two_workers(reference.path(), &BackedUp::default());
+    let (w_ref, h_ref, _) = ends[0].clone().unwrap();
+    assert_eq!(ends[1].as_ref().unwrap().0, w_ref, "the workers hold the same weights");
+    assert_eq!(h_ref.epochs.len(), 6);
+    // Dropout draws differ between workers' streams, so a wrong stream would show.
+    let (m_one, _, _) = backed_up_run(tempfile::tempdir().unwrap().path(), &BackedUp::default()).unwrap();
+    assert_ne!(weight_bits(&m_one), w_ref);
+    for (freq, crash, resumed_at) in [(SaveFreq::Epoch, (3, 2), (3, 0)), (SaveFreq::Batches(3), (2, 5), (2, 5))] {
+        let dir = tempfile::tempdir().unwrap();
+        let crashed = two_workers(dir.path(), &BackedUp { freq, crash: Some(crash), ..Default::default() });
+        assert!(crashed[0].as_ref().unwrap_err().contains("simulated crash"), "{crashed:?}");
+        assert!(crashed[1].as_ref().unwrap_err().contains("worker 0 of 2 failed"), "{crashed:?}");
+        let ends = two_workers(dir.path(), &BackedUp { freq, ..Default::default() });
+        for (rank, end) in ends.iter().enumerate() {
+            let (w, h, from) = end.clone().unwrap();
+            assert_eq!(from, Some(resumed_at), "{freq:?} rank {rank}");
+            assert_eq!(w, w_ref, "{freq:?} rank {rank}: weights differ after the resume");
+            assert_eq!(h, h_ref, "{freq:?} rank {rank}: history differs after the resume");
+        }
+        let csv = |d: &std::path::Path| std::fs::read_to_string(d.join("history.csv")).unwrap();
+        assert_eq!(csv(dir.path()), csv(reference.path()), "{freq:?}");
+        assert_eq!(scalars(dir.path()), scalars(reference.path()), "{freq:?}");
+    }
+}
+
+#[test]
+fn a_backup_resumes_only_with_as_many_workers_as_made_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let crash = BackedUp { crash: Some((2, 0)), ..Default::default() };
+    assert!(two_workers(dir.path(), &crash)[0].is_err());
+    let backup = dir.path().join("backup/backup.safetensors");
+    let before = std::fs::read(&backup).unwrap();
+    assert_eq!(BackupAndRestore::new(dir.path().join("backup")).weights().unwrap().unwrap().workers, 2);
+    let err = backed_up_run(dir.path(), &BackedUp::default()).err().unwrap().to_string();
+    assert!(err.contains("data-parallel workers 2, this fit has 1"), "{err}");
+    let three =
+        on_workers(3, |g| backed_up_worker(dir.path(), &BackedUp::default(), Some(g)).err().map(|e| e.to_string()));
+    assert!(three[0].as_deref().unwrap().contains("data-parallel workers 2, this fit has 3"), "{three:?}");
+    assert_eq!(std::fs::read(&backup).unwrap(), before, "a refused resume leaves the backup alone");
+}
+
+#[test]
+fn workers_without_the_same_backup_callback_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let errs = on_workers(2, |g| {
+        let (x, y) = data(40);
+        let mut m = resumable_model(8);
+        let mut backup = BackupAndRestore::new(dir.path().join("backup"));
+        let mut fit = Fit::new().epochs(1).verbose(0).distribute(g);
+        if g.rank() == 0 {
+            fit = fit.callback(&mut backup);
+        }
+        m.fit(&x, &y, fit).err().map(|e| e.to_string())
+    });
+    assert!(errs[0].as_deref().unwrap().contains("1 of 2 data-parallel workers have a BackupAndRestore"), "{errs:?}");
 }
 
 #[test]

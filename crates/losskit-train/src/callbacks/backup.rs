@@ -47,6 +47,16 @@ pub enum SaveFreq {
 /// another training set size, batch size, seed or shuffle setting, or other stateful callbacks.
 /// No backup file means a fresh start. With `delete_checkpoint` (the default), the backup is
 /// deleted when `fit` ends normally (also when stopped early), as in Keras.
+///
+/// Data-parallel workers ([`Fit::distribute`](crate::Fit::distribute)) each get a
+/// `BackupAndRestore` on the same folder, with the same `save_freq`, on a file system they all
+/// share (a worker without one is an error). At each backup every worker's dropout generator
+/// is gathered to rank 0, which alone writes the file; on resume every worker reads it, they
+/// check that they read the same backup, and each takes its own generator back. A backup
+/// resumes only with as many workers as made it (the shards, and so the dropout draws, depend
+/// on the count). Rank 0 restores every stateful callback as one process does; another worker
+/// restores the ones it has, matched by kind in rank 0's order (it may lack rank 0's
+/// file-writing callbacks; the others see the same logs on every worker).
 #[derive(Debug, Clone)]
 pub struct BackupAndRestore {
     backup_dir: PathBuf,
@@ -137,7 +147,12 @@ impl BackupAndRestore {
     /// backup. For a killed run's evaluation. Damaged or foreign files are errors naming the
     /// file.
     pub fn weights(&self) -> Result<Option<BackupWeights>> {
-        Ok(self.load()?.map(|s| BackupWeights { weights: s.weights, epoch: s.epoch, batch: s.step }))
+        Ok(self.load()?.map(|s| BackupWeights {
+            weights: s.weights,
+            epoch: s.epoch,
+            batch: s.step,
+            workers: s.run.workers,
+        }))
     }
 
     /// Deletes the backup when `delete_checkpoint` is on.
@@ -273,6 +288,8 @@ pub(crate) struct RunFacts {
     pub batch_size: usize,
     pub shuffle: bool,
     pub seed: u64,
+    /// Data-parallel workers (1: one process).
+    pub workers: usize,
 }
 
 /// The weights a backup holds ([`BackupAndRestore::weights`]) and where the run was.
@@ -284,6 +301,8 @@ pub struct BackupWeights {
     pub epoch: usize,
     /// Batches of `epoch` already done.
     pub batch: usize,
+    /// The data-parallel workers that trained it (1: one process); a resume needs as many.
+    pub workers: usize,
 }
 
 /// Everything a resumed `fit` needs.
@@ -299,8 +318,9 @@ pub(crate) struct Snapshot {
     /// The model's weights, by name, and its dtype.
     pub weights: Vec<(String, Tensor)>,
     pub optimizer: OptimizerState,
-    /// The model's generator (dropout) now, and the shuffle generator before `epoch`'s permutation.
-    pub model_rng: ChaCha8Rng,
+    /// The model's generator (dropout) now, one per data-parallel worker (each draws from
+    /// its own stream), and the shuffle generator before `epoch`'s permutation.
+    pub model_rngs: Vec<ChaCha8Rng>,
     pub shuffle_rng: ChaCha8Rng,
     /// The epoch's running sums when `step > 0` (flattened running sums of the loss and metrics).
     pub sums: Vec<f64>,
@@ -338,6 +358,7 @@ impl Snapshot {
                 "batch_size": self.run.batch_size,
                 "shuffle": self.run.shuffle,
                 "seed": self.run.seed.to_string(),
+                "workers": self.run.workers,
             },
             "weights": weights,
             "optimizer": {
@@ -346,7 +367,11 @@ impl Snapshot {
                 "slots_per_weight": self.optimizer.slots.first().map_or(0, Vec::len),
                 "weights_with_slots": self.optimizer.slots.len(),
             },
-            "rng": {"model": rng_json(&self.model_rng), "shuffle": rng_json(&self.shuffle_rng)},
+            "rng": {
+                "model": self.model_rngs.first().map(rng_json),
+                "shuffle": rng_json(&self.shuffle_rng),
+                "workers": self.model_rngs.iter().map(rng_json).collect::<Vec<_>>(),
+            },
             "sums": self.sums.iter().map(|v| exact(*v)).collect::<Vec<_>>(),
             "history": history_json(&self.history),
             "last_logs": last_logs,
@@ -409,7 +434,7 @@ impl Snapshot {
             .iter()
             .map(|(k, v)| parse_exact(v).map(|x| (k.clone(), x)))
             .collect::<std::result::Result<_, String>>()?;
-        Ok(Snapshot {
+        let snapshot = Snapshot {
             epoch: count(&state["epoch"], "epoch")?,
             step: count(&state["step"], "step")?,
             stopped: state["stopped"].as_bool().ok_or("no stopped flag")?,
@@ -418,10 +443,15 @@ impl Snapshot {
                 batch_size: count(&run["batch_size"], "batch size")?,
                 shuffle: run["shuffle"].as_bool().ok_or("no shuffle flag")?,
                 seed: number(&run["seed"], "seed")?,
+                // Backups made before data-parallel resume existed were one process's.
+                workers: if run["workers"].is_null() { 1 } else { count(&run["workers"], "worker count")? },
             },
             weights,
             optimizer,
-            model_rng: rng_from_json(&state["rng"]["model"])?,
+            model_rngs: match state["rng"]["workers"].as_array() {
+                Some(all) => all.iter().map(rng_from_json).collect::<std::result::Result<_, _>>()?,
+                None => vec![rng_from_json(&state["rng"]["model"])?],
+            },
             shuffle_rng: rng_from_json(&state["rng"]["shuffle"])?,
             sums: state["sums"]
                 .as_array()
@@ -432,7 +462,15 @@ impl Snapshot {
             history: history_from_json(&state["history"])?,
             last_logs,
             callbacks,
-        })
+        };
+        if snapshot.model_rngs.len() != snapshot.run.workers {
+            return Err(format!(
+                "it holds {} dropout generators for {} workers",
+                snapshot.model_rngs.len(),
+                snapshot.run.workers
+            ));
+        }
+        Ok(snapshot)
     }
 
     /// Whether this backup belongs to a run with `facts` and weights `model_weights`
@@ -463,6 +501,7 @@ impl Snapshot {
             ("batch_size", r.batch_size.to_string(), facts.batch_size.to_string()),
             ("shuffle", r.shuffle.to_string(), facts.shuffle.to_string()),
             ("seed", r.seed.to_string(), facts.seed.to_string()),
+            ("data-parallel workers", r.workers.to_string(), facts.workers.to_string()),
         ];
         for (what, backup, now) in checks {
             if backup != now {

@@ -7,7 +7,7 @@ use super::evaluate::evaluate_inner;
 use super::guard::GuardAt;
 use super::logs::{logs_of, refresh_logs, resolve_metrics, Accumulators};
 use super::options::{Fit, Targets};
-use super::resume::{back_up, resume};
+use super::resume::{back_up, check_backups_agree, resume};
 use super::state::{FitLoop, LoopOptions, Progress};
 use super::step::{self, join_group};
 use crate::callbacks::backup::RunFacts;
@@ -43,15 +43,19 @@ pub(crate) fn fit_run(model: &mut Model, x: &Tensor, y: Targets, mut opts: Fit<'
         shuffle: opts.shuffle,
         verbose: opts.verbose,
     };
-    let facts = RunFacts { samples: data.n, batch_size: opts.batch_size, shuffle: opts.shuffle, seed: opts.seed };
+    let group = opts.group.filter(|g| g.size() > 1);
+    let facts = RunFacts {
+        samples: data.n,
+        batch_size: opts.batch_size,
+        shuffle: opts.shuffle,
+        seed: opts.seed,
+        workers: group.map_or(1, |g| g.size()),
+    };
     let progress = Progress::start(opts.initial_epoch, opts.seed);
     let mut run = FitLoop::new(&data, metrics, callbacks, loop_opts, facts, progress)?;
-    let group = opts.group.filter(|g| g.size() > 1);
-    if group.is_some() && run.backup.is_some() {
-        return Err(Error::Config("fit: BackupAndRestore is not supported with several workers yet".into()));
-    }
     let (stepper, path) = step::choose(model, &data, group)?;
     run.stepper = stepper;
+    check_backups_agree(&mut run)?;
     if loop_opts.verbose > 0 {
         println!("Training step: {path}");
     }
@@ -84,25 +88,40 @@ pub(crate) fn begin_training(model: &mut Model, run: &mut FitLoop<'_, '_>, state
     if run.backup.is_none() || run.backup().and_then(|b| b.resumed_from).is_none() {
         return Ok(());
     }
+    let chief = run.stepper.group().is_none_or(|g| g.rank() == 0);
     let mut stateful: Vec<&mut &mut dyn Callback> =
         run.callbacks.iter_mut().filter(|cb| cb.state().is_some()).collect();
     let kinds_now: Vec<String> = stateful.iter().filter_map(|cb| cb.state()).map(|s| s.kind).collect();
     let kinds_then: Vec<String> = states.iter().map(|s| s.kind.clone()).collect();
-    if kinds_now != kinds_then {
+    let Some(matched) = states_for(&kinds_now, states, chief) else {
         let path = run.backup().map(|b| b.path().display().to_string()).unwrap_or_default();
+        let same = if chief { "the same callbacks" } else { "callbacks that rank 0 has too, in its order" };
         return Err(Error::file(
             path,
             format!(
-                "the backup was made with the callbacks [{}], this fit has [{}]: resume with the same callbacks (or delete the backup to start over)",
+                "the backup was made with the callbacks [{}], this fit has [{}]: resume with {same} (or delete the backup to start over)",
                 kinds_then.join(", "),
                 kinds_now.join(", ")
             ),
         ));
-    }
-    for (cb, state) in stateful.iter_mut().zip(states) {
+    };
+    for (cb, state) in stateful.iter_mut().zip(matched) {
         cb.restore_state(state)?;
     }
     Ok(())
+}
+
+/// The backed-up `states` for stateful callbacks of `kinds`: all of them, kind for kind in
+/// the same order (`exact`: one process, or rank 0, which wrote the backup); on another
+/// data-parallel worker, which may lack rank 0's file-writing callbacks, each kind taken in
+/// order from rank 0's (the others, such as EarlyStopping, see the same logs on every worker).
+/// `None` when they do not match.
+fn states_for(kinds: &[String], states: Vec<CallbackState>, exact: bool) -> Option<Vec<CallbackState>> {
+    if exact {
+        return (kinds.len() == states.len() && kinds.iter().zip(&states).all(|(k, s)| *k == s.kind)).then_some(states);
+    }
+    let mut left = states.into_iter();
+    kinds.iter().map(|k| left.by_ref().find(|s| s.kind == *k)).collect()
 }
 
 /// One epoch: the callbacks around it, the shuffled batches, validation, the History, the
@@ -147,9 +166,10 @@ pub(crate) fn end_training(model: &mut Model, run: &mut FitLoop<'_, '_>) -> Resu
     for cb in run.callbacks.iter_mut() {
         cb.on_train_end(&last_logs, model)?;
     }
+    let chief = run.stepper.group().is_none_or(|g| g.rank() == 0);
     match run.backup() {
-        Some(b) => b.finish(),
-        None => Ok(()),
+        Some(b) if chief => b.finish(),
+        _ => Ok(()),
     }
 }
 
