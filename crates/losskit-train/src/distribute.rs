@@ -42,7 +42,8 @@ pub trait Collective {
     /// the same length and gets the same result).
     fn all_reduce_sum(&self, buf: &mut [f64]) -> Result<()>;
     /// [`Collective::all_reduce_sum`] for f32 values (gradients of f32 models: half the bytes).
-    /// The default goes through f64; [`ThreadGroup`] uses it, MPI sums f32 natively.
+    /// The default goes through f64 (allocating); [`ThreadGroup`] sums in f64 without
+    /// allocating, MPI sums f32 natively.
     fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()> {
         let mut wide: Vec<f64> = buf.iter().map(|&v| f64::from(v)).collect();
         self.all_reduce_sum(&mut wide)?;
@@ -67,6 +68,10 @@ pub fn shard(idx: &[usize], rank: usize, size: usize) -> &[usize] {
 
 /// Workers as threads of one process, for tests and for data parallelism without MPI: each
 /// thread runs its own `fit` with its own member of the group.
+///
+/// A collective sums the workers' buffers in rank order, in f64 (so the result does not depend
+/// on which worker arrives first), and allocates nothing once its buffers have grown to the
+/// largest collective's size.
 pub struct ThreadGroup {
     rank: usize,
     shared: Arc<Shared>,
@@ -78,14 +83,63 @@ struct Shared {
     turn: Condvar,
 }
 
-/// One collective in progress: the buffers arrived so far, the round's result, and a failure.
+/// One collective in progress: the workers' buffers arrived so far, the round's result, and a
+/// failure. The buffers keep their capacity from round to round.
 #[derive(Default)]
 struct Round {
     generation: u64,
     arrived: usize,
-    sum: Vec<f64>,
+    /// Values per worker in this round.
+    len: usize,
+    /// Each worker's contribution, `size × len` in rank order (a broadcast keeps the root's).
+    parts: Vec<f64>,
+    /// Which workers contribute (all for a sum, the root for a broadcast).
+    contributes: Vec<bool>,
     result: Vec<f64>,
     failed: Option<String>,
+}
+
+impl Round {
+    /// The round's result: the contributions summed in rank order, starting from 0.0 (a
+    /// broadcast: the root's values as they are).
+    fn finish(&mut self, broadcast: bool) {
+        let len = self.len;
+        self.result.clear();
+        self.result.resize(len, 0.0);
+        for (part, &on) in self.parts.chunks_exact(len.max(1)).zip(&self.contributes) {
+            if !on {
+                continue;
+            }
+            match broadcast {
+                true => self.result.copy_from_slice(&part[..len]),
+                false => self.result.iter_mut().zip(part).for_each(|(r, v)| *r += v),
+            }
+        }
+    }
+}
+
+/// The element types a [`ThreadGroup`] sums: widened to f64 to sum, narrowed back after.
+trait Summed: Copy {
+    fn wide(self) -> f64;
+    fn narrow(v: f64) -> Self;
+}
+
+impl Summed for f64 {
+    fn wide(self) -> f64 {
+        self
+    }
+    fn narrow(v: f64) -> f64 {
+        v
+    }
+}
+
+impl Summed for f32 {
+    fn wide(self) -> f64 {
+        f64::from(self)
+    }
+    fn narrow(v: f64) -> f32 {
+        v as f32
+    }
 }
 
 impl ThreadGroup {
@@ -98,30 +152,39 @@ impl ThreadGroup {
         Ok((0..size).map(|rank| ThreadGroup { rank, shared: shared.clone() }).collect())
     }
 
-    /// Adds `contribution` (each worker's, `None` for a worker that only reads) and waits for
-    /// all workers; returns the round's sum.
-    fn exchange(&self, contribution: Option<&[f64]>, len: usize) -> Result<Vec<f64>> {
+    /// Puts `buf` (widened to f64) in as this worker's contribution when `contributes`, waits
+    /// for all workers, and writes the round's result back into `buf` (narrowed): the
+    /// rank-order sum, or with `broadcast` the contributor's values.
+    fn exchange<T: Summed>(&self, buf: &mut [T], contributes: bool, broadcast: bool) -> Result<()> {
         let poisoned = |_| Error::Config("ThreadGroup: a worker panicked".into());
+        let size = self.shared.size;
         let mut round = self.shared.state.lock().map_err(poisoned)?;
         if let Some(msg) = &round.failed {
             return Err(Error::Config(msg.clone()));
         }
+        let len = buf.len();
         if round.arrived == 0 {
-            round.sum = vec![0.0; len];
+            round.len = len;
+            round.parts.clear();
+            round.parts.resize(size * len, 0.0);
+            round.contributes.clear();
+            round.contributes.resize(size, false);
         }
-        if round.sum.len() != len {
-            let msg = format!("ThreadGroup: buffers of {len} and {} values in one collective", round.sum.len());
+        if round.len != len {
+            let msg = format!("ThreadGroup: buffers of {len} and {} values in one collective", round.len);
             round.failed = Some(msg.clone());
             self.shared.turn.notify_all();
             return Err(Error::Config(msg));
         }
-        if let Some(c) = contribution {
-            round.sum.iter_mut().zip(c).for_each(|(s, v)| *s += v);
+        if contributes {
+            let part = &mut round.parts[self.rank * len..(self.rank + 1) * len];
+            part.iter_mut().zip(buf.iter()).for_each(|(p, &v)| *p = v.wide());
+            round.contributes[self.rank] = true;
         }
         round.arrived += 1;
         let generation = round.generation;
-        if round.arrived == self.shared.size {
-            round.result = std::mem::take(&mut round.sum);
+        if round.arrived == size {
+            round.finish(broadcast);
             round.arrived = 0;
             round.generation += 1;
             self.shared.turn.notify_all();
@@ -134,7 +197,10 @@ impl ThreadGroup {
                 return Err(Error::Config(round.failed.clone().unwrap_or_default()));
             }
         }
-        Ok(round.result.clone())
+        // The result stays until every worker has read it: the next round cannot complete
+        // before this worker joins it.
+        buf.iter_mut().zip(&round.result).for_each(|(b, &r)| *b = T::narrow(r));
+        Ok(())
     }
 }
 
@@ -146,15 +212,13 @@ impl Collective for ThreadGroup {
         self.shared.size
     }
     fn all_reduce_sum(&self, buf: &mut [f64]) -> Result<()> {
-        let sum = self.exchange(Some(buf), buf.len())?;
-        buf.copy_from_slice(&sum);
-        Ok(())
+        self.exchange(buf, true, false)
+    }
+    fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()> {
+        self.exchange(buf, true, false)
     }
     fn broadcast(&self, buf: &mut [f64], root: usize) -> Result<()> {
-        let mine = (self.rank == root).then_some(&*buf);
-        let sum = self.exchange(mine, buf.len())?;
-        buf.copy_from_slice(&sum);
-        Ok(())
+        self.exchange(buf, self.rank == root, true)
     }
     fn fail(&self, error: &Error) {
         if let Ok(mut round) = self.shared.state.lock() {

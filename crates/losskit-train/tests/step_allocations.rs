@@ -45,6 +45,20 @@ static ALLOCATOR: Counting = Counting;
 /// regularizers (`"regularized"`), or another loss on one-hot targets (`"focal"`: categorical
 /// focal cross-entropy, `"bce"`, `"mse"`, `"hinge"`: squared hinge) as `variant` says.
 fn allocations_per_step(opt: &str, batch: usize, planned: bool, weighted: bool, variant: &str) -> Vec<usize> {
+    allocations_per_distributed_step(opt, batch, planned, weighted, variant, 1)
+}
+
+/// [`allocations_per_step`] with `workers` data-parallel workers (a `ThreadGroup`, each worker
+/// on a rayon pool of one thread of its own, so that its parallel regions run on it), counted
+/// over every worker, between the ends of rank 0's batches.
+fn allocations_per_distributed_step(
+    opt: &str,
+    batch: usize,
+    planned: bool,
+    weighted: bool,
+    variant: &str,
+    workers: usize,
+) -> Vec<usize> {
     let rows = 640;
     let x: Vec<f32> = (0..rows * 64).map(|i| ((i * 7919) % 256) as f32 / 255.0).collect();
     let y: Vec<f32> = (0..rows).map(|i| (i % 10) as f32).collect();
@@ -61,51 +75,89 @@ fn allocations_per_step(opt: &str, batch: usize, planned: bool, weighted: bool, 
         y = Tensor::one_hot(&y, 10, losskit::DType::F32).unwrap();
         loss = LossArg::from(name);
     }
-    let mut model = if variant == "regularized" {
-        let l1l2 = Regularizer::L1L2 { l1: 1e-4, l2: 1e-4 };
-        Sequential::new()
-            .add(Flatten::new())
-            .add(Dense::new(128).activation("relu").unwrap().kernel_regularizer(l1l2).bias_regularizer(l1l2))
-            .add(Dropout::new(0.2).unwrap())
-            .add(Dense::new(10).activation("softmax").unwrap().kernel_regularizer(Regularizer::L2(1e-3)))
-    } else if variant == "separate" {
-        Sequential::new()
-            .add(Flatten::new())
-            .add(Dense::new(128))
-            .add(ActivationLayer::new("relu").unwrap())
-            .add(Dropout::new(0.2).unwrap())
-            .add(Dense::new(10))
-            .add(ActivationLayer::new("softmax").unwrap())
-    } else {
-        Sequential::new()
-            .add(Flatten::new())
-            .add(Dense::new(128).activation("relu").unwrap())
-            .add(Dropout::new(0.2).unwrap())
-            .add(Dense::new(10).activation("softmax").unwrap())
+    let build = || -> Model {
+        let mut model = if variant == "regularized" {
+            let l1l2 = Regularizer::L1L2 { l1: 1e-4, l2: 1e-4 };
+            Sequential::new()
+                .add(Flatten::new())
+                .add(Dense::new(128).activation("relu").unwrap().kernel_regularizer(l1l2).bias_regularizer(l1l2))
+                .add(Dropout::new(0.2).unwrap())
+                .add(Dense::new(10).activation("softmax").unwrap().kernel_regularizer(Regularizer::L2(1e-3)))
+        } else if variant == "separate" {
+            Sequential::new()
+                .add(Flatten::new())
+                .add(Dense::new(128))
+                .add(ActivationLayer::new("relu").unwrap())
+                .add(Dropout::new(0.2).unwrap())
+                .add(Dense::new(10))
+                .add(ActivationLayer::new("softmax").unwrap())
+        } else {
+            Sequential::new()
+                .add(Flatten::new())
+                .add(Dense::new(128).activation("relu").unwrap())
+                .add(Dropout::new(0.2).unwrap())
+                .add(Dense::new(10).activation("softmax").unwrap())
+        };
+        model
+            .compile(
+                Compile::new()
+                    .optimizer(Optimizer::parse(opt).unwrap())
+                    .loss(loss.clone())
+                    .metrics(&["accuracy"])
+                    .planned_step(Some(planned)),
+            )
+            .unwrap();
+        model
     };
-    model
-        .compile(
-            Compile::new()
-                .optimizer(Optimizer::parse(opt).unwrap())
-                .loss(loss)
-                .metrics(&["accuracy"])
-                .planned_step(Some(planned)),
-        )
-        .unwrap();
     let marks = Arc::new(Mutex::new(Vec::with_capacity(2 * rows / batch + 2)));
-    let m = Arc::clone(&marks);
-    let mut probe = LambdaCallback::new().on_batch_end(move |_, _| {
-        m.lock().unwrap().push(CALLS.load(Relaxed));
-        Ok(())
-    });
-    let mut fit = Fit::new().epochs(2).batch_size(batch).verbose(0).callback(&mut probe);
-    if weighted {
-        fit = fit.class_weight((0..10).map(|c| (c, 1.0 + c as f64 / 4.0)).collect());
+    // Rank 0 (or the one process) marks the count at each batch.
+    let train = |group: Option<&ThreadGroup>| {
+        let m = Arc::clone(&marks);
+        let mark = move || {
+            m.lock().unwrap().push(CALLS.load(Relaxed));
+            Ok(())
+        };
+        // With other workers, at the start of rank 0's batches: after its last batch the
+        // others may already be ending the epoch before rank 0's end-of-batch mark.
+        let mut probe = match group {
+            None => LambdaCallback::new().on_batch_end(move |_, _| mark()),
+            Some(_) => LambdaCallback::new().on_batch_begin(move |_, _| mark()),
+        };
+        let mut fit = Fit::new().epochs(2).batch_size(batch).verbose(0);
+        if group.is_none_or(|g| g.rank() == 0) {
+            fit = fit.callback(&mut probe);
+        }
+        if let Some(g) = group {
+            fit = fit.distribute(g);
+        }
+        if weighted {
+            fit = fit.class_weight((0..10).map(|c| (c, 1.0 + c as f64 / 4.0)).collect());
+        }
+        let mut model = build();
+        model.fit(&x, &y, fit).unwrap();
+        let kind = model.step_path().unwrap().kind;
+        assert_eq!(matches!(kind, StepKind::Planned | StepKind::DistributedPlanned), planned, "{kind:?}");
+    };
+    if workers == 1 {
+        train(None);
+    } else {
+        let groups = ThreadGroup::new(workers).unwrap();
+        let pools: Vec<rayon::ThreadPool> =
+            (0..workers).map(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap()).collect();
+        std::thread::scope(|s| {
+            for (g, pool) in groups.iter().zip(&pools) {
+                let train = &train;
+                s.spawn(move || pool.install(|| train(Some(g))));
+            }
+        });
     }
-    model.fit(&x, &y, fit).unwrap();
     let marks = marks.lock().unwrap();
     let second = &marks[marks.len() / 2..];
-    second.windows(2).map(|w| w[1] - w[0]).collect()
+    let per_step = second.windows(2).map(|w| w[1] - w[0]);
+    // The others' epoch boundary and first step of the epoch (as the one process', left out)
+    // overlap rank 0's first two windows.
+    let skip = if workers == 1 { 0 } else { 2 };
+    per_step.skip(skip).collect()
 }
 
 #[test]
@@ -140,5 +192,15 @@ fn a_warm_planned_step_allocates_nothing() {
         // The counter counts: the tape's step allocates its graph every step.
         let tape = allocations_per_step(opt, batch, false, weighted, variant);
         assert!(tape.iter().all(|&n| n > 50), "{opt}/{batch}: the tape's step {tape:?}");
+    }
+    // Data-parallel workers: the planned step's shards, both all-reduces and the update.
+    for (workers, opt, weighted, variant) in [(2, "adam", false, "seed"), (3, "sgd", true, "regularized")] {
+        let planned = allocations_per_distributed_step(opt, 64, true, weighted, variant, workers);
+        assert_eq!(planned.len(), 640 / 64 - 3);
+        if own_gemm {
+            assert!(planned.iter().all(|&n| n == 0), "{workers} workers: allocations per warm step {planned:?}");
+        }
+        let tape = allocations_per_distributed_step(opt, 64, false, weighted, variant, workers);
+        assert!(tape.iter().all(|&n| n > 50), "{workers} workers: the tape's step {tape:?}");
     }
 }

@@ -127,11 +127,18 @@ pub(crate) fn distributed_planned_step(
         true => (0.0, None),
         false => plan.shard_loss(model, &data.x, &data.ys[0], data.w.as_ref(), rows)?,
     };
+    // The plan's buffer, kept across steps.
+    let mut sums = std::mem::take(&mut plan.sums);
     let (ys, outs) = if rows.is_empty() { (&[][..], &[][..]) } else { plan.reading(rows.len()) };
-    let mut sums = local_sums(&[(sum, own)], 1, metrics, ys, outs)?;
+    local_sums_into(&mut sums, &[(sum, own)], 1, metrics, ys, outs)?;
     group.all_reduce_sum(&mut sums)?;
-    let (loss, each) = global_losses(model, &sums, 1)?;
-    plan.shard_gradients(model, rows.len(), own.map(|_| sums[1]), 1.0 / group.size() as f64)?;
+    let loss_of_output = global_loss(model.compiled.as_ref().expect("checked").losses[0].reduction(), &sums[..2]);
+    // As `global_losses` (one output, no loss weight: the planned step has neither), with the
+    // plan's penalty instead of the tape's `regularization_loss` (the same bits).
+    let loss = loss_of_output + plan.penalty(model).unwrap_or(0.0);
+    let global = own.map(|_| sums[1]);
+    plan.sums = sums;
+    plan.shard_gradients(model, rows.len(), global, 1.0 / group.size() as f64)?;
     plan.all_reduce_gradients(group)?;
     let check = guard.is_some().then_some(true);
     let applied = plan.apply(model, loss, check)?;
@@ -143,7 +150,7 @@ pub(crate) fn distributed_planned_step(
             return fail_step(model, &batch, loss, plan.weight_grads(), guard);
         }
     }
-    acc.add_batch(loss, &each, &sums[2..], idx.len() as f64);
+    acc.add_batch(loss, &[loss_of_output], &plan.sums[2..], idx.len() as f64);
     Ok(())
 }
 
@@ -196,8 +203,23 @@ pub(crate) fn local_sums(
     ys: &[Tensor],
     outs: &[Tensor],
 ) -> Result<Vec<f64>> {
+    let mut sums = Vec::new();
+    local_sums_into(&mut sums, partials, outputs, metrics, ys, outs)?;
+    Ok(sums)
+}
+
+/// [`local_sums`] into `sums` (its capacity kept: no allocation once it has grown).
+pub(crate) fn local_sums_into(
+    sums: &mut Vec<f64>,
+    partials: &[(f64, Option<f64>)],
+    outputs: usize,
+    metrics: &[Vec<Metric>],
+    ys: &[Tensor],
+    outs: &[Tensor],
+) -> Result<()> {
     let metric_values = metrics.iter().map(Vec::len).sum::<usize>() * 2;
-    let mut sums: Vec<f64> = partials.iter().flat_map(|&(sum, d)| [sum, d.unwrap_or(0.0)]).collect();
+    sums.clear();
+    sums.extend(partials.iter().flat_map(|&(sum, d)| [sum, d.unwrap_or(0.0)]));
     sums.resize(2 * outputs, 0.0);
     for ((ms, y), out) in metrics.iter().zip(ys).zip(outs) {
         for m in ms {
@@ -206,7 +228,17 @@ pub(crate) fn local_sums(
         }
     }
     sums.resize(2 * outputs + metric_values, 0.0);
-    Ok(sums)
+    Ok(())
+}
+
+/// One output's loss over the whole batch from its all-reduced `[weighted sum, denominator]`:
+/// the sum alone for a `sum` reduction, 0 for a zero denominator, else their quotient.
+fn global_loss(reduction: Reduction, pair: &[f64]) -> f64 {
+    match reduction {
+        Reduction::Sum => pair[0],
+        _ if pair[1] == 0.0 => 0.0,
+        _ => pair[0] / pair[1],
+    }
 }
 
 /// From a batch's all-reduced [`local_sums`]: each output's loss over the whole batch (its
@@ -214,13 +246,7 @@ pub(crate) fn local_sums(
 /// denominator) and the total, with loss weights and the regularization.
 pub(crate) fn global_losses(model: &Model, sums: &[f64], outputs: usize) -> Result<(f64, Vec<f64>)> {
     let compiled = model.compiled.as_ref().expect("checked");
-    let each: Vec<f64> = (0..outputs)
-        .map(|o| match compiled.losses[o].reduction() {
-            Reduction::Sum => sums[2 * o],
-            _ if sums[2 * o + 1] == 0.0 => 0.0,
-            _ => sums[2 * o] / sums[2 * o + 1],
-        })
-        .collect();
+    let each: Vec<f64> = (0..outputs).map(|o| global_loss(compiled.losses[o].reduction(), &sums[2 * o..])).collect();
     let regularization = no_grad(|| model.regularization_loss())?.map(|r| r.to_scalar()).transpose()?;
     let total = each.iter().zip(&compiled.loss_weights).map(|(l, w)| l * w.unwrap_or(1.0)).sum::<f64>()
         + regularization.unwrap_or(0.0);

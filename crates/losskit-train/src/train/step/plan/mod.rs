@@ -149,6 +149,9 @@ pub(crate) struct StepPlan {
     /// The gradients flattened for a data-parallel all-reduce (f32 or f64 models; kept for
     /// their capacity).
     flat: (Vec<f32>, Vec<f64>),
+    /// A data-parallel step's loss and metric sums for its first all-reduce (kept for its
+    /// capacity).
+    pub sums: Vec<f64>,
 }
 
 /// Inputs of at least this many values have `losskit::compute` fold the reduction's scale into
@@ -186,6 +189,7 @@ impl StepPlan {
             weight_grads: Vec::new(),
             sum_squares: Vec::new(),
             flat: (Vec::new(), Vec::new()),
+            sums: Vec::new(),
         };
         if let Some(y) = y {
             plan.fit_loss(model, y)?;
@@ -726,6 +730,17 @@ fn reduced<T: Element>(values: &[T], factor: T) -> f64 {
     (slices::row_sum(values) * factor).to_f64().unwrap_or(f64::NAN)
 }
 
+impl StepPlan {
+    /// The model's regularization penalty (`Σ penalties`, in the model's dtype, as
+    /// `Model::regularization_loss` adds them), or `None` when nothing is regularized.
+    pub(crate) fn penalty(&self, model: &crate::Model) -> Option<f64> {
+        match self.dtype {
+            DType::F32 => penalty_sum::<f32>(&self.stages, &model.trunk, None).map(f64::from),
+            DType::F64 => penalty_sum::<f64>(&self.stages, &model.trunk, None),
+        }
+    }
+}
+
 /// `loss + Σ penalties` as the tape's total adds the model's regularization to the loss (in
 /// `T`: each weight's penalty `c·Σ f(w)`, a layer's kernel then bias penalty added, the layers
 /// added in order, as `Model::regularization_loss`), or `loss` when nothing is regularized.
@@ -735,8 +750,18 @@ fn with_penalty<T: Element>(
     loss: f64,
     stages: &[Stage],
     layers: &[Box<dyn Layer>],
-    mut grads: Option<&mut [Tensor]>,
+    grads: Option<&mut [Tensor]>,
 ) -> f64 {
+    match penalty_sum::<T>(stages, layers, grads) {
+        Some(p) => (T::c(loss) + p).to_f64().unwrap_or(f64::NAN),
+        None => loss,
+    }
+}
+
+/// `Σ penalties` in `T` (each weight's `c·Σ f(w)`, a layer's kernel then bias penalty added,
+/// the layers added in order), `None` when nothing is regularized; with `grads`, each
+/// penalty's gradient added to its weight's gradient in the same pass.
+fn penalty_sum<T: Element>(stages: &[Stage], layers: &[Box<dyn Layer>], mut grads: Option<&mut [Tensor]>) -> Option<T> {
     let mut total: Option<T> = None;
     for stage in stages {
         let Stage::Dense { layer, weight: k, regularizers, .. } = *stage else { continue };
@@ -755,10 +780,7 @@ fn with_penalty<T: Element>(
             total = Some(total.map_or(p, |t| t + p));
         }
     }
-    match total {
-        Some(p) => (T::c(loss) + p).to_f64().unwrap_or(f64::NAN),
-        None => loss,
-    }
+    total
 }
 
 /// Adds each regularized weight's penalty gradient, times `share` (1, or 1/workers in a
