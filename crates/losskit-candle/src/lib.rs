@@ -214,20 +214,6 @@ fn to_candle(t: &losskit::Tensor) -> (CpuStorage, Shape) {
     (storage, Shape::from(t.shape().to_vec()))
 }
 
-/// The values in row-major order, without a copy when the array is unshared and standard.
-fn into_vec<T: Clone>(a: ndarray::ArcArray<T, ndarray::IxDyn>) -> Vec<T> {
-    let n = a.len();
-    if !a.is_standard_layout() {
-        return a.iter().cloned().collect();
-    }
-    // A standard-layout array's elements are the `n` values from its offset in the buffer.
-    let (mut v, offset) = a.into_owned().into_raw_vec_and_offset();
-    let start = offset.unwrap_or(0);
-    v.truncate(start + n);
-    v.drain(..start);
-    v
-}
-
 /// losskit's graph of the last forward: the output and the leaves candle differentiates.
 #[derive(Default)]
 struct Graph(Mutex<Option<(losskit::Tensor, Vec<losskit::Tensor>)>>);
@@ -299,12 +285,10 @@ fn rerun<R>(args: &[&Tensor], forward: impl FnOnce(&[(&CpuStorage, &Layout)]) ->
 /// A losskit tensor as a candle CPU tensor, moving its buffer when it is unshared.
 fn into_candle(t: losskit::Tensor) -> Result<Tensor> {
     let shape = Shape::from(t.shape().to_vec());
-    let dtype = t.dtype();
-    let storage = t.into_storage();
     let lost = || candle_core::Error::Msg("losskit: a tensor of an unexpected dtype".into());
-    match dtype {
-        losskit::DType::F32 => Tensor::from_vec(into_vec(f32::take(storage).ok_or_else(lost)?), shape, &Device::Cpu),
-        losskit::DType::F64 => Tensor::from_vec(into_vec(f64::take(storage).ok_or_else(lost)?), shape, &Device::Cpu),
+    match t.dtype() {
+        losskit::DType::F32 => Tensor::from_vec(t.into_vec::<f32>().ok_or_else(lost)?, shape, &Device::Cpu),
+        losskit::DType::F64 => Tensor::from_vec(t.into_vec::<f64>().ok_or_else(lost)?, shape, &Device::Cpu),
     }
 }
 

@@ -9,42 +9,9 @@ use serde_json::json;
 
 const DEV: Device = Device::Cpu;
 
-/// Inputs of one shape family: `(y_true values, its shape, y_pred values, its shape)`.
-type Pattern = (Vec<f64>, Vec<usize>, Vec<f64>, Vec<usize>);
-
-fn wave(n: usize, seed: f64, lo: f64, hi: f64) -> Vec<f64> {
-    (0..n).map(|i| lo + (hi - lo) * (0.5 + 0.5 * ((i as f64 + seed) * 1.37).sin())).collect()
-}
-
-/// The shape families the losses take: dense targets, class indices, labels with embeddings,
-/// boxes, PyTorch's stacked inputs, CTC's label and logit sequences.
-fn patterns() -> Vec<Pattern> {
-    let onehot: Vec<f64> = (0..12).map(|i| f64::from(u8::from(i % 3 == (i / 3) % 3))).collect();
-    let boxes = |s: f64| -> Vec<f64> {
-        (0..4)
-            .flat_map(|b| {
-                let (y, x) = (b as f64 * 0.1 + s, 0.2 + s);
-                [y, x, y + 0.5, x + 0.4]
-            })
-            .collect()
-    };
-    vec![
-        (onehot.clone(), vec![4, 3], wave(12, 0.3, 0.05, 0.95), vec![4, 3]),
-        (wave(12, 1.1, -1.0, 1.0), vec![4, 3], wave(12, 0.7, -2.0, 2.0), vec![4, 3]),
-        (vec![2.0, 0.0, 1.0, 1.0], vec![4], wave(12, 0.3, 0.05, 0.95), vec![4, 3]),
-        (vec![0.0, 0.0, 1.0, 1.0, 2.0, 2.0], vec![6], wave(18, 2.0, -1.0, 1.0), vec![6, 3]),
-        (boxes(0.0), vec![4, 4], boxes(0.05), vec![4, 4]),
-        (vec![1.0, -1.0, 1.0, -1.0], vec![4], wave(8, 0.1, -1.0, 1.0), vec![4, 2]),
-        (vec![1.0, -1.0, 1.0, -1.0], vec![4], wave(24, 0.9, -1.0, 1.0), vec![4, 2, 3]),
-        (vec![0.0; 4], vec![4], wave(36, 0.4, -1.0, 1.0), vec![4, 3, 3]),
-        (vec![1.0, 2.0, 1.0, 3.0, 1.0, 0.0], vec![2, 3], wave(48, 0.5, -2.0, 2.0), vec![2, 6, 4]),
-        // Labels with a similarity matrix (N-pairs); [mean, variance > 0] pairs (Gaussian NLL);
-        // one-hot rows over 2 classes (weighted kappa's default).
-        (vec![0.0, 1.0, 0.0, 2.0], vec![4], wave(16, 0.6, -1.0, 1.0), vec![4, 4]),
-        (wave(4, 0.2, -1.0, 1.0), vec![4], wave(8, 0.8, 0.1, 1.0), vec![4, 2]),
-        (vec![1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0], vec![4, 2], wave(8, 0.3, 0.05, 0.95), vec![4, 2]),
-    ]
-}
+#[path = "../../losskit/tests/patterns/mod.rs"]
+mod patterns;
+use patterns::{patterns, wave, Pattern};
 
 fn candle_tensor(v: &[f64], shape: &[usize], dtype: DType) -> Tensor {
     Tensor::from_vec(v.to_vec(), shape, &DEV).unwrap().to_dtype(dtype).unwrap()

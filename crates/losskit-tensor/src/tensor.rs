@@ -273,6 +273,26 @@ impl Tensor {
         }
     }
 
+    /// The values in row-major order as a `Vec` of the tensor's own type `T`, moved out without
+    /// a copy when nothing else holds them and they are in standard layout (how a framework
+    /// adapter hands a gradient over); copied otherwise. `None` when `T` is not the dtype.
+    pub fn into_vec<T: Element>(self) -> Option<Vec<T>> {
+        if T::DTYPE != self.dtype() {
+            return None;
+        }
+        let a = T::take(self.into_storage())?;
+        let n = a.len();
+        if !a.is_standard_layout() {
+            return Some(a.iter().copied().collect());
+        }
+        // A standard-layout array's elements are the `n` values from its offset in the buffer.
+        let (mut v, offset) = a.into_owned().into_raw_vec_and_offset();
+        let start = offset.unwrap_or(0);
+        v.truncate(start + n);
+        v.drain(..start);
+        Some(v)
+    }
+
     /// The values as a row-major slice, when they are of type `T` and in standard layout
     /// (a lazy tensor is computed first); `None` otherwise.
     pub fn values<T: Element>(&self) -> Option<&[T]> {
