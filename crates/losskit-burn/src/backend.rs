@@ -1,10 +1,15 @@
-//! The burn backend extension that puts a losskit loss into burn's graph: [`LossBackend`].
+//! The burn backend extension that runs a losskit loss inside burn's graph: [`LossBackend`].
 //!
-//! [`BurnLoss::forward`](crate::BurnLoss::forward) runs the loss on the host through losskit's
-//! one call path (a built-in loss' fused kernel writes the value and, when `y_pred` is tracked,
-//! the gradient in one pass) and hands the result to [`LossBackend::losskit_loss`]: on a plain
-//! backend it becomes the output tensor; on `Autodiff<B>` the output is also a node whose
-//! backward pass hands burn losskit's gradient of `y_pred`, times burn's upstream gradient.
+//! [`BurnLoss::forward`](crate::BurnLoss::forward) checks the call and hands it to
+//! [`LossBackend::losskit_loss`], routed by burn's `Dispatch` to the tensor's backend:
+//! - on a CPU backend (`NdArray`, `Flex`) the backend's own storage of `y_pred` becomes a
+//!   losskit tensor (NdArray's array is shared as it is: both are `ndarray` 0.17 arrays; Flex's
+//!   contiguous values are copied once into a pooled buffer), and the loss runs through
+//!   losskit's one call path (a built-in loss' fused kernel writes the values and, when
+//!   tracked, the gradient in one pass);
+//! - on `Autodiff<B>` the output is also a node whose backward pass hands burn losskit's
+//!   gradient of `y_pred` times burn's upstream gradient (the gradient's buffer moves into
+//!   burn without a copy).
 
 #![allow(deprecated)] // burn 0.22 deprecates its NdArray backend (for Flex); we support both.
 
@@ -13,30 +18,56 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::Autodiff;
+use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Backend, TensorMetadata};
 use burn::tensor::{DType, TensorData};
+use losskit::{Error, Loss};
 use std::sync::{Arc, Mutex};
 
-/// A loss computed on the host, ready to enter burn's graph: its values and, when `y_pred` was
-/// tracked, losskit's graph for the gradient.
+/// One loss call, for [`LossBackend::losskit_loss`]: the loss, its constant arguments (targets
+/// and sample weights as losskit tensors of the computation's dtype), whether to keep the
+/// graph for a gradient, and where the backend leaves its outcome (the graph, or the error:
+/// nothing panics inside burn's graph).
 #[derive(Clone)]
-pub struct Computed {
-    /// The loss' values (`[1]` for a reduced loss, the per-sample values flattened for `none`),
-    /// in `y_pred`'s float dtype.
-    pub(crate) values: TensorData,
-    /// losskit's output and its leaf `y_pred` (taken by the first backward pass).
-    pub(crate) graph: Option<Graph>,
+pub struct LossCall {
+    pub(crate) loss: Arc<dyn Loss>,
+    pub(crate) y_true: losskit::Tensor,
+    pub(crate) sample_weight: Option<losskit::Tensor>,
+    /// Keep losskit's graph for the gradient (burn tracks `y_pred`).
+    pub(crate) tracked: bool,
+    /// The dtype losskit computes in (the input's, or f32 for half precision).
+    pub(crate) dtype: losskit::DType,
+    pub(crate) outcome: Arc<Mutex<Option<Outcome>>>,
 }
 
-impl std::fmt::Debug for Computed {
+/// What a backend's run of a [`LossCall`] left: losskit's graph (when tracked) or its error.
+pub(crate) enum Outcome {
+    Graph(Graph),
+    Failed(Error),
+}
+
+impl std::fmt::Debug for LossCall {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Computed({:?}, gradient: {})", self.values.shape(), self.graph.is_some())
+        write!(f, "LossCall({}, tracked: {})", self.loss.name(), self.tracked)
     }
 }
 
-/// losskit's output tensor and the `y_pred` leaf it was computed from, shared by the node's
-/// clones until the backward pass takes them, and the dtype of burn's `y_pred` (the gradient's).
+impl LossCall {
+    fn leave(&self, outcome: Outcome) {
+        if let Ok(mut slot) = self.outcome.lock() {
+            *slot = Some(outcome);
+        }
+    }
+
+    /// The outcome the backend left (taken).
+    pub(crate) fn take_outcome(&self) -> Option<Outcome> {
+        self.outcome.lock().ok()?.take()
+    }
+}
+
+/// losskit's output tensor and the `y_pred` leaf it was computed from (taken by the backward
+/// pass), and the dtype of burn's `y_pred` (the gradient's).
 #[derive(Clone)]
 pub(crate) struct Graph(Arc<Mutex<Option<(losskit::Tensor, losskit::Tensor)>>>, DType);
 
@@ -47,19 +78,18 @@ impl std::fmt::Debug for Graph {
 }
 
 impl Graph {
-    pub(crate) fn new(out: losskit::Tensor, leaf: losskit::Tensor, dtype: DType) -> Graph {
+    fn new(out: losskit::Tensor, leaf: losskit::Tensor, dtype: DType) -> Graph {
         Graph(Arc::new(Mutex::new(Some((out, leaf)))), dtype)
     }
 
-    /// A graph with nothing to differentiate: the gradient is not registered.
+    /// A graph with nothing to differentiate.
     fn empty() -> Graph {
         Graph(Arc::new(Mutex::new(None)), DType::F32)
     }
 
-    /// `∂(Σ out · upstream)/∂y_pred` as data of `y_pred`'s dtype (with the usual upstream of
-    /// 1, the gradient losskit's kernel wrote, moved out without a copy); `None` when the graph
-    /// is gone (a second backward pass through the same node).
-    fn gradient(&self, upstream: TensorData) -> Option<TensorData> {
+    /// `∂(Σ out · upstream)/∂y_pred` (with the usual upstream of 1, the gradient losskit's
+    /// kernel wrote); `None` when the graph is gone (a second backward pass through the node).
+    fn gradient(&self, upstream: TensorData) -> Option<losskit::Tensor> {
         let taken = self.0.lock().map(|mut g| g.take()).unwrap_or(None);
         let (out, leaf) = taken?;
         let upstream: Vec<f64> = upstream.iter::<f64>().collect();
@@ -71,31 +101,95 @@ impl Graph {
         };
         let mut grads = seeded.backward().expect("losskit's graph of a loss that ran");
         drop((seeded, out));
-        let grad = grads.remove(&leaf).unwrap_or_else(|| leaf.zeros_like());
-        Some(crate::host::to_data(grad).convert_dtype(self.1))
+        Some(grads.remove(&leaf).unwrap_or_else(|| leaf.zeros_like()))
     }
 }
 
-/// The operation that enters a losskit loss into burn's graph (a burn backend extension,
-/// routed by burn's `Dispatch` to the tensor's backend).
+/// The operation that runs a losskit loss on burn's tensors (a burn backend extension, routed
+/// by burn's `Dispatch` to the tensor's backend; see the module docs).
 ///
-/// `losskit_loss(y_pred, computed)`: the output is `computed`'s values (shape `[1]` for a
-/// reduced loss, `[n]` per-sample values for `none`) on `y_pred`'s device; on `Autodiff<B>`, when
-/// `y_pred` is tracked, the output's gradient flows to `y_pred` as losskit's
-/// `∂(Σ loss · upstream)/∂y_pred` (the shape of `y_pred`).
+/// `losskit_loss(y_pred, call)`: the loss' values, `[1]` for a reduced loss or the `[n]`
+/// per-sample values for `none`, on `y_pred`'s device in `y_pred`'s dtype. On `Autodiff<B>`,
+/// when `y_pred` is tracked, the gradient flows to `y_pred` as losskit's
+/// `∂(Σ loss · upstream)/∂y_pred`. A failed call leaves its error in `call` (and returns a NaN).
 #[backend_extension(NdArray: cfg(feature = "ndarray"), Flex: cfg(feature = "flex"), Autodiff)]
 pub trait LossBackend: Backend {
-    /// The loss' values as a tensor on `y_pred`'s device (see the trait's docs).
-    fn losskit_loss(y_pred: FloatTensor<Self>, computed: Computed) -> FloatTensor<Self> {
-        let device = y_pred.device();
-        Self::float_from_data(computed.values, &device)
+    /// The loss' values (see the trait's docs).
+    fn losskit_loss(y_pred: FloatTensor<Self>, call: LossCall) -> FloatTensor<Self>;
+}
+
+/// Runs `call` on `pred` (losskit's view of burn's `y_pred`, of `dtype` in burn) and returns the
+/// values as data of burn's dtype, leaving the graph or the error in `call`.
+fn run(call: &LossCall, pred: losskit::Tensor, dtype: DType) -> TensorData {
+    let pred = if call.tracked { pred.requires_grad() } else { pred };
+    match call.loss.call(&call.y_true, &pred, call.sample_weight.as_ref()) {
+        Ok(out) => {
+            let values = crate::host::values(&out).convert_dtype(dtype);
+            if call.tracked {
+                call.leave(Outcome::Graph(Graph::new(out, pred, dtype)));
+            }
+            values
+        }
+        Err(e) => {
+            call.leave(Outcome::Failed(e));
+            TensorData::new(vec![f32::NAN], [1]).convert_dtype(dtype)
+        }
     }
 }
 
 #[cfg(feature = "ndarray")]
-impl LossBackend for burn::backend::NdArray {}
+impl LossBackend for burn::backend::NdArray {
+    fn losskit_loss(y_pred: FloatTensor<Self>, call: LossCall) -> FloatTensor<Self> {
+        use burn_ndarray::NdArrayTensor;
+        use losskit_tensor::Storage;
+        let (device, dtype) = (y_pred.device(), y_pred.dtype());
+        // The same `ndarray` arrays: shared, not copied.
+        let pred = match (y_pred, call.dtype) {
+            (NdArrayTensor::F32(s), losskit::DType::F32) => {
+                losskit::Tensor::from_storage(Storage::F32(s.into_shared()))
+            }
+            (NdArrayTensor::F64(s), losskit::DType::F64) => {
+                losskit::Tensor::from_storage(Storage::F64(s.into_shared()))
+            }
+            (other, to) => crate::host::converted(Self::float_into_data_sync(other), to),
+        };
+        Self::float_from_data(run(&call, pred, dtype), &device)
+    }
+}
+
 #[cfg(feature = "flex")]
-impl LossBackend for burn::backend::Flex {}
+impl LossBackend for burn::backend::Flex {
+    fn losskit_loss(y_pred: FloatTensor<Self>, call: LossCall) -> FloatTensor<Self> {
+        let (device, dtype) = (y_pred.device(), y_pred.dtype());
+        let own_dtype = crate::host::compute_dtype(dtype, "y_pred").is_ok_and(|d| d == call.dtype)
+            && matches!(dtype, DType::F32 | DType::F64);
+        let whole = y_pred.is_contiguous() && y_pred.layout().start_offset() == 0;
+        let pred = if own_dtype && whole && y_pred.is_unique() {
+            // burn's buffer alone holds the values: moved into losskit, not copied.
+            crate::host::owned(y_pred.into_data())
+        } else {
+            // Shared (burn's graph keeps it too): contiguous values copied once into a pooled
+            // buffer (no fresh pages to fault in).
+            match (y_pred.as_slice::<f32>(), y_pred.as_slice::<f64>(), call.dtype) {
+                (Some(v), _, losskit::DType::F32) => crate::host::pooled(v, &y_pred.shape()),
+                (_, Some(v), losskit::DType::F64) => crate::host::pooled(v, &y_pred.shape()),
+                (_, _, to) => crate::host::converted(Self::float_into_data_sync(y_pred), to),
+            }
+        };
+        Self::float_from_data(run(&call, pred, dtype), &device)
+    }
+}
+
+/// Reading a CPU backend's tensor synchronously.
+trait ReadSync: Backend {
+    fn float_into_data_sync(t: FloatTensor<Self>) -> TensorData {
+        burn::tensor::try_read_sync(Self::float_into_data(t))
+            .expect("a CPU backend reads synchronously")
+            .expect("a CPU tensor can be read")
+    }
+}
+
+impl<B: Backend> ReadSync for B {}
 
 /// The backward pass of a losskit loss node.
 #[derive(Debug)]
@@ -109,28 +203,35 @@ impl<B: Backend> Backward<B, 1> for LosskitBackward {
         let upstream = grads.consume::<B>(&ops.node);
         let Some(parent) = parent else { return };
         let device = upstream.device();
-        let upstream = burn::tensor::try_read_sync(B::float_into_data(upstream))
-            .expect("a CPU backend reads synchronously")
-            .expect("burn's upstream gradient can be read");
-        // No graph: an empty one, or a second backward pass through this node (burn's own
-        // nodes keep their state; losskit's graph is used up by the first).
-        let grad = ops.state.gradient(upstream).expect("losskit-burn: a second backward pass through one loss node");
+        let grad = ops
+            .state
+            .gradient(B::float_into_data_sync(upstream))
+            .expect("losskit-burn: a second backward pass through one loss node");
+        // The gradient's buffer moves into burn's tensor.
+        let grad = crate::host::to_data(grad).convert_dtype(ops.state.1);
         grads.register::<B>(parent.id, B::float_from_data(grad, &device));
     }
 }
 
 impl<B: LossBackend, C: CheckpointStrategy> LossBackend for Autodiff<B, C> {
-    fn losskit_loss(y_pred: FloatTensor<Self>, computed: Computed) -> FloatTensor<Self> {
+    fn losskit_loss(y_pred: FloatTensor<Self>, call: LossCall) -> FloatTensor<Self> {
         let (primitive, node) = y_pred.into_parts();
         let prepared = LosskitBackward.prepare::<C>([node]).compute_bound().stateful();
-        let graph = computed.graph.clone();
-        let output = B::losskit_loss(primitive, Computed { graph: None, ..computed });
-        match (prepared, graph) {
-            (OpsKind::Tracked(prep), Some(graph)) => prep.finish(graph, output),
-            // Tracked by burn but computed without losskit's graph (`BurnLoss` always keeps
-            // one when burn tracks y_pred): a constant for burn.
-            (OpsKind::Tracked(prep), None) => prep.finish(Graph::empty(), output),
-            (OpsKind::UnTracked(prep), _) => prep.finish(output),
+        let output = B::losskit_loss(primitive, call.clone());
+        match prepared {
+            OpsKind::Tracked(prep) => {
+                // The graph goes into the node; an error stays in `call` for the caller.
+                let graph = match call.take_outcome() {
+                    Some(Outcome::Graph(g)) => g,
+                    Some(failed) => {
+                        call.leave(failed);
+                        Graph::empty()
+                    }
+                    None => Graph::empty(),
+                };
+                prep.finish(graph, output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(output),
         }
     }
 }

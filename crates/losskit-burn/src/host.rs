@@ -13,14 +13,21 @@ pub(crate) fn compute_dtype(dtype: DType, what: &str) -> Result<losskit::DType> 
     }
 }
 
-/// `y_pred`'s values as a losskit tensor: moved (no copy) when f32 or f64 and the data's
-/// bytes allow, converted to f32 for the half-precision dtypes.
-pub(crate) fn y_pred(data: TensorData) -> Result<losskit::Tensor> {
+/// Values of another dtype (f16, bf16, or a storage the backend keeps otherwise) as a losskit
+/// tensor of `to`, converted in one pass.
+pub(crate) fn converted(data: TensorData, to: losskit::DType) -> losskit::Tensor {
+    constant(&data, to).expect("data of its own shape")
+}
+
+/// f32 or f64 data as a losskit tensor, its buffer moved (a copy only when its bytes are not
+/// aligned for the type).
+pub(crate) fn owned(data: TensorData) -> losskit::Tensor {
     let shape = data.shape().to_vec();
-    match compute_dtype(data.dtype(), "y_pred")? {
-        losskit::DType::F64 => losskit::Tensor::from_vec(into_vec::<f64>(data), &shape),
-        losskit::DType::F32 => losskit::Tensor::from_vec(into_vec::<f32>(data), &shape),
-    }
+    let t = match data.dtype() {
+        DType::F64 => losskit::Tensor::from_vec(into_vec::<f64>(data), &shape),
+        _ => losskit::Tensor::from_vec(into_vec::<f32>(data), &shape),
+    };
+    t.expect("the data's own shape")
 }
 
 /// The values as `E`: moved out when `E` is the data's dtype, converted otherwise.
@@ -29,6 +36,14 @@ fn into_vec<E: burn::tensor::Element>(data: TensorData) -> Vec<E> {
         true => data.try_into_vec::<E>().unwrap_or_else(|d| unreachable!("checked dtype: {d:?}")),
         false => data.iter::<E>().collect(),
     }
+}
+
+/// A copy of contiguous values in a buffer from losskit's pool (the previous call's buffer
+/// comes back to it when dropped: no fresh pages to fault in).
+pub(crate) fn pooled<T: losskit_tensor::Element>(values: &[T], shape: &burn::tensor::Shape) -> losskit::Tensor {
+    let mut v = losskit_tensor::pool::take::<T>(values.len());
+    v.copy_from_slice(values);
+    losskit::Tensor::from_vec(v, shape.as_slice()).expect("the tensor's own shape")
 }
 
 /// A constant (targets, sample weights) as a losskit tensor of `dtype`: any burn dtype,

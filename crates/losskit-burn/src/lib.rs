@@ -44,7 +44,9 @@
 mod backend;
 mod host;
 
-pub use backend::{Computed, LossBackend};
+pub use backend::{LossBackend, LossCall};
+
+use backend::Outcome;
 
 use burn::backend::{Dispatch, DispatchDevice};
 use burn::tensor::{Device, Float, Int, Tensor, TensorData};
@@ -187,17 +189,15 @@ impl BurnLoss {
                 )));
             }
         }
-        let input_dtype = input.dtype();
-        let pred = host::y_pred(input.to_data())?;
-        let dtype = pred.dtype();
+        let dtype = host::compute_dtype(input.dtype(), "the input")?;
         let y_true = host::constant(&target.data, dtype)?;
-        let w = weight.map(|w| host::constant(&w.data, dtype)).transpose()?;
-        let pred = if tracked { pred.requires_grad() } else { pred };
-        let out = self.loss.call(&y_true, &pred, w.as_ref())?;
-        let values = host::values(&out).convert_dtype(input_dtype);
-        let graph = tracked.then(|| backend::Graph::new(out, pred, input_dtype));
-        let computed = Computed { values, graph };
-        let output = <Dispatch as LossBackend>::losskit_loss(input.into_dispatch(), computed);
+        let sample_weight = weight.map(|w| host::constant(&w.data, dtype)).transpose()?;
+        let call =
+            LossCall { loss: self.loss.clone(), y_true, sample_weight, tracked, dtype, outcome: Default::default() };
+        let output = <Dispatch as LossBackend>::losskit_loss(input.into_dispatch(), call.clone());
+        if let Some(Outcome::Failed(e)) = call.take_outcome() {
+            return Err(e);
+        }
         Ok(Tensor::<1>::from_dispatch(output))
     }
 }

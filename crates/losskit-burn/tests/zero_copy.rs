@@ -1,0 +1,86 @@
+//! The adapter reads burn's buffer of `y_pred` instead of copying it: a counting allocator sees
+//! no allocation of `y_pred`'s size in an evaluation forward on NdArray (whose arrays losskit
+//! shares) or on a Flex tensor nothing else holds, and only the gradient's in a training step.
+//! One test in this binary, so nothing else allocates meanwhile.
+
+#![allow(deprecated)] // burn 0.22 deprecates NdArray (for Flex); both are tested.
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+struct Counting;
+
+/// Allocations of at least [`BIG`] bytes.
+static BIG_ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+/// `y_pred`'s size in bytes (256 × 1000 f32).
+const BIG: usize = 256 * 1000 * 4;
+
+// SAFETY: every call is forwarded to the system allocator unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if layout.size() >= BIG {
+            BIG_ALLOCATIONS.fetch_add(1, Relaxed);
+        }
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if layout.size() >= BIG {
+            BIG_ALLOCATIONS.fetch_add(1, Relaxed);
+        }
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System` with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if new_size >= BIG {
+            BIG_ALLOCATIONS.fetch_add(1, Relaxed);
+        }
+        // SAFETY: forwarded with the caller's pointer and layout.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Big allocations while `f` runs, from an empty buffer pool (a copy into a pooled buffer
+/// allocates).
+fn big_allocations(f: impl FnOnce()) -> usize {
+    losskit_tensor::pool::clear();
+    let before = BIG_ALLOCATIONS.load(Relaxed);
+    f();
+    BIG_ALLOCATIONS.load(Relaxed) - before
+}
+
+#[test]
+fn y_pred_is_read_in_place() {
+    let (rows, cols) = (256, 1000);
+    let x: Vec<f32> = (0..rows * cols).map(|i| ((i * 37) % 101) as f32 / 25.0 - 2.0).collect();
+    let y: Vec<i64> = (0..rows as i64).map(|i| (i * 7) % cols as i64).collect();
+    let ce = losskit_burn::get("sparse_categorical_crossentropy").unwrap().from_logits(true).unwrap();
+    for device in [Device::ndarray(), Device::flex()] {
+        let labels = Tensor::<1, Int>::from_data(TensorData::new(y.clone(), [rows]), &device);
+        // Evaluation: the model's output handed over, no gradient.
+        let logits = Tensor::<2>::from_data(TensorData::new(x.clone(), [rows, cols]), &device);
+        let n = big_allocations(|| {
+            std::hint::black_box(ce.forward(logits, labels.clone()).unwrap().into_scalar::<f32>());
+        });
+        assert_eq!(n, 0, "{device:?}: evaluation copied y_pred");
+        // A training step: the gradient is the one buffer of y_pred's size.
+        let ad = device.clone().autodiff();
+        let labels = Tensor::<1, Int>::from_data(TensorData::new(y.clone(), [rows]), &ad);
+        let leaf = Tensor::<2>::from_data(TensorData::new(x.clone(), [rows, cols]), &ad).require_grad();
+        let n = big_allocations(|| {
+            let l = ce.forward(leaf.clone(), labels.clone()).unwrap();
+            std::hint::black_box(leaf.grad(&l.backward()).unwrap());
+        });
+        // NdArray shares the leaf's array; Flex copies the leaf, which burn's graph shares.
+        let expected = if format!("{device:?}").contains("NdArray") { 1 } else { 2 };
+        assert_eq!(n, expected, "{device:?}: big allocations in a training step");
+    }
+}
