@@ -356,7 +356,8 @@ fn a_burn_mlp_learns_the_digits_with_a_losskit_loss() {
         )
     };
     let focal = losskit_burn::get("categorical_focal_crossentropy").unwrap().from_logits(true).unwrap();
-    let mut model = Mlp { hidden: LinearConfig::new(64, 128).init(&device), out: LinearConfig::new(128, 10).init(&device) };
+    let mut model =
+        Mlp { hidden: LinearConfig::new(64, 128).init(&device), out: LinearConfig::new(128, 10).init(&device) };
     let mut optim = AdamConfig::new().init();
     let train: Vec<usize> = (0..n_train).collect();
     for _ in 0..8 {

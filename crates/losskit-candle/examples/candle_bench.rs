@@ -68,6 +68,14 @@ const WORKLOADS: &[Workload] = &[
         candle_nn: CandleNn::CrossEntropy,
     },
     Workload {
+        name: "cce_sparse_32x10",
+        rows: 32,
+        cols: 10,
+        config: r#"{"class_name": "SparseCategoricalCrossentropy", "config": {"from_logits": true}}"#,
+        sparse: true,
+        candle_nn: CandleNn::CrossEntropy,
+    },
+    Workload {
         name: "bce_logits_8192x4096",
         rows: 8192,
         cols: 4096,
@@ -121,6 +129,10 @@ struct Times {
     through: f64,
     floor: f64,
     candle_nn: Option<f64>,
+    /// The evaluation forward (an untracked `y_pred`) through candle, and losskit's value-only
+    /// call.
+    eval_through: f64,
+    eval_own: f64,
 }
 
 fn run(w: &Workload, repeats: usize) -> Result<Times, Box<dyn std::error::Error>> {
@@ -179,7 +191,15 @@ fn run(w: &Workload, repeats: usize) -> Result<Times, Box<dyn std::error::Error>
             std::hint::black_box(l.backward().expect("scalar"));
         })),
     };
-    Ok(Times { own, through, floor, candle_nn })
+    let plain = x.as_tensor().detach();
+    let eval_through = median(repeats, || {
+        std::hint::black_box(wrapped.forward(&y, &plain, None).expect("valid inputs"));
+    });
+    let yp_plain = yp.detach();
+    let eval_own = median(repeats, || {
+        std::hint::black_box(loss.call(&yt, &yp_plain, None).expect("valid inputs"));
+    });
+    Ok(Times { own, through, floor, candle_nn, eval_through, eval_own })
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -190,11 +210,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{:<24} {:>9} {:>16} {:>16} {:>8} {:>22}",
         "workload", "losskit", "through candle", "candle floor", "(t-f)/own", "candle-nn (t is N× faster)"
     );
+    let mut evals = Vec::new();
     for w in WORKLOADS.iter().filter(|w| w.name.contains(&only)) {
-        let t = run(w, repeats)?;
-        let nn = t.candle_nn.map_or("-".to_string(), |c| format!("{:.1} ({:.1}×)", c * 1e3, c / t.through));
+        // Small shapes take microseconds: many more repeats.
+        let t = run(w, if w.rows * w.cols < 1 << 16 { repeats * 200 } else { repeats })?;
+        let nn = t.candle_nn.map_or("-".to_string(), |c| format!("{:.3} ({:.1}×)", c * 1e3, c / t.through));
+        evals.push((w.name, t.eval_through, t.eval_own));
         println!(
-            "{:<24} {:>9.1} {:>9.1} ({:.2}×) {:>9.1} ({:.2}×) {:>8.2} {:>22}",
+            "{:<24} {:>9.3} {:>9.3} ({:.2}×) {:>9.3} ({:.2}×) {:>8.2} {:>22}",
             w.name,
             t.own * 1e3,
             t.through * 1e3,
@@ -203,6 +226,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             t.floor / t.own,
             (t.through - t.floor) / t.own,
             nn
+        );
+    }
+    println!("\nevaluation forward (y_pred not tracked: the value-only path), ms:");
+    for (name, through, own) in evals {
+        println!(
+            "{name:<24} through candle {:.3}, losskit alone {:.3} ({:.2}×)",
+            through * 1e3,
+            own * 1e3,
+            through / own
         );
     }
     Ok(())

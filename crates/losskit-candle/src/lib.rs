@@ -31,16 +31,25 @@
 //! measured 1.5–3.2× faster loss steps through candle with it (bench/README.md).
 //! `y_true` and `sample_weight` are constants (no gradient flows to them), converted to
 //! `y_pred`'s dtype in one pass from candle's storage into a pooled buffer; integer labels may
-//! be any of candle's integer dtypes (`u8`, `u32`, `i64`, ...). `y_pred` must be `f32` or `f64`.
+//! be any of candle's integer dtypes (`u8`, `u32`, `i64`, ...). `y_pred` is `f32` or `f64` (or `f16` / `bf16`,
+//! computed in f32).
 //!
 //! Devices: on a CUDA or Metal tensor the loss runs on the CPU: `y_pred` is copied to the CPU,
 //! the result (and, in backward, the gradient) copied back by candle's `to_device`. Correct,
 //! not fast.
 //!
 //! Errors: losskit's errors (shapes, labels out of range, parameters) come back as
-//! `candle_core::Error::Msg` with losskit's message; nothing panics inside the op.
+//! `candle_core::Error::wrap` of losskit's error, with its message; nothing panics inside the op.
+//!
+//! Argument order: [`CandleLoss::forward`] takes Keras' `(y_true, y_pred)`; [`nn`] has
+//! candle-nn's functions with its names and order `(inp, target)`. A `y_true` that candle
+//! tracks while `y_pred` is not is refused (swapped arguments would train nothing). A `y_pred`
+//! candle does not track (evaluation) runs the loss' value-only path: no gradient is computed.
+//! f16 and bf16 inputs are computed in f32 and answered in their dtype.
 
 #![warn(missing_docs)]
+
+pub mod nn;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
@@ -53,7 +62,7 @@ pub type Result<T> = candle_core::Result<T>;
 
 /// A losskit error as candle's, with the same message.
 fn candle_err(e: losskit::Error) -> candle_core::Error {
-    candle_core::Error::Msg(e.to_string())
+    candle_core::Error::wrap(e)
 }
 
 /// A losskit loss for candle tensors: built from a name, a config or any [`Loss`].
@@ -100,15 +109,29 @@ impl CandleLoss {
     /// loss' reduction says (shapes as for [`Loss::call`]: a scalar, or per-sample values for
     /// `none`). Differentiable with respect to `y_pred` by candle's `backward`.
     pub fn forward(&self, y_true: &Tensor, y_pred: &Tensor, sample_weight: Option<&Tensor>) -> Result<Tensor> {
+        let tracked = y_pred.track_op();
+        if y_true.track_op() && !tracked {
+            return Err(candle_core::Error::Msg(format!(
+                "{}: y_true is tracked by candle's autodiff and y_pred is not: forward takes Keras' order (y_true, y_pred); candle-nn's order (inp, target) is losskit_candle::nn",
+                self.loss.name()
+            )));
+        }
         let device = y_pred.device().clone();
         let on_cpu = |t: &Tensor| if device.is_cpu() { Ok(t.clone()) } else { t.to_device(&Device::Cpu) };
-        let pred = on_cpu(y_pred)?.contiguous()?;
+        let given = y_pred.dtype();
+        let pred = on_cpu(y_pred)?;
+        // Half precision is computed in f32 (candle's `to_dtype` carries the gradient back).
+        let pred = match given {
+            DType::F16 | DType::BF16 => pred.to_dtype(DType::F32)?,
+            _ => pred,
+        }
+        .contiguous()?;
         let dtype = match pred.dtype() {
             DType::F32 => losskit::DType::F32,
             DType::F64 => losskit::DType::F64,
             other => {
                 return Err(candle_core::Error::Msg(format!(
-                    "{}: y_pred is {other:?}; losskit computes in f32 or f64 (convert with to_dtype)",
+                    "{}: y_pred is {other:?}; losskit computes in f32 or f64 (and f16/bf16 in f32)",
                     self.loss.name()
                 )))
             }
@@ -127,9 +150,11 @@ impl CandleLoss {
             loss: self.loss.clone(),
             y_true: constant(y_true, "y_true")?,
             sample_weight: sample_weight.map(|w| constant(w, "sample_weight")).transpose()?,
+            tracked,
             graph: Graph::default(),
         };
         let out = pred.apply_op1(op)?;
+        let out = if given == out.dtype() { out } else { out.to_dtype(given)? };
         if device.is_cpu() {
             Ok(out)
         } else {
@@ -143,6 +168,8 @@ struct LossOp {
     loss: Arc<dyn Loss>,
     y_true: losskit::Tensor,
     sample_weight: Option<losskit::Tensor>,
+    /// candle tracks `y_pred` (else the forward runs the loss' value-only path).
+    tracked: bool,
     /// losskit's graph of the last forward.
     graph: Graph,
 }
@@ -298,7 +325,13 @@ impl CustomOp1 for LossOp {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let y_pred = to_losskit(storage, layout)?.requires_grad();
+        let y_pred = to_losskit(storage, layout)?;
+        if !self.tracked {
+            // No gradient will be asked for: the value alone.
+            let out = self.loss.call(&self.y_true, &y_pred, self.sample_weight.as_ref()).map_err(candle_err)?;
+            return Ok(to_candle(&out));
+        }
+        let y_pred = y_pred.requires_grad();
         let out = self.loss.call(&self.y_true, &y_pred, self.sample_weight.as_ref()).map_err(candle_err)?;
         self.graph.keep(&out, vec![y_pred])?;
         Ok(to_candle(&out))

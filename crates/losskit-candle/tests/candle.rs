@@ -303,3 +303,124 @@ fn a_second_backward_gives_the_same_gradients() {
         assert_eq!(flat(&a), flat(&b));
     }
 }
+
+#[test]
+fn candle_nn_names_and_order_give_candle_nns_values_and_gradients() {
+    let logits = candle_tensor(&wave(15, 0.2, -3.0, 3.0), &[5, 3], DType::F32);
+    let labels = Tensor::new(&[2u32, 0, 1, 1, 2], &DEV).unwrap();
+    let target = candle_tensor(&wave(15, 1.3, 0.0, 1.0), &[5, 3], DType::F32);
+    let log_probs = candle_nn::ops::log_softmax(&logits, 1).unwrap();
+    type Pair = (&'static str, Box<dyn Fn(&Tensor) -> Tensor>, Box<dyn Fn(&Tensor) -> Tensor>);
+    let (l, t) = (labels.clone(), target.clone());
+    let cases: Vec<Pair> = vec![
+        (
+            "cross_entropy",
+            Box::new({
+                let l = l.clone();
+                move |x| losskit_candle::nn::cross_entropy(x, &l).unwrap()
+            }),
+            Box::new({
+                let l = l.clone();
+                move |x| candle_nn::loss::cross_entropy(x, &l).unwrap()
+            }),
+        ),
+        (
+            "mse",
+            Box::new({
+                let t = t.clone();
+                move |x| losskit_candle::nn::mse(x, &t).unwrap()
+            }),
+            Box::new({
+                let t = t.clone();
+                move |x| candle_nn::loss::mse(x, &t).unwrap()
+            }),
+        ),
+        (
+            "binary_cross_entropy_with_logit",
+            Box::new({
+                let t = t.clone();
+                move |x| losskit_candle::nn::binary_cross_entropy_with_logit(x, &t).unwrap()
+            }),
+            Box::new({
+                let t = t.clone();
+                move |x| candle_nn::loss::binary_cross_entropy_with_logit(x, &t).unwrap()
+            }),
+        ),
+        (
+            "huber 0.5",
+            Box::new({
+                let t = t.clone();
+                move |x| losskit_candle::nn::huber(x, &t, 0.5).unwrap()
+            }),
+            Box::new({
+                let t = t.clone();
+                move |x| candle_nn::loss::huber(x, &t, 0.5).unwrap()
+            }),
+        ),
+    ];
+    for (name, ours, theirs) in &cases {
+        let x = Var::from_tensor(&logits).unwrap();
+        let (a, b) = (ours(x.as_tensor()), theirs(x.as_tensor()));
+        let (va, vb) = (a.to_scalar::<f32>().unwrap(), b.to_scalar::<f32>().unwrap());
+        assert!((va - vb).abs() < 1e-5, "{name}: losskit {va} vs candle-nn {vb}");
+        let flat = |g: &Tensor| g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (ga, gb) = (flat(a.backward().unwrap().get(&x).unwrap()), flat(b.backward().unwrap().get(&x).unwrap()));
+        for (i, (p, q)) in ga.iter().zip(&gb).enumerate() {
+            assert!((p - q).abs() < 1e-5, "{name} gradient[{i}]: losskit {p} vs candle-nn {q}");
+        }
+    }
+    // nll on log-probabilities.
+    let x = Var::from_tensor(&log_probs).unwrap();
+    let (a, b) = (losskit_candle::nn::nll(&x, &labels).unwrap(), candle_nn::loss::nll(&x, &labels).unwrap());
+    assert!((a.to_scalar::<f32>().unwrap() - b.to_scalar::<f32>().unwrap()).abs() < 1e-6);
+}
+
+#[test]
+fn swapped_arguments_are_an_error_not_a_silent_no_op() {
+    let output = Var::from_tensor(&candle_tensor(&wave(6, 0.1, 0.0, 1.0), &[2, 3], DType::F32)).unwrap();
+    let target = candle_tensor(&wave(6, 0.9, 0.0, 1.0), &[2, 3], DType::F32);
+    let mse = losskit_candle::get("mse").unwrap();
+    // candle-nn's order given to the Keras-ordered forward: the model's output as y_true.
+    let err = mse.forward(output.as_tensor(), &target, None).unwrap_err().to_string();
+    assert!(err.contains("losskit_candle::nn") && err.contains("(y_true, y_pred)"), "{err}");
+    // Both right orders work and agree.
+    let a = mse.forward(&target, output.as_tensor(), None).unwrap().to_scalar::<f32>().unwrap();
+    let b = losskit_candle::nn::mse(output.as_tensor(), &target).unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn half_precision_is_computed_in_f32_and_answered_in_its_dtype() {
+    let values = wave(12, 0.3, 0.05, 0.95);
+    let labels = Tensor::new(&[2u32, 0, 1, 1], &DEV).unwrap();
+    let ce = losskit_candle::get("sparse_categorical_crossentropy").unwrap();
+    let x32 = Var::from_tensor(&candle_tensor(&values, &[4, 3], DType::F32)).unwrap();
+    let want = ce.forward(&labels, &x32, None).unwrap();
+    let want_grad = want.backward().unwrap().get(&x32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for dtype in [DType::F16, DType::BF16] {
+        let x = Var::from_tensor(&candle_tensor(&values, &[4, 3], dtype)).unwrap();
+        let out = ce.forward(&labels, &x, None).unwrap();
+        assert_eq!(out.dtype(), dtype);
+        let grad = out.backward().unwrap().get(&x).unwrap().clone();
+        assert_eq!(grad.dtype(), dtype);
+        let v = out.to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap();
+        assert!((v - want.to_scalar::<f32>().unwrap()).abs() < 1e-2, "{dtype:?}: {v}");
+        let g = grad.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (p, q) in g.iter().zip(&want_grad) {
+            assert!((p - q).abs() < 1e-2, "{dtype:?} gradient {p} vs {q}");
+        }
+    }
+}
+
+#[test]
+fn losskits_error_comes_wrapped_with_its_message() {
+    let x = Var::from_tensor(&candle_tensor(&wave(6, 0.1, 0.0, 1.0), &[2, 3], DType::F32)).unwrap();
+    let err = losskit_candle::nn::cross_entropy(&x, &Tensor::new(&[0u32, 7], &DEV).unwrap()).unwrap_err();
+    // `Error::wrap` (inside a `WithBacktrace` when RUST_BACKTRACE is set).
+    let wrapped = match &err {
+        candle_core::Error::WithBacktrace { inner, .. } => matches!(**inner, candle_core::Error::Wrapped(_)),
+        e => matches!(e, candle_core::Error::Wrapped(_)),
+    };
+    assert!(wrapped, "{err:?}");
+    assert!(err.to_string().contains('7'), "{err}");
+}
