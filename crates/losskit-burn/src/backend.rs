@@ -161,6 +161,18 @@ impl LossBackend for burn::backend::NdArray {
 impl LossBackend for burn::backend::Flex {
     fn losskit_loss(y_pred: FloatTensor<Self>, call: LossCall) -> FloatTensor<Self> {
         let (device, dtype) = (y_pred.device(), y_pred.dtype());
+        if !call.tracked {
+            // A built-in loss' value on Flex's own buffer: no copy of y_pred.
+            let shape = y_pred.shape();
+            let value = match (y_pred.as_slice::<f32>(), y_pred.as_slice::<f64>()) {
+                (Some(v), _) => in_place(&call, v, &shape),
+                (_, Some(v)) => in_place(&call, v, &shape),
+                _ => None,
+            };
+            if let Some(values) = value {
+                return Self::float_from_data(values, &device);
+            }
+        }
         let own_dtype = crate::host::compute_dtype(dtype, "y_pred").is_ok_and(|d| d == call.dtype)
             && matches!(dtype, DType::F32 | DType::F64);
         let whole = y_pred.is_contiguous() && y_pred.layout().start_offset() == 0;
@@ -178,6 +190,33 @@ impl LossBackend for burn::backend::Flex {
         };
         Self::float_from_data(run(&call, pred, dtype), &device)
     }
+}
+
+/// The loss' value of `call` on a backend's own buffer ([`losskit::value_on_slice`]) as data of
+/// the buffer's dtype, the error left in `call`; `None` when that path does not apply.
+#[cfg(feature = "flex")]
+fn in_place<T: losskit_tensor::Element + burn::tensor::Element>(
+    call: &LossCall,
+    y_pred: &[T],
+    shape: &burn::tensor::Shape,
+) -> Option<TensorData> {
+    if T::DTYPE != call.dtype {
+        return None;
+    }
+    let value = losskit::value_on_slice(
+        call.loss.as_ref(),
+        &call.y_true,
+        y_pred,
+        shape.as_slice(),
+        call.sample_weight.as_ref(),
+    )?;
+    Some(match value {
+        Ok(v) => TensorData::new(vec![v], [1]),
+        Err(e) => {
+            call.leave(Outcome::Failed(e));
+            TensorData::new(vec![T::c(f64::NAN)], [1])
+        }
+    })
 }
 
 /// Reading a CPU backend's tensor synchronously.

@@ -82,6 +82,23 @@ fn through_burn_rank<const D: usize>(
     (flat(out), flat(grad))
 }
 
+/// The value alone through burn on `device` (no autodiff): the value-only path.
+fn value_untracked(loss: &BurnLoss, p: &Pattern, w: Option<&[f64]>, f64_: bool, device: &Device) -> Vec<f64> {
+    let yt = || targets(&p.0, &p.1, f64_, device);
+    let out = match (p.3.len(), w) {
+        (2, None) => loss.forward(tensor::<2>(&p.2, &p.3, f64_, device), yt()),
+        (3, None) => loss.forward(tensor::<3>(&p.2, &p.3, f64_, device), yt()),
+        (2, Some(w)) => {
+            loss.forward_weighted(tensor::<2>(&p.2, &p.3, f64_, device), yt(), tensor::<1>(w, &[w.len()], f64_, device))
+        }
+        (3, Some(w)) => {
+            loss.forward_weighted(tensor::<3>(&p.2, &p.3, f64_, device), yt(), tensor::<1>(w, &[w.len()], f64_, device))
+        }
+        (r, _) => panic!("y_pred of rank {r}"),
+    };
+    flat(out.unwrap())
+}
+
 fn same(a: &[f64], b: &[f64], what: &str) {
     assert_eq!(a.len(), b.len(), "{what}: lengths");
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
@@ -117,6 +134,8 @@ fn every_registered_loss_gives_losskits_values_and_gradients_through_burn() {
                                 w.is_some()
                             );
                             same(&got.0, &want.0, &format!("{what}: value"));
+                            let plain = value_untracked(&wrapped, p, w, f64_, &device.clone().inner());
+                            same(&plain, &want.0, &format!("{what}: untracked value"));
                             same(&got.1, &want.1, &format!("{what}: gradient"));
                         }
                         compared += 1;

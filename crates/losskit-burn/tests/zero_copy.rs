@@ -71,6 +71,12 @@ fn y_pred_is_read_in_place() {
             std::hint::black_box(ce.forward(logits, labels.clone()).unwrap().into_scalar::<f32>());
         });
         assert_eq!(n, 0, "{device:?}: evaluation copied y_pred");
+        // Evaluation on a tensor the caller keeps (shared): read in place all the same.
+        let kept = Tensor::<2>::from_data(TensorData::new(x.clone(), [rows, cols]), &device);
+        let n = big_allocations(|| {
+            std::hint::black_box(ce.forward(kept.clone(), labels.clone()).unwrap().into_scalar::<f32>());
+        });
+        assert_eq!(n, 0, "{device:?}: evaluation of a shared tensor copied y_pred");
         // A training step: the gradient is the one buffer of y_pred's size.
         let ad = device.clone().autodiff();
         let labels = Tensor::<1, Int>::from_data(TensorData::new(y.clone(), [rows]), &ad);

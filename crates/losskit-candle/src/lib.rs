@@ -319,12 +319,36 @@ fn into_candle(t: losskit::Tensor) -> Result<Tensor> {
     }
 }
 
+impl LossOp {
+    /// The loss' value computed on candle's storage in place ([`losskit::value_on_slice`]), or
+    /// `None` when that path does not apply (the caller copies `y_pred` into a tensor).
+    fn value_in_place(&self, storage: &CpuStorage, layout: &Layout) -> Option<Result<(CpuStorage, Shape)>> {
+        let (start, end) = layout.contiguous_offsets()?;
+        let (loss, y_true, w, dims) = (self.loss.as_ref(), &self.y_true, self.sample_weight.as_ref(), layout.dims());
+        let scalar = Shape::from(());
+        let value = match storage {
+            CpuStorage::F32(v) => losskit::value_on_slice(loss, y_true, &v[start..end], dims, w)?
+                .map(|x| (CpuStorage::F32(vec![x]), scalar)),
+            CpuStorage::F64(v) => losskit::value_on_slice(loss, y_true, &v[start..end], dims, w)?
+                .map(|x| (CpuStorage::F64(vec![x]), scalar)),
+            _ => return None,
+        };
+        Some(value.map_err(candle_err))
+    }
+}
+
 impl CustomOp1 for LossOp {
     fn name(&self) -> &'static str {
         "losskit"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        if !self.tracked {
+            // A built-in loss' value on candle's own buffer: no copy of y_pred.
+            if let Some(value) = self.value_in_place(storage, layout) {
+                return value;
+            }
+        }
         let y_pred = to_losskit(storage, layout)?;
         if !self.tracked {
             // No gradient will be asked for: the value alone.

@@ -66,9 +66,18 @@ fn every_registered_loss_gives_losskits_values_and_gradients_through_candle() {
                     for f64_ in [false, true] {
                         let Some(want) = direct(loss.as_ref(), &p, w, f64_) else { continue };
                         let got = through_candle(&wrapped, &p, w, f64_);
+                        // Untracked (evaluation): the value-only path, on candle's buffer where it can.
+                        let dt = if f64_ { DType::F64 } else { DType::F32 };
+                        let sw = w.map(|w| candle_tensor(w, &[w.len()], dt));
+                        let plain = wrapped
+                            .forward(&candle_tensor(&p.0, &p.1, dt), &candle_tensor(&p.2, &p.3, dt), sw.as_ref())
+                            .unwrap();
+                        let plain =
+                            plain.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
                         let what =
                             format!("{} {config} {:?}->{:?} w={} f64={f64_}", info.class_name, p.1, p.3, w.is_some());
                         same(&got.0, &want.0, &format!("{what}: value"));
+                        same(&plain, &want.0, &format!("{what}: untracked value"));
                         same(&got.1, &want.1, &format!("{what}: gradient"));
                         compared += 1;
                     }

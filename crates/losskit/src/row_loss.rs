@@ -4,9 +4,55 @@
 
 use crate::loss::sealed;
 use crate::targets::check_class_weights;
-use crate::{Error, Loss, Result};
+use crate::{Error, Loss, Reduction, Result};
 use losskit_kernels as kernels;
-use losskit_tensor::Element;
+use losskit_tensor::{slices, Element};
+
+/// The factor that turns the (weighted) sum of `rows` per-sample values into the loss, in `T`,
+/// as [`Loss::call`]'s reduction multiplies (`divide_no_nan`): `1/rows` for
+/// `sum_over_batch_size` (and for `mean_with_sample_weight` without weights), `1/Σw` for
+/// `mean_with_sample_weight` with `weights` (one per row; 0 when `Σw = 0`: the loss and its
+/// gradient are then 0), 1 for `sum`; `None` for `none` (no reduction).
+pub fn reduction_factor<T: Element>(reduction: Reduction, rows: usize, weights: Option<&[T]>) -> Option<T> {
+    let denominator = match (reduction, weights) {
+        (Reduction::None, _) => return None,
+        (Reduction::Sum, _) => return Some(T::one()),
+        (Reduction::MeanWithSampleWeight, Some(w)) => slices::row_sum(w).to_f64().unwrap_or(f64::NAN),
+        _ => rows as f64,
+    };
+    Some(if denominator == 0.0 { T::zero() } else { T::c(1.0 / denominator) })
+}
+
+/// The value of `loss` on predictions `y_pred` (a borrowed `(rows, cols)` buffer, row-major)
+/// against `y_true`, weighted by `sample_weight`, without a copy of `y_pred` and without a
+/// gradient: the loss' row kernel and reduction on the slice ([`RowLoss::reduced_value`], the
+/// same bits as [`Loss::call`]). `None` when that path does not apply (no row kernel, the
+/// `none` reduction, targets or weights of other shapes): call the loss on a tensor instead.
+/// How the framework adapters evaluate a loss on a framework's own buffer.
+pub fn value_on_slice<T: Element>(
+    loss: &dyn Loss,
+    y_true: &crate::Tensor,
+    y_pred: &[T],
+    pred_shape: &[usize],
+    sample_weight: Option<&crate::Tensor>,
+) -> Option<Result<T>> {
+    let kernel = row_kernel(loss)?;
+    let (rows, cols) = match pred_shape {
+        [rows, cols] if rows * cols == y_pred.len() => (*rows, *cols),
+        _ => return None,
+    };
+    let weights_fit = sample_weight.is_none_or(|w| matches!(w.shape(), [n] | [n, 1] if *n == rows));
+    if loss.reduction() == Reduction::None || !weights_fit || !kernel.fits(pred_shape, y_true.shape()) {
+        return None;
+    }
+    let mut targets = y_true.to_vec::<T>();
+    if let Err(e) = kernel.prepare_targets(loss.name(), &mut targets, cols) {
+        return Some(Err(e));
+    }
+    let weights = sample_weight.map(|w| w.to_vec::<T>());
+    let mut values = vec![T::zero(); rows];
+    Some(kernel.reduced_value(&targets, y_pred, cols, weights.as_deref(), loss.reduction(), &mut values))
+}
 
 /// For a loss whose per-sample values are one row kernel over `(y_true, y_pred)` with the
 /// class axis last and nothing else (no mask of its own, no per-row factor; the targets may be
@@ -168,6 +214,42 @@ impl<'a> RowLoss<'a> {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Whether predictions of shape `pred` (`(rows, cols)`) and targets of shape `target` are
+    /// this kernel's rows (what [`Loss::call`] aligns them to): one class index per row for the
+    /// sparse loss (`(rows,)` or `(rows, 1)`), else `(rows, cols)` (or `(rows,)` for one column).
+    pub fn fits(&self, pred: &[usize], target: &[usize]) -> bool {
+        let ([rows, cols], Some((first, per_sample))) = (pred, target.split_first()) else { return false };
+        if first != rows {
+            return false;
+        }
+        match self.sparse_targets() {
+            true => per_sample.is_empty() || per_sample == [1],
+            false => per_sample == [*cols] || (*cols == 1 && per_sample.is_empty()),
+        }
+    }
+
+    /// The reduced loss of `y_pred` (`rows × cols`) against its prepared targets, as
+    /// [`Loss::call`] computes it without a gradient (the same bits): the per-sample values into
+    /// `values` (`rows`), times `weights` (one per row) when given, summed in `T` and scaled by
+    /// [`reduction_factor`]. Errors when the lengths do not fit, or for the `none` reduction.
+    pub fn reduced_value<T: Element>(
+        &self,
+        y_true: &[T],
+        y_pred: &[T],
+        cols: usize,
+        weights: Option<&[T]>,
+        reduction: Reduction,
+        values: &mut [T],
+    ) -> Result<T> {
+        let factor = reduction_factor(reduction, values.len(), weights)
+            .ok_or_else(|| Error::Config("reduced_value: the `none` reduction is not reduced".into()))?;
+        self.run(y_true, y_pred, cols, values, None, None)?;
+        if let Some(w) = weights {
+            slices::mul_in_place(values, w);
+        }
+        Ok(slices::row_sum(values) * factor)
     }
 
     /// Per row `r` of `y_pred` (`rows × cols`, row-major) and its targets (`rows ×

@@ -216,12 +216,7 @@ impl StepPlan {
         if let Some(kernel) = losskit::row_kernel(loss.as_ref()) {
             let classes = self.stages.last().ok_or("no layers")?.cols();
             // A target per sample against one output is that output's target (Keras expands it).
-            let fits = if kernel.sparse_targets() {
-                target_shape.is_empty() || target_shape == [1]
-            } else {
-                target_shape == [classes] || (classes == 1 && target_shape.is_empty())
-            };
-            if !fits || target_shape.iter().product::<usize>() != kernel.true_cols(classes) {
+            if !kernel.fits(&[y.shape().first().copied().unwrap_or(0), classes], y.shape()) {
                 return Err(format!("targets of shape {target_shape:?} per sample for {classes} outputs"));
             }
         } else {
@@ -635,18 +630,16 @@ impl Reduce {
     /// The factor of the (weighted) sum, in `T`, as `losskit`'s `divide_no_nan` multiplies:
     /// `1/rows`, `1/Σw` (0 when `Σw = 0`: the loss and its gradient are then 0), or 1.
     fn factor<T: Element>(self, b: &Buffers) -> T {
-        if !self.divides {
-            return T::one();
-        }
-        let denominator = if self.weighted && self.by_weight_sum {
-            slices::row_sum(read::<T>(&b.w)).to_f64().unwrap_or(f64::NAN)
-        } else {
-            b.rows as f64
-        };
-        if denominator == 0.0 {
-            T::zero()
-        } else {
-            T::c(1.0 / denominator)
+        let weights = self.weighted.then(|| read::<T>(&b.w));
+        losskit::reduction_factor(self.reduction(), b.rows, weights).unwrap_or(T::one())
+    }
+
+    /// The reduction these flags describe.
+    fn reduction(self) -> Reduction {
+        match (self.divides, self.by_weight_sum) {
+            (false, _) => Reduction::Sum,
+            (true, true) => Reduction::MeanWithSampleWeight,
+            (true, false) => Reduction::SumOverBatchSize,
         }
     }
 }
@@ -689,13 +682,10 @@ fn loss_value<T: Element>(kernel: RowLoss<'_>, reduce: Reduce, b: &mut Buffers) 
     let last = b.outs.len() - 1;
     let y_pred = read::<T>(&b.outs[last]);
     let cols = y_pred.len() / b.rows.max(1);
-    let factor = reduce.factor::<T>(b);
+    let weights = reduce.weighted.then(|| read::<T>(&b.w));
     let values = buf::<T>(&mut b.values);
-    kernel.run(read::<T>(&b.targets), y_pred, cols, values, None, None)?;
-    if reduce.weighted {
-        slices::mul_in_place(values, read::<T>(&b.w));
-    }
-    Ok(reduced(values, factor))
+    let loss = kernel.reduced_value(read::<T>(&b.targets), y_pred, cols, weights, reduce.reduction(), values)?;
+    Ok(loss.to_f64().unwrap_or(f64::NAN))
 }
 
 /// Step 3 for a loss with no row kernel ([`LossPath::Tape`]): the compiled loss called on the
