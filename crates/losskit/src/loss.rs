@@ -147,7 +147,7 @@ fn combined_mask(input: Option<&Tensor>, own: Option<&Tensor>) -> Result<Option<
 
 /// Inputs of at least this many values fold the reduction into the kernel's gradient; below,
 /// differentiating the reduction first costs more than the scaling pass it saves.
-const FOLD_MIN_VALUES: usize = 1 << 16;
+pub(crate) const FOLD_MIN_VALUES: usize = 1 << 16;
 
 /// What [`folded`] did.
 enum Fold {

@@ -45,13 +45,27 @@ pub fn value_on_slice<T: Element>(
     if loss.reduction() == Reduction::None || !weights_fit || !kernel.fits(pred_shape, y_true.shape()) {
         return None;
     }
-    let mut targets = y_true.to_vec::<T>();
-    if let Err(e) = kernel.prepare_targets(loss.name(), &mut targets, cols) {
-        return Some(Err(e));
-    }
+    // Targets the kernel reads as given are read in place too; others are rewritten on a copy.
+    let prepared: Vec<T>;
+    let targets = match y_true.values::<T>() {
+        Some(given) if matches!(kernel.targets, Targets::AsGiven) => {
+            if let Err(e) = kernel.check_class_weights(loss.name(), cols) {
+                return Some(Err(e));
+            }
+            given
+        }
+        _ => {
+            let mut t = y_true.to_vec::<T>();
+            if let Err(e) = kernel.prepare_targets(loss.name(), &mut t, cols) {
+                return Some(Err(e));
+            }
+            prepared = t;
+            &prepared
+        }
+    };
     let weights = sample_weight.map(|w| w.to_vec::<T>());
     let mut values = vec![T::zero(); rows];
-    Some(kernel.reduced_value(&targets, y_pred, cols, weights.as_deref(), loss.reduction(), &mut values))
+    Some(kernel.reduced_value(targets, y_pred, cols, weights.as_deref(), loss.reduction(), &mut values))
 }
 
 /// For a loss whose per-sample values are one row kernel over `(y_true, y_pred)` with the
@@ -246,6 +260,46 @@ impl<'a> RowLoss<'a> {
         let factor = reduction_factor(reduction, values.len(), weights)
             .ok_or_else(|| Error::Config("reduced_value: the `none` reduction is not reduced".into()))?;
         self.run(y_true, y_pred, cols, values, None, None)?;
+        if let Some(w) = weights {
+            slices::mul_in_place(values, w);
+        }
+        Ok(slices::row_sum(values) * factor)
+    }
+
+    /// The reduced loss and its gradient with respect to `y_pred` (`rows × cols`) against its
+    /// prepared targets, as [`Loss::call`] and a backward pass from 1 compute them (the same
+    /// bits): `L = Σ values·w · factor` ([`reduction_factor`]; `w` = 1 without `weights`), each
+    /// row's gradient the kernel's times `factor·w` (inside the kernel's pass on inputs of 2¹⁶
+    /// values or more, as the folded reduction does). `values` and `row_scale` hold `rows`
+    /// values, `grad` `rows × cols`. Errors when the lengths do not fit, or for `none`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn reduced_value_and_gradient<T: Element>(
+        &self,
+        y_true: &[T],
+        y_pred: &[T],
+        cols: usize,
+        weights: Option<&[T]>,
+        reduction: Reduction,
+        values: &mut [T],
+        grad: &mut [T],
+        row_scale: &mut [T],
+    ) -> Result<T> {
+        let factor = reduction_factor(reduction, values.len(), weights)
+            .ok_or_else(|| Error::Config("reduced_value_and_gradient: the `none` reduction is not reduced".into()))?;
+        match weights {
+            Some(w) => row_scale.iter_mut().zip(w).for_each(|(s, &w)| *s = factor * w),
+            None => row_scale.fill(factor),
+        }
+        if y_pred.len() >= crate::loss::FOLD_MIN_VALUES {
+            self.run(y_true, y_pred, cols, values, Some(grad), Some(row_scale))?;
+        } else {
+            self.run(y_true, y_pred, cols, values, Some(grad), None)?;
+            if reduction != Reduction::Sum || weights.is_some() {
+                for (row, &s) in grad.chunks_exact_mut(cols.max(1)).zip(row_scale.iter()) {
+                    row.iter_mut().for_each(|g| *g = *g * s);
+                }
+            }
+        }
         if let Some(w) = weights {
             slices::mul_in_place(values, w);
         }

@@ -154,11 +154,6 @@ pub(crate) struct StepPlan {
     pub sums: Vec<f64>,
 }
 
-/// Inputs of at least this many values have `losskit::compute` fold the reduction's scale into
-/// the loss kernel's gradient (`kernel_node`'s threshold): the step does the same to give the
-/// same bits.
-const FOLD_MIN_VALUES: usize = 1 << 16;
-
 impl StepPlan {
     /// The plan for `model` run on `x` (inputs) and, to train or evaluate, `y` (the one
     /// output's targets, against the compiled loss), or the reason the model runs through the
@@ -627,13 +622,6 @@ struct Reduce {
 }
 
 impl Reduce {
-    /// The factor of the (weighted) sum, in `T`, as `losskit`'s `divide_no_nan` multiplies:
-    /// `1/rows`, `1/Σw` (0 when `Σw = 0`: the loss and its gradient are then 0), or 1.
-    fn factor<T: Element>(self, b: &Buffers) -> T {
-        let weights = self.weighted.then(|| read::<T>(&b.w));
-        losskit::reduction_factor(self.reduction(), b.rows, weights).unwrap_or(T::one())
-    }
-
     /// The reduction these flags describe.
     fn reduction(self) -> Reduction {
         match (self.divides, self.by_weight_sum) {
@@ -646,34 +634,25 @@ impl Reduce {
 
 /// Step 3: the per-sample values and `∂L/∂output` into the last stage's gradient buffer; the
 /// reduced loss. As `losskit::compute`: `L = Σ values·w · factor` (`w` = 1 without weights;
-/// see [`Reduce::factor`]), each row's gradient the kernel's times `factor·w` (inside the
+/// see [`losskit::reduction_factor`]), each row's gradient the kernel's times `factor·w` (inside the
 /// kernel's pass on large outputs, as the folded reduction computes it).
 fn loss_and_gradient<T: Element>(kernel: RowLoss<'_>, reduce: Reduce, b: &mut Buffers) -> Result<f64> {
     let last = b.outs.len() - 1;
     let y_pred = read::<T>(&b.outs[last]);
     let cols = y_pred.len() / b.rows.max(1);
-    let factor = reduce.factor::<T>(b);
-    let values = buf::<T>(&mut b.values);
-    let grad = buf::<T>(&mut b.grads[last]);
-    let row_scale = buf::<T>(&mut b.scale);
-    match reduce.weighted {
-        true => row_scale.iter_mut().zip(read::<T>(&b.w)).for_each(|(s, &w)| *s = factor * w),
-        false => row_scale.fill(factor),
-    }
-    if y_pred.len() >= FOLD_MIN_VALUES {
-        kernel.run(read::<T>(&b.targets), y_pred, cols, values, Some(grad), Some(row_scale))?;
-    } else {
-        kernel.run(read::<T>(&b.targets), y_pred, cols, values, Some(grad), None)?;
-        if reduce.divides || reduce.weighted {
-            for (row, &s) in grad.chunks_exact_mut(cols.max(1)).zip(row_scale.iter()) {
-                row.iter_mut().for_each(|g| *g = *g * s);
-            }
-        }
-    }
-    if reduce.weighted {
-        slices::mul_in_place(values, read::<T>(&b.w));
-    }
-    Ok(reduced(values, factor))
+    let weights = reduce.weighted.then(|| read::<T>(&b.w));
+    let (values, grad, row_scale) = (buf::<T>(&mut b.values), buf::<T>(&mut b.grads[last]), buf::<T>(&mut b.scale));
+    let loss = kernel.reduced_value_and_gradient(
+        read::<T>(&b.targets),
+        y_pred,
+        cols,
+        weights,
+        reduce.reduction(),
+        values,
+        grad,
+        row_scale,
+    )?;
+    Ok(loss.to_f64().unwrap_or(f64::NAN))
 }
 
 /// The loss alone, as the tape computes it without gradients: the kernel's values, weighted,
@@ -713,11 +692,6 @@ fn tape_loss<T: Element>(model: &crate::Model, reduce: Reduce, b: &mut Buffers, 
         }
     }
     Ok(scalar)
-}
-
-/// `Σ values · factor` in `T`, as `losskit::compute` reduces, as `f64`.
-fn reduced<T: Element>(values: &[T], factor: T) -> f64 {
-    (slices::row_sum(values) * factor).to_f64().unwrap_or(f64::NAN)
 }
 
 impl StepPlan {
