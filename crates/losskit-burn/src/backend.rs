@@ -192,7 +192,7 @@ impl LossBackend for burn::backend::Flex {
     }
 }
 
-/// The loss' value of `call` on a backend's own buffer ([`losskit::value_on_slice`]) as data of
+/// The loss' value of `call` on a backend's own buffer ([`losskit::loss_on_slice`]) as data of
 /// the buffer's dtype, the error left in `call`; `None` when that path does not apply.
 #[cfg(feature = "flex")]
 fn in_place<T: losskit_tensor::Element + burn::tensor::Element>(
@@ -203,15 +203,16 @@ fn in_place<T: losskit_tensor::Element + burn::tensor::Element>(
     if T::DTYPE != call.dtype {
         return None;
     }
-    let value = losskit::value_on_slice(
+    let value = losskit::loss_on_slice(
         call.loss.as_ref(),
         &call.y_true,
         y_pred,
         shape.as_slice(),
         call.sample_weight.as_ref(),
+        false,
     )?;
     Some(match value {
-        Ok(v) => TensorData::new(vec![v], [1]),
+        Ok((v, _)) => TensorData::new(vec![v], [1]),
         Err(e) => {
             call.leave(Outcome::Failed(e));
             TensorData::new(vec![T::c(f64::NAN)], [1])

@@ -243,7 +243,16 @@ fn to_candle(t: &losskit::Tensor) -> (CpuStorage, Shape) {
 
 /// losskit's graph of the last forward: the output and the leaves candle differentiates.
 #[derive(Default)]
-struct Graph(Mutex<Option<(losskit::Tensor, Vec<losskit::Tensor>)>>);
+struct Graph(Mutex<Option<Kept>>);
+
+/// What a forward keeps for candle's backward.
+enum Kept {
+    /// losskit's output and the leaves to differentiate it by.
+    Tape(losskit::Tensor, Vec<losskit::Tensor>),
+    /// The gradient of a scalar loss with respect to the op's one input, computed with the
+    /// value on candle's buffer ([`losskit::loss_on_slice`]).
+    Gradient(losskit::Tensor),
+}
 
 impl Graph {
     fn lock_err() -> candle_core::Error {
@@ -251,7 +260,12 @@ impl Graph {
     }
 
     fn keep(&self, out: &losskit::Tensor, leaves: Vec<losskit::Tensor>) -> Result<()> {
-        *self.0.lock().map_err(|_| Self::lock_err())? = Some((out.clone(), leaves));
+        *self.0.lock().map_err(|_| Self::lock_err())? = Some(Kept::Tape(out.clone(), leaves));
+        Ok(())
+    }
+
+    fn keep_gradient(&self, grad: losskit::Tensor) -> Result<()> {
+        *self.0.lock().map_err(|_| Self::lock_err())? = Some(Kept::Gradient(grad));
         Ok(())
     }
 
@@ -263,8 +277,8 @@ impl Graph {
     /// the same op runs `recompute` (the forward again) first.
     fn grads(&self, grad_res: &Tensor, device: &Device, recompute: impl FnOnce() -> Result<()>) -> Result<Vec<Tensor>> {
         let taken = self.0.lock().map_err(|_| Self::lock_err())?.take();
-        let (out, leaves) = match taken {
-            Some(graph) => graph,
+        let kept = match taken {
+            Some(kept) => kept,
             None => {
                 recompute()?;
                 self.0
@@ -275,6 +289,20 @@ impl Graph {
             }
         };
         let upstream: Vec<f64> = grad_res.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+        let (out, leaves) = match kept {
+            Kept::Tape(out, leaves) => (out, leaves),
+            Kept::Gradient(grad) => {
+                // The gradient of a scalar loss, times candle's scalar upstream (as is for 1).
+                let grad = match upstream.as_slice() {
+                    [u] if *u == 1.0 => grad,
+                    [u] => grad.mul_scalar(*u).map_err(candle_err)?,
+                    _ => {
+                        return Err(candle_core::Error::Msg("losskit: a scalar loss with a non-scalar upstream".into()))
+                    }
+                };
+                return Ok(vec![into_candle(grad)?.to_device(device)?]);
+            }
+        };
         let upstream = losskit::Tensor::from_vec(upstream, out.shape()).map_err(candle_err)?.to_dtype(out.dtype());
         // `out` alone when g is a scalar 1 (the usual loss.backward()).
         let seeded = if upstream.numel() == 1 && upstream.to_scalar().map_err(candle_err)? == 1.0 {
@@ -320,20 +348,30 @@ fn into_candle(t: losskit::Tensor) -> Result<Tensor> {
 }
 
 impl LossOp {
-    /// The loss' value computed on candle's storage in place ([`losskit::value_on_slice`]), or
-    /// `None` when that path does not apply (the caller copies `y_pred` into a tensor).
-    fn value_in_place(&self, storage: &CpuStorage, layout: &Layout) -> Option<Result<(CpuStorage, Shape)>> {
+    /// A built-in loss computed on candle's storage in place ([`losskit::loss_on_slice`]): its
+    /// value, and when tracked its gradient, kept for the backward pass; `None` when that path
+    /// does not apply (the caller copies `y_pred` into a tensor).
+    fn in_place(&self, storage: &CpuStorage, layout: &Layout) -> Option<Result<(CpuStorage, Shape)>> {
         let (start, end) = layout.contiguous_offsets()?;
         let (loss, y_true, w, dims) = (self.loss.as_ref(), &self.y_true, self.sample_weight.as_ref(), layout.dims());
-        let scalar = Shape::from(());
-        let value = match storage {
-            CpuStorage::F32(v) => losskit::value_on_slice(loss, y_true, &v[start..end], dims, w)?
-                .map(|x| (CpuStorage::F32(vec![x]), scalar)),
-            CpuStorage::F64(v) => losskit::value_on_slice(loss, y_true, &v[start..end], dims, w)?
-                .map(|x| (CpuStorage::F64(vec![x]), scalar)),
+        let (value, grad) = match storage {
+            CpuStorage::F32(v) => match losskit::loss_on_slice(loss, y_true, &v[start..end], dims, w, self.tracked)? {
+                Ok((x, g)) => (CpuStorage::F32(vec![x]), g.map(|g| losskit::Tensor::from_vec(g, dims))),
+                Err(e) => return Some(Err(candle_err(e))),
+            },
+            CpuStorage::F64(v) => match losskit::loss_on_slice(loss, y_true, &v[start..end], dims, w, self.tracked)? {
+                Ok((x, g)) => (CpuStorage::F64(vec![x]), g.map(|g| losskit::Tensor::from_vec(g, dims))),
+                Err(e) => return Some(Err(candle_err(e))),
+            },
             _ => return None,
         };
-        Some(value.map_err(candle_err))
+        if let Some(grad) = grad {
+            let kept = grad.map_err(candle_err).and_then(|g| self.graph.keep_gradient(g));
+            if let Err(e) = kept {
+                return Some(Err(e));
+            }
+        }
+        Some(Ok((value, Shape::from(()))))
     }
 }
 
@@ -343,11 +381,9 @@ impl CustomOp1 for LossOp {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        if !self.tracked {
-            // A built-in loss' value on candle's own buffer: no copy of y_pred.
-            if let Some(value) = self.value_in_place(storage, layout) {
-                return value;
-            }
+        // A built-in loss on candle's own buffer: no copy of y_pred.
+        if let Some(done) = self.in_place(storage, layout) {
+            return done;
         }
         let y_pred = to_losskit(storage, layout)?;
         if !self.tracked {

@@ -23,19 +23,22 @@ pub fn reduction_factor<T: Element>(reduction: Reduction, rows: usize, weights: 
     Some(if denominator == 0.0 { T::zero() } else { T::c(1.0 / denominator) })
 }
 
-/// The value of `loss` on predictions `y_pred` (a borrowed `(rows, cols)` buffer, row-major)
-/// against `y_true`, weighted by `sample_weight`, without a copy of `y_pred` and without a
-/// gradient: the loss' row kernel and reduction on the slice ([`RowLoss::reduced_value`], the
-/// same bits as [`Loss::call`]). `None` when that path does not apply (no row kernel, the
-/// `none` reduction, targets or weights of other shapes): call the loss on a tensor instead.
-/// How the framework adapters evaluate a loss on a framework's own buffer.
-pub fn value_on_slice<T: Element>(
+/// The loss (and, with `gradient`, its gradient with respect to `y_pred`, row-major like it)
+/// of `loss` on predictions `y_pred` (a borrowed `(rows, cols)` buffer, row-major) against
+/// `y_true`, weighted by `sample_weight`, without a copy of `y_pred`: the loss' row kernel and
+/// reduction on the slice ([`RowLoss::reduced_value`] and
+/// [`RowLoss::reduced_value_and_gradient`], the same bits as [`Loss::call`] and its backward
+/// pass from 1). `None` when that path does not apply (no row kernel, the `none` reduction,
+/// targets or weights of other shapes): call the loss on a tensor instead. How the framework
+/// adapters run a loss on a framework's own buffer.
+pub fn loss_on_slice<T: Element>(
     loss: &dyn Loss,
     y_true: &crate::Tensor,
     y_pred: &[T],
     pred_shape: &[usize],
     sample_weight: Option<&crate::Tensor>,
-) -> Option<Result<T>> {
+    gradient: bool,
+) -> Option<Result<(T, Option<Vec<T>>)>> {
     let kernel = row_kernel(loss)?;
     let (rows, cols) = match pred_shape {
         [rows, cols] if rows * cols == y_pred.len() => (*rows, *cols),
@@ -64,8 +67,15 @@ pub fn value_on_slice<T: Element>(
         }
     };
     let weights = sample_weight.map(|w| w.to_vec::<T>());
+    let (w, reduction) = (weights.as_deref(), loss.reduction());
     let mut values = vec![T::zero(); rows];
-    Some(kernel.reduced_value(targets, y_pred, cols, weights.as_deref(), loss.reduction(), &mut values))
+    if !gradient {
+        return Some(kernel.reduced_value(targets, y_pred, cols, w, reduction, &mut values).map(|v| (v, None)));
+    }
+    let (mut grad, mut scale) = (losskit_tensor::pool::take::<T>(y_pred.len()), vec![T::zero(); rows]);
+    let value =
+        kernel.reduced_value_and_gradient(targets, y_pred, cols, w, reduction, &mut values, &mut grad, &mut scale);
+    Some(value.map(|v| (v, Some(grad))))
 }
 
 /// For a loss whose per-sample values are one row kernel over `(y_true, y_pred)` with the
