@@ -5,7 +5,7 @@
 
 #![allow(deprecated)] // burn 0.22 deprecates NdArray (for Flex); both are tested.
 
-#[path = "../../losskit/tests/patterns/mod.rs"]
+#[path = "../../losskit/tests/adapters/patterns.rs"]
 mod patterns;
 
 use burn::module::Module;
@@ -16,7 +16,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::{DType, Device, Int, Tensor, TensorCreationOptions, TensorData};
 use losskit_burn::{BurnLoss, Targets};
-use patterns::{patterns, wave, Pattern};
+use patterns::{direct, patterns, same, wave, Pattern};
 use serde_json::json;
 
 fn options(device: &Device, f64_: bool) -> TensorCreationOptions {
@@ -39,18 +39,6 @@ fn targets(v: &[f64], shape: &[usize], f64_: bool, device: &Device) -> Targets {
 
 fn flat<const D: usize>(t: Tensor<D>) -> Vec<f64> {
     t.into_data().iter::<f64>().collect()
-}
-
-/// Value and gradient through losskit directly, or `None` when losskit refuses the inputs.
-fn direct(loss: &dyn losskit::Loss, p: &Pattern, w: Option<&[f64]>, f64_: bool) -> Option<(Vec<f64>, Vec<f64>)> {
-    let dt = if f64_ { losskit::DType::F64 } else { losskit::DType::F32 };
-    let yt = losskit::Tensor::from_vec(p.0.clone(), &p.1).ok()?.to_dtype(dt);
-    let yp = losskit::Tensor::from_vec(p.2.clone(), &p.3).ok()?.to_dtype(dt).requires_grad();
-    let sw = w.map(|w| losskit::Tensor::from_vec(w.to_vec(), &[w.len()]).unwrap().to_dtype(dt));
-    let out = loss.call(&yt, &yp, sw.as_ref()).ok()?;
-    let g = out.sum_all().backward().ok()?;
-    let grad = g.get(&yp).map(|g| g.to_vec::<f64>()).unwrap_or_else(|| vec![0.0; yp.numel()]);
-    Some((out.to_vec::<f64>(), grad))
 }
 
 /// The same through burn on `device` (an autodiff device): `Σ loss` backpropagated by burn.
@@ -97,14 +85,6 @@ fn value_untracked(loss: &BurnLoss, p: &Pattern, w: Option<&[f64]>, f64_: bool, 
         (r, _) => panic!("y_pred of rank {r}"),
     };
     flat(out.unwrap())
-}
-
-fn same(a: &[f64], b: &[f64], what: &str) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths");
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        let ok = (x.is_nan() && y.is_nan()) || (x - y).abs() <= 1e-6 * (1.0 + y.abs());
-        assert!(ok, "{what}[{i}]: burn {x} vs losskit {y}");
-    }
 }
 
 #[test]

@@ -9,24 +9,12 @@ use serde_json::json;
 
 const DEV: Device = Device::Cpu;
 
-#[path = "../../losskit/tests/patterns/mod.rs"]
+#[path = "../../losskit/tests/adapters/patterns.rs"]
 mod patterns;
-use patterns::{patterns, wave, Pattern};
+use patterns::{direct, patterns, same, wave, Pattern};
 
 fn candle_tensor(v: &[f64], shape: &[usize], dtype: DType) -> Tensor {
     Tensor::from_vec(v.to_vec(), shape, &DEV).unwrap().to_dtype(dtype).unwrap()
-}
-
-/// Value and gradient through losskit directly, or `None` when losskit refuses the inputs.
-fn direct(loss: &dyn losskit::Loss, p: &Pattern, w: Option<&[f64]>, f64_: bool) -> Option<(Vec<f64>, Vec<f64>)> {
-    let dt = if f64_ { losskit::DType::F64 } else { losskit::DType::F32 };
-    let yt = losskit::Tensor::from_vec(p.0.clone(), &p.1).ok()?.to_dtype(dt);
-    let yp = losskit::Tensor::from_vec(p.2.clone(), &p.3).ok()?.to_dtype(dt).requires_grad();
-    let sw = w.map(|w| losskit::Tensor::from_vec(w.to_vec(), &[w.len()]).unwrap().to_dtype(dt));
-    let out = loss.call(&yt, &yp, sw.as_ref()).ok()?;
-    let g = out.sum_all().backward().ok()?;
-    let grad = g.get(&yp).map(|g| g.to_vec::<f64>()).unwrap_or_else(|| vec![0.0; yp.numel()]);
-    Some((out.to_vec::<f64>(), grad))
 }
 
 /// The same through candle: `Σ loss` backpropagated by candle.
@@ -40,14 +28,6 @@ fn through_candle(loss: &CandleLoss, p: &Pattern, w: Option<&[f64]>, f64_: bool)
     let grad = grads.get(&yp).expect("a gradient for y_pred");
     let flat = |t: &Tensor| t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
     (flat(&out), flat(grad))
-}
-
-fn same(a: &[f64], b: &[f64], what: &str) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths");
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        let ok = (x.is_nan() && y.is_nan()) || (x - y).abs() <= 1e-6 * (1.0 + y.abs());
-        assert!(ok, "{what}[{i}]: candle {x} vs losskit {y}");
-    }
 }
 
 #[test]

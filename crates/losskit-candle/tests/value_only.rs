@@ -5,55 +5,9 @@
 //! else allocates meanwhile.
 
 use candle_core::{Device, Tensor, Var};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-
-struct Counting;
-
-/// Allocations of at least [`BIG`] bytes.
-static BIG_ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-/// `y_pred`'s size in bytes (256 × 1000 f32).
-const BIG: usize = 256 * 1000 * 4;
-
-// SAFETY: every call is forwarded to the system allocator unchanged.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if layout.size() >= BIG {
-            BIG_ALLOCATIONS.fetch_add(1, Relaxed);
-        }
-        // SAFETY: forwarded with the caller's layout.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if layout.size() >= BIG {
-            BIG_ALLOCATIONS.fetch_add(1, Relaxed);
-        }
-        // SAFETY: forwarded with the caller's layout.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System` with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if new_size >= BIG {
-            BIG_ALLOCATIONS.fetch_add(1, Relaxed);
-        }
-        // SAFETY: forwarded with the caller's pointer and layout.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-/// Big allocations while `f` runs, from an empty buffer pool.
-fn big_allocations(f: impl FnOnce()) -> usize {
-    losskit_tensor::pool::clear();
-    let before = BIG_ALLOCATIONS.load(Relaxed);
-    f();
-    BIG_ALLOCATIONS.load(Relaxed) - before
-}
+#[path = "../../losskit/tests/adapters/big_allocations.rs"]
+mod big_allocations;
+use big_allocations::big_allocations;
 
 #[test]
 fn an_untracked_forward_computes_no_gradient() {

@@ -38,3 +38,24 @@ pub fn patterns() -> Vec<Pattern> {
         (vec![1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0], vec![4, 2], wave(8, 0.3, 0.05, 0.95), vec![4, 2]),
     ]
 }
+
+/// Value and gradient through losskit directly, or `None` when losskit refuses the inputs.
+pub fn direct(loss: &dyn losskit::Loss, p: &Pattern, w: Option<&[f64]>, f64_: bool) -> Option<(Vec<f64>, Vec<f64>)> {
+    let dt = if f64_ { losskit::DType::F64 } else { losskit::DType::F32 };
+    let yt = losskit::Tensor::from_vec(p.0.clone(), &p.1).ok()?.to_dtype(dt);
+    let yp = losskit::Tensor::from_vec(p.2.clone(), &p.3).ok()?.to_dtype(dt).requires_grad();
+    let sw = w.map(|w| losskit::Tensor::from_vec(w.to_vec(), &[w.len()]).unwrap().to_dtype(dt));
+    let out = loss.call(&yt, &yp, sw.as_ref()).ok()?;
+    let g = out.sum_all().backward().ok()?;
+    let grad = g.get(&yp).map(|g| g.to_vec::<f64>()).unwrap_or_else(|| vec![0.0; yp.numel()]);
+    Some((out.to_vec::<f64>(), grad))
+}
+
+/// `a` (through a framework) equals `b` (losskit's) to 1e-6 relative, NaN for NaN.
+pub fn same(a: &[f64], b: &[f64], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        let ok = (x.is_nan() && y.is_nan()) || (x - y).abs() <= 1e-6 * (1.0 + y.abs());
+        assert!(ok, "{what}[{i}]: through the framework {x} vs losskit {y}");
+    }
+}
