@@ -22,6 +22,9 @@
 //! upstream gradient). A `y_pred` that burn does not track (evaluation, `.inner()`, no
 //! autodiff) runs the loss' value-only path: no gradient is computed.
 //!
+//! burn's config idiom: `CategoricalFocalCrossentropyConfig::new().with_gamma(3.0).init()?`
+//! (typed configs for the common losses, [`LossConfig`] for any by name).
+//!
 //! Conventions: burn's argument order, `forward(input, target)` (the reverse of Keras'
 //! `(y_true, y_pred)`, which [`BurnLoss::call`] keeps); targets of any burn dtype (integer class
 //! indices for the sparse losses), constants of the loss; `y_pred` in f32 or f64 (computed in
@@ -42,9 +45,15 @@
 #![warn(missing_docs)]
 
 mod backend;
+pub mod config;
 mod host;
 
 pub use backend::{LossBackend, LossCall};
+pub use config::{
+    BinaryCrossentropyConfig, BinaryFocalCrossentropyConfig, CategoricalCrossentropyConfig,
+    CategoricalFocalCrossentropyConfig, DiceConfig, HuberConfig, LossConfig, SparseCategoricalCrossentropyConfig,
+    TverskyConfig,
+};
 
 use backend::Outcome;
 

@@ -372,3 +372,28 @@ fn a_burn_mlp_learns_the_digits_with_a_losskit_loss() {
     let accuracy = right as f64 / val.len() as f64;
     assert!(accuracy >= 0.95, "validation accuracy {accuracy}");
 }
+
+#[test]
+fn config_structs_build_the_keras_loss_with_its_fields() {
+    let device = Device::flex().autodiff();
+    let logits = tensor::<2>(&wave(12, 0.4, -2.0, 2.0), &[4, 3], false, &device);
+    let one_hot = tensor::<2>(&[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0], &[4, 3], false, &device);
+    let typed =
+        losskit_burn::CategoricalFocalCrossentropyConfig::new().with_gamma(3.0).with_from_logits(true).init().unwrap();
+    let by_name = losskit_burn::LossConfig::new("categorical_focal_crossentropy")
+        .with("gamma", 3.0)
+        .with("from_logits", true)
+        .init()
+        .unwrap();
+    let by_json = losskit_burn::from_config(
+        &json!({"class_name": "CategoricalFocalCrossentropy", "config": {"gamma": 3.0, "from_logits": true}}),
+    )
+    .unwrap();
+    let value = |l: &BurnLoss| flat(l.forward(logits.clone(), one_hot.clone()).unwrap());
+    assert_eq!(value(&typed), value(&by_json));
+    assert_eq!(value(&by_name), value(&by_json));
+    // gamma matters: the default (2) gives another value.
+    let default = losskit_burn::CategoricalFocalCrossentropyConfig::new().with_from_logits(true).init().unwrap();
+    assert_ne!(value(&default), value(&typed));
+    assert!(losskit_burn::LossConfig::new("huber").with("no_such_field", 1).init().is_err());
+}
