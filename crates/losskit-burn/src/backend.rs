@@ -66,10 +66,17 @@ impl LossCall {
     }
 }
 
-/// losskit's output tensor and the `y_pred` leaf it was computed from (taken by the backward
-/// pass), and the dtype of burn's `y_pred` (the gradient's).
+/// What the backward pass needs (taken by it), and the dtype of burn's `y_pred` (the
+/// gradient's).
 #[derive(Clone)]
-pub(crate) struct Graph(Arc<Mutex<Option<(losskit::Tensor, losskit::Tensor)>>>, DType);
+pub(crate) struct Graph(Arc<Mutex<Option<Kept>>>, DType);
+
+/// losskit's output tensor and the `y_pred` leaf it was computed from, or the gradient of a
+/// scalar loss computed with its value on the backend's buffer ([`losskit::loss_on_slice`]).
+enum Kept {
+    Tape(losskit::Tensor, losskit::Tensor),
+    Gradient(losskit::Tensor),
+}
 
 impl std::fmt::Debug for Graph {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -79,7 +86,13 @@ impl std::fmt::Debug for Graph {
 
 impl Graph {
     fn new(out: losskit::Tensor, leaf: losskit::Tensor, dtype: DType) -> Graph {
-        Graph(Arc::new(Mutex::new(Some((out, leaf)))), dtype)
+        Graph(Arc::new(Mutex::new(Some(Kept::Tape(out, leaf)))), dtype)
+    }
+
+    /// A scalar loss' gradient, ready.
+    #[cfg(feature = "flex")]
+    fn ready(grad: losskit::Tensor, dtype: DType) -> Graph {
+        Graph(Arc::new(Mutex::new(Some(Kept::Gradient(grad)))), dtype)
     }
 
     /// A graph with nothing to differentiate.
@@ -91,8 +104,18 @@ impl Graph {
     /// kernel wrote); `None` when the graph is gone (a second backward pass through the node).
     fn gradient(&self, upstream: TensorData) -> Option<losskit::Tensor> {
         let taken = self.0.lock().map(|mut g| g.take()).unwrap_or(None);
-        let (out, leaf) = taken?;
         let upstream: Vec<f64> = upstream.iter::<f64>().collect();
+        let (out, leaf) = match taken? {
+            Kept::Tape(out, leaf) => (out, leaf),
+            // A scalar loss: its gradient times burn's scalar upstream (as is for 1).
+            Kept::Gradient(grad) => {
+                return Some(match upstream.as_slice() {
+                    [u] if *u == 1.0 => grad,
+                    [u] => grad.mul_scalar(*u).expect("a scalar factor"),
+                    _ => unreachable!("a reduced loss has a scalar upstream"),
+                })
+            }
+        };
         let seeded = if upstream.len() == 1 && upstream[0] == 1.0 {
             out.sum_all()
         } else {
@@ -161,17 +184,16 @@ impl LossBackend for burn::backend::NdArray {
 impl LossBackend for burn::backend::Flex {
     fn losskit_loss(y_pred: FloatTensor<Self>, call: LossCall) -> FloatTensor<Self> {
         let (device, dtype) = (y_pred.device(), y_pred.dtype());
-        if !call.tracked {
-            // A built-in loss' value on Flex's own buffer: no copy of y_pred.
-            let shape = y_pred.shape();
-            let value = match (y_pred.as_slice::<f32>(), y_pred.as_slice::<f64>()) {
-                (Some(v), _) => in_place(&call, v, &shape),
-                (_, Some(v)) => in_place(&call, v, &shape),
-                _ => None,
-            };
-            if let Some(values) = value {
-                return Self::float_from_data(values, &device);
-            }
+        // A built-in loss on Flex's own buffer (its value, and when tracked its gradient): no
+        // copy of y_pred.
+        let shape = y_pred.shape();
+        let value = match (y_pred.as_slice::<f32>(), y_pred.as_slice::<f64>()) {
+            (Some(v), _) => in_place(&call, v, &shape, dtype),
+            (_, Some(v)) => in_place(&call, v, &shape, dtype),
+            _ => None,
+        };
+        if let Some(values) = value {
+            return Self::float_from_data(values, &device);
         }
         let own_dtype = crate::host::compute_dtype(dtype, "y_pred").is_ok_and(|d| d == call.dtype)
             && matches!(dtype, DType::F32 | DType::F64);
@@ -192,27 +214,29 @@ impl LossBackend for burn::backend::Flex {
     }
 }
 
-/// The loss' value of `call` on a backend's own buffer ([`losskit::loss_on_slice`]) as data of
-/// the buffer's dtype, the error left in `call`; `None` when that path does not apply.
+/// The loss of `call` on a backend's own buffer ([`losskit::loss_on_slice`]): its value as data
+/// of the buffer's dtype, its gradient (when tracked) or its error left in `call`; `None` when
+/// that path does not apply.
 #[cfg(feature = "flex")]
 fn in_place<T: losskit_tensor::Element + burn::tensor::Element>(
     call: &LossCall,
     y_pred: &[T],
     shape: &burn::tensor::Shape,
+    dtype: DType,
 ) -> Option<TensorData> {
     if T::DTYPE != call.dtype {
         return None;
     }
-    let value = losskit::loss_on_slice(
-        call.loss.as_ref(),
-        &call.y_true,
-        y_pred,
-        shape.as_slice(),
-        call.sample_weight.as_ref(),
-        false,
-    )?;
+    let (loss, w) = (call.loss.as_ref(), call.sample_weight.as_ref());
+    let value = losskit::loss_on_slice(loss, &call.y_true, y_pred, shape.as_slice(), w, call.tracked)?;
     Some(match value {
-        Ok((v, _)) => TensorData::new(vec![v], [1]),
+        Ok((v, grad)) => {
+            if let Some(g) = grad {
+                let g = losskit::Tensor::from_vec(g, shape.as_slice()).expect("y_pred's own shape");
+                call.leave(Outcome::Graph(Graph::ready(g, dtype)));
+            }
+            TensorData::new(vec![v], [1])
+        }
         Err(e) => {
             call.leave(Outcome::Failed(e));
             TensorData::new(vec![T::c(f64::NAN)], [1])
