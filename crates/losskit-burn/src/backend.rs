@@ -2,11 +2,12 @@
 //!
 //! [`BurnLoss::forward`](crate::BurnLoss::forward) checks the call and hands it to
 //! [`LossBackend::losskit_loss`], routed by burn's `Dispatch` to the tensor's backend:
-//! - on a CPU backend (`NdArray`, `Flex`) the backend's own storage of `y_pred` becomes a
-//!   losskit tensor (NdArray's array is shared as it is: both are `ndarray` 0.17 arrays; Flex's
-//!   contiguous values are copied once into a pooled buffer), and the loss runs through
-//!   losskit's one call path (a built-in loss' fused kernel writes the values and, when
-//!   tracked, the gradient in one pass);
+//! - on a CPU backend (`NdArray`, `Flex`) the loss runs on the backend's own storage of
+//!   `y_pred`: NdArray's array becomes a losskit tensor as it is (both are `ndarray` 0.17
+//!   arrays); on Flex a built-in loss with a row kernel runs on the buffer in place
+//!   ([`losskit::loss_on_slice`]), another loss on a tensor nothing else holds moved in, or on
+//!   one pooled copy; a built-in loss' fused kernel writes the values and, when tracked, the
+//!   gradient in one pass;
 //! - on `Autodiff<B>` the output is also a node whose backward pass hands burn losskit's
 //!   gradient of `y_pred` times burn's upstream gradient (the gradient's buffer moves into
 //!   burn without a copy).

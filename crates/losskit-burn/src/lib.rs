@@ -13,13 +13,15 @@
 //! # Ok(()) }
 //! ```
 //!
-//! How it works: [`BurnLoss::forward`] reads `y_pred` to the host, runs the loss through
-//! losskit's one call path (a built-in loss' fused kernel writes the per-sample values and the
-//! gradient in one pass; a composed or custom loss runs on losskit's tape) and enters the
-//! result into burn's graph through a burn backend extension, [`LossBackend`]: on burn's CPU
-//! backends (`Flex`, `NdArray`) it becomes the output tensor, and on `Autodiff<B>` the output
-//! is a node whose backward pass hands burn losskit's gradient of `y_pred` (times burn's
-//! upstream gradient). A `y_pred` that burn does not track (evaluation, `.inner()`, no
+//! How it works: [`BurnLoss::forward`] checks the call (devices, the swapped-argument trap,
+//! dtypes), converts the targets, and hands the call to a burn backend extension,
+//! [`LossBackend`], which burn routes to the tensor's backend. On burn's CPU backends (`Flex`,
+//! `NdArray`) it runs the loss on the backend's own buffer: a built-in loss with a row kernel
+//! through [`losskit::loss_on_slice`] (the fused kernel writes the value and, when tracked, the
+//! gradient in one pass), any other loss through losskit's one call path on NdArray's shared
+//! array or on one (pooled) copy of Flex's. On `Autodiff<B>` the output is a node whose backward
+//! pass hands burn losskit's gradient of `y_pred` times burn's upstream gradient (the gradient's
+//! buffer moves into burn). A `y_pred` that burn does not track (evaluation, `.inner()`, no
 //! autodiff) runs the loss' value-only path: no gradient is computed.
 //!
 //! burn's config idiom: `CategoricalFocalCrossentropyConfig::new().with_gamma(3.0).init()?`
@@ -34,10 +36,9 @@
 //! reduced loss (burn's convention for a scalar) and the flattened per-sample values for the
 //! `none` reduction.
 //!
-//! Devices: the loss runs on the host. On burn's CPU backends the only cost beyond losskit's
-//! own is one copy of `y_pred` out of burn's tensor (and of the gradient into burn's); on a GPU
-//! backend the extension is not implemented yet (CubeCL kernels are the plan), and
-//! [`BurnLoss::forward`] refuses the device with a clear error instead of panicking.
+//! Devices: burn's CPU backends. On a GPU backend the extension is not implemented yet (CubeCL
+//! kernels are the plan), and [`BurnLoss::forward`] refuses the device with a clear error
+//! instead of panicking.
 //!
 //! Errors are [`losskit::Error`]: shapes, labels out of range, parameters, with losskit's
 //! messages; nothing panics inside burn's graph.
