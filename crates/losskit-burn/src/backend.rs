@@ -229,7 +229,15 @@ fn in_place<T: losskit_tensor::Element + burn::tensor::Element>(
         return None;
     }
     let (loss, w) = (call.loss.as_ref(), call.sample_weight.as_ref());
-    let value = losskit::loss_on_slice(loss, &call.y_true, y_pred, shape.as_slice(), w, call.tracked)?;
+    let copied: Vec<T>;
+    let y_true = match call.y_true.values::<T>() {
+        Some(v) => v,
+        None => {
+            copied = call.y_true.to_vec::<T>();
+            &copied
+        }
+    };
+    let value = losskit::loss_on_slice(loss, y_true, call.y_true.shape(), y_pred, shape.as_slice(), w, call.tracked)?;
     Some(match value {
         Ok((v, grad)) => {
             if let Some(g) = grad {

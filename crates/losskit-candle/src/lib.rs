@@ -146,9 +146,17 @@ impl CandleLoss {
                 candle_core::Error::Msg(format!("{}: {what} of dtype {:?}: {e}", self.loss.name(), t.dtype()))
             })
         };
+        // Targets of y_pred's dtype stay candle's buffer (read in place by a built-in loss,
+        // converted only if a loss on the tape needs them); others are converted now.
+        let y_true_cpu = on_cpu(y_true)?.contiguous()?;
+        let y_true = if y_true_cpu.dtype() == pred.dtype() {
+            TrueValues::Candle(y_true_cpu, std::sync::OnceLock::new())
+        } else {
+            TrueValues::Converted(constant(&y_true_cpu, "y_true")?)
+        };
         let op = LossOp {
             loss: self.loss.clone(),
-            y_true: constant(y_true, "y_true")?,
+            y_true,
             sample_weight: sample_weight.map(|w| constant(w, "sample_weight")).transpose()?,
             tracked,
             graph: Graph::default(),
@@ -166,12 +174,70 @@ impl CandleLoss {
 /// The loss as a candle op on `y_pred`: the forward keeps losskit's graph for the backward.
 struct LossOp {
     loss: Arc<dyn Loss>,
-    y_true: losskit::Tensor,
+    y_true: TrueValues,
     sample_weight: Option<losskit::Tensor>,
     /// candle tracks `y_pred` (else the forward runs the loss' value-only path).
     tracked: bool,
     /// losskit's graph of the last forward.
     graph: Graph,
+}
+
+/// The targets of a [`LossOp`]: candle's own CPU buffer (of `y_pred`'s dtype, converted into a
+/// losskit tensor only when first needed), or converted at the call.
+enum TrueValues {
+    Candle(Tensor, std::sync::OnceLock<losskit::Tensor>),
+    Converted(losskit::Tensor),
+}
+
+impl TrueValues {
+    /// The targets as a losskit tensor (converted once).
+    fn tensor(&self) -> Result<&losskit::Tensor> {
+        match self {
+            TrueValues::Converted(t) => Ok(t),
+            TrueValues::Candle(t, cell) => {
+                if let Some(done) = cell.get() {
+                    return Ok(done);
+                }
+                let converted = match t.dtype() {
+                    DType::F64 => constant_values::<f64>(t)?,
+                    _ => constant_values::<f32>(t)?,
+                };
+                Ok(cell.get_or_init(|| converted))
+            }
+        }
+    }
+}
+
+/// f32 and f64 in candle's CPU storage.
+trait CpuElement: Element {
+    fn slice(s: &CpuStorage) -> Option<&[Self]>;
+    fn storage(v: Vec<Self>) -> CpuStorage;
+}
+
+impl CpuElement for f32 {
+    fn slice(s: &CpuStorage) -> Option<&[f32]> {
+        if let CpuStorage::F32(v) = s {
+            Some(v)
+        } else {
+            None
+        }
+    }
+    fn storage(v: Vec<f32>) -> CpuStorage {
+        CpuStorage::F32(v)
+    }
+}
+
+impl CpuElement for f64 {
+    fn slice(s: &CpuStorage) -> Option<&[f64]> {
+        if let CpuStorage::F64(v) = s {
+            Some(v)
+        } else {
+            None
+        }
+    }
+    fn storage(v: Vec<f64>) -> CpuStorage {
+        CpuStorage::F64(v)
+    }
 }
 
 /// A CPU tensor's values as a losskit tensor of dtype `T`, converted in one pass from candle's
@@ -353,25 +419,46 @@ impl LossOp {
     /// does not apply (the caller copies `y_pred` into a tensor).
     fn in_place(&self, storage: &CpuStorage, layout: &Layout) -> Option<Result<(CpuStorage, Shape)>> {
         let (start, end) = layout.contiguous_offsets()?;
-        let (loss, y_true, w, dims) = (self.loss.as_ref(), &self.y_true, self.sample_weight.as_ref(), layout.dims());
-        let (value, grad) = match storage {
-            CpuStorage::F32(v) => match losskit::loss_on_slice(loss, y_true, &v[start..end], dims, w, self.tracked)? {
-                Ok((x, g)) => (CpuStorage::F32(vec![x]), g.map(|g| losskit::Tensor::from_vec(g, dims))),
-                Err(e) => return Some(Err(candle_err(e))),
+        match storage {
+            CpuStorage::F32(v) => self.in_place_typed(&v[start..end], layout.dims()),
+            CpuStorage::F64(v) => self.in_place_typed(&v[start..end], layout.dims()),
+            _ => None,
+        }
+    }
+
+    /// [`LossOp::in_place`] on `y_pred`'s values of type `T` (and `y_true`'s: candle's buffer
+    /// read in place when it has that type).
+    fn in_place_typed<T: CpuElement>(&self, y_pred: &[T], dims: &[usize]) -> Option<Result<(CpuStorage, Shape)>> {
+        let held;
+        let copied: Vec<T>;
+        let (y_true, true_shape): (&[T], &[usize]) = match &self.y_true {
+            TrueValues::Candle(t, _) => {
+                held = t.storage_and_layout();
+                let candle_core::Storage::Cpu(cpu) = &*held.0 else { return None };
+                let (start, end) = held.1.contiguous_offsets()?;
+                (&T::slice(cpu)?[start..end], t.dims())
+            }
+            TrueValues::Converted(t) => match t.values::<T>() {
+                Some(v) => (v, t.shape()),
+                None => {
+                    copied = t.to_vec::<T>();
+                    (&copied, t.shape())
+                }
             },
-            CpuStorage::F64(v) => match losskit::loss_on_slice(loss, y_true, &v[start..end], dims, w, self.tracked)? {
-                Ok((x, g)) => (CpuStorage::F64(vec![x]), g.map(|g| losskit::Tensor::from_vec(g, dims))),
-                Err(e) => return Some(Err(candle_err(e))),
-            },
-            _ => return None,
         };
-        if let Some(grad) = grad {
-            let kept = grad.map_err(candle_err).and_then(|g| self.graph.keep_gradient(g));
+        let w = self.sample_weight.as_ref();
+        let (value, grad) =
+            match losskit::loss_on_slice(self.loss.as_ref(), y_true, true_shape, y_pred, dims, w, self.tracked)? {
+                Ok(done) => done,
+                Err(e) => return Some(Err(candle_err(e))),
+            };
+        if let Some(g) = grad {
+            let kept = losskit::Tensor::from_vec(g, dims).map_err(candle_err).and_then(|g| self.graph.keep_gradient(g));
             if let Err(e) = kept {
                 return Some(Err(e));
             }
         }
-        Some(Ok((value, Shape::from(()))))
+        Some(Ok((T::storage(vec![value]), Shape::from(()))))
     }
 }
 
@@ -388,11 +475,12 @@ impl CustomOp1 for LossOp {
         let y_pred = to_losskit(storage, layout)?;
         if !self.tracked {
             // No gradient will be asked for: the value alone.
-            let out = self.loss.call(&self.y_true, &y_pred, self.sample_weight.as_ref()).map_err(candle_err)?;
+            let out =
+                self.loss.call(self.y_true.tensor()?, &y_pred, self.sample_weight.as_ref()).map_err(candle_err)?;
             return Ok(to_candle(&out));
         }
         let y_pred = y_pred.requires_grad();
-        let out = self.loss.call(&self.y_true, &y_pred, self.sample_weight.as_ref()).map_err(candle_err)?;
+        let out = self.loss.call(self.y_true.tensor()?, &y_pred, self.sample_weight.as_ref()).map_err(candle_err)?;
         self.graph.keep(&out, vec![y_pred])?;
         Ok(to_candle(&out))
     }

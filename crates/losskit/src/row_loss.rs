@@ -25,15 +25,19 @@ pub fn reduction_factor<T: Element>(reduction: Reduction, rows: usize, weights: 
 
 /// The loss (and, with `gradient`, its gradient with respect to `y_pred`, row-major like it)
 /// of `loss` on predictions `y_pred` (a borrowed `(rows, cols)` buffer, row-major) against
-/// `y_true`, weighted by `sample_weight`, without a copy of `y_pred`: the loss' row kernel and
+/// `y_true` (a borrowed buffer of shape `true_shape`, already in `y_pred`'s type), weighted by
+/// `sample_weight`, without a copy of `y_pred` (nor of `y_true` when the loss reads its targets
+/// as given): the loss' row kernel and
 /// reduction on the slice ([`RowLoss::reduced_value`] and
 /// [`RowLoss::reduced_value_and_gradient`], the same bits as [`Loss::call`] and its backward
 /// pass from 1). `None` when that path does not apply (no row kernel, the `none` reduction,
 /// targets or weights of other shapes): call the loss on a tensor instead. How the framework
 /// adapters run a loss on a framework's own buffer.
+#[allow(clippy::too_many_arguments)]
 pub fn loss_on_slice<T: Element>(
     loss: &dyn Loss,
-    y_true: &crate::Tensor,
+    y_true: &[T],
+    true_shape: &[usize],
     y_pred: &[T],
     pred_shape: &[usize],
     sample_weight: Option<&crate::Tensor>,
@@ -45,20 +49,25 @@ pub fn loss_on_slice<T: Element>(
         _ => return None,
     };
     let weights_fit = sample_weight.is_none_or(|w| matches!(w.shape(), [n] | [n, 1] if *n == rows));
-    if loss.reduction() == Reduction::None || !weights_fit || !kernel.fits(pred_shape, y_true.shape()) {
+    let true_len = true_shape.iter().product::<usize>();
+    if loss.reduction() == Reduction::None
+        || !weights_fit
+        || !kernel.fits(pred_shape, true_shape)
+        || true_len != y_true.len()
+    {
         return None;
     }
     // Targets the kernel reads as given are read in place too; others are rewritten on a copy.
     let prepared: Vec<T>;
-    let targets = match y_true.values::<T>() {
-        Some(given) if matches!(kernel.targets, Targets::AsGiven) => {
+    let targets = match kernel.targets {
+        Targets::AsGiven => {
             if let Err(e) = kernel.check_class_weights(loss.name(), cols) {
                 return Some(Err(e));
             }
-            given
+            y_true
         }
         _ => {
-            let mut t = y_true.to_vec::<T>();
+            let mut t = y_true.to_vec();
             if let Err(e) = kernel.prepare_targets(loss.name(), &mut t, cols) {
                 return Some(Err(e));
             }
