@@ -3,7 +3,7 @@
 
 Run with:  KERAS_BACKEND=jax python gen_training_vectors.py
 (Keras 3.15.1, JAX backend, float32.) Optimizers: SGD (momentum, Nesterov), Adam, RMSprop
-(centered, momentum), AdamW, Adagrad, Adamax, Lion, Adadelta, Nadam; weight_decay; amsgrad; clipnorm, clipvalue, global_clipnorm; the learning-rate
+(centered, momentum), AdamW, Adagrad, Adamax, Lion, Lamb, Adadelta, Nadam; weight_decay; amsgrad; clipnorm, clipvalue, global_clipnorm; the learning-rate
 schedules ExponentialDecay (and staircase), InverseTimeDecay, PiecewiseConstantDecay,
 PolynomialDecay (and cycle), CosineDecay (and warmup), CosineDecayRestarts.
 
@@ -79,6 +79,9 @@ RUNS += [
     ("adagrad", {"class_name": "Adagrad", "learning_rate": 0.05}, {}),
     ("adamax_class_weight", {"class_name": "Adamax", "learning_rate": 0.01}, {"class_weight": CLASS_WEIGHT}),
     ("lion_clipnorm", {"class_name": "Lion", "learning_rate": 0.002, "clipnorm": 0.5}, {}),
+    ("lamb", {"class_name": "Lamb", "learning_rate": 0.01}, {}),
+    ("lamb_weight_decay_class_weight", {"class_name": "Lamb", "learning_rate": 0.01, "weight_decay": 0.05},
+     {"class_weight": CLASS_WEIGHT}),
     ("adadelta", {"class_name": "Adadelta", "learning_rate": 1.0}, {}),
     ("nadam_sample_weight", {"class_name": "Nadam", "learning_rate": 0.01}, {"sample_weight": SAMPLE_WEIGHT}),
     # Keras' decoupled weight_decay on other optimizers than AdamW.

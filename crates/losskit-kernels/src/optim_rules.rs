@@ -56,6 +56,45 @@ pub fn adamax_update<T: Float>(
     }
 }
 
+/// One Keras `Lamb` step at step `t` (from 1) with its momentum `m` and velocity `v`:
+/// `m ← m + (g - m)·(1 - β₁)`, `v ← v + (g² - v)·(1 - β₂)`, the Adam direction
+/// `u = (m/(1 - β₁ᵗ)) / (√(v/(1 - β₂ᵗ)) + ε)`, then `w ← w - r·lr·u` with the trust ratio
+/// `r = ‖w‖/‖u‖` over the whole weight (1 when either norm is 0). Two passes: the moments and
+/// both norms (summed in f64), then the update with `u` recomputed from the same `m`, `v`.
+/// `one_minus` are `1 - β₁`, `1 - β₂` as Keras computes them (in f64, then in `T`); `powers`
+/// are `β₁ᵗ`, `β₂ᵗ` in `T`.
+#[allow(clippy::too_many_arguments)]
+pub fn lamb_update<T: Float>(
+    w: &mut [T],
+    g: &[T],
+    m: &mut [T],
+    v: &mut [T],
+    lr: T,
+    (one_minus_1, one_minus_2): (T, T),
+    (beta_1_power, beta_2_power): (T, T),
+    epsilon: T,
+    c: Clipping<T>,
+) {
+    let (bias_1, bias_2) = (T::one() - beta_1_power, T::one() - beta_2_power);
+    let direction = |m: T, v: T| (m / bias_1) / ((v / bias_2).sqrt() + epsilon);
+    let (mut w_sq, mut u_sq) = (0.0f64, 0.0f64);
+    for (((&wv, &g), m), v) in w.iter().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        let g = c.apply(g);
+        *m = *m + (g - *m) * one_minus_1;
+        *v = *v + (g * g - *v) * one_minus_2;
+        let u = direction(*m, *v).to_f64().unwrap_or(f64::NAN);
+        let wv = wv.to_f64().unwrap_or(f64::NAN);
+        w_sq += wv * wv;
+        u_sq += u * u;
+    }
+    let (w_norm, u_norm) = (T::c(w_sq.sqrt()), T::c(u_sq.sqrt()));
+    let ratio = if w_norm > T::zero() && u_norm > T::zero() { w_norm / u_norm } else { T::one() };
+    let scale = ratio * lr;
+    for ((w, &m), &v) in w.iter_mut().zip(m.iter()).zip(v.iter()) {
+        *w = *w - scale * direction(m, v);
+    }
+}
+
 /// One Keras `Lion` step with its momentum `m`: `w ← w - lr·sign(m·β₁ + g·(1 - β₁))`, then
 /// `m ← m·β₂ + g·(1 - β₂)` (the betas and `1 - β` in `T`, as Keras casts them first).
 pub fn lion_update<T: Float>(w: &mut [T], g: &[T], m: &mut [T], lr: T, beta_1: T, beta_2: T, c: Clipping<T>) {

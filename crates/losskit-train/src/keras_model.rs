@@ -25,7 +25,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 const LAYERS: &str = "InputLayer, Flatten, Reshape, Rescaling, Dense, Dropout, Activation";
-const OPTIMIZERS: &str = "SGD, Adam, AdamW, RMSprop, Adagrad, Adamax, Lion, Adadelta, Nadam";
+const OPTIMIZERS: &str = "SGD, Adam, AdamW, RMSprop, Adagrad, Adamax, Lion, Lamb, Adadelta, Nadam";
 
 /// A model read from a Keras file: the model (built when the file gives its input shape) and,
 /// when the file has a `compile_config`, what `compile` was given.
@@ -411,6 +411,9 @@ fn parse_optimizer(v: &Value) -> std::result::Result<Optimizer, String> {
             Rule::Adamax { beta_1: num("beta_1", 0.9), beta_2: num("beta_2", 0.999), epsilon: num("epsilon", 1e-7) }
         }
         "Lion" => Rule::Lion { beta_1: num("beta_1", 0.9), beta_2: num("beta_2", 0.99) },
+        "Lamb" => {
+            Rule::Lamb { beta_1: num("beta_1", 0.9), beta_2: num("beta_2", 0.999), epsilon: num("epsilon", 1e-7) }
+        }
         "Adadelta" => Rule::Adadelta { rho: num("rho", 0.95), epsilon: num("epsilon", 1e-7) },
         "Nadam" => {
             Rule::Nadam { beta_1: num("beta_1", 0.9), beta_2: num("beta_2", 0.999), epsilon: num("epsilon", 1e-7) }
@@ -448,6 +451,7 @@ pub(crate) fn keras_optimizer_class(rule: Rule) -> (&'static str, &'static str) 
         Rule::Adagrad { .. } => ("Adagrad", "adagrad"),
         Rule::Adamax { .. } => ("Adamax", "adamax"),
         Rule::Lion { .. } => ("Lion", "lion"),
+        Rule::Lamb { .. } => ("Lamb", "lamb"),
         Rule::Adadelta { .. } => ("Adadelta", "adadelta"),
         Rule::Nadam { .. } => ("Nadam", "nadam"),
     }
@@ -487,6 +491,9 @@ fn optimizer_json(o: &Optimizer) -> Value {
             json!({"beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon, "weight_decay": null})
         }
         Rule::Lion { beta_1, beta_2 } => json!({"beta_1": beta_1, "beta_2": beta_2, "weight_decay": null}),
+        Rule::Lamb { beta_1, beta_2, epsilon } => {
+            json!({"beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon, "weight_decay": null})
+        }
         Rule::Adadelta { rho, epsilon } => json!({"rho": rho, "epsilon": epsilon, "weight_decay": null}),
         Rule::Nadam { beta_1, beta_2, epsilon } => {
             json!({"beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon, "weight_decay": null})

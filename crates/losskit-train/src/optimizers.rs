@@ -66,6 +66,16 @@ pub enum Rule {
         /// `ε` (1e-7).
         epsilon: f64,
     },
+    /// Lamb (Adam's direction `u` scaled per weight by the trust ratio): `w ← w - (‖w‖/‖u‖)·lr·u`
+    /// with `u = m̂/(√v̂ + ε)` (the ratio 1 when a norm is 0).
+    Lamb {
+        /// `β₁` (0.9).
+        beta_1: f64,
+        /// `β₂` (0.999).
+        beta_2: f64,
+        /// `ε` (1e-7).
+        epsilon: f64,
+    },
     /// Lion: `w ← w - lr·sign(β₁m + (1-β₁)g)`, `m ← β₂m + (1-β₂)g`.
     Lion {
         /// `β₁` (0.9).
@@ -211,12 +221,13 @@ impl Optimizer {
             "adagrad" => Self::new(Rule::Adagrad { initial_accumulator_value: 0.1, epsilon: 1e-7 }, 0.001),
             "adamax" => Self::new(Rule::Adamax { beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7 }, 0.001),
             "lion" => Self::new(Rule::Lion { beta_1: 0.9, beta_2: 0.99 }, 0.001),
+            "lamb" => Self::new(Rule::Lamb { beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7 }, 0.001),
             "adadelta" => Self::new(Rule::Adadelta { rho: 0.95, epsilon: 1e-7 }, 0.001),
             "nadam" => Self::new(Rule::Nadam { beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7 }, 0.001),
             _ => Err(Error::UnknownName {
                 kind: "optimizer".into(),
                 name: name.into(),
-                suggestions: "sgd, adam, adamw, rmsprop, adagrad, adamax, lion, adadelta, nadam".into(),
+                suggestions: "sgd, adam, adamw, rmsprop, adagrad, adamax, lion, lamb, adadelta, nadam".into(),
             }),
         }
     }
@@ -386,7 +397,7 @@ impl Optimizer {
             Rule::Adam { .. } | Rule::AdamW { .. } => 2 + usize::from(self.amsgrad),
             Rule::RmsProp { momentum, centered, .. } => 1 + usize::from(momentum > 0.0) + usize::from(centered),
             Rule::Adagrad { .. } | Rule::Lion { .. } => 1,
-            Rule::Adamax { .. } | Rule::Adadelta { .. } | Rule::Nadam { .. } => 2,
+            Rule::Adamax { .. } | Rule::Adadelta { .. } | Rule::Nadam { .. } | Rule::Lamb { .. } => 2,
         }
     }
 
@@ -740,7 +751,7 @@ const STANDARD: &str = "standard-layout buffers";
 
 /// One rule's update of one weight, in place, through the vectorised kernels of
 /// `losskit_kernels::optim` (SGD, Adam(W), RMSprop) or the serial ones of
-/// `losskit_kernels::optim_rules` (Adagrad, Adamax, Lion, Adadelta).
+/// `losskit_kernels::optim_rules` (Adagrad, Adamax, Lion, Lamb, Adadelta, Nadam).
 fn update<T: Element>(
     rule: Rule,
     lr: T,
@@ -837,6 +848,12 @@ fn update<T: Element>(
                 (Rule::Adamax { beta_1, beta_2, epsilon }, Some(u)) => {
                     let betas = (T::c(1.0 - beta_1), T::c(beta_1).powf(T::c(step as f64)), T::c(beta_2));
                     rules::adamax_update(w, gs, first, u, lr, betas, T::c(epsilon), c)
+                }
+                (Rule::Lamb { beta_1, beta_2, epsilon }, Some(v)) => {
+                    let t = T::c(step as f64);
+                    let one_minus = (T::c(1.0 - beta_1), T::c(1.0 - beta_2));
+                    let powers = (T::c(beta_1).powf(t), T::c(beta_2).powf(t));
+                    rules::lamb_update(w, gs, first, v, lr, one_minus, powers, T::c(epsilon), c)
                 }
                 (Rule::Nadam { .. }, Some(v)) => {
                     rules::nadam_update(w, gs, first, v, lr, gr.nadam.expect("computed for Nadam"), c)

@@ -42,6 +42,7 @@ fn optimizer(spec: &Value) -> Optimizer {
         "Adagrad" => Optimizer::new(Rule::Adagrad { initial_accumulator_value: 0.1, epsilon: 1e-7 }, lr),
         "Adamax" => Optimizer::new(Rule::Adamax { beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7 }, lr),
         "Lion" => Optimizer::new(Rule::Lion { beta_1: 0.9, beta_2: 0.99 }, lr),
+        "Lamb" => Optimizer::new(Rule::Lamb { beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7 }, lr),
         "Adadelta" => Optimizer::new(Rule::Adadelta { rho: 0.95, epsilon: 1e-7 }, lr),
         "Nadam" => Optimizer::new(Rule::Nadam { beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7 }, lr),
         other => panic!("{other}"),
@@ -80,7 +81,7 @@ fn two_epochs_match_keras() {
         .map(|w| Tensor::from_vec(floats(&w["values"]), &shape(&w["shape"])).unwrap())
         .collect();
     let runs = fx["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 30);
+    assert_eq!(runs.len(), 32);
     for run in runs {
         let name = run["name"].as_str().unwrap();
         let mut model = Sequential::new()
