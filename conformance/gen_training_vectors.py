@@ -3,7 +3,7 @@
 
 Run with:  KERAS_BACKEND=jax python gen_training_vectors.py
 (Keras 3.15.1, JAX backend, float32.) Optimizers: SGD (momentum, Nesterov), Adam, RMSprop
-(centered, momentum), AdamW, Adagrad, Adamax, Lion, Lamb, Adadelta, Nadam; weight_decay; amsgrad; clipnorm, clipvalue, global_clipnorm; the learning-rate
+(centered, momentum), AdamW, Adagrad, Adamax, Lion, Lamb, Ftrl, Adadelta, Nadam; weight_decay; amsgrad; clipnorm, clipvalue, global_clipnorm; the learning-rate
 schedules ExponentialDecay (and staircase), InverseTimeDecay, PiecewiseConstantDecay,
 PolynomialDecay (and cycle), CosineDecay (and warmup), CosineDecayRestarts.
 
@@ -80,6 +80,10 @@ RUNS += [
     ("adamax_class_weight", {"class_name": "Adamax", "learning_rate": 0.01}, {"class_weight": CLASS_WEIGHT}),
     ("lion_clipnorm", {"class_name": "Lion", "learning_rate": 0.002, "clipnorm": 0.5}, {}),
     ("lamb", {"class_name": "Lamb", "learning_rate": 0.01}, {}),
+    ("ftrl", {"class_name": "Ftrl", "learning_rate": 0.1}, {}),
+    ("ftrl_regularized", {"class_name": "Ftrl", "learning_rate": 0.2, "learning_rate_power": -0.7,
+                          "l1_regularization_strength": 0.001, "l2_regularization_strength": 0.01,
+                          "l2_shrinkage_regularization_strength": 0.005, "beta": 0.5}, {"sample_weight": SAMPLE_WEIGHT}),
     ("lamb_weight_decay_class_weight", {"class_name": "Lamb", "learning_rate": 0.01, "weight_decay": 0.05},
      {"class_weight": CLASS_WEIGHT}),
     ("adadelta", {"class_name": "Adadelta", "learning_rate": 1.0}, {}),

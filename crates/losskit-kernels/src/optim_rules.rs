@@ -95,6 +95,37 @@ pub fn lamb_update<T: Float>(
     }
 }
 
+/// Keras `Ftrl`'s constants in `T`: `-lr_power` (0.5 by default), the L1 strength, `2·l2`
+/// with `l2 = l2_regularization_strength + β/(2·lr)`, and `2·l2_shrinkage`.
+#[derive(Debug, Clone, Copy)]
+pub struct Ftrl<T> {
+    /// `-learning_rate_power`.
+    pub neg_lr_power: T,
+    /// `l1_regularization_strength`.
+    pub l1: T,
+    /// `2·(l2_regularization_strength + β/(2·lr))`.
+    pub two_l2: T,
+    /// `2·l2_shrinkage_regularization_strength`.
+    pub two_shrinkage: T,
+}
+
+/// One Keras `Ftrl` step with its accumulator `a` (from `initial_accumulator_value`) and
+/// linear term `z`: with `p = -lr_power`, `ĝ = g + 2·shrinkage·w`, `a' = a + g²`,
+/// `z ← z + ĝ - ((a'ᵖ - aᵖ)/lr)·w`, `w ← (clip(z, ±l1) - z)/(a'ᵖ/lr + 2·l2)`, `a ← a'`.
+pub fn ftrl_update<T: Float>(w: &mut [T], g: &[T], a: &mut [T], z: &mut [T], lr: T, f: Ftrl<T>, c: Clipping<T>) {
+    for (((w, &g), a), z) in w.iter_mut().zip(g).zip(a.iter_mut()).zip(z.iter_mut()) {
+        let g = c.apply(g);
+        let g_hat = g + f.two_shrinkage * *w;
+        let next = *a + g * g;
+        let (p_next, p_now) = (next.powf(f.neg_lr_power), a.powf(f.neg_lr_power));
+        *z = *z + (g_hat - ((p_next - p_now) / lr) * *w);
+        let quadratic = p_next / lr + f.two_l2;
+        let clipped = maximum(-f.l1, z.min(f.l1));
+        *w = (clipped - *z) / quadratic;
+        *a = next;
+    }
+}
+
 /// One Keras `Lion` step with its momentum `m`: `w ← w - lr·sign(m·β₁ + g·(1 - β₁))`, then
 /// `m ← m·β₂ + g·(1 - β₂)` (the betas and `1 - β` in `T`, as Keras casts them first).
 pub fn lion_update<T: Float>(w: &mut [T], g: &[T], m: &mut [T], lr: T, beta_1: T, beta_2: T, c: Clipping<T>) {

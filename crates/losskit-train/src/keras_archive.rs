@@ -274,7 +274,9 @@ fn slot_index(opt: &Optimizer, n: usize, weight: usize, slot: usize) -> usize {
     match opt.rule() {
         Rule::Adam { .. } | Rule::AdamW { .. } if slot < 2 => weight * 2 + slot,
         Rule::Adam { .. } | Rule::AdamW { .. } => 2 * n + weight,
-        Rule::Adamax { .. } | Rule::Adadelta { .. } | Rule::Nadam { .. } | Rule::Lamb { .. } => weight * 2 + slot,
+        Rule::Adamax { .. } | Rule::Adadelta { .. } | Rule::Nadam { .. } | Rule::Lamb { .. } | Rule::Ftrl { .. } => {
+            weight * 2 + slot
+        }
         _ => slot * n + weight,
     }
 }

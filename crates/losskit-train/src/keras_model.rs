@@ -25,7 +25,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 const LAYERS: &str = "InputLayer, Flatten, Reshape, Rescaling, Dense, Dropout, Activation";
-const OPTIMIZERS: &str = "SGD, Adam, AdamW, RMSprop, Adagrad, Adamax, Lion, Lamb, Adadelta, Nadam";
+const OPTIMIZERS: &str = "SGD, Adam, AdamW, RMSprop, Adagrad, Adamax, Lion, Lamb, Ftrl, Adadelta, Nadam";
 
 /// A model read from a Keras file: the model (built when the file gives its input shape) and,
 /// when the file has a `compile_config`, what `compile` was given.
@@ -411,6 +411,14 @@ fn parse_optimizer(v: &Value) -> std::result::Result<Optimizer, String> {
             Rule::Adamax { beta_1: num("beta_1", 0.9), beta_2: num("beta_2", 0.999), epsilon: num("epsilon", 1e-7) }
         }
         "Lion" => Rule::Lion { beta_1: num("beta_1", 0.9), beta_2: num("beta_2", 0.99) },
+        "Ftrl" => Rule::Ftrl {
+            learning_rate_power: num("learning_rate_power", -0.5),
+            initial_accumulator_value: num("initial_accumulator_value", 0.1),
+            l1_regularization_strength: num("l1_regularization_strength", 0.0),
+            l2_regularization_strength: num("l2_regularization_strength", 0.0),
+            l2_shrinkage_regularization_strength: num("l2_shrinkage_regularization_strength", 0.0),
+            beta: num("beta", 0.0),
+        },
         "Lamb" => {
             Rule::Lamb { beta_1: num("beta_1", 0.9), beta_2: num("beta_2", 0.999), epsilon: num("epsilon", 1e-7) }
         }
@@ -452,6 +460,7 @@ pub(crate) fn keras_optimizer_class(rule: Rule) -> (&'static str, &'static str) 
         Rule::Adamax { .. } => ("Adamax", "adamax"),
         Rule::Lion { .. } => ("Lion", "lion"),
         Rule::Lamb { .. } => ("Lamb", "lamb"),
+        Rule::Ftrl { .. } => ("Ftrl", "ftrl"),
         Rule::Adadelta { .. } => ("Adadelta", "adadelta"),
         Rule::Nadam { .. } => ("Nadam", "nadam"),
     }
@@ -494,6 +503,22 @@ fn optimizer_json(o: &Optimizer) -> Value {
         Rule::Lamb { beta_1, beta_2, epsilon } => {
             json!({"beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon, "weight_decay": null})
         }
+        Rule::Ftrl {
+            learning_rate_power,
+            initial_accumulator_value,
+            l1_regularization_strength,
+            l2_regularization_strength,
+            l2_shrinkage_regularization_strength,
+            beta,
+        } => json!({
+            "learning_rate_power": learning_rate_power,
+            "initial_accumulator_value": initial_accumulator_value,
+            "l1_regularization_strength": l1_regularization_strength,
+            "l2_regularization_strength": l2_regularization_strength,
+            "l2_shrinkage_regularization_strength": l2_shrinkage_regularization_strength,
+            "beta": beta,
+            "weight_decay": null
+        }),
         Rule::Adadelta { rho, epsilon } => json!({"rho": rho, "epsilon": epsilon, "weight_decay": null}),
         Rule::Nadam { beta_1, beta_2, epsilon } => {
             json!({"beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon, "weight_decay": null})

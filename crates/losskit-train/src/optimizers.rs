@@ -76,6 +76,22 @@ pub enum Rule {
         /// `ε` (1e-7).
         epsilon: f64,
     },
+    /// FTRL-proximal (Keras' `Ftrl`): an accumulator `a` and a linear term `z` per weight,
+    /// `w ← (clip(z, ±l1) - z)/(a^(-lr_power)/lr + 2·l2)` (see `losskit_kernels::optim_rules`).
+    Ftrl {
+        /// `learning_rate_power` (-0.5).
+        learning_rate_power: f64,
+        /// The accumulators' start (0.1).
+        initial_accumulator_value: f64,
+        /// `l1_regularization_strength` (0).
+        l1_regularization_strength: f64,
+        /// `l2_regularization_strength` (0).
+        l2_regularization_strength: f64,
+        /// `l2_shrinkage_regularization_strength` (0).
+        l2_shrinkage_regularization_strength: f64,
+        /// `beta` (0).
+        beta: f64,
+    },
     /// Lion: `w ← w - lr·sign(β₁m + (1-β₁)g)`, `m ← β₂m + (1-β₂)g`.
     Lion {
         /// `β₁` (0.9).
@@ -101,6 +117,18 @@ pub enum Rule {
         /// `ε` (1e-7).
         epsilon: f64,
     },
+}
+
+impl Rule {
+    /// Keras' `Ftrl` defaults.
+    pub const FTRL_DEFAULTS: Rule = Rule::Ftrl {
+        learning_rate_power: -0.5,
+        initial_accumulator_value: 0.1,
+        l1_regularization_strength: 0.0,
+        l2_regularization_strength: 0.0,
+        l2_shrinkage_regularization_strength: 0.0,
+        beta: 0.0,
+    };
 }
 
 /// How gradients are clipped before the update (at most one, as Keras enforces).
@@ -222,12 +250,13 @@ impl Optimizer {
             "adamax" => Self::new(Rule::Adamax { beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7 }, 0.001),
             "lion" => Self::new(Rule::Lion { beta_1: 0.9, beta_2: 0.99 }, 0.001),
             "lamb" => Self::new(Rule::Lamb { beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7 }, 0.001),
+            "ftrl" => Self::new(Rule::FTRL_DEFAULTS, 0.001),
             "adadelta" => Self::new(Rule::Adadelta { rho: 0.95, epsilon: 1e-7 }, 0.001),
             "nadam" => Self::new(Rule::Nadam { beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7 }, 0.001),
             _ => Err(Error::UnknownName {
                 kind: "optimizer".into(),
                 name: name.into(),
-                suggestions: "sgd, adam, adamw, rmsprop, adagrad, adamax, lion, lamb, adadelta, nadam".into(),
+                suggestions: "sgd, adam, adamw, rmsprop, adagrad, adamax, lion, lamb, ftrl, adadelta, nadam".into(),
             }),
         }
     }
@@ -397,7 +426,11 @@ impl Optimizer {
             Rule::Adam { .. } | Rule::AdamW { .. } => 2 + usize::from(self.amsgrad),
             Rule::RmsProp { momentum, centered, .. } => 1 + usize::from(momentum > 0.0) + usize::from(centered),
             Rule::Adagrad { .. } | Rule::Lion { .. } => 1,
-            Rule::Adamax { .. } | Rule::Adadelta { .. } | Rule::Nadam { .. } | Rule::Lamb { .. } => 2,
+            Rule::Adamax { .. }
+            | Rule::Adadelta { .. }
+            | Rule::Nadam { .. }
+            | Rule::Lamb { .. }
+            | Rule::Ftrl { .. } => 2,
         }
     }
 
@@ -550,16 +583,22 @@ impl Optimizer {
     /// Creates zero slots on the first update; an error if a restored state does not fit.
     fn ensure_slots<T: Element + SlotType, W: Weights + ?Sized>(&mut self, weights: &W) -> Result<()> {
         let slots_needed = self.slots_needed();
-        // Adagrad's accumulators start at their initial value, every other slot at 0.
-        let start = match self.rule {
-            Rule::Adagrad { initial_accumulator_value, .. } => T::c(initial_accumulator_value),
+        // Adagrad's and Ftrl's accumulators (their first slot) start at their initial value,
+        // every other slot at 0.
+        let first = match self.rule {
+            Rule::Adagrad { initial_accumulator_value, .. } | Rule::Ftrl { initial_accumulator_value, .. } => {
+                T::c(initial_accumulator_value)
+            }
             _ => T::zero(),
         };
+        let start = |k: usize| if k == 0 { first } else { T::zero() };
         let slots = T::slots(&mut self.slots);
         let count = weights.count();
         if slots.len() != count {
             *slots = (0..count)
-                .map(|i| (0..slots_needed).map(|_| ArrayD::from_elem(weights.weight(i).value.shape(), start)).collect())
+                .map(|i| {
+                    (0..slots_needed).map(|k| ArrayD::from_elem(weights.weight(i).value.shape(), start(k))).collect()
+                })
                 .collect();
         }
         let misfit = |i: usize, s: &Vec<ArrayD<T>>| {
@@ -854,6 +893,27 @@ fn update<T: Element>(
                     let one_minus = (T::c(1.0 - beta_1), T::c(1.0 - beta_2));
                     let powers = (T::c(beta_1).powf(t), T::c(beta_2).powf(t));
                     rules::lamb_update(w, gs, first, v, lr, one_minus, powers, T::c(epsilon), c)
+                }
+                (
+                    Rule::Ftrl {
+                        learning_rate_power,
+                        l1_regularization_strength,
+                        l2_regularization_strength,
+                        l2_shrinkage_regularization_strength,
+                        beta,
+                        ..
+                    },
+                    Some(z),
+                ) => {
+                    // As Keras: `l2 + β/(2·lr)` with the learning rate in `T`.
+                    let l2 = T::c(l2_regularization_strength) + T::c(beta) / (T::c(2.0) * lr);
+                    let f = rules::Ftrl {
+                        neg_lr_power: T::c(-learning_rate_power),
+                        l1: T::c(l1_regularization_strength),
+                        two_l2: T::c(2.0) * l2,
+                        two_shrinkage: T::c(2.0 * l2_shrinkage_regularization_strength),
+                    };
+                    rules::ftrl_update(w, gs, first, z, lr, f, c)
                 }
                 (Rule::Nadam { .. }, Some(v)) => {
                     rules::nadam_update(w, gs, first, v, lr, gr.nadam.expect("computed for Nadam"), c)

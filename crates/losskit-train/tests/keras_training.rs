@@ -43,6 +43,19 @@ fn optimizer(spec: &Value) -> Optimizer {
         "Adamax" => Optimizer::new(Rule::Adamax { beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7 }, lr),
         "Lion" => Optimizer::new(Rule::Lion { beta_1: 0.9, beta_2: 0.99 }, lr),
         "Lamb" => Optimizer::new(Rule::Lamb { beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7 }, lr),
+        "Ftrl" => Optimizer::new(
+            Rule::Ftrl {
+                learning_rate_power: spec["learning_rate_power"].as_f64().unwrap_or(-0.5),
+                initial_accumulator_value: 0.1,
+                l1_regularization_strength: spec["l1_regularization_strength"].as_f64().unwrap_or(0.0),
+                l2_regularization_strength: spec["l2_regularization_strength"].as_f64().unwrap_or(0.0),
+                l2_shrinkage_regularization_strength: spec["l2_shrinkage_regularization_strength"]
+                    .as_f64()
+                    .unwrap_or(0.0),
+                beta: spec["beta"].as_f64().unwrap_or(0.0),
+            },
+            lr,
+        ),
         "Adadelta" => Optimizer::new(Rule::Adadelta { rho: 0.95, epsilon: 1e-7 }, lr),
         "Nadam" => Optimizer::new(Rule::Nadam { beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7 }, lr),
         other => panic!("{other}"),
@@ -81,7 +94,7 @@ fn two_epochs_match_keras() {
         .map(|w| Tensor::from_vec(floats(&w["values"]), &shape(&w["shape"])).unwrap())
         .collect();
     let runs = fx["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 32);
+    assert_eq!(runs.len(), 34);
     for run in runs {
         let name = run["name"].as_str().unwrap();
         let mut model = Sequential::new()
