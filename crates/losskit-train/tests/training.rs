@@ -593,8 +593,8 @@ fn unsupported_keras_layers_and_options_are_errors_naming_them() {
         ("\"seed\": null,\n     \"noise_shape\"", "\"seed\": 7,\n     \"noise_shape\"", "seed 7 is not supported"),
         (
             "\"class_name\": \"SGD\"",
-            "\"class_name\": \"Ftrl\"",
-            "\"Ftrl\" is not supported; supported: SGD, Adam, AdamW, RMSprop, Adagrad, Adamax, Lion, Adadelta, Nadam",
+            "\"class_name\": \"Adafactor\"",
+            "\"Adafactor\" is not supported; supported: SGD, Adam, AdamW, RMSprop, Adagrad, Adamax, Lion, Lamb, Ftrl, Adadelta, Nadam",
         ),
         ("\"class_name\": \"GlorotUniform\"", "\"class_name\": \"Orthogonal\"", "\"Orthogonal\" is not supported"),
         ("\"kernel_constraint\": null", "\"kernel_constraint\": {\"class_name\": \"NonNeg\"}", "kernel_constraint"),
