@@ -106,26 +106,12 @@ impl Graph {
     fn gradient(&self, upstream: TensorData) -> Option<losskit::Tensor> {
         let taken = self.0.lock().map(|mut g| g.take()).unwrap_or(None);
         let upstream: Vec<f64> = upstream.iter::<f64>().collect();
-        let (out, leaf) = match taken? {
-            Kept::Tape(out, leaf) => (out, leaf),
-            // A scalar loss: its gradient times burn's scalar upstream (as is for 1).
-            Kept::Gradient(grad) => {
-                return Some(match upstream.as_slice() {
-                    [u] if *u == 1.0 => grad,
-                    [u] => grad.mul_scalar(*u).expect("a scalar factor"),
-                    _ => unreachable!("a reduced loss has a scalar upstream"),
-                })
-            }
+        let grad = match taken? {
+            Kept::Tape(out, leaf) => losskit::upstream_gradients(out, &[leaf], upstream).map(|mut g| g.remove(0)),
+            // A scalar loss: its gradient times burn's scalar upstream.
+            Kept::Gradient(grad) => losskit::scaled_gradient(grad, &upstream),
         };
-        let seeded = if upstream.len() == 1 && upstream[0] == 1.0 {
-            out.sum_all()
-        } else {
-            let up = losskit::Tensor::from_vec(upstream, out.shape()).map(|u| u.to_dtype(out.dtype()));
-            out.mul(&up.expect("burn's upstream gradient has the loss' shape")).expect("same shapes").sum_all()
-        };
-        let mut grads = seeded.backward().expect("losskit's graph of a loss that ran");
-        drop((seeded, out));
-        Some(grads.remove(&leaf).unwrap_or_else(|| leaf.zeros_like()))
+        Some(grad.expect("burn's upstream gradient has the shape of the loss that ran"))
     }
 }
 
@@ -229,15 +215,8 @@ fn in_place<T: losskit_tensor::Element + burn::tensor::Element>(
         return None;
     }
     let (loss, w) = (call.loss.as_ref(), call.sample_weight.as_ref());
-    let copied: Vec<T>;
-    let y_true = match call.y_true.values::<T>() {
-        Some(v) => v,
-        None => {
-            copied = call.y_true.to_vec::<T>();
-            &copied
-        }
-    };
-    let value = losskit::loss_on_slice(loss, y_true, call.y_true.shape(), y_pred, shape.as_slice(), w, call.tracked)?;
+    let y_true = call.y_true.values_or_copy::<T>();
+    let value = losskit::loss_on_slice(loss, &y_true, call.y_true.shape(), y_pred, shape.as_slice(), w, call.tracked)?;
     Some(match value {
         Ok((v, grad)) => {
             if let Some(g) = grad {

@@ -355,38 +355,14 @@ impl Graph {
             }
         };
         let upstream: Vec<f64> = grad_res.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
-        let (out, leaves) = match kept {
-            Kept::Tape(out, leaves) => (out, leaves),
-            Kept::Gradient(grad) => {
-                // The gradient of a scalar loss, times candle's scalar upstream (as is for 1).
-                let grad = match upstream.as_slice() {
-                    [u] if *u == 1.0 => grad,
-                    [u] => grad.mul_scalar(*u).map_err(candle_err)?,
-                    _ => {
-                        return Err(candle_core::Error::Msg("losskit: a scalar loss with a non-scalar upstream".into()))
-                    }
-                };
-                return Ok(vec![into_candle(grad)?.to_device(device)?]);
-            }
-        };
-        let upstream = losskit::Tensor::from_vec(upstream, out.shape()).map_err(candle_err)?.to_dtype(out.dtype());
-        // `out` alone when g is a scalar 1 (the usual loss.backward()).
-        let seeded = if upstream.numel() == 1 && upstream.to_scalar().map_err(candle_err)? == 1.0 {
-            out.sum_all()
-        } else {
-            out.mul(&upstream).map_err(candle_err)?.sum_all()
-        };
-        let mut grads = seeded.backward().map_err(candle_err)?;
-        drop((seeded, out));
-        leaves
-            .iter()
-            .map(|leaf| {
-                // Taken out of the map with the graph gone, so its buffer is ours: handed to
-                // candle without a copy.
-                let grad = grads.remove(leaf).unwrap_or_else(|| leaf.zeros_like());
-                into_candle(grad)?.to_device(device)
-            })
-            .collect()
+        let grads = match kept {
+            Kept::Tape(out, leaves) => losskit::upstream_gradients(out, &leaves, upstream),
+            // A scalar loss' gradient, times candle's scalar upstream.
+            Kept::Gradient(grad) => losskit::scaled_gradient(grad, &upstream).map(|g| vec![g]),
+        }
+        .map_err(candle_err)?;
+        // Unshared buffers: handed to candle without a copy.
+        grads.into_iter().map(|g| into_candle(g)?.to_device(device)).collect()
     }
 }
 
@@ -430,7 +406,7 @@ impl LossOp {
     /// read in place when it has that type).
     fn in_place_typed<T: CpuElement>(&self, y_pred: &[T], dims: &[usize]) -> Option<Result<(CpuStorage, Shape)>> {
         let held;
-        let copied: Vec<T>;
+        let converted;
         let (y_true, true_shape): (&[T], &[usize]) = match &self.y_true {
             TrueValues::Candle(t, _) => {
                 held = t.storage_and_layout();
@@ -438,13 +414,10 @@ impl LossOp {
                 let (start, end) = held.1.contiguous_offsets()?;
                 (&T::slice(cpu)?[start..end], t.dims())
             }
-            TrueValues::Converted(t) => match t.values::<T>() {
-                Some(v) => (v, t.shape()),
-                None => {
-                    copied = t.to_vec::<T>();
-                    (&copied, t.shape())
-                }
-            },
+            TrueValues::Converted(t) => {
+                converted = t.values_or_copy::<T>();
+                (&converted, t.shape())
+            }
         };
         let w = self.sample_weight.as_ref();
         let (value, grad) =

@@ -293,6 +293,15 @@ impl Tensor {
         Some(v)
     }
 
+    /// The values in row-major order as `T`: borrowed when [`Tensor::values`] can, else a
+    /// converted copy ([`Tensor::to_vec`]).
+    pub fn values_or_copy<T: Element>(&self) -> std::borrow::Cow<'_, [T]> {
+        match self.values::<T>() {
+            Some(v) => std::borrow::Cow::Borrowed(v),
+            None => std::borrow::Cow::Owned(self.to_vec::<T>()),
+        }
+    }
+
     /// The values as a row-major slice, when they are of type `T` and in standard layout
     /// (a lazy tensor is computed first); `None` otherwise.
     pub fn values<T: Element>(&self) -> Option<&[T]> {

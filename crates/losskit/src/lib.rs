@@ -27,6 +27,7 @@
 #[macro_use]
 mod macros;
 
+mod adapters;
 mod align;
 pub mod classification;
 mod config;
@@ -48,6 +49,7 @@ mod targets;
 pub mod tfa;
 pub mod torch;
 
+pub use adapters::{scaled_gradient, upstream_gradients};
 pub use align::squeeze_or_expand_to_same_rank;
 pub use classification::{
     BinaryCrossentropy, BinaryFocalCrossentropy, CategoricalCrossentropy, CategoricalFocalCrossentropy,

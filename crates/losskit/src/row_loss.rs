@@ -75,7 +75,7 @@ pub fn loss_on_slice<T: Element>(
             &prepared
         }
     };
-    let weights = sample_weight.map(|w| w.to_vec::<T>());
+    let weights = sample_weight.map(|w| w.values_or_copy::<T>());
     let (w, reduction) = (weights.as_deref(), loss.reduction());
     let mut values = vec![T::zero(); rows];
     if !gradient {
