@@ -55,7 +55,7 @@ impl std::fmt::Debug for LossCall {
 }
 
 impl LossCall {
-    fn leave(&self, outcome: Outcome) {
+    pub(crate) fn leave(&self, outcome: Outcome) {
         if let Ok(mut slot) = self.outcome.lock() {
             *slot = Some(outcome);
         }
@@ -72,11 +72,14 @@ impl LossCall {
 #[derive(Clone)]
 pub(crate) struct Graph(Arc<Mutex<Option<Kept>>>, DType);
 
-/// losskit's output tensor and the `y_pred` leaf it was computed from, or the gradient of a
-/// scalar loss computed with its value on the backend's buffer ([`losskit::loss_on_slice`]).
+/// losskit's output tensor and the `y_pred` leaf it was computed from, the gradient of a
+/// scalar loss computed with its value on the backend's buffer ([`losskit::loss_on_slice`]),
+/// or a gradient a device kernel wrote (the backend's own tensor, times the reduction's scale).
 enum Kept {
     Tape(losskit::Tensor, losskit::Tensor),
     Gradient(losskit::Tensor),
+    #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
+    Device(Box<dyn std::any::Any + Send>),
 }
 
 impl std::fmt::Debug for Graph {
@@ -96,22 +99,36 @@ impl Graph {
         Graph(Arc::new(Mutex::new(Some(Kept::Gradient(grad)))), dtype)
     }
 
+    /// A gradient on the device, `∂(Σ out)/∂y_pred` (a backend's float tensor).
+    #[cfg(feature = "wgpu")]
+    pub(crate) fn on_device<T: Send + 'static>(grad: T, dtype: DType) -> Graph {
+        Graph(Arc::new(Mutex::new(Some(Kept::Device(Box::new(grad))))), dtype)
+    }
+
     /// A graph with nothing to differentiate.
     fn empty() -> Graph {
         Graph(Arc::new(Mutex::new(None)), DType::F32)
     }
 
-    /// `∂(Σ out · upstream)/∂y_pred` (with the usual upstream of 1, the gradient losskit's
-    /// kernel wrote); `None` when the graph is gone (a second backward pass through the node).
-    fn gradient(&self, upstream: TensorData) -> Option<losskit::Tensor> {
-        let taken = self.0.lock().map(|mut g| g.take()).unwrap_or(None);
-        let upstream: Vec<f64> = upstream.iter::<f64>().collect();
-        let grad = match taken? {
-            Kept::Tape(out, leaf) => losskit::upstream_gradients(out, &[leaf], upstream).map(|mut g| g.remove(0)),
+    /// `∂(Σ out · upstream)/∂y_pred` as `B`'s tensor in `y_pred`'s dtype (with the usual
+    /// upstream of 1, the gradient the kernel wrote, as it is); `None` when the graph is gone
+    /// (a second backward pass through the node).
+    fn gradient<B: Backend>(&self, upstream: FloatTensor<B>) -> Option<FloatTensor<B>> {
+        let taken = self.0.lock().map(|mut g| g.take()).unwrap_or(None)?;
+        let device = upstream.device();
+        let up: Vec<f64> = B::float_into_data_sync(upstream).iter::<f64>().collect();
+        let grad = match taken {
+            Kept::Tape(out, leaf) => losskit::upstream_gradients(out, &[leaf], up).map(|mut g| g.remove(0)),
             // A scalar loss: its gradient times burn's scalar upstream.
-            Kept::Gradient(grad) => losskit::scaled_gradient(grad, &upstream),
+            Kept::Gradient(grad) => losskit::scaled_gradient(grad, &up),
+            Kept::Device(grad) => {
+                let grad = *grad.downcast::<FloatTensor<B>>().expect("a device gradient of this node's backend");
+                return Some(scaled_on_device::<B>(grad, up));
+            }
         };
-        Some(grad.expect("burn's upstream gradient has the shape of the loss that ran"))
+        let grad = grad.expect("burn's upstream gradient has the shape of the loss that ran");
+        // The gradient's buffer moves into burn's tensor.
+        Some(B::float_from_data(crate::host::to_data(grad).convert_dtype(self.1), &device))
     }
 }
 
@@ -122,7 +139,7 @@ impl Graph {
 /// per-sample values for `none`, on `y_pred`'s device in `y_pred`'s dtype. On `Autodiff<B>`,
 /// when `y_pred` is tracked, the gradient flows to `y_pred` as losskit's
 /// `∂(Σ loss · upstream)/∂y_pred`. A failed call leaves its error in `call` (and returns a NaN).
-#[backend_extension(NdArray: cfg(feature = "ndarray"), Flex: cfg(feature = "flex"), Autodiff)]
+#[backend_extension(NdArray: cfg(feature = "ndarray"), Flex: cfg(feature = "flex"), Cube: cfg(feature = "wgpu"), Autodiff)]
 pub trait LossBackend: Backend {
     /// The loss' values (see the trait's docs).
     fn losskit_loss(y_pred: FloatTensor<Self>, call: LossCall) -> FloatTensor<Self>;
@@ -232,12 +249,34 @@ fn in_place<T: losskit_tensor::Element + burn::tensor::Element>(
     })
 }
 
-/// Reading a CPU backend's tensor synchronously.
+/// A device gradient `grad` (`rows × cols`, for an upstream of 1) times burn's `upstream` (one
+/// value, or one per row for `none`): as it is when every upstream value is 1 (the usual
+/// `loss.backward()`), else multiplied on the device.
+fn scaled_on_device<B: Backend>(grad: FloatTensor<B>, upstream: Vec<f64>) -> FloatTensor<B> {
+    if upstream.iter().all(|&u| u == 1.0) {
+        return grad;
+    }
+    let (device, n) = (grad.device(), upstream.len());
+    let up = TensorData::new(upstream, [n, 1]).convert_dtype(grad.dtype());
+    B::float_mul(grad, B::float_from_data(up, &device))
+}
+
+/// A loss on the host for a backend without a device kernel for it: `y_pred` read back,
+/// losskit's CPU path, the values written to `y_pred`'s device (the gradient, kept on the
+/// host, follows in the backward pass).
+#[cfg(feature = "wgpu")]
+pub(crate) fn on_host<B: Backend>(y_pred: FloatTensor<B>, call: &LossCall) -> FloatTensor<B> {
+    let (device, dtype) = (y_pred.device(), y_pred.dtype());
+    let pred = crate::host::converted(B::float_into_data_sync(y_pred), call.dtype);
+    B::float_from_data(run(call, pred, dtype), &device)
+}
+
+/// Reading a backend's tensor synchronously (the host waits for the device).
 trait ReadSync: Backend {
     fn float_into_data_sync(t: FloatTensor<Self>) -> TensorData {
         burn::tensor::try_read_sync(Self::float_into_data(t))
-            .expect("a CPU backend reads synchronously")
-            .expect("a CPU tensor can be read")
+            .expect("the backend reads synchronously")
+            .expect("the tensor can be read")
     }
 }
 
@@ -254,14 +293,9 @@ impl<B: Backend> Backward<B, 1> for LosskitBackward {
         let [parent] = ops.parents;
         let upstream = grads.consume::<B>(&ops.node);
         let Some(parent) = parent else { return };
-        let device = upstream.device();
-        let grad = ops
-            .state
-            .gradient(B::float_into_data_sync(upstream))
-            .expect("losskit-burn: a second backward pass through one loss node");
-        // The gradient's buffer moves into burn's tensor.
-        let grad = crate::host::to_data(grad).convert_dtype(ops.state.1);
-        grads.register::<B>(parent.id, B::float_from_data(grad, &device));
+        let grad =
+            ops.state.gradient::<B>(upstream).expect("losskit-burn: a second backward pass through one loss node");
+        grads.register::<B>(parent.id, grad);
     }
 }
 

@@ -47,6 +47,8 @@
 
 mod backend;
 pub mod config;
+#[cfg(feature = "wgpu")]
+mod cube;
 mod host;
 
 pub use backend::{LossBackend, LossCall};
@@ -55,6 +57,10 @@ pub use config::{
     CategoricalFocalCrossentropyConfig, DiceConfig, HuberConfig, LossConfig, SparseCategoricalCrossentropyConfig,
     TverskyConfig,
 };
+/// How many fused device kernels this thread has launched on burn's cube backends (the
+/// losses that ran on the GPU rather than on the host); for tests and diagnostics.
+#[cfg(feature = "wgpu")]
+pub use cube::launches as device_launches;
 
 use backend::Outcome;
 
@@ -69,6 +75,8 @@ fn check_device(name: &str, device: &Device) -> Result<()> {
         DispatchDevice::Flex(_) => Ok(()),
         #[cfg(feature = "ndarray")]
         DispatchDevice::NdArray(_) => Ok(()),
+        #[cfg(feature = "wgpu")]
+        DispatchDevice::Cube(_) => Ok(()),
         other => Err(Error::Config(format!(
             "{name}: the input is on {other:?}; losskit-burn runs on burn's CPU backends (Flex, NdArray) for now"
         ))),

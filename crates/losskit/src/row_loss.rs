@@ -150,6 +150,70 @@ pub(crate) enum RowKernelKind<'a> {
     CosineSimilarity(kernels::CosineSimilarity),
 }
 
+/// What a [`RowLoss`]'s kernel computes per row, with its parameters ([`RowLoss::math`]): for a
+/// device that runs the same formulas with kernels of its own (losskit-burn's GPU kernels), on
+/// targets made by [`RowLoss::prepare_targets`]. Each formula is the CPU kernel's of the same
+/// name in `losskit_kernels` (Keras' conventions, NaN rules included), per row of `cols` values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum RowMath<'a> {
+    /// One class index `k` per row (negative: an ignored row, value and gradient 0). From
+    /// logits `w_k·(lse(x) - x_k)` (with PyTorch's smoothing `ε`:
+    /// `(1-ε)·w_k·(lse - x_k) + ε/cols·Σ_c w_c·(lse - x_c)`), from probabilities
+    /// `-w_k·ln clip(p_k/Σp, ε₇, 1-ε₇)`; `w` the class weights (1 without).
+    SparseCategoricalCrossentropy {
+        /// Whether `y_pred` holds logits.
+        from_logits: bool,
+        /// PyTorch's label smoothing `ε` (0 for Keras' loss).
+        label_smoothing: f64,
+        /// One weight per class.
+        class_weights: Option<&'a [f64]>,
+    },
+    /// A target distribution per row, smoothed inside: `t = y·(1-ls) + ls/cols`; from logits
+    /// `Σt·lse(x) - Σ t·x`, from probabilities `-Σ t·ln clip(p/Σp, ε₇, 1-ε₇)`.
+    CategoricalCrossentropy {
+        /// Whether `y_pred` holds logits.
+        from_logits: bool,
+        /// Label smoothing `ls`.
+        label_smoothing: f64,
+    },
+    /// The row's mean of `w_j·bce(t_j, x_j)`, `t = y·(1-ls) + ls/2`: from logits
+    /// `t·softplus(-x) + (1-t)·softplus(x)`, from probabilities the clipped
+    /// `-(t ln q + (1-t) ln(1-q))`.
+    BinaryCrossentropy {
+        /// Whether `y_pred` holds logits.
+        from_logits: bool,
+        /// Label smoothing `ls`.
+        label_smoothing: f64,
+        /// One weight per position of the row.
+        class_weights: Option<&'a [f64]>,
+    },
+    /// Keras' categorical focal loss: `Σ_c α_c (1 - o_c)^γ · (-y_c ln o_c)`, `o` the clipped,
+    /// renormalised softmax (or probabilities).
+    CategoricalFocalCrossentropy {
+        /// Whether `y_pred` holds logits.
+        from_logits: bool,
+        /// `α`: one value, or one per class.
+        alpha: &'a [f64],
+        /// Focusing parameter `γ`.
+        gamma: f64,
+    },
+    /// Keras' binary focal loss, the row's mean of `(1 - p_t)^γ · bce` (times
+    /// `y·α + (1-y)(1-α)` with class balancing).
+    BinaryFocalCrossentropy {
+        /// Whether `y_pred` holds logits.
+        from_logits: bool,
+        /// Focusing parameter `γ`.
+        gamma: f64,
+        /// Class-balancing weight of positives.
+        alpha: f64,
+        /// Whether `α` applies.
+        apply_class_balancing: bool,
+    },
+    /// Another kernel (the regression losses, the hinges, KL divergence, ...).
+    Other,
+}
+
 /// What [`Loss::per_sample`] does to a batch's targets before its kernel reads them.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Targets<'a> {
@@ -181,6 +245,36 @@ impl<'a> RowLoss<'a> {
     /// The same kernel on targets rewritten as `targets` says first.
     pub(crate) fn with_targets(self, targets: Targets<'a>) -> Self {
         RowLoss { targets, ..self }
+    }
+
+    /// The formula and parameters of this kernel ([`RowMath`]).
+    pub fn math(&self) -> RowMath<'a> {
+        use RowKernelKind as K;
+        match self.kind {
+            K::SparseCategoricalCrossentropy(k) => RowMath::SparseCategoricalCrossentropy {
+                from_logits: k.from_logits,
+                label_smoothing: k.label_smoothing,
+                class_weights: k.class_weights,
+            },
+            K::CategoricalCrossentropy(k) => {
+                RowMath::CategoricalCrossentropy { from_logits: k.from_logits, label_smoothing: k.label_smoothing }
+            }
+            K::BinaryCrossentropy(k) => RowMath::BinaryCrossentropy {
+                from_logits: k.from_logits,
+                label_smoothing: k.label_smoothing,
+                class_weights: k.class_weights,
+            },
+            K::CategoricalFocalCrossentropy(k) => {
+                RowMath::CategoricalFocalCrossentropy { from_logits: k.from_logits, alpha: k.alpha, gamma: k.gamma }
+            }
+            K::BinaryFocalCrossentropy(k) => RowMath::BinaryFocalCrossentropy {
+                from_logits: k.from_logits,
+                gamma: k.gamma,
+                alpha: k.alpha,
+                apply_class_balancing: k.apply_class_balancing,
+            },
+            _ => RowMath::Other,
+        }
     }
 
     /// `y_true` values per row of `cols` predictions: 1 (a class index) or `cols`.
