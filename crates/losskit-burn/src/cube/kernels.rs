@@ -580,3 +580,172 @@ pub fn binary_cross_entropy(
         values[row] = total / n * row_scale[row];
     }
 }
+
+/// Keras' categorical focal loss over one row per cube: `s = softmax(x)` from logits (else
+/// `p`), `o = clip(s/Σs, eps, hi)`, `Σ_c α_c (1 - o_c)^γ · (-t_c ln o_c)` (`α` one value, or one
+/// per class with `per_class`); a row whose `Σs` is zero or not finite is NaN. The gradient
+/// goes through the renormalisation and (from logits) the softmax; `grad` holds each
+/// element's `∂term/∂o` between passes. `values[row]` and `grad` are times `row_scale[row]`.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn categorical_focal(
+    x: &Tensor<f32>,
+    targets: &Tensor<f32>,
+    alpha: &Tensor<f32>,
+    row_scale: &Tensor<f32>,
+    values: &mut Tensor<f32>,
+    grad: &mut Tensor<f32>,
+    rows: u32,
+    cols: u32,
+    eps: f32,
+    hi: f32,
+    gamma: f32,
+    #[comptime] from_logits: bool,
+    #[comptime] per_class: bool,
+    #[comptime] with_grad: bool,
+) {
+    let row = row_index();
+    if row >= rows as usize {
+        terminate!();
+    }
+    let cols = cols as usize;
+    let base = row * cols;
+    let u = UNIT_POS_X as usize;
+    let step = CUBE_DIM_X as usize;
+    let rs = row_scale[row];
+    let one = f32::new(1.0);
+    let zero = f32::new(0.0);
+    let mut shared = Shared::<[f32]>::new_slice(BLOCK);
+
+    // The softmax' shift and log-sum (from logits).
+    let mut m = zero;
+    let mut ln_s = zero;
+    if from_logits {
+        m = row_max(x, base, cols, &mut shared);
+        let mut s = zero;
+        let mut j = u;
+        while j < cols {
+            let mut part = zero;
+            let mut i = 0u32;
+            while i < GROUP && j < cols {
+                let v = x[base + j];
+                part += (v - m).exp();
+                j += step;
+                i += 1;
+            }
+            s += part;
+        }
+        ln_s = ln(cube_sum(&mut shared, s));
+    }
+
+    // Σ prob(x).
+    let mut total = zero;
+    let mut j = u;
+    while j < cols {
+        let mut part = zero;
+        let mut i = 0u32;
+        while i < GROUP && j < cols {
+            let mut p = x[base + j];
+            if from_logits {
+                p = ((p - m) - ln_s).exp();
+            }
+            part += p;
+            j += step;
+            i += 1;
+        }
+        total += part;
+    }
+    let total = cube_sum(&mut shared, total);
+    if total.is_nan() || total.is_inf() || total == zero {
+        if u == 0 {
+            values[row] = nan();
+        }
+        if with_grad {
+            let mut j = u;
+            while j < cols {
+                grad[base + j] = nan();
+                j += step;
+            }
+        }
+        terminate!();
+    }
+
+    // The value, ∂term/∂o (kept in `grad`) and Σ a·s.
+    let mut value = zero;
+    let mut a_dot_s = zero;
+    let mut j = u;
+    while j < cols {
+        let mut gv = zero;
+        let mut ga = zero;
+        let mut i = 0u32;
+        while i < GROUP && j < cols {
+            let mut s = x[base + j];
+            if from_logits {
+                s = ((s - m) - ln_s).exp();
+            }
+            let t = targets[base + j];
+            let mut alpha_c = alpha[0];
+            if per_class {
+                alpha_c = alpha[j];
+            }
+            let o = clip(s / total, eps, hi);
+            let ln_o = ln(o);
+            let modulating = pow(one - o, gamma);
+            gv += modulating * alpha_c * (-t * ln_o);
+            if with_grad {
+                let mut dmod = zero;
+                if gamma != zero {
+                    dmod = gamma * pow(one - o, gamma - one) * t * ln_o;
+                }
+                let mut a = zero;
+                if clip_passes(s / total, eps, hi) {
+                    a = alpha_c * (dmod - modulating * t / o);
+                }
+                grad[base + j] = a;
+                ga += a * s;
+            }
+            j += step;
+            i += 1;
+        }
+        value += gv;
+        a_dot_s += ga;
+    }
+    let value = cube_sum(&mut shared, value);
+    if u == 0 {
+        values[row] = value * rs;
+    }
+    if with_grad {
+        let a_dot_s = cube_sum(&mut shared, a_dot_s);
+        // Through the renormalisation o = s/Σs, then (from logits) through the softmax.
+        let mut gp_dot_s = zero;
+        let mut j = u;
+        while j < cols {
+            let mut part = zero;
+            let mut i = 0u32;
+            while i < GROUP && j < cols {
+                let a = grad[base + j];
+                let g = a / total - a_dot_s / (total * total);
+                grad[base + j] = g;
+                if from_logits {
+                    let v = x[base + j];
+                    part += g * ((v - m) - ln_s).exp();
+                }
+                j += step;
+                i += 1;
+            }
+            gp_dot_s += part;
+        }
+        let gp_dot_s = cube_sum(&mut shared, gp_dot_s);
+        let mut j = u;
+        while j < cols {
+            let g = grad[base + j];
+            let mut out = rs * g;
+            if from_logits {
+                let v = x[base + j];
+                out = rs * ((v - m) - ln_s).exp() * (g - gp_dot_s);
+            }
+            grad[base + j] = out;
+            j += step;
+        }
+    }
+}

@@ -56,6 +56,8 @@ enum Formula {
     Probabilities { sparse: bool, keep: f32, add: f32 },
     /// [`kernels::binary_cross_entropy`]: `kind` 0 logits, 1 probabilities, 2 focal.
     Binary { kind: u32, focal_logits: bool, balanced: bool, keep: f32, add: f32, gamma: f32, alpha: f32 },
+    /// [`kernels::categorical_focal`] (its `α` in the class-weights slot).
+    CategoricalFocal { from_logits: bool, gamma: f32 },
 }
 
 /// Keras' label smoothing `y·(1 - ls) + ls·share` as the CPU kernels round it: `(keep, add)`.
@@ -64,8 +66,8 @@ fn smoothing(ls: f64, share: f64) -> (f32, f32) {
 }
 
 impl Formula {
-    /// The formula of `math` for rows of `cols` values, with its class weights; `None` for
-    /// the losses that run on the host.
+    /// The formula of `math` for rows of `cols` values, with its class weights (focal `α`);
+    /// `None` for the losses that run on the host.
     fn of(math: RowMath<'_>, cols: usize) -> Option<(Formula, Option<&[f64]>)> {
         let binary = |kind, keep, add| Formula::Binary {
             kind,
@@ -106,6 +108,9 @@ impl Formula {
                     alpha: alpha as f32,
                 };
                 (f, None)
+            }
+            RowMath::CategoricalFocalCrossentropy { from_logits, alpha, gamma } => {
+                (Formula::CategoricalFocal { from_logits, gamma: gamma as f32 }, Some(alpha))
             }
             _ => return None,
         })
@@ -166,7 +171,7 @@ impl DeviceKernel {
         let client = y_pred.client.clone();
         let y_pred = burn_cubecl::kernel::into_contiguous(y_pred).into_tensor_arg();
         let targets = upload(self.targets).into_tensor_arg();
-        let weighted = self.class_weights.is_some();
+        let weighted = self.class_weights.as_ref().is_some_and(|w| w.len() == self.cols);
         let class_weights = upload(self.class_weights.unwrap_or_else(|| vec![1.0])).into_tensor_arg();
         let row_scale = upload(self.row_scale).into_tensor_arg();
         let values = B::float_empty(Shape::new([self.rows]), &device, FloatDType::F32);
@@ -244,6 +249,25 @@ impl DeviceKernel {
                     tracked,
                 )
             }
+            Formula::CategoricalFocal { from_logits, gamma } => kernels::categorical_focal::launch(
+                &client,
+                count,
+                dim,
+                y_pred,
+                targets,
+                class_weights,
+                row_scale,
+                out,
+                g,
+                rows,
+                cols,
+                eps,
+                hi,
+                gamma,
+                from_logits,
+                weighted,
+                tracked,
+            ),
         }
         LAUNCHES.with(|n| n.set(n.get() + 1));
         if call.tracked {
