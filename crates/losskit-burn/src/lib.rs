@@ -36,9 +36,12 @@
 //! reduced loss (burn's convention for a scalar) and the flattened per-sample values for the
 //! `none` reduction.
 //!
-//! Devices: burn's CPU backends. On a GPU backend the extension is not implemented yet (CubeCL
-//! kernels are the plan), and [`BurnLoss::forward`] refuses the device with a clear error
-//! instead of panicking.
+//! Devices: burn's CPU backends; with the `wgpu` feature also burn's cube backend on wgpu
+//! devices (Vulkan, Metal, DX12), where the cross-entropy family (sparse and one-hot, from
+//! logits or probabilities, categorical and binary focal, binary) runs as fused CubeCL kernels
+//! on the device's buffers — one launch writes each row's value and gradient — and every other
+//! loss on the host (see `docs/burn.md`; tested on Vulkan through Mesa's lavapipe). Another
+//! backend is refused by [`BurnLoss::forward`] with a clear error instead of a panic.
 //!
 //! Errors are [`losskit::Error`]: shapes, labels out of range, parameters, with losskit's
 //! messages; nothing panics inside burn's graph.

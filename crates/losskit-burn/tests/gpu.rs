@@ -183,6 +183,27 @@ fn sparse_cross_entropy_equals_the_cpu_kernels() {
 }
 
 #[test]
+fn sparse_cross_entropy_with_ignore_class_equals_the_cpu_path() {
+    let Some(gpu) = gpu() else { return };
+    for from_logits in [true, false] {
+        for [rows, cols] in [[37, 300], [8, 5], [1, 7]] {
+            let x = if from_logits { wave(rows * cols, 0.3, -4.0, 4.0) } else { probabilities(rows, cols) };
+            let t = Target::Labels(labels(rows, cols));
+            for reduction in ["sum_over_batch_size", "sum", "none", "mean_with_sample_weight"] {
+                let loss = loss_with(
+                    "sparse_categorical_crossentropy",
+                    json!({"from_logits": from_logits, "ignore_class": 3, "reduction": reduction}),
+                );
+                agree(&gpu, &loss, &x, [rows, cols], &t, &format!("ignore_class ({rows}, {cols}) {reduction}"));
+            }
+        }
+    }
+    // Every row ignored: the mean is 0, not NaN.
+    let loss = loss_with("sparse_categorical_crossentropy", json!({"from_logits": true, "ignore_class": 1}));
+    agree(&gpu, &loss, &wave(8, 0.2, -1.0, 1.0), [4, 2], &Target::Labels(vec![1; 4]), "all ignored");
+}
+
+#[test]
 fn one_hot_cross_entropy_equals_the_cpu_kernels() {
     let Some(gpu) = gpu() else { return };
     for [rows, cols] in SHAPES {

@@ -621,15 +621,17 @@ impl Loss for SparseCategoricalCrossentropy {
         true
     }
     fn row_kernel(&self, _: crate::loss::sealed::Token) -> Option<crate::RowLoss<'_>> {
-        // `ignore_class` attaches a mask of the loss' own.
+        // `ignore_class` attaches a mask of the loss' own (only `masked_row_kernel` gives it).
         let kernel = kernels::SparseCategoricalCrossentropy {
             from_logits: self.from_logits,
             class_weights: self.class_weights.as_deref(),
             label_smoothing: 0.0,
         };
         // Another class axis is moved last first.
-        (self.ignore_class.is_none() && self.axis == -1).then(|| {
-            RowLoss::new(RowKernelKind::SparseCategoricalCrossentropy(kernel)).with_targets(Targets::ClassIndex)
+        (self.axis == -1).then(|| {
+            RowLoss::new(RowKernelKind::SparseCategoricalCrossentropy(kernel))
+                .with_targets(Targets::ClassIndex)
+                .ignoring(self.ignore_class)
         })
     }
     fn config(&self) -> Value {

@@ -67,7 +67,7 @@ pub use regression::{
     CosineSimilarity, Huber, KLDivergence, LogCosh, MeanAbsoluteError, MeanAbsolutePercentageError, MeanSquaredError,
     MeanSquaredLogarithmicError, Poisson,
 };
-pub use row_loss::{loss_on_slice, reduction_factor, row_kernel, RowLoss, RowMath};
+pub use row_loss::{loss_on_slice, masked_row_kernel, reduction_factor, row_kernel, RowLoss, RowMath};
 pub use segmentation::{Dice, Tversky};
 pub use sequence::Ctc;
 pub use tfa::{

@@ -66,7 +66,7 @@ impl Reduction {
         })
     }
 
-    fn divides_by_count(self) -> bool {
+    pub(crate) fn divides_by_count(self) -> bool {
         matches!(self, Reduction::SumOverBatchSize | Reduction::Mean)
     }
 }

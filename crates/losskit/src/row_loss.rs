@@ -100,6 +100,15 @@ pub fn loss_on_slice<T: Element>(
 /// similarity, each with its class axis last (`axis = -1`) and, for sparse cross-entropy,
 /// without `ignore_class`.
 pub fn row_kernel(loss: &dyn Loss) -> Option<RowLoss<'_>> {
+    loss.row_kernel(sealed::Token).filter(|k| k.ignore_class.is_none())
+}
+
+/// [`row_kernel`], and also for a loss that masks rows of its own: sparse categorical
+/// cross-entropy with `ignore_class` (its kernel's [`RowLoss::prepare_targets`] marks those
+/// rows, which the kernel gives 0, and [`RowLoss::row_scale`] applies Keras' mask rules to the
+/// reduction). For a caller that reduces with [`RowLoss::row_scale`] (losskit-burn's GPU
+/// kernels).
+pub fn masked_row_kernel(loss: &dyn Loss) -> Option<RowLoss<'_>> {
     loss.row_kernel(sealed::Token)
 }
 
@@ -109,6 +118,8 @@ pub fn row_kernel(loss: &dyn Loss) -> Option<RowLoss<'_>> {
 pub struct RowLoss<'a> {
     kind: RowKernelKind<'a>,
     targets: Targets<'a>,
+    /// Sparse labels of this class mark a masked row ([`masked_row_kernel`]).
+    ignore_class: Option<i64>,
 }
 
 /// The kernels a [`RowLoss`] can be (named as the Keras losses they compute).
@@ -239,7 +250,58 @@ pub(crate) enum Share {
 impl<'a> RowLoss<'a> {
     /// The kernel `kind` on targets as given.
     pub(crate) fn new(kind: RowKernelKind<'a>) -> Self {
-        RowLoss { kind, targets: Targets::AsGiven }
+        RowLoss { kind, targets: Targets::AsGiven, ignore_class: None }
+    }
+
+    /// The same kernel with rows of sparse label `class` masked (sparse cross-entropy's
+    /// `ignore_class`).
+    pub(crate) fn ignoring(self, class: Option<i64>) -> Self {
+        RowLoss { ignore_class: class, ..self }
+    }
+
+    /// The class whose rows the loss masks (sparse cross-entropy's `ignore_class`; only through
+    /// [`masked_row_kernel`]).
+    pub fn ignore_class(&self) -> Option<i64> {
+        self.ignore_class
+    }
+
+    /// Each row's factor in the reduced loss `Σ_i c_i·l_i` (and in its gradient), for `rows`
+    /// per-sample values against their prepared targets (`y_true` as
+    /// [`RowLoss::prepare_targets`] left it) weighted by `weights` (one per row): Keras'
+    /// `reduce_weighted_values` as [`Loss::call`] applies it. Without a mask,
+    /// `c_i = w_i·`[`reduction_factor`] (`w_i = 1` without weights); with `ignore_class`, the mask
+    /// `m` (0 on ignored rows) is rescaled by `rows/Σm` for the count-dividing reductions and
+    /// joins the weights: `e = w·m`, `c_i = e_i·reduction_factor(e)`. For `none`, `c_i = e_i`
+    /// (the unreduced values' weights).
+    pub fn row_scale<T: Element>(
+        &self,
+        reduction: Reduction,
+        rows: usize,
+        y_true: &[T],
+        weights: Option<&[T]>,
+    ) -> Vec<T> {
+        let effective: Option<Vec<T>> = match self.ignore_class {
+            None => weights.map(<[T]>::to_vec),
+            Some(_) => {
+                let mask: Vec<f64> = y_true.iter().map(|&k| if k < T::zero() { 0.0 } else { 1.0 }).collect();
+                let valid: f64 = mask.iter().sum();
+                let scale = match reduction.divides_by_count() {
+                    true if valid == 0.0 => 0.0,
+                    true => rows as f64 / valid,
+                    false => 1.0,
+                };
+                let m = mask.iter().map(|&m| T::c(m) * T::c(scale));
+                Some(match weights {
+                    Some(w) => m.zip(w).map(|(m, &w)| w * m).collect(),
+                    None => m.collect(),
+                })
+            }
+        };
+        let factor = reduction_factor(reduction, rows, effective.as_deref()).unwrap_or(T::one());
+        match effective {
+            Some(e) => e.into_iter().map(|e| e * factor).collect(),
+            None => vec![factor; rows],
+        }
     }
 
     /// The same kernel on targets rewritten as `targets` says first.
@@ -304,7 +366,7 @@ impl<'a> RowLoss<'a> {
         self.check_class_weights(loss, cols)?;
         match self.targets {
             Targets::AsGiven => {}
-            Targets::ClassIndex => class_indices(loss, y_true, cols)?,
+            Targets::ClassIndex => class_indices(loss, y_true, cols, self.ignore_class)?,
             Targets::Signed => {
                 if y_true.iter().all(|&v| v == T::zero() || v == T::one()) {
                     y_true.iter_mut().for_each(|v| *v = *v * T::c(2.0) + T::c(-1.0));
@@ -464,16 +526,19 @@ impl<'a> RowLoss<'a> {
     }
 }
 
-/// Each label truncated to its class index; an error naming the first that is not one of
-/// `0..cols`.
-fn class_indices<T: Element>(loss: &str, y_true: &mut [T], cols: usize) -> Result<()> {
+/// Each label truncated to its class index, `ignore_class` to -1 (a masked row); an error
+/// naming the first that is neither nor one of `0..cols`.
+fn class_indices<T: Element>(loss: &str, y_true: &mut [T], cols: usize, ignore_class: Option<i64>) -> Result<()> {
     for (i, label) in y_true.iter_mut().enumerate() {
         let v = label.to_f64().unwrap_or(f64::NAN);
         let k = v.trunc();
-        if !(v.is_finite() && k >= 0.0 && (k as usize) < cols) {
-            return Err(crate::targets::not_a_class_index(loss, v, &[i], cols, None));
+        if ignore_class.is_some_and(|c| v.is_finite() && k as i64 == c) {
+            *label = T::c(-1.0);
+        } else if !(v.is_finite() && k >= 0.0 && (k as usize) < cols) {
+            return Err(crate::targets::not_a_class_index(loss, v, &[i], cols, ignore_class));
+        } else {
+            *label = T::c(k);
         }
-        *label = T::c(k);
     }
     Ok(())
 }

@@ -138,7 +138,7 @@ impl DeviceKernel {
             return None;
         }
         let loss = call.loss.as_ref();
-        let row = losskit::row_kernel(loss)?;
+        let row = losskit::masked_row_kernel(loss)?;
         let weights_fit = call.sample_weight.as_ref().is_none_or(|w| matches!(w.shape(), [n] | [n, 1] if *n == rows));
         if !weights_fit || !row.fits(&[rows, cols], call.y_true.shape()) {
             return None;
@@ -150,11 +150,7 @@ impl DeviceKernel {
         }
         let weights = call.sample_weight.as_ref().map(|w| w.to_vec::<f32>());
         let reduced = loss.reduction() != Reduction::None;
-        let factor = losskit::reduction_factor(loss.reduction(), rows, weights.as_deref()).unwrap_or(1.0);
-        let row_scale = match &weights {
-            Some(w) => w.iter().map(|&w| factor * w).collect(),
-            None => vec![factor; rows],
-        };
+        let row_scale = row.row_scale(loss.reduction(), rows, &targets, weights.as_deref());
         let class_weights = class_weights.map(|w| w.iter().map(|&v| v as f32).collect());
         Some(Ok(DeviceKernel { rows, cols, formula, targets, class_weights, row_scale, reduced }))
     }
