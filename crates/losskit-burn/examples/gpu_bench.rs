@@ -5,7 +5,8 @@
 //! `cargo run --release -p losskit-burn --features wgpu --example gpu_bench [-- REPEATS [ROWS COLS]]`
 //!
 //! Prints the device, milliseconds per call (the median of REPEATS, default 5, after two
-//! warm-ups that compile the kernels; each timed call ends with `Device::sync`), the ratio, and
+//! warm-ups that compile the kernels; each timed call ends by reading the result's first
+//! value back, which waits for the device), the ratio, and
 //! the bytes each call must move at the least (logits read once, the gradient written once)
 //! per second.
 
@@ -30,6 +31,12 @@ fn time(device: &Device, repeats: usize, mut f: impl FnMut()) -> f64 {
         .collect();
     ms.sort_by(f64::total_cmp);
     ms[ms.len() / 2]
+}
+
+/// Waits for `t`: reads its first element back (the device finishes everything queued before).
+fn done<const D: usize>(t: Tensor<D>) {
+    let first = t.flatten::<1>(0, D - 1).slice([0..1]).into_data();
+    std::hint::black_box(first);
 }
 
 /// Deterministic logits in [-4, 4] and labels for `(rows, cols)`.
@@ -59,20 +66,20 @@ fn main() {
     let fused = time(&gpu, repeats, || {
         let leaf = logits.clone().detach().require_grad();
         let l = ours.forward(leaf.clone(), labels.clone()).unwrap();
-        std::hint::black_box(leaf.grad(&l.backward()).unwrap());
+        done(leaf.grad(&l.backward()).unwrap());
     });
     let composed = time(&gpu, repeats, || {
         let leaf = logits.clone().detach().require_grad();
         let l = theirs.forward(leaf.clone(), labels.clone());
-        std::hint::black_box(leaf.grad(&l.backward()).unwrap());
+        done(leaf.grad(&l.backward()).unwrap());
     });
     let plain = logits.clone().inner();
     let plain_labels = labels.clone().inner();
     let eval_fused = time(&gpu, repeats, || {
-        std::hint::black_box(ours.forward(plain.clone(), plain_labels.clone()).unwrap());
+        done(ours.forward(plain.clone(), plain_labels.clone()).unwrap());
     });
     let eval_composed = time(&gpu, repeats, || {
-        std::hint::black_box(theirs.forward(plain.clone(), plain_labels.clone()));
+        done(theirs.forward(plain.clone(), plain_labels.clone()));
     });
 
     let bytes = (rows * cols * 4) as f64;
