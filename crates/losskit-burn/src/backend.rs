@@ -105,6 +105,21 @@ impl Graph {
         Graph(Arc::new(Mutex::new(Some(Kept::Device(Box::new(grad))))), dtype)
     }
 
+    /// The same graph with its device gradient (of type `T`) made a `U` by `f` (a backend's
+    /// tensor wrapped for the backend around it).
+    #[cfg(feature = "wgpu")]
+    pub(crate) fn map_device<T: 'static, U: Send + 'static>(self, f: impl FnOnce(T) -> U) -> Graph {
+        let kept = self.0.lock().map(|mut g| g.take()).unwrap_or(None);
+        let kept = match kept {
+            Some(Kept::Device(grad)) => {
+                let grad = *grad.downcast::<T>().expect("a device gradient of the inner backend");
+                Some(Kept::Device(Box::new(f(grad))))
+            }
+            other => other,
+        };
+        Graph(Arc::new(Mutex::new(kept)), self.1)
+    }
+
     /// A graph with nothing to differentiate.
     fn empty() -> Graph {
         Graph(Arc::new(Mutex::new(None)), DType::F32)

@@ -13,11 +13,19 @@
 mod kernels;
 
 use crate::backend::{Graph, LossBackend, LossCall, Outcome};
+use burn::backend::fusion::client::GlobalFusionClient;
+use burn::backend::fusion::stream::StreamId;
+use burn::backend::fusion::{Fusion, FusionBackend, FusionTensor, NoOp};
+use burn::backend::ir::{BackendIr, InitOperationIr, OperationIr};
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::TensorMetadata;
 use burn::tensor::{DType, FloatDType, Shape, TensorData};
+use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
+
+/// The fusion runtime of burn's cube backend.
+type CubeFusionRuntime = <CubeBackend as FusionBackend>::FusionRuntime;
 use cubecl::prelude::{CubeCount, CubeDim};
 use losskit::{Reduction, RowMath};
 
@@ -115,6 +123,35 @@ impl Formula {
             _ => return None,
         })
     }
+}
+
+/// burn's fused cube backend (what a wgpu device is with burn's `fusion`, its default): the
+/// input resolved to the cube backend's tensor (the fusion stream runs up to it), the loss run
+/// there, its values and gradient registered back as fusion tensors.
+impl LossBackend for Fusion<CubeBackend> {
+    fn losskit_loss(y_pred: FloatTensor<Self>, call: LossCall) -> FloatTensor<Self> {
+        let client = y_pred.client.clone();
+        let inner = client.resolve_tensor_float::<CubeBackend>(y_pred);
+        let out = CubeBackend::losskit_loss(inner, call.clone());
+        if let Some(outcome) = call.take_outcome() {
+            let outcome = match outcome {
+                Outcome::Graph(g) => Outcome::Graph(g.map_device(|grad: CubeTensor| fused(&client, grad))),
+                failed => failed,
+            };
+            call.leave(outcome);
+        }
+        fused(&client, out)
+    }
+}
+
+/// A cube tensor registered with the fusion client as a fusion tensor (as burn's own
+/// `float_from_data` does).
+fn fused(client: &GlobalFusionClient<CubeFusionRuntime>, t: CubeTensor) -> FusionTensor<CubeFusionRuntime> {
+    let (shape, dtype) = (t.shape(), t.dtype());
+    let handle = <CubeBackend as BackendIr>::float_tensor_handle(t);
+    let desc = InitOperationIr::create(shape, dtype, || client.register_tensor_handle(handle));
+    let mut out = client.register(StreamId::current(), OperationIr::Init(desc), NoOp::<CubeBackend>::new());
+    out.remove(0)
 }
 
 /// A loss call that runs on the device: its formula and the host data it uploads.
