@@ -35,7 +35,7 @@ fn time(device: &Device, repeats: usize, mut f: impl FnMut()) -> f64 {
 
 /// Waits for `t`: reads its first element back (the device finishes everything queued before).
 fn done<const D: usize>(t: Tensor<D>) {
-    let first = t.flatten::<1>(0, D - 1).slice([0..1]).into_data();
+    let first = t.flatten::<1>(0, D - 1).narrow(0, 0, 1).into_data();
     std::hint::black_box(first);
 }
 
