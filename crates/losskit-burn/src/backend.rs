@@ -130,16 +130,17 @@ impl Graph {
     /// (a second backward pass through the node).
     fn gradient<B: Backend>(&self, upstream: FloatTensor<B>) -> Option<FloatTensor<B>> {
         let taken = self.0.lock().map(|mut g| g.take()).unwrap_or(None)?;
+        if let Kept::Device(grad) = taken {
+            let grad = *grad.downcast::<FloatTensor<B>>().expect("a device gradient of this node's backend");
+            return Some(scaled_on_device::<B>(grad, upstream));
+        }
         let device = upstream.device();
         let up: Vec<f64> = B::float_into_data_sync(upstream).iter::<f64>().collect();
         let grad = match taken {
             Kept::Tape(out, leaf) => losskit::upstream_gradients(out, &[leaf], up).map(|mut g| g.remove(0)),
             // A scalar loss: its gradient times burn's scalar upstream.
             Kept::Gradient(grad) => losskit::scaled_gradient(grad, &up),
-            Kept::Device(grad) => {
-                let grad = *grad.downcast::<FloatTensor<B>>().expect("a device gradient of this node's backend");
-                return Some(scaled_on_device::<B>(grad, up));
-            }
+            Kept::Device(_) => unreachable!("returned above"),
         };
         let grad = grad.expect("burn's upstream gradient has the shape of the loss that ran");
         // The gradient's buffer moves into burn's tensor.
@@ -264,16 +265,30 @@ fn in_place<T: losskit_tensor::Element + burn::tensor::Element>(
     })
 }
 
-/// A device gradient `grad` (`rows × cols`, for an upstream of 1) times burn's `upstream` (one
-/// value, or one per row for `none`): as it is when every upstream value is 1 (the usual
-/// `loss.backward()`), else multiplied on the device.
-fn scaled_on_device<B: Backend>(grad: FloatTensor<B>, upstream: Vec<f64>) -> FloatTensor<B> {
-    if upstream.iter().all(|&u| u == 1.0) {
-        return grad;
+/// A device gradient `grad` (`(..., cols)`, for an upstream of 1) times burn's `upstream` (one
+/// value, or one per row for `none`), on the device. A large gradient is kept as it is when
+/// every upstream value is 1 (the usual `loss.backward()`; reading the upstream costs a host
+/// round trip, the product a pass over the gradient); a small one is always multiplied (no
+/// round trip).
+fn scaled_on_device<B: Backend>(grad: FloatTensor<B>, upstream: FloatTensor<B>) -> FloatTensor<B> {
+    const SMALL: usize = 1 << 16;
+    let mut shape = grad.shape();
+    if shape.num_elements() >= SMALL {
+        let up = B::float_into_data_sync(upstream.clone());
+        if up.iter::<f64>().all(|u| u == 1.0) {
+            return grad;
+        }
     }
-    let (device, n) = (grad.device(), upstream.len());
-    let up = TensorData::new(upstream, [n, 1]).convert_dtype(grad.dtype());
-    B::float_mul(grad, B::float_from_data(up, &device))
+    // The upstream broadcast over each row's values: `(..., 1)`, or all ones for a scalar.
+    let n = upstream.shape().num_elements();
+    let dims = shape.as_slice().len();
+    for (i, d) in shape.iter_mut().enumerate() {
+        if n == 1 || i + 1 == dims {
+            *d = 1;
+        }
+    }
+    let upstream = B::float_cast(upstream, grad.dtype().into());
+    B::float_mul(grad, B::float_reshape(upstream, shape))
 }
 
 /// A loss on the host for a backend without a device kernel for it: `y_pred` read back,

@@ -464,3 +464,47 @@ fn a_burn_mlp_learns_the_digits_on_the_gpu_as_on_the_cpu() {
     assert!(on_gpu >= 0.95, "validation accuracy on the GPU {on_gpu}");
     assert!((on_gpu - on_cpu).abs() <= 0.01, "GPU {on_gpu} vs CPU {on_cpu}");
 }
+
+/// The loss of `(batch, seq, classes)` logits on `device` (values, gradient): labels
+/// `(batch, seq)` or dense targets of the logits' shape.
+fn run_3d(loss: &BurnLoss, device: &Device, x: &[f32], shape: [usize; 3], target: &Target) -> (Vec<f32>, Vec<f32>) {
+    let device = device.clone().autodiff();
+    let logits = Tensor::<3>::from_data(TensorData::new(x.to_vec(), shape), &device).require_grad();
+    let out = match target {
+        Target::Labels(l) => {
+            let labels = Tensor::<2, Int>::from_data(TensorData::new(l.clone(), [shape[0], shape[1]]), &device);
+            loss.forward(logits.clone(), labels)
+        }
+        Target::Dense(t) => {
+            loss.forward(logits.clone(), Tensor::<3>::from_data(TensorData::new(t.clone(), shape), &device))
+        }
+    }
+    .unwrap();
+    let values: Vec<f32> = out.clone().into_data().iter::<f32>().collect();
+    // Σ out·(1, 2, ...): a non-unit upstream for the `none` reduction.
+    let n = values.len();
+    let up = Tensor::<1>::from_data(TensorData::new((1..=n).map(|i| i as f32).collect::<Vec<_>>(), [n]), &device);
+    let g = logits.grad(&(out * up).sum().backward()).unwrap();
+    (values, g.into_data().iter::<f32>().collect())
+}
+
+#[test]
+fn sequences_of_rows_run_on_the_device_flattened() {
+    let Some(gpu) = gpu() else { return };
+    let [b, t, c] = [3, 5, 7];
+    let x = wave(b * t * c, 0.6, -3.0, 3.0);
+    let cases = [
+        (sparse_ce(json!({})), Target::Labels(labels(b * t, c))),
+        (sparse_ce(json!({"reduction": "none"})), Target::Labels(labels(b * t, c))),
+        (dense_ce(json!({"label_smoothing": 0.1})), Target::Dense(one_hot(b * t, c))),
+        (loss_with("binary_crossentropy", json!({"from_logits": true})), Target::Dense(wave(b * t * c, 0.1, 0.0, 1.0))),
+    ];
+    for (loss, target) in &cases {
+        let before = losskit_burn::device_launches();
+        let on_gpu = run_3d(loss, &gpu, &x, [b, t, c], target);
+        assert_eq!(losskit_burn::device_launches() - before, 1, "{loss:?} ran on the device");
+        let on_cpu = run_3d(loss, &Device::flex(), &x, [b, t, c], target);
+        close(&on_gpu.0, &on_cpu.0, &format!("{loss:?} value"));
+        close(&on_gpu.1, &on_cpu.1, &format!("{loss:?} gradient"));
+    }
+}

@@ -170,14 +170,21 @@ impl DeviceKernel {
     /// range, as on the CPU); `None` when the call runs on the host.
     fn for_call(y_pred: &FloatTensor<CubeBackend>, call: &LossCall) -> Option<losskit::Result<DeviceKernel>> {
         let shape = y_pred.shape();
-        let &[rows, cols] = shape.as_slice() else { return None };
-        if y_pred.dtype != DType::F32 || call.dtype != losskit::DType::F32 || rows == 0 || cols == 0 {
+        let (&cols, leading) = shape.as_slice().split_last()?;
+        let rows = leading.iter().product::<usize>();
+        if leading.is_empty() || y_pred.dtype != DType::F32 || call.dtype != losskit::DType::F32 || rows * cols == 0 {
             return None;
         }
         let loss = call.loss.as_ref();
         let row = losskit::masked_row_kernel(loss)?;
-        let weights_fit = call.sample_weight.as_ref().is_none_or(|w| matches!(w.shape(), [n] | [n, 1] if *n == rows));
-        if !weights_fit || !row.fits(&[rows, cols], call.y_true.shape()) {
+        // A `(rows, cols)` input, or a higher rank one flattened to its rows (`(batch, seq,
+        // classes)`: the per-sample values are the rows', the reduction over all of them) when
+        // no sample weight says otherwise.
+        let weights_fit = call
+            .sample_weight
+            .as_ref()
+            .is_none_or(|w| leading.len() == 1 && matches!(w.shape(), [n] | [n, 1] if *n == rows));
+        if !weights_fit || !row.fits(&[rows, cols], &flat_targets(call.y_true.shape(), leading, cols)?) {
             return None;
         }
         let (formula, class_weights) = Formula::of(row.math(), cols)?;
@@ -311,6 +318,20 @@ impl DeviceKernel {
         } else {
             values
         }
+    }
+}
+
+/// The targets' shape with `y_pred`'s leading dimensions (`leading`) flattened into one:
+/// `leading` itself (class indices, with or without a trailing 1) or `leading + [cols]`;
+/// `None` for any other shape.
+fn flat_targets(target: &[usize], leading: &[usize], cols: usize) -> Option<Vec<usize>> {
+    let rows = leading.iter().product::<usize>();
+    if target == leading {
+        Some(vec![rows])
+    } else if target.split_last().is_some_and(|(&last, rest)| rest == leading && (last == cols || last == 1)) {
+        Some(vec![rows, target[target.len() - 1]])
+    } else {
+        None
     }
 }
 
