@@ -134,16 +134,7 @@ pub fn softmax_cross_entropy(
     if sparse {
         let label = targets[row];
         if label < f32::new(0.0) {
-            if u == 0 {
-                values[row] = f32::new(0.0);
-            }
-            if with_grad {
-                let mut j = u;
-                while j < cols {
-                    grad[base + j] = f32::new(0.0);
-                    j += CUBE_DIM_X as usize;
-                }
-            }
+            fill_row(values, grad, row, base, cols, f32::new(0.0), with_grad);
             terminate!();
         }
         k = u32::cast_from(label) as usize;
@@ -287,6 +278,37 @@ fn ln(x: f32) -> f32 {
     ln_1p(x - f32::new(1.0))
 }
 
+/// Keras divides probabilities by their row sum: a sum that is zero or not finite makes the
+/// whole row NaN (value and gradient).
+#[cube]
+fn renormalisation_fails(total: f32) -> bool {
+    total.is_nan() || total.is_inf() || total == f32::new(0.0)
+}
+
+/// A row whose value and gradient (when `with_grad`) are all `v` (an ignored row's 0, a
+/// failed renormalisation's NaN).
+#[cube]
+fn fill_row(
+    values: &mut Tensor<f32>,
+    grad: &mut Tensor<f32>,
+    row: usize,
+    base: usize,
+    cols: usize,
+    v: f32,
+    #[comptime] with_grad: bool,
+) {
+    if UNIT_POS_X == 0 {
+        values[row] = v;
+    }
+    if with_grad {
+        let mut j = UNIT_POS_X as usize;
+        while j < cols {
+            grad[base + j] = v;
+            j += CUBE_DIM_X as usize;
+        }
+    }
+}
+
 /// `x` clipped to `[lo, hi]`, a NaN kept (as the CPU kernels' `clip`).
 #[cube]
 fn clip(x: f32, lo: f32, hi: f32) -> f32 {
@@ -377,17 +399,8 @@ pub fn probability_cross_entropy(
         s += part;
     }
     let total = cube_sum(&mut shared, s);
-    if total.is_nan() || total.is_inf() || total == f32::new(0.0) {
-        if u == 0 {
-            values[row] = nan();
-        }
-        if with_grad {
-            let mut j = u;
-            while j < cols {
-                grad[base + j] = nan();
-                j += step;
-            }
-        }
+    if renormalisation_fails(total) {
+        fill_row(values, grad, row, base, cols, nan(), with_grad);
         terminate!();
     }
 
@@ -656,17 +669,8 @@ pub fn categorical_focal(
         total += part;
     }
     let total = cube_sum(&mut shared, total);
-    if total.is_nan() || total.is_inf() || total == zero {
-        if u == 0 {
-            values[row] = nan();
-        }
-        if with_grad {
-            let mut j = u;
-            while j < cols {
-                grad[base + j] = nan();
-                j += step;
-            }
-        }
+    if renormalisation_fails(total) {
+        fill_row(values, grad, row, base, cols, nan(), with_grad);
         terminate!();
     }
 
