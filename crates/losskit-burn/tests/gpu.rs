@@ -508,3 +508,31 @@ fn sequences_of_rows_run_on_the_device_flattened() {
         close(&on_gpu.1, &on_cpu.1, &format!("{loss:?} gradient"));
     }
 }
+
+#[test]
+fn half_precision_logits_are_computed_in_f32_on_the_device() {
+    use burn::tensor::{DType, TensorCreationOptions};
+    let Some(gpu) = gpu() else { return };
+    let (rows, cols) = (37, 300);
+    let x = wave(rows * cols, 0.3, -4.0, 4.0);
+    let l = labels(rows, cols);
+    let on = |device: &Device| -> (Vec<f32>, Vec<f32>, DType) {
+        let device = device.clone().autodiff();
+        let options = TensorCreationOptions::new(device.clone()).with_dtype(DType::F16);
+        let logits = Tensor::<2>::from_data(TensorData::new(x.clone(), [rows, cols]), options).require_grad();
+        let out = sparse_ce(json!({})).forward(logits.clone(), Tensor::<1, Int>::from_ints(l.as_slice(), &device));
+        let out = out.unwrap();
+        let g = logits.grad(&out.clone().backward()).unwrap();
+        let dtype = g.dtype();
+        (out.into_data().iter::<f32>().collect(), g.into_data().iter::<f32>().collect(), dtype)
+    };
+    let before = losskit_burn::device_launches();
+    let (v, g, dtype) = on(&gpu);
+    assert_eq!(losskit_burn::device_launches() - before, 1, "ran on the device");
+    assert_eq!(dtype, DType::F16, "the gradient in the input's dtype");
+    let (v_cpu, g_cpu, _) = on(&Device::flex());
+    // The same f32 computation rounded to f16 on both sides (one f16 ulp apart at most).
+    for (a, b) in v.iter().chain(&g).zip(v_cpu.iter().chain(&g_cpu)) {
+        assert!((a - b).abs() <= 1e-3 * b.abs() + 1e-7, "{a} vs {b}");
+    }
+}

@@ -172,7 +172,8 @@ impl DeviceKernel {
         let shape = y_pred.shape();
         let (&cols, leading) = shape.as_slice().split_last()?;
         let rows = leading.iter().product::<usize>();
-        if leading.is_empty() || y_pred.dtype != DType::F32 || call.dtype != losskit::DType::F32 || rows * cols == 0 {
+        let dtype_fits = matches!(y_pred.dtype, DType::F32 | DType::F16);
+        if leading.is_empty() || !dtype_fits || call.dtype != losskit::DType::F32 || rows * cols == 0 {
             return None;
         }
         let loss = call.loss.as_ref();
@@ -209,6 +210,12 @@ impl DeviceKernel {
             B::float_from_data(TensorData::new(v, [n]), &device)
         };
         let client = y_pred.client.clone();
+        // f16 is computed in f32 (cast on the device), its value and gradient cast back.
+        let dtype = y_pred.dtype;
+        let y_pred = match dtype {
+            DType::F32 => y_pred,
+            _ => B::float_cast(y_pred, FloatDType::F32),
+        };
         let y_pred = burn_cubecl::kernel::into_contiguous(y_pred).into_tensor_arg();
         let targets = upload(self.targets).into_tensor_arg();
         let weighted = self.class_weights.as_ref().is_some_and(|w| w.len() == self.cols);
@@ -310,14 +317,11 @@ impl DeviceKernel {
             ),
         }
         LAUNCHES.with(|n| n.set(n.get() + 1));
+        let back = |t: FloatTensor<B>| if dtype == DType::F32 { t } else { B::float_cast(t, dtype.into()) };
         if call.tracked {
-            call.leave(Outcome::Graph(Graph::on_device(grad, DType::F32)));
+            call.leave(Outcome::Graph(Graph::on_device(back(grad), dtype)));
         }
-        if self.reduced {
-            B::float_sum(values)
-        } else {
-            values
-        }
+        back(if self.reduced { B::float_sum(values) } else { values })
     }
 }
 
