@@ -156,9 +156,9 @@ fn dense_ce(mut extra: serde_json::Value) -> BurnLoss {
     loss_with("categorical_crossentropy", extra)
 }
 
-/// Rows not a multiple of anything, 1 row, 1 class, a row longer than the workgroup, and
-/// 100 000 classes.
-const SHAPES: [[usize; 2]; 6] = [[1, 1], [1, 7], [37, 300], [300, 10], [5, 1000], [3, 100_000]];
+/// Rows not a multiple of anything, 1 row, 1 class, a row longer than the workgroup, 100 000
+/// classes, and each workgroup size (256 units per row below 64 rows, 128 below 512, 32 above).
+const SHAPES: [[usize; 2]; 7] = [[1, 1], [1, 7], [37, 300], [300, 10], [5, 1000], [3, 100_000], [600, 70]];
 
 #[test]
 fn sparse_cross_entropy_equals_the_cpu_kernels() {

@@ -1,17 +1,29 @@
-//! The CubeCL kernels: one cube (workgroup) of [`BLOCK`] units per row of `y_pred`, which
+//! The CubeCL kernels: one cube (workgroup) of [`units`] units per row of `y_pred`, which
 //! writes the row's loss value and, when asked, its gradient, in one launch. The formulas are
 //! `losskit_kernels`' (the CPU kernels of the same names), in f32. Row sums are blocked: each
 //! unit sums groups of [`GROUP`] of its strided values, adds the group sums, and the units'
 //! sums are combined by a tree in shared memory, so that no addend meets a running sum of more
-//! than `GROUP + cols/(BLOCK·GROUP) + log2(BLOCK)` terms (a compensated sum is no option: shader
+//! than `GROUP + cols/(units·GROUP) + log2(units)` terms (a compensated sum is no option: shader
 //! compilers may reassociate it away, as lavapipe does).
 //!
 //! Only `cubecl::prelude` is imported here (burn's `Tensor` would shadow CubeCL's).
 
 use cubecl::prelude::*;
 
-/// Units per cube: one row is shared by this many units, each reading every `BLOCK`-th value.
-pub const BLOCK: usize = 256;
+/// The most units per cube (the shared memory each tree reduction uses).
+const MAX_UNITS: usize = 256;
+
+/// Units per cube for `rows` rows: one row is shared by this many units, each reading every
+/// `units`-th value. Many rows fill the device with one 32-unit cube each (fewer barriers per
+/// row: on lavapipe, (4096, 8000) loss + gradient took 133 ms with 32 units, 154 with 64, 183
+/// with 128 and 215 with 256); a few rows get more units each.
+pub fn units(rows: usize) -> u32 {
+    match rows {
+        512.. => 32,
+        64.. => 128,
+        _ => MAX_UNITS as u32,
+    }
+}
 
 /// Values a unit sums before adding them to its running sum.
 const GROUP: u32 = 16;
@@ -34,7 +46,7 @@ fn is_neg_inf(x: f32) -> bool {
     x < f32::new(-3.402_823_5e38)
 }
 
-/// The sum over the cube of every unit's `v`, in a tree over `shared` (`BLOCK` slots); every
+/// The sum over the cube of every unit's `v`, in a tree over `shared` (a slot per unit); every
 /// unit gets it.
 #[cube]
 fn cube_sum(shared: &mut Shared<[f32]>, v: f32) -> f32 {
@@ -53,6 +65,30 @@ fn cube_sum(shared: &mut Shared<[f32]>, v: f32) -> f32 {
     let total = shared[0];
     sync_cube();
     total
+}
+
+/// [`cube_sum`] of two values at once (`v` over `first`, `w` over `second`): one tree, half
+/// the barriers of two.
+#[cube]
+fn cube_sum2(first: &mut Shared<[f32]>, second: &mut Shared<[f32]>, v: f32, w: f32) -> (f32, f32) {
+    let u = UNIT_POS_X as usize;
+    first[u] = v;
+    second[u] = w;
+    sync_cube();
+    let mut stride = CUBE_DIM_X as usize / 2;
+    while stride > 0 {
+        if u < stride {
+            let a = first[u + stride];
+            let b = second[u + stride];
+            first[u] += a;
+            second[u] += b;
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    let totals = (first[0], second[0]);
+    sync_cube();
+    totals
 }
 
 /// The largest of every unit's `v` (a NaN is skipped, as the CPU kernels' row maximum skips
@@ -126,7 +162,7 @@ pub fn softmax_cross_entropy(
     let base = row * cols;
     let u = UNIT_POS_X as usize;
     let rs = row_scale[row];
-    let mut shared = Shared::<[f32]>::new_slice(BLOCK);
+    let mut shared = Shared::<[f32]>::new_slice(MAX_UNITS);
 
     // The label (sparse): an ignored row writes zeros.
     let mut k = 0usize;
@@ -149,7 +185,7 @@ pub fn softmax_cross_entropy(
     // the count of -inf logits (sparse); in groups.
     let mut s = f32::new(0.0);
     let mut a = f32::new(0.0);
-    let mut b = f32::new(0.0);
+    let mut b_local = f32::new(0.0);
     let mut j = u;
     while j < cols {
         let mut gs = f32::new(0.0);
@@ -182,11 +218,15 @@ pub fn softmax_cross_entropy(
         }
         s += gs;
         a += ga;
-        b += gb;
+        b_local += gb;
     }
-    let s = cube_sum(&mut shared, s);
-    let a = cube_sum(&mut shared, a);
-    let b = cube_sum(&mut shared, b);
+    // Two sums per tree (half the barriers); Σw(x-m) and Σt(x-m) only where they are used.
+    let mut second = Shared::<[f32]>::new_slice(MAX_UNITS);
+    let (s, a) = cube_sum2(&mut shared, &mut second, s, a);
+    let mut b = f32::new(0.0);
+    if !sparse || smoothing != f32::new(0.0) {
+        b = cube_sum(&mut shared, b_local);
+    }
     let ln_s = ln(s);
 
     // The value.
@@ -384,7 +424,7 @@ pub fn probability_cross_entropy(
     let u = UNIT_POS_X as usize;
     let step = CUBE_DIM_X as usize;
     let rs = row_scale[row];
-    let mut shared = Shared::<[f32]>::new_slice(BLOCK);
+    let mut shared = Shared::<[f32]>::new_slice(MAX_UNITS);
 
     let mut s = f32::new(0.0);
     let mut j = u;
@@ -516,7 +556,7 @@ pub fn binary_cross_entropy(
     let k = row_scale[row] / n;
     let one = f32::new(1.0);
     let zero = f32::new(0.0);
-    let mut shared = Shared::<[f32]>::new_slice(BLOCK);
+    let mut shared = Shared::<[f32]>::new_slice(MAX_UNITS);
 
     let mut sum = f32::new(0.0);
     let mut j = u;
@@ -628,7 +668,7 @@ pub fn categorical_focal(
     let rs = row_scale[row];
     let one = f32::new(1.0);
     let zero = f32::new(0.0);
-    let mut shared = Shared::<[f32]>::new_slice(BLOCK);
+    let mut shared = Shared::<[f32]>::new_slice(MAX_UNITS);
 
     // The softmax' shift and log-sum (from logits).
     let mut m = zero;

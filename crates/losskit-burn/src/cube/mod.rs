@@ -225,7 +225,7 @@ impl DeviceKernel {
         let grad_shape = if call.tracked { Shape::new([self.rows, self.cols]) } else { Shape::new([1]) };
         let grad = B::float_empty(grad_shape, &device, FloatDType::F32);
         let (x, y) = grid(self.rows);
-        let (count, dim) = (CubeCount::Static(x, y, 1), CubeDim::new_1d(kernels::BLOCK as u32));
+        let (count, dim) = (CubeCount::Static(x, y, 1), CubeDim::new_1d(kernels::units(self.rows)));
         let (rows, cols, tracked) = (self.rows as u32, self.cols as u32, call.tracked);
         let (out, g) = (values.clone().into_tensor_arg(), grad.clone().into_tensor_arg());
         // Keras' clip range: `epsilon()` and `1 - epsilon()` rounded once from f64.
