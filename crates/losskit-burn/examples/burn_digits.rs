@@ -3,6 +3,9 @@
 //!
 //! `cargo run --release -p losskit-burn --example burn_digits [-- LOSS [EPOCHS]]`
 //!
+//! With `LOSSKIT_DEVICE=wgpu` and the `wgpu` feature (`--features wgpu`) it trains on burn's
+//! wgpu device instead (Vulkan, Metal, DX12; the loss as a fused CubeCL kernel there).
+//!
 //! LOSS defaults to `sparse_categorical_crossentropy` (from logits); try
 //! `categorical_focal_crossentropy` (one-hot targets are made for the `Categorical*` losses).
 //! Prints the validation accuracy each epoch.
@@ -45,6 +48,20 @@ fn batch(x: &[f32], y: &[i64], idx: &[usize], device: &Device) -> (Tensor<2>, Te
     )
 }
 
+/// Flex, or burn's wgpu device with `LOSSKIT_DEVICE=wgpu` (and the `wgpu` feature).
+fn device() -> Result<Device, Box<dyn Error>> {
+    match std::env::var("LOSSKIT_DEVICE").as_deref() {
+        Err(_) | Ok("flex") => Ok(Device::flex()),
+        #[cfg(feature = "wgpu")]
+        Ok("wgpu") => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+        Ok(other) => Err(format!(
+            "LOSSKIT_DEVICE={other}: this build knows flex{}",
+            if cfg!(feature = "wgpu") { " and wgpu" } else { " (wgpu needs --features wgpu)" }
+        )
+        .into()),
+    }
+}
+
 fn main() -> Result<(), Box<dyn Error>> {
     let args: Vec<String> = std::env::args().collect();
     let name = args.get(1).map_or("sparse_categorical_crossentropy", String::as_str);
@@ -53,7 +70,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     // The model outputs logits: tell the loss when it has the option.
     let loss = loss.from_logits(true).unwrap_or(loss);
     let one_hot = loss.loss().class_name().starts_with("Categorical");
-    let device = Device::flex().autodiff();
+    let device = device()?.autodiff();
     device.seed(7);
     let (x, y) = digits()?;
     let n = y.len();
