@@ -8,6 +8,9 @@
 #[path = "../../losskit/tests/adapters/patterns.rs"]
 mod patterns;
 
+#[path = "common/digits.rs"]
+mod digits;
+
 use burn::module::Module;
 use burn::nn::loss::{
     BinaryCrossEntropyLossConfig, CrossEntropyLossConfig, HuberLossConfig, MseLoss, Reduction as BurnReduction,
@@ -339,37 +342,8 @@ fn bad_input_is_an_error_not_a_panic() {
 
 #[test]
 fn a_burn_mlp_learns_the_digits_with_a_losskit_loss() {
-    use burn::optim::AdamConfig;
-    let device = Device::flex().autodiff();
-    device.seed(7);
-    let data = losskit_train::datasets::digits().unwrap().shuffled(0).unwrap();
-    let x: Vec<f32> = data.x.mul_scalar(1.0 / 16.0).unwrap().to_vec::<f32>();
-    let y: Vec<i64> = data.y.to_vec::<f64>().into_iter().map(|v| v as i64).collect();
-    let (n, n_train) = (y.len(), y.len() * 4 / 5);
-    let rows = |idx: &[usize]| -> (Tensor<2>, Tensor<1, Int>) {
-        let xb: Vec<f32> = idx.iter().flat_map(|&i| x[i * 64..(i + 1) * 64].iter().copied()).collect();
-        let yb: Vec<i64> = idx.iter().map(|&i| y[i]).collect();
-        (
-            Tensor::<2>::from_data(TensorData::new(xb, [idx.len(), 64]), &device),
-            Tensor::<1, Int>::from_data(TensorData::new(yb, [idx.len()]), &device),
-        )
-    };
     let focal = losskit_burn::get("categorical_focal_crossentropy").unwrap().from_logits(true).unwrap();
-    let mut model =
-        Mlp { hidden: LinearConfig::new(64, 128).init(&device), out: LinearConfig::new(128, 10).init(&device) };
-    let mut optim = AdamConfig::new().init();
-    let train: Vec<usize> = (0..n_train).collect();
-    for _ in 0..8 {
-        for idx in train.chunks(32) {
-            let (xb, yb) = rows(idx);
-            let l = focal.forward(model.forward(xb), yb.one_hot::<2>(10).float()).unwrap();
-            model = optim.step(1e-3, model.clone(), GradientsParams::from_grads(l.backward(), &model));
-        }
-    }
-    let val: Vec<usize> = (n_train..n).collect();
-    let (xv, yv) = rows(&val);
-    let right = model.forward(xv).argmax(1).flatten::<1>(0, 1).equal(yv).int().sum().into_scalar::<i64>();
-    let accuracy = right as f64 / val.len() as f64;
+    let accuracy = digits::accuracy(&Device::flex(), &focal, true, 8);
     assert!(accuracy >= 0.95, "validation accuracy {accuracy}");
 }
 

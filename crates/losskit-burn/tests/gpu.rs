@@ -9,6 +9,9 @@
 
 #![cfg(feature = "wgpu")]
 
+#[path = "common/digits.rs"]
+mod digits;
+
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, DeviceKind, Int, Tensor, TensorData};
 use losskit_burn::BurnLoss;
@@ -402,64 +405,14 @@ fn categorical_focal_loss_equals_the_cpu_kernels() {
     }
 }
 
-#[derive(burn::module::Module, Debug)]
-struct Mlp {
-    hidden: burn::nn::Linear,
-    out: burn::nn::Linear,
-}
-
-impl Mlp {
-    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        self.out.forward(burn::tensor::activation::relu(self.hidden.forward(x)))
-    }
-}
-
-const EPOCHS: usize = 12;
-
-/// The validation accuracy of a burn MLP (64 → 128 relu → 10) trained for 12 epochs with Adam on
-/// the embedded digits (80% / 20%) with losskit's sparse cross-entropy, on `device`.
-fn digits_accuracy(device: &Device) -> f64 {
-    use burn::nn::LinearConfig;
-    use burn::optim::{AdamConfig, GradientsParams};
-    let device = device.clone().autodiff();
-    device.seed(7);
-    let data = losskit_train::datasets::digits().unwrap().shuffled(0).unwrap();
-    let x: Vec<f32> = data.x.mul_scalar(1.0 / 16.0).unwrap().to_vec::<f32>();
-    let y: Vec<i64> = data.y.to_vec::<f64>().into_iter().map(|v| v as i64).collect();
-    let (n, n_train) = (y.len(), y.len() * 4 / 5);
-    let rows = |idx: &[usize]| -> (Tensor<2>, Tensor<1, Int>) {
-        let xb: Vec<f32> = idx.iter().flat_map(|&i| x[i * 64..(i + 1) * 64].iter().copied()).collect();
-        let yb: Vec<i64> = idx.iter().map(|&i| y[i]).collect();
-        (
-            Tensor::<2>::from_data(TensorData::new(xb, [idx.len(), 64]), &device),
-            Tensor::<1, Int>::from_data(TensorData::new(yb, [idx.len()]), &device),
-        )
-    };
-    let ce = sparse_ce(json!({}));
-    let mut model =
-        Mlp { hidden: LinearConfig::new(64, 128).init(&device), out: LinearConfig::new(128, 10).init(&device) };
-    let mut optim = AdamConfig::new().init();
-    let train: Vec<usize> = (0..n_train).collect();
-    for _ in 0..EPOCHS {
-        for idx in train.chunks(32) {
-            let (xb, yb) = rows(idx);
-            let l = ce.forward(model.forward(xb), yb).unwrap();
-            model = optim.step(1e-3, model.clone(), GradientsParams::from_grads(l.backward(), &model));
-        }
-    }
-    let val: Vec<usize> = (n_train..n).collect();
-    let (xv, yv) = rows(&val);
-    let right = model.forward(xv).argmax(1).flatten::<1>(0, 1).equal(yv).int().sum().into_scalar::<i64>();
-    right as f64 / val.len() as f64
-}
-
 #[test]
 fn a_burn_mlp_learns_the_digits_on_the_gpu_as_on_the_cpu() {
     let Some(gpu) = gpu() else { return };
+    let ce = sparse_ce(json!({}));
     let before = losskit_burn::device_launches();
-    let on_gpu = digits_accuracy(&gpu);
-    assert!(losskit_burn::device_launches() - before >= EPOCHS * 45, "the loss ran on the device every step");
-    let on_cpu = digits_accuracy(&Device::flex());
+    let on_gpu = digits::accuracy(&gpu, &ce, false, 12);
+    assert!(losskit_burn::device_launches() - before >= 12 * 45, "the loss ran on the device every step");
+    let on_cpu = digits::accuracy(&Device::flex(), &ce, false, 12);
     eprintln!("validation accuracy: GPU {on_gpu:.4}, CPU {on_cpu:.4}");
     assert!(on_gpu >= 0.95, "validation accuracy on the GPU {on_gpu}");
     assert!((on_gpu - on_cpu).abs() <= 0.01, "GPU {on_gpu} vs CPU {on_cpu}");
