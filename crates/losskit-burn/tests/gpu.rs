@@ -438,6 +438,7 @@ fn run_3d(loss: &BurnLoss, device: &Device, x: &[f32], shape: [usize; 3], target
     let n = values.len();
     let up = Tensor::<1>::from_data(TensorData::new((1..=n).map(|i| i as f32).collect::<Vec<_>>(), [n]), &device);
     let g = logits.grad(&(out * up).sum().backward()).unwrap();
+    assert_eq!(g.dims(), shape, "the gradient has the logits' shape");
     (values, g.into_data().iter::<f32>().collect())
 }
 

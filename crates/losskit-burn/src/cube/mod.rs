@@ -3,12 +3,13 @@
 //! call that writes each row's value and (when tracked) its gradient; every other loss on the
 //! host (`y_pred` read back, losskit's CPU path, the values and gradient written back).
 //!
-//! On the device: cross-entropy from logits, sparse (class weights, PyTorch's label
-//! smoothing) and one-hot (Keras' label smoothing), `y_pred` in f32, shape `(rows, cols)`.
-//! The targets and sample weights are losskit constants on the host ([`LossCall`]); the
-//! prepared targets (class indices checked as on the CPU), the class weights and each row's
-//! scale (the reduction's factor times its sample weight) are uploaded per call: `rows` floats
-//! for sparse targets, `rows × cols` for one-hot ones.
+//! On the device ([`Formula`]): sparse and one-hot cross-entropy from logits or probabilities,
+//! categorical and binary focal, binary cross-entropy; `y_pred` in f32 (or f16, cast on the
+//! device), shape `(rows, cols)` or `(..., cols)` flattened to rows. The targets and sample
+//! weights are losskit constants on the host ([`LossCall`]); the prepared targets (class
+//! indices checked as on the CPU), the class weights and each row's scale
+//! ([`losskit::RowLoss::row_scale`]) are uploaded per call: `rows` floats for sparse targets,
+//! `rows × cols` for dense ones.
 
 mod kernels;
 
@@ -23,11 +24,11 @@ use burn::backend::TensorMetadata;
 use burn::tensor::{DType, FloatDType, Shape, TensorData};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
+use cubecl::prelude::{CubeCount, CubeDim};
+use losskit::{Reduction, RowMath};
 
 /// The fusion runtime of burn's cube backend.
 type CubeFusionRuntime = <CubeBackend as FusionBackend>::FusionRuntime;
-use cubecl::prelude::{CubeCount, CubeDim};
-use losskit::{Reduction, RowMath};
 
 impl LossBackend for CubeBackend {
     fn losskit_loss(y_pred: FloatTensor<Self>, call: LossCall) -> FloatTensor<Self> {
@@ -204,7 +205,7 @@ impl DeviceKernel {
     /// left in `call` when tracked.
     fn launch(self, y_pred: FloatTensor<CubeBackend>, call: &LossCall) -> FloatTensor<CubeBackend> {
         type B = CubeBackend;
-        let device = y_pred.device.clone();
+        let (device, shape) = (y_pred.device.clone(), y_pred.shape());
         let upload = |v: Vec<f32>| {
             let n = v.len();
             B::float_from_data(TensorData::new(v, [n]), &device)
@@ -222,7 +223,8 @@ impl DeviceKernel {
         let class_weights = upload(self.class_weights.unwrap_or_else(|| vec![1.0])).into_tensor_arg();
         let row_scale = upload(self.row_scale).into_tensor_arg();
         let values = B::float_empty(Shape::new([self.rows]), &device, FloatDType::F32);
-        let grad_shape = if call.tracked { Shape::new([self.rows, self.cols]) } else { Shape::new([1]) };
+        // The gradient in `y_pred`'s own shape (the kernel sees its rows).
+        let grad_shape = if call.tracked { shape } else { Shape::new([1]) };
         let grad = B::float_empty(grad_shape, &device, FloatDType::F32);
         let (x, y) = grid(self.rows);
         let (count, dim) = (CubeCount::Static(x, y, 1), CubeDim::new_1d(kernels::units(self.rows)));
