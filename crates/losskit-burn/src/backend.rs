@@ -130,17 +130,18 @@ impl Graph {
     /// (a second backward pass through the node).
     fn gradient<B: Backend>(&self, upstream: FloatTensor<B>) -> Option<FloatTensor<B>> {
         let taken = self.0.lock().map(|mut g| g.take()).unwrap_or(None)?;
-        if let Kept::Device(grad) = taken {
-            let grad = *grad.downcast::<FloatTensor<B>>().expect("a device gradient of this node's backend");
-            return Some(scaled_on_device::<B>(grad, upstream));
-        }
         let device = upstream.device();
-        let up: Vec<f64> = B::float_into_data_sync(upstream).iter::<f64>().collect();
+        let host_upstream = || -> Vec<f64> { B::float_into_data_sync(upstream.clone()).iter::<f64>().collect() };
         let grad = match taken {
-            Kept::Tape(out, leaf) => losskit::upstream_gradients(out, &[leaf], up).map(|mut g| g.remove(0)),
+            Kept::Tape(out, leaf) => {
+                losskit::upstream_gradients(out, &[leaf], host_upstream()).map(|mut g| g.remove(0))
+            }
             // A scalar loss: its gradient times burn's scalar upstream.
-            Kept::Gradient(grad) => losskit::scaled_gradient(grad, &up),
-            Kept::Device(_) => unreachable!("returned above"),
+            Kept::Gradient(grad) => losskit::scaled_gradient(grad, &host_upstream()),
+            Kept::Device(grad) => {
+                let grad = *grad.downcast::<FloatTensor<B>>().expect("a device gradient of this node's backend");
+                return Some(scaled_on_device::<B>(grad, upstream));
+            }
         };
         let grad = grad.expect("burn's upstream gradient has the shape of the loss that ran");
         // The gradient's buffer moves into burn's tensor.

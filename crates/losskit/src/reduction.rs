@@ -66,8 +66,19 @@ impl Reduction {
         })
     }
 
-    pub(crate) fn divides_by_count(self) -> bool {
+    fn divides_by_count(self) -> bool {
         matches!(self, Reduction::SumOverBatchSize | Reduction::Mean)
+    }
+
+    /// Keras' rescaling of a 0/1 mask with `valid` ones among `count` values: `count/valid` for
+    /// the count-dividing reductions (0 when nothing is valid), so that the mean is over the
+    /// valid values; 1 for the others.
+    pub(crate) fn mask_scale(self, count: usize, valid: f64) -> f64 {
+        match self.divides_by_count() {
+            true if valid == 0.0 => 0.0,
+            true => count as f64 / valid,
+            false => 1.0,
+        }
     }
 }
 
@@ -126,8 +137,7 @@ fn weighted_values(
         let mask = mask.detach().to_dtype(dtype);
         let m = if rescale_mask && reduction.divides_by_count() {
             let valid = mask.sum_all().to_scalar()?;
-            let scale = if valid == 0.0 { 0.0 } else { mask.numel() as f64 / valid };
-            mask.mul_scalar(scale)?
+            mask.mul_scalar(reduction.mask_scale(mask.numel(), valid))?
         } else {
             mask
         };

@@ -284,12 +284,7 @@ impl<'a> RowLoss<'a> {
             None => weights.map(<[T]>::to_vec),
             Some(_) => {
                 let mask: Vec<f64> = y_true.iter().map(|&k| if k < T::zero() { 0.0 } else { 1.0 }).collect();
-                let valid: f64 = mask.iter().sum();
-                let scale = match reduction.divides_by_count() {
-                    true if valid == 0.0 => 0.0,
-                    true => rows as f64 / valid,
-                    false => 1.0,
-                };
+                let scale = reduction.mask_scale(rows, mask.iter().sum());
                 let m = mask.iter().map(|&m| T::c(m) * T::c(scale));
                 Some(match weights {
                     Some(w) => m.zip(w).map(|(m, &w)| w * m).collect(),
@@ -298,10 +293,9 @@ impl<'a> RowLoss<'a> {
             }
         };
         let factor = reduction_factor(reduction, rows, effective.as_deref()).unwrap_or(T::one());
-        match effective {
-            Some(e) => e.into_iter().map(|e| e * factor).collect(),
-            None => vec![factor; rows],
-        }
+        let mut scale = vec![T::zero(); rows];
+        fill_row_scale(factor, effective.as_deref(), &mut scale);
+        scale
     }
 
     /// The same kernel on targets rewritten as `targets` says first.
@@ -461,10 +455,7 @@ impl<'a> RowLoss<'a> {
     ) -> Result<T> {
         let factor = reduction_factor(reduction, values.len(), weights)
             .ok_or_else(|| Error::Config("reduced_value_and_gradient: the `none` reduction is not reduced".into()))?;
-        match weights {
-            Some(w) => row_scale.iter_mut().zip(w).for_each(|(s, &w)| *s = factor * w),
-            None => row_scale.fill(factor),
-        }
+        fill_row_scale(factor, weights, row_scale);
         if y_pred.len() >= crate::loss::FOLD_MIN_VALUES {
             self.run(y_true, y_pred, cols, values, Some(grad), Some(row_scale))?;
         } else {
@@ -523,6 +514,14 @@ impl<'a> RowLoss<'a> {
             K::CosineSimilarity(k) => run_rows(&k, y_true, y_pred, cols, row_scale, values, grad),
         };
         outcome.map_err(|e| Error::Value { op: "row kernel".into(), msg: e.to_string() })
+    }
+}
+
+/// Each row's factor in a reduced loss: `factor·w_i` (`factor` without weights), into `out`.
+fn fill_row_scale<T: Element>(factor: T, weights: Option<&[T]>, out: &mut [T]) {
+    match weights {
+        Some(w) => out.iter_mut().zip(w).for_each(|(s, &w)| *s = factor * w),
+        None => out.fill(factor),
     }
 }
 
