@@ -90,6 +90,18 @@ def models():
     m.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     yield "preprocessing", m
 
+    # Adafactor's factored moments (scalar placeholders for the biases) and use_ema's averages.
+    keras.utils.set_random_seed(5)
+    m = keras.Sequential([
+        keras.Input((8, 8)),
+        keras.layers.Flatten(),
+        keras.layers.Dense(16, activation="relu"),
+        keras.layers.Dense(10, activation="softmax"),
+    ], name="digits_adafactor")
+    m.compile(optimizer=keras.optimizers.Adafactor(0.05, use_ema=True, ema_momentum=0.9),
+              loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    yield "adafactor_ema", m
+
 
 def as_list(a):
     return [float(v) for v in np.asarray(a, dtype=np.float64).ravel()]

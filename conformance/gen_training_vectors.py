@@ -3,7 +3,8 @@
 
 Run with:  KERAS_BACKEND=jax python gen_training_vectors.py
 (Keras 3.15.1, JAX backend, float32.) Optimizers: SGD (momentum, Nesterov), Adam, RMSprop
-(centered, momentum), AdamW, Adagrad, Adamax, Lion, Lamb, Ftrl, Adadelta, Nadam; weight_decay; amsgrad; clipnorm, clipvalue, global_clipnorm; the learning-rate
+(centered, momentum), AdamW, Adagrad, Adamax, Lion, Lamb, Ftrl, Adadelta, Nadam, Adafactor; weight_decay;
+amsgrad; use_ema (with and without ema_overwrite_frequency); clipnorm, clipvalue, global_clipnorm; the learning-rate
 schedules ExponentialDecay (and staircase), InverseTimeDecay, PiecewiseConstantDecay,
 PolynomialDecay (and cycle), CosineDecay (and warmup), CosineDecayRestarts.
 
@@ -130,6 +131,26 @@ RUNS += [
     ("rmsprop_cosine_decay_restarts",
      {"class_name": "RMSprop", "learning_rate": schedule("CosineDecayRestarts", initial_learning_rate=0.01,
                                                          first_decay_steps=3, t_mul=2.0, m_mul=0.5, alpha=0.05)}, {}),
+]
+
+# Adafactor (factored moments of the kernels, full ones of the biases) and use_ema.
+RUNS += [
+    ("adafactor", {"class_name": "Adafactor", "learning_rate": 0.01}, {}),
+    ("adafactor_relative_step_sample_weight",
+     {"class_name": "Adafactor", "learning_rate": 0.5, "beta_2_decay": -0.6, "epsilon_2": 0.01,
+      "clip_threshold": 0.5}, {"sample_weight": SAMPLE_WEIGHT}),
+    ("adafactor_clipvalue_weight_decay",
+     {"class_name": "Adafactor", "learning_rate": 0.05, "relative_step": False, "clipvalue": 0.05,
+      "weight_decay": 0.02}, {}),
+    ("adafactor_cosine_decay",
+     {"class_name": "Adafactor", "learning_rate": schedule("CosineDecay", initial_learning_rate=0.8, decay_steps=10,
+                                                           alpha=0.1)}, {}),
+    ("adam_ema", {"class_name": "Adam", "learning_rate": 0.01, "use_ema": True}, {"validation_split": 0.2}),
+    ("sgd_momentum_ema_overwrite",
+     {"class_name": "SGD", "learning_rate": 0.1, "momentum": 0.9, "use_ema": True, "ema_momentum": 0.8,
+      "ema_overwrite_frequency": 5}, {}),
+    ("nadam_ema_class_weight", {"class_name": "Nadam", "learning_rate": 0.01, "use_ema": True, "ema_momentum": 0.5},
+     {"class_weight": CLASS_WEIGHT}),
 ]
 
 

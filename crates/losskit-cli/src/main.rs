@@ -57,7 +57,7 @@ pub struct FitArgs {
     /// Keras constructor keys of the loss, as JSON: '{"label_smoothing": 0.1}'.
     #[arg(long)]
     pub loss_config: Option<String>,
-    /// sgd, adam, adamw, rmsprop, adagrad, adamax, lion, lamb, ftrl, adadelta or nadam.
+    /// sgd, adam, adamw, rmsprop, adagrad, adamax, lion, lamb, ftrl, adadelta, nadam or adafactor.
     #[arg(long, default_value = "sgd")]
     pub optimizer: String,
     /// Learning rate (default: the optimizer's Keras default, 0.01 for SGD, 0.001 for Adam).

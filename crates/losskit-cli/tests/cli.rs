@@ -339,7 +339,7 @@ fn fit_reads_csv_and_npz_data_and_reports_bad_input() {
         (vec!["fit", "--data", "/no/such/data.bin", "--verbose", "0"], "does not exist"),
         (vec!["fit", "--data", dir.path().to_str().unwrap(), "--verbose", "0"], "MNIST layout"),
         (vec!["fit", "--loss", "nope", "--verbose", "0"], "unknown loss"),
-        (vec!["fit", "--optimizer", "adafactor", "--verbose", "0"], "unknown optimizer"),
+        (vec!["fit", "--optimizer", "muon", "--verbose", "0"], "unknown optimizer"),
         (vec!["fit", "--loss-config", "{", "--verbose", "0"], "not valid JSON"),
         (vec!["fit", "--class-weight", "heavy", "--verbose", "0"], "balanced"),
         (vec!["evaluate", "--model", dir.path().to_str().unwrap()], "run.json"),

@@ -218,3 +218,85 @@ pub fn nadam_update<T: Float>(w: &mut [T], g: &[T], m: &mut [T], v: &mut [T], lr
         *w = *w - (m_hat * lr) / (v_hat.sqrt() + s.epsilon);
     }
 }
+
+/// Keras `Adafactor`'s constants at step `t` (from 1), in `T`: `ρ = min(lr, 1/√t)` (Keras'
+/// `relative_step` takes the same minimum once more, which changes nothing),
+/// `β₂ₜ = 1 - t^decay`, `ε₁`, `ε₂` and the update's clip threshold `d`.
+#[derive(Debug, Clone, Copy)]
+pub struct Adafactor<T> {
+    /// `min(lr, 1/√t)`.
+    pub rho: T,
+    /// `1 - t^beta_2_decay`.
+    pub beta_2_t: T,
+    /// `epsilon_1`, added to every `g²`.
+    pub epsilon_1: T,
+    /// `epsilon_2`, the least scale of a weight's RMS.
+    pub epsilon_2: T,
+    /// `clip_threshold`.
+    pub clip_threshold: T,
+}
+
+/// The mean of `f(k)` over `k` in `0..n`, summed in f64 and rounded to `T` before the division.
+fn mean_of<T: Float>(n: usize, f: impl Fn(usize) -> T) -> T {
+    let sum: f64 = (0..n).map(|k| f(k).widen()).sum();
+    T::narrow(sum) / T::c(n as f64)
+}
+
+/// One Keras `Adafactor` step on a weight of `shape` (row-major `w`, `g`) with its slots:
+/// for a weight of rank ≥ 2, seen as blocks of `(rows, cols)` (its last two axes), the factored
+/// second moments `r` (`shape[..-1]`) and `c` (`shape[..-2] ++ [cols]`), and `v` (the weight's
+/// shape); for rank < 2, `v` alone (`r`, `c` are Keras' scalar placeholders, untouched).
+/// With `ĝ² = g² + ε₁`: `r ← β₂ₜr + (1-β₂ₜ)·mean_cols ĝ²`, `c ← β₂ₜc + (1-β₂ₜ)·mean_rows ĝ²`,
+/// `v = (r/mean(r))·c` per block (rank < 2: `v ← β₂ₜv + (1-β₂ₜ)ĝ²`); `u = g/√v`,
+/// `w ← w - max(ε₂, rms(w))·ρ · u/max(1, rms(u)/d)` (`rms(x) = √mean(x²)` over the weight).
+#[allow(clippy::too_many_arguments)]
+pub fn adafactor_update<T: Float>(
+    w: &mut [T],
+    g: &[T],
+    shape: &[usize],
+    (r, c, v): (&mut [T], &mut [T], &mut [T]),
+    a: Adafactor<T>,
+    clip: Clipping<T>,
+) {
+    let n = w.len();
+    let g2 = |k: usize| {
+        let g = clip.apply(g[k]);
+        g * g + a.epsilon_1
+    };
+    let alpha = maximum(a.epsilon_2, mean_of(n, |k| w[k] * w[k]).sqrt()) * a.rho;
+    let (keep, add) = (a.beta_2_t, T::one() - a.beta_2_t);
+    if shape.len() >= 2 {
+        let (rows, cols) = (shape[shape.len() - 2], shape[shape.len() - 1]);
+        for b in 0..n / (rows * cols).max(1) {
+            let block = b * rows * cols;
+            for i in 0..rows {
+                let row = block + i * cols;
+                let r = &mut r[b * rows + i];
+                *r = keep * *r + add * mean_of(cols, |j| g2(row + j));
+            }
+            for j in 0..cols {
+                let c = &mut c[b * cols + j];
+                *c = keep * *c + add * mean_of(rows, |i| g2(block + i * cols + j));
+            }
+            let (r, c) = (&r[b * rows..(b + 1) * rows], &c[b * cols..(b + 1) * cols]);
+            let r_mean = mean_of(rows, |i| r[i]);
+            for i in 0..rows {
+                let factor = r[i] / r_mean;
+                for j in 0..cols {
+                    v[block + i * cols + j] = factor * c[j];
+                }
+            }
+        }
+    } else {
+        for (k, v) in v.iter_mut().enumerate() {
+            *v = keep * *v + add * g2(k);
+        }
+    }
+    let u = |k: usize| clip.apply(g[k]) / v[k].sqrt();
+    let u_rms = mean_of(n, |k| u(k) * u(k)).sqrt();
+    // `α·(u/d)` in Keras' order: the division first.
+    let d = maximum(T::one(), u_rms / a.clip_threshold);
+    for (k, w) in w.iter_mut().enumerate() {
+        *w = *w - alpha * (u(k) / d);
+    }
+}

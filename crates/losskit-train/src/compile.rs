@@ -55,8 +55,8 @@ impl LossArg {
 pub enum OptimizerArg {
     /// A Keras name, with Keras' defaults.
     Name(String),
-    /// A configured optimizer.
-    Optimizer(Optimizer),
+    /// A configured optimizer (boxed: it is much larger than a name).
+    Optimizer(Box<Optimizer>),
 }
 
 impl From<&str> for OptimizerArg {
@@ -66,7 +66,7 @@ impl From<&str> for OptimizerArg {
 }
 impl From<Optimizer> for OptimizerArg {
     fn from(o: Optimizer) -> Self {
-        OptimizerArg::Optimizer(o)
+        OptimizerArg::Optimizer(Box::new(o))
     }
 }
 
@@ -196,7 +196,7 @@ impl Compile {
         let c = self;
         let optimizer = match c.optimizer {
             OptimizerArg::Name(n) => Optimizer::parse(&n)?,
-            OptimizerArg::Optimizer(o) => o,
+            OptimizerArg::Optimizer(o) => *o,
         };
         let losses: Vec<Arc<dyn Loss>> = if c.per_output.is_empty() {
             let l = c.loss.ok_or_else(|| Error::Config("compile: no loss given".into()))?;

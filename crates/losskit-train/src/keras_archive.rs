@@ -13,7 +13,8 @@
 //!   (`m₀ v₀ m₁ v₁ …`); RMSprop every weight's velocity, then every momentum (with
 //!   `momentum > 0`), then every average gradient (centered); SGD every momentum; Adamax
 //!   (momentum, norm) and Adadelta (two accumulators) interleaved per weight as Adam; Adagrad
-//!   and Lion one per weight;
+//!   and Lion one per weight; Adafactor `r, c, v` interleaved per weight (`r`, `c` scalars for
+//!   a weight of rank < 2); with `use_ema`, every weight's moving average before all of these;
 //! - `vars`: the model's own (none), named after the model.
 //!
 //! HDF5 is read and written by `hdf5-pure` (pure Rust, no system library): it reads what h5py
@@ -179,12 +180,12 @@ pub(crate) fn optimizer_state(
         let mut of_weight = Vec::with_capacity(per);
         for k in 0..per {
             let t = &vars[keras_index(i, k)];
-            if t.shape() != shape.as_slice() {
+            if t.shape() != opt.slot_shape(k, shape).as_slice() {
                 return Err(format!(
-                    "model.weights.h5: optimizer variable {} has shape {:?}, its weight {:?}",
+                    "model.weights.h5: optimizer variable {} has shape {:?}, expected {:?}",
                     keras_index(i, k),
                     t.shape(),
-                    shape
+                    opt.slot_shape(k, shape)
                 ));
             }
             of_weight.push(t.to_dtype(model.dtype));
@@ -227,7 +228,7 @@ fn weights_h5(model: &Model) -> Result<Vec<u8>> {
             for slot in 0..per {
                 let value = match state.slots.get(weight).and_then(|s| s.get(slot)) {
                     Some(t) => t.clone(),
-                    None => p.value.zeros_like(),
+                    None => Tensor::zeros(&c.optimizer.slot_shape(slot, p.value.shape()), p.value.dtype()),
                 };
                 dataset(&mut vars, &(head + slot_index(&c.optimizer, n, weight, slot)).to_string(), &value);
             }
@@ -271,14 +272,21 @@ fn dataset(group: &mut hdf5_pure::GroupBuilder, name: &str, t: &Tensor) {
 /// separate calls follow one another (RMSprop's velocities, then momentums, then averages;
 /// Adam's `amsgrad` maxima after its moments).
 fn slot_index(opt: &Optimizer, n: usize, weight: usize, slot: usize) -> usize {
-    match opt.rule() {
+    // `use_ema`'s averages (each weight's last slot here) come first, one per weight.
+    let ema = opt.ema().is_some();
+    if ema && slot == opt.rule_slots() {
+        return weight;
+    }
+    let rule_slot = match opt.rule() {
         Rule::Adam { .. } | Rule::AdamW { .. } if slot < 2 => weight * 2 + slot,
         Rule::Adam { .. } | Rule::AdamW { .. } => 2 * n + weight,
         Rule::Adamax { .. } | Rule::Adadelta { .. } | Rule::Nadam { .. } | Rule::Lamb { .. } | Rule::Ftrl { .. } => {
             weight * 2 + slot
         }
+        Rule::Adafactor { .. } => weight * 3 + slot,
         _ => slot * n + weight,
-    }
+    };
+    usize::from(ema) * n + rule_slot
 }
 
 impl Model {

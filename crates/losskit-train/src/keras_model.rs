@@ -25,7 +25,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 const LAYERS: &str = "InputLayer, Flatten, Reshape, Rescaling, Dense, Dropout, Activation";
-const OPTIMIZERS: &str = "SGD, Adam, AdamW, RMSprop, Adagrad, Adamax, Lion, Lamb, Ftrl, Adadelta, Nadam";
+const OPTIMIZERS: &str = "SGD, Adam, AdamW, RMSprop, Adagrad, Adamax, Lion, Lamb, Ftrl, Adadelta, Nadam, Adafactor";
 
 /// A model read from a Keras file: the model (built when the file gives its input shape) and,
 /// when the file has a `compile_config`, what `compile` was given.
@@ -362,10 +362,10 @@ fn from_float32(x: f64) -> f64 {
 }
 
 /// Keras optimizer options losskit does not have: an error when set.
-const OPTIMIZER_UNSUPPORTED: [(&str, Value); 3] =
-    [("use_ema", Value::Bool(false)), ("loss_scale_factor", Value::Null), ("gradient_accumulation_steps", Value::Null)];
+const OPTIMIZER_UNSUPPORTED: [(&str, Value); 2] =
+    [("loss_scale_factor", Value::Null), ("gradient_accumulation_steps", Value::Null)];
 
-fn parse_optimizer(v: &Value) -> std::result::Result<Optimizer, String> {
+pub(crate) fn parse_optimizer(v: &Value) -> std::result::Result<Optimizer, String> {
     let (class, c) = match v {
         Value::String(s) => return Optimizer::parse(s).map_err(|e| e.to_string()),
         other => (other["class_name"].as_str().unwrap_or(""), &other["config"]),
@@ -423,6 +423,13 @@ fn parse_optimizer(v: &Value) -> std::result::Result<Optimizer, String> {
             Rule::Lamb { beta_1: num("beta_1", 0.9), beta_2: num("beta_2", 0.999), epsilon: num("epsilon", 1e-7) }
         }
         "Adadelta" => Rule::Adadelta { rho: num("rho", 0.95), epsilon: num("epsilon", 1e-7) },
+        "Adafactor" => Rule::Adafactor {
+            beta_2_decay: num("beta_2_decay", -0.8),
+            epsilon_1: num("epsilon_1", 1e-30),
+            epsilon_2: num("epsilon_2", 1e-3),
+            clip_threshold: num("clip_threshold", 1.0),
+            relative_step: c["relative_step"].as_bool().unwrap_or(true),
+        },
         "Nadam" => {
             Rule::Nadam { beta_1: num("beta_1", 0.9), beta_2: num("beta_2", 0.999), epsilon: num("epsilon", 1e-7) }
         }
@@ -441,6 +448,16 @@ fn parse_optimizer(v: &Value) -> std::result::Result<Optimizer, String> {
     }
     if c["amsgrad"].as_bool() == Some(true) {
         optimizer = optimizer.with_amsgrad(true).map_err(|e| format!("optimizer {class}: {e}"))?;
+    }
+    if c["use_ema"].as_bool() == Some(true) {
+        let overwrite_frequency = match &c["ema_overwrite_frequency"] {
+            Value::Null => None,
+            f => Some(f.as_u64().ok_or_else(|| {
+                format!("optimizer {class}: ema_overwrite_frequency {f} is not an integer >= 1 or null")
+            })?),
+        };
+        let ema = crate::optimizers::Ema { momentum: num("ema_momentum", 0.99), overwrite_frequency };
+        optimizer = optimizer.with_ema(Some(ema)).map_err(|e| format!("optimizer {class}: {e}"))?;
     }
     Ok(match schedule {
         Some(s) => optimizer.with_schedule(s),
@@ -463,6 +480,7 @@ pub(crate) fn keras_optimizer_class(rule: Rule) -> (&'static str, &'static str) 
         Rule::Ftrl { .. } => ("Ftrl", "ftrl"),
         Rule::Adadelta { .. } => ("Adadelta", "adadelta"),
         Rule::Nadam { .. } => ("Nadam", "nadam"),
+        Rule::Adafactor { .. } => ("Adafactor", "adafactor"),
     }
 }
 
@@ -523,12 +541,25 @@ fn optimizer_json(o: &Optimizer) -> Value {
         Rule::Nadam { beta_1, beta_2, epsilon } => {
             json!({"beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon, "weight_decay": null})
         }
+        Rule::Adafactor { beta_2_decay, epsilon_1, epsilon_2, clip_threshold, relative_step } => json!({
+            "beta_2_decay": beta_2_decay,
+            "epsilon_1": epsilon_1,
+            "epsilon_2": epsilon_2,
+            "clip_threshold": clip_threshold,
+            "relative_step": relative_step,
+            "weight_decay": null
+        }),
     };
     if let Value::Object(m) = rule {
         config.extend(m);
     }
     if let Some(wd) = o.weight_decay() {
         config.insert("weight_decay".into(), json!(wd));
+    }
+    if let Some(ema) = o.ema() {
+        config.insert("use_ema".into(), json!(true));
+        config.insert("ema_momentum".into(), json!(ema.momentum));
+        config.insert("ema_overwrite_frequency".into(), json!(ema.overwrite_frequency));
     }
     json!({"module": "keras.optimizers", "class_name": class, "config": config, "registered_name": null})
 }

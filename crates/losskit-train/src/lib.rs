@@ -51,7 +51,7 @@ pub use layers::{ActivationLayer, Dense, Dropout, Flatten, Layer, Param, Rescali
 pub use losskit_kernels::threads::{keep_pool_awake, use_calling_thread, KeepAwake, ThreadPoolError};
 pub use model::{Model, Sequential, Stack};
 pub use nan::{human_number, Cause, CliDiagnosis, Diagnosis, Stage};
-pub use optimizers::{Clip, GradientCheck, Optimizer, OptimizerState, Rule};
+pub use optimizers::{Clip, Ema, GradientCheck, Optimizer, OptimizerState, Rule};
 pub use regularizers::Regularizer;
 pub use schedules::LearningRateSchedule;
 pub use train::{Fit, StepKind, StepPath, Targets};

@@ -1,5 +1,6 @@
 //! Optimizers with Keras 3's update rules and defaults: SGD (momentum, Nesterov), Adam,
-//! AdamW, RMSprop; each with `clipnorm`, `clipvalue` or `global_clipnorm`.
+//! AdamW, RMSprop, Adagrad, Adamax, Lion, Lamb, Ftrl, Adadelta, Nadam, Adafactor; each with
+//! `clipnorm`, `clipvalue` or `global_clipnorm`, `weight_decay` and `use_ema`.
 
 use crate::layers::Param;
 use crate::schedules::LearningRateSchedule;
@@ -110,6 +111,23 @@ pub enum Rule {
         /// `ε` (1e-7).
         epsilon: f64,
     },
+    /// Adafactor (Keras' form): factored second moments `r` (rows), `c` (columns) of a weight's
+    /// last two axes (`v = (r/mean r)·c`; a weight of rank < 2 keeps a full `v`),
+    /// `w ← w - max(ε₂, rms(w))·min(lr, 1/√t) · u/max(1, rms(u)/d)` with `u = g/√v` (see
+    /// `losskit_kernels::optim_rules::adafactor_update`).
+    Adafactor {
+        /// `beta_2_decay` (-0.8): `β₂ₜ = 1 - t^beta_2_decay`.
+        beta_2_decay: f64,
+        /// `epsilon_1` (1e-30), added to `g²`.
+        epsilon_1: f64,
+        /// `epsilon_2` (1e-3), the least weight RMS.
+        epsilon_2: f64,
+        /// `clip_threshold` `d` (1).
+        clip_threshold: f64,
+        /// `relative_step` (true): Keras caps the learning rate at `1/√t`, which its update
+        /// does in any case; kept for the config.
+        relative_step: bool,
+    },
     /// Adadelta: `a ← ρa + (1-ρ)g²`, `Δ = -√(d + ε)·g/√(a + ε)`, `d ← ρd + (1-ρ)Δ²`, `w ← w + lr·Δ`.
     Adadelta {
         /// `ρ` (0.95).
@@ -120,6 +138,15 @@ pub enum Rule {
 }
 
 impl Rule {
+    /// Keras' `Adafactor` defaults.
+    pub const ADAFACTOR_DEFAULTS: Rule = Rule::Adafactor {
+        beta_2_decay: -0.8,
+        epsilon_1: 1e-30,
+        epsilon_2: 1e-3,
+        clip_threshold: 1.0,
+        relative_step: true,
+    };
+
     /// Keras' `Ftrl` defaults.
     pub const FTRL_DEFAULTS: Rule = Rule::Ftrl {
         learning_rate_power: -0.5,
@@ -144,6 +171,19 @@ pub enum Clip {
     Value(f64),
 }
 
+/// Keras' `use_ema`: an exponential moving average of every weight, kept by the optimizer
+/// after each update (`a ← m·a + (1-m)·w`, `m` = 0 at the first update so that `a` starts at
+/// the weight), copied into the weights every `overwrite_frequency` updates when set, and at
+/// the end of `fit` ([`Optimizer::finalize_variable_values`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ema {
+    /// `ema_momentum` `m` (Keras' default 0.99), in `[0, 1]`.
+    pub momentum: f64,
+    /// `ema_overwrite_frequency`: the weights take the average after every this many updates
+    /// (Keras' default `None`: only at the end of training).
+    pub overwrite_frequency: Option<u64>,
+}
+
 #[derive(Debug, Clone, Default)]
 enum Slots {
     #[default]
@@ -163,6 +203,8 @@ pub struct Optimizer {
     weight_decay: Option<f64>,
     /// Adam's and AdamW's `amsgrad`: a third slot, the running maximum of `v`.
     amsgrad: bool,
+    /// Keras' `use_ema`: the average is each weight's last slot.
+    ema: Option<Ema>,
     /// Nadam's running product `Π u` and the step it was taken at (a cache: it follows from
     /// the step alone).
     nadam_product: Option<(u64, f64)>,
@@ -203,6 +245,7 @@ impl Optimizer {
             schedule: None,
             weight_decay: None,
             amsgrad: false,
+            ema: None,
             nadam_product: None,
             clip: Clip::None,
             iterations: 0,
@@ -238,6 +281,14 @@ impl Optimizer {
         Self::with_rule(rule, learning_rate)
     }
 
+    /// An optimizer from Keras' serialized form (`keras.optimizers.serialize`, as in a model
+    /// file's `compile_config`): `{"class_name": "Adafactor", "config": {...}}` with its
+    /// hyper-parameters, clipping, `weight_decay`, `amsgrad`, `use_ema` and a learning-rate
+    /// schedule, or a name as [`Optimizer::parse`]. Keras' defaults fill what is missing.
+    pub fn from_keras(config: &serde_json::Value) -> Result<Optimizer> {
+        crate::keras_model::parse_optimizer(config).map_err(Error::Config)
+    }
+
     /// An optimizer by Keras name with Keras' defaults: `"sgd"` (lr 0.01), `"adam"` (0.001),
     /// `"adamw"` (0.001), `"rmsprop"` (0.001). Case-insensitive.
     pub fn parse(name: &str) -> Result<Optimizer> {
@@ -250,13 +301,15 @@ impl Optimizer {
             "adamax" => Self::new(Rule::Adamax { beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7 }, 0.001),
             "lion" => Self::new(Rule::Lion { beta_1: 0.9, beta_2: 0.99 }, 0.001),
             "lamb" => Self::new(Rule::Lamb { beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7 }, 0.001),
+            "adafactor" => Self::new(Rule::ADAFACTOR_DEFAULTS, 0.001),
             "ftrl" => Self::new(Rule::FTRL_DEFAULTS, 0.001),
             "adadelta" => Self::new(Rule::Adadelta { rho: 0.95, epsilon: 1e-7 }, 0.001),
             "nadam" => Self::new(Rule::Nadam { beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7 }, 0.001),
             _ => Err(Error::UnknownName {
                 kind: "optimizer".into(),
                 name: name.into(),
-                suggestions: "sgd, adam, adamw, rmsprop, adagrad, adamax, lion, lamb, ftrl, adadelta, nadam".into(),
+                suggestions: "sgd, adam, adamw, rmsprop, adagrad, adamax, lion, lamb, ftrl, adadelta, nadam, adafactor"
+                    .into(),
             }),
         }
     }
@@ -336,6 +389,42 @@ impl Optimizer {
         self.amsgrad = on;
         Ok(self)
     }
+    /// Keras' `use_ema=True` with `ema_momentum` and `ema_overwrite_frequency` (see [`Ema`]);
+    /// `None` turns it off. An error when the momentum is outside `[0, 1]` or the frequency 0.
+    pub fn with_ema(mut self, ema: Option<Ema>) -> Result<Optimizer> {
+        if let Some(e) = ema {
+            if !(0.0..=1.0).contains(&e.momentum) {
+                return Err(invalid("ema_momentum", e.momentum, "a number in [0, 1]"));
+            }
+            if e.overwrite_frequency == Some(0) {
+                return Err(invalid("ema_overwrite_frequency", 0.0, "an integer >= 1 or None"));
+            }
+        }
+        self.ema = ema;
+        Ok(self)
+    }
+
+    /// Keras' `use_ema` settings, when on.
+    pub fn ema(&self) -> Option<Ema> {
+        self.ema
+    }
+
+    /// Keras' `finalize_variable_values` at the end of `fit`: with `use_ema`, each weight takes
+    /// its moving average (nothing before the first update, or without `use_ema`).
+    pub fn finalize_variable_values(&self, params: &mut [&mut Param]) -> Result<()> {
+        if self.ema.is_none() {
+            return Ok(());
+        }
+        let last = self.rule_slots();
+        let state = self.state();
+        for (p, slots) in params.iter_mut().zip(&state.slots) {
+            if let Some(average) = slots.get(last) {
+                p.value = average.clone().requires_grad();
+            }
+        }
+        Ok(())
+    }
+
     /// Whether Adam's `amsgrad` is on.
     pub fn amsgrad(&self) -> bool {
         self.amsgrad
@@ -419,8 +508,13 @@ impl Optimizer {
         s
     }
 
-    /// Slots per weight for this rule.
+    /// Slots per weight: the rule's, then the moving average with `use_ema`.
     pub(crate) fn slots_needed(&self) -> usize {
+        self.rule_slots() + usize::from(self.ema.is_some())
+    }
+
+    /// Slots per weight for this rule (without `use_ema`'s average).
+    pub(crate) fn rule_slots(&self) -> usize {
         match self.rule {
             Rule::Sgd { momentum, .. } => usize::from(momentum != 0.0),
             Rule::Adam { .. } | Rule::AdamW { .. } => 2 + usize::from(self.amsgrad),
@@ -431,7 +525,15 @@ impl Optimizer {
             | Rule::Nadam { .. }
             | Rule::Lamb { .. }
             | Rule::Ftrl { .. } => 2,
+            Rule::Adafactor { .. } => 3,
         }
+    }
+
+    /// The shape of slot `k` of a weight of shape `weight`: the weight's own, except
+    /// Adafactor's factored moments `r` (`weight[..-1]`) and `c` (`weight[..-2] ++ [last]`),
+    /// which are scalars for a weight of rank < 2 (as Keras keeps them).
+    pub(crate) fn slot_shape(&self, k: usize, weight: &[usize]) -> Vec<usize> {
+        slot_shape(self.rule, k, weight)
     }
 
     /// Applies one update: `grads[i]` is the gradient of `params[i]` (same shape and dtype).
@@ -517,6 +619,7 @@ impl Optimizer {
             Rule::Nadam { beta_1, beta_2, epsilon } => Some(self.nadam_constants::<T>(beta_1, beta_2, epsilon, step)),
             _ => None,
         };
+        let (ema, rule_slots) = (self.ema, self.rule_slots());
         let slots = T::slots(&mut self.slots);
         for (i, (g, s)) in grads.iter().zip(slots.iter_mut()).enumerate() {
             let factor = match self.clip {
@@ -532,10 +635,14 @@ impl Optimizer {
                 *slot = slot.as_standard_layout().into_owned();
             }
             let p = weights.weight_mut(i);
+            let (s, average) = s.split_at_mut(rule_slots);
             // In place when the weight's buffer is this handle's alone (the graph is gone).
             if let Some(w) = p.value.values_mut::<T>() {
                 decay(w, self.weight_decay, lr);
                 update(rule, lr, step, w, g.view(), gr, s);
+                if let Some(a) = average.first_mut() {
+                    ema_update(ema, step, w, a);
+                }
                 continue;
             }
             let value = std::mem::replace(&mut p.value, PLACEHOLDER.with(Tensor::clone));
@@ -548,6 +655,9 @@ impl Optimizer {
             let w_slice = w.as_slice_mut().expect(STANDARD);
             decay(w_slice, self.weight_decay, lr);
             update(rule, lr, step, w_slice, g.view(), gr, s);
+            if let Some(a) = average.first_mut() {
+                ema_update(ema, step, w_slice, a);
+            }
             p.value = Tensor::from_storage(T::wrap_shared(w)).requires_grad();
         }
         self.iterations = step;
@@ -592,18 +702,21 @@ impl Optimizer {
             _ => T::zero(),
         };
         let start = |k: usize| if k == 0 { first } else { T::zero() };
+        let rule = self.rule;
         let slots = T::slots(&mut self.slots);
         let count = weights.count();
         if slots.len() != count {
             *slots = (0..count)
                 .map(|i| {
-                    (0..slots_needed).map(|k| ArrayD::from_elem(weights.weight(i).value.shape(), start(k))).collect()
+                    let shape = weights.weight(i).value.shape();
+                    (0..slots_needed).map(|k| ArrayD::from_elem(slot_shape(rule, k, shape), start(k))).collect()
                 })
                 .collect();
         }
         let misfit = |i: usize, s: &Vec<ArrayD<T>>| {
             let p = weights.weight(i);
-            s.len() != slots_needed || s.iter().any(|a| a.shape() != p.value.shape())
+            s.len() != slots_needed
+                || s.iter().enumerate().any(|(k, a)| !slot_fits(rule, k, p.value.shape(), a.shape()))
         };
         if let Some(i) = slots.iter().enumerate().position(|(i, s)| misfit(i, s)) {
             let p = weights.weight(i);
@@ -785,6 +898,46 @@ fn decay<T: Element>(w: &mut [T], wd: Option<f64>, lr: T) {
     }
 }
 
+/// `use_ema`'s update after the rule's (`a ← m·a + (1-m)·w` with `m` in `T`, 0 at the
+/// first update), and the overwrite `w ← a` when this update's count is a multiple of
+/// the frequency. `average` is the weight's last slot.
+fn ema_update<T: Element>(ema: Option<Ema>, step: u64, w: &mut [T], average: &mut ArrayD<T>) {
+    let Some(ema) = ema else { return };
+    let m = if step == 1 { T::zero() } else { T::c(ema.momentum) };
+    let keep = T::one() - m;
+    let a = average.as_slice_mut().expect(STANDARD);
+    for (a, &w) in a.iter_mut().zip(w.iter()) {
+        *a = m * *a + keep * w;
+    }
+    if ema.overwrite_frequency.is_some_and(|f| step.is_multiple_of(f)) {
+        w.copy_from_slice(a);
+    }
+}
+
+/// [`Optimizer::slot_shape`] of `rule`.
+fn slot_shape(rule: Rule, k: usize, weight: &[usize]) -> Vec<usize> {
+    let rank = weight.len();
+    match (rule, k) {
+        (Rule::Adafactor { .. }, 0 | 1) if rank < 2 => Vec::new(),
+        (Rule::Adafactor { .. }, 0) => weight[..rank - 1].to_vec(),
+        (Rule::Adafactor { .. }, 1) => [&weight[..rank - 2], &weight[rank - 1..]].concat(),
+        _ => weight.to_vec(),
+    }
+}
+
+/// Whether `shape` is [`slot_shape`]`(rule, k, weight)` (checked every step: no allocation).
+fn slot_fits(rule: Rule, k: usize, weight: &[usize], shape: &[usize]) -> bool {
+    let rank = weight.len();
+    match (rule, k) {
+        (Rule::Adafactor { .. }, 0 | 1) if rank < 2 => shape.is_empty(),
+        (Rule::Adafactor { .. }, 0) => shape == &weight[..rank - 1],
+        (Rule::Adafactor { .. }, 1) => {
+            shape.len() == rank - 1 && shape[..rank - 2] == weight[..rank - 2] && shape[rank - 2] == weight[rank - 1]
+        }
+        _ => shape == weight,
+    }
+}
+
 /// What `update` expects of the weight and slot buffers (`apply_typed` makes them so).
 const STANDARD: &str = "standard-layout buffers";
 
@@ -872,6 +1025,23 @@ fn update<T: Element>(
             let avg = avg.first_mut().map(|a| a.as_slice_mut().expect(STANDARD));
             losskit_kernels::optim::rmsprop_update(w, gs, velocity.as_slice_mut().expect(STANDARD), mom, avg, step)
                 .expect("shapes checked in apply");
+        }
+        Rule::Adafactor { beta_2_decay, epsilon_1, epsilon_2, clip_threshold, .. } => {
+            let t = T::c(step as f64);
+            let a = losskit_kernels::optim_rules::Adafactor {
+                rho: lr.min(one / t.sqrt()),
+                beta_2_t: one - t.powf(T::c(beta_2_decay)),
+                epsilon_1: T::c(epsilon_1),
+                epsilon_2: T::c(epsilon_2),
+                clip_threshold: T::c(clip_threshold),
+            };
+            let [r, c, v] = s else { unreachable!("three slots") };
+            let slots = (
+                r.as_slice_mut().expect(STANDARD),
+                c.as_slice_mut().expect(STANDARD),
+                v.as_slice_mut().expect(STANDARD),
+            );
+            losskit_kernels::optim_rules::adafactor_update(w, gs, g.shape(), slots, a, gr.clip);
         }
         rule => {
             use losskit_kernels::optim_rules as rules;

@@ -52,7 +52,7 @@ fn keras_trained_archives_evaluate_and_predict_as_keras() {
     // layers make them the others' inputs).
     let raw_test =
         datasets::digits().unwrap().x.gather(0, &(120..200).collect::<Vec<_>>()).unwrap().reshape(&[80, 64]).unwrap();
-    for name in ["adam", "rmsprop_centered_momentum", "sgd_momentum_dropout", "preprocessing"] {
+    for name in ["adam", "rmsprop_centered_momentum", "sgd_momentum_dropout", "preprocessing", "adafactor_ema"] {
         let e = &exp[name];
         let x_test = if name == "preprocessing" { raw_test.clone() } else { scaled_test.clone() };
         let keras = load_keras_model(archives_dir().join(format!("{name}.keras"))).unwrap();
@@ -78,13 +78,13 @@ fn keras_trained_archives_evaluate_and_predict_as_keras() {
 }
 
 /// Training goes on from the archive's weights and optimizer state (Adam's moments and
-/// iteration count, RMSprop's three averages) as Keras' does: one more epoch's History and
-/// weights as Keras' to 1e-4.
+/// iteration count, RMSprop's three averages, Adafactor's factored moments with use_ema's
+/// averages) as Keras' does: one more epoch's History and weights as Keras' to 1e-4.
 #[test]
 fn training_continues_from_a_keras_archive_as_in_keras() {
     let exp = expected();
     let (x, y, _, _) = digits();
-    for name in ["adam", "rmsprop_centered_momentum"] {
+    for name in ["adam", "rmsprop_centered_momentum", "adafactor_ema"] {
         let e = &exp[name]["continued"];
         let keras = load_keras_model(archives_dir().join(format!("{name}.keras"))).unwrap();
         let mut model = keras.model;

@@ -44,6 +44,17 @@ static ALLOCATOR: Counting = Counting;
 /// the activations as `Activation` layers of their own (`"separate"`) or L1L2 and L2
 /// regularizers (`"regularized"`), or another loss on one-hot targets (`"focal"`: categorical
 /// focal cross-entropy, `"bce"`, `"mse"`, `"hinge"`: squared hinge) as `variant` says.
+/// An optimizer by name; `name+ema` with Keras' `use_ema` (overwriting every 3 steps).
+fn optimizer(name: &str) -> Optimizer {
+    match name.strip_suffix("+ema") {
+        Some(rule) => {
+            let ema = Ema { momentum: 0.99, overwrite_frequency: Some(3) };
+            Optimizer::parse(rule).unwrap().with_ema(Some(ema)).unwrap()
+        }
+        None => Optimizer::parse(name).unwrap(),
+    }
+}
+
 fn allocations_per_step(opt: &str, batch: usize, planned: bool, weighted: bool, variant: &str) -> Vec<usize> {
     allocations_per_distributed_step(opt, batch, planned, weighted, variant, 1)
 }
@@ -101,7 +112,7 @@ fn allocations_per_distributed_step(
         model
             .compile(
                 Compile::new()
-                    .optimizer(Optimizer::parse(opt).unwrap())
+                    .optimizer(optimizer(opt))
                     .loss(loss.clone())
                     .metrics(&["accuracy"])
                     .planned_step(Some(planned)),
@@ -182,6 +193,8 @@ fn a_warm_planned_step_allocates_nothing() {
         ("sgd", 64, true, "bce"),
         ("adam", 32, false, "mse"),
         ("rmsprop", 64, false, "hinge"),
+        ("adafactor", 64, false, "seed"),
+        ("adam+ema", 64, true, "seed"),
     ];
     for (opt, batch, weighted, variant) in cases {
         let planned = allocations_per_step(opt, batch, true, weighted, variant);

@@ -2,7 +2,7 @@
 //! class weights, custom losses, optimizers, weights files, summary, and bad input.
 
 use losskit::{Loss, Reduction, Tensor};
-use losskit_train::{datasets, Compile, Dense, Dropout, Fit, Flatten, Optimizer, Param, Sequential, Stack};
+use losskit_train::{datasets, Compile, Dense, Dropout, Ema, Fit, Flatten, Optimizer, Param, Rule, Sequential, Stack};
 use std::collections::BTreeMap;
 
 fn t(v: Vec<f32>, shape: &[usize]) -> Tensor {
@@ -257,7 +257,23 @@ fn optimizer_steps_by_hand() {
     // Names resolve with Keras' defaults; bad values are errors.
     assert_eq!(Optimizer::parse("sgd").unwrap().learning_rate(), 0.01);
     assert_eq!(Optimizer::parse("Adam").unwrap().learning_rate(), 0.001);
-    assert!(Optimizer::parse("adafactor").unwrap_err().to_string().contains("unknown optimizer"));
+    assert!(Optimizer::parse("muon").unwrap_err().to_string().contains("unknown optimizer"));
+    assert_eq!(Optimizer::parse("adafactor").unwrap().rule(), Rule::ADAFACTOR_DEFAULTS);
+    // Keras' use_ema: its range checks, and its serialized form read back.
+    let ema = |momentum, overwrite_frequency| Some(Ema { momentum, overwrite_frequency });
+    assert!(Optimizer::adam(0.01).unwrap().with_ema(ema(1.5, None)).is_err());
+    assert!(Optimizer::adam(0.01).unwrap().with_ema(ema(0.9, Some(0))).is_err());
+    let keras = serde_json::json!({"class_name": "Adafactor", "config": {
+        "learning_rate": 0.05, "use_ema": true, "ema_momentum": 0.9, "ema_overwrite_frequency": 4,
+        "clip_threshold": 0.5}});
+    let o = Optimizer::from_keras(&keras).unwrap();
+    assert_eq!(o.ema(), ema(0.9, Some(4)));
+    assert!(
+        matches!(o.rule(), Rule::Adafactor { clip_threshold, beta_2_decay, .. } if clip_threshold == 0.5 && beta_2_decay == -0.8)
+    );
+    let bad =
+        serde_json::json!({"class_name": "Adam", "config": {"use_ema": true, "ema_overwrite_frequency": "often"}});
+    assert!(Optimizer::from_keras(&bad).unwrap_err().to_string().contains("ema_overwrite_frequency"));
     assert!(Optimizer::sgd(-1.0).is_err());
     assert!(Optimizer::sgd(0.1).unwrap().clipnorm(0.0).is_err());
 }
@@ -593,8 +609,8 @@ fn unsupported_keras_layers_and_options_are_errors_naming_them() {
         ("\"seed\": null,\n     \"noise_shape\"", "\"seed\": 7,\n     \"noise_shape\"", "seed 7 is not supported"),
         (
             "\"class_name\": \"SGD\"",
-            "\"class_name\": \"Adafactor\"",
-            "\"Adafactor\" is not supported; supported: SGD, Adam, AdamW, RMSprop, Adagrad, Adamax, Lion, Lamb, Ftrl, Adadelta, Nadam",
+            "\"class_name\": \"Muon\"",
+            "\"Muon\" is not supported; supported: SGD, Adam, AdamW, RMSprop, Adagrad, Adamax, Lion, Lamb, Ftrl, Adadelta, Nadam, Adafactor",
         ),
         ("\"class_name\": \"GlorotUniform\"", "\"class_name\": \"Orthogonal\"", "\"Orthogonal\" is not supported"),
         ("\"kernel_constraint\": null", "\"kernel_constraint\": {\"class_name\": \"NonNeg\"}", "kernel_constraint"),

@@ -160,8 +160,12 @@ pub(crate) fn run_epoch(model: &mut Model, run: &mut FitLoop<'_, '_>) -> Result<
     Ok(())
 }
 
+/// Keras' `finalize_variable_values` (with `use_ema` the weights take their averages), then
 /// `on_train_end` for every callback, then the backup's deletion (training ended normally).
 pub(crate) fn end_training(model: &mut Model, run: &mut FitLoop<'_, '_>) -> Result<()> {
+    if model.compiled.as_ref().is_some_and(|c| c.optimizer.ema().is_some()) {
+        crate::train::update::with_optimizer(model, |opt, params| opt.finalize_variable_values(params))?;
+    }
     let last_logs = run.progress.last_logs.clone();
     for cb in run.callbacks.iter_mut() {
         cb.on_train_end(&last_logs, model)?;
