@@ -3,8 +3,9 @@
 use losskit::{Error, Result, Tensor};
 use std::fmt;
 
-/// A Keras activation, applied element-wise (softmax/log-softmax over the last axis).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// A Keras activation, applied element-wise (softmax, log-softmax, sparsemax and glu over the
+/// last axis).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Activation {
     /// `x` (Keras' `None`/`"linear"`).
     #[default]
@@ -61,14 +62,34 @@ pub enum Activation {
     SparseSigmoid,
     /// `(x + √(x² + 4))/2` (Keras' default `b = 4`).
     Squareplus,
+    /// `max(x - τ, 0)` over the last axis, with `τ` the threshold that makes each row sum to 1
+    /// (Keras' `sparsemax`): sparse probabilities. Gradient `dy - mean(dy over the support)`
+    /// on the support, 0 off it.
+    Sparsemax,
+    /// `a·σ(b)`, with `a` and `b` the first and second halves of the last axis (Keras' `glu`):
+    /// `(B, ..., 2n)` → `(B, ..., n)`; the last axis must be even.
+    Glu,
+    /// `x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))/2` (Keras' `gelu(x, approximate=True)`). No Keras
+    /// model file can name it (a config's `"gelu"` is the exact one): a model using it is not
+    /// written as Keras JSON.
+    GeluApproximate,
+    /// `x` where `x > threshold`, else `default_value` (Keras' `threshold`). Its arguments
+    /// have no place in a Keras model file: a model using it is not written as Keras JSON.
+    Threshold {
+        /// The value `x` must exceed to be kept.
+        threshold: f64,
+        /// What replaces `x` at or below the threshold.
+        default_value: f64,
+    },
 }
 
 const SELU_SCALE: f64 = 1.050_700_987_355_480_5;
 const SELU_ALPHA: f64 = 1.673_263_242_354_377_2;
 
 impl Activation {
-    /// All activations.
-    pub const ALL: [Activation; 27] = [
+    /// Every activation a Keras name selects (all but [`Activation::GeluApproximate`] and
+    /// [`Activation::Threshold`], which take arguments).
+    pub const ALL: [Activation; 29] = [
         Activation::Linear,
         Activation::Relu,
         Activation::Sigmoid,
@@ -96,7 +117,32 @@ impl Activation {
         Activation::SparsePlus,
         Activation::SparseSigmoid,
         Activation::Squareplus,
+        Activation::Sparsemax,
+        Activation::Glu,
     ];
+
+    /// Whether a Keras model file can name it (all but the two that take arguments).
+    pub fn has_keras_name(self) -> bool {
+        !matches!(self, Activation::GeluApproximate | Activation::Threshold { .. })
+    }
+
+    /// The shape of the activation's output for an input of shape `input`: the same, except
+    /// [`Activation::Glu`], which halves the last axis (an error when it is odd or missing).
+    pub fn output_shape(self, input: &[usize]) -> Result<Vec<usize>> {
+        let mut out = input.to_vec();
+        if self == Activation::Glu {
+            match out.last_mut() {
+                Some(d) if *d % 2 == 0 => *d /= 2,
+                _ => {
+                    return Err(Error::Shape {
+                        op: "glu".into(),
+                        msg: format!("glu splits the last axis in two halves: it must be even, got shape {input:?}"),
+                    })
+                }
+            }
+        }
+        Ok(out)
+    }
 
     /// Keras' name.
     pub fn name(self) -> &'static str {
@@ -128,6 +174,10 @@ impl Activation {
             Activation::SparsePlus => "sparse_plus",
             Activation::SparseSigmoid => "sparse_sigmoid",
             Activation::Squareplus => "squareplus",
+            Activation::Sparsemax => "sparsemax",
+            Activation::Glu => "glu",
+            Activation::GeluApproximate => "gelu_approximate",
+            Activation::Threshold { .. } => "threshold",
         }
     }
 
@@ -218,8 +268,43 @@ impl Activation {
                 Tensor::where_cond(&mask(&|v| v <= -1.0)?, &constant(0.0)?, &upper)
             }
             Activation::Squareplus => x.add(&x.square().add_scalar(4.0)?.sqrt())?.mul_scalar(0.5),
+            Activation::Sparsemax => sparsemax(x),
+            Activation::Glu => {
+                let n = Activation::Glu.output_shape(x.shape())?.last().copied().unwrap_or(0);
+                let (a, b) =
+                    (x.gather(-1, &(0..n).collect::<Vec<_>>())?, x.gather(-1, &(n..2 * n).collect::<Vec<_>>())?);
+                a.mul(&b.sigmoid())
+            }
+            Activation::GeluApproximate => {
+                let inner =
+                    x.add(&x.powf(3.0)?.mul_scalar(0.044715)?)?.mul_scalar((2.0 / std::f64::consts::PI).sqrt())?;
+                x.mul(&inner.tanh().add_scalar(1.0)?.mul_scalar(0.5)?)
+            }
+            Activation::Threshold { threshold, default_value } => {
+                Tensor::where_cond(&mask(&|v| v > threshold)?, x, &constant(default_value)?)
+            }
         }
     }
+}
+
+/// Sparsemax over the last axis: the support `S` of each row (where the projection onto the
+/// simplex is positive, from `losskit_kernels::sparsemax`) as a constant mask `m`, then
+/// `τ = (Σ m·x - 1)/Σ m` and `(x - τ)·m` on the tape, whose gradient is sparsemax's Jacobian.
+fn sparsemax(x: &Tensor) -> Result<Tensor> {
+    let n = x.shape().last().copied().unwrap_or(1).max(1);
+    let values = x.to_vec::<f64>();
+    let mut support = vec![0.0; values.len()];
+    let mut p = vec![0.0; n];
+    for (row, out) in values.chunks(n).zip(support.chunks_mut(n)) {
+        losskit_kernels::sparsemax(row, &mut p);
+        for (o, &q) in out.iter_mut().zip(&p) {
+            *o = f64::from(u8::from(q > 0.0));
+        }
+    }
+    let m = Tensor::from_vec(support, x.shape())?.to_dtype(x.dtype());
+    let count = m.sum(&[-1], true)?;
+    let tau = x.mul(&m)?.sum(&[-1], true)?.add_scalar(-1.0)?.div(&count)?;
+    x.sub(&tau)?.mul(&m)
 }
 
 /// A constant 0/1 tensor of `x`'s shape and dtype: 1 where `keep` holds.

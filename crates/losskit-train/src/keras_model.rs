@@ -12,6 +12,7 @@
 //! (clipnorm, clipvalue, global_clipnorm included), metric names and loss weights. Anything
 //! else is an error that names it and lists what is supported.
 
+use crate::activations::Activation;
 use crate::compile::Compile;
 use crate::initializers::Initializer;
 use crate::layers::{ActivationLayer, Dense, Dropout, Flatten, Layer, Rescaling, Reshape};
@@ -590,6 +591,12 @@ impl Model {
             let extra = crate::layers::builtin(layer.as_ref()).map(|l| l.keras_config()).ok_or_else(|| {
                 config_error(format!("to_json: the layer {} ({}) has no Keras form", layer.name(), layer.kind()))
             })?;
+            if let Some(a) = extra.get("activation").and_then(Value::as_str).filter(|a| Activation::parse(a).is_err()) {
+                return Err(config_error(format!(
+                    "to_json: the layer {} uses the activation {a}, which takes arguments a Keras model file cannot hold",
+                    layer.name()
+                )));
+            }
             let mut config = Map::new();
             config.insert("name".into(), json!(layer.name()));
             config.insert("trainable".into(), json!(true));

@@ -221,6 +221,12 @@ impl Dense {
         self.activation = Activation::parse(name)?;
         Ok(self)
     }
+    /// Sets the activation as a value: also those no Keras name selects
+    /// (`Activation::Threshold { .. }`, `Activation::GeluApproximate`).
+    pub fn with_activation(mut self, activation: Activation) -> Dense {
+        self.activation = activation;
+        self
+    }
     /// Whether to add a bias (default true).
     pub fn use_bias(mut self, on: bool) -> Dense {
         self.use_bias = on;
@@ -306,6 +312,7 @@ impl Layer for Dense {
         }
         let mut out = input.to_vec();
         *out.last_mut().expect("non-empty") = self.units;
+        let out = self.activation.output_shape(&out).map_err(|e| in_layer(&self.name, e))?;
         self.output = Some(out.clone());
         Ok(out)
     }
@@ -423,6 +430,15 @@ impl BuiltinLayer for Dense {
     }
 }
 
+/// A shape error re-attributed to the layer `name` (an activation's own check names the
+/// activation, the user knows the layer).
+fn in_layer(name: &str, e: Error) -> Error {
+    match e {
+        Error::Shape { op, msg } => Error::Shape { op: format!("{name} ({op})"), msg },
+        other => other,
+    }
+}
+
 /// A weight from `init`: from `seed`'s own generator when seeded, else from the model's.
 fn seeded_init(init: Initializer, seed: Option<u64>, shape: &[usize], dtype: DType, rng: &mut Rng) -> Result<Tensor> {
     let t = match seed {
@@ -447,15 +463,20 @@ impl ActivationLayer {
     }
     /// An activation layer by Keras name.
     pub fn new(name: &str) -> Result<ActivationLayer> {
-        Ok(ActivationLayer { name: "activation".into(), activation: Activation::parse(name)?, output: None })
+        Ok(ActivationLayer::of(Activation::parse(name)?))
+    }
+    /// An activation layer applying `activation` (also one no Keras name selects).
+    pub fn of(activation: Activation) -> ActivationLayer {
+        ActivationLayer { name: "activation".into(), activation, output: None }
     }
 }
 
 impl Layer for ActivationLayer {
     layer_identity!("Activation");
     fn build(&mut self, input: &[usize], _dtype: DType, _rng: &mut Rng) -> Result<Vec<usize>> {
-        self.output = Some(input.to_vec());
-        Ok(input.to_vec())
+        let out = self.activation.output_shape(input).map_err(|e| in_layer(&self.name, e))?;
+        self.output = Some(out.clone());
+        Ok(out)
     }
     fn forward(&self, x: &Tensor, _training: bool, _rng: &mut Rng) -> Result<Tensor> {
         self.activation.apply(x)
