@@ -60,6 +60,7 @@ mod tensor;
 pub use autodiff::{is_grad_enabled, no_grad, CustomOp, Gradients};
 pub use error::{Error, IoSource, Result};
 pub use fusion::unfused;
+pub use ops::activation::Elementwise;
 pub use ops::broadcast_shapes;
 pub use slices::DenseActivation;
 pub use storage::{DType, Element, Storage};

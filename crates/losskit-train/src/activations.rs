@@ -1,6 +1,7 @@
 //! Activation functions by Keras name.
 
 use losskit::{Error, Result, Tensor};
+use losskit_tensor::Elementwise;
 use std::fmt;
 
 /// A Keras activation, applied element-wise (softmax, log-softmax, sparsemax and glu over the
@@ -82,9 +83,6 @@ pub enum Activation {
         default_value: f64,
     },
 }
-
-const SELU_SCALE: f64 = 1.050_700_987_355_480_5;
-const SELU_ALPHA: f64 = 1.673_263_242_354_377_2;
 
 impl Activation {
     /// Every activation a Keras name selects (all but [`Activation::GeluApproximate`] and
@@ -212,62 +210,58 @@ impl Activation {
         }
     }
 
-    /// Applies the activation. The piecewise ones choose their piece with a constant mask of
-    /// `x`, so the gradient at a kink is the piece's JAX gives there (relu6: 0 at 0 and 6;
-    /// hard_tanh: 1 at ±1; leaky_relu: 1 at 0; the shrinks: 0 at ±0.5); NaN goes through.
+    /// The element-wise op computing it (value and derivative per element, shared by the tape
+    /// and the planned step), for all but linear, relu, sigmoid, tanh (fused into `Dense`
+    /// nodes: [`Activation::dense_activation`]) and the four over the last axis.
+    pub fn elementwise(self) -> Option<Elementwise> {
+        Some(match self {
+            Activation::Gelu => Elementwise::Gelu,
+            Activation::GeluApproximate => Elementwise::GeluApproximate,
+            Activation::Elu | Activation::Celu => Elementwise::Elu,
+            Activation::Selu => Elementwise::Selu,
+            Activation::Softplus => Elementwise::Softplus,
+            Activation::LeakyRelu => Elementwise::LeakyRelu,
+            Activation::Relu6 => Elementwise::Relu6,
+            Activation::Silu => Elementwise::Silu,
+            Activation::HardSigmoid => Elementwise::HardSigmoid,
+            Activation::HardSilu => Elementwise::HardSilu,
+            Activation::HardTanh => Elementwise::HardTanh,
+            Activation::HardShrink => Elementwise::HardShrink,
+            Activation::SoftShrink => Elementwise::SoftShrink,
+            Activation::TanhShrink => Elementwise::TanhShrink,
+            Activation::Softsign => Elementwise::Softsign,
+            Activation::Mish => Elementwise::Mish,
+            Activation::Exponential => Elementwise::Exponential,
+            Activation::LogSigmoid => Elementwise::LogSigmoid,
+            Activation::SparsePlus => Elementwise::SparsePlus,
+            Activation::SparseSigmoid => Elementwise::SparseSigmoid,
+            Activation::Squareplus => Elementwise::Squareplus,
+            Activation::Threshold { threshold, default_value } => Elementwise::Threshold { threshold, default_value },
+            Activation::Linear
+            | Activation::Relu
+            | Activation::Sigmoid
+            | Activation::Tanh
+            | Activation::Softmax
+            | Activation::LogSoftmax
+            | Activation::Sparsemax
+            | Activation::Glu => return None,
+        })
+    }
+
+    /// Applies the activation: one tape node each (the element-wise ones through
+    /// [`Activation::elementwise`], whose piecewise formulas take the piece JAX takes at a
+    /// kink: relu6 0 at 0 and 6, hard_tanh 1 at ±1, leaky_relu 1 at 0, the shrinks 0 at ±0.5);
+    /// NaN goes through.
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
-        let mask = |keep: &dyn Fn(f64) -> bool| mask(x, keep);
-        let constant = |c: f64| constant(x, c);
-        let positive = || mask(&|v| v > 0.0);
+        if let Some(kind) = self.elementwise() {
+            return Ok(x.elementwise(kind));
+        }
         match self {
-            Activation::Linear => Ok(x.clone()),
             Activation::Relu => Ok(x.relu()),
             Activation::Sigmoid => Ok(x.sigmoid()),
             Activation::Softmax => x.softmax(-1),
             Activation::Tanh => Ok(x.tanh()),
-            Activation::Gelu => {
-                x.mul(&x.mul_scalar(std::f64::consts::FRAC_1_SQRT_2)?.erf().add_scalar(1.0)?)?.mul_scalar(0.5)
-            }
-            Activation::Elu => Tensor::where_cond(&positive()?, x, &x.expm1()),
-            Activation::Selu => {
-                Tensor::where_cond(&positive()?, x, &x.expm1().mul_scalar(SELU_ALPHA)?)?.mul_scalar(SELU_SCALE)
-            }
-            Activation::Softplus => Ok(x.softplus()),
             Activation::LogSoftmax => x.log_softmax(-1),
-            Activation::LeakyRelu => Tensor::where_cond(&mask(&|v| v >= 0.0)?, x, &x.mul_scalar(0.2)?),
-            Activation::Relu6 => {
-                let high = Tensor::where_cond(&mask(&|v| v >= 6.0)?, &constant(6.0)?, &constant(0.0)?)?;
-                Tensor::where_cond(&mask(&|v| v > 0.0 && v < 6.0)?, x, &high)
-            }
-            Activation::Silu => x.mul(&x.sigmoid()),
-            Activation::HardSigmoid => hard_sigmoid(x),
-            Activation::HardSilu => x.mul(&hard_sigmoid(x)?),
-            Activation::HardTanh => {
-                let outside = Tensor::where_cond(&mask(&|v| v > 1.0)?, &constant(1.0)?, &constant(-1.0)?)?;
-                Tensor::where_cond(&mask(&|v| v.abs() <= 1.0)?, x, &outside)
-            }
-            Activation::HardShrink => Tensor::where_cond(&mask(&|v| v.abs() > 0.5)?, x, &constant(0.0)?),
-            Activation::SoftShrink => {
-                let low = Tensor::where_cond(&mask(&|v| v < -0.5)?, &x.add_scalar(0.5)?, &constant(0.0)?)?;
-                Tensor::where_cond(&mask(&|v| v > 0.5)?, &x.add_scalar(-0.5)?, &low)
-            }
-            Activation::TanhShrink => x.sub(&x.tanh()),
-            Activation::Softsign => x.div(&x.abs().add_scalar(1.0)?),
-            Activation::Mish => x.mul(&x.softplus().tanh()),
-            Activation::Exponential => Ok(x.exp()),
-            Activation::LogSigmoid => Ok(x.neg().softplus().neg()),
-            Activation::Celu => Tensor::where_cond(&positive()?, x, &x.expm1()),
-            Activation::SparsePlus => {
-                let middle = x.add_scalar(1.0)?.square().mul_scalar(0.25)?;
-                let upper = Tensor::where_cond(&mask(&|v| v >= 1.0)?, x, &middle)?;
-                Tensor::where_cond(&mask(&|v| v <= -1.0)?, &constant(0.0)?, &upper)
-            }
-            Activation::SparseSigmoid => {
-                let middle = x.add_scalar(1.0)?.mul_scalar(0.5)?;
-                let upper = Tensor::where_cond(&mask(&|v| v >= 1.0)?, &constant(1.0)?, &middle)?;
-                Tensor::where_cond(&mask(&|v| v <= -1.0)?, &constant(0.0)?, &upper)
-            }
-            Activation::Squareplus => x.add(&x.square().add_scalar(4.0)?.sqrt())?.mul_scalar(0.5),
             Activation::Sparsemax => sparsemax(x),
             Activation::Glu => {
                 let n = Activation::Glu.output_shape(x.shape())?.last().copied().unwrap_or(0);
@@ -275,14 +269,8 @@ impl Activation {
                     (x.gather(-1, &(0..n).collect::<Vec<_>>())?, x.gather(-1, &(n..2 * n).collect::<Vec<_>>())?);
                 a.mul(&b.sigmoid())
             }
-            Activation::GeluApproximate => {
-                let inner =
-                    x.add(&x.powf(3.0)?.mul_scalar(0.044715)?)?.mul_scalar((2.0 / std::f64::consts::PI).sqrt())?;
-                x.mul(&inner.tanh().add_scalar(1.0)?.mul_scalar(0.5)?)
-            }
-            Activation::Threshold { threshold, default_value } => {
-                Tensor::where_cond(&mask(&|v| v > threshold)?, x, &constant(default_value)?)
-            }
+            // Linear (the element-wise ones returned above).
+            _ => Ok(x.clone()),
         }
     }
 }
@@ -305,25 +293,6 @@ fn sparsemax(x: &Tensor) -> Result<Tensor> {
     let count = m.sum(&[-1], true)?;
     let tau = x.mul(&m)?.sum(&[-1], true)?.add_scalar(-1.0)?.div(&count)?;
     x.sub(&tau)?.mul(&m)
-}
-
-/// A constant 0/1 tensor of `x`'s shape and dtype: 1 where `keep` holds.
-fn mask(x: &Tensor, keep: &dyn Fn(f64) -> bool) -> Result<Tensor> {
-    let v: Vec<f64> = x.to_vec::<f64>().into_iter().map(|v| f64::from(u8::from(keep(v)))).collect();
-    Ok(Tensor::from_vec(v, x.shape())?.to_dtype(x.dtype()))
-}
-
-/// `c` in `x`'s shape and dtype, NaN where `x` is NaN (so NaN goes through every piece).
-fn constant(x: &Tensor, c: f64) -> Result<Tensor> {
-    let v: Vec<f64> = x.to_vec::<f64>().into_iter().map(|v| if v.is_nan() { v } else { c }).collect();
-    Ok(Tensor::from_vec(v, x.shape())?.to_dtype(x.dtype()))
-}
-
-/// The hard sigmoid `relu6(x + 3)/6`: `(x + 3)/6` strictly between -3 and 3, else 0 or 1.
-fn hard_sigmoid(x: &Tensor) -> Result<Tensor> {
-    let outside = Tensor::where_cond(&mask(x, &|v| v >= 3.0)?, &constant(x, 1.0)?, &constant(x, 0.0)?)?;
-    let inside = x.add_scalar(3.0)?.mul_scalar(1.0 / 6.0)?;
-    Tensor::where_cond(&mask(x, &|v| v > -3.0 && v < 3.0)?, &inside, &outside)
 }
 
 impl fmt::Display for Activation {

@@ -235,7 +235,7 @@ fn required_but_impossible_names_the_reason() {
     let x = inputs(8, &[3], DType::F32);
     let y = labels(&x, 2);
     let mut m = Sequential::new()
-        .add(Dense::new(4).activation("elu").unwrap())
+        .add(Dense::new(4).activation("sparsemax").unwrap())
         .add(Dense::new(2).activation("softmax").unwrap());
     m.compile(Compile::new().loss("sparse_categorical_crossentropy").planned_step(Some(true))).unwrap();
     let err = m.fit(&x, &y, Fit::new().verbose(0)).unwrap_err().to_string();
@@ -397,14 +397,14 @@ fn the_step_path_and_the_reasons_for_the_faster_paths_not_taken() {
     assert_eq!((p.kind, p.not_taken.clone()), (StepKind::Planned, vec![]), "{p}");
     assert_eq!(p.to_string(), "planned step");
 
-    let elu: &Build = &|| {
+    let glu: &Build = &|| {
         Sequential::new()
-            .add(Dense::new(8).activation("elu").unwrap())
+            .add(Dense::new(8).activation("glu").unwrap())
             .add(Dense::new(4).activation("softmax").unwrap())
     };
-    let p = path_of(elu, sparse());
+    let p = path_of(glu, sparse());
     assert_eq!(p.kind, StepKind::Tape, "{p}");
-    let why = "layer 1 `dense` (Dense) is not plannable: its activation elu has no planned form (linear, relu, sigmoid, tanh and softmax have)";
+    let why = "layer 1 `dense` (Dense) is not plannable: its activation glu has no planned form (every element-wise one and softmax have; log_softmax, sparsemax and glu do not)";
     assert_eq!(p.not_taken[0], (StepKind::Planned, why.to_string()));
     assert_eq!(p.not_taken[1].0, StepKind::FusedHead);
     assert!(p.not_taken[1].1.contains("not a linear Dense"), "{p}");
@@ -456,6 +456,41 @@ fn activation_layers_train_to_the_same_bits() {
         let fit = || Fit::new().epochs(2).batch_size(128).verbose(0).validation_split(0.1);
         same_on_both_paths(&format!("{act} {dtype}"), &with_layers(hidden, act, dtype), &compile, &x, &y, &fit);
         let mut m = with_layers(hidden, act, dtype)();
+        m.compile(compile()).unwrap();
+        m.fit(&x, &y, Fit::new().verbose(0)).unwrap();
+        assert_eq!(m.step_path().unwrap().kind, StepKind::Planned, "{act}");
+    }
+}
+
+/// Every element-wise activation (Keras' by name, gelu(approximate=True) and threshold as
+/// values), in a `Dense` layer and as an `Activation` layer, takes the planned step and trains
+/// to the tape's bits; f64 for a few, and a batch large enough for parallel pieces.
+#[test]
+fn every_elementwise_activation_trains_to_the_same_bits() {
+    let mut activations: Vec<Activation> = Activation::ALL.into_iter().filter(|a| a.elementwise().is_some()).collect();
+    activations.extend([Activation::GeluApproximate, Activation::Threshold { threshold: -0.1, default_value: 0.05 }]);
+    assert_eq!(activations.len(), 23);
+    let compile = || Compile::new().optimizer("adam").loss("sparse_categorical_crossentropy").metrics(&["accuracy"]);
+    for (i, act) in activations.into_iter().enumerate() {
+        let (dtype, n, hidden) = match i % 6 {
+            0 => (DType::F64, 60, 12),
+            1 => (DType::F32, 300, 300),
+            _ => (DType::F32, 60, 12),
+        };
+        let build = move || {
+            Sequential::new()
+                .seed(3)
+                .with_dtype(dtype)
+                .add(Dense::new(hidden).with_activation(act))
+                .add(Dense::new(10))
+                .add(ActivationLayer::of(act))
+                .add(Dense::new(4).activation("softmax").unwrap())
+        };
+        let x = inputs(n, &[5], dtype);
+        let y = labels(&x, 4);
+        let fit = || Fit::new().epochs(2).batch_size(128).verbose(0).validation_split(0.2);
+        same_on_both_paths(&format!("{act} {dtype}"), &build, &compile, &x, &y, &fit);
+        let mut m = build();
         m.compile(compile()).unwrap();
         m.fit(&x, &y, Fit::new().verbose(0)).unwrap();
         assert_eq!(m.step_path().unwrap().kind, StepKind::Planned, "{act}");

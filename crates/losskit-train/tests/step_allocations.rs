@@ -102,6 +102,13 @@ fn allocations_per_distributed_step(
                 .add(Dropout::new(0.2).unwrap())
                 .add(Dense::new(10))
                 .add(ActivationLayer::new("softmax").unwrap())
+        } else if variant == "elementwise" {
+            Sequential::new()
+                .add(Flatten::new())
+                .add(Dense::new(128).activation("gelu").unwrap())
+                .add(ActivationLayer::new("mish").unwrap())
+                .add(Dropout::new(0.2).unwrap())
+                .add(Dense::new(10).activation("softmax").unwrap())
         } else {
             Sequential::new()
                 .add(Flatten::new())
@@ -195,6 +202,7 @@ fn a_warm_planned_step_allocates_nothing() {
         ("rmsprop", 64, false, "hinge"),
         ("adafactor", 64, false, "seed"),
         ("adam+ema", 64, true, "seed"),
+        ("sgd", 64, false, "elementwise"),
     ];
     for (opt, batch, weighted, variant) in cases {
         let planned = allocations_per_step(opt, batch, true, weighted, variant);

@@ -16,6 +16,7 @@ macro_rules! collect {
     }};
 }
 
+pub(crate) mod activation;
 pub(crate) mod dense;
 mod elementwise;
 pub(crate) mod fused;

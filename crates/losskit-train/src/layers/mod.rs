@@ -6,7 +6,7 @@ use crate::initializers::Initializer;
 use crate::regularizers::Regularizer;
 use losskit::{DType, Error, Result, Tensor};
 use losskit_tensor::random::{self, Rng};
-use losskit_tensor::DenseActivation;
+use losskit_tensor::{DenseActivation, Elementwise};
 use std::any::Any;
 
 /// A trainable weight: its name inside the model (`"dense/kernel"`) and its current value (a
@@ -138,6 +138,11 @@ pub(crate) enum StepLayer {
     },
     /// An `Activation("softmax")` layer: a softmax over each sample's features.
     Softmax,
+    /// An `Activation` layer of an element-wise activation whose derivative needs its input.
+    Elementwise {
+        /// The activation.
+        kind: Elementwise,
+    },
     Dense {
         /// Features out.
         units: usize,
@@ -145,6 +150,8 @@ pub(crate) enum StepLayer {
         activation: DenseActivation,
         /// Whether a softmax over the units follows.
         softmax: bool,
+        /// An element-wise activation that follows (`activation` is then linear).
+        elementwise: Option<Elementwise>,
         /// Whether the layer has a bias (weight 1).
         bias: bool,
         /// The kernel's and the bias' regularizers.
@@ -394,15 +401,18 @@ impl BuiltinLayer for Dense {
     fn step_kind(&self) -> Option<StepLayer> {
         // Built (its kernel exists) or nothing to plan yet.
         self.kernel.as_ref()?;
-        let (activation, softmax) = match (self.activation.dense_activation(), self.activation) {
-            (Some(a), _) => (a, false),
-            (None, Activation::Softmax) => (DenseActivation::Linear, true),
-            _ => return None,
-        };
+        let (activation, softmax, elementwise) =
+            match (self.activation.dense_activation(), self.activation.elementwise(), self.activation) {
+                (Some(a), _, _) => (a, false, None),
+                (None, Some(kind), _) => (DenseActivation::Linear, false, Some(kind)),
+                (None, None, Activation::Softmax) => (DenseActivation::Linear, true, None),
+                _ => return None,
+            };
         Some(StepLayer::Dense {
             units: self.units,
             activation,
             softmax,
+            elementwise,
             bias: self.bias.is_some(),
             regularizers: [self.kernel_regularizer, self.bias_regularizer.filter(|_| self.bias.is_some())],
         })
@@ -485,9 +495,10 @@ impl Layer for ActivationLayer {
 
 impl BuiltinLayer for ActivationLayer {
     fn step_kind(&self) -> Option<StepLayer> {
-        match (self.activation.dense_activation(), self.activation) {
-            (Some(activation), _) => Some(StepLayer::Activation { activation }),
-            (None, Activation::Softmax) => Some(StepLayer::Softmax),
+        match (self.activation.dense_activation(), self.activation.elementwise(), self.activation) {
+            (Some(activation), _, _) => Some(StepLayer::Activation { activation }),
+            (None, Some(kind), _) => Some(StepLayer::Elementwise { kind }),
+            (None, None, Activation::Softmax) => Some(StepLayer::Softmax),
             _ => None,
         }
     }

@@ -29,8 +29,8 @@ use crate::regularizers::Regularizer;
 use losskit::{DType, Reduction, Result, RowLoss, Tensor};
 use losskit_tensor::random::{self, Rng};
 use losskit_tensor::slices::{self, DenseGrads, DenseShape};
-use losskit_tensor::DenseActivation;
 use losskit_tensor::Element;
+use losskit_tensor::{DenseActivation, Elementwise};
 
 mod shard;
 
@@ -54,6 +54,9 @@ enum Stage {
     Dropout { rate: f64, cols: usize },
     /// An activation on its own (an `Activation` layer) on rows of `cols` values.
     Activation { activation: DenseActivation, cols: usize },
+    /// An element-wise activation whose derivative reads its input (an `Activation` layer, or
+    /// the one of a `Dense` layer) on rows of `cols` values.
+    Elementwise { kind: Elementwise, cols: usize },
     /// `x·scale + offset` (a `Rescaling` layer) on rows of `cols` values.
     Rescale { scale: f64, offset: f64, cols: usize },
 }
@@ -66,6 +69,7 @@ impl Stage {
             Stage::Softmax { cols }
             | Stage::Dropout { cols, .. }
             | Stage::Activation { cols, .. }
+            | Stage::Elementwise { cols, .. }
             | Stage::Rescale { cols, .. } => cols,
         }
     }
@@ -263,11 +267,17 @@ impl StepPlan {
                     stages.push(Stage::Activation { activation, cols: flat(&shape, l.as_ref())? })
                 }
                 StepLayer::Softmax => stages.push(Stage::Softmax { cols: flat(&shape, l.as_ref())? }),
-                StepLayer::Dense { units, activation, softmax, bias, regularizers } => {
+                StepLayer::Elementwise { kind } => {
+                    stages.push(Stage::Elementwise { kind, cols: flat(&shape, l.as_ref())? })
+                }
+                StepLayer::Dense { units, activation, softmax, elementwise, bias, regularizers } => {
                     let inputs = flat(&shape, l.as_ref())?;
                     stages.push(Stage::Dense { layer, weight, shape: (inputs, units), activation, bias, regularizers });
                     if softmax {
                         stages.push(Stage::Softmax { cols: units });
+                    }
+                    if let Some(kind) = elementwise {
+                        stages.push(Stage::Elementwise { kind, cols: units });
                     }
                     shape = vec![units];
                 }
@@ -481,7 +491,7 @@ impl StepPlan {
     }
 }
 
-/// Why a layer has no planned form, in words (`": its activation elu has none"`), where known.
+/// Why a layer has no planned form, in words (`": its activation glu has none"`), where known.
 fn why_not(l: &dyn Layer) -> String {
     let any: &dyn std::any::Any = l;
     let activation = any
@@ -490,7 +500,10 @@ fn why_not(l: &dyn Layer) -> String {
         .or_else(|| any.downcast_ref::<crate::ActivationLayer>().map(crate::ActivationLayer::activation));
     match activation {
         Some(a) => {
-            format!(": its activation {} has no planned form (linear, relu, sigmoid, tanh and softmax have)", a.name())
+            format!(
+                ": its activation {} has no planned form (every element-wise one and softmax have; log_softmax, sparsemax and glu do not)",
+                a.name()
+            )
         }
         None if builtin(l).is_none() => ": a layer of your own trains through the tape".into(),
         None => String::new(),
@@ -578,6 +591,7 @@ fn forward<T: Element>(
             }
             Stage::Softmax { cols } => slices::softmax_forward(input, cols, out),
             Stage::Activation { activation, cols } => slices::activation_forward(input, cols, activation, out),
+            Stage::Elementwise { kind, .. } => slices::elementwise_forward(input, kind, out),
             Stage::Rescale { scale, offset, .. } => {
                 // As the tape's `x.mul_scalar(scale)` then, when not 0, `.add_scalar(offset)`.
                 let (s, o) = (T::c(scale), T::c(offset));
@@ -802,6 +816,11 @@ fn backward<T: Element>(
             }
             Stage::Activation { activation, .. } => {
                 slices::activation_backward_in_place(out, g, activation);
+                pass_down(before, &mut from_here[0], i > first_trained);
+            }
+            Stage::Elementwise { kind, .. } => {
+                let x = if i == 0 { read::<T>(&b.x) } else { read::<T>(&b.outs[i - 1]) };
+                slices::elementwise_backward_in_place(x, g, kind);
                 pass_down(before, &mut from_here[0], i > first_trained);
             }
         }
