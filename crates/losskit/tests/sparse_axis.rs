@@ -1,5 +1,5 @@
 //! SparseCategoricalCrossentropy with the class axis not last (Keras on torch's `axis`):
-//! values and gradients against Keras' loss on the moved axis (conformance/gen_axis_vectors.py).
+//! values and gradients against Keras on torch, which takes `axis` (conformance/gen_axis_vectors.py).
 
 use losskit::{Loss, SparseCategoricalCrossentropy, Tensor};
 use serde_json::Value;
