@@ -497,6 +497,61 @@ fn every_elementwise_activation_trains_to_the_same_bits() {
     }
 }
 
+/// One output with a loss weight (`Compile::loss_weights(&[w])`): the loss and its gradient
+/// times `w` as the tape's `L·w`, for row-kernel losses (small and large outputs, weighted
+/// samples, a regularizer) and one through the small tape; the tape's bits.
+#[test]
+fn a_loss_weight_on_one_output_trains_to_the_same_bits() {
+    let compile = |loss: &'static str, w: f64| move || Compile::new().optimizer("adam").loss(loss).loss_weights(&[w]);
+    let closure = || {
+        Compile::new()
+            .optimizer("sgd")
+            .loss_fn("softmax_mse", |t: &Tensor, p: &Tensor| t.sub(p)?.square().mean(&[-1], false))
+            .loss_weights(&[0.3])
+    };
+    let x = inputs(90, &[6], DType::F32);
+    let y = labels(&x, 7);
+    let one_hot7 = one_hot(&y, 7);
+    let w = Tensor::from_vec((0..90).map(|i| [0.5f32, 2.0, 1.0][i % 3]).collect::<Vec<_>>(), &[90]).unwrap();
+    let small = || {
+        Sequential::new()
+            .seed(2)
+            .add(Dense::new(10).activation("relu").unwrap().kernel_regularizer(Regularizer::L2(1e-3)))
+            .add(Dense::new(7).activation("softmax").unwrap())
+    };
+    let large = || Sequential::new().seed(2).add(Dense::new(3000).activation("softmax").unwrap());
+    type Case<'a> = (&'a str, Box<Build>, Box<dyn Fn() -> Compile>, &'a Tensor, bool);
+    let cases: Vec<Case> = vec![
+        ("sparse CE 0.5", Box::new(small), Box::new(compile("sparse_categorical_crossentropy", 0.5)), &y, false),
+        (
+            "sparse CE 2.5 weighted",
+            Box::new(small),
+            Box::new(compile("sparse_categorical_crossentropy", 2.5)),
+            &y,
+            true,
+        ),
+        ("mse 0.7", Box::new(small), Box::new(compile("mean_squared_error", 0.7)), &one_hot7, false),
+        ("large output 1.5", Box::new(large), Box::new(compile("sparse_categorical_crossentropy", 1.5)), &y, false),
+        ("closure 0.3", Box::new(small), Box::new(closure), &one_hot7, false),
+    ];
+    for (what, build, compile, targets, weighted) in cases {
+        let w = w.clone();
+        let fit = move || {
+            let f = Fit::new().epochs(2).batch_size(32).verbose(0).validation_split(0.2);
+            if weighted {
+                f.sample_weight(w.clone())
+            } else {
+                f
+            }
+        };
+        same_on_both_paths(what, &*build, &*compile, &x, targets, &fit);
+        let mut m = build();
+        m.compile(compile()).unwrap();
+        m.fit(&x, targets, Fit::new().verbose(0)).unwrap();
+        assert_eq!(m.step_path().unwrap().kind, StepKind::Planned, "{what}");
+    }
+}
+
 /// Kernel and bias regularizers (L1, L2, L1L2) take the planned step: the penalty in the loss
 /// (training, validation and evaluation), its gradient added to the weights', the tape's bits.
 #[test]

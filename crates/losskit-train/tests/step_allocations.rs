@@ -116,15 +116,13 @@ fn allocations_per_distributed_step(
                 .add(Dropout::new(0.2).unwrap())
                 .add(Dense::new(10).activation("softmax").unwrap())
         };
-        model
-            .compile(
-                Compile::new()
-                    .optimizer(optimizer(opt))
-                    .loss(loss.clone())
-                    .metrics(&["accuracy"])
-                    .planned_step(Some(planned)),
-            )
-            .unwrap();
+        let compile = Compile::new()
+            .optimizer(optimizer(opt))
+            .loss(loss.clone())
+            .metrics(&["accuracy"])
+            .planned_step(Some(planned));
+        let compile = if variant == "loss_weight" { compile.loss_weights(&[0.5]) } else { compile };
+        model.compile(compile).unwrap();
         model
     };
     let marks = Arc::new(Mutex::new(Vec::with_capacity(2 * rows / batch + 2)));
@@ -203,6 +201,7 @@ fn a_warm_planned_step_allocates_nothing() {
         ("adafactor", 64, false, "seed"),
         ("adam+ema", 64, true, "seed"),
         ("sgd", 64, false, "elementwise"),
+        ("adam", 64, true, "loss_weight"),
     ];
     for (opt, batch, weighted, variant) in cases {
         let planned = allocations_per_step(opt, batch, true, weighted, variant);

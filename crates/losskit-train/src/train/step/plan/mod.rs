@@ -144,6 +144,9 @@ pub(crate) struct StepPlan {
     reduce: Reduce,
     /// How the loss and `∂L/∂output` are computed.
     loss_path: LossPath,
+    /// The output's loss weight (`Compile::loss_weights`), when it has one: the loss and its
+    /// gradient times it, as the tape's `L·w`.
+    loss_weight: Option<f64>,
     /// One set per batch size seen (at most two in a run: the batch size and the last batch).
     buffers: Vec<Buffers>,
     /// Each weight's gradient, in weight order.
@@ -184,6 +187,7 @@ impl StepPlan {
             stages,
             reduce: Reduce { divides: true, weighted: false, by_weight_sum: false },
             loss_path: LossPath::Kernel,
+            loss_weight: None,
             buffers: Vec::new(),
             weight_grads: Vec::new(),
             sum_squares: Vec::new(),
@@ -201,9 +205,10 @@ impl StepPlan {
     /// ([`LossPath::Tape`]).
     fn fit_loss(&mut self, model: &crate::Model, y: &Tensor) -> std::result::Result<(), String> {
         let compiled = model.compiled.as_ref().ok_or("not compiled")?;
-        if compiled.losses.len() != 1 || compiled.loss_weights.iter().any(Option::is_some) {
-            return Err("more than one loss, or a loss weight".into());
+        if compiled.losses.len() != 1 {
+            return Err("more than one loss".into());
         }
+        self.loss_weight = compiled.loss_weights.first().copied().flatten();
         let loss = &compiled.losses[0];
         if loss.reduction() == Reduction::None {
             return Err("the loss is not reduced".into());
@@ -400,7 +405,11 @@ impl StepPlan {
                 let kernel = self.targets::<T>(model, set)?;
                 loss_value::<T>(kernel, self.reduce, &mut self.buffers[set])?
             }
-            LossPath::Tape => tape_loss::<T>(model, self.reduce, &mut self.buffers[set], false)?,
+            LossPath::Tape => tape_loss::<T>(model, self.reduce, self.loss_weight, &mut self.buffers[set], false)?,
+        };
+        let loss = match (self.loss_weight, self.loss_path) {
+            (Some(w), LossPath::Kernel) => weighted::<T>(loss, w, None),
+            _ => loss,
         };
         Ok(Some(with_penalty::<T>(loss, &self.stages, &model.trunk, None)))
     }
@@ -469,7 +478,14 @@ impl StepPlan {
                 let kernel = self.targets::<T>(model, set)?;
                 loss_and_gradient::<T>(kernel, self.reduce, &mut self.buffers[set])?
             }
-            LossPath::Tape => tape_loss::<T>(model, self.reduce, &mut self.buffers[set], true)?,
+            LossPath::Tape => tape_loss::<T>(model, self.reduce, self.loss_weight, &mut self.buffers[set], true)?,
+        };
+        let loss = match (self.loss_weight, self.loss_path) {
+            (Some(w), LossPath::Kernel) => {
+                let b = &mut self.buffers[set];
+                weighted::<T>(loss, w, Some(buf::<T>(b.grads.last_mut().expect("a stage at least"))))
+            }
+            _ => loss,
         };
         let b = &mut self.buffers[set];
         backward::<T>(&self.stages, self.first_trained, &model.trunk, b, &mut self.weight_grads)?;
@@ -681,16 +697,38 @@ fn loss_value<T: Element>(kernel: RowLoss<'_>, reduce: Reduce, b: &mut Buffers) 
     Ok(loss.to_f64().unwrap_or(f64::NAN))
 }
 
+/// A loss weight on a row kernel's loss, as the tape's `L·w` (in `T`) and its backward
+/// (`∂L/∂output` times `w` in `T`, the kernel node's scaling by its upstream): the weighted loss,
+/// and the gradient in `grad` scaled in place when given.
+fn weighted<T: Element>(loss: f64, w: f64, grad: Option<&mut [T]>) -> f64 {
+    let w = T::c(w);
+    if let Some(g) = grad {
+        g.iter_mut().for_each(|v| *v = *v * w);
+    }
+    (T::c(loss) * w).to_f64().unwrap_or(f64::NAN)
+}
+
 /// Step 3 for a loss with no row kernel ([`LossPath::Tape`]): the compiled loss called on the
-/// batch's targets, the model's output (a leaf of a fresh tape) and the sample weights, as the
-/// tape's step calls it; with `gradient`, `∂L/∂output` from its backward pass into the last
-/// stage's gradient buffer. The reduced loss.
-fn tape_loss<T: Element>(model: &crate::Model, reduce: Reduce, b: &mut Buffers, gradient: bool) -> Result<f64> {
+/// batch's targets, the model's output (a leaf of a fresh tape) and the sample weights, times
+/// the output's loss weight when it has one, as the tape's step calls it; with `gradient`,
+/// `∂L/∂output` from its backward pass into the last stage's gradient buffer. The reduced
+/// (weighted) loss.
+fn tape_loss<T: Element>(
+    model: &crate::Model,
+    reduce: Reduce,
+    loss_weight: Option<f64>,
+    b: &mut Buffers,
+    gradient: bool,
+) -> Result<f64> {
     let loss = &model.compiled.as_ref().expect("checked in new").losses[0];
     let last = b.outs.len() - 1;
     let out = b.outs[last].clone();
     let out = if gradient { out.requires_grad() } else { out };
     let value = loss.call(&b.y, &out, reduce.weighted.then_some(&b.w))?;
+    let value = match loss_weight {
+        Some(w) => value.mul_scalar(w)?,
+        None => value,
+    };
     let scalar = value.to_scalar()?;
     if gradient {
         let mut grads = value.backward()?;

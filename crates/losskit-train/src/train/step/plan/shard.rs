@@ -18,9 +18,10 @@ impl StepPlan {
     /// Whether the data-parallel step can run through this plan (a loss with a row kernel), or
     /// why not.
     pub(crate) fn shardable(&self) -> std::result::Result<(), String> {
-        match self.loss_path {
-            LossPath::Kernel => Ok(()),
-            LossPath::Tape => Err("the loss has no row kernel".into()),
+        match (self.loss_path, self.loss_weight) {
+            (LossPath::Kernel, None) => Ok(()),
+            (LossPath::Kernel, Some(_)) => Err("the output has a loss weight".into()),
+            (LossPath::Tape, _) => Err("the loss has no row kernel".into()),
         }
     }
 
