@@ -471,17 +471,19 @@ fn checkpoints_and_lambda_callbacks() {
     assert!(err.to_string().contains("\"val_loss\" is not in the logs"), "{err}");
 }
 
-/// Dropout (the model's generator) and Adam (optimizer slots), so a resume has state to restore.
-fn resumable_model(units: usize) -> Model {
+/// Dropout (the model's generator) and Adam (optimizer slots; with `ema`, Keras' `use_ema`
+/// averages overwriting the weights every 5 updates), so a resume has state to restore.
+fn resumable_model(units: usize, ema: bool) -> Model {
     let mut m = Sequential::new()
         .seed(5)
         .add(Dense::new(units).activation("relu").unwrap())
         .add(Dropout::new(0.3).unwrap())
         .add(Dense::new(1).activation("sigmoid").unwrap());
-    m.compile(
-        Compile::new().optimizer(Optimizer::adam(0.05).unwrap()).loss("binary_crossentropy").metrics(&["accuracy"]),
-    )
-    .unwrap();
+    let mut adam = Optimizer::adam(0.05).unwrap();
+    if ema {
+        adam = adam.with_ema(Some(Ema { momentum: 0.9, overwrite_frequency: Some(5) })).unwrap();
+    }
+    m.compile(Compile::new().optimizer(adam).loss("binary_crossentropy").metrics(&["accuracy"])).unwrap();
     m
 }
 
@@ -493,11 +495,13 @@ struct BackedUp {
     units: usize,
     batch_size: usize,
     keep_backup: bool,
+    /// Keras' `use_ema` on the optimizer.
+    ema: bool,
 }
 
 impl Default for BackedUp {
     fn default() -> Self {
-        BackedUp { freq: SaveFreq::Epoch, crash: None, units: 8, batch_size: 4, keep_backup: true }
+        BackedUp { freq: SaveFreq::Epoch, crash: None, units: 8, batch_size: 4, keep_backup: true, ema: false }
     }
 }
 
@@ -515,7 +519,7 @@ fn backed_up_run(dir: &std::path::Path, setup: &BackedUp) -> Result<Finished> {
 fn backed_up_worker(dir: &std::path::Path, setup: &BackedUp, group: Option<&ThreadGroup>) -> Result<Finished> {
     let chief = group.is_none_or(|g| g.rank() == 0);
     let (x, y) = data(40);
-    let mut m = resumable_model(setup.units);
+    let mut m = resumable_model(setup.units, setup.ema);
     let mut csv = CsvLogger::new(dir.join("history.csv"));
     let mut tb = TensorBoard::new(dir.join("logs"));
     let mut early = EarlyStopping::new("val_loss").patience(100).restore_best_weights(true);
@@ -582,6 +586,26 @@ fn backup_and_restore_resumes_bitwise_after_a_crash() {
         assert_eq!(scalars(dir.path()), scalars(reference.path()), "{freq:?}");
         assert_eq!(m.optimizer_mut().unwrap().iterations(), 6 * 8);
     }
+}
+
+/// With Keras' `use_ema`, the averages are optimizer slots: backed up, restored, and the resumed
+/// run ends on the uninterrupted run's bits (the final weights are the averages).
+#[test]
+fn backup_and_restore_resumes_use_ema_bitwise() {
+    let ema = BackedUp { ema: true, freq: SaveFreq::Batches(3), ..Default::default() };
+    let reference = tempfile::tempdir().unwrap();
+    let (m_ref, h_ref, _) = backed_up_run(reference.path(), &ema).unwrap();
+    let plain = tempfile::tempdir().unwrap();
+    let (m_plain, ..) =
+        backed_up_run(plain.path(), &BackedUp { freq: SaveFreq::Batches(3), ..Default::default() }).unwrap();
+    assert_ne!(weight_bits(&m_ref), weight_bits(&m_plain), "the averages are the final weights");
+    let dir = tempfile::tempdir().unwrap();
+    let err = backed_up_run(dir.path(), &BackedUp { crash: Some((2, 5)), ..ema }).err().expect("the crash").to_string();
+    assert!(err.contains("simulated crash"), "{err}");
+    let (m, h, from) = backed_up_run(dir.path(), &ema).unwrap();
+    assert_eq!(from, Some((2, 5)));
+    assert_eq!(weight_bits(&m), weight_bits(&m_ref), "weights differ after the resume");
+    assert_eq!(h, h_ref, "history differs after the resume");
 }
 
 /// `work` on each worker of a new ThreadGroup of `workers`; each worker's result.
@@ -651,7 +675,7 @@ fn workers_without_the_same_backup_callback_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let errs = on_workers(2, |g| {
         let (x, y) = data(40);
-        let mut m = resumable_model(8);
+        let mut m = resumable_model(8, false);
         let mut backup = BackupAndRestore::new(dir.path().join("backup"));
         let mut fit = Fit::new().epochs(1).verbose(0).distribute(g);
         if g.rank() == 0 {
@@ -707,7 +731,7 @@ fn damaged_or_foreign_backups_are_clear_errors() {
     std::fs::write(&file, &edited).unwrap();
     expect_error(&BackedUp::default(), &["version \"7\"", "reads version 1"]);
     // Not a backup at all: a weights file.
-    let mut m = resumable_model(8);
+    let mut m = resumable_model(8, false);
     m.fit(&data(40).0, &data(40).1, Fit::new().verbose(0)).unwrap();
     m.save_weights(&file).unwrap();
     expect_error(&BackedUp::default(), &["not a losskit backup"]);
