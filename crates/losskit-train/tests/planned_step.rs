@@ -892,3 +892,117 @@ fn rescaling_and_reshape_layers_train_to_the_same_bits() {
     let fit = || Fit::new().epochs(2).batch_size(16).verbose(0).validation_split(0.25);
     same_on_both_paths("rescaling and reshape", &build, &compile, &x, &y, &fit);
 }
+
+/// `mean(|t - p|³)` over the last axis: a loss with no row kernel.
+fn cubed(t: &Tensor, p: &Tensor) -> losskit::Result<Tensor> {
+    t.sub(p)?.abs().powf(3.0)?.mean(&[-1], false)
+}
+
+/// A run of a model with heads on `targets` (one per output) through the planned step or the
+/// tape's; with `weighted`, sample weights.
+fn run_heads(
+    build: &Build,
+    compile: &dyn Fn() -> Compile,
+    x: &Tensor,
+    targets: &[(&str, Tensor)],
+    planned: bool,
+) -> Outcome {
+    let mut m = build();
+    m.compile(compile().planned_step(Some(planned))).unwrap();
+    let n = x.shape()[0];
+    let w = Tensor::from_vec((0..n).map(|i| [0.5f32, 2.0, 1.0, 1.5][i % 4]).collect::<Vec<_>>(), &[n]).unwrap();
+    let y: Vec<(&str, Tensor)> = targets.to_vec();
+    let fit = Fit::new().epochs(2).batch_size(16).verbose(0).validation_split(0.2).sample_weight(w);
+    let outcome = m.fit(x, y, fit);
+    assert_eq!(
+        m.step_path().unwrap().kind,
+        if planned { StepKind::Planned } else { StepKind::Tape },
+        "{:?}",
+        m.step_path()
+    );
+    let weights =
+        m.get_weights().iter().map(|(_, t)| t.to_vec::<f64>().iter().map(|v| v.to_bits()).collect()).collect();
+    match outcome {
+        Ok(h) => {
+            let hist = h.history.iter().map(|(k, v)| (k.clone(), v.iter().map(|v| v.to_bits()).collect())).collect();
+            (weights, hist, None)
+        }
+        Err(e) => (weights, Vec::new(), Some(e.to_string())),
+    }
+}
+
+/// Several outputs (a trunk and named heads) with loss weights, sample weights, dropout in the
+/// trunk and a head, a regularized head, element-wise activations, a row-kernel loss per head
+/// or one through a small tape: the planned step gives the tape's weights and History (each
+/// output's loss and metrics), bit for bit, with 2 and 3 heads; allocation-free
+/// (`tests/step_allocations.rs`).
+#[test]
+fn several_outputs_train_to_the_same_bits() {
+    let x = inputs(70, &[6], DType::F32);
+    let y = labels(&x, 4);
+    let one_hot4 = one_hot(&y, 4);
+    let reg: Vec<f32> = x.to_vec::<f32>().chunks(6).map(|r| r[0] * 0.5 + r[1]).collect();
+    let reg = Tensor::from_vec(reg, &[70, 1]).unwrap();
+    let three = || {
+        Sequential::new()
+            .seed(11)
+            .add(Dense::new(12).activation("relu").unwrap())
+            .add(Dropout::new(0.2).unwrap())
+            .head(
+                "class",
+                Stack::new()
+                    .add(Dense::new(8).activation("gelu").unwrap())
+                    .add(Dropout::new(0.1).unwrap())
+                    .add(Dense::new(4).activation("softmax").unwrap()),
+            )
+            .head("value", Stack::new().add(Dense::new(1).kernel_regularizer(Regularizer::L2(1e-2))))
+            .head("probs", Stack::new().add(Dense::new(4)).add(ActivationLayer::new("sigmoid").unwrap()))
+    };
+    let compile3 = || {
+        Compile::new()
+            .optimizer("adam")
+            .loss_for("class", "sparse_categorical_crossentropy")
+            .loss_for("value", "mean_squared_error")
+            .loss_for("probs", "binary_crossentropy")
+            .loss_weights(&[1.0, 0.25, 2.0])
+            .metrics(&["accuracy"])
+    };
+    let targets3 = [("class", y.clone()), ("value", reg.clone()), ("probs", one_hot4.clone())];
+    let two = || {
+        Sequential::new()
+            .seed(12)
+            .add(Dense::new(10).activation("tanh").unwrap())
+            .head("a", Stack::new().add(Dense::new(4).activation("softmax").unwrap()))
+            .head("b", Stack::new().add(Dense::new(5).activation("mish").unwrap()).add(Dense::new(1)))
+    };
+    let closure = || {
+        Compile::new()
+            .optimizer("rmsprop")
+            .loss_for("a", "categorical_crossentropy")
+            .loss_for("b", LossArg::Object(std::sync::Arc::new(losskit::CustomLoss::new("cubed", cubed))))
+            .loss_weight("b", 0.5)
+    };
+    let targets2 = [("a", one_hot4.clone()), ("b", reg.clone())];
+    // A learning rate far too high: the NaN guard stops both at the same step, same diagnosis.
+    let exploding = || compile3().optimizer(Optimizer::sgd(1e35).unwrap());
+    type Case<'a> = (&'a str, &'a Build, &'a dyn Fn() -> Compile, &'a [(&'a str, Tensor)]);
+    let cases: [Case; 3] = [
+        ("three heads", &three, &compile3, &targets3),
+        ("two heads, a closure loss", &two, &closure, &targets2),
+        ("guard", &three, &exploding, &targets3),
+    ];
+    for (what, build, compile, targets) in cases {
+        let tape = run_heads(build, compile, &x, targets, false);
+        let planned = run_heads(build, compile, &x, targets, true);
+        assert_eq!(planned.2, tape.2, "{what}: the outcome");
+        if what == "guard" {
+            let err = tape.2.as_deref().unwrap_or_default();
+            assert!(err.contains("gradient norms per layer"), "{what}: {err}");
+            assert_eq!(planned.0, tape.0, "{what}: the weights");
+            continue;
+        }
+        assert!(tape.1.iter().any(|(k, _)| k.ends_with("_loss") && k != "val_loss"), "{what}: {:?}", tape.1);
+        assert_eq!(planned.1, tape.1, "{what}: the History");
+        assert_eq!(planned.0, tape.0, "{what}: the weights");
+    }
+}

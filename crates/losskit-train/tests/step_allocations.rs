@@ -102,6 +102,13 @@ fn allocations_per_distributed_step(
                 .add(Dropout::new(0.2).unwrap())
                 .add(Dense::new(10))
                 .add(ActivationLayer::new("softmax").unwrap())
+        } else if variant == "heads" {
+            Sequential::new()
+                .add(Flatten::new())
+                .add(Dense::new(64).activation("relu").unwrap())
+                .add(Dropout::new(0.2).unwrap())
+                .head("digit", Stack::new().add(Dense::new(10).activation("softmax").unwrap()))
+                .head("even", Stack::new().add(Dense::new(8).activation("tanh").unwrap()).add(Dense::new(1)))
         } else if variant == "elementwise" {
             Sequential::new()
                 .add(Flatten::new())
@@ -121,7 +128,11 @@ fn allocations_per_distributed_step(
             .loss(loss.clone())
             .metrics(&["accuracy"])
             .planned_step(Some(planned));
-        let compile = if variant == "loss_weight" { compile.loss_weights(&[0.5]) } else { compile };
+        let compile = match variant {
+            "loss_weight" => compile.loss_weights(&[0.5]),
+            "heads" => compile.loss_for("digit", loss.clone()).loss_for("even", "mse").loss_weights(&[1.0, 0.3]),
+            _ => compile,
+        };
         model.compile(compile).unwrap();
         model
     };
@@ -150,7 +161,14 @@ fn allocations_per_distributed_step(
             fit = fit.class_weight((0..10).map(|c| (c, 1.0 + c as f64 / 4.0)).collect());
         }
         let mut model = build();
-        model.fit(&x, &y, fit).unwrap();
+        if variant == "heads" {
+            let even: Vec<f32> =
+                y.to_vec::<f32>().iter().map(|&c| f32::from(u8::from((c as u8).is_multiple_of(2)))).collect();
+            let even = Tensor::from_vec(even, &[rows, 1]).unwrap();
+            model.fit(&x, vec![("digit", y.clone()), ("even", even)], fit).unwrap();
+        } else {
+            model.fit(&x, &y, fit).unwrap();
+        }
         let kind = model.step_path().unwrap().kind;
         assert_eq!(matches!(kind, StepKind::Planned | StepKind::DistributedPlanned), planned, "{kind:?}");
     };
@@ -202,6 +220,7 @@ fn a_warm_planned_step_allocates_nothing() {
         ("adam+ema", 64, true, "seed"),
         ("sgd", 64, false, "elementwise"),
         ("adam", 64, true, "loss_weight"),
+        ("adam", 64, false, "heads"),
     ];
     for (opt, batch, weighted, variant) in cases {
         let planned = allocations_per_step(opt, batch, true, weighted, variant);

@@ -46,14 +46,14 @@ pub(crate) fn evaluate_inner(
                 let plan = plan.as_mut().expect("checked");
                 let loss = plan.infer(model, x, Some((&ys[0], w)), &idx)?.expect("the loss of targets");
                 let (yb, outs) = plan.reading(idx.len());
-                accumulate(&mut acc, &metrics, yb, outs, loss, &[loss], idx.len() as f64)?;
+                accumulate(&mut acc, &metrics, yb.iter().zip(outs), loss, &[loss], idx.len() as f64)?;
             }
             None => {
                 let xb = rows(x, &idx)?;
                 let yb: Vec<Tensor> = ys.iter().map(|t| rows(t, &idx)).collect::<Result<_>>()?;
                 let wb = w.map(|w| rows(w, &idx)).transpose()?;
                 let (total, each, outs) = no_grad(|| losses_on(model, &xb, &yb, wb.as_ref(), false))?;
-                accumulate(&mut acc, &metrics, &yb, &outs, total.to_scalar()?, &each, idx.len() as f64)?;
+                accumulate(&mut acc, &metrics, yb.iter().zip(&outs), total.to_scalar()?, &each, idx.len() as f64)?;
             }
         }
         refresh_logs(model, &mut logs, &acc, &mut entries);

@@ -148,11 +148,10 @@ pub(crate) fn refresh_logs(model: &Model, logs: &mut Logs, acc: &Accumulators, e
     }
 }
 
-pub(crate) fn accumulate(
+pub(crate) fn accumulate<'t>(
     acc: &mut Accumulators,
     metrics: &[Vec<Metric>],
-    yb: &[Tensor],
-    outs: &[Tensor],
+    outputs: impl IntoIterator<Item = (&'t Tensor, &'t Tensor)>,
     total: f64,
     each: &[f64],
     nb: f64,
@@ -163,7 +162,7 @@ pub(crate) fn accumulate(
         o.0 += l * nb;
         o.1 += nb;
     }
-    for ((ms, accs), (y, out)) in metrics.iter().zip(acc.metrics.iter_mut()).zip(yb.iter().zip(outs)) {
+    for ((ms, accs), (y, out)) in metrics.iter().zip(acc.metrics.iter_mut()).zip(outputs) {
         for (m, a) in ms.iter().zip(accs.iter_mut()) {
             let (s, c) = m.batch(y, out)?;
             a.0 += s;

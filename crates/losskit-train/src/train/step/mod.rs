@@ -102,7 +102,7 @@ impl<'c> Stepper<'c> {
             Stepper::Tape => {
                 let batch = Dataset::rows_of(&data.x, &data.ys, data.w.as_ref(), idx, true)?;
                 let out = train_step(model, &batch, guard)?;
-                accumulate(acc, metrics, &batch.ys, &out.outputs, out.loss, &out.each, idx.len() as f64)
+                accumulate(acc, metrics, batch.ys.iter().zip(&out.outputs), out.loss, &out.each, idx.len() as f64)
             }
         }
     }

@@ -45,11 +45,11 @@ pub(crate) fn plannable(model: &mut Model, data: &FitData, distributed: bool) ->
     if fused_head(model).map_err(|e| e.to_string())?.is_some() {
         return Err("the fused linear + cross-entropy head trains the last layer".into());
     }
-    if data.ys.len() != 1 {
-        return Err("the model has several outputs".into());
-    }
     model.ensure_built(&data.x).map_err(|e| e.to_string())?;
-    let plan = StepPlan::new(model, &data.x, Some(&data.ys[0]))?;
+    let plan = match model.heads.is_empty() {
+        true => StepPlan::new(model, &data.x, Some(&data.ys[0]))?,
+        false => StepPlan::with_heads(model, &data.x, &data.ys)?,
+    };
     if distributed {
         plan.shardable()?;
     }
@@ -72,7 +72,7 @@ pub(crate) fn planned_step(
     acc: &mut Accumulators,
 ) -> Result<()> {
     let check = guard.is_some().then_some(true);
-    let (loss, applied) = plan.run(model, &data.x, &data.ys[0], data.w.as_ref(), idx, check)?;
+    let (loss, applied) = plan.run(model, &data.x, &data.ys, data.w.as_ref(), idx, check)?;
     if let Some(guard) = guard {
         guard.norms.push_sums(&plan.sum_squares, || weight_names(model));
         if !applied {
@@ -80,6 +80,6 @@ pub(crate) fn planned_step(
             return fail_step(model, &batch, loss, plan.weight_grads(), guard);
         }
     }
-    let (ys, outs) = plan.reading(idx.len());
-    accumulate(acc, metrics, ys, outs, loss, &[loss], idx.len() as f64)
+    let each = if plan.output_losses().is_empty() { std::slice::from_ref(&loss) } else { plan.output_losses() };
+    accumulate(acc, metrics, plan.outputs(idx.len()), loss, each, idx.len() as f64)
 }

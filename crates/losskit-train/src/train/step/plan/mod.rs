@@ -1,6 +1,6 @@
 //! The training step without the tape: for a model it can run (a trunk of [`StepLayer`]s, one
-//! output, a reduced loss), `fit` runs each step over buffers it keeps across steps, and a warm
-//! step on a loss with a row kernel allocates nothing.
+//! output or named heads of them (`heads.rs`), reduced losses), `fit` runs each step over
+//! buffers it keeps across steps, and a warm step on losses with row kernels allocates nothing.
 //!
 //! A [`StepPlan`] is made once per `fit` from the model. Per batch of `rows` samples it keeps
 //! (one set per batch size, so the last, shorter batch of an epoch has its own): the batch's
@@ -32,6 +32,7 @@ use losskit_tensor::slices::{self, DenseGrads, DenseShape};
 use losskit_tensor::Element;
 use losskit_tensor::{DenseActivation, Elementwise};
 
+mod heads;
 mod shard;
 
 /// One computation of the step, in forward order.
@@ -97,24 +98,47 @@ struct Buffers {
     /// The batch's sample weights in the model's dtype, `(rows,)` or `(rows, 1)` as given
     /// (empty without weights).
     w: Tensor,
+    /// A head's: `∂L/∂` its input (the trunk's output), `(rows, features)`; empty otherwise.
+    input_grad: Tensor,
+    /// With heads: each head's buffers (its input `x` a copy of the trunk's output).
+    heads: Vec<Buffers>,
 }
 
 impl Buffers {
     fn new(plan: &StepPlan, rows: usize) -> Buffers {
+        let mut b = Buffers::segment(plan, &plan.stages, plan.features, &plan.target_shape, rows, false);
+        let trunk_cols = plan.stages.last().map_or(plan.features, Stage::cols);
+        b.heads = plan
+            .heads
+            .iter()
+            .map(|h| Buffers::segment(plan, &h.stages, trunk_cols, &h.target_shape, rows, true))
+            .collect();
+        b
+    }
+
+    /// The buffers of one chain of `stages` on inputs of `features` values per sample, with
+    /// targets of `target_shape` per sample; with `input_grad`, a buffer for `∂L/∂input`.
+    fn segment(
+        plan: &StepPlan,
+        stages: &[Stage],
+        features: usize,
+        target_shape: &[usize],
+        rows: usize,
+        input_grad: bool,
+    ) -> Buffers {
         let zeros = |shape: &[usize]| Tensor::zeros(shape, plan.dtype);
-        let outs: Vec<Tensor> = plan.stages.iter().map(|s| zeros(&[rows, s.cols()])).collect();
-        let masks = plan
-            .stages
+        let outs: Vec<Tensor> = stages.iter().map(|s| zeros(&[rows, s.cols()])).collect();
+        let masks = stages
             .iter()
             .map(|s| match s {
                 Stage::Dropout { cols, .. } => zeros(&[rows, *cols]),
                 _ => zeros(&[0]),
             })
             .collect();
-        let y_shape: Vec<usize> = std::iter::once(rows).chain(plan.target_shape.iter().copied()).collect();
+        let y_shape: Vec<usize> = std::iter::once(rows).chain(target_shape.iter().copied()).collect();
         Buffers {
             rows,
-            x: zeros(&[rows, plan.features]),
+            x: zeros(&[rows, features]),
             y: zeros(&y_shape),
             targets: zeros(&y_shape),
             grads: outs.iter().map(|o| zeros(o.shape())).collect(),
@@ -123,6 +147,8 @@ impl Buffers {
             values: zeros(&[rows]),
             scale: zeros(&[rows]),
             w: zeros(&[&[if plan.reduce.weighted { rows } else { 0 }], &plan.weight_shape[..]].concat()),
+            input_grad: zeros(&[if input_grad { rows } else { 0 }, features]),
+            heads: Vec::new(),
         }
     }
 }
@@ -147,6 +173,11 @@ pub(crate) struct StepPlan {
     /// The output's loss weight (`Compile::loss_weights`), when it has one: the loss and its
     /// gradient times it, as the tape's `L·w`.
     loss_weight: Option<f64>,
+    /// With heads (several outputs): each head's stages and loss (the trunk's are above; the
+    /// loss fields above are then unused).
+    heads: Vec<heads::HeadPlan>,
+    /// Each output's unweighted loss of the last step (with heads; kept for its capacity).
+    each: Vec<f64>,
     /// One set per batch size seen (at most two in a run: the batch size and the last batch).
     buffers: Vec<Buffers>,
     /// Each weight's gradient, in weight order.
@@ -178,7 +209,17 @@ impl StepPlan {
         if stages.is_empty() {
             return Err("no layer computes anything".into());
         }
-        let mut plan = StepPlan {
+        let mut plan = StepPlan::new_unchecked(model, stages, features);
+        if let Some(y) = y {
+            plan.fit_loss(model, y)?;
+        }
+        Ok(plan)
+    }
+
+    /// A plan of the trunk's `stages` on inputs of `features` values, with nothing checked yet
+    /// and no loss taken.
+    fn new_unchecked(model: &crate::Model, stages: Vec<Stage>, features: usize) -> StepPlan {
+        StepPlan {
             dtype: model.dtype,
             features,
             target_shape: Vec::new(),
@@ -188,16 +229,14 @@ impl StepPlan {
             reduce: Reduce { divides: true, weighted: false, by_weight_sum: false },
             loss_path: LossPath::Kernel,
             loss_weight: None,
+            heads: Vec::new(),
+            each: Vec::new(),
             buffers: Vec::new(),
             weight_grads: Vec::new(),
             sum_squares: Vec::new(),
             flat: (Vec::new(), Vec::new()),
             sums: Vec::new(),
-        };
-        if let Some(y) = y {
-            plan.fit_loss(model, y)?;
         }
-        Ok(plan)
     }
 
     /// Checks the compiled loss against the model's output and the targets `y`, and takes its
@@ -252,10 +291,21 @@ impl StepPlan {
     /// The stages of the model's trunk from the per-sample input shape, and the flattened
     /// input's width; an error naming what the step cannot run.
     fn stages(model: &crate::Model, input: &[usize]) -> std::result::Result<(Vec<Stage>, usize), String> {
+        Self::chain(&model.trunk, input, 0)
+    }
+
+    /// The stages of a chain of `layers` (the trunk, or a head) from the per-sample input
+    /// shape, their weights numbered from `first_weight` among the model's, and the flattened
+    /// input's width; an error naming what the step cannot run.
+    fn chain(
+        layers: &[Box<dyn Layer>],
+        input: &[usize],
+        first_weight: usize,
+    ) -> std::result::Result<(Vec<Stage>, usize), String> {
         let mut shape = input.to_vec();
         let mut stages = Vec::new();
-        let mut weight = 0;
-        for (layer, l) in model.trunk.iter().enumerate() {
+        let mut weight = first_weight;
+        for (layer, l) in layers.iter().enumerate() {
             let kind = builtin(l.as_ref()).and_then(|b| b.step_kind()).ok_or_else(|| {
                 format!("layer {} `{}` ({}) is not plannable{}", layer + 1, l.name(), l.kind(), why_not(l.as_ref()))
             })?;
@@ -304,15 +354,17 @@ impl StepPlan {
         &mut self,
         model: &mut crate::Model,
         x: &Tensor,
-        y: &Tensor,
+        ys: &[Tensor],
         w: Option<&Tensor>,
         idx: &[usize],
         check: Option<bool>,
     ) -> Result<(f64, bool)> {
         let set = self.begin_step(model, w, idx.len())?;
-        let loss = match self.dtype {
-            DType::F32 => self.forward_backward::<f32>(model, x, y, w, idx, set)?,
-            DType::F64 => self.forward_backward::<f64>(model, x, y, w, idx, set)?,
+        let loss = match (self.dtype, self.heads.is_empty()) {
+            (DType::F32, true) => self.forward_backward::<f32>(model, x, &ys[0], w, idx, set)?,
+            (DType::F64, true) => self.forward_backward::<f64>(model, x, &ys[0], w, idx, set)?,
+            (DType::F32, false) => self.heads_forward_backward::<f32>(model, x, ys, w, idx, set)?,
+            (DType::F64, false) => self.heads_forward_backward::<f64>(model, x, ys, w, idx, set)?,
         };
         Ok((loss, self.apply(model, loss, check)?))
     }
@@ -447,6 +499,19 @@ impl StepPlan {
         (std::slice::from_ref(&b.y), std::slice::from_ref(b.outs.last().expect("a stage at least")))
     }
 
+    /// Each output's targets and the model's output on the last batch of `rows` samples (one
+    /// pair per output: the heads' with heads).
+    pub(crate) fn outputs(&self, rows: usize) -> impl Iterator<Item = (&Tensor, &Tensor)> {
+        let b = self.buffers.iter().find(|b| b.rows == rows).expect("a step ran on this batch size");
+        let outputs: &[Buffers] = if b.heads.is_empty() { std::slice::from_ref(b) } else { &b.heads };
+        outputs.iter().map(|o| (&o.y, o.outs.last().expect("a stage at least")))
+    }
+
+    /// Each output's (unweighted) loss of the last step, with heads; empty for one output.
+    pub(crate) fn output_losses(&self) -> &[f64] {
+        &self.each
+    }
+
     /// The weights' gradients of the last step, in weight order.
     pub(crate) fn weight_grads(&self) -> &[Tensor] {
         &self.weight_grads
@@ -495,16 +560,25 @@ impl StepPlan {
     /// The kernel's targets of buffer set `set` from its batch's targets (sparse labels as
     /// class indices, checked as the loss checks them); the loss' kernel.
     fn targets<'m, T: Element>(&mut self, model: &'m crate::Model, set: usize) -> Result<RowLoss<'m>> {
-        let compiled = model.compiled.as_ref().expect("checked in new");
-        let loss = &compiled.losses[0];
-        let kernel = losskit::row_kernel(loss.as_ref()).expect("checked in new");
         let classes = self.stages.last().expect("a stage at least").cols();
-        let b = &mut self.buffers[set];
-        let targets = buf::<T>(&mut b.targets);
-        targets.copy_from_slice(read::<T>(&b.y));
-        kernel.prepare_targets(loss.name(), targets, classes)?;
-        Ok(kernel)
+        kernel_targets::<T>(model, 0, classes, &mut self.buffers[set])
     }
+}
+
+/// Output `k`'s loss kernel, with the targets of the buffers `b` (its batch's) written as it
+/// reads them (sparse labels as class indices, checked as the loss checks them).
+fn kernel_targets<'m, T: Element>(
+    model: &'m crate::Model,
+    k: usize,
+    classes: usize,
+    b: &mut Buffers,
+) -> Result<RowLoss<'m>> {
+    let loss = &model.compiled.as_ref().expect("checked in new").losses[k];
+    let kernel = losskit::row_kernel(loss.as_ref()).expect("checked in new");
+    let targets = buf::<T>(&mut b.targets);
+    targets.copy_from_slice(read::<T>(&b.y));
+    kernel.prepare_targets(loss.name(), targets, classes)?;
+    Ok(kernel)
 }
 
 /// Why a layer has no planned form, in words (`": its activation glu has none"`), where known.
@@ -720,11 +794,24 @@ fn tape_loss<T: Element>(
     b: &mut Buffers,
     gradient: bool,
 ) -> Result<f64> {
-    let loss = &model.compiled.as_ref().expect("checked in new").losses[0];
+    tape_loss_of::<T>(model, 0, reduce, loss_weight, b, gradient).map(|(_, weighted)| weighted)
+}
+
+/// [`tape_loss`] of output `k` (its compiled loss): the loss, and the loss times its weight.
+fn tape_loss_of<T: Element>(
+    model: &crate::Model,
+    k: usize,
+    reduce: Reduce,
+    loss_weight: Option<f64>,
+    b: &mut Buffers,
+    gradient: bool,
+) -> Result<(f64, f64)> {
+    let loss = &model.compiled.as_ref().expect("checked in new").losses[k];
     let last = b.outs.len() - 1;
     let out = b.outs[last].clone();
     let out = if gradient { out.requires_grad() } else { out };
     let value = loss.call(&b.y, &out, reduce.weighted.then_some(&b.w))?;
+    let unweighted = value.to_scalar()?;
     let value = match loss_weight {
         Some(w) => value.mul_scalar(w)?,
         None => value,
@@ -743,7 +830,7 @@ fn tape_loss<T: Element>(
             None => g.fill(T::zero()),
         }
     }
-    Ok(scalar)
+    Ok((unweighted, scalar))
 }
 
 impl StepPlan {
@@ -751,8 +838,8 @@ impl StepPlan {
     /// `Model::regularization_loss` adds them), or `None` when nothing is regularized.
     pub(crate) fn penalty(&self, model: &crate::Model) -> Option<f64> {
         match self.dtype {
-            DType::F32 => penalty_sum::<f32>(&self.stages, &model.trunk, None).map(f64::from),
-            DType::F64 => penalty_sum::<f64>(&self.stages, &model.trunk, None),
+            DType::F32 => penalty_sum::<f32>(&self.stages, &model.trunk, None, None).map(f64::from),
+            DType::F64 => penalty_sum::<f64>(&self.stages, &model.trunk, None, None),
         }
     }
 }
@@ -768,7 +855,7 @@ fn with_penalty<T: Element>(
     layers: &[Box<dyn Layer>],
     grads: Option<&mut [Tensor]>,
 ) -> f64 {
-    match penalty_sum::<T>(stages, layers, grads) {
+    match penalty_sum::<T>(stages, layers, grads, None) {
         Some(p) => (T::c(loss) + p).to_f64().unwrap_or(f64::NAN),
         None => loss,
     }
@@ -777,8 +864,12 @@ fn with_penalty<T: Element>(
 /// `Σ penalties` in `T` (each weight's `c·Σ f(w)`, a layer's kernel then bias penalty added,
 /// the layers added in order), `None` when nothing is regularized; with `grads`, each
 /// penalty's gradient added to its weight's gradient in the same pass.
-fn penalty_sum<T: Element>(stages: &[Stage], layers: &[Box<dyn Layer>], mut grads: Option<&mut [Tensor]>) -> Option<T> {
-    let mut total: Option<T> = None;
+fn penalty_sum<T: Element>(
+    stages: &[Stage],
+    layers: &[Box<dyn Layer>],
+    mut grads: Option<&mut [Tensor]>,
+    mut total: Option<T>,
+) -> Option<T> {
     for stage in stages {
         let Stage::Dense { layer, weight: k, regularizers, .. } = *stage else { continue };
         let mut of_layer: Option<T> = None;
@@ -822,8 +913,12 @@ fn backward<T: Element>(
     weight_grads: &mut [Tensor],
 ) -> Result<()> {
     let rows = b.rows;
+    // A head (its input gradient buffer is not empty) sends `∂L/∂input` on to the trunk.
+    let to_input = b.input_grad.numel() > 0;
     for i in (first_trained..stages.len()).rev() {
         let (before, from_here) = b.grads.split_at_mut(i);
+        let before: &mut [Tensor] = if i == 0 && to_input { std::slice::from_mut(&mut b.input_grad) } else { before };
+        let needed = i > first_trained || (i == 0 && to_input);
         let g = buf::<T>(&mut from_here[0]);
         let out = read::<T>(&b.outs[i]);
         match stages[i] {
@@ -835,31 +930,31 @@ fn backward<T: Element>(
                     [gw, ..] => (buf::<T>(gw), None),
                     [] => unreachable!("one gradient per weight"),
                 };
-                let input = (i > first_trained).then(|| buf::<T>(before.last_mut().expect("a stage before")));
+                let input = needed.then(|| buf::<T>(before.last_mut().expect("a stage before")));
                 let grads = DenseGrads { kernel: Some(gw), bias: gb, input };
                 slices::dense_backward(x, w, out, g, activation, DenseShape { rows, inputs, units }, grads);
             }
             Stage::Softmax { cols } => {
                 slices::softmax_backward(out, g, cols);
-                pass_down(before, &mut from_here[0], i > first_trained);
+                pass_down(before, &mut from_here[0], needed);
             }
             Stage::Dropout { .. } => {
                 slices::mul_in_place(g, read::<T>(&b.masks[i]));
-                pass_down(before, &mut from_here[0], i > first_trained);
+                pass_down(before, &mut from_here[0], needed);
             }
             Stage::Rescale { scale, .. } => {
                 let s = T::c(scale);
                 g.iter_mut().for_each(|v| *v = *v * s);
-                pass_down(before, &mut from_here[0], i > first_trained);
+                pass_down(before, &mut from_here[0], needed);
             }
             Stage::Activation { activation, .. } => {
                 slices::activation_backward_in_place(out, g, activation);
-                pass_down(before, &mut from_here[0], i > first_trained);
+                pass_down(before, &mut from_here[0], needed);
             }
             Stage::Elementwise { kind, .. } => {
                 let x = if i == 0 { read::<T>(&b.x) } else { read::<T>(&b.outs[i - 1]) };
                 slices::elementwise_backward_in_place(x, g, kind);
-                pass_down(before, &mut from_here[0], i > first_trained);
+                pass_down(before, &mut from_here[0], needed);
             }
         }
     }
@@ -882,39 +977,55 @@ fn update(
     sums: &mut Vec<f64>,
 ) -> Result<(bool, bool)> {
     let compiled = model.compiled.as_mut().expect("checked in StepPlan::new");
-    let mut weights = LayerWeights { layers: &mut model.trunk };
+    let mut weights = LayerWeights { trunk: &mut model.trunk, heads: &mut model.heads };
     compiled.optimizer.apply_to(&mut weights, grads, check, sums)
 }
 
-/// A trunk's weights by index, walked in place.
+/// The model's weights walked in place in weight order (the trunk's layers, then each
+/// head's), as the optimizer's update walks them.
 struct LayerWeights<'a> {
-    layers: &'a mut [Box<dyn Layer>],
+    trunk: &'a mut [Box<dyn Layer>],
+    heads: &'a mut [(String, Vec<Box<dyn Layer>>)],
 }
 
 impl LayerWeights<'_> {
-    /// The layer holding weight `i`, and the weight's index in it.
-    fn locate(layers: &[Box<dyn Layer>], mut i: usize) -> (usize, usize) {
-        for (l, layer) in layers.iter().enumerate() {
-            let n = layer.param_count();
-            if i < n {
-                return (l, i);
+    /// The chain holding weight `i` (0 the trunk, `k + 1` head `k`), the layer in it holding
+    /// it, and the weight's index in that layer.
+    fn locate(&self, mut i: usize) -> (usize, usize, usize) {
+        let chains = std::iter::once(&*self.trunk).chain(self.heads.iter().map(|(_, h)| h.as_slice()));
+        for (c, layers) in chains.enumerate() {
+            for (l, layer) in layers.iter().enumerate() {
+                let n = layer.param_count();
+                if i < n {
+                    return (c, l, i);
+                }
+                i -= n;
             }
-            i -= n;
         }
         panic!("weight index out of range")
+    }
+
+    /// Chain `c`'s layers (0 the trunk, `k + 1` head `k`).
+    fn chain(&mut self, c: usize) -> &mut [Box<dyn Layer>] {
+        match c {
+            0 => self.trunk,
+            k => &mut self.heads[k - 1].1,
+        }
     }
 }
 
 impl Weights for LayerWeights<'_> {
     fn count(&self) -> usize {
-        self.layers.iter().map(|l| l.param_count()).sum()
+        let chains = std::iter::once(&*self.trunk).chain(self.heads.iter().map(|(_, h)| h.as_slice()));
+        chains.flat_map(|c| c.iter()).map(|l| l.param_count()).sum()
     }
     fn weight(&self, i: usize) -> &Param {
-        let (l, w) = Self::locate(self.layers, i);
-        self.layers[l].param(w).expect("located")
+        let (c, l, w) = self.locate(i);
+        let layers: &[Box<dyn Layer>] = if c == 0 { self.trunk } else { &self.heads[c - 1].1 };
+        layers[l].param(w).expect("located")
     }
     fn weight_mut(&mut self, i: usize) -> &mut Param {
-        let (l, w) = Self::locate(self.layers, i);
-        self.layers[l].param_mut(w).expect("located")
+        let (c, l, w) = self.locate(i);
+        self.chain(c)[l].param_mut(w).expect("located")
     }
 }

@@ -18,6 +18,9 @@ impl StepPlan {
     /// Whether the data-parallel step can run through this plan (a loss with a row kernel), or
     /// why not.
     pub(crate) fn shardable(&self) -> std::result::Result<(), String> {
+        if !self.heads.is_empty() {
+            return Err("the model has several outputs".into());
+        }
         match (self.loss_path, self.loss_weight) {
             (LossPath::Kernel, None) => Ok(()),
             (LossPath::Kernel, Some(_)) => Err("the output has a loss weight".into()),
