@@ -9,7 +9,10 @@
 //! packing buffers exist.
 
 use crate::fusion::{with_avx2, CHUNK, PIECE};
-pub use crate::ops::activation::{elementwise_backward_in_place, elementwise_forward};
+pub use crate::ops::activation::{
+    elementwise_backward_in_place, elementwise_forward, glu_backward, glu_forward, sparsemax_backward,
+    sparsemax_forward,
+};
 use crate::pointwise::{per_unary, Binary, Unary, PARALLEL_MIN};
 use crate::storage::Element;
 use losskit_kernels::gemm::{self, MatRef};

@@ -262,37 +262,16 @@ impl Activation {
             Activation::Softmax => x.softmax(-1),
             Activation::Tanh => Ok(x.tanh()),
             Activation::LogSoftmax => x.log_softmax(-1),
-            Activation::Sparsemax => sparsemax(x),
+            Activation::Sparsemax => x.sparsemax(),
             Activation::Glu => {
-                let n = Activation::Glu.output_shape(x.shape())?.last().copied().unwrap_or(0);
-                let (a, b) =
-                    (x.gather(-1, &(0..n).collect::<Vec<_>>())?, x.gather(-1, &(n..2 * n).collect::<Vec<_>>())?);
-                a.mul(&b.sigmoid())
+                // The layer's name in the error: checked with the activation's own words.
+                Activation::Glu.output_shape(x.shape())?;
+                x.glu()
             }
             // Linear (the element-wise ones returned above).
             _ => Ok(x.clone()),
         }
     }
-}
-
-/// Sparsemax over the last axis: the support `S` of each row (where the projection onto the
-/// simplex is positive, from `losskit_kernels::sparsemax`) as a constant mask `m`, then
-/// `τ = (Σ m·x - 1)/Σ m` and `(x - τ)·m` on the tape, whose gradient is sparsemax's Jacobian.
-fn sparsemax(x: &Tensor) -> Result<Tensor> {
-    let n = x.shape().last().copied().unwrap_or(1).max(1);
-    let values = x.to_vec::<f64>();
-    let mut support = vec![0.0; values.len()];
-    let mut p = vec![0.0; n];
-    for (row, out) in values.chunks(n).zip(support.chunks_mut(n)) {
-        losskit_kernels::sparsemax(row, &mut p);
-        for (o, &q) in out.iter_mut().zip(&p) {
-            *o = f64::from(u8::from(q > 0.0));
-        }
-    }
-    let m = Tensor::from_vec(support, x.shape())?.to_dtype(x.dtype());
-    let count = m.sum(&[-1], true)?;
-    let tau = x.mul(&m)?.sum(&[-1], true)?.add_scalar(-1.0)?.div(&count)?;
-    x.sub(&tau)?.mul(&m)
 }
 
 impl fmt::Display for Activation {

@@ -235,7 +235,7 @@ fn required_but_impossible_names_the_reason() {
     let x = inputs(8, &[3], DType::F32);
     let y = labels(&x, 2);
     let mut m = Sequential::new()
-        .add(Dense::new(4).activation("sparsemax").unwrap())
+        .add(Dense::new(4).activation("log_softmax").unwrap())
         .add(Dense::new(2).activation("softmax").unwrap());
     m.compile(Compile::new().loss("sparse_categorical_crossentropy").planned_step(Some(true))).unwrap();
     let err = m.fit(&x, &y, Fit::new().verbose(0)).unwrap_err().to_string();
@@ -397,14 +397,15 @@ fn the_step_path_and_the_reasons_for_the_faster_paths_not_taken() {
     assert_eq!((p.kind, p.not_taken.clone()), (StepKind::Planned, vec![]), "{p}");
     assert_eq!(p.to_string(), "planned step");
 
-    let glu: &Build = &|| {
+    let log_softmax: &Build = &|| {
         Sequential::new()
-            .add(Dense::new(8).activation("glu").unwrap())
+            .add(Dense::new(8).activation("log_softmax").unwrap())
             .add(Dense::new(4).activation("softmax").unwrap())
     };
-    let p = path_of(glu, sparse());
+    let p = path_of(log_softmax, sparse());
     assert_eq!(p.kind, StepKind::Tape, "{p}");
-    let why = "layer 1 `dense` (Dense) is not plannable: its activation glu has no planned form (every element-wise one and softmax have; log_softmax, sparsemax and glu do not)";
+    let why =
+        "layer 1 `dense` (Dense) is not plannable: its activation log_softmax has no planned form (all but log_softmax have)";
     assert_eq!(p.not_taken[0], (StepKind::Planned, why.to_string()));
     assert_eq!(p.not_taken[1].0, StepKind::FusedHead);
     assert!(p.not_taken[1].1.contains("not a linear Dense"), "{p}");
@@ -494,6 +495,43 @@ fn every_elementwise_activation_trains_to_the_same_bits() {
         m.compile(compile()).unwrap();
         m.fit(&x, &y, Fit::new().verbose(0)).unwrap();
         assert_eq!(m.step_path().unwrap().kind, StepKind::Planned, "{act}");
+    }
+}
+
+/// The activations over the last axis with a pass of their own: glu (halving the features) and
+/// sparsemax, in `Dense` layers and as `Activation` layers, hidden and as the output; the
+/// tape's bits.
+#[test]
+fn glu_and_sparsemax_train_to_the_same_bits() {
+    let x = inputs(80, &[6], DType::F32);
+    let y = labels(&x, 4);
+    let one_hot4 = one_hot(&y, 4);
+    let hidden = || {
+        Sequential::new()
+            .seed(8)
+            .add(Dense::new(16).activation("glu").unwrap())
+            .add(Dense::new(10))
+            .add(ActivationLayer::new("sparsemax").unwrap())
+            .add(Dense::new(12))
+            .add(ActivationLayer::new("glu").unwrap())
+            .add(Dense::new(4).activation("softmax").unwrap())
+    };
+    let output = || {
+        Sequential::new()
+            .seed(8)
+            .add(Dense::new(9).activation("tanh").unwrap())
+            .add(Dense::new(4).activation("sparsemax").unwrap())
+    };
+    let sparse = || Compile::new().optimizer("adam").loss("sparse_categorical_crossentropy").metrics(&["accuracy"]);
+    let mse = || Compile::new().optimizer("adam").loss("mean_squared_error");
+    let fit = || Fit::new().epochs(2).batch_size(16).verbose(0).validation_split(0.2);
+    same_on_both_paths("hidden glu and sparsemax", &hidden, &sparse, &x, &y, &fit);
+    same_on_both_paths("a sparsemax output", &output, &mse, &x, &one_hot4, &fit);
+    for build in [&hidden as &Build, &output] {
+        let mut m = build();
+        m.compile(sparse()).unwrap();
+        m.fit(&x, &y, Fit::new().verbose(0)).unwrap();
+        assert_eq!(m.step_path().unwrap().kind, StepKind::Planned);
     }
 }
 

@@ -109,6 +109,13 @@ fn allocations_per_distributed_step(
                 .add(Dropout::new(0.2).unwrap())
                 .head("digit", Stack::new().add(Dense::new(10).activation("softmax").unwrap()))
                 .head("even", Stack::new().add(Dense::new(8).activation("tanh").unwrap()).add(Dense::new(1)))
+        } else if variant == "rows" {
+            Sequential::new()
+                .add(Flatten::new())
+                .add(Dense::new(128).activation("glu").unwrap())
+                .add(Dense::new(32))
+                .add(ActivationLayer::new("sparsemax").unwrap())
+                .add(Dense::new(10).activation("softmax").unwrap())
         } else if variant == "elementwise" {
             Sequential::new()
                 .add(Flatten::new())
@@ -219,6 +226,7 @@ fn a_warm_planned_step_allocates_nothing() {
         ("adafactor", 64, false, "seed"),
         ("adam+ema", 64, true, "seed"),
         ("sgd", 64, false, "elementwise"),
+        ("sgd", 64, false, "rows"),
         ("adam", 64, true, "loss_weight"),
         ("adam", 64, false, "heads"),
     ];

@@ -323,6 +323,161 @@ impl Tensor {
     }
 }
 
+/// Sparsemax's threshold `τ` of one row: the `τ` with `Σ max(x - τ, 0) = 1`, found without
+/// sorting (Michelot's iteration: `τ = (Σ_{x > τ'} x - 1)/#{x > τ'}` from `τ' = -∞` until the
+/// support stops shrinking; each step keeps the top entries, so it ends within `cols` steps).
+/// NaN when the row holds a NaN.
+fn sparsemax_threshold<T: Element>(row: &[T]) -> T {
+    if row.iter().any(|v| v.is_nan()) {
+        return T::nan();
+    }
+    let mut tau = T::neg_infinity();
+    let mut count = usize::MAX;
+    loop {
+        let (sum, n) = row.iter().filter(|&&v| v > tau).fold((0.0f64, 0usize), |(s, n), &v| (s + v.widen(), n + 1));
+        if n == count || n == 0 {
+            return tau;
+        }
+        count = n;
+        tau = T::c((sum - 1.0) / n as f64);
+    }
+}
+
+/// `out = sparsemax(x)` over rows of `cols` values: `max(x - τ, 0)` with each row's
+/// [`sparsemax_threshold`] (the projection onto the simplex: each row sums to 1).
+///
+/// Panics if the lengths differ or are not whole rows.
+pub fn sparsemax_forward<T: Element>(x: &[T], cols: usize, out: &mut [T]) {
+    assert!(x.len() == out.len() && x.len().is_multiple_of(cols.max(1)));
+    for (o, row) in out.chunks_exact_mut(cols.max(1)).zip(x.chunks_exact(cols.max(1))) {
+        let tau = sparsemax_threshold(row);
+        for (o, &v) in o.iter_mut().zip(row) {
+            *o = if tau.is_nan() { tau } else { (v - tau).max(T::zero()) };
+        }
+    }
+}
+
+/// The backward pass of [`sparsemax_forward`] in place, from its output `y`: on each row's
+/// support (`y > 0`) `g ← g - mean(g over the support)`, 0 off it (sparsemax's Jacobian).
+pub fn sparsemax_backward<T: Element>(y: &[T], g: &mut [T], cols: usize) {
+    assert_eq!(y.len(), g.len());
+    for (g, y) in g.chunks_exact_mut(cols.max(1)).zip(y.chunks_exact(cols.max(1))) {
+        let (sum, n) = g
+            .iter()
+            .zip(y)
+            .filter(|(_, &y)| y > T::zero())
+            .fold((0.0f64, 0usize), |(s, n), (&g, _)| (s + g.widen(), n + 1));
+        let mean = T::c(sum / n.max(1) as f64);
+        for (g, &y) in g.iter_mut().zip(y) {
+            *g = if y > T::zero() {
+                *g - mean
+            } else if y.is_nan() {
+                y
+            } else {
+                T::zero()
+            };
+        }
+    }
+}
+
+/// `out = a·σ(b)` with `a`, `b` the two halves of each row of `cols` values (Keras' `glu`):
+/// rows of `cols / 2` values out.
+///
+/// Panics if `cols` is odd or the lengths do not fit.
+pub fn glu_forward<T: Element>(x: &[T], cols: usize, out: &mut [T]) {
+    let half = cols / 2;
+    assert!(cols.is_multiple_of(2) && x.len() == 2 * out.len());
+    for (o, row) in out.chunks_exact_mut(half.max(1)).zip(x.chunks_exact(cols.max(1))) {
+        for ((o, &a), &b) in o.iter_mut().zip(&row[..half]).zip(&row[half..]) {
+            *o = a * sigmoid(b);
+        }
+    }
+}
+
+/// The backward pass of [`glu_forward`]: from its input `x` and the gradient `g` of its output,
+/// `∂a = g·σ(b)` and `∂b = g·a·σ(b)(1 - σ(b))` into `gx` (the input's shape).
+pub fn glu_backward<T: Element>(x: &[T], g: &[T], cols: usize, gx: &mut [T]) {
+    let half = cols / 2;
+    assert!(cols.is_multiple_of(2) && x.len() == gx.len() && x.len() == 2 * g.len());
+    let rows = x.chunks_exact(cols.max(1)).zip(g.chunks_exact(half.max(1))).zip(gx.chunks_exact_mut(cols.max(1)));
+    for ((row, g), gx) in rows {
+        let (ga, gb) = gx.split_at_mut(half);
+        for (j, &g) in g.iter().enumerate() {
+            let (a, s) = (row[j], sigmoid(row[half + j]));
+            ga[j] = g * s;
+            gb[j] = g * a * s * (T::one() - s);
+        }
+    }
+}
+
+/// The values of `x` in standard layout (borrowed when they are), with their shape.
+fn rows_of<T: Element>(a: &ndarray::ArcArray<T, ndarray::IxDyn>) -> std::borrow::Cow<'_, [T]> {
+    match a.as_slice() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(a.iter().copied().collect()),
+    }
+}
+
+impl Tensor {
+    /// Sparsemax over the last axis ([`sparsemax_forward`]), one node of the tape whose
+    /// backward is [`sparsemax_backward`]. An error on a scalar.
+    pub fn sparsemax(&self) -> crate::Result<Tensor> {
+        let cols =
+            *self.shape().last().ok_or_else(|| crate::Error::value("sparsemax", "needs an axis, got a scalar"))?;
+        let shape = ndarray::IxDyn(self.shape());
+        let storage = with_storage!(self.storage(), a => {
+            let mut out = crate::pool::take::<T>(a.len());
+            sparsemax_forward(&rows_of(a), cols, &mut out);
+            T::wrap(ndarray::ArrayD::from_shape_vec(shape.clone(), out).expect("the input's shape"))
+        });
+        Ok(Tensor::from_op(
+            storage,
+            vec![self.clone()],
+            op("sparsemax", move |_inputs, out, g| {
+                let s = with_pair!("sparsemax", out, g, (y, g) => {
+                    let mut grad = rows_of(g).into_owned();
+                    sparsemax_backward(&rows_of(y), &mut grad, cols);
+                    T::wrap(ndarray::ArrayD::from_shape_vec(y.raw_dim(), grad).expect("the output's shape"))
+                });
+                Ok(vec![Some(Tensor::from_storage(s))])
+            }),
+        ))
+    }
+
+    /// Keras' `glu` over the last axis ([`glu_forward`]): `(..., 2n)` → `(..., n)`, one node of
+    /// the tape whose backward is [`glu_backward`]. An error when the last axis is odd.
+    pub fn glu(&self) -> crate::Result<Tensor> {
+        let cols = match self.shape().last() {
+            Some(&c) if c.is_multiple_of(2) => c,
+            _ => {
+                return Err(crate::Error::shape(
+                    "glu",
+                    format!("splits the last axis in two halves: it must be even, got shape {:?}", self.shape()),
+                ))
+            }
+        };
+        let mut out_shape = self.shape().to_vec();
+        *out_shape.last_mut().expect("checked") = cols / 2;
+        let storage = with_storage!(self.storage(), a => {
+            let mut out = crate::pool::take::<T>(a.len() / 2);
+            glu_forward(&rows_of(a), cols, &mut out);
+            T::wrap(ndarray::ArrayD::from_shape_vec(out_shape.clone(), out).expect("half the input"))
+        });
+        Ok(Tensor::from_op(
+            storage,
+            vec![self.clone()],
+            op("glu", move |inputs, _out, g| {
+                let s = with_pair!("glu", inputs[0], g, (x, g) => {
+                    let mut gx = crate::pool::take::<T>(x.len());
+                    glu_backward(&rows_of(x), &rows_of(g), cols, &mut gx);
+                    T::wrap(ndarray::ArrayD::from_shape_vec(x.raw_dim(), gx).expect("the input's shape"))
+                });
+                Ok(vec![Some(Tensor::from_storage(s))])
+            }),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,6 +517,52 @@ mod tests {
                 assert!((numeric - exact).abs() < 1e-6 * (1.0 + exact.abs()), "{kind:?} at {x}: {exact} vs {numeric}");
             }
             assert!(kind.value(f64::NAN).is_nan() && kind.derivative(f32::NAN).is_nan(), "{kind:?}");
+        }
+    }
+
+    /// Michelot's threshold gives the sort-based projection's values (`losskit_kernels`'
+    /// sparsemax), ties and a one-entry support included.
+    #[test]
+    fn sparsemax_is_the_simplex_projection() {
+        let rows: [&[f64]; 5] = [
+            &[0.3, -1.2, 2.5, 2.5, 0.0, -0.7],
+            &[1.0, 0.9, 0.8, 0.7, 0.55, 0.45],
+            &[-3.0, 4.0, -0.25, 0.1, 7.5, -6.0],
+            &[0.0, 0.5, 1.0],
+            &[0.2, 0.2, 0.2, 0.2],
+        ];
+        for row in rows {
+            let (mut ours, mut sorted) = (vec![0.0; row.len()], vec![0.0; row.len()]);
+            sparsemax_forward(row, row.len(), &mut ours);
+            losskit_kernels::sparsemax(row, &mut sorted);
+            for (a, b) in ours.iter().zip(&sorted) {
+                assert!((a - b).abs() < 1e-12, "{row:?}: {ours:?} vs {sorted:?}");
+            }
+            assert!((ours.iter().sum::<f64>() - 1.0).abs() < 1e-12, "{ours:?}");
+        }
+        let mut nan = [0.0; 3];
+        sparsemax_forward(&[1.0, f64::NAN, 0.0], 3, &mut nan);
+        assert!(nan.iter().all(|v| v.is_nan()));
+    }
+
+    /// glu's backward pass is its forward pass' derivative (central differences).
+    #[test]
+    fn glu_backward_matches_differences() {
+        let x = [0.3, -1.1, 0.7, 2.0, -0.4, 0.9, -2.2, 0.05];
+        let g = [0.5, -1.5, 2.0, 0.25];
+        let mut gx = [0.0; 8];
+        glu_backward(&x, &g, 4, &mut gx);
+        let objective = |x: &[f64]| {
+            let mut out = [0.0; 4];
+            glu_forward(x, 4, &mut out);
+            out.iter().zip(&g).map(|(o, g)| o * g).sum::<f64>()
+        };
+        for i in 0..8 {
+            let (mut up, mut down) = (x, x);
+            up[i] += 1e-6;
+            down[i] -= 1e-6;
+            let numeric = (objective(&up) - objective(&down)) / 2e-6;
+            assert!((numeric - gx[i]).abs() < 1e-6, "{i}: {} vs {numeric}", gx[i]);
         }
     }
 }

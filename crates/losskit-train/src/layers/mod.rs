@@ -107,6 +107,32 @@ pub(crate) fn builtin(layer: &dyn Layer) -> Option<&dyn BuiltinLayer> {
     any.downcast_ref::<ActivationLayer>().map(|l| l as &dyn BuiltinLayer)
 }
 
+/// An activation the planned step runs as a pass of its own (not fused into a product).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Then {
+    /// Softmax over each sample's features.
+    Softmax,
+    /// Sparsemax over each sample's features.
+    Sparsemax,
+    /// `glu`: each sample's features halved.
+    Glu,
+    /// An element-wise activation whose derivative needs its input.
+    Elementwise(Elementwise),
+}
+
+impl Activation {
+    /// The pass the planned step runs for this activation when it is not fused into a
+    /// product (`None` for log_softmax, which has none, and the fused ones).
+    pub(crate) fn then(self) -> Option<Then> {
+        match self {
+            Activation::Softmax => Some(Then::Softmax),
+            Activation::Sparsemax => Some(Then::Sparsemax),
+            Activation::Glu => Some(Then::Glu),
+            a => a.elementwise().map(Then::Elementwise),
+        }
+    }
+}
+
 /// A layer as the allocation-free training step runs it (`BuiltinLayer::step_kind`): on a batch of
 /// `rows` samples with one axis of features each.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -128,30 +154,22 @@ pub(crate) enum StepLayer {
         /// The fraction dropped, in `[0, 1)`.
         rate: f64,
     },
-    /// `act(x·W + b)` with weights `[W (inputs, units), b (units)]` (`b` when `bias`), then
-    /// `softmax` over the units when `softmax` (and `activation` is linear).
-    /// An `Activation` layer whose derivative is a function of its output (`activation`), or
-    /// a softmax over the last axis ([`StepLayer::Softmax`]).
+    /// An `Activation` layer whose derivative is a function of its output (`activation`).
     Activation {
         /// The activation.
         activation: DenseActivation,
     },
-    /// An `Activation("softmax")` layer: a softmax over each sample's features.
-    Softmax,
-    /// An `Activation` layer of an element-wise activation whose derivative needs its input.
-    Elementwise {
-        /// The activation.
-        kind: Elementwise,
-    },
+    /// An `Activation` layer of an activation with a pass of its own ([`Then`]).
+    Then(Then),
+    /// `act(x·W + b)` with weights `[W (inputs, units), b (units)]` (`b` when `bias`), then
+    /// the activation `then` when given (and `activation` is linear).
     Dense {
         /// Features out.
         units: usize,
         /// The activation fused with the product.
         activation: DenseActivation,
-        /// Whether a softmax over the units follows.
-        softmax: bool,
-        /// An element-wise activation that follows (`activation` is then linear).
-        elementwise: Option<Elementwise>,
+        /// An activation with a pass of its own that follows.
+        then: Option<Then>,
         /// Whether the layer has a bias (weight 1).
         bias: bool,
         /// The kernel's and the bias' regularizers.
@@ -401,18 +419,15 @@ impl BuiltinLayer for Dense {
     fn step_kind(&self) -> Option<StepLayer> {
         // Built (its kernel exists) or nothing to plan yet.
         self.kernel.as_ref()?;
-        let (activation, softmax, elementwise) =
-            match (self.activation.dense_activation(), self.activation.elementwise(), self.activation) {
-                (Some(a), _, _) => (a, false, None),
-                (None, Some(kind), _) => (DenseActivation::Linear, false, Some(kind)),
-                (None, None, Activation::Softmax) => (DenseActivation::Linear, true, None),
-                _ => return None,
-            };
+        let (activation, then) = match (self.activation.dense_activation(), self.activation.then()) {
+            (Some(a), _) => (a, None),
+            (None, Some(then)) => (DenseActivation::Linear, Some(then)),
+            (None, None) => return None,
+        };
         Some(StepLayer::Dense {
             units: self.units,
             activation,
-            softmax,
-            elementwise,
+            then,
             bias: self.bias.is_some(),
             regularizers: [self.kernel_regularizer, self.bias_regularizer.filter(|_| self.bias.is_some())],
         })
@@ -495,11 +510,9 @@ impl Layer for ActivationLayer {
 
 impl BuiltinLayer for ActivationLayer {
     fn step_kind(&self) -> Option<StepLayer> {
-        match (self.activation.dense_activation(), self.activation.elementwise(), self.activation) {
-            (Some(activation), _, _) => Some(StepLayer::Activation { activation }),
-            (None, Some(kind), _) => Some(StepLayer::Elementwise { kind }),
-            (None, None, Activation::Softmax) => Some(StepLayer::Softmax),
-            _ => None,
+        match (self.activation.dense_activation(), self.activation.then()) {
+            (Some(activation), _) => Some(StepLayer::Activation { activation }),
+            (None, then) => then.map(StepLayer::Then),
         }
     }
     fn keras_config(&self) -> serde_json::Value {

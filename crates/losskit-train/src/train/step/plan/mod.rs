@@ -23,7 +23,7 @@
 //! against [`Compile::planned_step`](crate::Compile::planned_step)`(Some(false))`), and a warm
 //! step allocates nothing (`tests/step_allocations.rs`).
 
-use crate::layers::{builtin, Layer, Param, StepLayer};
+use crate::layers::{builtin, Layer, Param, StepLayer, Then};
 use crate::optimizers::Weights;
 use crate::regularizers::Regularizer;
 use losskit::{DType, Reduction, Result, RowLoss, Tensor};
@@ -58,19 +58,35 @@ enum Stage {
     /// An element-wise activation whose derivative reads its input (an `Activation` layer, or
     /// the one of a `Dense` layer) on rows of `cols` values.
     Elementwise { kind: Elementwise, cols: usize },
+    /// Sparsemax over rows of `cols` values.
+    Sparsemax { cols: usize },
+    /// `glu` on rows of `cols` values (even): rows of `cols / 2` out.
+    Glu { cols: usize },
     /// `x·scale + offset` (a `Rescaling` layer) on rows of `cols` values.
     Rescale { scale: f64, offset: f64, cols: usize },
 }
 
 impl Stage {
+    /// The stage of an activation with a pass of its own on rows of `cols` values.
+    fn then(then: Then, cols: usize) -> Stage {
+        match then {
+            Then::Softmax => Stage::Softmax { cols },
+            Then::Sparsemax => Stage::Sparsemax { cols },
+            Then::Glu => Stage::Glu { cols },
+            Then::Elementwise(kind) => Stage::Elementwise { kind, cols },
+        }
+    }
+
     /// Features per sample out.
     fn cols(&self) -> usize {
         match *self {
             Stage::Dense { shape, .. } => shape.1,
+            Stage::Glu { cols } => cols / 2,
             Stage::Softmax { cols }
             | Stage::Dropout { cols, .. }
             | Stage::Activation { cols, .. }
             | Stage::Elementwise { cols, .. }
+            | Stage::Sparsemax { cols }
             | Stage::Rescale { cols, .. } => cols,
         }
     }
@@ -321,20 +337,18 @@ impl StepPlan {
                 StepLayer::Activation { activation } => {
                     stages.push(Stage::Activation { activation, cols: flat(&shape, l.as_ref())? })
                 }
-                StepLayer::Softmax => stages.push(Stage::Softmax { cols: flat(&shape, l.as_ref())? }),
-                StepLayer::Elementwise { kind } => {
-                    stages.push(Stage::Elementwise { kind, cols: flat(&shape, l.as_ref())? })
+                StepLayer::Then(then) => {
+                    let cols = flat(&shape, l.as_ref())?;
+                    stages.push(Stage::then(then, cols));
+                    shape = vec![stages.last().expect("just pushed").cols()];
                 }
-                StepLayer::Dense { units, activation, softmax, elementwise, bias, regularizers } => {
+                StepLayer::Dense { units, activation, then, bias, regularizers } => {
                     let inputs = flat(&shape, l.as_ref())?;
                     stages.push(Stage::Dense { layer, weight, shape: (inputs, units), activation, bias, regularizers });
-                    if softmax {
-                        stages.push(Stage::Softmax { cols: units });
+                    if let Some(then) = then {
+                        stages.push(Stage::then(then, units));
                     }
-                    if let Some(kind) = elementwise {
-                        stages.push(Stage::Elementwise { kind, cols: units });
-                    }
-                    shape = vec![units];
+                    shape = vec![stages.last().expect("just pushed").cols()];
                 }
             }
             weight += l.param_count();
@@ -590,10 +604,7 @@ fn why_not(l: &dyn Layer) -> String {
         .or_else(|| any.downcast_ref::<crate::ActivationLayer>().map(crate::ActivationLayer::activation));
     match activation {
         Some(a) => {
-            format!(
-                ": its activation {} has no planned form (every element-wise one and softmax have; log_softmax, sparsemax and glu do not)",
-                a.name()
-            )
+            format!(": its activation {} has no planned form (all but log_softmax have)", a.name())
         }
         None if builtin(l).is_none() => ": a layer of your own trains through the tape".into(),
         None => String::new(),
@@ -682,6 +693,8 @@ fn forward<T: Element>(
             Stage::Softmax { cols } => slices::softmax_forward(input, cols, out),
             Stage::Activation { activation, cols } => slices::activation_forward(input, cols, activation, out),
             Stage::Elementwise { kind, .. } => slices::elementwise_forward(input, kind, out),
+            Stage::Sparsemax { cols } => slices::sparsemax_forward(input, cols, out),
+            Stage::Glu { cols } => slices::glu_forward(input, cols, out),
             Stage::Rescale { scale, offset, .. } => {
                 // As the tape's `x.mul_scalar(scale)` then, when not 0, `.add_scalar(offset)`.
                 let (s, o) = (T::c(scale), T::c(offset));
@@ -955,6 +968,17 @@ fn backward<T: Element>(
                 let x = if i == 0 { read::<T>(&b.x) } else { read::<T>(&b.outs[i - 1]) };
                 slices::elementwise_backward_in_place(x, g, kind);
                 pass_down(before, &mut from_here[0], needed);
+            }
+            Stage::Sparsemax { cols } => {
+                slices::sparsemax_backward(out, g, cols);
+                pass_down(before, &mut from_here[0], needed);
+            }
+            Stage::Glu { cols } => {
+                // Another shape than its input: written into the stage before's buffer.
+                if needed {
+                    let x = if i == 0 { read::<T>(&b.x) } else { read::<T>(&b.outs[i - 1]) };
+                    slices::glu_backward(x, g, cols, buf::<T>(before.last_mut().expect("a stage before")));
+                }
             }
         }
     }
