@@ -340,6 +340,52 @@ fn softmax_grad_rows_body<T: Element>(y: &[T], g: &mut [T], cols: usize) {
 }
 with_avx2!(softmax_grad_rows => softmax_grad_rows_body, (y: &[T], g: &mut [T], cols: usize));
 
+/// `out = log_softmax(x)` over rows of `cols` values, as `x.log_softmax(-1)`: `x - lse(x)`.
+pub fn log_softmax_forward<T: Element>(x: &[T], cols: usize, out: &mut [T]) {
+    assert_eq!(x.len(), out.len());
+    if x.len() >= PARALLEL_MIN {
+        let rows = (PIECE / cols.max(1)).max(1) * cols.max(1);
+        out.par_chunks_mut(rows).zip(x.par_chunks(rows)).for_each(|(o, x)| log_softmax_rows(x, cols, o));
+    } else {
+        log_softmax_rows(x, cols, out);
+    }
+}
+
+#[inline(always)]
+fn log_softmax_rows_body<T: Element>(x: &[T], cols: usize, out: &mut [T]) {
+    for (o, x) in out.chunks_exact_mut(cols.max(1)).zip(x.chunks_exact(cols.max(1))) {
+        let lse = log_sum_exp(x);
+        for (o, &v) in o.iter_mut().zip(x) {
+            *o = Binary::Sub.apply(v, lse);
+        }
+    }
+}
+with_avx2!(log_softmax_rows => log_softmax_rows_body, (x: &[T], cols: usize, out: &mut [T]));
+
+/// The backward pass of [`log_softmax_forward`]: `g ← g - exp(y)·Σ_row g` in place, as the
+/// tape's log-softmax gradient.
+pub fn log_softmax_backward<T: Element>(y: &[T], g: &mut [T], cols: usize) {
+    assert_eq!(y.len(), g.len());
+    if y.len() >= PARALLEL_MIN {
+        let rows = (PIECE / cols.max(1)).max(1) * cols.max(1);
+        g.par_chunks_mut(rows).zip(y.par_chunks(rows)).for_each(|(g, y)| log_softmax_grad_rows(y, g, cols));
+    } else {
+        log_softmax_grad_rows(y, g, cols);
+    }
+}
+
+#[inline(always)]
+fn log_softmax_grad_rows_body<T: Element>(y: &[T], g: &mut [T], cols: usize) {
+    for (g, y) in g.chunks_exact_mut(cols.max(1)).zip(y.chunks_exact(cols.max(1))) {
+        let total = row_total(cols, |start, len, total| accumulate_sum(total, &g[start..start + len]));
+        let s = T::c(total);
+        for (g, &y) in g.iter_mut().zip(y) {
+            *g = Binary::Sub.apply(*g, Binary::Mul.apply(Unary::Exp.apply(y), s));
+        }
+    }
+}
+with_avx2!(log_softmax_grad_rows => log_softmax_grad_rows_body, (y: &[T], g: &mut [T], cols: usize));
+
 /// `out = a·b` element by element (`a.mul(b)`: dropout's scaled mask, and its backward pass).
 pub fn mul<T: Element>(a: &[T], b: &[T], out: &mut [T]) {
     assert!(a.len() == b.len() && b.len() == out.len());

@@ -234,12 +234,44 @@ fn the_guard_stops_the_same_step_with_the_same_diagnosis() {
 fn required_but_impossible_names_the_reason() {
     let x = inputs(8, &[3], DType::F32);
     let y = labels(&x, 2);
-    let mut m = Sequential::new()
-        .add(Dense::new(4).activation("log_softmax").unwrap())
-        .add(Dense::new(2).activation("softmax").unwrap());
+    let mut m =
+        Sequential::new().add(Dense::new(4)).add(Halve::default()).add(Dense::new(2).activation("softmax").unwrap());
     m.compile(Compile::new().loss("sparse_categorical_crossentropy").planned_step(Some(true))).unwrap();
     let err = m.fit(&x, &y, Fit::new().verbose(0)).unwrap_err().to_string();
-    assert!(err.contains("planned_step(Some(true))") && err.contains("dense"), "{err}");
+    assert!(err.contains("planned_step(Some(true))") && err.contains("halve") && err.contains("your own"), "{err}");
+}
+
+/// A layer of the user's own: `x/2`, no weights.
+#[derive(Default)]
+struct Halve {
+    name: String,
+    output: Option<Vec<usize>>,
+}
+
+impl Layer for Halve {
+    fn kind(&self) -> &'static str {
+        "Halve"
+    }
+    fn name(&self) -> &str {
+        if self.name.is_empty() {
+            "halve"
+        } else {
+            &self.name
+        }
+    }
+    fn set_name(&mut self, name: String) {
+        self.name = name;
+    }
+    fn build(&mut self, input: &[usize], _: DType, _: &mut losskit_tensor::random::Rng) -> losskit::Result<Vec<usize>> {
+        self.output = Some(input.to_vec());
+        Ok(input.to_vec())
+    }
+    fn forward(&self, x: &Tensor, _: bool, _: &mut losskit_tensor::random::Rng) -> losskit::Result<Tensor> {
+        x.mul_scalar(0.5)
+    }
+    fn output_shape(&self) -> Option<&[usize]> {
+        self.output.as_deref()
+    }
 }
 
 /// A loss with no row kernel (a custom closure, Dice, TFA's and PyTorch's, sparse cross-entropy with
@@ -397,15 +429,15 @@ fn the_step_path_and_the_reasons_for_the_faster_paths_not_taken() {
     assert_eq!((p.kind, p.not_taken.clone()), (StepKind::Planned, vec![]), "{p}");
     assert_eq!(p.to_string(), "planned step");
 
-    let log_softmax: &Build = &|| {
+    let own: &Build = &|| {
         Sequential::new()
-            .add(Dense::new(8).activation("log_softmax").unwrap())
+            .add(Dense::new(8).activation("relu").unwrap())
+            .add(Halve::default())
             .add(Dense::new(4).activation("softmax").unwrap())
     };
-    let p = path_of(log_softmax, sparse());
+    let p = path_of(own, sparse());
     assert_eq!(p.kind, StepKind::Tape, "{p}");
-    let why =
-        "layer 1 `dense` (Dense) is not plannable: its activation log_softmax has no planned form (all but log_softmax have)";
+    let why = "layer 2 `halve` (Halve) is not plannable: a layer of your own trains through the tape";
     assert_eq!(p.not_taken[0], (StepKind::Planned, why.to_string()));
     assert_eq!(p.not_taken[1].0, StepKind::FusedHead);
     assert!(p.not_taken[1].1.contains("not a linear Dense"), "{p}");
@@ -498,11 +530,10 @@ fn every_elementwise_activation_trains_to_the_same_bits() {
     }
 }
 
-/// The activations over the last axis with a pass of their own: glu (halving the features) and
-/// sparsemax, in `Dense` layers and as `Activation` layers, hidden and as the output; the
-/// tape's bits.
+/// The activations over the last axis: glu (halving the features), sparsemax and log_softmax,
+/// in `Dense` layers and as `Activation` layers, hidden and as the output; the tape's bits.
 #[test]
-fn glu_and_sparsemax_train_to_the_same_bits() {
+fn glu_sparsemax_and_log_softmax_train_to_the_same_bits() {
     let x = inputs(80, &[6], DType::F32);
     let y = labels(&x, 4);
     let one_hot4 = one_hot(&y, 4);
@@ -514,8 +545,26 @@ fn glu_and_sparsemax_train_to_the_same_bits() {
             .add(ActivationLayer::new("sparsemax").unwrap())
             .add(Dense::new(12))
             .add(ActivationLayer::new("glu").unwrap())
+            .add(ActivationLayer::new("log_softmax").unwrap())
             .add(Dense::new(4).activation("softmax").unwrap())
     };
+    // log_softmax as the output, its values the logits of the loss; a batch large enough for
+    // parallel pieces.
+    let logits = || {
+        Sequential::new()
+            .seed(8)
+            .add(Dense::new(300).activation("tanh").unwrap())
+            .add(Dense::new(300).activation("log_softmax").unwrap())
+    };
+    let from_logits = || {
+        Compile::new()
+            .optimizer("sgd")
+            .loss(std::sync::Arc::new(losskit::SparseCategoricalCrossentropy::new().with_from_logits(true))
+                as std::sync::Arc<dyn losskit::Loss>)
+    };
+    let big = || Fit::new().epochs(2).batch_size(128).verbose(0);
+    let (many, many_y) = (inputs(200, &[6], DType::F32), labels(&inputs(200, &[6], DType::F32), 300));
+    same_on_both_paths("a log_softmax output", &logits, &from_logits, &many, &many_y, &big);
     let output = || {
         Sequential::new()
             .seed(8)

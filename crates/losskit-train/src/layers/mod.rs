@@ -112,6 +112,8 @@ pub(crate) fn builtin(layer: &dyn Layer) -> Option<&dyn BuiltinLayer> {
 pub(crate) enum Then {
     /// Softmax over each sample's features.
     Softmax,
+    /// Log-softmax over each sample's features.
+    LogSoftmax,
     /// Sparsemax over each sample's features.
     Sparsemax,
     /// `glu`: each sample's features halved.
@@ -122,10 +124,11 @@ pub(crate) enum Then {
 
 impl Activation {
     /// The pass the planned step runs for this activation when it is not fused into a
-    /// product (`None` for log_softmax, which has none, and the fused ones).
+    /// product (`None` for the fused ones).
     pub(crate) fn then(self) -> Option<Then> {
         match self {
             Activation::Softmax => Some(Then::Softmax),
+            Activation::LogSoftmax => Some(Then::LogSoftmax),
             Activation::Sparsemax => Some(Then::Sparsemax),
             Activation::Glu => Some(Then::Glu),
             a => a.elementwise().map(Then::Elementwise),

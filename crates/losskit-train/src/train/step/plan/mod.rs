@@ -58,6 +58,8 @@ enum Stage {
     /// An element-wise activation whose derivative reads its input (an `Activation` layer, or
     /// the one of a `Dense` layer) on rows of `cols` values.
     Elementwise { kind: Elementwise, cols: usize },
+    /// Log-softmax over rows of `cols` values.
+    LogSoftmax { cols: usize },
     /// Sparsemax over rows of `cols` values.
     Sparsemax { cols: usize },
     /// `glu` on rows of `cols` values (even): rows of `cols / 2` out.
@@ -71,6 +73,7 @@ impl Stage {
     fn then(then: Then, cols: usize) -> Stage {
         match then {
             Then::Softmax => Stage::Softmax { cols },
+            Then::LogSoftmax => Stage::LogSoftmax { cols },
             Then::Sparsemax => Stage::Sparsemax { cols },
             Then::Glu => Stage::Glu { cols },
             Then::Elementwise(kind) => Stage::Elementwise { kind, cols },
@@ -87,6 +90,7 @@ impl Stage {
             | Stage::Activation { cols, .. }
             | Stage::Elementwise { cols, .. }
             | Stage::Sparsemax { cols }
+            | Stage::LogSoftmax { cols }
             | Stage::Rescale { cols, .. } => cols,
         }
     }
@@ -595,19 +599,12 @@ fn kernel_targets<'m, T: Element>(
     Ok(kernel)
 }
 
-/// Why a layer has no planned form, in words (`": its activation glu has none"`), where known.
+/// Why a layer has no planned form, in words, where known (a layer of the user's own: every
+/// built-in layer and activation has one).
 fn why_not(l: &dyn Layer) -> String {
-    let any: &dyn std::any::Any = l;
-    let activation = any
-        .downcast_ref::<crate::Dense>()
-        .map(crate::Dense::activation_fn)
-        .or_else(|| any.downcast_ref::<crate::ActivationLayer>().map(crate::ActivationLayer::activation));
-    match activation {
-        Some(a) => {
-            format!(": its activation {} has no planned form (all but log_softmax have)", a.name())
-        }
-        None if builtin(l).is_none() => ": a layer of your own trains through the tape".into(),
-        None => String::new(),
+    match builtin(l) {
+        None => ": a layer of your own trains through the tape".into(),
+        Some(_) => String::new(),
     }
 }
 
@@ -694,6 +691,7 @@ fn forward<T: Element>(
             Stage::Activation { activation, cols } => slices::activation_forward(input, cols, activation, out),
             Stage::Elementwise { kind, .. } => slices::elementwise_forward(input, kind, out),
             Stage::Sparsemax { cols } => slices::sparsemax_forward(input, cols, out),
+            Stage::LogSoftmax { cols } => slices::log_softmax_forward(input, cols, out),
             Stage::Glu { cols } => slices::glu_forward(input, cols, out),
             Stage::Rescale { scale, offset, .. } => {
                 // As the tape's `x.mul_scalar(scale)` then, when not 0, `.add_scalar(offset)`.
@@ -971,6 +969,10 @@ fn backward<T: Element>(
             }
             Stage::Sparsemax { cols } => {
                 slices::sparsemax_backward(out, g, cols);
+                pass_down(before, &mut from_here[0], needed);
+            }
+            Stage::LogSoftmax { cols } => {
+                slices::log_softmax_backward(out, g, cols);
                 pass_down(before, &mut from_here[0], needed);
             }
             Stage::Glu { cols } => {
