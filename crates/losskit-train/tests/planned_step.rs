@@ -50,6 +50,11 @@ fn run(
     let mut m = build();
     m.compile(compile().planned_step(Some(planned))).unwrap();
     let outcome = m.fit(x, y.clone(), fit());
+    outcome_of(&m, outcome)
+}
+
+/// The model's weights and the run's History (as bits), or its error.
+fn outcome_of(m: &Model, outcome: losskit::Result<History>) -> Outcome {
     let weights =
         m.get_weights().iter().map(|(_, t)| t.to_vec::<f64>().iter().map(|v| v.to_bits()).collect()).collect();
     match outcome {
@@ -1007,15 +1012,7 @@ fn run_heads(
         "{:?}",
         m.step_path()
     );
-    let weights =
-        m.get_weights().iter().map(|(_, t)| t.to_vec::<f64>().iter().map(|v| v.to_bits()).collect()).collect();
-    match outcome {
-        Ok(h) => {
-            let hist = h.history.iter().map(|(k, v)| (k.clone(), v.iter().map(|v| v.to_bits()).collect())).collect();
-            (weights, hist, None)
-        }
-        Err(e) => (weights, Vec::new(), Some(e.to_string())),
-    }
+    outcome_of(&m, outcome)
 }
 
 /// Several outputs (a trunk and named heads) with loss weights, sample weights, dropout in the
