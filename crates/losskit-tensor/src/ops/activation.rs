@@ -344,7 +344,7 @@ fn sparsemax_threshold<T: Element>(row: &[T]) -> T {
 }
 
 /// `out = sparsemax(x)` over rows of `cols` values: `max(x - τ, 0)` with each row's
-/// [`sparsemax_threshold`] (the projection onto the simplex: each row sums to 1).
+/// threshold `τ` (the projection onto the simplex: each row sums to 1; found by Michelot's iteration, no sort).
 ///
 /// Panics if the lengths differ or are not whole rows.
 pub fn sparsemax_forward<T: Element>(x: &[T], cols: usize, out: &mut [T]) {
