@@ -289,12 +289,20 @@ fn row_total(len: usize, mut add: impl FnMut(usize, usize, &mut f64)) -> f64 {
 
 /// `out = softmax(x)` over rows of `cols` values, as `x.softmax(-1)`: `exp(x - lse(x))`.
 pub fn softmax_forward<T: Element>(x: &[T], cols: usize, out: &mut [T]) {
-    assert_eq!(x.len(), out.len());
-    if x.len() >= PARALLEL_MIN {
+    by_row_pieces(x, out, cols, |x, o| softmax_rows(x, cols, o));
+}
+
+/// `f` on whole rows of `cols` values of `a` (read) and `b` (written), in parallel pieces of
+/// rows when large (each row on its own, so the values do not depend on the thread count).
+///
+/// Panics if the lengths differ.
+pub(crate) fn by_row_pieces<T: Element>(a: &[T], b: &mut [T], cols: usize, f: impl Fn(&[T], &mut [T]) + Sync) {
+    assert_eq!(a.len(), b.len());
+    if a.len() >= PARALLEL_MIN {
         let rows = (PIECE / cols.max(1)).max(1) * cols.max(1);
-        out.par_chunks_mut(rows).zip(x.par_chunks(rows)).for_each(|(o, x)| softmax_rows(x, cols, o));
+        b.par_chunks_mut(rows).zip(a.par_chunks(rows)).for_each(|(b, a)| f(a, b));
     } else {
-        softmax_rows(x, cols, out);
+        f(a, b);
     }
 }
 
@@ -312,13 +320,7 @@ with_avx2!(softmax_rows => softmax_rows_body, (x: &[T], cols: usize, out: &mut [
 /// The backward pass of [`softmax_forward`]: `g ← y·(g - Σ_row g·y)` in place, as the tape's
 /// softmax gradient.
 pub fn softmax_backward<T: Element>(y: &[T], g: &mut [T], cols: usize) {
-    assert_eq!(y.len(), g.len());
-    if y.len() >= PARALLEL_MIN {
-        let rows = (PIECE / cols.max(1)).max(1) * cols.max(1);
-        g.par_chunks_mut(rows).zip(y.par_chunks(rows)).for_each(|(g, y)| softmax_grad_rows(y, g, cols));
-    } else {
-        softmax_grad_rows(y, g, cols);
-    }
+    by_row_pieces(y, g, cols, |y, g| softmax_grad_rows(y, g, cols));
 }
 
 #[inline(always)]
@@ -342,13 +344,7 @@ with_avx2!(softmax_grad_rows => softmax_grad_rows_body, (y: &[T], g: &mut [T], c
 
 /// `out = log_softmax(x)` over rows of `cols` values, as `x.log_softmax(-1)`: `x - lse(x)`.
 pub fn log_softmax_forward<T: Element>(x: &[T], cols: usize, out: &mut [T]) {
-    assert_eq!(x.len(), out.len());
-    if x.len() >= PARALLEL_MIN {
-        let rows = (PIECE / cols.max(1)).max(1) * cols.max(1);
-        out.par_chunks_mut(rows).zip(x.par_chunks(rows)).for_each(|(o, x)| log_softmax_rows(x, cols, o));
-    } else {
-        log_softmax_rows(x, cols, out);
-    }
+    by_row_pieces(x, out, cols, |x, o| log_softmax_rows(x, cols, o));
 }
 
 #[inline(always)]
@@ -365,13 +361,7 @@ with_avx2!(log_softmax_rows => log_softmax_rows_body, (x: &[T], cols: usize, out
 /// The backward pass of [`log_softmax_forward`]: `g ← g - exp(y)·Σ_row g` in place, as the
 /// tape's log-softmax gradient.
 pub fn log_softmax_backward<T: Element>(y: &[T], g: &mut [T], cols: usize) {
-    assert_eq!(y.len(), g.len());
-    if y.len() >= PARALLEL_MIN {
-        let rows = (PIECE / cols.max(1)).max(1) * cols.max(1);
-        g.par_chunks_mut(rows).zip(y.par_chunks(rows)).for_each(|(g, y)| log_softmax_grad_rows(y, g, cols));
-    } else {
-        log_softmax_grad_rows(y, g, cols);
-    }
+    by_row_pieces(y, g, cols, |y, g| log_softmax_grad_rows(y, g, cols));
 }
 
 #[inline(always)]

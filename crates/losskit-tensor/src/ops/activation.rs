@@ -5,12 +5,12 @@
 //! The piecewise ones take the piece JAX takes at a kink (its `where` on the same comparison),
 //! and NaN goes through every one.
 
-use super::{op, with_pair, PARALLEL_MIN};
+use super::{op, with_pair};
+use crate::slices::by_row_pieces;
 use crate::storage::{with_storage, Element};
 use crate::Tensor;
 use losskit_kernels::{sigmoid, softplus, Float};
 use ndarray::Zip;
-use rayon::prelude::*;
 
 /// Keras' SELU scale `λ`.
 const SELU_SCALE: f64 = 1.050_700_987_355_480_5;
@@ -272,21 +272,12 @@ fn hard_sigmoid_derivative<T: Float>(x: T) -> T {
     step::<T>(x > -three && x < three) / T::c(6.0)
 }
 
-/// Values per parallel piece of the slice functions (above `PARALLEL_MIN` values).
-const PIECE: usize = 1 << 14;
-
 /// `out = f(x)` element by element, as [`Tensor::elementwise`] computes it (in parallel pieces
 /// when large; each element on its own, so the values do not depend on the thread count).
 ///
 /// Panics if the lengths differ.
 pub fn elementwise_forward<T: Element>(x: &[T], kind: Elementwise, out: &mut [T]) {
-    assert_eq!(x.len(), out.len());
-    let run = |(o, x): (&mut [T], &[T])| o.iter_mut().zip(x).for_each(|(o, &x)| *o = kind.value(x));
-    if x.len() >= PARALLEL_MIN {
-        out.par_chunks_mut(PIECE).zip(x.par_chunks(PIECE)).for_each(run);
-    } else {
-        run((out, x));
-    }
+    by_row_pieces(x, out, 1, |x, o| o.iter_mut().zip(x).for_each(|(o, &x)| *o = kind.value(x)));
 }
 
 /// `g ← g·f'(x)` element by element, in place: the gradient of the input from the output's,
@@ -294,13 +285,7 @@ pub fn elementwise_forward<T: Element>(x: &[T], kind: Elementwise, out: &mut [T]
 ///
 /// Panics if the lengths differ.
 pub fn elementwise_backward_in_place<T: Element>(x: &[T], g: &mut [T], kind: Elementwise) {
-    assert_eq!(x.len(), g.len());
-    let run = |(g, x): (&mut [T], &[T])| g.iter_mut().zip(x).for_each(|(g, &x)| *g = *g * kind.derivative(x));
-    if x.len() >= PARALLEL_MIN {
-        g.par_chunks_mut(PIECE).zip(x.par_chunks(PIECE)).for_each(run);
-    } else {
-        run((g, x));
-    }
+    by_row_pieces(x, g, 1, |x, g| g.iter_mut().zip(x).for_each(|(g, &x)| *g = *g * kind.derivative(x)));
 }
 
 impl Tensor {
