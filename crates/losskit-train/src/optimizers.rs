@@ -415,11 +415,16 @@ impl Optimizer {
         if self.ema.is_none() {
             return Ok(());
         }
+        // Only the averages are copied out of the slots.
         let last = self.rule_slots();
-        let state = self.state();
-        for (p, slots) in params.iter_mut().zip(&state.slots) {
-            if let Some(average) = slots.get(last) {
-                p.value = average.clone().requires_grad();
+        for (i, p) in params.iter_mut().enumerate() {
+            let average = match &self.slots {
+                Slots::Empty => None,
+                Slots::F32(v) => v.get(i).and_then(|s| s.get(last)).map(|a| Tensor::from_array(a.clone())),
+                Slots::F64(v) => v.get(i).and_then(|s| s.get(last)).map(|a| Tensor::from_array(a.clone())),
+            };
+            if let Some(average) = average {
+                p.value = average.requires_grad();
             }
         }
         Ok(())
@@ -916,25 +921,26 @@ fn ema_update<T: Element>(ema: Option<Ema>, step: u64, w: &mut [T], average: &mu
 
 /// [`Optimizer::slot_shape`] of `rule`.
 fn slot_shape(rule: Rule, k: usize, weight: &[usize]) -> Vec<usize> {
-    let rank = weight.len();
-    match (rule, k) {
-        (Rule::Adafactor { .. }, 0 | 1) if rank < 2 => Vec::new(),
-        (Rule::Adafactor { .. }, 0) => weight[..rank - 1].to_vec(),
-        (Rule::Adafactor { .. }, 1) => [&weight[..rank - 2], &weight[rank - 1..]].concat(),
-        _ => weight.to_vec(),
-    }
+    let (head, tail) = slot_dims(rule, k, weight);
+    [head, tail].concat()
 }
 
 /// Whether `shape` is [`slot_shape`]`(rule, k, weight)` (checked every step: no allocation).
 fn slot_fits(rule: Rule, k: usize, weight: &[usize], shape: &[usize]) -> bool {
+    let (head, tail) = slot_dims(rule, k, weight);
+    shape.len() == head.len() + tail.len() && shape[..head.len()] == *head && shape[head.len()..] == *tail
+}
+
+/// Slot `k`'s shape for a weight of shape `weight`, as two pieces of it to join: the weight's
+/// own, except Adafactor's `r` (`weight[..-1]`) and `c` (`weight[..-2] ++ [last]`), scalars for
+/// a weight of rank < 2.
+fn slot_dims(rule: Rule, k: usize, weight: &[usize]) -> (&[usize], &[usize]) {
     let rank = weight.len();
     match (rule, k) {
-        (Rule::Adafactor { .. }, 0 | 1) if rank < 2 => shape.is_empty(),
-        (Rule::Adafactor { .. }, 0) => shape == &weight[..rank - 1],
-        (Rule::Adafactor { .. }, 1) => {
-            shape.len() == rank - 1 && shape[..rank - 2] == weight[..rank - 2] && shape[rank - 2] == weight[rank - 1]
-        }
-        _ => shape == weight,
+        (Rule::Adafactor { .. }, 0 | 1) if rank < 2 => (&[], &[]),
+        (Rule::Adafactor { .. }, 0) => (&weight[..rank - 1], &[]),
+        (Rule::Adafactor { .. }, 1) => (&weight[..rank - 2], &weight[rank - 1..]),
+        _ => (weight, &[]),
     }
 }
 

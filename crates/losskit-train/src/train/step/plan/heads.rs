@@ -99,12 +99,9 @@ impl StepPlan {
         idx: &[usize],
         set: usize,
     ) -> Result<f64> {
+        // The trunk's targets are the heads' (gathered per head below).
+        self.gather_and_forward::<T>(model, (x, None, w), idx, set)?;
         let b = &mut self.buffers[set];
-        gather::<T>(x, idx, &mut b.x)?;
-        if let Some(w) = w {
-            gather::<T>(w, idx, &mut b.w)?;
-        }
-        forward::<T>(&self.stages, &model.trunk, Some(&mut model.rng), b)?;
         let mut total: Option<T> = None;
         self.each.clear();
         for (k, head) in self.heads.iter().enumerate() {

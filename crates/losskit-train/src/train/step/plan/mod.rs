@@ -400,18 +400,20 @@ impl StepPlan {
         Ok(self.buffers_for(rows))
     }
 
-    /// Steps 1 and 2 in `T`: the rows `idx` of the inputs, targets and weights into buffer set
+    /// Steps 1 and 2 in `T`: the rows `idx` of the inputs, targets (when given) and weights into buffer set
     /// `set`, and the stages forward with dropout drawn from the model's generator.
     fn gather_and_forward<T: Element>(
         &mut self,
         model: &mut crate::Model,
-        (x, y, w): (&Tensor, &Tensor, Option<&Tensor>),
+        (x, y, w): (&Tensor, Option<&Tensor>, Option<&Tensor>),
         idx: &[usize],
         set: usize,
     ) -> Result<()> {
         let b = &mut self.buffers[set];
         gather::<T>(x, idx, &mut b.x)?;
-        gather::<T>(y, idx, &mut b.y)?;
+        if let Some(y) = y {
+            gather::<T>(y, idx, &mut b.y)?;
+        }
         if let Some(w) = w {
             gather::<T>(w, idx, &mut b.w)?;
         }
@@ -555,7 +557,7 @@ impl StepPlan {
         idx: &[usize],
         set: usize,
     ) -> Result<f64> {
-        self.gather_and_forward::<T>(model, (x, y, w), idx, set)?;
+        self.gather_and_forward::<T>(model, (x, Some(y), w), idx, set)?;
         let loss = match self.loss_path {
             LossPath::Kernel => {
                 let kernel = self.targets::<T>(model, set)?;

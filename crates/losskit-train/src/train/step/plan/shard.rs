@@ -57,7 +57,7 @@ impl StepPlan {
         idx: &[usize],
         set: usize,
     ) -> Result<(f64, Option<f64>)> {
-        self.gather_and_forward::<T>(model, (x, y, w), idx, set)?;
+        self.gather_and_forward::<T>(model, (x, Some(y), w), idx, set)?;
         let kernel = self.targets::<T>(model, set)?;
         let b = &mut self.buffers[set];
         let last = b.outs.len() - 1;
