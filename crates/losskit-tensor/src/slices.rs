@@ -15,6 +15,7 @@ pub use crate::ops::activation::{
 };
 use crate::pointwise::{per_unary, Binary, Unary, PARALLEL_MIN};
 use crate::storage::Element;
+use crate::tensor::{sum_squares_lanes, SQUARES_BLOCK, SQUARES_GROUP, SQUARES_ROUND};
 use losskit_kernels::gemm::{self, MatRef};
 use losskit_kernels::{accumulate_sum, log_sum_exp};
 use rayon::prelude::*;
@@ -267,6 +268,100 @@ pub fn row_sum_of_visiting<T: Element>(row: &[T], f: impl Fn(T) -> T, mut visit:
     }))
 }
 
+/// Pieces of [`row_total`] per group of `Tensor::sum_of_squares` (a group holds whole pieces).
+const PIECES_PER_GROUP: usize = SQUARES_GROUP / PIECE;
+const _: () = assert!(SQUARES_GROUP % PIECE == 0 && PIECE % SQUARES_BLOCK == 0 && SQUARES_BLOCK % CHUNK == 0);
+
+/// What one group of a regularized weight sums: each penalty map's piece totals, and `Σ t²`.
+#[derive(Clone, Copy)]
+struct GroupSums {
+    pieces: [[f64; PIECES_PER_GROUP]; 2],
+    squares: f64,
+}
+
+/// One read of a regularized weight `w` and its gradient `g` (same length) for the NaN
+/// guard and the optimizer: `(Σ f(w), Σ h(w))` as [`row_sum_of`] gives them (the second when
+/// `h` is given, else 0) and `Σ t²` of the total gradient `t = total(w, g)` (element by
+/// element) as [`Tensor::sum_of_squares`](crate::Tensor::sum_of_squares) of `t` would give
+/// it. The same bits as those three passes, whatever the thread count (the groups of
+/// `sum_of_squares` run in parallel, each holding whole pieces of the row sums); nothing
+/// is written, nothing allocated.
+pub fn penalty_sums_and_norm<T, F, H, D>(w: &[T], g: &[T], f: F, h: Option<H>, total: D) -> ([T; 2], f64)
+where
+    T: Element,
+    F: Fn(T) -> T + Sync,
+    H: Fn(T) -> T + Sync,
+    D: Fn(T, T) -> T + Sync,
+{
+    assert_eq!(w.len(), g.len(), "penalty_sums_and_norm: w and g differ in length");
+    let group = |start: usize| group_sums(w, g, start, &f, h.as_ref(), &total);
+    let n = w.len();
+    let mut pieces = [0.0f64; 2];
+    let mut squares = 0.0f64;
+    let mut add = |s: &GroupSums, start: usize| {
+        let count = (n - start).div_ceil(PIECE).min(PIECES_PER_GROUP);
+        for (total, of_map) in pieces.iter_mut().zip(&s.pieces) {
+            *total = of_map[..count].iter().fold(*total, |t, &p| t + p);
+        }
+        squares += s.squares;
+    };
+    if n <= SQUARES_GROUP {
+        let s = group(0);
+        if n < PIECE {
+            // `row_total` of less than a piece is that piece's total, `sum_of_squares` of one
+            // group its group's sum.
+            return ([T::c(s.pieces[0][0]), T::c(s.pieces[1][0])], s.squares);
+        }
+        add(&s, 0);
+        return ([T::c(pieces[0]), T::c(pieces[1])], squares);
+    }
+    let empty = GroupSums { pieces: [[0.0; PIECES_PER_GROUP]; 2], squares: 0.0 };
+    let mut partial = [empty; SQUARES_ROUND];
+    for round in (0..n).step_by(SQUARES_GROUP * SQUARES_ROUND) {
+        let groups = (n - round).div_ceil(SQUARES_GROUP).min(SQUARES_ROUND);
+        partial[..groups].par_iter_mut().enumerate().for_each(|(k, s)| *s = group(round + k * SQUARES_GROUP));
+        for (k, s) in partial[..groups].iter().enumerate() {
+            add(s, round + k * SQUARES_GROUP);
+        }
+    }
+    ([T::c(pieces[0]), T::c(pieces[1])], squares)
+}
+
+/// [`penalty_sums_and_norm`]'s sums of the group of values at `start` (a multiple of the group
+/// size): block by block of `sum_of_squares`, the block's chunks mapped and added to their
+/// piece's totals, then the total gradient of the block on the stack and its `Σ t²`.
+fn group_sums<T: Element>(
+    w: &[T],
+    g: &[T],
+    start: usize,
+    f: &(impl Fn(T) -> T + Sync),
+    h: Option<&(impl Fn(T) -> T + Sync)>,
+    total: &(impl Fn(T, T) -> T + Sync),
+) -> GroupSums {
+    let end = (start + SQUARES_GROUP).min(w.len());
+    let mut sums = GroupSums { pieces: [[0.0; PIECES_PER_GROUP]; 2], squares: 0.0 };
+    let mut mapped = [T::zero(); CHUNK];
+    let mut block = [T::zero(); SQUARES_BLOCK];
+    for at in (start..end).step_by(SQUARES_BLOCK) {
+        let len = SQUARES_BLOCK.min(end - at);
+        let piece = (at - start) / PIECE;
+        let (ws, gs) = (&w[at..at + len], &g[at..at + len]);
+        for chunk in ws.chunks(CHUNK) {
+            let m = &mut mapped[..chunk.len()];
+            m.iter_mut().zip(chunk).for_each(|(m, &v)| *m = f(v));
+            accumulate_sum(&mut sums.pieces[0][piece], m);
+            if let Some(h) = h {
+                m.iter_mut().zip(chunk).for_each(|(m, &v)| *m = h(v));
+                accumulate_sum(&mut sums.pieces[1][piece], m);
+            }
+        }
+        let t = &mut block[..len];
+        t.iter_mut().zip(ws.iter().zip(gs)).for_each(|(t, (&w, &g))| *t = total(w, g));
+        sums.squares += sum_squares_lanes(t);
+    }
+    sums
+}
+
 /// The `f64` total of a row of `len` values whose chunk at `start` (of `len ≤ CHUNK` values)
 /// `add` adds to the running total, in the order of the fused row sums.
 #[inline(always)]
@@ -425,6 +520,52 @@ mod tests {
 
     fn bits(v: &[f32]) -> Vec<u32> {
         v.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// The fused read of a regularized weight gives the bits of its three passes (two row
+    /// sums of the weight, `Σ t²` of the materialised total gradient) at sizes around a piece,
+    /// a group and a parallel round, on 1, 2 and 3 threads, in f32 and f64; a NaN in `g`
+    /// reaches `Σ t²`.
+    #[test]
+    fn penalty_sums_and_norm_are_the_bits_of_the_separate_passes() {
+        let sizes = [0, 1000, PIECE - 1, PIECE, PIECE + 5, SQUARES_GROUP, 3 * SQUARES_GROUP + 12_345];
+        let round = SQUARES_GROUP * SQUARES_ROUND + 7;
+        for n in sizes.into_iter().chain([round]) {
+            fused_equals_separate::<f32>(n, n == round);
+            fused_equals_separate::<f64>(n, n == round);
+        }
+    }
+
+    fn fused_equals_separate<T: Element>(n: usize, nan: bool) {
+        let (a, b) = (T::c(0.003), T::c(0.02));
+        let total = |w: T, g: T| g + (b * (w + w) + a * losskit_kernels::sign(w));
+        // Blocks of magnitudes over 2⁴⁰, so that the order of the `f64` additions shows (in
+        // f64: an f32's few bits add up exactly in any order).
+        let spread = |v: Vec<f32>| -> Vec<T> {
+            v.iter()
+                .enumerate()
+                .map(|(i, &x)| T::c(f64::from(x) * 2f64.powi(((i / 256) * 7 % 41) as i32 - 20)))
+                .collect()
+        };
+        let w = spread(values(n, 37));
+        let mut g = spread(values(n, 53));
+        if nan {
+            g[n - 3] = T::c(f64::NAN);
+        }
+        let t: Vec<T> = w.iter().zip(&g).map(|(&w, &g)| total(w, g)).collect();
+        let want_squares = Tensor::from_vec(t, &[n]).unwrap().sum_of_squares();
+        let bits = |s: [T; 2]| s.map(|v| v.to_f64().unwrap().to_bits());
+        let want = [row_sum_of(&w, |v: T| v.abs()), row_sum_of(&w, |v: T| v * v)];
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let (sums, squares) =
+                pool.install(|| penalty_sums_and_norm(&w, &g, |v: T| v.abs(), Some(|v: T| v * v), total));
+            assert_eq!(bits(sums), bits(want), "n {n}, {threads} threads");
+            assert_eq!(squares.to_bits(), want_squares.to_bits(), "n {n}, {threads} threads");
+        }
+        let (one, _) = penalty_sums_and_norm(&w, &g, |v: T| v * v, None::<fn(T) -> T>, total);
+        assert_eq!(bits(one), bits([want[1], T::zero()]), "n {n}: one map");
+        assert_eq!(want_squares.is_nan(), nan);
     }
 
     #[test]

@@ -380,7 +380,7 @@ fn wide<T: Element>(v: T) -> f64 {
 #[inline(always)]
 fn sum_squares_body<T: Element>(s: &[T]) -> f64 {
     let mut total = 0.0f64;
-    for block in s.chunks(4096) {
+    for block in s.chunks(SQUARES_BLOCK) {
         let mut lanes = [T::zero(); 16];
         let chunks = block.chunks_exact(16);
         let rest = chunks.remainder();
@@ -396,12 +396,14 @@ fn sum_squares_body<T: Element>(s: &[T]) -> f64 {
 
 // The NaN guard reads every gradient's `Σ g²` each step: 8 AVX2 lanes instead of the baseline
 // build's 4 (the same IEEE operations lane by lane, so the same value).
-with_avx2!(sum_squares_lanes => sum_squares_body, (s: &[T]) -> f64);
+with_avx2!(pub(crate) sum_squares_lanes => sum_squares_body, (s: &[T]) -> f64);
 
-/// Values per group of [`sum_squares_grouped`] (16 blocks of 4096).
-const SQUARES_GROUP: usize = 1 << 16;
+/// Values per block of [`sum_squares_lanes`] (summed in lanes of `T`, then added in `f64`).
+pub(crate) const SQUARES_BLOCK: usize = 4096;
+/// Values per group of [`sum_squares_grouped`] (16 blocks).
+pub(crate) const SQUARES_GROUP: usize = 1 << 16;
 /// Groups summed per parallel round (a stack array: no allocation).
-const SQUARES_ROUND: usize = 64;
+pub(crate) const SQUARES_ROUND: usize = 64;
 
 /// `Σ x²` as [`sum_squares_lanes`] over fixed groups of [`SQUARES_GROUP`] values, the groups in
 /// parallel and their sums added in order: the same value whatever the number of threads. One
