@@ -250,27 +250,21 @@ pub fn row_sum<T: Element>(row: &[T]) -> T {
 /// `w.square()`) over all its axes: `f` applied a chunk at a time into a buffer on the stack,
 /// each chunk added as [`row_sum`] adds. Allocates nothing.
 pub fn row_sum_of<T: Element>(row: &[T], f: impl Fn(T) -> T) -> T {
-    row_sum_of_visiting(row, f, |_, _| {})
-}
-
-/// [`row_sum_of`], handing each chunk of `row` (its start and values) to `visit` right after
-/// it is summed, while it is in cache: a second pass over the row that reads it once.
-pub fn row_sum_of_visiting<T: Element>(row: &[T], f: impl Fn(T) -> T, mut visit: impl FnMut(usize, &[T])) -> T {
     let mut mapped = [T::zero(); CHUNK];
     T::c(row_total(row.len(), |start, len, total| {
         let chunk = &mut mapped[..len];
-        let values = &row[start..start + len];
-        for (m, &v) in chunk.iter_mut().zip(values) {
+        for (m, &v) in chunk.iter_mut().zip(&row[start..start + len]) {
             *m = f(v);
         }
         accumulate_sum(total, chunk);
-        visit(start, values);
     }))
 }
 
 /// Pieces of [`row_total`] per group of `Tensor::sum_of_squares` (a group holds whole pieces).
 const PIECES_PER_GROUP: usize = SQUARES_GROUP / PIECE;
-const _: () = assert!(SQUARES_GROUP % PIECE == 0 && PIECE % SQUARES_BLOCK == 0 && SQUARES_BLOCK % CHUNK == 0);
+const _: () = assert!(
+    SQUARES_GROUP.is_multiple_of(PIECE) && PIECE.is_multiple_of(SQUARES_BLOCK) && SQUARES_BLOCK.is_multiple_of(CHUNK)
+);
 
 /// What one group of a regularized weight sums: each penalty map's piece totals, and `Σ t²`.
 #[derive(Clone, Copy)]

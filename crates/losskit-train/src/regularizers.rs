@@ -69,37 +69,52 @@ impl Regularizer {
         self.gradient_adder(share)(w, g);
     }
 
-    /// [`Regularizer::penalty_of`] and [`Regularizer::add_gradient`] in one pass over `w`
-    /// (each chunk added to `g` while it is in cache after being summed): the same bits as the
-    /// two.
-    pub(crate) fn penalty_and_gradient<T: Element>(&self, w: &[T], g: &mut [T], share: f64) -> T {
-        let add = self.gradient_adder(share);
-        let mut visit = |start: usize, w: &[T]| add(w, &mut g[start..start + w.len()]);
+    /// [`Regularizer::penalty_of`] of `w` and the `Σ t²` of the total gradient
+    /// `t = g + ∂penalty/∂w` (as [`Regularizer::add_gradient`] with share 1 would leave `g`,
+    /// measured as `Tensor::sum_of_squares` measures it) in one read of `w` and `g`, which
+    /// stays as it is: the penalty's gradient is then folded into the optimizer's update
+    /// ([`Regularizer::total_gradient`]). The same bits as the separate passes.
+    pub(crate) fn penalty_and_norm<T: Element>(&self, w: &[T], g: &[T]) -> (T, f64) {
+        let total = self.total_gradient(1.0);
+        let (abs, square) = (|v: T| v.abs(), |v: T| v * v);
         match *self {
-            Regularizer::L1(a) => slices::row_sum_of_visiting(w, |v| v.abs(), &mut visit) * T::c(a),
-            Regularizer::L2(b) => slices::row_sum_of_visiting(w, |v| v * v, &mut visit) * T::c(b),
+            Regularizer::L1(a) => {
+                let ([s, _], n) = slices::penalty_sums_and_norm(w, g, abs, None::<fn(T) -> T>, total);
+                (s * T::c(a), n)
+            }
+            Regularizer::L2(b) => {
+                let ([s, _], n) = slices::penalty_sums_and_norm(w, g, square, None::<fn(T) -> T>, total);
+                (s * T::c(b), n)
+            }
             Regularizer::L1L2 { l1: a, l2: b } => {
-                let l1 = slices::row_sum_of(w, |v| v.abs()) * T::c(a);
-                l1 + slices::row_sum_of_visiting(w, |v| v * v, &mut visit) * T::c(b)
+                let ([s1, s2], n) = slices::penalty_sums_and_norm(w, g, abs, Some(square), total);
+                (s1 * T::c(a) + s2 * T::c(b), n)
             }
         }
     }
 
-    /// `(w, g) ↦ g += share · ∂penalty/∂w` element by element, with the coefficients in `T` as
-    /// the tape's upstream `share` times each term's factor.
-    fn gradient_adder<T: Element>(&self, share: f64) -> impl Fn(&[T], &mut [T]) {
+    /// `(w, g) ↦ g + share · ∂penalty/∂w` for one element, with the coefficients in `T` as
+    /// the tape's upstream `share` times each term's factor: `g + a·sign(w)` (L1),
+    /// `g + b·(w + w)` (L2), `g + (b·(w + w) + a·sign(w))` (L1L2).
+    pub(crate) fn total_gradient<T: Element>(&self, share: f64) -> impl Fn(T, T) -> T + Sync + Copy {
         let c = |k: f64| T::c(share) * T::c(k);
         let (a, b) = match *self {
             Regularizer::L1(a) => (Some(c(a)), None),
             Regularizer::L2(b) => (None, Some(c(b))),
             Regularizer::L1L2 { l1, l2 } => (Some(c(l1)), Some(c(l2))),
         };
-        move |w: &[T], g: &mut [T]| match (a, b) {
-            (Some(a), None) => g.iter_mut().zip(w).for_each(|(g, &w)| *g = *g + a * sign(w)),
-            (None, Some(b)) => g.iter_mut().zip(w).for_each(|(g, &w)| *g = *g + b * (w + w)),
-            (Some(a), Some(b)) => g.iter_mut().zip(w).for_each(|(g, &w)| *g = *g + (b * (w + w) + a * sign(w))),
-            (None, None) => {}
+        move |w: T, g: T| match (a, b) {
+            (Some(a), None) => g + a * sign(w),
+            (None, Some(b)) => g + b * (w + w),
+            (Some(a), Some(b)) => g + (b * (w + w) + a * sign(w)),
+            (None, None) => g,
         }
+    }
+
+    /// `(w, g) ↦ g += share · ∂penalty/∂w` element by element ([`Regularizer::total_gradient`]).
+    fn gradient_adder<T: Element>(&self, share: f64) -> impl Fn(&[T], &mut [T]) {
+        let total = self.total_gradient(share);
+        move |w: &[T], g: &mut [T]| g.iter_mut().zip(w).for_each(|(g, &w)| *g = total(w, *g))
     }
 
     /// A short description (`"L2(0.01)"`).

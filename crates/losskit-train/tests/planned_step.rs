@@ -235,6 +235,88 @@ fn the_guard_stops_the_same_step_with_the_same_diagnosis() {
     same_on_both_paths("guard", &build, &compile, &x, &y, &fit);
 }
 
+/// The same with L1L2 and L2 regularizers: the penalties measured with the norms, their
+/// gradients added for the diagnosis only when the step is refused.
+#[test]
+fn the_guard_stops_a_regularized_step_with_the_same_diagnosis() {
+    let x = inputs(64, &[8], DType::F32);
+    let y = labels(&x, 4);
+    for lr in [1e35, 1e30] {
+        let build = || {
+            Sequential::new()
+                .seed(2)
+                .add(Dense::new(32).activation("relu").unwrap().kernel_regularizer(Regularizer::L2(1e-2)))
+                .add(
+                    Dense::new(32)
+                        .activation("relu")
+                        .unwrap()
+                        .kernel_regularizer(Regularizer::L1L2 { l1: 1e-3, l2: 1e-3 })
+                        .bias_regularizer(Regularizer::L1(1e-2)),
+                )
+                .add(Dense::new(4).activation("softmax").unwrap())
+        };
+        let compile =
+            move || Compile::new().optimizer(Optimizer::sgd(lr).unwrap()).loss("sparse_categorical_crossentropy");
+        let fit = || Fit::new().epochs(20).batch_size(16).verbose(0);
+        let tape = run(&build, &compile, &x, &y, &fit, false);
+        let err = tape.2.as_deref().unwrap_or_default();
+        assert!(err.contains("gradient norms per layer"), "lr {lr}: the tape's run must stop with a diagnosis: {err}");
+        same_on_both_paths(&format!("guard, lr {lr}"), &build, &compile, &x, &y, &fit);
+    }
+}
+
+/// Every rule with its options, and weight decay, `use_ema` and each clipping, on a model whose
+/// first kernel (64 × 2100: its update in parallel pieces, its norm in parallel groups) and
+/// bias are regularized: the penalties' gradients folded into the update (or, for Lamb and
+/// Adafactor, added first) give the tape's bits, on 1, 2 and 3 threads.
+#[test]
+fn every_rule_folds_the_penalties_into_its_update_to_the_tapes_bits() {
+    let x = inputs(48, &[64], DType::F32);
+    let y = labels(&x, 4);
+    let build = || {
+        Sequential::new()
+            .seed(9)
+            .add(
+                Dense::new(2100)
+                    .activation("relu")
+                    .unwrap()
+                    .kernel_regularizer(Regularizer::L1L2 { l1: 1e-5, l2: 1e-4 })
+                    .bias_regularizer(Regularizer::L1(1e-3)),
+            )
+            .add(Dense::new(4).activation("softmax").unwrap().kernel_regularizer(Regularizer::L2(1e-3)))
+    };
+    let rms = Rule::RmsProp { rho: 0.9, momentum: 0.5, epsilon: 1e-7, centered: true };
+    let ema = Ema { momentum: 0.9, overwrite_frequency: Some(2) };
+    let optimizers: Vec<(&str, Optimizer)> = vec![
+        ("sgd", Optimizer::sgd(0.05).unwrap()),
+        ("sgd nesterov + clipvalue", Optimizer::sgd_momentum(0.05, 0.9, true).unwrap().clipvalue(0.01).unwrap()),
+        ("adam + clipnorm", Optimizer::adam(1e-3).unwrap().clipnorm(0.5).unwrap()),
+        ("adam amsgrad + ema", Optimizer::adam(1e-3).unwrap().with_amsgrad(true).unwrap().with_ema(Some(ema)).unwrap()),
+        ("adamw + global_clipnorm", Optimizer::adamw(1e-3, 0.01).unwrap().global_clipnorm(0.5).unwrap()),
+        ("rmsprop centered momentum + decay", Optimizer::new(rms, 1e-3).unwrap().with_weight_decay(0.01).unwrap()),
+        ("adagrad", Optimizer::parse("adagrad").unwrap()),
+        ("adamax", Optimizer::parse("adamax").unwrap()),
+        ("lion", Optimizer::parse("lion").unwrap()),
+        ("lamb", Optimizer::parse("lamb").unwrap()),
+        ("ftrl", Optimizer::parse("ftrl").unwrap()),
+        ("adadelta", Optimizer::parse("adadelta").unwrap()),
+        ("nadam + ema", Optimizer::parse("nadam").unwrap().with_ema(Some(ema)).unwrap()),
+        ("adafactor", Optimizer::parse("adafactor").unwrap()),
+    ];
+    let fit = || Fit::new().epochs(2).batch_size(16).verbose(0);
+    for (what, opt) in optimizers {
+        let compile = || Compile::new().optimizer(opt.clone()).loss("sparse_categorical_crossentropy");
+        let tape = run(&build, &compile, &x, &y, &fit, false);
+        assert_eq!(tape.2, None, "{what}");
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let planned = pool.install(|| run(&build, &compile, &x, &y, &fit, true));
+            assert_eq!(planned.1, tape.1, "{what}, {threads} threads: the History");
+            assert_eq!(planned.0, tape.0, "{what}, {threads} threads: the weights");
+        }
+    }
+}
+
 #[test]
 fn required_but_impossible_names_the_reason() {
     let x = inputs(8, &[3], DType::F32);

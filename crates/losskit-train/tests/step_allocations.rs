@@ -42,7 +42,7 @@ static ALLOCATOR: Counting = Counting;
 /// after the epoch boundary, left out), for the seed's model with `opt` at `batch`, through the
 /// planned step or the tape's; with class weights (per-sample weights) when `weighted`; with
 /// the activations as `Activation` layers of their own (`"separate"`) or L1L2 and L2
-/// regularizers (`"regularized"`), or another loss on one-hot targets (`"focal"`: categorical
+/// regularizers (`"regularized"`, or L2 on a wide kernel: `"wide"`), or another loss on one-hot targets (`"focal"`: categorical
 /// focal cross-entropy, `"bce"`, `"mse"`, `"hinge"`: squared hinge) as `variant` says.
 /// An optimizer by name; `name+ema` with Keras' `use_ema` (overwriting every 3 steps).
 fn optimizer(name: &str) -> Optimizer {
@@ -94,6 +94,12 @@ fn allocations_per_distributed_step(
                 .add(Dense::new(128).activation("relu").unwrap().kernel_regularizer(l1l2).bias_regularizer(l1l2))
                 .add(Dropout::new(0.2).unwrap())
                 .add(Dense::new(10).activation("softmax").unwrap().kernel_regularizer(Regularizer::L2(1e-3)))
+        } else if variant == "wide" {
+            // A kernel of 64 × 2048: its folded update in parallel pieces, its norm in groups.
+            Sequential::new()
+                .add(Flatten::new())
+                .add(Dense::new(2048).activation("relu").unwrap().kernel_regularizer(Regularizer::L2(1e-4)))
+                .add(Dense::new(10).activation("softmax").unwrap())
         } else if variant == "separate" {
             Sequential::new()
                 .add(Flatten::new())
@@ -219,6 +225,10 @@ fn a_warm_planned_step_allocates_nothing() {
         ("adam", 64, true, "seed"),
         ("rmsprop", 64, false, "separate"),
         ("adam", 64, false, "regularized"),
+        ("sgd", 64, true, "regularized"),
+        ("rmsprop+ema", 64, false, "regularized"),
+        ("adafactor", 64, false, "regularized"),
+        ("adam", 64, false, "wide"),
         ("adam", 64, false, "focal"),
         ("sgd", 64, true, "bce"),
         ("adam", 32, false, "mse"),

@@ -3,9 +3,10 @@
 
 use super::{slot_fits, slot_shape, Clip, Ema, GradientCheck, Optimizer, Rule, Slots};
 use crate::layers::Param;
+use crate::regularizers::Regularizer;
 use losskit::{Error, Result, Tensor};
 use losskit_tensor::Element;
-use ndarray::{ArrayD, ArrayViewD};
+use ndarray::ArrayD;
 
 impl Optimizer {
     /// Applies one update: `grads[i]` is the gradient of `params[i]` (same shape and dtype).
@@ -41,13 +42,7 @@ impl Optimizer {
         sum_squares: &mut Vec<f64>,
     ) -> Result<(bool, bool)> {
         sum_squares.clear();
-        if weights.count() != grads.len() {
-            return Err(Error::Shape {
-                op: "Optimizer::apply".into(),
-                msg: format!("{} weights but {} gradients", weights.count(), grads.len()),
-            });
-        }
-        if weights.count() == 0 {
+        if !same_count(weights, grads)? {
             return Ok((true, true));
         }
         match weights.weight(0).value.dtype() {
@@ -67,8 +62,7 @@ impl Optimizer {
     ) -> Result<(bool, bool)> {
         check_gradients::<T, W>(weights, grads)?;
         // One pass over the gradients serves both the guard's check and norm clipping.
-        let needs_norms = matches!(self.clip, Clip::Norm(_) | Clip::GlobalNorm(_));
-        if check.is_some() || needs_norms {
+        if check.is_some() || self.needs_norms() {
             sum_squares.extend(grads.iter().map(Tensor::sum_of_squares));
         }
         let (finite, applied) = match check {
@@ -78,9 +72,110 @@ impl Optimizer {
             }
             None => (true, true),
         };
-        if !applied {
-            return Ok((finite, applied));
+        if applied {
+            self.update_all::<T, W>(weights, grads, &[], sum_squares)?;
         }
+        Ok((finite, applied))
+    }
+
+    /// [`Optimizer::apply_to`] for a model whose weights carry regularizers (`penalties`, in
+    /// weight order), their gradients not yet in `grads`: each regularized weight and its
+    /// gradient are read once for both its penalty and the `Σ t²` of its total gradient
+    /// `t = g + ∂penalty/∂w` (always measured here), `loss` turns the penalties (weight order,
+    /// 0 where none) into the step's loss, and the update adds each penalty's gradient to the
+    /// gradient as it streams the weight ([`fold`](super::fold)): the gradient buffers are
+    /// neither written nor read again. The same bits as adding the penalties' gradients first.
+    /// When the step is refused (`check` given and the loss or a gradient not finite) or the
+    /// rule needs whole gradients (Lamb, Adafactor), the penalties' gradients are added into
+    /// `grads` first, as the diagnosis reads them. Returns `(loss, applied)`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn apply_folded<W: Weights + ?Sized>(
+        &mut self,
+        weights: &mut W,
+        grads: &mut [Tensor],
+        penalties: &[Option<Regularizer>],
+        check: Option<bool>,
+        sum_squares: &mut Vec<f64>,
+        values: &mut Vec<f64>,
+        loss: impl FnOnce(&[f64]) -> f64,
+    ) -> Result<(f64, bool)> {
+        sum_squares.clear();
+        values.clear();
+        if !same_count(weights, grads)? {
+            return Ok((loss(values), true));
+        }
+        match weights.weight(0).value.dtype() {
+            losskit::DType::F32 => {
+                self.apply_folded_typed::<f32, W>(weights, grads, penalties, check, (sum_squares, values), loss)
+            }
+            losskit::DType::F64 => {
+                self.apply_folded_typed::<f64, W>(weights, grads, penalties, check, (sum_squares, values), loss)
+            }
+        }
+    }
+
+    /// [`Optimizer::apply_folded`] in `T`: measure, judge, update.
+    fn apply_folded_typed<T: Element + SlotType, W: Weights + ?Sized>(
+        &mut self,
+        weights: &mut W,
+        grads: &mut [Tensor],
+        penalties: &[Option<Regularizer>],
+        check: Option<bool>,
+        (sum_squares, values): (&mut Vec<f64>, &mut Vec<f64>),
+        loss: impl FnOnce(&[f64]) -> f64,
+    ) -> Result<(f64, bool)> {
+        check_gradients::<T, W>(weights, grads)?;
+        measure_folded::<T, W>(weights, grads, penalties, sum_squares, values);
+        let loss = loss(values);
+        // Whether the penalties' gradients are in `grads` (else folded into the update).
+        let mut added = false;
+        let applied = match check {
+            // The loss alone condemns the step.
+            Some(_) if !loss.is_finite() => false,
+            Some(require_finite) => {
+                let finite = sum_squares.iter().all(|s| s.is_finite())
+                    || (!sum_squares.iter().any(|s| s.is_nan()) && {
+                        // Finite values whose squares overflow: look at the total gradients.
+                        add_penalty_gradients::<T, W>(weights, grads, penalties);
+                        added = true;
+                        grads.iter().all(Tensor::all_finite)
+                    });
+                finite || !require_finite
+            }
+            None => true,
+        };
+        if !added && (!applied || !self.folds_penalties()) {
+            add_penalty_gradients::<T, W>(weights, grads, penalties);
+            added = true;
+        }
+        if !applied {
+            return Ok((loss, false));
+        }
+        self.update_all::<T, W>(weights, grads, if added { &[] } else { penalties }, sum_squares)?;
+        Ok((loss, true))
+    }
+
+    /// Whether the update needs each gradient's `Σ g²` (norm clipping).
+    fn needs_norms(&self) -> bool {
+        matches!(self.clip, Clip::Norm(_) | Clip::GlobalNorm(_))
+    }
+
+    /// Whether this rule's update is element by element, so a penalty's gradient can be added
+    /// to each gradient element as the update reads it (all but Lamb's trust ratio and
+    /// Adafactor's factored moments, which need the whole gradient first).
+    pub(crate) fn folds_penalties(&self) -> bool {
+        !matches!(self.rule, Rule::Lamb { .. } | Rule::Adafactor { .. })
+    }
+
+    /// Every weight's update with its gradient (`sum_squares`: each gradient's `Σ g²` when
+    /// measured, for norm clipping), each `penalties[i]` (when given) folded into its weight's.
+    fn update_all<T: Element + SlotType, W: Weights + ?Sized>(
+        &mut self,
+        weights: &mut W,
+        grads: &[Tensor],
+        penalties: &[Option<Regularizer>],
+        sum_squares: &[f64],
+    ) -> Result<()> {
         self.ensure_slots::<T, W>(weights)?;
         let lr = T::c(self.learning_rate());
         let step = self.iterations + 1;
@@ -91,7 +186,7 @@ impl Optimizer {
             Rule::Nadam { beta_1, beta_2, epsilon } => Some(self.nadam_constants::<T>(beta_1, beta_2, epsilon, step)),
             _ => None,
         };
-        let (ema, rule_slots) = (self.ema, self.rule_slots());
+        let (ema, rule_slots, weight_decay) = (self.ema, self.rule_slots(), self.weight_decay);
         let slots = T::slots(&mut self.slots);
         for (i, (g, s)) in grads.iter().zip(slots.iter_mut()).enumerate() {
             let factor = match self.clip {
@@ -102,19 +197,32 @@ impl Optimizer {
                 _ => global,
             };
             let g = T::view(g.storage()).expect("checked above");
-            let gr = Grad { clip: losskit_kernels::optim_rules::Clipping { factor, bound }, nadam };
+            // Borrowed when already contiguous (the usual case); the kernels take slices.
+            let g = g.as_standard_layout();
             for slot in s.iter_mut().filter(|a| !a.is_standard_layout()) {
                 *slot = slot.as_standard_layout().into_owned();
             }
+            let count = s.len();
+            let mut slot_slices: [&mut [T]; MAX_SLOTS] = Default::default();
+            for (to, a) in slot_slices.iter_mut().zip(s.iter_mut()) {
+                *to = a.as_slice_mut().expect(STANDARD);
+            }
+            let (s, average) = slot_slices[..count].split_at_mut(rule_slots);
+            let weight = WeightStep {
+                rule,
+                lr,
+                step,
+                weight_decay,
+                ema,
+                gr: Grad { clip: losskit_kernels::optim_rules::Clipping { factor, bound }, nadam },
+                penalty: penalties.get(i).copied().flatten(),
+            };
+            let g = (g.as_slice().expect(STANDARD), g.shape());
+            let average = average.first_mut().map(|a| &mut **a);
             let p = weights.weight_mut(i);
-            let (s, average) = s.split_at_mut(rule_slots);
             // In place when the weight's buffer is this handle's alone (the graph is gone).
             if let Some(w) = p.value.values_mut::<T>() {
-                decay(w, self.weight_decay, lr);
-                update(rule, lr, step, w, g.view(), gr, s);
-                if let Some(a) = average.first_mut() {
-                    ema_update(ema, step, w, a);
-                }
+                weight.run(w, g, s, average);
                 continue;
             }
             let value = std::mem::replace(&mut p.value, PLACEHOLDER.with(Tensor::clone));
@@ -124,16 +232,11 @@ impl Optimizer {
             if !w.is_standard_layout() {
                 w = w.as_standard_layout().into_owned().into_shared();
             }
-            let w_slice = w.as_slice_mut().expect(STANDARD);
-            decay(w_slice, self.weight_decay, lr);
-            update(rule, lr, step, w_slice, g.view(), gr, s);
-            if let Some(a) = average.first_mut() {
-                ema_update(ema, step, w_slice, a);
-            }
+            weight.run(w.as_slice_mut().expect(STANDARD), g, s, average);
             p.value = Tensor::from_storage(T::wrap_shared(w)).requires_grad();
         }
         self.iterations = step;
-        Ok((finite, applied))
+        Ok(())
     }
 
     /// Keras 3's `_clip_gradients` by global norm as the factor every gradient is scaled by
@@ -204,6 +307,104 @@ impl Optimizer {
         Ok(())
     }
 }
+
+/// Whether there are weights to update: an error when `grads` does not have one per weight.
+fn same_count<W: Weights + ?Sized>(weights: &W, grads: &[Tensor]) -> Result<bool> {
+    if weights.count() != grads.len() {
+        return Err(Error::Shape {
+            op: "Optimizer::apply".into(),
+            msg: format!("{} weights but {} gradients", weights.count(), grads.len()),
+        });
+    }
+    Ok(weights.count() > 0)
+}
+
+/// Each weight's penalty (into `values`, weight order, 0 where none) and each total
+/// gradient's `Σ t²` (into `sum_squares`): a regularized weight and its gradient in one read
+/// ([`Regularizer::penalty_and_norm`]), any other gradient as [`Tensor::sum_of_squares`].
+fn measure_folded<T: Element, W: Weights + ?Sized>(
+    weights: &W,
+    grads: &[Tensor],
+    penalties: &[Option<Regularizer>],
+    sum_squares: &mut Vec<f64>,
+    values: &mut Vec<f64>,
+) {
+    for (i, g) in grads.iter().enumerate() {
+        let Some(r) = penalties.get(i).copied().flatten() else {
+            values.push(0.0);
+            sum_squares.push(g.sum_of_squares());
+            continue;
+        };
+        let w = T::view(weights.weight(i).value.storage()).expect("checked");
+        let (w, g) = (w.as_standard_layout(), T::view(g.storage()).expect("checked").as_standard_layout());
+        let (p, n) = r.penalty_and_norm(w.as_slice().expect(STANDARD), g.as_slice().expect(STANDARD));
+        values.push(p.to_f64().unwrap_or(f64::NAN));
+        sum_squares.push(n);
+    }
+}
+
+/// Adds each regularized weight's penalty gradient to its gradient ([`Regularizer::add_gradient`]).
+fn add_penalty_gradients<T: Element, W: Weights + ?Sized>(
+    weights: &W,
+    grads: &mut [Tensor],
+    penalties: &[Option<Regularizer>],
+) {
+    for (i, g) in grads.iter_mut().enumerate() {
+        let Some(r) = penalties.get(i).copied().flatten() else { continue };
+        let w = T::view(weights.weight(i).value.storage()).expect("checked");
+        let w = w.as_standard_layout();
+        let w = w.as_slice().expect(STANDARD);
+        match g.values_mut::<T>() {
+            Some(g) => r.add_gradient(w, g, 1.0),
+            None => {
+                // A gradient held elsewhere too, or strided: a buffer of its own first.
+                let mut own = g.to_vec::<T>();
+                r.add_gradient(w, &mut own, 1.0);
+                *g = Tensor::from_vec(own, g.shape()).expect("the gradient's own shape");
+            }
+        }
+    }
+}
+
+/// One weight's update: what it needs beside its buffers.
+struct WeightStep<T> {
+    rule: Rule,
+    lr: T,
+    step: u64,
+    /// Keras' decoupled weight decay of the rules other than AdamW.
+    weight_decay: Option<f64>,
+    /// `use_ema`, when the weight has its average slot.
+    ema: Option<Ema>,
+    gr: Grad<T>,
+    /// The weight's regularizer, its gradient folded into the update ([`super::fold`]).
+    penalty: Option<Regularizer>,
+}
+
+impl<T: Element> WeightStep<T> {
+    /// Decay, the rule's update, then `use_ema`'s, on the weight `w` with its gradient `g`
+    /// (values and shape), rule slots `s` and average; the penalty's gradient folded in.
+    fn run(&self, w: &mut [T], g: (&[T], &[usize]), s: &mut [&mut [T]], average: Option<&mut [T]>) {
+        if let Some(r) = self.penalty {
+            return super::fold::fold_update(w, g.0, s, average, r.total_gradient(1.0), |w, g, s, a| {
+                self.run_plain(w, (g, &[]), s, a)
+            });
+        }
+        self.run_plain(w, g, s, average)
+    }
+
+    /// [`WeightStep::run`] without a penalty.
+    fn run_plain(&self, w: &mut [T], g: (&[T], &[usize]), s: &mut [&mut [T]], average: Option<&mut [T]>) {
+        decay(w, self.weight_decay, self.lr);
+        update(self.rule, self.lr, self.step, w, g, self.gr, s);
+        if let (Some(a), Some(ema)) = (average, self.ema) {
+            ema_update(Some(ema), self.step, w, a);
+        }
+    }
+}
+
+/// The most slots a weight keeps (Adam with amsgrad, or RMSprop centered with momentum, and
+/// `use_ema`'s average).
+const MAX_SLOTS: usize = 4;
 
 /// The weights an update walks, by index in weight order: a slice of `&mut Param`, or a
 /// model's layers walked in place (no list of them is built per step).
@@ -314,11 +515,10 @@ fn decay<T: Element>(w: &mut [T], wd: Option<f64>, lr: T) {
 /// `use_ema`'s update after the rule's (`a ← m·a + (1-m)·w` with `m` in `T`, 0 at the
 /// first update), and the overwrite `w ← a` when this update's count is a multiple of
 /// the frequency. `average` is the weight's last slot.
-fn ema_update<T: Element>(ema: Option<Ema>, step: u64, w: &mut [T], average: &mut ArrayD<T>) {
+fn ema_update<T: Element>(ema: Option<Ema>, step: u64, w: &mut [T], a: &mut [T]) {
     let Some(ema) = ema else { return };
     let m = if step == 1 { T::zero() } else { T::c(ema.momentum) };
     let keep = T::one() - m;
-    let a = average.as_slice_mut().expect(STANDARD);
     for (a, &w) in a.iter_mut().zip(w.iter()) {
         *a = m * *a + keep * w;
     }
@@ -338,14 +538,11 @@ fn update<T: Element>(
     lr: T,
     step: u64,
     w: &mut [T],
-    g: ArrayViewD<'_, T>,
+    (gs, shape): (&[T], &[usize]),
     gr: Grad<T>,
-    s: &mut [ArrayD<T>],
+    s: &mut [&mut [T]],
 ) {
     let one = T::one();
-    // Borrowed when already contiguous (the usual case); the kernels take slices.
-    let g = g.as_standard_layout();
-    let gs = g.as_slice().expect("standard layout");
     match rule {
         Rule::Sgd { momentum, nesterov } => {
             let step = losskit_kernels::optim::SgdStep {
@@ -354,7 +551,7 @@ fn update<T: Element>(
                 grad_factor: gr.clip.factor,
                 grad_bound: gr.clip.bound,
             };
-            let velocity = s.first_mut().map(|m| m.as_slice_mut().expect(STANDARD));
+            let velocity = s.first_mut().map(|m| &mut **m);
             losskit_kernels::optim::sgd_update(w, gs, velocity, step).expect("shapes checked in apply");
         }
         Rule::Adam { beta_1, beta_2, epsilon } | Rule::AdamW { beta_1, beta_2, epsilon, .. } if s.len() == 3 => {
@@ -366,11 +563,7 @@ fn update<T: Element>(
             let t = T::c(step as f64);
             let alpha = lr * (one - b2.powf(t)).sqrt() / (one - b1.powf(t));
             let [m, v, v_hat] = s else { unreachable!("three slots") };
-            let slots = (
-                m.as_slice_mut().expect(STANDARD),
-                v.as_slice_mut().expect(STANDARD),
-                v_hat.as_slice_mut().expect(STANDARD),
-            );
+            let slots = (&mut **m, &mut **v, &mut **v_hat);
             let betas = (T::c(1.0 - beta_1), T::c(1.0 - beta_2));
             losskit_kernels::optim_rules::adam_amsgrad_update(w, gs, slots, alpha, betas, T::c(epsilon), gr.clip);
         }
@@ -393,7 +586,7 @@ fn update<T: Element>(
                 grad_bound: gr.clip.bound,
             };
             let (m, v) = s.split_at_mut(1);
-            let (m, v) = (m[0].as_slice_mut().expect(STANDARD), v[0].as_slice_mut().expect(STANDARD));
+            let (m, v) = (&mut *m[0], &mut *v[0]);
             losskit_kernels::optim::adam_update(w, gs, m, v, step).expect("shapes checked in apply");
         }
         Rule::RmsProp { rho, momentum, epsilon, centered } => {
@@ -410,10 +603,9 @@ fn update<T: Element>(
             };
             let (velocity, rest) = s.split_first_mut().expect("RMSprop keeps a mean square");
             let (mom, avg) = rest.split_at_mut(usize::from(momentum > 0.0));
-            let mom = mom.first_mut().map(|a| a.as_slice_mut().expect(STANDARD));
-            let avg = avg.first_mut().map(|a| a.as_slice_mut().expect(STANDARD));
-            losskit_kernels::optim::rmsprop_update(w, gs, velocity.as_slice_mut().expect(STANDARD), mom, avg, step)
-                .expect("shapes checked in apply");
+            let mom = mom.first_mut().map(|a| &mut **a);
+            let avg = avg.first_mut().map(|a| &mut **a);
+            losskit_kernels::optim::rmsprop_update(w, gs, velocity, mom, avg, step).expect("shapes checked in apply");
         }
         Rule::Adafactor { beta_2_decay, epsilon_1, epsilon_2, clip_threshold, .. } => {
             let t = T::c(step as f64);
@@ -425,19 +617,14 @@ fn update<T: Element>(
                 clip_threshold: T::c(clip_threshold),
             };
             let [r, c, v] = s else { unreachable!("three slots") };
-            let slots = (
-                r.as_slice_mut().expect(STANDARD),
-                c.as_slice_mut().expect(STANDARD),
-                v.as_slice_mut().expect(STANDARD),
-            );
-            losskit_kernels::optim_rules::adafactor_update(w, gs, g.shape(), slots, a, gr.clip);
+            let slots = (&mut **r, &mut **c, &mut **v);
+            losskit_kernels::optim_rules::adafactor_update(w, gs, shape, slots, a, gr.clip);
         }
         rule => {
             use losskit_kernels::optim_rules as rules;
             let c = gr.clip;
             let (first, rest) = s.split_first_mut().expect("one slot at least");
-            let first = first.as_slice_mut().expect(STANDARD);
-            let second = rest.first_mut().map(|a| a.as_slice_mut().expect(STANDARD));
+            let second = rest.first_mut().map(|a| &mut **a);
             match (rule, second) {
                 (Rule::Adagrad { epsilon, .. }, _) => rules::adagrad_update(w, gs, first, lr, T::c(epsilon), c),
                 (Rule::Lion { beta_1, beta_2 }, _) => {
@@ -481,6 +668,58 @@ fn update<T: Element>(
                     rules::adadelta_update(w, gs, first, d, lr, (T::c(rho), T::c(1.0 - rho)), T::c(epsilon), c)
                 }
                 _ => unreachable!("slots checked in apply"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A weight of 300 × 500 values (its update in parallel pieces) and a gradient scaled by
+    /// `scale`, as parameters.
+    fn weight_and_gradient(scale: f32) -> (Param, Tensor) {
+        let n = 300 * 500;
+        let w: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01).collect();
+        let g: Vec<f32> = (0..n).map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.02 * scale).collect();
+        let value = Tensor::from_vec(w, &[300, 500]).unwrap();
+        (Param { name: "dense/kernel".into(), value }, Tensor::from_vec(g, &[300, 500]).unwrap())
+    }
+
+    /// The folded update (and, at gradients whose squares overflow f32, the one of the total
+    /// gradients added first) leaves the weights, norms and applied flag that adding the
+    /// penalty's gradient and then applying give; the penalty is the tape's.
+    #[test]
+    fn a_folded_update_is_the_update_of_the_total_gradient() {
+        let r = Regularizer::L1L2 { l1: 1e-3, l2: 1e-2 };
+        for scale in [1.0, 1e20] {
+            for opt in [Optimizer::adam(1e-3).unwrap().clipnorm(1.0).unwrap(), Optimizer::sgd(0.1).unwrap()] {
+                let (mut p, g) = weight_and_gradient(scale);
+                let mut total = Tensor::from_vec(g.to_vec::<f32>(), g.shape()).unwrap();
+                let w = p.value.to_vec::<f32>();
+                r.add_gradient(&w, total.values_mut::<f32>().unwrap(), 1.0);
+                let mut want = opt.clone();
+                let check = want.apply_checked(&mut [&mut p], &[total], true).unwrap();
+
+                let (mut q, g) = weight_and_gradient(scale);
+                let mut got = opt.clone();
+                let (mut sums, mut values) = (Vec::new(), Vec::new());
+                let mut grads = [g];
+                let weights: &mut [&mut Param] = &mut [&mut q];
+                let (loss, applied) = got
+                    .apply_folded(weights, &mut grads, &[Some(r)], Some(true), &mut sums, &mut values, |v| v[0])
+                    .unwrap();
+                assert_eq!((applied, check.applied), (true, true), "scale {scale}");
+                assert_eq!(
+                    sums.iter().map(|s| s.to_bits()).collect::<Vec<_>>(),
+                    check.sum_squares.iter().map(|s| s.to_bits()).collect::<Vec<_>>()
+                );
+                assert_eq!(scale > 1.0, sums[0].is_infinite(), "scale {scale}: the squares overflow");
+                let penalty = r.penalty(&Tensor::from_vec(w, &[300, 500]).unwrap()).unwrap().to_scalar().unwrap();
+                assert_eq!(loss.to_bits(), penalty.to_bits(), "scale {scale}: the penalty as the tape's");
+                let bits = |p: &Param| p.value.to_vec::<f32>().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert!(bits(&q) == bits(&p), "scale {scale}: the weights");
             }
         }
     }

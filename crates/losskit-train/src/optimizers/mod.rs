@@ -9,6 +9,7 @@ use losskit_tensor::Element;
 use ndarray::ArrayD;
 
 mod apply;
+mod fold;
 
 pub(crate) use apply::Weights;
 

@@ -7,8 +7,8 @@
 //! regularization of the trunk's and then the heads' layers. The tape's bits.
 
 use super::{
-    backward, buf, forward, gather, kernel_targets, loss_and_gradient, penalty_sum, read, tape_loss_of, weighted,
-    Buffers, LossPath, Reduce, Stage, StepPlan,
+    backward, buf, forward, gather, kernel_targets, loss_and_gradient, read, tape_loss_of, weighted, Buffers, LossPath,
+    Reduce, Stage, StepPlan,
 };
 use losskit::{Reduction, Result, Tensor};
 use losskit_tensor::Element;
@@ -136,12 +136,8 @@ impl StepPlan {
             sum_input_grads::<T>(b);
             backward::<T>(&self.stages, self.first_trained, &model.trunk, b, &mut self.weight_grads)?;
         }
-        let mut penalty = penalty_sum::<T>(&self.stages, &model.trunk, Some(&mut self.weight_grads), None);
-        for (k, head) in self.heads.iter().enumerate() {
-            penalty = penalty_sum::<T>(&head.stages, &model.heads[k].1, Some(&mut self.weight_grads), penalty);
-        }
-        let total = total.expect("a head at least");
-        Ok(penalty.map_or(total, |p| total + p).to_f64().unwrap_or(f64::NAN))
+        // The penalties are added with the optimizer's update (`apply_with_penalties`).
+        Ok(total.expect("a head at least").to_f64().unwrap_or(f64::NAN))
     }
 }
 

@@ -204,6 +204,11 @@ pub(crate) struct StepPlan {
     weight_grads: Vec<Tensor>,
     /// The optimizer's `Σ g²` per gradient (kept for its capacity).
     pub sum_squares: Vec<f64>,
+    /// Each weight's regularizer (weight order), folded into the optimizer's update; empty
+    /// when no weight is regularized (set with the gradient buffers).
+    penalties: Vec<Option<Regularizer>>,
+    /// Each weight's penalty of the last step (kept for its capacity).
+    penalty_values: Vec<f64>,
     /// The gradients flattened for a data-parallel all-reduce (f32 or f64 models; kept for
     /// their capacity).
     flat: (Vec<f32>, Vec<f64>),
@@ -254,6 +259,8 @@ impl StepPlan {
             buffers: Vec::new(),
             weight_grads: Vec::new(),
             sum_squares: Vec::new(),
+            penalties: Vec::new(),
+            penalty_values: Vec::new(),
             flat: (Vec::new(), Vec::new()),
             sums: Vec::new(),
         }
@@ -384,7 +391,7 @@ impl StepPlan {
             (DType::F32, false) => self.heads_forward_backward::<f32>(model, x, ys, w, idx, set)?,
             (DType::F64, false) => self.heads_forward_backward::<f64>(model, x, ys, w, idx, set)?,
         };
-        Ok((loss, self.apply(model, loss, check)?))
+        self.apply_with_penalties(model, loss, check)
     }
 
     /// What a training step (or a data-parallel worker's) checks and sets up first: the run's
@@ -396,6 +403,16 @@ impl StepPlan {
         }
         if self.weight_grads.is_empty() {
             self.weight_grads = model.params().iter().map(|p| p.value.zeros_like()).collect();
+            self.penalties = vec![None; self.weight_grads.len()];
+            for stage in all_stages(&self.stages, &self.heads) {
+                let Stage::Dense { weight: k, regularizers, .. } = *stage else { continue };
+                for (i, r) in regularizers.iter().enumerate().filter(|(_, r)| r.is_some()) {
+                    self.penalties[k + i] = *r;
+                }
+            }
+            if self.penalties.iter().all(Option::is_none) {
+                self.penalties.clear();
+            }
         }
         Ok(self.buffers_for(rows))
     }
@@ -418,6 +435,40 @@ impl StepPlan {
             gather::<T>(w, idx, &mut b.w)?;
         }
         forward::<T>(&self.stages, &model.trunk, Some(&mut model.rng), b)
+    }
+
+    /// Step 5 of [`StepPlan::run`] for a model with regularized weights: the penalties
+    /// measured with the gradients' norms and their gradients folded into the optimizer's
+    /// update ([`Optimizer::apply_folded`](crate::Optimizer)); without, [`StepPlan::apply`].
+    /// The step's loss (with the penalties, as the tape's) and whether it was applied.
+    fn apply_with_penalties(
+        &mut self,
+        model: &mut crate::Model,
+        loss: f64,
+        check: Option<bool>,
+    ) -> Result<(f64, bool)> {
+        if self.penalties.is_empty() {
+            return Ok((loss, self.apply(model, loss, check)?));
+        }
+        let (stages, heads, dtype) = (&self.stages, &self.heads, self.dtype);
+        let total = |values: &[f64]| {
+            let all = all_stages(stages, heads);
+            match dtype {
+                DType::F32 => loss_with_penalties::<f32>(loss, all, values),
+                DType::F64 => loss_with_penalties::<f64>(loss, all, values),
+            }
+        };
+        let compiled = model.compiled.as_mut().expect("checked in StepPlan::new");
+        let mut weights = LayerWeights { trunk: &mut model.trunk, heads: &mut model.heads };
+        compiled.optimizer.apply_folded(
+            &mut weights,
+            &mut self.weight_grads,
+            &self.penalties,
+            check,
+            &mut self.sum_squares,
+            &mut self.penalty_values,
+            total,
+        )
     }
 
     /// Step 5 of [`StepPlan::run`]: the optimizer's update with the step's gradients (see
@@ -483,7 +534,7 @@ impl StepPlan {
             (Some(w), LossPath::Kernel) => weighted::<T>(loss, w, None),
             _ => loss,
         };
-        Ok(Some(with_penalty::<T>(loss, &self.stages, &model.trunk, None)))
+        Ok(Some(with_penalty::<T>(loss, &self.stages, &model.trunk)))
     }
 
     /// The model's outputs on every row of `x`, computed in batches of `batch_size` rows:
@@ -574,7 +625,8 @@ impl StepPlan {
         };
         let b = &mut self.buffers[set];
         backward::<T>(&self.stages, self.first_trained, &model.trunk, b, &mut self.weight_grads)?;
-        Ok(with_penalty::<T>(loss, &self.stages, &model.trunk, Some(&mut self.weight_grads)))
+        // The penalties are added with the optimizer's update (`apply_with_penalties`).
+        Ok(loss)
     }
 
     /// The kernel's targets of buffer set `set` from its batch's targets (sparse labels as
@@ -851,48 +903,39 @@ impl StepPlan {
     /// `Model::regularization_loss` adds them), or `None` when nothing is regularized.
     pub(crate) fn penalty(&self, model: &crate::Model) -> Option<f64> {
         match self.dtype {
-            DType::F32 => penalty_sum::<f32>(&self.stages, &model.trunk, None, None).map(f64::from),
-            DType::F64 => penalty_sum::<f64>(&self.stages, &model.trunk, None, None),
+            DType::F32 => penalty_of_weights::<f32>(&self.stages, &model.trunk).map(f64::from),
+            DType::F64 => penalty_of_weights::<f64>(&self.stages, &model.trunk),
         }
     }
 }
 
 /// `loss + Σ penalties` as the tape's total adds the model's regularization to the loss (in
-/// `T`: each weight's penalty `c·Σ f(w)`, a layer's kernel then bias penalty added, the layers
-/// added in order, as `Model::regularization_loss`), or `loss` when nothing is regularized.
-/// With `grads` (a training step), each penalty's gradient is added to its weight's gradient
-/// in the same pass ([`Regularizer::penalty_and_gradient`]).
-fn with_penalty<T: Element>(
-    loss: f64,
-    stages: &[Stage],
-    layers: &[Box<dyn Layer>],
-    grads: Option<&mut [Tensor]>,
-) -> f64 {
-    match penalty_sum::<T>(stages, layers, grads, None) {
-        Some(p) => (T::c(loss) + p).to_f64().unwrap_or(f64::NAN),
-        None => loss,
-    }
+/// `T`, the penalties of [`penalty_of_weights`]), or `loss` when nothing is regularized.
+fn with_penalty<T: Element>(loss: f64, stages: &[Stage], layers: &[Box<dyn Layer>]) -> f64 {
+    plus_penalty::<T>(loss, penalty_of_weights::<T>(stages, layers))
 }
 
-/// `Σ penalties` in `T` (each weight's `c·Σ f(w)`, a layer's kernel then bias penalty added,
-/// the layers added in order), `None` when nothing is regularized; with `grads`, each
-/// penalty's gradient added to its weight's gradient in the same pass.
-fn penalty_sum<T: Element>(
-    stages: &[Stage],
-    layers: &[Box<dyn Layer>],
-    mut grads: Option<&mut [Tensor]>,
-    mut total: Option<T>,
+/// `Σ penalties` of the stages' weights in `T` (each weight's `c·Σ f(w)`), `None` when
+/// nothing is regularized ([`penalty_sum`]).
+fn penalty_of_weights<T: Element>(stages: &[Stage], layers: &[Box<dyn Layer>]) -> Option<T> {
+    penalty_sum(stages.iter(), |layer, _, i, r| r.penalty_of(weight::<T>(layers, layer, i)))
+}
+
+/// `Σ penalties` in `T` as `Model::regularization_loss` adds them: a layer's kernel then bias
+/// penalty added, the layers added in order; `None` when nothing is regularized. `penalty`
+/// gives each regularized weight's from its layer's index, its own index in weight order,
+/// its index in the layer and its regularizer.
+fn penalty_sum<'s, T: Element>(
+    stages: impl Iterator<Item = &'s Stage>,
+    mut penalty: impl FnMut(usize, usize, usize, Regularizer) -> T,
 ) -> Option<T> {
+    let mut total: Option<T> = None;
     for stage in stages {
         let Stage::Dense { layer, weight: k, regularizers, .. } = *stage else { continue };
         let mut of_layer: Option<T> = None;
         for (i, r) in regularizers.iter().enumerate() {
-            if let Some(r) = r {
-                let w = weight::<T>(layers, layer, i);
-                let p = match grads.as_deref_mut() {
-                    Some(g) => r.penalty_and_gradient(w, buf::<T>(&mut g[k + i]), 1.0),
-                    None => r.penalty_of(w),
-                };
+            if let Some(r) = *r {
+                let p = penalty(layer, k + i, i, r);
                 of_layer = Some(of_layer.map_or(p, |q| q + p));
             }
         }
@@ -901,6 +944,25 @@ fn penalty_sum<T: Element>(
         }
     }
     total
+}
+
+/// `loss + penalty` in `T` (`loss` when there is none).
+fn plus_penalty<T: Element>(loss: f64, penalty: Option<T>) -> f64 {
+    match penalty {
+        Some(p) => (T::c(loss) + p).to_f64().unwrap_or(f64::NAN),
+        None => loss,
+    }
+}
+
+/// The trunk's stages, then each head's.
+fn all_stages<'s>(stages: &'s [Stage], heads: &'s [heads::HeadPlan]) -> impl Iterator<Item = &'s Stage> {
+    stages.iter().chain(heads.iter().flat_map(|h| h.stages.iter()))
+}
+
+/// `loss + Σ penalties` in `T` from each weight's penalty `values` (weight order), added as
+/// [`penalty_sum`] adds them (the trunk's layers, then each head's).
+fn loss_with_penalties<'s, T: Element>(loss: f64, stages: impl Iterator<Item = &'s Stage>, values: &[f64]) -> f64 {
+    plus_penalty::<T>(loss, penalty_sum(stages, |_, k, _, _| T::c(values[k])))
 }
 
 /// Adds each regularized weight's penalty gradient, times `share` (1, or 1/workers in a
