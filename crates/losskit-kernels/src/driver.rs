@@ -127,21 +127,27 @@ fn process<T: Float, K: RowKernel<T>>(kernel: &K, c: &Chunk<'_, T>, values: &mut
 
 /// Defines `$dispatch`, which runs `$body` (a generic function) compiled for AVX-512 or AVX2 +
 /// FMA when the CPU has them (checked once by std), else the baseline build. The element
-/// loops and the polynomial `exp`/`ln` vectorise 16 or 8 lanes wide in those builds.
+/// loops and the polynomial `exp`/`ln` vectorise 16 or 8 lanes wide in those builds; the
+/// arithmetic is the same IEEE operations in the same order (nothing is contracted into an
+/// FMA unless the body asks), so the values do not depend on the build.
+///
+/// `isa_dispatch!(name, body, <T: Float>, (a: &[T], b: &mut [T]) -> f64)` (the return type is
+/// optional). Used by the other losskit crates for their own element loops.
+#[macro_export]
 macro_rules! isa_dispatch {
-    ($dispatch:ident, $body:ident, <$($g:ident: $b:path),*>, ($($arg:ident: $ty:ty),*)) => {
+    ($vis:vis $dispatch:ident, $body:ident, <$($g:ident: $b:path),*>, ($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
         #[inline]
-        fn $dispatch<$($g: $b),*>($($arg: $ty),*) {
+        $vis fn $dispatch<$($g: $b),*>($($arg: $ty),*) $(-> $ret)? {
             /// The body compiled for AVX2 + FMA (8 lanes).
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2<$($g: $b),*>($($arg: $ty),*) {
+            unsafe fn avx2<$($g: $b),*>($($arg: $ty),*) $(-> $ret)? {
                 $body($($arg),*)
             }
             /// The body compiled for AVX-512 (16 lanes).
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-            unsafe fn avx512<$($g: $b),*>($($arg: $ty),*) {
+            unsafe fn avx512<$($g: $b),*>($($arg: $ty),*) $(-> $ret)? {
                 $body($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
@@ -152,13 +158,11 @@ macro_rules! isa_dispatch {
                     && std::arch::is_x86_feature_detected!("avx512dq")
                 {
                     // SAFETY: the CPU supports these AVX-512 subsets (checked just above).
-                    unsafe { avx512($($arg),*) };
-                    return;
+                    return unsafe { avx512($($arg),*) };
                 }
                 if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                     // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-                    unsafe { avx2($($arg),*) };
-                    return;
+                    return unsafe { avx2($($arg),*) };
                 }
             }
             $body($($arg),*)

@@ -2,10 +2,102 @@
 //! vectorised (AVX2 / AVX-512 chosen at run time) and split across threads for large weights.
 //! Each element's update is independent of the others and uses the same operations in the same
 //! order as the scalar formula, so the result does not depend on the ISA or the thread count.
+//!
+//! A weight's regularization can be folded in ([`Penalty`]): each element's gradient is then
+//! `g + ∂penalty/∂w` at the weight's value before the update, made in registers as the update
+//! reads `g` (the values of adding the penalty's gradient to `g` first).
 
 use crate::driver::isa_dispatch;
 use crate::Float;
 use rayon::prelude::*;
+
+/// A penalty on the weight whose gradient an update adds to each gradient element before
+/// using it (Keras' kernel and bias regularizers; the terms as the tape's backward pass gives
+/// them, coefficients already in `T`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Penalty<T> {
+    /// `g + l1·sign(w)` (`sign(0) = 0`).
+    L1(T),
+    /// `g + l2·(w + w)`.
+    L2(T),
+    /// `g + (l2·(w + w) + l1·sign(w))`.
+    L1L2 {
+        /// The L1 term's coefficient.
+        l1: T,
+        /// The L2 term's coefficient.
+        l2: T,
+    },
+}
+
+/// How an element loop reads an element's gradient: as given, or with a [`Penalty`]'s gradient
+/// added. One type per form, so the loops have no branch on it.
+trait TotalGradient<T>: Copy {
+    /// The gradient the update uses for an element of weight `w` with gradient `g`.
+    fn of(self, w: T, g: T) -> T;
+}
+
+/// The gradient as given.
+#[derive(Clone, Copy)]
+struct AsGiven;
+
+impl<T> TotalGradient<T> for AsGiven {
+    #[inline(always)]
+    fn of(self, _: T, g: T) -> T {
+        g
+    }
+}
+
+/// One penalty form (`K`: 1 for L1, 2 for L2, 3 for both) with its coefficients.
+#[derive(Clone, Copy)]
+struct Plus<T, const K: u8> {
+    l1: T,
+    l2: T,
+}
+
+impl<T: Float, const K: u8> TotalGradient<T> for Plus<T, K> {
+    #[inline(always)]
+    fn of(self, w: T, g: T) -> T {
+        // `K` is known at compile time: the match folds away.
+        match K {
+            1 => g + self.l1 * crate::sign(w),
+            2 => g + self.l2 * (w + w),
+            _ => g + (self.l2 * (w + w) + self.l1 * crate::sign(w)),
+        }
+    }
+}
+
+/// Runs `$body` with `$tg` bound to the [`TotalGradient`] of `$penalty` (an
+/// `Option<Penalty<T>>`): one instantiation of the body per form.
+macro_rules! with_total_gradient {
+    ($penalty:expr, $tg:ident => $body:expr) => {
+        match $penalty {
+            None => {
+                let $tg = AsGiven;
+                $body
+            }
+            Some(Penalty::L1(l1)) => {
+                let $tg = Plus::<T, 1> { l1, l2: T::zero() };
+                $body
+            }
+            Some(Penalty::L2(l2)) => {
+                let $tg = Plus::<T, 2> { l1: T::zero(), l2 };
+                $body
+            }
+            Some(Penalty::L1L2 { l1, l2 }) => {
+                let $tg = Plus::<T, 3> { l1, l2 };
+                $body
+            }
+        }
+    };
+}
+
+impl<T: Float> Penalty<T> {
+    /// The total gradient of an element of weight `w` with gradient `g`.
+    #[inline(always)]
+    pub fn total(self, w: T, g: T) -> T {
+        with_total_gradient!(Some(self), tg => tg.of(w, g))
+    }
+}
 
 /// One Adam step's constants for one weight.
 ///
@@ -33,6 +125,8 @@ pub struct AdamStep<T> {
     pub grad_factor: T,
     /// The bound of value clipping, if any.
     pub grad_bound: Option<T>,
+    /// A penalty whose gradient is added to each gradient element first, if any.
+    pub penalty: Option<Penalty<T>>,
 }
 
 /// Weights with at least this many values are split across threads. Below it, waking a second
@@ -63,12 +157,12 @@ pub fn adam_update<T: Float>(w: &mut [T], g: &[T], m: &mut [T], v: &mut [T], s: 
 
 #[inline(always)]
 fn adam_chunk<T: Float>(w: &mut [T], g: &[T], m: &mut [T], v: &mut [T], s: AdamStep<T>) {
-    match (s.decay, s.grad_bound) {
-        (None, None) => adam_loop::<T, false, false>(w, g, m, v, s),
-        (Some(_), None) => adam_loop::<T, true, false>(w, g, m, v, s),
-        (None, Some(_)) => adam_loop::<T, false, true>(w, g, m, v, s),
-        (Some(_), Some(_)) => adam_loop::<T, true, true>(w, g, m, v, s),
-    }
+    with_total_gradient!(s.penalty, tg => match (s.decay, s.grad_bound) {
+        (None, None) => adam_loop::<T, false, false>(w, g, m, v, s, tg),
+        (Some(_), None) => adam_loop::<T, true, false>(w, g, m, v, s, tg),
+        (None, Some(_)) => adam_loop::<T, false, true>(w, g, m, v, s, tg),
+        (Some(_), Some(_)) => adam_loop::<T, true, true>(w, g, m, v, s, tg),
+    })
 }
 
 /// The element loop, with the decay and the bound as compile-time switches (no branch inside).
@@ -79,11 +173,14 @@ fn adam_loop<T: Float, const DECAY: bool, const BOUND: bool>(
     m: &mut [T],
     v: &mut [T],
     s: AdamStep<T>,
+    tg: impl TotalGradient<T>,
 ) {
     let one = T::one();
     let (a1, a2) = (one - s.beta_1, one - s.beta_2);
     let wd = s.decay.unwrap_or(T::zero());
     for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        // The penalty's gradient at the weight before this update (and before AdamW's decay).
+        let g = tg.of(*w, g);
         if DECAY {
             *w = *w - *w * wd * s.lr;
         }
@@ -111,6 +208,8 @@ pub struct SgdStep<T> {
     pub grad_factor: T,
     /// The bound of value clipping, if any.
     pub grad_bound: Option<T>,
+    /// A penalty whose gradient is added to each gradient element first, if any.
+    pub penalty: Option<Penalty<T>>,
 }
 
 /// Applies one [`SgdStep`] in place to a weight `w`, its gradient `g` and (with momentum) its
@@ -141,14 +240,14 @@ pub fn sgd_update<T: Float>(w: &mut [T], g: &[T], m: Option<&mut [T]>, s: SgdSte
 
 #[inline(always)]
 fn sgd_chunk<T: Float>(w: &mut [T], g: &[T], m: &mut [T], s: SgdStep<T>) {
-    match (s.momentum, s.grad_bound) {
-        (None, None) => sgd_loop::<T, false>(w, g, s),
-        (None, Some(_)) => sgd_loop::<T, true>(w, g, s),
-        (Some((_, false)), None) => momentum_loop::<T, false, false>(w, g, m, s),
-        (Some((_, false)), Some(_)) => momentum_loop::<T, false, true>(w, g, m, s),
-        (Some((_, true)), None) => momentum_loop::<T, true, false>(w, g, m, s),
-        (Some((_, true)), Some(_)) => momentum_loop::<T, true, true>(w, g, m, s),
-    }
+    with_total_gradient!(s.penalty, tg => match (s.momentum, s.grad_bound) {
+        (None, None) => sgd_loop::<T, false>(w, g, s, tg),
+        (None, Some(_)) => sgd_loop::<T, true>(w, g, s, tg),
+        (Some((_, false)), None) => momentum_loop::<T, false, false>(w, g, m, s, tg),
+        (Some((_, false)), Some(_)) => momentum_loop::<T, false, true>(w, g, m, s, tg),
+        (Some((_, true)), None) => momentum_loop::<T, true, false>(w, g, m, s, tg),
+        (Some((_, true)), Some(_)) => momentum_loop::<T, true, true>(w, g, m, s, tg),
+    })
 }
 
 /// `g'` of one element: the clipping factor, then the bound (NaN stays NaN, where a
@@ -181,17 +280,23 @@ fn flushed<T: Float>(x: T) -> T {
 }
 
 #[inline(always)]
-fn sgd_loop<T: Float, const BOUND: bool>(w: &mut [T], g: &[T], s: SgdStep<T>) {
+fn sgd_loop<T: Float, const BOUND: bool>(w: &mut [T], g: &[T], s: SgdStep<T>, tg: impl TotalGradient<T>) {
     for (w, &g) in w.iter_mut().zip(g) {
-        *w = *w - clipped::<T, BOUND>(g, s.grad_factor, s.grad_bound) * s.lr;
+        *w = *w - clipped::<T, BOUND>(tg.of(*w, g), s.grad_factor, s.grad_bound) * s.lr;
     }
 }
 
 #[inline(always)]
-fn momentum_loop<T: Float, const NESTEROV: bool, const BOUND: bool>(w: &mut [T], g: &[T], m: &mut [T], s: SgdStep<T>) {
+fn momentum_loop<T: Float, const NESTEROV: bool, const BOUND: bool>(
+    w: &mut [T],
+    g: &[T],
+    m: &mut [T],
+    s: SgdStep<T>,
+    tg: impl TotalGradient<T>,
+) {
     let mu = s.momentum.map_or(T::zero(), |(mu, _)| mu);
     for ((w, &g), m) in w.iter_mut().zip(g).zip(m.iter_mut()) {
-        let g = clipped::<T, BOUND>(g, s.grad_factor, s.grad_bound);
+        let g = clipped::<T, BOUND>(tg.of(*w, g), s.grad_factor, s.grad_bound);
         *m = flushed(-g * s.lr + *m * mu);
         *w = if NESTEROV { *w + (-g * s.lr + *m * mu) } else { *w + *m };
     }
@@ -220,6 +325,8 @@ pub struct RmsPropStep<T> {
     pub grad_factor: T,
     /// The bound of value clipping, if any.
     pub grad_bound: Option<T>,
+    /// A penalty whose gradient is added to each gradient element first, if any.
+    pub penalty: Option<Penalty<T>>,
 }
 
 /// Applies one [`RmsPropStep`] in place to a weight `w`, its gradient `g`, its mean square `v`,
@@ -268,16 +375,16 @@ pub fn rmsprop_update<T: Float>(
 
 #[inline(always)]
 fn rmsprop_chunk<T: Float>(w: &mut [T], g: &[T], v: &mut [T], m: &mut [T], a: &mut [T], s: RmsPropStep<T>) {
-    match (s.centered, s.momentum.is_some(), s.grad_bound.is_some()) {
-        (false, false, false) => rmsprop_loop::<T, false, false, false>(w, g, v, m, a, s),
-        (false, false, true) => rmsprop_loop::<T, false, false, true>(w, g, v, m, a, s),
-        (false, true, false) => rmsprop_loop::<T, false, true, false>(w, g, v, m, a, s),
-        (false, true, true) => rmsprop_loop::<T, false, true, true>(w, g, v, m, a, s),
-        (true, false, false) => rmsprop_loop::<T, true, false, false>(w, g, v, m, a, s),
-        (true, false, true) => rmsprop_loop::<T, true, false, true>(w, g, v, m, a, s),
-        (true, true, false) => rmsprop_loop::<T, true, true, false>(w, g, v, m, a, s),
-        (true, true, true) => rmsprop_loop::<T, true, true, true>(w, g, v, m, a, s),
-    }
+    with_total_gradient!(s.penalty, tg => match (s.centered, s.momentum.is_some(), s.grad_bound.is_some()) {
+        (false, false, false) => rmsprop_loop::<T, false, false, false>(w, g, v, m, a, s, tg),
+        (false, false, true) => rmsprop_loop::<T, false, false, true>(w, g, v, m, a, s, tg),
+        (false, true, false) => rmsprop_loop::<T, false, true, false>(w, g, v, m, a, s, tg),
+        (false, true, true) => rmsprop_loop::<T, false, true, true>(w, g, v, m, a, s, tg),
+        (true, false, false) => rmsprop_loop::<T, true, false, false>(w, g, v, m, a, s, tg),
+        (true, false, true) => rmsprop_loop::<T, true, false, true>(w, g, v, m, a, s, tg),
+        (true, true, false) => rmsprop_loop::<T, true, true, false>(w, g, v, m, a, s, tg),
+        (true, true, true) => rmsprop_loop::<T, true, true, true>(w, g, v, m, a, s, tg),
+    })
 }
 
 /// The element loop, with centering, momentum and the bound as compile-time switches; the
@@ -290,6 +397,7 @@ fn rmsprop_loop<T: Float, const CENTERED: bool, const MOMENTUM: bool, const BOUN
     m: &mut [T],
     a: &mut [T],
     s: RmsPropStep<T>,
+    tg: impl TotalGradient<T>,
 ) {
     let n = w.len();
     // Every slice cut to the weight's length up front, so the loop has no bounds checks.
@@ -299,7 +407,7 @@ fn rmsprop_loop<T: Float, const CENTERED: bool, const MOMENTUM: bool, const BOUN
     let (rho, keep) = (s.rho, T::one() - s.rho);
     let mu = s.momentum.unwrap_or(T::zero());
     for i in 0..n {
-        let gi = clipped::<T, BOUND>(g[i], s.grad_factor, s.grad_bound);
+        let gi = clipped::<T, BOUND>(tg.of(w[i], g[i]), s.grad_factor, s.grad_bound);
         v[i] = flushed(rho * v[i] + keep * gi * gi);
         let denominator = if CENTERED {
             a[i] = flushed(rho * a[i] + keep * gi);
@@ -322,6 +430,74 @@ isa_dispatch!(rmsprop_dispatch, rmsprop_chunk, <T: Float>, (w: &mut [T], g: &[T]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A penalty folded into Adam (with AdamW's decay and value clipping), SGD with Nesterov
+    /// momentum and RMSprop centered with momentum gives the bits of the same update on the
+    /// gradient with the penalty's gradient added first (at the weight before the update), for
+    /// each penalty form, in parallel chunks and a short tail; zeros of both signs in the
+    /// weight and the gradient keep their signs' effects.
+    #[test]
+    fn a_folded_penalty_is_the_update_of_the_total_gradient() {
+        let n = PARALLEL_MIN + 1000 + 3;
+        let w0: Vec<f32> =
+            (0..n).map(|i| if i % 97 == 0 { 0.0 } else { ((i * 37 % 101) as f32 - 50.0) * 0.013 }).collect();
+        let g: Vec<f32> =
+            (0..n).map(|i| if i % 89 == 0 { -0.0 } else { ((i * 53 % 91) as f32 - 45.0) * 0.021 }).collect();
+        let penalties = [Penalty::L1(3e-3f32), Penalty::L2(2e-2), Penalty::L1L2 { l1: 1e-3, l2: 5e-2 }];
+        for p in penalties {
+            let total: Vec<f32> = w0.iter().zip(&g).map(|(&w, &g)| p.total(w, g)).collect();
+            let expected_l2 = |w: f32, g: f32| g + 2e-2 * (w + w);
+            if let Penalty::L2(_) = p {
+                assert!(w0.iter().zip(&g).all(|(&w, &g)| p.total(w, g).to_bits() == expected_l2(w, g).to_bits()));
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let slots = || (vec![0.1f32; n], vec![0.2f32; n], vec![0.05f32; n]);
+            // Adam(W).
+            let a = AdamStep {
+                lr: 0.01,
+                alpha: 0.003,
+                beta_1: 0.9,
+                beta_2: 0.999,
+                epsilon: 1e-7,
+                decay: Some(0.004),
+                grad_factor: 0.8,
+                grad_bound: Some(0.5),
+                penalty: None,
+            };
+            let (mut w1, mut w2, (mut m1, mut v1, _), (mut m2, mut v2, _)) = (w0.clone(), w0.clone(), slots(), slots());
+            adam_update(&mut w1, &total, &mut m1, &mut v1, a).unwrap();
+            adam_update(&mut w2, &g, &mut m2, &mut v2, AdamStep { penalty: Some(p), ..a }).unwrap();
+            assert_eq!((bits(&w2), bits(&m2), bits(&v2)), (bits(&w1), bits(&m1), bits(&v1)), "adam {p:?}");
+            // SGD, Nesterov.
+            let sg =
+                SgdStep { lr: 0.05, momentum: Some((0.9, true)), grad_factor: 1.0, grad_bound: None, penalty: None };
+            let (mut w1, mut w2, (mut m1, ..), (mut m2, ..)) = (w0.clone(), w0.clone(), slots(), slots());
+            sgd_update(&mut w1, &total, Some(&mut m1), sg).unwrap();
+            sgd_update(&mut w2, &g, Some(&mut m2), SgdStep { penalty: Some(p), ..sg }).unwrap();
+            assert_eq!((bits(&w2), bits(&m2)), (bits(&w1), bits(&m1)), "sgd {p:?}");
+            // RMSprop, centered, with momentum.
+            let r = RmsPropStep {
+                lr: 0.001,
+                rho: 0.9,
+                epsilon: 1e-7,
+                momentum: Some(0.5),
+                centered: true,
+                grad_factor: 1.0,
+                grad_bound: None,
+                penalty: None,
+            };
+            let (mut w1, mut w2, (mut v1, mut m1, mut a1), (mut v2, mut m2, mut a2)) =
+                (w0.clone(), w0.clone(), slots(), slots());
+            rmsprop_update(&mut w1, &total, &mut v1, Some(&mut m1), Some(&mut a1), r).unwrap();
+            rmsprop_update(&mut w2, &g, &mut v2, Some(&mut m2), Some(&mut a2), RmsPropStep { penalty: Some(p), ..r })
+                .unwrap();
+            assert_eq!(
+                (bits(&w2), bits(&v2), bits(&m2), bits(&a2)),
+                (bits(&w1), bits(&v1), bits(&m1), bits(&a1)),
+                "rmsprop {p:?}"
+            );
+        }
+    }
 
     /// `x`, or 0 for a subnormal.
     fn flush(x: f32) -> f32 {
@@ -397,6 +573,7 @@ mod tests {
                     decay,
                     grad_factor: 0.75,
                     grad_bound: bound,
+                    penalty: None,
                 };
                 for grad in [&g, &finite_g] {
                     let (mut w1, mut m1, mut v1) = (w0.clone(), m0.clone(), v0.clone());
@@ -422,7 +599,7 @@ mod tests {
             let [g, w0, m0, _] = inputs(n);
             for momentum in [None, Some((0.9, false)), Some((0.8, true))] {
                 for bound in [None, Some(0.2f32)] {
-                    let s = SgdStep { lr: 0.01, momentum, grad_factor: 0.75, grad_bound: bound };
+                    let s = SgdStep { lr: 0.01, momentum, grad_factor: 0.75, grad_bound: bound, penalty: None };
                     let (mut w1, mut m1) = (w0.clone(), m0.clone());
                     sgd_reference(&mut w1, &g, &mut m1, s);
                     for threads in [1, 3] {
@@ -483,6 +660,7 @@ mod tests {
             decay: None,
             grad_factor: 1.0,
             grad_bound: None,
+            penalty: None,
         };
         adam_update(&mut w, &g, &mut m, &mut v, s).unwrap();
         assert_eq!((m[0], m[n - 1]), (0.0, 0.0), "0.9 · 1.05 · MIN_POSITIVE is subnormal");
@@ -493,7 +671,7 @@ mod tests {
         assert!(m.iter().chain(&v).all(|x| !x.is_subnormal()));
 
         let mut vel = vec![tiny; n];
-        let sgd = SgdStep { lr: 0.1, momentum: Some((0.5, false)), grad_factor: 1.0, grad_bound: None };
+        let sgd = SgdStep { lr: 0.1, momentum: Some((0.5, false)), grad_factor: 1.0, grad_bound: None, penalty: None };
         sgd_update(&mut w, &g, Some(&mut vel), sgd).unwrap();
         assert_eq!(vel[0], 0.0);
         let (mut v2, mut m2, mut a2) = (vec![tiny; n], vec![tiny; n], vec![tiny; n]);
@@ -505,6 +683,7 @@ mod tests {
             centered: true,
             grad_factor: 1.0,
             grad_bound: None,
+            penalty: None,
         };
         rmsprop_update(&mut w, &g, &mut v2, Some(&mut m2), Some(&mut a2), rms).unwrap();
         assert_eq!((v2[0], m2[0], a2[0]), (0.0, 0.0, 0.0));
@@ -530,6 +709,7 @@ mod tests {
                     centered,
                     grad_factor: 0.75,
                     grad_bound: bound,
+                    penalty: None,
                 };
                 let (mut w1, mut v1, mut m1, mut a1) = (w0.clone(), v0.clone(), m0.clone(), a0.clone());
                 rmsprop_reference(&mut w1, &g, &mut v1, &mut m1, &mut a1, s);
@@ -550,7 +730,7 @@ mod tests {
     #[test]
     fn mismatched_lengths_are_errors() {
         let (mut w, mut m) = ([0.0f32; 2], [0.0f32; 2]);
-        let s = SgdStep { lr: 0.1, momentum: None, grad_factor: 1.0, grad_bound: None };
+        let s = SgdStep { lr: 0.1, momentum: None, grad_factor: 1.0, grad_bound: None, penalty: None };
         assert!(sgd_update(&mut w, &[1.0], None, s).is_err());
         assert!(sgd_update(&mut w, &[1.0, 2.0], Some(&mut m[..]), s).is_err(), "a velocity without momentum");
         let a = AdamStep {
@@ -562,6 +742,7 @@ mod tests {
             decay: None,
             grad_factor: 1.0,
             grad_bound: None,
+            penalty: None,
         };
         let err = adam_update(&mut w, &[1.0, 2.0], &mut m, &mut [0.0; 1], a).unwrap_err();
         assert!(err.contains("adam_update"), "{err}");
@@ -573,6 +754,7 @@ mod tests {
             centered: true,
             grad_factor: 1.0,
             grad_bound: None,
+            penalty: None,
         };
         let err = rmsprop_update(&mut w, &[1.0, 2.0], &mut m, None, None, r).unwrap_err();
         assert!(err.contains("average None (wanted: true)"), "{err}");

@@ -15,7 +15,7 @@ pub use crate::ops::activation::{
 };
 use crate::pointwise::{per_unary, Binary, Unary, PARALLEL_MIN};
 use crate::storage::Element;
-use crate::tensor::{sum_squares_lanes, SQUARES_BLOCK, SQUARES_GROUP, SQUARES_ROUND};
+use crate::tensor::{sum_squares_body, SQUARES_BLOCK, SQUARES_GROUP, SQUARES_ROUND};
 use losskit_kernels::gemm::{self, MatRef};
 use losskit_kernels::{accumulate_sum, log_sum_exp};
 use rayon::prelude::*;
@@ -321,16 +321,21 @@ where
     ([T::c(pieces[0]), T::c(pieces[1])], squares)
 }
 
+// The group's loops compiled for AVX-512 or AVX2 where the CPU has them (the sums' lanes are
+// explicit: the same values in any build).
+losskit_kernels::isa_dispatch!(group_sums, group_sums_body, <T: Element, F: Fn(T) -> T, H: Fn(T) -> T, D: Fn(T, T) -> T>, (w: &[T], g: &[T], start: usize, f: &F, h: Option<&H>, total: &D) -> GroupSums);
+
 /// [`penalty_sums_and_norm`]'s sums of the group of values at `start` (a multiple of the group
 /// size): block by block of `sum_of_squares`, the block's chunks mapped and added to their
 /// piece's totals, then the total gradient of the block on the stack and its `Σ t²`.
-fn group_sums<T: Element>(
+#[inline(always)]
+fn group_sums_body<T: Element, F: Fn(T) -> T, H: Fn(T) -> T, D: Fn(T, T) -> T>(
     w: &[T],
     g: &[T],
     start: usize,
-    f: &(impl Fn(T) -> T + Sync),
-    h: Option<&(impl Fn(T) -> T + Sync)>,
-    total: &(impl Fn(T, T) -> T + Sync),
+    f: &F,
+    h: Option<&H>,
+    total: &D,
 ) -> GroupSums {
     let end = (start + SQUARES_GROUP).min(w.len());
     let mut sums = GroupSums { pieces: [[0.0; PIECES_PER_GROUP]; 2], squares: 0.0 };
@@ -351,7 +356,7 @@ fn group_sums<T: Element>(
         }
         let t = &mut block[..len];
         t.iter_mut().zip(ws.iter().zip(gs)).for_each(|(t, (&w, &g))| *t = total(w, g));
-        sums.squares += sum_squares_lanes(t);
+        sums.squares += sum_squares_body(t);
     }
     sums
 }

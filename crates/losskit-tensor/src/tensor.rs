@@ -378,7 +378,7 @@ fn wide<T: Element>(v: T) -> f64 {
 /// `Σ x²` in sixteen lanes of `T` per block of 4096 values, blocks summed in f64 (vectorised
 /// by the compiler; accurate enough for a norm).
 #[inline(always)]
-fn sum_squares_body<T: Element>(s: &[T]) -> f64 {
+pub(crate) fn sum_squares_body<T: Element>(s: &[T]) -> f64 {
     let mut total = 0.0f64;
     for block in s.chunks(SQUARES_BLOCK) {
         let mut lanes = [T::zero(); 16];
@@ -396,7 +396,7 @@ fn sum_squares_body<T: Element>(s: &[T]) -> f64 {
 
 // The NaN guard reads every gradient's `Σ g²` each step: 8 AVX2 lanes instead of the baseline
 // build's 4 (the same IEEE operations lane by lane, so the same value).
-with_avx2!(pub(crate) sum_squares_lanes => sum_squares_body, (s: &[T]) -> f64);
+with_avx2!(sum_squares_lanes => sum_squares_body, (s: &[T]) -> f64);
 
 /// Values per block of [`sum_squares_lanes`] (summed in lanes of `T`, then added in `f64`).
 pub(crate) const SQUARES_BLOCK: usize = 4096;

@@ -1,7 +1,7 @@
 //! Weight regularizers (Keras' `kernel_regularizer`): penalties added to the loss.
 
 use losskit::{Error, Result, Tensor};
-use losskit_kernels::sign;
+use losskit_kernels::optim::Penalty;
 use losskit_tensor::{slices, Element};
 use serde_json::{json, Value};
 
@@ -93,22 +93,23 @@ impl Regularizer {
         }
     }
 
-    /// `(w, g) ↦ g + share · ∂penalty/∂w` for one element, with the coefficients in `T` as
-    /// the tape's upstream `share` times each term's factor: `g + a·sign(w)` (L1),
-    /// `g + b·(w + w)` (L2), `g + (b·(w + w) + a·sign(w))` (L1L2).
-    pub(crate) fn total_gradient<T: Element>(&self, share: f64) -> impl Fn(T, T) -> T + Sync + Copy {
+    /// The penalty's gradient terms times `share` for the optimizer kernels, with the
+    /// coefficients in `T` as the tape's upstream `share` times each term's factor
+    /// ([`Penalty::total`]: `g + a·sign(w)` for L1, `g + b·(w + w)` for L2,
+    /// `g + (b·(w + w) + a·sign(w))` for L1L2).
+    pub(crate) fn terms<T: Element>(&self, share: f64) -> Penalty<T> {
         let c = |k: f64| T::c(share) * T::c(k);
-        let (a, b) = match *self {
-            Regularizer::L1(a) => (Some(c(a)), None),
-            Regularizer::L2(b) => (None, Some(c(b))),
-            Regularizer::L1L2 { l1, l2 } => (Some(c(l1)), Some(c(l2))),
-        };
-        move |w: T, g: T| match (a, b) {
-            (Some(a), None) => g + a * sign(w),
-            (None, Some(b)) => g + b * (w + w),
-            (Some(a), Some(b)) => g + (b * (w + w) + a * sign(w)),
-            (None, None) => g,
+        match *self {
+            Regularizer::L1(a) => Penalty::L1(c(a)),
+            Regularizer::L2(b) => Penalty::L2(c(b)),
+            Regularizer::L1L2 { l1, l2 } => Penalty::L1L2 { l1: c(l1), l2: c(l2) },
         }
+    }
+
+    /// `(w, g) ↦ g + share · ∂penalty/∂w` for one element ([`Regularizer::terms`]).
+    pub(crate) fn total_gradient<T: Element>(&self, share: f64) -> impl Fn(T, T) -> T + Sync + Copy {
+        let terms = self.terms::<T>(share);
+        move |w: T, g: T| terms.total(w, g)
     }
 
     /// `(w, g) ↦ g += share · ∂penalty/∂w` element by element ([`Regularizer::total_gradient`]).

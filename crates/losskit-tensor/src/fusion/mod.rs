@@ -25,8 +25,8 @@
 /// Defines `$name`, which runs `$body` compiled for AVX2 + FMA when the CPU has them (8 f32
 /// lanes; the per-element maths is the same IEEE arithmetic, so the values do not change).
 macro_rules! with_avx2 {
-    ($vis:vis $name:ident => $body:ident, ($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
-        $vis fn $name<T: Element>($($arg: $ty),*) $(-> $ret)? {
+    ($name:ident => $body:ident, ($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
+        fn $name<T: Element>($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2,fma")]

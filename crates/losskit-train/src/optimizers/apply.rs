@@ -5,6 +5,7 @@ use super::{slot_fits, slot_shape, Clip, Ema, GradientCheck, Optimizer, Rule, Sl
 use crate::layers::Param;
 use crate::regularizers::Regularizer;
 use losskit::{Error, Result, Tensor};
+use losskit_kernels::optim::Penalty;
 use losskit_tensor::Element;
 use ndarray::ArrayD;
 
@@ -214,7 +215,7 @@ impl Optimizer {
                 step,
                 weight_decay,
                 ema,
-                gr: Grad { clip: losskit_kernels::optim_rules::Clipping { factor, bound }, nadam },
+                gr: Grad { clip: losskit_kernels::optim_rules::Clipping { factor, bound }, nadam, penalty: None },
                 penalty: penalties.get(i).copied().flatten(),
             };
             let g = (g.as_slice().expect(STANDARD), g.shape());
@@ -382,20 +383,42 @@ struct WeightStep<T> {
 
 impl<T: Element> WeightStep<T> {
     /// Decay, the rule's update, then `use_ema`'s, on the weight `w` with its gradient `g`
-    /// (values and shape), rule slots `s` and average; the penalty's gradient folded in.
+    /// (values and shape), rule slots `s` and average; the penalty's gradient folded in: by
+    /// the vectorised kernels themselves (SGD, Adam(W), RMSprop, when no decay pass comes
+    /// first), else piece by piece ([`super::fold`]).
     fn run(&self, w: &mut [T], g: (&[T], &[usize]), s: &mut [&mut [T]], average: Option<&mut [T]>) {
-        if let Some(r) = self.penalty {
-            return super::fold::fold_update(w, g.0, s, average, r.total_gradient(1.0), |w, g, s, a| {
-                self.run_plain(w, (g, &[]), s, a)
-            });
+        match self.penalty {
+            None => self.run_with(w, g, s, average, None),
+            Some(r) if self.kernel_folds(s.len()) => self.run_with(w, g, s, average, Some(r.terms(1.0))),
+            Some(r) => super::fold::fold_update(w, g.0, s, average, r.total_gradient(1.0), |w, g, s, a| {
+                self.run_with(w, (g, &[]), s, a, None)
+            }),
         }
-        self.run_plain(w, g, s, average)
     }
 
-    /// [`WeightStep::run`] without a penalty.
-    fn run_plain(&self, w: &mut [T], g: (&[T], &[usize]), s: &mut [&mut [T]], average: Option<&mut [T]>) {
+    /// Whether this rule's kernel adds the penalty's gradient itself: SGD, Adam and AdamW
+    /// (without amsgrad: `slots` = 2) and RMSprop, with no decay pass before the update (the
+    /// gradient is taken at the weight before it).
+    fn kernel_folds(&self, slots: usize) -> bool {
+        self.weight_decay.is_none()
+            && match self.rule {
+                Rule::Sgd { .. } | Rule::RmsProp { .. } => true,
+                Rule::Adam { .. } | Rule::AdamW { .. } => slots == 2,
+                _ => false,
+            }
+    }
+
+    /// [`WeightStep::run`] with the kernel's `penalty` (when it folds one).
+    fn run_with(
+        &self,
+        w: &mut [T],
+        g: (&[T], &[usize]),
+        s: &mut [&mut [T]],
+        average: Option<&mut [T]>,
+        penalty: Option<Penalty<T>>,
+    ) {
         decay(w, self.weight_decay, self.lr);
-        update(self.rule, self.lr, self.step, w, g, self.gr, s);
+        update(self.rule, self.lr, self.step, w, g, Grad { penalty, ..self.gr }, s);
         if let (Some(a), Some(ema)) = (average, self.ema) {
             ema_update(Some(ema), self.step, w, a);
         }
@@ -464,14 +487,17 @@ thread_local! {
 }
 
 /// What an update needs beside the weight and its gradient: how a raw gradient element becomes
-/// the one applied (scaled by the norm-clipping factor, then bounded by value clipping, inside
-/// the kernels), and Nadam's step constants.
+/// the one applied (a penalty's gradient added, scaled by the norm-clipping factor, then bounded
+/// by value clipping, inside the kernels), and Nadam's step constants.
 #[derive(Clone, Copy)]
 struct Grad<T> {
     /// The clipping factor and bound.
     clip: losskit_kernels::optim_rules::Clipping<T>,
     /// Nadam's constants of this step (computed once per step, not per weight).
     nadam: Option<losskit_kernels::optim_rules::NadamStep<T>>,
+    /// A penalty whose gradient the kernel adds to each gradient element (SGD, Adam(W),
+    /// RMSprop; see `WeightStep::run`).
+    penalty: Option<Penalty<T>>,
 }
 
 /// Access to the typed optimizer state.
@@ -543,6 +569,7 @@ fn update<T: Element>(
     s: &mut [&mut [T]],
 ) {
     let one = T::one();
+    let penalty = gr.penalty;
     match rule {
         Rule::Sgd { momentum, nesterov } => {
             let step = losskit_kernels::optim::SgdStep {
@@ -550,6 +577,7 @@ fn update<T: Element>(
                 momentum: (!s.is_empty()).then(|| (T::c(momentum), nesterov)),
                 grad_factor: gr.clip.factor,
                 grad_bound: gr.clip.bound,
+                penalty,
             };
             let velocity = s.first_mut().map(|m| &mut **m);
             losskit_kernels::optim::sgd_update(w, gs, velocity, step).expect("shapes checked in apply");
@@ -584,6 +612,7 @@ fn update<T: Element>(
                 decay,
                 grad_factor: gr.clip.factor,
                 grad_bound: gr.clip.bound,
+                penalty,
             };
             let (m, v) = s.split_at_mut(1);
             let (m, v) = (&mut *m[0], &mut *v[0]);
@@ -600,6 +629,7 @@ fn update<T: Element>(
                 centered,
                 grad_factor: gr.clip.factor,
                 grad_bound: gr.clip.bound,
+                penalty,
             };
             let (velocity, rest) = s.split_first_mut().expect("RMSprop keeps a mean square");
             let (mom, avg) = rest.split_at_mut(usize::from(momentum > 0.0));

@@ -85,6 +85,16 @@ fn run<T: Element>(
     }
     let mut t = [T::zero(); PIECE];
     let t = &mut t[..n];
-    t.iter_mut().zip(p.w.iter().zip(p.g)).for_each(|(t, (&w, &g))| *t = total(w, g));
+    total_gradients(t, p.w, p.g, total);
     step(p.w, t, &mut p.s[..p.k], p.average);
+}
+
+// The total gradients compiled for AVX-512 or AVX2 where the CPU has them (element by
+// element: the same values in any build).
+losskit_kernels::isa_dispatch!(total_gradients, total_gradients_body, <T: Element, D: Fn(T, T) -> T>, (t: &mut [T], w: &[T], g: &[T], total: &D));
+
+/// `t = total(w, g)` element by element.
+#[inline(always)]
+fn total_gradients_body<T: Element, D: Fn(T, T) -> T>(t: &mut [T], w: &[T], g: &[T], total: &D) {
+    t.iter_mut().zip(w.iter().zip(g)).for_each(|(t, (&w, &g))| *t = total(w, g));
 }
