@@ -79,98 +79,14 @@ impl Optimizer {
         Ok((finite, applied))
     }
 
-    /// [`Optimizer::apply_to`] for a model whose weights carry regularizers (`penalties`, in
-    /// weight order), their gradients not yet in `grads`: each regularized weight and its
-    /// gradient are read once for both its penalty and the `Σ t²` of its total gradient
-    /// `t = g + ∂penalty/∂w` (always measured here), `loss` turns the penalties (weight order,
-    /// 0 where none) into the step's loss, and the update adds each penalty's gradient to the
-    /// gradient as it streams the weight ([`fold`](super::fold)): the gradient buffers are
-    /// neither written nor read again. The same bits as adding the penalties' gradients first.
-    /// When the step is refused (`check` given and the loss or a gradient not finite) or the
-    /// rule needs whole gradients (Lamb, Adafactor), the penalties' gradients are added into
-    /// `grads` first, as the diagnosis reads them. Returns `(loss, applied)`.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn apply_folded<W: Weights + ?Sized>(
-        &mut self,
-        weights: &mut W,
-        grads: &mut [Tensor],
-        penalties: &[Option<Regularizer>],
-        check: Option<bool>,
-        sum_squares: &mut Vec<f64>,
-        values: &mut Vec<f64>,
-        loss: impl FnOnce(&[f64]) -> f64,
-    ) -> Result<(f64, bool)> {
-        sum_squares.clear();
-        values.clear();
-        if !same_count(weights, grads)? {
-            return Ok((loss(values), true));
-        }
-        match weights.weight(0).value.dtype() {
-            losskit::DType::F32 => {
-                self.apply_folded_typed::<f32, W>(weights, grads, penalties, check, (sum_squares, values), loss)
-            }
-            losskit::DType::F64 => {
-                self.apply_folded_typed::<f64, W>(weights, grads, penalties, check, (sum_squares, values), loss)
-            }
-        }
-    }
-
-    /// [`Optimizer::apply_folded`] in `T`: measure, judge, update.
-    fn apply_folded_typed<T: Element + SlotType, W: Weights + ?Sized>(
-        &mut self,
-        weights: &mut W,
-        grads: &mut [Tensor],
-        penalties: &[Option<Regularizer>],
-        check: Option<bool>,
-        (sum_squares, values): (&mut Vec<f64>, &mut Vec<f64>),
-        loss: impl FnOnce(&[f64]) -> f64,
-    ) -> Result<(f64, bool)> {
-        check_gradients::<T, W>(weights, grads)?;
-        measure_folded::<T, W>(weights, grads, penalties, sum_squares, values);
-        let loss = loss(values);
-        // Whether the penalties' gradients are in `grads` (else folded into the update).
-        let mut added = false;
-        let applied = match check {
-            // The loss alone condemns the step.
-            Some(_) if !loss.is_finite() => false,
-            Some(require_finite) => {
-                let finite = sum_squares.iter().all(|s| s.is_finite())
-                    || (!sum_squares.iter().any(|s| s.is_nan()) && {
-                        // Finite values whose squares overflow: look at the total gradients.
-                        add_penalty_gradients::<T, W>(weights, grads, penalties);
-                        added = true;
-                        grads.iter().all(Tensor::all_finite)
-                    });
-                finite || !require_finite
-            }
-            None => true,
-        };
-        if !added && (!applied || !self.folds_penalties()) {
-            add_penalty_gradients::<T, W>(weights, grads, penalties);
-            added = true;
-        }
-        if !applied {
-            return Ok((loss, false));
-        }
-        self.update_all::<T, W>(weights, grads, if added { &[] } else { penalties }, sum_squares)?;
-        Ok((loss, true))
-    }
-
     /// Whether the update needs each gradient's `Σ g²` (norm clipping).
-    fn needs_norms(&self) -> bool {
+    pub(super) fn needs_norms(&self) -> bool {
         matches!(self.clip, Clip::Norm(_) | Clip::GlobalNorm(_))
-    }
-
-    /// Whether this rule's update is element by element, so a penalty's gradient can be added
-    /// to each gradient element as the update reads it (all but Lamb's trust ratio and
-    /// Adafactor's factored moments, which need the whole gradient first).
-    pub(crate) fn folds_penalties(&self) -> bool {
-        !matches!(self.rule, Rule::Lamb { .. } | Rule::Adafactor { .. })
     }
 
     /// Every weight's update with its gradient (`sum_squares`: each gradient's `Σ g²` when
     /// measured, for norm clipping), each `penalties[i]` (when given) folded into its weight's.
-    fn update_all<T: Element + SlotType, W: Weights + ?Sized>(
+    pub(super) fn update_all<T: Element + SlotType, W: Weights + ?Sized>(
         &mut self,
         weights: &mut W,
         grads: &[Tensor],
@@ -310,7 +226,7 @@ impl Optimizer {
 }
 
 /// Whether there are weights to update: an error when `grads` does not have one per weight.
-fn same_count<W: Weights + ?Sized>(weights: &W, grads: &[Tensor]) -> Result<bool> {
+pub(super) fn same_count<W: Weights + ?Sized>(weights: &W, grads: &[Tensor]) -> Result<bool> {
     if weights.count() != grads.len() {
         return Err(Error::Shape {
             op: "Optimizer::apply".into(),
@@ -318,53 +234,6 @@ fn same_count<W: Weights + ?Sized>(weights: &W, grads: &[Tensor]) -> Result<bool
         });
     }
     Ok(weights.count() > 0)
-}
-
-/// Each weight's penalty (into `values`, weight order, 0 where none) and each total
-/// gradient's `Σ t²` (into `sum_squares`): a regularized weight and its gradient in one read
-/// ([`Regularizer::penalty_and_norm`]), any other gradient as [`Tensor::sum_of_squares`].
-fn measure_folded<T: Element, W: Weights + ?Sized>(
-    weights: &W,
-    grads: &[Tensor],
-    penalties: &[Option<Regularizer>],
-    sum_squares: &mut Vec<f64>,
-    values: &mut Vec<f64>,
-) {
-    for (i, g) in grads.iter().enumerate() {
-        let Some(r) = penalties.get(i).copied().flatten() else {
-            values.push(0.0);
-            sum_squares.push(g.sum_of_squares());
-            continue;
-        };
-        let w = T::view(weights.weight(i).value.storage()).expect("checked");
-        let (w, g) = (w.as_standard_layout(), T::view(g.storage()).expect("checked").as_standard_layout());
-        let (p, n) = r.penalty_and_norm(w.as_slice().expect(STANDARD), g.as_slice().expect(STANDARD));
-        values.push(p.to_f64().unwrap_or(f64::NAN));
-        sum_squares.push(n);
-    }
-}
-
-/// Adds each regularized weight's penalty gradient to its gradient ([`Regularizer::add_gradient`]).
-fn add_penalty_gradients<T: Element, W: Weights + ?Sized>(
-    weights: &W,
-    grads: &mut [Tensor],
-    penalties: &[Option<Regularizer>],
-) {
-    for (i, g) in grads.iter_mut().enumerate() {
-        let Some(r) = penalties.get(i).copied().flatten() else { continue };
-        let w = T::view(weights.weight(i).value.storage()).expect("checked");
-        let w = w.as_standard_layout();
-        let w = w.as_slice().expect(STANDARD);
-        match g.values_mut::<T>() {
-            Some(g) => r.add_gradient(w, g, 1.0),
-            None => {
-                // A gradient held elsewhere too, or strided: a buffer of its own first.
-                let mut own = g.to_vec::<T>();
-                r.add_gradient(w, &mut own, 1.0);
-                *g = Tensor::from_vec(own, g.shape()).expect("the gradient's own shape");
-            }
-        }
-    }
 }
 
 /// One weight's update: what it needs beside its buffers.
@@ -453,7 +322,7 @@ impl Weights for [&mut Param] {
 }
 
 /// Each gradient against its weight's shape and dtype.
-fn check_gradients<T: Element, W: Weights + ?Sized>(weights: &W, grads: &[Tensor]) -> Result<()> {
+pub(super) fn check_gradients<T: Element, W: Weights + ?Sized>(weights: &W, grads: &[Tensor]) -> Result<()> {
     for (i, gr) in grads.iter().enumerate() {
         let p = weights.weight(i);
         if T::view(gr.storage()).is_none_or(|g| g.shape() != p.value.shape()) {
@@ -501,7 +370,7 @@ struct Grad<T> {
 }
 
 /// Access to the typed optimizer state.
-trait SlotType: Sized {
+pub(super) trait SlotType: Sized {
     fn slots(s: &mut Slots) -> &mut Vec<Vec<ArrayD<Self>>>;
 }
 
@@ -554,7 +423,7 @@ fn ema_update<T: Element>(ema: Option<Ema>, step: u64, w: &mut [T], a: &mut [T])
 }
 
 /// What `update` expects of the weight and slot buffers (`apply_typed` makes them so).
-const STANDARD: &str = "standard-layout buffers";
+pub(super) const STANDARD: &str = "standard-layout buffers";
 
 /// One rule's update of one weight, in place, through the vectorised kernels of
 /// `losskit_kernels::optim` (SGD, Adam(W), RMSprop) or the serial ones of
@@ -698,58 +567,6 @@ fn update<T: Element>(
                     rules::adadelta_update(w, gs, first, d, lr, (T::c(rho), T::c(1.0 - rho)), T::c(epsilon), c)
                 }
                 _ => unreachable!("slots checked in apply"),
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A weight of 300 × 500 values (its update in parallel pieces) and a gradient scaled by
-    /// `scale`, as parameters.
-    fn weight_and_gradient(scale: f32) -> (Param, Tensor) {
-        let n = 300 * 500;
-        let w: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01).collect();
-        let g: Vec<f32> = (0..n).map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.02 * scale).collect();
-        let value = Tensor::from_vec(w, &[300, 500]).unwrap();
-        (Param { name: "dense/kernel".into(), value }, Tensor::from_vec(g, &[300, 500]).unwrap())
-    }
-
-    /// The folded update (and, at gradients whose squares overflow f32, the one of the total
-    /// gradients added first) leaves the weights, norms and applied flag that adding the
-    /// penalty's gradient and then applying give; the penalty is the tape's.
-    #[test]
-    fn a_folded_update_is_the_update_of_the_total_gradient() {
-        let r = Regularizer::L1L2 { l1: 1e-3, l2: 1e-2 };
-        for scale in [1.0, 1e20] {
-            for opt in [Optimizer::adam(1e-3).unwrap().clipnorm(1.0).unwrap(), Optimizer::sgd(0.1).unwrap()] {
-                let (mut p, g) = weight_and_gradient(scale);
-                let mut total = Tensor::from_vec(g.to_vec::<f32>(), g.shape()).unwrap();
-                let w = p.value.to_vec::<f32>();
-                r.add_gradient(&w, total.values_mut::<f32>().unwrap(), 1.0);
-                let mut want = opt.clone();
-                let check = want.apply_checked(&mut [&mut p], &[total], true).unwrap();
-
-                let (mut q, g) = weight_and_gradient(scale);
-                let mut got = opt.clone();
-                let (mut sums, mut values) = (Vec::new(), Vec::new());
-                let mut grads = [g];
-                let weights: &mut [&mut Param] = &mut [&mut q];
-                let (loss, applied) = got
-                    .apply_folded(weights, &mut grads, &[Some(r)], Some(true), &mut sums, &mut values, |v| v[0])
-                    .unwrap();
-                assert_eq!((applied, check.applied), (true, true), "scale {scale}");
-                assert_eq!(
-                    sums.iter().map(|s| s.to_bits()).collect::<Vec<_>>(),
-                    check.sum_squares.iter().map(|s| s.to_bits()).collect::<Vec<_>>()
-                );
-                assert_eq!(scale > 1.0, sums[0].is_infinite(), "scale {scale}: the squares overflow");
-                let penalty = r.penalty(&Tensor::from_vec(w, &[300, 500]).unwrap()).unwrap().to_scalar().unwrap();
-                assert_eq!(loss.to_bits(), penalty.to_bits(), "scale {scale}: the penalty as the tape's");
-                let bits = |p: &Param| p.value.to_vec::<f32>().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-                assert!(bits(&q) == bits(&p), "scale {scale}: the weights");
             }
         }
     }
