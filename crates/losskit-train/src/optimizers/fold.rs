@@ -62,7 +62,8 @@ impl Optimizer {
         loss: impl FnOnce(&[f64]) -> f64,
     ) -> Result<(f64, bool)> {
         check_gradients::<T, W>(weights, grads)?;
-        measure_folded::<T, W>(weights, grads, penalties, sum_squares, values);
+        let need_norms = check.is_some() || self.needs_norms();
+        measure_folded::<T, W>(weights, grads, penalties, need_norms, (sum_squares, values));
         let loss = loss(values);
         // Whether the penalties' gradients are in `grads` (else folded into the update).
         let mut added = false;
@@ -100,27 +101,32 @@ impl Optimizer {
     }
 }
 
-/// Each weight's penalty (into `values`, weight order, 0 where none) and each total
-/// gradient's `Σ t²` (into `sum_squares`): a regularized weight and its gradient in one read
-/// ([`Regularizer::penalty_and_norm`]), any other gradient as [`Tensor::sum_of_squares`].
+/// Each weight's penalty (into `values`, weight order, 0 where none) and, when `need_norms`
+/// (the NaN guard or norm clipping), each total gradient's `Σ t²` (into `sum_squares`): a
+/// regularized weight and its gradient in one read ([`Regularizer::penalty_and_norm`]), any
+/// other gradient as [`Tensor::sum_of_squares`].
 fn measure_folded<T: Element, W: Weights + ?Sized>(
     weights: &W,
     grads: &[Tensor],
     penalties: &[Option<Regularizer>],
-    sum_squares: &mut Vec<f64>,
-    values: &mut Vec<f64>,
+    need_norms: bool,
+    (sum_squares, values): (&mut Vec<f64>, &mut Vec<f64>),
 ) {
     for (i, g) in grads.iter().enumerate() {
         let Some(r) = penalties.get(i).copied().flatten() else {
             values.push(0.0);
-            sum_squares.push(g.sum_of_squares());
+            if need_norms {
+                sum_squares.push(g.sum_of_squares());
+            }
             continue;
         };
         let w = T::view(weights.weight(i).value.storage()).expect("checked");
         let (w, g) = (w.as_standard_layout(), T::view(g.storage()).expect("checked").as_standard_layout());
         let (p, n) = r.penalty_and_norm(w.as_slice().expect(STANDARD), g.as_slice().expect(STANDARD));
         values.push(p.to_f64().unwrap_or(f64::NAN));
-        sum_squares.push(n);
+        if need_norms {
+            sum_squares.push(n);
+        }
     }
 }
 
