@@ -3,11 +3,11 @@
 //! [`BurnLoss::forward`](crate::BurnLoss::forward) checks the call and hands it to
 //! [`LossBackend::losskit_loss`], routed by burn's `Dispatch` to the tensor's backend:
 //! - on a CPU backend (`NdArray`, `Flex`) the loss runs on the backend's own storage of
-//!   `y_pred`: NdArray's array becomes a losskit tensor as it is (both are `ndarray` 0.17
-//!   arrays); on Flex a built-in loss with a row kernel runs on the buffer in place
-//!   ([`losskit::loss_on_slice`]), another loss on a tensor nothing else holds moved in, or on
-//!   one pooled copy; a built-in loss' fused kernel writes the values and, when tracked, the
-//!   gradient in one pass;
+//!   `y_pred`: a built-in loss with a row kernel on the buffer in place
+//!   ([`losskit::loss_on_slice`]: its fused kernel writes the values and, when tracked, the
+//!   gradient in one pass); another loss on NdArray's array as a losskit tensor as it is (both
+//!   are `ndarray` 0.17 arrays), on Flex on a tensor nothing else holds moved in, or on one
+//!   pooled copy;
 //! - on `Autodiff<B>` the output is also a node whose backward pass hands burn losskit's
 //!   gradient of `y_pred` times burn's upstream gradient (the gradient's buffer moves into
 //!   burn without a copy).
@@ -94,7 +94,7 @@ impl Graph {
     }
 
     /// A scalar loss' gradient, ready.
-    #[cfg(feature = "flex")]
+    #[cfg(any(feature = "flex", feature = "ndarray"))]
     fn ready(grad: losskit::Tensor, dtype: DType) -> Graph {
         Graph(Arc::new(Mutex::new(Some(Kept::Gradient(grad)))), dtype)
     }
@@ -187,7 +187,18 @@ impl LossBackend for burn::backend::NdArray {
         use burn_ndarray::NdArrayTensor;
         use losskit_tensor::Storage;
         let (device, dtype) = (y_pred.device(), y_pred.dtype());
-        // The same `ndarray` arrays: shared, not copied.
+        // A built-in loss on the array's own buffer (its value, and when tracked its gradient),
+        // as on Flex.
+        let shape = y_pred.shape();
+        let value = match &y_pred {
+            NdArrayTensor::F32(s) => s.view().to_slice().and_then(|v| in_place(&call, v, &shape, dtype)),
+            NdArrayTensor::F64(s) => s.view().to_slice().and_then(|v| in_place(&call, v, &shape, dtype)),
+            _ => None,
+        };
+        if let Some(values) = value {
+            return Self::float_from_data(values, &device);
+        }
+        // Another loss on the same `ndarray` arrays: shared, not copied.
         let pred = match (y_pred, call.dtype) {
             (NdArrayTensor::F32(s), losskit::DType::F32) => {
                 losskit::Tensor::from_storage(Storage::F32(s.into_shared()))
@@ -238,7 +249,7 @@ impl LossBackend for burn::backend::Flex {
 /// The loss of `call` on a backend's own buffer ([`losskit::loss_on_slice`]): its value as data
 /// of the buffer's dtype, its gradient (when tracked) or its error left in `call`; `None` when
 /// that path does not apply.
-#[cfg(feature = "flex")]
+#[cfg(any(feature = "flex", feature = "ndarray"))]
 fn in_place<T: losskit_tensor::Element + burn::tensor::Element>(
     call: &LossCall,
     y_pred: &[T],

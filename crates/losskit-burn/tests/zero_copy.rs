@@ -1,7 +1,6 @@
 //! The adapter reads burn's buffer of `y_pred` instead of copying it: a counting allocator sees
-//! no allocation of `y_pred`'s size in an evaluation forward on NdArray (whose arrays losskit
-//! shares) or on Flex (whose buffer a built-in loss reads in place), and only the gradient's in
-//! a training step.
+//! no allocation of `y_pred`'s size in an evaluation forward on NdArray or Flex (a built-in
+//! loss reads the backend's buffer in place), and only the gradient's in a training step.
 //! One test in this binary, so nothing else allocates meanwhile.
 
 #![allow(deprecated)] // burn 0.22 deprecates NdArray (for Flex); both are tested.
@@ -39,7 +38,7 @@ fn y_pred_is_read_in_place() {
             let l = ce.forward(leaf.clone(), labels.clone()).unwrap();
             std::hint::black_box(leaf.grad(&l.backward()).unwrap());
         });
-        // NdArray shares the leaf's array; on Flex the loss runs on its buffer in place.
+        // The loss runs on the backend's buffer in place.
         assert_eq!(n, 1, "{device:?}: big allocations in a training step");
     }
 }
