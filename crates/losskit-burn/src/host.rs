@@ -21,6 +21,7 @@ pub(crate) fn converted(data: TensorData, to: losskit::DType) -> losskit::Tensor
 
 /// f32 or f64 data as a losskit tensor, its buffer moved (a copy only when its bytes are not
 /// aligned for the type).
+#[cfg(feature = "flex")]
 pub(crate) fn owned(data: TensorData) -> losskit::Tensor {
     let shape = data.shape().to_vec();
     let t = match data.dtype() {
@@ -31,6 +32,7 @@ pub(crate) fn owned(data: TensorData) -> losskit::Tensor {
 }
 
 /// The values as `E`: moved out when `E` is the data's dtype, converted otherwise.
+#[cfg(feature = "flex")]
 fn into_vec<E: burn::tensor::Element>(data: TensorData) -> Vec<E> {
     match data.dtype() == E::dtype() {
         true => data.try_into_vec::<E>().unwrap_or_else(|d| unreachable!("checked dtype: {d:?}")),
@@ -40,6 +42,7 @@ fn into_vec<E: burn::tensor::Element>(data: TensorData) -> Vec<E> {
 
 /// A copy of contiguous values in a buffer from losskit's pool (the previous call's buffer
 /// comes back to it when dropped: no fresh pages to fault in).
+#[cfg(feature = "flex")]
 pub(crate) fn pooled<T: losskit_tensor::Element>(values: &[T], shape: &burn::tensor::Shape) -> losskit::Tensor {
     let mut v = losskit_tensor::pool::take::<T>(values.len());
     v.copy_from_slice(values);
