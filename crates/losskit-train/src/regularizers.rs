@@ -66,14 +66,8 @@ impl Regularizer {
     /// `(share·l2)·(w + w)`, and for L1L2 their sum (L2's term first) added at once (`share`
     /// is 1, or 1/workers in a data-parallel step). For the planned training step.
     pub(crate) fn add_gradient<T: Element>(&self, w: &[T], g: &mut [T], share: f64) {
-        // One loop per form (the variant built inside the loop folds away).
-        match self.terms::<T>(share) {
-            Penalty::L1(a) => g.iter_mut().zip(w).for_each(|(g, &w)| *g = Penalty::L1(a).total(w, *g)),
-            Penalty::L2(b) => g.iter_mut().zip(w).for_each(|(g, &w)| *g = Penalty::L2(b).total(w, *g)),
-            Penalty::L1L2 { l1, l2 } => {
-                g.iter_mut().zip(w).for_each(|(g, &w)| *g = Penalty::L1L2 { l1, l2 }.total(w, *g))
-            }
-        }
+        let total = self.total_gradient(share);
+        g.iter_mut().zip(w).for_each(|(g, &w)| *g = total(w, *g));
     }
 
     /// [`Regularizer::penalty_of`] of `w` and the `Σ t²` of the total gradient
@@ -82,26 +76,22 @@ impl Regularizer {
     /// stays as it is: the penalty's gradient is then folded into the optimizer's update
     /// ([`Regularizer::total_gradient`]). The same bits as the separate passes.
     pub(crate) fn penalty_and_norm<T: Element>(&self, w: &[T], g: &[T]) -> (T, f64) {
+        let total = self.total_gradient(1.0);
         let (abs, square) = (|v: T| v.abs(), |v: T| v * v);
         let none = None::<fn(T) -> T>;
-        // Each total-gradient closure builds its own variant, so the form folds away.
-        match (*self, self.terms::<T>(1.0)) {
-            (Regularizer::L1(a), Penalty::L1(t)) => {
-                let total = move |w, g| Penalty::L1(t).total(w, g);
+        match *self {
+            Regularizer::L1(a) => {
                 let ([s, _], n) = slices::penalty_sums_and_norm(w, g, abs, none, total);
                 (s * T::c(a), n)
             }
-            (Regularizer::L2(b), Penalty::L2(t)) => {
-                let total = move |w, g| Penalty::L2(t).total(w, g);
+            Regularizer::L2(b) => {
                 let ([s, _], n) = slices::penalty_sums_and_norm(w, g, square, none, total);
                 (s * T::c(b), n)
             }
-            (Regularizer::L1L2 { l1: a, l2: b }, Penalty::L1L2 { l1, l2 }) => {
-                let total = move |w, g| Penalty::L1L2 { l1, l2 }.total(w, g);
+            Regularizer::L1L2 { l1: a, l2: b } => {
                 let ([s1, s2], n) = slices::penalty_sums_and_norm(w, g, abs, Some(square), total);
                 (s1 * T::c(a) + s2 * T::c(b), n)
             }
-            _ => unreachable!("terms keeps the regularizer's form"),
         }
     }
 
