@@ -6,8 +6,9 @@
 //!   `y_pred`: a built-in loss with a row kernel on the buffer in place
 //!   ([`losskit::loss_on_slice`]: its fused kernel writes the values and, when tracked, the
 //!   gradient in one pass); another loss on NdArray's array as a losskit tensor as it is (both
-//!   are `ndarray` 0.17 arrays), on Flex on a tensor nothing else holds moved in, or on one
-//!   pooled copy;
+//!   are `ndarray` 0.17 arrays), on Flex on a tensor nothing else holds moved in, or on a
+//!   shared one lent for the call ([`losskit_tensor::lend`]); float targets of the input's
+//!   dtype are lent too;
 //! - on `Autodiff<B>` the output is also a node whose backward pass hands burn losskit's
 //!   gradient of `y_pred` times burn's upstream gradient (the gradient's buffer moves into
 //!   burn without a copy).
@@ -33,7 +34,7 @@ use std::sync::{Arc, Mutex};
 #[derive(Clone)]
 pub struct LossCall {
     pub(crate) loss: Arc<dyn Loss>,
-    pub(crate) y_true: losskit::Tensor,
+    pub(crate) y_true: crate::host::TrueValues,
     pub(crate) sample_weight: Option<losskit::Tensor>,
     /// Keep losskit's graph for the gradient (burn tracks `y_pred`).
     pub(crate) tracked: bool,
@@ -94,7 +95,6 @@ impl Graph {
     }
 
     /// A scalar loss' gradient, ready.
-    #[cfg(any(feature = "flex", feature = "ndarray"))]
     fn ready(grad: losskit::Tensor, dtype: DType) -> Graph {
         Graph(Arc::new(Mutex::new(Some(Kept::Gradient(grad)))), dtype)
     }
@@ -163,16 +163,42 @@ pub trait LossBackend: Backend {
 }
 
 /// Runs `call` on `pred` (losskit's view of burn's `y_pred`, of `dtype` in burn) and returns the
-/// values as data of burn's dtype, leaving the graph or the error in `call`.
+/// values as data of burn's dtype, leaving the graph or the error in `call`. The targets are
+/// lent for the call when they are burn's data in the computation's dtype (not copied).
 fn run(call: &LossCall, pred: losskit::Tensor, dtype: DType) -> TensorData {
+    losskit_tensor::lend(|lender| run_against(call, &call.y_true.lent(lender), pred, dtype))
+}
+
+/// [`run`] on a backend's contiguous buffer of `y_pred`, lent to losskit for the call
+/// ([`losskit_tensor::lend`]) with the targets when they are burn's data of that type: neither
+/// is copied.
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+fn run_lent<T: losskit_tensor::Element>(call: &LossCall, y_pred: &[T], shape: &[usize], dtype: DType) -> TensorData {
+    losskit_tensor::lend(|lender| {
+        let pred = lender.tensor(y_pred, shape).expect("the tensor's own shape");
+        run_against(call, &call.y_true.lent(lender), pred, dtype)
+    })
+}
+
+/// The loss of `pred` against `y_true` (see [`run`]). Tracked, a scalar loss' gradient is
+/// computed here (nothing of a lent buffer is kept for later); per-sample values (`none`) keep
+/// losskit's graph for burn's upstream.
+fn run_against(call: &LossCall, y_true: &losskit::Tensor, pred: losskit::Tensor, dtype: DType) -> TensorData {
     let pred = if call.tracked { pred.requires_grad() } else { pred };
-    match call.loss.call(&call.y_true, &pred, call.sample_weight.as_ref()) {
-        Ok(out) => {
-            let values = crate::host::values(&out).convert_dtype(dtype);
-            if call.tracked {
-                call.leave(Outcome::Graph(Graph::new(out, pred, dtype)));
+    let graph = |out: &losskit::Tensor| -> losskit::Result<Graph> {
+        if out.numel() != 1 {
+            return Ok(Graph::new(out.clone(), pred.clone(), dtype));
+        }
+        let grad = out.backward()?.get(&pred).cloned();
+        Ok(Graph::ready(grad.unwrap_or_else(|| pred.zeros_like()), dtype))
+    };
+    let out = call.loss.call(y_true, &pred, call.sample_weight.as_ref());
+    match out.and_then(|out| Ok((call.tracked.then(|| graph(&out)).transpose()?, out))) {
+        Ok((graph, out)) => {
+            if let Some(graph) = graph {
+                call.leave(Outcome::Graph(graph));
             }
-            values
+            crate::host::values(&out).convert_dtype(dtype)
         }
         Err(e) => {
             call.leave(Outcome::Failed(e));
@@ -234,13 +260,16 @@ impl LossBackend for burn::backend::Flex {
             // burn's buffer alone holds the values: moved into losskit, not copied.
             crate::host::owned(y_pred.into_data())
         } else {
-            // Shared (burn's graph keeps it too): contiguous values copied once into a pooled
-            // buffer (no fresh pages to fault in).
-            match (y_pred.as_slice::<f32>(), y_pred.as_slice::<f64>(), call.dtype) {
-                (Some(v), _, losskit::DType::F32) => crate::host::pooled(v, &y_pred.shape()),
-                (_, Some(v), losskit::DType::F64) => crate::host::pooled(v, &y_pred.shape()),
-                (_, _, to) => crate::host::converted(Self::float_into_data_sync(y_pred), to),
+            // Shared (burn's graph keeps it too): its contiguous values lent for the call.
+            let lent = match (y_pred.as_slice::<f32>(), y_pred.as_slice::<f64>(), call.dtype) {
+                (Some(v), _, losskit::DType::F32) => Some(run_lent(&call, v, shape.as_slice(), dtype)),
+                (_, Some(v), losskit::DType::F64) => Some(run_lent(&call, v, shape.as_slice(), dtype)),
+                _ => None,
+            };
+            if let Some(values) = lent {
+                return Self::float_from_data(values, &device);
             }
+            crate::host::converted(Self::float_into_data_sync(y_pred), call.dtype)
         };
         Self::float_from_data(run(&call, pred, dtype), &device)
     }
@@ -260,8 +289,16 @@ fn in_place<T: losskit_tensor::Element + burn::tensor::Element>(
         return None;
     }
     let (loss, w) = (call.loss.as_ref(), call.sample_weight.as_ref());
-    let y_true = call.y_true.values_or_copy::<T>();
-    let value = losskit::loss_on_slice(loss, &y_true, call.y_true.shape(), y_pred, shape.as_slice(), w, call.tracked)?;
+    // burn's targets in place when they have the type, else losskit's converted tensor.
+    let converted;
+    let y_true = match call.y_true.slice::<T>() {
+        Some(v) => v,
+        None => {
+            converted = call.y_true.tensor().values_or_copy::<T>();
+            &converted
+        }
+    };
+    let value = losskit::loss_on_slice(loss, y_true, call.y_true.shape(), y_pred, shape.as_slice(), w, call.tracked)?;
     Some(match value {
         Ok((v, grad)) => {
             if let Some(g) = grad {

@@ -2,6 +2,55 @@
 
 use burn::tensor::{DType, TensorData};
 use losskit::{Error, Result};
+use std::sync::{Arc, OnceLock};
+
+/// The targets of a call: burn's data as it came, read in place when it holds the values in
+/// the computation's dtype, and as a losskit tensor converted on first need (other dtypes,
+/// the device path).
+#[derive(Clone)]
+pub(crate) struct TrueValues {
+    data: Arc<TensorData>,
+    dtype: losskit::DType,
+    converted: Arc<OnceLock<losskit::Tensor>>,
+}
+
+impl TrueValues {
+    /// Targets `data` for a computation in `dtype`.
+    pub(crate) fn new(data: TensorData, dtype: losskit::DType) -> TrueValues {
+        TrueValues { data: Arc::new(data), dtype, converted: Arc::default() }
+    }
+
+    /// The shape.
+    pub(crate) fn shape(&self) -> &[usize] {
+        self.data.shape().as_slice()
+    }
+
+    /// The values as `T` in place, when `T` is both the data's type and the computation's.
+    pub(crate) fn slice<T: losskit_tensor::Element + burn::tensor::Element>(&self) -> Option<&[T]> {
+        if T::DTYPE != self.dtype || self.data.dtype() != <T as burn::tensor::Element>::dtype() {
+            return None;
+        }
+        self.data.as_slice::<T>().ok()
+    }
+
+    /// The targets as a losskit tensor of the computation's dtype (converted once).
+    pub(crate) fn tensor(&self) -> &losskit::Tensor {
+        self.converted.get_or_init(|| constant(&self.data, self.dtype).expect("data of its own shape"))
+    }
+
+    /// The targets lent to `lender` when they are in place ([`TrueValues::slice`]), else the
+    /// converted tensor.
+    pub(crate) fn lent<'a>(&'a self, lender: &losskit_tensor::Lender<'a>) -> losskit::Tensor {
+        let lent = match self.dtype {
+            losskit::DType::F32 => self.slice::<f32>().map(|v| lender.tensor(v, self.shape())),
+            losskit::DType::F64 => self.slice::<f64>().map(|v| lender.tensor(v, self.shape())),
+        };
+        match lent {
+            Some(t) => t.expect("data of its own shape"),
+            None => self.tensor().clone(),
+        }
+    }
+}
 
 /// The float dtype losskit computes a `y_pred` of `dtype` in: its own for f32 and f64, f32 for
 /// f16 and bf16 (the gradient goes back in the input's dtype); an error for the others.
@@ -38,15 +87,6 @@ fn into_vec<E: burn::tensor::Element>(data: TensorData) -> Vec<E> {
         true => data.try_into_vec::<E>().unwrap_or_else(|d| unreachable!("checked dtype: {d:?}")),
         false => data.iter::<E>().collect(),
     }
-}
-
-/// A copy of contiguous values in a buffer from losskit's pool (the previous call's buffer
-/// comes back to it when dropped: no fresh pages to fault in).
-#[cfg(feature = "flex")]
-pub(crate) fn pooled<T: losskit_tensor::Element>(values: &[T], shape: &burn::tensor::Shape) -> losskit::Tensor {
-    let mut v = losskit_tensor::pool::take::<T>(values.len());
-    v.copy_from_slice(values);
-    losskit::Tensor::from_vec(v, shape.as_slice()).expect("the tensor's own shape")
 }
 
 /// A constant (targets, sample weights) as a losskit tensor of `dtype`: any burn dtype,

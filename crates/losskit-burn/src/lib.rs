@@ -19,7 +19,8 @@
 //! `NdArray`) it runs the loss on the backend's own buffer: a built-in loss with a row kernel
 //! through [`losskit::loss_on_slice`] (the fused kernel writes the value and, when tracked, the
 //! gradient in one pass), any other loss through losskit's one call path on NdArray's shared
-//! array or on one (pooled) copy of Flex's. On `Autodiff<B>` the output is a node whose backward
+//! array, a Flex tensor nothing else holds moved in, or a shared one lent for the call
+//! ([`losskit_tensor::lend`]: read in place, as are float targets of the input's dtype). On `Autodiff<B>` the output is a node whose backward
 //! pass hands burn losskit's gradient of `y_pred` times burn's upstream gradient (the gradient's
 //! buffer moves into burn). A `y_pred` that burn does not track (evaluation, `.inner()`, no
 //! autodiff) runs the loss' value-only path: no gradient is computed.
@@ -211,7 +212,7 @@ impl BurnLoss {
             }
         }
         let dtype = host::compute_dtype(input.dtype(), "the input")?;
-        let y_true = host::constant(&target.data, dtype)?;
+        let y_true = host::TrueValues::new(target.data, dtype);
         let sample_weight = weight.map(|w| host::constant(&w.data, dtype)).transpose()?;
         let call =
             LossCall { loss: self.loss.clone(), y_true, sample_weight, tracked, dtype, outcome: Default::default() };

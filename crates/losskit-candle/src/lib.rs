@@ -14,11 +14,14 @@
 //! ```
 //!
 //! How it works: [`CandleLoss::forward`] applies a candle `CustomOp1` to `y_pred`. Its CPU
-//! forward reads `y_pred`'s storage (one copy into losskit's tensor: candle's buffer cannot be
-//! borrowed past the call), runs the loss through losskit's one call path (the fused kernel of a
-//! built-in loss, or the tape for a composed or custom one) and keeps the losskit graph in the
-//! op; candle's backward pulls the gradient out of that graph with candle's incoming gradient as
-//! the upstream. For a built-in loss on large inputs (≥ 2¹⁶ values, any reduction but `none`)
+//! forward reads `y_pred`'s storage in place: a built-in loss with a row kernel runs on the
+//! slice ([`losskit::loss_on_slice`]); any other loss (a composed or custom one, on the tape)
+//! runs on candle's buffers lent to losskit for the call ([`losskit_tensor::lend`]: `y_pred`,
+//! and `y_true` of `y_pred`'s dtype, read where they are by element-wise ops, sums and fused
+//! kernels). A scalar loss' gradient is computed in the forward, while the buffers are lent;
+//! a loss with per-sample values (`none`) keeps losskit's graph in the op (what it holds of the
+//! buffers copied when the loan ends). candle's backward takes the gradient, times candle's
+//! incoming gradient. For a built-in loss on large inputs (≥ 2¹⁶ values, any reduction but `none`)
 //! the kernel has already written the reduced loss' gradient, and with candle's usual upstream
 //! of 1 that very buffer moves into candle: no scaling pass, no copy. The graph is used up by
 //! the first backward; a second backward through the same op recomputes the forward.
@@ -435,6 +438,61 @@ impl LossOp {
     }
 }
 
+impl LossOp {
+    /// The loss through losskit's call path (the tape, for a loss without a row kernel) on
+    /// candle's buffers lent for the call ([`losskit_tensor::lend`]: `y_pred`, and `y_true`
+    /// when it has `y_pred`'s type, are read in place). Tracked, a scalar loss' gradient is
+    /// computed here, while the buffers are lent; a loss with per-sample values (the `none`
+    /// reduction) keeps its graph for candle's upstream, and the loans end with a copy of what
+    /// it holds.
+    fn on_tape<T: CpuElement>(&self, y_pred: &[T], dims: &[usize]) -> Result<(CpuStorage, Shape)> {
+        let held;
+        let lent_true = match &self.y_true {
+            TrueValues::Candle(t, _) if t.dtype() == pred_dtype::<T>() => {
+                held = t.storage_and_layout();
+                let candle_core::Storage::Cpu(cpu) = &*held.0 else {
+                    return Err(candle_core::Error::Msg("losskit: expected a CPU tensor".into()));
+                };
+                let (start, end) = held
+                    .1
+                    .contiguous_offsets()
+                    .ok_or_else(|| candle_core::Error::Msg("losskit: y_true must be contiguous".into()))?;
+                T::slice(cpu).map(|v| (&v[start..end], t.dims()))
+            }
+            _ => None,
+        };
+        losskit_tensor::lend(|lender| {
+            let y_pred = lender.tensor(y_pred, dims).map_err(candle_err)?;
+            let y_true = match lent_true {
+                Some((values, shape)) => lender.tensor(values, shape).map_err(candle_err)?,
+                None => self.y_true.tensor()?.clone(),
+            };
+            let w = self.sample_weight.as_ref();
+            if !self.tracked {
+                // No gradient will be asked for: the value alone.
+                return Ok(to_candle(&self.loss.call(&y_true, &y_pred, w).map_err(candle_err)?));
+            }
+            let y_pred = y_pred.requires_grad();
+            let out = self.loss.call(&y_true, &y_pred, w).map_err(candle_err)?;
+            if out.numel() == 1 {
+                let grad = out.backward().map_err(candle_err)?.get(&y_pred).cloned();
+                self.graph.keep_gradient(grad.unwrap_or_else(|| y_pred.zeros_like()))?;
+            } else {
+                self.graph.keep(&out, vec![y_pred])?;
+            }
+            Ok(to_candle(&out))
+        })
+    }
+}
+
+/// candle's dtype of `T`.
+fn pred_dtype<T: CpuElement>() -> DType {
+    match T::DTYPE {
+        losskit::DType::F32 => DType::F32,
+        losskit::DType::F64 => DType::F64,
+    }
+}
+
 impl CustomOp1 for LossOp {
     fn name(&self) -> &'static str {
         "losskit"
@@ -445,17 +503,14 @@ impl CustomOp1 for LossOp {
         if let Some(done) = self.in_place(storage, layout) {
             return done;
         }
-        let y_pred = to_losskit(storage, layout)?;
-        if !self.tracked {
-            // No gradient will be asked for: the value alone.
-            let out =
-                self.loss.call(self.y_true.tensor()?, &y_pred, self.sample_weight.as_ref()).map_err(candle_err)?;
-            return Ok(to_candle(&out));
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("losskit: y_pred must be contiguous".into()))?;
+        match storage {
+            CpuStorage::F32(v) => self.on_tape(&v[start..end], layout.dims()),
+            CpuStorage::F64(v) => self.on_tape(&v[start..end], layout.dims()),
+            other => Err(candle_core::Error::Msg(format!("losskit: y_pred of dtype {:?}", other.dtype()))),
         }
-        let y_pred = y_pred.requires_grad();
-        let out = self.loss.call(self.y_true.tensor()?, &y_pred, self.sample_weight.as_ref()).map_err(candle_err)?;
-        self.graph.keep(&out, vec![y_pred])?;
-        Ok(to_candle(&out))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {

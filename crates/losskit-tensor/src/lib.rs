@@ -41,6 +41,12 @@
 //! function, and sums over trailing axes add blocks of 256 values in `f64` in a fixed order on
 //! both paths: fused results equal the plain path ([`unfused`]) bit for bit, whatever the number
 //! of threads.
+//!
+//! # Lent buffers
+//! [`lend`] makes constant tensors on a caller's buffer (a framework's `y_pred`) for the length
+//! of a call: the buffer is a fusion leaf, read in place by element-wise ops, trailing-axis sums
+//! and [`Tensor::with_values`] (the fused kernels); any other op copies it once. A lent tensor
+//! still held when the call ends gets a copy of its values first.
 
 #![warn(missing_docs)]
 
@@ -48,6 +54,7 @@ mod autodiff;
 mod error;
 mod flags;
 mod fusion;
+mod lend;
 pub mod npy;
 mod ops;
 mod pointwise;
@@ -60,6 +67,7 @@ mod tensor;
 pub use autodiff::{is_grad_enabled, no_grad, CustomOp, Gradients};
 pub use error::{Error, IoSource, Result};
 pub use fusion::unfused;
+pub use lend::{lend, Lender};
 pub use ops::activation::Elementwise;
 pub use ops::broadcast_shapes;
 pub use slices::DenseActivation;

@@ -238,6 +238,15 @@ impl Tensor {
 
     /// The values in row-major order as `T` (converted if the dtype differs).
     pub fn to_vec<E: Element>(&self) -> Vec<E> {
+        if let Some(e) = self.lazy_expr() {
+            // A lent buffer is read where it is (its leaf keeps no copy).
+            if let Some((_loan, v)) = e.lent::<E>() {
+                return v.to_vec();
+            }
+            if let (DType::F64, Some((_loan, v))) = (E::DTYPE, e.lent::<f32>()) {
+                return v.iter().map(|&x| <E as losskit_kernels::Float>::c(f64::from(x))).collect();
+            }
+        }
         let s = self.storage();
         if let Some(a) = E::view(s) {
             return a.iter().copied().collect();
@@ -306,6 +315,17 @@ impl Tensor {
     /// (a lazy tensor is computed first); `None` otherwise.
     pub fn values<T: Element>(&self) -> Option<&[T]> {
         T::view(self.storage())?.as_slice()
+    }
+
+    /// Runs `f` on the values as a row-major slice of `T`, read where they are: the tensor's
+    /// own buffer, or a buffer lent to it ([`crate::lend`]) without copying it; a lazy
+    /// expression is computed first, and values of another dtype or in a strided layout are
+    /// copied (converted) for `f`.
+    pub fn with_values<T: Element, R>(&self, f: impl FnOnce(&[T]) -> R) -> R {
+        if let Some((_loan, values)) = self.lazy_expr().and_then(|e| e.lent::<T>()) {
+            return f(values);
+        }
+        f(&self.values_or_copy::<T>())
     }
 
     /// The values as a row-major slice to write in place, when this handle alone holds them

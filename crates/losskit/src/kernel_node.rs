@@ -70,13 +70,6 @@ fn with_buffers<T: losskit_tensor::Element>(
     with_grad: bool,
     run: impl FnOnce(&[T], &[T], &mut [T], Option<&mut [T]>) -> std::result::Result<(), losskit_kernels::KernelError>,
 ) -> Result<(ArrayD<T>, Option<ArrayD<T>>)> {
-    // Borrowed views (no copy) when the storage is already T; converted otherwise.
-    let (t_conv, p_conv) = (y_true.to_dtype(T::DTYPE), y_pred.to_dtype(T::DTYPE));
-    let missing = || Error::Value { op: "kernel".into(), msg: "inputs are not of the kernel's dtype".into() };
-    let t = T::view(t_conv.storage()).ok_or_else(missing)?;
-    let p = T::view(p_conv.storage()).ok_or_else(missing)?;
-    let (t, p) = (t.as_standard_layout(), p.as_standard_layout());
-    let (t, p) = (t.as_slice().expect("standard layout"), p.as_slice().expect("standard layout"));
     // Pooled buffers (reused across calls, no fresh pages): every kernel writes all of them.
     let fresh = |shape: &[usize]| {
         let n = shape.iter().product();
@@ -84,12 +77,17 @@ fn with_buffers<T: losskit_tensor::Element>(
     };
     let mut values = fresh(out_shape);
     let mut grad = with_grad.then(|| fresh(y_pred.shape()));
-    run(
-        t,
-        p,
-        values.as_slice_mut().expect("fresh array"),
-        grad.as_mut().map(|g| g.as_slice_mut().expect("fresh array")),
-    )?;
+    // Read in place (a lent buffer too) when already T and contiguous; converted otherwise.
+    y_true.with_values::<T, _>(|t| {
+        y_pred.with_values::<T, _>(|p| {
+            run(
+                t,
+                p,
+                values.as_slice_mut().expect("fresh array"),
+                grad.as_mut().map(|g| g.as_slice_mut().expect("fresh array")),
+            )
+        })
+    })?;
     Ok((values, grad))
 }
 

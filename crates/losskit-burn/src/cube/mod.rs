@@ -190,7 +190,7 @@ impl DeviceKernel {
             return None;
         }
         let (formula, class_weights) = Formula::of(row.math(), cols)?;
-        let mut targets = call.y_true.to_vec::<f32>();
+        let mut targets = call.y_true.tensor().to_vec::<f32>();
         if let Err(e) = row.prepare_targets(loss.name(), &mut targets, cols) {
             return Some(Err(e));
         }

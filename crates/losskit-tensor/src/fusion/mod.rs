@@ -45,7 +45,10 @@ macro_rules! with_avx2 {
 
 pub(crate) use with_avx2;
 
+mod foreign;
 mod program;
+
+pub(crate) use foreign::Foreign;
 
 use crate::pointwise::{Binary, Unary, PARALLEL_MIN};
 use crate::storage::{with_storage, Element};
@@ -113,6 +116,9 @@ enum Kind {
     Broadcast(Broadcast, Storage),
     /// An instruction over other expressions of the same shape.
     Op(Instr, Vec<Arc<Expr>>),
+    /// Values a caller lends for the duration of a [`crate::lend`] call (a framework's
+    /// buffer), read in place; the value is set only if the leaf is forced or outlives the loan.
+    Foreign(Foreign),
 }
 
 /// A lazily evaluated element-wise value of a given shape (see the module docs). Every node has
@@ -149,6 +155,36 @@ impl Expr {
             size: 1,
             value: OnceLock::new(),
         })
+    }
+
+    /// A leaf on values lent by a caller (see [`Foreign`]), of `shape`.
+    pub(crate) fn foreign(foreign: Foreign, dtype: DType, shape: &[usize]) -> Arc<Expr> {
+        Arc::new(Expr { shape: shape.to_vec(), dtype, kind: Kind::Foreign(foreign), size: 1, value: OnceLock::new() })
+    }
+
+    /// Ends the loan of a [`Kind::Foreign`] leaf that is still held elsewhere: its values are
+    /// copied into its own (waiting for programs reading the lent ones to finish), and no
+    /// program reads the lender's buffer again.
+    pub(crate) fn end_loan(&self) {
+        if let Kind::Foreign(f) = &self.kind {
+            f.end(
+                &self.shape,
+                || self.value.get().is_none(),
+                |copy| {
+                    let _ = self.value.set(copy);
+                },
+            );
+        }
+    }
+
+    /// The values of a lent leaf whose loan lasts and that holds no copy, with the guard that
+    /// keeps the loan from ending while they are read; `None` for any other expression, or when
+    /// `T` is not its dtype.
+    pub(crate) fn lent<T: Element>(&self) -> Option<(std::sync::RwLockReadGuard<'_, bool>, &[T])> {
+        match (&self.kind, self.value.get()) {
+            (Kind::Foreign(f), None) if T::DTYPE == self.dtype => f.read::<T>(),
+            _ => None,
+        }
     }
 
     /// A scalar leaf holding `v` in `dtype`.

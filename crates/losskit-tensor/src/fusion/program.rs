@@ -9,6 +9,7 @@ use losskit_kernels::{accumulate_sum, clip, clip_passes};
 use ndarray::IxDyn;
 use rayon::prelude::*;
 use std::collections::HashMap;
+use std::sync::RwLockReadGuard;
 
 /// Where an instruction reads an operand.
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +43,8 @@ struct Program<'a, T> {
     /// Where each expression's values end up (one per expression compiled; `roots[0]` is the
     /// one a materialisation writes out).
     roots: Vec<Src>,
+    /// The loans of the lent leaves this program reads, kept from ending while it lives.
+    _loans: Vec<RwLockReadGuard<'a, bool>>,
 }
 
 impl<'a, T: Element> Program<'a, T> {
@@ -51,7 +54,14 @@ impl<'a, T: Element> Program<'a, T> {
 
     /// One program for several expressions of one shape: the nodes they share run once.
     fn compile_many(es: &[&'a Expr]) -> Program<'a, T> {
-        let mut p = Program { full: Vec::new(), loads: Vec::new(), steps: Vec::new(), registers: 0, roots: Vec::new() };
+        let mut p = Program {
+            full: Vec::new(),
+            loads: Vec::new(),
+            steps: Vec::new(),
+            registers: 0,
+            roots: Vec::new(),
+            _loans: Vec::new(),
+        };
         let mut seen = HashMap::new();
         for e in es {
             let src = p.visit(e, &mut seen);
@@ -73,8 +83,15 @@ impl<'a, T: Element> Program<'a, T> {
         if let Some(&src) = seen.get(&(e as *const Expr)) {
             return src;
         }
-        let src = if let Some(v) = e.value.get() {
-            let values = slice_of(v);
+        let full = match e.lent::<T>() {
+            Some((loan, values)) => {
+                self._loans.push(loan);
+                Some(values)
+            }
+            // A lent leaf whose loan has ended holds its copy (set before the loan ended).
+            None => e.value.get().map(slice_of),
+        };
+        let src = if let Some(values) = full {
             // The same array under several leaves is read through one.
             match self.full.iter().position(|f| std::ptr::eq(*f, values)) {
                 Some(l) => Src::Full(l),
@@ -86,6 +103,7 @@ impl<'a, T: Element> Program<'a, T> {
         } else {
             match &e.kind {
                 Kind::Materialised => unreachable!("a materialised leaf has its value"),
+                Kind::Foreign(_) => unreachable!("a lent leaf is read in place or holds its copy"),
                 Kind::Broadcast(b, s) => {
                     let reg = self.register();
                     self.loads.push(Load { reg, broadcast: *b, values: slice_of(s) });

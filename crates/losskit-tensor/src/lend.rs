@@ -1,0 +1,132 @@
+//! Tensors on borrowed memory: a framework's buffer read in place for the length of a call.
+
+use crate::fusion::{Expr, Foreign};
+use crate::storage::Element;
+use crate::{Error, Result, Tensor};
+use std::cell::RefCell;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+/// Lends buffers to losskit for the call of `f`: [`Lender::tensor`] makes a constant tensor
+/// whose values are the caller's buffer, read in place by element-wise ops and trailing-axis
+/// sums (fusion's programs); any other op, or a read of the values, copies them once (into a
+/// pooled buffer the tensor keeps). How the framework adapters run a loss on a framework's
+/// `y_pred` and `y_true` without copying them.
+///
+/// When `lend` returns, every loan ends: a lent tensor (or anything computed from it lazily)
+/// that is still held — a graph kept for a later backward pass, a clone a closure stored — gets
+/// its own copy of the values first, so it stays valid after the buffer is gone. Ending a loan
+/// waits for the programs reading it (on other threads too).
+///
+/// ```
+/// let buffer = vec![1.0f32, 2.0, 3.0, 4.0];
+/// let total = losskit_tensor::lend(|lender| -> losskit_tensor::Result<f64> {
+///     let x = lender.tensor(&buffer, &[2, 2])?;
+///     x.square().sum_all().to_scalar()
+/// })?;
+/// assert_eq!(total, 30.0);
+/// # Ok::<(), losskit_tensor::Error>(())
+/// ```
+pub fn lend<'data, R>(f: impl FnOnce(&Lender<'data>) -> R) -> R {
+    let lender = Lender { lent: RefCell::new(Vec::new()), _data: PhantomData };
+    // The loans end when `lender` is dropped, after `f` (also when `f` panics).
+    f(&lender)
+}
+
+/// The loans of one [`lend`] call (see there).
+pub struct Lender<'data> {
+    lent: RefCell<Vec<Arc<Expr>>>,
+    /// Invariant in `'data`: a buffer must outlive the whole `lend` call, not just the tensor.
+    _data: PhantomData<fn(&'data ()) -> &'data ()>,
+}
+
+impl<'data> Lender<'data> {
+    /// A constant tensor of `shape` (row-major) on `values`, read in place until the loan ends.
+    ///
+    /// Errors when `values.len()` is not the product of `shape`.
+    pub fn tensor<T: Element>(&self, values: &'data [T], shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        if n != values.len() {
+            return Err(Error::shape(
+                "lend",
+                format!("{} values do not fill shape {:?} ({} values)", values.len(), shape, n),
+            ));
+        }
+        let leaf = Expr::foreign(Foreign::new(values), T::DTYPE, shape);
+        self.lent.borrow_mut().push(leaf.clone());
+        Ok(Tensor::from_expr(leaf))
+    }
+}
+
+impl Drop for Lender<'_> {
+    fn drop(&mut self) {
+        for leaf in self.lent.get_mut().drain(..) {
+            // Held elsewhere: copied before the buffer goes. Held only here: nothing can read it
+            // any more (a new handle is made only from an existing one).
+            if Arc::strong_count(&leaf) > 1 {
+                leaf.end_loan();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, k: usize) -> Vec<f32> {
+        (0..n).map(|i| ((i * k) % 101) as f32 / 50.0 - 1.0).collect()
+    }
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.to_vec::<f32>().iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// A Dice-like chain and its gradient, on tensors `p` and `y`.
+    fn chain(y: &Tensor, p: &Tensor) -> (Tensor, Tensor) {
+        let p = p.clone().requires_grad();
+        let product = y.mul(&p).unwrap();
+        let sums = Tensor::sum_many(&[&product, y, &p], &[0, 1], false).unwrap();
+        let loss = sums[0].mul_scalar(2.0).unwrap().div(&sums[1].add(&sums[2]).unwrap()).unwrap().neg();
+        let g = loss.backward().unwrap().get(&p).unwrap().clone();
+        (loss, g)
+    }
+
+    #[test]
+    fn lent_tensors_compute_what_owned_ones_do_bit_for_bit() {
+        // Below and above the lazy threshold, across pieces.
+        for rows in [3, 300, 5000] {
+            let (yv, pv) = (values(rows * 17, 7), values(rows * 17, 13));
+            let own = |v: &Vec<f32>| Tensor::from_vec(v.clone(), &[rows, 17]).unwrap();
+            let (want_loss, want_grad) = chain(&own(&yv), &own(&pv));
+            let (loss, grad) =
+                lend(|l| chain(&l.tensor(&yv, &[rows, 17]).unwrap(), &l.tensor(&pv, &[rows, 17]).unwrap()));
+            assert_eq!(bits(&loss), bits(&want_loss), "{rows} rows");
+            assert_eq!(bits(&grad), bits(&want_grad), "{rows} rows");
+        }
+    }
+
+    #[test]
+    fn a_lent_tensor_kept_past_the_call_keeps_its_values() {
+        for n in [10, 100_000] {
+            let mut buffer = values(n, 7);
+            let want = buffer.clone();
+            let (kept, lazy) = lend(|l| {
+                let t = l.tensor(&buffer, &[n]).unwrap();
+                (t.clone(), t.mul_scalar(2.0).unwrap())
+            });
+            // The buffer is the caller's again: changing it changes nothing lent.
+            buffer.fill(0.0);
+            assert_eq!(kept.to_vec::<f32>(), want, "n {n}");
+            let doubled: Vec<f32> = want.iter().map(|v| v * 2.0).collect();
+            assert_eq!(lazy.to_vec::<f32>(), doubled, "n {n}: a lazy result of a lent tensor");
+        }
+    }
+
+    #[test]
+    fn a_shape_that_does_not_fit_is_an_error() {
+        let buffer = [1.0f64, 2.0, 3.0];
+        let e = lend(|l| l.tensor(&buffer, &[2, 2]).unwrap_err());
+        assert!(e.to_string().contains("3 values do not fill shape [2, 2]"), "{e}");
+    }
+}
