@@ -124,6 +124,34 @@ mod tests {
     }
 
     #[test]
+    fn a_loan_ends_after_the_reads_on_other_threads_and_they_never_see_the_buffer_change() {
+        let n = 100_000;
+        let mut buffer = values(n, 7);
+        let want =
+            Tensor::from_vec(buffer.clone(), &[n]).unwrap().mul_scalar(3.0).unwrap().sum_all().to_scalar().unwrap();
+        let stop = &std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let (escaped_tx, escaped_rx) = std::sync::mpsc::channel();
+            let reader = s.spawn(move || {
+                let t: Tensor = escaped_rx.recv().unwrap();
+                let mut reads = 0;
+                while reads < 3 || !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // A fused program over the lent leaf (or, once the loan has ended, its copy).
+                    let got = t.mul_scalar(3.0).unwrap().sum_all().to_scalar().unwrap();
+                    assert_eq!(got.to_bits(), want.to_bits(), "read {reads}");
+                    reads += 1;
+                }
+                reads
+            });
+            lend(|l| escaped_tx.send(l.tensor(&buffer, &[n]).unwrap()).unwrap());
+            // The loan has ended: the buffer is the caller's to change.
+            buffer.fill(f32::NAN);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            assert!(reader.join().unwrap() >= 3);
+        });
+    }
+
+    #[test]
     fn a_shape_that_does_not_fit_is_an_error() {
         let buffer = [1.0f64, 2.0, 3.0];
         let e = lend(|l| l.tensor(&buffer, &[2, 2]).unwrap_err());
