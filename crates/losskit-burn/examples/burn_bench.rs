@@ -1,7 +1,9 @@
 //! Sparse cross-entropy from logits through burn, f32, in one run: losskit alone (its kernel
 //! node and backward), the same loss through burn (`losskit-burn`, burn's `backward`), and
 //! burn-nn's `CrossEntropyLoss`, on burn's Flex and NdArray backends with autodiff; then the
-//! evaluation forward (no gradient) through burn against losskit's value-only call.
+//! evaluation forward (no gradient) through burn against losskit's value-only call; then Dice
+//! (a loss without a row kernel: losskit's tape on the backend's buffers, lent for the call)
+//! through burn against losskit alone, with float targets.
 //!
 //! `cargo run --release -p losskit-burn --example burn_bench [-- REPEATS]`
 //!
@@ -141,4 +143,54 @@ fn main() {
             );
         }
     }
+    println!("\nDice (on the tape), f32 targets, (8192, 4096), ms: through burn (input shared, targets handed over), losskit alone");
+    for (name, device) in [("Flex", Device::flex()), ("NdArray", Device::ndarray())] {
+        let (eval, eval_alone, train, train_alone) = tape_loss(8192, 4096, &device, repeats);
+        println!(
+            "{name:<10} evaluation {eval:.3} / {eval_alone:.3} ({:.2}x); loss + gradient {train:.3} / {train_alone:.3} ({:.2}x)",
+            eval / eval_alone,
+            train / train_alone
+        );
+    }
+}
+
+/// Dice of `(rows, cols)` with float targets, through burn on `device` and losskit alone: the
+/// evaluation forward (input kept by the caller, targets handed over), then loss + gradient
+/// (on `device` with autodiff).
+fn tape_loss(rows: usize, cols: usize, device: &Device, repeats: usize) -> (f64, f64, f64, f64) {
+    let x: Vec<f32> = (0..rows * cols).map(|i| ((i * 37) % 101) as f32 / 110.0 + 0.02).collect();
+    let y: Vec<f32> = (0..rows * cols).map(|i| if (i * 7919) % 3 == 0 { 1.0 } else { 0.0 }).collect();
+    let ours = losskit_burn::get("dice").unwrap();
+    let targets = |device: &Device| Tensor::<2>::from_data(TensorData::new(y.clone(), [rows, cols]), device);
+    let kept = Tensor::<2>::from_data(TensorData::new(x.clone(), [rows, cols]), device);
+    let eval = time_on(
+        repeats,
+        || targets(device),
+        |t| {
+            std::hint::black_box(ours.forward(kept.clone(), t).unwrap().into_scalar::<f32>());
+        },
+    );
+    let ad = device.clone().autodiff();
+    let logits = Tensor::<2>::from_data(TensorData::new(x.clone(), [rows, cols]), &ad);
+    let train = time_on(
+        repeats,
+        || targets(&ad),
+        |t| {
+            let leaf = logits.clone().detach().require_grad();
+            let l = ours.forward(leaf.clone(), t).unwrap();
+            std::hint::black_box(leaf.grad(&l.backward()).unwrap());
+        },
+    );
+    let (lx, ly) =
+        (losskit::Tensor::from_vec(x, &[rows, cols]).unwrap(), losskit::Tensor::from_vec(y, &[rows, cols]).unwrap());
+    let eval_alone = time(repeats, || {
+        std::hint::black_box(ours.loss().call(&ly, &lx, None).unwrap().to_scalar().unwrap());
+    });
+    let train_alone = time(repeats, || {
+        let leaf = lx.clone().requires_grad();
+        let l = ours.loss().call(&ly, &leaf, None).unwrap();
+        let mut g = l.backward().unwrap();
+        std::hint::black_box(g.remove(&leaf));
+    });
+    (eval, eval_alone, train, train_alone)
 }

@@ -100,6 +100,14 @@ const WORKLOADS: &[Workload] = &[
         candle_nn: CandleNn::None,
     },
     Workload {
+        name: "dice_8192x4096",
+        rows: 8192,
+        cols: 4096,
+        config: r#"{"class_name": "Dice", "config": {}}"#,
+        sparse: false,
+        candle_nn: CandleNn::None,
+    },
+    Workload {
         name: "cosine_65536x256",
         rows: 65536,
         cols: 256,
