@@ -1,0 +1,13 @@
+//! burn-train's `Learner` trains a burn MLP on the embedded digits with a losskit loss (the
+//! `burn_learner` example's own training function).
+
+#[path = "../examples/burn_learner.rs"]
+#[allow(dead_code)] // the example's `main`
+mod burn_learner;
+
+#[test]
+fn burn_trains_learner_reaches_95_percent_on_the_digits_with_a_losskit_loss() {
+    let (accuracy, n) = burn_learner::train("sparse_categorical_crossentropy", 8).unwrap();
+    assert_eq!(n, 360);
+    assert!(accuracy >= 0.95, "validation accuracy {accuracy}");
+}
