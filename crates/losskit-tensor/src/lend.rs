@@ -152,6 +152,23 @@ mod tests {
     }
 
     #[test]
+    fn a_loan_ending_while_another_thread_computes_the_leaf_gives_its_values() {
+        // The other thread forces the leaf (a copy into its own value) as the loan ends: each
+        // waits for the other's lock at most, never for both.
+        let n = 50_000;
+        let buffer = values(n, 11);
+        for round in 0..100 {
+            let got = std::thread::scope(|s| {
+                let (tx, rx) = std::sync::mpsc::channel::<Tensor>();
+                let forcing = s.spawn(move || rx.recv().unwrap().to_array::<f32>().into_raw_vec_and_offset().0);
+                lend(|l| tx.send(l.tensor(&buffer, &[n]).unwrap()).unwrap());
+                forcing.join().unwrap()
+            });
+            assert_eq!(got, buffer, "round {round}");
+        }
+    }
+
+    #[test]
     fn a_shape_that_does_not_fit_is_an_error() {
         let buffer = [1.0f64, 2.0, 3.0];
         let e = lend(|l| l.tensor(&buffer, &[2, 2]).unwrap_err());

@@ -163,24 +163,17 @@ impl Expr {
     }
 
     /// Ends the loan of a [`Kind::Foreign`] leaf that is still held elsewhere: its values are
-    /// copied into its own (waiting for programs reading the lent ones to finish), and no
-    /// program reads the lender's buffer again.
+    /// copied (waiting for programs reading the lent ones to finish), and no program reads the
+    /// lender's buffer again.
     pub(crate) fn end_loan(&self) {
         if let Kind::Foreign(f) = &self.kind {
-            f.end(
-                &self.shape,
-                || self.value.get().is_none(),
-                |copy| {
-                    let _ = self.value.set(copy);
-                },
-            );
+            f.end(&self.shape, || self.value.get().is_none());
         }
     }
 
-    /// The values of a lent leaf whose loan lasts and that holds no copy, with the guard that
-    /// keeps the loan from ending while they are read; `None` for any other expression, or when
-    /// `T` is not its dtype.
-    pub(crate) fn lent<T: Element>(&self) -> Option<(std::sync::RwLockReadGuard<'_, bool>, &[T])> {
+    /// The values of a lent leaf that holds no value of its own (see [`foreign::Lent`]); `None`
+    /// for any other expression, or when `T` is not its dtype.
+    pub(crate) fn lent<T: Element>(&self) -> Option<foreign::Lent<'_, T>> {
         match (&self.kind, self.value.get()) {
             (Kind::Foreign(f), None) if T::DTYPE == self.dtype => f.read::<T>(),
             _ => None,

@@ -85,10 +85,10 @@ impl<'a, T: Element> Program<'a, T> {
         }
         let full = match e.lent::<T>() {
             Some((loan, values)) => {
-                self._loans.push(loan);
+                self._loans.extend(loan);
                 Some(values)
             }
-            // A lent leaf whose loan has ended holds its copy (set before the loan ended).
+            // A lent leaf whose loan ended without a copy has its own value.
             None => e.value.get().map(slice_of),
         };
         let src = if let Some(values) = full {
@@ -103,7 +103,7 @@ impl<'a, T: Element> Program<'a, T> {
         } else {
             match &e.kind {
                 Kind::Materialised => unreachable!("a materialised leaf has its value"),
-                Kind::Foreign(_) => unreachable!("a lent leaf is read in place or holds its copy"),
+                Kind::Foreign(_) => unreachable!("a lent leaf is read in place, from its copy or its value"),
                 Kind::Broadcast(b, s) => {
                     let reg = self.register();
                     self.loads.push(Load { reg, broadcast: *b, values: slice_of(s) });
