@@ -3,11 +3,11 @@
 //! validation split, checkpoints in a temporary folder). A burn MLP on losskit's embedded
 //! digits, on burn's Flex backend with autodiff:
 //!
-//! `cargo run --release -p losskit-burn --example burn_learner [-- LOSS [EPOCHS]]`
+//! `cargo run --release -p losskit-burn-learner [-- LOSS [EPOCHS]]`
 //!
 //! LOSS (a sparse one, on logits) defaults to `sparse_categorical_crossentropy`. burn-train
-//! prints its summary of the run (loss and accuracy per split); the example ends with the
-//! validation accuracy of the model burn-train returns.
+//! prints its summary of the run (loss and accuracy per split); the binary ends with the
+//! validation accuracy of the model burn-train returns ([`train`]).
 
 use burn::data::dataloader::{batcher::Batcher, DataLoaderBuilder};
 use burn::data::dataset::InMemDataset;
@@ -130,15 +130,6 @@ fn digits() -> Result<(Vec<Item>, Vec<Item>), losskit::Error> {
     let mut items: Vec<Item> = x.chunks(64).map(<[f32]>::to_vec).zip(y.iter().map(|&v| v as i64)).collect();
     let valid = items.split_off(items.len() * 4 / 5);
     Ok((items, valid))
-}
-
-fn main() -> Result<(), Box<dyn Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    let name = args.get(1).map_or("sparse_categorical_crossentropy", String::as_str);
-    let epochs: usize = args.get(2).and_then(|e| e.parse().ok()).unwrap_or(10);
-    let (accuracy, n_valid) = train(name, epochs)?;
-    println!("{name}: validation accuracy {accuracy:.4} on {n_valid} digits");
-    Ok(())
 }
 
 /// Trains the MLP with the loss `name` for `epochs` through burn-train's `Learner`: the
