@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 /// Lends buffers to losskit for the call of `f`: [`Lender::tensor`] makes a constant tensor
 /// whose values are the caller's buffer, read in place by element-wise ops and trailing-axis
-/// sums (fusion's programs); any other op, or a read of the values, copies them once (into a
-/// pooled buffer the tensor keeps). How the framework adapters run a loss on a framework's
+/// sums (fusion's programs), [`Tensor::with_values`] (the fused loss kernels) and
+/// [`Tensor::to_vec`]; any other op copies them once (into a pooled buffer the tensor keeps). How the framework adapters run a loss on a framework's
 /// `y_pred` and `y_true` without copying them.
 ///
 /// When `lend` returns, every loan ends: a lent tensor (or anything computed from it lazily)
@@ -62,9 +62,13 @@ impl Drop for Lender<'_> {
     fn drop(&mut self) {
         for leaf in self.lent.get_mut().drain(..) {
             // Held elsewhere: copied before the buffer goes. Held only here: nothing can read it
-            // any more (a new handle is made only from an existing one).
+            // any more (a new handle is made only from an existing one), and the fence orders
+            // the reads of whoever dropped the last other handle (its release decrement) before
+            // the caller's next use of the buffer, as `Arc`'s own drop does.
             if Arc::strong_count(&leaf) > 1 {
                 leaf.end_loan();
+            } else {
+                std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
             }
         }
     }
